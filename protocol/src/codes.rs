@@ -1,0 +1,195 @@
+//! Stable numeric codes carried on the wire. Never renumber; only add.
+
+/// Answer to a SEND that was stored (RocketMQ's four statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum SendStatus {
+    /// Stored, and durable by the broker's standard (fsynced when `flush = "sync"`).
+    SendOk = 0,
+    /// Written, but the fsync did not complete within `sync_flush_timeout_ms`.
+    FlushDiskTimeout = 1,
+    /// Written, but no slave acked it within `slave_timeout_ms`.
+    FlushSlaveTimeout = 2,
+    /// Written, but the sync master has no in-sync slave.
+    SlaveNotAvailable = 3,
+}
+
+impl SendStatus {
+    pub const ALL: [SendStatus; 4] = [
+        SendStatus::SendOk,
+        SendStatus::FlushDiskTimeout,
+        SendStatus::FlushSlaveTimeout,
+        SendStatus::SlaveNotAvailable,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<SendStatus> {
+        SendStatus::ALL
+            .into_iter()
+            .find(|status| *status as u16 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SendStatus::SendOk => "SEND_OK",
+            SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+            SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
+            SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
+        }
+    }
+}
+
+impl std::fmt::Display for SendStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Outcome of a PULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PullStatus {
+    /// One or more records are in the result.
+    Found = 0,
+    /// The requested offset is the end of the queue (after any long-poll wait).
+    NoNewMessages = 1,
+    /// The requested offset is past the end of the queue; see `max_offset`.
+    OffsetOutOfRange = 2,
+}
+
+impl PullStatus {
+    pub fn from_u8(value: u8) -> Option<PullStatus> {
+        match value {
+            0 => Some(PullStatus::Found),
+            1 => Some(PullStatus::NoNewMessages),
+            2 => Some(PullStatus::OffsetOutOfRange),
+            _ => None,
+        }
+    }
+}
+
+/// Codes carried by an ERROR frame: the request was not carried out (nothing stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame or its body does not follow the format. The connection is closed.
+    MalformedFrame = 1,
+    /// The frame's version byte is not one this broker speaks. The connection is closed.
+    UnsupportedVersion = 2,
+    /// The frame's kind is not a request kind. The connection is closed.
+    UnknownKind = 3,
+    /// The length prefix exceeds `max_frame_bytes`. The connection is closed.
+    FrameTooLarge = 4,
+    /// The payload exceeds `max_message_bytes`.
+    MessageTooLarge = 5,
+    /// The payload does not match the CRC32C the producer sent with it.
+    PayloadCrcMismatch = 6,
+    /// The topic does not exist and `auto_create_topics` is off.
+    TopicNotFound = 7,
+    /// The topic name is empty, too long, or has characters outside `[A-Za-z0-9_.-]`.
+    InvalidTopic = 8,
+    /// The queue id is not one of the topic's queues.
+    InvalidQueueId = 9,
+    /// A write or fsync failed; the broker refuses writes until restarted.
+    StorageFailed = 10,
+    /// The disk is full or below the configured reserve.
+    DiskFull = 11,
+    /// The broker is stopping and takes no new writes.
+    ShuttingDown = 12,
+    /// This broker is not a master (reserved for replication).
+    NotMaster = 13,
+    /// An unexpected broker-side failure; the message says what.
+    Internal = 14,
+    /// A field has a value outside its allowed range (e.g. zero queues).
+    InvalidArgument = 15,
+    /// The broker has reached `max_connections`. The connection is closed.
+    TooManyConnections = 16,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::MalformedFrame,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownKind,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::PayloadCrcMismatch,
+        ErrorCode::TopicNotFound,
+        ErrorCode::InvalidTopic,
+        ErrorCode::InvalidQueueId,
+        ErrorCode::StorageFailed,
+        ErrorCode::DiskFull,
+        ErrorCode::ShuttingDown,
+        ErrorCode::NotMaster,
+        ErrorCode::Internal,
+        ErrorCode::InvalidArgument,
+        ErrorCode::TooManyConnections,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| *code as u16 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedFrame => "MALFORMED_FRAME",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::UnknownKind => "UNKNOWN_KIND",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorCode::PayloadCrcMismatch => "PAYLOAD_CRC_MISMATCH",
+            ErrorCode::TopicNotFound => "TOPIC_NOT_FOUND",
+            ErrorCode::InvalidTopic => "INVALID_TOPIC",
+            ErrorCode::InvalidQueueId => "INVALID_QUEUE_ID",
+            ErrorCode::StorageFailed => "STORAGE_FAILED",
+            ErrorCode::DiskFull => "DISK_FULL",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::NotMaster => "NOT_MASTER",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
+        }
+    }
+
+    /// Whether a producer may retry the same send (on this or another broker).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::StorageFailed
+                | ErrorCode::DiskFull
+                | ErrorCode::ShuttingDown
+                | ErrorCode::NotMaster
+                | ErrorCode::Internal
+                | ErrorCode::TooManyConnections
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), *self as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn no_duplicate_codes() {
+        let errors: HashSet<u16> = ErrorCode::ALL.iter().map(|code| *code as u16).collect();
+        assert_eq!(errors.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
+        }
+        let statuses: HashSet<u16> = SendStatus::ALL.iter().map(|s| *s as u16).collect();
+        assert_eq!(statuses.len(), SendStatus::ALL.len());
+        for status in SendStatus::ALL {
+            assert_eq!(SendStatus::from_u16(status as u16), Some(status));
+        }
+        assert_eq!(ErrorCode::from_u16(0), None);
+        assert_eq!(SendStatus::from_u16(4), None);
+    }
+}

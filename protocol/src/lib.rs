@@ -1,0 +1,80 @@
+//! keel's wire format: frames, messages, stored records, status and error codes.
+//!
+//! A pure codec: no sockets, threads or clocks. The bytes a consumer receives for a
+//! record are exactly the bytes the broker stored in its CommitLog, so the record
+//! layout is defined here once and shared by `storage`, `server` and `client`.
+//!
+//! Every integer is little-endian with an explicit width.
+//!
+//! ```text
+//! Frame
+//! +---------+---------+------+---------+------------+------------------+
+//! | length  | version | kind | flags   | request_id | body             |
+//! | u32     | u8 = 1  | u8   | u16     | u64        | length - 12 B    |
+//! +---------+---------+------+---------+------------+------------------+
+//!  0         4         5      6         8            16
+//! `length` counts the bytes after itself (12 + body). flags bit 0 = ONEWAY.
+//!
+//! Stored record (the CommitLog entry, also what PULL returns)
+//!  0 u32 total_size     whole record, this field included
+//!  4 u32 magic          0x314C_524B ("KRL1" read as bytes)
+//!  8 u32 record_crc     CRC32C of bytes [0..8) followed by [12..total_size)
+//! 12 u64 log_offset     position of this record in the CommitLog
+//! 20 u64 queue_offset   index of this record in its ConsumeQueue
+//! 28 u32 queue_id
+//! 32 u64 born_timestamp_ms, 40 u64 store_timestamp_ms
+//! 48 u64 producer_id,       56 u64 sequence
+//! 64 u32 flags,             68 u32 payload_crc (CRC32C of payload, from the producer)
+//! 72 topic str16, tags str16, keys str16, properties, payload bytes32
+//! ```
+//!
+//! `docs/PROTOCOL.md` describes every frame byte by byte.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![deny(clippy::arithmetic_side_effects)]
+
+mod codes;
+mod error;
+mod frame;
+mod message;
+mod request;
+mod response;
+mod wire;
+
+pub use codes::{ErrorCode, PullStatus, SendStatus};
+pub use error::DecodeError;
+pub use frame::{
+    decode_frame, encode_frame, Kind, RawFrame, FLAG_ONEWAY, FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
+    PROTOCOL_VERSION,
+};
+pub use message::{
+    decode_record, encode_record, peek_record_header, validate_topic, Message, Record,
+    RecordHeader, RecordMeta, RECORD_FIXED_LEN, RECORD_MAGIC, TOPIC_NAME_LEN_MAX,
+};
+pub use request::{
+    CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, PullRequest, QueryOffsetRequest,
+    Request,
+};
+pub use response::{
+    ErrorResponse, PullResult, QueueInfo, Response, SendResult, TopicCreated, TopicInfo,
+};
+
+/// Default upper bound on a whole frame (length prefix included).
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024;
+/// Default upper bound on one message's payload.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 4 * 1024 * 1024;
+/// `queue_id` value in a SEND meaning "the broker picks the queue".
+pub const QUEUE_ID_ANY: u32 = u32::MAX;
+
+/// CRC32C (Castagnoli), the checksum used everywhere in keel.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    ::crc32c::crc32c(bytes)
+}
+
+/// Message id as shown to users: the record's CommitLog offset in 16 hex digits.
+pub fn message_id(log_offset: u64) -> String {
+    format!("{log_offset:016X}")
+}
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,380 @@
+//! A message as a producer sends it, and a record as the CommitLog stores it.
+
+use crate::wire::{bytes_of, put_bytes32, put_str16, str16_len, Reader};
+use crate::DecodeError;
+use bytes::{BufMut, Bytes};
+
+pub const RECORD_MAGIC: u32 = 0x314C_524B;
+pub const RECORD_FIXED_LEN: usize = 72;
+pub const TOPIC_NAME_LEN_MAX: usize = 127;
+const CRC_FIELD: std::ops::Range<usize> = 8..12;
+
+/// A message in a SEND frame.
+///
+/// Body layout: topic str16, queue_id u32, born_timestamp_ms u64, producer_id u64,
+/// sequence u64, flags u32, payload_crc u32, then the tail shared byte for byte with the
+/// stored record: tags str16, keys str16, properties (u16 count, count x (str16, str16)),
+/// payload bytes32.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    pub topic: String,
+    /// A queue of the topic, or `QUEUE_ID_ANY` to let the broker pick.
+    pub queue_id: u32,
+    pub born_timestamp_ms: u64,
+    /// 0 when the producer is not idempotent.
+    pub producer_id: u64,
+    pub sequence: u64,
+    pub flags: u32,
+    pub tags: String,
+    pub keys: String,
+    pub properties: Vec<(String, String)>,
+    /// CRC32C of `payload`, computed by the producer.
+    pub payload_crc: u32,
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// A message for `topic` on any queue, with the payload's CRC32C filled in.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Message {
+        let payload = payload.into();
+        Message {
+            topic: topic.into(),
+            queue_id: crate::QUEUE_ID_ANY,
+            payload_crc: crate::crc32c(&payload),
+            payload,
+            ..Message::default()
+        }
+    }
+
+    pub fn with_tags(mut self, tags: impl Into<String>) -> Message {
+        self.tags = tags.into();
+        self
+    }
+
+    pub fn with_keys(mut self, keys: impl Into<String>) -> Message {
+        self.keys = keys.into();
+        self
+    }
+
+    pub fn with_queue(mut self, queue_id: u32) -> Message {
+        self.queue_id = queue_id;
+        self
+    }
+
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Message {
+        self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn encode_body(&self, out: &mut Vec<u8>) {
+        put_str16(out, &self.topic);
+        out.put_u32_le(self.queue_id);
+        out.put_u64_le(self.born_timestamp_ms);
+        out.put_u64_le(self.producer_id);
+        out.put_u64_le(self.sequence);
+        out.put_u32_le(self.flags);
+        out.put_u32_le(self.payload_crc);
+        self.encode_tail(out);
+    }
+
+    fn encode_tail(&self, out: &mut Vec<u8>) {
+        put_str16(out, &self.tags);
+        put_str16(out, &self.keys);
+        let count = u16::try_from(self.properties.len()).unwrap_or(u16::MAX);
+        out.put_u16_le(count);
+        for (key, value) in self.properties.iter().take(usize::from(count)) {
+            put_str16(out, key);
+            put_str16(out, value);
+        }
+        put_bytes32(out, &self.payload);
+    }
+
+    fn tail_len(&self) -> usize {
+        let properties: usize = self
+            .properties
+            .iter()
+            .take(usize::from(u16::MAX))
+            .map(|(key, value)| str16_len(key).saturating_add(str16_len(value)))
+            .sum();
+        str16_len(&self.tags)
+            .saturating_add(str16_len(&self.keys))
+            .saturating_add(2)
+            .saturating_add(properties)
+            .saturating_add(4)
+            .saturating_add(self.payload.len())
+    }
+
+    /// Size of the stored record this message becomes.
+    pub fn record_len(&self) -> usize {
+        RECORD_FIXED_LEN
+            .saturating_add(str16_len(&self.topic))
+            .saturating_add(self.tail_len())
+    }
+
+    pub(crate) fn decode_body(body: &Bytes) -> Result<Message, DecodeError> {
+        let mut reader = Reader::new(body);
+        let topic = reader.str16("topic")?;
+        let queue_id = reader.u32("queue_id")?;
+        let born_timestamp_ms = reader.u64("born_timestamp_ms")?;
+        let producer_id = reader.u64("producer_id")?;
+        let sequence = reader.u64("sequence")?;
+        let flags = reader.u32("flags")?;
+        let payload_crc = reader.u32("payload_crc")?;
+        let tail = decode_tail(&mut reader)?;
+        reader.finish("SEND")?;
+        let payload = body.slice(tail.payload_range);
+        Ok(Message {
+            topic,
+            queue_id,
+            born_timestamp_ms,
+            producer_id,
+            sequence,
+            flags,
+            tags: tail.tags,
+            keys: tail.keys,
+            properties: tail.properties,
+            payload_crc,
+            payload,
+        })
+    }
+
+    /// Whether the payload matches the producer's CRC32C.
+    pub fn payload_crc_matches(&self) -> bool {
+        crate::crc32c(&self.payload) == self.payload_crc
+    }
+}
+
+struct Tail {
+    tags: String,
+    keys: String,
+    properties: Vec<(String, String)>,
+    payload_range: std::ops::Range<usize>,
+}
+
+fn decode_tail(reader: &mut Reader<'_>) -> Result<Tail, DecodeError> {
+    let tags = reader.str16("tags")?;
+    let keys = reader.str16("keys")?;
+    let count = reader.u16("property_count")?;
+    // Each property takes at least 4 bytes, so the count is bounded by the body
+    // before anything is allocated for it.
+    let bound = reader.remaining() / 4;
+    let mut properties = Vec::with_capacity(usize::from(count).min(bound));
+    for _ in 0..count {
+        let key = reader.str16("property_key")?;
+        let value = reader.str16("property_value")?;
+        properties.push((key, value));
+    }
+    let payload = reader.bytes32("payload")?;
+    let end = reader.position();
+    let start = end.saturating_sub(payload.len());
+    Ok(Tail {
+        tags,
+        keys,
+        properties,
+        payload_range: start..end,
+    })
+}
+
+/// Broker-assigned fields of a stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub log_offset: u64,
+    pub queue_offset: u64,
+    pub queue_id: u32,
+    pub store_timestamp_ms: u64,
+}
+
+/// Appends the stored form of `message` to `out` and returns its length.
+pub fn encode_record(message: &Message, meta: &RecordMeta, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    let total = message.record_len();
+    out.reserve(total);
+    out.put_u32_le(u32::try_from(total).unwrap_or(u32::MAX));
+    out.put_u32_le(RECORD_MAGIC);
+    out.put_u32_le(0);
+    out.put_u64_le(meta.log_offset);
+    out.put_u64_le(meta.queue_offset);
+    out.put_u32_le(meta.queue_id);
+    out.put_u64_le(message.born_timestamp_ms);
+    out.put_u64_le(meta.store_timestamp_ms);
+    out.put_u64_le(message.producer_id);
+    out.put_u64_le(message.sequence);
+    out.put_u32_le(message.flags);
+    out.put_u32_le(message.payload_crc);
+    put_str16(out, &message.topic);
+    message.encode_tail(out);
+    let record = out.get_mut(start..).unwrap_or_default();
+    let crc = record_crc(record);
+    if let Some(field) = record.get_mut(CRC_FIELD) {
+        field.copy_from_slice(&crc.to_le_bytes());
+    }
+    out.len().saturating_sub(start)
+}
+
+/// CRC32C over the whole record except its own CRC field.
+fn record_crc(record: &[u8]) -> u32 {
+    let head = record.get(..CRC_FIELD.start).unwrap_or_default();
+    let rest = record.get(CRC_FIELD.end..).unwrap_or_default();
+    ::crc32c::crc32c_append(::crc32c::crc32c(head), rest)
+}
+
+/// The first 12 bytes of a record: enough to know how far to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub total_size: u32,
+    pub magic: u32,
+    pub crc: u32,
+}
+
+/// Reads a record header, if 12 bytes are there. Validates nothing.
+pub fn peek_record_header(bytes: &[u8]) -> Option<RecordHeader> {
+    let mut reader = Reader::new(bytes);
+    Some(RecordHeader {
+        total_size: reader.u32("total_size").ok()?,
+        magic: reader.u32("magic").ok()?,
+        crc: reader.u32("record_crc").ok()?,
+    })
+}
+
+/// A stored record, decoded and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub total_size: u32,
+    pub log_offset: u64,
+    pub queue_offset: u64,
+    pub queue_id: u32,
+    pub born_timestamp_ms: u64,
+    pub store_timestamp_ms: u64,
+    pub producer_id: u64,
+    pub sequence: u64,
+    pub flags: u32,
+    pub payload_crc: u32,
+    pub topic: String,
+    pub tags: String,
+    pub keys: String,
+    pub properties: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl Record {
+    pub fn message_id(&self) -> String {
+        crate::message_id(self.log_offset)
+    }
+
+    /// Whether the payload matches the producer's CRC32C (end-to-end check).
+    pub fn payload_crc_matches(&self) -> bool {
+        crate::crc32c(&self.payload) == self.payload_crc
+    }
+
+    /// Hash of the tags as stored in ConsumeQueue entries (0 for no tags).
+    pub fn tags_hash(&self) -> u64 {
+        tags_hash(&self.tags)
+    }
+}
+
+/// Hash of a tag string for ConsumeQueue entries: CRC32C widened to u64, 0 when empty.
+pub fn tags_hash(tags: &str) -> u64 {
+    if tags.is_empty() {
+        0
+    } else {
+        u64::from(crate::crc32c(tags.as_bytes()))
+    }
+}
+
+/// Decodes and verifies the record at the start of `bytes` (trailing bytes are left).
+///
+/// Checks, in order: the header is present, the magic, the declared size against the
+/// buffer, the CRC32C over the whole record, then that the fields fill exactly the
+/// declared size. Never panics on any input.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let header = peek_record_header(bytes).ok_or(DecodeError::Truncated {
+        field: "record_header",
+        need: 12,
+        have: bytes.len(),
+    })?;
+    if header.magic != RECORD_MAGIC {
+        return Err(DecodeError::BadMagic {
+            found: header.magic,
+        });
+    }
+    let total = header.total_size as usize;
+    if total < RECORD_FIXED_LEN {
+        return Err(DecodeError::SizeMismatch {
+            declared: header.total_size,
+            actual: RECORD_FIXED_LEN,
+        });
+    }
+    let record = bytes.get(..total).ok_or(DecodeError::Truncated {
+        field: "record",
+        need: total,
+        have: bytes.len(),
+    })?;
+    let computed = record_crc(record);
+    if computed != header.crc {
+        return Err(DecodeError::ChecksumMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    let mut reader = Reader::new(record);
+    reader.take("record_header", 12)?;
+    let log_offset = reader.u64("log_offset")?;
+    let queue_offset = reader.u64("queue_offset")?;
+    let queue_id = reader.u32("queue_id")?;
+    let born_timestamp_ms = reader.u64("born_timestamp_ms")?;
+    let store_timestamp_ms = reader.u64("store_timestamp_ms")?;
+    let producer_id = reader.u64("producer_id")?;
+    let sequence = reader.u64("sequence")?;
+    let flags = reader.u32("flags")?;
+    let payload_crc = reader.u32("payload_crc")?;
+    let topic = reader.str16("topic")?;
+    let tail = decode_tail(&mut reader)?;
+    if reader.remaining() != 0 {
+        return Err(DecodeError::SizeMismatch {
+            declared: header.total_size,
+            actual: reader.position(),
+        });
+    }
+    let payload = record
+        .get(tail.payload_range)
+        .map(bytes_of)
+        .unwrap_or_default();
+    Ok(Record {
+        total_size: header.total_size,
+        log_offset,
+        queue_offset,
+        queue_id,
+        born_timestamp_ms,
+        store_timestamp_ms,
+        producer_id,
+        sequence,
+        flags,
+        payload_crc,
+        topic,
+        tags: tail.tags,
+        keys: tail.keys,
+        properties: tail.properties,
+        payload,
+    })
+}
+
+/// Why a topic name is refused, or `Ok` when it is usable.
+///
+/// A topic becomes a directory name, so only `[A-Za-z0-9_.-]` is allowed, not `.` or
+/// `..`, at most 127 bytes.
+pub fn validate_topic(topic: &str) -> Result<(), &'static str> {
+    if topic.is_empty() {
+        return Err("topic name is empty");
+    }
+    if topic.len() > TOPIC_NAME_LEN_MAX {
+        return Err("topic name is longer than 127 bytes");
+    }
+    if topic == "." || topic == ".." {
+        return Err("topic name cannot be '.' or '..'");
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if !topic.chars().all(allowed) {
+        return Err("topic name may only contain A-Z a-z 0-9 _ . -");
+    }
+    Ok(())
+}

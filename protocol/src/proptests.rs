@@ -1,0 +1,292 @@
+//! Codec properties: round trips, arbitrary splits, corruption never panics.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use crate::*;
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+const MAX_FRAME: u32 = 1 << 20;
+
+fn text() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[a-zA-Z0-9_.\\-é€]{0,12}").unwrap()
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (
+        text(),
+        any::<u32>(),
+        any::<(u64, u64, u64, u32)>(),
+        text(),
+        text(),
+        proptest::collection::vec((text(), text()), 0..4),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    )
+        .prop_map(
+            |(
+                topic,
+                queue_id,
+                (born, producer, sequence, flags),
+                tags,
+                keys,
+                properties,
+                payload,
+            )| {
+                let mut message = Message::new(topic, payload).with_tags(tags).with_keys(keys);
+                message.queue_id = queue_id;
+                message.born_timestamp_ms = born;
+                message.producer_id = producer;
+                message.sequence = sequence;
+                message.flags = flags;
+                message.properties = properties;
+                message
+            },
+        )
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        Just(Request::Ping),
+        Just(Request::Stats),
+        message().prop_map(Request::Send),
+        (
+            text(),
+            text(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<(u32, u32, u32)>()
+        )
+            .prop_map(
+                |(group, topic, queue_id, queue_offset, (max_messages, max_bytes, wait_ms))| {
+                    Request::Pull(PullRequest {
+                        group,
+                        topic,
+                        queue_id,
+                        queue_offset,
+                        max_messages,
+                        max_bytes,
+                        wait_ms,
+                    })
+                }
+            ),
+        (text(), text(), any::<u32>(), any::<u64>()).prop_map(
+            |(group, topic, queue_id, offset)| {
+                Request::CommitOffset(CommitOffsetRequest {
+                    group,
+                    topic,
+                    queue_id,
+                    offset,
+                })
+            }
+        ),
+        (text(), text(), any::<u32>()).prop_map(|(group, topic, queue_id)| Request::QueryOffset(
+            QueryOffsetRequest {
+                group,
+                topic,
+                queue_id
+            }
+        )),
+        (text(), any::<u32>())
+            .prop_map(|(topic, queues)| Request::CreateTopic(CreateTopicRequest { topic, queues })),
+        text().prop_map(|topic| Request::ListTopics(ListTopicsRequest { topic })),
+    ]
+}
+
+fn records() -> impl Strategy<Value = (u32, Bytes)> {
+    proptest::collection::vec(message(), 0..4).prop_map(|messages| {
+        let mut out = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            let meta = RecordMeta {
+                log_offset: out.len() as u64,
+                queue_offset: index as u64,
+                queue_id: 1,
+                store_timestamp_ms: 9,
+            };
+            encode_record(message, &meta, &mut out);
+        }
+        (messages.len() as u32, Bytes::from(out))
+    })
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        Just(Response::Pong),
+        Just(Response::CommitOffsetOk),
+        (0u16..4, any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+            |(status, queue_id, queue_offset, log_offset)| {
+                Response::SendResult(SendResult {
+                    status: SendStatus::from_u16(status).unwrap(),
+                    queue_id,
+                    queue_offset,
+                    log_offset,
+                })
+            }
+        ),
+        (0u8..3, any::<(u64, u64, u64)>(), records()).prop_map(
+            |(status, (next_offset, min_offset, max_offset), (record_count, records))| {
+                Response::PullResult(PullResult {
+                    status: PullStatus::from_u8(status).unwrap(),
+                    next_offset,
+                    min_offset,
+                    max_offset,
+                    record_count,
+                    records,
+                })
+            }
+        ),
+        proptest::option::of(any::<u64>()).prop_map(Response::Offset),
+        (text(), any::<u32>(), any::<bool>()).prop_map(|(topic, queues, created)| {
+            Response::TopicCreated(TopicCreated {
+                topic,
+                queues,
+                created,
+            })
+        }),
+        proptest::collection::vec(
+            (text(), proptest::collection::vec(any::<(u64, u64)>(), 0..4)),
+            0..3
+        )
+        .prop_map(|topics| {
+            Response::TopicList(
+                topics
+                    .into_iter()
+                    .map(|(topic, queues)| TopicInfo {
+                        topic,
+                        queues: queues
+                            .into_iter()
+                            .map(|(min_offset, max_offset)| QueueInfo {
+                                min_offset,
+                                max_offset,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            )
+        }),
+        proptest::collection::vec((text(), any::<u64>()), 0..5).prop_map(Response::Stats),
+        (1u16..=16, text()).prop_map(|(code, message)| Response::error(
+            ErrorCode::from_u16(code).unwrap(),
+            message
+        )),
+    ]
+}
+
+/// Decodes every frame in `stream` fed in pieces cut at `cuts`, as requests or responses.
+fn decode_stream(stream: &[u8], cuts: &[usize]) -> Result<Vec<RawFrame>, DecodeError> {
+    let mut buffer = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut position = 0;
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut % (stream.len() + 1)).collect();
+    points.push(stream.len());
+    points.sort_unstable();
+    for point in points {
+        buffer.extend_from_slice(&stream[position..point]);
+        position = point;
+        while let Some(frame) = decode_frame(&mut buffer, MAX_FRAME)? {
+            frames.push(frame);
+        }
+    }
+    Ok(frames)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn request_round_trips(request in request(), request_id in any::<u64>(), flags in any::<u16>()) {
+        let mut out = Vec::new();
+        request.encode(request_id, flags, &mut out);
+        let frame = decode_frame(&mut BytesMut::from(&out[..]), MAX_FRAME).unwrap().unwrap();
+        prop_assert_eq!(frame.request_id, request_id);
+        prop_assert_eq!(frame.flags, flags);
+        prop_assert_eq!(Request::decode(&frame).unwrap(), request);
+    }
+
+    #[test]
+    fn response_round_trips(response in response(), request_id in any::<u64>()) {
+        let mut out = Vec::new();
+        response.encode(request_id, &mut out);
+        let frame = decode_frame(&mut BytesMut::from(&out[..]), MAX_FRAME).unwrap().unwrap();
+        let decoded = Response::decode(&frame).unwrap();
+        if let (Response::PullResult(sent), Response::PullResult(got)) = (&response, &decoded) {
+            prop_assert_eq!(sent.decode_records().unwrap(), got.decode_records().unwrap());
+        }
+        prop_assert_eq!(decoded, response);
+    }
+
+    #[test]
+    fn record_round_trips(message in message(), log_offset in any::<u64>(), queue_offset in any::<u64>()) {
+        let meta = RecordMeta { log_offset, queue_offset, queue_id: message.queue_id, store_timestamp_ms: 5 };
+        let mut out = vec![0xAB; 3];
+        let length = encode_record(&message, &meta, &mut out);
+        prop_assert_eq!(length, message.record_len());
+        let record = decode_record(&out[3..]).unwrap();
+        prop_assert_eq!(record.total_size as usize, length);
+        prop_assert_eq!(record.log_offset, log_offset);
+        prop_assert_eq!(record.queue_offset, queue_offset);
+        prop_assert_eq!(&record.topic, &message.topic);
+        prop_assert_eq!(&record.tags, &message.tags);
+        prop_assert_eq!(&record.keys, &message.keys);
+        prop_assert_eq!(&record.properties, &message.properties);
+        prop_assert_eq!(&record.payload, &message.payload);
+        prop_assert!(record.payload_crc_matches());
+    }
+
+    #[test]
+    fn any_split_decodes_the_same(requests in proptest::collection::vec(request(), 1..6), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+        let mut stream = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            request.encode(index as u64, 0, &mut stream);
+        }
+        let frames = decode_stream(&stream, &cuts).unwrap();
+        prop_assert_eq!(frames.len(), requests.len());
+        for (frame, request) in frames.iter().zip(&requests) {
+            prop_assert_eq!(&Request::decode(frame).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn corruption_never_panics(request in request(), response in response(), flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4), cuts in proptest::collection::vec(any::<usize>(), 0..4)) {
+        for encoded in [
+            { let mut out = Vec::new(); request.encode(1, 0, &mut out); out },
+            { let mut out = Vec::new(); response.encode(1, &mut out); out },
+        ] {
+            let mut corrupted = encoded.clone();
+            for (position, mask) in &flips {
+                let index = position % corrupted.len();
+                corrupted[index] ^= mask;
+            }
+            // The frame layer yields frames, waits for more, or errors; bodies decode or error.
+            if let Ok(frames) = decode_stream(&corrupted, &cuts) {
+                for frame in frames {
+                    let _ = Request::decode(&frame);
+                    if let Ok(Response::PullResult(pull)) = Response::decode(&frame) {
+                        let _ = pull.decode_records();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_record_is_detected(message in message(), position in any::<usize>(), mask in 1u8..=255) {
+        let meta = RecordMeta { log_offset: 1, queue_offset: 2, queue_id: 3, store_timestamp_ms: 4 };
+        let mut out = Vec::new();
+        encode_record(&message, &meta, &mut out);
+        let index = position % out.len();
+        out[index] ^= mask;
+        // CRC32C over the whole record catches every change to any byte but the CRC
+        // field itself, and a changed CRC field mismatches the unchanged bytes.
+        prop_assert!(decode_record(&out).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = decode_record(&bytes);
+        let _ = decode_stream(&bytes, &[]);
+    }
+}

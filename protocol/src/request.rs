@@ -1,0 +1,150 @@
+//! Request frames (kinds below 0x80), sent by clients.
+
+use crate::frame::{begin_frame, end_frame, Kind, RawFrame};
+use crate::wire::{put_str16, Reader};
+use crate::{DecodeError, Message};
+use bytes::BufMut;
+
+/// PULL: records of one queue from `queue_offset`, waiting up to `wait_ms` for new ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PullRequest {
+    /// Consumer group (informational for now; may be empty).
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub max_messages: u32,
+    pub max_bytes: u32,
+    /// Long-poll time when nothing is available; 0 answers at once.
+    pub wait_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommitOffsetRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    /// The next queue offset the group will consume (everything below is done).
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryOffsetRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CreateTopicRequest {
+    pub topic: String,
+    pub queues: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListTopicsRequest {
+    /// Only this topic; empty lists every topic.
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Ping,
+    Send(Message),
+    Pull(PullRequest),
+    CommitOffset(CommitOffsetRequest),
+    QueryOffset(QueryOffsetRequest),
+    CreateTopic(CreateTopicRequest),
+    ListTopics(ListTopicsRequest),
+    Stats,
+}
+
+impl Request {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::Ping => Kind::Ping,
+            Request::Send(_) => Kind::Send,
+            Request::Pull(_) => Kind::Pull,
+            Request::CommitOffset(_) => Kind::CommitOffset,
+            Request::QueryOffset(_) => Kind::QueryOffset,
+            Request::CreateTopic(_) => Kind::CreateTopic,
+            Request::ListTopics(_) => Kind::ListTopics,
+            Request::Stats => Kind::Stats,
+        }
+    }
+
+    /// Appends this request as a whole frame.
+    pub fn encode(&self, request_id: u64, flags: u16, out: &mut Vec<u8>) {
+        let start = begin_frame(out, self.kind(), flags, request_id);
+        match self {
+            Request::Ping | Request::Stats => {}
+            Request::Send(message) => message.encode_body(out),
+            Request::Pull(pull) => {
+                put_str16(out, &pull.group);
+                put_str16(out, &pull.topic);
+                out.put_u32_le(pull.queue_id);
+                out.put_u64_le(pull.queue_offset);
+                out.put_u32_le(pull.max_messages);
+                out.put_u32_le(pull.max_bytes);
+                out.put_u32_le(pull.wait_ms);
+            }
+            Request::CommitOffset(commit) => {
+                put_str16(out, &commit.group);
+                put_str16(out, &commit.topic);
+                out.put_u32_le(commit.queue_id);
+                out.put_u64_le(commit.offset);
+            }
+            Request::QueryOffset(query) => {
+                put_str16(out, &query.group);
+                put_str16(out, &query.topic);
+                out.put_u32_le(query.queue_id);
+            }
+            Request::CreateTopic(create) => {
+                put_str16(out, &create.topic);
+                out.put_u32_le(create.queues);
+            }
+            Request::ListTopics(list) => put_str16(out, &list.topic),
+        }
+        end_frame(out, start);
+    }
+
+    /// Decodes the body of a request frame. A response kind is `UnknownKind` here.
+    pub fn decode(frame: &RawFrame) -> Result<Request, DecodeError> {
+        let mut reader = Reader::new(&frame.body);
+        let request = match frame.kind {
+            Kind::Ping => Request::Ping,
+            Kind::Stats => Request::Stats,
+            Kind::Send => return Message::decode_body(&frame.body).map(Request::Send),
+            Kind::Pull => Request::Pull(PullRequest {
+                group: reader.str16("group")?,
+                topic: reader.str16("topic")?,
+                queue_id: reader.u32("queue_id")?,
+                queue_offset: reader.u64("queue_offset")?,
+                max_messages: reader.u32("max_messages")?,
+                max_bytes: reader.u32("max_bytes")?,
+                wait_ms: reader.u32("wait_ms")?,
+            }),
+            Kind::CommitOffset => Request::CommitOffset(CommitOffsetRequest {
+                group: reader.str16("group")?,
+                topic: reader.str16("topic")?,
+                queue_id: reader.u32("queue_id")?,
+                offset: reader.u64("offset")?,
+            }),
+            Kind::QueryOffset => Request::QueryOffset(QueryOffsetRequest {
+                group: reader.str16("group")?,
+                topic: reader.str16("topic")?,
+                queue_id: reader.u32("queue_id")?,
+            }),
+            Kind::CreateTopic => Request::CreateTopic(CreateTopicRequest {
+                topic: reader.str16("topic")?,
+                queues: reader.u32("queues")?,
+            }),
+            Kind::ListTopics => Request::ListTopics(ListTopicsRequest {
+                topic: reader.str16("topic")?,
+            }),
+            other => return Err(DecodeError::UnknownKind(other as u8)),
+        };
+        reader.finish(frame.kind.name())?;
+        Ok(request)
+    }
+}

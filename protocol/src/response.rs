@@ -1,0 +1,292 @@
+//! Response frames (kinds at or above 0x80), sent by the broker with the request's id.
+
+use crate::frame::{begin_frame, end_frame, Kind, RawFrame};
+use crate::wire::{put_str16, Reader};
+use crate::{decode_record, DecodeError, ErrorCode, PullStatus, Record, SendStatus};
+use bytes::{BufMut, Bytes};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    pub status: SendStatus,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    /// CommitLog offset of the record; also its message id.
+    pub log_offset: u64,
+}
+
+impl SendResult {
+    pub fn message_id(&self) -> String {
+        crate::message_id(self.log_offset)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullResult {
+    pub status: PullStatus,
+    /// The queue offset to pull next.
+    pub next_offset: u64,
+    /// The first queue offset still stored.
+    pub min_offset: u64,
+    /// One past the last durable queue offset.
+    pub max_offset: u64,
+    pub record_count: u32,
+    /// `record_count` stored records, back to back, exactly as in the CommitLog.
+    pub records: Bytes,
+}
+
+impl PullResult {
+    /// Decodes and verifies (record CRC) every record in the result.
+    pub fn decode_records(&self) -> Result<Vec<Record>, DecodeError> {
+        let mut records =
+            Vec::with_capacity((self.record_count as usize).min(self.records.len() / 72));
+        let mut position = 0usize;
+        for _ in 0..self.record_count {
+            let rest = self.records.get(position..).unwrap_or_default();
+            let record = decode_record(rest)?;
+            position = position.saturating_add(record.total_size as usize);
+            records.push(record);
+        }
+        if position != self.records.len() {
+            return Err(DecodeError::TrailingBytes {
+                kind: "PULL_RESULT",
+                count: self.records.len().saturating_sub(position),
+            });
+        }
+        Ok(records)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicCreated {
+    pub topic: String,
+    pub queues: u32,
+    /// False when the topic already existed (its queue count is unchanged).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub min_offset: u64,
+    /// One past the last durable queue offset.
+    pub max_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub topic: String,
+    pub queues: Vec<QueueInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Pong,
+    SendResult(SendResult),
+    PullResult(PullResult),
+    CommitOffsetOk,
+    /// The committed offset of a group, or `None` when it never committed one.
+    Offset(Option<u64>),
+    TopicCreated(TopicCreated),
+    TopicList(Vec<TopicInfo>),
+    Stats(Vec<(String, u64)>),
+    Error(ErrorResponse),
+}
+
+impl Response {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Response::Pong => Kind::Pong,
+            Response::SendResult(_) => Kind::SendResult,
+            Response::PullResult(_) => Kind::PullResult,
+            Response::CommitOffsetOk => Kind::CommitOffsetOk,
+            Response::Offset(_) => Kind::Offset,
+            Response::TopicCreated(_) => Kind::TopicCreated,
+            Response::TopicList(_) => Kind::TopicList,
+            Response::Stats(_) => Kind::StatsResult,
+            Response::Error(_) => Kind::Error,
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error(ErrorResponse {
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// Appends this response as a whole frame.
+    pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        let start = begin_frame(out, self.kind(), 0, request_id);
+        match self {
+            Response::Pong | Response::CommitOffsetOk => {}
+            Response::SendResult(result) => {
+                out.put_u16_le(result.status as u16);
+                out.put_u32_le(result.queue_id);
+                out.put_u64_le(result.queue_offset);
+                out.put_u64_le(result.log_offset);
+            }
+            Response::PullResult(pull) => {
+                encode_pull_header(out, pull);
+                out.put_slice(&pull.records);
+            }
+            Response::Offset(offset) => {
+                out.put_u8(u8::from(offset.is_some()));
+                out.put_u64_le(offset.unwrap_or(0));
+            }
+            Response::TopicCreated(created) => {
+                put_str16(out, &created.topic);
+                out.put_u32_le(created.queues);
+                out.put_u8(u8::from(created.created));
+            }
+            Response::TopicList(topics) => {
+                out.put_u32_le(u32::try_from(topics.len()).unwrap_or(u32::MAX));
+                for topic in topics {
+                    put_str16(out, &topic.topic);
+                    out.put_u32_le(u32::try_from(topic.queues.len()).unwrap_or(u32::MAX));
+                    for queue in &topic.queues {
+                        out.put_u64_le(queue.min_offset);
+                        out.put_u64_le(queue.max_offset);
+                    }
+                }
+            }
+            Response::Stats(entries) => {
+                let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
+                out.put_u16_le(count);
+                for (name, value) in entries.iter().take(usize::from(count)) {
+                    put_str16(out, name);
+                    out.put_u64_le(*value);
+                }
+            }
+            Response::Error(error) => {
+                out.put_u16_le(error.code as u16);
+                put_str16(out, &error.message);
+            }
+        }
+        end_frame(out, start);
+    }
+
+    /// Decodes the body of a response frame. A request kind is `UnknownKind` here.
+    pub fn decode(frame: &RawFrame) -> Result<Response, DecodeError> {
+        let mut reader = Reader::new(&frame.body);
+        let response = match frame.kind {
+            Kind::Pong => Response::Pong,
+            Kind::CommitOffsetOk => Response::CommitOffsetOk,
+            Kind::SendResult => {
+                let status = reader.u16("status")?;
+                let status = SendStatus::from_u16(status).ok_or(DecodeError::InvalidValue {
+                    field: "status",
+                    value: u64::from(status),
+                })?;
+                Response::SendResult(SendResult {
+                    status,
+                    queue_id: reader.u32("queue_id")?,
+                    queue_offset: reader.u64("queue_offset")?,
+                    log_offset: reader.u64("log_offset")?,
+                })
+            }
+            Kind::PullResult => {
+                let status = reader.u8("status")?;
+                let status = PullStatus::from_u8(status).ok_or(DecodeError::InvalidValue {
+                    field: "status",
+                    value: u64::from(status),
+                })?;
+                let next_offset = reader.u64("next_offset")?;
+                let min_offset = reader.u64("min_offset")?;
+                let max_offset = reader.u64("max_offset")?;
+                let record_count = reader.u32("record_count")?;
+                let start = reader.position();
+                let records = frame.body.slice(start.min(frame.body.len())..);
+                return Ok(Response::PullResult(PullResult {
+                    status,
+                    next_offset,
+                    min_offset,
+                    max_offset,
+                    record_count,
+                    records,
+                }));
+            }
+            Kind::Offset => {
+                let found = reader.u8("found")?;
+                let offset = reader.u64("offset")?;
+                match found {
+                    0 => Response::Offset(None),
+                    1 => Response::Offset(Some(offset)),
+                    other => {
+                        return Err(DecodeError::InvalidValue {
+                            field: "found",
+                            value: u64::from(other),
+                        })
+                    }
+                }
+            }
+            Kind::TopicCreated => Response::TopicCreated(TopicCreated {
+                topic: reader.str16("topic")?,
+                queues: reader.u32("queues")?,
+                created: reader.u8("created")? != 0,
+            }),
+            Kind::TopicList => Response::TopicList(decode_topic_list(&mut reader)?),
+            Kind::StatsResult => {
+                let count = reader.u16("stat_count")?;
+                let mut entries =
+                    Vec::with_capacity(usize::from(count).min(reader.remaining() / 10));
+                for _ in 0..count {
+                    let name = reader.str16("stat_name")?;
+                    entries.push((name, reader.u64("stat_value")?));
+                }
+                Response::Stats(entries)
+            }
+            Kind::Error => {
+                let code = reader.u16("error_code")?;
+                let code = ErrorCode::from_u16(code).ok_or(DecodeError::InvalidValue {
+                    field: "error_code",
+                    value: u64::from(code),
+                })?;
+                Response::Error(ErrorResponse {
+                    code,
+                    message: reader.str16("error_message")?,
+                })
+            }
+            other => return Err(DecodeError::UnknownKind(other as u8)),
+        };
+        reader.finish(frame.kind.name())?;
+        Ok(response)
+    }
+}
+
+/// Appends the fixed part of a PULL_RESULT body (the records follow it).
+pub(crate) fn encode_pull_header(out: &mut Vec<u8>, pull: &PullResult) {
+    out.put_u8(pull.status as u8);
+    out.put_u64_le(pull.next_offset);
+    out.put_u64_le(pull.min_offset);
+    out.put_u64_le(pull.max_offset);
+    out.put_u32_le(pull.record_count);
+}
+
+fn decode_topic_list(reader: &mut Reader<'_>) -> Result<Vec<TopicInfo>, DecodeError> {
+    let count = reader.u32("topic_count")?;
+    let mut topics = Vec::with_capacity((count as usize).min(reader.remaining() / 6));
+    for _ in 0..count {
+        let topic = reader.str16("topic")?;
+        let queue_count = reader.u32("queue_count")?;
+        let mut queues = Vec::with_capacity((queue_count as usize).min(reader.remaining() / 16));
+        for _ in 0..queue_count {
+            queues.push(QueueInfo {
+                min_offset: reader.u64("min_offset")?,
+                max_offset: reader.u64("max_offset")?,
+            });
+        }
+        topics.push(TopicInfo { topic, queues });
+    }
+    Ok(topics)
+}
