@@ -48,7 +48,7 @@ pub use frame::{
     PROTOCOL_VERSION,
 };
 pub use message::{
-    decode_record, encode_record, peek_record_header, validate_topic, Message, Record,
+    decode_record, encode_record, peek_record_header, tags_hash, validate_topic, Message, Record,
     RecordHeader, RecordMeta, RECORD_FIXED_LEN, RECORD_MAGIC, TOPIC_NAME_LEN_MAX,
 };
 pub use request::{

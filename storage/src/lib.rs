@@ -1,1 +1,36 @@
+//! keel storage: a segmented CommitLog, ConsumeQueues derived from it, a group-commit
+//! flusher, start-up recovery, and durable topic and consumer-offset metadata.
+//!
+//! Threads: callers (the server's event loops) append under one mutex, which is a memory
+//! copy only. The flusher thread writes and `fdatasync`s everything appended so far in
+//! one go (group commit) and publishes `offset_written` / `offset_flushed`. The metadata
+//! thread persists topics and consumer offsets. Both wake registered listeners (the
+//! loops' `mio::Waker`s) after each step, so no caller ever waits on the disk.
+//!
+//! On disk:
+//! ```text
+//! DATA_DIR/LOCK                               held (flock) while a broker runs
+//! DATA_DIR/checkpoint                         last fsynced log offset (a hint for recovery)
+//! DATA_DIR/commitlog/00000000000000000000     segments named by base offset
+//! DATA_DIR/consumequeue/TOPIC/QUEUE/00000000000000000000   20-byte index entries
+//! DATA_DIR/topics                             topic -> queue count
+//! DATA_DIR/offsets/consumer_offsets           group, topic, queue -> committed offset
+//! ```
 
+mod checkpoint;
+mod consume_queue;
+mod error;
+mod flusher;
+mod fs_util;
+mod meta;
+mod recovery;
+mod segment;
+mod store;
+
+pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
+pub use error::{AppendError, StoreError};
+pub use recovery::RecoveryReport;
+pub use store::{AppendResult, FlushMode, QueueRead, ReadStatus, Store, StoreConfig, StoreStats};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! Small file-system helpers with the crash-safety steps spelled out.
+
+use crate::StoreError;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+/// fsyncs a directory so that a create, rename or delete inside it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let handle =
+        File::open(dir).map_err(|e| StoreError::io(format!("open {}", dir.display()), e))?;
+    handle
+        .sync_all()
+        .map_err(|e| StoreError::io(format!("fsync directory {}", dir.display()), e))
+}
+
+pub(crate) fn create_dir_all_synced(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `contents` atomically.
+///
+/// Crash safety: the temporary file is fsynced before the rename, and the directory
+/// after it, so a crash at any point leaves either the old file or the new one, whole.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    let temporary = path.with_extension("tmp");
+    let context = |what: &str| format!("{what} {}", temporary.display());
+    let mut file = File::create(&temporary).map_err(|e| StoreError::io(context("create"), e))?;
+    file.write_all(contents)
+        .map_err(|e| StoreError::io(context("write"), e))?;
+    file.sync_all()
+        .map_err(|e| StoreError::io(context("fsync"), e))?;
+    drop(file);
+    fs::rename(&temporary, path)
+        .map_err(|e| StoreError::io(format!("rename to {}", path.display()), e))?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Appends a `crc32c XXXXXXXX` trailer line over everything before it.
+pub(crate) fn seal_text(mut text: String) -> Vec<u8> {
+    let crc = crc32c::crc32c(text.as_bytes());
+    text.push_str(&format!("crc32c {crc:08x}\n"));
+    text.into_bytes()
+}
+
+/// Checks and strips the trailer written by `seal_text`.
+pub(crate) fn unseal_text(bytes: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map_or(0, |index| index + 1);
+    let (body, trailer) = text.split_at(body_end);
+    let stored = trailer.trim().strip_prefix("crc32c ")?;
+    let stored = u32::from_str_radix(stored, 16).ok()?;
+    (crc32c::crc32c(body.as_bytes()) == stored).then_some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_text_round_trips_and_detects_damage() {
+        let sealed = seal_text("a 1\nb 2\n".to_string());
+        assert_eq!(unseal_text(&sealed), Some("a 1\nb 2\n"));
+        let mut damaged = sealed.clone();
+        damaged[0] = b'c';
+        assert_eq!(unseal_text(&damaged), None);
+        assert_eq!(unseal_text(&seal_text(String::new())), Some(""));
+        assert_eq!(unseal_text(b""), None);
+    }
+}

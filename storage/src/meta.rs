@@ -1,0 +1,176 @@
+//! Topic configuration and committed consumer offsets, persisted by their own thread.
+//!
+//! Callers change the in-memory state and get a version number; the metadata thread
+//! writes both files atomically and publishes the highest version on disk, so a reply
+//! that promises durability (topic created, offset committed) waits for that version
+//! without any caller touching the disk.
+
+use crate::fs_util::{seal_text, unseal_text, write_atomic};
+use crate::StoreError;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+pub(crate) type OffsetKey = (String, String, u32);
+
+pub(crate) struct Meta {
+    pub topics_path: PathBuf,
+    pub offsets_path: PathBuf,
+    pub offsets: Mutex<BTreeMap<OffsetKey, u64>>,
+    version: AtomicU64,
+    persisted: AtomicU64,
+    pub failed: AtomicBool,
+    wakeup: Condvar,
+    /// Guards the wait; true once shutdown was asked.
+    stop: Mutex<bool>,
+}
+
+impl Meta {
+    pub(crate) fn new(
+        topics_path: PathBuf,
+        offsets_path: PathBuf,
+        offsets: BTreeMap<OffsetKey, u64>,
+    ) -> Meta {
+        Meta {
+            topics_path,
+            offsets_path,
+            offsets: Mutex::new(offsets),
+            version: AtomicU64::new(0),
+            persisted: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            wakeup: Condvar::new(),
+            stop: Mutex::new(false),
+        }
+    }
+
+    /// Records that state changed (call after changing it) and returns the version that
+    /// covers the change.
+    pub(crate) fn bump(&self) -> u64 {
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        let _guard = self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        self.wakeup.notify_one();
+        version
+    }
+
+    pub(crate) fn persisted(&self) -> u64 {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn request_stop(&self) {
+        *self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = true;
+        self.wakeup.notify_one();
+    }
+
+    /// Waits until there is something to persist; returns the version to persist, or
+    /// `None` when asked to stop and nothing is left.
+    pub(crate) fn wait_for_work(&self) -> Option<u64> {
+        let mut stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        loop {
+            let version = self.version.load(Ordering::Acquire);
+            if version > self.persisted() {
+                return Some(version);
+            }
+            if *stop {
+                return None;
+            }
+            stop = self
+                .wakeup
+                .wait(stop)
+                .unwrap_or_else(|poison| poison.into_inner());
+        }
+    }
+
+    pub(crate) fn publish(&self, version: u64) {
+        self.persisted.fetch_max(version, Ordering::AcqRel);
+    }
+
+    pub(crate) fn write_files(&self, topics: &[(String, u32)]) -> Result<(), StoreError> {
+        let mut text = String::from("# keel topics v1: name queues\n");
+        for (name, queues) in topics {
+            text.push_str(&format!("{name} {queues}\n"));
+        }
+        write_atomic(&self.topics_path, &seal_text(text))?;
+        let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
+        let offsets = self
+            .offsets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        for ((group, topic, queue), offset) in offsets {
+            text.push_str(&format!("{group} {topic} {queue} {offset}\n"));
+        }
+        write_atomic(&self.offsets_path, &seal_text(text))
+    }
+}
+
+fn read_sealed(path: &Path) -> Result<Option<String>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => match unseal_text(&bytes) {
+            Some(body) => Ok(Some(body.to_string())),
+            None => Err(StoreError::Corruption {
+                path: path.to_path_buf(),
+                position: 0,
+                detail: "checksum trailer missing or wrong".to_string(),
+            }),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(StoreError::io(format!("read {}", path.display()), error)),
+    }
+}
+
+fn bad_line(path: &Path, line: &str) -> StoreError {
+    StoreError::Corruption {
+        path: path.to_path_buf(),
+        position: 0,
+        detail: format!("unreadable line {line:?}"),
+    }
+}
+
+pub(crate) fn load_topics(path: &Path) -> Result<Vec<(String, u32)>, StoreError> {
+    let Some(body) = read_sealed(path)? else {
+        return Ok(Vec::new());
+    };
+    let mut topics = Vec::new();
+    for line in body
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+    {
+        let mut fields = line.split(' ');
+        let (Some(name), Some(queues), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(bad_line(path, line));
+        };
+        let queues = queues.parse().map_err(|_| bad_line(path, line))?;
+        topics.push((name.to_string(), queues));
+    }
+    Ok(topics)
+}
+
+pub(crate) fn load_offsets(path: &Path) -> Result<BTreeMap<OffsetKey, u64>, StoreError> {
+    let Some(body) = read_sealed(path)? else {
+        return Ok(BTreeMap::new());
+    };
+    let mut offsets = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+    {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [group, topic, queue, offset] = fields[..] else {
+            return Err(bad_line(path, line));
+        };
+        let queue = queue.parse().map_err(|_| bad_line(path, line))?;
+        let offset = offset.parse().map_err(|_| bad_line(path, line))?;
+        offsets.insert((group.to_string(), topic.to_string(), queue), offset);
+    }
+    Ok(offsets)
+}

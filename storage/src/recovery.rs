@@ -1,0 +1,286 @@
+//! Start-up recovery: verify every record, truncate a torn tail, refuse on corruption.
+//!
+//! The first record that fails a check (header, magic, size, CRC32C over the whole
+//! record, or its stored offset disagreeing with where it sits) ends the valid log at
+//! position `p`. What follows is a *torn tail* when it cannot hold acknowledged data:
+//! - with a checkpoint `c` (the last fsynced offset): `p >= c`;
+//! - without one: no valid record exists anywhere after `p`.
+//!
+//! A torn tail is truncated (and later segments removed). Anything else is corruption:
+//! recovery refuses, naming the file, the position and what is wrong, and never cuts the
+//! log silently. Recovery is idempotent: after truncation a second run finds a clean log.
+
+use crate::segment::list_segments;
+use crate::StoreError;
+use keel_protocol::{decode_record, peek_record_header, RECORD_FIXED_LEN, RECORD_MAGIC};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    pub offset_end: u64,
+    pub checkpoint: Option<u64>,
+    pub clean_shutdown: bool,
+    /// Bytes cut from a torn tail (0 when the log ended cleanly).
+    pub truncated_bytes: u64,
+    /// Segments after the torn point that were deleted.
+    pub removed_segments: usize,
+    /// Why the tail was cut, when it was.
+    pub truncation_reason: Option<String>,
+}
+
+/// A verified record, as recovery reports it to rebuild the indexes.
+pub(crate) struct RecoveredRecord {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_offset: u64,
+    pub size: u32,
+    pub tags_hash: u64,
+}
+
+struct BadRecord {
+    position: u64,
+    detail: String,
+}
+
+/// Scans `dir`, calls `on_record` for every valid record in log order, truncates a torn
+/// tail, and returns the surviving segments (base, path) with the report.
+pub(crate) fn recover(
+    dir: &Path,
+    checkpoint: Option<u64>,
+    max_record_bytes: u32,
+    mut on_record: impl FnMut(RecoveredRecord) -> Result<(), String>,
+) -> Result<(Vec<(u64, PathBuf)>, RecoveryReport), StoreError> {
+    let segments = list_segments(dir)?;
+    let mut report = RecoveryReport {
+        checkpoint,
+        ..RecoveryReport::default()
+    };
+    let mut expected_base = segments.first().map_or(0, |(base, _)| *base);
+    let mut kept = Vec::new();
+    for (index, (base, path)) in segments.iter().enumerate() {
+        if *base != expected_base {
+            return Err(StoreError::Corruption {
+                path: path.clone(),
+                position: 0,
+                detail: format!(
+                    "segment starts at offset {base} but the previous one ends at {expected_base}"
+                ),
+            });
+        }
+        kept.push((*base, path.clone()));
+        let (valid_len, bad) =
+            scan_segment(path, *base, max_record_bytes, &mut on_record, &mut report)?;
+        expected_base = base + valid_len;
+        let Some(bad) = bad else { continue };
+        let later = &segments[index + 1..];
+        let position_global = base + bad.position;
+        let corrupt = match checkpoint {
+            Some(flushed) => position_global < flushed,
+            None => {
+                valid_record_after(path, *base, bad.position + 1, max_record_bytes)?
+                    || later.iter().any(|(later_base, later_path)| {
+                        valid_record_after(later_path, *later_base, 0, max_record_bytes)
+                            .unwrap_or(true)
+                    })
+            }
+        };
+        if corrupt {
+            let why = match checkpoint {
+                Some(flushed) => format!("it lies below the last fsynced offset {flushed}"),
+                None => "valid records follow it".to_string(),
+            };
+            return Err(StoreError::Corruption {
+                path: path.clone(),
+                position: bad.position,
+                detail: format!(
+                    "{} (log offset {position_global}); this is not a torn tail because {why}. \
+                     The broker will not start on a damaged log: restore the segment, or move the \
+                     damaged data aside deliberately",
+                    bad.detail
+                ),
+            });
+        }
+        truncate_tail(path, bad.position, later, &mut report)?;
+        report.truncation_reason = Some(format!("{} at log offset {position_global}", bad.detail));
+        break;
+    }
+    report.segments = kept.len();
+    report.offset_end = expected_base;
+    if let Some(flushed) = checkpoint {
+        if report.offset_end < flushed {
+            return Err(StoreError::Corruption {
+                path: dir.to_path_buf(),
+                position: report.offset_end,
+                detail: format!(
+                    "the log ends at offset {} but the checkpoint says {flushed} was fsynced: \
+                     acknowledged data is missing",
+                    report.offset_end
+                ),
+            });
+        }
+    }
+    Ok((kept, report))
+}
+
+/// Verifies the records of one segment. Returns the length of its valid prefix and the
+/// first bad record, if any.
+fn scan_segment(
+    path: &Path,
+    base: u64,
+    max_record_bytes: u32,
+    on_record: &mut impl FnMut(RecoveredRecord) -> Result<(), String>,
+    report: &mut RecoveryReport,
+) -> Result<(u64, Option<BadRecord>), StoreError> {
+    let file =
+        File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let length = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+        .len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut record = Vec::new();
+    let mut position = 0u64;
+    let read_error = |e| StoreError::io(format!("read {}", path.display()), e);
+    while position < length {
+        let bad = |detail: String| Ok((position, Some(BadRecord { position, detail })));
+        let remaining = length - position;
+        if remaining < 12 {
+            return bad(format!("incomplete record header ({remaining} bytes)"));
+        }
+        record.resize(12, 0);
+        reader.read_exact(&mut record).map_err(read_error)?;
+        let Some(header) = peek_record_header(&record) else {
+            return bad("unreadable header".into());
+        };
+        if header.magic != RECORD_MAGIC {
+            let what = if record.iter().all(|b| *b == 0) {
+                "zero-filled bytes"
+            } else {
+                "bad record magic"
+            };
+            return bad(what.to_string());
+        }
+        let size = u64::from(header.total_size);
+        if size < RECORD_FIXED_LEN as u64 || size > u64::from(max_record_bytes) {
+            return bad(format!("implausible record size {size}"));
+        }
+        if size > remaining {
+            return bad(format!(
+                "record of {size} bytes runs past the end of the file ({remaining} left)"
+            ));
+        }
+        record.resize(size as usize, 0);
+        reader.read_exact(&mut record[12..]).map_err(read_error)?;
+        let decoded = match decode_record(&record) {
+            Ok(decoded) => decoded,
+            Err(error) => return bad(error.to_string()),
+        };
+        if decoded.log_offset != base + position {
+            return bad(format!(
+                "record claims log offset {} but sits at {}",
+                decoded.log_offset,
+                base + position
+            ));
+        }
+        let recovered = RecoveredRecord {
+            tags_hash: decoded.tags_hash(),
+            topic: decoded.topic,
+            queue_id: decoded.queue_id,
+            queue_offset: decoded.queue_offset,
+            log_offset: decoded.log_offset,
+            size: decoded.total_size,
+        };
+        if let Err(detail) = on_record(recovered) {
+            return Err(StoreError::Corruption {
+                path: path.to_path_buf(),
+                position,
+                detail,
+            });
+        }
+        report.records += 1;
+        position += size;
+    }
+    Ok((position, None))
+}
+
+/// Whether any valid record (CRC and position consistent) starts at or after `from`.
+fn valid_record_after(
+    path: &Path,
+    base: u64,
+    from: u64,
+    max_record_bytes: u32,
+) -> Result<bool, StoreError> {
+    let file =
+        File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let length = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+        .len();
+    const STEP: u64 = 4 << 20;
+    let overlap = u64::from(max_record_bytes);
+    let mut window = Vec::new();
+    let mut start = from;
+    while start < length {
+        let window_len = (length - start).min(STEP + overlap);
+        window.resize(window_len as usize, 0);
+        file.read_exact_at(&mut window, start)
+            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
+        let candidates = window_len.min(STEP) as usize;
+        let magic = RECORD_MAGIC.to_le_bytes();
+        for index in 0..candidates {
+            if window.get(index + 4..index + 8) != Some(&magic[..]) {
+                continue;
+            }
+            if let Ok(record) = decode_record(&window[index..]) {
+                if record.log_offset == base + start + index as u64 {
+                    return Ok(true);
+                }
+            }
+        }
+        start += STEP;
+    }
+    Ok(false)
+}
+
+/// Cuts the torn tail at `position` and deletes the segments after it.
+///
+/// Crash safety: the truncation is fsynced before later segments are removed, and the
+/// directory after; a crash in between leaves a state this same recovery handles again.
+fn truncate_tail(
+    path: &Path,
+    position: u64,
+    later: &[(u64, PathBuf)],
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let length = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+        .len();
+    report.truncated_bytes += length - position;
+    file.set_len(position)
+        .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
+    file.sync_all()
+        .map_err(|e| StoreError::io(format!("fsync {}", path.display()), e))?;
+    for (_, later_path) in later {
+        let later_length = std::fs::metadata(later_path).map(|m| m.len()).unwrap_or(0);
+        report.truncated_bytes += later_length;
+        std::fs::remove_file(later_path)
+            .map_err(|e| StoreError::io(format!("remove {}", later_path.display()), e))?;
+        report.removed_segments += 1;
+    }
+    if let Some(dir) = path.parent() {
+        crate::fs_util::sync_dir(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,735 @@
+//! The store: append, read, topics, offsets, and the threads that make them durable.
+
+use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::consume_queue::{IndexEntry, IndexFiles, IndexUpdate, TopicQueues};
+use crate::fs_util::create_dir_all_synced;
+use crate::meta::{load_offsets, load_topics, Meta};
+use crate::recovery::{recover, RecoveryReport};
+use crate::segment::SegmentSet;
+use crate::{AppendError, StoreError};
+use keel_protocol::{encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// A send is durable once fsynced (group commit).
+    Sync,
+    /// A send is durable once written to the page cache; fsync every `flush_interval_ms`.
+    Async,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub segment_size_bytes: u64,
+    pub flush: FlushMode,
+    pub flush_interval_ms: u64,
+    pub default_queues: u32,
+    /// Largest record recovery accepts as plausible.
+    pub max_record_bytes: u32,
+    /// Fault injection: sleep this long before every log fsync (0 = off).
+    pub fsync_delay_ms: u64,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            segment_size_bytes: 1 << 30,
+            flush: FlushMode::Sync,
+            flush_interval_ms: 500,
+            default_queues: 4,
+            max_record_bytes: keel_protocol::DEFAULT_MAX_MESSAGE_BYTES + (1 << 20),
+            fsync_delay_ms: 0,
+        }
+    }
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_offset: u64,
+    /// The record is durable once the durable offset reaches this.
+    pub offset_end: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    Found,
+    NoNewMessages,
+    OffsetOutOfRange,
+}
+
+/// Records read from one queue, as stored bytes back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRead {
+    pub status: ReadStatus,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    pub record_count: u32,
+    pub records: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub offset_appended: u64,
+    pub offset_written: u64,
+    pub offset_flushed: u64,
+    pub records_appended: u64,
+    pub records_flushed: u64,
+    pub fsyncs: u64,
+    pub segments: u64,
+    pub topics: u64,
+    pub poisoned: bool,
+}
+
+/// Append-side state, under one mutex. Appends are memory copies only.
+///
+/// Invariant: `pending_base + pending.len() == offset_end`, and
+/// `segment_active_base <= offset_end`.
+pub(crate) struct AppendState {
+    pub offset_end: u64,
+    pub pending: Vec<u8>,
+    pub pending_base: u64,
+    pub pending_records: u64,
+    pub pending_index: Vec<IndexUpdate>,
+    pub segment_active_base: u64,
+    /// Segments started by appends that the flusher has not created yet.
+    pub segments_new: Vec<u64>,
+    pub topics: BTreeMap<String, TopicQueues>,
+    pub records_appended: u64,
+    pub flusher_waiting: bool,
+    pub shutting_down: bool,
+}
+
+/// Offsets published by the flusher. Invariant: `flushed <= written <= offset_end`.
+#[derive(Default)]
+pub(crate) struct Progress {
+    pub written: AtomicU64,
+    pub flushed: AtomicU64,
+    pub records_flushed: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub poisoned: AtomicBool,
+}
+
+type Listener = Arc<dyn Fn() + Send + Sync>;
+
+pub struct Store {
+    pub(crate) config: StoreConfig,
+    pub(crate) state: Mutex<AppendState>,
+    pub(crate) flusher_wakeup: Condvar,
+    pub(crate) progress: Progress,
+    pub(crate) segments: SegmentSet,
+    pub(crate) meta: Meta,
+    pub(crate) checkpoint: CheckpointFile,
+    listeners: Mutex<Vec<Listener>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    recovery: RecoveryReport,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens the data directory, recovers the log, and starts the flusher and metadata
+    /// threads.
+    pub fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
+        let data_dir = &config.data_dir;
+        create_dir_all_synced(data_dir)?;
+        let lock = lock_data_dir(data_dir)?;
+        let log_dir = data_dir.join("commitlog");
+        create_dir_all_synced(&log_dir)?;
+        create_dir_all_synced(&data_dir.join("consumequeue"))?;
+        create_dir_all_synced(&data_dir.join("offsets"))?;
+        let (checkpoint_file, checkpoint) = CheckpointFile::open(&data_dir.join("checkpoint"))?;
+
+        let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
+        let on_record = |record: crate::recovery::RecoveredRecord| -> Result<(), String> {
+            let topic = topics.entry(record.topic.clone()).or_default();
+            let index = record.queue_id as usize;
+            if topic.queues.len() <= index {
+                topic.queues.resize_with(index + 1, Vec::new);
+            }
+            let queue = &mut topic.queues[index];
+            if queue.len() as u64 != record.queue_offset {
+                return Err(format!(
+                    "record of {}/{} has queue offset {} but {} records of that queue precede it",
+                    record.topic,
+                    record.queue_id,
+                    record.queue_offset,
+                    queue.len()
+                ));
+            }
+            queue.push(IndexEntry {
+                log_offset: record.log_offset,
+                size: record.size,
+                tags_hash: record.tags_hash,
+            });
+            Ok(())
+        };
+        let (segment_paths, mut report) = recover(
+            &log_dir,
+            checkpoint.map(|c| c.offset_flushed),
+            config.max_record_bytes,
+            on_record,
+        )?;
+        report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
+
+        let topics_path = data_dir.join("topics");
+        for (name, queues) in load_topics(&topics_path)? {
+            let topic = topics.entry(name).or_default();
+            if topic.queues.len() < queues as usize {
+                topic.queues.resize_with(queues as usize, Vec::new);
+            }
+        }
+        let offsets = load_offsets(&data_dir.join("offsets").join("consumer_offsets"))?;
+        let mut index_files = IndexFiles::new(&data_dir.join("consumequeue"));
+        let mut rewritten = 0;
+        for (name, topic) in &topics {
+            for (queue_id, entries) in topic.queues.iter().enumerate() {
+                let context =
+                    |e| StoreError::io(format!("write consume queue {name}/{queue_id}"), e);
+                rewritten += usize::from(
+                    index_files
+                        .reconcile(name, queue_id as u32, entries)
+                        .map_err(context)?,
+                );
+            }
+        }
+        if rewritten > 0 {
+            log::info!("rebuilt {rewritten} consume queue file(s) from the commit log");
+        }
+
+        let segments = SegmentSet::default();
+        let mut active = None;
+        for (base, path) in &segment_paths {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+            let file = Arc::new(file);
+            segments.push(*base, file.clone());
+            active = Some((*base, file));
+        }
+        let offset_end = report.offset_end;
+        // After a crash the recovered bytes may still be only in the page cache: make
+        // them durable before anything is served or acknowledged on top of them.
+        if let Some((_, file)) = &active {
+            file.sync_data()
+                .map_err(|e| StoreError::io("fsync the last segment after recovery", e))?;
+        }
+        checkpoint_file.write(Checkpoint {
+            offset_flushed: offset_end,
+            clean: false,
+        })?;
+
+        let segment_active_base = active.as_ref().map_or(offset_end, |(base, _)| *base);
+        let store = Arc::new(Store {
+            state: Mutex::new(AppendState {
+                offset_end,
+                pending: Vec::with_capacity(1 << 20),
+                pending_base: offset_end,
+                pending_records: 0,
+                pending_index: Vec::new(),
+                segment_active_base,
+                segments_new: Vec::new(),
+                topics,
+                records_appended: report.records,
+                flusher_waiting: false,
+                shutting_down: false,
+            }),
+            flusher_wakeup: Condvar::new(),
+            progress: Progress {
+                written: AtomicU64::new(offset_end),
+                flushed: AtomicU64::new(offset_end),
+                records_flushed: AtomicU64::new(report.records),
+                ..Progress::default()
+            },
+            segments,
+            meta: Meta::new(
+                topics_path,
+                data_dir.join("offsets").join("consumer_offsets"),
+                offsets,
+            ),
+            checkpoint: checkpoint_file,
+            listeners: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            recovery: report,
+            config,
+            _lock: lock,
+        });
+        store.meta.bump();
+        let flusher = {
+            let store = store.clone();
+            std::thread::Builder::new()
+                .name("keel-flusher".into())
+                .spawn(move || crate::flusher::run(&store, active, index_files))
+                .map_err(|e| StoreError::io("spawn the flusher thread", e))?
+        };
+        let meta = {
+            let store = store.clone();
+            std::thread::Builder::new()
+                .name("keel-meta".into())
+                .spawn(move || store.run_meta())
+                .map_err(|e| StoreError::io("spawn the metadata thread", e))?
+        };
+        store.threads().extend([flusher, meta]);
+        Ok(store)
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Registers a callback run (on a storage thread) whenever an offset advances or the
+    /// log is poisoned. It must not block: a `mio::Waker::wake` is the intended use.
+    pub fn add_listener(&self, listener: Arc<dyn Fn() + Send + Sync>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(listener);
+    }
+
+    pub(crate) fn notify_listeners(&self) {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        for listener in listeners {
+            listener();
+        }
+    }
+
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, AppendState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn offset_written(&self) -> u64 {
+        self.progress.written.load(Ordering::Acquire)
+    }
+
+    pub fn offset_flushed(&self) -> u64 {
+        self.progress.flushed.load(Ordering::Acquire)
+    }
+
+    /// Highest offset durable by this broker's standard: fsynced with `flush = "sync"`,
+    /// written to the page cache with `flush = "async"`. Sends at or below it are acked
+    /// and consumers are served up to it.
+    pub fn offset_durable(&self) -> u64 {
+        match self.config.flush {
+            FlushMode::Sync => self.offset_flushed(),
+            FlushMode::Async => self.offset_written(),
+        }
+    }
+
+    /// True once a write or fsync failed: nothing more will become durable.
+    pub fn is_poisoned(&self) -> bool {
+        self.progress.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Appends one message. A memory copy under the append lock; never touches the disk.
+    pub fn append(
+        &self,
+        message: &Message,
+        auto_create: bool,
+        store_timestamp_ms: u64,
+    ) -> Result<AppendResult, AppendError> {
+        if self.is_poisoned() {
+            return Err(AppendError::StorageFailed);
+        }
+        validate_topic(&message.topic)
+            .map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+        let mut state = self.lock_state();
+        if state.shutting_down {
+            return Err(AppendError::ShuttingDown);
+        }
+        let mut created = false;
+        if !state.topics.contains_key(&message.topic) {
+            if !auto_create {
+                return Err(AppendError::TopicNotFound(message.topic.clone()));
+            }
+            state.topics.insert(
+                message.topic.clone(),
+                TopicQueues::with_queues(self.config.default_queues),
+            );
+            created = true;
+        }
+        let state = &mut *state;
+        let topic = state
+            .topics
+            .get_mut(&message.topic)
+            .ok_or(AppendError::StorageFailed)?;
+        let queues = topic.queue_count();
+        let queue_id = if message.queue_id == QUEUE_ID_ANY {
+            let queue_id = topic.next_queue % queues.max(1);
+            topic.next_queue = topic.next_queue.wrapping_add(1);
+            queue_id
+        } else {
+            message.queue_id
+        };
+        let Some(queue) = topic.queues.get_mut(queue_id as usize) else {
+            return Err(AppendError::InvalidQueueId { queue_id, queues });
+        };
+        let record_len = message.record_len() as u64;
+        let segment_used = state.offset_end - state.segment_active_base;
+        if segment_used > 0 && segment_used + record_len > self.config.segment_size_bytes {
+            state.segment_active_base = state.offset_end;
+            state.segments_new.push(state.offset_end);
+        }
+        let meta = RecordMeta {
+            log_offset: state.offset_end,
+            queue_offset: queue.len() as u64,
+            queue_id,
+            store_timestamp_ms,
+        };
+        let written = encode_record(message, &meta, &mut state.pending) as u64;
+        assert_eq!(written, record_len);
+        let entry = IndexEntry {
+            log_offset: meta.log_offset,
+            size: record_len as u32,
+            tags_hash: keel_protocol::tags_hash(&message.tags),
+        };
+        queue.push(entry);
+        state.pending_index.push(IndexUpdate {
+            topic: message.topic.clone(),
+            queue_id,
+            queue_offset: meta.queue_offset,
+            entry,
+        });
+        state.offset_end += record_len;
+        state.pending_records += 1;
+        state.records_appended += 1;
+        assert_eq!(
+            state.pending_base + state.pending.len() as u64,
+            state.offset_end
+        );
+        if state.flusher_waiting {
+            self.flusher_wakeup.notify_one();
+        }
+        let result = AppendResult {
+            queue_id,
+            queue_offset: meta.queue_offset,
+            log_offset: meta.log_offset,
+            offset_end: state.offset_end,
+        };
+        if created {
+            self.meta.bump();
+        }
+        Ok(result)
+    }
+
+    /// Creates a topic. Returns its queue count, whether it was created now, and the
+    /// metadata version that must be persisted before the creation is durable.
+    pub fn create_topic(&self, name: &str, queues: u32) -> Result<(u32, bool, u64), StoreError> {
+        validate_topic(name).map_err(|detail| StoreError::InvalidTopic(detail.to_string()))?;
+        if queues == 0 || queues > 1024 {
+            return Err(StoreError::InvalidArgument(format!(
+                "queue count {queues} is outside 1..=1024"
+            )));
+        }
+        let mut state = self.lock_state();
+        if let Some(topic) = state.topics.get(name) {
+            let count = topic.queue_count();
+            drop(state);
+            return Ok((count, false, self.meta.bump()));
+        }
+        state
+            .topics
+            .insert(name.to_string(), TopicQueues::with_queues(queues));
+        drop(state);
+        Ok((queues, true, self.meta.bump()))
+    }
+
+    /// Highest metadata version (topics, offsets) that is on disk.
+    pub fn meta_persisted(&self) -> u64 {
+        self.meta.persisted()
+    }
+
+    pub fn meta_failed(&self) -> bool {
+        self.meta.failed.load(Ordering::Acquire)
+    }
+
+    /// Queue count of a topic, if it exists.
+    pub fn topic_queues(&self, name: &str) -> Option<u32> {
+        self.lock_state()
+            .topics
+            .get(name)
+            .map(TopicQueues::queue_count)
+    }
+
+    /// For each topic (or just `only`), each queue's (min, max) durable queue offsets.
+    pub fn queue_offsets(&self, only: Option<&str>) -> Vec<(String, Vec<(u64, u64)>)> {
+        let durable = self.offset_durable();
+        let state = self.lock_state();
+        state
+            .topics
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|only| only == name.as_str()))
+            .map(|(name, topic)| {
+                let queues = topic
+                    .queues
+                    .iter()
+                    .map(|queue| (0, durable_count(queue, durable)))
+                    .collect();
+                (name.clone(), queues)
+            })
+            .collect()
+    }
+
+    /// Reads up to `max_messages` records (and about `max_bytes`, at least one record) of
+    /// a queue from `queue_offset`, never past the durable offset.
+    pub fn read_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_messages: u32,
+        max_bytes: u32,
+    ) -> Result<QueueRead, StoreError> {
+        let durable = self.offset_durable();
+        let mut selected: Vec<IndexEntry> = Vec::new();
+        let max_offset;
+        {
+            let state = self.lock_state();
+            let queues = state
+                .topics
+                .get(topic)
+                .ok_or_else(|| StoreError::TopicNotFound(topic.to_string()))?;
+            let queue =
+                queues
+                    .queues
+                    .get(queue_id as usize)
+                    .ok_or_else(|| StoreError::InvalidQueueId {
+                        topic: topic.to_string(),
+                        queue_id,
+                        queues: queues.queue_count(),
+                    })?;
+            max_offset = durable_count(queue, durable);
+            let mut bytes = 0u64;
+            if queue_offset < max_offset {
+                let end =
+                    max_offset.min(queue_offset.saturating_add(u64::from(max_messages.max(1))));
+                for entry in &queue[queue_offset as usize..end as usize] {
+                    if !selected.is_empty() && bytes + u64::from(entry.size) > u64::from(max_bytes)
+                    {
+                        break;
+                    }
+                    bytes += u64::from(entry.size);
+                    selected.push(*entry);
+                }
+            }
+        }
+        let status = if queue_offset > max_offset {
+            ReadStatus::OffsetOutOfRange
+        } else if selected.is_empty() {
+            ReadStatus::NoNewMessages
+        } else {
+            ReadStatus::Found
+        };
+        let records = self.read_entries(&selected)?;
+        let record_count = selected.len() as u32;
+        let next_offset = if status == ReadStatus::OffsetOutOfRange {
+            queue_offset
+        } else {
+            queue_offset + u64::from(record_count)
+        };
+        Ok(QueueRead {
+            status,
+            next_offset,
+            min_offset: 0,
+            max_offset,
+            record_count,
+            records,
+        })
+    }
+
+    /// Reads the records behind index entries, one `pread` per run of adjacent records
+    /// in one segment.
+    fn read_entries(&self, entries: &[IndexEntry]) -> Result<Vec<u8>, StoreError> {
+        let total: u64 = entries.iter().map(|entry| u64::from(entry.size)).sum();
+        let mut out = vec![0u8; total as usize];
+        let mut run_start = 0usize;
+        let mut position = 0usize;
+        let mut index = 0usize;
+        while index < entries.len() {
+            let first = entries[index];
+            let base = self.segments.base_of(first.log_offset);
+            let mut end = first.offset_end();
+            let mut next = index + 1;
+            while let Some(entry) = entries.get(next) {
+                if entry.log_offset != end || self.segments.base_of(entry.log_offset) != base {
+                    break;
+                }
+                end = entry.offset_end();
+                next += 1;
+            }
+            let length = (end - first.log_offset) as usize;
+            position += length;
+            self.segments
+                .read_at(first.log_offset, &mut out[run_start..position])
+                .map_err(|e| {
+                    StoreError::io(
+                        format!("read the commit log at offset {}", first.log_offset),
+                        e,
+                    )
+                })?;
+            run_start = position;
+            index = next;
+        }
+        Ok(out)
+    }
+
+    /// Records that `group` has consumed `topic`/`queue_id` below `offset`. Returns the
+    /// metadata version to wait for before telling the consumer it is durable.
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<u64, StoreError> {
+        validate_topic(group)
+            .map_err(|detail| StoreError::InvalidArgument(format!("invalid group: {detail}")))?;
+        {
+            let state = self.lock_state();
+            let queues = state
+                .topics
+                .get(topic)
+                .ok_or_else(|| StoreError::TopicNotFound(topic.to_string()))?;
+            let queue =
+                queues
+                    .queues
+                    .get(queue_id as usize)
+                    .ok_or_else(|| StoreError::InvalidQueueId {
+                        topic: topic.to_string(),
+                        queue_id,
+                        queues: queues.queue_count(),
+                    })?;
+            if offset > queue.len() as u64 {
+                return Err(StoreError::InvalidArgument(format!(
+                    "offset {offset} is past the end of {topic}/{queue_id} ({})",
+                    queue.len()
+                )));
+            }
+        }
+        let mut offsets = self
+            .meta
+            .offsets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        offsets.insert((group.to_string(), topic.to_string(), queue_id), offset);
+        drop(offsets);
+        Ok(self.meta.bump())
+    }
+
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        let offsets = self
+            .meta
+            .offsets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        offsets
+            .get(&(group.to_string(), topic.to_string(), queue_id))
+            .copied()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let state = self.lock_state();
+        StoreStats {
+            offset_appended: state.offset_end,
+            offset_written: self.offset_written(),
+            offset_flushed: self.offset_flushed(),
+            records_appended: state.records_appended,
+            records_flushed: self.progress.records_flushed.load(Ordering::Acquire),
+            fsyncs: self.progress.fsyncs.load(Ordering::Acquire),
+            segments: self.segments.count() as u64,
+            topics: state.topics.len() as u64,
+            poisoned: self.is_poisoned(),
+        }
+    }
+
+    /// Stops taking appends, flushes everything appended, writes a clean checkpoint and
+    /// joins the storage threads. Idempotent.
+    pub fn shutdown(&self) {
+        {
+            let mut state = self.lock_state();
+            state.shutting_down = true;
+            self.flusher_wakeup.notify_all();
+        }
+        self.meta.request_stop();
+        let threads: Vec<_> = self.threads().drain(..).collect();
+        for thread in threads {
+            if thread.join().is_err() {
+                log::error!("a storage thread panicked during shutdown");
+            }
+        }
+    }
+
+    fn run_meta(&self) {
+        while let Some(version) = self.meta.wait_for_work() {
+            let topics: Vec<(String, u32)> = {
+                let state = self.lock_state();
+                state
+                    .topics
+                    .iter()
+                    .map(|(name, topic)| (name.clone(), topic.queue_count()))
+                    .collect()
+            };
+            match self.meta.write_files(&topics) {
+                Ok(()) => self.meta.publish(version),
+                Err(error) => {
+                    log::error!("persisting topics and offsets failed: {error}; retrying in 1 s");
+                    self.meta.failed.store(true, Ordering::Release);
+                    self.notify_listeners();
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            self.meta.failed.store(false, Ordering::Release);
+            self.notify_listeners();
+        }
+    }
+}
+
+/// Number of entries of `queue` whose records end at or below `durable`.
+fn durable_count(queue: &[IndexEntry], durable: u64) -> u64 {
+    queue.partition_point(|entry| entry.offset_end() <= durable) as u64
+}
+
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, StoreError> {
+    let path = data_dir.join("LOCK");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(StoreError::io(format!("lock {}", path.display()), error))
+        }
+    }
+}

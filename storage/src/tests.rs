@@ -1,0 +1,232 @@
+//! Store tests on a real temporary directory.
+
+use crate::{FlushMode, ReadStatus, Store, StoreConfig, StoreError};
+use keel_protocol::{decode_record, Message};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    let mut config = StoreConfig::new(dir);
+    config.segment_size_bytes = 4096;
+    config
+}
+
+fn wait_durable(store: &Store, offset: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.offset_durable() < offset {
+        assert!(
+            Instant::now() < deadline,
+            "offset {offset} never became durable"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn append_many(store: &Store, count: usize) -> u64 {
+    let mut end = 0;
+    for index in 0..count {
+        let message = Message::new("orders", format!("payload-{index:05}").into_bytes())
+            .with_queue((index % 2) as u32);
+        end = store.append(&message, true, 1).unwrap().offset_end;
+    }
+    end
+}
+
+fn read_all(store: &Store, queue_id: u32) -> Vec<String> {
+    let read = store
+        .read_queue("orders", queue_id, 0, 10_000, u32::MAX)
+        .unwrap();
+    let mut position = 0;
+    let mut payloads = Vec::new();
+    for _ in 0..read.record_count {
+        let record = decode_record(&read.records[position..]).unwrap();
+        assert!(record.payload_crc_matches());
+        position += record.total_size as usize;
+        payloads.push(String::from_utf8(record.payload.to_vec()).unwrap());
+    }
+    payloads
+}
+
+fn reopen(dir: &std::path::Path) -> Result<Arc<Store>, StoreError> {
+    Store::open(config(dir))
+}
+
+#[test]
+fn append_roll_read_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let end = append_many(&store, 200);
+    wait_durable(&store, end);
+    assert!(store.stats().segments > 3, "small segments must roll");
+    let even = read_all(&store, 0);
+    assert_eq!(even.len(), 100);
+    assert_eq!(even[3], "payload-00006");
+    store.shutdown();
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.recovery_report().records, 200);
+    assert!(store.recovery_report().clean_shutdown);
+    assert_eq!(read_all(&store, 1).len(), 100);
+    let next = store
+        .append(&Message::new("orders", "after").with_queue(0), true, 1)
+        .unwrap();
+    assert_eq!(next.queue_offset, 100);
+    store.shutdown();
+}
+
+#[test]
+fn reads_stop_at_the_durable_offset_and_past_the_end_is_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.fsync_delay_ms = 300;
+    let store = Store::open(cfg).unwrap();
+    let end = store
+        .append(&Message::new("orders", "x").with_queue(0), true, 1)
+        .unwrap()
+        .offset_end;
+    let read = store.read_queue("orders", 0, 0, 10, u32::MAX).unwrap();
+    assert_eq!(
+        read.status,
+        ReadStatus::NoNewMessages,
+        "not yet fsynced, not served"
+    );
+    wait_durable(&store, end);
+    let read = store.read_queue("orders", 0, 0, 10, u32::MAX).unwrap();
+    assert_eq!(read.status, ReadStatus::Found);
+    let read = store.read_queue("orders", 0, 5, 10, u32::MAX).unwrap();
+    assert_eq!(read.status, ReadStatus::OffsetOutOfRange);
+    assert_eq!(read.max_offset, 1);
+    store.shutdown();
+}
+
+/// Appends, then cuts the last segment to simulate a crash mid-write.
+fn torn_store(dir: &std::path::Path, damage: impl Fn(&mut Vec<u8>)) -> (u64, std::path::PathBuf) {
+    let store = reopen(dir).unwrap();
+    let end = append_many(&store, 40);
+    wait_durable(&store, end);
+    store.shutdown();
+    drop(store);
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap().clone();
+    let mut bytes = std::fs::read(&last).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&last, &bytes).unwrap();
+    (end, last)
+}
+
+#[test]
+fn torn_tail_after_the_checkpoint_is_truncated_and_recovery_is_idempotent() {
+    for shape in ["cut", "zeros", "garbage"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _) = torn_store(dir.path(), |bytes| match shape {
+            "cut" => bytes.extend_from_slice(&bytes[..50].to_vec()),
+            "zeros" => bytes.extend_from_slice(&[0u8; 700]),
+            _ => bytes.extend_from_slice(b"\x9f\x00\x00\x00garbage garbage garbage"),
+        });
+        let store = reopen(dir.path()).unwrap();
+        let report = store.recovery_report().clone();
+        assert_eq!(report.records, 40, "{shape}");
+        assert!(report.truncated_bytes > 0, "{shape}");
+        store.shutdown();
+        drop(store);
+        let again = reopen(dir.path()).unwrap();
+        assert_eq!(
+            again.recovery_report().truncated_bytes,
+            0,
+            "{shape}: second recovery is a no-op"
+        );
+        assert_eq!(again.recovery_report().records, 40);
+        again.shutdown();
+    }
+}
+
+#[test]
+fn bitflip_in_fsynced_data_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, last) = torn_store(dir.path(), |bytes| {
+        let middle = bytes.len() / 3;
+        bytes[middle] ^= 0x10;
+    });
+    let size_before = std::fs::metadata(&last).unwrap().len();
+    match reopen(dir.path()) {
+        Err(StoreError::Corruption { detail, .. }) => {
+            assert!(detail.contains("fsynced"), "{detail}")
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("a bitflip in fsynced data must not be accepted"),
+    }
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        size_before,
+        "nothing truncated"
+    );
+}
+
+#[test]
+fn bitflip_without_checkpoint_but_valid_records_after_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = torn_store(dir.path(), |_| {});
+    let first = dir.path().join("commitlog").join(format!("{:020}", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&first, &bytes).unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    match reopen(dir.path()) {
+        Err(StoreError::Corruption { detail, .. }) => {
+            assert!(detail.contains("valid records follow"), "{detail}")
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(store) => panic!("accepted: {:?}", store.recovery_report()),
+    }
+}
+
+#[test]
+fn offsets_and_topics_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    store.create_topic("empty-topic", 8).unwrap();
+    let end = append_many(&store, 10);
+    wait_durable(&store, end);
+    let version = store.commit_offset("group-a", "orders", 1, 3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.meta_persisted() < version {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(store.commit_offset("group-a", "orders", 1, 99).is_err());
+    store.shutdown();
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.query_offset("group-a", "orders", 1), Some(3));
+    assert_eq!(store.topic_queues("empty-topic"), Some(8));
+    store.shutdown();
+}
+
+#[test]
+fn second_open_of_a_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    assert!(matches!(reopen(dir.path()), Err(StoreError::Locked { .. })));
+    store.shutdown();
+}
+
+#[test]
+fn async_flush_acks_when_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.flush = FlushMode::Async;
+    cfg.flush_interval_ms = 50;
+    let store = Store::open(cfg).unwrap();
+    let end = append_many(&store, 20);
+    wait_durable(&store, end);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.offset_flushed() < end {
+        assert!(Instant::now() < deadline, "the periodic fsync never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store.shutdown();
+}
