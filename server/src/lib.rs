@@ -1,1 +1,223 @@
+//! keeld, the keel broker: one mio event loop per core over keel's binary protocol, in
+//! front of the storage crate's CommitLog.
 
+pub mod broker;
+pub mod config;
+mod connection;
+mod event_loop;
+mod handlers;
+
+use broker::Broker;
+use clap::Parser;
+use config::{Config, Flush};
+use event_loop::{EventLoop, Handoff, WAKER};
+use keel_storage::Store;
+use mio::{Poll, Waker};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// keeld: the keel message broker.
+///
+/// With no arguments it runs on the embedded default configuration: data in
+/// ./keel-data, clients on 127.0.0.1:10911, sync flush. Flags override the config file.
+#[derive(Debug, Parser)]
+#[command(name = "keeld", version, about, long_about = None)]
+pub struct Args {
+    /// TOML configuration file (see `keeld --print-config` for every key and default).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:10911; port 0 picks a free port (overrides `listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// "sync": ack after fsync (group commit). "async": ack after write, fsync periodically.
+    #[arg(long, value_name = "MODE", value_parser = ["sync", "async"])]
+    pub flush: Option<String>,
+    /// Print the embedded default configuration (a commented TOML file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Entry point of the `keeld` binary; returns the process exit code.
+pub fn main_entry() -> std::process::ExitCode {
+    let args = Args::parse();
+    if args.print_config {
+        print!("{}", config::DEFAULT_CONFIG_TOML);
+        return std::process::ExitCode::SUCCESS;
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match config_from_args(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("keeld: configuration error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            eprintln!("keeld: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn config_from_args(args: &Args) -> Result<Config, config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    match args.flush.as_deref() {
+        Some("sync") => config.flush = Flush::Sync,
+        Some("async") => config.flush = Flush::Async,
+        _ => {}
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Runs the broker until SIGTERM or SIGINT, then stops cleanly: no new sends, pending
+/// ones flushed and answered, files closed.
+pub fn run(config: Config) -> Result<(), String> {
+    let store = Store::open(config.store_config()).map_err(|error| {
+        format!(
+            "cannot open the data directory {}: {error}",
+            config.data_dir.display()
+        )
+    })?;
+    log_recovery(&store);
+    let listener = bind(config.listen)
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let broker = Arc::new(Broker::new(config.clone(), store.clone()));
+
+    let count = config.event_loop_count();
+    let mut loops = Vec::with_capacity(count);
+    let mut handoffs = Vec::with_capacity(count);
+    let mut wakers = Vec::with_capacity(count);
+    for index in 0..count {
+        let poll = Poll::new().map_err(|error| format!("cannot create a poller: {error}"))?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKER).map_err(|error| error.to_string())?);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        handoffs.push(Handoff {
+            sender,
+            waker: waker.clone(),
+        });
+        wakers.push(waker);
+        loops.push(EventLoop::new(index, poll, broker.clone(), receiver));
+    }
+    for waker in &wakers {
+        let waker = waker.clone();
+        store.add_listener(Arc::new(move || {
+            let _ = waker.wake();
+        }));
+    }
+    loops[0]
+        .set_listener(listener, handoffs)
+        .map_err(|error| error.to_string())?;
+    install_signal_handler(broker.clone(), wakers.clone())?;
+
+    let mut threads = Vec::with_capacity(count);
+    for event_loop in loops {
+        let name = format!("keel-loop-{}", threads.len());
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || event_loop.run());
+        threads.push(thread.map_err(|error| format!("cannot start an event loop: {error}"))?);
+    }
+    log::info!(
+        "keeld listening on {address} (data {}, flush {:?}, {count} event loops)",
+        config.data_dir.display(),
+        config.flush
+    );
+    // The ready line: tests and scripts wait for it, and read the port from it.
+    println!("keeld listening on {address}");
+    let _ = std::io::stdout().flush();
+
+    for thread in threads {
+        if thread.join().is_err() {
+            log::error!("an event loop panicked");
+        }
+    }
+    store.shutdown();
+    let stats = store.stats();
+    log::info!(
+        "keeld stopped cleanly: log ends at offset {}, all of it fsynced ({} records)",
+        stats.offset_flushed,
+        stats.records_flushed
+    );
+    Ok(())
+}
+
+fn log_recovery(store: &Store) {
+    let report = store.recovery_report();
+    let shutdown = if report.clean_shutdown {
+        "clean"
+    } else {
+        "unclean (or first start)"
+    };
+    log::info!(
+        "recovered {} records in {} segments, log ends at offset {}; previous shutdown {shutdown}",
+        report.records,
+        report.segments,
+        report.offset_end
+    );
+    if report.truncated_bytes > 0 {
+        log::warn!(
+            "truncated a torn tail of {} bytes ({} later segments removed): {}",
+            report.truncated_bytes,
+            report.removed_segments,
+            report.truncation_reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // SO_REUSEADDR lets a restarted broker bind while old connections sit in TIME_WAIT.
+    // Not SO_REUSEPORT: a second broker on the same port must fail, not share it.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
+fn install_signal_handler(broker: Arc<Broker>, wakers: Vec<Arc<Waker>>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+    std::thread::Builder::new()
+        .name("keel-signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received > 1 {
+                    log::warn!("second signal {signal}: exiting without waiting");
+                    std::process::exit(130);
+                }
+                log::info!("signal {signal}: stopping (no new sends; pending ones are flushed and answered)");
+                broker.begin_shutdown();
+                for waker in &wakers {
+                    let _ = waker.wake();
+                }
+            }
+        })
+        .map_err(|error| format!("cannot start the signal thread: {error}"))?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! keeld configuration: a TOML file, every key defaulted, flags override the file.
+
+use keel_storage::{FlushMode, StoreConfig};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flush {
+    Sync,
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Master,
+    AsyncMaster,
+    SyncMaster,
+    Slave,
+}
+
+/// Every key of `keeld.toml`. docs/OPERATIONS.md documents each one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub role: Role,
+    pub flush: Flush,
+    pub flush_interval_ms: u64,
+    pub sync_flush_timeout_ms: u64,
+    pub segment_size_bytes: u64,
+    pub max_message_bytes: u32,
+    pub max_frame_bytes: u32,
+    pub auto_create_topics: bool,
+    pub default_queues: u32,
+    /// Event loop threads; 0 means one per core.
+    pub event_loops: usize,
+    pub max_connections: usize,
+    pub long_poll_max_ms: u64,
+    pub connection_idle_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    /// Fault injection for tests: sleep before every fsync of the log.
+    pub fsync_delay_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10911)),
+            data_dir: PathBuf::from("./keel-data"),
+            role: Role::Master,
+            flush: Flush::Sync,
+            flush_interval_ms: 500,
+            sync_flush_timeout_ms: 5000,
+            segment_size_bytes: 1 << 30,
+            max_message_bytes: keel_protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            max_frame_bytes: keel_protocol::DEFAULT_MAX_FRAME_BYTES,
+            auto_create_topics: true,
+            default_queues: 4,
+            event_loops: 0,
+            max_connections: 10_000,
+            long_poll_max_ms: 30_000,
+            connection_idle_timeout_ms: 300_000,
+            shutdown_timeout_ms: 10_000,
+            fsync_delay_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Room a record needs beyond its payload, for the checks between the two limits.
+const RECORD_OVERHEAD_MAX: u32 = 256 * 1024;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Config::parse(&text)
+            .map_err(|ConfigError(message)| ConfigError(format!("{}: {message}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Checks the relations between keys; every problem is reported with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
+        if self.role != Role::Master {
+            return fail(format!(
+                "role = {:?} is not supported yet: replication is not built; use role = \"master\"",
+                self.role
+            ));
+        }
+        if self.segment_size_bytes < 4096 {
+            return fail(format!(
+                "segment_size_bytes = {} is below the minimum 4096",
+                self.segment_size_bytes
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return fail("max_message_bytes must be at least 1".into());
+        }
+        let needed = self.max_message_bytes.saturating_add(RECORD_OVERHEAD_MAX);
+        if self.max_frame_bytes < needed {
+            return fail(format!(
+                "max_frame_bytes = {} must be at least max_message_bytes + {RECORD_OVERHEAD_MAX} = {needed}",
+                self.max_frame_bytes
+            ));
+        }
+        if self.default_queues == 0 || self.default_queues > 1024 {
+            return fail(format!(
+                "default_queues = {} is outside 1..=1024",
+                self.default_queues
+            ));
+        }
+        if self.flush_interval_ms == 0 {
+            return fail("flush_interval_ms must be at least 1".into());
+        }
+        if self.sync_flush_timeout_ms == 0 {
+            return fail("sync_flush_timeout_ms must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn event_loop_count(&self) -> usize {
+        match self.event_loops {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            count => count,
+        }
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            data_dir: self.data_dir.clone(),
+            segment_size_bytes: self.segment_size_bytes,
+            flush: match self.flush {
+                Flush::Sync => FlushMode::Sync,
+                Flush::Async => FlushMode::Async,
+            },
+            flush_interval_ms: self.flush_interval_ms,
+            default_queues: self.default_queues,
+            max_record_bytes: self.max_message_bytes.saturating_add(RECORD_OVERHEAD_MAX),
+            fsync_delay_ms: self.fsync_delay_ms,
+        }
+    }
+}
+
+/// The embedded default configuration, as a commented TOML file (`keeld --print-config`).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../keeld.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_matches_the_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG_TOML).unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::parse("flsuh = \"sync\"")
+            .unwrap_err()
+            .0
+            .contains("flsuh"));
+        assert!(Config::parse("flush = \"sometimes\"").is_err());
+        let config = Config::parse("max_frame_bytes = 1000").unwrap();
+        assert!(config.validate().unwrap_err().0.contains("max_frame_bytes"));
+        let config = Config::parse("role = \"sync_master\"").unwrap();
+        assert!(config.validate().is_err());
+    }
+}

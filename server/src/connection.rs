@@ -1,0 +1,107 @@
+//! One client connection: its socket and its read and write buffers.
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Bytes read from one connection in one loop turn before other connections get theirs.
+const READ_BUDGET_PER_TURN: usize = 1 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+/// Above this much unsent output, the connection's input is not processed until the
+/// client reads (a consumer that does not read its pulls cannot grow our memory).
+pub const WRITE_BACKLOG_MAX: usize = 16 << 20;
+
+pub enum ReadOutcome {
+    /// Drained until `WouldBlock`.
+    Drained,
+    /// Stopped at the per-turn budget; more may be waiting.
+    BudgetSpent,
+    /// The peer closed its side.
+    Closed,
+}
+
+pub struct Connection {
+    /// Unique for the broker's lifetime: slab keys are reused, ids are not.
+    pub id: u64,
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub read_buffer: BytesMut,
+    pub write_buffer: Vec<u8>,
+    pub write_position: usize,
+    /// Send the queued output, then close (after a protocol error or EOF).
+    pub closing: bool,
+    /// The peer closed its side; no more input will come.
+    pub read_closed: bool,
+    pub last_activity: Instant,
+}
+
+impl Connection {
+    pub fn new(id: u64, socket: TcpStream, peer: SocketAddr) -> Connection {
+        Connection {
+            id,
+            socket,
+            peer,
+            read_buffer: BytesMut::with_capacity(READ_CHUNK),
+            write_buffer: Vec::new(),
+            write_position: 0,
+            closing: false,
+            read_closed: false,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// Reads until `WouldBlock`, EOF, or the per-turn budget.
+    pub fn fill_read_buffer(&mut self) -> io::Result<ReadOutcome> {
+        let mut budget = READ_BUDGET_PER_TURN;
+        loop {
+            if budget == 0 {
+                return Ok(ReadOutcome::BudgetSpent);
+            }
+            let filled = self.read_buffer.len();
+            let length = READ_CHUNK.min(budget);
+            self.read_buffer.resize(filled + length, 0);
+            let result = self.socket.read(&mut self.read_buffer[filled..]);
+            let count = *result.as_ref().unwrap_or(&0);
+            self.read_buffer.truncate(filled + count);
+            match result {
+                Ok(0) => return Ok(ReadOutcome::Closed),
+                Ok(count) => {
+                    budget -= count;
+                    self.last_activity = Instant::now();
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadOutcome::Drained)
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    pub fn pending_output(&self) -> usize {
+        self.write_buffer.len() - self.write_position
+    }
+
+    /// Writes queued output until done or `WouldBlock`.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.write_position < self.write_buffer.len() {
+            match self.socket.write(&self.write_buffer[self.write_position..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(count) => self.write_position += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        if self.write_position == self.write_buffer.len() {
+            self.write_buffer.clear();
+            self.write_position = 0;
+        } else if self.write_position > self.write_buffer.len() / 2 {
+            self.write_buffer.drain(..self.write_position);
+            self.write_position = 0;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,653 @@
+//! One event loop per core: accept, read frames, dispatch, answer when durable.
+//!
+//! Loop 0 owns the listener and hands accepted connections to the loops in turn. Each
+//! loop owns its connections (a `Slab`), its pending sends (ordered by log offset, so the
+//! front is always the next to complete), its parked long-poll pulls and its pending
+//! metadata replies. Storage threads wake the loop through its `Waker` whenever the
+//! durable offset moves; replies are queued during the turn and written at its end.
+
+use crate::broker::Broker;
+use crate::connection::{Connection, ReadOutcome, WRITE_BACKLOG_MAX};
+use keel_protocol::{decode_frame, ErrorCode, RawFrame, Request, Response, SendResult, SendStatus};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const WAKER: Token = Token(usize::MAX);
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Frames decoded from one connection per turn before other connections get a turn.
+const FRAMES_PER_TURN: usize = 512;
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
+
+/// A send waiting for the durable offset to reach `offset_end`.
+pub(crate) struct PendingSend {
+    pub key: usize,
+    pub connection_id: u64,
+    pub request_id: u64,
+    pub result: SendResult,
+    pub offset_end: u64,
+    pub deadline: Instant,
+}
+
+/// A reply waiting for topics/offsets metadata `version` to be on disk.
+pub(crate) struct PendingMeta {
+    pub key: usize,
+    pub connection_id: u64,
+    pub request_id: u64,
+    pub version: u64,
+    pub response: Response,
+    pub deadline: Instant,
+}
+
+/// A PULL that found nothing and waits for new records or its deadline.
+pub(crate) struct ParkedPull {
+    pub key: usize,
+    pub connection_id: u64,
+    pub request_id: u64,
+    pub pull: keel_protocol::PullRequest,
+    pub deadline: Instant,
+}
+
+/// Where loop 0 sends accepted connections for another loop.
+pub struct Handoff {
+    pub sender: Sender<(TcpStream, SocketAddr)>,
+    pub waker: Arc<Waker>,
+}
+
+pub struct EventLoop {
+    pub(crate) index: usize,
+    poll: Poll,
+    pub(crate) broker: Arc<Broker>,
+    listener: Option<TcpListener>,
+    handoffs: Vec<Handoff>,
+    next_handoff: usize,
+    incoming: Receiver<(TcpStream, SocketAddr)>,
+    pub(crate) connections: Slab<Connection>,
+    pub(crate) pending_sends: VecDeque<PendingSend>,
+    pub(crate) pending_meta: VecDeque<PendingMeta>,
+    pub(crate) parked_pulls: Vec<ParkedPull>,
+    /// Connections to read again this turn (budget spent, or output drained).
+    ready: Vec<usize>,
+    /// Connections with output queued this turn.
+    dirty: Vec<usize>,
+    durable_seen: u64,
+    drain_deadline: Option<Instant>,
+    idle_check_due: Instant,
+}
+
+impl EventLoop {
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        broker: Arc<Broker>,
+        incoming: Receiver<(TcpStream, SocketAddr)>,
+    ) -> EventLoop {
+        EventLoop {
+            index,
+            poll,
+            broker,
+            listener: None,
+            handoffs: Vec::new(),
+            next_handoff: 0,
+            incoming,
+            connections: Slab::new(),
+            pending_sends: VecDeque::new(),
+            pending_meta: VecDeque::new(),
+            parked_pulls: Vec::new(),
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            durable_seen: 0,
+            drain_deadline: None,
+            idle_check_due: Instant::now(),
+        }
+    }
+
+    /// Makes this loop the acceptor: it owns the listener and hands connections to all
+    /// loops (itself included) round-robin.
+    pub fn set_listener(
+        &mut self,
+        mut listener: TcpListener,
+        handoffs: Vec<Handoff>,
+    ) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        self.listener = Some(listener);
+        self.handoffs = handoffs;
+        Ok(())
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("event loop {} cannot poll: {error}", self.index);
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.ready.push(key);
+                        }
+                        if event.is_writable() {
+                            self.dirty.push(key);
+                        }
+                    }
+                }
+            }
+            self.register_incoming();
+            self.read_ready();
+            self.turn_end();
+            if self.drained() {
+                break;
+            }
+        }
+        for mut connection in self.connections.drain() {
+            let _ = connection.flush();
+            self.broker
+                .counters
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        log::debug!("event loop {} stopped", self.index);
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.ready.is_empty() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let mut due = now + POLL_TIMEOUT_MAX;
+        if let Some(send) = self.pending_sends.front() {
+            due = due.min(send.deadline);
+        }
+        if let Some(meta) = self.pending_meta.front() {
+            due = due.min(meta.deadline);
+        }
+        for pull in &self.parked_pulls {
+            due = due.min(pull.deadline);
+        }
+        due.saturating_duration_since(now)
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (mut socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    log::warn!("accept failed: {error}");
+                    return;
+                }
+            };
+            let counters = &self.broker.counters;
+            if counters.connections.load(Ordering::Relaxed) >= self.broker.config.max_connections {
+                log::warn!("refusing connection from {peer}: max_connections reached");
+                let mut frame = Vec::new();
+                Response::error(ErrorCode::TooManyConnections, "max_connections reached")
+                    .encode(0, &mut frame);
+                let _ = io::Write::write(&mut socket, &frame);
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let target = self.next_handoff % self.handoffs.len().max(1);
+            self.next_handoff = self.next_handoff.wrapping_add(1);
+            match self.handoffs.get(target) {
+                Some(handoff) if target != self.index => {
+                    if handoff.sender.send((socket, peer)).is_ok() {
+                        let _ = handoff.waker.wake();
+                    }
+                }
+                _ => self.register(socket, peer),
+            }
+        }
+    }
+
+    fn register_incoming(&mut self) {
+        while let Ok((socket, peer)) = self.incoming.try_recv() {
+            self.register(socket, peer);
+        }
+    }
+
+    fn register(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        let counters = &self.broker.counters;
+        let id = counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(error) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(key), interest)
+        {
+            log::warn!("cannot register connection from {peer}: {error}");
+            return;
+        }
+        entry.insert(Connection::new(id, socket, peer));
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        log::debug!("connection {id} from {peer} on loop {}", self.index);
+    }
+
+    /// Reads and dispatches every connection marked ready, within per-turn budgets.
+    fn read_ready(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.sort_unstable();
+        ready.dedup();
+        for key in ready {
+            self.on_readable(key);
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        // Sporadic events for closed connections happen (mio); ignore them.
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        if connection.closing || connection.pending_output() > WRITE_BACKLOG_MAX {
+            return;
+        }
+        let outcome = if connection.read_closed {
+            Ok(ReadOutcome::Drained)
+        } else {
+            connection.fill_read_buffer()
+        };
+        let mut again = match outcome {
+            Ok(ReadOutcome::Drained) => false,
+            Ok(ReadOutcome::BudgetSpent) => true,
+            Ok(ReadOutcome::Closed) => {
+                connection.read_closed = true;
+                false
+            }
+            Err(error) => {
+                log::debug!(
+                    "connection {} from {}: read failed: {error}",
+                    connection.id,
+                    connection.peer
+                );
+                self.close(key);
+                return;
+            }
+        };
+        let max_frame_bytes = self.broker.config.max_frame_bytes;
+        let mut decoded = 0;
+        while decoded < FRAMES_PER_TURN {
+            decoded += 1;
+            let Some(connection) = self.connections.get_mut(key) else {
+                return;
+            };
+            if connection.closing {
+                return;
+            }
+            match decode_frame(&mut connection.read_buffer, max_frame_bytes) {
+                Ok(Some(frame)) => self.dispatch(key, frame),
+                Ok(None) => break,
+                Err(error) => {
+                    let code = match error {
+                        keel_protocol::DecodeError::FrameTooLarge { .. } => {
+                            ErrorCode::FrameTooLarge
+                        }
+                        keel_protocol::DecodeError::UnsupportedVersion(_) => {
+                            ErrorCode::UnsupportedVersion
+                        }
+                        keel_protocol::DecodeError::UnknownKind(_) => ErrorCode::UnknownKind,
+                        _ => ErrorCode::MalformedFrame,
+                    };
+                    self.fail_connection(key, 0, code, &error.to_string());
+                    return;
+                }
+            }
+            if self
+                .connections
+                .get(key)
+                .is_some_and(|c| c.read_buffer.is_empty())
+            {
+                break;
+            }
+        }
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        if decoded == FRAMES_PER_TURN && !connection.read_buffer.is_empty() {
+            again = true;
+        }
+        if connection.read_closed && !again {
+            if !connection.read_buffer.is_empty() {
+                log::debug!(
+                    "connection {} from {} closed mid-frame ({} bytes unread)",
+                    connection.id,
+                    connection.peer,
+                    connection.read_buffer.len()
+                );
+            }
+            connection.closing = true;
+            self.mark_dirty(key);
+        }
+        if again {
+            self.ready.push(key);
+        }
+    }
+
+    /// Decodes and carries out one request. Replies are queued, never written here.
+    fn dispatch(&mut self, key: usize, frame: RawFrame) {
+        if !frame.kind.is_request() {
+            let message = format!("{} is a response kind, not a request", frame.kind.name());
+            self.fail_connection(key, frame.request_id, ErrorCode::UnknownKind, &message);
+            return;
+        }
+        let request = match Request::decode(&frame) {
+            Ok(request) => request,
+            Err(error) => {
+                let message = format!("bad {} body: {error}", frame.kind.name());
+                self.fail_connection(key, frame.request_id, ErrorCode::MalformedFrame, &message);
+                return;
+            }
+        };
+        let request_id = frame.request_id;
+        match request {
+            Request::Ping => self.reply(key, request_id, &Response::Pong),
+            Request::Send(message) => self.on_send(key, request_id, frame.is_oneway(), message),
+            Request::Pull(pull) => self.on_pull(key, request_id, pull),
+            Request::CommitOffset(commit) => self.on_commit_offset(key, request_id, commit),
+            Request::QueryOffset(query) => self.on_query_offset(key, request_id, query),
+            Request::CreateTopic(create) => self.on_create_topic(key, request_id, create),
+            Request::ListTopics(list) => self.on_list_topics(key, request_id, list),
+            Request::Stats => {
+                let stats = self.broker.stats();
+                self.reply(key, request_id, &Response::Stats(stats));
+            }
+        }
+    }
+
+    /// Completions, timeouts, parked pulls, idle connections, then every queued write.
+    fn turn_end(&mut self) {
+        let now = Instant::now();
+        if self.broker.is_shutting_down() && self.drain_deadline.is_none() {
+            self.begin_drain(now);
+        }
+        self.complete_sends(now);
+        self.complete_meta(now);
+        self.serve_parked_pulls(now);
+        if now >= self.idle_check_due {
+            self.close_idle(now);
+            self.idle_check_due = now + Duration::from_secs(1);
+        }
+        self.write_dirty();
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.broker.config.shutdown_timeout_ms);
+        self.drain_deadline = Some(now + timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for pull in &mut self.parked_pulls {
+            pull.deadline = now;
+        }
+    }
+
+    /// True once shutting down and every pending reply was answered and written.
+    fn drained(&self) -> bool {
+        let Some(deadline) = self.drain_deadline else {
+            return false;
+        };
+        if Instant::now() >= deadline {
+            return true;
+        }
+        self.pending_sends.is_empty()
+            && self.pending_meta.is_empty()
+            && self.parked_pulls.is_empty()
+            && self
+                .connections
+                .iter()
+                .all(|(_, connection)| connection.pending_output() == 0)
+    }
+
+    fn close_idle(&mut self, now: Instant) {
+        let idle_ms = self.broker.config.connection_idle_timeout_ms;
+        if idle_ms == 0 {
+            return;
+        }
+        let idle = Duration::from_millis(idle_ms);
+        let stale: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| now.duration_since(connection.last_activity) > idle)
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            if let Some(connection) = self.connections.get(key) {
+                log::debug!(
+                    "closing idle connection {} from {}",
+                    connection.id,
+                    connection.peer
+                );
+            }
+            self.close(key);
+        }
+    }
+
+    fn write_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            let Some(connection) = self.connections.get_mut(key) else {
+                continue;
+            };
+            let backlogged = connection.pending_output() > WRITE_BACKLOG_MAX;
+            if let Err(error) = connection.flush() {
+                log::debug!(
+                    "connection {} from {}: write failed: {error}",
+                    connection.id,
+                    connection.peer
+                );
+                self.close(key);
+                continue;
+            }
+            if connection.closing && connection.pending_output() == 0 {
+                self.close(key);
+            } else if backlogged && connection.pending_output() <= WRITE_BACKLOG_MAX {
+                self.ready.push(key);
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    /// Queues a response frame on a connection, if it still exists.
+    pub(crate) fn reply(&mut self, key: usize, request_id: u64, response: &Response) {
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        response.encode(request_id, &mut connection.write_buffer);
+        self.mark_dirty(key);
+    }
+
+    /// Queues a response for the connection with `connection_id`, if it is still open.
+    pub(crate) fn reply_if_open(
+        &mut self,
+        key: usize,
+        connection_id: u64,
+        request_id: u64,
+        response: &Response,
+    ) {
+        if self
+            .connections
+            .get(key)
+            .is_some_and(|connection| connection.id == connection_id)
+        {
+            self.reply(key, request_id, response);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        self.dirty.push(key);
+    }
+
+    pub(crate) fn connection_id(&self, key: usize) -> u64 {
+        self.connections
+            .get(key)
+            .map_or(u64::MAX, |connection| connection.id)
+    }
+
+    /// Answers a protocol violation with an error frame, then closes the connection once
+    /// the frame is written. Other connections are unaffected.
+    pub(crate) fn fail_connection(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.broker
+            .counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(connection) = self.connections.get(key) {
+            log::warn!(
+                "closing connection {} from {}: {code}: {message}",
+                connection.id,
+                connection.peer
+            );
+        }
+        self.reply(key, request_id, &Response::error(code, message));
+        if let Some(connection) = self.connections.get_mut(key) {
+            connection.closing = true;
+            connection.read_buffer.clear();
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut connection) = self.connections.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut connection.socket);
+            self.broker
+                .counters
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+            log::debug!(
+                "connection {} from {} closed",
+                connection.id,
+                connection.peer
+            );
+        }
+    }
+
+    /// Answers every pending send whose fate is known: durable (`SEND_OK`), past its
+    /// deadline (`FLUSH_DISK_TIMEOUT`), or caught by a storage failure (error).
+    fn complete_sends(&mut self, now: Instant) {
+        let durable = self.broker.offset_durable();
+        let poisoned = self.broker.store.is_poisoned();
+        let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
+        while let Some(front) = self.pending_sends.front() {
+            let response = if front.offset_end <= durable {
+                self.broker
+                    .counters
+                    .sends_ok
+                    .fetch_add(1, Ordering::Relaxed);
+                Response::SendResult(SendResult {
+                    status: SendStatus::SendOk,
+                    ..front.result.clone()
+                })
+            } else if poisoned {
+                self.broker
+                    .counters
+                    .sends_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                Response::error(
+                    ErrorCode::StorageFailed,
+                    "the commit log failed to write or fsync; restart required",
+                )
+            } else if now >= front.deadline || draining_expired {
+                self.broker
+                    .counters
+                    .sends_flush_disk_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                Response::SendResult(SendResult {
+                    status: SendStatus::FlushDiskTimeout,
+                    ..front.result.clone()
+                })
+            } else {
+                break;
+            };
+            let Some(send) = self.pending_sends.pop_front() else {
+                break;
+            };
+            self.broker
+                .counters
+                .pending_sends
+                .fetch_sub(1, Ordering::Relaxed);
+            self.reply_if_open(send.key, send.connection_id, send.request_id, &response);
+        }
+    }
+
+    fn complete_meta(&mut self, now: Instant) {
+        let persisted = self.broker.store.meta_persisted();
+        while let Some(front) = self.pending_meta.front() {
+            let response = if front.version <= persisted {
+                front.response.clone()
+            } else if now >= front.deadline {
+                Response::error(
+                    ErrorCode::Internal,
+                    "metadata was not persisted in time; see the broker log",
+                )
+            } else {
+                break;
+            };
+            let Some(meta) = self.pending_meta.pop_front() else {
+                break;
+            };
+            self.reply_if_open(meta.key, meta.connection_id, meta.request_id, &response);
+        }
+    }
+
+    fn serve_parked_pulls(&mut self, now: Instant) {
+        if self.parked_pulls.is_empty() {
+            return;
+        }
+        let durable = self.broker.offset_durable();
+        let advanced = durable != self.durable_seen;
+        self.durable_seen = durable;
+        let any_due = self.parked_pulls.iter().any(|pull| now >= pull.deadline);
+        if !advanced && !any_due {
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked_pulls);
+        for pull in parked {
+            let expired = now >= pull.deadline;
+            match self.read_pull(&pull.pull) {
+                Ok(read) if read.status == keel_storage::ReadStatus::NoNewMessages && !expired => {
+                    self.parked_pulls.push(pull);
+                }
+                outcome => {
+                    self.broker
+                        .counters
+                        .parked_pulls
+                        .fetch_sub(1, Ordering::Relaxed);
+                    let response = self.pull_response(outcome);
+                    self.reply_if_open(pull.key, pull.connection_id, pull.request_id, &response);
+                }
+            }
+        }
+    }
+}

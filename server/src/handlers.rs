@@ -1,0 +1,266 @@
+//! Request handlers: validate, act on the store, reply now or park the reply.
+
+use crate::event_loop::{EventLoop, ParkedPull, PendingMeta, PendingSend};
+use keel_protocol::{
+    validate_topic, CommitOffsetRequest, CreateTopicRequest, ErrorCode, ListTopicsRequest, Message,
+    PullRequest, PullResult, PullStatus, QueryOffsetRequest, QueueInfo, Response, SendResult,
+    SendStatus, TopicCreated, TopicInfo,
+};
+use keel_storage::{AppendError, QueueRead, ReadStatus, StoreError};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Upper bound on the records of one PULL_RESULT (a single larger record still goes).
+const PULL_BYTES_MAX: u32 = 4 << 20;
+const PULL_MESSAGES_MAX: u32 = 4096;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+fn store_error_response(error: StoreError) -> Response {
+    let code = match &error {
+        StoreError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+        StoreError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+        StoreError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
+        StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+        StoreError::Io { .. } | StoreError::Locked { .. } | StoreError::Corruption { .. } => {
+            ErrorCode::Internal
+        }
+    };
+    Response::error(code, error.to_string())
+}
+
+impl EventLoop {
+    pub(crate) fn on_send(&mut self, key: usize, request_id: u64, oneway: bool, message: Message) {
+        let config = &self.broker.config;
+        let refusal = if self.broker.is_shutting_down() {
+            Some((
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down".to_string(),
+            ))
+        } else if message.payload.len() > config.max_message_bytes as usize {
+            let detail = format!(
+                "payload of {} bytes exceeds max_message_bytes {}",
+                message.payload.len(),
+                config.max_message_bytes
+            );
+            Some((ErrorCode::MessageTooLarge, detail))
+        } else if !message.payload_crc_matches() {
+            let computed = keel_protocol::crc32c(&message.payload);
+            let detail = format!(
+                "payload CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}",
+                message.payload_crc
+            );
+            Some((ErrorCode::PayloadCrcMismatch, detail))
+        } else {
+            None
+        };
+        let appended = match refusal {
+            Some(refusal) => Err(refusal),
+            None => self
+                .broker
+                .store
+                .append(&message, config.auto_create_topics, now_ms())
+                .map_err(|error| {
+                    let code = match error {
+                        AppendError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+                        AppendError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+                        AppendError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
+                        AppendError::StorageFailed => ErrorCode::StorageFailed,
+                        AppendError::ShuttingDown => ErrorCode::ShuttingDown,
+                    };
+                    (code, error.to_string())
+                }),
+        };
+        let counters = &self.broker.counters;
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err((code, detail)) => {
+                counters.sends_failed.fetch_add(1, Ordering::Relaxed);
+                if !oneway {
+                    self.reply(key, request_id, &Response::error(code, detail));
+                }
+                return;
+            }
+        };
+        if oneway {
+            counters.sends_oneway.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        counters.pending_sends.fetch_add(1, Ordering::Relaxed);
+        let timeout = Duration::from_millis(self.broker.config.sync_flush_timeout_ms);
+        self.pending_sends.push_back(PendingSend {
+            key,
+            connection_id: self.connection_id(key),
+            request_id,
+            result: SendResult {
+                status: SendStatus::SendOk,
+                queue_id: appended.queue_id,
+                queue_offset: appended.queue_offset,
+                log_offset: appended.log_offset,
+            },
+            offset_end: appended.offset_end,
+            deadline: Instant::now() + timeout,
+        });
+    }
+
+    pub(crate) fn on_pull(&mut self, key: usize, request_id: u64, pull: PullRequest) {
+        self.broker.counters.pulls.fetch_add(1, Ordering::Relaxed);
+        if let Err(detail) = validate_topic(&pull.topic) {
+            self.reply(
+                key,
+                request_id,
+                &Response::error(ErrorCode::InvalidTopic, detail),
+            );
+            return;
+        }
+        if pull.max_messages == 0 || pull.max_bytes == 0 {
+            let response = Response::error(
+                ErrorCode::InvalidArgument,
+                "max_messages and max_bytes must be at least 1",
+            );
+            self.reply(key, request_id, &response);
+            return;
+        }
+        let outcome = self.read_pull(&pull);
+        let nothing_yet = matches!(&outcome, Ok(read) if read.status == ReadStatus::NoNewMessages);
+        if nothing_yet && pull.wait_ms > 0 && !self.broker.is_shutting_down() {
+            let wait_ms = u64::from(pull.wait_ms).min(self.broker.config.long_poll_max_ms);
+            self.broker
+                .counters
+                .parked_pulls
+                .fetch_add(1, Ordering::Relaxed);
+            self.parked_pulls.push(ParkedPull {
+                key,
+                connection_id: self.connection_id(key),
+                request_id,
+                pull,
+                deadline: Instant::now() + Duration::from_millis(wait_ms),
+            });
+            return;
+        }
+        let response = self.pull_response(outcome);
+        self.reply(key, request_id, &response);
+    }
+
+    pub(crate) fn read_pull(&self, pull: &PullRequest) -> Result<QueueRead, StoreError> {
+        self.broker.store.read_queue(
+            &pull.topic,
+            pull.queue_id,
+            pull.queue_offset,
+            pull.max_messages.min(PULL_MESSAGES_MAX),
+            pull.max_bytes.min(PULL_BYTES_MAX),
+        )
+    }
+
+    pub(crate) fn pull_response(&self, outcome: Result<QueueRead, StoreError>) -> Response {
+        let read = match outcome {
+            Ok(read) => read,
+            Err(error) => return store_error_response(error),
+        };
+        self.broker
+            .counters
+            .messages_pulled
+            .fetch_add(u64::from(read.record_count), Ordering::Relaxed);
+        let status = match read.status {
+            ReadStatus::Found => PullStatus::Found,
+            ReadStatus::NoNewMessages => PullStatus::NoNewMessages,
+            ReadStatus::OffsetOutOfRange => PullStatus::OffsetOutOfRange,
+        };
+        Response::PullResult(PullResult {
+            status,
+            next_offset: read.next_offset,
+            min_offset: read.min_offset,
+            max_offset: read.max_offset,
+            record_count: read.record_count,
+            records: read.records.into(),
+        })
+    }
+
+    fn park_meta(&mut self, key: usize, request_id: u64, version: u64, response: Response) {
+        let timeout = Duration::from_millis(self.broker.config.sync_flush_timeout_ms);
+        self.pending_meta.push_back(PendingMeta {
+            key,
+            connection_id: self.connection_id(key),
+            request_id,
+            version,
+            response,
+            deadline: Instant::now() + timeout,
+        });
+    }
+
+    pub(crate) fn on_commit_offset(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        commit: CommitOffsetRequest,
+    ) {
+        let store = &self.broker.store;
+        match store.commit_offset(&commit.group, &commit.topic, commit.queue_id, commit.offset) {
+            Ok(version) => self.park_meta(key, request_id, version, Response::CommitOffsetOk),
+            Err(error) => self.reply(key, request_id, &store_error_response(error)),
+        }
+    }
+
+    pub(crate) fn on_query_offset(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        query: QueryOffsetRequest,
+    ) {
+        let offset = self
+            .broker
+            .store
+            .query_offset(&query.group, &query.topic, query.queue_id);
+        self.reply(key, request_id, &Response::Offset(offset));
+    }
+
+    pub(crate) fn on_create_topic(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        create: CreateTopicRequest,
+    ) {
+        match self.broker.store.create_topic(&create.topic, create.queues) {
+            Ok((queues, created, version)) => {
+                let response = Response::TopicCreated(TopicCreated {
+                    topic: create.topic,
+                    queues,
+                    created,
+                });
+                self.park_meta(key, request_id, version, response);
+            }
+            Err(error) => self.reply(key, request_id, &store_error_response(error)),
+        }
+    }
+
+    pub(crate) fn on_list_topics(&mut self, key: usize, request_id: u64, list: ListTopicsRequest) {
+        let only = (!list.topic.is_empty()).then_some(list.topic.as_str());
+        let topics = self.broker.store.queue_offsets(only);
+        if let (Some(topic), true) = (only, topics.is_empty()) {
+            let response = Response::error(
+                ErrorCode::TopicNotFound,
+                format!("topic {topic:?} does not exist"),
+            );
+            self.reply(key, request_id, &response);
+            return;
+        }
+        let topics = topics
+            .into_iter()
+            .map(|(topic, queues)| TopicInfo {
+                topic,
+                queues: queues
+                    .into_iter()
+                    .map(|(min_offset, max_offset)| QueueInfo {
+                        min_offset,
+                        max_offset,
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.reply(key, request_id, &Response::TopicList(topics));
+    }
+}
