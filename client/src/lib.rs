@@ -1,1 +1,42 @@
+//! keel client: a pipelined connection, a `Producer` (sync, async, oneway sends with
+//! retries inside one send budget) and a pull `Consumer` that checks every record's
+//! CRC32C and commits an offset only after the handler succeeded.
+//!
+//! ```no_run
+//! use keel_client::{Consumer, ConsumerOptions, Message, Producer, ProducerOptions};
+//! let producer = Producer::connect("127.0.0.1:10911", ProducerOptions::default())?;
+//! let result = producer.send(Message::new("orders", "hello").with_tags("TagA"))?;
+//! println!("{} {}", result.status, result.message_id());
+//! let mut consumer = Consumer::connect("127.0.0.1:10911", "billing", "orders", ConsumerOptions::default())?;
+//! consumer.poll(|record| {
+//!     println!("{:?}", record.payload);
+//!     Ok::<(), String>(())
+//! })?;
+//! # Ok::<(), keel_client::ClientError>(())
+//! ```
 
+mod admin;
+mod connection;
+mod consumer;
+mod error;
+mod producer;
+
+pub use admin::Admin;
+pub use connection::{Connection, ConnectionOptions};
+pub use consumer::{Consumer, ConsumerOptions, PollOutcome};
+pub use error::ClientError;
+pub use keel_protocol::{message_id, ErrorCode, Message, Record, SendResult, SendStatus};
+pub use producer::{Producer, ProducerOptions, SendHandle};
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Resolves `host:port` to one address (the first the resolver gives).
+pub fn resolve(address: &str) -> Result<SocketAddr, ClientError> {
+    address
+        .to_socket_addrs()
+        .map_err(|error| {
+            ClientError::InvalidArgument(format!("cannot resolve {address:?}: {error}"))
+        })?
+        .next()
+        .ok_or_else(|| ClientError::InvalidArgument(format!("{address:?} resolves to no address")))
+}

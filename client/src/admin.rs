@@ -1,0 +1,70 @@
+//! Topic and broker administration: create and list topics, read stats.
+
+use crate::connection::{Connection, ConnectionOptions};
+use crate::{resolve, ClientError};
+use keel_protocol::{
+    CreateTopicRequest, ListTopicsRequest, Request, Response, TopicCreated, TopicInfo,
+};
+use std::time::Duration;
+
+pub struct Admin {
+    connection: Connection,
+    timeout: Duration,
+}
+
+impl Admin {
+    pub fn connect(address: &str) -> Result<Admin, ClientError> {
+        let connection = Connection::connect(resolve(address)?, &ConnectionOptions::default())?;
+        Ok(Admin {
+            connection,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn call(&self, request: Request) -> Result<Response, ClientError> {
+        match self.connection.call(&request, self.timeout)? {
+            Response::Error(error) => Err(ClientError::Broker(error)),
+            response => Ok(response),
+        }
+    }
+
+    pub fn ping(&self) -> Result<(), ClientError> {
+        match self.call(Request::Ping)? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(&other, "PING")),
+        }
+    }
+
+    /// Creates a topic (returned with `created = false` if it already existed).
+    pub fn create_topic(&self, topic: &str, queues: u32) -> Result<TopicCreated, ClientError> {
+        match self.call(Request::CreateTopic(CreateTopicRequest {
+            topic: topic.into(),
+            queues,
+        }))? {
+            Response::TopicCreated(created) => Ok(created),
+            other => Err(unexpected(&other, "CREATE_TOPIC")),
+        }
+    }
+
+    /// Every topic (or only `topic`) with each queue's offsets.
+    pub fn list_topics(&self, topic: Option<&str>) -> Result<Vec<TopicInfo>, ClientError> {
+        let request = Request::ListTopics(ListTopicsRequest {
+            topic: topic.unwrap_or_default().into(),
+        });
+        match self.call(request)? {
+            Response::TopicList(topics) => Ok(topics),
+            other => Err(unexpected(&other, "LIST_TOPICS")),
+        }
+    }
+
+    pub fn stats(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        match self.call(Request::Stats)? {
+            Response::Stats(stats) => Ok(stats),
+            other => Err(unexpected(&other, "STATS")),
+        }
+    }
+}
+
+pub(crate) fn unexpected(response: &Response, request: &str) -> ClientError {
+    ClientError::Protocol(format!("{} in reply to {request}", response.kind().name()))
+}

@@ -1,0 +1,270 @@
+//! A pipelined connection: many requests in flight, matched to replies by request id.
+//!
+//! Writes happen on the caller's thread; one reader thread per connection decodes
+//! replies and runs the request's callback. Callbacks run on that reader thread, so they
+//! must not block.
+
+use crate::ClientError;
+use bytes::BytesMut;
+use keel_protocol::{decode_frame, Request, Response, FLAG_ONEWAY};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub type Callback = Box<dyn FnOnce(Result<Response, ClientError>) + Send>;
+
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    pub connect_timeout: Duration,
+    /// Largest reply frame accepted; larger ones close the connection.
+    pub max_frame_bytes: u32,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> ConnectionOptions {
+        ConnectionOptions {
+            connect_timeout: Duration::from_secs(3),
+            max_frame_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How often the reader thread checks deadlines while no bytes arrive.
+const READ_TICK: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+struct Pending {
+    callbacks: HashMap<u64, (Instant, Callback)>,
+    /// Set once the connection is dead; later calls fail at once with it.
+    closed: Option<String>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    next_request_id: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Marks the connection dead and fails every request in flight.
+    fn close(&self, reason: String) {
+        let callbacks: Vec<Callback> = {
+            let mut pending = self.lock();
+            if pending.closed.is_none() {
+                pending.closed = Some(reason.clone());
+            }
+            pending
+                .callbacks
+                .drain()
+                .map(|(_, (_, callback))| callback)
+                .collect()
+        };
+        for callback in callbacks {
+            callback(Err(ClientError::ConnectionClosed(reason.clone())));
+        }
+    }
+}
+
+pub struct Connection {
+    address: SocketAddr,
+    writer: Mutex<TcpStream>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    pub fn connect(
+        address: SocketAddr,
+        options: &ConnectionOptions,
+    ) -> Result<Connection, ClientError> {
+        let fail = |error: io::Error| ClientError::Connect {
+            address: address.to_string(),
+            detail: error.to_string(),
+        };
+        let stream = TcpStream::connect_timeout(&address, options.connect_timeout).map_err(fail)?;
+        stream.set_nodelay(true).map_err(fail)?;
+        let reader = stream.try_clone().map_err(fail)?;
+        reader.set_read_timeout(Some(READ_TICK)).map_err(fail)?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            next_request_id: AtomicU64::new(1),
+        });
+        let thread_shared = shared.clone();
+        let max_frame_bytes = options.max_frame_bytes;
+        std::thread::Builder::new()
+            .name(format!("keel-client-{address}"))
+            .spawn(move || read_loop(reader, &thread_shared, max_frame_bytes))
+            .map_err(fail)?;
+        Ok(Connection {
+            address,
+            writer: Mutex::new(stream),
+            shared,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed.is_some()
+    }
+
+    /// Sends `request`; `callback` gets the reply, or an error after `timeout`.
+    pub fn call_async(&self, request: &Request, timeout: Duration, callback: Callback) {
+        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pending = self.shared.lock();
+            if let Some(reason) = &pending.closed {
+                let reason = reason.clone();
+                drop(pending);
+                callback(Err(ClientError::ConnectionClosed(reason)));
+                return;
+            }
+            // Registered before writing: the reply may arrive before `write` returns.
+            pending
+                .callbacks
+                .insert(request_id, (Instant::now() + timeout, callback));
+        }
+        let mut frame = Vec::new();
+        request.encode(request_id, 0, &mut frame);
+        if let Err(error) = self.write(&frame) {
+            self.shared.close(format!("write failed: {error}"));
+        }
+    }
+
+    /// Sends `request` and waits for its reply.
+    pub fn call(&self, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        self.call_async(
+            request,
+            timeout,
+            Box::new(move |outcome| {
+                let _ = sender.send(outcome);
+            }),
+        );
+        // The reader thread enforces the deadline; the margin only covers its tick.
+        match receiver.recv_timeout(timeout + READ_TICK * 5) {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Sends `request` flagged ONEWAY: the broker sends no reply, not even an error.
+    pub fn send_oneway(&self, request: &Request) -> Result<(), ClientError> {
+        if let Some(reason) = &self.shared.lock().closed {
+            return Err(ClientError::ConnectionClosed(reason.clone()));
+        }
+        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        request.encode(request_id, FLAG_ONEWAY, &mut frame);
+        self.write(&frame).map_err(|error| {
+            self.shared.close(format!("write failed: {error}"));
+            ClientError::ConnectionClosed(error.to_string())
+        })
+    }
+
+    fn write(&self, frame: &[u8]) -> io::Result<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        writer.write_all(frame)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let _ = writer.shutdown(Shutdown::Both);
+    }
+}
+
+fn read_loop(mut stream: TcpStream, shared: &Shared, max_frame_bytes: u32) {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut expire_due = Instant::now() + READ_TICK;
+    let reason = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break "the broker closed the connection".to_string(),
+            Ok(count) => buffer.extend_from_slice(&chunk[..count]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => break format!("read failed: {error}"),
+        }
+        if let Err(reason) = dispatch_frames(&mut buffer, shared, max_frame_bytes) {
+            break reason;
+        }
+        if Instant::now() >= expire_due {
+            expire(shared);
+            expire_due = Instant::now() + READ_TICK;
+        }
+        if shared.lock().closed.is_some() {
+            break "closed".to_string();
+        }
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.close(reason);
+}
+
+fn dispatch_frames(
+    buffer: &mut BytesMut,
+    shared: &Shared,
+    max_frame_bytes: u32,
+) -> Result<(), String> {
+    loop {
+        let frame = match decode_frame(buffer, max_frame_bytes) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(format!("undecodable reply: {error}")),
+        };
+        let response = Response::decode(&frame)
+            .map_err(|error| format!("bad {} reply: {error}", frame.kind.name()))?;
+        let callback = shared
+            .lock()
+            .callbacks
+            .remove(&frame.request_id)
+            .map(|(_, callback)| callback);
+        match (callback, response) {
+            (Some(callback), response) => callback(Ok(response)),
+            // An error for no request of ours: the broker is closing this connection.
+            (None, Response::Error(error)) => return Err(format!("broker error {error}")),
+            // A late reply to a request that already timed out.
+            (None, _) => {}
+        }
+    }
+}
+
+fn expire(shared: &Shared) {
+    let now = Instant::now();
+    let expired: Vec<Callback> = {
+        let mut pending = shared.lock();
+        let ids: Vec<u64> = pending
+            .callbacks
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| pending.callbacks.remove(&id))
+            .map(|(_, callback)| callback)
+            .collect()
+    };
+    for callback in expired {
+        callback(Err(ClientError::Timeout));
+    }
+}

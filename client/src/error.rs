@@ -1,0 +1,78 @@
+use keel_protocol::ErrorResponse;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// Could not connect.
+    Connect {
+        address: String,
+        detail: String,
+    },
+    /// The connection failed or was closed; requests in flight have unknown outcome.
+    ConnectionClosed(String),
+    /// No answer within the time allowed; the request's outcome is unknown.
+    Timeout,
+    /// The broker refused the request (nothing was stored).
+    Broker(ErrorResponse),
+    /// The broker's bytes did not decode.
+    Protocol(String),
+    /// A record failed its CRC32C check on arrival.
+    Corrupt {
+        queue_id: u32,
+        queue_offset: u64,
+        detail: String,
+    },
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// Whether retrying the same request may succeed (possibly storing it twice).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectionClosed(_)
+            | ClientError::Timeout => true,
+            ClientError::Broker(error) => error.code.is_retryable(),
+            ClientError::Protocol(_)
+            | ClientError::Corrupt { .. }
+            | ClientError::InvalidArgument(_) => false,
+        }
+    }
+
+    /// Whether the connection should be dropped and a new one made.
+    pub(crate) fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::ConnectionClosed(_)
+                | ClientError::Protocol(_)
+        )
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { address, detail } => {
+                write!(f, "cannot connect to {address}: {detail}")
+            }
+            ClientError::ConnectionClosed(detail) => write!(f, "connection closed: {detail}"),
+            ClientError::Timeout => f.write_str("timed out waiting for the broker"),
+            ClientError::Broker(error) => write!(f, "broker error {error}"),
+            ClientError::Protocol(detail) => write!(f, "protocol error: {detail}"),
+            ClientError::Corrupt {
+                queue_id,
+                queue_offset,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "corrupt record at queue {queue_id} offset {queue_offset}: {detail}"
+                )
+            }
+            ClientError::InvalidArgument(detail) => f.write_str(detail),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}

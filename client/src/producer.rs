@@ -1,0 +1,263 @@
+//! The producer: sync, async and oneway sends, with retries inside one send budget.
+//!
+//! Like RocketMQ: a failed or timed-out send is retried (`retry_times_when_send_failed`
+//! = 2, so 3 attempts) and every attempt shares one `send_timeout_ms` budget, so the
+//! first attempt cannot eat the whole time; a stored-but-not-OK status
+//! (`FLUSH_DISK_TIMEOUT`, ...) is returned to the caller, not retried, unless
+//! `retry_when_not_stored_ok` is set (the retry may then store the message twice).
+//! Oneway sends are never retried. After the last attempt fails the producer logs an
+//! alarm at error level.
+
+use crate::connection::{Connection, ConnectionOptions};
+use crate::{resolve, ClientError};
+use keel_protocol::{Message, Request, Response, SendResult, SendStatus};
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    /// Budget for one send, all attempts included.
+    pub send_timeout: Duration,
+    /// Retries after a failed attempt (sync and async); 2 means up to 3 attempts.
+    pub retry_times_when_send_failed: u32,
+    /// Also retry when the broker stored the message but answered a non-OK status.
+    pub retry_when_not_stored_ok: bool,
+    pub connection: ConnectionOptions,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> ProducerOptions {
+        ProducerOptions {
+            send_timeout: Duration::from_millis(3000),
+            retry_times_when_send_failed: 2,
+            retry_when_not_stored_ok: false,
+            connection: ConnectionOptions::default(),
+        }
+    }
+}
+
+struct Inner {
+    address: SocketAddr,
+    options: ProducerOptions,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+/// Sends messages to one broker. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+/// The answer to an async send, for callers that prefer waiting to a callback.
+pub struct SendHandle {
+    receiver: mpsc::Receiver<Result<SendResult, ClientError>>,
+}
+
+impl SendHandle {
+    /// Waits for the outcome (bounded by the producer's send budget).
+    pub fn wait(self) -> Result<SendResult, ClientError> {
+        self.receiver.recv().unwrap_or(Err(ClientError::Timeout))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Producer {
+    /// Connects to the broker at `address` (`host:port`).
+    pub fn connect(address: &str, options: ProducerOptions) -> Result<Producer, ClientError> {
+        let producer = Producer {
+            inner: Arc::new(Inner {
+                address: resolve(address)?,
+                options,
+                connection: Mutex::new(None),
+            }),
+        };
+        producer.connection()?;
+        Ok(producer)
+    }
+
+    pub fn options(&self) -> &ProducerOptions {
+        &self.inner.options
+    }
+
+    /// The live connection, reconnecting if the last one died.
+    fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut slot = self
+            .inner
+            .connection
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(connection) = slot.as_ref().filter(|connection| !connection.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(Connection::connect(
+            self.inner.address,
+            &self.inner.options.connection,
+        )?);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn drop_connection(&self, broken: &Arc<Connection>) {
+        let mut slot = self
+            .inner
+            .connection
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, broken))
+        {
+            *slot = None;
+        }
+    }
+
+    fn prepare(mut message: Message) -> Message {
+        if message.born_timestamp_ms == 0 {
+            message.born_timestamp_ms = now_ms();
+        }
+        message
+    }
+
+    /// Sends and waits for the broker's answer: a `SendResult` whose status says how
+    /// durable the message is, or an error when no attempt got it stored.
+    pub fn send(&self, message: Message) -> Result<SendResult, ClientError> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        self.send_async(message, move |outcome| {
+            let _ = sender.send(outcome);
+        });
+        receiver.recv().unwrap_or(Err(ClientError::Timeout))
+    }
+
+    /// Sends in the background; `callback` gets the result or the final error. Retries
+    /// happen from the error path, within the same budget. The callback runs on a client
+    /// thread and must not block.
+    pub fn send_async(
+        &self,
+        message: Message,
+        callback: impl FnOnce(Result<SendResult, ClientError>) + Send + 'static,
+    ) {
+        let attempt = Attempt {
+            producer: self.clone(),
+            request: Arc::new(Request::Send(Self::prepare(message))),
+            deadline: Instant::now() + self.inner.options.send_timeout,
+            attempts_left: self.inner.options.retry_times_when_send_failed + 1,
+            attempts_made: 0,
+            callback: Box::new(callback),
+        };
+        attempt.run();
+    }
+
+    /// `send_async` with a handle to wait on instead of a callback.
+    pub fn send_async_handle(&self, message: Message) -> SendHandle {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        self.send_async(message, move |outcome| {
+            let _ = sender.send(outcome);
+        });
+        SendHandle { receiver }
+    }
+
+    /// Fire and forget: no answer is read and nothing is retried. Returns once the
+    /// bytes are handed to the socket.
+    pub fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
+        let request = Request::Send(Self::prepare(message));
+        let connection = self.connection()?;
+        connection
+            .send_oneway(&request)
+            .inspect_err(|_| self.drop_connection(&connection))
+    }
+}
+
+type SendCallback = Box<dyn FnOnce(Result<SendResult, ClientError>) + Send>;
+
+/// One send's state across its attempts.
+struct Attempt {
+    producer: Producer,
+    request: Arc<Request>,
+    deadline: Instant,
+    attempts_left: u32,
+    attempts_made: u32,
+    callback: SendCallback,
+}
+
+impl Attempt {
+    fn run(mut self) {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || self.attempts_left == 0 {
+            return self.give_up(ClientError::Timeout);
+        }
+        self.attempts_left -= 1;
+        self.attempts_made += 1;
+        let connection = match self.producer.connection() {
+            Ok(connection) => connection,
+            Err(error) => return self.retry_or_fail(error),
+        };
+        let request = self.request.clone();
+        connection.clone().call_async(
+            &request,
+            remaining,
+            Box::new(move |outcome| {
+                let outcome = match outcome {
+                    Ok(Response::SendResult(result)) => Ok(result),
+                    Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
+                    Ok(other) => Err(ClientError::Protocol(format!(
+                        "{} in reply to SEND",
+                        other.kind().name()
+                    ))),
+                    Err(error) => Err(error),
+                };
+                match outcome {
+                    Ok(result)
+                        if result.status != SendStatus::SendOk
+                            && self.producer.inner.options.retry_when_not_stored_ok
+                            && self.attempts_left > 0 =>
+                    {
+                        log::warn!("send answered {}, retrying as configured", result.status);
+                        self.run()
+                    }
+                    Ok(result) => (self.callback)(Ok(result)),
+                    Err(error) => {
+                        if error.breaks_connection() {
+                            self.producer.drop_connection(&connection);
+                        }
+                        self.retry_or_fail(error)
+                    }
+                }
+            }),
+        );
+    }
+
+    fn retry_or_fail(self, error: ClientError) {
+        let time_left = Instant::now() < self.deadline;
+        if error.is_retryable() && self.attempts_left > 0 && time_left {
+            log::debug!(
+                "send attempt {} failed ({error}); retrying",
+                self.attempts_made
+            );
+            // A fresh connection attempt happens on the retry; back off briefly so a
+            // broker that just refused a connection is not hammered.
+            if matches!(error, ClientError::Connect { .. }) {
+                std::thread::sleep(
+                    Duration::from_millis(50)
+                        .min(self.deadline.saturating_duration_since(Instant::now())),
+                );
+            }
+            return self.run();
+        }
+        self.give_up(error);
+    }
+
+    fn give_up(self, error: ClientError) {
+        log::error!(
+            "ALARM: send to {} failed after {} attempt(s): {error}",
+            self.producer.inner.address,
+            self.attempts_made
+        );
+        (self.callback)(Err(error));
+    }
+}
