@@ -234,10 +234,12 @@ impl Consumer {
         match pull.status {
             PullStatus::Found => {}
             PullStatus::NoNewMessages => return Ok(()),
-            PullStatus::OffsetOutOfRange => return Err(ClientError::InvalidArgument(format!(
+            PullStatus::OffsetOutOfRange => {
+                return Err(ClientError::InvalidArgument(format!(
                 "offset {} of queue {queue_id} is past its end {}; the committed offset is wrong",
                 queue.offset, pull.max_offset
-            ))),
+            )))
+            }
         }
         let corrupt = |queue_offset: u64, detail: String| ClientError::Corrupt {
             queue_id,

@@ -1,1 +1,8 @@
+//! Integration tests: real keeld processes on 127.0.0.1, driven through keel-client.
 
+mod bad_input;
+mod crash;
+mod harness;
+mod send_consume;
+mod shutdown;
+mod stalled_disk;

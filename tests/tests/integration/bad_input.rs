@@ -1,0 +1,210 @@
+//! Hostile input: each bad frame gets an error frame and/or a closed connection, nothing
+//! is stored from it, and the broker keeps serving other clients.
+
+use crate::harness::BrokerProcess;
+use keel_client::{Message, Producer, ProducerOptions, SendStatus};
+use keel_protocol::{ErrorCode, Kind, Request};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+fn connect(broker: &BrokerProcess) -> TcpStream {
+    let stream = TcpStream::connect(&broker.address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+/// Reads one frame: (kind, request id, body), or `None` at EOF.
+fn read_frame(stream: &mut TcpStream) -> Option<(u8, u64, Vec<u8>)> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).ok()?;
+    let length = u32::from_le_bytes(prefix) as usize;
+    let mut rest = vec![0u8; length];
+    stream.read_exact(&mut rest).expect("whole frame");
+    let request_id = u64::from_le_bytes(rest[4..12].try_into().unwrap());
+    Some((rest[1], request_id, rest[12..].to_vec()))
+}
+
+fn error_code(body: &[u8]) -> u16 {
+    u16::from_le_bytes([body[0], body[1]])
+}
+
+/// The next frame is an ERROR with `code`, and then the broker closes the connection.
+fn expect_error_then_close(stream: &mut TcpStream, code: ErrorCode) {
+    let (kind, _, body) = read_frame(stream).expect("an error frame before the close");
+    assert_eq!(kind, Kind::Error as u8);
+    assert_eq!(
+        error_code(&body),
+        code as u16,
+        "{}",
+        String::from_utf8_lossy(&body[4..])
+    );
+    assert!(
+        read_frame(stream).is_none(),
+        "connection must be closed after {code}"
+    );
+}
+
+fn send_frame(message: &Message, request_id: u64) -> Vec<u8> {
+    let mut frame = Vec::new();
+    Request::Send(message.clone()).encode(request_id, 0, &mut frame);
+    frame
+}
+
+fn ping_ok(stream: &mut TcpStream) {
+    let mut frame = Vec::new();
+    Request::Ping.encode(99, 0, &mut frame);
+    stream.write_all(&frame).expect("write ping");
+    let (kind, request_id, _) = read_frame(stream).expect("pong");
+    assert_eq!((kind, request_id), (Kind::Pong as u8, 99));
+}
+
+#[test]
+fn bad_frames_are_refused_and_the_broker_keeps_serving() {
+    let broker = BrokerProcess::start("max_message_bytes = 1024\nmax_frame_bytes = 300000");
+    let mut bystander = connect(&broker);
+    ping_ok(&mut bystander);
+    let producer =
+        Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
+    assert_eq!(
+        producer
+            .send(Message::new("t", "first"))
+            .expect("send")
+            .status,
+        SendStatus::SendOk
+    );
+    let stored = broker.stat("records_appended");
+
+    // Oversized length prefix: refused from the prefix alone, nothing allocated for it.
+    let mut stream = connect(&broker);
+    stream.write_all(&u32::MAX.to_le_bytes()).expect("write");
+    expect_error_then_close(&mut stream, ErrorCode::FrameTooLarge);
+
+    // Unknown frame kind.
+    let mut stream = connect(&broker);
+    stream
+        .write_all(&[12, 0, 0, 0, 1, 0x42, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        .expect("write");
+    expect_error_then_close(&mut stream, ErrorCode::UnknownKind);
+
+    // A response kind sent as a request.
+    let mut stream = connect(&broker);
+    stream
+        .write_all(&[
+            12,
+            0,
+            0,
+            0,
+            1,
+            Kind::Pong as u8,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ])
+        .expect("write");
+    expect_error_then_close(&mut stream, ErrorCode::UnknownKind);
+
+    // Wrong protocol version.
+    let mut stream = connect(&broker);
+    stream
+        .write_all(&[12, 0, 0, 0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        .expect("write");
+    expect_error_then_close(&mut stream, ErrorCode::UnsupportedVersion);
+
+    // Garbage: an HTTP request and a TLS ClientHello on the binary port.
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: keel\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc][..],
+    ] {
+        let mut stream = connect(&broker);
+        stream.write_all(garbage).expect("write");
+        expect_error_then_close(&mut stream, ErrorCode::FrameTooLarge);
+    }
+
+    // A SEND whose body is cut short inside a frame of consistent length.
+    let mut frame = send_frame(&Message::new("t", "short body"), 5);
+    frame.truncate(frame.len() - 3);
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    let mut stream = connect(&broker);
+    stream.write_all(&frame).expect("write");
+    expect_error_then_close(&mut stream, ErrorCode::MalformedFrame);
+
+    // Half a frame, then EOF.
+    let frame = send_frame(&Message::new("t", "half of me"), 6);
+    let mut stream = connect(&broker);
+    stream.write_all(&frame[..frame.len() / 2]).expect("write");
+    stream.shutdown(Shutdown::Write).expect("half close");
+    assert!(
+        read_frame(&mut stream).is_none(),
+        "closed without an answer"
+    );
+
+    // A payload whose CRC does not match: an error frame, the connection stays usable.
+    let mut message = Message::new("t", "tampered payload");
+    message.payload_crc ^= 1;
+    let mut stream = connect(&broker);
+    stream.write_all(&send_frame(&message, 7)).expect("write");
+    let (kind, request_id, body) = read_frame(&mut stream).expect("error frame");
+    assert_eq!(
+        (kind, request_id, error_code(&body)),
+        (Kind::Error as u8, 7, ErrorCode::PayloadCrcMismatch as u16)
+    );
+    ping_ok(&mut stream);
+
+    // A payload over max_message_bytes: refused, connection stays usable.
+    stream
+        .write_all(&send_frame(&Message::new("t", vec![7u8; 2048]), 8))
+        .expect("write");
+    let (kind, request_id, body) = read_frame(&mut stream).expect("error frame");
+    assert_eq!(
+        (kind, request_id, error_code(&body)),
+        (Kind::Error as u8, 8, ErrorCode::MessageTooLarge as u16)
+    );
+
+    // An invalid topic name.
+    stream
+        .write_all(&send_frame(&Message::new("../etc", "x"), 9))
+        .expect("write");
+    let (_, _, body) = read_frame(&mut stream).expect("error frame");
+    assert_eq!(error_code(&body), ErrorCode::InvalidTopic as u16);
+    ping_ok(&mut stream);
+
+    // Nothing from any of them was stored, and everyone else is still served.
+    assert_eq!(broker.stat("records_appended"), stored);
+    ping_ok(&mut bystander);
+    assert_eq!(
+        producer
+            .send(Message::new("t", "still here"))
+            .expect("send")
+            .status,
+        SendStatus::SendOk
+    );
+    assert_eq!(broker.stat("records_appended"), stored + 1);
+}
+
+#[test]
+fn many_abrupt_disconnects_leave_the_broker_healthy() {
+    let broker = BrokerProcess::start("");
+    for index in 0..200 {
+        let mut stream = connect(&broker);
+        let frame = send_frame(&Message::new("t", format!("abrupt-{index}")), index);
+        // Write a random-length prefix of a valid frame and drop the connection.
+        let cut = (index as usize * 7919) % frame.len();
+        let _ = stream.write_all(&frame[..cut]);
+    }
+    let mut stream = connect(&broker);
+    ping_ok(&mut stream);
+    crate::harness::wait_until("connections to be reaped", Duration::from_secs(10), || {
+        broker.stat("connections") <= 2
+    });
+}

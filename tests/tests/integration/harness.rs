@@ -1,0 +1,199 @@
+//! Starts and stops real keeld processes on 127.0.0.1 with a port picked by the kernel.
+
+use keel_client::{Admin, Consumer, ConsumerOptions, Record};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const KEELD: &str = env!("CARGO_BIN_EXE_keeld-under-test");
+
+/// A keeld process and its data directory. Killed (SIGKILL) when dropped.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub address: String,
+    pub dir: PathBuf,
+    config: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl BrokerProcess {
+    /// Starts a broker in a new temporary directory with `extra` TOML config lines.
+    /// Segments are small (64 KiB) so that rolling is exercised.
+    pub fn start(extra: &str) -> BrokerProcess {
+        let temp = tempfile::tempdir().expect("temporary directory");
+        let dir = temp.path().to_path_buf();
+        let config = dir.join("keeld.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nsegment_size_bytes = 65536\n{extra}\n",
+            dir.join("data").display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut broker = BrokerProcess {
+            child: None,
+            address: String::new(),
+            dir,
+            config,
+            _temp: Some(temp),
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Starts the process on the existing config and data, waiting for its ready line.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("keeld.log"))
+            .expect("open log");
+        let mut child = Command::new(KEELD)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keeld");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(address) = line.strip_prefix("keeld listening on ") {
+                        break address.trim().to_string();
+                    }
+                }
+                Err(_) => {
+                    let status = child.try_wait().ok().flatten();
+                    panic!(
+                        "keeld did not become ready (exit: {status:?}); log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+        };
+        self.address = address;
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("keeld.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status once it stopped (within the deadline).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keeld did not stop on SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn admin(&self) -> Admin {
+        Admin::connect(&self.address).expect("admin connection")
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self.admin().stats().expect("stats");
+        stats
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+            .expect("stat exists")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Reads every record of `topic` from the start with a fresh group, until each queue's
+/// position reaches its durable end. Checks CRCs on the way (the consumer does).
+pub fn drain(address: &str, topic: &str) -> Vec<Record> {
+    let group = format!("drain-{}", std::process::id());
+    drain_as(address, topic, &group)
+}
+
+pub fn drain_as(address: &str, topic: &str, group: &str) -> Vec<Record> {
+    let admin = Admin::connect(address).expect("admin");
+    let ends: Vec<u64> = admin.list_topics(Some(topic)).expect("list")[0]
+        .queues
+        .iter()
+        .map(|q| q.max_offset)
+        .collect();
+    let options = ConsumerOptions {
+        long_poll: Duration::from_millis(100),
+        pull_batch: 256,
+        ..ConsumerOptions::default()
+    };
+    let mut consumer = Consumer::connect(address, group, topic, options).expect("consumer");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer
+        .positions()
+        .iter()
+        .zip(&ends)
+        .any(|(position, end)| position < end)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "drain did not reach {ends:?}: at {:?}",
+            consumer.positions()
+        );
+        consumer
+            .poll(|record| {
+                records.push(record.clone());
+                Ok::<(), String>(())
+            })
+            .expect("poll");
+    }
+    records
+}
+
+/// Waits for `condition` with a deadline, instead of sleeping a fixed time.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
