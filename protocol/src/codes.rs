@@ -173,6 +173,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use std::collections::HashSet;

@@ -160,6 +160,7 @@ pub fn encode_frame(out: &mut Vec<u8>, kind: Kind, flags: u16, request_id: u64, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use std::collections::HashSet;

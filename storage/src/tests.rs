@@ -123,7 +123,10 @@ fn torn_tail_after_the_checkpoint_is_truncated_and_recovery_is_idempotent() {
     for shape in ["cut", "zeros", "garbage"] {
         let dir = tempfile::tempdir().unwrap();
         let (_, _) = torn_store(dir.path(), |bytes| match shape {
-            "cut" => bytes.extend_from_slice(&bytes[..50].to_vec()),
+            "cut" => {
+                let head = bytes[..50].to_vec();
+                bytes.extend_from_slice(&head)
+            }
             "zeros" => bytes.extend_from_slice(&[0u8; 700]),
             _ => bytes.extend_from_slice(b"\x9f\x00\x00\x00garbage garbage garbage"),
         });
