@@ -1,1 +1,432 @@
-fn main() {}
+//! keel-bench: N producer connections sending fixed-size messages, with throughput and
+//! a latency histogram (send call to SEND_OK). Starts its own keeld in a temporary
+//! directory unless `--broker` names a running one.
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use keel_client::{Admin, Message, Producer, ProducerOptions, SendStatus};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "keel-bench",
+    version,
+    about = "Load generator for keel with latency histograms"
+)]
+struct Args {
+    /// Target a running broker instead of starting one.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Producer connections (one thread each).
+    #[arg(long, default_value_t = 64)]
+    producers: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    mode: Mode,
+    /// Flush mode of the broker this tool starts (ignored with --broker).
+    #[arg(long, value_enum, default_value_t = Flush::Sync)]
+    flush: Flush,
+    /// Run for this many seconds.
+    #[arg(long, conflicts_with = "count")]
+    duration: Option<f64>,
+    /// Send this many messages in total, then stop.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Async mode: requests in flight per connection.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Before the load, time this many 4 KiB append + fdatasync rounds in the data directory.
+    #[arg(long, default_value_t = 0)]
+    probe_fsync: u32,
+    /// Print one JSON object on stdout instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// keeld binary for the self-started broker (default: next to this binary, then PATH).
+    #[arg(long)]
+    keeld: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Mode {
+    Sync,
+    Async,
+    Oneway,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Flush {
+    Sync,
+    Async,
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    not_ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("keel-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    if args.producers == 0 || args.size == 0 || args.window == 0 {
+        return Err("--producers, --size and --window must be at least 1".into());
+    }
+    let temp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let fsync_p50_us = (args.probe_fsync > 0)
+        .then(|| probe_fsync(temp.path(), args.probe_fsync))
+        .transpose()?;
+    let mut own_broker = None;
+    let address = match &args.broker {
+        Some(address) => address.clone(),
+        None => {
+            let (child, address) = start_broker(args, temp.path())?;
+            own_broker = Some(child);
+            address
+        }
+    };
+    let outcome = load(args, &address, fsync_p50_us);
+    if let Some(child) = own_broker {
+        stop_broker(child);
+    }
+    outcome
+}
+
+fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), String> {
+    let admin = Admin::connect(address).map_err(|e| e.to_string())?;
+    admin
+        .create_topic(&args.topic, 8)
+        .map_err(|e| e.to_string())?;
+    let before = stats(&admin);
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let per_producer = args
+        .count
+        .map(|count| count.div_ceil(args.producers as u64));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..args.producers)
+        .map(|index| {
+            let (address, totals, stop) = (address.to_string(), totals.clone(), stop.clone());
+            let (mode, size, window, topic) =
+                (args.mode, args.size, args.window, args.topic.clone());
+            std::thread::spawn(move || {
+                producer_loop(
+                    index,
+                    &address,
+                    &topic,
+                    mode,
+                    size,
+                    window,
+                    per_producer,
+                    &totals,
+                    &stop,
+                )
+            })
+        })
+        .collect();
+    if args.count.is_none() {
+        let duration = Duration::from_secs_f64(args.duration.unwrap_or(10.0).max(0.1));
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut histogram = new_histogram();
+    for thread in threads {
+        let local = thread
+            .join()
+            .map_err(|_| "a producer thread panicked".to_string())??;
+        histogram.add(&local).map_err(|e| e.to_string())?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = stats(&admin);
+    let delta = |name: &str| {
+        after
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(name).copied().unwrap_or(0))
+    };
+    let fsyncs = delta("fsyncs");
+    let records_per_fsync = if fsyncs > 0 {
+        delta("records_flushed") as f64 / fsyncs as f64
+    } else {
+        0.0
+    };
+    let sent = totals.sent.load(Ordering::Relaxed);
+    let ok = totals.ok.load(Ordering::Relaxed);
+    let counted = if args.mode == Mode::Oneway { sent } else { ok };
+    let msgs_per_sec = counted as f64 / elapsed;
+    let mb_per_sec = msgs_per_sec * args.size as f64 / 1e6;
+    let quantile = |q: f64| histogram.value_at_quantile(q);
+    let flush = if args.broker.is_some() {
+        "external".to_string()
+    } else {
+        format!("{:?}", args.flush).to_lowercase()
+    };
+    if args.json {
+        println!(
+            "{{\"producers\":{},\"size\":{},\"mode\":\"{}\",\"flush\":\"{flush}\",\"elapsed_s\":{elapsed:.3},\"sent\":{sent},\"ok\":{ok},\"not_ok\":{},\"errors\":{},\"msgs_per_sec\":{msgs_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"fsyncs\":{fsyncs},\"records_per_fsync\":{records_per_fsync:.1},\"fsync_p50_us\":{}}}",
+            args.producers,
+            args.size,
+            format!("{:?}", args.mode).to_lowercase(),
+            totals.not_ok.load(Ordering::Relaxed),
+            totals.errors.load(Ordering::Relaxed),
+            quantile(0.5),
+            quantile(0.99),
+            quantile(0.999),
+            histogram.max(),
+            fsync_p50_us.map_or("null".to_string(), |value| format!("{value:.1}")),
+        );
+    } else {
+        println!(
+            "keel-bench: {} producers, {} B, {:?} send, flush {flush}, {elapsed:.2} s",
+            args.producers, args.size, args.mode
+        );
+        println!(
+            "sent {sent}  SEND_OK {ok}  other status {}  errors {}",
+            totals.not_ok.load(Ordering::Relaxed),
+            totals.errors.load(Ordering::Relaxed)
+        );
+        println!("throughput: {msgs_per_sec:.0} msgs/s, {mb_per_sec:.1} MB/s");
+        if args.mode != Mode::Oneway {
+            println!(
+                "latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
+                quantile(0.5),
+                quantile(0.99),
+                quantile(0.999),
+                histogram.max()
+            );
+        }
+        println!("broker: {fsyncs} fsyncs, {records_per_fsync:.1} records per fsync");
+        if let Some(p50) = fsync_p50_us {
+            println!("disk: fdatasync of a 4 KiB append, median {p50:.1} us");
+        }
+    }
+    Ok(())
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn producer_loop(
+    index: usize,
+    address: &str,
+    topic: &str,
+    mode: Mode,
+    size: usize,
+    window: usize,
+    count: Option<u64>,
+    totals: &Arc<Totals>,
+    stop: &AtomicBool,
+) -> Result<Histogram<u64>, String> {
+    let producer = Producer::connect(address, ProducerOptions::default())
+        .map_err(|e| format!("producer {index}: {e}"))?;
+    let payload = bytes_of(size, index);
+    let histogram = Arc::new(Mutex::new(new_histogram()));
+    let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) && count.is_none_or(|count| sent < count) {
+        let message = Message::new(topic, payload.clone());
+        sent += 1;
+        totals.sent.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        match mode {
+            Mode::Sync => {
+                let outcome = producer.send(message);
+                record(
+                    totals,
+                    &histogram,
+                    started,
+                    outcome.map(|result| result.status),
+                );
+            }
+            Mode::Async => {
+                let (lock, available) = &*in_flight;
+                let mut count = lock.lock().unwrap_or_else(|poison| poison.into_inner());
+                while *count >= window {
+                    count = available
+                        .wait(count)
+                        .unwrap_or_else(|poison| poison.into_inner());
+                }
+                *count += 1;
+                drop(count);
+                let (totals, histogram, in_flight) =
+                    (totals.clone(), histogram.clone(), in_flight.clone());
+                producer.send_async(message, move |outcome| {
+                    record(
+                        &totals,
+                        &histogram,
+                        started,
+                        outcome.map(|result| result.status),
+                    );
+                    let (lock, available) = &*in_flight;
+                    *lock.lock().unwrap_or_else(|poison| poison.into_inner()) -= 1;
+                    available.notify_one();
+                });
+            }
+            Mode::Oneway => {
+                if producer.send_oneway(message).is_err() {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    let (lock, available) = &*in_flight;
+    let mut count = lock.lock().unwrap_or_else(|poison| poison.into_inner());
+    while *count > 0 {
+        count = available
+            .wait(count)
+            .unwrap_or_else(|poison| poison.into_inner());
+    }
+    drop(count);
+    let histogram = histogram
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone();
+    Ok(histogram)
+}
+
+fn record(
+    totals: &Totals,
+    histogram: &Mutex<Histogram<u64>>,
+    started: Instant,
+    outcome: Result<SendStatus, keel_client::ClientError>,
+) {
+    let micros = started.elapsed().as_micros().max(1) as u64;
+    match outcome {
+        Ok(SendStatus::SendOk) => {
+            totals.ok.fetch_add(1, Ordering::Relaxed);
+            let _ = histogram
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .record(micros.min(60_000_000));
+        }
+        Ok(_) => {
+            totals.not_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn bytes_of(size: usize, seed: usize) -> Vec<u8> {
+    (0..size)
+        .map(|index| b'a' + ((index * 31 + seed * 7) % 26) as u8)
+        .collect()
+}
+
+fn stats(admin: &Admin) -> std::collections::HashMap<String, u64> {
+    admin
+        .stats()
+        .map(|stats| stats.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// Median latency of a 4 KiB append + fdatasync in `dir`, in microseconds.
+fn probe_fsync(dir: &std::path::Path, rounds: u32) -> Result<f64, String> {
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).map_err(|e| format!("fsync probe: {e}"))?;
+    let block = vec![0x5au8; 4096];
+    let mut samples = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        file.write_all(&block)
+            .map_err(|e| format!("fsync probe: {e}"))?;
+        file.sync_data().map_err(|e| format!("fsync probe: {e}"))?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn keeld_binary(args: &Args) -> PathBuf {
+    if let Some(path) = &args.keeld {
+        return path.clone();
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("keeld")));
+    match sibling {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("keeld"),
+    }
+}
+
+fn start_broker(args: &Args, dir: &std::path::Path) -> Result<(Child, String), String> {
+    let binary = keeld_binary(args);
+    let flush = format!("{:?}", args.flush).to_lowercase();
+    let mut child = Command::new(&binary)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--flush")
+        .arg(&flush)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {} (build it, or pass --keeld or --broker): {e}",
+                binary.display()
+            )
+        })?;
+    let stdout = child.stdout.take().ok_or("no stdout from keeld")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(address) = line.strip_prefix("keeld listening on ") {
+                    break address.trim().to_string();
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                return Err("keeld exited before it was ready".into());
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, address))
+}
+
+fn stop_broker(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
