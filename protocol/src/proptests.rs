@@ -290,3 +290,43 @@ proptest! {
         let _ = decode_stream(&bytes, &[]);
     }
 }
+
+fn hex(text: &str) -> Vec<u8> {
+    text.split_whitespace().map(|byte| u8::from_str_radix(byte, 16).unwrap()).collect()
+}
+
+/// The example bytes in docs/PROTOCOL.md, checked against the encoder.
+#[test]
+fn documented_examples_match_the_encoder() {
+    assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    let message = Message::new("t", &b"hi"[..]);
+    let mut send = Vec::new();
+    Request::Send(message.clone()).encode(1, 0, &mut send);
+    let documented = hex(
+        "3f 00 00 00 01 02 00 00 01 00 00 00 00 00 00 00 01 00 74 ff ff ff ff
+         00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+         00 00 00 00 c2 d9 9d f5 00 00 00 00 00 00 02 00 00 00 68 69",
+    );
+    assert_eq!(send, documented);
+    let mut result = Vec::new();
+    Response::SendResult(SendResult { status: SendStatus::SendOk, queue_id: 2, queue_offset: 0, log_offset: 0 })
+        .encode(1, &mut result);
+    let documented = hex(
+        "22 00 00 00 01 82 00 00 01 00 00 00 00 00 00 00 00 00 02 00 00 00
+         00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    );
+    assert_eq!(result, documented);
+    let mut record = Vec::new();
+    let meta = RecordMeta { log_offset: 0, queue_offset: 0, queue_id: 2, store_timestamp_ms: 0 };
+    encode_record(&message, &meta, &mut record);
+    let documented = hex(
+        "57 00 00 00 4b 52 4c 31 fb 33 62 43 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+         02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+         00 00 00 00 00 00 00 00 00 00 00 00 c2 d9 9d f5 01 00 74 00 00 00 00 00 00 02 00 00 00 68 69",
+    );
+    assert_eq!(record, documented);
+    let ping = hex("0c 00 00 00 01 01 00 00 07 00 00 00 00 00 00 00");
+    let mut encoded = Vec::new();
+    Request::Ping.encode(7, 0, &mut encoded);
+    assert_eq!(encoded, ping);
+}

@@ -102,7 +102,7 @@ impl BrokerProcess {
     /// SIGTERM, and the exit status once it stopped (within the deadline).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
+        signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -137,13 +137,11 @@ impl Drop for BrokerProcess {
     }
 }
 
-pub fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
+/// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGSTOP`) to a process of ours.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory effects; pid is a child this test started.
+    let result = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(result, 0, "kill({pid}, {signal}) failed");
 }
 
 /// Reads every record of `topic` from the start with a fresh group, until each queue's
