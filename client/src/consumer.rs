@@ -150,25 +150,39 @@ impl Consumer {
     /// after one round of replies.
     pub fn poll<E: std::fmt::Display>(
         &mut self,
+        handler: impl FnMut(&Record) -> Result<(), E>,
+    ) -> Result<PollOutcome, ClientError> {
+        self.poll_at_most(u64::MAX, handler)
+    }
+
+    /// `poll`, handing over at most `limit` records; the rest stay buffered (and
+    /// uncommitted) for the next call.
+    pub fn poll_at_most<E: std::fmt::Display>(
+        &mut self,
+        limit: u64,
         mut handler: impl FnMut(&Record) -> Result<(), E>,
     ) -> Result<PollOutcome, ClientError> {
         self.issue_pulls();
         let wait = self.options.long_poll + self.options.request_timeout;
         let mut outcome = PollOutcome::default();
-        if self.queues.iter().any(|queue| queue.in_flight) {
+        let now = Instant::now();
+        let ready = self.queues.iter().any(|queue| {
+            !queue.buffered.is_empty() && queue.resume_at.is_none_or(|resume| now >= resume)
+        });
+        if !ready && self.queues.iter().any(|queue| queue.in_flight) {
             match self.receiver.recv_timeout(wait) {
                 Ok(reply) => self.on_pull_reply(reply)?,
                 Err(_) => return Err(ClientError::Timeout),
             }
-            while let Ok(reply) = self.receiver.try_recv() {
-                self.on_pull_reply(reply)?;
-            }
-        } else {
+        } else if !ready {
             // Every queue is backing off after a handler failure.
             std::thread::sleep(self.options.retry_backoff.min(Duration::from_millis(50)));
         }
+        while let Ok(reply) = self.receiver.try_recv() {
+            self.on_pull_reply(reply)?;
+        }
         for queue_id in 0..self.queues.len() {
-            self.handle_buffered(queue_id, &mut handler, &mut outcome);
+            self.handle_buffered(queue_id, limit, &mut handler, &mut outcome);
         }
         self.commit()?;
         Ok(outcome)
@@ -278,6 +292,7 @@ impl Consumer {
     fn handle_buffered<E: std::fmt::Display>(
         &mut self,
         queue_id: usize,
+        limit: u64,
         handler: &mut impl FnMut(&Record) -> Result<(), E>,
         outcome: &mut PollOutcome,
     ) {
@@ -292,6 +307,9 @@ impl Consumer {
         }
         queue.resume_at = None;
         while let Some(record) = queue.buffered.front() {
+            if outcome.handled >= limit {
+                return;
+            }
             match handler(record) {
                 Ok(()) => {
                     outcome.handled += 1;

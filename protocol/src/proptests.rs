@@ -292,7 +292,9 @@ proptest! {
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    text.split_whitespace().map(|byte| u8::from_str_radix(byte, 16).unwrap()).collect()
+    text.split_whitespace()
+        .map(|byte| u8::from_str_radix(byte, 16).unwrap())
+        .collect()
 }
 
 /// The example bytes in docs/PROTOCOL.md, checked against the encoder.
@@ -309,15 +311,25 @@ fn documented_examples_match_the_encoder() {
     );
     assert_eq!(send, documented);
     let mut result = Vec::new();
-    Response::SendResult(SendResult { status: SendStatus::SendOk, queue_id: 2, queue_offset: 0, log_offset: 0 })
-        .encode(1, &mut result);
+    Response::SendResult(SendResult {
+        status: SendStatus::SendOk,
+        queue_id: 2,
+        queue_offset: 0,
+        log_offset: 0,
+    })
+    .encode(1, &mut result);
     let documented = hex(
         "22 00 00 00 01 82 00 00 01 00 00 00 00 00 00 00 00 00 02 00 00 00
          00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
     );
     assert_eq!(result, documented);
     let mut record = Vec::new();
-    let meta = RecordMeta { log_offset: 0, queue_offset: 0, queue_id: 2, store_timestamp_ms: 0 };
+    let meta = RecordMeta {
+        log_offset: 0,
+        queue_offset: 0,
+        queue_id: 2,
+        store_timestamp_ms: 0,
+    };
     encode_record(&message, &meta, &mut record);
     let documented = hex(
         "57 00 00 00 4b 52 4c 31 fb 33 62 43 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00

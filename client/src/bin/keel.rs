@@ -99,6 +99,10 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`keel consume ... | head`) instead of failing on a broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -265,24 +269,13 @@ fn consume(
         }
         Ok(())
     };
-    let mut handler = |record: &Record| -> Result<(), String> {
-        if printed >= limit {
-            return Err("count reached".into());
-        }
-        print(record)?;
-        printed += 1;
-        Ok(())
-    };
-    loop {
-        let round = consumer.poll(&mut handler)?;
+    while printed < limit {
+        let round = consumer.poll_at_most(limit - printed, print)?;
+        printed += round.handled;
         if round.handled > 0 {
             last_progress = Instant::now();
         }
-        let idle = idle_ms > 0 && last_progress.elapsed() >= Duration::from_millis(idle_ms);
-        if round.failed > 0 || idle || round.handled >= limit {
-            break;
-        }
-        if count.is_some_and(|count| count == 0) {
+        if idle_ms > 0 && last_progress.elapsed() >= Duration::from_millis(idle_ms) {
             break;
         }
     }
