@@ -8,7 +8,8 @@ use std::time::Instant;
 
 /// Bytes read from one connection in one loop turn before other connections get theirs.
 const READ_BUDGET_PER_TURN: usize = 1 << 20;
-const READ_CHUNK: usize = 64 * 1024;
+/// Size of the loop's scratch read buffer.
+pub const READ_CHUNK: usize = 64 * 1024;
 /// Above this much unsent output, the connection's input is not processed until the
 /// client reads (a consumer that does not read its pulls cannot grow our memory).
 pub const WRITE_BACKLOG_MAX: usize = 16 << 20;
@@ -52,22 +53,19 @@ impl Connection {
         }
     }
 
-    /// Reads until `WouldBlock`, EOF, or the per-turn budget.
-    pub fn fill_read_buffer(&mut self) -> io::Result<ReadOutcome> {
+    /// Reads until `WouldBlock`, EOF, or the per-turn budget. `scratch` is the loop's
+    /// reusable read buffer: only the bytes received are copied out of it.
+    pub fn fill_read_buffer(&mut self, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
         let mut budget = READ_BUDGET_PER_TURN;
         loop {
             if budget == 0 {
                 return Ok(ReadOutcome::BudgetSpent);
             }
-            let filled = self.read_buffer.len();
-            let length = READ_CHUNK.min(budget);
-            self.read_buffer.resize(filled + length, 0);
-            let result = self.socket.read(&mut self.read_buffer[filled..]);
-            let count = *result.as_ref().unwrap_or(&0);
-            self.read_buffer.truncate(filled + count);
-            match result {
+            let length = scratch.len().min(budget);
+            match self.socket.read(&mut scratch[..length]) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(count) => {
+                    self.read_buffer.extend_from_slice(&scratch[..count]);
                     budget -= count;
                     self.last_activity = Instant::now();
                 }

@@ -7,7 +7,7 @@
 //! durable offset moves; replies are queued during the turn and written at its end.
 
 use crate::broker::Broker;
-use crate::connection::{Connection, ReadOutcome, WRITE_BACKLOG_MAX};
+use crate::connection::{Connection, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX};
 use keel_protocol::{decode_frame, ErrorCode, RawFrame, Request, Response, SendResult, SendStatus};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -80,6 +80,8 @@ pub struct EventLoop {
     durable_seen: u64,
     drain_deadline: Option<Instant>,
     idle_check_due: Instant,
+    /// Reused for every socket read of this loop.
+    scratch: Vec<u8>,
 }
 
 impl EventLoop {
@@ -106,6 +108,7 @@ impl EventLoop {
             durable_seen: 0,
             drain_deadline: None,
             idle_check_due: Instant::now(),
+            scratch: vec![0u8; READ_CHUNK],
         }
     }
 
@@ -271,7 +274,7 @@ impl EventLoop {
         let outcome = if connection.read_closed {
             Ok(ReadOutcome::Drained)
         } else {
-            connection.fill_read_buffer()
+            connection.fill_read_buffer(&mut self.scratch)
         };
         let mut again = match outcome {
             Ok(ReadOutcome::Drained) => false,
