@@ -12,8 +12,8 @@ use crate::admin::unexpected;
 use crate::connection::{Connection, ConnectionOptions};
 use crate::{resolve, ClientError};
 use keel_protocol::{
-    CommitOffsetRequest, ListTopicsRequest, PullRequest, PullStatus, QueryOffsetRequest, Record,
-    Request, Response,
+    decode_record, CommitOffsetRequest, ListTopicsRequest, PullRequest, PullStatus,
+    QueryOffsetRequest, Record, Request, Response,
 };
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -65,6 +65,8 @@ struct QueueCursor {
     in_flight: bool,
     /// Do not pull or handle this queue before this instant (after a handler failure).
     resume_at: Option<Instant>,
+    /// A damaged record follows the buffered ones; reported once they are handled.
+    corrupt: Option<ClientError>,
 }
 
 type PullOutcome = (u32, Result<Response, ClientError>);
@@ -122,6 +124,7 @@ impl Consumer {
                 buffered: VecDeque::new(),
                 in_flight: false,
                 resume_at: None,
+                corrupt: None,
             });
         }
         let (sender, receiver) = mpsc::channel();
@@ -185,6 +188,13 @@ impl Consumer {
             self.handle_buffered(queue_id, limit, &mut handler, &mut outcome);
         }
         self.commit()?;
+        let stuck = self
+            .queues
+            .iter()
+            .position(|queue| queue.buffered.is_empty() && queue.corrupt.is_some());
+        if let Some(error) = stuck.and_then(|index| self.queues[index].corrupt.clone()) {
+            return Err(error);
+        }
         Ok(outcome)
     }
 
@@ -210,7 +220,11 @@ impl Consumer {
         let now = Instant::now();
         for (queue_id, queue) in self.queues.iter_mut().enumerate() {
             let backing_off = queue.resume_at.is_some_and(|resume| now < resume);
-            if queue.in_flight || !queue.buffered.is_empty() || backing_off {
+            if queue.in_flight
+                || !queue.buffered.is_empty()
+                || backing_off
+                || queue.corrupt.is_some()
+            {
                 continue;
             }
             queue.in_flight = true;
@@ -255,36 +269,51 @@ impl Consumer {
             )))
             }
         }
-        let corrupt = |queue_offset: u64, detail: String| ClientError::Corrupt {
-            queue_id,
-            queue_offset,
-            detail,
-        };
-        let records = pull
-            .decode_records()
-            .map_err(|error| corrupt(queue.offset, error.to_string()))?;
-        for (index, record) in records.into_iter().enumerate() {
+        // Records are checked one by one: the intact ones before a damaged record are
+        // handed over, the damaged one stops this queue with its exact offset.
+        let mut position = 0usize;
+        for index in 0..pull.record_count {
             let expected = queue.offset + queue.buffered.len() as u64;
-            if record.queue_offset != expected
-                || record.queue_id != queue_id
-                || record.topic != self.topic
-            {
-                let detail = format!(
-                    "expected {}/{queue_id} offset {expected} at position {index}",
-                    self.topic
-                );
-                return Err(corrupt(record.queue_offset, detail));
+            let rest = pull.records.get(position..).unwrap_or_default();
+            let checked = decode_record(rest)
+                .map_err(|error| error.to_string())
+                .and_then(|record| {
+                    if record.queue_offset != expected
+                        || record.queue_id != queue_id
+                        || record.topic != self.topic
+                    {
+                        Err(format!(
+                            "expected {}/{queue_id} offset {expected} at position {index}",
+                            self.topic
+                        ))
+                    } else if !record.payload_crc_matches() {
+                        let computed = keel_protocol::crc32c(&record.payload);
+                        Err(format!(
+                            "payload CRC32C 0x{computed:08X}, producer's 0x{:08X}",
+                            record.payload_crc
+                        ))
+                    } else {
+                        Ok(record)
+                    }
+                });
+            match checked {
+                Ok(record) => {
+                    position += record.total_size as usize;
+                    queue.buffered.push_back(record);
+                }
+                Err(detail) => {
+                    log::error!(
+                        "corrupt record in {}/{queue_id} at offset {expected}: {detail}",
+                        self.topic
+                    );
+                    queue.corrupt = Some(ClientError::Corrupt {
+                        queue_id,
+                        queue_offset: expected,
+                        detail,
+                    });
+                    break;
+                }
             }
-            if !record.payload_crc_matches() {
-                let computed = keel_protocol::crc32c(&record.payload);
-                let detail = format!(
-                    "payload CRC32C 0x{computed:08X}, producer's 0x{:08X}",
-                    record.payload_crc
-                );
-                log::error!("corrupt record {}: {detail}", record.message_id());
-                return Err(corrupt(record.queue_offset, detail));
-            }
-            queue.buffered.push_back(record);
         }
         Ok(())
     }

@@ -40,6 +40,8 @@ pub struct Config {
     /// Event loop threads; 0 means one per core.
     pub event_loops: usize,
     pub max_connections: usize,
+    /// Stop reading client input while this many appended bytes wait to be written.
+    pub append_backlog_max_bytes: u64,
     pub long_poll_max_ms: u64,
     pub connection_idle_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
@@ -63,6 +65,7 @@ impl Default for Config {
             default_queues: 4,
             event_loops: 0,
             max_connections: 10_000,
+            append_backlog_max_bytes: 256 << 20,
             long_poll_max_ms: 30_000,
             connection_idle_timeout_ms: 300_000,
             shutdown_timeout_ms: 10_000,

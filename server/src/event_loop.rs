@@ -77,6 +77,8 @@ pub struct EventLoop {
     ready: Vec<usize>,
     /// Connections with output queued this turn.
     dirty: Vec<usize>,
+    /// Connections not read because the storage backlog is over its bound.
+    throttled: Vec<usize>,
     durable_seen: u64,
     drain_deadline: Option<Instant>,
     idle_check_due: Instant,
@@ -105,6 +107,7 @@ impl EventLoop {
             parked_pulls: Vec::new(),
             ready: Vec::new(),
             dirty: Vec::new(),
+            throttled: Vec::new(),
             durable_seen: 0,
             drain_deadline: None,
             idle_check_due: Instant::now(),
@@ -172,6 +175,10 @@ impl EventLoop {
     fn poll_timeout(&self) -> Duration {
         if !self.ready.is_empty() {
             return Duration::ZERO;
+        }
+        if !self.throttled.is_empty() {
+            // The flusher wakes us as it drains; this bounds a missed wake-up.
+            return Duration::from_millis(10);
         }
         let now = Instant::now();
         let mut due = now + POLL_TIMEOUT_MAX;
@@ -271,6 +278,10 @@ impl EventLoop {
         if connection.closing || connection.pending_output() > WRITE_BACKLOG_MAX {
             return;
         }
+        if self.broker.store.backlog_bytes() > self.broker.config.append_backlog_max_bytes {
+            self.throttled.push(key);
+            return;
+        }
         let outcome = if connection.read_closed {
             Ok(ReadOutcome::Drained)
         } else {
@@ -301,6 +312,11 @@ impl EventLoop {
                 return;
             };
             if connection.closing {
+                return;
+            }
+            // Bytes already read stay buffered until the flusher catches up.
+            if self.broker.store.backlog_bytes() > self.broker.config.append_backlog_max_bytes {
+                self.throttled.push(key);
                 return;
             }
             match decode_frame(&mut connection.read_buffer, max_frame_bytes) {
@@ -388,6 +404,11 @@ impl EventLoop {
         let now = Instant::now();
         if self.broker.is_shutting_down() && self.drain_deadline.is_none() {
             self.begin_drain(now);
+        }
+        if !self.throttled.is_empty()
+            && self.broker.store.backlog_bytes() <= self.broker.config.append_backlog_max_bytes
+        {
+            self.ready.append(&mut self.throttled);
         }
         self.complete_sends(now);
         self.complete_meta(now);

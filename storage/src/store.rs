@@ -114,6 +114,8 @@ pub(crate) struct AppendState {
 /// Offsets published by the flusher. Invariant: `flushed <= written <= offset_end`.
 #[derive(Default)]
 pub(crate) struct Progress {
+    /// Mirror of `AppendState::offset_end`, readable without the append lock.
+    pub appended: AtomicU64,
     pub written: AtomicU64,
     pub flushed: AtomicU64,
     pub records_flushed: AtomicU64,
@@ -248,6 +250,7 @@ impl Store {
             }),
             flusher_wakeup: Condvar::new(),
             progress: Progress {
+                appended: AtomicU64::new(offset_end),
                 written: AtomicU64::new(offset_end),
                 flushed: AtomicU64::new(offset_end),
                 records_flushed: AtomicU64::new(report.records),
@@ -323,6 +326,13 @@ impl Store {
         self.threads
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Bytes appended but not yet written to the segment files: memory the flusher
+    /// still has to drain. Callers stop taking input while it is too large.
+    pub fn backlog_bytes(&self) -> u64 {
+        let appended = self.progress.appended.load(Ordering::Acquire);
+        appended.saturating_sub(self.offset_written())
     }
 
     pub fn offset_written(&self) -> u64 {
@@ -418,6 +428,9 @@ impl Store {
             entry,
         });
         state.offset_end += record_len;
+        self.progress
+            .appended
+            .store(state.offset_end, Ordering::Release);
         state.pending_records += 1;
         state.records_appended += 1;
         assert_eq!(

@@ -191,20 +191,3 @@ fn bad_frames_are_refused_and_the_broker_keeps_serving() {
     );
     assert_eq!(broker.stat("records_appended"), stored + 1);
 }
-
-#[test]
-fn many_abrupt_disconnects_leave_the_broker_healthy() {
-    let broker = BrokerProcess::start("");
-    for index in 0..200 {
-        let mut stream = connect(&broker);
-        let frame = send_frame(&Message::new("t", format!("abrupt-{index}")), index);
-        // Write a random-length prefix of a valid frame and drop the connection.
-        let cut = (index as usize * 7919) % frame.len();
-        let _ = stream.write_all(&frame[..cut]);
-    }
-    let mut stream = connect(&broker);
-    ping_ok(&mut stream);
-    crate::harness::wait_until("connections to be reaped", Duration::from_secs(10), || {
-        broker.stat("connections") <= 2
-    });
-}

@@ -87,6 +87,46 @@ impl BrokerProcess {
         self.child = Some(child);
     }
 
+    /// Starts the process expecting it to refuse to start; returns its exit status.
+    pub fn spawn_expect_failure(&mut self) -> std::process::ExitStatus {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("keeld.log"))
+            .expect("log");
+        let mut child = Command::new(KEELD)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keeld");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!(
+                    "keeld started on data it should have refused; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The first CommitLog segment file.
+    pub fn first_segment(&self) -> PathBuf {
+        self.dir
+            .join("data")
+            .join("commitlog")
+            .join(format!("{:020}", 0))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("keeld.log")).unwrap_or_default()
     }

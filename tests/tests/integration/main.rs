@@ -1,8 +1,10 @@
 //! Integration tests: real keeld processes on 127.0.0.1, driven through keel-client.
 
 mod bad_input;
+mod corruption;
 mod crash;
 mod harness;
+mod resources;
 mod send_consume;
 mod shutdown;
 mod stalled_disk;

@@ -1,0 +1,133 @@
+//! Damaged bytes on disk: the consumer's CRC check catches them end to end, recovery
+//! refuses to start on damaged acknowledged data, and cuts only a torn tail.
+
+use crate::harness::BrokerProcess;
+use keel_client::{ClientError, Consumer, ConsumerOptions, Message, Producer, ProducerOptions};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+fn flip_byte(path: &std::path::Path, position: u64) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open segment");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, position).expect("read");
+    byte[0] ^= 0x20;
+    file.write_all_at(&byte, position).expect("write");
+}
+
+fn send_numbered(broker: &BrokerProcess, count: usize) -> Vec<keel_client::SendResult> {
+    let producer =
+        Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
+    (0..count)
+        .map(|index| {
+            producer
+                .send(Message::new("audit", format!("message number {index:04}")).with_queue(0))
+                .expect("send")
+        })
+        .collect()
+}
+
+#[test]
+fn a_byte_corrupted_on_disk_is_caught_by_the_consumer_not_handed_over() {
+    let broker = BrokerProcess::start("");
+    broker.admin().create_topic("audit", 1).expect("topic");
+    let results = send_numbered(&broker, 10);
+    // Last payload byte of message 5: its record ends where message 6 begins.
+    flip_byte(&broker.first_segment(), results[6].log_offset - 1);
+    let options = ConsumerOptions {
+        long_poll: Duration::from_millis(100),
+        ..ConsumerOptions::default()
+    };
+    let mut consumer =
+        Consumer::connect(&broker.address, "auditors", "audit", options).expect("consumer");
+    let mut handled = Vec::new();
+    let error = loop {
+        let outcome = consumer.poll(|record| {
+            handled.push(record.queue_offset);
+            Ok::<(), String>(())
+        });
+        match outcome {
+            Ok(_) => assert!(
+                handled.len() < 10,
+                "the corrupt record was handed to the handler"
+            ),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(
+            error,
+            ClientError::Corrupt {
+                queue_offset: 5,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(handled.iter().all(|offset| *offset < 5), "{handled:?}");
+    consumer.commit().expect("commit");
+    let again = Consumer::connect(
+        &broker.address,
+        "auditors",
+        "audit",
+        ConsumerOptions::default(),
+    )
+    .expect("consumer");
+    assert!(
+        again.positions()[0] <= 5,
+        "the committed offset passed the corrupt record"
+    );
+}
+
+#[test]
+fn keeld_refuses_to_start_on_a_bitflip_in_acknowledged_data() {
+    let mut broker = BrokerProcess::start("");
+    let results = send_numbered(&broker, 50);
+    assert!(broker.terminate().success());
+    flip_byte(&broker.first_segment(), results[20].log_offset + 80);
+    let status = broker.spawn_expect_failure();
+    assert_eq!(status.code(), Some(1), "{}", broker.log());
+    let log = broker.log();
+    assert!(log.contains("corruption in"), "{log}");
+    assert!(log.contains("not a torn tail"), "{log}");
+    assert!(
+        log.contains(&format!("log offset {}", results[20].log_offset)),
+        "{log}"
+    );
+    // Nothing was cut: the damaged segment is as long as before.
+    let end = results[49].log_offset + (results[49].log_offset - results[48].log_offset);
+    assert_eq!(
+        std::fs::metadata(broker.first_segment())
+            .expect("segment")
+            .len(),
+        end
+    );
+}
+
+#[test]
+fn a_torn_tail_after_a_crash_is_truncated_and_the_rest_served() {
+    let mut broker = BrokerProcess::start("");
+    send_numbered(&broker, 30);
+    broker.kill9();
+    // What a crash in the middle of a write leaves: half a record, then zeros.
+    let segment = broker.first_segment();
+    let bytes = std::fs::read(&segment).expect("segment");
+    let mut torn = bytes.clone();
+    torn.extend_from_slice(&bytes[..60]);
+    torn.extend_from_slice(&[0u8; 300]);
+    std::fs::write(&segment, &torn).expect("write");
+    broker.spawn();
+    assert!(
+        broker.log().contains("truncated a torn tail of 360 bytes"),
+        "{}",
+        broker.log()
+    );
+    assert_eq!(
+        std::fs::metadata(&segment).expect("segment").len(),
+        bytes.len() as u64
+    );
+    assert_eq!(crate::harness::drain(&broker.address, "audit").len(), 30);
+}
