@@ -4,10 +4,10 @@
 //! the first 12 bytes. Recovery never trusts it alone: it only decides whether a bad
 //! record lies in data that was fsynced (corruption) or after it (a torn tail).
 
+use crate::disk::{read_exact_at, Disk, DiskFile, OpenMode};
 use crate::StoreError;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const CHECKPOINT_LEN: usize = 16;
 const FLAG_CLEAN: u32 = 1;
@@ -20,27 +20,26 @@ pub(crate) struct Checkpoint {
 
 pub(crate) struct CheckpointFile {
     path: PathBuf,
-    file: File,
+    file: Arc<dyn DiskFile>,
 }
 
 impl CheckpointFile {
     /// Opens (creating if missing) the checkpoint and reads what it holds, if valid.
-    pub(crate) fn open(path: &Path) -> Result<(CheckpointFile, Option<Checkpoint>), StoreError> {
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+    pub(crate) fn open(
+        disk: &dyn Disk,
+        path: &Path,
+    ) -> Result<(CheckpointFile, Option<Checkpoint>), StoreError> {
+        let existed = disk.exists(path);
+        let file = disk
+            .open(path, OpenMode::Create)
             .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
         if !existed {
             if let Some(dir) = path.parent() {
-                crate::fs_util::sync_dir(dir)?;
+                crate::fs_util::sync_dir(disk, dir)?;
             }
         }
         let mut bytes = [0u8; CHECKPOINT_LEN];
-        let checkpoint = match file.read_exact_at(&mut bytes, 0) {
+        let checkpoint = match read_exact_at(file.as_ref(), &mut bytes, 0) {
             Ok(()) => decode(&bytes),
             Err(_) => None,
         };

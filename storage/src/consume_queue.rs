@@ -4,11 +4,11 @@
 //!
 //! Entry layout: u64 log_offset, u32 size, u64 tags_hash, little-endian.
 
+use crate::disk::{read_all, Disk, DiskFile, OpenMode};
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const INDEX_ENTRY_LEN: usize = 20;
 
@@ -63,13 +63,15 @@ pub(crate) struct IndexUpdate {
 
 /// The ConsumeQueue files, written by the flusher thread only.
 pub(crate) struct IndexFiles {
+    disk: Arc<dyn Disk>,
     root: PathBuf,
-    open: HashMap<(String, u32), File>,
+    open: HashMap<(String, u32), Arc<dyn DiskFile>>,
 }
 
 impl IndexFiles {
-    pub(crate) fn new(root: &Path) -> IndexFiles {
+    pub(crate) fn new(disk: Arc<dyn Disk>, root: &Path) -> IndexFiles {
         IndexFiles {
+            disk,
             root: root.to_path_buf(),
             open: HashMap::new(),
         }
@@ -82,19 +84,14 @@ impl IndexFiles {
             .join(crate::segment::segment_file_name(0))
     }
 
-    fn file(&mut self, topic: &str, queue_id: u32) -> io::Result<&File> {
+    fn file(&mut self, topic: &str, queue_id: u32) -> io::Result<&Arc<dyn DiskFile>> {
         let key = (topic.to_string(), queue_id);
         if !self.open.contains_key(&key) {
             let path = self.path(topic, queue_id);
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)?;
+                self.disk.create_dir_all(dir)?;
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let file = self.disk.open(&path, OpenMode::Create)?;
             self.open.insert(key.clone(), file);
         }
         self.open
@@ -141,7 +138,11 @@ impl IndexFiles {
             entry.encode(&mut expected);
         }
         let path = self.path(topic, queue_id);
-        if fs::read(&path).ok().as_deref() == Some(&expected[..]) {
+        let current = self
+            .disk
+            .open(&path, OpenMode::Read)
+            .and_then(|file| read_all(file.as_ref()));
+        if current.ok().as_deref() == Some(&expected[..]) {
             return Ok(false);
         }
         let file = self.file(topic, queue_id)?;

@@ -12,11 +12,10 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::consume_queue::{IndexFiles, IndexUpdate};
+use crate::disk::{DiskFile, OpenMode};
 use crate::segment::segment_file_name;
 use crate::store::{FlushMode, Store};
 use crate::StoreError;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,9 +34,9 @@ struct Batch {
 struct Flusher<'a> {
     store: &'a Store,
     /// The segment being written: base offset and file.
-    active: Option<(u64, Arc<File>)>,
+    active: Option<(u64, Arc<dyn DiskFile>)>,
     /// Files written since the last fsync.
-    unsynced: Vec<Arc<File>>,
+    unsynced: Vec<Arc<dyn DiskFile>>,
     index_files: IndexFiles,
     written: u64,
     records_written: u64,
@@ -45,7 +44,11 @@ struct Flusher<'a> {
     checkpoint_due: Instant,
 }
 
-pub(crate) fn run(store: &Store, active: Option<(u64, Arc<File>)>, index_files: IndexFiles) {
+pub(crate) fn run(
+    store: &Store,
+    active: Option<(u64, Arc<dyn DiskFile>)>,
+    index_files: IndexFiles,
+) {
     let now = Instant::now();
     let mut flusher = Flusher {
         store,
@@ -170,7 +173,7 @@ impl Flusher<'_> {
             if !self
                 .unsynced
                 .iter()
-                .any(|unsynced| Arc::ptr_eq(unsynced, file))
+                .any(|unsynced| same_file(unsynced, file))
             {
                 self.unsynced.push(file.clone());
             }
@@ -197,14 +200,12 @@ impl Flusher<'_> {
     fn open_segment(&mut self, base: u64) -> Result<(), StoreError> {
         let dir = self.store.config.data_dir.join("commitlog");
         let path = dir.join(segment_file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .store
+            .disk
+            .open(&path, OpenMode::CreateNew)
             .map_err(|e| StoreError::io(format!("create {}", path.display()), e))?;
-        crate::fs_util::sync_dir(&dir)?;
-        let file = Arc::new(file);
+        crate::fs_util::sync_dir(self.store.disk.as_ref(), &dir)?;
         self.store.segments.push(base, file.clone());
         self.active = Some((base, file));
         Ok(())
@@ -248,4 +249,9 @@ impl Flusher<'_> {
             clean: true,
         })
     }
+}
+
+/// Whether two handles are the same open file (compares the data pointers only).
+fn same_file(a: &Arc<dyn DiskFile>, b: &Arc<dyn DiskFile>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }

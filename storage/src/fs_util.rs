@@ -1,26 +1,35 @@
 //! Small file-system helpers with the crash-safety steps spelled out.
 
+use crate::disk::{Disk, OpenMode};
 use crate::StoreError;
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
 
 /// fsyncs a directory so that a create, rename or delete inside it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    let handle =
-        File::open(dir).map_err(|e| StoreError::io(format!("open {}", dir.display()), e))?;
-    handle
-        .sync_all()
+pub(crate) fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), StoreError> {
+    disk.sync_dir(dir)
         .map_err(|e| StoreError::io(format!("fsync directory {}", dir.display()), e))
 }
 
-pub(crate) fn create_dir_all_synced(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
+/// Creates `dir` and any missing parents, each made durable in its parent.
+pub(crate) fn create_dir_all_synced(disk: &dyn Disk, dir: &Path) -> Result<(), StoreError> {
+    if disk.is_dir(dir) {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|level| !disk.is_dir(level))
+        .collect();
+    disk.create_dir_all(dir)
+        .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+    for level in missing.into_iter().rev() {
+        if let Some(parent) = level.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            sync_dir(disk, parent)?;
+        }
     }
     Ok(())
 }
@@ -29,19 +38,27 @@ pub(crate) fn create_dir_all_synced(dir: &Path) -> Result<(), StoreError> {
 ///
 /// Crash safety: the temporary file is fsynced before the rename, and the directory
 /// after it, so a crash at any point leaves either the old file or the new one, whole.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_atomic(
+    disk: &dyn Disk,
+    path: &Path,
+    contents: &[u8],
+) -> Result<(), StoreError> {
     let temporary = path.with_extension("tmp");
     let context = |what: &str| format!("{what} {}", temporary.display());
-    let mut file = File::create(&temporary).map_err(|e| StoreError::io(context("create"), e))?;
-    file.write_all(contents)
+    let file = disk
+        .open(&temporary, OpenMode::Create)
+        .map_err(|e| StoreError::io(context("create"), e))?;
+    file.set_len(0)
+        .map_err(|e| StoreError::io(context("truncate"), e))?;
+    file.write_all_at(contents, 0)
         .map_err(|e| StoreError::io(context("write"), e))?;
-    file.sync_all()
+    file.sync_data()
         .map_err(|e| StoreError::io(context("fsync"), e))?;
     drop(file);
-    fs::rename(&temporary, path)
+    disk.rename(&temporary, path)
         .map_err(|e| StoreError::io(format!("rename to {}", path.display()), e))?;
     match path.parent() {
-        Some(dir) => sync_dir(dir),
+        Some(dir) => sync_dir(disk, dir),
         None => Ok(()),
     }
 }

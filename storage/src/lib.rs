@@ -19,12 +19,14 @@
 
 mod checkpoint;
 mod consume_queue;
+pub mod disk;
 mod error;
 mod flusher;
 mod fs_util;
 mod meta;
 mod recovery;
 mod segment;
+pub mod sim;
 mod store;
 
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};

@@ -5,6 +5,7 @@
 //! that promises durability (topic created, offset committed) waits for that version
 //! without any caller touching the disk.
 
+use crate::disk::{read_all, Disk, OpenMode};
 use crate::fs_util::{seal_text, unseal_text, write_atomic};
 use crate::StoreError;
 use std::collections::BTreeMap;
@@ -56,6 +57,13 @@ impl Meta {
         version
     }
 
+    pub(crate) fn stop_requested(&self) -> bool {
+        *self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     pub(crate) fn persisted(&self) -> u64 {
         self.persisted.load(Ordering::Acquire)
     }
@@ -94,12 +102,16 @@ impl Meta {
         self.persisted.fetch_max(version, Ordering::AcqRel);
     }
 
-    pub(crate) fn write_files(&self, topics: &[(String, u32)]) -> Result<(), StoreError> {
+    pub(crate) fn write_files(
+        &self,
+        disk: &dyn Disk,
+        topics: &[(String, u32)],
+    ) -> Result<(), StoreError> {
         let mut text = String::from("# keel topics v1: name queues\n");
         for (name, queues) in topics {
             text.push_str(&format!("{name} {queues}\n"));
         }
-        write_atomic(&self.topics_path, &seal_text(text))?;
+        write_atomic(disk, &self.topics_path, &seal_text(text))?;
         let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
         let offsets = self
             .offsets
@@ -109,12 +121,15 @@ impl Meta {
         for ((group, topic, queue), offset) in offsets {
             text.push_str(&format!("{group} {topic} {queue} {offset}\n"));
         }
-        write_atomic(&self.offsets_path, &seal_text(text))
+        write_atomic(disk, &self.offsets_path, &seal_text(text))
     }
 }
 
-fn read_sealed(path: &Path) -> Result<Option<String>, StoreError> {
-    match std::fs::read(path) {
+fn read_sealed(disk: &dyn Disk, path: &Path) -> Result<Option<String>, StoreError> {
+    match disk
+        .open(path, OpenMode::Read)
+        .and_then(|file| read_all(file.as_ref()))
+    {
         Ok(bytes) => match unseal_text(&bytes) {
             Some(body) => Ok(Some(body.to_string())),
             None => Err(StoreError::Corruption {
@@ -136,8 +151,8 @@ fn bad_line(path: &Path, line: &str) -> StoreError {
     }
 }
 
-pub(crate) fn load_topics(path: &Path) -> Result<Vec<(String, u32)>, StoreError> {
-    let Some(body) = read_sealed(path)? else {
+pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<(String, u32)>, StoreError> {
+    let Some(body) = read_sealed(disk, path)? else {
         return Ok(Vec::new());
     };
     let mut topics = Vec::new();
@@ -155,8 +170,11 @@ pub(crate) fn load_topics(path: &Path) -> Result<Vec<(String, u32)>, StoreError>
     Ok(topics)
 }
 
-pub(crate) fn load_offsets(path: &Path) -> Result<BTreeMap<OffsetKey, u64>, StoreError> {
-    let Some(body) = read_sealed(path)? else {
+pub(crate) fn load_offsets(
+    disk: &dyn Disk,
+    path: &Path,
+) -> Result<BTreeMap<OffsetKey, u64>, StoreError> {
+    let Some(body) = read_sealed(disk, path)? else {
         return Ok(BTreeMap::new());
     };
     let mut offsets = BTreeMap::new();

@@ -10,12 +10,11 @@
 //! recovery refuses, naming the file, the position and what is wrong, and never cuts the
 //! log silently. Recovery is idempotent: after truncation a second run finds a clean log.
 
+use crate::disk::{read_exact_at, Disk, FileReader, OpenMode};
 use crate::segment::list_segments;
 use crate::StoreError;
 use keel_protocol::{decode_record, peek_record_header, RECORD_FIXED_LEN, RECORD_MAGIC};
-use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// What recovery found and did.
@@ -52,12 +51,13 @@ struct BadRecord {
 /// Scans `dir`, calls `on_record` for every valid record in log order, truncates a torn
 /// tail, and returns the surviving segments (base, path) with the report.
 pub(crate) fn recover(
+    disk: &dyn Disk,
     dir: &Path,
     checkpoint: Option<u64>,
     max_record_bytes: u32,
     mut on_record: impl FnMut(RecoveredRecord) -> Result<(), String>,
 ) -> Result<(Vec<(u64, PathBuf)>, RecoveryReport), StoreError> {
-    let segments = list_segments(dir)?;
+    let segments = list_segments(disk, dir)?;
     let mut report = RecoveryReport {
         checkpoint,
         ..RecoveryReport::default()
@@ -75,8 +75,14 @@ pub(crate) fn recover(
             });
         }
         kept.push((*base, path.clone()));
-        let (valid_len, bad) =
-            scan_segment(path, *base, max_record_bytes, &mut on_record, &mut report)?;
+        let (valid_len, bad) = scan_segment(
+            disk,
+            path,
+            *base,
+            max_record_bytes,
+            &mut on_record,
+            &mut report,
+        )?;
         expected_base = base + valid_len;
         let Some(bad) = bad else { continue };
         let later = &segments[index + 1..];
@@ -84,9 +90,9 @@ pub(crate) fn recover(
         let corrupt = match checkpoint {
             Some(flushed) => position_global < flushed,
             None => {
-                valid_record_after(path, *base, bad.position + 1, max_record_bytes)?
+                valid_record_after(disk, path, *base, bad.position + 1, max_record_bytes)?
                     || later.iter().any(|(later_base, later_path)| {
-                        valid_record_after(later_path, *later_base, 0, max_record_bytes)
+                        valid_record_after(disk, later_path, *later_base, 0, max_record_bytes)
                             .unwrap_or(true)
                     })
             }
@@ -107,7 +113,7 @@ pub(crate) fn recover(
                 ),
             });
         }
-        truncate_tail(path, bad.position, later, &mut report)?;
+        truncate_tail(disk, path, bad.position, later, &mut report)?;
         report.truncation_reason = Some(format!("{} at log offset {position_global}", bad.detail));
         break;
     }
@@ -132,19 +138,26 @@ pub(crate) fn recover(
 /// Verifies the records of one segment. Returns the length of its valid prefix and the
 /// first bad record, if any.
 fn scan_segment(
+    disk: &dyn Disk,
     path: &Path,
     base: u64,
     max_record_bytes: u32,
     on_record: &mut impl FnMut(RecoveredRecord) -> Result<(), String>,
     report: &mut RecoveryReport,
 ) -> Result<(u64, Option<BadRecord>), StoreError> {
-    let file =
-        File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let file = disk
+        .open(path, OpenMode::Read)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
     let length = file
-        .metadata()
-        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
-        .len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+        .len()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        FileReader {
+            file: file.as_ref(),
+            position: 0,
+        },
+    );
     let mut record = Vec::new();
     let mut position = 0u64;
     let read_error = |e| StoreError::io(format!("read {}", path.display()), e);
@@ -212,17 +225,18 @@ fn scan_segment(
 
 /// Whether any valid record (CRC and position consistent) starts at or after `from`.
 fn valid_record_after(
+    disk: &dyn Disk,
     path: &Path,
     base: u64,
     from: u64,
     max_record_bytes: u32,
 ) -> Result<bool, StoreError> {
-    let file =
-        File::open(path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let file = disk
+        .open(path, OpenMode::Read)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
     let length = file
-        .metadata()
-        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
-        .len();
+        .len()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
     const STEP: u64 = 4 << 20;
     let overlap = u64::from(max_record_bytes);
     let mut window = Vec::new();
@@ -230,7 +244,7 @@ fn valid_record_after(
     while start < length {
         let window_len = (length - start).min(STEP + overlap);
         window.resize(window_len as usize, 0);
-        file.read_exact_at(&mut window, start)
+        read_exact_at(file.as_ref(), &mut window, start)
             .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
         let candidates = window_len.min(STEP) as usize;
         let magic = RECORD_MAGIC.to_le_bytes();
@@ -254,33 +268,35 @@ fn valid_record_after(
 /// Crash safety: the truncation is fsynced before later segments are removed, and the
 /// directory after; a crash in between leaves a state this same recovery handles again.
 fn truncate_tail(
+    disk: &dyn Disk,
     path: &Path,
     position: u64,
     later: &[(u64, PathBuf)],
     report: &mut RecoveryReport,
 ) -> Result<(), StoreError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let context = |what: &str, path: &Path| format!("{what} {}", path.display());
+    let file = disk
+        .open(path, OpenMode::ReadWrite)
+        .map_err(|e| StoreError::io(context("open", path), e))?;
     let length = file
-        .metadata()
-        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
-        .len();
+        .len()
+        .map_err(|e| StoreError::io(context("stat", path), e))?;
     report.truncated_bytes += length - position;
     file.set_len(position)
-        .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
-    file.sync_all()
-        .map_err(|e| StoreError::io(format!("fsync {}", path.display()), e))?;
+        .map_err(|e| StoreError::io(context("truncate", path), e))?;
+    file.sync_data()
+        .map_err(|e| StoreError::io(context("fsync", path), e))?;
     for (_, later_path) in later {
-        let later_length = std::fs::metadata(later_path).map(|m| m.len()).unwrap_or(0);
-        report.truncated_bytes += later_length;
-        std::fs::remove_file(later_path)
-            .map_err(|e| StoreError::io(format!("remove {}", later_path.display()), e))?;
+        let later_file = disk
+            .open(later_path, OpenMode::Read)
+            .map_err(|e| StoreError::io(context("open", later_path), e))?;
+        report.truncated_bytes += later_file.len().unwrap_or(0);
+        disk.remove_file(later_path)
+            .map_err(|e| StoreError::io(context("remove", later_path), e))?;
         report.removed_segments += 1;
     }
     if let Some(dir) = path.parent() {
-        crate::fs_util::sync_dir(dir)?;
+        crate::fs_util::sync_dir(disk, dir)?;
     }
     Ok(())
 }

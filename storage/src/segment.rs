@@ -1,8 +1,7 @@
 //! CommitLog segment files: naming, listing and the shared read handles.
 
+use crate::disk::{read_exact_at, Disk, DiskFile};
 use crate::StoreError;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -19,19 +18,18 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
 }
 
 /// Segment files in `dir`, sorted by base offset. Other names are ignored with a warning.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("list {}", dir.display()), e))?;
+pub(crate) fn list_segments(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let names = disk
+        .list(dir)
+        .map_err(|e| StoreError::io(format!("list {}", dir.display()), e))?;
     let mut segments = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(format!("list {}", dir.display()), e))?;
-        let name = entry.file_name();
-        match name.to_str().and_then(parse_segment_file_name) {
-            Some(base) => segments.push((base, entry.path())),
-            None => log::warn!(
-                "ignoring unexpected file {} in the commitlog directory",
-                entry.path().display()
-            ),
+    for name in names {
+        match parse_segment_file_name(&name) {
+            Some(base) => segments.push((base, dir.join(&name))),
+            None => log::warn!("ignoring unexpected file {name} in {}", dir.display()),
         }
     }
     segments.sort_unstable_by_key(|(base, _)| *base);
@@ -41,7 +39,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreErro
 /// An open segment. Readers use `pread`; only the flusher writes.
 pub(crate) struct Segment {
     pub base_offset: u64,
-    pub file: Arc<File>,
+    pub file: Arc<dyn DiskFile>,
 }
 
 /// Every segment's read handle, shared by the flusher (which adds) and readers.
@@ -51,7 +49,7 @@ pub(crate) struct SegmentSet {
 }
 
 impl SegmentSet {
-    pub(crate) fn push(&self, base_offset: u64, file: Arc<File>) {
+    pub(crate) fn push(&self, base_offset: u64, file: Arc<dyn DiskFile>) {
         let mut segments = self
             .segments
             .write()
@@ -75,9 +73,7 @@ impl SegmentSet {
                 "no segment holds offset {offset}"
             )));
         };
-        segment
-            .file
-            .read_exact_at(buffer, offset - segment.base_offset)
+        read_exact_at(segment.file.as_ref(), buffer, offset - segment.base_offset)
     }
 
     /// Base offset of the segment holding `offset`.

@@ -2,6 +2,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::consume_queue::{IndexEntry, IndexFiles, IndexUpdate, TopicQueues};
+use crate::disk::{Disk, DiskFile, OpenMode, RealDisk};
 use crate::fs_util::create_dir_all_synced;
 use crate::meta::{load_offsets, load_topics, Meta};
 use crate::recovery::{recover, RecoveryReport};
@@ -9,7 +10,6 @@ use crate::segment::SegmentSet;
 use crate::{AppendError, StoreError};
 use keel_protocol::{encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -136,21 +136,32 @@ pub struct Store {
     listeners: Mutex<Vec<Listener>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
-    _lock: File,
+    pub(crate) disk: Arc<dyn Disk>,
+    _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl Store {
     /// Opens the data directory, recovers the log, and starts the flusher and metadata
     /// threads.
     pub fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
+        Store::open_with_disk(config, Arc::new(RealDisk))
+    }
+
+    /// `open` on any `Disk` (tests use `sim::SimDisk`).
+    pub fn open_with_disk(
+        config: StoreConfig,
+        disk: Arc<dyn Disk>,
+    ) -> Result<Arc<Store>, StoreError> {
+        let disk_ref = disk.as_ref();
         let data_dir = &config.data_dir;
-        create_dir_all_synced(data_dir)?;
-        let lock = lock_data_dir(data_dir)?;
+        create_dir_all_synced(disk_ref, data_dir)?;
+        let lock = lock_data_dir(disk_ref, data_dir)?;
         let log_dir = data_dir.join("commitlog");
-        create_dir_all_synced(&log_dir)?;
-        create_dir_all_synced(&data_dir.join("consumequeue"))?;
-        create_dir_all_synced(&data_dir.join("offsets"))?;
-        let (checkpoint_file, checkpoint) = CheckpointFile::open(&data_dir.join("checkpoint"))?;
+        create_dir_all_synced(disk_ref, &log_dir)?;
+        create_dir_all_synced(disk_ref, &data_dir.join("consumequeue"))?;
+        create_dir_all_synced(disk_ref, &data_dir.join("offsets"))?;
+        let (checkpoint_file, checkpoint) =
+            CheckpointFile::open(disk_ref, &data_dir.join("checkpoint"))?;
 
         let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
         let on_record = |record: crate::recovery::RecoveredRecord| -> Result<(), String> {
@@ -177,6 +188,7 @@ impl Store {
             Ok(())
         };
         let (segment_paths, mut report) = recover(
+            disk_ref,
             &log_dir,
             checkpoint.map(|c| c.offset_flushed),
             config.max_record_bytes,
@@ -185,14 +197,14 @@ impl Store {
         report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
 
         let topics_path = data_dir.join("topics");
-        for (name, queues) in load_topics(&topics_path)? {
+        for (name, queues) in load_topics(disk_ref, &topics_path)? {
             let topic = topics.entry(name).or_default();
             if topic.queues.len() < queues as usize {
                 topic.queues.resize_with(queues as usize, Vec::new);
             }
         }
-        let offsets = load_offsets(&data_dir.join("offsets").join("consumer_offsets"))?;
-        let mut index_files = IndexFiles::new(&data_dir.join("consumequeue"));
+        let offsets = load_offsets(disk_ref, &data_dir.join("offsets").join("consumer_offsets"))?;
+        let mut index_files = IndexFiles::new(disk.clone(), &data_dir.join("consumequeue"));
         let mut rewritten = 0;
         for (name, topic) in &topics {
             for (queue_id, entries) in topic.queues.iter().enumerate() {
@@ -212,12 +224,9 @@ impl Store {
         let segments = SegmentSet::default();
         let mut active = None;
         for (base, path) in &segment_paths {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
+            let file: Arc<dyn DiskFile> = disk
+                .open(path, OpenMode::ReadWrite)
                 .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-            let file = Arc::new(file);
             segments.push(*base, file.clone());
             active = Some((*base, file));
         }
@@ -267,6 +276,7 @@ impl Store {
             threads: Mutex::new(Vec::new()),
             recovery: report,
             config,
+            disk,
             _lock: lock,
         });
         store.meta.bump();
@@ -709,12 +719,18 @@ impl Store {
                     .map(|(name, topic)| (name.clone(), topic.queue_count()))
                     .collect()
             };
-            match self.meta.write_files(&topics) {
+            match self.meta.write_files(self.disk.as_ref(), &topics) {
                 Ok(()) => self.meta.publish(version),
                 Err(error) => {
-                    log::error!("persisting topics and offsets failed: {error}; retrying in 1 s");
                     self.meta.failed.store(true, Ordering::Release);
                     self.notify_listeners();
+                    if self.meta.stop_requested() {
+                        log::error!("persisting topics and offsets failed at shutdown: {error}");
+                        return;
+                    }
+                    // Each attempt writes a whole new file and fsyncs it before the
+                    // rename, so a later success does prove the new contents durable.
+                    log::error!("persisting topics and offsets failed: {error}; retrying in 1 s");
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
@@ -730,19 +746,16 @@ fn durable_count(queue: &[IndexEntry], durable: u64) -> u64 {
     queue.partition_point(|entry| entry.offset_end() <= durable) as u64
 }
 
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, StoreError> {
+fn lock_data_dir(
+    disk: &dyn Disk,
+    data_dir: &std::path::Path,
+) -> Result<Box<dyn std::any::Any + Send + Sync>, StoreError> {
     let path = data_dir.join("LOCK");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
-        Err(std::fs::TryLockError::Error(error)) => {
-            Err(StoreError::io(format!("lock {}", path.display()), error))
+    match disk.lock(&path) {
+        Ok(guard) => Ok(guard),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(StoreError::Locked { path })
         }
+        Err(error) => Err(StoreError::io(format!("lock {}", path.display()), error)),
     }
 }
