@@ -36,3 +36,6 @@ pub use store::{AppendResult, FlushMode, QueueRead, ReadStatus, Store, StoreConf
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod crash_tests;

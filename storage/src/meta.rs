@@ -64,6 +64,17 @@ impl Meta {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// Sleeps up to `pause` before a retry, returning early when shutdown is asked.
+    pub(crate) fn pause_before_retry(&self, pause: std::time::Duration) {
+        let stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !*stop {
+            let _ = self.wakeup.wait_timeout(stop, pause);
+        }
+    }
+
     pub(crate) fn persisted(&self) -> u64 {
         self.persisted.load(Ordering::Acquire)
     }

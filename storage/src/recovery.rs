@@ -65,15 +65,6 @@ pub(crate) fn recover(
     let mut expected_base = segments.first().map_or(0, |(base, _)| *base);
     let mut kept = Vec::new();
     for (index, (base, path)) in segments.iter().enumerate() {
-        if *base != expected_base {
-            return Err(StoreError::Corruption {
-                path: path.clone(),
-                position: 0,
-                detail: format!(
-                    "segment starts at offset {base} but the previous one ends at {expected_base}"
-                ),
-            });
-        }
         kept.push((*base, path.clone()));
         let (valid_len, bad) = scan_segment(
             disk,
@@ -84,6 +75,25 @@ pub(crate) fn recover(
             &mut report,
         )?;
         expected_base = base + valid_len;
+        let bad = match (bad, segments.get(index + 1)) {
+            (Some(bad), _) => Some(bad),
+            (None, Some((next_base, next_path))) if *next_base < expected_base => {
+                return Err(StoreError::Corruption {
+                    path: next_path.clone(),
+                    position: 0,
+                    detail: format!(
+                        "segment starts at log offset {next_base}, inside the previous one (which ends at {expected_base})"
+                    ),
+                });
+            }
+            // The next segment starts later than this one ends: this segment lost its
+            // tail (a crash during a roll leaves exactly this), judged like a bad record.
+            (None, Some((next_base, _))) if *next_base > expected_base => Some(BadRecord {
+                position: valid_len,
+                detail: format!("segment ends at log offset {expected_base} but the next one starts at {next_base}"),
+            }),
+            (None, _) => None,
+        };
         let Some(bad) = bad else { continue };
         let later = &segments[index + 1..];
         let position_global = base + bad.position;

@@ -731,7 +731,7 @@ impl Store {
                     // Each attempt writes a whole new file and fsyncs it before the
                     // rename, so a later success does prove the new contents durable.
                     log::error!("persisting topics and offsets failed: {error}; retrying in 1 s");
-                    std::thread::sleep(Duration::from_secs(1));
+                    self.meta.pause_before_retry(Duration::from_secs(1));
                     continue;
                 }
             }
