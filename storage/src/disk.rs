@@ -21,6 +21,7 @@ pub enum OpenMode {
     CreateNew,
 }
 
+#[allow(clippy::len_without_is_empty)]
 pub trait DiskFile: Send + Sync {
     /// Reads up to `buffer.len()` bytes at `offset`; fewer only at the end of the file.
     fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -190,6 +191,9 @@ impl Disk for RealDisk {
         }
         // SAFETY: statvfs returned 0, so it filled the buffer.
         let stats = unsafe { stats.assume_init() };
-        Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+        // The field widths differ between platforms; on some they are already u64.
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize));
+        Ok(free)
     }
 }
