@@ -79,6 +79,7 @@ impl Broker {
             ("segments".into(), store.segments),
             ("topics".into(), store.topics),
             ("storage_poisoned".into(), u64::from(store.poisoned)),
+            ("disk_full".into(), u64::from(store.disk_full)),
             (
                 "connections".into(),
                 counters.connections.load(Ordering::Relaxed) as u64,

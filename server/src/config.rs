@@ -45,8 +45,12 @@ pub struct Config {
     pub long_poll_max_ms: u64,
     pub connection_idle_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// Refuse sends while free space on the data file system is below this.
+    pub disk_min_free_bytes: u64,
     /// Fault injection for tests: sleep before every fsync of the log.
-    pub fsync_delay_ms: u64,
+    pub fault_fsync_delay_ms: u64,
+    /// Fault injection for tests: the n-th fsync of the log fails (0 = never).
+    pub fault_fsync_fail_at: u64,
 }
 
 impl Default for Config {
@@ -69,7 +73,9 @@ impl Default for Config {
             long_poll_max_ms: 30_000,
             connection_idle_timeout_ms: 300_000,
             shutdown_timeout_ms: 10_000,
-            fsync_delay_ms: 0,
+            disk_min_free_bytes: 128 << 20,
+            fault_fsync_delay_ms: 0,
+            fault_fsync_fail_at: 0,
         }
     }
 }
@@ -162,7 +168,9 @@ impl Config {
             flush_interval_ms: self.flush_interval_ms,
             default_queues: self.default_queues,
             max_record_bytes: self.max_message_bytes.saturating_add(RECORD_OVERHEAD_MAX),
-            fsync_delay_ms: self.fsync_delay_ms,
+            disk_min_free_bytes: self.disk_min_free_bytes,
+            fault_fsync_delay_ms: self.fault_fsync_delay_ms,
+            fault_fsync_fail_at: self.fault_fsync_fail_at,
         }
     }
 }

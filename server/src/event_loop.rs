@@ -33,6 +33,7 @@ pub(crate) struct PendingSend {
     pub request_id: u64,
     pub result: SendResult,
     pub offset_end: u64,
+    pub generation: u64,
     pub deadline: Instant,
 }
 
@@ -584,7 +585,20 @@ impl EventLoop {
         let poisoned = self.broker.store.is_poisoned();
         let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
         while let Some(front) = self.pending_sends.front() {
-            let response = if front.offset_end <= durable {
+            let response = if self
+                .broker
+                .store
+                .is_discarded(front.generation, front.offset_end)
+            {
+                self.broker
+                    .counters
+                    .sends_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                Response::error(
+                    ErrorCode::DiskFull,
+                    "the disk filled up before this message was written; it was not stored",
+                )
+            } else if front.offset_end <= durable {
                 self.broker
                     .counters
                     .sends_ok

@@ -70,6 +70,7 @@ impl EventLoop {
                         AppendError::TopicNotFound(_) => ErrorCode::TopicNotFound,
                         AppendError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
                         AppendError::StorageFailed => ErrorCode::StorageFailed,
+                        AppendError::DiskFull => ErrorCode::DiskFull,
                         AppendError::ShuttingDown => ErrorCode::ShuttingDown,
                     };
                     (code, error.to_string())
@@ -103,6 +104,7 @@ impl EventLoop {
                 log_offset: appended.log_offset,
             },
             offset_end: appended.offset_end,
+            generation: appended.generation,
             deadline: Instant::now() + timeout,
         });
     }

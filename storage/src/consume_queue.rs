@@ -100,7 +100,10 @@ impl IndexFiles {
     }
 
     /// Writes a batch of entries, one `pwrite` per run of consecutive entries of a queue.
-    pub(crate) fn write(&mut self, updates: &[IndexUpdate]) -> io::Result<()> {
+    pub(crate) fn write<'u>(
+        &mut self,
+        updates: impl IntoIterator<Item = &'u IndexUpdate>,
+    ) -> io::Result<()> {
         let mut runs: HashMap<(&str, u32), (u64, Vec<u8>)> = HashMap::new();
         let mut order: Vec<(&str, u32)> = Vec::new();
         for update in updates {

@@ -84,6 +84,8 @@ pub enum AppendError {
     },
     /// A write or fsync failed earlier; the log takes no writes until restarted.
     StorageFailed,
+    /// The disk is full, or free space is below `disk_min_free_bytes`.
+    DiskFull,
     ShuttingDown,
 }
 
@@ -101,6 +103,9 @@ impl fmt::Display for AppendError {
             AppendError::StorageFailed => {
                 f.write_str("storage failed (a write or fsync error); restart required")
             }
+            AppendError::DiskFull => f.write_str(
+                "the disk is full (or below disk_min_free_bytes); writes resume when space is freed",
+            ),
             AppendError::ShuttingDown => f.write_str("broker is shutting down"),
         }
     }

@@ -33,8 +33,12 @@ pub struct StoreConfig {
     pub default_queues: u32,
     /// Largest record recovery accepts as plausible.
     pub max_record_bytes: u32,
+    /// Refuse appends while the file system has less free space than this.
+    pub disk_min_free_bytes: u64,
     /// Fault injection: sleep this long before every log fsync (0 = off).
-    pub fsync_delay_ms: u64,
+    pub fault_fsync_delay_ms: u64,
+    /// Fault injection: the n-th fsync of the log fails with EIO (0 = off).
+    pub fault_fsync_fail_at: u64,
 }
 
 impl StoreConfig {
@@ -46,7 +50,9 @@ impl StoreConfig {
             flush_interval_ms: 500,
             default_queues: 4,
             max_record_bytes: keel_protocol::DEFAULT_MAX_MESSAGE_BYTES + (1 << 20),
-            fsync_delay_ms: 0,
+            disk_min_free_bytes: 0,
+            fault_fsync_delay_ms: 0,
+            fault_fsync_fail_at: 0,
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct AppendResult {
     pub log_offset: u64,
     /// The record is durable once the durable offset reaches this.
     pub offset_end: u64,
+    /// Append generation: a disk-full rollback discards later appends of older ones.
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +98,7 @@ pub struct StoreStats {
     pub segments: u64,
     pub topics: u64,
     pub poisoned: bool,
+    pub disk_full: bool,
 }
 
 /// Append-side state, under one mutex. Appends are memory copies only.
@@ -100,7 +109,6 @@ pub(crate) struct AppendState {
     pub offset_end: u64,
     pub pending: Vec<u8>,
     pub pending_base: u64,
-    pub pending_records: u64,
     pub pending_index: Vec<IndexUpdate>,
     pub segment_active_base: u64,
     /// Segments started by appends that the flusher has not created yet.
@@ -109,6 +117,8 @@ pub(crate) struct AppendState {
     pub records_appended: u64,
     pub flusher_waiting: bool,
     pub shutting_down: bool,
+    /// Incremented by each disk-full rollback.
+    pub generation: u64,
 }
 
 /// Offsets published by the flusher. Invariant: `flushed <= written <= offset_end`.
@@ -121,6 +131,10 @@ pub(crate) struct Progress {
     pub records_flushed: AtomicU64,
     pub fsyncs: AtomicU64,
     pub poisoned: AtomicBool,
+    /// Appends are refused: ENOSPC happened, or free space is below the reserve.
+    pub disk_full: AtomicBool,
+    /// Mirror of `AppendState::generation`.
+    pub generation: AtomicU64,
 }
 
 type Listener = Arc<dyn Fn() + Send + Sync>;
@@ -134,6 +148,8 @@ pub struct Store {
     pub(crate) meta: Meta,
     pub(crate) checkpoint: CheckpointFile,
     listeners: Mutex<Vec<Listener>>,
+    /// `rollbacks[g]`: the offset generation `g` was rolled back to.
+    rollbacks: Mutex<Vec<u64>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
     pub(crate) disk: Arc<dyn Disk>,
@@ -248,7 +264,6 @@ impl Store {
                 offset_end,
                 pending: Vec::with_capacity(1 << 20),
                 pending_base: offset_end,
-                pending_records: 0,
                 pending_index: Vec::new(),
                 segment_active_base,
                 segments_new: Vec::new(),
@@ -256,6 +271,7 @@ impl Store {
                 records_appended: report.records,
                 flusher_waiting: false,
                 shutting_down: false,
+                generation: 0,
             }),
             flusher_wakeup: Condvar::new(),
             progress: Progress {
@@ -273,6 +289,7 @@ impl Store {
             ),
             checkpoint: checkpoint_file,
             listeners: Mutex::new(Vec::new()),
+            rollbacks: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             recovery: report,
             config,
@@ -363,6 +380,64 @@ impl Store {
         }
     }
 
+    /// True while appends are refused for lack of space.
+    pub fn is_disk_full(&self) -> bool {
+        self.progress.disk_full.load(Ordering::Acquire)
+    }
+
+    /// Whether the append that returned (`generation`, `offset_end`) was discarded by a
+    /// disk-full rollback: it was never written, so it must be answered as not stored.
+    pub fn is_discarded(&self, generation: u64, offset_end: u64) -> bool {
+        if generation == self.progress.generation.load(Ordering::Acquire) {
+            return false;
+        }
+        let rollbacks = self
+            .rollbacks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        rollbacks
+            .get(generation as usize)
+            .is_some_and(|to| offset_end > *to)
+    }
+
+    /// Forgets every append at or after log offset `to` (none of it reached the disk),
+    /// after the flusher hit ENOSPC. Later appends start a new generation at `to`.
+    pub(crate) fn roll_back_appends(&self, to: u64, segment_active_base: u64) {
+        let mut state = self.lock_state();
+        let state = &mut *state;
+        assert!(to >= self.offset_written());
+        assert!(to <= state.offset_end);
+        state.pending.clear();
+        state.pending_base = to;
+        state.pending_index.clear();
+        state.segments_new.clear();
+        state.segment_active_base = segment_active_base;
+        let mut dropped = 0u64;
+        for topic in state.topics.values_mut() {
+            for queue in &mut topic.queues {
+                while queue.last().is_some_and(|entry| entry.log_offset >= to) {
+                    queue.pop();
+                    dropped += 1;
+                }
+            }
+        }
+        state.records_appended -= dropped;
+        state.offset_end = to;
+        self.rollbacks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(to);
+        state.generation += 1;
+        self.progress
+            .generation
+            .store(state.generation, Ordering::Release);
+        self.progress.appended.store(to, Ordering::Release);
+        self.progress.disk_full.store(true, Ordering::Release);
+        log::error!(
+            "disk full: {dropped} record(s) after log offset {to} were not written and are refused"
+        );
+    }
+
     /// True once a write or fsync failed: nothing more will become durable.
     pub fn is_poisoned(&self) -> bool {
         self.progress.poisoned.load(Ordering::Acquire)
@@ -383,6 +458,10 @@ impl Store {
         let mut state = self.lock_state();
         if state.shutting_down {
             return Err(AppendError::ShuttingDown);
+        }
+        // Checked under the lock: a disk-full rollback also runs under it.
+        if self.progress.disk_full.load(Ordering::Acquire) {
+            return Err(AppendError::DiskFull);
         }
         let mut created = false;
         if !state.topics.contains_key(&message.topic) {
@@ -441,7 +520,6 @@ impl Store {
         self.progress
             .appended
             .store(state.offset_end, Ordering::Release);
-        state.pending_records += 1;
         state.records_appended += 1;
         assert_eq!(
             state.pending_base + state.pending.len() as u64,
@@ -455,6 +533,7 @@ impl Store {
             queue_offset: meta.queue_offset,
             log_offset: meta.log_offset,
             offset_end: state.offset_end,
+            generation: state.generation,
         };
         if created {
             self.meta.bump();
@@ -689,6 +768,7 @@ impl Store {
             segments: self.segments.count() as u64,
             topics: state.topics.len() as u64,
             poisoned: self.is_poisoned(),
+            disk_full: self.is_disk_full(),
         }
     }
 

@@ -78,7 +78,7 @@ fn append_roll_read_and_reopen() {
 fn reads_stop_at_the_durable_offset_and_past_the_end_is_explicit() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.fsync_delay_ms = 300;
+    cfg.fault_fsync_delay_ms = 300;
     let store = Store::open(cfg).unwrap();
     let end = store
         .append(&Message::new("orders", "x").with_queue(0), true, 1)
@@ -232,4 +232,157 @@ fn async_flush_acks_when_written() {
         std::thread::sleep(Duration::from_millis(5));
     }
     store.shutdown();
+}
+
+mod faults {
+    use crate::sim::{Fault, SimDisk, TailShape};
+    use crate::{AppendError, ReadStatus, Store, StoreConfig};
+    use keel_protocol::Message;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn config() -> StoreConfig {
+        let mut config = StoreConfig::new("/sim/data");
+        config.segment_size_bytes = 4096;
+        config
+    }
+
+    fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn send(store: &Store, text: &str) -> Result<crate::AppendResult, AppendError> {
+        store.append(
+            &Message::new("t", text.as_bytes().to_vec()).with_queue(0),
+            true,
+            0,
+        )
+    }
+
+    #[test]
+    fn a_failed_fsync_poisons_the_log_and_is_never_retried_into_an_ack() {
+        let disk = SimDisk::new();
+        let store = Store::open_with_disk(config(), Arc::new(disk.clone())).unwrap();
+        let first = send(&store, "before the failure").unwrap();
+        wait_until("first fsync", || store.offset_durable() >= first.offset_end);
+        let flushed_before = store.offset_flushed();
+        disk.fail_sync(1, Fault::Eio);
+        let doomed = send(&store, "covered by the failed fsync").unwrap();
+        wait_until("poisoning", || store.is_poisoned());
+        assert_eq!(
+            send(&store, "after").unwrap_err(),
+            AppendError::StorageFailed
+        );
+        // Nothing more ever becomes durable, so no ack and no consumer sees it.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(store.offset_flushed(), flushed_before);
+        assert!(store.offset_durable() < doomed.offset_end);
+        let read = store.read_queue("t", 0, 1, 10, u32::MAX).unwrap();
+        assert_eq!(read.status, ReadStatus::NoNewMessages);
+        store.shutdown();
+        drop(store);
+        // A restart recovers what was fsynced and takes writes again.
+        let image = disk.after_crash(TailShape::Torn, 3);
+        let store = Store::open_with_disk(config(), Arc::new(image)).unwrap();
+        assert!(store.recovery_report().offset_end >= first.offset_end);
+        let next = send(&store, "after restart").unwrap();
+        wait_until("fsync after restart", || {
+            store.offset_durable() >= next.offset_end
+        });
+        store.shutdown();
+    }
+
+    #[test]
+    fn enospc_discards_unwritten_appends_keeps_serving_and_resumes_when_space_frees() {
+        let disk = SimDisk::new();
+        let mut cfg = config();
+        cfg.disk_min_free_bytes = 0;
+        let store = Store::open_with_disk(cfg, Arc::new(disk.clone())).unwrap();
+        let kept = send(&store, "fits").unwrap();
+        wait_until("first fsync", || store.offset_durable() >= kept.offset_end);
+        // Room for a little more than one more record in all files.
+        let live: u64 = [
+            "/sim/data/commitlog/00000000000000000000",
+            "/sim/data/checkpoint",
+            "/sim/data/topics",
+            "/sim/data/offsets/consumer_offsets",
+        ]
+        .iter()
+        .filter_map(|path| disk.read(std::path::Path::new(path)))
+        .map(|bytes| bytes.len() as u64)
+        .sum();
+        let queue_files = 4 * 20;
+        disk.set_capacity(Some(live + queue_files + 200));
+        let results: Vec<_> = (0..20)
+            .map(|index| send(&store, &format!("record number {index} of a burst")))
+            .collect();
+        wait_until("disk full", || store.is_disk_full());
+        let appended: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
+        let discarded: Vec<_> = appended
+            .iter()
+            .filter(|r| store.is_discarded(r.generation, r.offset_end))
+            .collect();
+        assert!(
+            !discarded.is_empty(),
+            "some of the burst must have been refused"
+        );
+        assert_eq!(
+            send(&store, "while full").unwrap_err(),
+            AppendError::DiskFull
+        );
+        // What was written (whole records only) stays readable and durable.
+        let durable = store.offset_durable();
+        for result in appended
+            .iter()
+            .filter(|r| !store.is_discarded(r.generation, r.offset_end))
+        {
+            wait_until("survivor fsync", || {
+                store.offset_durable() >= result.offset_end
+            });
+        }
+        let read = store.read_queue("t", 0, 0, 100, u32::MAX).unwrap();
+        assert!(read.record_count >= 1);
+        assert!(store.offset_durable() >= durable);
+        let segment = disk
+            .read(std::path::Path::new(
+                "/sim/data/commitlog/00000000000000000000",
+            ))
+            .unwrap();
+        assert_eq!(
+            segment.len() as u64,
+            store.offset_written(),
+            "a partial record stayed in the file"
+        );
+        // Freeing space lets writes resume, at the offset where the discarded ones began.
+        let rolled_back_to = store.offset_written();
+        assert_eq!(
+            rolled_back_to, discarded[0].log_offset,
+            "discarded records start where writing stopped"
+        );
+        disk.set_capacity(None);
+        wait_until("writes to resume", || !store.is_disk_full());
+        let resumed = send(&store, "after space was freed").unwrap();
+        assert_eq!(resumed.log_offset, rolled_back_to);
+        wait_until("fsync after resume", || {
+            store.offset_durable() >= resumed.offset_end
+        });
+        assert!(!store.is_discarded(resumed.generation, resumed.offset_end));
+        store.shutdown();
+        drop(store);
+        let store =
+            Store::open_with_disk(config(), Arc::new(disk.after_crash(TailShape::Clean, 1)))
+                .unwrap();
+        let read = store.read_queue("t", 0, 0, 100, u32::MAX).unwrap();
+        let last = keel_protocol::decode_record(
+            &read.records
+                [read.records.len() - resumed.offset_end as usize + resumed.log_offset as usize..],
+        )
+        .unwrap();
+        assert_eq!(&last.payload[..], b"after space was freed");
+        store.shutdown();
+    }
 }

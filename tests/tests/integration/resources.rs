@@ -13,7 +13,7 @@ use std::time::Duration;
 fn oneway_flood_against_a_slow_disk_is_held_back_not_buffered() {
     const LIMIT: u64 = 64 * 1024;
     let broker = BrokerProcess::start(&format!(
-        "fsync_delay_ms = 20\nappend_backlog_max_bytes = {LIMIT}"
+        "fault_fsync_delay_ms = 20\nappend_backlog_max_bytes = {LIMIT}"
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicU64::new(0));

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[test]
 fn sigterm_answers_pending_sends_and_restarts_clean() {
     // Slow fsyncs keep sends pending while the signal arrives.
-    let mut broker = BrokerProcess::start("fsync_delay_ms = 300");
+    let mut broker = BrokerProcess::start("fault_fsync_delay_ms = 300");
     let options = ProducerOptions {
         retry_times_when_send_failed: 0,
         send_timeout: Duration::from_secs(20),

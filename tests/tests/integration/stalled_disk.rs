@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[test]
 fn stalled_fsync_answers_flush_disk_timeout() {
-    let broker = BrokerProcess::start("fsync_delay_ms = 1500\nsync_flush_timeout_ms = 200");
+    let broker = BrokerProcess::start("fault_fsync_delay_ms = 1500\nsync_flush_timeout_ms = 200");
     let options = ProducerOptions {
         send_timeout: Duration::from_secs(10),
         ..ProducerOptions::default()
