@@ -187,7 +187,14 @@ impl Consumer {
         for queue_id in 0..self.queues.len() {
             self.handle_buffered(queue_id, limit, &mut handler, &mut outcome);
         }
-        self.commit()?;
+        if let Err(error) = self.commit() {
+            // Positions are kept in memory and the commit is retried next round; a crash
+            // before it succeeds redelivers, never skips.
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            log::warn!("committing offsets failed ({error}); will retry");
+        }
         let stuck = self
             .queues
             .iter()

@@ -641,9 +641,19 @@ impl EventLoop {
 
     fn complete_meta(&mut self, now: Instant) {
         let persisted = self.broker.store.meta_persisted();
+        let failure = self.broker.store.meta_failure();
         while let Some(front) = self.pending_meta.front() {
             let response = if front.version <= persisted {
                 front.response.clone()
+            } else if let Some((disk_full, detail)) = &failure {
+                // Answer now rather than at the deadline: the operator must free space
+                // or fix the disk; the broker keeps retrying in the background.
+                let code = if *disk_full {
+                    ErrorCode::DiskFull
+                } else {
+                    ErrorCode::Internal
+                };
+                Response::error(code, format!("could not persist to disk: {detail}"))
             } else if now >= front.deadline {
                 Response::error(
                     ErrorCode::Internal,

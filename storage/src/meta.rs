@@ -22,6 +22,8 @@ pub(crate) struct Meta {
     version: AtomicU64,
     persisted: AtomicU64,
     pub failed: AtomicBool,
+    /// Why the last persist failed, while it is failing: (disk full?, message).
+    pub failure: Mutex<Option<(bool, String)>>,
     wakeup: Condvar,
     /// Guards the wait; true once shutdown was asked.
     stop: Mutex<bool>,
@@ -40,6 +42,7 @@ impl Meta {
             version: AtomicU64::new(0),
             persisted: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
             wakeup: Condvar::new(),
             stop: Mutex::new(false),
         }

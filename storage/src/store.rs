@@ -568,8 +568,16 @@ impl Store {
         self.meta.persisted()
     }
 
-    pub fn meta_failed(&self) -> bool {
-        self.meta.failed.load(Ordering::Acquire)
+    /// While topics and offsets cannot be persisted: whether the disk is full, and why.
+    pub fn meta_failure(&self) -> Option<(bool, String)> {
+        if !self.meta.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.meta
+            .failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
     }
 
     /// Queue count of a topic, if it exists.
@@ -802,6 +810,13 @@ impl Store {
             match self.meta.write_files(self.disk.as_ref(), &topics) {
                 Ok(()) => self.meta.publish(version),
                 Err(error) => {
+                    let disk_full = matches!(&error, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+                    *self
+                        .meta
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner()) =
+                        Some((disk_full, error.to_string()));
                     self.meta.failed.store(true, Ordering::Release);
                     self.notify_listeners();
                     if self.meta.stop_requested() {
@@ -816,6 +831,11 @@ impl Store {
                 }
             }
             self.meta.failed.store(false, Ordering::Release);
+            *self
+                .meta
+                .failure
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = None;
             self.notify_listeners();
         }
     }

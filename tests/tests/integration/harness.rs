@@ -25,10 +25,16 @@ impl BrokerProcess {
         let temp = tempfile::tempdir().expect("temporary directory");
         let dir = temp.path().to_path_buf();
         let config = dir.join("keeld.toml");
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nsegment_size_bytes = 65536\n{extra}\n",
-            dir.join("data").display()
-        );
+        let mut text = format!("listen = \"127.0.0.1:0\"\n{extra}\n");
+        if !extra.contains("segment_size_bytes") {
+            text.push_str(
+                "segment_size_bytes = 65536
+",
+            );
+        }
+        if !extra.contains("data_dir") {
+            text.push_str(&format!("data_dir = \"{}\"\n", dir.join("data").display()));
+        }
         std::fs::write(&config, text).expect("write config");
         let mut broker = BrokerProcess {
             child: None,

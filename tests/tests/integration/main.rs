@@ -8,3 +8,4 @@ mod resources;
 mod send_consume;
 mod shutdown;
 mod stalled_disk;
+mod storage_faults;
