@@ -83,3 +83,11 @@ fn decode(bytes: &[u8; CHECKPOINT_LEN]) -> Option<Checkpoint> {
         clean: flags & FLAG_CLEAN != 0,
     })
 }
+
+/// Reads the checkpoint without creating or changing anything (offline tools).
+pub(crate) fn read_checkpoint(disk: &dyn Disk, path: &Path) -> Option<Checkpoint> {
+    let file = disk.open(path, OpenMode::Read).ok()?;
+    let mut bytes = [0u8; CHECKPOINT_LEN];
+    read_exact_at(file.as_ref(), &mut bytes, 0).ok()?;
+    decode(&bytes)
+}

@@ -17,6 +17,7 @@
 //! DATA_DIR/offsets/consumer_offsets           group, topic, queue -> committed offset
 //! ```
 
+pub mod admin;
 mod checkpoint;
 mod consume_queue;
 pub mod disk;

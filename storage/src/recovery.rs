@@ -43,6 +43,14 @@ pub(crate) struct RecoveredRecord {
     pub tags_hash: u64,
 }
 
+/// Whether recovery may change the files (keeld) or only look (`keel admin verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    TruncateTornTail,
+    /// Report what would be cut in `truncated_bytes`, change nothing.
+    ReadOnly,
+}
+
 struct BadRecord {
     position: u64,
     detail: String,
@@ -55,6 +63,7 @@ pub(crate) fn recover(
     dir: &Path,
     checkpoint: Option<u64>,
     max_record_bytes: u32,
+    repair: Repair,
     mut on_record: impl FnMut(RecoveredRecord) -> Result<(), String>,
 ) -> Result<(Vec<(u64, PathBuf)>, RecoveryReport), StoreError> {
     let segments = list_segments(disk, dir)?;
@@ -123,7 +132,12 @@ pub(crate) fn recover(
                 ),
             });
         }
-        truncate_tail(disk, path, bad.position, later, &mut report)?;
+        match repair {
+            Repair::TruncateTornTail => {
+                truncate_tail(disk, path, bad.position, later, &mut report)?
+            }
+            Repair::ReadOnly => report.truncated_bytes += torn_len(disk, path, bad.position, later),
+        }
         report.truncation_reason = Some(format!("{} at log offset {position_global}", bad.detail));
         break;
     }
@@ -271,6 +285,17 @@ fn valid_record_after(
         start += STEP;
     }
     Ok(false)
+}
+
+/// Bytes a torn tail at `position` would cut, this segment and the later ones.
+fn torn_len(disk: &dyn Disk, path: &Path, position: u64, later: &[(u64, PathBuf)]) -> u64 {
+    let length = |path: &Path| {
+        disk.open(path, OpenMode::Read)
+            .and_then(|file| file.len())
+            .unwrap_or(0)
+    };
+    let rest: u64 = later.iter().map(|(_, later_path)| length(later_path)).sum();
+    length(path).saturating_sub(position) + rest
 }
 
 /// Cuts the torn tail at `position` and deletes the segments after it.

@@ -5,7 +5,7 @@ use crate::consume_queue::{IndexEntry, IndexFiles, IndexUpdate, TopicQueues};
 use crate::disk::{Disk, DiskFile, OpenMode, RealDisk};
 use crate::fs_util::create_dir_all_synced;
 use crate::meta::{load_offsets, load_topics, Meta};
-use crate::recovery::{recover, RecoveryReport};
+use crate::recovery::{recover, RecoveryReport, Repair};
 use crate::segment::SegmentSet;
 use crate::{AppendError, StoreError};
 use keel_protocol::{encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY};
@@ -208,6 +208,7 @@ impl Store {
             &log_dir,
             checkpoint.map(|c| c.offset_flushed),
             config.max_record_bytes,
+            Repair::TruncateTornTail,
             on_record,
         )?;
         report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);

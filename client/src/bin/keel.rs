@@ -5,6 +5,7 @@ use keel_client::{
     Admin, ClientError, Consumer, ConsumerOptions, Message, Producer, ProducerOptions, Record,
 };
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,50 @@ enum Command {
     /// Broker statistics (offsets appended, written, flushed; pending acks; fsyncs; ...)
     /// and every topic's queue offsets.
     Stats,
+    /// Offline tools for a data directory of a stopped broker (no --broker needed).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Check every record (CRC32C, size, position) and every index of a data directory,
+    /// and say whether keeld would start on it. Changes nothing. Exit status 1 when
+    /// keeld would refuse to start.
+    Verify {
+        data_dir: PathBuf,
+        /// The broker's max_message_bytes (bounds what a plausible record size is).
+        #[arg(long, default_value_t = keel_protocol::DEFAULT_MAX_MESSAGE_BYTES)]
+        max_message_bytes: u32,
+    },
+    /// Print the records of the log from a log offset, for debugging.
+    Dump {
+        data_dir: PathBuf,
+        /// First log offset to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Records to print.
+        #[arg(long, default_value_t = 20)]
+        count: u64,
+        /// Also print payloads (as text, invalid UTF-8 replaced).
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Discard the log from OFFSET on, deliberately: every message at or after it is
+    /// lost. For a log keeld refuses to start on because of corruption: truncate at the
+    /// log offset `keel admin verify` names. Records before OFFSET must all be valid.
+    Truncate {
+        data_dir: PathBuf,
+        #[arg(long)]
+        offset: u64,
+        /// Required: says you accept losing every message from OFFSET on.
+        #[arg(long)]
+        discard_acknowledged_messages: bool,
+        #[arg(long, default_value_t = keel_protocol::DEFAULT_MAX_MESSAGE_BYTES)]
+        max_message_bytes: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +183,7 @@ fn main() -> ExitCode {
             command: TopicCommand::List,
         } => list_topics(&cli.broker),
         Command::Stats => stats(&cli.broker),
+        Command::Admin { command } => admin(command),
     };
     match outcome {
         Ok(code) => code,
@@ -325,4 +371,123 @@ fn stats(broker: &str) -> Result<ExitCode, ClientError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Plausibility bound on a stored record, as keeld computes it.
+fn max_record_bytes(max_message_bytes: u32) -> u32 {
+    max_message_bytes.saturating_add(256 * 1024)
+}
+
+fn admin(command: AdminCommand) -> Result<ExitCode, ClientError> {
+    let storage_error =
+        |error: keel_storage::StoreError| ClientError::InvalidArgument(error.to_string());
+    match command {
+        AdminCommand::Verify {
+            data_dir,
+            max_message_bytes,
+        } => {
+            let report =
+                keel_storage::admin::verify(&data_dir, max_record_bytes(max_message_bytes))
+                    .map_err(storage_error)?;
+            println!("data directory   {}", data_dir.display());
+            println!("segments         {}", report.segments);
+            println!("records          {} (all CRC32C-checked)", report.records);
+            println!("log end offset   {}", report.offset_end);
+            let checkpoint = report
+                .checkpoint
+                .map_or("none".to_string(), |offset| offset.to_string());
+            println!(
+                "checkpoint       {checkpoint} (last fsynced offset), shutdown {}",
+                if report.clean_shutdown {
+                    "clean"
+                } else {
+                    "unclean"
+                }
+            );
+            for (topic, queues) in &report.topics {
+                println!("topic {topic}: queue lengths {queues:?}");
+            }
+            if let Some(reason) = &report.torn_tail_reason {
+                println!(
+                    "TORN TAIL        {} bytes would be cut at the next start: {reason}",
+                    report.torn_tail_bytes
+                );
+            }
+            for stale in &report.stale_index_files {
+                println!("STALE INDEX      {stale} (rebuilt from the log at the next start)");
+            }
+            for problem in &report.metadata_errors {
+                println!("METADATA ERROR   {problem}");
+            }
+            if let Some(corruption) = &report.corruption {
+                println!("CORRUPTION       {corruption}");
+            }
+            if report.starts() {
+                println!("result           OK: keeld will start on this directory");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("result           keeld will REFUSE to start on this directory");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        AdminCommand::Dump {
+            data_dir,
+            from,
+            count,
+            payload,
+        } => {
+            let mut printed = 0u64;
+            keel_storage::admin::dump(&data_dir, from, |entry| {
+                match entry {
+                    keel_storage::admin::DumpEntry::Record(record) => {
+                        print!(
+                            "offset={} size={} topic={} queue={} queue_offset={} stored_ms={} tags={:?} keys={:?} properties={:?} payload_bytes={} payload_crc_ok={}",
+                            record.log_offset,
+                            record.total_size,
+                            record.topic,
+                            record.queue_id,
+                            record.queue_offset,
+                            record.store_timestamp_ms,
+                            record.tags,
+                            record.keys,
+                            record.properties,
+                            record.payload.len(),
+                            record.payload_crc_matches()
+                        );
+                        if payload {
+                            print!(" payload={:?}", String::from_utf8_lossy(&record.payload));
+                        }
+                        println!();
+                    }
+                    keel_storage::admin::DumpEntry::Bad { log_offset, detail } => {
+                        println!("offset={log_offset} BAD: {detail}");
+                    }
+                }
+                printed += 1;
+                printed < count
+            })
+            .map_err(storage_error)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::Truncate {
+            data_dir,
+            offset,
+            discard_acknowledged_messages,
+            max_message_bytes,
+        } => {
+            if !discard_acknowledged_messages {
+                return Err(ClientError::InvalidArgument(
+                    "truncating discards every message from OFFSET on; pass --discard-acknowledged-messages to confirm".into(),
+                ));
+            }
+            let discarded = keel_storage::admin::truncate(
+                &data_dir,
+                offset,
+                max_record_bytes(max_message_bytes),
+            )
+            .map_err(storage_error)?;
+            println!("truncated the log at offset {offset}: {discarded} bytes discarded");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

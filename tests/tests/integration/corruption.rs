@@ -131,3 +131,37 @@ fn a_torn_tail_after_a_crash_is_truncated_and_the_rest_served() {
     );
     assert_eq!(crate::harness::drain(&broker.address, "audit").len(), 30);
 }
+
+#[test]
+fn the_operator_can_verify_then_deliberately_truncate_a_corrupt_log() {
+    let mut broker = BrokerProcess::start("");
+    let results = send_numbered(&broker, 50);
+    assert!(broker.terminate().success());
+    let data_dir = broker.dir.join("data");
+    let healthy = keel_storage::admin::verify(&data_dir, 5 << 20).expect("verify");
+    assert!(healthy.starts());
+    assert_eq!(healthy.records, 50);
+    assert!(healthy.clean_shutdown);
+
+    flip_byte(&broker.first_segment(), results[30].log_offset + 90);
+    let report = keel_storage::admin::verify(&data_dir, 5 << 20).expect("verify");
+    assert!(!report.starts());
+    let corruption = report.corruption.expect("corruption reported");
+    assert!(
+        corruption.contains(&format!("log offset {}", results[30].log_offset)),
+        "{corruption}"
+    );
+    // verify changed nothing: keeld still refuses.
+    assert_eq!(broker.spawn_expect_failure().code(), Some(1));
+
+    // Truncating inside the damaged record is refused; at its start it works.
+    assert!(keel_storage::admin::truncate(&data_dir, results[30].log_offset + 1, 5 << 20).is_err());
+    assert!(keel_storage::admin::truncate(&data_dir, results[31].log_offset, 5 << 20).is_err());
+    let discarded = keel_storage::admin::truncate(&data_dir, results[30].log_offset, 5 << 20)
+        .expect("truncate");
+    assert!(discarded > 0);
+    broker.spawn();
+    let records = crate::harness::drain(&broker.address, "audit");
+    assert_eq!(records.len(), 30);
+    assert_eq!(&records[29].payload[..], b"message number 0029");
+}

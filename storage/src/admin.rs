@@ -1,0 +1,292 @@
+//! Offline tools for operators (`keel admin verify | dump | truncate`): they read a data
+//! directory while keeld is stopped. Only `truncate` changes anything, and only when
+//! asked to discard data deliberately.
+
+use crate::checkpoint::{read_checkpoint, Checkpoint, CheckpointFile};
+use crate::consume_queue::IndexEntry;
+use crate::disk::{read_all, Disk, FileReader, OpenMode, RealDisk};
+use crate::meta::{load_offsets, load_topics};
+use crate::recovery::{recover, Repair};
+use crate::segment::list_segments;
+use crate::StoreError;
+use keel_protocol::{decode_record, peek_record_header, Record, RECORD_FIXED_LEN};
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+/// What `verify` found. `corruption` set means keeld will refuse to start.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub segments: usize,
+    pub records: u64,
+    pub offset_end: u64,
+    pub checkpoint: Option<u64>,
+    pub clean_shutdown: bool,
+    /// Bytes keeld would cut as a torn tail at its next start, and why.
+    pub torn_tail_bytes: u64,
+    pub torn_tail_reason: Option<String>,
+    pub corruption: Option<String>,
+    /// Queue lengths per topic, from the log.
+    pub topics: BTreeMap<String, Vec<u64>>,
+    /// ConsumeQueue files that disagree with the log (keeld rewrites them at start).
+    pub stale_index_files: Vec<String>,
+    /// Problems with the topics or offsets files.
+    pub metadata_errors: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when keeld would start without refusing.
+    pub fn starts(&self) -> bool {
+        self.corruption.is_none() && self.metadata_errors.is_empty()
+    }
+}
+
+fn offline_lock(
+    disk: &dyn Disk,
+    data_dir: &Path,
+) -> Result<Box<dyn std::any::Any + Send + Sync>, StoreError> {
+    let path = data_dir.join("LOCK");
+    if !disk.is_dir(data_dir) {
+        return Err(StoreError::InvalidArgument(format!(
+            "{} is not a directory",
+            data_dir.display()
+        )));
+    }
+    if !disk.exists(&path) {
+        return Err(StoreError::InvalidArgument(format!(
+            "{} is not a keel data directory (no LOCK file)",
+            data_dir.display()
+        )));
+    }
+    disk.lock(&path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::WouldBlock => StoreError::Locked { path },
+        _ => StoreError::io("lock the data directory", error),
+    })
+}
+
+/// Checks every record and index of a stopped broker's data directory, changing nothing.
+pub fn verify(data_dir: &Path, max_record_bytes: u32) -> Result<VerifyReport, StoreError> {
+    verify_on(&RealDisk, data_dir, max_record_bytes)
+}
+
+pub fn verify_on(
+    disk: &dyn Disk,
+    data_dir: &Path,
+    max_record_bytes: u32,
+) -> Result<VerifyReport, StoreError> {
+    let _lock = offline_lock(disk, data_dir)?;
+    let checkpoint = read_checkpoint(disk, &data_dir.join("checkpoint"));
+    let mut report = VerifyReport {
+        checkpoint: checkpoint.map(|c| c.offset_flushed),
+        clean_shutdown: checkpoint.is_some_and(|c| c.clean),
+        ..VerifyReport::default()
+    };
+    let mut queues: BTreeMap<(String, u32), Vec<IndexEntry>> = BTreeMap::new();
+    let on_record = |record: crate::recovery::RecoveredRecord| -> Result<(), String> {
+        let queue = queues.entry((record.topic, record.queue_id)).or_default();
+        if queue.len() as u64 != record.queue_offset {
+            return Err(format!(
+                "queue offset {} follows {} records",
+                record.queue_offset,
+                queue.len()
+            ));
+        }
+        queue.push(IndexEntry {
+            log_offset: record.log_offset,
+            size: record.size,
+            tags_hash: record.tags_hash,
+        });
+        Ok(())
+    };
+    let log_dir = data_dir.join("commitlog");
+    match recover(
+        disk,
+        &log_dir,
+        report.checkpoint,
+        max_record_bytes,
+        Repair::ReadOnly,
+        on_record,
+    ) {
+        Ok((_, recovery)) => {
+            report.segments = recovery.segments;
+            report.records = recovery.records;
+            report.offset_end = recovery.offset_end;
+            report.torn_tail_bytes = recovery.truncated_bytes;
+            report.torn_tail_reason = recovery.truncation_reason;
+        }
+        Err(error @ StoreError::Corruption { .. }) => report.corruption = Some(error.to_string()),
+        Err(error) => return Err(error),
+    }
+    for ((topic, queue_id), entries) in &queues {
+        let lengths = report.topics.entry(topic.clone()).or_default();
+        if lengths.len() <= *queue_id as usize {
+            lengths.resize(*queue_id as usize + 1, 0);
+        }
+        lengths[*queue_id as usize] = entries.len() as u64;
+        let path = data_dir
+            .join("consumequeue")
+            .join(topic)
+            .join(queue_id.to_string())
+            .join(format!("{:020}", 0));
+        let mut expected = Vec::new();
+        for entry in entries {
+            entry.encode(&mut expected);
+        }
+        let on_disk = disk
+            .open(&path, OpenMode::Read)
+            .and_then(|file| read_all(file.as_ref()))
+            .unwrap_or_default();
+        if on_disk != expected {
+            report.stale_index_files.push(format!(
+                "{topic}/{queue_id}: {} entries on disk, {} in the log",
+                on_disk.len() / crate::INDEX_ENTRY_LEN,
+                entries.len()
+            ));
+        }
+    }
+    if let Err(error) = load_topics(disk, &data_dir.join("topics")) {
+        report.metadata_errors.push(error.to_string());
+    }
+    if let Err(error) = load_offsets(disk, &data_dir.join("offsets").join("consumer_offsets")) {
+        report.metadata_errors.push(error.to_string());
+    }
+    Ok(report)
+}
+
+/// One entry of `dump`: a record, or the first bytes that are not one.
+pub enum DumpEntry {
+    Record(Box<Record>),
+    Bad { log_offset: u64, detail: String },
+}
+
+/// Calls `each` for the records from log offset `from` on, in log order, until it
+/// returns false, the log ends, or a bad record (reported, then the dump stops).
+pub fn dump(
+    data_dir: &Path,
+    from: u64,
+    mut each: impl FnMut(DumpEntry) -> bool,
+) -> Result<(), StoreError> {
+    let disk = RealDisk;
+    let _lock = offline_lock(&disk, data_dir)?;
+    for (base, path) in list_segments(&disk, &data_dir.join("commitlog"))? {
+        let file = disk
+            .open(&path, OpenMode::Read)
+            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        let length = file
+            .len()
+            .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+        if base + length <= from {
+            continue;
+        }
+        let mut reader = BufReader::with_capacity(
+            1 << 20,
+            FileReader {
+                file: file.as_ref(),
+                position: 0,
+            },
+        );
+        let mut position = 0u64;
+        let mut bytes = Vec::new();
+        while position < length {
+            let log_offset = base + position;
+            let bad = |detail: String| DumpEntry::Bad { log_offset, detail };
+            bytes.resize(12.min((length - position) as usize), 0);
+            reader
+                .read_exact(&mut bytes)
+                .map_err(|e| StoreError::io("read", e))?;
+            let Some(header) = peek_record_header(&bytes) else {
+                each(bad("incomplete record header".into()));
+                return Ok(());
+            };
+            let size = u64::from(header.total_size);
+            if size < RECORD_FIXED_LEN as u64 || size > length - position {
+                each(bad(format!("implausible record size {size}")));
+                return Ok(());
+            }
+            bytes.resize(size as usize, 0);
+            reader
+                .read_exact(&mut bytes[12..])
+                .map_err(|e| StoreError::io("read", e))?;
+            if log_offset >= from {
+                let entry = match decode_record(&bytes) {
+                    Ok(record) => DumpEntry::Record(Box::new(record)),
+                    Err(error) => {
+                        each(bad(error.to_string()));
+                        return Ok(());
+                    }
+                };
+                if !each(entry) {
+                    return Ok(());
+                }
+            }
+            position += size;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts the log at `offset` on purpose, discarding it and everything after it, and
+/// records `offset` as the fsynced end. `offset` must be a record boundary with only
+/// valid records before it. Returns the number of bytes discarded.
+pub fn truncate(data_dir: &Path, offset: u64, max_record_bytes: u32) -> Result<u64, StoreError> {
+    let disk = RealDisk;
+    let _lock = offline_lock(&disk, data_dir)?;
+    let log_dir = data_dir.join("commitlog");
+    let segments = list_segments(&disk, &log_dir)?;
+    // Walk the records up to `offset`: every one before it must be valid, and
+    // `offset` must be where one ends.
+    let mut at = segments.first().map_or(0, |(base, _)| *base);
+    for (base, path) in &segments {
+        if at >= offset || *base != at {
+            break;
+        }
+        let file = disk
+            .open(path, OpenMode::Read)
+            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        let bytes = read_all(file.as_ref())
+            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
+        let mut position = 0usize;
+        while at < offset && position < bytes.len() {
+            let record = decode_record(&bytes[position..]).map_err(|error| {
+                StoreError::InvalidArgument(format!("the record at log offset {at} is damaged ({error}): truncate at {at} or before"))
+            })?;
+            if record.total_size > max_record_bytes {
+                return Err(StoreError::InvalidArgument(format!(
+                    "implausible record at log offset {at}"
+                )));
+            }
+            position += record.total_size as usize;
+            at += u64::from(record.total_size);
+        }
+    }
+    if at != offset {
+        return Err(StoreError::InvalidArgument(format!(
+            "log offset {offset} is not where a record ends (valid records end at {at})"
+        )));
+    }
+    let mut discarded = 0u64;
+    for (base, path) in segments.iter().rev() {
+        let file = disk
+            .open(path, OpenMode::ReadWrite)
+            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        let length = file.len().map_err(|e| StoreError::io("stat", e))?;
+        if *base >= offset && *base != segments[0].0 {
+            discarded += length;
+            disk.remove_file(path)
+                .map_err(|e| StoreError::io(format!("remove {}", path.display()), e))?;
+        } else if base + length > offset {
+            discarded += base + length - offset;
+            file.set_len(offset - base)
+                .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
+            file.sync_data()
+                .map_err(|e| StoreError::io(format!("fsync {}", path.display()), e))?;
+        }
+    }
+    crate::fs_util::sync_dir(&disk, &log_dir)?;
+    let (checkpoint, _) = CheckpointFile::open(&disk, &data_dir.join("checkpoint"))?;
+    checkpoint.write(Checkpoint {
+        offset_flushed: offset,
+        clean: false,
+    })?;
+    Ok(discarded)
+}
