@@ -3,7 +3,7 @@
 //! asked to discard data deliberately.
 
 use crate::checkpoint::{read_checkpoint, Checkpoint, CheckpointFile};
-use crate::consume_queue::IndexEntry;
+use crate::consume_queue::{index_recovered, TopicQueues};
 use crate::disk::{read_all, Disk, FileReader, OpenMode, RealDisk};
 use crate::meta::{load_offsets, load_topics};
 use crate::recovery::{recover, Repair};
@@ -81,23 +81,8 @@ pub fn verify_on(
         clean_shutdown: checkpoint.is_some_and(|c| c.clean),
         ..VerifyReport::default()
     };
-    let mut queues: BTreeMap<(String, u32), Vec<IndexEntry>> = BTreeMap::new();
-    let on_record = |record: crate::recovery::RecoveredRecord| -> Result<(), String> {
-        let queue = queues.entry((record.topic, record.queue_id)).or_default();
-        if queue.len() as u64 != record.queue_offset {
-            return Err(format!(
-                "queue offset {} follows {} records",
-                record.queue_offset,
-                queue.len()
-            ));
-        }
-        queue.push(IndexEntry {
-            log_offset: record.log_offset,
-            size: record.size,
-            tags_hash: record.tags_hash,
-        });
-        Ok(())
-    };
+    let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
+    let on_record = |record| index_recovered(&mut topics, record);
     let log_dir = data_dir.join("commitlog");
     match recover(
         disk,
@@ -117,12 +102,24 @@ pub fn verify_on(
         Err(error @ StoreError::Corruption { .. }) => report.corruption = Some(error.to_string()),
         Err(error) => return Err(error),
     }
-    for ((topic, queue_id), entries) in &queues {
-        let lengths = report.topics.entry(topic.clone()).or_default();
-        if lengths.len() <= *queue_id as usize {
-            lengths.resize(*queue_id as usize + 1, 0);
-        }
-        lengths[*queue_id as usize] = entries.len() as u64;
+    for (topic, queues) in &topics {
+        report.topics.insert(
+            topic.clone(),
+            queues
+                .queues
+                .iter()
+                .map(|queue| queue.len() as u64)
+                .collect(),
+        );
+    }
+    let queues = topics.iter().flat_map(|(topic, queues)| {
+        queues
+            .queues
+            .iter()
+            .enumerate()
+            .map(move |(queue_id, entries)| (topic, queue_id, entries))
+    });
+    for (topic, queue_id, entries) in queues {
         let path = data_dir
             .join("consumequeue")
             .join(topic)

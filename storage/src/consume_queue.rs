@@ -53,6 +53,35 @@ impl TopicQueues {
     }
 }
 
+/// Adds a record found by recovery to the index of its queue. Queue offsets must follow
+/// each other without gaps, in log order.
+pub(crate) fn index_recovered(
+    topics: &mut std::collections::BTreeMap<String, TopicQueues>,
+    record: crate::recovery::RecoveredRecord,
+) -> Result<(), String> {
+    let topic = topics.entry(record.topic.clone()).or_default();
+    let index = record.queue_id as usize;
+    if topic.queues.len() <= index {
+        topic.queues.resize_with(index + 1, Vec::new);
+    }
+    let queue = &mut topic.queues[index];
+    if queue.len() as u64 != record.queue_offset {
+        return Err(format!(
+            "record of {}/{} has queue offset {} but {} records of that queue precede it",
+            record.topic,
+            record.queue_id,
+            record.queue_offset,
+            queue.len()
+        ));
+    }
+    queue.push(IndexEntry {
+        log_offset: record.log_offset,
+        size: record.size,
+        tags_hash: record.tags_hash,
+    });
+    Ok(())
+}
+
 /// An entry the flusher must write to a ConsumeQueue file.
 pub(crate) struct IndexUpdate {
     pub topic: String,

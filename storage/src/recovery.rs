@@ -169,12 +169,7 @@ fn scan_segment(
     on_record: &mut impl FnMut(RecoveredRecord) -> Result<(), String>,
     report: &mut RecoveryReport,
 ) -> Result<(u64, Option<BadRecord>), StoreError> {
-    let file = disk
-        .open(path, OpenMode::Read)
-        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-    let length = file
-        .len()
-        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+    let (file, length) = open_for_read(disk, path)?;
     let mut reader = BufReader::with_capacity(
         1 << 20,
         FileReader {
@@ -247,6 +242,20 @@ fn scan_segment(
     Ok((position, None))
 }
 
+/// Opens a file to read and returns it with its length.
+fn open_for_read(
+    disk: &dyn Disk,
+    path: &Path,
+) -> Result<(std::sync::Arc<dyn crate::disk::DiskFile>, u64), StoreError> {
+    let file = disk
+        .open(path, OpenMode::Read)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    let length = file
+        .len()
+        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+    Ok((file, length))
+}
+
 /// Whether any valid record (CRC and position consistent) starts at or after `from`.
 fn valid_record_after(
     disk: &dyn Disk,
@@ -255,12 +264,7 @@ fn valid_record_after(
     from: u64,
     max_record_bytes: u32,
 ) -> Result<bool, StoreError> {
-    let file = disk
-        .open(path, OpenMode::Read)
-        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-    let length = file
-        .len()
-        .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+    let (file, length) = open_for_read(disk, path)?;
     const STEP: u64 = 4 << 20;
     let overlap = u64::from(max_record_bytes);
     let mut window = Vec::new();

@@ -1,7 +1,7 @@
 //! The store: append, read, topics, offsets, and the threads that make them durable.
 
 use crate::checkpoint::{Checkpoint, CheckpointFile};
-use crate::consume_queue::{IndexEntry, IndexFiles, IndexUpdate, TopicQueues};
+use crate::consume_queue::{index_recovered, IndexEntry, IndexFiles, IndexUpdate, TopicQueues};
 use crate::disk::{Disk, DiskFile, OpenMode, RealDisk};
 use crate::fs_util::create_dir_all_synced;
 use crate::meta::{load_offsets, load_topics, Meta};
@@ -180,29 +180,7 @@ impl Store {
             CheckpointFile::open(disk_ref, &data_dir.join("checkpoint"))?;
 
         let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
-        let on_record = |record: crate::recovery::RecoveredRecord| -> Result<(), String> {
-            let topic = topics.entry(record.topic.clone()).or_default();
-            let index = record.queue_id as usize;
-            if topic.queues.len() <= index {
-                topic.queues.resize_with(index + 1, Vec::new);
-            }
-            let queue = &mut topic.queues[index];
-            if queue.len() as u64 != record.queue_offset {
-                return Err(format!(
-                    "record of {}/{} has queue offset {} but {} records of that queue precede it",
-                    record.topic,
-                    record.queue_id,
-                    record.queue_offset,
-                    queue.len()
-                ));
-            }
-            queue.push(IndexEntry {
-                log_offset: record.log_offset,
-                size: record.size,
-                tags_hash: record.tags_hash,
-            });
-            Ok(())
-        };
+        let on_record = |record| index_recovered(&mut topics, record);
         let (segment_paths, mut report) = recover(
             disk_ref,
             &log_dir,
@@ -623,19 +601,7 @@ impl Store {
         let max_offset;
         {
             let state = self.lock_state();
-            let queues = state
-                .topics
-                .get(topic)
-                .ok_or_else(|| StoreError::TopicNotFound(topic.to_string()))?;
-            let queue =
-                queues
-                    .queues
-                    .get(queue_id as usize)
-                    .ok_or_else(|| StoreError::InvalidQueueId {
-                        topic: topic.to_string(),
-                        queue_id,
-                        queues: queues.queue_count(),
-                    })?;
+            let queue = queue_of(&state, topic, queue_id)?;
             max_offset = durable_count(queue, durable);
             let mut bytes = 0u64;
             if queue_offset < max_offset {
@@ -724,19 +690,7 @@ impl Store {
             .map_err(|detail| StoreError::InvalidArgument(format!("invalid group: {detail}")))?;
         {
             let state = self.lock_state();
-            let queues = state
-                .topics
-                .get(topic)
-                .ok_or_else(|| StoreError::TopicNotFound(topic.to_string()))?;
-            let queue =
-                queues
-                    .queues
-                    .get(queue_id as usize)
-                    .ok_or_else(|| StoreError::InvalidQueueId {
-                        topic: topic.to_string(),
-                        queue_id,
-                        queues: queues.queue_count(),
-                    })?;
+            let queue = queue_of(&state, topic, queue_id)?;
             if offset > queue.len() as u64 {
                 return Err(StoreError::InvalidArgument(format!(
                     "offset {offset} is past the end of {topic}/{queue_id} ({})",
@@ -840,6 +794,26 @@ impl Store {
             self.notify_listeners();
         }
     }
+}
+
+/// The index of one queue, or why there is none.
+fn queue_of<'a>(
+    state: &'a AppendState,
+    topic: &str,
+    queue_id: u32,
+) -> Result<&'a Vec<IndexEntry>, StoreError> {
+    let queues = state
+        .topics
+        .get(topic)
+        .ok_or_else(|| StoreError::TopicNotFound(topic.to_string()))?;
+    queues
+        .queues
+        .get(queue_id as usize)
+        .ok_or_else(|| StoreError::InvalidQueueId {
+            topic: topic.to_string(),
+            queue_id,
+            queues: queues.queue_count(),
+        })
 }
 
 /// Number of entries of `queue` whose records end at or below `durable`.
