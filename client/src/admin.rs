@@ -1,9 +1,11 @@
-//! Topic and broker administration: create and list topics, read stats.
+//! Topic and broker administration: create and list topics, read and set consumer
+//! group offsets, read stats.
 
 use crate::connection::{Connection, ConnectionOptions};
 use crate::{resolve, ClientError};
 use keel_protocol::{
-    CreateTopicRequest, ListTopicsRequest, Request, Response, TopicCreated, TopicInfo,
+    CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, QueryOffsetRequest, Request,
+    Response, TopicCreated, TopicInfo,
 };
 use std::time::Duration;
 
@@ -54,6 +56,44 @@ impl Admin {
         match self.call(request)? {
             Response::TopicList(topics) => Ok(topics),
             other => Err(unexpected(&other, "LIST_TOPICS")),
+        }
+    }
+
+    /// The offset `group` committed for a queue, if any.
+    pub fn query_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>, ClientError> {
+        let request = Request::QueryOffset(QueryOffsetRequest {
+            group: group.into(),
+            topic: topic.into(),
+            queue_id,
+        });
+        match self.call(request)? {
+            Response::Offset(offset) => Ok(offset),
+            other => Err(unexpected(&other, "QUERY_OFFSET")),
+        }
+    }
+
+    /// Sets the offset of `group` for a queue (durable when this returns).
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        let request = Request::CommitOffset(CommitOffsetRequest {
+            group: group.into(),
+            topic: topic.into(),
+            queue_id,
+            offset,
+        });
+        match self.call(request)? {
+            Response::CommitOffsetOk => Ok(()),
+            other => Err(unexpected(&other, "COMMIT_OFFSET")),
         }
     }
 

@@ -143,6 +143,36 @@ impl Consumer {
         self.queues.len()
     }
 
+    /// Moves a queue to `offset` (for example the `min_offset` of an `OffsetExpired`
+    /// error, accepting that what lies before it is gone). Records buffered for the queue
+    /// are dropped; the new position is committed at the next `poll` or `commit`.
+    pub fn seek(&mut self, queue_id: u32, offset: u64) -> Result<(), ClientError> {
+        let index = queue_id as usize;
+        if index >= self.queues.len() {
+            return Err(ClientError::InvalidArgument(format!(
+                "queue {queue_id} does not exist"
+            )));
+        }
+        // A pull in flight for this queue would deliver records from the old position.
+        // Replies that arrive meanwhile are dropped; their queues are simply pulled again.
+        while self.queues[index].in_flight {
+            let wait = self.options.long_poll + self.options.request_timeout;
+            let (id, _) = self
+                .receiver
+                .recv_timeout(wait)
+                .map_err(|_| ClientError::Timeout)?;
+            if let Some(queue) = self.queues.get_mut(id as usize) {
+                queue.in_flight = false;
+            }
+        }
+        let queue = &mut self.queues[index];
+        queue.offset = offset;
+        queue.buffered.clear();
+        queue.corrupt = None;
+        queue.resume_at = None;
+        Ok(())
+    }
+
     /// The next offset this consumer will hand over, per queue.
     pub fn positions(&self) -> Vec<u64> {
         self.queues.iter().map(|queue| queue.offset).collect()
@@ -274,6 +304,14 @@ impl Consumer {
                 "offset {} of queue {queue_id} is past its end {}; the committed offset is wrong",
                 queue.offset, pull.max_offset
             )))
+            }
+            // Never a silent jump: the application decides (`seek`) whether to skip.
+            PullStatus::OffsetExpired => {
+                return Err(ClientError::OffsetExpired {
+                    queue_id,
+                    offset: queue.offset,
+                    min_offset: pull.min_offset,
+                })
             }
         }
         // Records are checked one by one: the intact ones before a damaged record are

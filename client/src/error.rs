@@ -16,6 +16,14 @@ pub enum ClientError {
     Broker(ErrorResponse),
     /// The broker's bytes did not decode.
     Protocol(String),
+    /// The consumer's offset was deleted by retention; the queue now starts at
+    /// `min_offset`. Moving on (and losing what was in between) is the caller's choice:
+    /// `Consumer::seek`, or `keel offsets reset`.
+    OffsetExpired {
+        queue_id: u32,
+        offset: u64,
+        min_offset: u64,
+    },
     /// A record failed its CRC32C check on arrival.
     Corrupt {
         queue_id: u32,
@@ -35,6 +43,7 @@ impl ClientError {
             ClientError::Broker(error) => error.code.is_retryable(),
             ClientError::Protocol(_)
             | ClientError::Corrupt { .. }
+            | ClientError::OffsetExpired { .. }
             | ClientError::InvalidArgument(_) => false,
         }
     }
@@ -60,6 +69,10 @@ impl fmt::Display for ClientError {
             ClientError::Timeout => f.write_str("timed out waiting for the broker"),
             ClientError::Broker(error) => write!(f, "broker error {error}"),
             ClientError::Protocol(detail) => write!(f, "protocol error: {detail}"),
+            ClientError::OffsetExpired { queue_id, offset, min_offset } => write!(
+                f,
+                "offset {offset} of queue {queue_id} was deleted by retention; the queue now starts at {min_offset}"
+            ),
             ClientError::Corrupt {
                 queue_id,
                 queue_offset,

@@ -54,6 +54,9 @@ pub enum PullStatus {
     NoNewMessages = 1,
     /// The requested offset is past the end of the queue; see `max_offset`.
     OffsetOutOfRange = 2,
+    /// The requested offset was deleted by retention; the queue now starts at
+    /// `min_offset`. The broker never moves a consumer on by itself.
+    OffsetExpired = 3,
 }
 
 impl PullStatus {
@@ -62,6 +65,7 @@ impl PullStatus {
             0 => Some(PullStatus::Found),
             1 => Some(PullStatus::NoNewMessages),
             2 => Some(PullStatus::OffsetOutOfRange),
+            3 => Some(PullStatus::OffsetExpired),
             _ => None,
         }
     }

@@ -126,7 +126,7 @@ fn response() -> impl Strategy<Value = Response> {
                 })
             }
         ),
-        (0u8..3, any::<(u64, u64, u64)>(), records()).prop_map(
+        (0u8..4, any::<(u64, u64, u64)>(), records()).prop_map(
             |(status, (next_offset, min_offset, max_offset), (record_count, records))| {
                 Response::PullResult(PullResult {
                     status: PullStatus::from_u8(status).unwrap(),

@@ -77,6 +77,7 @@ impl Broker {
             ("fsyncs".into(), store.fsyncs),
             ("records_per_fsync".into(), average_batch),
             ("segments".into(), store.segments),
+            ("log_start".into(), store.log_start),
             ("topics".into(), store.topics),
             ("storage_poisoned".into(), u64::from(store.poisoned)),
             ("disk_full".into(), u64::from(store.disk_full)),

@@ -47,6 +47,11 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Refuse sends while free space on the data file system is below this.
     pub disk_min_free_bytes: u64,
+    /// Delete segments whose newest message is older than this (0 = keep forever).
+    pub retention_hours: u64,
+    /// Delete the oldest segments while the log is larger than this (0 = no limit).
+    pub retention_bytes: u64,
+    pub retention_check_interval_ms: u64,
     /// Fault injection for tests: sleep before every fsync of the log.
     pub fault_fsync_delay_ms: u64,
     /// Fault injection for tests: the n-th fsync of the log fails (0 = never).
@@ -74,6 +79,9 @@ impl Default for Config {
             connection_idle_timeout_ms: 300_000,
             shutdown_timeout_ms: 10_000,
             disk_min_free_bytes: 128 << 20,
+            retention_hours: 72,
+            retention_bytes: 0,
+            retention_check_interval_ms: 10_000,
             fault_fsync_delay_ms: 0,
             fault_fsync_fail_at: 0,
         }
@@ -169,6 +177,9 @@ impl Config {
             default_queues: self.default_queues,
             max_record_bytes: self.max_message_bytes.saturating_add(RECORD_OVERHEAD_MAX),
             disk_min_free_bytes: self.disk_min_free_bytes,
+            retention_ms: self.retention_hours.saturating_mul(3_600_000),
+            retention_bytes: self.retention_bytes,
+            retention_check_interval_ms: self.retention_check_interval_ms,
             fault_fsync_delay_ms: self.fault_fsync_delay_ms,
             fault_fsync_fail_at: self.fault_fsync_fail_at,
         }

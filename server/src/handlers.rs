@@ -171,6 +171,7 @@ impl EventLoop {
             ReadStatus::Found => PullStatus::Found,
             ReadStatus::NoNewMessages => PullStatus::NoNewMessages,
             ReadStatus::OffsetOutOfRange => PullStatus::OffsetOutOfRange,
+            ReadStatus::OffsetExpired => PullStatus::OffsetExpired,
         };
         Response::PullResult(PullResult {
             status,

@@ -105,11 +105,7 @@ pub fn verify_on(
     for (topic, queues) in &topics {
         report.topics.insert(
             topic.clone(),
-            queues
-                .queues
-                .iter()
-                .map(|queue| queue.len() as u64)
-                .collect(),
+            queues.queues.iter().map(|queue| queue.end()).collect(),
         );
     }
     let queues = topics.iter().flat_map(|(topic, queues)| {
@@ -124,9 +120,9 @@ pub fn verify_on(
             .join("consumequeue")
             .join(topic)
             .join(queue_id.to_string())
-            .join(format!("{:020}", 0));
+            .join(format!("{:020}", entries.first));
         let mut expected = Vec::new();
-        for entry in entries {
+        for entry in &entries.entries {
             entry.encode(&mut expected);
         }
         let on_disk = disk
@@ -137,7 +133,7 @@ pub fn verify_on(
             report.stale_index_files.push(format!(
                 "{topic}/{queue_id}: {} entries on disk, {} in the log",
                 on_disk.len() / crate::INDEX_ENTRY_LEN,
-                entries.len()
+                entries.entries.len()
             ));
         }
     }

@@ -31,11 +31,63 @@ impl IndexEntry {
     }
 }
 
-/// One topic's queues in memory. Invariant: in each queue, entry `i` is the record with
-/// queue offset `i`, and log offsets increase with `i`.
+/// One queue's index in memory.
+///
+/// Invariant: `entries[i]` is the record with queue offset `first + i`, and log offsets
+/// increase with `i`. Queue offsets below `first` were deleted by retention.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct QueueIndex {
+    pub first: u64,
+    pub entries: Vec<IndexEntry>,
+}
+
+impl QueueIndex {
+    /// The queue offset the next record gets.
+    pub(crate) fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// One past the last queue offset whose record ends at or below `durable`.
+    pub(crate) fn durable_end(&self, durable: u64) -> u64 {
+        self.first
+            + self
+                .entries
+                .partition_point(|entry| entry.offset_end() <= durable) as u64
+    }
+
+    /// The entries from `queue_offset` on (empty outside the index).
+    pub(crate) fn from(&self, queue_offset: u64) -> &[IndexEntry] {
+        let start = queue_offset
+            .saturating_sub(self.first)
+            .min(self.entries.len() as u64) as usize;
+        &self.entries[start..]
+    }
+
+    /// Drops the entries of records that start below `log_start`; returns how many.
+    pub(crate) fn trim_before(&mut self, log_start: u64) -> u64 {
+        let count = self
+            .entries
+            .partition_point(|entry| entry.log_offset < log_start);
+        self.entries.drain(..count);
+        self.first += count as u64;
+        count as u64
+    }
+
+    /// Drops the entries of records at or after `log_offset` (never written); returns how many.
+    pub(crate) fn pop_from(&mut self, log_offset: u64) -> u64 {
+        let keep = self
+            .entries
+            .partition_point(|entry| entry.log_offset < log_offset);
+        let count = self.entries.len() - keep;
+        self.entries.truncate(keep);
+        count as u64
+    }
+}
+
+/// One topic's queues in memory.
 #[derive(Debug, Default)]
 pub(crate) struct TopicQueues {
-    pub queues: Vec<Vec<IndexEntry>>,
+    pub queues: Vec<QueueIndex>,
     /// Round-robin cursor for sends that let the broker pick the queue.
     pub next_queue: u32,
 }
@@ -43,7 +95,7 @@ pub(crate) struct TopicQueues {
 impl TopicQueues {
     pub(crate) fn with_queues(count: u32) -> TopicQueues {
         TopicQueues {
-            queues: (0..count).map(|_| Vec::new()).collect(),
+            queues: (0..count).map(|_| QueueIndex::default()).collect(),
             next_queue: 0,
         }
     }
@@ -54,27 +106,32 @@ impl TopicQueues {
 }
 
 /// Adds a record found by recovery to the index of its queue. Queue offsets must follow
-/// each other without gaps, in log order.
+/// each other without gaps, in log order; a queue's first record may start above 0 only
+/// when retention deleted the start of the log (`log_start > 0`).
 pub(crate) fn index_recovered(
     topics: &mut std::collections::BTreeMap<String, TopicQueues>,
     record: crate::recovery::RecoveredRecord,
 ) -> Result<(), String> {
+    let log_start = record.log_start;
     let topic = topics.entry(record.topic.clone()).or_default();
     let index = record.queue_id as usize;
     if topic.queues.len() <= index {
-        topic.queues.resize_with(index + 1, Vec::new);
+        topic.queues.resize_with(index + 1, QueueIndex::default);
     }
     let queue = &mut topic.queues[index];
-    if queue.len() as u64 != record.queue_offset {
+    if queue.entries.is_empty() && queue.first == 0 && log_start > 0 {
+        queue.first = record.queue_offset;
+    }
+    if queue.end() != record.queue_offset {
         return Err(format!(
-            "record of {}/{} has queue offset {} but {} records of that queue precede it",
+            "record of {}/{} has queue offset {} where {} was expected",
             record.topic,
             record.queue_id,
             record.queue_offset,
-            queue.len()
+            queue.end()
         ));
     }
-    queue.push(IndexEntry {
+    queue.entries.push(IndexEntry {
         log_offset: record.log_offset,
         size: record.size,
         tags_hash: record.tags_hash,
@@ -90,11 +147,17 @@ pub(crate) struct IndexUpdate {
     pub entry: IndexEntry,
 }
 
-/// The ConsumeQueue files, written by the flusher thread only.
+/// The ConsumeQueue files, written by the flusher thread only. Each queue has one
+/// file, named by the queue offset of its first entry.
 pub(crate) struct IndexFiles {
     disk: Arc<dyn Disk>,
     root: PathBuf,
-    open: HashMap<(String, u32), Arc<dyn DiskFile>>,
+    open: HashMap<(String, u32), (u64, Arc<dyn DiskFile>)>,
+}
+
+/// Directory of one queue's ConsumeQueue file.
+pub(crate) fn index_dir(root: &Path, topic: &str, queue_id: u32) -> PathBuf {
+    root.join(topic).join(queue_id.to_string())
 }
 
 impl IndexFiles {
@@ -106,26 +169,27 @@ impl IndexFiles {
         }
     }
 
-    fn path(&self, topic: &str, queue_id: u32) -> PathBuf {
-        self.root
-            .join(topic)
-            .join(queue_id.to_string())
-            .join(crate::segment::segment_file_name(0))
-    }
-
-    fn file(&mut self, topic: &str, queue_id: u32) -> io::Result<&Arc<dyn DiskFile>> {
+    /// The queue's file and the queue offset it starts at, opening (or creating) it.
+    fn file(&mut self, topic: &str, queue_id: u32) -> io::Result<(u64, Arc<dyn DiskFile>)> {
         let key = (topic.to_string(), queue_id);
-        if !self.open.contains_key(&key) {
-            let path = self.path(topic, queue_id);
-            if let Some(dir) = path.parent() {
-                self.disk.create_dir_all(dir)?;
-            }
-            let file = self.disk.open(&path, OpenMode::Create)?;
-            self.open.insert(key.clone(), file);
+        if let Some((base, file)) = self.open.get(&key) {
+            return Ok((*base, file.clone()));
         }
-        self.open
-            .get(&key)
-            .ok_or_else(|| io::Error::other("index file vanished"))
+        let dir = index_dir(&self.root, topic, queue_id);
+        self.disk.create_dir_all(&dir)?;
+        let base = self
+            .disk
+            .list(&dir)?
+            .iter()
+            .filter_map(|name| crate::segment::parse_segment_file_name(name))
+            .max()
+            .unwrap_or(0);
+        let file = self.disk.open(
+            &dir.join(crate::segment::segment_file_name(base)),
+            OpenMode::Create,
+        )?;
+        self.open.insert(key, (base, file.clone()));
+        Ok((base, file))
     }
 
     /// Writes a batch of entries, one `pwrite` per run of consecutive entries of a queue.
@@ -151,33 +215,49 @@ impl IndexFiles {
             let Some((first, bytes)) = runs.get(&key) else {
                 continue;
             };
-            let position = first * INDEX_ENTRY_LEN as u64;
-            self.file(key.0, key.1)?.write_all_at(bytes, position)?;
+            let (base, file) = self.file(key.0, key.1)?;
+            if *first >= base {
+                file.write_all_at(bytes, (first - base) * INDEX_ENTRY_LEN as u64)?;
+            }
         }
         Ok(())
     }
 
-    /// Makes the file of one queue hold exactly `entries` (used after recovery).
-    /// Returns whether it had to be rewritten.
+    /// Makes one queue's files hold exactly its index: a single file named by
+    /// `queue.first`. Returns whether anything had to change.
     pub(crate) fn reconcile(
         &mut self,
         topic: &str,
         queue_id: u32,
-        entries: &[IndexEntry],
+        queue: &QueueIndex,
     ) -> io::Result<bool> {
-        let mut expected = Vec::with_capacity(entries.len() * INDEX_ENTRY_LEN);
-        for entry in entries {
+        let mut expected = Vec::with_capacity(queue.entries.len() * INDEX_ENTRY_LEN);
+        for entry in &queue.entries {
             entry.encode(&mut expected);
         }
-        let path = self.path(topic, queue_id);
+        let dir = index_dir(&self.root, topic, queue_id);
+        self.disk.create_dir_all(&dir)?;
+        let name = crate::segment::segment_file_name(queue.first);
+        let mut changed = false;
+        for other in self
+            .disk
+            .list(&dir)?
+            .into_iter()
+            .filter(|other| *other != name)
+        {
+            self.disk.remove_file(&dir.join(other))?;
+            changed = true;
+        }
+        self.open.remove(&(topic.to_string(), queue_id));
+        let path = dir.join(&name);
         let current = self
             .disk
             .open(&path, OpenMode::Read)
             .and_then(|file| read_all(file.as_ref()));
         if current.ok().as_deref() == Some(&expected[..]) {
-            return Ok(false);
+            return Ok(changed);
         }
-        let file = self.file(topic, queue_id)?;
+        let file = self.disk.open(&path, OpenMode::Create)?;
         file.set_len(0)?;
         file.write_all_at(&expected, 0)?;
         Ok(true)

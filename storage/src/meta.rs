@@ -119,11 +119,18 @@ impl Meta {
     pub(crate) fn write_files(
         &self,
         disk: &dyn Disk,
-        topics: &[(String, u32)],
+        topics: &[(String, Vec<u64>)],
     ) -> Result<(), StoreError> {
-        let mut text = String::from("# keel topics v1: name queues\n");
-        for (name, queues) in topics {
-            text.push_str(&format!("{name} {queues}\n"));
+        let mut text = String::from(
+            "# keel topics v1: name queues [first offset of each queue, after retention]\n",
+        );
+        for (name, firsts) in topics {
+            if firsts.iter().all(|first| *first == 0) {
+                text.push_str(&format!("{name} {}\n", firsts.len()));
+            } else {
+                let firsts: Vec<String> = firsts.iter().map(u64::to_string).collect();
+                text.push_str(&format!("{name} {} {}\n", firsts.len(), firsts.join(",")));
+            }
         }
         write_atomic(disk, &self.topics_path, &seal_text(text))?;
         let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
@@ -165,7 +172,10 @@ fn bad_line(path: &Path, line: &str) -> StoreError {
     }
 }
 
-pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<(String, u32)>, StoreError> {
+/// A topic as the topics file stores it: name, queue count, each queue's first offset.
+pub(crate) type TopicLine = (String, u32, Vec<u64>);
+
+pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<TopicLine>, StoreError> {
     let Some(body) = read_sealed(disk, path)? else {
         return Ok(Vec::new());
     };
@@ -175,11 +185,24 @@ pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<(String, u
         .filter(|line| !line.starts_with('#') && !line.is_empty())
     {
         let mut fields = line.split(' ');
-        let (Some(name), Some(queues), None) = (fields.next(), fields.next(), fields.next()) else {
+        let (Some(name), Some(queues), firsts, None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
             return Err(bad_line(path, line));
         };
-        let queues = queues.parse().map_err(|_| bad_line(path, line))?;
-        topics.push((name.to_string(), queues));
+        let queues: u32 = queues.parse().map_err(|_| bad_line(path, line))?;
+        let firsts: Vec<u64> = match firsts {
+            None => vec![0; queues as usize],
+            Some(list) => list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad_line(path, line))?,
+        };
+        if firsts.len() != queues as usize {
+            return Err(bad_line(path, line));
+        }
+        topics.push((name.to_string(), queues, firsts));
     }
     Ok(topics)
 }

@@ -35,6 +35,11 @@ pub struct RecoveryReport {
 
 /// A verified record, as recovery reports it to rebuild the indexes.
 pub(crate) struct RecoveredRecord {
+    /// Base offset of the first segment (above 0 once retention deleted the start).
+    pub log_start: u64,
+    /// Base offset of the segment holding the record.
+    pub segment_base: u64,
+    pub store_timestamp_ms: u64,
     pub topic: String,
     pub queue_id: u32,
     pub queue_offset: u64,
@@ -71,7 +76,8 @@ pub(crate) fn recover(
         checkpoint,
         ..RecoveryReport::default()
     };
-    let mut expected_base = segments.first().map_or(0, |(base, _)| *base);
+    let log_start = segments.first().map_or(0, |(base, _)| *base);
+    let mut expected_base = log_start;
     let mut kept = Vec::new();
     for (index, (base, path)) in segments.iter().enumerate() {
         kept.push((*base, path.clone()));
@@ -79,6 +85,7 @@ pub(crate) fn recover(
             disk,
             path,
             *base,
+            log_start,
             max_record_bytes,
             &mut on_record,
             &mut report,
@@ -161,10 +168,12 @@ pub(crate) fn recover(
 
 /// Verifies the records of one segment. Returns the length of its valid prefix and the
 /// first bad record, if any.
+#[allow(clippy::too_many_arguments)]
 fn scan_segment(
     disk: &dyn Disk,
     path: &Path,
     base: u64,
+    log_start: u64,
     max_record_bytes: u32,
     on_record: &mut impl FnMut(RecoveredRecord) -> Result<(), String>,
     report: &mut RecoveryReport,
@@ -222,6 +231,9 @@ fn scan_segment(
             ));
         }
         let recovered = RecoveredRecord {
+            log_start,
+            segment_base: base,
+            store_timestamp_ms: decoded.store_timestamp_ms,
             tags_hash: decoded.tags_hash(),
             topic: decoded.topic,
             queue_id: decoded.queue_id,

@@ -89,6 +89,24 @@ impl SegmentSet {
             .map(|segment| segment.base_offset)
     }
 
+    /// Base offsets of every segment, oldest first.
+    pub(crate) fn bases(&self) -> Vec<u64> {
+        let segments = self
+            .segments
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        segments.iter().map(|segment| segment.base_offset).collect()
+    }
+
+    /// Forgets the handles of deleted segments.
+    pub(crate) fn remove(&self, bases: &[u64]) {
+        let mut segments = self
+            .segments
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        segments.retain(|segment| !bases.contains(&segment.base_offset));
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.segments
             .read()

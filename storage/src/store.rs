@@ -1,7 +1,9 @@
 //! The store: append, read, topics, offsets, and the threads that make them durable.
 
 use crate::checkpoint::{Checkpoint, CheckpointFile};
-use crate::consume_queue::{index_recovered, IndexEntry, IndexFiles, IndexUpdate, TopicQueues};
+use crate::consume_queue::{
+    index_recovered, IndexEntry, IndexFiles, IndexUpdate, QueueIndex, TopicQueues,
+};
 use crate::disk::{Disk, DiskFile, OpenMode, RealDisk};
 use crate::fs_util::create_dir_all_synced;
 use crate::meta::{load_offsets, load_topics, Meta};
@@ -35,6 +37,11 @@ pub struct StoreConfig {
     pub max_record_bytes: u32,
     /// Refuse appends while the file system has less free space than this.
     pub disk_min_free_bytes: u64,
+    /// Delete segments whose newest record is older than this (0 = keep forever).
+    pub retention_ms: u64,
+    /// Delete the oldest segments while the log is larger than this (0 = no limit).
+    pub retention_bytes: u64,
+    pub retention_check_interval_ms: u64,
     /// Fault injection: sleep this long before every log fsync (0 = off).
     pub fault_fsync_delay_ms: u64,
     /// Fault injection: the n-th fsync of the log fails with EIO (0 = off).
@@ -51,6 +58,9 @@ impl StoreConfig {
             default_queues: 4,
             max_record_bytes: keel_protocol::DEFAULT_MAX_MESSAGE_BYTES + (1 << 20),
             disk_min_free_bytes: 0,
+            retention_ms: 0,
+            retention_bytes: 0,
+            retention_check_interval_ms: 10_000,
             fault_fsync_delay_ms: 0,
             fault_fsync_fail_at: 0,
         }
@@ -74,6 +84,8 @@ pub enum ReadStatus {
     Found,
     NoNewMessages,
     OffsetOutOfRange,
+    /// Below the first offset retention kept.
+    OffsetExpired,
 }
 
 /// Records read from one queue, as stored bytes back to back.
@@ -99,6 +111,8 @@ pub struct StoreStats {
     pub topics: u64,
     pub poisoned: bool,
     pub disk_full: bool,
+    /// First log offset still stored.
+    pub log_start: u64,
 }
 
 /// Append-side state, under one mutex. Appends are memory copies only.
@@ -119,6 +133,10 @@ pub(crate) struct AppendState {
     pub shutting_down: bool,
     /// Incremented by each disk-full rollback.
     pub generation: u64,
+    /// First log offset still stored (the first segment's base; retention moves it).
+    pub log_start: u64,
+    /// Store timestamp of the newest record of each segment, by base offset.
+    pub segment_newest_ms: BTreeMap<u64, u64>,
 }
 
 /// Offsets published by the flusher. Invariant: `flushed <= written <= offset_end`.
@@ -150,6 +168,7 @@ pub struct Store {
     listeners: Mutex<Vec<Listener>>,
     /// `rollbacks[g]`: the offset generation `g` was rolled back to.
     rollbacks: Mutex<Vec<u64>>,
+    retention: Retention,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
     pub(crate) disk: Arc<dyn Disk>,
@@ -180,7 +199,12 @@ impl Store {
             CheckpointFile::open(disk_ref, &data_dir.join("checkpoint"))?;
 
         let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
-        let on_record = |record| index_recovered(&mut topics, record);
+        let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
+        let on_record = |record: crate::recovery::RecoveredRecord| {
+            let newest = segment_newest_ms.entry(record.segment_base).or_insert(0);
+            *newest = (*newest).max(record.store_timestamp_ms);
+            index_recovered(&mut topics, record)
+        };
         let (segment_paths, mut report) = recover(
             disk_ref,
             &log_dir,
@@ -192,10 +216,15 @@ impl Store {
         report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
 
         let topics_path = data_dir.join("topics");
-        for (name, queues) in load_topics(disk_ref, &topics_path)? {
+        for (name, queues, firsts) in load_topics(disk_ref, &topics_path)? {
             let topic = topics.entry(name).or_default();
             if topic.queues.len() < queues as usize {
-                topic.queues.resize_with(queues as usize, Vec::new);
+                topic
+                    .queues
+                    .resize_with(queues as usize, QueueIndex::default);
+            }
+            for (queue, first) in topic.queues.iter_mut().zip(firsts) {
+                apply_persisted_first(queue, first);
             }
         }
         let offsets = load_offsets(disk_ref, &data_dir.join("offsets").join("consumer_offsets"))?;
@@ -251,6 +280,8 @@ impl Store {
                 flusher_waiting: false,
                 shutting_down: false,
                 generation: 0,
+                log_start: segment_paths.first().map_or(offset_end, |(base, _)| *base),
+                segment_newest_ms,
             }),
             flusher_wakeup: Condvar::new(),
             progress: Progress {
@@ -269,6 +300,7 @@ impl Store {
             checkpoint: checkpoint_file,
             listeners: Mutex::new(Vec::new()),
             rollbacks: Mutex::new(Vec::new()),
+            retention: Retention::default(),
             threads: Mutex::new(Vec::new()),
             recovery: report,
             config,
@@ -291,6 +323,16 @@ impl Store {
                 .map_err(|e| StoreError::io("spawn the metadata thread", e))?
         };
         store.threads().extend([flusher, meta]);
+        if store.config.retention_ms > 0 || store.config.retention_bytes > 0 {
+            let retention = {
+                let store = store.clone();
+                std::thread::Builder::new()
+                    .name("keel-retention".into())
+                    .spawn(move || store.run_retention())
+                    .map_err(|e| StoreError::io("spawn the retention thread", e))?
+            };
+            store.threads().push(retention);
+        }
         Ok(store)
     }
 
@@ -394,10 +436,7 @@ impl Store {
         let mut dropped = 0u64;
         for topic in state.topics.values_mut() {
             for queue in &mut topic.queues {
-                while queue.last().is_some_and(|entry| entry.log_offset >= to) {
-                    queue.pop();
-                    dropped += 1;
-                }
+                dropped += queue.pop_from(to);
             }
         }
         state.records_appended -= dropped;
@@ -477,18 +516,23 @@ impl Store {
         }
         let meta = RecordMeta {
             log_offset: state.offset_end,
-            queue_offset: queue.len() as u64,
+            queue_offset: queue.end(),
             queue_id,
             store_timestamp_ms,
         };
         let written = encode_record(message, &meta, &mut state.pending) as u64;
         assert_eq!(written, record_len);
+        let newest = state
+            .segment_newest_ms
+            .entry(state.segment_active_base)
+            .or_insert(0);
+        *newest = (*newest).max(store_timestamp_ms);
         let entry = IndexEntry {
             log_offset: meta.log_offset,
             size: record_len as u32,
             tags_hash: keel_protocol::tags_hash(&message.tags),
         };
-        queue.push(entry);
+        queue.entries.push(entry);
         state.pending_index.push(IndexUpdate {
             topic: message.topic.clone(),
             queue_id,
@@ -579,7 +623,7 @@ impl Store {
                 let queues = topic
                     .queues
                     .iter()
-                    .map(|queue| (0, durable_count(queue, durable)))
+                    .map(|queue| (queue.first, queue.durable_end(durable)))
                     .collect();
                 (name.clone(), queues)
             })
@@ -599,15 +643,16 @@ impl Store {
         let durable = self.offset_durable();
         let mut selected: Vec<IndexEntry> = Vec::new();
         let max_offset;
+        let min_offset;
         {
             let state = self.lock_state();
             let queue = queue_of(&state, topic, queue_id)?;
-            max_offset = durable_count(queue, durable);
+            max_offset = queue.durable_end(durable);
+            min_offset = queue.first;
             let mut bytes = 0u64;
-            if queue_offset < max_offset {
-                let end =
-                    max_offset.min(queue_offset.saturating_add(u64::from(max_messages.max(1))));
-                for entry in &queue[queue_offset as usize..end as usize] {
+            if queue_offset >= min_offset && queue_offset < max_offset {
+                let count = (max_offset - queue_offset).min(u64::from(max_messages.max(1)));
+                for entry in &queue.from(queue_offset)[..count as usize] {
                     if !selected.is_empty() && bytes + u64::from(entry.size) > u64::from(max_bytes)
                     {
                         break;
@@ -617,7 +662,9 @@ impl Store {
                 }
             }
         }
-        let status = if queue_offset > max_offset {
+        let status = if queue_offset < min_offset {
+            ReadStatus::OffsetExpired
+        } else if queue_offset > max_offset {
             ReadStatus::OffsetOutOfRange
         } else if selected.is_empty() {
             ReadStatus::NoNewMessages
@@ -626,7 +673,10 @@ impl Store {
         };
         let records = self.read_entries(&selected)?;
         let record_count = selected.len() as u32;
-        let next_offset = if status == ReadStatus::OffsetOutOfRange {
+        let next_offset = if matches!(
+            status,
+            ReadStatus::OffsetOutOfRange | ReadStatus::OffsetExpired
+        ) {
             queue_offset
         } else {
             queue_offset + u64::from(record_count)
@@ -634,7 +684,7 @@ impl Store {
         Ok(QueueRead {
             status,
             next_offset,
-            min_offset: 0,
+            min_offset,
             max_offset,
             record_count,
             records,
@@ -691,10 +741,10 @@ impl Store {
         {
             let state = self.lock_state();
             let queue = queue_of(&state, topic, queue_id)?;
-            if offset > queue.len() as u64 {
+            if offset > queue.end() {
                 return Err(StoreError::InvalidArgument(format!(
                     "offset {offset} is past the end of {topic}/{queue_id} ({})",
-                    queue.len()
+                    queue.end()
                 )));
             }
         }
@@ -731,6 +781,7 @@ impl Store {
             segments: self.segments.count() as u64,
             topics: state.topics.len() as u64,
             poisoned: self.is_poisoned(),
+            log_start: state.log_start,
             disk_full: self.is_disk_full(),
         }
     }
@@ -744,6 +795,7 @@ impl Store {
             self.flusher_wakeup.notify_all();
         }
         self.meta.request_stop();
+        self.retention.request_stop();
         let threads: Vec<_> = self.threads().drain(..).collect();
         for thread in threads {
             if thread.join().is_err() {
@@ -752,14 +804,117 @@ impl Store {
         }
     }
 
+    fn run_retention(&self) {
+        let interval = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
+        while self.retention.wait(interval) {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as u64);
+            if let Err(error) = self.apply_retention(now_ms) {
+                log::error!("retention: {error}; trying again at the next pass");
+            }
+        }
+    }
+
+    /// Deletes the oldest segments that are past `retention_ms` (by their newest record's
+    /// store time, against `now_ms`) or that make the log larger than `retention_bytes`:
+    /// never the active segment, never data not yet fsynced. Queues then start at their
+    /// first surviving record; a consumer below that gets `OffsetExpired`. Returns the
+    /// number of segment files deleted.
+    pub fn apply_retention(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let config = &self.config;
+        // Handles of files deleted by the previous pass: no read can still need them.
+        let retired = std::mem::take(&mut *self.retention.lock_retired());
+        self.segments.remove(&retired);
+        let bases = self.segments.bases();
+        let flushed = self.offset_flushed();
+        let log_start = {
+            let mut state = self.lock_state();
+            let mut new_start = state.log_start;
+            let mut total = state.offset_end - state.log_start;
+            for (index, base) in bases.iter().enumerate() {
+                let Some(next) = bases.get(index + 1) else {
+                    break;
+                };
+                if *base < new_start {
+                    continue;
+                }
+                if *next > state.segment_active_base || *next > flushed {
+                    break;
+                }
+                let newest = state.segment_newest_ms.get(base).copied().unwrap_or(0);
+                let too_old =
+                    config.retention_ms > 0 && newest.saturating_add(config.retention_ms) < now_ms;
+                let too_big = config.retention_bytes > 0 && total > config.retention_bytes;
+                if !too_old && !too_big {
+                    break;
+                }
+                total -= next - base;
+                new_start = *next;
+            }
+            if new_start > state.log_start {
+                let mut expired = 0u64;
+                for topic in state.topics.values_mut() {
+                    for queue in &mut topic.queues {
+                        expired += queue.trim_before(new_start);
+                    }
+                }
+                state.log_start = new_start;
+                state.segment_newest_ms.retain(|base, _| *base >= new_start);
+                drop(state);
+                log::info!("retention: the log now starts at offset {new_start} ({expired} messages expired)");
+                self.retention
+                    .version
+                    .store(self.meta.bump(), Ordering::Release);
+            }
+            new_start
+        };
+        // Crash safety: files go only once every queue's new first offset is on disk, so
+        // a crash in between can never make expired records readable again.
+        let version = self.retention.version.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.meta_persisted() < version {
+            // Persisting is failing (a full or broken disk): keep the files for now.
+            let failing = self.meta_failure().is_some();
+            if failing
+                || std::time::Instant::now() >= deadline
+                || !self.retention.wait(Duration::from_millis(2))
+            {
+                return Ok(0);
+            }
+        }
+        let dir = config.data_dir.join("commitlog");
+        let doomed: Vec<u64> = bases.into_iter().filter(|base| *base < log_start).collect();
+        for base in &doomed {
+            let path = dir.join(crate::segment::segment_file_name(*base));
+            self.disk
+                .remove_file(&path)
+                .map_err(|e| StoreError::io(format!("remove {}", path.display()), e))?;
+        }
+        if !doomed.is_empty() {
+            crate::fs_util::sync_dir(self.disk.as_ref(), &dir)?;
+            log::info!(
+                "retention: deleted {} segment(s) before offset {log_start}",
+                doomed.len()
+            );
+        }
+        self.retention.lock_retired().extend(&doomed);
+        Ok(doomed.len())
+    }
+
     fn run_meta(&self) {
         while let Some(version) = self.meta.wait_for_work() {
-            let topics: Vec<(String, u32)> = {
+            let topics: Vec<(String, Vec<u64>)> = {
                 let state = self.lock_state();
                 state
                     .topics
                     .iter()
-                    .map(|(name, topic)| (name.clone(), topic.queue_count()))
+                    .map(|(name, topic)| {
+                        (
+                            name.clone(),
+                            topic.queues.iter().map(|queue| queue.first).collect(),
+                        )
+                    })
                     .collect()
             };
             match self.meta.write_files(self.disk.as_ref(), &topics) {
@@ -801,7 +956,7 @@ fn queue_of<'a>(
     state: &'a AppendState,
     topic: &str,
     queue_id: u32,
-) -> Result<&'a Vec<IndexEntry>, StoreError> {
+) -> Result<&'a QueueIndex, StoreError> {
     let queues = state
         .topics
         .get(topic)
@@ -816,11 +971,6 @@ fn queue_of<'a>(
         })
 }
 
-/// Number of entries of `queue` whose records end at or below `durable`.
-fn durable_count(queue: &[IndexEntry], durable: u64) -> u64 {
-    queue.partition_point(|entry| entry.offset_end() <= durable) as u64
-}
-
 fn lock_data_dir(
     disk: &dyn Disk,
     data_dir: &std::path::Path,
@@ -833,4 +983,60 @@ fn lock_data_dir(
         }
         Err(error) => Err(StoreError::io(format!("lock {}", path.display()), error)),
     }
+}
+
+/// The retention thread's state.
+#[derive(Default)]
+struct Retention {
+    /// Metadata version that records the latest trim; files wait for it.
+    version: AtomicU64,
+    /// Segments whose files were deleted; their handles go at the next pass.
+    retired: Mutex<Vec<u64>>,
+    stop: Mutex<bool>,
+    wakeup: Condvar,
+}
+
+impl Retention {
+    fn lock_retired(&self) -> MutexGuard<'_, Vec<u64>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Sleeps up to `pause`; false once asked to stop.
+    fn wait(&self, pause: Duration) -> bool {
+        let stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if *stop {
+            return false;
+        }
+        let (stop, _) = self
+            .wakeup
+            .wait_timeout(stop, pause)
+            .unwrap_or_else(|poison| poison.into_inner());
+        !*stop
+    }
+
+    fn request_stop(&self) {
+        *self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = true;
+        self.wakeup.notify_all();
+    }
+}
+
+/// Applies a queue's first offset from the topics file to the index rebuilt from the
+/// log: entries below it were expired by retention (their segments may outlive a crash
+/// between persisting the offset and deleting the files); a queue with no record left
+/// resumes at it.
+fn apply_persisted_first(queue: &mut QueueIndex, first: u64) {
+    if first <= queue.first {
+        return;
+    }
+    let expired = (first - queue.first).min(queue.entries.len() as u64) as usize;
+    queue.entries.drain(..expired);
+    queue.first = first;
 }

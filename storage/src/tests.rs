@@ -386,3 +386,156 @@ mod faults {
         store.shutdown();
     }
 }
+
+mod retention {
+    use crate::{ReadStatus, Store, StoreConfig};
+    use keel_protocol::Message;
+    use std::time::{Duration, Instant};
+
+    fn config(dir: &std::path::Path) -> StoreConfig {
+        let mut config = StoreConfig::new(dir);
+        config.segment_size_bytes = 4096;
+        config.retention_check_interval_ms = 3_600_000;
+        config
+    }
+
+    fn append(store: &Store, count: u64, store_ms: u64) -> u64 {
+        let mut end = 0;
+        for index in 0..count {
+            let message = Message::new(
+                "orders",
+                format!("message {index:06} {}", "x".repeat(60)).into_bytes(),
+            )
+            .with_queue(0);
+            end = store.append(&message, true, store_ms).unwrap().offset_end;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.offset_durable() < end {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        end
+    }
+
+    fn segment_files(dir: &std::path::Path) -> Vec<u64> {
+        let mut bases: Vec<u64> = std::fs::read_dir(dir.join("commitlog"))
+            .unwrap()
+            .map(|entry| {
+                entry
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        bases.sort_unstable();
+        bases
+    }
+
+    #[test]
+    fn size_retention_deletes_old_segments_and_expired_offsets_are_explicit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.retention_bytes = 8192;
+        let store = Store::open(cfg.clone()).unwrap();
+        append(&store, 200, 1);
+        let before = segment_files(dir.path());
+        assert!(before.len() >= 5, "{before:?}");
+        let deleted = store.apply_retention(2).unwrap();
+        assert!(deleted >= 2, "{deleted}");
+        let after = segment_files(dir.path());
+        assert_eq!(after.len(), before.len() - deleted);
+        assert_eq!(
+            after.last(),
+            before.last(),
+            "the active segment is never deleted"
+        );
+        let log_start = store.stats().log_start;
+        assert_eq!(after[0], log_start);
+        // Deleted files' handles are only dropped at the next pass.
+        store.apply_retention(3).unwrap();
+
+        let expired = store.read_queue("orders", 0, 0, 10, u32::MAX).unwrap();
+        assert_eq!(expired.status, ReadStatus::OffsetExpired);
+        assert!(expired.min_offset > 0);
+        assert_eq!(expired.next_offset, 0, "never a silent jump");
+        assert_eq!(expired.record_count, 0);
+        let first = expired.min_offset;
+        let read = store.read_queue("orders", 0, first, 10, u32::MAX).unwrap();
+        assert_eq!(read.status, ReadStatus::Found);
+        let record = keel_protocol::decode_record(&read.records).unwrap();
+        assert_eq!(record.queue_offset, first);
+        assert!(record.log_offset >= log_start);
+        assert_eq!(store.queue_offsets(Some("orders"))[0].1[0], (first, 200));
+        store.shutdown();
+        drop(store);
+
+        // After a restart the queue still starts there and ends at 200.
+        let store = Store::open(cfg).unwrap();
+        assert_eq!(store.queue_offsets(Some("orders"))[0].1[0], (first, 200));
+        let next = store
+            .append(
+                &Message::new("orders", "after restart").with_queue(0),
+                true,
+                5,
+            )
+            .unwrap();
+        assert_eq!(next.queue_offset, 200);
+        assert_eq!(
+            store
+                .read_queue("orders", 0, 0, 1, u32::MAX)
+                .unwrap()
+                .status,
+            ReadStatus::OffsetExpired
+        );
+        store.shutdown();
+    }
+
+    #[test]
+    fn age_retention_keeps_segments_with_recent_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.retention_ms = 60_000;
+        let store = Store::open(cfg.clone()).unwrap();
+        let now = 10_000_000;
+        append(&store, 150, now - 3_600_000);
+        append(&store, 20, now - 1_000);
+        let before = segment_files(dir.path());
+        let deleted = store.apply_retention(now).unwrap();
+        assert!(deleted >= 2, "{deleted} of {before:?}");
+        // Every recent message is still there.
+        let (first, end) = store.queue_offsets(Some("orders"))[0].1[0];
+        assert_eq!(end, 170);
+        assert!(
+            first <= 150,
+            "a segment with recent records was deleted: queue starts at {first}"
+        );
+        assert!(first > 0);
+        store.shutdown();
+        drop(store);
+        // A queue whose every record expired keeps its end across a restart.
+        cfg.retention_ms = 1;
+        let store = Store::open(cfg.clone()).unwrap();
+        store
+            .append(&Message::new("orders", "rolls a new segment").with_queue(1), true, now)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store.apply_retention(now + 10_000_000).unwrap();
+        store.shutdown();
+        drop(store);
+        let store = Store::open(cfg).unwrap();
+        let (first, end) = store.queue_offsets(Some("orders"))[0].1[0];
+        assert_eq!(end, 170, "queue 0 must not restart at 0");
+        assert!(first >= 150);
+        let next = store
+            .append(
+                &Message::new("orders", "continues").with_queue(0),
+                true,
+                now,
+            )
+            .unwrap();
+        assert_eq!(next.queue_offset, 170);
+        store.shutdown();
+    }
+}

@@ -78,10 +78,40 @@ enum Command {
     /// Broker statistics (offsets appended, written, flushed; pending acks; fsyncs; ...)
     /// and every topic's queue offsets.
     Stats,
+    /// Show or move a consumer group's committed offsets.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
     /// Offline tools for a data directory of a stopped broker (no --broker needed).
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Per queue: the group's committed offset, the queue's first and last offsets, lag.
+    Show {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+    },
+    /// Move the group's offsets. This is how a group behind retention moves on
+    /// (`--to earliest`), accepting that the expired messages are gone.
+    Reset {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest (first stored), latest (skip everything stored), or an offset.
+        #[arg(long)]
+        to: String,
+        /// Only this queue (default: every queue).
+        #[arg(long)]
+        queue: Option<u32>,
     },
 }
 
@@ -183,6 +213,7 @@ fn main() -> ExitCode {
             command: TopicCommand::List,
         } => list_topics(&cli.broker),
         Command::Stats => stats(&cli.broker),
+        Command::Offsets { command } => offsets(&cli.broker, command),
         Command::Admin { command } => admin(command),
     };
     match outcome {
@@ -316,7 +347,12 @@ fn consume(
         Ok(())
     };
     while printed < limit {
-        let round = consumer.poll_at_most(limit - printed, print)?;
+        let round = consumer.poll_at_most(limit - printed, print).map_err(|error| match error {
+            ClientError::OffsetExpired { .. } => ClientError::InvalidArgument(format!(
+                "{error}. To skip the expired messages: keel offsets reset --group {group} --topic {topic} --to earliest"
+            )),
+            other => other,
+        })?;
         printed += round.handled;
         if round.handled > 0 {
             last_progress = Instant::now();
@@ -368,6 +404,58 @@ fn stats(broker: &str) -> Result<ExitCode, ClientError> {
                 "topic {} queue {queue_id}: offsets {}..{}",
                 topic.topic, queue.min_offset, queue.max_offset
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn offsets(broker: &str, command: OffsetsCommand) -> Result<ExitCode, ClientError> {
+    let admin = Admin::connect(broker)?;
+    let (group, topic) = match &command {
+        OffsetsCommand::Show { group, topic } | OffsetsCommand::Reset { group, topic, .. } => {
+            (group.clone(), topic.clone())
+        }
+    };
+    let (group, topic) = (group.as_str(), topic.as_str());
+    let info = admin.list_topics(Some(topic))?.into_iter().next();
+    let queues = info.map(|info| info.queues).unwrap_or_default();
+    match command {
+        OffsetsCommand::Show { .. } => {
+            for (queue_id, queue) in queues.iter().enumerate() {
+                let committed = admin.query_offset(group, topic, queue_id as u32)?;
+                let lag = queue
+                    .max_offset
+                    .saturating_sub(committed.unwrap_or(queue.min_offset));
+                let state = match committed {
+                    Some(offset) if offset < queue.min_offset => {
+                        " (EXPIRED: below the first stored offset)"
+                    }
+                    _ => "",
+                };
+                let committed = committed.map_or("none".to_string(), |offset| offset.to_string());
+                println!(
+                    "queue {queue_id}: committed {committed}, stored {}..{}, lag {lag}{state}",
+                    queue.min_offset, queue.max_offset
+                );
+            }
+        }
+        OffsetsCommand::Reset { to, queue, .. } => {
+            for (queue_id, info) in queues.iter().enumerate() {
+                if queue.is_some_and(|only| only as usize != queue_id) {
+                    continue;
+                }
+                let offset = match to.as_str() {
+                    "earliest" => info.min_offset,
+                    "latest" => info.max_offset,
+                    number => number.parse().map_err(|_| {
+                        ClientError::InvalidArgument(format!(
+                            "--to takes earliest, latest or an offset, not {number:?}"
+                        ))
+                    })?,
+                };
+                admin.commit_offset(group, topic, queue_id as u32, offset)?;
+                println!("queue {queue_id}: offset of {group} set to {offset}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ mod corruption;
 mod crash;
 mod harness;
 mod resources;
+mod retention;
 mod send_consume;
 mod shutdown;
 mod stalled_disk;
