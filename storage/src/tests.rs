@@ -518,7 +518,11 @@ mod retention {
         cfg.retention_ms = 1;
         let store = Store::open(cfg.clone()).unwrap();
         store
-            .append(&Message::new("orders", "rolls a new segment").with_queue(1), true, now)
+            .append(
+                &Message::new("orders", "rolls a new segment").with_queue(1),
+                true,
+                now,
+            )
             .unwrap();
         std::thread::sleep(Duration::from_millis(20));
         store.apply_retention(now + 10_000_000).unwrap();
