@@ -1,7 +1,7 @@
 //! SIGTERM: no new sends, pending ones flushed and answered, files closed cleanly.
 
 use crate::crash::check_ledger;
-use crate::harness::BrokerProcess;
+use crate::harness::{wait_until, BrokerProcess};
 use keel_client::{ClientError, ErrorCode, Message, Producer, ProducerOptions, SendStatus};
 use keel_tests::{payload_for, Ledger, Outcome};
 use std::time::Duration;
@@ -25,7 +25,10 @@ fn sigterm_answers_pending_sends_and_restarts_clean() {
             producer.send_async_handle(Message::new("ledger", payload_for(&id, 256))),
         ));
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Every send reached the broker (and waits on the slow fsync) before the signal.
+    wait_until("the sends to be appended", Duration::from_secs(10), || {
+        broker.stat("records_appended") == 200
+    });
     let status = broker.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", broker.log());
     let mut acknowledged = 0;
