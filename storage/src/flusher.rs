@@ -17,7 +17,7 @@ use crate::segment::segment_file_name;
 use crate::store::{FlushMode, Store};
 use crate::StoreError;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
@@ -39,18 +39,35 @@ struct Batch {
 
 struct Flusher<'a> {
     store: &'a Store,
+    syncer: &'a Syncer<'a>,
     /// The segment being written: base offset and file.
     active: Option<(u64, Arc<dyn DiskFile>)>,
-    /// Files written since the last fsync.
-    unsynced: Vec<Arc<dyn DiskFile>>,
     index_files: IndexFiles,
     written: u64,
     records_written: u64,
-    sync_due: Instant,
-    checkpoint_due: Instant,
     space_check_due: Instant,
-    /// Log fsyncs so far (for fault injection).
-    syncs: u64,
+}
+
+/// Files written but not yet fsynced, and how far the log had been written then.
+#[derive(Default)]
+struct Unsynced {
+    files: Vec<Arc<dyn DiskFile>>,
+    written: u64,
+    records: u64,
+}
+
+/// Makes written bytes durable: fsyncs every file written since the last fsync, then
+/// publishes the flushed offset. The flusher calls it after each write in sync mode
+/// (group commit); in async mode a thread of its own calls it every `flush_interval_ms`,
+/// so a long periodic fsync never holds up writes (and so acks).
+struct Syncer<'a> {
+    store: &'a Store,
+    unsynced: Mutex<Unsynced>,
+    /// One fsync round at a time; also guards the fault-injection count.
+    round: Mutex<u64>,
+    checkpoint_due: Mutex<Instant>,
+    stop: Mutex<bool>,
+    wakeup: Condvar,
 }
 
 pub(crate) fn run(
@@ -59,59 +76,210 @@ pub(crate) fn run(
     index_files: IndexFiles,
 ) {
     let now = Instant::now();
+    let syncer = Syncer {
+        store,
+        unsynced: Mutex::new(Unsynced {
+            files: Vec::new(),
+            written: store.offset_written(),
+            records: store.progress.records_flushed.load(Ordering::Acquire),
+        }),
+        round: Mutex::new(0),
+        checkpoint_due: Mutex::new(now),
+        stop: Mutex::new(false),
+        wakeup: Condvar::new(),
+    };
     let mut flusher = Flusher {
         store,
+        syncer: &syncer,
         active,
-        unsynced: Vec::new(),
         index_files,
         written: store.offset_written(),
         records_written: store.progress.records_flushed.load(Ordering::Acquire),
-        sync_due: now,
-        checkpoint_due: now,
         space_check_due: now,
-        syncs: 0,
     };
-    let mut spare = Vec::with_capacity(1 << 20);
-    let outcome = loop {
-        flusher.check_space();
-        let Some(batch) = flusher.take(&mut spare) else {
-            break flusher.finish();
-        };
-        if batch.bytes.is_empty() && flusher.written == store.offset_flushed() {
-            continue;
-        }
-        let result = flusher.write(&batch).and_then(|()| {
-            if flusher.sync_needed() {
-                flusher.sync()
-            } else {
-                store.notify_listeners();
-                Ok(())
-            }
+    let outcome = std::thread::scope(|scope| {
+        let periodic = (store.config.flush == FlushMode::Async).then(|| {
+            std::thread::Builder::new()
+                .name("keel-syncer".into())
+                .spawn_scoped(scope, || syncer.run_periodic())
         });
-        if let Err(error) = result {
-            break Err(error);
+        let outcome = flusher.run();
+        syncer.request_stop();
+        if let Some(Ok(thread)) = periodic {
+            let _ = thread.join();
         }
-        spare = batch.bytes;
-        spare.clear();
-    };
+        // Final fsync and a clean checkpoint, once nothing else syncs.
+        outcome.and_then(|()| syncer.sync()).and_then(|()| {
+            let written = syncer.lock_unsynced().written;
+            store.checkpoint.write(Checkpoint {
+                offset_flushed: written,
+                clean: true,
+            })
+        })
+    });
     if let Err(error) = outcome {
+        syncer.poison(&error);
+    }
+}
+
+impl Syncer<'_> {
+    fn lock_unsynced(&self) -> MutexGuard<'_, Unsynced> {
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Records that `file` holds written bytes and that the log is written to `written`.
+    fn note_written(&self, file: Option<&Arc<dyn DiskFile>>, written: u64, records: u64) {
+        let mut unsynced = self.lock_unsynced();
+        if let Some(file) = file {
+            if !unsynced.files.iter().any(|known| same_file(known, file)) {
+                unsynced.files.push(file.clone());
+            }
+        }
+        unsynced.written = written;
+        unsynced.records = records;
+    }
+
+    /// fsyncs every file written so far and publishes the flushed offset.
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut round = self
+            .round
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        // A failed round already took its files off the list: a later round would find
+        // nothing to fsync and "succeed". After a failure nothing is ever published.
+        if self.store.is_poisoned() {
+            return Err(StoreError::io(
+                "fsync the commit log",
+                std::io::Error::other("the log is poisoned"),
+            ));
+        }
+        let config = &self.store.config;
+        if config.fault_fsync_delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(config.fault_fsync_delay_ms));
+        }
+        *round += 1;
+        if *round == config.fault_fsync_fail_at {
+            let injected = std::io::Error::other("injected fsync failure (fault_fsync_fail_at)");
+            return Err(StoreError::io("fsync the commit log", injected));
+        }
+        // Everything up to `written` was written before it was recorded, so the fsyncs
+        // below, which start after, cover it.
+        let (files, written, records) = {
+            let mut unsynced = self.lock_unsynced();
+            (
+                std::mem::take(&mut unsynced.files),
+                unsynced.written,
+                unsynced.records,
+            )
+        };
+        for file in files {
+            // Crash safety: once this returns, every byte written to this file so far is
+            // on disk; only then may the flushed offset (and so any ack) move past it.
+            file.sync_data()
+                .map_err(|e| StoreError::io("fsync the commit log", e))?;
+        }
+        let progress = &self.store.progress;
+        progress.fsyncs.fetch_add(1, Ordering::AcqRel);
+        progress
+            .records_flushed
+            .fetch_max(records, Ordering::AcqRel);
+        progress.flushed.fetch_max(written, Ordering::AcqRel);
+        self.store.notify_listeners();
+        let mut checkpoint_due = self
+            .checkpoint_due
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if Instant::now() >= *checkpoint_due {
+            self.store.checkpoint.write(Checkpoint {
+                offset_flushed: written,
+                clean: false,
+            })?;
+            *checkpoint_due = Instant::now() + CHECKPOINT_INTERVAL;
+        }
+        Ok(())
+    }
+
+    /// Async mode: fsync every `flush_interval_ms` until asked to stop.
+    fn run_periodic(&self) {
+        let interval = Duration::from_millis(self.store.config.flush_interval_ms.max(1));
+        loop {
+            {
+                let stop = self
+                    .stop
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                if *stop {
+                    return;
+                }
+                let (stop, _) = self
+                    .wakeup
+                    .wait_timeout(stop, interval)
+                    .unwrap_or_else(|poison| poison.into_inner());
+                if *stop {
+                    return;
+                }
+            }
+            if self.lock_unsynced().written <= self.store.offset_flushed() {
+                continue;
+            }
+            if let Err(error) = self.sync() {
+                self.poison(&error);
+                return;
+            }
+        }
+    }
+
+    fn request_stop(&self) {
+        *self
+            .stop
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = true;
+        self.wakeup.notify_all();
+    }
+
+    fn poison(&self, error: &StoreError) {
         log::error!("storage failed, the commit log is poisoned and takes no more writes: {error}");
-        store.progress.poisoned.store(true, Ordering::Release);
-        store.notify_listeners();
+        self.store.progress.poisoned.store(true, Ordering::Release);
+        // Wake the flusher so it stops writing, and the loops so they answer.
+        self.store.flusher_wakeup.notify_all();
+        self.store.notify_listeners();
     }
 }
 
 impl Flusher<'_> {
-    fn interval(&self) -> Duration {
-        Duration::from_millis(self.store.config.flush_interval_ms.max(1))
+    /// Writes what the appenders buffer until shutdown (`Ok`) or a failure (`Err`).
+    fn run(&mut self) -> Result<(), StoreError> {
+        let mut spare = Vec::with_capacity(1 << 20);
+        loop {
+            if self.store.is_poisoned() {
+                // The syncer failed: nothing may be written (and so, in async mode, acked).
+                return Err(StoreError::io(
+                    "write the commit log",
+                    std::io::Error::other("the log is poisoned"),
+                ));
+            }
+            self.check_space();
+            let Some(batch) = self.take(&mut spare) else {
+                return Ok(());
+            };
+            if batch.bytes.is_empty() {
+                continue;
+            }
+            self.write(&batch)?;
+            if self.store.config.flush == FlushMode::Sync {
+                self.syncer.sync()?;
+            } else {
+                self.store.notify_listeners();
+            }
+            spare = batch.bytes;
+            spare.clear();
+        }
     }
 
-    fn sync_needed(&self) -> bool {
-        self.store.config.flush == FlushMode::Sync || Instant::now() >= self.sync_due
-    }
-
-    /// Waits for appended bytes (or, in async mode, for a periodic fsync to be due) and
-    /// takes them. `None` when shutting down with nothing left to write.
+    /// Waits for appended bytes and takes them. An empty batch means "idle for a while"
+    /// (the caller checks free space); `None` means shutting down with nothing left.
     fn take(&mut self, spare: &mut Vec<u8>) -> Option<Batch> {
         let store = self.store;
         let mut state = store.lock_state();
@@ -120,41 +288,28 @@ impl Flusher<'_> {
                 let base = state.pending_base;
                 let bytes = std::mem::replace(&mut state.pending, std::mem::take(spare));
                 state.pending_base = state.offset_end;
-                let batch = Batch {
+                return Some(Batch {
                     base,
                     bytes,
                     segments_new: std::mem::take(&mut state.segments_new),
                     index: std::mem::take(&mut state.pending_index),
-                };
-                return Some(batch);
+                });
             }
             if state.shutting_down {
                 return None;
             }
-            let unsynced = self.written > store.offset_flushed();
-            let now = Instant::now();
-            if unsynced && now >= self.sync_due {
-                return Some(Batch {
-                    base: self.written,
-                    bytes: Vec::new(),
-                    segments_new: Vec::new(),
-                    index: Vec::new(),
-                });
-            }
             // Idle waits are bounded so the free-space check keeps running.
-            let wait = if unsynced {
-                self.sync_due.saturating_duration_since(now)
-            } else {
-                SPACE_CHECK_INTERVAL
-            };
             state.flusher_waiting = true;
             let (guard, timeout) = store
                 .flusher_wakeup
-                .wait_timeout(state, wait)
+                .wait_timeout(state, SPACE_CHECK_INTERVAL)
                 .unwrap_or_else(|poison| poison.into_inner());
             state = guard;
             state.flusher_waiting = false;
-            if timeout.timed_out() && state.pending.is_empty() && !state.shutting_down {
+            if (timeout.timed_out() || store.is_poisoned())
+                && state.pending.is_empty()
+                && !state.shutting_down
+            {
                 return Some(Batch {
                     base: self.written,
                     bytes: Vec::new(),
@@ -179,6 +334,8 @@ impl Flusher<'_> {
             .filter(|update| update.entry.offset_end() <= self.written)
             .collect();
         self.records_written += done.len() as u64;
+        self.syncer
+            .note_written(None, self.written, self.records_written);
         if let Err(error) = self.index_files.write(done.iter().copied()) {
             // ConsumeQueue files are rebuilt from the log at start-up; losing them is
             // not losing data, so this does not poison the log.
@@ -213,15 +370,14 @@ impl Flusher<'_> {
                 unreachable!("a segment was just opened")
             };
             file.write_all_at(&batch.bytes[position..chunk_end], offset - base)?;
-            if !self
-                .unsynced
-                .iter()
-                .any(|unsynced| same_file(unsynced, file))
-            {
-                self.unsynced.push(file.clone());
-            }
             position = chunk_end;
             self.written = batch.base + position as u64;
+            self.store
+                .progress
+                .written
+                .store(self.written, Ordering::Release);
+            self.syncer
+                .note_written(Some(file), self.written, self.records_written);
         }
         Ok(())
     }
@@ -305,50 +461,6 @@ impl Flusher<'_> {
         self.store.segments.push(base, file.clone());
         self.active = Some((base, file));
         Ok(())
-    }
-
-    /// fsyncs every file written since the last fsync and publishes the flushed offset.
-    fn sync(&mut self) -> Result<(), StoreError> {
-        let config = &self.store.config;
-        if config.fault_fsync_delay_ms > 0 {
-            std::thread::sleep(Duration::from_millis(config.fault_fsync_delay_ms));
-        }
-        self.syncs += 1;
-        if self.syncs == config.fault_fsync_fail_at {
-            let injected = std::io::Error::other("injected fsync failure (fault_fsync_fail_at)");
-            return Err(StoreError::io("fsync the commit log", injected));
-        }
-        for file in self.unsynced.drain(..) {
-            // Crash safety: once this returns, every byte written to this file so far is
-            // on disk; only then may the flushed offset (and so any ack) move past it.
-            file.sync_data()
-                .map_err(|e| StoreError::io("fsync the commit log", e))?;
-        }
-        let progress = &self.store.progress;
-        progress.fsyncs.fetch_add(1, Ordering::AcqRel);
-        progress
-            .records_flushed
-            .store(self.records_written, Ordering::Release);
-        progress.flushed.store(self.written, Ordering::Release);
-        self.sync_due = Instant::now() + self.interval();
-        self.store.notify_listeners();
-        if Instant::now() >= self.checkpoint_due {
-            self.store.checkpoint.write(Checkpoint {
-                offset_flushed: self.written,
-                clean: false,
-            })?;
-            self.checkpoint_due = Instant::now() + CHECKPOINT_INTERVAL;
-        }
-        Ok(())
-    }
-
-    /// Final fsync and a clean checkpoint at shutdown.
-    fn finish(&mut self) -> Result<(), StoreError> {
-        self.sync()?;
-        self.store.checkpoint.write(Checkpoint {
-            offset_flushed: self.written,
-            clean: true,
-        })
     }
 }
 
