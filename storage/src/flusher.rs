@@ -2,8 +2,8 @@
 //!
 //! One `write` + one `fdatasync` covers every record appended while the previous fsync
 //! ran, so with many senders one fsync acknowledges many records. In async mode the
-//! bytes are written at once (a send is acknowledged when written) and fsynced every
-//! `flush_interval_ms`.
+//! bytes are written at once (a send is acknowledged when written) and a syncer thread
+//! fsyncs them every `flush_interval_ms`, so a long periodic fsync never stalls writes.
 //!
 //! A failed write or fsync poisons the log: the flushed offset never moves again, the
 //! appenders refuse new records, and the failed fsync is never retried (after an fsync

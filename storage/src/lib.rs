@@ -3,9 +3,11 @@
 //!
 //! Threads: callers (the server's event loops) append under one mutex, which is a memory
 //! copy only. The flusher thread writes and `fdatasync`s everything appended so far in
-//! one go (group commit) and publishes `offset_written` / `offset_flushed`. The metadata
-//! thread persists topics and consumer offsets. Both wake registered listeners (the
-//! loops' `mio::Waker`s) after each step, so no caller ever waits on the disk.
+//! one go (group commit) and publishes `offset_written` / `offset_flushed` (with
+//! `flush = "async"`, a syncer thread does the periodic fsync instead). The metadata
+//! thread persists topics and consumer offsets; the retention thread deletes old
+//! segments. They wake registered listeners (the loops' `mio::Waker`s) after each step,
+//! so no caller ever waits on the disk.
 //!
 //! On disk:
 //! ```text
