@@ -4,6 +4,7 @@ mod bad_input;
 mod corruption;
 mod crash;
 mod harness;
+mod python_client;
 mod resources;
 mod retention;
 mod send_consume;

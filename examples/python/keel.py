@@ -1,0 +1,234 @@
+"""A minimal keel client in plain Python (standard library only), written from
+docs/PROTOCOL.md alone. It pipelines nothing: one request, one reply. Enough to send,
+consume, commit and inspect; a starting point for a client in another language.
+
+    import keel
+    with keel.Client("127.0.0.1", 10911) as client:
+        result = client.send("orders", b"hello", tags="TagA")
+        records = client.pull("orders", result["queue_id"], 0, wait_ms=1000)["records"]
+"""
+
+import socket
+import struct
+import time
+
+VERSION = 1
+FLAG_ONEWAY = 1
+KINDS = {
+    "PING": 0x01, "SEND": 0x02, "PULL": 0x03, "COMMIT_OFFSET": 0x04, "QUERY_OFFSET": 0x05,
+    "CREATE_TOPIC": 0x06, "LIST_TOPICS": 0x07, "STATS": 0x08,
+    "PONG": 0x81, "SEND_RESULT": 0x82, "PULL_RESULT": 0x83, "COMMIT_OFFSET_OK": 0x84,
+    "OFFSET": 0x85, "TOPIC_CREATED": 0x86, "TOPIC_LIST": 0x87, "STATS_RESULT": 0x88, "ERROR": 0xFF,
+}
+SEND_STATUSES = {0: "SEND_OK", 1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE"}
+PULL_STATUSES = {0: "FOUND", 1: "NO_NEW_MESSAGES", 2: "OFFSET_OUT_OF_RANGE", 3: "OFFSET_EXPIRED"}
+QUEUE_ID_ANY = 0xFFFFFFFF
+RECORD_MAGIC = 0x314C524B
+
+_CRC_TABLE = []
+for _index in range(256):
+    _crc = _index
+    for _ in range(8):
+        _crc = (_crc >> 1) ^ 0x82F63B78 if _crc & 1 else _crc >> 1
+    _CRC_TABLE.append(_crc)
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli), reflected, init and final XOR 0xFFFFFFFF; `crc` continues one."""
+    crc ^= 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+class KeelError(Exception):
+    """An ERROR frame: the request was not carried out."""
+
+    def __init__(self, code, message):
+        super().__init__(f"keel error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _str16(text):
+    data = text.encode("utf-8")
+    return struct.pack("<H", len(data)) + data
+
+
+class _Reader:
+    def __init__(self, data):
+        self.data = data
+        self.position = 0
+
+    def take(self, count):
+        if self.position + count > len(self.data):
+            raise ValueError("truncated body")
+        chunk = self.data[self.position:self.position + count]
+        self.position += count
+        return chunk
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u16(self):
+        return struct.unpack("<H", self.take(2))[0]
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self):
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def str16(self):
+        return self.take(self.u16()).decode("utf-8")
+
+    def bytes32(self):
+        return self.take(self.u32())
+
+
+def decode_record(data):
+    """Decodes and checks one stored record; returns (record dict, size)."""
+    reader = _Reader(data)
+    total_size, magic, stored_crc = struct.unpack("<III", reader.take(12))
+    if magic != RECORD_MAGIC:
+        raise ValueError(f"bad record magic {magic:#x}")
+    if total_size < 72 or total_size > len(data):
+        raise ValueError(f"bad record size {total_size}")
+    computed = crc32c(data[12:total_size], crc32c(data[0:8]))
+    if computed != stored_crc:
+        raise ValueError(f"record CRC mismatch: stored {stored_crc:#010x}, computed {computed:#010x}")
+    record = {
+        "log_offset": reader.u64(), "queue_offset": reader.u64(), "queue_id": reader.u32(),
+        "born_timestamp_ms": reader.u64(), "store_timestamp_ms": reader.u64(),
+        "producer_id": reader.u64(), "sequence": reader.u64(), "flags": reader.u32(),
+        "payload_crc": reader.u32(),
+    }
+    record["topic"] = reader.str16()
+    record["tags"] = reader.str16()
+    record["keys"] = reader.str16()
+    record["properties"] = [(reader.str16(), reader.str16()) for _ in range(reader.u16())]
+    record["payload"] = reader.bytes32()
+    if reader.position != total_size:
+        raise ValueError("record fields do not fill its size")
+    if crc32c(record["payload"]) != record["payload_crc"]:
+        raise ValueError("payload CRC mismatch (end-to-end check failed)")
+    record["message_id"] = f"{record['log_offset']:016X}"
+    return record, total_size
+
+
+class Client:
+    def __init__(self, host="127.0.0.1", port=10911, timeout=10.0):
+        self.socket = socket.create_connection((host, port), timeout=timeout)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.next_id = 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.socket.close()
+
+    def _read_exactly(self, count):
+        data = b""
+        while len(data) < count:
+            chunk = self.socket.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the broker closed the connection")
+            data += chunk
+        return data
+
+    def _frame(self, kind, body, flags=0):
+        request_id = self.next_id
+        self.next_id += 1
+        header = struct.pack("<IBBHQ", 12 + len(body), VERSION, KINDS[kind], flags, request_id)
+        return request_id, header + body
+
+    def _call(self, kind, body=b"", expect=None):
+        request_id, frame = self._frame(kind, body)
+        self.socket.sendall(frame)
+        while True:
+            (length,) = struct.unpack("<I", self._read_exactly(4))
+            rest = self._read_exactly(length)
+            _version, reply_kind, _flags, reply_id = struct.unpack("<BBHQ", rest[:12])
+            body = rest[12:]
+            if reply_kind == KINDS["ERROR"]:
+                reader = _Reader(body)
+                code = reader.u16()
+                error = KeelError(code, reader.str16())
+                if reply_id in (request_id, 0):
+                    raise error
+                continue
+            if reply_id != request_id:
+                continue  # a late reply to an earlier request: not ours to handle
+            if expect is not None and reply_kind != KINDS[expect]:
+                raise ValueError(f"unexpected reply kind {reply_kind:#x}")
+            return _Reader(body)
+
+    def ping(self):
+        self._call("PING", expect="PONG")
+
+    def _message(self, topic, payload, queue_id, tags, keys, properties):
+        body = _str16(topic)
+        body += struct.pack("<IQQQII", queue_id, int(time.time() * 1000), 0, 0, 0, crc32c(payload))
+        body += _str16(tags) + _str16(keys) + struct.pack("<H", len(properties))
+        for key, value in properties:
+            body += _str16(key) + _str16(value)
+        return body + struct.pack("<I", len(payload)) + payload
+
+    def send(self, topic, payload, queue_id=QUEUE_ID_ANY, tags="", keys="", properties=()):
+        reader = self._call("SEND", self._message(topic, payload, queue_id, tags, keys, properties), "SEND_RESULT")
+        status = reader.u16()
+        result = {"status": SEND_STATUSES[status], "queue_id": reader.u32(), "queue_offset": reader.u64(),
+                  "log_offset": reader.u64()}
+        result["message_id"] = f"{result['log_offset']:016X}"
+        return result
+
+    def send_oneway(self, topic, payload, queue_id=QUEUE_ID_ANY, tags="", keys=""):
+        _, frame = self._frame("SEND", self._message(topic, payload, queue_id, tags, keys, ()), FLAG_ONEWAY)
+        self.socket.sendall(frame)
+
+    def pull(self, topic, queue_id, queue_offset, max_messages=64, max_bytes=1 << 20, wait_ms=0, group=""):
+        body = _str16(group) + _str16(topic)
+        body += struct.pack("<IQIII", queue_id, queue_offset, max_messages, max_bytes, wait_ms)
+        reader = self._call("PULL", body, "PULL_RESULT")
+        result = {"status": PULL_STATUSES[reader.u8()], "next_offset": reader.u64(),
+                  "min_offset": reader.u64(), "max_offset": reader.u64()}
+        count = reader.u32()
+        data = reader.data[reader.position:]
+        records, position = [], 0
+        for _ in range(count):
+            record, size = decode_record(data[position:])
+            records.append(record)
+            position += size
+        if position != len(data):
+            raise ValueError("trailing bytes after the records")
+        result["records"] = records
+        return result
+
+    def commit_offset(self, group, topic, queue_id, offset):
+        self._call("COMMIT_OFFSET", _str16(group) + _str16(topic) + struct.pack("<IQ", queue_id, offset),
+                   "COMMIT_OFFSET_OK")
+
+    def query_offset(self, group, topic, queue_id):
+        reader = self._call("QUERY_OFFSET", _str16(group) + _str16(topic) + struct.pack("<I", queue_id), "OFFSET")
+        found, offset = reader.u8(), reader.u64()
+        return offset if found else None
+
+    def create_topic(self, topic, queues):
+        reader = self._call("CREATE_TOPIC", _str16(topic) + struct.pack("<I", queues), "TOPIC_CREATED")
+        return {"topic": reader.str16(), "queues": reader.u32(), "created": reader.u8() == 1}
+
+    def list_topics(self, topic=""):
+        reader = self._call("LIST_TOPICS", _str16(topic), "TOPIC_LIST")
+        topics = {}
+        for _ in range(reader.u32()):
+            name = reader.str16()
+            topics[name] = [(reader.u64(), reader.u64()) for _ in range(reader.u32())]
+        return topics
+
+    def stats(self):
+        reader = self._call("STATS", expect="STATS_RESULT")
+        return {reader.str16(): reader.u64() for _ in range(reader.u16())}

@@ -1,0 +1,59 @@
+"""End-to-end check of the Python client against a running keeld:
+python3 smoke.py HOST:PORT. Exits non-zero with a message on any failure."""
+
+import sys
+
+import keel
+
+
+def main(address):
+    host, port = address.rsplit(":", 1)
+    with keel.Client(host, int(port)) as client:
+        client.ping()
+        created = client.create_topic("py-orders", 2)
+        assert created["queues"] == 2, created
+        sent = []
+        for index in range(50):
+            payload = f"python message {index}".encode()
+            result = client.send("py-orders", payload, queue_id=index % 2, tags="py", keys=f"k{index}",
+                                 properties=[("origin", "smoke.py")])
+            assert result["status"] == "SEND_OK", result
+            sent.append((result["queue_id"], result["queue_offset"], payload))
+        client.send_oneway("py-orders", b"oneway", queue_id=0)
+        client.ping()  # the oneway frame got no reply; the connection is still in step
+
+        got = {}
+        for queue_id in (0, 1):
+            offset = client.query_offset("py-group", "py-orders", queue_id) or 0
+            while True:
+                result = client.pull("py-orders", queue_id, offset, max_messages=16, wait_ms=200, group="py-group")
+                if result["status"] == "NO_NEW_MESSAGES":
+                    break
+                assert result["status"] == "FOUND", result
+                for record in result["records"]:
+                    assert record["queue_offset"] == offset and record["topic"] == "py-orders"
+                    got[(queue_id, record["queue_offset"])] = record
+                    offset += 1
+                client.commit_offset("py-group", "py-orders", queue_id, offset)
+            assert client.query_offset("py-group", "py-orders", queue_id) == offset
+        for queue_id, queue_offset, payload in sent:
+            record = got[(queue_id, queue_offset)]
+            assert record["payload"] == payload and record["tags"] == "py", record
+            assert record["properties"] == [("origin", "smoke.py")], record
+        assert got[(0, 25)]["payload"] == b"oneway"
+
+        expired = client.pull("py-orders", 0, 1000, wait_ms=0)
+        assert expired["status"] == "OFFSET_OUT_OF_RANGE", expired
+        try:
+            client.send("../bad", b"x")
+            raise AssertionError("a bad topic name was accepted")
+        except keel.KeelError as error:
+            assert error.code == 8, error
+        topics = client.list_topics("py-orders")
+        assert topics["py-orders"][0] == (0, 26), topics
+        assert client.stats()["records_appended"] >= 51
+    print("python client: ok (51 messages sent and consumed, CRCs checked)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
