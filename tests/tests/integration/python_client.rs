@@ -9,9 +9,16 @@ use std::process::Command;
 fn the_python_client_written_from_the_protocol_doc_works() {
     let broker = BrokerProcess::start("");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python/smoke.py");
-    let output = Command::new("python3").arg(script).arg(&broker.address).output().expect("python3 must be installed");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(&broker.address)
+        .output()
+        .expect("python3 must be installed");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("python client: ok"), "{stdout}");
 }

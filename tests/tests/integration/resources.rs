@@ -87,3 +87,46 @@ fn many_abrupt_disconnects_leave_the_broker_healthy() {
         broker.stat("connections") <= 2
     });
 }
+
+#[test]
+fn a_client_that_goes_silent_mid_frame_is_disconnected_after_the_idle_timeout() {
+    let broker = BrokerProcess::start("connection_idle_timeout_ms = 300");
+    let mut slow = TcpStream::connect(&broker.address).expect("connect");
+    slow.write_all(&[200, 0, 0])
+        .expect("three bytes of a length prefix, then nothing");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let closed = matches!(std::io::Read::read(&mut slow, &mut byte), Ok(0));
+    assert!(closed, "the silent connection was not closed");
+    broker.admin().ping().expect("still serving others");
+}
+
+#[test]
+fn connections_over_max_connections_are_refused_with_an_error_frame() {
+    let broker = BrokerProcess::start("max_connections = 3");
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&broker.address).expect("connect"))
+        .collect();
+    wait_until("three connections", Duration::from_secs(10), || {
+        // The admin connection used to read stats is itself refused once full, so
+        // probe with a fresh raw connection until the refusal frame appears.
+        let mut probe = TcpStream::connect(&broker.address).expect("connect");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut header = [0u8; 16];
+        if std::io::Read::read_exact(&mut probe, &mut header).is_err() {
+            return false;
+        }
+        let mut body = vec![0u8; u32::from_le_bytes(header[..4].try_into().unwrap()) as usize - 12];
+        std::io::Read::read_exact(&mut probe, &mut body).expect("error body");
+        header[5] == keel_protocol::Kind::Error as u8
+            && u16::from_le_bytes([body[0], body[1]])
+                == keel_protocol::ErrorCode::TooManyConnections as u16
+    });
+    drop(held);
+    wait_until("room again", Duration::from_secs(10), || {
+        broker.admin().ping().is_ok()
+    });
+}
