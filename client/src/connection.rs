@@ -19,6 +19,9 @@ pub type Callback = Box<dyn FnOnce(Result<Response, ClientError>) + Send>;
 #[derive(Debug, Clone)]
 pub struct ConnectionOptions {
     pub connect_timeout: Duration,
+    /// A write blocked this long (the broker is not reading) fails the connection;
+    /// requests on it fail and producers retry on a new one.
+    pub write_timeout: Duration,
     /// Largest reply frame accepted; larger ones close the connection.
     pub max_frame_bytes: u32,
 }
@@ -27,6 +30,7 @@ impl Default for ConnectionOptions {
     fn default() -> ConnectionOptions {
         ConnectionOptions {
             connect_timeout: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(3),
             max_frame_bytes: 64 << 20,
         }
     }
@@ -90,6 +94,9 @@ impl Connection {
         };
         let stream = TcpStream::connect_timeout(&address, options.connect_timeout).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
+        stream
+            .set_write_timeout(Some(options.write_timeout))
+            .map_err(fail)?;
         let reader = stream.try_clone().map_err(fail)?;
         reader.set_read_timeout(Some(READ_TICK)).map_err(fail)?;
         let shared = Arc::new(Shared {
