@@ -44,6 +44,8 @@ pub struct Config {
     pub append_backlog_max_bytes: u64,
     pub long_poll_max_ms: u64,
     pub connection_idle_timeout_ms: u64,
+    /// Serve Prometheus text on this address (e.g. "127.0.0.1:10913"); none by default.
+    pub metrics_listen: Option<SocketAddr>,
     pub shutdown_timeout_ms: u64,
     /// Refuse sends while free space on the data file system is below this.
     pub disk_min_free_bytes: u64,
@@ -77,6 +79,7 @@ impl Default for Config {
             append_backlog_max_bytes: 256 << 20,
             long_poll_max_ms: 30_000,
             connection_idle_timeout_ms: 300_000,
+            metrics_listen: None,
             shutdown_timeout_ms: 10_000,
             disk_min_free_bytes: 128 << 20,
             retention_hours: 72,

@@ -6,6 +6,7 @@ pub mod config;
 mod connection;
 mod event_loop;
 mod handlers;
+pub mod metrics;
 
 use broker::Broker;
 use clap::Parser;
@@ -128,6 +129,11 @@ pub fn run(config: Config) -> Result<(), String> {
         .set_listener(listener, handoffs)
         .map_err(|error| error.to_string())?;
     install_signal_handler(broker.clone(), wakers.clone())?;
+    if let Some(address) = config.metrics_listen {
+        let bound = metrics::start(broker.clone(), address)
+            .map_err(|error| format!("cannot serve metrics on {address}: {error}"))?;
+        log::info!("Prometheus metrics on http://{bound}/metrics");
+    }
 
     let mut threads = Vec::with_capacity(count);
     for event_loop in loops {

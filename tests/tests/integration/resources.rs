@@ -130,3 +130,33 @@ fn connections_over_max_connections_are_refused_with_an_error_frame() {
         broker.admin().ping().is_ok()
     });
 }
+
+#[test]
+fn prometheus_metrics_are_served_on_their_own_port() {
+    let broker = BrokerProcess::start("metrics_listen = \"127.0.0.1:0\"");
+    let producer =
+        Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
+    producer.send(Message::new("metered", "one")).expect("send");
+    let log = broker.log();
+    let address = log
+        .lines()
+        .find_map(|line| line.split("Prometheus metrics on http://").nth(1))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("the metrics address is logged")
+        .to_string();
+    let get = |path: &str| {
+        let mut stream = TcpStream::connect(&address).expect("connect");
+        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).expect("response");
+        response
+    };
+    let metrics = get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
+    assert!(metrics.contains("\nkeel_records_appended 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("keel_queue_max_offset{topic=\"metered\",queue=\""),
+        "{metrics}"
+    );
+    assert!(get("/other").starts_with("HTTP/1.0 404"));
+}
