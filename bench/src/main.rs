@@ -39,6 +39,10 @@ struct Args {
     /// Send this many messages in total, then stop.
     #[arg(long)]
     count: Option<u64>,
+    /// Messages per request (SEND_BATCH when above 1; sync and async modes). Latency is
+    /// then per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Async mode: requests in flight per connection.
     #[arg(long, default_value_t = 64)]
     window: usize,
@@ -89,8 +93,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.producers == 0 || args.size == 0 || args.window == 0 {
-        return Err("--producers, --size and --window must be at least 1".into());
+    if args.producers == 0
+        || args.size == 0
+        || args.window == 0
+        || args.batch == 0
+        || args.batch > 65535
+    {
+        return Err(
+            "--producers, --size, --window and --batch must be at least 1 (--batch at most 65535)"
+                .into(),
+        );
+    }
+    if args.batch > 1 && args.mode == Mode::Oneway {
+        return Err("--batch works with --mode sync or async".into());
     }
     let temp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let fsync_p50_us = (args.probe_fsync > 0)
@@ -127,20 +142,15 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
     let threads: Vec<_> = (0..args.producers)
         .map(|index| {
             let (address, totals, stop) = (address.to_string(), totals.clone(), stop.clone());
-            let (mode, size, window, topic) =
-                (args.mode, args.size, args.window, args.topic.clone());
+            let shape = Shape {
+                mode: args.mode,
+                size: args.size,
+                window: args.window,
+                batch: args.batch,
+            };
+            let topic = args.topic.clone();
             std::thread::spawn(move || {
-                producer_loop(
-                    index,
-                    &address,
-                    &topic,
-                    mode,
-                    size,
-                    window,
-                    per_producer,
-                    &totals,
-                    &stop,
-                )
+                producer_loop(index, &address, &topic, shape, per_producer, &totals, &stop)
             })
         })
         .collect();
@@ -184,9 +194,10 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
     };
     if args.json {
         println!(
-            "{{\"producers\":{},\"size\":{},\"mode\":\"{}\",\"flush\":\"{flush}\",\"elapsed_s\":{elapsed:.3},\"sent\":{sent},\"ok\":{ok},\"not_ok\":{},\"errors\":{},\"msgs_per_sec\":{msgs_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"fsyncs\":{fsyncs},\"records_per_fsync\":{records_per_fsync:.1},\"fsync_p50_us\":{}}}",
+            "{{\"producers\":{},\"size\":{},\"batch\":{},\"mode\":\"{}\",\"flush\":\"{flush}\",\"elapsed_s\":{elapsed:.3},\"sent\":{sent},\"ok\":{ok},\"not_ok\":{},\"errors\":{},\"msgs_per_sec\":{msgs_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"fsyncs\":{fsyncs},\"records_per_fsync\":{records_per_fsync:.1},\"fsync_p50_us\":{}}}",
             args.producers,
             args.size,
+            args.batch,
             format!("{:?}", args.mode).to_lowercase(),
             totals.not_ok.load(Ordering::Relaxed),
             totals.errors.load(Ordering::Relaxed),
@@ -228,43 +239,67 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What each producer sends.
+#[derive(Clone, Copy)]
+struct Shape {
+    mode: Mode,
+    size: usize,
+    window: usize,
+    batch: usize,
+}
+
 fn producer_loop(
     index: usize,
     address: &str,
     topic: &str,
-    mode: Mode,
-    size: usize,
-    window: usize,
+    shape: Shape,
     count: Option<u64>,
     totals: &Arc<Totals>,
     stop: &AtomicBool,
 ) -> Result<Histogram<u64>, String> {
     let producer = Producer::connect(address, ProducerOptions::default())
         .map_err(|e| format!("producer {index}: {e}"))?;
-    let payload = bytes_of(size, index);
+    let payload = bytes_of(shape.size, index);
     let histogram = Arc::new(Mutex::new(new_histogram()));
     let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let batch = shape.batch as u64;
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) && count.is_none_or(|count| sent < count) {
-        let message = Message::new(topic, payload.clone());
-        sent += 1;
-        totals.sent.fetch_add(1, Ordering::Relaxed);
+        let messages: Vec<Message> = (0..shape.batch)
+            .map(|_| Message::new(topic, payload.clone()))
+            .collect();
+        sent += batch;
+        totals.sent.fetch_add(batch, Ordering::Relaxed);
         let started = Instant::now();
-        match mode {
-            Mode::Sync => {
-                let outcome = producer.send(message);
+        match shape.mode {
+            Mode::Sync if shape.batch > 1 => {
+                let outcome = producer.send_batch(messages);
                 record(
                     totals,
                     &histogram,
                     started,
                     outcome.map(|result| result.status),
+                    batch,
+                );
+            }
+            Mode::Sync => {
+                let outcome = messages
+                    .into_iter()
+                    .next()
+                    .map(|message| producer.send(message));
+                let outcome = outcome.unwrap_or(Err(keel_client::ClientError::Timeout));
+                record(
+                    totals,
+                    &histogram,
+                    started,
+                    outcome.map(|result| result.status),
+                    1,
                 );
             }
             Mode::Async => {
                 let (lock, available) = &*in_flight;
                 let mut count = lock.lock().unwrap_or_else(|poison| poison.into_inner());
-                while *count >= window {
+                while *count >= shape.window {
                     count = available
                         .wait(count)
                         .unwrap_or_else(|poison| poison.into_inner());
@@ -273,21 +308,27 @@ fn producer_loop(
                 drop(count);
                 let (totals, histogram, in_flight) =
                     (totals.clone(), histogram.clone(), in_flight.clone());
-                producer.send_async(message, move |outcome| {
-                    record(
-                        &totals,
-                        &histogram,
-                        started,
-                        outcome.map(|result| result.status),
-                    );
+                let done = move |status: Result<SendStatus, keel_client::ClientError>| {
+                    record(&totals, &histogram, started, status, batch);
                     let (lock, available) = &*in_flight;
                     *lock.lock().unwrap_or_else(|poison| poison.into_inner()) -= 1;
                     available.notify_one();
-                });
+                };
+                if shape.batch > 1 {
+                    producer.send_batch_async(messages, move |outcome| {
+                        done(outcome.map(|result| result.status))
+                    });
+                } else if let Some(message) = messages.into_iter().next() {
+                    producer.send_async(message, move |outcome| {
+                        done(outcome.map(|result| result.status))
+                    });
+                }
             }
             Mode::Oneway => {
-                if producer.send_oneway(message).is_err() {
-                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                for message in messages {
+                    if producer.send_oneway(message).is_err() {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -312,21 +353,22 @@ fn record(
     histogram: &Mutex<Histogram<u64>>,
     started: Instant,
     outcome: Result<SendStatus, keel_client::ClientError>,
+    messages: u64,
 ) {
     let micros = started.elapsed().as_micros().max(1) as u64;
     match outcome {
         Ok(SendStatus::SendOk) => {
-            totals.ok.fetch_add(1, Ordering::Relaxed);
+            totals.ok.fetch_add(messages, Ordering::Relaxed);
             let _ = histogram
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner())
                 .record(micros.min(60_000_000));
         }
         Ok(_) => {
-            totals.not_ok.fetch_add(1, Ordering::Relaxed);
+            totals.not_ok.fetch_add(messages, Ordering::Relaxed);
         }
         Err(_) => {
-            totals.errors.fetch_add(1, Ordering::Relaxed);
+            totals.errors.fetch_add(messages, Ordering::Relaxed);
         }
     }
 }

@@ -25,7 +25,9 @@ pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{Consumer, ConsumerOptions, PollOutcome};
 pub use error::ClientError;
-pub use keel_protocol::{message_id, ErrorCode, Message, Record, SendResult, SendStatus};
+pub use keel_protocol::{
+    message_id, ErrorCode, Message, Record, SendBatchResult, SendResult, SendStatus,
+};
 pub use producer::{Producer, ProducerOptions, SendHandle};
 
 use std::net::{SocketAddr, ToSocketAddrs};

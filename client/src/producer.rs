@@ -10,7 +10,7 @@
 
 use crate::connection::{Connection, ConnectionOptions};
 use crate::{resolve, ClientError};
-use keel_protocol::{Message, Request, Response, SendResult, SendStatus};
+use keel_protocol::{Message, Request, Response, SendBatchResult, SendResult, SendStatus};
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,9 +142,59 @@ impl Producer {
         message: Message,
         callback: impl FnOnce(Result<SendResult, ClientError>) + Send + 'static,
     ) {
+        self.start(Request::Send(Self::prepare(message)), move |outcome| {
+            callback(outcome.and_then(|response| match response {
+                Response::SendResult(result) => Ok(result),
+                other => Err(ClientError::Protocol(format!(
+                    "{} in reply to SEND",
+                    other.kind().name()
+                ))),
+            }))
+        });
+    }
+
+    /// Sends several messages stored all together or not at all, with one reply for all
+    /// of them (at most 65535 and `max_frame_bytes` in all). Retried like `send`.
+    pub fn send_batch(&self, messages: Vec<Message>) -> Result<SendBatchResult, ClientError> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        self.send_batch_async(messages, move |outcome| {
+            let _ = sender.send(outcome);
+        });
+        receiver.recv().unwrap_or(Err(ClientError::Timeout))
+    }
+
+    /// `send_batch` in the background; the callback must not block.
+    pub fn send_batch_async(
+        &self,
+        messages: Vec<Message>,
+        callback: impl FnOnce(Result<SendBatchResult, ClientError>) + Send + 'static,
+    ) {
+        if messages.is_empty() || messages.len() > usize::from(u16::MAX) {
+            return callback(Err(ClientError::InvalidArgument(format!(
+                "a batch holds 1 to 65535 messages, not {}",
+                messages.len()
+            ))));
+        }
+        let messages = messages.into_iter().map(Self::prepare).collect();
+        self.start(Request::SendBatch(messages), move |outcome| {
+            callback(outcome.and_then(|response| match response {
+                Response::SendBatchResult(result) => Ok(result),
+                other => Err(ClientError::Protocol(format!(
+                    "{} in reply to SEND_BATCH",
+                    other.kind().name()
+                ))),
+            }))
+        });
+    }
+
+    fn start(
+        &self,
+        request: Request,
+        callback: impl FnOnce(Result<Response, ClientError>) + Send + 'static,
+    ) {
         let attempt = Attempt {
             producer: self.clone(),
-            request: Arc::new(Request::Send(Self::prepare(message))),
+            request: Arc::new(request),
             deadline: Instant::now() + self.inner.options.send_timeout,
             attempts_left: self.inner.options.retry_times_when_send_failed + 1,
             attempts_made: 0,
@@ -173,7 +223,16 @@ impl Producer {
     }
 }
 
-type SendCallback = Box<dyn FnOnce(Result<SendResult, ClientError>) + Send>;
+type SendCallback = Box<dyn FnOnce(Result<Response, ClientError>) + Send>;
+
+/// The status of a reply to SEND or SEND_BATCH.
+fn status_of(response: &Response) -> Option<SendStatus> {
+    match response {
+        Response::SendResult(result) => Some(result.status),
+        Response::SendBatchResult(result) => Some(result.status),
+        _ => None,
+    }
+}
 
 /// One send's state across its attempts.
 struct Attempt {
@@ -203,21 +262,24 @@ impl Attempt {
             remaining,
             Box::new(move |outcome| {
                 let outcome = match outcome {
-                    Ok(Response::SendResult(result)) => Ok(result),
                     Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
-                    Ok(other) => Err(ClientError::Protocol(format!(
-                        "{} in reply to SEND",
-                        other.kind().name()
-                    ))),
-                    Err(error) => Err(error),
+                    other => other,
                 };
+                let not_ok = outcome
+                    .as_ref()
+                    .ok()
+                    .and_then(status_of)
+                    .filter(|status| *status != SendStatus::SendOk);
                 match outcome {
-                    Ok(result)
-                        if result.status != SendStatus::SendOk
+                    Ok(_)
+                        if not_ok.is_some()
                             && self.producer.inner.options.retry_when_not_stored_ok
                             && self.attempts_left > 0 =>
                     {
-                        log::warn!("send answered {}, retrying as configured", result.status);
+                        log::warn!(
+                            "send answered {}, retrying as configured",
+                            not_ok.unwrap_or(SendStatus::SendOk)
+                        );
                         self.run()
                     }
                     Ok(result) => (self.callback)(Ok(result)),

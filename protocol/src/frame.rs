@@ -44,6 +44,7 @@ kinds! {
     CreateTopic = 0x06, "CREATE_TOPIC";
     ListTopics = 0x07, "LIST_TOPICS";
     Stats = 0x08, "STATS";
+    SendBatch = 0x09, "SEND_BATCH";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -52,6 +53,7 @@ kinds! {
     TopicCreated = 0x86, "TOPIC_CREATED";
     TopicList = 0x87, "TOPIC_LIST";
     StatsResult = 0x88, "STATS_RESULT";
+    SendBatchResult = 0x89, "SEND_BATCH_RESULT";
     Error = 0xFF, "ERROR";
 }
 

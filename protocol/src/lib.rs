@@ -56,7 +56,8 @@ pub use request::{
     Request,
 };
 pub use response::{
-    ErrorResponse, PullResult, QueueInfo, Response, SendResult, TopicCreated, TopicInfo,
+    ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult, SendResult, TopicCreated,
+    TopicInfo,
 };
 
 /// Default upper bound on a whole frame (length prefix included).

@@ -53,6 +53,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Ping),
         Just(Request::Stats),
         message().prop_map(Request::Send),
+        proptest::collection::vec(message(), 1..4).prop_map(Request::SendBatch),
         (
             text(),
             text(),
@@ -168,6 +169,16 @@ fn response() -> impl Strategy<Value = Response> {
             )
         }),
         proptest::collection::vec((text(), any::<u64>()), 0..5).prop_map(Response::Stats),
+        (
+            0u16..4,
+            proptest::collection::vec(any::<(u32, u64, u64)>(), 0..5)
+        )
+            .prop_map(|(status, messages)| {
+                Response::SendBatchResult(SendBatchResult {
+                    status: SendStatus::from_u16(status).unwrap(),
+                    messages,
+                })
+            }),
         (1u16..=16, text()).prop_map(|(code, message)| Response::error(
             ErrorCode::from_u16(code).unwrap(),
             message

@@ -57,6 +57,8 @@ pub enum Request {
     CreateTopic(CreateTopicRequest),
     ListTopics(ListTopicsRequest),
     Stats,
+    /// Several messages stored all together or not at all, acknowledged once.
+    SendBatch(Vec<Message>),
 }
 
 impl Request {
@@ -70,6 +72,7 @@ impl Request {
             Request::CreateTopic(_) => Kind::CreateTopic,
             Request::ListTopics(_) => Kind::ListTopics,
             Request::Stats => Kind::Stats,
+            Request::SendBatch(_) => Kind::SendBatch,
         }
     }
 
@@ -104,6 +107,19 @@ impl Request {
                 out.put_u32_le(create.queues);
             }
             Request::ListTopics(list) => put_str16(out, &list.topic),
+            Request::SendBatch(messages) => {
+                out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
+                for message in messages.iter().take(usize::from(u16::MAX)) {
+                    let length_at = out.len();
+                    out.put_u32_le(0);
+                    message.encode_body(out);
+                    let length = out.len().saturating_sub(length_at).saturating_sub(4);
+                    let length = u32::try_from(length).unwrap_or(u32::MAX).to_le_bytes();
+                    if let Some(field) = out.get_mut(length_at..length_at.saturating_add(4)) {
+                        field.copy_from_slice(&length);
+                    }
+                }
+            }
         }
         end_frame(out, start);
     }
@@ -115,6 +131,26 @@ impl Request {
             Kind::Ping => Request::Ping,
             Kind::Stats => Request::Stats,
             Kind::Send => return Message::decode_body(&frame.body).map(Request::Send),
+            Kind::SendBatch => {
+                let count = reader.u16("message_count")?;
+                if count == 0 {
+                    return Err(DecodeError::InvalidValue {
+                        field: "message_count",
+                        value: 0,
+                    });
+                }
+                // Each message takes at least its 4-byte length: bounded before allocating.
+                let mut messages =
+                    Vec::with_capacity(usize::from(count).min(reader.remaining() / 4));
+                for _ in 0..count {
+                    let length = reader.u32("message_length")?;
+                    let start = reader.position();
+                    let body = reader.take("message", length as usize)?;
+                    let end = start.saturating_add(body.len());
+                    messages.push(Message::decode_body(&frame.body.slice(start..end))?);
+                }
+                Request::SendBatch(messages)
+            }
             Kind::Pull => Request::Pull(PullRequest {
                 group: reader.str16("group")?,
                 topic: reader.str16("topic")?,

@@ -20,6 +20,14 @@ impl SendResult {
     }
 }
 
+/// Where each message of a SEND_BATCH went, and how durable the whole batch is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendBatchResult {
+    pub status: SendStatus,
+    /// One (queue_id, queue_offset, log_offset) per message, in order.
+    pub messages: Vec<(u32, u64, u64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullResult {
     pub status: PullStatus,
@@ -100,6 +108,7 @@ pub enum Response {
     TopicCreated(TopicCreated),
     TopicList(Vec<TopicInfo>),
     Stats(Vec<(String, u64)>),
+    SendBatchResult(SendBatchResult),
     Error(ErrorResponse),
 }
 
@@ -114,6 +123,7 @@ impl Response {
             Response::TopicCreated(_) => Kind::TopicCreated,
             Response::TopicList(_) => Kind::TopicList,
             Response::Stats(_) => Kind::StatsResult,
+            Response::SendBatchResult(_) => Kind::SendBatchResult,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -166,6 +176,18 @@ impl Response {
                 for (name, value) in entries.iter().take(usize::from(count)) {
                     put_str16(out, name);
                     out.put_u64_le(*value);
+                }
+            }
+            Response::SendBatchResult(batch) => {
+                out.put_u16_le(batch.status as u16);
+                let count = u16::try_from(batch.messages.len()).unwrap_or(u16::MAX);
+                out.put_u16_le(count);
+                for (queue_id, queue_offset, log_offset) in
+                    batch.messages.iter().take(usize::from(count))
+                {
+                    out.put_u32_le(*queue_id);
+                    out.put_u64_le(*queue_offset);
+                    out.put_u64_le(*log_offset);
                 }
             }
             Response::Error(error) => {
@@ -245,6 +267,24 @@ impl Response {
                     entries.push((name, reader.u64("stat_value")?));
                 }
                 Response::Stats(entries)
+            }
+            Kind::SendBatchResult => {
+                let status = reader.u16("status")?;
+                let status = SendStatus::from_u16(status).ok_or(DecodeError::InvalidValue {
+                    field: "status",
+                    value: u64::from(status),
+                })?;
+                let count = reader.u16("message_count")?;
+                let mut messages =
+                    Vec::with_capacity(usize::from(count).min(reader.remaining() / 20));
+                for _ in 0..count {
+                    messages.push((
+                        reader.u32("queue_id")?,
+                        reader.u64("queue_offset")?,
+                        reader.u64("log_offset")?,
+                    ));
+                }
+                Response::SendBatchResult(SendBatchResult { status, messages })
             }
             Kind::Error => {
                 let code = reader.u16("error_code")?;

@@ -8,7 +8,9 @@
 
 use crate::broker::Broker;
 use crate::connection::{Connection, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX};
-use keel_protocol::{decode_frame, ErrorCode, RawFrame, Request, Response, SendResult, SendStatus};
+use keel_protocol::{
+    decode_frame, ErrorCode, RawFrame, Request, Response, SendBatchResult, SendResult, SendStatus,
+};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -26,12 +28,36 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const FRAMES_PER_TURN: usize = 512;
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
 
-/// A send waiting for the durable offset to reach `offset_end`.
+/// What a durable send is answered with: SEND_RESULT or SEND_BATCH_RESULT.
+pub(crate) enum Acked {
+    One(SendResult),
+    /// (queue_id, queue_offset, log_offset) of each message of the batch.
+    Batch(Vec<(u32, u64, u64)>),
+}
+
+impl Acked {
+    fn response(&self, status: SendStatus) -> Response {
+        match self {
+            Acked::One(result) => Response::SendResult(SendResult {
+                status,
+                ..result.clone()
+            }),
+            Acked::Batch(messages) => Response::SendBatchResult(SendBatchResult {
+                status,
+                messages: messages.clone(),
+            }),
+        }
+    }
+}
+
+/// A send (or batch) waiting for the durable offset to reach `offset_end`.
 pub(crate) struct PendingSend {
     pub key: usize,
     pub connection_id: u64,
     pub request_id: u64,
-    pub result: SendResult,
+    pub result: Acked,
+    /// Messages answered by this reply (1, or the batch size).
+    pub messages: u64,
     pub offset_end: u64,
     pub generation: u64,
     pub deadline: Instant,
@@ -387,7 +413,12 @@ impl EventLoop {
         let request_id = frame.request_id;
         match request {
             Request::Ping => self.reply(key, request_id, &Response::Pong),
-            Request::Send(message) => self.on_send(key, request_id, frame.is_oneway(), message),
+            Request::Send(message) => {
+                self.on_send(key, request_id, frame.is_oneway(), vec![message], false)
+            }
+            Request::SendBatch(messages) => {
+                self.on_send(key, request_id, frame.is_oneway(), messages, true)
+            }
             Request::Pull(pull) => self.on_pull(key, request_id, pull),
             Request::CommitOffset(commit) => self.on_commit_offset(key, request_id, commit),
             Request::QueryOffset(query) => self.on_query_offset(key, request_id, query),
@@ -585,46 +616,32 @@ impl EventLoop {
         let poisoned = self.broker.store.is_poisoned();
         let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
         while let Some(front) = self.pending_sends.front() {
+            let counters = &self.broker.counters;
+            let messages = front.messages;
             let response = if self
                 .broker
                 .store
                 .is_discarded(front.generation, front.offset_end)
             {
-                self.broker
-                    .counters
-                    .sends_failed
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.sends_failed.fetch_add(messages, Ordering::Relaxed);
                 Response::error(
                     ErrorCode::DiskFull,
                     "the disk filled up before this message was written; it was not stored",
                 )
             } else if front.offset_end <= durable {
-                self.broker
-                    .counters
-                    .sends_ok
-                    .fetch_add(1, Ordering::Relaxed);
-                Response::SendResult(SendResult {
-                    status: SendStatus::SendOk,
-                    ..front.result.clone()
-                })
+                counters.sends_ok.fetch_add(messages, Ordering::Relaxed);
+                front.result.response(SendStatus::SendOk)
             } else if poisoned {
-                self.broker
-                    .counters
-                    .sends_failed
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.sends_failed.fetch_add(messages, Ordering::Relaxed);
                 Response::error(
                     ErrorCode::StorageFailed,
                     "the commit log failed to write or fsync; restart required",
                 )
             } else if now >= front.deadline || draining_expired {
-                self.broker
-                    .counters
+                counters
                     .sends_flush_disk_timeout
-                    .fetch_add(1, Ordering::Relaxed);
-                Response::SendResult(SendResult {
-                    status: SendStatus::FlushDiskTimeout,
-                    ..front.result.clone()
-                })
+                    .fetch_add(messages, Ordering::Relaxed);
+                front.result.response(SendStatus::FlushDiskTimeout)
             } else {
                 break;
             };

@@ -1,6 +1,6 @@
 //! Request handlers: validate, act on the store, reply now or park the reply.
 
-use crate::event_loop::{EventLoop, ParkedPull, PendingMeta, PendingSend};
+use crate::event_loop::{Acked, EventLoop, ParkedPull, PendingMeta, PendingSend};
 use keel_protocol::{
     validate_topic, CommitOffsetRequest, CreateTopicRequest, ErrorCode, ListTopicsRequest, Message,
     PullRequest, PullResult, PullStatus, QueryOffsetRequest, QueueInfo, Response, SendResult,
@@ -34,36 +34,54 @@ fn store_error_response(error: StoreError) -> Response {
 }
 
 impl EventLoop {
-    pub(crate) fn on_send(&mut self, key: usize, request_id: u64, oneway: bool, message: Message) {
+    /// SEND (one message) or SEND_BATCH (several, all or nothing): check each, append,
+    /// and park the reply until the last record is durable.
+    pub(crate) fn on_send(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        oneway: bool,
+        messages: Vec<Message>,
+        batch: bool,
+    ) {
         let config = &self.broker.config;
         let refusal = if self.broker.is_shutting_down() {
             Some((
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".to_string(),
             ))
-        } else if message.payload.len() > config.max_message_bytes as usize {
-            let detail = format!(
-                "payload of {} bytes exceeds max_message_bytes {}",
-                message.payload.len(),
-                config.max_message_bytes
-            );
-            Some((ErrorCode::MessageTooLarge, detail))
-        } else if !message.payload_crc_matches() {
-            let computed = keel_protocol::crc32c(&message.payload);
-            let detail = format!(
-                "payload CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}",
-                message.payload_crc
-            );
-            Some((ErrorCode::PayloadCrcMismatch, detail))
         } else {
-            None
+            messages.iter().enumerate().find_map(|(index, message)| {
+                let which = if batch {
+                    format!("message {index} of the batch: ")
+                } else {
+                    String::new()
+                };
+                if message.payload.len() > config.max_message_bytes as usize {
+                    let detail = format!(
+                        "{which}payload of {} bytes exceeds max_message_bytes {}",
+                        message.payload.len(),
+                        config.max_message_bytes
+                    );
+                    Some((ErrorCode::MessageTooLarge, detail))
+                } else if !message.payload_crc_matches() {
+                    let computed = keel_protocol::crc32c(&message.payload);
+                    let detail = format!(
+                        "{which}payload CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}",
+                        message.payload_crc
+                    );
+                    Some((ErrorCode::PayloadCrcMismatch, detail))
+                } else {
+                    None
+                }
+            })
         };
         let appended = match refusal {
             Some(refusal) => Err(refusal),
             None => self
                 .broker
                 .store
-                .append(&message, config.auto_create_topics, now_ms())
+                .append_batch(&messages, config.auto_create_topics, now_ms())
                 .map_err(|error| {
                     let code = match error {
                         AppendError::InvalidTopic(_) => ErrorCode::InvalidTopic,
@@ -77,34 +95,49 @@ impl EventLoop {
                 }),
         };
         let counters = &self.broker.counters;
+        let count = messages.len() as u64;
         let appended = match appended {
             Ok(appended) => appended,
             Err((code, detail)) => {
-                counters.sends_failed.fetch_add(1, Ordering::Relaxed);
+                counters.sends_failed.fetch_add(count, Ordering::Relaxed);
                 if !oneway {
                     self.reply(key, request_id, &Response::error(code, detail));
                 }
                 return;
             }
         };
+        let Some(last) = appended.last().copied() else {
+            return;
+        };
         if oneway {
-            counters.sends_oneway.fetch_add(1, Ordering::Relaxed);
+            counters.sends_oneway.fetch_add(count, Ordering::Relaxed);
             return;
         }
+        let result = if batch {
+            Acked::Batch(
+                appended
+                    .iter()
+                    .map(|one| (one.queue_id, one.queue_offset, one.log_offset))
+                    .collect(),
+            )
+        } else {
+            Acked::One(SendResult {
+                status: SendStatus::SendOk,
+                queue_id: last.queue_id,
+                queue_offset: last.queue_offset,
+                log_offset: last.log_offset,
+            })
+        };
         counters.pending_sends.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(self.broker.config.sync_flush_timeout_ms);
         self.pending_sends.push_back(PendingSend {
             key,
             connection_id: self.connection_id(key),
             request_id,
-            result: SendResult {
-                status: SendStatus::SendOk,
-                queue_id: appended.queue_id,
-                queue_offset: appended.queue_offset,
-                log_offset: appended.log_offset,
-            },
-            offset_end: appended.offset_end,
-            generation: appended.generation,
+            result,
+            messages: count,
+            offset_end: last.offset_end,
+            generation: last.generation,
             deadline: Instant::now() + timeout,
         });
     }

@@ -468,11 +468,46 @@ impl Store {
         auto_create: bool,
         store_timestamp_ms: u64,
     ) -> Result<AppendResult, AppendError> {
+        let mut appended = None;
+        self.append_all(
+            std::slice::from_ref(message),
+            auto_create,
+            store_timestamp_ms,
+            |result| appended = Some(result),
+        )?;
+        appended.ok_or(AppendError::StorageFailed)
+    }
+
+    /// Appends several messages all together or not at all: each is checked before any
+    /// is appended, and they take consecutive positions in the log. The batch is durable
+    /// once the durable offset reaches the last one's `offset_end`.
+    pub fn append_batch(
+        &self,
+        messages: &[Message],
+        auto_create: bool,
+        store_timestamp_ms: u64,
+    ) -> Result<Vec<AppendResult>, AppendError> {
+        let mut appended = Vec::with_capacity(messages.len());
+        self.append_all(messages, auto_create, store_timestamp_ms, |result| {
+            appended.push(result)
+        })?;
+        Ok(appended)
+    }
+
+    fn append_all(
+        &self,
+        messages: &[Message],
+        auto_create: bool,
+        store_timestamp_ms: u64,
+        mut each: impl FnMut(AppendResult),
+    ) -> Result<(), AppendError> {
         if self.is_poisoned() {
             return Err(AppendError::StorageFailed);
         }
-        validate_topic(&message.topic)
-            .map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+        for message in messages {
+            validate_topic(&message.topic)
+                .map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+        }
         let mut state = self.lock_state();
         if state.shutting_down {
             return Err(AppendError::ShuttingDown);
@@ -481,22 +516,53 @@ impl Store {
         if self.progress.disk_full.load(Ordering::Acquire) {
             return Err(AppendError::DiskFull);
         }
-        let mut created = false;
-        if !state.topics.contains_key(&message.topic) {
-            if !auto_create {
-                return Err(AppendError::TopicNotFound(message.topic.clone()));
+        for message in messages {
+            let queues = match state.topics.get(&message.topic) {
+                Some(topic) => topic.queue_count(),
+                None if auto_create => self.config.default_queues,
+                None => return Err(AppendError::TopicNotFound(message.topic.clone())),
+            };
+            if message.queue_id != QUEUE_ID_ANY && message.queue_id >= queues {
+                return Err(AppendError::InvalidQueueId {
+                    queue_id: message.queue_id,
+                    queues,
+                });
             }
-            state.topics.insert(
-                message.topic.clone(),
-                TopicQueues::with_queues(self.config.default_queues),
-            );
-            created = true;
         }
-        let state = &mut *state;
+        let mut created = false;
+        for message in messages {
+            each(self.append_checked(&mut state, message, store_timestamp_ms, &mut created));
+        }
+        assert_eq!(
+            state.pending_base + state.pending.len() as u64,
+            state.offset_end
+        );
+        if state.flusher_waiting {
+            self.flusher_wakeup.notify_one();
+        }
+        drop(state);
+        if created {
+            self.meta.bump();
+        }
+        Ok(())
+    }
+
+    /// Appends one message already checked by `append_all`, under the append lock.
+    fn append_checked(
+        &self,
+        state: &mut AppendState,
+        message: &Message,
+        store_timestamp_ms: u64,
+        created: &mut bool,
+    ) -> AppendResult {
+        let default_queues = self.config.default_queues;
         let topic = state
             .topics
-            .get_mut(&message.topic)
-            .ok_or(AppendError::StorageFailed)?;
+            .entry(message.topic.clone())
+            .or_insert_with(|| {
+                *created = true;
+                TopicQueues::with_queues(default_queues)
+            });
         let queues = topic.queue_count();
         let queue_id = if message.queue_id == QUEUE_ID_ANY {
             let queue_id = topic.next_queue % queues.max(1);
@@ -505,9 +571,7 @@ impl Store {
         } else {
             message.queue_id
         };
-        let Some(queue) = topic.queues.get_mut(queue_id as usize) else {
-            return Err(AppendError::InvalidQueueId { queue_id, queues });
-        };
+        let queue = &mut topic.queues[queue_id as usize];
         let record_len = message.record_len() as u64;
         let segment_used = state.offset_end - state.segment_active_base;
         if segment_used > 0 && segment_used + record_len > self.config.segment_size_bytes {
@@ -544,24 +608,13 @@ impl Store {
             .appended
             .store(state.offset_end, Ordering::Release);
         state.records_appended += 1;
-        assert_eq!(
-            state.pending_base + state.pending.len() as u64,
-            state.offset_end
-        );
-        if state.flusher_waiting {
-            self.flusher_wakeup.notify_one();
-        }
-        let result = AppendResult {
+        AppendResult {
             queue_id,
             queue_offset: meta.queue_offset,
             log_offset: meta.log_offset,
             offset_end: state.offset_end,
             generation: state.generation,
-        };
-        if created {
-            self.meta.bump();
         }
-        Ok(result)
     }
 
     /// Creates a topic. Returns its queue count, whether it was created now, and the

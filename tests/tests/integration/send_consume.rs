@@ -199,3 +199,89 @@ fn handler_failure_redelivers_and_commits_only_after_success() {
         .expect("consumer");
     assert_eq!(consumer.positions(), vec![3]);
 }
+
+#[test]
+fn batched_sends_are_stored_together_and_consumed_exactly_once() {
+    let broker = BrokerProcess::start("");
+    let ledger = Arc::new(Ledger::new());
+    let threads: Vec<_> = (0..4)
+        .map(|producer_index| {
+            let (address, ledger) = (broker.address.clone(), ledger.clone());
+            std::thread::spawn(move || {
+                let producer =
+                    Producer::connect(&address, ProducerOptions::default()).expect("connect");
+                for batch_index in 0..25 {
+                    let ids: Vec<String> = (0..100)
+                        .map(|index| format!("b{producer_index}-{batch_index}-{index}"))
+                        .collect();
+                    let messages = ids
+                        .iter()
+                        .map(|id| {
+                            Message::new("batched", payload_for(id, SIZE)).with_keys(id.as_str())
+                        })
+                        .collect();
+                    let result = producer.send_batch(messages).expect("batch");
+                    assert_eq!(result.status, SendStatus::SendOk);
+                    assert_eq!(result.messages.len(), 100);
+                    // A batch takes consecutive positions in the log.
+                    assert!(result.messages.windows(2).all(|pair| pair[0].2 < pair[1].2));
+                    for id in &ids {
+                        ledger.sent(id, Outcome::Ok);
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("producer");
+    }
+    for record in drain(&broker.address, "batched") {
+        ledger.read(&id_of(&record.payload).expect("intact payload"));
+    }
+    let report = ledger.report();
+    assert!(
+        report.is_clean() && report.duplicated.is_empty(),
+        "{report}"
+    );
+    assert_eq!((report.ok, report.read), (MESSAGES, MESSAGES));
+    assert_eq!(broker.stat("sends_ok"), MESSAGES as u64);
+}
+
+#[test]
+fn a_batch_with_one_bad_message_stores_nothing() {
+    let broker = BrokerProcess::start("");
+    broker.admin().create_topic("strict", 2).expect("topic");
+    let producer =
+        Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
+    let mut tampered = Message::new("strict", "tampered");
+    tampered.payload_crc ^= 1;
+    let bad_crc = vec![
+        Message::new("strict", "fine"),
+        tampered,
+        Message::new("strict", "also fine"),
+    ];
+    let bad_queue = vec![
+        Message::new("strict", "fine"),
+        Message::new("strict", "no such queue").with_queue(7),
+    ];
+    let bad_topic = vec![
+        Message::new("strict", "fine"),
+        Message::new("../nope", "bad topic"),
+    ];
+    for (batch, code) in [
+        (bad_crc, keel_client::ErrorCode::PayloadCrcMismatch),
+        (bad_queue, keel_client::ErrorCode::InvalidQueueId),
+        (bad_topic, keel_client::ErrorCode::InvalidTopic),
+    ] {
+        match producer.send_batch(batch) {
+            Err(keel_client::ClientError::Broker(error)) => assert_eq!(error.code, code, "{error}"),
+            other => panic!("expected {code}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        broker.stat("records_appended"),
+        0,
+        "nothing of a refused batch is stored"
+    );
+    assert!(producer.send_batch(Vec::new()).is_err());
+}
