@@ -16,9 +16,10 @@ VERSION = 1
 FLAG_ONEWAY = 1
 KINDS = {
     "PING": 0x01, "SEND": 0x02, "PULL": 0x03, "COMMIT_OFFSET": 0x04, "QUERY_OFFSET": 0x05,
-    "CREATE_TOPIC": 0x06, "LIST_TOPICS": 0x07, "STATS": 0x08,
+    "CREATE_TOPIC": 0x06, "LIST_TOPICS": 0x07, "STATS": 0x08, "SEND_BATCH": 0x09,
     "PONG": 0x81, "SEND_RESULT": 0x82, "PULL_RESULT": 0x83, "COMMIT_OFFSET_OK": 0x84,
-    "OFFSET": 0x85, "TOPIC_CREATED": 0x86, "TOPIC_LIST": 0x87, "STATS_RESULT": 0x88, "ERROR": 0xFF,
+    "OFFSET": 0x85, "TOPIC_CREATED": 0x86, "TOPIC_LIST": 0x87, "STATS_RESULT": 0x88,
+    "SEND_BATCH_RESULT": 0x89, "ERROR": 0xFF,
 }
 SEND_STATUSES = {0: "SEND_OK", 1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE"}
 PULL_STATUSES = {0: "FOUND", 1: "NO_NEW_MESSAGES", 2: "OFFSET_OUT_OF_RANGE", 3: "OFFSET_EXPIRED"}
@@ -185,6 +186,17 @@ class Client:
                   "log_offset": reader.u64()}
         result["message_id"] = f"{result['log_offset']:016X}"
         return result
+
+    def send_batch(self, topic, payloads, queue_id=QUEUE_ID_ANY, tags=""):
+        """Stores all payloads or none; one reply for the batch."""
+        body = struct.pack("<H", len(payloads))
+        for payload in payloads:
+            message = self._message(topic, payload, queue_id, tags, "", ())
+            body += struct.pack("<I", len(message)) + message
+        reader = self._call("SEND_BATCH", body, "SEND_BATCH_RESULT")
+        status = SEND_STATUSES[reader.u16()]
+        messages = [(reader.u32(), reader.u64(), reader.u64()) for _ in range(reader.u16())]
+        return {"status": status, "messages": messages}
 
     def send_oneway(self, topic, payload, queue_id=QUEUE_ID_ANY, tags="", keys=""):
         _, frame = self._frame("SEND", self._message(topic, payload, queue_id, tags, keys, ()), FLAG_ONEWAY)

@@ -20,6 +20,10 @@ def main(address):
             assert result["status"] == "SEND_OK", result
             sent.append((result["queue_id"], result["queue_offset"], payload))
         client.send_oneway("py-orders", b"oneway", queue_id=0)
+        batch = client.send_batch("py-batch", [f"batched {index}".encode() for index in range(20)], queue_id=0)
+        assert batch["status"] == "SEND_OK" and [m[1] for m in batch["messages"]] == list(range(20)), batch
+        records = client.pull("py-batch", 0, 0, max_messages=100)["records"]
+        assert [r["payload"] for r in records] == [f"batched {index}".encode() for index in range(20)]
         client.ping()  # the oneway frame got no reply; the connection is still in step
 
         got = {}
@@ -51,8 +55,8 @@ def main(address):
             assert error.code == 8, error
         topics = client.list_topics("py-orders")
         assert topics["py-orders"][0] == (0, 26), topics
-        assert client.stats()["records_appended"] >= 51
-    print("python client: ok (51 messages sent and consumed, CRCs checked)")
+        assert client.stats()["records_appended"] >= 71
+    print("python client: ok (71 messages sent, batched and consumed, CRCs checked)")
 
 
 if __name__ == "__main__":

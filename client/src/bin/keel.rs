@@ -51,6 +51,10 @@ enum Command {
         /// Send each message this many times.
         #[arg(long, default_value_t = 1)]
         repeat: u64,
+        /// With --mode sync: send N messages per request (SEND_BATCH: stored all
+        /// together or not at all, one fsync, one answer).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         messages: Vec<String>,
     },
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
@@ -188,6 +192,7 @@ fn main() -> ExitCode {
             queue,
             mode,
             repeat,
+            batch,
             messages,
         } => send(
             &cli.broker,
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
             queue,
             mode,
             repeat,
+            batch,
             messages,
         ),
         Command::Consume {
@@ -234,8 +240,14 @@ fn send(
     queue: Option<u32>,
     mode: Mode,
     repeat: u64,
+    batch: usize,
     messages: Vec<String>,
 ) -> Result<ExitCode, ClientError> {
+    if batch == 0 || batch > usize::from(u16::MAX) || (batch > 1 && mode != Mode::Sync) {
+        return Err(ClientError::InvalidArgument(
+            "--batch takes 1 to 65535, and more than 1 only with --mode sync".into(),
+        ));
+    }
     let producer = Producer::connect(broker, ProducerOptions::default())?;
     let messages: Vec<String> = if messages.is_empty() {
         std::io::stdin()
@@ -256,6 +268,34 @@ fn send(
         }
     };
     let mut failures = 0u64;
+    if batch > 1 {
+        let all: Vec<Message> = messages
+            .iter()
+            .flat_map(|text| (0..repeat).map(|_| build(text)))
+            .collect();
+        for chunk in all.chunks(batch) {
+            match producer.send_batch(chunk.to_vec()) {
+                Ok(result) => {
+                    for (queue_id, queue_offset, log_offset) in &result.messages {
+                        let id = keel_client::message_id(*log_offset);
+                        println!(
+                            "{} id={id} queue={queue_id} offset={queue_offset}",
+                            result.status
+                        );
+                    }
+                }
+                Err(error) => {
+                    failures += chunk.len() as u64;
+                    eprintln!("ERROR (batch of {} not stored) {error}", chunk.len());
+                }
+            }
+        }
+        return Ok(if failures == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let mut handles = Vec::new();
     for text in &messages {
         for _ in 0..repeat {
