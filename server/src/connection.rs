@@ -36,6 +36,8 @@ pub struct Connection {
     /// The peer closed its side; no more input will come.
     pub read_closed: bool,
     pub last_activity: Instant,
+    /// Long-poll PULLs of this connection waiting in the loop.
+    pub parked_pulls: usize,
 }
 
 impl Connection {
@@ -50,6 +52,7 @@ impl Connection {
             closing: false,
             read_closed: false,
             last_activity: Instant::now(),
+            parked_pulls: 0,
         }
     }
 

@@ -709,6 +709,13 @@ impl EventLoop {
                         .counters
                         .parked_pulls
                         .fetch_sub(1, Ordering::Relaxed);
+                    if let Some(connection) = self
+                        .connections
+                        .get_mut(pull.key)
+                        .filter(|c| c.id == pull.connection_id)
+                    {
+                        connection.parked_pulls = connection.parked_pulls.saturating_sub(1);
+                    }
                     let response = self.pull_response(outcome);
                     self.reply_if_open(pull.key, pull.connection_id, pull.request_id, &response);
                 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Upper bound on the records of one PULL_RESULT (a single larger record still goes).
 const PULL_BYTES_MAX: u32 = 4 << 20;
 const PULL_MESSAGES_MAX: u32 = 4096;
+/// Long-poll PULLs one connection may have waiting at once.
+const PARKED_PULLS_PER_CONNECTION_MAX: usize = 1024;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -162,7 +164,16 @@ impl EventLoop {
         }
         let outcome = self.read_pull(&pull);
         let nothing_yet = matches!(&outcome, Ok(read) if read.status == ReadStatus::NoNewMessages);
-        if nothing_yet && pull.wait_ms > 0 && !self.broker.is_shutting_down() {
+        // Beyond the cap a PULL is answered at once, as with wait_ms = 0: a client cannot
+        // make the broker hold an unbounded number of waiting requests.
+        let room = self
+            .connections
+            .get(key)
+            .is_some_and(|connection| connection.parked_pulls < PARKED_PULLS_PER_CONNECTION_MAX);
+        if nothing_yet && pull.wait_ms > 0 && room && !self.broker.is_shutting_down() {
+            if let Some(connection) = self.connections.get_mut(key) {
+                connection.parked_pulls += 1;
+            }
             let wait_ms = u64::from(pull.wait_ms).min(self.broker.config.long_poll_max_ms);
             self.broker
                 .counters

@@ -160,3 +160,45 @@ fn prometheus_metrics_are_served_on_their_own_port() {
     );
     assert!(get("/other").starts_with("HTTP/1.0 404"));
 }
+
+#[test]
+fn long_polls_parked_per_connection_are_capped() {
+    let broker = BrokerProcess::start("");
+    broker.admin().create_topic("quiet", 1).expect("topic");
+    let connection = keel_client::Connection::connect(
+        broker.address.parse().expect("address"),
+        &keel_client::ConnectionOptions::default(),
+    )
+    .expect("connect");
+    let answered = Arc::new(AtomicU64::new(0));
+    let pull = keel_protocol::Request::Pull(keel_protocol::PullRequest {
+        group: String::new(),
+        topic: "quiet".into(),
+        queue_id: 0,
+        queue_offset: 0,
+        max_messages: 1,
+        max_bytes: 1024,
+        wait_ms: 20_000,
+    });
+    for _ in 0..1100 {
+        let answered = answered.clone();
+        connection.call_async(
+            &pull,
+            Duration::from_secs(30),
+            Box::new(move |reply| {
+                assert!(
+                    matches!(reply, Ok(keel_protocol::Response::PullResult(_))),
+                    "{reply:?}"
+                );
+                answered.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+    }
+    // 1,024 wait; the rest are answered at once instead of piling up.
+    wait_until(
+        "the pulls over the cap to be answered",
+        Duration::from_secs(10),
+        || answered.load(Ordering::Relaxed) == 76,
+    );
+    assert_eq!(broker.stat("parked_pulls"), 1024);
+}
