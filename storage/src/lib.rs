@@ -28,6 +28,7 @@ mod flusher;
 mod fs_util;
 mod meta;
 mod recovery;
+mod retention;
 mod segment;
 pub mod sim;
 mod store;

@@ -168,7 +168,7 @@ pub struct Store {
     listeners: Mutex<Vec<Listener>>,
     /// `rollbacks[g]`: the offset generation `g` was rolled back to.
     rollbacks: Mutex<Vec<u64>>,
-    retention: Retention,
+    pub(crate) retention: crate::retention::Retention,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
     pub(crate) disk: Arc<dyn Disk>,
@@ -224,7 +224,7 @@ impl Store {
                     .resize_with(queues as usize, QueueIndex::default);
             }
             for (queue, first) in topic.queues.iter_mut().zip(firsts) {
-                apply_persisted_first(queue, first);
+                crate::retention::apply_persisted_first(queue, first);
             }
         }
         let offsets = load_offsets(disk_ref, &data_dir.join("offsets").join("consumer_offsets"))?;
@@ -300,7 +300,7 @@ impl Store {
             checkpoint: checkpoint_file,
             listeners: Mutex::new(Vec::new()),
             rollbacks: Mutex::new(Vec::new()),
-            retention: Retention::default(),
+            retention: crate::retention::Retention::default(),
             threads: Mutex::new(Vec::new()),
             recovery: report,
             config,
@@ -857,104 +857,6 @@ impl Store {
         }
     }
 
-    fn run_retention(&self) {
-        let interval = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
-        while self.retention.wait(interval) {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_millis() as u64);
-            if let Err(error) = self.apply_retention(now_ms) {
-                log::error!("retention: {error}; trying again at the next pass");
-            }
-        }
-    }
-
-    /// Deletes the oldest segments that are past `retention_ms` (by their newest record's
-    /// store time, against `now_ms`) or that make the log larger than `retention_bytes`:
-    /// never the active segment, never data not yet fsynced. Queues then start at their
-    /// first surviving record; a consumer below that gets `OffsetExpired`. Returns the
-    /// number of segment files deleted.
-    pub fn apply_retention(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let config = &self.config;
-        // Handles of files deleted by the previous pass: no read can still need them.
-        let retired = std::mem::take(&mut *self.retention.lock_retired());
-        self.segments.remove(&retired);
-        let bases = self.segments.bases();
-        let flushed = self.offset_flushed();
-        let log_start = {
-            let mut state = self.lock_state();
-            let mut new_start = state.log_start;
-            let mut total = state.offset_end - state.log_start;
-            for (index, base) in bases.iter().enumerate() {
-                let Some(next) = bases.get(index + 1) else {
-                    break;
-                };
-                if *base < new_start {
-                    continue;
-                }
-                if *next > state.segment_active_base || *next > flushed {
-                    break;
-                }
-                let newest = state.segment_newest_ms.get(base).copied().unwrap_or(0);
-                let too_old =
-                    config.retention_ms > 0 && newest.saturating_add(config.retention_ms) < now_ms;
-                let too_big = config.retention_bytes > 0 && total > config.retention_bytes;
-                if !too_old && !too_big {
-                    break;
-                }
-                total -= next - base;
-                new_start = *next;
-            }
-            if new_start > state.log_start {
-                let mut expired = 0u64;
-                for topic in state.topics.values_mut() {
-                    for queue in &mut topic.queues {
-                        expired += queue.trim_before(new_start);
-                    }
-                }
-                state.log_start = new_start;
-                state.segment_newest_ms.retain(|base, _| *base >= new_start);
-                drop(state);
-                log::info!("retention: the log now starts at offset {new_start} ({expired} messages expired)");
-                self.retention
-                    .version
-                    .store(self.meta.bump(), Ordering::Release);
-            }
-            new_start
-        };
-        // Crash safety: files go only once every queue's new first offset is on disk, so
-        // a crash in between can never make expired records readable again.
-        let version = self.retention.version.load(Ordering::Acquire);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.meta_persisted() < version {
-            // Persisting is failing (a full or broken disk): keep the files for now.
-            let failing = self.meta_failure().is_some();
-            if failing
-                || std::time::Instant::now() >= deadline
-                || !self.retention.wait(Duration::from_millis(2))
-            {
-                return Ok(0);
-            }
-        }
-        let dir = config.data_dir.join("commitlog");
-        let doomed: Vec<u64> = bases.into_iter().filter(|base| *base < log_start).collect();
-        for base in &doomed {
-            let path = dir.join(crate::segment::segment_file_name(*base));
-            self.disk
-                .remove_file(&path)
-                .map_err(|e| StoreError::io(format!("remove {}", path.display()), e))?;
-        }
-        if !doomed.is_empty() {
-            crate::fs_util::sync_dir(self.disk.as_ref(), &dir)?;
-            log::info!(
-                "retention: deleted {} segment(s) before offset {log_start}",
-                doomed.len()
-            );
-        }
-        self.retention.lock_retired().extend(&doomed);
-        Ok(doomed.len())
-    }
-
     fn run_meta(&self) {
         while let Some(version) = self.meta.wait_for_work() {
             let topics: Vec<(String, Vec<u64>)> = {
@@ -1036,60 +938,4 @@ fn lock_data_dir(
         }
         Err(error) => Err(StoreError::io(format!("lock {}", path.display()), error)),
     }
-}
-
-/// The retention thread's state.
-#[derive(Default)]
-struct Retention {
-    /// Metadata version that records the latest trim; files wait for it.
-    version: AtomicU64,
-    /// Segments whose files were deleted; their handles go at the next pass.
-    retired: Mutex<Vec<u64>>,
-    stop: Mutex<bool>,
-    wakeup: Condvar,
-}
-
-impl Retention {
-    fn lock_retired(&self) -> MutexGuard<'_, Vec<u64>> {
-        self.retired
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// Sleeps up to `pause`; false once asked to stop.
-    fn wait(&self, pause: Duration) -> bool {
-        let stop = self
-            .stop
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if *stop {
-            return false;
-        }
-        let (stop, _) = self
-            .wakeup
-            .wait_timeout(stop, pause)
-            .unwrap_or_else(|poison| poison.into_inner());
-        !*stop
-    }
-
-    fn request_stop(&self) {
-        *self
-            .stop
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = true;
-        self.wakeup.notify_all();
-    }
-}
-
-/// Applies a queue's first offset from the topics file to the index rebuilt from the
-/// log: entries below it were expired by retention (their segments may outlive a crash
-/// between persisting the offset and deleting the files); a queue with no record left
-/// resumes at it.
-fn apply_persisted_first(queue: &mut QueueIndex, first: u64) {
-    if first <= queue.first {
-        return;
-    }
-    let expired = (first - queue.first).min(queue.entries.len() as u64) as usize;
-    queue.entries.drain(..expired);
-    queue.first = first;
 }
