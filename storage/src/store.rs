@@ -191,70 +191,20 @@ impl Store {
         let data_dir = &config.data_dir;
         create_dir_all_synced(disk_ref, data_dir)?;
         let lock = lock_data_dir(disk_ref, data_dir)?;
-        let log_dir = data_dir.join("commitlog");
-        create_dir_all_synced(disk_ref, &log_dir)?;
-        create_dir_all_synced(disk_ref, &data_dir.join("consumequeue"))?;
-        create_dir_all_synced(disk_ref, &data_dir.join("offsets"))?;
+        for dir in ["commitlog", "consumequeue", "offsets"] {
+            create_dir_all_synced(disk_ref, &data_dir.join(dir))?;
+        }
         let (checkpoint_file, checkpoint) =
             CheckpointFile::open(disk_ref, &data_dir.join("checkpoint"))?;
-
-        let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
-        let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
-        let on_record = |record: crate::recovery::RecoveredRecord| {
-            let newest = segment_newest_ms.entry(record.segment_base).or_insert(0);
-            *newest = (*newest).max(record.store_timestamp_ms);
-            index_recovered(&mut topics, record)
-        };
-        let (segment_paths, mut report) = recover(
-            disk_ref,
-            &log_dir,
-            checkpoint.map(|c| c.offset_flushed),
-            config.max_record_bytes,
-            Repair::TruncateTornTail,
-            on_record,
-        )?;
-        report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
-
+        let mut recovered = recover_log(disk_ref, &config, checkpoint)?;
         let topics_path = data_dir.join("topics");
-        for (name, queues, firsts) in load_topics(disk_ref, &topics_path)? {
-            let topic = topics.entry(name).or_default();
-            if topic.queues.len() < queues as usize {
-                topic
-                    .queues
-                    .resize_with(queues as usize, QueueIndex::default);
-            }
-            for (queue, first) in topic.queues.iter_mut().zip(firsts) {
-                crate::retention::apply_persisted_first(queue, first);
-            }
-        }
-        let offsets = load_offsets(disk_ref, &data_dir.join("offsets").join("consumer_offsets"))?;
+        let offsets_path = data_dir.join("offsets").join("consumer_offsets");
+        apply_topics_file(disk_ref, &topics_path, &mut recovered.topics)?;
+        let offsets = load_offsets(disk_ref, &offsets_path)?;
         let mut index_files = IndexFiles::new(disk.clone(), &data_dir.join("consumequeue"));
-        let mut rewritten = 0;
-        for (name, topic) in &topics {
-            for (queue_id, entries) in topic.queues.iter().enumerate() {
-                let context =
-                    |e| StoreError::io(format!("write consume queue {name}/{queue_id}"), e);
-                rewritten += usize::from(
-                    index_files
-                        .reconcile(name, queue_id as u32, entries)
-                        .map_err(context)?,
-                );
-            }
-        }
-        if rewritten > 0 {
-            log::info!("rebuilt {rewritten} consume queue file(s) from the commit log");
-        }
-
-        let segments = SegmentSet::default();
-        let mut active = None;
-        for (base, path) in &segment_paths {
-            let file: Arc<dyn DiskFile> = disk
-                .open(path, OpenMode::ReadWrite)
-                .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-            segments.push(*base, file.clone());
-            active = Some((*base, file));
-        }
-        let offset_end = report.offset_end;
+        reconcile_index_files(&mut index_files, &recovered.topics)?;
+        let (segments, active) = open_segments(disk_ref, &recovered.segment_paths)?;
+        let offset_end = recovered.report.offset_end;
         // After a crash the recovered bytes may still be only in the page cache: make
         // them durable before anything is served or acknowledged on top of them.
         if let Some((_, file)) = &active {
@@ -266,74 +216,79 @@ impl Store {
             clean: false,
         })?;
 
-        let segment_active_base = active.as_ref().map_or(offset_end, |(base, _)| *base);
+        let records = recovered.report.records;
         let store = Arc::new(Store {
             state: Mutex::new(AppendState {
                 offset_end,
                 pending: Vec::with_capacity(1 << 20),
                 pending_base: offset_end,
                 pending_index: Vec::new(),
-                segment_active_base,
+                segment_active_base: active.as_ref().map_or(offset_end, |(base, _)| *base),
                 segments_new: Vec::new(),
-                topics,
-                records_appended: report.records,
+                topics: recovered.topics,
+                records_appended: records,
                 flusher_waiting: false,
                 shutting_down: false,
                 generation: 0,
-                log_start: segment_paths.first().map_or(offset_end, |(base, _)| *base),
-                segment_newest_ms,
+                log_start: recovered
+                    .segment_paths
+                    .first()
+                    .map_or(offset_end, |(base, _)| *base),
+                segment_newest_ms: recovered.segment_newest_ms,
             }),
             flusher_wakeup: Condvar::new(),
             progress: Progress {
                 appended: AtomicU64::new(offset_end),
                 written: AtomicU64::new(offset_end),
                 flushed: AtomicU64::new(offset_end),
-                records_flushed: AtomicU64::new(report.records),
+                records_flushed: AtomicU64::new(records),
                 ..Progress::default()
             },
             segments,
-            meta: Meta::new(
-                topics_path,
-                data_dir.join("offsets").join("consumer_offsets"),
-                offsets,
-            ),
+            meta: Meta::new(topics_path, offsets_path, offsets),
             checkpoint: checkpoint_file,
             listeners: Mutex::new(Vec::new()),
             rollbacks: Mutex::new(Vec::new()),
             retention: crate::retention::Retention::default(),
             threads: Mutex::new(Vec::new()),
-            recovery: report,
+            recovery: recovered.report,
             config,
             disk,
             _lock: lock,
         });
         store.meta.bump();
-        let flusher = {
-            let store = store.clone();
-            std::thread::Builder::new()
-                .name("keel-flusher".into())
-                .spawn(move || crate::flusher::run(&store, active, index_files))
-                .map_err(|e| StoreError::io("spawn the flusher thread", e))?
-        };
-        let meta = {
-            let store = store.clone();
-            std::thread::Builder::new()
-                .name("keel-meta".into())
-                .spawn(move || store.run_meta())
-                .map_err(|e| StoreError::io("spawn the metadata thread", e))?
-        };
-        store.threads().extend([flusher, meta]);
-        if store.config.retention_ms > 0 || store.config.retention_bytes > 0 {
-            let retention = {
-                let store = store.clone();
-                std::thread::Builder::new()
-                    .name("keel-retention".into())
-                    .spawn(move || store.run_retention())
-                    .map_err(|e| StoreError::io("spawn the retention thread", e))?
-            };
-            store.threads().push(retention);
-        }
+        store.start_threads(active, index_files)?;
         Ok(store)
+    }
+
+    fn start_threads(
+        self: &Arc<Store>,
+        active: Option<(u64, Arc<dyn DiskFile>)>,
+        index_files: IndexFiles,
+    ) -> Result<(), StoreError> {
+        let spawn = |name: &str, work: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(work)
+                .map_err(|e| StoreError::io(format!("spawn the {name} thread"), e))
+        };
+        let (flusher, meta) = (self.clone(), self.clone());
+        let mut threads = vec![
+            spawn(
+                "keel-flusher",
+                Box::new(move || crate::flusher::run(&flusher, active, index_files)),
+            )?,
+            spawn("keel-meta", Box::new(move || meta.run_meta()))?,
+        ];
+        if self.config.retention_ms > 0 || self.config.retention_bytes > 0 {
+            let retention = self.clone();
+            threads.push(spawn(
+                "keel-retention",
+                Box::new(move || retention.run_retention()),
+            )?);
+        }
+        self.threads().extend(threads);
+        Ok(())
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
@@ -904,6 +859,107 @@ impl Store {
             self.notify_listeners();
         }
     }
+}
+
+/// What recovery rebuilt from the CommitLog.
+struct RecoveredLog {
+    topics: BTreeMap<String, TopicQueues>,
+    /// Store time of the newest record of each segment (for retention by age).
+    segment_newest_ms: BTreeMap<u64, u64>,
+    segment_paths: Vec<(u64, PathBuf)>,
+    report: RecoveryReport,
+}
+
+/// Verifies the log (truncating a torn tail) and rebuilds the queue indexes from it.
+fn recover_log(
+    disk: &dyn Disk,
+    config: &StoreConfig,
+    checkpoint: Option<Checkpoint>,
+) -> Result<RecoveredLog, StoreError> {
+    let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
+    let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
+    let on_record = |record: crate::recovery::RecoveredRecord| {
+        let newest = segment_newest_ms.entry(record.segment_base).or_insert(0);
+        *newest = (*newest).max(record.store_timestamp_ms);
+        index_recovered(&mut topics, record)
+    };
+    let log_dir = config.data_dir.join("commitlog");
+    let flushed = checkpoint.map(|c| c.offset_flushed);
+    let (segment_paths, mut report) = recover(
+        disk,
+        &log_dir,
+        flushed,
+        config.max_record_bytes,
+        Repair::TruncateTornTail,
+        on_record,
+    )?;
+    report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
+    Ok(RecoveredLog {
+        topics,
+        segment_newest_ms,
+        segment_paths,
+        report,
+    })
+}
+
+/// Adds the topics file's topics (queue counts, and each queue's first offset after
+/// retention) to the topics rebuilt from the log.
+fn apply_topics_file(
+    disk: &dyn Disk,
+    path: &std::path::Path,
+    topics: &mut BTreeMap<String, TopicQueues>,
+) -> Result<(), StoreError> {
+    for (name, queues, firsts) in load_topics(disk, path)? {
+        let topic = topics.entry(name).or_default();
+        if topic.queues.len() < queues as usize {
+            topic
+                .queues
+                .resize_with(queues as usize, QueueIndex::default);
+        }
+        for (queue, first) in topic.queues.iter_mut().zip(firsts) {
+            crate::retention::apply_persisted_first(queue, first);
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites every ConsumeQueue file that disagrees with the rebuilt index.
+fn reconcile_index_files(
+    index_files: &mut IndexFiles,
+    topics: &BTreeMap<String, TopicQueues>,
+) -> Result<(), StoreError> {
+    let mut rewritten = 0;
+    for (name, topic) in topics {
+        for (queue_id, queue) in topic.queues.iter().enumerate() {
+            let changed = index_files.reconcile(name, queue_id as u32, queue);
+            let changed = changed
+                .map_err(|e| StoreError::io(format!("write consume queue {name}/{queue_id}"), e))?;
+            rewritten += usize::from(changed);
+        }
+    }
+    if rewritten > 0 {
+        log::info!("rebuilt {rewritten} consume queue file(s) from the commit log");
+    }
+    Ok(())
+}
+
+type ActiveSegment = Option<(u64, Arc<dyn DiskFile>)>;
+
+/// Opens every segment for reading (and the last for writing).
+fn open_segments(
+    disk: &dyn Disk,
+    paths: &[(u64, PathBuf)],
+) -> Result<(SegmentSet, ActiveSegment), StoreError> {
+    let segments = SegmentSet::default();
+    let mut active = None;
+    for (base, path) in paths {
+        let file = disk
+            .open(path, OpenMode::ReadWrite)
+            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        segments.push(*base, file.clone());
+        active = Some((*base, file));
+    }
+    Ok((segments, active))
 }
 
 /// The index of one queue, or why there is none.
