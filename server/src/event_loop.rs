@@ -82,6 +82,26 @@ pub(crate) struct ParkedPull {
     pub deadline: Instant,
 }
 
+/// What `decode_and_dispatch` left behind.
+enum Decoded {
+    /// No whole frame is buffered.
+    Drained,
+    /// Frames are left for the next turn.
+    BudgetSpent,
+    /// The connection is closing, gone, or throttled: leave it alone.
+    Stopped,
+}
+
+/// The error code that answers a frame the decoder refused.
+fn decode_error_code(error: &keel_protocol::DecodeError) -> ErrorCode {
+    match error {
+        keel_protocol::DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        keel_protocol::DecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+        keel_protocol::DecodeError::UnknownKind(_) => ErrorCode::UnknownKind,
+        _ => ErrorCode::MalformedFrame,
+    }
+}
+
 /// Where loop 0 sends accepted connections for another loop.
 pub struct Handoff {
     pub sender: Sender<(TcpStream, SocketAddr)>,
@@ -331,53 +351,14 @@ impl EventLoop {
                 return;
             }
         };
-        let max_frame_bytes = self.broker.config.max_frame_bytes;
-        let mut decoded = 0;
-        while decoded < FRAMES_PER_TURN {
-            decoded += 1;
-            let Some(connection) = self.connections.get_mut(key) else {
-                return;
-            };
-            if connection.closing {
-                return;
-            }
-            // Bytes already read stay buffered until the flusher catches up.
-            if self.broker.store.backlog_bytes() > self.broker.config.append_backlog_max_bytes {
-                self.throttled.push(key);
-                return;
-            }
-            match decode_frame(&mut connection.read_buffer, max_frame_bytes) {
-                Ok(Some(frame)) => self.dispatch(key, frame),
-                Ok(None) => break,
-                Err(error) => {
-                    let code = match error {
-                        keel_protocol::DecodeError::FrameTooLarge { .. } => {
-                            ErrorCode::FrameTooLarge
-                        }
-                        keel_protocol::DecodeError::UnsupportedVersion(_) => {
-                            ErrorCode::UnsupportedVersion
-                        }
-                        keel_protocol::DecodeError::UnknownKind(_) => ErrorCode::UnknownKind,
-                        _ => ErrorCode::MalformedFrame,
-                    };
-                    self.fail_connection(key, 0, code, &error.to_string());
-                    return;
-                }
-            }
-            if self
-                .connections
-                .get(key)
-                .is_some_and(|c| c.read_buffer.is_empty())
-            {
-                break;
-            }
+        match self.decode_and_dispatch(key) {
+            Decoded::Stopped => return,
+            Decoded::BudgetSpent => again = true,
+            Decoded::Drained => {}
         }
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };
-        if decoded == FRAMES_PER_TURN && !connection.read_buffer.is_empty() {
-            again = true;
-        }
         if connection.read_closed && !again {
             if !connection.read_buffer.is_empty() {
                 log::debug!(
@@ -392,6 +373,40 @@ impl EventLoop {
         }
         if again {
             self.ready.push(key);
+        }
+    }
+
+    /// Decodes and dispatches the frames buffered for a connection, at most
+    /// `FRAMES_PER_TURN` of them.
+    fn decode_and_dispatch(&mut self, key: usize) -> Decoded {
+        let max_frame_bytes = self.broker.config.max_frame_bytes;
+        for _ in 0..FRAMES_PER_TURN {
+            let Some(connection) = self.connections.get_mut(key) else {
+                return Decoded::Stopped;
+            };
+            if connection.closing {
+                return Decoded::Stopped;
+            }
+            if connection.read_buffer.is_empty() {
+                return Decoded::Drained;
+            }
+            // Bytes already read stay buffered until the flusher catches up.
+            if self.broker.store.backlog_bytes() > self.broker.config.append_backlog_max_bytes {
+                self.throttled.push(key);
+                return Decoded::Stopped;
+            }
+            match decode_frame(&mut connection.read_buffer, max_frame_bytes) {
+                Ok(Some(frame)) => self.dispatch(key, frame),
+                Ok(None) => return Decoded::Drained,
+                Err(error) => {
+                    self.fail_connection(key, 0, decode_error_code(&error), &error.to_string());
+                    return Decoded::Stopped;
+                }
+            }
+        }
+        match self.connections.get(key) {
+            Some(connection) if !connection.read_buffer.is_empty() => Decoded::BudgetSpent,
+            _ => Decoded::Drained,
         }
     }
 

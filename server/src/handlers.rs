@@ -22,6 +22,17 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
+fn append_error_code(error: &AppendError) -> ErrorCode {
+    match error {
+        AppendError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+        AppendError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+        AppendError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
+        AppendError::StorageFailed => ErrorCode::StorageFailed,
+        AppendError::DiskFull => ErrorCode::DiskFull,
+        AppendError::ShuttingDown => ErrorCode::ShuttingDown,
+    }
+}
+
 fn store_error_response(error: StoreError) -> Response {
     let code = match &error {
         StoreError::TopicNotFound(_) => ErrorCode::TopicNotFound,
@@ -47,54 +58,13 @@ impl EventLoop {
         batch: bool,
     ) {
         let config = &self.broker.config;
-        let refusal = if self.broker.is_shutting_down() {
-            Some((
-                ErrorCode::ShuttingDown,
-                "the broker is shutting down".to_string(),
-            ))
-        } else {
-            messages.iter().enumerate().find_map(|(index, message)| {
-                let which = if batch {
-                    format!("message {index} of the batch: ")
-                } else {
-                    String::new()
-                };
-                if message.payload.len() > config.max_message_bytes as usize {
-                    let detail = format!(
-                        "{which}payload of {} bytes exceeds max_message_bytes {}",
-                        message.payload.len(),
-                        config.max_message_bytes
-                    );
-                    Some((ErrorCode::MessageTooLarge, detail))
-                } else if !message.payload_crc_matches() {
-                    let computed = keel_protocol::crc32c(&message.payload);
-                    let detail = format!(
-                        "{which}payload CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}",
-                        message.payload_crc
-                    );
-                    Some((ErrorCode::PayloadCrcMismatch, detail))
-                } else {
-                    None
-                }
-            })
-        };
-        let appended = match refusal {
+        let appended = match self.refusal(&messages, batch) {
             Some(refusal) => Err(refusal),
             None => self
                 .broker
                 .store
                 .append_batch(&messages, config.auto_create_topics, now_ms())
-                .map_err(|error| {
-                    let code = match error {
-                        AppendError::InvalidTopic(_) => ErrorCode::InvalidTopic,
-                        AppendError::TopicNotFound(_) => ErrorCode::TopicNotFound,
-                        AppendError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
-                        AppendError::StorageFailed => ErrorCode::StorageFailed,
-                        AppendError::DiskFull => ErrorCode::DiskFull,
-                        AppendError::ShuttingDown => ErrorCode::ShuttingDown,
-                    };
-                    (code, error.to_string())
-                }),
+                .map_err(|error| (append_error_code(&error), error.to_string())),
         };
         let counters = &self.broker.counters;
         let count = messages.len() as u64;
@@ -142,6 +112,30 @@ impl EventLoop {
             generation: last.generation,
             deadline: Instant::now() + timeout,
         });
+    }
+
+    /// Why these messages cannot be taken, checked before any is stored.
+    fn refusal(&self, messages: &[Message], batch: bool) -> Option<(ErrorCode, String)> {
+        if self.broker.is_shutting_down() {
+            return Some((
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down".to_string(),
+            ));
+        }
+        let max_message_bytes = self.broker.config.max_message_bytes;
+        messages.iter().enumerate().find_map(|(index, message)| {
+            let which = if batch { format!("message {index} of the batch: ") } else { String::new() };
+            if message.payload.len() > max_message_bytes as usize {
+                let size = message.payload.len();
+                Some((ErrorCode::MessageTooLarge, format!("{which}payload of {size} bytes exceeds max_message_bytes {max_message_bytes}")))
+            } else if !message.payload_crc_matches() {
+                let computed = keel_protocol::crc32c(&message.payload);
+                let detail = format!("{which}payload CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}", message.payload_crc);
+                Some((ErrorCode::PayloadCrcMismatch, detail))
+            } else {
+                None
+            }
+        })
     }
 
     pub(crate) fn on_pull(&mut self, key: usize, request_id: u64, pull: PullRequest) {
