@@ -47,21 +47,29 @@ impl BrokerProcess {
         broker
     }
 
-    /// Starts the process on the existing config and data, waiting for its ready line.
-    pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "already running");
+    /// keeld on this broker's config, logging (RUST_LOG=info) to `keeld.log`.
+    fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("keeld.log"))
             .expect("open log");
-        let mut child = Command::new(KEELD)
+        let mut command = Command::new(KEELD);
+        command
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .stderr(log);
+        command
+    }
+
+    /// Starts the process on the existing config and data, waiting for its ready line.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = self
+            .command()
             .stdout(Stdio::piped())
-            .stderr(log)
             .spawn()
             .expect("spawn keeld");
         let stdout = child.stdout.take().expect("stdout");
@@ -96,17 +104,9 @@ impl BrokerProcess {
     /// Starts the process expecting it to refuse to start; returns its exit status.
     pub fn spawn_expect_failure(&mut self) -> std::process::ExitStatus {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("keeld.log"))
-            .expect("log");
-        let mut child = Command::new(KEELD)
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
+        let mut child = self
+            .command()
             .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("spawn keeld");
         let deadline = Instant::now() + Duration::from_secs(30);
