@@ -31,6 +31,7 @@ mod recovery;
 mod retention;
 mod segment;
 pub mod sim;
+mod startup;
 mod store;
 
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};

@@ -1,14 +1,13 @@
 //! The store: append, read, topics, offsets, and the threads that make them durable.
 
 use crate::checkpoint::{Checkpoint, CheckpointFile};
-use crate::consume_queue::{
-    index_recovered, IndexEntry, IndexFiles, IndexUpdate, QueueIndex, TopicQueues,
-};
-use crate::disk::{Disk, DiskFile, OpenMode, RealDisk};
+use crate::consume_queue::{IndexEntry, IndexFiles, IndexUpdate, QueueIndex, TopicQueues};
+use crate::disk::{Disk, DiskFile, RealDisk};
 use crate::fs_util::create_dir_all_synced;
-use crate::meta::{load_offsets, load_topics, Meta};
-use crate::recovery::{recover, RecoveryReport, Repair};
+use crate::meta::{load_offsets, Meta};
+use crate::recovery::RecoveryReport;
 use crate::segment::SegmentSet;
+use crate::startup::{apply_topics_file, open_segments, reconcile_index_files, recover_log};
 use crate::{AppendError, StoreError};
 use keel_protocol::{encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY};
 use std::collections::BTreeMap;
@@ -859,107 +858,6 @@ impl Store {
             self.notify_listeners();
         }
     }
-}
-
-/// What recovery rebuilt from the CommitLog.
-struct RecoveredLog {
-    topics: BTreeMap<String, TopicQueues>,
-    /// Store time of the newest record of each segment (for retention by age).
-    segment_newest_ms: BTreeMap<u64, u64>,
-    segment_paths: Vec<(u64, PathBuf)>,
-    report: RecoveryReport,
-}
-
-/// Verifies the log (truncating a torn tail) and rebuilds the queue indexes from it.
-fn recover_log(
-    disk: &dyn Disk,
-    config: &StoreConfig,
-    checkpoint: Option<Checkpoint>,
-) -> Result<RecoveredLog, StoreError> {
-    let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
-    let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
-    let on_record = |record: crate::recovery::RecoveredRecord| {
-        let newest = segment_newest_ms.entry(record.segment_base).or_insert(0);
-        *newest = (*newest).max(record.store_timestamp_ms);
-        index_recovered(&mut topics, record)
-    };
-    let log_dir = config.data_dir.join("commitlog");
-    let flushed = checkpoint.map(|c| c.offset_flushed);
-    let (segment_paths, mut report) = recover(
-        disk,
-        &log_dir,
-        flushed,
-        config.max_record_bytes,
-        Repair::TruncateTornTail,
-        on_record,
-    )?;
-    report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
-    Ok(RecoveredLog {
-        topics,
-        segment_newest_ms,
-        segment_paths,
-        report,
-    })
-}
-
-/// Adds the topics file's topics (queue counts, and each queue's first offset after
-/// retention) to the topics rebuilt from the log.
-fn apply_topics_file(
-    disk: &dyn Disk,
-    path: &std::path::Path,
-    topics: &mut BTreeMap<String, TopicQueues>,
-) -> Result<(), StoreError> {
-    for (name, queues, firsts) in load_topics(disk, path)? {
-        let topic = topics.entry(name).or_default();
-        if topic.queues.len() < queues as usize {
-            topic
-                .queues
-                .resize_with(queues as usize, QueueIndex::default);
-        }
-        for (queue, first) in topic.queues.iter_mut().zip(firsts) {
-            crate::retention::apply_persisted_first(queue, first);
-        }
-    }
-    Ok(())
-}
-
-/// Rewrites every ConsumeQueue file that disagrees with the rebuilt index.
-fn reconcile_index_files(
-    index_files: &mut IndexFiles,
-    topics: &BTreeMap<String, TopicQueues>,
-) -> Result<(), StoreError> {
-    let mut rewritten = 0;
-    for (name, topic) in topics {
-        for (queue_id, queue) in topic.queues.iter().enumerate() {
-            let changed = index_files.reconcile(name, queue_id as u32, queue);
-            let changed = changed
-                .map_err(|e| StoreError::io(format!("write consume queue {name}/{queue_id}"), e))?;
-            rewritten += usize::from(changed);
-        }
-    }
-    if rewritten > 0 {
-        log::info!("rebuilt {rewritten} consume queue file(s) from the commit log");
-    }
-    Ok(())
-}
-
-type ActiveSegment = Option<(u64, Arc<dyn DiskFile>)>;
-
-/// Opens every segment for reading (and the last for writing).
-fn open_segments(
-    disk: &dyn Disk,
-    paths: &[(u64, PathBuf)],
-) -> Result<(SegmentSet, ActiveSegment), StoreError> {
-    let segments = SegmentSet::default();
-    let mut active = None;
-    for (base, path) in paths {
-        let file = disk
-            .open(path, OpenMode::ReadWrite)
-            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-        segments.push(*base, file.clone());
-        active = Some((*base, file));
-    }
-    Ok((segments, active))
 }
 
 /// The index of one queue, or why there is none.
