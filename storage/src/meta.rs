@@ -146,7 +146,15 @@ impl Meta {
     }
 }
 
-fn read_sealed(disk: &dyn Disk, path: &Path) -> Result<Option<String>, StoreError> {
+/// What an operator can do about a damaged topics file.
+const TOPICS_REMEDY: &str = "restore the file from a backup, or delete it to go on: topics are \
+    rebuilt from the log, but a topic without messages is forgotten, a topic keeps only the \
+    queues that hold messages, and a queue whose messages all expired restarts at offset 0";
+/// What an operator can do about a damaged offsets file.
+const OFFSETS_REMEDY: &str = "restore the file from a backup, or delete it to go on: every \
+    consumer group then starts again from the first stored message (redelivery, no loss)";
+
+fn read_sealed(disk: &dyn Disk, path: &Path, remedy: &str) -> Result<Option<String>, StoreError> {
     match disk
         .open(path, OpenMode::Read)
         .and_then(|file| read_all(file.as_ref()))
@@ -156,7 +164,7 @@ fn read_sealed(disk: &dyn Disk, path: &Path) -> Result<Option<String>, StoreErro
             None => Err(StoreError::Corruption {
                 path: path.to_path_buf(),
                 position: 0,
-                detail: "checksum trailer missing or wrong".to_string(),
+                detail: format!("checksum trailer missing or wrong; {remedy}"),
             }),
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -176,7 +184,7 @@ fn bad_line(path: &Path, line: &str) -> StoreError {
 pub(crate) type TopicLine = (String, u32, Vec<u64>);
 
 pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<TopicLine>, StoreError> {
-    let Some(body) = read_sealed(disk, path)? else {
+    let Some(body) = read_sealed(disk, path, TOPICS_REMEDY)? else {
         return Ok(Vec::new());
     };
     let mut topics = Vec::new();
@@ -211,7 +219,7 @@ pub(crate) fn load_offsets(
     disk: &dyn Disk,
     path: &Path,
 ) -> Result<BTreeMap<OffsetKey, u64>, StoreError> {
-    let Some(body) = read_sealed(disk, path)? else {
+    let Some(body) = read_sealed(disk, path, OFFSETS_REMEDY)? else {
         return Ok(BTreeMap::new());
     };
     let mut offsets = BTreeMap::new();

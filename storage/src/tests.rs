@@ -543,3 +543,28 @@ mod retention {
         store.shutdown();
     }
 }
+
+#[test]
+fn a_damaged_topics_file_stops_the_start_with_a_remedy_and_deleting_it_recovers_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let end = append_many(&store, 10);
+    wait_durable(&store, end);
+    store.shutdown();
+    drop(store);
+    let topics = dir.path().join("topics");
+    let text = std::fs::read_to_string(&topics).unwrap();
+    std::fs::write(&topics, text.replace("orders 4", "orders 5")).unwrap();
+    match reopen(dir.path()) {
+        Err(StoreError::Corruption { detail, .. }) => {
+            assert!(detail.contains("delete it to go on"), "{detail}")
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("a damaged topics file was accepted"),
+    }
+    std::fs::remove_file(&topics).unwrap();
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(read_all(&store, 0).len(), 5);
+    assert_eq!(read_all(&store, 1).len(), 5);
+    store.shutdown();
+}
