@@ -99,7 +99,23 @@ pub fn verify_on(
             report.torn_tail_bytes = recovery.truncated_bytes;
             report.torn_tail_reason = recovery.truncation_reason;
         }
-        Err(error @ StoreError::Corruption { .. }) => report.corruption = Some(error.to_string()),
+        Err(error @ StoreError::Corruption { .. }) => {
+            report.corruption = Some(error.to_string());
+            // Still say how far the valid records reach (ignoring the checkpoint): when
+            // only the end is missing, that is where `truncate` would cut.
+            if let Ok((_, valid)) = recover(
+                disk,
+                &log_dir,
+                None,
+                max_record_bytes,
+                Repair::ReadOnly,
+                |_| Ok(()),
+            ) {
+                report.segments = valid.segments;
+                report.records = valid.records;
+                report.offset_end = valid.offset_end;
+            }
+        }
         Err(error) => return Err(error),
     }
     for (topic, queues) in &topics {

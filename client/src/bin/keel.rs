@@ -520,7 +520,10 @@ fn admin(command: AdminCommand) -> Result<ExitCode, ClientError> {
             println!("data directory   {}", data_dir.display());
             println!("segments         {}", report.segments);
             println!("records          {} (all CRC32C-checked)", report.records);
-            println!("log end offset   {}", report.offset_end);
+            println!(
+                "log end offset   {} (where the valid records end)",
+                report.offset_end
+            );
             let checkpoint = report
                 .checkpoint
                 .map_or("none".to_string(), |offset| offset.to_string());

@@ -165,3 +165,39 @@ fn the_operator_can_verify_then_deliberately_truncate_a_corrupt_log() {
     assert_eq!(records.len(), 30);
     assert_eq!(&records[29].payload[..], b"message number 0029");
 }
+
+#[test]
+fn a_segment_cut_short_outside_keel_is_refused_and_verify_says_where_to_truncate() {
+    // Cut inside a record (a partial record below the fsynced offset), or exactly at a
+    // record boundary (records below the fsynced offset missing): both are refused.
+    for (inside, message) in [
+        (
+            30,
+            "not a torn tail because it lies below the last fsynced offset",
+        ),
+        (0, "acknowledged data is missing"),
+    ] {
+        let mut broker = BrokerProcess::start("");
+        let results = send_numbered(&broker, 40);
+        assert!(broker.terminate().success());
+        let segment = broker.first_segment();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("segment");
+        file.set_len(results[25].log_offset + inside)
+            .expect("truncate");
+        assert_eq!(broker.spawn_expect_failure().code(), Some(1));
+        assert!(broker.log().contains(message), "{}", broker.log());
+        let data_dir = broker.dir.join("data");
+        let report = keel_storage::admin::verify(&data_dir, 5 << 20).expect("verify");
+        assert!(!report.starts());
+        assert_eq!(
+            report.offset_end, results[25].log_offset,
+            "verify names where the valid records end"
+        );
+        keel_storage::admin::truncate(&data_dir, report.offset_end, 5 << 20).expect("truncate");
+        broker.spawn();
+        assert_eq!(crate::harness::drain(&broker.address, "audit").len(), 25);
+    }
+}
