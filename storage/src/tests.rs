@@ -517,14 +517,19 @@ mod retention {
         // A queue whose every record expired keeps its end across a restart.
         cfg.retention_ms = 1;
         let store = Store::open(cfg.clone()).unwrap();
-        store
+        let appended = store
             .append(
                 &Message::new("orders", "rolls a new segment").with_queue(1),
                 true,
                 now,
             )
             .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // Retention never deletes data not yet fsynced: wait for the fsync, not a guess.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.offset_flushed() < appended.offset_end {
+            assert!(Instant::now() < deadline, "the append was never fsynced");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         store.apply_retention(now + 10_000_000).unwrap();
         store.shutdown();
         drop(store);
