@@ -141,6 +141,14 @@ impl Syncer<'_> {
         unsynced.records = records;
     }
 
+    /// After `truncate_to`: nothing is unsynced and the log ends at `written`.
+    fn reset(&self, written: u64, records: u64) {
+        let mut unsynced = self.lock_unsynced();
+        unsynced.files.clear();
+        unsynced.written = written;
+        unsynced.records = records;
+    }
+
     /// fsyncs every file written so far and publishes the flushed offset.
     fn sync(&self) -> Result<(), StoreError> {
         let mut round = self
@@ -284,6 +292,14 @@ impl Flusher<'_> {
         let store = self.store;
         let mut state = store.lock_state();
         loop {
+            if let Some(to) = state.flusher_reset.take() {
+                // `truncate_to` cut the log (everything had been written and fsynced).
+                self.written = to;
+                self.records_written = state.records_appended;
+                self.active = store.segments.last();
+                self.syncer.reset(to, self.records_written);
+                store.flusher_wakeup.notify_all();
+            }
             if !state.pending.is_empty() {
                 let base = state.pending_base;
                 let bytes = std::mem::replace(&mut state.pending, std::mem::take(spare));

@@ -12,6 +12,7 @@
 //! On disk:
 //! ```text
 //! DATA_DIR/LOCK                               held (flock) while a broker runs
+//! DATA_DIR/epochs                             master epochs: which term wrote which offsets
 //! DATA_DIR/checkpoint                         last fsynced log offset (a hint for recovery)
 //! DATA_DIR/commitlog/00000000000000000000     segments named by base offset
 //! DATA_DIR/consumequeue/TOPIC/QUEUE/00000000000000000000   20-byte index entries
@@ -23,11 +24,13 @@ pub mod admin;
 mod checkpoint;
 mod consume_queue;
 pub mod disk;
+pub mod epochs;
 mod error;
 mod flusher;
 mod fs_util;
 mod meta;
 mod recovery;
+mod replica;
 mod retention;
 mod segment;
 pub mod sim;
@@ -35,8 +38,10 @@ mod startup;
 mod store;
 
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
+pub use epochs::Epoch;
 pub use error::{AppendError, StoreError};
 pub use recovery::RecoveryReport;
+pub use replica::RecordId;
 pub use store::{AppendResult, FlushMode, QueueRead, ReadStatus, Store, StoreConfig, StoreStats};
 
 #[cfg(test)]

@@ -98,6 +98,17 @@ impl SegmentSet {
         segments.iter().map(|segment| segment.base_offset).collect()
     }
 
+    /// The newest segment's base offset and handle.
+    pub(crate) fn last(&self) -> Option<(u64, Arc<dyn DiskFile>)> {
+        let segments = self
+            .segments
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        segments
+            .last()
+            .map(|segment| (segment.base_offset, segment.file.clone()))
+    }
+
     /// Forgets the handles of deleted segments.
     pub(crate) fn remove(&self, bases: &[u64]) {
         let mut segments = self

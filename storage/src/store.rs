@@ -136,6 +136,8 @@ pub(crate) struct AppendState {
     pub log_start: u64,
     /// Store timestamp of the newest record of each segment, by base offset.
     pub segment_newest_ms: BTreeMap<u64, u64>,
+    /// Set by `truncate_to`: the flusher restarts writing at this offset.
+    pub flusher_reset: Option<u64>,
 }
 
 /// Offsets published by the flusher. Invariant: `flushed <= written <= offset_end`.
@@ -152,6 +154,8 @@ pub(crate) struct Progress {
     pub disk_full: AtomicBool,
     /// Mirror of `AppendState::generation`.
     pub generation: AtomicU64,
+    /// Replication's cap on the durable offset (see `Store::set_durable_cap`).
+    pub durable_cap: AtomicU64,
 }
 
 type Listener = Arc<dyn Fn() + Send + Sync>;
@@ -170,6 +174,7 @@ pub struct Store {
     pub(crate) retention: crate::retention::Retention,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
+    pub(crate) epochs: Mutex<Vec<crate::epochs::Epoch>>,
     pub(crate) disk: Arc<dyn Disk>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -200,6 +205,7 @@ impl Store {
         let offsets_path = data_dir.join("offsets").join("consumer_offsets");
         apply_topics_file(disk_ref, &topics_path, &mut recovered.topics)?;
         let offsets = load_offsets(disk_ref, &offsets_path)?;
+        let epochs = crate::epochs::load(disk_ref, &data_dir.join("epochs"))?;
         let mut index_files = IndexFiles::new(disk.clone(), &data_dir.join("consumequeue"));
         reconcile_index_files(&mut index_files, &recovered.topics)?;
         let (segments, active) = open_segments(disk_ref, &recovered.segment_paths)?;
@@ -234,6 +240,7 @@ impl Store {
                     .first()
                     .map_or(offset_end, |(base, _)| *base),
                 segment_newest_ms: recovered.segment_newest_ms,
+                flusher_reset: None,
             }),
             flusher_wakeup: Condvar::new(),
             progress: Progress {
@@ -241,6 +248,7 @@ impl Store {
                 written: AtomicU64::new(offset_end),
                 flushed: AtomicU64::new(offset_end),
                 records_flushed: AtomicU64::new(records),
+                durable_cap: AtomicU64::new(u64::MAX),
                 ..Progress::default()
             },
             segments,
@@ -251,6 +259,7 @@ impl Store {
             retention: crate::retention::Retention::default(),
             threads: Mutex::new(Vec::new()),
             recovery: recovered.report,
+            epochs: Mutex::new(epochs),
             config,
             disk,
             _lock: lock,
@@ -307,7 +316,7 @@ impl Store {
             .push(listener);
     }
 
-    pub(crate) fn notify_listeners(&self) {
+    pub fn notify_listeners(&self) {
         let listeners = self
             .listeners
             .lock()
@@ -345,10 +354,17 @@ impl Store {
         self.progress.flushed.load(Ordering::Acquire)
     }
 
-    /// Highest offset durable by this broker's standard: fsynced with `flush = "sync"`,
-    /// written to the page cache with `flush = "async"`. Sends at or below it are acked
-    /// and consumers are served up to it.
+    /// Highest offset durable by this broker's standard: the local durable offset,
+    /// capped by replication (a slave's acknowledgement on a sync master, the master's
+    /// confirmation on a slave). Sends at or below it are acked and consumers are
+    /// served up to it.
     pub fn offset_durable(&self) -> u64 {
+        self.offset_local_durable().min(self.durable_cap())
+    }
+
+    /// Highest offset durable on this machine: fsynced with `flush = "sync"`, written
+    /// to the page cache with `flush = "async"`.
+    pub fn offset_local_durable(&self) -> u64 {
         match self.config.flush {
             FlushMode::Sync => self.offset_flushed(),
             FlushMode::Async => self.offset_written(),

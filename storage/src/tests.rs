@@ -573,3 +573,110 @@ fn a_damaged_topics_file_stops_the_start_with_a_remedy_and_deleting_it_recovers_
     assert_eq!(read_all(&store, 1).len(), 5);
     store.shutdown();
 }
+
+mod replica {
+    use super::*;
+
+    /// Copies the master's written log into the slave, in chunks that cut records.
+    fn replicate(master: &Store, slave: &Store) {
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let from = slave.stats().offset_appended + carry.len() as u64;
+            let chunk = master.read_log(from, 1000).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            carry.extend_from_slice(&chunk);
+            let taken = slave.append_replicated(&carry).unwrap();
+            carry.drain(..taken);
+        }
+        assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn a_slave_copies_the_log_at_the_same_offsets_and_truncates_to_a_proven_prefix() {
+        let (master_dir, slave_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master = reopen(master_dir.path()).unwrap();
+        let slave = reopen(slave_dir.path()).unwrap();
+        let end = append_many(&master, 150);
+        wait_durable(&master, end);
+        replicate(&master, &slave);
+        wait_durable(&slave, end);
+        assert_eq!(read_all(&slave, 0), read_all(&master, 0));
+        assert_eq!(read_all(&slave, 1), read_all(&master, 1));
+        assert_eq!(
+            slave.record_ending_at(end).unwrap(),
+            master.record_ending_at(end).unwrap()
+        );
+
+        // The slave takes records the master will not keep, then is cut back.
+        let mut extra = Vec::new();
+        {
+            let other_dir = tempfile::tempdir().unwrap();
+            let other = reopen(other_dir.path()).unwrap();
+            let other_end = append_many(&other, 160);
+            wait_durable(&other, other_end);
+            let mut from = end;
+            while from < other_end {
+                let chunk = other.read_log(from, 1 << 20).unwrap();
+                from += chunk.len() as u64;
+                extra.extend_from_slice(&chunk);
+            }
+        }
+        // Records 150..160 of a log with the same shape continue the slave's log.
+        assert_eq!(slave.append_replicated(&extra).unwrap(), extra.len());
+        let longer = slave.stats().offset_appended;
+        assert!(longer > end);
+        assert!(slave.truncate_to(end - 1).is_err(), "not a record boundary");
+        assert_eq!(slave.truncate_to(end).unwrap(), 10);
+        assert_eq!(slave.stats().offset_flushed, end);
+        assert_eq!(read_all(&slave, 0).len(), 75);
+
+        // Replication continues from the cut, across segment rolls, and survives a restart.
+        let end2 = append_many(&master, 40);
+        wait_durable(&master, end2);
+        replicate(&master, &slave);
+        wait_durable(&slave, end2);
+        assert_eq!(read_all(&slave, 1), read_all(&master, 1));
+        slave.shutdown();
+        drop(slave);
+        let slave = reopen(slave_dir.path()).unwrap();
+        assert_eq!(slave.recovery_report().truncated_bytes, 0);
+        assert_eq!(slave.stats().offset_appended, end2);
+        assert_eq!(read_all(&slave, 0), read_all(&master, 0));
+    }
+
+    #[test]
+    fn a_damaged_or_misplaced_record_from_the_master_is_refused() {
+        let (master_dir, slave_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master = reopen(master_dir.path()).unwrap();
+        let slave = reopen(slave_dir.path()).unwrap();
+        let end = append_many(&master, 3);
+        wait_durable(&master, end);
+        let mut bytes = master.read_log(0, 1 << 20).unwrap();
+        let second = bytes.len() / 3;
+        assert!(
+            slave.append_replicated(&bytes[second..]).is_err(),
+            "wrong offset"
+        );
+        bytes[80] ^= 1;
+        assert!(slave.append_replicated(&bytes).is_err(), "bad CRC");
+        assert_eq!(slave.stats().offset_appended, 0);
+    }
+
+    #[test]
+    fn epochs_begin_at_the_log_end_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.begin_epoch().unwrap().epoch, 1);
+        let end = append_many(&store, 5);
+        wait_durable(&store, end);
+        let second = store.begin_epoch().unwrap();
+        assert_eq!((second.epoch, second.start), (2, end));
+        store.shutdown();
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.epochs().len(), 2);
+        assert_eq!(store.current_epoch(), 2);
+    }
+}

@@ -1,0 +1,445 @@
+//! What replication needs from the store: raw log bytes for a master to stream, records
+//! applied at the master's offsets on a slave, the epoch history, and cutting a slave's
+//! log back to the prefix it shares with its master.
+
+use crate::consume_queue::{IndexEntry, IndexUpdate, QueueIndex, TopicQueues};
+use crate::epochs::{self, Epoch};
+use crate::store::Store;
+use crate::StoreError;
+use keel_protocol::{decode_record, peek_record_header, RECORD_FIXED_LEN};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Identifies one stored record: where it starts, its size and its CRC32C. Two logs
+/// whose records at the same offset have the same identity hold the same record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordId {
+    pub start: u64,
+    pub size: u32,
+    pub crc: u32,
+}
+
+impl RecordId {
+    pub fn end(&self) -> u64 {
+        self.start + u64::from(self.size)
+    }
+}
+
+/// How long `truncate_to` waits for the flusher to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Store {
+    fn epochs_path(&self) -> std::path::PathBuf {
+        self.config.data_dir.join("epochs")
+    }
+
+    /// The epoch history, oldest first (empty for a log no master ever wrote).
+    pub fn epochs(&self) -> Vec<Epoch> {
+        self.lock_epochs().clone()
+    }
+
+    /// The newest epoch number (0 when there is none).
+    pub fn current_epoch(&self) -> u64 {
+        self.lock_epochs().last().map_or(0, |e| e.epoch)
+    }
+
+    fn lock_epochs(&self) -> std::sync::MutexGuard<'_, Vec<Epoch>> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Starts a new master epoch at the log's end and makes it durable. Called when a
+    /// broker starts as a master and when a slave is promoted, before any append.
+    /// Epochs of the history that start past the end (learnt from a former master,
+    /// never written here) are dropped first.
+    pub fn begin_epoch(&self) -> Result<Epoch, StoreError> {
+        let state = self.lock_state();
+        let end = state.offset_end;
+        let mut history = self.lock_epochs();
+        let mut next = history.clone();
+        next.retain(|e| e.start <= end);
+        let epoch = Epoch {
+            epoch: history.last().map_or(0, |e| e.epoch) + 1,
+            start: end,
+        };
+        next.push(epoch);
+        epochs::save(self.disk.as_ref(), &self.epochs_path(), &next)?;
+        *history = next;
+        drop(state);
+        Ok(epoch)
+    }
+
+    /// Replaces the history with the master's (a slave follows its master's terms).
+    pub fn adopt_epochs(&self, history: &[Epoch]) -> Result<(), StoreError> {
+        epochs::validate_history(history).map_err(StoreError::InvalidArgument)?;
+        let mut ours = self.lock_epochs();
+        if ours.as_slice() == history {
+            return Ok(());
+        }
+        epochs::save(self.disk.as_ref(), &self.epochs_path(), history)?;
+        *ours = history.to_vec();
+        Ok(())
+    }
+
+    /// Up to `max_bytes` of the log from `from`, within one segment and never past what
+    /// is written. Empty when `from` is the written end.
+    pub fn read_log(&self, from: u64, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
+        let written = self.offset_written();
+        let log_start = self.lock_state().log_start;
+        if from < log_start || from > written {
+            return Err(StoreError::InvalidArgument(format!(
+                "log offset {from} is outside the stored log [{log_start}, {written})"
+            )));
+        }
+        let bases = self.segments.bases();
+        let segment_end = bases
+            .iter()
+            .find(|base| **base > from)
+            .map_or(written, |next| (*next).min(written));
+        let length = (segment_end - from).min(max_bytes as u64) as usize;
+        let mut bytes = vec![0u8; length];
+        if length > 0 {
+            self.segments
+                .read_at(from, &mut bytes)
+                .map_err(|e| StoreError::io(format!("read the commit log at {from}"), e))?;
+        }
+        Ok(bytes)
+    }
+
+    /// The record that ends exactly at log offset `end`, if one does.
+    pub fn record_ending_at(&self, end: u64) -> Result<Option<RecordId>, StoreError> {
+        let entry = {
+            let state = self.lock_state();
+            state
+                .topics
+                .values()
+                .flat_map(|topic| topic.queues.iter())
+                .find_map(|queue| {
+                    let index = queue
+                        .entries
+                        .partition_point(|entry| entry.offset_end() < end);
+                    queue
+                        .entries
+                        .get(index)
+                        .filter(|entry| entry.offset_end() == end)
+                        .copied()
+                })
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        if end > self.offset_written() {
+            return Ok(None);
+        }
+        let mut header = [0u8; 12];
+        self.segments
+            .read_at(entry.log_offset, &mut header)
+            .map_err(|e| StoreError::io(format!("read the record at {}", entry.log_offset), e))?;
+        Ok(peek_record_header(&header).map(|header| RecordId {
+            start: entry.log_offset,
+            size: header.total_size,
+            crc: header.crc,
+        }))
+    }
+
+    /// Slave side: appends whole records received from the master at the master's log
+    /// offsets. Returns how many bytes of `bytes` were taken; a partial record at the
+    /// end is left for the caller to complete. Each record's CRC is checked, and its log
+    /// and queue offsets must continue this log exactly, or nothing more is taken.
+    ///
+    /// The records become durable through the flusher like any append; the slave
+    /// reports `offset_flushed` back to its master.
+    pub fn append_replicated(&self, bytes: &[u8]) -> Result<usize, StoreError> {
+        if self.is_poisoned() {
+            return Err(StoreError::io(
+                "append replicated records",
+                std::io::Error::other("the log is poisoned"),
+            ));
+        }
+        let mut state = self.lock_state();
+        if self.is_disk_full() {
+            return Err(StoreError::io(
+                "append replicated records",
+                std::io::Error::from(std::io::ErrorKind::StorageFull),
+            ));
+        }
+        let mut taken = 0usize;
+        let mut created = false;
+        let max_record = self.config.max_record_bytes;
+        while let Some(rest) = bytes.get(taken..) {
+            let Some(header) = peek_record_header(rest) else {
+                break;
+            };
+            if (header.total_size as usize) < RECORD_FIXED_LEN || header.total_size > max_record {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the master sent a record of implausible size {} at log offset {}",
+                    header.total_size, state.offset_end
+                )));
+            }
+            if rest.len() < header.total_size as usize {
+                break;
+            }
+            let record = decode_record(rest).map_err(|error| {
+                StoreError::InvalidArgument(format!(
+                    "the master sent a damaged record at log offset {}: {error}",
+                    state.offset_end
+                ))
+            })?;
+            let size = u64::from(record.total_size);
+            if record.log_offset != state.offset_end {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the master sent a record for log offset {} but this log ends at {}",
+                    record.log_offset, state.offset_end
+                )));
+            }
+            let default_queues = self.config.default_queues;
+            let topic = state.topics.entry(record.topic.clone()).or_insert_with(|| {
+                created = true;
+                TopicQueues::with_queues(default_queues)
+            });
+            while topic.queues.len() <= record.queue_id as usize {
+                topic.queues.push(QueueIndex::default());
+                created = true;
+            }
+            let queue = &mut topic.queues[record.queue_id as usize];
+            if record.queue_offset != queue.end() {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the master's record at log offset {} is queue offset {} of {}/{}, \
+                     but that queue ends at {} here",
+                    record.log_offset,
+                    record.queue_offset,
+                    record.topic,
+                    record.queue_id,
+                    queue.end()
+                )));
+            }
+            let entry = IndexEntry {
+                log_offset: record.log_offset,
+                size: record.total_size,
+                tags_hash: record.tags_hash(),
+            };
+            queue.entries.push(entry);
+            let segment_used = state.offset_end - state.segment_active_base;
+            if segment_used > 0 && segment_used + size > self.config.segment_size_bytes {
+                state.segment_active_base = state.offset_end;
+                let base = state.offset_end;
+                state.segments_new.push(base);
+            }
+            state.pending_index.push(IndexUpdate {
+                topic: record.topic.clone(),
+                queue_id: record.queue_id,
+                queue_offset: record.queue_offset,
+                entry,
+            });
+            let active = state.segment_active_base;
+            let newest = state.segment_newest_ms.entry(active).or_insert(0);
+            *newest = (*newest).max(record.store_timestamp_ms);
+            state
+                .pending
+                .extend_from_slice(&rest[..record.total_size as usize]);
+            state.offset_end += size;
+            state.records_appended += 1;
+            taken += record.total_size as usize;
+        }
+        self.progress
+            .appended
+            .store(state.offset_end, Ordering::Release);
+        if taken > 0 && state.flusher_waiting {
+            self.flusher_wakeup.notify_one();
+        }
+        drop(state);
+        if created {
+            self.meta.bump();
+        }
+        Ok(taken)
+    }
+
+    /// Slave side: cuts the log back to `to`, the end of a record (or the log start),
+    /// after the master proved where the two histories part. Every record from `to` on
+    /// is removed from the segment files (fsynced) and the indexes.
+    ///
+    /// The caller must be the only appender (a slave's replication thread) and must
+    /// not append until this returns.
+    pub fn truncate_to(&self, to: u64) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        loop {
+            let appended = self.progress.appended.load(Ordering::Acquire);
+            if self.offset_written() == appended && self.offset_flushed() == appended {
+                break;
+            }
+            if self.is_poisoned() || started.elapsed() > DRAIN_TIMEOUT {
+                return Err(StoreError::io(
+                    "truncate the log",
+                    std::io::Error::other("the flusher did not drain the log in time"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut state = self.lock_state();
+        let end = state.offset_end;
+        if to > end || to < state.log_start {
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot truncate to {to}: the log holds [{}, {end})",
+                state.log_start
+            )));
+        }
+        if to == end {
+            return Ok(0);
+        }
+        let on_boundary = to == state.log_start
+            || state
+                .topics
+                .values()
+                .flat_map(|topic| topic.queues.iter())
+                .any(|queue| queue.entries.iter().any(|e| e.offset_end() == to));
+        if !on_boundary {
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot truncate to {to}: no record ends there"
+            )));
+        }
+        let dir = self.config.data_dir.join("commitlog");
+        let bases = self.segments.bases();
+        let first = bases.first().copied();
+        let mut removed = Vec::new();
+        let mut kept_base = to;
+        for base in bases {
+            let path = dir.join(crate::segment::segment_file_name(base));
+            if base < to || (base == to && Some(base) == first) {
+                // The segment holding `to` (or the only one, emptied): cut it there.
+                let file = self
+                    .disk
+                    .open(&path, crate::disk::OpenMode::ReadWrite)
+                    .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+                let length = to - base;
+                if file
+                    .len()
+                    .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+                    > length
+                {
+                    file.set_len(length)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
+                }
+                kept_base = base;
+            } else {
+                self.disk
+                    .remove_file(&path)
+                    .map_err(|e| StoreError::io(format!("remove {}", path.display()), e))?;
+                removed.push(base);
+            }
+        }
+        crate::fs_util::sync_dir(self.disk.as_ref(), &dir)?;
+        self.segments.remove(&removed);
+        let mut dropped = 0u64;
+        for topic in state.topics.values_mut() {
+            for queue in &mut topic.queues {
+                dropped += queue.pop_from(to);
+            }
+        }
+        state.records_appended -= dropped;
+        state.offset_end = to;
+        state.pending.clear();
+        state.pending_base = to;
+        state.pending_index.clear();
+        state.segments_new.clear();
+        state.segment_active_base = kept_base;
+        state.segment_newest_ms.retain(|base, _| *base <= kept_base);
+        let records = state.records_appended;
+        // The flusher (idle: everything was flushed) restarts from `to` in the kept
+        // segment; wait until it has, so no fsync round publishes the old end again.
+        state.flusher_reset = Some(to);
+        self.flusher_wakeup.notify_all();
+        drop(state);
+        while self.lock_state().flusher_reset.is_some() {
+            if self.is_poisoned() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let progress = &self.progress;
+        progress.appended.store(to, Ordering::Release);
+        progress.written.store(to, Ordering::Release);
+        progress.flushed.store(to, Ordering::Release);
+        progress.records_flushed.store(records, Ordering::Release);
+        // A cap set by replication must not let the cut records' offsets count as
+        // confirmed when new records take them.
+        let _ = progress
+            .durable_cap
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cap| {
+                (cap != u64::MAX && cap > to).then_some(to)
+            });
+        self.checkpoint.write(crate::checkpoint::Checkpoint {
+            offset_flushed: to,
+            clean: false,
+        })?;
+        self.meta.bump();
+        self.notify_listeners();
+        log::warn!(
+            "truncated the log from {end} to {to}: {dropped} record(s) the master does not have were removed"
+        );
+        Ok(dropped)
+    }
+
+    /// Caps the offset up to which sends are acknowledged and reads are served: a sync
+    /// master sets it to what a slave has acknowledged, a slave to what its master
+    /// confirmed. `u64::MAX` (the default) means no cap.
+    pub fn set_durable_cap(&self, cap: u64) {
+        self.progress.durable_cap.store(cap, Ordering::Release);
+        self.notify_listeners();
+    }
+
+    /// Raises the cap (never lowers it).
+    pub fn raise_durable_cap(&self, cap: u64) {
+        if self.progress.durable_cap.fetch_max(cap, Ordering::AcqRel) < cap {
+            self.notify_listeners();
+        }
+    }
+
+    pub fn durable_cap(&self) -> u64 {
+        self.progress.durable_cap.load(Ordering::Acquire)
+    }
+
+    /// Each topic and its queue count.
+    pub fn topic_list(&self) -> Vec<(String, u32)> {
+        self.lock_state()
+            .topics
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.queue_count()))
+            .collect()
+    }
+
+    /// Every committed consumer offset: (group, topic, queue) -> offset.
+    pub fn consumer_offsets(&self) -> Vec<(String, String, u32, u64)> {
+        self.meta
+            .offsets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .map(|((group, topic, queue), offset)| (group.clone(), topic.clone(), *queue, *offset))
+            .collect()
+    }
+
+    /// Slave side: takes the master's consumer offsets (they overwrite local ones).
+    /// Offsets for queues this log does not have yet are kept anyway.
+    pub fn apply_consumer_offsets(&self, offsets: &[(String, String, u32, u64)]) {
+        let mut changed = false;
+        {
+            let mut ours = self
+                .meta
+                .offsets
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for (group, topic, queue, offset) in offsets {
+                let key = (group.clone(), topic.clone(), *queue);
+                if ours.get(&key) != Some(offset) {
+                    ours.insert(key, *offset);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.meta.bump();
+        }
+    }
+}
