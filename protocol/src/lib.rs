@@ -39,7 +39,7 @@ mod frame;
 mod message;
 mod request;
 mod response;
-mod wire;
+pub mod wire;
 
 pub use codes::{ErrorCode, PullStatus, SendStatus};
 pub use error::DecodeError;

@@ -4,25 +4,25 @@ use crate::DecodeError;
 use bytes::{BufMut, Bytes};
 
 /// Reads fields from a body, never past its end.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     bytes: &'a [u8],
     position: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader { bytes, position: 0 }
     }
 
-    pub(crate) fn position(&self) -> usize {
+    pub fn position(&self) -> usize {
         self.position
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.position)
     }
 
-    pub(crate) fn take(
+    pub fn take(
         &mut self,
         field: &'static str,
         count: usize,
@@ -55,24 +55,24 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(u8::from_le_bytes(self.array(field)?))
     }
 
-    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(field)?))
     }
 
-    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array(field)?))
     }
 
-    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
 
     /// A `str16`: u16 byte length, then that many bytes of UTF-8.
-    pub(crate) fn str16(&mut self, field: &'static str) -> Result<String, DecodeError> {
+    pub fn str16(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let length = usize::from(self.u16(field)?);
         let bytes = self.take(field, length)?;
         let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8 { field })?;
@@ -80,7 +80,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `bytes32`: u32 byte length, then that many bytes.
-    pub(crate) fn bytes32(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub fn bytes32(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let length = self.u32(field)?;
         let length = usize::try_from(length).map_err(|_| DecodeError::InvalidValue {
             field,
@@ -89,7 +89,7 @@ impl<'a> Reader<'a> {
         self.take(field, length)
     }
 
-    pub(crate) fn finish(&self, kind: &'static str) -> Result<(), DecodeError> {
+    pub fn finish(&self, kind: &'static str) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
             count => Err(DecodeError::TrailingBytes { kind, count }),
@@ -99,7 +99,7 @@ impl<'a> Reader<'a> {
 
 /// Writes a `str16`. Callers validate lengths first; longer text is cut at 65535 bytes
 /// on a character boundary so the frame stays well-formed.
-pub(crate) fn put_str16(out: &mut impl BufMut, text: &str) {
+pub fn put_str16(out: &mut impl BufMut, text: &str) {
     let mut end = text.len().min(usize::from(u16::MAX));
     while !text.is_char_boundary(end) {
         end = end.saturating_sub(1);
@@ -110,7 +110,7 @@ pub(crate) fn put_str16(out: &mut impl BufMut, text: &str) {
 }
 
 /// Writes a `bytes32`. Payloads are bounded far below 4 GiB by `max_message_bytes`.
-pub(crate) fn put_bytes32(out: &mut impl BufMut, bytes: &[u8]) {
+pub fn put_bytes32(out: &mut impl BufMut, bytes: &[u8]) {
     let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     out.put_u32_le(length);
     out.put_slice(bytes.get(..length as usize).unwrap_or(bytes));

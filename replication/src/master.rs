@@ -1,0 +1,395 @@
+//! Master side: accepts slaves on the HA port, proves where their logs meet this one,
+//! streams CommitLog bytes from there, and tracks what each slave has fsynced.
+//!
+//! Threads, never the event loops: one accepting, and per slave one writer (streaming)
+//! and one reader (acks). The writer reads segments with `pread` from the page cache.
+
+use crate::wire::{read_frame, write_frame, HaFrame, DATA_CHUNK_BYTES};
+use crate::Notifier;
+use keel_storage::epochs::common_prefix_end;
+use keel_storage::{RecordId, Store};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    /// `sync_master`: sends are acknowledged (and reads served) only up to what a
+    /// slave has fsynced. `async_master`: slaves follow in the background.
+    pub sync: bool,
+    /// A slave further behind than this is not in sync.
+    pub fallbehind_max_bytes: u64,
+    /// Heartbeat period; a slave silent for 3 periods is not in sync, 5 disconnects it.
+    pub heartbeat: Duration,
+}
+
+/// What the master knows about one connected slave.
+#[derive(Debug, Clone)]
+pub struct SlaveInfo {
+    pub peer: SocketAddr,
+    pub broker_name: String,
+    pub broker_id: u32,
+    /// Highest offset the slave reported fsynced.
+    pub acked: u64,
+    pub since_heard: Duration,
+    pub in_sync: bool,
+}
+
+struct Link {
+    id: u64,
+    peer: SocketAddr,
+    broker_name: String,
+    broker_id: u32,
+    acked: u64,
+    last_heard: Instant,
+}
+
+pub struct HaMaster {
+    store: Arc<Store>,
+    options: MasterOptions,
+    links: Mutex<Vec<Link>>,
+    next_id: AtomicU64,
+    notifier: Arc<Notifier>,
+    stop: AtomicBool,
+    local_addr: SocketAddr,
+}
+
+impl HaMaster {
+    /// Listens on `address` and serves slaves until `stop`.
+    pub fn start(
+        store: Arc<Store>,
+        address: SocketAddr,
+        options: MasterOptions,
+    ) -> std::io::Result<Arc<HaMaster>> {
+        let listener = TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        let notifier = Arc::new(Notifier::default());
+        let wake = notifier.clone();
+        store.add_listener(Arc::new(move || wake.notify()));
+        let master = Arc::new(HaMaster {
+            store,
+            options,
+            links: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            notifier,
+            stop: AtomicBool::new(false),
+            local_addr: listener.local_addr()?,
+        });
+        let accepting = master.clone();
+        std::thread::Builder::new()
+            .name("keel-ha-accept".into())
+            .spawn(move || accepting.accept_loop(listener))?;
+        Ok(master)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.options.sync
+    }
+
+    /// Stops accepting and disconnects every slave (their threads end on their own).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.notifier.notify();
+    }
+
+    fn lock_links(&self) -> MutexGuard<'_, Vec<Link>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn link_in_sync(&self, link: &Link, written: u64) -> bool {
+        link.last_heard.elapsed() < self.options.heartbeat * 3
+            && written.saturating_sub(link.acked) <= self.options.fallbehind_max_bytes
+    }
+
+    /// Whether at least one slave is connected, heard from recently, and not too far
+    /// behind: a sync master answers `SLAVE_NOT_AVAILABLE` at once otherwise.
+    pub fn in_sync(&self) -> bool {
+        let written = self.store.offset_written();
+        self.lock_links()
+            .iter()
+            .any(|link| self.link_in_sync(link, written))
+    }
+
+    pub fn slaves(&self) -> Vec<SlaveInfo> {
+        let written = self.store.offset_written();
+        self.lock_links()
+            .iter()
+            .map(|link| SlaveInfo {
+                peer: link.peer,
+                broker_name: link.broker_name.clone(),
+                broker_id: link.broker_id,
+                acked: link.acked,
+                since_heard: link.last_heard.elapsed(),
+                in_sync: self.link_in_sync(link, written),
+            })
+            .collect()
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        while !self.stop.load(Ordering::Acquire) {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let master = self.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("keel-ha-slave".into())
+                        .spawn(move || master.serve(stream, peer));
+                    if let Err(error) = spawned {
+                        log::error!("cannot start a thread for slave {peer}: {error}");
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => {
+                    log::warn!("HA accept failed: {error}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        match self.clone().session(&stream, peer, id) {
+            Ok(()) => log::info!("slave {peer} disconnected"),
+            Err(error) => log::warn!("slave {peer}: {error}"),
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+        self.lock_links().retain(|link| link.id != id);
+        // The loops re-check whether a slave is still in sync.
+        self.store.notify_listeners();
+    }
+
+    fn session(self: Arc<Self>, stream: &TcpStream, peer: SocketAddr, id: u64) -> Result<(), String> {
+        let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
+        stream.set_nodelay(true).map_err(|e| io("set TCP_NODELAY", e))?;
+        stream
+            .set_read_timeout(Some(self.options.heartbeat * 5))
+            .map_err(|e| io("set a read timeout", e))?;
+        stream
+            .set_write_timeout(Some(self.options.heartbeat * 10))
+            .map_err(|e| io("set a write timeout", e))?;
+        let mut writer = stream;
+        let hello = read_frame(&mut writer).map_err(|e| io("read HELLO", e))?;
+        let HaFrame::Hello {
+            broker_name,
+            broker_id,
+            log_end,
+            last_record,
+            epochs,
+        } = hello
+        else {
+            return Err(format!("expected HELLO, got frame kind {}", hello.kind()));
+        };
+        let start = match self.meeting_point(log_end, last_record, &epochs) {
+            Ok(start) => start,
+            Err(reason) => {
+                log::error!("refusing slave {broker_name}/{broker_id} at {peer}: {reason}");
+                let _ = write_frame(&mut writer, &HaFrame::Refuse { reason: reason.clone() });
+                return Err(reason);
+            }
+        };
+        let proof = match start {
+            0 => RecordId::default(),
+            _ => self
+                .store
+                .record_ending_at(start)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no record ends at {start} any more"))?,
+        };
+        write_frame(
+            &mut writer,
+            &HaFrame::Welcome {
+                start,
+                proof,
+                epoch: self.store.current_epoch(),
+                epochs: self.store.epochs(),
+            },
+        )
+        .map_err(|e| io("write WELCOME", e))?;
+        if start < log_end {
+            log::warn!(
+                "slave {broker_name}/{broker_id} at {peer} holds records from {start} to {log_end} \
+                 that this master does not: it truncates them"
+            );
+        }
+        log::info!("slave {broker_name}/{broker_id} at {peer} connected; streaming from {start}");
+        self.lock_links().push(Link {
+            id,
+            peer,
+            broker_name,
+            broker_id,
+            acked: start,
+            last_heard: Instant::now(),
+        });
+        self.store.notify_listeners();
+
+        let reader = stream.try_clone().map_err(|e| io("clone the socket", e))?;
+        let acks = self.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let done_reading = done.clone();
+        let ack_thread = std::thread::Builder::new()
+            .name("keel-ha-acks".into())
+            .spawn(move || {
+                let outcome = acks.read_acks(reader, id);
+                done_reading.store(true, Ordering::Release);
+                acks.notifier.notify();
+                outcome
+            })
+            .map_err(|e| io("start the ack thread", e))?;
+        let streamed = self.stream_log(writer, start, &done);
+        let _ = writer.shutdown(Shutdown::Both);
+        let acked = ack_thread
+            .join()
+            .unwrap_or_else(|_| Err("the ack thread panicked".into()));
+        streamed.and(acked)
+    }
+
+    /// Where a slave's log (`log_end`, its last record, its epochs) meets this one: the
+    /// offset streaming starts from. Truncating the slave is allowed only when this
+    /// master proves the common prefix.
+    fn meeting_point(
+        &self,
+        log_end: u64,
+        last_record: RecordId,
+        slave_epochs: &[keel_storage::Epoch],
+    ) -> Result<u64, String> {
+        let store = &self.store;
+        let current = store.current_epoch();
+        if let Some(newest) = slave_epochs.last() {
+            if newest.epoch > current {
+                return Err(format!(
+                    "the slave has seen epoch {} but this master is at epoch {current}: this \
+                     broker is a stale master (a slave was promoted in its place); restart it \
+                     with role = \"slave\" of the new master",
+                    newest.epoch
+                ));
+            }
+        }
+        let ours = store.epochs();
+        let written = store.offset_written();
+        let common = common_prefix_end(&ours, written, slave_epochs, log_end)
+            .unwrap_or_else(|| log_end.min(written));
+        let start = common.min(log_end);
+        let log_start = store.stats().log_start;
+        if start < log_start {
+            return Err(format!(
+                "the slave's log ends at {start} but this master's log now starts at {log_start} \
+                 (retention deleted the rest): seed the slave by copying the master's data \
+                 directory while both are stopped"
+            ));
+        }
+        if start == 0 && log_end > 0 {
+            return Err(format!(
+                "the slave's log (ending at {log_end}) shares no proven prefix with this master's: \
+                 refusing to replace it; if it is disposable, stop the slave and empty its \
+                 data directory"
+            ));
+        }
+        if start == log_end && start > 0 {
+            let mine = store.record_ending_at(start).map_err(|e| e.to_string())?;
+            if mine != Some(last_record) {
+                return Err(format!(
+                    "the slave's last record (ending at {log_end}, crc {:08x}) is not this \
+                     master's record there ({}): the histories differ and this master cannot \
+                     prove where",
+                    last_record.crc,
+                    mine.map_or("none".into(), |id| format!("crc {:08x}", id.crc))
+                ));
+            }
+        }
+        Ok(start)
+    }
+
+    /// Streams the log from `start` until the connection or the master stops.
+    fn stream_log(&self, mut stream: &TcpStream, start: u64, done: &AtomicBool) -> Result<(), String> {
+        let heartbeat = self.options.heartbeat;
+        let mut sent = start;
+        let mut confirmed_sent = u64::MAX;
+        let mut heartbeat_due = Instant::now();
+        let mut meta_sent: Option<HaFrame> = None;
+        let mut meta_due = Instant::now();
+        let mut seen = self.notifier.version();
+        while !done.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
+            let written = self.store.offset_written();
+            let confirmed = self.store.offset_durable();
+            let now = Instant::now();
+            if now >= meta_due {
+                let meta = HaFrame::Meta {
+                    topics: self.store.topic_list(),
+                    offsets: self.store.consumer_offsets(),
+                };
+                if meta_sent.as_ref() != Some(&meta) {
+                    write_frame(&mut stream, &meta).map_err(|e| format!("send META: {e}"))?;
+                    meta_sent = Some(meta);
+                }
+                meta_due = now + heartbeat;
+            }
+            if sent < written {
+                let bytes = self
+                    .store
+                    .read_log(sent, DATA_CHUNK_BYTES)
+                    .map_err(|e| format!("read the log at {sent}: {e}"))?;
+                let length = bytes.len() as u64;
+                let frame = HaFrame::Data {
+                    offset: sent,
+                    confirmed,
+                    master_end: written,
+                    bytes,
+                };
+                write_frame(&mut stream, &frame).map_err(|e| format!("send DATA: {e}"))?;
+                sent += length;
+                confirmed_sent = confirmed;
+                heartbeat_due = now + heartbeat;
+                continue;
+            }
+            if confirmed != confirmed_sent || now >= heartbeat_due {
+                let frame = HaFrame::Data {
+                    offset: sent,
+                    confirmed,
+                    master_end: written,
+                    bytes: Vec::new(),
+                };
+                write_frame(&mut stream, &frame).map_err(|e| format!("send a heartbeat: {e}"))?;
+                confirmed_sent = confirmed;
+                heartbeat_due = now + heartbeat;
+            }
+            let until = heartbeat_due.min(meta_due);
+            seen = self
+                .notifier
+                .wait(seen, until.saturating_duration_since(Instant::now()));
+        }
+        Ok(())
+    }
+
+    fn read_acks(&self, mut stream: TcpStream, id: u64) -> Result<(), String> {
+        loop {
+            let frame = match read_frame(&mut stream) {
+                Ok(frame) => frame,
+                Err(error) if self.stop.load(Ordering::Acquire) => {
+                    return Err(format!("stopped ({error})"));
+                }
+                Err(error) => return Err(format!("read ACK: {error}")),
+            };
+            let HaFrame::Ack { flushed } = frame else {
+                return Err(format!("expected ACK, got frame kind {}", frame.kind()));
+            };
+            // A slave cannot have fsynced what was never written here.
+            let flushed = flushed.min(self.store.offset_written());
+            if let Some(link) = self.lock_links().iter_mut().find(|link| link.id == id) {
+                link.acked = link.acked.max(flushed);
+                link.last_heard = Instant::now();
+            }
+            if self.options.sync {
+                self.store.raise_durable_cap(flushed);
+            }
+        }
+    }
+}
