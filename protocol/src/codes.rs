@@ -44,6 +44,57 @@ impl std::fmt::Display for SendStatus {
     }
 }
 
+/// A broker's replication role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BrokerRole {
+    /// Standalone master: no slaves.
+    Master = 0,
+    /// Acks after the local flush; slaves follow in the background.
+    AsyncMaster = 1,
+    /// Acks only after a slave fsynced the message too.
+    SyncMaster = 2,
+    /// Follows a master; serves reads, refuses sends.
+    Slave = 3,
+}
+
+impl BrokerRole {
+    pub const ALL: [BrokerRole; 4] = [
+        BrokerRole::Master,
+        BrokerRole::AsyncMaster,
+        BrokerRole::SyncMaster,
+        BrokerRole::Slave,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<BrokerRole> {
+        BrokerRole::ALL.into_iter().find(|role| *role as u8 == value)
+    }
+
+    /// The name used in configuration files: `master`, `async_master`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerRole::Master => "master",
+            BrokerRole::AsyncMaster => "async_master",
+            BrokerRole::SyncMaster => "sync_master",
+            BrokerRole::Slave => "slave",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<BrokerRole> {
+        BrokerRole::ALL.into_iter().find(|role| role.name() == name)
+    }
+
+    pub fn is_master(self) -> bool {
+        self != BrokerRole::Slave
+    }
+}
+
+impl std::fmt::Display for BrokerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Outcome of a PULL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -45,6 +45,9 @@ kinds! {
     ListTopics = 0x07, "LIST_TOPICS";
     Stats = 0x08, "STATS";
     SendBatch = 0x09, "SEND_BATCH";
+    Promote = 0x0A, "PROMOTE";
+    RegisterBroker = 0x0B, "REGISTER_BROKER";
+    GetRoutes = 0x0C, "GET_ROUTES";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -54,6 +57,9 @@ kinds! {
     TopicList = 0x87, "TOPIC_LIST";
     StatsResult = 0x88, "STATS_RESULT";
     SendBatchResult = 0x89, "SEND_BATCH_RESULT";
+    Promoted = 0x8A, "PROMOTED";
+    Registered = 0x8B, "REGISTERED";
+    Routes = 0x8C, "ROUTES";
     Error = 0xFF, "ERROR";
 }
 

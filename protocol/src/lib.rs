@@ -41,7 +41,7 @@ mod request;
 mod response;
 pub mod wire;
 
-pub use codes::{ErrorCode, PullStatus, SendStatus};
+pub use codes::{BrokerRole, ErrorCode, PullStatus, SendStatus};
 pub use error::DecodeError;
 pub use frame::{
     decode_frame, encode_frame, Kind, RawFrame, FLAG_ONEWAY, FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
@@ -52,11 +52,11 @@ pub use message::{
     RecordHeader, RecordMeta, RECORD_FIXED_LEN, RECORD_MAGIC, TOPIC_NAME_LEN_MAX,
 };
 pub use request::{
-    CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, PullRequest, QueryOffsetRequest,
+    BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, PullRequest, QueryOffsetRequest,
     Request,
 };
 pub use response::{
-    ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult, SendResult, TopicCreated,
+    BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult, SendResult, TopicCreated,
     TopicInfo,
 };
 

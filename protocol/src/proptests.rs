@@ -94,6 +94,29 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::CreateTopic(CreateTopicRequest { topic, queues })),
         text().prop_map(|topic| Request::ListTopics(ListTopicsRequest { topic })),
+        (0u8..4).prop_map(|role| Request::Promote(crate::BrokerRole::from_u8(role).unwrap())),
+        text().prop_map(Request::GetRoutes),
+        (
+            text(),
+            any::<u32>(),
+            0u8..4,
+            any::<u64>(),
+            (text(), text()),
+            proptest::collection::vec((text(), any::<u32>()), 0..4)
+        )
+            .prop_map(
+                |(broker_name, broker_id, role, epoch, (address, ha_address), topics)| {
+                    Request::RegisterBroker(crate::BrokerRegistration {
+                        broker_name,
+                        broker_id,
+                        role: crate::BrokerRole::from_u8(role).unwrap(),
+                        epoch,
+                        address,
+                        ha_address,
+                        topics,
+                    })
+                }
+            ),
     ]
 }
 
@@ -117,6 +140,29 @@ fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         Just(Response::Pong),
         Just(Response::CommitOffsetOk),
+        Just(Response::Registered),
+        any::<(u64, u64)>()
+            .prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
+        proptest::collection::vec(
+            (text(), any::<u32>(), 0u8..4, any::<u64>(), text(), any::<u32>()),
+            0..4
+        )
+        .prop_map(|routes| Response::Routes(
+            routes
+                .into_iter()
+                .map(|(broker_name, broker_id, role, epoch, address, topic_queues)| {
+                    crate::BrokerRoute {
+                        broker_name,
+                        broker_id,
+                        role: crate::BrokerRole::from_u8(role).unwrap(),
+                        epoch,
+                        ha_address: address.clone(),
+                        address,
+                        topic_queues,
+                    }
+                })
+                .collect()
+        )),
         (0u16..4, any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
             |(status, queue_id, queue_offset, log_offset)| {
                 Response::SendResult(SendResult {

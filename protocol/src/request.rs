@@ -2,7 +2,7 @@
 
 use crate::frame::{begin_frame, end_frame, Kind, RawFrame};
 use crate::wire::{put_str16, Reader};
-use crate::{DecodeError, Message};
+use crate::{BrokerRole, DecodeError, Message};
 use bytes::BufMut;
 
 /// PULL: records of one queue from `queue_offset`, waiting up to `wait_ms` for new ones.
@@ -47,6 +47,22 @@ pub struct ListTopicsRequest {
     pub topic: String,
 }
 
+/// REGISTER_BROKER: a broker tells a name server who it is and what it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    pub broker_name: String,
+    pub broker_id: u32,
+    pub role: BrokerRole,
+    /// The broker's master epoch (a promoted slave's is higher than its old master's).
+    pub epoch: u64,
+    /// Client address, `host:port`.
+    pub address: String,
+    /// HA address (`host:port`) slaves connect to; empty for a slave.
+    pub ha_address: String,
+    /// Topics and their queue counts.
+    pub topics: Vec<(String, u32)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Ping,
@@ -59,6 +75,11 @@ pub enum Request {
     Stats,
     /// Several messages stored all together or not at all, acknowledged once.
     SendBatch(Vec<Message>),
+    /// Promote a slave to the given master role (operator command).
+    Promote(BrokerRole),
+    RegisterBroker(BrokerRegistration),
+    /// Routes for a topic (empty: every broker), asked of a name server.
+    GetRoutes(String),
 }
 
 impl Request {
@@ -73,6 +94,9 @@ impl Request {
             Request::ListTopics(_) => Kind::ListTopics,
             Request::Stats => Kind::Stats,
             Request::SendBatch(_) => Kind::SendBatch,
+            Request::Promote(_) => Kind::Promote,
+            Request::RegisterBroker(_) => Kind::RegisterBroker,
+            Request::GetRoutes(_) => Kind::GetRoutes,
         }
     }
 
@@ -107,6 +131,21 @@ impl Request {
                 out.put_u32_le(create.queues);
             }
             Request::ListTopics(list) => put_str16(out, &list.topic),
+            Request::Promote(role) => out.put_u8(*role as u8),
+            Request::RegisterBroker(registration) => {
+                put_str16(out, &registration.broker_name);
+                out.put_u32_le(registration.broker_id);
+                out.put_u8(registration.role as u8);
+                out.put_u64_le(registration.epoch);
+                put_str16(out, &registration.address);
+                put_str16(out, &registration.ha_address);
+                out.put_u32_le(u32::try_from(registration.topics.len()).unwrap_or(u32::MAX));
+                for (topic, queues) in &registration.topics {
+                    put_str16(out, topic);
+                    out.put_u32_le(*queues);
+                }
+            }
+            Request::GetRoutes(topic) => put_str16(out, topic),
             Request::SendBatch(messages) => {
                 out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
                 for message in messages.iter().take(usize::from(u16::MAX)) {
@@ -178,9 +217,42 @@ impl Request {
             Kind::ListTopics => Request::ListTopics(ListTopicsRequest {
                 topic: reader.str16("topic")?,
             }),
+            Kind::Promote => Request::Promote(decode_role(&mut reader)?),
+            Kind::RegisterBroker => {
+                let broker_name = reader.str16("broker_name")?;
+                let broker_id = reader.u32("broker_id")?;
+                let role = decode_role(&mut reader)?;
+                let epoch = reader.u64("epoch")?;
+                let address = reader.str16("address")?;
+                let ha_address = reader.str16("ha_address")?;
+                let count = reader.u32("topic_count")?;
+                // Each topic takes at least 6 bytes: bounded before allocating.
+                let mut topics = Vec::with_capacity((count as usize).min(reader.remaining() / 6));
+                for _ in 0..count {
+                    topics.push((reader.str16("topic")?, reader.u32("queues")?));
+                }
+                Request::RegisterBroker(BrokerRegistration {
+                    broker_name,
+                    broker_id,
+                    role,
+                    epoch,
+                    address,
+                    ha_address,
+                    topics,
+                })
+            }
+            Kind::GetRoutes => Request::GetRoutes(reader.str16("topic")?),
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };
         reader.finish(frame.kind.name())?;
         Ok(request)
     }
+}
+
+pub(crate) fn decode_role(reader: &mut Reader<'_>) -> Result<BrokerRole, DecodeError> {
+    let role = reader.u8("role")?;
+    BrokerRole::from_u8(role).ok_or(DecodeError::InvalidValue {
+        field: "role",
+        value: u64::from(role),
+    })
 }

@@ -2,7 +2,7 @@
 
 use crate::frame::{begin_frame, end_frame, Kind, RawFrame};
 use crate::wire::{put_str16, Reader};
-use crate::{decode_record, DecodeError, ErrorCode, PullStatus, Record, SendStatus};
+use crate::{decode_record, BrokerRole, DecodeError, ErrorCode, PullStatus, Record, SendStatus};
 use bytes::{BufMut, Bytes};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,19 @@ impl std::fmt::Display for ErrorResponse {
     }
 }
 
+/// One broker in a name server's ROUTES answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRoute {
+    pub broker_name: String,
+    pub broker_id: u32,
+    pub role: BrokerRole,
+    pub epoch: u64,
+    pub address: String,
+    pub ha_address: String,
+    /// Queue count of the asked topic on this broker (0: it does not have the topic).
+    pub topic_queues: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Pong,
@@ -109,6 +122,13 @@ pub enum Response {
     TopicList(Vec<TopicInfo>),
     Stats(Vec<(String, u64)>),
     SendBatchResult(SendBatchResult),
+    /// A slave became master: its new epoch and where its log ends.
+    Promoted {
+        epoch: u64,
+        log_end: u64,
+    },
+    Registered,
+    Routes(Vec<BrokerRoute>),
     Error(ErrorResponse),
 }
 
@@ -124,6 +144,9 @@ impl Response {
             Response::TopicList(_) => Kind::TopicList,
             Response::Stats(_) => Kind::StatsResult,
             Response::SendBatchResult(_) => Kind::SendBatchResult,
+            Response::Promoted { .. } => Kind::Promoted,
+            Response::Registered => Kind::Registered,
+            Response::Routes(_) => Kind::Routes,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -139,7 +162,23 @@ impl Response {
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
         let start = begin_frame(out, self.kind(), 0, request_id);
         match self {
-            Response::Pong | Response::CommitOffsetOk => {}
+            Response::Pong | Response::CommitOffsetOk | Response::Registered => {}
+            Response::Promoted { epoch, log_end } => {
+                out.put_u64_le(*epoch);
+                out.put_u64_le(*log_end);
+            }
+            Response::Routes(routes) => {
+                out.put_u32_le(u32::try_from(routes.len()).unwrap_or(u32::MAX));
+                for route in routes {
+                    put_str16(out, &route.broker_name);
+                    out.put_u32_le(route.broker_id);
+                    out.put_u8(route.role as u8);
+                    out.put_u64_le(route.epoch);
+                    put_str16(out, &route.address);
+                    put_str16(out, &route.ha_address);
+                    out.put_u32_le(route.topic_queues);
+                }
+            }
             Response::SendResult(result) => {
                 out.put_u16_le(result.status as u16);
                 out.put_u32_le(result.queue_id);
@@ -204,6 +243,28 @@ impl Response {
         let response = match frame.kind {
             Kind::Pong => Response::Pong,
             Kind::CommitOffsetOk => Response::CommitOffsetOk,
+            Kind::Registered => Response::Registered,
+            Kind::Promoted => Response::Promoted {
+                epoch: reader.u64("epoch")?,
+                log_end: reader.u64("log_end")?,
+            },
+            Kind::Routes => {
+                let count = reader.u32("broker_count")?;
+                // Each route takes at least 27 bytes: bounded before allocating.
+                let mut routes = Vec::with_capacity((count as usize).min(reader.remaining() / 27));
+                for _ in 0..count {
+                    routes.push(BrokerRoute {
+                        broker_name: reader.str16("broker_name")?,
+                        broker_id: reader.u32("broker_id")?,
+                        role: crate::request::decode_role(&mut reader)?,
+                        epoch: reader.u64("epoch")?,
+                        address: reader.str16("address")?,
+                        ha_address: reader.str16("ha_address")?,
+                        topic_queues: reader.u32("topic_queues")?,
+                    });
+                }
+                Response::Routes(routes)
+            }
             Kind::SendResult => {
                 let status = reader.u16("status")?;
                 let status = SendStatus::from_u16(status).ok_or(DecodeError::InvalidValue {
