@@ -67,7 +67,9 @@ impl BrokerRole {
     ];
 
     pub fn from_u8(value: u8) -> Option<BrokerRole> {
-        BrokerRole::ALL.into_iter().find(|role| *role as u8 == value)
+        BrokerRole::ALL
+            .into_iter()
+            .find(|role| *role as u8 == value)
     }
 
     /// The name used in configuration files: `master`, `async_master`, ...

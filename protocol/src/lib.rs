@@ -52,12 +52,12 @@ pub use message::{
     RecordHeader, RecordMeta, RECORD_FIXED_LEN, RECORD_MAGIC, TOPIC_NAME_LEN_MAX,
 };
 pub use request::{
-    BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, PullRequest, QueryOffsetRequest,
-    Request,
+    BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, PullRequest,
+    QueryOffsetRequest, Request,
 };
 pub use response::{
-    BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult, SendResult, TopicCreated,
-    TopicInfo,
+    BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult, SendResult,
+    TopicCreated, TopicInfo,
 };
 
 /// Default upper bound on a whole frame (length prefix included).

@@ -141,26 +141,34 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::Pong),
         Just(Response::CommitOffsetOk),
         Just(Response::Registered),
-        any::<(u64, u64)>()
-            .prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
+        any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
         proptest::collection::vec(
-            (text(), any::<u32>(), 0u8..4, any::<u64>(), text(), any::<u32>()),
+            (
+                text(),
+                any::<u32>(),
+                0u8..4,
+                any::<u64>(),
+                text(),
+                any::<u32>()
+            ),
             0..4
         )
         .prop_map(|routes| Response::Routes(
             routes
                 .into_iter()
-                .map(|(broker_name, broker_id, role, epoch, address, topic_queues)| {
-                    crate::BrokerRoute {
-                        broker_name,
-                        broker_id,
-                        role: crate::BrokerRole::from_u8(role).unwrap(),
-                        epoch,
-                        ha_address: address.clone(),
-                        address,
-                        topic_queues,
+                .map(
+                    |(broker_name, broker_id, role, epoch, address, topic_queues)| {
+                        crate::BrokerRoute {
+                            broker_name,
+                            broker_id,
+                            role: crate::BrokerRole::from_u8(role).unwrap(),
+                            epoch,
+                            ha_address: address.clone(),
+                            address,
+                            topic_queues,
+                        }
                     }
-                })
+                )
                 .collect()
         )),
         (0u16..4, any::<u32>(), any::<u64>(), any::<u64>()).prop_map(

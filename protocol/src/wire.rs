@@ -22,11 +22,7 @@ impl<'a> Reader<'a> {
         self.bytes.len().saturating_sub(self.position)
     }
 
-    pub fn take(
-        &mut self,
-        field: &'static str,
-        count: usize,
-    ) -> Result<&'a [u8], DecodeError> {
+    pub fn take(&mut self, field: &'static str, count: usize) -> Result<&'a [u8], DecodeError> {
         let have = self.remaining();
         let end = self
             .position

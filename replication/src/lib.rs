@@ -102,9 +102,12 @@ mod tests {
             fallbehind_max_bytes: 1 << 20,
             heartbeat: Duration::from_millis(50),
         };
-        let master =
-            HaMaster::start(master_store.clone(), "127.0.0.1:0".parse().unwrap(), options)
-                .unwrap();
+        let master = HaMaster::start(
+            master_store.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            options,
+        )
+        .unwrap();
         let end = append(&master_store, 300);
         wait_until("the local flush", || master_store.offset_flushed() >= end);
         assert!(master_store.offset_durable() < end, "no slave yet");
@@ -150,7 +153,9 @@ mod tests {
         )
         .unwrap();
         wait_until("catching up", || master_store.offset_durable() >= end2);
-        let read = slave_store.read_queue("orders", 0, 0, 1000, u32::MAX).unwrap();
+        let read = slave_store
+            .read_queue("orders", 0, 0, 1000, u32::MAX)
+            .unwrap();
         assert_eq!(read.record_count, 310);
         slave.stop();
         master.stop();

@@ -167,9 +167,16 @@ impl HaMaster {
         self.store.notify_listeners();
     }
 
-    fn session(self: Arc<Self>, stream: &TcpStream, peer: SocketAddr, id: u64) -> Result<(), String> {
+    fn session(
+        self: Arc<Self>,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        id: u64,
+    ) -> Result<(), String> {
         let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
-        stream.set_nodelay(true).map_err(|e| io("set TCP_NODELAY", e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| io("set TCP_NODELAY", e))?;
         stream
             .set_read_timeout(Some(self.options.heartbeat * 5))
             .map_err(|e| io("set a read timeout", e))?;
@@ -192,7 +199,12 @@ impl HaMaster {
             Ok(start) => start,
             Err(reason) => {
                 log::error!("refusing slave {broker_name}/{broker_id} at {peer}: {reason}");
-                let _ = write_frame(&mut writer, &HaFrame::Refuse { reason: reason.clone() });
+                let _ = write_frame(
+                    &mut writer,
+                    &HaFrame::Refuse {
+                        reason: reason.clone(),
+                    },
+                );
                 return Err(reason);
             }
         };
@@ -309,7 +321,12 @@ impl HaMaster {
     }
 
     /// Streams the log from `start` until the connection or the master stops.
-    fn stream_log(&self, mut stream: &TcpStream, start: u64, done: &AtomicBool) -> Result<(), String> {
+    fn stream_log(
+        &self,
+        mut stream: &TcpStream,
+        start: u64,
+        done: &AtomicBool,
+    ) -> Result<(), String> {
         let heartbeat = self.options.heartbeat;
         let mut sent = start;
         let mut confirmed_sent = u64::MAX;

@@ -168,7 +168,9 @@ impl HaSlave {
     fn session(self: Arc<Self>) -> Result<(), String> {
         let stream = self.connect()?;
         let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
-        stream.set_nodelay(true).map_err(|e| io("set TCP_NODELAY", e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| io("set TCP_NODELAY", e))?;
         stream
             .set_read_timeout(Some(self.options.heartbeat * 5))
             .map_err(|e| io("set a read timeout", e))?;
@@ -318,7 +320,9 @@ impl HaSlave {
                     for (topic, queues) in topics {
                         if store.topic_queues(&topic).is_none() {
                             if let Err(error) = store.create_topic(&topic, queues) {
-                                log::warn!("cannot create topic {topic:?} from the master: {error}");
+                                log::warn!(
+                                    "cannot create topic {topic:?} from the master: {error}"
+                                );
                             }
                         }
                     }

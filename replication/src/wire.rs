@@ -89,7 +89,11 @@ fn record_id(reader: &mut Reader<'_>) -> Result<RecordId, DecodeError> {
 
 /// A count of items, each at least `item_len` bytes, checked against what is left
 /// before anything is allocated.
-fn count(reader: &mut Reader<'_>, field: &'static str, item_len: usize) -> Result<usize, DecodeError> {
+fn count(
+    reader: &mut Reader<'_>,
+    field: &'static str,
+    item_len: usize,
+) -> Result<usize, DecodeError> {
     let count = reader.u32(field)? as usize;
     let need = count.saturating_mul(item_len);
     if need > reader.remaining() {
@@ -294,7 +298,13 @@ mod tests {
             size: 90,
             crc: 0xDEAD_BEEF,
         };
-        let epochs = vec![Epoch { epoch: 1, start: 0 }, Epoch { epoch: 3, start: 97 }];
+        let epochs = vec![
+            Epoch { epoch: 1, start: 0 },
+            Epoch {
+                epoch: 3,
+                start: 97,
+            },
+        ];
         vec![
             HaFrame::Hello {
                 broker_name: "broker-a".into(),

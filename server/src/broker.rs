@@ -1,10 +1,21 @@
 //! State shared by every event loop.
 
 use crate::config::Config;
+use keel_protocol::BrokerRole;
+use keel_replication::{HaMaster, HaSlave, Notifier};
 use keel_storage::Store;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
+
+/// This broker's side of replication.
+#[derive(Clone)]
+pub enum Ha {
+    /// A standalone master.
+    None,
+    Master(Arc<HaMaster>),
+    Slave(Arc<HaSlave>),
+}
 
 #[derive(Default)]
 pub struct Counters {
@@ -14,6 +25,8 @@ pub struct Counters {
     pub parked_pulls: AtomicUsize,
     pub sends_ok: AtomicU64,
     pub sends_flush_disk_timeout: AtomicU64,
+    pub sends_flush_slave_timeout: AtomicU64,
+    pub sends_slave_not_available: AtomicU64,
     pub sends_failed: AtomicU64,
     pub sends_oneway: AtomicU64,
     pub pulls: AtomicU64,
@@ -27,16 +40,61 @@ pub struct Broker {
     pub counters: Counters,
     pub started: Instant,
     shutting_down: AtomicBool,
+    role: AtomicU8,
+    ha: RwLock<Ha>,
+    /// Bumped to make the registration thread register now (after a promotion).
+    pub registration: Notifier,
+    listen: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Broker {
-    pub fn new(config: Config, store: Arc<Store>) -> Broker {
+    pub fn new(config: Config, store: Arc<Store>, role: BrokerRole, ha: Ha) -> Broker {
         Broker {
             config,
             store,
             counters: Counters::default(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            role: AtomicU8::new(role as u8),
+            ha: RwLock::new(ha),
+            registration: Notifier::default(),
+            listen: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The bound client address (set once at start-up).
+    pub fn set_listen_address(&self, address: std::net::SocketAddr) {
+        let _ = self.listen.set(address);
+    }
+
+    pub fn listen_address(&self) -> std::net::SocketAddr {
+        self.listen.get().copied().unwrap_or(self.config.listen)
+    }
+
+    pub fn role(&self) -> BrokerRole {
+        BrokerRole::from_u8(self.role.load(Ordering::Acquire)).unwrap_or(BrokerRole::Master)
+    }
+
+    pub fn ha(&self) -> Ha {
+        self.ha
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Switches role and replication side together (a promotion).
+    pub fn set_role(&self, role: BrokerRole, ha: Ha) {
+        *self.ha.write().unwrap_or_else(|poison| poison.into_inner()) = ha;
+        self.role.store(role as u8, Ordering::Release);
+        self.store.notify_listeners();
+        self.registration.notify();
+    }
+
+    /// Whether a sync master has a slave in sync right now.
+    pub fn slave_in_sync(&self) -> bool {
+        match &*self.ha.read().unwrap_or_else(|poison| poison.into_inner()) {
+            Ha::Master(master) => master.in_sync(),
+            _ => false,
         }
     }
 
@@ -59,7 +117,8 @@ impl Broker {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let counters = &self.counters;
         let average_batch = store.records_flushed.checked_div(store.fsyncs).unwrap_or(0);
-        vec![
+        let mut stats = self.replication_stats();
+        stats.extend(vec![
             (
                 "uptime_ms".into(),
                 self.started.elapsed().as_millis() as u64,
@@ -102,11 +161,53 @@ impl Broker {
                 "sends_flush_disk_timeout".into(),
                 load(&counters.sends_flush_disk_timeout),
             ),
+            (
+                "sends_flush_slave_timeout".into(),
+                load(&counters.sends_flush_slave_timeout),
+            ),
+            (
+                "sends_slave_not_available".into(),
+                load(&counters.sends_slave_not_available),
+            ),
             ("sends_failed".into(), load(&counters.sends_failed)),
             ("sends_oneway".into(), load(&counters.sends_oneway)),
             ("pulls".into(), load(&counters.pulls)),
             ("messages_pulled".into(), load(&counters.messages_pulled)),
             ("protocol_errors".into(), load(&counters.protocol_errors)),
-        ]
+        ]);
+        stats
+    }
+
+    /// Role (0 master, 1 async_master, 2 sync_master, 3 slave), epoch, and how far the
+    /// slaves (on a master) or this slave (behind its master) are.
+    fn replication_stats(&self) -> Vec<(String, u64)> {
+        let written = self.store.offset_written();
+        let mut stats = vec![
+            ("role".to_string(), self.role() as u64),
+            ("epoch".to_string(), self.store.current_epoch()),
+        ];
+        match self.ha() {
+            Ha::None => {}
+            Ha::Master(master) => {
+                let slaves = master.slaves();
+                let in_sync = slaves.iter().filter(|slave| slave.in_sync).count();
+                let best = slaves.iter().map(|slave| slave.acked).max().unwrap_or(0);
+                stats.push(("slaves_connected".into(), slaves.len() as u64));
+                stats.push(("slaves_in_sync".into(), in_sync as u64));
+                stats.push(("slave_acked_offset".into(), best));
+                stats.push(("slave_lag_bytes".into(), written.saturating_sub(best)));
+            }
+            Ha::Slave(slave) => {
+                let status = slave.status();
+                stats.push(("master_connected".into(), u64::from(status.connected)));
+                stats.push(("master_epoch".into(), status.master_epoch));
+                stats.push(("master_confirmed_offset".into(), status.confirmed));
+                stats.push((
+                    "lag_behind_master_bytes".into(),
+                    status.master_end.saturating_sub(written),
+                ));
+            }
+        }
+        stats
     }
 }

@@ -22,6 +22,18 @@ pub enum Role {
     Slave,
 }
 
+impl Role {
+    pub fn broker_role(self) -> keel_protocol::BrokerRole {
+        use keel_protocol::BrokerRole;
+        match self {
+            Role::Master => BrokerRole::Master,
+            Role::AsyncMaster => BrokerRole::AsyncMaster,
+            Role::SyncMaster => BrokerRole::SyncMaster,
+            Role::Slave => BrokerRole::Slave,
+        }
+    }
+}
+
 /// Every key of `keeld.toml`. docs/OPERATIONS.md documents each one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +70,20 @@ pub struct Config {
     pub fault_fsync_delay_ms: u64,
     /// Fault injection for tests: the n-th fsync of the log fails (0 = never).
     pub fault_fsync_fail_at: u64,
+    /// Brokers with the same name form a group: one master (id 0) and its slaves.
+    pub broker_name: String,
+    pub broker_id: u32,
+    /// HA listener port (same IP as `listen`); 0 means the client port + 1.
+    pub ha_port: u16,
+    /// Slave only: the master's HA address, `host:port`.
+    pub master_address: Option<String>,
+    pub slave_timeout_ms: u64,
+    pub slave_fallbehind_max_bytes: u64,
+    pub ha_heartbeat_ms: u64,
+    pub namesrv_addrs: Vec<String>,
+    pub register_interval_ms: u64,
+    /// Client address registered with name servers (default: the bound listen address).
+    pub advertise_address: Option<String>,
 }
 
 impl Default for Config {
@@ -87,6 +113,16 @@ impl Default for Config {
             retention_check_interval_ms: 10_000,
             fault_fsync_delay_ms: 0,
             fault_fsync_fail_at: 0,
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            ha_port: 0,
+            master_address: None,
+            slave_timeout_ms: 3000,
+            slave_fallbehind_max_bytes: 256 << 20,
+            ha_heartbeat_ms: 1000,
+            namesrv_addrs: Vec::new(),
+            register_interval_ms: 30_000,
+            advertise_address: None,
         }
     }
 }
@@ -121,11 +157,37 @@ impl Config {
     /// Checks the relations between keys; every problem is reported with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
-        if self.role != Role::Master {
-            return fail(format!(
-                "role = {:?} is not supported yet: replication is not built; use role = \"master\"",
-                self.role
-            ));
+        match (self.role, &self.master_address, self.broker_id) {
+            (Role::Slave, None, _) => {
+                return fail(
+                    "role = \"slave\" needs master_address (the master's HA address)".into(),
+                )
+            }
+            (Role::Slave, _, 0) => {
+                return fail("role = \"slave\" needs broker_id 1 or more (0 is the master)".into())
+            }
+            (Role::Slave, Some(address), _) if !address.contains(':') => {
+                return fail(format!("master_address = {address:?} must be host:port"))
+            }
+            (Role::Slave, _, _) => {}
+            (_, Some(_), _) => {
+                return fail(format!(
+                    "master_address is only for role = \"slave\" (role is {:?})",
+                    self.role.broker_role().name()
+                ))
+            }
+            (_, None, id) if id != 0 => return fail(format!("a master has broker_id 0, not {id}")),
+            _ => {}
+        }
+        if let Err(detail) = keel_protocol::validate_topic(&self.broker_name) {
+            return fail(format!("broker_name {:?}: {detail}", self.broker_name));
+        }
+        if self.slave_timeout_ms == 0 || self.ha_heartbeat_ms == 0 || self.register_interval_ms == 0
+        {
+            return fail(
+                "slave_timeout_ms, ha_heartbeat_ms and register_interval_ms must be at least 1"
+                    .into(),
+            );
         }
         if self.segment_size_bytes < 4096 {
             return fail(format!(
@@ -213,7 +275,11 @@ mod tests {
         assert!(Config::parse("flush = \"sometimes\"").is_err());
         let config = Config::parse("max_frame_bytes = 1000").unwrap();
         assert!(config.validate().unwrap_err().0.contains("max_frame_bytes"));
-        let config = Config::parse("role = \"sync_master\"").unwrap();
-        assert!(config.validate().is_err());
+        let config = Config::parse("role = \"slave\"").unwrap();
+        assert!(config.validate().unwrap_err().0.contains("master_address"));
+        let config = Config::parse("role = \"sync_master\"\nbroker_id = 2").unwrap();
+        assert!(config.validate().unwrap_err().0.contains("broker_id"));
+        let slave = "role = \"slave\"\nbroker_id = 1\nmaster_address = \"127.0.0.1:10912\"";
+        Config::parse(slave).unwrap().validate().unwrap();
     }
 }

@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const WAKER: Token = Token(usize::MAX);
@@ -60,7 +60,23 @@ pub(crate) struct PendingSend {
     pub messages: u64,
     pub offset_end: u64,
     pub generation: u64,
+    /// FLUSH_DISK_TIMEOUT past this.
     pub deadline: Instant,
+    /// Sent to a sync master: the reply also waits for a slave's fsync.
+    pub wait_slave: bool,
+    /// A sync master had no slave in sync when this was stored: once it is locally
+    /// durable, SLAVE_NOT_AVAILABLE at once.
+    pub no_slave: bool,
+    /// FLUSH_SLAVE_TIMEOUT past this.
+    pub slave_deadline: Instant,
+}
+
+/// A reply computed off the loop (a promotion), sent once `outcome` is filled in.
+pub(crate) struct PendingReply {
+    pub key: usize,
+    pub connection_id: u64,
+    pub request_id: u64,
+    pub outcome: Arc<Mutex<Option<Response>>>,
 }
 
 /// A reply waiting for topics/offsets metadata `version` to be on disk.
@@ -118,6 +134,7 @@ pub struct EventLoop {
     incoming: Receiver<(TcpStream, SocketAddr)>,
     pub(crate) connections: Slab<Connection>,
     pub(crate) pending_sends: VecDeque<PendingSend>,
+    pub(crate) pending_replies: Vec<PendingReply>,
     pub(crate) pending_meta: VecDeque<PendingMeta>,
     pub(crate) parked_pulls: Vec<ParkedPull>,
     /// Connections to read again this turn (budget spent, or output drained).
@@ -150,6 +167,7 @@ impl EventLoop {
             incoming,
             connections: Slab::new(),
             pending_sends: VecDeque::new(),
+            pending_replies: Vec::new(),
             pending_meta: VecDeque::new(),
             parked_pulls: Vec::new(),
             ready: Vec::new(),
@@ -231,6 +249,9 @@ impl EventLoop {
         let mut due = now + POLL_TIMEOUT_MAX;
         if let Some(send) = self.pending_sends.front() {
             due = due.min(send.deadline);
+            if send.wait_slave {
+                due = due.min(send.slave_deadline);
+            }
         }
         if let Some(meta) = self.pending_meta.front() {
             due = due.min(meta.deadline);
@@ -443,6 +464,17 @@ impl EventLoop {
                 let stats = self.broker.stats();
                 self.reply(key, request_id, &Response::Stats(stats));
             }
+            Request::Promote(role) => self.on_promote(key, request_id, role),
+            Request::RegisterBroker(_) | Request::GetRoutes(_) => {
+                let response = Response::error(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "{} is for a name server (keeld namesrv), not a broker",
+                        frame.kind.name()
+                    ),
+                );
+                self.reply(key, request_id, &response);
+            }
         }
     }
 
@@ -459,6 +491,7 @@ impl EventLoop {
         }
         self.complete_sends(now);
         self.complete_meta(now);
+        self.complete_replies();
         self.serve_parked_pulls(now);
         if now >= self.idle_check_due {
             self.close_idle(now);
@@ -624,10 +657,33 @@ impl EventLoop {
         }
     }
 
-    /// Answers every pending send whose fate is known: durable (`SEND_OK`), past its
-    /// deadline (`FLUSH_DISK_TIMEOUT`), or caught by a storage failure (error).
+    fn complete_replies(&mut self) {
+        if self.pending_replies.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending_replies);
+        for reply in pending {
+            let outcome = reply
+                .outcome
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take();
+            match outcome {
+                Some(response) => {
+                    self.reply_if_open(reply.key, reply.connection_id, reply.request_id, &response)
+                }
+                None => self.pending_replies.push(reply),
+            }
+        }
+    }
+
+    /// Answers every pending send whose fate is known: durable (`SEND_OK`), locally
+    /// durable but not on a slave (`SLAVE_NOT_AVAILABLE`, `FLUSH_SLAVE_TIMEOUT`), past
+    /// its deadline (`FLUSH_DISK_TIMEOUT`), or caught by a storage failure (error).
     fn complete_sends(&mut self, now: Instant) {
         let durable = self.broker.offset_durable();
+        let local = self.broker.store.offset_local_durable();
+        let mut in_sync: Option<bool> = None;
         let poisoned = self.broker.store.is_poisoned();
         let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
         while let Some(front) = self.pending_sends.front() {
@@ -652,6 +708,22 @@ impl EventLoop {
                     ErrorCode::StorageFailed,
                     "the commit log failed to write or fsync; restart required",
                 )
+            } else if front.wait_slave && front.offset_end <= local {
+                // On disk here; the slave is the question.
+                let slave_in_sync = *in_sync.get_or_insert_with(|| self.broker.slave_in_sync());
+                if front.no_slave || !slave_in_sync {
+                    counters
+                        .sends_slave_not_available
+                        .fetch_add(messages, Ordering::Relaxed);
+                    front.result.response(SendStatus::SlaveNotAvailable)
+                } else if now >= front.slave_deadline || draining_expired {
+                    counters
+                        .sends_flush_slave_timeout
+                        .fetch_add(messages, Ordering::Relaxed);
+                    front.result.response(SendStatus::FlushSlaveTimeout)
+                } else {
+                    break;
+                }
             } else if now >= front.deadline || draining_expired {
                 counters
                     .sends_flush_disk_timeout

@@ -1,13 +1,14 @@
 //! Request handlers: validate, act on the store, reply now or park the reply.
 
-use crate::event_loop::{Acked, EventLoop, ParkedPull, PendingMeta, PendingSend};
+use crate::event_loop::{Acked, EventLoop, ParkedPull, PendingMeta, PendingReply, PendingSend};
 use keel_protocol::{
-    validate_topic, CommitOffsetRequest, CreateTopicRequest, ErrorCode, ListTopicsRequest, Message,
-    PullRequest, PullResult, PullStatus, QueryOffsetRequest, QueueInfo, Response, SendResult,
-    SendStatus, TopicCreated, TopicInfo,
+    validate_topic, BrokerRole, CommitOffsetRequest, CreateTopicRequest, ErrorCode,
+    ListTopicsRequest, Message, PullRequest, PullResult, PullStatus, QueryOffsetRequest, QueueInfo,
+    Response, SendResult, SendStatus, TopicCreated, TopicInfo,
 };
 use keel_storage::{AppendError, QueueRead, ReadStatus, StoreError};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Upper bound on the records of one PULL_RESULT (a single larger record still goes).
@@ -102,6 +103,9 @@ impl EventLoop {
         };
         counters.pending_sends.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(self.broker.config.sync_flush_timeout_ms);
+        let wait_slave = self.broker.role() == BrokerRole::SyncMaster;
+        let no_slave = wait_slave && !self.broker.slave_in_sync();
+        let slave_timeout = Duration::from_millis(self.broker.config.slave_timeout_ms);
         self.pending_sends.push_back(PendingSend {
             key,
             connection_id: self.connection_id(key),
@@ -111,6 +115,9 @@ impl EventLoop {
             offset_end: last.offset_end,
             generation: last.generation,
             deadline: Instant::now() + timeout,
+            wait_slave,
+            no_slave,
+            slave_deadline: Instant::now() + slave_timeout,
         });
     }
 
@@ -121,6 +128,9 @@ impl EventLoop {
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".to_string(),
             ));
+        }
+        if let Some(refusal) = self.not_master() {
+            return Some(refusal);
         }
         let max_message_bytes = self.broker.config.max_message_bytes;
         messages.iter().enumerate().find_map(|(index, message)| {
@@ -136,6 +146,50 @@ impl EventLoop {
                 None
             }
         })
+    }
+
+    /// A slave takes no writes: they go to its master (its data arrives from there).
+    fn not_master(&self) -> Option<(ErrorCode, String)> {
+        if self.broker.role().is_master() {
+            return None;
+        }
+        let master = self.broker.config.master_address.as_deref().unwrap_or("?");
+        Some((
+            ErrorCode::NotMaster,
+            format!(
+                "this broker is a slave of {} (HA address {master}); send to its master",
+                self.broker.config.broker_name
+            ),
+        ))
+    }
+
+    /// PROMOTE: a slave becomes a master. Done on a thread of its own (it stops the
+    /// replication threads and fsyncs), answered when finished.
+    pub(crate) fn on_promote(&mut self, key: usize, request_id: u64, role: BrokerRole) {
+        let outcome = Arc::new(Mutex::new(None));
+        let filled = outcome.clone();
+        let broker = self.broker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keel-promote".into())
+            .spawn(move || {
+                let response = match crate::cluster::promote(&broker, role) {
+                    Ok((epoch, log_end)) => Response::Promoted { epoch, log_end },
+                    Err((code, detail)) => Response::error(code, detail),
+                };
+                *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
+                broker.store.notify_listeners();
+            });
+        if let Err(error) = spawned {
+            let response = Response::error(ErrorCode::Internal, format!("cannot promote: {error}"));
+            self.reply(key, request_id, &response);
+            return;
+        }
+        self.pending_replies.push(PendingReply {
+            key,
+            connection_id: self.connection_id(key),
+            request_id,
+            outcome,
+        });
     }
 
     pub(crate) fn on_pull(&mut self, key: usize, request_id: u64, pull: PullRequest) {
@@ -265,6 +319,10 @@ impl EventLoop {
         request_id: u64,
         create: CreateTopicRequest,
     ) {
+        if let Some((code, detail)) = self.not_master() {
+            self.reply(key, request_id, &Response::error(code, detail));
+            return;
+        }
         match self.broker.store.create_topic(&create.topic, create.queues) {
             Ok((queues, created, version)) => {
                 let response = Response::TopicCreated(TopicCreated {

@@ -2,11 +2,13 @@
 //! front of the storage crate's CommitLog.
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod event_loop;
 mod handlers;
 pub mod metrics;
+pub mod namesrv;
 
 use broker::Broker;
 use clap::Parser;
@@ -41,6 +43,22 @@ pub struct Args {
     /// Print the embedded default configuration (a commented TOML file) and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run a name server instead of a broker: brokers register with it, clients ask it
+    /// where a topic's queues are.
+    Namesrv {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9876")]
+        listen: SocketAddr,
+        /// Drop a broker that has not registered for this long.
+        #[arg(long, value_name = "MS", default_value_t = 120_000)]
+        broker_timeout_ms: u64,
+    },
 }
 
 /// Entry point of the `keeld` binary; returns the process exit code.
@@ -51,6 +69,19 @@ pub fn main_entry() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Namesrv {
+        listen,
+        broker_timeout_ms,
+    }) = args.command
+    {
+        return match namesrv::run(listen, std::time::Duration::from_millis(broker_timeout_ms)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("keeld namesrv: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match config_from_args(&args) {
         Ok(config) => config,
         Err(error) => {
@@ -101,7 +132,11 @@ pub fn run(config: Config) -> Result<(), String> {
     let listener = bind(config.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    let broker = Arc::new(Broker::new(config.clone(), store.clone()));
+    let role = cluster::effective_role(&config);
+    let ha =
+        cluster::start_replication(&config, &store, role, cluster::ha_address(&config, address))?;
+    let broker = Arc::new(Broker::new(config.clone(), store.clone(), role, ha));
+    broker.set_listen_address(address);
 
     let count = config.event_loop_count();
     let mut loops = Vec::with_capacity(count);
@@ -144,10 +179,15 @@ pub fn run(config: Config) -> Result<(), String> {
         threads.push(thread.map_err(|error| format!("cannot start an event loop: {error}"))?);
     }
     log::info!(
-        "keeld listening on {address} (data {}, flush {:?}, {count} event loops)",
+        "keeld listening on {address} (data {}, flush {:?}, role {role}, {count} event loops)",
         config.data_dir.display(),
         config.flush
     );
+    let advertised = config
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| address.to_string());
+    cluster::start_registration(broker.clone(), advertised);
     // The ready line: tests and scripts wait for it, and read the port from it.
     println!("keeld listening on {address}");
     let _ = std::io::stdout().flush();
@@ -156,6 +196,11 @@ pub fn run(config: Config) -> Result<(), String> {
         if thread.join().is_err() {
             log::error!("an event loop panicked");
         }
+    }
+    match broker.ha() {
+        broker::Ha::Master(master) => master.stop(),
+        broker::Ha::Slave(slave) => slave.stop(),
+        broker::Ha::None => {}
     }
     store.shutdown();
     let stats = store.stats();

@@ -1,0 +1,297 @@
+//! A broker in a cluster: its replication side at start-up, promotion of a slave, the
+//! promotion record in the data directory, and registration with name servers.
+
+use crate::broker::{Broker, Ha};
+use crate::config::Config;
+use bytes::BytesMut;
+use keel_protocol::{
+    decode_frame, BrokerRegistration, BrokerRole, ErrorCode, Request, Response,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+use keel_replication::{HaMaster, HaSlave, MasterOptions, SlaveOptions};
+use keel_storage::Store;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The HA listener's address: the client listen IP, `ha_port` or the client port + 1.
+pub fn ha_address(config: &Config, listen: SocketAddr) -> SocketAddr {
+    let port = match config.ha_port {
+        0 => listen.port().wrapping_add(1),
+        port => port,
+    };
+    SocketAddr::new(listen.ip(), port)
+}
+
+fn role_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("role")
+}
+
+/// The role to start in. A slave that was promoted (`keel admin promote`) stays a
+/// master across restarts while its config still names the master it replaced; a
+/// config that names another master (or a master role) drops the promotion record.
+pub fn effective_role(config: &Config) -> BrokerRole {
+    let configured = config.role.broker_role();
+    let path = role_file(&config.data_dir);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return configured;
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().strip_prefix('='))
+            .map(|value| value.trim().to_string())
+    };
+    let promoted = field("role").and_then(|role| BrokerRole::from_name(&role));
+    let from = field("promoted_from");
+    match (configured, promoted) {
+        (BrokerRole::Slave, Some(role)) if from == config.master_address => {
+            log::warn!(
+                "this broker was promoted to {role} in place of {}; it starts as {role} although \
+                 the config says role = \"slave\" (update the config, or delete {} while keeld \
+                 is stopped to make it a slave again)",
+                from.as_deref().unwrap_or("?"),
+                path.display()
+            );
+            role
+        }
+        _ => {
+            log::warn!(
+                "dropping the promotion record {} (the config now says role = {configured:?}, \
+                 master_address = {:?})",
+                path.display(),
+                config.master_address
+            );
+            let _ = std::fs::remove_file(&path);
+            configured
+        }
+    }
+}
+
+fn write_role_file(config: &Config, role: BrokerRole, epoch: u64) -> std::io::Result<()> {
+    let path = role_file(&config.data_dir);
+    let temporary = path.with_extension("tmp");
+    let text = format!(
+        "# Written by `keel admin promote`: this slave became a master.\nrole = {}\npromoted_from = {}\nepoch = {epoch}\n",
+        role.name(),
+        config.master_address.as_deref().unwrap_or("")
+    );
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(&config.data_dir)?.sync_all()
+}
+
+fn master_options(config: &Config, role: BrokerRole) -> MasterOptions {
+    MasterOptions {
+        sync: role == BrokerRole::SyncMaster,
+        fallbehind_max_bytes: config.slave_fallbehind_max_bytes,
+        heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
+    }
+}
+
+/// Starts this broker's side of replication for `role`, before any client is served.
+///
+/// Every start as a master begins a new epoch, so a slave that saw more of the previous
+/// run than this master kept is cut back where that run ended, never mixed.
+pub fn start_replication(
+    config: &Config,
+    store: &Arc<Store>,
+    role: BrokerRole,
+    ha_address: SocketAddr,
+) -> Result<Ha, String> {
+    let recovered_end = store.stats().offset_appended;
+    match role {
+        BrokerRole::Slave => {
+            // Serve what is already here; what arrives is served once the master
+            // confirms it.
+            store.set_durable_cap(recovered_end);
+            let options = SlaveOptions {
+                master: config.master_address.clone().unwrap_or_default(),
+                broker_name: config.broker_name.clone(),
+                broker_id: config.broker_id,
+                heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
+            };
+            let slave = HaSlave::start(store.clone(), options)
+                .map_err(|e| format!("cannot start replication: {e}"))?;
+            Ok(Ha::Slave(slave))
+        }
+        master_role => {
+            let epoch = store
+                .begin_epoch()
+                .map_err(|e| format!("cannot record the new epoch: {e}"))?;
+            log::info!(
+                "master epoch {} begins at log offset {}",
+                epoch.epoch,
+                epoch.start
+            );
+            if master_role == BrokerRole::Master {
+                return Ok(Ha::None);
+            }
+            if master_role == BrokerRole::SyncMaster {
+                // What this master stored before the restart is served; what it stores
+                // from now on is served once a slave has it.
+                store.set_durable_cap(recovered_end);
+            }
+            let master = HaMaster::start(store.clone(), ha_address, master_options(config, role))
+                .map_err(|e| format!("cannot listen for slaves on {ha_address}: {e}"))?;
+            log::info!("HA: slaves connect to {}", master.local_addr());
+            Ok(Ha::Master(master))
+        }
+    }
+}
+
+/// PROMOTE: stops following the master, waits until everything received is fsynced,
+/// begins a new epoch, records the promotion, and starts serving as `role`.
+pub fn promote(broker: &Broker, role: BrokerRole) -> Result<(u64, u64), (ErrorCode, String)> {
+    let invalid = |detail: String| Err((ErrorCode::InvalidArgument, detail));
+    if role == BrokerRole::Slave {
+        return invalid("promote to async_master, sync_master or master, not slave".into());
+    }
+    let Ha::Slave(slave) = broker.ha() else {
+        return invalid(format!(
+            "this broker is already a master ({})",
+            broker.role()
+        ));
+    };
+    let store = &broker.store;
+    log::warn!("promoting this slave of {} to {role}", slave.master());
+    slave.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = store.stats();
+        if stats.offset_flushed >= stats.offset_appended {
+            break;
+        }
+        if store.is_poisoned() || Instant::now() > deadline {
+            return Err((
+                ErrorCode::StorageFailed,
+                "the received records could not be fsynced; not promoted".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let internal = |detail: String| (ErrorCode::Internal, detail);
+    let epoch = store
+        .begin_epoch()
+        .map_err(|e| internal(format!("cannot record the new epoch: {e}")))?;
+    write_role_file(&broker.config, role, epoch.epoch)
+        .map_err(|e| internal(format!("cannot record the promotion: {e}")))?;
+    let log_end = epoch.start;
+    store.set_durable_cap(match role {
+        BrokerRole::SyncMaster => log_end,
+        _ => u64::MAX,
+    });
+    let ha = if role == BrokerRole::Master {
+        Ha::None
+    } else {
+        let address = ha_address(&broker.config, broker.listen_address());
+        match HaMaster::start(store.clone(), address, master_options(&broker.config, role)) {
+            Ok(master) => Ha::Master(master),
+            Err(error) => {
+                log::error!("promoted, but cannot listen for slaves on {address}: {error}");
+                Ha::None
+            }
+        }
+    };
+    broker.set_role(role, ha);
+    log::warn!(
+        "promoted to {role}: epoch {} begins at log offset {log_end}",
+        epoch.epoch
+    );
+    Ok((epoch.epoch, log_end))
+}
+
+/// One request to `address` on a fresh blocking connection (name server calls).
+pub fn call(address: &str, request: &Request, timeout: Duration) -> Result<Response, String> {
+    let target = address
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to nothing"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    request.encode(1, 0, &mut out);
+    stream.write_all(&out).map_err(|e| format!("send: {e}"))?;
+    let mut buffer = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) =
+            decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES).map_err(|e| e.to_string())?
+        {
+            return Response::decode(&frame).map_err(|e| e.to_string());
+        }
+        let read = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if read == 0 {
+            return Err("connection closed before the reply".into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Registers with every name server every `register_interval_ms`, and at once after a
+/// promotion. Runs until the process ends.
+pub fn start_registration(broker: Arc<Broker>, address: String) {
+    if broker.config.namesrv_addrs.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("keel-register".into())
+        .spawn(move || {
+            let interval = Duration::from_millis(broker.config.register_interval_ms);
+            let mut failing: Vec<bool> = vec![false; broker.config.namesrv_addrs.len()];
+            let mut seen = broker.registration.version();
+            while !broker.is_shutting_down() {
+                let role = broker.role();
+                let registration = BrokerRegistration {
+                    broker_name: broker.config.broker_name.clone(),
+                    broker_id: if role.is_master() {
+                        0
+                    } else {
+                        broker.config.broker_id
+                    },
+                    role,
+                    epoch: broker.store.current_epoch(),
+                    address: address.clone(),
+                    ha_address: match broker.ha() {
+                        Ha::Master(master) => master.local_addr().to_string(),
+                        _ => String::new(),
+                    },
+                    topics: broker.store.topic_list(),
+                };
+                let request = Request::RegisterBroker(registration);
+                for (index, namesrv) in broker.config.namesrv_addrs.iter().enumerate() {
+                    match call(namesrv, &request, Duration::from_secs(3)) {
+                        Ok(Response::Registered) => {
+                            if failing[index] {
+                                log::info!("registered with name server {namesrv} again");
+                            }
+                            failing[index] = false;
+                        }
+                        outcome => {
+                            let detail = match outcome {
+                                Ok(other) => format!("unexpected {}", other.kind().name()),
+                                Err(error) => error,
+                            };
+                            if !failing[index] {
+                                log::warn!("cannot register with name server {namesrv}: {detail}");
+                            }
+                            failing[index] = true;
+                        }
+                    }
+                }
+                seen = broker.registration.wait(seen, interval);
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start the registration thread: {error}");
+    }
+}

@@ -1,0 +1,344 @@
+//! `keeld namesrv`: the route table. Brokers register (REGISTER_BROKER) every
+//! `register_interval_ms`; an entry silent for `broker_timeout` is dropped; clients ask
+//! GET_ROUTES for a topic. Name servers share nothing: brokers register with each, and
+//! clients may ask any.
+//!
+//! Of several masters registered under one broker name (an old master restarted after
+//! its slave was promoted), only the one with the highest epoch is routed to.
+//!
+//! Traffic is a few frames per broker per interval, so connections get a thread each
+//! (at most `MAX_CONNECTIONS`), with timeouts; frames are decoded as hostile input like
+//! everywhere else.
+
+use bytes::BytesMut;
+use keel_protocol::{
+    decode_frame, BrokerRegistration, BrokerRoute, ErrorCode, Request, Response,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const MAX_CONNECTIONS: usize = 1024;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Entry {
+    registration: BrokerRegistration,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    /// By (broker name, client address).
+    brokers: HashMap<(String, String), Entry>,
+}
+
+pub struct NameServer {
+    table: Mutex<Table>,
+    broker_timeout: Duration,
+    connections: AtomicUsize,
+}
+
+impl NameServer {
+    pub fn new(broker_timeout: Duration) -> NameServer {
+        NameServer {
+            table: Mutex::new(Table::default()),
+            broker_timeout,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn register(&self, registration: BrokerRegistration) {
+        let key = (
+            registration.broker_name.clone(),
+            registration.address.clone(),
+        );
+        let mut table = self.lock();
+        let known = table
+            .brokers
+            .get(&key)
+            .map(|entry| (entry.registration.role, entry.registration.epoch));
+        if known != Some((registration.role, registration.epoch)) {
+            log::info!(
+                "broker {} at {} registered: {} (id {}, epoch {}, {} topics)",
+                registration.broker_name,
+                registration.address,
+                registration.role,
+                registration.broker_id,
+                registration.epoch,
+                registration.topics.len()
+            );
+        }
+        table.brokers.insert(
+            key,
+            Entry {
+                registration,
+                last_seen: Instant::now(),
+            },
+        );
+    }
+
+    /// Drops brokers silent for longer than the timeout.
+    fn expire(&self, table: &mut Table) {
+        let timeout = self.broker_timeout;
+        table.brokers.retain(|(name, address), entry| {
+            let alive = entry.last_seen.elapsed() <= timeout;
+            if !alive {
+                log::warn!(
+                    "broker {name} at {address} dropped: silent for more than {} ms",
+                    timeout.as_millis()
+                );
+            }
+            alive
+        });
+    }
+
+    /// Every live broker, with the queue count of `topic` on each; per broker name only
+    /// the master with the highest epoch, plus the slaves.
+    pub fn routes(&self, topic: &str) -> Vec<BrokerRoute> {
+        let mut table = self.lock();
+        self.expire(&mut table);
+        let mut newest_master: HashMap<&str, u64> = HashMap::new();
+        for entry in table.brokers.values() {
+            let registration = &entry.registration;
+            if registration.role.is_master() {
+                let epoch = newest_master
+                    .entry(registration.broker_name.as_str())
+                    .or_insert(0);
+                *epoch = (*epoch).max(registration.epoch);
+            }
+        }
+        let mut routes: Vec<BrokerRoute> = table
+            .brokers
+            .values()
+            .filter(|entry| {
+                let registration = &entry.registration;
+                let stale = registration.role.is_master()
+                    && newest_master
+                        .get(registration.broker_name.as_str())
+                        .is_some_and(|newest| *newest > registration.epoch);
+                if stale {
+                    log::warn!(
+                        "not routing to {} at {}: a master of epoch {} is newer than its {}",
+                        registration.broker_name,
+                        registration.address,
+                        newest_master
+                            .get(registration.broker_name.as_str())
+                            .copied()
+                            .unwrap_or(0),
+                        registration.epoch
+                    );
+                }
+                !stale
+            })
+            .map(|entry| {
+                let registration = &entry.registration;
+                BrokerRoute {
+                    broker_name: registration.broker_name.clone(),
+                    broker_id: registration.broker_id,
+                    role: registration.role,
+                    epoch: registration.epoch,
+                    address: registration.address.clone(),
+                    ha_address: registration.ha_address.clone(),
+                    topic_queues: registration
+                        .topics
+                        .iter()
+                        .find(|(name, _)| name == topic)
+                        .map_or(0, |(_, queues)| *queues),
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            (&a.broker_name, a.broker_id, &a.address).cmp(&(
+                &b.broker_name,
+                b.broker_id,
+                &b.address,
+            ))
+        });
+        routes
+    }
+
+    fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Ping => Response::Pong,
+            Request::RegisterBroker(registration) => {
+                if registration.broker_name.is_empty() || registration.address.is_empty() {
+                    return Response::error(
+                        ErrorCode::InvalidArgument,
+                        "a registration needs a broker name and an address",
+                    );
+                }
+                self.register(registration);
+                Response::Registered
+            }
+            Request::GetRoutes(topic) => Response::Routes(self.routes(&topic)),
+            other => Response::error(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} is for a broker; a name server answers PING, REGISTER_BROKER and GET_ROUTES",
+                    other.kind().name()
+                ),
+            ),
+        }
+    }
+
+    fn serve(&self, mut stream: TcpStream) -> Result<(), String> {
+        stream
+            .set_read_timeout(Some(IDLE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(10))))
+            .map_err(|e| e.to_string())?;
+        let mut buffer = BytesMut::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let frame = match decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    let read = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+                    if read == 0 {
+                        return Ok(());
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    continue;
+                }
+                Err(error) => {
+                    let response =
+                        Response::error(ErrorCode::MalformedFrame, format!("bad frame: {error}"));
+                    let mut out = Vec::new();
+                    response.encode(0, &mut out);
+                    let _ = stream.write_all(&out);
+                    return Err(format!("bad frame: {error}"));
+                }
+            };
+            let response = match Request::decode(&frame) {
+                Ok(request) => self.handle(request),
+                Err(error) => {
+                    let response = Response::error(
+                        ErrorCode::MalformedFrame,
+                        format!("bad {} body: {error}", frame.kind.name()),
+                    );
+                    let mut out = Vec::new();
+                    response.encode(frame.request_id, &mut out);
+                    let _ = stream.write_all(&out);
+                    return Err(format!("bad {} body: {error}", frame.kind.name()));
+                }
+            };
+            if frame.is_oneway() {
+                continue;
+            }
+            let mut out = Vec::new();
+            response.encode(frame.request_id, &mut out);
+            stream.write_all(&out).map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+/// Runs a name server on `listen` until the process is stopped.
+pub fn run(listen: SocketAddr, broker_timeout: Duration) -> Result<(), String> {
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = Arc::new(NameServer::new(broker_timeout));
+    log::info!(
+        "name server on {address}; brokers are dropped after {} ms of silence",
+        broker_timeout.as_millis()
+    );
+    println!("keeld namesrv listening on {address}");
+    let _ = std::io::stdout().flush();
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                log::warn!("accept failed: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if server.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            server.connections.fetch_sub(1, Ordering::AcqRel);
+            let mut out = Vec::new();
+            Response::error(
+                ErrorCode::TooManyConnections,
+                "name server connection limit",
+            )
+            .encode(0, &mut out);
+            let mut stream = stream;
+            let _ = stream.write_all(&out);
+            continue;
+        }
+        let serving = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keel-namesrv-conn".into())
+            .spawn(move || {
+                let peer = stream.peer_addr().ok();
+                if let Err(error) = serving.serve(stream) {
+                    log::debug!("name server connection {peer:?}: {error}");
+                }
+                serving.connections.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(error) = spawned {
+            server.connections.fetch_sub(1, Ordering::AcqRel);
+            log::error!("cannot start a connection thread: {error}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_protocol::BrokerRole;
+
+    fn registration(name: &str, address: &str, role: BrokerRole, epoch: u64) -> BrokerRegistration {
+        BrokerRegistration {
+            broker_name: name.into(),
+            broker_id: u32::from(role == BrokerRole::Slave),
+            role,
+            epoch,
+            address: address.into(),
+            ha_address: String::new(),
+            topics: vec![("orders".into(), 8)],
+        }
+    }
+
+    #[test]
+    fn routes_prefer_the_newest_master_and_forget_silent_brokers() {
+        let server = NameServer::new(Duration::from_millis(200));
+        server.register(registration("a", "h:1", BrokerRole::SyncMaster, 1));
+        server.register(registration("a", "h:2", BrokerRole::Slave, 1));
+        server.register(registration("b", "h:3", BrokerRole::SyncMaster, 1));
+        let routes = server.routes("orders");
+        assert_eq!(routes.len(), 3);
+        assert!(routes.iter().all(|route| route.topic_queues == 8));
+        assert_eq!(server.routes("other")[0].topic_queues, 0);
+
+        // The slave of "a" was promoted (epoch 2); the old master comes back at epoch 2
+        // too late: only the newer epoch is routed.
+        server.register(registration("a", "h:2", BrokerRole::AsyncMaster, 3));
+        server.register(registration("a", "h:1", BrokerRole::SyncMaster, 2));
+        let masters: Vec<_> = server
+            .routes("orders")
+            .into_iter()
+            .filter(|route| route.broker_name == "a")
+            .map(|route| route.address)
+            .collect();
+        assert_eq!(masters, vec!["h:2".to_string()]);
+
+        std::thread::sleep(Duration::from_millis(250));
+        server.register(registration("b", "h:3", BrokerRole::SyncMaster, 1));
+        let left: Vec<_> = server
+            .routes("orders")
+            .into_iter()
+            .map(|r| r.address)
+            .collect();
+        assert_eq!(left, vec!["h:3".to_string()]);
+    }
+}
