@@ -105,6 +105,17 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Promotes the slave this admin is connected to into a master with `role`
+    /// (async_master, sync_master or master). Returns its new epoch and log end.
+    pub fn promote(&self, role: keel_protocol::BrokerRole) -> Result<(u64, u64), ClientError> {
+        match self.call(Request::Promote(role))? {
+            Response::Promoted { epoch, log_end } => Ok((epoch, log_end)),
+            other => Err(unexpected(&other, "PROMOTE")),
+        }
+    }
+}
+
 pub(crate) fn unexpected(response: &Response, request: &str) -> ClientError {
     ClientError::Protocol(format!("{} in reply to {request}", response.kind().name()))
 }

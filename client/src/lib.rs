@@ -20,15 +20,18 @@ mod connection;
 mod consumer;
 mod error;
 mod producer;
+mod routing;
 
 pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{Consumer, ConsumerOptions, PollOutcome};
 pub use error::ClientError;
 pub use keel_protocol::{
-    message_id, ErrorCode, Message, Record, SendBatchResult, SendResult, SendStatus,
+    message_id, BrokerRole, BrokerRoute, ErrorCode, Message, Record, SendBatchResult, SendResult,
+    SendStatus,
 };
 pub use producer::{Producer, ProducerOptions, SendHandle};
+pub use routing::{fetch_routes, MasterRoute};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

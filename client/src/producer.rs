@@ -7,11 +7,22 @@
 //! `retry_when_not_stored_ok` is set (the retry may then store the message twice).
 //! Oneway sends are never retried. After the last attempt fails the producer logs an
 //! alarm at error level.
+//!
+//! Given name servers (`Producer::with_name_servers`) instead of one broker, a producer
+//! spreads a topic's sends over every (master, queue) pair; a retry goes to another
+//! master than the one that just failed (unless it is the only one), each attempt gets
+//! an equal share of what is left of the budget, and a master that failed or answered
+//! slowly is avoided for a while (latency fault avoidance, on by default).
 
 use crate::connection::{Connection, ConnectionOptions};
+use crate::routing::{pick, FaultTracker, Router};
 use crate::{resolve, ClientError};
-use keel_protocol::{Message, Request, Response, SendBatchResult, SendResult, SendStatus};
+use keel_protocol::{
+    Message, Request, Response, SendBatchResult, SendResult, SendStatus, QUEUE_ID_ANY,
+};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +35,12 @@ pub struct ProducerOptions {
     /// Also retry when the broker stored the message but answered a non-OK status.
     pub retry_when_not_stored_ok: bool,
     pub connection: ConnectionOptions,
+    /// With name servers: avoid a master that failed or answered slowly for a while.
+    pub fault_avoidance: bool,
+    /// How long a master that failed a send is avoided.
+    pub fault_isolation: Duration,
+    /// With name servers: how long routes are cached before being asked again.
+    pub route_refresh: Duration,
 }
 
 impl Default for ProducerOptions {
@@ -33,17 +50,29 @@ impl Default for ProducerOptions {
             retry_times_when_send_failed: 2,
             retry_when_not_stored_ok: false,
             connection: ConnectionOptions::default(),
+            fault_avoidance: true,
+            fault_isolation: Duration::from_secs(30),
+            route_refresh: Duration::from_secs(30),
         }
     }
 }
 
-struct Inner {
-    address: SocketAddr,
-    options: ProducerOptions,
-    connection: Mutex<Option<Arc<Connection>>>,
+/// Where sends go.
+enum Target {
+    Broker(SocketAddr),
+    NameServers(Router),
 }
 
-/// Sends messages to one broker. Cheap to clone; clones share the connection.
+struct Inner {
+    target: Target,
+    options: ProducerOptions,
+    connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
+    faults: FaultTracker,
+    cursor: AtomicUsize,
+}
+
+/// Sends messages to one broker, or to every master a name server knows. Cheap to
+/// clone; clones share the connections.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
@@ -68,53 +97,104 @@ fn now_ms() -> u64 {
 }
 
 impl Producer {
+    fn new(target: Target, options: ProducerOptions) -> Producer {
+        Producer {
+            inner: Arc::new(Inner {
+                target,
+                faults: FaultTracker::new(options.fault_isolation),
+                options,
+                connections: Mutex::new(HashMap::new()),
+                cursor: AtomicUsize::new(0),
+            }),
+        }
+    }
+
     /// Connects to the broker at `address` (`host:port`).
     pub fn connect(address: &str, options: ProducerOptions) -> Result<Producer, ClientError> {
-        let producer = Producer {
-            inner: Arc::new(Inner {
-                address: resolve(address)?,
-                options,
-                connection: Mutex::new(None),
-            }),
-        };
-        producer.connection()?;
+        let address = resolve(address)?;
+        let producer = Producer::new(Target::Broker(address), options);
+        producer.connection(address)?;
         Ok(producer)
+    }
+
+    /// Sends through the masters the name servers (`host:port` each; any one that
+    /// answers will do) know for each topic, failing over between them.
+    pub fn with_name_servers(
+        name_servers: &[&str],
+        options: ProducerOptions,
+    ) -> Result<Producer, ClientError> {
+        if name_servers.is_empty() {
+            return Err(ClientError::InvalidArgument("no name server given".into()));
+        }
+        let router = Router::new(
+            name_servers.iter().map(|s| s.to_string()).collect(),
+            options.route_refresh,
+        );
+        Ok(Producer::new(Target::NameServers(router), options))
     }
 
     pub fn options(&self) -> &ProducerOptions {
         &self.inner.options
     }
 
-    /// The live connection, reconnecting if the last one died.
-    fn connection(&self) -> Result<Arc<Connection>, ClientError> {
-        let mut slot = self
+    /// The live connection to `address`, reconnecting if the last one died.
+    fn connection(&self, address: SocketAddr) -> Result<Arc<Connection>, ClientError> {
+        let mut connections = self
             .inner
-            .connection
+            .connections
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(connection) = slot.as_ref().filter(|connection| !connection.is_closed()) {
+        if let Some(connection) = connections
+            .get(&address)
+            .filter(|connection| !connection.is_closed())
+        {
             return Ok(connection.clone());
         }
         let connection = Arc::new(Connection::connect(
-            self.inner.address,
+            address,
             &self.inner.options.connection,
         )?);
-        *slot = Some(connection.clone());
+        connections.insert(address, connection.clone());
         Ok(connection)
     }
 
     fn drop_connection(&self, broken: &Arc<Connection>) {
-        let mut slot = self
+        let mut connections = self
             .inner
-            .connection
+            .connections
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if slot
-            .as_ref()
+        let address = broken.address();
+        if connections
+            .get(&address)
             .is_some_and(|current| Arc::ptr_eq(current, broken))
         {
-            *slot = None;
+            connections.remove(&address);
         }
+    }
+
+    /// Where the next attempt of `request` goes, and the queue to give its messages
+    /// (`None`: leave them as they are).
+    fn choose(
+        &self,
+        request: &Request,
+        last_failed: Option<SocketAddr>,
+    ) -> Result<(SocketAddr, Option<u32>), ClientError> {
+        let router = match &self.inner.target {
+            Target::Broker(address) => return Ok((*address, None)),
+            Target::NameServers(router) => router,
+        };
+        let topic = match request {
+            Request::Send(message) => message.topic.as_str(),
+            Request::SendBatch(messages) => messages.first().map_or("", |m| m.topic.as_str()),
+            _ => "",
+        };
+        let masters = router.masters(topic)?;
+        let avoid = self.inner.options.fault_avoidance;
+        pick(&masters, &self.inner.cursor, last_failed, |address| {
+            !avoid || self.inner.faults.available(address)
+        })
+        .ok_or_else(|| ClientError::InvalidArgument(format!("no master for topic {topic:?}")))
     }
 
     fn prepare(mut message: Message) -> Message {
@@ -198,6 +278,7 @@ impl Producer {
             deadline: Instant::now() + self.inner.options.send_timeout,
             attempts_left: self.inner.options.retry_times_when_send_failed + 1,
             attempts_made: 0,
+            last_failed: None,
             callback: Box::new(callback),
         };
         attempt.run();
@@ -216,7 +297,9 @@ impl Producer {
     /// bytes are handed to the socket.
     pub fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
         let request = Request::Send(Self::prepare(message));
-        let connection = self.connection()?;
+        let (address, queue) = self.choose(&request, None)?;
+        let request = with_queue(&request, queue);
+        let connection = self.connection(address)?;
         connection
             .send_oneway(&request)
             .inspect_err(|_| self.drop_connection(&connection))
@@ -234,6 +317,26 @@ fn status_of(response: &Response) -> Option<SendStatus> {
     }
 }
 
+/// `request` with every message of it on `queue` (when given and the message left
+/// the choice to the broker).
+fn with_queue(request: &Request, queue: Option<u32>) -> Request {
+    let Some(queue) = queue else {
+        return request.clone();
+    };
+    let place = |message: &Message| {
+        let mut message = message.clone();
+        if message.queue_id == QUEUE_ID_ANY {
+            message.queue_id = queue;
+        }
+        message
+    };
+    match request {
+        Request::Send(message) => Request::Send(place(message)),
+        Request::SendBatch(messages) => Request::SendBatch(messages.iter().map(place).collect()),
+        other => other.clone(),
+    }
+}
+
 /// One send's state across its attempts.
 struct Attempt {
     producer: Producer,
@@ -241,6 +344,8 @@ struct Attempt {
     deadline: Instant,
     attempts_left: u32,
     attempts_made: u32,
+    /// The broker the previous attempt failed on.
+    last_failed: Option<SocketAddr>,
     callback: SendCallback,
 }
 
@@ -250,21 +355,46 @@ impl Attempt {
         if remaining.is_zero() || self.attempts_left == 0 {
             return self.give_up(ClientError::Timeout);
         }
+        // With several masters, each attempt gets an equal share of what is left, so
+        // a master that hangs cannot take the whole budget from the others.
+        let attempt_timeout = match &self.producer.inner.target {
+            Target::Broker(_) => remaining,
+            Target::NameServers(_) => remaining / self.attempts_left,
+        };
         self.attempts_left -= 1;
         self.attempts_made += 1;
-        let connection = match self.producer.connection() {
-            Ok(connection) => connection,
+        let (address, queue) = match self.producer.choose(&self.request, self.last_failed) {
+            Ok(choice) => choice,
             Err(error) => return self.retry_or_fail(error),
         };
-        let request = self.request.clone();
+        let connection = match self.producer.connection(address) {
+            Ok(connection) => connection,
+            Err(error) => {
+                self.producer
+                    .inner
+                    .faults
+                    .record(address, Duration::ZERO, true);
+                self.last_failed = Some(address);
+                return self.retry_or_fail(error);
+            }
+        };
+        let request = with_queue(&self.request, queue);
+        let started = Instant::now();
         connection.clone().call_async(
             &request,
-            remaining,
+            attempt_timeout,
             Box::new(move |outcome| {
                 let outcome = match outcome {
                     Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
                     other => other,
                 };
+                let failed = outcome.as_ref().is_err_and(ClientError::is_retryable);
+                if matches!(self.producer.inner.target, Target::NameServers(_)) {
+                    self.producer
+                        .inner
+                        .faults
+                        .record(address, started.elapsed(), failed);
+                }
                 let not_ok = outcome
                     .as_ref()
                     .ok()
@@ -287,6 +417,7 @@ impl Attempt {
                         if error.breaks_connection() {
                             self.producer.drop_connection(&connection);
                         }
+                        self.last_failed = Some(address);
                         self.retry_or_fail(error)
                     }
                 }
@@ -315,9 +446,12 @@ impl Attempt {
     }
 
     fn give_up(self, error: ClientError) {
+        let target = match (&self.producer.inner.target, self.last_failed) {
+            (_, Some(address)) | (&Target::Broker(address), None) => address.to_string(),
+            (Target::NameServers(_), None) => "the topic's masters".to_string(),
+        };
         log::error!(
-            "ALARM: send to {} failed after {} attempt(s): {error}",
-            self.producer.inner.address,
+            "ALARM: send to {target} failed after {} attempt(s): {error}",
             self.attempts_made
         );
         (self.callback)(Err(error));

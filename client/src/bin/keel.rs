@@ -57,6 +57,14 @@ enum Command {
         batch: usize,
         messages: Vec<String>,
     },
+    /// Show the brokers name servers know (and each one's queue count for --topic).
+    Routes {
+        /// Name server addresses, comma separated.
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long, default_value = "")]
+        topic: String,
+    },
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
     /// Starts where the group left off (or at the beginning for a new group).
     Consume {
@@ -121,6 +129,16 @@ enum OffsetsCommand {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Promote the slave at --broker to master (after its master died). It stops
+    /// following its master, starts a new epoch at its log end, and takes sends. The
+    /// old master must come back as a slave of it (see docs/OPERATIONS.md).
+    Promote {
+        /// async_master: takes a returning slave, acks after the local flush.
+        /// sync_master: acks only once a slave has it (SLAVE_NOT_AVAILABLE until one
+        /// is attached). master: standalone.
+        #[arg(long, default_value = "async_master", value_parser = ["async_master", "sync_master", "master"])]
+        role: String,
+    },
     /// Check every record (CRC32C, size, position) and every index of a data directory,
     /// and say whether keeld would start on it. Changes nothing. Exit status 1 when
     /// keeld would refuse to start.
@@ -220,7 +238,8 @@ fn main() -> ExitCode {
         } => list_topics(&cli.broker),
         Command::Stats => stats(&cli.broker),
         Command::Offsets { command } => offsets(&cli.broker, command),
-        Command::Admin { command } => admin(command),
+        Command::Admin { command } => admin(&cli.broker, command),
+        Command::Routes { namesrv, topic } => routes(&namesrv, &topic),
     };
     match outcome {
         Ok(code) => code,
@@ -502,14 +521,43 @@ fn offsets(broker: &str, command: OffsetsCommand) -> Result<ExitCode, ClientErro
 }
 
 /// Plausibility bound on a stored record, as keeld computes it.
+fn promote(broker: &str, role: &str) -> Result<ExitCode, ClientError> {
+    let role = keel_client::BrokerRole::from_name(role)
+        .ok_or_else(|| ClientError::InvalidArgument(format!("unknown role {role:?}")))?;
+    let (epoch, log_end) = Admin::connect(broker)?.promote(role)?;
+    println!("{broker} is now {role}: epoch {epoch}, log ends at offset {log_end}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn routes(namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
+    let name_servers: Vec<String> = namesrv.split(',').map(|s| s.trim().to_string()).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let routes = keel_client::fetch_routes(&name_servers, &next, topic, Duration::from_secs(3))?;
+    println!("broker_name  id  role          epoch  address                ha_address             queues");
+    for route in routes {
+        println!(
+            "{:<12} {:>3}  {:<13} {:>5}  {:<22} {:<22} {}",
+            route.broker_name,
+            route.broker_id,
+            route.role.name(),
+            route.epoch,
+            route.address,
+            route.ha_address,
+            route.topic_queues
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn max_record_bytes(max_message_bytes: u32) -> u32 {
     max_message_bytes.saturating_add(256 * 1024)
 }
 
-fn admin(command: AdminCommand) -> Result<ExitCode, ClientError> {
+fn admin(broker: &str, command: AdminCommand) -> Result<ExitCode, ClientError> {
     let storage_error =
         |error: keel_storage::StoreError| ClientError::InvalidArgument(error.to_string());
     match command {
+        AdminCommand::Promote { role } => promote(broker, &role),
         AdminCommand::Verify {
             data_dir,
             max_message_bytes,

@@ -1,0 +1,320 @@
+//! Finding masters through name servers, and avoiding brokers that failed or answered
+//! slowly (latency fault avoidance).
+
+use crate::connection::{Connection, ConnectionOptions};
+use crate::{resolve, ClientError};
+use keel_protocol::{BrokerRoute, Request, Response};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A master that takes a topic, and how many queues the topic has there (0: the
+/// topic does not exist there yet and the broker picks the queue when it creates it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRoute {
+    pub broker_name: String,
+    pub address: SocketAddr,
+    pub queues: u32,
+}
+
+/// Routes per topic, with when they were fetched.
+type RouteCache = HashMap<String, (Instant, Arc<Vec<MasterRoute>>)>;
+
+/// Asks name servers for routes (any one that answers) and caches them per topic.
+pub(crate) struct Router {
+    name_servers: Vec<String>,
+    refresh: Duration,
+    timeout: Duration,
+    cache: Mutex<RouteCache>,
+    next: AtomicUsize,
+}
+
+impl Router {
+    pub(crate) fn new(name_servers: Vec<String>, refresh: Duration) -> Router {
+        Router {
+            name_servers,
+            refresh,
+            timeout: Duration::from_secs(3),
+            cache: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RouteCache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Every broker the name servers know, with `topic`'s queue count on each.
+    pub(crate) fn fetch(&self, topic: &str) -> Result<Vec<BrokerRoute>, ClientError> {
+        fetch_routes(&self.name_servers, &self.next, topic, self.timeout)
+    }
+
+    /// The masters to send `topic` to: those that have it, or every master when none
+    /// has it yet. Cached for `refresh`; a failed refresh keeps the old routes.
+    pub(crate) fn masters(&self, topic: &str) -> Result<Arc<Vec<MasterRoute>>, ClientError> {
+        let cached = self.lock().get(topic).cloned();
+        if let Some((fetched, routes)) = &cached {
+            if fetched.elapsed() < self.refresh && !routes.is_empty() {
+                return Ok(routes.clone());
+            }
+        }
+        let routes = match self.fetch(topic) {
+            Ok(routes) => routes,
+            Err(error) => {
+                return match cached {
+                    Some((_, routes)) => {
+                        log::warn!(
+                            "cannot refresh routes of {topic:?} ({error}); using the last ones"
+                        );
+                        Ok(routes)
+                    }
+                    None => Err(error),
+                }
+            }
+        };
+        let masters: Vec<&BrokerRoute> = routes.iter().filter(|r| r.role.is_master()).collect();
+        let with_topic: Vec<&BrokerRoute> = masters
+            .iter()
+            .copied()
+            .filter(|route| route.topic_queues > 0)
+            .collect();
+        let chosen = if with_topic.is_empty() {
+            masters
+        } else {
+            with_topic
+        };
+        let mut resolved = Vec::with_capacity(chosen.len());
+        for route in chosen {
+            match resolve(&route.address) {
+                Ok(address) => resolved.push(MasterRoute {
+                    broker_name: route.broker_name.clone(),
+                    address,
+                    queues: route.topic_queues,
+                }),
+                Err(error) => log::warn!("skipping broker {}: {error}", route.broker_name),
+            }
+        }
+        if resolved.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "the name servers know no master for topic {topic:?}"
+            )));
+        }
+        let resolved = Arc::new(resolved);
+        self.lock()
+            .insert(topic.to_string(), (Instant::now(), resolved.clone()));
+        Ok(resolved)
+    }
+}
+
+/// GET_ROUTES from the first name server that answers, starting after the last one used.
+pub fn fetch_routes(
+    name_servers: &[String],
+    next: &AtomicUsize,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<BrokerRoute>, ClientError> {
+    if name_servers.is_empty() {
+        return Err(ClientError::InvalidArgument("no name server given".into()));
+    }
+    let start = next.load(Ordering::Relaxed);
+    let mut last = ClientError::Timeout;
+    for index in 0..name_servers.len() {
+        let which = (start + index) % name_servers.len();
+        let name_server = &name_servers[which];
+        let outcome = resolve(name_server).and_then(|address| {
+            let options = ConnectionOptions {
+                connect_timeout: timeout,
+                ..ConnectionOptions::default()
+            };
+            Connection::connect(address, &options)?
+                .call(&Request::GetRoutes(topic.to_string()), timeout)
+        });
+        match outcome {
+            Ok(Response::Routes(routes)) => {
+                next.store(which, Ordering::Relaxed);
+                return Ok(routes);
+            }
+            Ok(Response::Error(error)) => last = ClientError::Broker(error),
+            Ok(other) => {
+                last =
+                    ClientError::Protocol(format!("{} in reply to GET_ROUTES", other.kind().name()))
+            }
+            Err(error) => last = error,
+        }
+        log::debug!("name server {name_server} did not answer: {last}");
+    }
+    Err(last)
+}
+
+/// How long a broker is avoided after a send that took this long (RocketMQ's table).
+const LATENCY_AVOIDANCE: [(Duration, Duration); 5] = [
+    (Duration::from_millis(15_000), Duration::from_secs(600)),
+    (Duration::from_millis(3_000), Duration::from_secs(180)),
+    (Duration::from_millis(2_000), Duration::from_secs(120)),
+    (Duration::from_millis(1_000), Duration::from_secs(60)),
+    (Duration::from_millis(550), Duration::from_secs(30)),
+];
+
+/// Brokers to avoid, and until when.
+pub(crate) struct FaultTracker {
+    avoid_until: Mutex<HashMap<SocketAddr, Instant>>,
+    isolation: Duration,
+}
+
+impl FaultTracker {
+    pub(crate) fn new(isolation: Duration) -> FaultTracker {
+        FaultTracker {
+            avoid_until: Mutex::new(HashMap::new()),
+            isolation,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Instant>> {
+        self.avoid_until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// After a send: a failure isolates the broker for `isolation`; a slow answer for
+    /// a time that grows with its latency; a quick success clears it.
+    pub(crate) fn record(&self, address: SocketAddr, latency: Duration, failed: bool) {
+        let avoid = if failed {
+            self.isolation
+        } else {
+            LATENCY_AVOIDANCE
+                .iter()
+                .find(|(at_least, _)| latency >= *at_least)
+                .map_or(Duration::ZERO, |(_, avoid)| *avoid)
+        };
+        let mut avoid_until = self.lock();
+        if avoid.is_zero() {
+            avoid_until.remove(&address);
+        } else {
+            if avoid_until
+                .get(&address)
+                .is_none_or(|until| *until < Instant::now())
+            {
+                log::warn!(
+                    "avoiding broker {address} for {} s ({})",
+                    avoid.as_secs(),
+                    if failed {
+                        "send failed".to_string()
+                    } else {
+                        format!("answered in {} ms", latency.as_millis())
+                    }
+                );
+            }
+            avoid_until.insert(address, Instant::now() + avoid);
+        }
+    }
+
+    pub(crate) fn available(&self, address: SocketAddr) -> bool {
+        self.lock()
+            .get(&address)
+            .is_none_or(|until| Instant::now() >= *until)
+    }
+}
+
+/// Picks the queue of the next send: round robin over every (master, queue) pair,
+/// skipping the master that just failed and masters being avoided while another
+/// choice exists. Returns the master and the queue (`None`: the broker picks).
+pub(crate) fn pick(
+    masters: &[MasterRoute],
+    cursor: &AtomicUsize,
+    last_failed: Option<SocketAddr>,
+    available: impl Fn(SocketAddr) -> bool,
+) -> Option<(SocketAddr, Option<u32>)> {
+    let slots: Vec<(usize, Option<u32>)> = masters
+        .iter()
+        .enumerate()
+        .flat_map(|(index, master)| {
+            let queues: Vec<Option<u32>> = match master.queues {
+                0 => vec![None],
+                count => (0..count).map(Some).collect(),
+            };
+            queues.into_iter().map(move |queue| (index, queue))
+        })
+        .collect();
+    if slots.is_empty() {
+        return None;
+    }
+    let start = cursor.fetch_add(1, Ordering::Relaxed);
+    let order = (0..slots.len()).map(|offset| slots[(start + offset) % slots.len()]);
+    let address_of = |(index, _): (usize, Option<u32>)| masters[index].address;
+    let not_failed = |slot: &(usize, Option<u32>)| Some(address_of(*slot)) != last_failed;
+    let chosen = order
+        .clone()
+        .find(|slot| not_failed(slot) && available(address_of(*slot)))
+        .or_else(|| order.clone().find(not_failed))
+        .or_else(|| order.clone().next())?;
+    Some((address_of(chosen), chosen.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masters() -> Vec<MasterRoute> {
+        vec![
+            MasterRoute {
+                broker_name: "a".into(),
+                address: "127.0.0.1:1".parse().unwrap(),
+                queues: 2,
+            },
+            MasterRoute {
+                broker_name: "b".into(),
+                address: "127.0.0.1:2".parse().unwrap(),
+                queues: 2,
+            },
+        ]
+    }
+
+    #[test]
+    fn picks_spread_over_every_queue_and_skip_a_failed_or_avoided_master() {
+        let masters = masters();
+        let cursor = AtomicUsize::new(0);
+        let picks: Vec<_> = (0..4)
+            .map(|_| pick(&masters, &cursor, None, |_| true).unwrap())
+            .collect();
+        assert_eq!(
+            picks
+                .iter()
+                .filter(|(a, _)| *a == masters[0].address)
+                .count(),
+            2
+        );
+        let failed = masters[0].address;
+        for _ in 0..8 {
+            let (address, _) = pick(&masters, &cursor, Some(failed), |_| true).unwrap();
+            assert_ne!(
+                address, failed,
+                "a retry never goes back to the failed master"
+            );
+            let (address, _) = pick(&masters, &cursor, None, |a| a != failed).unwrap();
+            assert_ne!(address, failed, "an avoided master is skipped");
+        }
+        // The only master is used even right after it failed.
+        let only = &masters[..1];
+        assert_eq!(
+            pick(only, &cursor, Some(failed), |_| false).unwrap().0,
+            failed
+        );
+    }
+
+    #[test]
+    fn failures_and_slow_answers_are_avoided_for_a_while() {
+        let tracker = FaultTracker::new(Duration::from_secs(30));
+        let address: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(tracker.available(address));
+        tracker.record(address, Duration::from_millis(5), true);
+        assert!(!tracker.available(address));
+        tracker.record(address, Duration::from_millis(5), false);
+        assert!(tracker.available(address));
+        tracker.record(address, Duration::from_millis(700), false);
+        assert!(!tracker.available(address));
+    }
+}
