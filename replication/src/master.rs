@@ -117,6 +117,11 @@ impl HaMaster {
             .any(|link| self.link_in_sync(link, written))
     }
 
+    /// Whether any slave is connected (in sync or not).
+    pub fn connected(&self) -> bool {
+        !self.lock_links().is_empty()
+    }
+
     pub fn slaves(&self) -> Vec<SlaveInfo> {
         let written = self.store.offset_written();
         self.lock_links()
@@ -195,26 +200,34 @@ impl HaMaster {
         else {
             return Err(format!("expected HELLO, got frame kind {}", hello.kind()));
         };
-        let start = match self.meeting_point(log_end, last_record, &epochs) {
-            Ok(start) => start,
+        let meeting = self
+            .meeting_point(log_end, last_record, &epochs)
+            .and_then(|start| {
+                let proof = match start {
+                    0 => RecordId::default(),
+                    _ => self
+                        .store
+                        .record_ending_at(start)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| {
+                            format!(
+                                "the logs part at {start}, where no record of this master's \
+                                 log ends: the histories differ and cannot be matched"
+                            )
+                        })?,
+                };
+                Ok((start, proof))
+            });
+        let (start, proof) = match meeting {
+            Ok(meeting) => meeting,
             Err(reason) => {
                 log::error!("refusing slave {broker_name}/{broker_id} at {peer}: {reason}");
-                let _ = write_frame(
-                    &mut writer,
-                    &HaFrame::Refuse {
-                        reason: reason.clone(),
-                    },
-                );
+                let refusal = HaFrame::Refuse {
+                    reason: reason.clone(),
+                };
+                let _ = write_frame(&mut writer, &refusal);
                 return Err(reason);
             }
-        };
-        let proof = match start {
-            0 => RecordId::default(),
-            _ => self
-                .store
-                .record_ending_at(start)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no record ends at {start} any more"))?,
         };
         write_frame(
             &mut writer,

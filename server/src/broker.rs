@@ -45,6 +45,8 @@ pub struct Broker {
     /// Bumped to make the registration thread register now (after a promotion).
     pub registration: Notifier,
     listen: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Set when a name server says a newer master replaced this one: sends are refused.
+    fenced: std::sync::Mutex<Option<String>>,
 }
 
 impl Broker {
@@ -59,7 +61,27 @@ impl Broker {
             ha: RwLock::new(ha),
             registration: Notifier::default(),
             listen: std::sync::OnceLock::new(),
+            fenced: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why this master must not take sends (a newer master replaced it), if it must not.
+    pub fn fenced(&self) -> Option<String> {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    pub fn fence(&self, reason: String) {
+        let mut fenced = self
+            .fenced
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if fenced.is_none() {
+            log::error!("refusing sends from now on: {reason}");
+        }
+        *fenced = Some(reason);
     }
 
     /// The bound client address (set once at start-up).
@@ -88,6 +110,14 @@ impl Broker {
         self.role.store(role as u8, Ordering::Release);
         self.store.notify_listeners();
         self.registration.notify();
+    }
+
+    /// Whether a master has a slave connected at all.
+    pub fn slave_connected(&self) -> bool {
+        match &*self.ha.read().unwrap_or_else(|poison| poison.into_inner()) {
+            Ha::Master(master) => master.connected(),
+            _ => false,
+        }
     }
 
     /// Whether a sync master has a slave in sync right now.

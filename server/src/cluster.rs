@@ -120,6 +120,7 @@ pub fn start_replication(
             Ok(Ha::Slave(slave))
         }
         master_role => {
+            refuse_if_superseded(config, store)?;
             let epoch = store
                 .begin_epoch()
                 .map_err(|e| format!("cannot record the new epoch: {e}"))?;
@@ -142,6 +143,43 @@ pub fn start_replication(
             Ok(Ha::Master(master))
         }
     }
+}
+
+/// A master must not start when the name servers know a newer master of its broker
+/// name (its slave was promoted while it was down): it would fork the history.
+fn refuse_if_superseded(config: &Config, store: &Store) -> Result<(), String> {
+    let ours = store.current_epoch();
+    for namesrv in &config.namesrv_addrs {
+        let routes = match call(
+            namesrv,
+            &Request::GetRoutes(String::new()),
+            Duration::from_secs(3),
+        ) {
+            Ok(Response::Routes(routes)) => routes,
+            Ok(other) => {
+                log::warn!("name server {namesrv}: unexpected {}", other.kind().name());
+                continue;
+            }
+            Err(error) => {
+                log::warn!(
+                    "cannot ask name server {namesrv} whether a newer master exists: {error}"
+                );
+                continue;
+            }
+        };
+        if let Some(newer) = routes.iter().find(|route| {
+            route.broker_name == config.broker_name && route.role.is_master() && route.epoch > ours
+        }) {
+            return Err(format!(
+                "{} already has a newer master: {} at epoch {} (this broker's epoch is {ours}); \
+                 a slave was promoted while this broker was down. Start this broker as its \
+                 slave: role = \"slave\", broker_id = 1, master_address = \"{}\"",
+                config.broker_name, newer.address, newer.epoch, newer.ha_address
+            ));
+        }
+        return Ok(());
+    }
+    Ok(())
 }
 
 /// PROMOTE: stops following the master, waits until everything received is fsynced,
@@ -275,6 +313,11 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
                                 log::info!("registered with name server {namesrv} again");
                             }
                             failing[index] = false;
+                        }
+                        Ok(Response::Error(error))
+                            if error.code == ErrorCode::NotMaster && role.is_master() =>
+                        {
+                            broker.fence(format!("name server {namesrv}: {}", error.message));
                         }
                         outcome => {
                             let detail = match outcome {

@@ -683,7 +683,7 @@ impl EventLoop {
     fn complete_sends(&mut self, now: Instant) {
         let durable = self.broker.offset_durable();
         let local = self.broker.store.offset_local_durable();
-        let mut in_sync: Option<bool> = None;
+        let mut slave_connected: Option<bool> = None;
         let poisoned = self.broker.store.is_poisoned();
         let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
         while let Some(front) = self.pending_sends.front() {
@@ -709,9 +709,12 @@ impl EventLoop {
                     "the commit log failed to write or fsync; restart required",
                 )
             } else if front.wait_slave && front.offset_end <= local {
-                // On disk here; the slave is the question.
-                let slave_in_sync = *in_sync.get_or_insert_with(|| self.broker.slave_in_sync());
-                if front.no_slave || !slave_in_sync {
+                // On disk here; the slave is the question. A send that found a slave in
+                // sync waits for its ack until the slave timeout, unless every slave
+                // disconnected meanwhile.
+                let connected =
+                    *slave_connected.get_or_insert_with(|| self.broker.slave_connected());
+                if front.no_slave || !connected {
                     counters
                         .sends_slave_not_available
                         .fetch_add(messages, Ordering::Relaxed);

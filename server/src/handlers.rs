@@ -150,6 +150,9 @@ impl EventLoop {
 
     /// A slave takes no writes: they go to its master (its data arrives from there).
     fn not_master(&self) -> Option<(ErrorCode, String)> {
+        if let Some(reason) = self.broker.fenced() {
+            return Some((ErrorCode::NotMaster, reason));
+        }
         if self.broker.role().is_master() {
             return None;
         }

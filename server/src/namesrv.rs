@@ -57,12 +57,34 @@ impl NameServer {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn register(&self, registration: BrokerRegistration) {
+    /// Records a registration, unless it is from a master that a newer one (a promoted
+    /// slave, higher epoch) replaced: that one is told so and not recorded.
+    fn register(&self, registration: BrokerRegistration) -> Result<(), String> {
         let key = (
             registration.broker_name.clone(),
             registration.address.clone(),
         );
         let mut table = self.lock();
+        self.expire(&mut table);
+        if registration.role.is_master() {
+            let newer = table.brokers.values().find(|entry| {
+                let other = &entry.registration;
+                other.broker_name == registration.broker_name
+                    && other.address != registration.address
+                    && other.role.is_master()
+                    && other.epoch > registration.epoch
+            });
+            if let Some(newer) = newer {
+                return Err(format!(
+                    "{} has a newer master: {} at epoch {} (this one is at epoch {}); restart \
+                     this broker as its slave",
+                    registration.broker_name,
+                    newer.registration.address,
+                    newer.registration.epoch,
+                    registration.epoch
+                ));
+            }
+        }
         let known = table
             .brokers
             .get(&key)
@@ -85,6 +107,7 @@ impl NameServer {
                 last_seen: Instant::now(),
             },
         );
+        Ok(())
     }
 
     /// Drops brokers silent for longer than the timeout.
@@ -177,8 +200,10 @@ impl NameServer {
                         "a registration needs a broker name and an address",
                     );
                 }
-                self.register(registration);
-                Response::Registered
+                match self.register(registration) {
+                    Ok(()) => Response::Registered,
+                    Err(detail) => Response::error(ErrorCode::NotMaster, detail),
+                }
             }
             Request::GetRoutes(topic) => Response::Routes(self.routes(&topic)),
             other => Response::error(
@@ -312,18 +337,27 @@ mod tests {
     #[test]
     fn routes_prefer_the_newest_master_and_forget_silent_brokers() {
         let server = NameServer::new(Duration::from_millis(200));
-        server.register(registration("a", "h:1", BrokerRole::SyncMaster, 1));
-        server.register(registration("a", "h:2", BrokerRole::Slave, 1));
-        server.register(registration("b", "h:3", BrokerRole::SyncMaster, 1));
+        server
+            .register(registration("a", "h:1", BrokerRole::SyncMaster, 1))
+            .unwrap();
+        server
+            .register(registration("a", "h:2", BrokerRole::Slave, 1))
+            .unwrap();
+        server
+            .register(registration("b", "h:3", BrokerRole::SyncMaster, 1))
+            .unwrap();
         let routes = server.routes("orders");
         assert_eq!(routes.len(), 3);
         assert!(routes.iter().all(|route| route.topic_queues == 8));
         assert_eq!(server.routes("other")[0].topic_queues, 0);
 
-        // The slave of "a" was promoted (epoch 2); the old master comes back at epoch 2
-        // too late: only the newer epoch is routed.
-        server.register(registration("a", "h:2", BrokerRole::AsyncMaster, 3));
-        server.register(registration("a", "h:1", BrokerRole::SyncMaster, 2));
+        // The slave of "a" was promoted (epoch 3); the old master registers again at
+        // epoch 1: refused, and only the newer master is routed.
+        server
+            .register(registration("a", "h:2", BrokerRole::AsyncMaster, 3))
+            .unwrap();
+        let refused = server.register(registration("a", "h:1", BrokerRole::SyncMaster, 1));
+        assert!(refused.unwrap_err().contains("newer master"));
         let masters: Vec<_> = server
             .routes("orders")
             .into_iter()
@@ -333,7 +367,9 @@ mod tests {
         assert_eq!(masters, vec!["h:2".to_string()]);
 
         std::thread::sleep(Duration::from_millis(250));
-        server.register(registration("b", "h:3", BrokerRole::SyncMaster, 1));
+        server
+            .register(registration("b", "h:3", BrokerRole::SyncMaster, 1))
+            .unwrap();
         let left: Vec<_> = server
             .routes("orders")
             .into_iter()

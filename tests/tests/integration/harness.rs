@@ -25,7 +25,14 @@ impl BrokerProcess {
         let temp = tempfile::tempdir().expect("temporary directory");
         let dir = temp.path().to_path_buf();
         let config = dir.join("keeld.toml");
-        let mut text = format!("listen = \"127.0.0.1:0\"\n{extra}\n");
+        let sets_listen = extra
+            .lines()
+            .any(|line| line.trim_start().starts_with("listen"));
+        let mut text = if sets_listen {
+            format!("{extra}\n")
+        } else {
+            format!("listen = \"127.0.0.1:0\"\n{extra}\n")
+        };
         if !extra.contains("segment_size_bytes") {
             text.push_str(
                 "segment_size_bytes = 65536
@@ -123,6 +130,28 @@ impl BrokerProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Replaces the config (keeping the data directory) for the next `spawn`.
+    pub fn reconfigure(&mut self, extra: &str) {
+        let text = format!(
+            "{extra}\nsegment_size_bytes = 65536\ndata_dir = \"{}\"\n",
+            self.dir.join("data").display()
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A stat, or `None` when the broker does not report it (or cannot be reached).
+    pub fn try_stat(&self, name: &str) -> Option<u64> {
+        let stats = Admin::connect(&self.address).ok()?.stats().ok()?;
+        stats
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
     }
 
     /// The first CommitLog segment file.
@@ -239,5 +268,54 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for brokers whose address must
+/// survive a restart, and HA ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// A `keeld namesrv` process. Killed when dropped.
+pub struct NameServerProcess {
+    child: Child,
+    pub address: String,
+}
+
+impl NameServerProcess {
+    pub fn start(broker_timeout_ms: u64) -> NameServerProcess {
+        let mut child = Command::new(KEELD)
+            .args(["namesrv", "--listen", "127.0.0.1:0", "--broker-timeout-ms"])
+            .arg(broker_timeout_ms.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn keeld namesrv");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.strip_prefix("keeld namesrv listening on ") {
+                        break address.trim().to_string();
+                    }
+                }
+                _ => panic!("keeld namesrv did not start"),
+            }
+        };
+        NameServerProcess { child, address }
+    }
+}
+
+impl Drop for NameServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

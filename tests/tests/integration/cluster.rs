@@ -1,0 +1,404 @@
+//! Replication and failover with real processes on 127.0.0.1: a name server, sync
+//! masters with one sync slave each, kill -9, SIGSTOP, promotion, and an old master
+//! coming back.
+
+use crate::harness::{drain, free_port, wait_until, BrokerProcess, NameServerProcess};
+use keel_client::{
+    fetch_routes, BrokerRole, ClientError, Message, Producer, ProducerOptions, Record, SendStatus,
+};
+use keel_tests::{id_of, payload_for, Ledger, Outcome};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Config of a master of `name` on fixed ports (its address survives restarts).
+fn master(role: &str, name: &str, port: u16, ha_port: u16, namesrv: Option<&str>) -> String {
+    let namesrv = namesrv.map_or(String::new(), |address| format!("\"{address}\""));
+    format!(
+        "listen = \"127.0.0.1:{port}\"\nrole = \"{role}\"\nbroker_name = \"{name}\"\n\
+         ha_port = {ha_port}\nnamesrv_addrs = [{namesrv}]\nregister_interval_ms = 300\n\
+         ha_heartbeat_ms = 200\nslave_timeout_ms = 2000\n"
+    )
+}
+
+/// Config of slave 1 of `name`, following the master whose HA port is `master_ha`.
+fn slave(name: &str, port: u16, ha_port: u16, master_ha: u16, namesrv: Option<&str>) -> String {
+    let namesrv = namesrv.map_or(String::new(), |address| format!("\"{address}\""));
+    format!(
+        "listen = \"127.0.0.1:{port}\"\nrole = \"slave\"\nbroker_id = 1\nbroker_name = \"{name}\"\n\
+         ha_port = {ha_port}\nmaster_address = \"127.0.0.1:{master_ha}\"\n\
+         namesrv_addrs = [{namesrv}]\nregister_interval_ms = 300\nha_heartbeat_ms = 200\n"
+    )
+}
+
+fn stat_is(broker: &BrokerProcess, name: &str, value: u64) -> bool {
+    broker.try_stat(name) == Some(value)
+}
+
+fn send_status(producer: &Producer, id: &str) -> Result<SendStatus, ClientError> {
+    producer
+        .send(Message::new("replicated", payload_for(id, 256)))
+        .map(|result| result.status)
+}
+
+fn payload_ids(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .map(|record| id_of(&record.payload).expect("intact payload"))
+        .collect()
+}
+
+/// (queue, queue offset, log offset, payload) of every record: equal lists mean equal
+/// histories.
+fn history(records: &[Record]) -> Vec<(u32, u64, u64, Vec<u8>)> {
+    let mut history: Vec<_> = records
+        .iter()
+        .map(|r| (r.queue_id, r.queue_offset, r.log_offset, r.payload.to_vec()))
+        .collect();
+    history.sort();
+    history
+}
+
+#[test]
+fn a_sync_master_answers_slave_statuses_and_never_send_ok_without_its_slave() {
+    let (master_port, master_ha) = (free_port(), free_port());
+    let (slave_port, slave_ha) = (free_port(), free_port());
+    // Heartbeats every second: a stalled slave stays connected (5 s) past the 2 s slave
+    // timeout, so its stall shows as FLUSH_SLAVE_TIMEOUT.
+    let slow = |config: String| config.replace("ha_heartbeat_ms = 200", "ha_heartbeat_ms = 1000");
+    let master = BrokerProcess::start(&slow(master(
+        "sync_master",
+        "solo",
+        master_port,
+        master_ha,
+        None,
+    )));
+    let mut follower =
+        BrokerProcess::start(&slow(slave("solo", slave_port, slave_ha, master_ha, None)));
+    wait_until("the slave in sync", Duration::from_secs(20), || {
+        stat_is(&master, "slaves_in_sync", 1)
+    });
+    let producer = Producer::connect(&master.address, ProducerOptions::default()).unwrap();
+    let mut sent = 0usize;
+    let mut send = |expect: &[SendStatus], what: &str| {
+        let id = format!("m{sent}");
+        sent += 1;
+        let status = send_status(&producer, &id).unwrap();
+        assert!(expect.contains(&status), "{what}: got {status}");
+        status
+    };
+    for _ in 0..20 {
+        send(&[SendStatus::SendOk], "slave in sync");
+    }
+
+    // Slave killed: stored here, but answered SLAVE_NOT_AVAILABLE at once, never SEND_OK.
+    follower.kill9();
+    wait_until(
+        "the master to see the slave gone",
+        Duration::from_secs(10),
+        || stat_is(&master, "slaves_connected", 0),
+    );
+    for _ in 0..20 {
+        let started = Instant::now();
+        send(&[SendStatus::SlaveNotAvailable], "slave killed");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "answered at once"
+        );
+    }
+    // A slave is a reader: it refuses sends with NOT_MASTER.
+    follower.spawn();
+    let refused = Producer::connect(&follower.address, ProducerOptions::default())
+        .unwrap()
+        .send(Message::new("replicated", "x"));
+    match refused {
+        Err(ClientError::Broker(error)) => {
+            assert_eq!(error.code, keel_client::ErrorCode::NotMaster)
+        }
+        other => panic!("a slave must refuse sends: {other:?}"),
+    }
+    // Restarted: it catches up (including what was stored while it was away) and
+    // SEND_OK resumes.
+    wait_until("the slave back in sync", Duration::from_secs(20), || {
+        stat_is(&master, "slaves_in_sync", 1)
+    });
+    send(&[SendStatus::SendOk], "slave back");
+
+    // Slave stalled (SIGSTOP): no ack arrives, FLUSH_SLAVE_TIMEOUT after slave_timeout_ms
+    // (or SLAVE_NOT_AVAILABLE once the master stops counting it in sync). Never SEND_OK.
+    crate::harness::signal(follower.pid(), libc::SIGSTOP);
+    let first = send(
+        &[SendStatus::FlushSlaveTimeout, SendStatus::SlaveNotAvailable],
+        "slave stopped",
+    );
+    assert_eq!(
+        first,
+        SendStatus::FlushSlaveTimeout,
+        "the slave was in sync when stopped"
+    );
+    for _ in 0..3 {
+        send(
+            &[SendStatus::FlushSlaveTimeout, SendStatus::SlaveNotAvailable],
+            "slave stopped",
+        );
+    }
+    crate::harness::signal(follower.pid(), libc::SIGCONT);
+    wait_until("the slave in sync again", Duration::from_secs(20), || {
+        stat_is(&master, "slaves_in_sync", 1)
+    });
+    send(&[SendStatus::SendOk], "slave resumed");
+
+    // Everything stored on the master is on the slave, in the same places.
+    wait_until("the slave caught up", Duration::from_secs(20), || {
+        stat_is(&follower, "lag_behind_master_bytes", 0)
+            && follower.try_stat("offset_durable") == master.try_stat("offset_flushed")
+    });
+    let on_master = drain(&master.address, "replicated");
+    let on_slave = drain(&follower.address, "replicated");
+    assert_eq!(on_master.len(), sent);
+    assert_eq!(history(&on_slave), history(&on_master));
+}
+
+#[test]
+fn an_old_master_returning_after_a_promotion_cannot_fork_the_history() {
+    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let mut old = BrokerProcess::start(&master("async_master", "fork", m_port, m_ha, None));
+    let mut new = BrokerProcess::start(&slave("fork", s_port, s_ha, m_ha, None));
+    wait_until("the slave connected", Duration::from_secs(20), || {
+        stat_is(&old, "slaves_in_sync", 1)
+    });
+    let producer = Producer::connect(&old.address, ProducerOptions::default()).unwrap();
+    for index in 0..50 {
+        assert_eq!(
+            send_status(&producer, &format!("a{index}")).unwrap(),
+            SendStatus::SendOk
+        );
+    }
+    wait_until("the slave caught up", Duration::from_secs(20), || {
+        new.try_stat("offset_flushed") == old.try_stat("offset_flushed")
+    });
+    // The slave dies; the (async) master takes 20 more the slave never sees, then dies.
+    new.kill9();
+    for index in 0..20 {
+        assert_eq!(
+            send_status(&producer, &format!("b{index}")).unwrap(),
+            SendStatus::SendOk
+        );
+    }
+    drop(producer);
+    old.kill9();
+
+    // The slave comes back, its master is gone: it is promoted and takes new sends.
+    new.spawn();
+    let (epoch, log_end) = new.admin().promote(BrokerRole::AsyncMaster).unwrap();
+    assert_eq!(epoch, 2);
+    assert!(log_end > 0);
+    assert_eq!(new.stat("role"), BrokerRole::AsyncMaster as u64);
+    let producer = Producer::connect(&new.address, ProducerOptions::default()).unwrap();
+    for index in 0..10 {
+        assert_eq!(
+            send_status(&producer, &format!("c{index}")).unwrap(),
+            SendStatus::SendOk
+        );
+    }
+    let promoted = drain(&new.address, "replicated");
+    let ids = payload_ids(&promoted);
+    assert_eq!(ids.len(), 60);
+    assert!(ids.iter().all(|id| !id.starts_with('b')));
+
+    // The old master returns as a slave of the new one: its 20 records of the old epoch
+    // that the new master never had are cut (proved by the epochs and the CRC of the
+    // record where the logs part), and it follows the new history.
+    old.reconfigure(&slave("fork", m_port, m_ha, s_ha, None));
+    old.spawn();
+    wait_until("the old master following", Duration::from_secs(20), || {
+        // Served up to what the new master confirmed: everything, once caught up.
+        stat_is(&old, "master_connected", 1)
+            && old.try_stat("offset_durable") == new.try_stat("offset_durable")
+    });
+    assert!(
+        old.log().contains("records) to match master epoch 2"),
+        "{}",
+        old.log()
+    );
+    let followed = drain(&old.address, "replicated");
+    assert_eq!(
+        payload_ids(&followed),
+        payload_ids(&drain(&new.address, "replicated")),
+        "stats of the old master: {:?}",
+        old.admin().stats()
+    );
+    assert!(history(&followed) == history(&drain(&new.address, "replicated")));
+
+    // A broker with an unrelated history is refused, and its log left alone.
+    let mut stranger =
+        BrokerProcess::start(&master("master", "fork", free_port(), free_port(), None));
+    let strange = Producer::connect(&stranger.address, ProducerOptions::default()).unwrap();
+    for index in 0..5 {
+        send_status(&strange, &format!("z{index}")).unwrap();
+    }
+    drop(strange);
+    stranger.terminate();
+    let port = free_port();
+    stranger.reconfigure(&slave("fork", port, free_port(), s_ha, None));
+    stranger.spawn();
+    wait_until("the refusal", Duration::from_secs(20), || {
+        stranger.log().contains("the master refused")
+            || stranger.log().contains("is not this log's")
+    });
+    assert_eq!(stranger.stat("master_connected"), 0);
+    assert_eq!(
+        payload_ids(&drain(&stranger.address, "replicated")).len(),
+        5
+    );
+}
+
+const PRODUCERS: usize = 4;
+
+#[test]
+fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() {
+    let namesrv = NameServerProcess::start(3000);
+    let ns = Some(namesrv.address.as_str());
+    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let (a, a_ha, a1, a1_ha, b, b_ha, b1, b1_ha) = (
+        ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7],
+    );
+    let mut master_a = BrokerProcess::start(&master("sync_master", "broker-a", a, a_ha, ns));
+    let slave_a = BrokerProcess::start(&slave("broker-a", a1, a1_ha, a_ha, ns));
+    let master_b = BrokerProcess::start(&master("sync_master", "broker-b", b, b_ha, ns));
+    let _slave_b = BrokerProcess::start(&slave("broker-b", b1, b1_ha, b_ha, ns));
+    for broker in [&master_a, &master_b] {
+        broker.admin().create_topic("replicated", 4).unwrap();
+        wait_until("a slave in sync", Duration::from_secs(20), || {
+            stat_is(broker, "slaves_in_sync", 1)
+        });
+    }
+    let name_servers = vec![namesrv.address.clone()];
+    let next = AtomicUsize::new(0);
+    wait_until("both masters routed", Duration::from_secs(20), || {
+        fetch_routes(&name_servers, &next, "replicated", Duration::from_secs(1))
+            .map(|routes| {
+                routes
+                    .iter()
+                    .filter(|r| r.role.is_master() && r.topic_queues == 4)
+                    .count()
+                    == 2
+            })
+            .unwrap_or(false)
+    });
+
+    // Producers over both masters, through the name server.
+    let ledger = Arc::new(Ledger::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok_times = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let threads: Vec<_> = (0..PRODUCERS)
+        .map(|index| {
+            let (ledger, stop, ok_times, namesrv) = (
+                ledger.clone(),
+                stop.clone(),
+                ok_times.clone(),
+                namesrv.address.clone(),
+            );
+            std::thread::spawn(move || {
+                let options = ProducerOptions {
+                    route_refresh: Duration::from_millis(500),
+                    ..ProducerOptions::default()
+                };
+                let producer = Producer::with_name_servers(&[namesrv.as_str()], options).unwrap();
+                let mut sequence = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("p{index}-s{sequence}");
+                    sequence += 1;
+                    let outcome = match send_status(&producer, &id) {
+                        Ok(SendStatus::SendOk) => {
+                            ok_times.lock().unwrap().push(Instant::now());
+                            Outcome::Ok
+                        }
+                        Ok(status) => Outcome::Indeterminate(status.to_string()),
+                        Err(error) => Outcome::Indeterminate(error.to_string()),
+                    };
+                    ledger.sent(&id, outcome);
+                }
+            })
+        })
+        .collect();
+    wait_until("load on both masters", Duration::from_secs(20), || {
+        master_a.try_stat("sends_ok").unwrap_or(0) > 200
+            && master_b.try_stat("sends_ok").unwrap_or(0) > 200
+    });
+    let killed_at = Instant::now();
+    master_a.kill9();
+    let acked_before_kill = ledger.ok_count();
+    wait_until(
+        "sends succeeding after the kill",
+        Duration::from_secs(20),
+        || {
+            ok_times
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|at| **at > killed_at + Duration::from_millis(100))
+                .count()
+                > 500
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let times = ok_times.lock().unwrap().clone();
+    let first_after = times
+        .iter()
+        .filter(|at| **at > killed_at)
+        .min()
+        .map(|at| at.duration_since(killed_at));
+    let mut sorted = times.clone();
+    sorted.sort();
+    let longest_gap = sorted
+        .windows(2)
+        .filter(|pair| pair[1] > killed_at)
+        .map(|pair| pair[1].duration_since(pair[0]))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "failover: {acked_before_kill} acked before the kill, first SEND_OK {first_after:?} after \
+         it, longest gap between acks {longest_gap:?}"
+    );
+    assert!(
+        longest_gap < Duration::from_secs(5),
+        "sends stalled {longest_gap:?} after the master died"
+    );
+
+    // Every SEND_OK that went to broker-a is on its slave alone: promote it and read
+    // both brokers.
+    slave_a.admin().promote(BrokerRole::AsyncMaster).unwrap();
+    for broker in [&slave_a, &master_b] {
+        for record in drain(&broker.address, "replicated") {
+            ledger.read(&id_of(&record.payload).expect("intact payload"));
+        }
+    }
+    let report = ledger.report();
+    eprintln!("ledger after kill -9 of a sync master and promotion of its slave: {report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(report.ok > 1000);
+
+    // The old master cannot come back as a master: the name server knows the newer one.
+    let status = master_a.spawn_expect_failure();
+    assert!(!status.success());
+    assert!(
+        master_a.log().contains("newer master"),
+        "{}",
+        master_a.log()
+    );
+    // As a slave of the promoted one it truncates to the common prefix and follows.
+    master_a.reconfigure(&slave("broker-a", a, a_ha, a1_ha, ns));
+    master_a.spawn();
+    wait_until("the old master following", Duration::from_secs(30), || {
+        stat_is(&master_a, "master_connected", 1)
+            && master_a.try_stat("offset_durable") == slave_a.try_stat("offset_durable")
+    });
+    let followed = drain(&master_a.address, "replicated");
+    let promoted = drain(&slave_a.address, "replicated");
+    assert_eq!(payload_ids(&followed), payload_ids(&promoted));
+    assert!(history(&followed) == history(&promoted));
+}
