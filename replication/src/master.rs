@@ -67,6 +67,9 @@ impl HaMaster {
         let notifier = Arc::new(Notifier::default());
         let wake = notifier.clone();
         store.add_listener(Arc::new(move || wake.notify()));
+        // Stream each write at once, while the master fsyncs it.
+        let wake = notifier.clone();
+        store.add_write_listener(Arc::new(move || wake.notify()));
         let master = Arc::new(HaMaster {
             store,
             options,

@@ -276,6 +276,7 @@ impl Flusher<'_> {
                 continue;
             }
             self.write(&batch)?;
+            self.store.notify_write_listeners();
             if self.store.config.flush == FlushMode::Sync {
                 self.syncer.sync()?;
             } else {

@@ -169,6 +169,8 @@ pub struct Store {
     pub(crate) meta: Meta,
     pub(crate) checkpoint: CheckpointFile,
     listeners: Mutex<Vec<Listener>>,
+    /// Called after each write, before its fsync (replication streams from there).
+    write_listeners: Mutex<Vec<Listener>>,
     /// `rollbacks[g]`: the offset generation `g` was rolled back to.
     rollbacks: Mutex<Vec<u64>>,
     pub(crate) retention: crate::retention::Retention,
@@ -255,6 +257,7 @@ impl Store {
             meta: Meta::new(topics_path, offsets_path, offsets),
             checkpoint: checkpoint_file,
             listeners: Mutex::new(Vec::new()),
+            write_listeners: Mutex::new(Vec::new()),
             rollbacks: Mutex::new(Vec::new()),
             retention: crate::retention::Retention::default(),
             threads: Mutex::new(Vec::new()),
@@ -314,6 +317,27 @@ impl Store {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .push(listener);
+    }
+
+    /// Registers a callback run on the flusher thread after every write to the segment
+    /// files, before the fsync that follows (so a master streams to its slaves while
+    /// it fsyncs). It must not block.
+    pub fn add_write_listener(&self, listener: Arc<dyn Fn() + Send + Sync>) {
+        self.write_listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(listener);
+    }
+
+    pub(crate) fn notify_write_listeners(&self) {
+        let listeners = self
+            .write_listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        for listener in listeners {
+            listener();
+        }
     }
 
     pub fn notify_listeners(&self) {
