@@ -153,6 +153,8 @@ mod tests {
         )
         .unwrap();
         wait_until("catching up", || master_store.offset_durable() >= end2);
+        // The slave serves what the master confirmed, which the next frame tells it.
+        wait_until("the confirmation", || slave_store.offset_durable() >= end2);
         let read = slave_store
             .read_queue("orders", 0, 0, 1000, u32::MAX)
             .unwrap();
