@@ -22,6 +22,19 @@ pub use slave::{HaSlave, SlaveOptions, SlaveStatus};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+/// TCP_NODELAY, and timeouts from the heartbeat: a peer silent for 5 heartbeats is
+/// gone; a write blocked for 10 means the peer stopped reading.
+pub(crate) fn configure_socket(
+    stream: &std::net::TcpStream,
+    heartbeat: Duration,
+) -> Result<(), String> {
+    stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(Some(heartbeat * 5)))
+        .and_then(|()| stream.set_write_timeout(Some(heartbeat * 10)))
+        .map_err(|error| format!("configure the HA socket: {error}"))
+}
+
 /// A version counter to wait on: storage listeners bump it when offsets move.
 #[derive(Default)]
 pub struct Notifier {
@@ -115,16 +128,16 @@ mod tests {
 
         let slave_store = store(slave_dir.path());
         slave_store.set_durable_cap(0);
-        let slave = HaSlave::start(
-            slave_store.clone(),
-            SlaveOptions {
+        let follow = || {
+            let options = SlaveOptions {
                 master: master.local_addr().to_string(),
                 broker_name: "b".into(),
                 broker_id: 1,
                 heartbeat: Duration::from_millis(50),
-            },
-        )
-        .unwrap();
+            };
+            HaSlave::start(slave_store.clone(), options).unwrap()
+        };
+        let slave = follow();
         wait_until("the slave's ack", || master_store.offset_durable() >= end);
         assert!(master.in_sync());
         assert!(slave_store.offset_flushed() >= end);
@@ -142,16 +155,7 @@ mod tests {
 
         // Back: it resumes from its own end and catches up.
         drop(slave);
-        let slave = HaSlave::start(
-            slave_store.clone(),
-            SlaveOptions {
-                master: master.local_addr().to_string(),
-                broker_name: "b".into(),
-                broker_id: 1,
-                heartbeat: Duration::from_millis(50),
-            },
-        )
-        .unwrap();
+        let slave = follow();
         wait_until("catching up", || master_store.offset_durable() >= end2);
         // The slave serves what the master confirmed, which the next frame tells it.
         wait_until("the confirmation", || slave_store.offset_durable() >= end2);

@@ -53,7 +53,12 @@ pub struct HaMaster {
     notifier: Arc<Notifier>,
     stop: AtomicBool,
     local_addr: SocketAddr,
+    /// Connections being served (a cap keeps stray clients from taking threads).
+    sessions: std::sync::atomic::AtomicUsize,
 }
+
+/// Slaves (and handshakes) served at once.
+const MAX_SESSIONS: usize = 32;
 
 impl HaMaster {
     /// Listens on `address` and serves slaves until `stop`.
@@ -78,6 +83,7 @@ impl HaMaster {
             notifier,
             stop: AtomicBool::new(false),
             local_addr: listener.local_addr()?,
+            sessions: std::sync::atomic::AtomicUsize::new(0),
         });
         let accepting = master.clone();
         std::thread::Builder::new()
@@ -144,11 +150,17 @@ impl HaMaster {
         while !self.stop.load(Ordering::Acquire) {
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    if self.sessions.fetch_add(1, Ordering::AcqRel) >= MAX_SESSIONS {
+                        self.sessions.fetch_sub(1, Ordering::AcqRel);
+                        log::warn!("refusing HA connection from {peer}: {MAX_SESSIONS} already");
+                        continue;
+                    }
                     let master = self.clone();
                     let spawned = std::thread::Builder::new()
                         .name("keel-ha-slave".into())
                         .spawn(move || master.serve(stream, peer));
                     if let Err(error) = spawned {
+                        self.sessions.fetch_sub(1, Ordering::AcqRel);
                         log::error!("cannot start a thread for slave {peer}: {error}");
                     }
                 }
@@ -171,6 +183,7 @@ impl HaMaster {
         }
         let _ = stream.shutdown(Shutdown::Both);
         self.lock_links().retain(|link| link.id != id);
+        self.sessions.fetch_sub(1, Ordering::AcqRel);
         // The loops re-check whether a slave is still in sync.
         self.store.notify_listeners();
     }
@@ -182,15 +195,7 @@ impl HaMaster {
         id: u64,
     ) -> Result<(), String> {
         let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
-        stream
-            .set_nodelay(true)
-            .map_err(|e| io("set TCP_NODELAY", e))?;
-        stream
-            .set_read_timeout(Some(self.options.heartbeat * 5))
-            .map_err(|e| io("set a read timeout", e))?;
-        stream
-            .set_write_timeout(Some(self.options.heartbeat * 10))
-            .map_err(|e| io("set a write timeout", e))?;
+        crate::configure_socket(stream, self.options.heartbeat)?;
         let mut writer = stream;
         let hello = read_frame(&mut writer).map_err(|e| io("read HELLO", e))?;
         let HaFrame::Hello {

@@ -168,15 +168,7 @@ impl HaSlave {
     fn session(self: Arc<Self>) -> Result<(), String> {
         let stream = self.connect()?;
         let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
-        stream
-            .set_nodelay(true)
-            .map_err(|e| io("set TCP_NODELAY", e))?;
-        stream
-            .set_read_timeout(Some(self.options.heartbeat * 5))
-            .map_err(|e| io("set a read timeout", e))?;
-        stream
-            .set_write_timeout(Some(self.options.heartbeat * 10))
-            .map_err(|e| io("set a write timeout", e))?;
+        crate::configure_socket(&stream, self.options.heartbeat)?;
         *self
             .stream
             .lock()

@@ -331,14 +331,7 @@ impl Store {
         }
         crate::fs_util::sync_dir(self.disk.as_ref(), &dir)?;
         self.segments.remove(&removed);
-        let mut dropped = 0u64;
-        for topic in state.topics.values_mut() {
-            for queue in &mut topic.queues {
-                dropped += queue.pop_from(to);
-            }
-        }
-        state.records_appended -= dropped;
-        state.offset_end = to;
+        let dropped = state.forget_from(to);
         state.pending.clear();
         state.pending_base = to;
         state.pending_index.clear();

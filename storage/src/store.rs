@@ -140,6 +140,22 @@ pub(crate) struct AppendState {
     pub flusher_reset: Option<u64>,
 }
 
+impl AppendState {
+    /// Drops every record at or after log offset `to` from the queue indexes and ends
+    /// the log there; returns how many records went.
+    pub(crate) fn forget_from(&mut self, to: u64) -> u64 {
+        let mut dropped = 0u64;
+        for topic in self.topics.values_mut() {
+            for queue in &mut topic.queues {
+                dropped += queue.pop_from(to);
+            }
+        }
+        self.records_appended -= dropped;
+        self.offset_end = to;
+        dropped
+    }
+}
+
 /// Offsets published by the flusher. Invariant: `flushed <= written <= offset_end`.
 #[derive(Default)]
 pub(crate) struct Progress {
@@ -427,14 +443,7 @@ impl Store {
         state.pending_index.clear();
         state.segments_new.clear();
         state.segment_active_base = segment_active_base;
-        let mut dropped = 0u64;
-        for topic in state.topics.values_mut() {
-            for queue in &mut topic.queues {
-                dropped += queue.pop_from(to);
-            }
-        }
-        state.records_appended -= dropped;
-        state.offset_end = to;
+        let dropped = state.forget_from(to);
         self.rollbacks
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
