@@ -1,8 +1,8 @@
 //! The producer: sync, async and oneway sends, with retries inside one send budget.
 //!
 //! Like RocketMQ: a failed or timed-out send is retried (`retry_times_when_send_failed`
-//! = 2, so 3 attempts) and every attempt shares one `send_timeout_ms` budget, so the
-//! first attempt cannot eat the whole time; a stored-but-not-OK status
+//! = 2, so 3 attempts) and every attempt shares one `send_timeout_ms` budget: each
+//! attempt may take an equal share of what is left, so the first cannot eat it all; a stored-but-not-OK status
 //! (`FLUSH_DISK_TIMEOUT`, ...) is returned to the caller, not retried, unless
 //! `retry_when_not_stored_ok` is set (the retry may then store the message twice).
 //! Oneway sends are never retried. After the last attempt fails the producer logs an
@@ -22,7 +22,7 @@ use keel_protocol::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,13 @@ pub struct ProducerOptions {
     pub fault_isolation: Duration,
     /// With name servers: how long routes are cached before being asked again.
     pub route_refresh: Duration,
+    /// Number each message (producer id + sequence) so that a broker answers a retry
+    /// of a message it already stored with the original's SEND_OK instead of storing
+    /// it twice. Deduplication is per broker: a retry that lands on another master
+    /// (failover) is stored there too.
+    /// The id is random per `Producer` and sequences start at 1, so deduplication
+    /// covers retries by this producer, not a resend by a restarted process.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerOptions {
@@ -53,6 +60,7 @@ impl Default for ProducerOptions {
             fault_avoidance: true,
             fault_isolation: Duration::from_secs(30),
             route_refresh: Duration::from_secs(30),
+            idempotent: true,
         }
     }
 }
@@ -69,6 +77,9 @@ struct Inner {
     connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
     faults: FaultTracker,
     cursor: AtomicUsize,
+    /// Idempotence: this producer's id, and the next sequence.
+    producer_id: u64,
+    sequence: AtomicU64,
 }
 
 /// Sends messages to one broker, or to every master a name server knows. Cheap to
@@ -98,9 +109,16 @@ fn now_ms() -> u64 {
 
 impl Producer {
     fn new(target: Target, options: ProducerOptions) -> Producer {
+        let producer_id = if options.idempotent {
+            random_producer_id()
+        } else {
+            0
+        };
         Producer {
             inner: Arc::new(Inner {
                 target,
+                producer_id,
+                sequence: AtomicU64::new(1),
                 faults: FaultTracker::new(options.fault_isolation),
                 options,
                 connections: Mutex::new(HashMap::new()),
@@ -197,11 +215,22 @@ impl Producer {
         .ok_or_else(|| ClientError::InvalidArgument(format!("no master for topic {topic:?}")))
     }
 
-    fn prepare(mut message: Message) -> Message {
+    /// Stamps the birth time and, for an idempotent producer, the producer id and the
+    /// next sequence. Done once per message: every retry carries the same numbers.
+    fn prepare(&self, mut message: Message) -> Message {
         if message.born_timestamp_ms == 0 {
             message.born_timestamp_ms = now_ms();
         }
+        if self.inner.producer_id != 0 && message.producer_id == 0 {
+            message.producer_id = self.inner.producer_id;
+            message.sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        }
         message
+    }
+
+    /// This producer's id (0 when it is not idempotent).
+    pub fn producer_id(&self) -> u64 {
+        self.inner.producer_id
     }
 
     /// Sends and waits for the broker's answer: a `SendResult` whose status says how
@@ -222,7 +251,7 @@ impl Producer {
         message: Message,
         callback: impl FnOnce(Result<SendResult, ClientError>) + Send + 'static,
     ) {
-        self.start(Request::Send(Self::prepare(message)), move |outcome| {
+        self.start(Request::Send(self.prepare(message)), move |outcome| {
             callback(outcome.and_then(|response| match response {
                 Response::SendResult(result) => Ok(result),
                 other => Err(ClientError::Protocol(format!(
@@ -255,7 +284,7 @@ impl Producer {
                 messages.len()
             ))));
         }
-        let messages = messages.into_iter().map(Self::prepare).collect();
+        let messages = messages.into_iter().map(|m| self.prepare(m)).collect();
         self.start(Request::SendBatch(messages), move |outcome| {
             callback(outcome.and_then(|response| match response {
                 Response::SendBatchResult(result) => Ok(result),
@@ -296,7 +325,7 @@ impl Producer {
     /// Fire and forget: no answer is read and nothing is retried. Returns once the
     /// bytes are handed to the socket.
     pub fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
-        let request = Request::Send(Self::prepare(message));
+        let request = Request::Send(self.prepare(message));
         let (address, queue) = self.choose(&request, None)?;
         let request = with_queue(&request, queue);
         let connection = self.connection(address)?;
@@ -315,6 +344,20 @@ fn status_of(response: &Response) -> Option<SendStatus> {
         Response::SendBatchResult(result) => Some(result.status),
         _ => None,
     }
+}
+
+/// A producer id that no other producer is likely to have: 64 random bits (std's
+/// hasher keys are random per process), never 0.
+fn random_producer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 /// `request` with every message of it on `queue` (when given and the message left
@@ -355,12 +398,10 @@ impl Attempt {
         if remaining.is_zero() || self.attempts_left == 0 {
             return self.give_up(ClientError::Timeout);
         }
-        // With several masters, each attempt gets an equal share of what is left, so
-        // a master that hangs cannot take the whole budget from the others.
-        let attempt_timeout = match &self.producer.inner.target {
-            Target::Broker(_) => remaining,
-            Target::NameServers(_) => remaining / self.attempts_left,
-        };
+        // Each attempt gets an equal share of what is left, so a lost reply or a master
+        // that hangs leaves time for the retries (safe with idempotence: the broker
+        // answers a retry of a stored message with the original).
+        let attempt_timeout = remaining / self.attempts_left;
         self.attempts_left -= 1;
         self.attempts_made += 1;
         let (address, queue) = match self.producer.choose(&self.request, self.last_failed) {

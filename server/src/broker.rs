@@ -29,6 +29,8 @@ pub struct Counters {
     pub sends_slave_not_available: AtomicU64,
     pub sends_failed: AtomicU64,
     pub sends_oneway: AtomicU64,
+    /// Idempotent producers' retries of messages already stored (nothing stored again).
+    pub sends_deduplicated: AtomicU64,
     pub pulls: AtomicU64,
     pub messages_pulled: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -201,6 +203,11 @@ impl Broker {
             ),
             ("sends_failed".into(), load(&counters.sends_failed)),
             ("sends_oneway".into(), load(&counters.sends_oneway)),
+            (
+                "sends_deduplicated".into(),
+                load(&counters.sends_deduplicated),
+            ),
+            ("producers".into(), store.producers),
             ("pulls".into(), load(&counters.pulls)),
             ("messages_pulled".into(), load(&counters.messages_pulled)),
             ("protocol_errors".into(), load(&counters.protocol_errors)),

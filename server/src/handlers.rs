@@ -31,6 +31,7 @@ fn append_error_code(error: &AppendError) -> ErrorCode {
         AppendError::StorageFailed => ErrorCode::StorageFailed,
         AppendError::DiskFull => ErrorCode::DiskFull,
         AppendError::ShuttingDown => ErrorCode::ShuttingDown,
+        AppendError::SequenceTooOld { .. } => ErrorCode::InvalidArgument,
     }
 }
 
@@ -82,6 +83,11 @@ impl EventLoop {
         let Some(last) = appended.last().copied() else {
             return;
         };
+        if last.duplicate {
+            counters
+                .sends_deduplicated
+                .fetch_add(count, Ordering::Relaxed);
+        }
         if oneway {
             counters.sends_oneway.fetch_add(count, Ordering::Relaxed);
             return;

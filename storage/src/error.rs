@@ -87,6 +87,13 @@ pub enum AppendError {
     /// The disk is full, or free space is below `disk_min_free_bytes`.
     DiskFull,
     ShuttingDown,
+    /// An idempotent producer's sequence is older than the window the broker keeps:
+    /// whether it was stored cannot be told, so it is not stored again.
+    SequenceTooOld {
+        producer_id: u64,
+        sequence: u64,
+        oldest: u64,
+    },
 }
 
 impl fmt::Display for AppendError {
@@ -107,6 +114,15 @@ impl fmt::Display for AppendError {
                 "the disk is full (or below disk_min_free_bytes); writes resume when space is freed",
             ),
             AppendError::ShuttingDown => f.write_str("broker is shutting down"),
+            AppendError::SequenceTooOld {
+                producer_id,
+                sequence,
+                oldest,
+            } => write!(
+                f,
+                "producer {producer_id:016x} sequence {sequence} is older than the oldest one \
+                 this broker remembers ({oldest}); it may already be stored and is not stored again"
+            ),
         }
     }
 }

@@ -29,6 +29,7 @@ mod error;
 mod flusher;
 mod fs_util;
 mod meta;
+mod producers;
 mod recovery;
 mod replica;
 mod retention;

@@ -46,6 +46,8 @@ pub(crate) struct RecoveredRecord {
     pub log_offset: u64,
     pub size: u32,
     pub tags_hash: u64,
+    pub producer_id: u64,
+    pub sequence: u64,
 }
 
 /// Whether recovery may change the files (keeld) or only look (`keel admin verify`).
@@ -240,6 +242,8 @@ fn scan_segment(
             queue_offset: decoded.queue_offset,
             log_offset: decoded.log_offset,
             size: decoded.total_size,
+            producer_id: decoded.producer_id,
+            sequence: decoded.sequence,
         };
         if let Err(detail) = on_record(recovered) {
             return Err(StoreError::Corruption {

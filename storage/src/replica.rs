@@ -238,6 +238,16 @@ impl Store {
             state
                 .pending
                 .extend_from_slice(&rest[..record.total_size as usize]);
+            state.producers.record(
+                record.producer_id,
+                record.sequence,
+                crate::producers::StoredAt {
+                    queue_id: record.queue_id,
+                    queue_offset: record.queue_offset,
+                    log_offset: record.log_offset,
+                    offset_end: record.log_offset + size,
+                },
+            );
             state.offset_end += size;
             state.records_appended += 1;
             taken += record.total_size as usize;

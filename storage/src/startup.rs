@@ -19,6 +19,8 @@ pub(crate) struct RecoveredLog {
     pub segment_newest_ms: BTreeMap<u64, u64>,
     pub segment_paths: Vec<(u64, PathBuf)>,
     pub report: RecoveryReport,
+    /// Idempotent producers' recent sequences, from the records.
+    pub producers: crate::producers::Producers,
 }
 
 /// Verifies the log (truncating a torn tail) and rebuilds the queue indexes from it.
@@ -29,9 +31,20 @@ pub(crate) fn recover_log(
 ) -> Result<RecoveredLog, StoreError> {
     let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
     let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut producers = crate::producers::Producers::default();
     let on_record = |record: crate::recovery::RecoveredRecord| {
         let newest = segment_newest_ms.entry(record.segment_base).or_insert(0);
         *newest = (*newest).max(record.store_timestamp_ms);
+        producers.record(
+            record.producer_id,
+            record.sequence,
+            crate::producers::StoredAt {
+                queue_id: record.queue_id,
+                queue_offset: record.queue_offset,
+                log_offset: record.log_offset,
+                offset_end: record.log_offset + u64::from(record.size),
+            },
+        );
         index_recovered(&mut topics, record)
     };
     let log_dir = config.data_dir.join("commitlog");
@@ -50,6 +63,7 @@ pub(crate) fn recover_log(
         segment_newest_ms,
         segment_paths,
         report,
+        producers,
     })
 }
 

@@ -76,6 +76,9 @@ pub struct AppendResult {
     pub offset_end: u64,
     /// Append generation: a disk-full rollback discards later appends of older ones.
     pub generation: u64,
+    /// An idempotent producer's retry of a message already stored: nothing new was
+    /// stored; the fields say where the original is.
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +115,8 @@ pub struct StoreStats {
     pub disk_full: bool,
     /// First log offset still stored.
     pub log_start: u64,
+    /// Idempotent producers remembered (for deduplication).
+    pub producers: u64,
 }
 
 /// Append-side state, under one mutex. Appends are memory copies only.
@@ -138,6 +143,8 @@ pub(crate) struct AppendState {
     pub segment_newest_ms: BTreeMap<u64, u64>,
     /// Set by `truncate_to`: the flusher restarts writing at this offset.
     pub flusher_reset: Option<u64>,
+    /// Idempotent producers' recent sequences.
+    pub producers: crate::producers::Producers,
 }
 
 impl AppendState {
@@ -152,6 +159,7 @@ impl AppendState {
         }
         self.records_appended -= dropped;
         self.offset_end = to;
+        self.producers.forget_from(to);
         dropped
     }
 }
@@ -259,6 +267,7 @@ impl Store {
                     .map_or(offset_end, |(base, _)| *base),
                 segment_newest_ms: recovered.segment_newest_ms,
                 flusher_reset: None,
+                producers: recovered.producers,
             }),
             flusher_wakeup: Condvar::new(),
             progress: Progress {
@@ -532,6 +541,42 @@ impl Store {
                 });
             }
         }
+        // An idempotent producer's retry: answer with where the original is. A batch was
+        // stored whole or not at all, so its first message tells.
+        if let Some(first) = messages.first().filter(|m| m.producer_id != 0) {
+            match state.producers.seen(first.producer_id, first.sequence) {
+                crate::producers::Seen::New => {}
+                crate::producers::Seen::Duplicate(_) => {
+                    for message in messages {
+                        let crate::producers::Seen::Duplicate(at) =
+                            state.producers.seen(message.producer_id, message.sequence)
+                        else {
+                            return Err(AppendError::SequenceTooOld {
+                                producer_id: message.producer_id,
+                                sequence: message.sequence,
+                                oldest: 0,
+                            });
+                        };
+                        each(AppendResult {
+                            queue_id: at.queue_id,
+                            queue_offset: at.queue_offset,
+                            log_offset: at.log_offset,
+                            offset_end: at.offset_end,
+                            generation: state.generation,
+                            duplicate: true,
+                        });
+                    }
+                    return Ok(());
+                }
+                crate::producers::Seen::TooOld { oldest } => {
+                    return Err(AppendError::SequenceTooOld {
+                        producer_id: first.producer_id,
+                        sequence: first.sequence,
+                        oldest,
+                    })
+                }
+            }
+        }
         let mut created = false;
         for message in messages {
             each(self.append_checked(&mut state, message, store_timestamp_ms, &mut created));
@@ -611,12 +656,24 @@ impl Store {
             .appended
             .store(state.offset_end, Ordering::Release);
         state.records_appended += 1;
+        let offset_end = state.offset_end;
+        state.producers.record(
+            message.producer_id,
+            message.sequence,
+            crate::producers::StoredAt {
+                queue_id,
+                queue_offset: meta.queue_offset,
+                log_offset: meta.log_offset,
+                offset_end,
+            },
+        );
         AppendResult {
             queue_id,
             queue_offset: meta.queue_offset,
             log_offset: meta.log_offset,
-            offset_end: state.offset_end,
+            offset_end,
             generation: state.generation,
+            duplicate: false,
         }
     }
 
@@ -839,6 +896,7 @@ impl Store {
             poisoned: self.is_poisoned(),
             log_start: state.log_start,
             disk_full: self.is_disk_full(),
+            producers: state.producers.len() as u64,
         }
     }
 

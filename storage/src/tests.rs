@@ -680,3 +680,54 @@ mod replica {
         assert_eq!(store.current_epoch(), 2);
     }
 }
+
+#[test]
+fn an_idempotent_retry_is_answered_with_the_original_after_restart_and_on_a_slave() {
+    let (dir, slave_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = reopen(dir.path()).unwrap();
+    let numbered = |sequence: u64, text: &str| {
+        let mut message = Message::new("orders", text.as_bytes().to_vec());
+        message.producer_id = 42;
+        message.sequence = sequence;
+        message
+    };
+    let first = store.append(&numbered(1, "one"), true, 1).unwrap();
+    assert!(!first.duplicate);
+    let again = store.append(&numbered(1, "one"), true, 1).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.log_offset, again.queue_id, again.queue_offset),
+        (first.log_offset, first.queue_id, first.queue_offset)
+    );
+    let batch = store
+        .append_batch(&[numbered(2, "two"), numbered(3, "three")], true, 1)
+        .unwrap();
+    let batch_again = store
+        .append_batch(&[numbered(2, "two"), numbered(3, "three")], true, 1)
+        .unwrap();
+    assert!(batch_again.iter().all(|result| result.duplicate));
+    assert_eq!(batch_again[1].log_offset, batch[1].log_offset);
+    // Another producer's sequence 1 is its own.
+    let mut other = numbered(1, "other");
+    other.producer_id = 43;
+    assert!(!store.append(&other, true, 1).unwrap().duplicate);
+    let end = store.stats().offset_appended;
+    wait_durable(&store, end);
+
+    // Rebuilt from the records at start-up...
+    store.shutdown();
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    let after = store.append(&numbered(3, "three"), true, 1).unwrap();
+    assert!(after.duplicate);
+    assert_eq!(after.log_offset, batch[1].log_offset);
+    assert_eq!(store.stats().offset_appended, end, "nothing stored twice");
+
+    // ...and by a slave applying the stream (so a promoted slave deduplicates too).
+    let slave = reopen(slave_dir.path()).unwrap();
+    let bytes = store.read_log(0, 1 << 20).unwrap();
+    assert_eq!(slave.append_replicated(&bytes).unwrap(), bytes.len());
+    let on_slave = slave.append(&numbered(2, "two"), true, 1).unwrap();
+    assert!(on_slave.duplicate);
+    assert_eq!(on_slave.log_offset, batch[0].log_offset);
+}

@@ -319,3 +319,92 @@ impl Drop for NameServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a broker that can drop replies (whole frames) on their way
+/// back, as a network that loses a response after the request was carried out. When the
+/// broker is unreachable it keeps trying for a few seconds before giving up on a client,
+/// so a client's retry waits out a broker restart.
+pub struct DroppingProxy {
+    pub address: String,
+    /// Drop the next reply frame.
+    pub drop_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Drop every n-th reply frame (0: none).
+    pub drop_every: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Reply frames dropped so far.
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DroppingProxy {
+    pub fn start(upstream: &str) -> DroppingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let address = listener.local_addr().expect("address").to_string();
+        let drop_next = Arc::new(AtomicBool::new(false));
+        let drop_every = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let upstream = upstream.to_string();
+        let (next, every, count) = (drop_next.clone(), drop_every.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            let seen = Arc::new(AtomicU64::new(0));
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let server = loop {
+                    match std::net::TcpStream::connect(&upstream) {
+                        Ok(server) => break Some(server),
+                        Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                let Some(server) = server else { continue };
+                let (mut client_in, mut server_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (next, every, count, seen) =
+                    (next.clone(), every.clone(), count.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut server, mut client) = (server, client);
+                    loop {
+                        let mut prefix = [0u8; 4];
+                        if server.read_exact(&mut prefix).is_err() {
+                            break;
+                        }
+                        let mut frame = vec![0u8; u32::from_le_bytes(prefix) as usize];
+                        if server.read_exact(&mut frame).is_err() {
+                            break;
+                        }
+                        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                        let every = every.load(Ordering::SeqCst);
+                        if next.swap(false, Ordering::SeqCst) || (every > 0 && n % every == 0) {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        if client
+                            .write_all(&prefix)
+                            .and_then(|()| client.write_all(&frame))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        DroppingProxy {
+            address,
+            drop_next,
+            drop_every,
+            dropped,
+        }
+    }
+}

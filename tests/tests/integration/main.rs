@@ -5,6 +5,7 @@ mod cluster;
 mod corruption;
 mod crash;
 mod harness;
+mod idempotence;
 mod python_client;
 mod resources;
 mod retention;
