@@ -28,7 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone)]
 pub struct ProducerOptions {
-    /// Budget for one send, all attempts included.
+    /// Budget for one send, all attempts included. Each attempt waits at most an equal
+    /// share of what is left (1 s of the default 3 s for the first of 3 attempts), so a
+    /// lost reply leaves time to retry. To receive a broker's `FLUSH_DISK_TIMEOUT` or
+    /// `FLUSH_SLAVE_TIMEOUT` instead of a client timeout, make that share longer than
+    /// the broker's `sync_flush_timeout_ms` / `slave_timeout_ms`.
     pub send_timeout: Duration,
     /// Retries after a failed attempt (sync and async); 2 means up to 3 attempts.
     pub retry_times_when_send_failed: u32,

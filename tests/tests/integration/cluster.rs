@@ -78,7 +78,13 @@ fn a_sync_master_answers_slave_statuses_and_never_send_ok_without_its_slave() {
     wait_until("the slave in sync", Duration::from_secs(20), || {
         stat_is(&master, "slaves_in_sync", 1)
     });
-    let producer = Producer::connect(&master.address, ProducerOptions::default()).unwrap();
+    // Each of the 3 attempts may wait 3 s, more than the 2 s slave timeout, so the
+    // broker's FLUSH_SLAVE_TIMEOUT arrives before the client gives up on an attempt.
+    let options = ProducerOptions {
+        send_timeout: Duration::from_secs(9),
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::connect(&master.address, options).unwrap();
     let mut sent = 0usize;
     let mut send = |expect: &[SendStatus], what: &str| {
         let id = format!("m{sent}");
