@@ -160,10 +160,13 @@ pub enum ErrorCode {
     InvalidArgument = 15,
     /// The broker has reached `max_connections`. The connection is closed.
     TooManyConnections = 16,
+    /// A consumer committed (or asked about) a queue its group gave to another member:
+    /// it must stop consuming that queue.
+    NotOwner = 17,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownKind,
@@ -180,6 +183,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::InvalidArgument,
         ErrorCode::TooManyConnections,
+        ErrorCode::NotOwner,
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
@@ -206,6 +210,7 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
             ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            ErrorCode::NotOwner => "NOT_OWNER",
         }
     }
 

@@ -48,6 +48,11 @@ kinds! {
     Promote = 0x0A, "PROMOTE";
     RegisterBroker = 0x0B, "REGISTER_BROKER";
     GetRoutes = 0x0C, "GET_ROUTES";
+    Heartbeat = 0x0D, "HEARTBEAT";
+    GroupCommit = 0x0E, "GROUP_COMMIT";
+    SendBack = 0x0F, "SEND_BACK";
+    OffsetForTime = 0x10, "OFFSET_FOR_TIME";
+    MessageInfo = 0x11, "MESSAGE_INFO";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -60,6 +65,8 @@ kinds! {
     Promoted = 0x8A, "PROMOTED";
     Registered = 0x8B, "REGISTERED";
     Routes = 0x8C, "ROUTES";
+    Assignment = 0x8D, "ASSIGNMENT";
+    Info = 0x8E, "INFO";
     Error = 0xFF, "ERROR";
 }
 

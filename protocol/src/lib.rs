@@ -52,12 +52,13 @@ pub use message::{
     RecordHeader, RecordMeta, RECORD_FIXED_LEN, RECORD_MAGIC, TOPIC_NAME_LEN_MAX,
 };
 pub use request::{
-    BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, PullRequest,
-    QueryOffsetRequest, Request,
+    BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, GroupCommitRequest,
+    HeartbeatRequest, ListTopicsRequest, OffsetForTimeRequest, PullRequest, QueryOffsetRequest,
+    Request, SendBackRequest,
 };
 pub use response::{
-    BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult, SendResult,
-    TopicCreated, TopicInfo,
+    Assignment, BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult,
+    SendResult, TopicCreated, TopicInfo,
 };
 
 /// Default upper bound on a whole frame (length prefix included).
@@ -71,6 +72,19 @@ pub const QUEUE_ID_ANY: u32 = u32::MAX;
 pub fn crc32c(bytes: &[u8]) -> u32 {
     ::crc32c::crc32c(bytes)
 }
+
+/// Prefix of the broker's own topics; clients cannot send to or create them.
+pub const RESERVED_TOPIC_PREFIX: char = '%';
+/// A group's retry topic: failed messages come back here after their delay.
+pub fn retry_topic(group: &str) -> String {
+    format!("%RETRY%{group}")
+}
+/// A group's dead-letter topic: messages that failed `max_reconsume_times`.
+pub fn dlq_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
+}
+/// Where delayed messages wait: one queue per delay level.
+pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
 
 /// Message id as shown to users: the record's CommitLog offset in 16 hex digits.
 pub fn message_id(log_offset: u64) -> String {

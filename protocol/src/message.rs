@@ -372,9 +372,12 @@ pub fn validate_topic(topic: &str) -> Result<(), &'static str> {
     if topic == "." || topic == ".." {
         return Err("topic name cannot be '.' or '..'");
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    // '%' starts the broker's own topics (%RETRY%group, %DLQ%group, %SCHEDULE%):
+    // clients may read them but not send to or create them.
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || c == '%';
     if !topic.chars().all(allowed) {
-        return Err("topic name may only contain A-Z a-z 0-9 _ . -");
+        return Err("topic name may only contain A-Z a-z 0-9 _ . - (and % for the broker's own)");
     }
     Ok(())
 }

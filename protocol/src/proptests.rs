@@ -98,6 +98,69 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(Request::GetRoutes),
         (
             text(),
+            text(),
+            text(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u32>(), 0..5)
+        )
+            .prop_map(|(group, topic, member_id, session_timeout_ms, owned)| {
+                Request::Heartbeat(crate::HeartbeatRequest {
+                    group,
+                    topic,
+                    member_id,
+                    session_timeout_ms,
+                    owned,
+                })
+            }),
+        (text(), text(), text(), any::<u32>(), any::<u64>()).prop_map(
+            |(group, topic, member_id, queue_id, offset)| {
+                Request::GroupCommit(crate::GroupCommitRequest {
+                    group,
+                    topic,
+                    member_id,
+                    queue_id,
+                    offset,
+                })
+            }
+        ),
+        (
+            text(),
+            any::<(u32, u32)>(),
+            text(),
+            text(),
+            any::<u64>(),
+            message()
+        )
+            .prop_map(
+                |(
+                    group,
+                    (reconsume_times, max_reconsume_times),
+                    reason,
+                    origin_topic,
+                    origin_msg_id,
+                    message,
+                )| {
+                    Request::SendBack(crate::SendBackRequest {
+                        group,
+                        reconsume_times,
+                        max_reconsume_times,
+                        reason,
+                        origin_topic,
+                        origin_msg_id,
+                        message,
+                    })
+                }
+            ),
+        (text(), any::<u32>(), any::<u64>()).prop_map(|(topic, queue_id, timestamp_ms)| {
+            Request::OffsetForTime(crate::OffsetForTimeRequest {
+                topic,
+                queue_id,
+                timestamp_ms,
+            })
+        }),
+        (any::<u64>(), text()).prop_map(|(msg_id, key)| Request::MessageInfo { msg_id, key }),
+        (
+            text(),
             any::<u32>(),
             0u8..4,
             any::<u64>(),
@@ -141,6 +204,20 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::Pong),
         Just(Response::CommitOffsetOk),
         Just(Response::Registered),
+        (
+            any::<u64>(),
+            any::<(u32, u32)>(),
+            proptest::collection::vec(any::<u32>(), 0..6)
+        )
+            .prop_map(|(generation, (queue_count, members), queues)| {
+                Response::Assignment(crate::Assignment {
+                    generation,
+                    queue_count,
+                    members,
+                    queues,
+                })
+            }),
+        proptest::collection::vec((text(), text()), 0..5).prop_map(Response::Info),
         any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
         proptest::collection::vec(
             (

@@ -63,6 +63,54 @@ pub struct BrokerRegistration {
     pub topics: Vec<(String, u32)>,
 }
 
+/// HEARTBEAT: a consumer group member says it is alive and which queues it holds; the
+/// answer is the queues it may consume.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeartbeatRequest {
+    pub group: String,
+    pub topic: String,
+    pub member_id: String,
+    /// Without a heartbeat for this long the member is gone and its queues move.
+    pub session_timeout_ms: u32,
+    /// Queues the member still holds (consuming, or committing before letting go).
+    pub owned: Vec<u32>,
+}
+
+/// GROUP_COMMIT: a member commits a queue's offset; refused (NOT_OWNER) unless the
+/// group gave that queue to this member.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupCommitRequest {
+    pub group: String,
+    pub topic: String,
+    pub member_id: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
+/// SEND_BACK: a consumer could not handle a message; the broker stores it for the
+/// group to consume again later (or dead-letters it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SendBackRequest {
+    pub group: String,
+    /// Times it was consumed and failed, this one included.
+    pub reconsume_times: u32,
+    /// Above this it goes to the group's dead-letter topic.
+    pub max_reconsume_times: u32,
+    pub reason: String,
+    /// The topic it was first sent to and its message id there (log offset).
+    pub origin_topic: String,
+    pub origin_msg_id: u64,
+    /// The message itself (its `topic` field is ignored).
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OffsetForTimeRequest {
+    pub topic: String,
+    pub queue_id: u32,
+    pub timestamp_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Ping,
@@ -80,6 +128,16 @@ pub enum Request {
     RegisterBroker(BrokerRegistration),
     /// Routes for a topic (empty: every broker), asked of a name server.
     GetRoutes(String),
+    Heartbeat(HeartbeatRequest),
+    GroupCommit(GroupCommitRequest),
+    SendBack(SendBackRequest),
+    /// The first queue offset stored at or after a time.
+    OffsetForTime(OffsetForTimeRequest),
+    /// Where a message is: by id (log offset), or by key when `key` is not empty.
+    MessageInfo {
+        msg_id: u64,
+        key: String,
+    },
 }
 
 impl Request {
@@ -97,6 +155,11 @@ impl Request {
             Request::Promote(_) => Kind::Promote,
             Request::RegisterBroker(_) => Kind::RegisterBroker,
             Request::GetRoutes(_) => Kind::GetRoutes,
+            Request::Heartbeat(_) => Kind::Heartbeat,
+            Request::GroupCommit(_) => Kind::GroupCommit,
+            Request::SendBack(_) => Kind::SendBack,
+            Request::OffsetForTime(_) => Kind::OffsetForTime,
+            Request::MessageInfo { .. } => Kind::MessageInfo,
         }
     }
 
@@ -146,6 +209,41 @@ impl Request {
                 }
             }
             Request::GetRoutes(topic) => put_str16(out, topic),
+            Request::Heartbeat(heartbeat) => {
+                put_str16(out, &heartbeat.group);
+                put_str16(out, &heartbeat.topic);
+                put_str16(out, &heartbeat.member_id);
+                out.put_u32_le(heartbeat.session_timeout_ms);
+                out.put_u32_le(u32::try_from(heartbeat.owned.len()).unwrap_or(u32::MAX));
+                for queue in &heartbeat.owned {
+                    out.put_u32_le(*queue);
+                }
+            }
+            Request::GroupCommit(commit) => {
+                put_str16(out, &commit.group);
+                put_str16(out, &commit.topic);
+                put_str16(out, &commit.member_id);
+                out.put_u32_le(commit.queue_id);
+                out.put_u64_le(commit.offset);
+            }
+            Request::SendBack(back) => {
+                put_str16(out, &back.group);
+                out.put_u32_le(back.reconsume_times);
+                out.put_u32_le(back.max_reconsume_times);
+                put_str16(out, &back.reason);
+                put_str16(out, &back.origin_topic);
+                out.put_u64_le(back.origin_msg_id);
+                back.message.encode_body(out);
+            }
+            Request::OffsetForTime(query) => {
+                put_str16(out, &query.topic);
+                out.put_u32_le(query.queue_id);
+                out.put_u64_le(query.timestamp_ms);
+            }
+            Request::MessageInfo { msg_id, key } => {
+                out.put_u64_le(*msg_id);
+                put_str16(out, key);
+            }
             Request::SendBatch(messages) => {
                 out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
                 for message in messages.iter().take(usize::from(u16::MAX)) {
@@ -242,6 +340,60 @@ impl Request {
                 })
             }
             Kind::GetRoutes => Request::GetRoutes(reader.str16("topic")?),
+            Kind::Heartbeat => {
+                let group = reader.str16("group")?;
+                let topic = reader.str16("topic")?;
+                let member_id = reader.str16("member_id")?;
+                let session_timeout_ms = reader.u32("session_timeout_ms")?;
+                let count = reader.u32("owned_count")?;
+                // Each queue id takes 4 bytes: bounded before allocating.
+                let mut owned = Vec::with_capacity((count as usize).min(reader.remaining() / 4));
+                for _ in 0..count {
+                    owned.push(reader.u32("queue_id")?);
+                }
+                Request::Heartbeat(HeartbeatRequest {
+                    group,
+                    topic,
+                    member_id,
+                    session_timeout_ms,
+                    owned,
+                })
+            }
+            Kind::GroupCommit => Request::GroupCommit(GroupCommitRequest {
+                group: reader.str16("group")?,
+                topic: reader.str16("topic")?,
+                member_id: reader.str16("member_id")?,
+                queue_id: reader.u32("queue_id")?,
+                offset: reader.u64("offset")?,
+            }),
+            Kind::SendBack => {
+                let group = reader.str16("group")?;
+                let reconsume_times = reader.u32("reconsume_times")?;
+                let max_reconsume_times = reader.u32("max_reconsume_times")?;
+                let reason = reader.str16("reason")?;
+                let origin_topic = reader.str16("origin_topic")?;
+                let origin_msg_id = reader.u64("origin_msg_id")?;
+                let start = reader.position().min(frame.body.len());
+                let message = Message::decode_body(&frame.body.slice(start..))?;
+                return Ok(Request::SendBack(SendBackRequest {
+                    group,
+                    reconsume_times,
+                    max_reconsume_times,
+                    reason,
+                    origin_topic,
+                    origin_msg_id,
+                    message,
+                }));
+            }
+            Kind::OffsetForTime => Request::OffsetForTime(OffsetForTimeRequest {
+                topic: reader.str16("topic")?,
+                queue_id: reader.u32("queue_id")?,
+                timestamp_ms: reader.u64("timestamp_ms")?,
+            }),
+            Kind::MessageInfo => Request::MessageInfo {
+                msg_id: reader.u64("msg_id")?,
+                key: reader.str16("key")?,
+            },
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };
         reader.finish(frame.kind.name())?;

@@ -129,7 +129,22 @@ pub enum Response {
     },
     Registered,
     Routes(Vec<BrokerRoute>),
+    Assignment(Assignment),
+    /// Named facts (MESSAGE_INFO): each a name and a text value, in order.
+    Info(Vec<(String, String)>),
     Error(ErrorResponse),
+}
+
+/// ASSIGNMENT: the queues a group member may consume now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Assignment {
+    /// Changes whenever the group's membership changes.
+    pub generation: u64,
+    /// Queues of the topic on this broker.
+    pub queue_count: u32,
+    /// Live members of the group for this topic.
+    pub members: u32,
+    pub queues: Vec<u32>,
 }
 
 impl Response {
@@ -147,6 +162,8 @@ impl Response {
             Response::Promoted { .. } => Kind::Promoted,
             Response::Registered => Kind::Registered,
             Response::Routes(_) => Kind::Routes,
+            Response::Assignment(_) => Kind::Assignment,
+            Response::Info(_) => Kind::Info,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -166,6 +183,23 @@ impl Response {
             Response::Promoted { epoch, log_end } => {
                 out.put_u64_le(*epoch);
                 out.put_u64_le(*log_end);
+            }
+            Response::Assignment(assignment) => {
+                out.put_u64_le(assignment.generation);
+                out.put_u32_le(assignment.queue_count);
+                out.put_u32_le(assignment.members);
+                out.put_u32_le(u32::try_from(assignment.queues.len()).unwrap_or(u32::MAX));
+                for queue in &assignment.queues {
+                    out.put_u32_le(*queue);
+                }
+            }
+            Response::Info(entries) => {
+                let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
+                out.put_u16_le(count);
+                for (name, value) in entries.iter().take(usize::from(count)) {
+                    put_str16(out, name);
+                    put_str16(out, value);
+                }
             }
             Response::Routes(routes) => {
                 out.put_u32_le(u32::try_from(routes.len()).unwrap_or(u32::MAX));
@@ -248,6 +282,32 @@ impl Response {
                 epoch: reader.u64("epoch")?,
                 log_end: reader.u64("log_end")?,
             },
+            Kind::Assignment => {
+                let generation = reader.u64("generation")?;
+                let queue_count = reader.u32("queue_count")?;
+                let members = reader.u32("members")?;
+                let count = reader.u32("assigned_count")?;
+                let mut queues = Vec::with_capacity((count as usize).min(reader.remaining() / 4));
+                for _ in 0..count {
+                    queues.push(reader.u32("queue_id")?);
+                }
+                Response::Assignment(Assignment {
+                    generation,
+                    queue_count,
+                    members,
+                    queues,
+                })
+            }
+            Kind::Info => {
+                let count = reader.u16("info_count")?;
+                let mut entries =
+                    Vec::with_capacity(usize::from(count).min(reader.remaining() / 4));
+                for _ in 0..count {
+                    let name = reader.str16("info_name")?;
+                    entries.push((name, reader.str16("info_value")?));
+                }
+                Response::Info(entries)
+            }
             Kind::Routes => {
                 let count = reader.u32("broker_count")?;
                 // Each route takes at least 27 bytes: bounded before allocating.

@@ -49,6 +49,11 @@ pub struct Broker {
     listen: std::sync::OnceLock<std::net::SocketAddr>,
     /// Set when a name server says a newer master replaced this one: sends are refused.
     fenced: std::sync::Mutex<Option<String>>,
+    /// Consumer group membership and queue ownership.
+    pub groups: crate::groups::Groups,
+    /// (group, topic, queue) -> the next queue offset a PULL of that group was served:
+    /// what was delivered (for message lookups; in memory only).
+    pub delivered: std::sync::Mutex<std::collections::HashMap<(String, String, u32), u64>>,
 }
 
 impl Broker {
@@ -64,6 +69,8 @@ impl Broker {
             registration: Notifier::default(),
             listen: std::sync::OnceLock::new(),
             fenced: std::sync::Mutex::new(None),
+            groups: crate::groups::Groups::default(),
+            delivered: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 

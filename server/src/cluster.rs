@@ -235,6 +235,12 @@ pub fn promote(broker: &Broker, role: BrokerRole) -> Result<(u64, u64), (ErrorCo
             }
         }
     };
+    if let Err(error) = store.create_topic(
+        keel_protocol::SCHEDULE_TOPIC,
+        crate::schedule::SCHEDULE_QUEUES,
+    ) {
+        log::error!("cannot create {}: {error}", keel_protocol::SCHEDULE_TOPIC);
+    }
     broker.set_role(role, ha);
     log::warn!(
         "promoted to {role}: epoch {} begins at log offset {log_end}",

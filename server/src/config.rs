@@ -84,6 +84,9 @@ pub struct Config {
     pub register_interval_ms: u64,
     /// Client address registered with name servers (default: the bound listen address).
     pub advertise_address: Option<String>,
+    /// Delay before the n-th redelivery of a message a consumer sent back (the last one
+    /// repeats for later attempts).
+    pub retry_delays_ms: Vec<u64>,
 }
 
 impl Default for Config {
@@ -123,6 +126,10 @@ impl Default for Config {
             namesrv_addrs: Vec::new(),
             register_interval_ms: 30_000,
             advertise_address: None,
+            retry_delays_ms: vec![
+                10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
+                480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
+            ],
         }
     }
 }
@@ -188,6 +195,13 @@ impl Config {
                 "slave_timeout_ms, ha_heartbeat_ms and register_interval_ms must be at least 1"
                     .into(),
             );
+        }
+        let levels = crate::schedule::SCHEDULE_QUEUES as usize;
+        if self.retry_delays_ms.is_empty() || self.retry_delays_ms.len() > levels {
+            return fail(format!(
+                "retry_delays_ms needs 1 to {levels} delays, not {}",
+                self.retry_delays_ms.len()
+            ));
         }
         if self.segment_size_bytes < 4096 {
             return fail(format!(

@@ -450,15 +450,36 @@ impl EventLoop {
         match request {
             Request::Ping => self.reply(key, request_id, &Response::Pong),
             Request::Send(message) => {
+                if self.reserved_topic(key, request_id, frame.is_oneway(), &message.topic) {
+                    return;
+                }
                 self.on_send(key, request_id, frame.is_oneway(), vec![message], false)
             }
             Request::SendBatch(messages) => {
+                if let Some(message) = messages.iter().find(|m| m.topic.starts_with('%')) {
+                    let topic = message.topic.clone();
+                    self.reserved_topic(key, request_id, frame.is_oneway(), &topic);
+                    return;
+                }
                 self.on_send(key, request_id, frame.is_oneway(), messages, true)
             }
+            Request::Heartbeat(heartbeat) => self.on_heartbeat(key, request_id, heartbeat),
+            Request::GroupCommit(commit) => self.on_group_commit(key, request_id, commit),
+            Request::SendBack(back) => self.on_send_back(key, request_id, back),
+            Request::OffsetForTime(query) => self.on_offset_for_time(key, request_id, query),
+            Request::MessageInfo {
+                msg_id,
+                key: wanted,
+            } => self.on_message_info(key, request_id, msg_id, wanted),
             Request::Pull(pull) => self.on_pull(key, request_id, pull),
             Request::CommitOffset(commit) => self.on_commit_offset(key, request_id, commit),
             Request::QueryOffset(query) => self.on_query_offset(key, request_id, query),
-            Request::CreateTopic(create) => self.on_create_topic(key, request_id, create),
+            Request::CreateTopic(create) => {
+                if self.reserved_topic(key, request_id, false, &create.topic) {
+                    return;
+                }
+                self.on_create_topic(key, request_id, create)
+            }
             Request::ListTopics(list) => self.on_list_topics(key, request_id, list),
             Request::Stats => {
                 let stats = self.broker.stats();
@@ -790,7 +811,9 @@ impl EventLoop {
         let parked = std::mem::take(&mut self.parked_pulls);
         for pull in parked {
             let expired = now >= pull.deadline;
-            match self.read_pull(&pull.pull) {
+            let outcome = self.read_pull(&pull.pull);
+            self.note_delivered(&pull.pull, &outcome);
+            match outcome {
                 Ok(read) if read.status == keel_storage::ReadStatus::NoNewMessages && !expired => {
                     self.parked_pulls.push(pull);
                 }

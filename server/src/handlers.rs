@@ -35,7 +35,7 @@ fn append_error_code(error: &AppendError) -> ErrorCode {
     }
 }
 
-fn store_error_response(error: StoreError) -> Response {
+pub(crate) fn store_error_response(error: StoreError) -> Response {
     let code = match &error {
         StoreError::TopicNotFound(_) => ErrorCode::TopicNotFound,
         StoreError::InvalidTopic(_) => ErrorCode::InvalidTopic,
@@ -220,6 +220,7 @@ impl EventLoop {
             return;
         }
         let outcome = self.read_pull(&pull);
+        self.note_delivered(&pull, &outcome);
         let nothing_yet = matches!(&outcome, Ok(read) if read.status == ReadStatus::NoNewMessages);
         // Beyond the cap a PULL is answered at once, as with wait_ms = 0: a client cannot
         // make the broker hold an unbounded number of waiting requests.
@@ -247,6 +248,30 @@ impl EventLoop {
         }
         let response = self.pull_response(outcome);
         self.reply(key, request_id, &response);
+    }
+
+    /// Remembers how far a group was served (message lookups report it).
+    pub(crate) fn note_delivered(
+        &self,
+        pull: &PullRequest,
+        outcome: &Result<QueueRead, StoreError>,
+    ) {
+        let Ok(read) = outcome else { return };
+        if pull.group.is_empty() || read.record_count == 0 {
+            return;
+        }
+        let mut delivered = self
+            .broker
+            .delivered
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let key = (pull.group.clone(), pull.topic.clone(), pull.queue_id);
+        // Bounded: group names come from clients.
+        if delivered.len() >= 100_000 && !delivered.contains_key(&key) {
+            return;
+        }
+        let next = delivered.entry(key).or_insert(0);
+        *next = (*next).max(read.next_offset);
     }
 
     pub(crate) fn read_pull(&self, pull: &PullRequest) -> Result<QueueRead, StoreError> {

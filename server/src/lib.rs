@@ -5,10 +5,13 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod consume_handlers;
 mod event_loop;
+pub mod groups;
 mod handlers;
 pub mod metrics;
 pub mod namesrv;
+pub mod schedule;
 
 use broker::Broker;
 use clap::Parser;
@@ -135,8 +138,14 @@ pub fn run(config: Config) -> Result<(), String> {
     let role = cluster::effective_role(&config);
     let ha =
         cluster::start_replication(&config, &store, role, cluster::ha_address(&config, address))?;
+    if role.is_master() {
+        store
+            .create_topic(keel_protocol::SCHEDULE_TOPIC, schedule::SCHEDULE_QUEUES)
+            .map_err(|error| format!("cannot create {}: {error}", keel_protocol::SCHEDULE_TOPIC))?;
+    }
     let broker = Arc::new(Broker::new(config.clone(), store.clone(), role, ha));
     broker.set_listen_address(address);
+    schedule::start(broker.clone());
 
     let count = config.event_loop_count();
     let mut loops = Vec::with_capacity(count);

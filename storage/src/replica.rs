@@ -446,3 +446,122 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// The record starting at `log_offset`, if one does (checked by its CRC and its own
+    /// log offset field).
+    pub fn record_at(&self, log_offset: u64) -> Result<Option<keel_protocol::Record>, StoreError> {
+        let (log_start, written) = (self.lock_state().log_start, self.offset_written());
+        if log_offset < log_start || log_offset >= written {
+            return Ok(None);
+        }
+        let mut header = [0u8; 12];
+        if self.segments.read_at(log_offset, &mut header).is_err() {
+            return Ok(None);
+        }
+        let Some(header) = peek_record_header(&header) else {
+            return Ok(None);
+        };
+        let size = header.total_size;
+        if (size as usize) < RECORD_FIXED_LEN
+            || size > self.config.max_record_bytes
+            || log_offset + u64::from(size) > written
+        {
+            return Ok(None);
+        }
+        let mut bytes = vec![0u8; size as usize];
+        self.segments
+            .read_at(log_offset, &mut bytes)
+            .map_err(|e| StoreError::io(format!("read the record at {log_offset}"), e))?;
+        Ok(decode_record(&bytes)
+            .ok()
+            .filter(|record| record.log_offset == log_offset))
+    }
+
+    /// The first queue offset of a queue whose record was stored at or after
+    /// `timestamp_ms` (the queue's durable end when none was).
+    pub fn queue_offset_for_time(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let durable = self.offset_durable();
+        let (first, entries) = {
+            let state = self.lock_state();
+            let queue = state
+                .topics
+                .get(topic)
+                .ok_or_else(|| StoreError::TopicNotFound(topic.to_string()))?
+                .queues
+                .get(queue_id as usize)
+                .ok_or_else(|| StoreError::InvalidQueueId {
+                    topic: topic.to_string(),
+                    queue_id,
+                    queues: state.topics.get(topic).map_or(0, |t| t.queue_count()),
+                })?;
+            let end = queue.durable_end(durable) - queue.first;
+            (queue.first, queue.entries[..end as usize].to_vec())
+        };
+        // Store times grow with the log offset, so the queue is sorted by them.
+        let (mut low, mut high) = (0usize, entries.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let mut stamp = [0u8; 8];
+            self.segments
+                .read_at(entries[middle].log_offset + 40, &mut stamp)
+                .map_err(|e| StoreError::io("read a record's store time", e))?;
+            if u64::from_le_bytes(stamp) < timestamp_ms {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(first + low as u64)
+    }
+
+    /// Calls `each` for every record of the log, oldest first, until it returns false.
+    /// Reads the whole log: for operator lookups on a thread of their own, never for
+    /// the hot path.
+    pub fn scan(
+        &self,
+        mut each: impl FnMut(&keel_protocol::Record) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut position = self.lock_state().log_start;
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match self.read_log(position, 1 << 20) {
+                Ok(chunk) => chunk,
+                // Retention deleted the segment under us: go on from the new start.
+                Err(StoreError::InvalidArgument(_)) if carry.is_empty() => {
+                    let start = self.lock_state().log_start;
+                    if start <= position {
+                        return Ok(());
+                    }
+                    position = start;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            position += chunk.len() as u64;
+            carry.extend_from_slice(&chunk);
+            let mut used = 0usize;
+            while let Some(header) = carry.get(used..).and_then(peek_record_header) {
+                let size = header.total_size as usize;
+                if size < RECORD_FIXED_LEN || carry.len() - used < size {
+                    break;
+                }
+                if let Ok(record) = decode_record(&carry[used..]) {
+                    if !each(&record) {
+                        return Ok(());
+                    }
+                }
+                used += size;
+            }
+            carry.drain(..used);
+        }
+    }
+}

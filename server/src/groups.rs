@@ -1,0 +1,245 @@
+//! Consumer groups in clustering mode: which member consumes which queue.
+//!
+//! Members heartbeat (per group and topic) with the queues they still hold; the broker
+//! answers with the queues they may consume. Queues are spread evenly over the live
+//! members, sorted by id (contiguous ranges, like RocketMQ's "averagely" strategy).
+//!
+//! A queue has at most one owner at a time, and only the owner's commits are accepted
+//! (GROUP_COMMIT, else NOT_OWNER). When a rebalance moves a queue, its current owner
+//! keeps it until it reports, in a later heartbeat, that it let go (after committing
+//! what it finished); only then is it given to the new member. A member silent for its
+//! session timeout is dropped and its queues are given away at once: its later commits
+//! are refused, so two members never commit the same queue.
+//!
+//! Soft state, in memory: after a broker restart the members' reports rebuild it (the
+//! first member to report a queue keeps it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Bounds on a member's session timeout.
+const SESSION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
+const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+struct Member {
+    last_seen: Instant,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct Group {
+    members: BTreeMap<String, Member>,
+    /// queue -> owning member.
+    owners: HashMap<u32, String>,
+    generation: u64,
+}
+
+/// What a heartbeat gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub generation: u64,
+    pub members: u32,
+    pub queues: Vec<u32>,
+}
+
+#[derive(Default)]
+pub struct Groups {
+    groups: Mutex<HashMap<(String, String), Group>>,
+}
+
+/// The member each queue should go to: members sorted by id, each a contiguous range,
+/// the first `queues % members` one queue more.
+fn target(members: &[&String], queue_count: u32, queue: u32) -> Option<usize> {
+    let count = members.len() as u32;
+    if count == 0 || queue >= queue_count {
+        return None;
+    }
+    let base = queue_count / count;
+    let extra = queue_count % count;
+    // Members 0..extra hold base + 1 queues, the rest base.
+    let big = (base + 1) * extra;
+    let index = if queue < big {
+        queue / (base + 1)
+    } else {
+        extra + (queue - big) / base.max(1)
+    };
+    Some(index.min(count - 1) as usize)
+}
+
+impl Groups {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Group>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// A member's heartbeat: it is alive, still holds `owned`; returns what it may
+    /// consume of the topic's `queue_count` queues.
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        topic: &str,
+        member_id: &str,
+        session_timeout: Duration,
+        owned: &[u32],
+        queue_count: u32,
+    ) -> Granted {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let state = groups
+            .entry((group.to_string(), topic.to_string()))
+            .or_default();
+        let before: Vec<String> = state.members.keys().cloned().collect();
+        expire(state, now, group);
+        state.members.insert(
+            member_id.to_string(),
+            Member {
+                last_seen: now,
+                timeout: session_timeout.clamp(SESSION_TIMEOUT_MIN, SESSION_TIMEOUT_MAX),
+            },
+        );
+        if state.members.keys().ne(before.iter()) {
+            state.generation += 1;
+        }
+        let holds: BTreeSet<u32> = owned.iter().copied().collect();
+        // Queues it let go of are free; queues it holds that nobody owns (a broker
+        // restart) are its again.
+        state
+            .owners
+            .retain(|queue, owner| owner != member_id || holds.contains(queue));
+        for queue in &holds {
+            if *queue < queue_count {
+                state
+                    .owners
+                    .entry(*queue)
+                    .or_insert_with(|| member_id.to_string());
+            }
+        }
+        let members: Vec<&String> = state.members.keys().collect();
+        let me = members.iter().position(|id| id.as_str() == member_id);
+        let mut granted = Vec::new();
+        for queue in 0..queue_count {
+            if target(&members, queue_count, queue) != me {
+                continue;
+            }
+            match state.owners.get(&queue) {
+                Some(owner) if owner != member_id => {} // still held by its old owner
+                Some(_) => granted.push(queue),
+                None => granted.push(queue),
+            }
+        }
+        for queue in &granted {
+            state.owners.insert(*queue, member_id.to_string());
+        }
+        Granted {
+            generation: state.generation,
+            members: state.members.len() as u32,
+            queues: granted,
+        }
+    }
+
+    /// Whether `member_id` owns the queue now (its commits are accepted).
+    pub fn owns(&self, group: &str, topic: &str, member_id: &str, queue: u32) -> bool {
+        let mut groups = self.lock();
+        let Some(state) = groups.get_mut(&(group.to_string(), topic.to_string())) else {
+            return false;
+        };
+        expire(state, Instant::now(), group);
+        state
+            .owners
+            .get(&queue)
+            .is_some_and(|owner| owner == member_id)
+    }
+
+    /// Each group's live members and owned queues, for stats and message lookups.
+    pub fn describe(&self) -> Vec<(String, String, usize, usize)> {
+        self.lock()
+            .iter()
+            .map(|((group, topic), state)| {
+                (
+                    group.clone(),
+                    topic.clone(),
+                    state.members.len(),
+                    state.owners.len(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Drops members silent past their timeout, and their queues.
+fn expire(state: &mut Group, now: Instant, group: &str) {
+    let gone: Vec<String> = state
+        .members
+        .iter()
+        .filter(|(_, member)| now.duration_since(member.last_seen) > member.timeout)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    for id in &gone {
+        log::warn!("consumer {id} of group {group} stopped heartbeating: its queues move");
+        state.members.remove(id);
+    }
+    state.owners.retain(|_, owner| !gone.contains(owner));
+    state.generation += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn queues_are_spread_evenly_and_contiguously() {
+        let ids: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let members: Vec<&String> = ids.iter().collect();
+        let owners: Vec<usize> = (0..8).map(|q| target(&members, 8, q).unwrap()).collect();
+        assert_eq!(owners, vec![0, 0, 0, 1, 1, 1, 2, 2]);
+        let one: Vec<&String> = ids.iter().take(1).collect();
+        assert!((0..8).all(|q| target(&one, 8, q) == Some(0)));
+        let owners: Vec<usize> = (0..2).map(|q| target(&members, 2, q).unwrap()).collect();
+        assert_eq!(owners, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_queue_moves_only_after_its_owner_lets_go() {
+        let groups = Groups::default();
+        let a = groups.heartbeat("g", "t", "a", TIMEOUT, &[], 4);
+        assert_eq!(a.queues, vec![0, 1, 2, 3]);
+        // b joins: its share (2, 3) is still held by a.
+        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[], 4);
+        assert!(b.queues.is_empty());
+        assert!(
+            groups.owns("g", "t", "a", 3),
+            "a may still commit what it finished"
+        );
+        // a is told to keep 0 and 1 only; it commits 2 and 3, then lets go.
+        let a = groups.heartbeat("g", "t", "a", TIMEOUT, &[0, 1, 2, 3], 4);
+        assert_eq!(a.queues, vec![0, 1]);
+        let a = groups.heartbeat("g", "t", "a", TIMEOUT, &[0, 1], 4);
+        assert_eq!(a.queues, vec![0, 1]);
+        assert!(!groups.owns("g", "t", "a", 3));
+        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[], 4);
+        assert_eq!(b.queues, vec![2, 3]);
+        assert!(groups.owns("g", "t", "b", 3));
+        assert!(!groups.owns("g", "t", "a", 3), "never two owners");
+    }
+
+    #[test]
+    fn a_silent_member_loses_its_queues_and_its_commits() {
+        let groups = Groups::default();
+        let short = Duration::from_millis(500);
+        groups.heartbeat("g", "t", "a", short, &[], 2);
+        groups.heartbeat("g", "t", "b", TIMEOUT, &[], 2);
+        groups.heartbeat("g", "t", "a", short, &[0], 2);
+        assert!(groups.owns("g", "t", "a", 0));
+        std::thread::sleep(Duration::from_millis(600));
+        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[1], 2);
+        assert_eq!(b.queues, vec![0, 1]);
+        assert!(!groups.owns("g", "t", "a", 0));
+    }
+}

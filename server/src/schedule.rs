@@ -1,0 +1,190 @@
+//! Delayed redelivery: a message a consumer sent back waits in `%SCHEDULE%`, queue =
+//! its delay level, until its time; then this thread stores it in the group's
+//! `%RETRY%<group>` topic, where the group's consumers pick it up.
+//!
+//! Durable by construction: waiting messages are ordinary records of the CommitLog, and
+//! how far each level was delivered is a committed offset (group `%SCHEDULER%`), moved
+//! only after the delivered copies are durable. A crash in between delivers a message
+//! again from the same schedule record, which the delivered copy's producer id and
+//! sequence (the schedule record's log offset) make a duplicate the store recognises.
+//! Within a level every message has the same delay, so each queue is in time order and
+//! only its head needs looking at.
+//!
+//! Runs on masters only; a slave receives the records and the progress through
+//! replication and starts delivering when promoted.
+
+use crate::broker::Broker;
+use keel_protocol::{Message, Record, QUEUE_ID_ANY, SCHEDULE_TOPIC};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The group under which delivery progress is committed.
+pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
+/// Queues of `%SCHEDULE%`: the most delay levels a broker can have.
+pub const SCHEDULE_QUEUES: u32 = 64;
+/// Producer id of the copies delivered from level 0 (level n: + n); their sequence is
+/// the schedule record's log offset + 1, increasing within a level.
+const SCHEDULER_PRODUCER_ID: u64 = 0x5C4E_D01E_D0D0_0000;
+
+/// Properties the broker sets on messages it stores for redelivery.
+pub mod property {
+    pub const DELIVER_AT: &str = "KEEL_DELIVER_AT";
+    pub const REAL_TOPIC: &str = "KEEL_REAL_TOPIC";
+    pub const RECONSUME_TIMES: &str = "KEEL_RECONSUME_TIMES";
+    pub const ORIGIN_TOPIC: &str = "KEEL_ORIGIN_TOPIC";
+    pub const ORIGIN_MSG_ID: &str = "KEEL_ORIGIN_MSG_ID";
+    pub const REASON: &str = "KEEL_REASON";
+    pub const DLQ_TIME: &str = "KEEL_DLQ_TIME";
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+pub fn get<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    properties
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// The message a due schedule record becomes: its real topic, scheduling properties
+/// dropped, the payload and its CRC untouched.
+fn delivered(record: &Record, real_topic: &str, level: u32) -> Message {
+    let mut message = Message::new(real_topic, record.payload.clone());
+    message.payload_crc = record.payload_crc;
+    message.queue_id = QUEUE_ID_ANY;
+    message.tags = record.tags.clone();
+    message.keys = record.keys.clone();
+    message.born_timestamp_ms = record.born_timestamp_ms;
+    message.properties = record
+        .properties
+        .iter()
+        .filter(|(key, _)| key != property::DELIVER_AT && key != property::REAL_TOPIC)
+        .cloned()
+        .collect();
+    message.producer_id = SCHEDULER_PRODUCER_ID + u64::from(level);
+    message.sequence = record.log_offset + 1;
+    message
+}
+
+/// Starts the delivery thread; it ends when the broker shuts down.
+pub fn start(broker: Arc<Broker>) {
+    let spawned = std::thread::Builder::new()
+        .name("keel-schedule".into())
+        .spawn(move || run(&broker));
+    if let Err(error) = spawned {
+        log::error!("cannot start the delayed-delivery thread: {error}");
+    }
+}
+
+fn run(broker: &Broker) {
+    let store = &broker.store;
+    let levels = broker.config.retry_delays_ms.len() as u32;
+    while !broker.is_shutting_down() {
+        if !broker.role().is_master() || broker.fenced().is_some() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let Some(queues) = store.topic_queues(SCHEDULE_TOPIC) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let mut delivered_any = false;
+        for level in 0..levels.min(queues) {
+            match deliver_level(broker, level) {
+                Ok(count) => delivered_any |= count > 0,
+                Err(error) => {
+                    log::warn!("delayed delivery, level {level}: {error}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        if !delivered_any {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Delivers the due messages at the head of one level; returns how many.
+fn deliver_level(broker: &Broker, level: u32) -> Result<usize, String> {
+    let store = &broker.store;
+    let committed = store.query_offset(SCHEDULER_GROUP, SCHEDULE_TOPIC, level);
+    let read = store
+        .read_queue(SCHEDULE_TOPIC, level, committed.unwrap_or(0), 64, 1 << 20)
+        .map_err(|e| e.to_string())?;
+    let mut next = match read.status {
+        keel_storage::ReadStatus::Found => committed.unwrap_or(0),
+        keel_storage::ReadStatus::OffsetExpired => read.min_offset,
+        _ => return Ok(0),
+    };
+    if read.status == keel_storage::ReadStatus::OffsetExpired {
+        log::error!("delayed messages of level {level} were deleted by retention before delivery");
+        commit(broker, level, next)?;
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut position = 0usize;
+    let mut last_end = 0u64;
+    let mut count = 0usize;
+    while position < read.records.len() {
+        let record = keel_protocol::decode_record(&read.records[position..])
+            .map_err(|e| format!("a schedule record does not decode: {e}"))?;
+        position += record.total_size as usize;
+        let due = get(&record.properties, property::DELIVER_AT)
+            .and_then(|at| at.parse::<u64>().ok())
+            .unwrap_or(0);
+        if due > now {
+            break;
+        }
+        let Some(real_topic) = get(&record.properties, property::REAL_TOPIC) else {
+            log::error!(
+                "schedule record {} has no {} property; skipped",
+                record.message_id(),
+                property::REAL_TOPIC
+            );
+            next = record.queue_offset + 1;
+            continue;
+        };
+        let appended = store
+            .append(&delivered(&record, real_topic, level), true, now)
+            .map_err(|e| format!("store the due message: {e}"))?;
+        last_end = last_end.max(appended.offset_end);
+        next = record.queue_offset + 1;
+        count += 1;
+    }
+    if count == 0 && committed == Some(next) {
+        return Ok(0);
+    }
+    // Progress moves only once what was delivered is durable.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.offset_local_durable() < last_end {
+        if store.is_poisoned() || Instant::now() > deadline {
+            return Err("the delivered messages did not become durable".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    commit(broker, level, next)?;
+    Ok(count)
+}
+
+fn commit(broker: &Broker, level: u32, next: u64) -> Result<(), String> {
+    broker
+        .store
+        .commit_offset(SCHEDULER_GROUP, SCHEDULE_TOPIC, level, next)
+        .map(|_| ())
+        .map_err(|e| format!("record delivery progress: {e}"))
+}
+
+/// When a message sent back `reconsume_times` times (1 = first failure) is due, and
+/// on which level; `None` when it has no delay (redrive).
+pub fn delay_for(delays_ms: &[u64], reconsume_times: u32) -> Option<(u32, u64)> {
+    let level = reconsume_times.checked_sub(1)?;
+    let level = level.min(delays_ms.len().saturating_sub(1) as u32);
+    Some((
+        level,
+        now_ms() + delays_ms.get(level as usize).copied().unwrap_or(0),
+    ))
+}
