@@ -106,6 +106,176 @@ impl Admin {
 }
 
 impl Admin {
+    /// Where a message is (by id, or the newest with `key` when given): stored,
+    /// flushed, replicated, consumed by which groups, retried, dead-lettered.
+    pub fn message_info(
+        &self,
+        msg_id: u64,
+        key: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let request = Request::MessageInfo {
+            msg_id,
+            key: key.unwrap_or_default().to_string(),
+        };
+        match self.call(request)? {
+            Response::Info(info) => Ok(info),
+            other => Err(unexpected(&other, "MESSAGE_INFO")),
+        }
+    }
+
+    /// Sends a message back to `group` through SEND_BACK (as a consumer does with a
+    /// failed one). `reconsume_times` 0 delivers it to the group's retry topic at once
+    /// (a redrive).
+    pub fn send_back(
+        &self,
+        request: keel_protocol::SendBackRequest,
+    ) -> Result<keel_protocol::SendResult, ClientError> {
+        match self.call(Request::SendBack(request))? {
+            Response::SendResult(result) => Ok(result),
+            other => Err(unexpected(&other, "SEND_BACK")),
+        }
+    }
+
+    /// Every record of `topic` from each queue's start (at most `limit`); none when the
+    /// topic does not exist.
+    pub fn read_topic(
+        &self,
+        topic: &str,
+        limit: u64,
+    ) -> Result<Vec<keel_protocol::Record>, ClientError> {
+        let topics = match self.list_topics(Some(topic)) {
+            Ok(topics) => topics,
+            Err(ClientError::Broker(error))
+                if error.code == keel_protocol::ErrorCode::TopicNotFound =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(error) => return Err(error),
+        };
+        let mut records = Vec::new();
+        for info in topics {
+            for (queue_id, queue) in info.queues.iter().enumerate() {
+                let mut offset = queue.min_offset;
+                while offset < queue.max_offset && (records.len() as u64) < limit {
+                    let pull = Request::Pull(keel_protocol::PullRequest {
+                        group: String::new(),
+                        topic: topic.to_string(),
+                        queue_id: queue_id as u32,
+                        queue_offset: offset,
+                        max_messages: 256,
+                        max_bytes: 4 << 20,
+                        wait_ms: 0,
+                    });
+                    let result = match self.call(pull)? {
+                        Response::PullResult(result) => result,
+                        other => return Err(unexpected(&other, "PULL")),
+                    };
+                    let batch = result
+                        .decode_records()
+                        .map_err(|error| ClientError::Protocol(error.to_string()))?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    offset = result.next_offset;
+                    records.extend(batch);
+                }
+            }
+        }
+        records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(records)
+    }
+
+    /// A group's dead-lettered messages, oldest first.
+    pub fn dlq_messages(
+        &self,
+        group: &str,
+        limit: u64,
+    ) -> Result<Vec<keel_protocol::Record>, ClientError> {
+        self.read_topic(&keel_protocol::dlq_topic(group), limit)
+    }
+
+    /// (messages in the group's dead-letter queue, how many were redriven).
+    pub fn dlq_count(&self, group: &str) -> Result<(u64, u64), ClientError> {
+        let topic = keel_protocol::dlq_topic(group);
+        let count = match self.list_topics(Some(&topic)) {
+            Ok(topics) => topics
+                .iter()
+                .flat_map(|info| info.queues.iter())
+                .map(|queue| queue.max_offset - queue.min_offset)
+                .sum(),
+            Err(ClientError::Broker(error))
+                if error.code == keel_protocol::ErrorCode::TopicNotFound =>
+            {
+                0
+            }
+            Err(error) => return Err(error),
+        };
+        let redriven = self
+            .query_offset(&redrive_group(group), &topic, 0)?
+            .unwrap_or(0);
+        Ok((count, redriven))
+    }
+
+    /// Delivers dead-lettered messages to the group again, through its retry topic (so
+    /// only that group sees them) with the attempt count reset: the ones not redriven
+    /// yet, or only message `only` (a DLQ message id). Returns (DLQ id, new id) pairs.
+    pub fn redrive_dlq(
+        &self,
+        group: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let topic = keel_protocol::dlq_topic(group);
+        let done_group = redrive_group(group);
+        let from = self.query_offset(&done_group, &topic, 0)?.unwrap_or(0);
+        let property = |record: &keel_protocol::Record, name: &str| {
+            record
+                .properties
+                .iter()
+                .find(|(key, _)| key == name)
+                .map_or(String::new(), |(_, value)| value.clone())
+        };
+        let mut redriven = Vec::new();
+        for record in self.read_topic(&topic, u64::MAX)? {
+            let selected = match only {
+                Some(id) => record.message_id().eq_ignore_ascii_case(id),
+                None => record.queue_offset >= from,
+            };
+            if !selected {
+                continue;
+            }
+            let origin_topic = property(&record, "KEEL_ORIGIN_TOPIC");
+            let origin = u64::from_str_radix(&property(&record, "KEEL_ORIGIN_MSG_ID"), 16)
+                .unwrap_or(record.log_offset);
+            let mut message =
+                keel_protocol::Message::new(origin_topic.clone(), record.payload.clone());
+            message.payload_crc = record.payload_crc;
+            message.tags = record.tags.clone();
+            message.keys = record.keys.clone();
+            message.properties = record.properties.clone();
+            let result = self.send_back(keel_protocol::SendBackRequest {
+                group: group.to_string(),
+                reconsume_times: 0,
+                max_reconsume_times: 0,
+                reason: "redriven from the dead-letter queue".into(),
+                origin_topic,
+                origin_msg_id: origin,
+                message,
+            })?;
+            if result.status != keel_protocol::SendStatus::SendOk {
+                return Err(ClientError::InvalidArgument(format!(
+                    "redriving {} was answered {}; stopped (it may be stored)",
+                    record.message_id(),
+                    result.status
+                )));
+            }
+            if only.is_none() {
+                self.commit_offset(&done_group, &topic, 0, record.queue_offset + 1)?;
+            }
+            redriven.push((record.message_id(), result.message_id()));
+        }
+        Ok(redriven)
+    }
+
     /// Promotes the slave this admin is connected to into a master with `role`
     /// (async_master, sync_master or master). Returns its new epoch and log end.
     pub fn promote(&self, role: keel_protocol::BrokerRole) -> Result<(u64, u64), ClientError> {
@@ -118,4 +288,9 @@ impl Admin {
 
 pub(crate) fn unexpected(response: &Response, request: &str) -> ClientError {
     ClientError::Protocol(format!("{} in reply to {request}", response.kind().name()))
+}
+
+/// The group under which redrives of `group`'s dead-letter queue remember their position.
+fn redrive_group(group: &str) -> String {
+    format!("%REDRIVE%{group}")
 }

@@ -20,6 +20,7 @@ mod connection;
 mod consumer;
 mod error;
 mod producer;
+mod push;
 mod routing;
 
 pub use admin::Admin;
@@ -31,6 +32,10 @@ pub use keel_protocol::{
     SendStatus,
 };
 pub use producer::{Producer, ProducerOptions, SendHandle};
+pub use push::{
+    ConsumeResult, Delivery, IntoConsumeResult, PushConsumer, PushConsumerOptions, PushStats,
+    StartFrom,
+};
 pub use routing::{fetch_routes, MasterRoute};
 
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -173,7 +173,9 @@ impl EventLoop {
         }
         message.queue_id = QUEUE_ID_ANY;
         if back.reconsume_times > back.max_reconsume_times {
+            // One queue: the dead letters of a group in the order they died.
             message.topic = dlq_topic(&back.group);
+            message.queue_id = 0;
             set(property::DLQ_TIME, now_ms().to_string());
         } else {
             match schedule::delay_for(&self.broker.config.retry_delays_ms, back.reconsume_times) {

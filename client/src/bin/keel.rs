@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keel_client::{
-    Admin, ClientError, Consumer, ConsumerOptions, Message, Producer, ProducerOptions, Record,
+    Admin, ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, Message, Producer,
+    ProducerOptions, PushConsumer, PushConsumerOptions, Record, StartFrom,
 };
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -90,6 +91,41 @@ enum Command {
     /// Broker statistics (offsets appended, written, flushed; pending acks; fsyncs; ...)
     /// and every topic's queue offsets.
     Stats,
+    /// Join GROUP and consume TOPIC as one member of it (queues are shared with the
+    /// group's other members, rebalanced as members come and go; failed messages come
+    /// back after a delay). Prints one line per message handled; stops on Ctrl-C or
+    /// SIGTERM after finishing and committing what it has.
+    Subscribe {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group: String,
+        /// Where a new group starts: earliest, latest, or a time in ms since the epoch.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Only these tags, e.g. "TagA || TagB".
+        #[arg(long)]
+        tag_filter: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u64,
+        #[arg(long, default_value_t = 16)]
+        max_reconsume_times: u32,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Inspect and redrive a group's dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Where a message is: stored, flushed, replicated, consumed, retried, dead-lettered.
+    Message {
+        #[command(subcommand)]
+        command: MessageCommand,
+    },
     /// Show or move a consumer group's committed offsets.
     Offsets {
         #[command(subcommand)]
@@ -124,6 +160,42 @@ enum OffsetsCommand {
         /// Only this queue (default: every queue).
         #[arg(long)]
         queue: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// How many messages the group's dead-letter queue holds.
+    List {
+        #[arg(long)]
+        group: String,
+    },
+    /// Print the dead-lettered messages: id, original topic and id, attempts, reason.
+    Show {
+        #[arg(long)]
+        group: String,
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+    },
+    /// Deliver dead-lettered messages to the group again (through its retry topic, so
+    /// only this group sees them), with their attempt count reset. Each message is
+    /// redriven once: the position is remembered per group.
+    Redrive {
+        #[arg(long)]
+        group: String,
+        /// Only this message (a DLQ message id, as `dlq show` prints).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MessageCommand {
+    /// By message id (16 hex digits), or the newest message with --key.
+    Show {
+        id: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -237,6 +309,30 @@ fn main() -> ExitCode {
             command: TopicCommand::List,
         } => list_topics(&cli.broker),
         Command::Stats => stats(&cli.broker),
+        Command::Subscribe {
+            topic,
+            group,
+            from,
+            tag_filter,
+            threads,
+            session_timeout_ms,
+            max_reconsume_times,
+            count,
+        } => subscribe(
+            &cli.broker,
+            &topic,
+            &group,
+            &from,
+            tag_filter,
+            threads,
+            session_timeout_ms,
+            max_reconsume_times,
+            count,
+        ),
+        Command::Dlq { command } => dlq(&cli.broker, command),
+        Command::Message {
+            command: MessageCommand::Show { id, key },
+        } => message_show(&cli.broker, id.as_deref(), key.as_deref()),
         Command::Offsets { command } => offsets(&cli.broker, command),
         Command::Admin { command } => admin(&cli.broker, command),
         Command::Routes { namesrv, topic } => routes(&namesrv, &topic),
@@ -521,6 +617,164 @@ fn offsets(broker: &str, command: OffsetsCommand) -> Result<ExitCode, ClientErro
 }
 
 /// Plausibility bound on a stored record, as keeld computes it.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn subscribe(
+    broker: &str,
+    topic: &str,
+    group: &str,
+    from: &str,
+    tag_filter: Option<String>,
+    threads: usize,
+    session_timeout_ms: u64,
+    max_reconsume_times: u32,
+    count: Option<u64>,
+) -> Result<ExitCode, ClientError> {
+    let start_from = match from {
+        "earliest" => StartFrom::Earliest,
+        "latest" => StartFrom::Latest,
+        other => StartFrom::Timestamp(other.parse().map_err(|_| {
+            ClientError::InvalidArgument(format!(
+                "--from {other:?}: earliest, latest, or a time in ms since the epoch"
+            ))
+        })?),
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+    let options = PushConsumerOptions {
+        threads,
+        session_timeout: Duration::from_millis(session_timeout_ms),
+        heartbeat_interval: Duration::from_millis((session_timeout_ms / 4).clamp(100, 1000)),
+        max_reconsume_times,
+        start_from,
+        tag_filter,
+        long_poll: Duration::from_millis(1000),
+        ..PushConsumerOptions::default()
+    };
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = handled.clone();
+    let out = std::sync::Mutex::new(());
+    let consumer =
+        PushConsumer::start(broker, group, topic, options, move |delivery: &Delivery| {
+            let record = &delivery.record;
+            let _guard = out.lock();
+            println!(
+                "topic={} queue={} offset={} id={} reconsume={} payload={}",
+                delivery.topic,
+                record.queue_id,
+                record.queue_offset,
+                delivery.msg_id,
+                delivery.reconsume_times,
+                String::from_utf8_lossy(&record.payload)
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ConsumeResult::Success
+        })?;
+    eprintln!(
+        "keel subscribe: member {} of group {group}",
+        consumer.member_id()
+    );
+    let limit = count.unwrap_or(u64::MAX);
+    while !STOP.load(std::sync::atomic::Ordering::SeqCst)
+        && handled.load(std::sync::atomic::Ordering::Relaxed) < limit
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let errors = consumer.errors();
+    consumer.shutdown()?;
+    for error in &errors {
+        eprintln!("keel subscribe: {error}");
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn property<'a>(record: &'a Record, name: &str) -> &'a str {
+    record
+        .properties
+        .iter()
+        .find(|(key, _)| key == name)
+        .map_or("", |(_, value)| value.as_str())
+}
+
+fn dlq(broker: &str, command: DlqCommand) -> Result<ExitCode, ClientError> {
+    match command {
+        DlqCommand::List { group } => {
+            let admin = Admin::connect(broker)?;
+            let (count, redriven) = admin.dlq_count(&group)?;
+            println!(
+                "{}: {count} dead-lettered message(s), {redriven} redriven so far",
+                keel_protocol::dlq_topic(&group)
+            );
+        }
+        DlqCommand::Show { group, count } => {
+            for record in Admin::connect(broker)?.dlq_messages(&group, count)? {
+                println!(
+                    "id={} origin={}/{} attempts={} reason={:?} payload={}",
+                    record.message_id(),
+                    property(&record, "KEEL_ORIGIN_TOPIC"),
+                    property(&record, "KEEL_ORIGIN_MSG_ID"),
+                    property(&record, "KEEL_RECONSUME_TIMES"),
+                    property(&record, "KEEL_REASON"),
+                    String::from_utf8_lossy(&record.payload)
+                );
+            }
+        }
+        DlqCommand::Redrive { group, id } => {
+            let redriven = Admin::connect(broker)?.redrive_dlq(&group, id.as_deref())?;
+            for (from, to) in &redriven {
+                println!("redriven {from} -> {to}");
+            }
+            println!(
+                "{} message(s) redriven to {}",
+                redriven.len(),
+                keel_protocol::retry_topic(&group)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn message_show(
+    broker: &str,
+    id: Option<&str>,
+    key: Option<&str>,
+) -> Result<ExitCode, ClientError> {
+    let msg_id = match (id, key) {
+        (Some(id), None) => u64::from_str_radix(id, 16).map_err(|_| {
+            ClientError::InvalidArgument(format!("{id:?} is not a message id (16 hex digits)"))
+        })?,
+        (None, Some(_)) => 0,
+        _ => {
+            return Err(ClientError::InvalidArgument(
+                "give a message id or --key, not both".into(),
+            ))
+        }
+    };
+    for (name, value) in Admin::connect(broker)?.message_info(msg_id, key)? {
+        println!("{name:<24} {value}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn promote(broker: &str, role: &str) -> Result<ExitCode, ClientError> {
     let role = keel_client::BrokerRole::from_name(role)
         .ok_or_else(|| ClientError::InvalidArgument(format!("unknown role {role:?}")))?;

@@ -4,6 +4,7 @@ mod bad_input;
 mod cluster;
 mod corruption;
 mod crash;
+mod groups;
 mod harness;
 mod idempotence;
 mod python_client;
