@@ -1,10 +1,14 @@
 //! keel-bench: N producer connections sending fixed-size messages, with throughput and
-//! a latency histogram (send call to SEND_OK). Starts its own keeld in a temporary
+//! a latency histogram (send call to SEND_OK); optionally a consumer group on the same
+//! topic, with the end-to-end latency from send to handler. Starts its own keeld in a temporary
 //! directory unless `--broker` names a running one.
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use keel_client::{Admin, Message, Producer, ProducerOptions, SendStatus};
+use keel_client::{
+    Admin, ConsumeResult, Delivery, Message, Producer, ProducerOptions, PushConsumer,
+    PushConsumerOptions, SendStatus, StartFrom,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -57,6 +61,10 @@ struct Args {
     /// keeld binary for the self-started broker (default: next to this binary, then PATH).
     #[arg(long)]
     keeld: Option<PathBuf>,
+    /// Also run this many push consumers of one group on the topic, and report their
+    /// throughput and the end-to-end latency from send to handler.
+    #[arg(long, default_value_t = 0)]
+    consumers: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -133,6 +141,7 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
         .create_topic(&args.topic, 8)
         .map_err(|e| e.to_string())?;
     let before = stats(&admin);
+    let group = Consumers::start(address, &args.topic, args.consumers)?;
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     let per_producer = args
@@ -145,6 +154,7 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
             let shape = Shape {
                 mode: args.mode,
                 size: args.size,
+                stamp: args.consumers > 0,
                 window: args.window,
                 batch: args.batch,
             };
@@ -167,6 +177,7 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
         histogram.add(&local).map_err(|e| e.to_string())?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let consumed = group.map(|group| group.finish(totals.ok.load(Ordering::Relaxed), started));
     let after = stats(&admin);
     let delta = |name: &str| {
         after
@@ -228,11 +239,110 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
             );
         }
         println!("broker: {fsyncs} fsyncs, {records_per_fsync:.1} records per fsync");
+        if let Some(report) = &consumed {
+            println!("{report}");
+        }
         if let Some(p50) = fsync_p50_us {
             println!("disk: fdatasync of a 4 KiB append, median {p50:.1} us");
         }
     }
     Ok(())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+/// A push consumer group on the bench topic, measuring send-to-handler latency.
+struct Consumers {
+    members: Vec<PushConsumer>,
+    handled: Arc<AtomicU64>,
+    last_handled: Arc<Mutex<Instant>>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Consumers {
+    fn start(address: &str, topic: &str, count: usize) -> Result<Option<Consumers>, String> {
+        if count == 0 {
+            return Ok(None);
+        }
+        let group = format!("bench-{}-{}", std::process::id(), now_us());
+        let handled = Arc::new(AtomicU64::new(0));
+        let last_handled = Arc::new(Mutex::new(Instant::now()));
+        let latency = Arc::new(Mutex::new(new_histogram()));
+        let mut members = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (handled, last, latency) = (handled.clone(), last_handled.clone(), latency.clone());
+            let options = PushConsumerOptions {
+                start_from: StartFrom::Latest,
+                heartbeat_interval: Duration::from_millis(200),
+                ..PushConsumerOptions::default()
+            };
+            let consumer =
+                PushConsumer::start(address, &group, topic, options, move |d: &Delivery| {
+                    let payload = &d.record.payload;
+                    if payload.len() >= 8 {
+                        let mut sent = [0u8; 8];
+                        sent.copy_from_slice(&payload[..8]);
+                        let micros = now_us().saturating_sub(u64::from_le_bytes(sent)).max(1);
+                        let _ = latency
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner())
+                            .record(micros.min(60_000_000));
+                    }
+                    handled.fetch_add(1, Ordering::Relaxed);
+                    *last.lock().unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+                    ConsumeResult::Success
+                })
+                .map_err(|e| format!("consumer: {e}"))?;
+            members.push(consumer);
+        }
+        // Let the members join and split the queues before the load starts.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(Some(Consumers {
+            members,
+            handled,
+            last_handled,
+            latency,
+        }))
+    }
+
+    /// Waits (up to 30 s) until `expected` messages were handled; returns the report.
+    fn finish(self, expected: u64, started: Instant) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.handled.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let handled = self.handled.load(Ordering::Relaxed);
+        let last = *self
+            .last_handled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let seconds = last
+            .saturating_duration_since(started)
+            .as_secs_f64()
+            .max(0.001);
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let members = self.members.len();
+        for member in self.members {
+            let _ = member.shutdown();
+        }
+        format!(
+            "consumers: {members} in one group handled {handled} of {expected} SEND_OK messages, \
+             {:.0} msgs/s; send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
+            handled as f64 / seconds,
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+            latency.value_at_quantile(0.999),
+            latency.max()
+        )
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -246,6 +356,8 @@ struct Shape {
     size: usize,
     window: usize,
     batch: usize,
+    /// Put the send time (us since the epoch) in the first 8 payload bytes.
+    stamp: bool,
 }
 
 fn producer_loop(
@@ -265,6 +377,15 @@ fn producer_loop(
     let batch = shape.batch as u64;
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) && count.is_none_or(|count| sent < count) {
+        let payload = if shape.stamp {
+            let mut stamped = payload.clone();
+            let now = now_us().to_le_bytes();
+            let length = stamped.len().min(8);
+            stamped[..length].copy_from_slice(&now[..length]);
+            stamped
+        } else {
+            payload.clone()
+        };
         let messages: Vec<Message> = (0..shape.batch)
             .map(|_| Message::new(topic, payload.clone()))
             .collect();

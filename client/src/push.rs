@@ -176,6 +176,7 @@ enum Event {
     Pulled(QueueKey, u64, Result<Response, ClientError>),
     /// A worker did not run a job because its queue was taken away meanwhile.
     Skipped(QueueKey, u64),
+    Committed(QueueKey, u64, Result<Response, ClientError>),
     Handled(QueueKey, Box<Delivery>, ConsumeResult),
     SentBack(QueueKey, Box<Delivery>, Result<Response, ClientError>),
 }
@@ -199,6 +200,8 @@ struct QueueState {
     /// Taken away by a rebalance: finish, commit, let go.
     revoked: bool,
     committed: Option<u64>,
+    /// A commit of this offset is on its way.
+    committing: Option<u64>,
     paused_until: Option<Instant>,
 }
 
@@ -426,7 +429,7 @@ impl Driver {
             }
             if now >= self.commit_due {
                 self.commit_due = now + self.options.commit_interval;
-                self.commit_all();
+                self.commit_all_async();
             }
             self.pull_ready();
             let wait = self
@@ -602,6 +605,7 @@ impl Driver {
                                 pulling: false,
                                 revoked: false,
                                 committed: None,
+                                committing: None,
                                 paused_until: None,
                             },
                         );
@@ -616,16 +620,23 @@ impl Driver {
     /// Revoked queues with nothing in flight: commit and forget (the next heartbeat
     /// reports them let go).
     fn release_revoked(&mut self) {
+        // A pull still in flight does not hold a queue back: its answer finds the queue
+        // gone and is dropped.
         let done: Vec<QueueKey> = self
             .queues
             .iter()
-            .filter(|(_, queue)| queue.revoked && queue.in_flight.is_empty() && !queue.pulling)
+            .filter(|(_, queue)| queue.revoked && queue.in_flight.is_empty())
             .map(|(key, _)| *key)
             .collect();
+        if done.is_empty() {
+            return;
+        }
         for key in done {
             self.commit(key);
             self.forget(key);
         }
+        // Tell the broker now, so the new owner can start.
+        self.heartbeat_due = Instant::now();
     }
 
     /// The group's committed offset, or where `start_from` says for a new group.
@@ -719,6 +730,7 @@ impl Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Pulled(key, from, outcome) => self.on_pulled(key, from, outcome),
+            Event::Committed(key, point, outcome) => self.on_committed(key, point, outcome),
             Event::Skipped(key, offset) => {
                 if let Some(queue) = self.queues.get_mut(&key) {
                     queue.in_flight.remove(&offset);
@@ -742,7 +754,11 @@ impl Driver {
             return;
         };
         queue.pulling = false;
-        if queue.revoked || queue.next_pull != from {
+        if queue.revoked {
+            self.release_revoked();
+            return;
+        }
+        if queue.next_pull != from {
             return;
         }
         let pull = match outcome {
@@ -920,25 +936,48 @@ impl Driver {
         }
     }
 
+    /// Commits a queue's position and waits for the answer (when letting a queue go,
+    /// and at shutdown).
     fn commit(&mut self, key: QueueKey) {
-        let Some(queue) = self.queues.get(&key) else {
+        let Some(request) = self.commit_request(key) else {
             return;
         };
+        let point = match &request {
+            Request::GroupCommit(commit) => commit.offset,
+            _ => return,
+        };
+        let outcome = self.call(request);
+        self.on_committed(key, point, outcome);
+    }
+
+    fn commit_request(&self, key: QueueKey) -> Option<Request> {
+        let queue = self.queues.get(&key)?;
         let point = queue.commit_point();
-        if queue.committed == Some(point) {
-            return;
+        if queue.committed == Some(point) || queue.committing == Some(point) {
+            return None;
         }
-        let request = Request::GroupCommit(GroupCommitRequest {
+        Some(Request::GroupCommit(GroupCommitRequest {
             group: self.group.clone(),
             topic: self.topics[key.0].clone(),
             member_id: self.member_id.clone(),
             queue_id: key.1,
             offset: point,
-        });
-        match self.call(request) {
+        }))
+    }
+
+    fn on_committed(&mut self, key: QueueKey, point: u64, outcome: Result<Response, ClientError>) {
+        if let Some(queue) = self.queues.get_mut(&key) {
+            if queue.committing == Some(point) {
+                queue.committing = None;
+            }
+        }
+        match outcome {
+            Ok(Response::Error(error)) => {
+                self.on_committed(key, point, Err(ClientError::Broker(error)))
+            }
             Ok(_) => {
                 if let Some(queue) = self.queues.get_mut(&key) {
-                    queue.committed = Some(point);
+                    queue.committed = Some(queue.committed.map_or(point, |c| c.max(point)));
                 }
             }
             Err(ClientError::Broker(error)) if error.code == ErrorCode::NotOwner => {
@@ -948,6 +987,32 @@ impl Driver {
                 self.forget(key);
             }
             Err(error) => log::warn!("consumer {}: commit failed: {error}", self.member_id),
+        }
+    }
+
+    /// The periodic commit: one request per queue that moved, answered asynchronously
+    /// (the broker fsyncs offsets before answering; the loop does not wait for it).
+    fn commit_all_async(&mut self) {
+        let keys: Vec<QueueKey> = self.queues.keys().copied().collect();
+        for key in keys {
+            let Some(request) = self.commit_request(key) else {
+                continue;
+            };
+            let Request::GroupCommit(commit) = &request else {
+                continue;
+            };
+            let point = commit.offset;
+            if let Some(queue) = self.queues.get_mut(&key) {
+                queue.committing = Some(point);
+            }
+            let events = self.events.clone();
+            self.connection.call_async(
+                &request,
+                self.options.request_timeout,
+                Box::new(move |outcome| {
+                    let _ = events.send(Event::Committed(key, point, outcome));
+                }),
+            );
         }
     }
 
