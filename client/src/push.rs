@@ -97,6 +97,12 @@ pub struct PushConsumerOptions {
     pub tag_filter: Option<String>,
     pub request_timeout: Duration,
     pub connection: ConnectionOptions,
+    /// Slaves of the broker (`host:port`), read while the broker is unreachable: the
+    /// group keeps consuming (and committing there) until the master is back, tried
+    /// again every `primary_retry`. What was consumed on a slave may be delivered again
+    /// after the switch back (at least once).
+    pub fallback_brokers: Vec<String>,
+    pub primary_retry: Duration,
 }
 
 impl Default for PushConsumerOptions {
@@ -115,6 +121,8 @@ impl Default for PushConsumerOptions {
             tag_filter: None,
             request_timeout: Duration::from_secs(5),
             connection: ConnectionOptions::default(),
+            fallback_brokers: Vec::new(),
+            primary_retry: Duration::from_secs(10),
         }
     }
 }
@@ -247,8 +255,11 @@ impl PushConsumer {
                 "threads and max_in_flight_per_queue must be at least 1".into(),
             ));
         }
-        let address = resolve(address)?;
-        let connection = Connection::connect(address, &options.connection)?;
+        let mut addresses = vec![resolve(address)?];
+        for fallback in &options.fallback_brokers {
+            addresses.push(resolve(fallback)?);
+        }
+        let (connection, current) = connect_first(&addresses, &options.connection)?;
         let member_id = options.member_id.clone().unwrap_or_else(default_member_id);
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -273,7 +284,9 @@ impl PushConsumer {
             workers.push(worker);
         }
         let mut driver = Driver {
-            address,
+            addresses,
+            current,
+            primary_retry_due: Instant::now() + options.primary_retry,
             connection,
             group: group.to_string(),
             topics: vec![topic.to_string(), retry_topic(group)],
@@ -393,8 +406,27 @@ where
     }
 }
 
+/// Connects to the first address that answers; returns it and its index.
+fn connect_first(
+    addresses: &[SocketAddr],
+    options: &ConnectionOptions,
+) -> Result<(Connection, usize), ClientError> {
+    let mut last = ClientError::InvalidArgument("no broker address".into());
+    for (index, address) in addresses.iter().enumerate() {
+        match Connection::connect(*address, options) {
+            Ok(connection) => return Ok((connection, index)),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
 struct Driver {
-    address: SocketAddr,
+    /// The broker, then its slaves.
+    addresses: Vec<SocketAddr>,
+    /// Which of them the connection goes to.
+    current: usize,
+    primary_retry_due: Instant,
     connection: Connection,
     group: String,
     /// The subscribed topic, then the group's retry topic.
@@ -420,6 +452,9 @@ impl Driver {
     fn run(&mut self) -> Result<(), ClientError> {
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
+            if self.current > 0 && now >= self.primary_retry_due {
+                self.reconnect_if_needed();
+            }
             if now >= self.heartbeat_due {
                 self.heartbeat_due = now + self.options.heartbeat_interval;
                 if let Err(error) = self.heartbeat() {
@@ -525,16 +560,48 @@ impl Driver {
         }
     }
 
+    /// A new connection when the current one died (the master first, then its
+    /// slaves), or back to the master once it answers again.
     fn reconnect_if_needed(&mut self) {
-        if !self.connection.is_closed() {
+        let back_to_primary = self.current > 0 && Instant::now() >= self.primary_retry_due;
+        if !self.connection.is_closed() && !back_to_primary {
             return;
         }
-        match Connection::connect(self.address, &self.options.connection) {
-            Ok(connection) => {
-                self.connection = connection;
-                // Pulls in flight on the old connection fail through their callbacks.
+        if back_to_primary {
+            self.primary_retry_due = Instant::now() + self.options.primary_retry;
+            if !self.connection.is_closed() {
+                let primary = Connection::connect(self.addresses[0], &self.options.connection);
+                if let Ok(connection) = primary {
+                    self.switch(connection, 0);
+                }
+                return;
             }
+        }
+        match connect_first(&self.addresses, &self.options.connection) {
+            Ok((connection, index)) => self.switch(connection, index),
             Err(error) => log::warn!("consumer {}: reconnect failed: {error}", self.member_id),
+        }
+    }
+
+    fn switch(&mut self, connection: Connection, index: usize) {
+        if index != self.current {
+            log::warn!(
+                "consumer {}: now reading from {} ({})",
+                self.member_id,
+                self.addresses[index],
+                if index == 0 {
+                    "the broker"
+                } else {
+                    "a slave: its master is unreachable"
+                }
+            );
+        }
+        // Pulls in flight on the old connection end through their callbacks.
+        self.connection = connection;
+        self.current = index;
+        self.heartbeat_due = Instant::now();
+        for queue in self.queues.values_mut() {
+            queue.pulling = false;
         }
     }
 

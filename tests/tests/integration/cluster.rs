@@ -408,3 +408,66 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     assert_eq!(payload_ids(&followed), payload_ids(&promoted));
     assert!(history(&followed) == history(&promoted));
 }
+
+#[test]
+fn a_group_reads_from_the_slave_while_its_master_is_down() {
+    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let mut primary = BrokerProcess::start(&master("async_master", "reads", m_port, m_ha, None));
+    let follower = BrokerProcess::start(&slave("reads", s_port, s_ha, m_ha, None));
+    let producer = Producer::connect(&primary.address, ProducerOptions::default()).unwrap();
+    for index in 0..100 {
+        send_status(&producer, &format!("r{index}")).unwrap();
+    }
+    wait_until("the slave caught up", Duration::from_secs(20), || {
+        follower.try_stat("offset_durable") == primary.try_stat("offset_durable")
+    });
+    drop(producer);
+    primary.kill9();
+
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let options = keel_client::PushConsumerOptions {
+        fallback_brokers: vec![follower.address.clone()],
+        primary_retry: Duration::from_millis(500),
+        heartbeat_interval: Duration::from_millis(100),
+        long_poll: Duration::from_millis(300),
+        ..keel_client::PushConsumerOptions::default()
+    };
+    let consumer = {
+        let seen = seen.clone();
+        keel_client::PushConsumer::start(
+            &primary.address.replace("127.0.0.1:0", "127.0.0.1:1"),
+            "readers",
+            "replicated",
+            keel_client::PushConsumerOptions { ..options.clone() },
+            move |delivery: &keel_client::Delivery| {
+                seen.lock()
+                    .unwrap()
+                    .push(id_of(&delivery.record.payload).unwrap());
+                keel_client::ConsumeResult::Success
+            },
+        )
+        .unwrap()
+    };
+    wait_until(
+        "everything read from the slave",
+        Duration::from_secs(20),
+        || seen.lock().unwrap().len() == 100,
+    );
+    // The master returns: what is sent to it reaches the group (through the slave, which
+    // follows it again, or from the master once the consumer is back on it).
+    primary.spawn();
+    let producer = Producer::connect(&primary.address, ProducerOptions::default()).unwrap();
+    for index in 100..110 {
+        send_status(&producer, &format!("r{index}")).unwrap();
+    }
+    wait_until(
+        "the new messages from the master",
+        Duration::from_secs(20),
+        || {
+            let seen = seen.lock().unwrap();
+            (100..110).all(|index| seen.contains(&format!("r{index}")))
+        },
+    );
+    assert!(consumer.errors().is_empty(), "{:?}", consumer.errors());
+    consumer.shutdown().unwrap();
+}
