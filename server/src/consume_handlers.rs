@@ -10,8 +10,13 @@ use keel_protocol::{
     HeartbeatRequest, OffsetForTimeRequest, Record, Response, SendBackRequest, QUEUE_ID_ANY,
     SCHEDULE_TOPIC,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Message lookups running (each reads the whole log).
+static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+const LOOKUPS_MAX: usize = 2;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -95,14 +100,22 @@ impl EventLoop {
             .store
             .topic_queues(&heartbeat.topic)
             .unwrap_or(0);
-        let granted = self.broker.groups.heartbeat(
+        let Some(granted) = self.broker.groups.heartbeat(
             &heartbeat.group,
             &heartbeat.topic,
             &heartbeat.member_id,
             Duration::from_millis(u64::from(heartbeat.session_timeout_ms)),
             &heartbeat.owned,
             queue_count,
-        );
+        ) else {
+            let detail = "too many consumer groups on this broker; try again later";
+            self.reply(
+                key,
+                request_id,
+                &Response::error(ErrorCode::Internal, detail),
+            );
+            return;
+        };
         let response = Response::Assignment(Assignment {
             generation: granted.generation,
             queue_count,
@@ -209,7 +222,8 @@ impl EventLoop {
         self.reply(key, request_id, &response);
     }
 
-    /// MESSAGE_INFO reads the whole log, so it runs on a thread of its own.
+    /// MESSAGE_INFO reads the whole log, so it runs on a thread of its own (at most
+    /// `LOOKUPS_MAX` at once).
     pub(crate) fn on_message_info(
         &mut self,
         key: usize,
@@ -217,6 +231,16 @@ impl EventLoop {
         msg_id: u64,
         wanted: String,
     ) {
+        if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= LOOKUPS_MAX {
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+            let detail = format!("{LOOKUPS_MAX} message lookups are running; try again shortly");
+            self.reply(
+                key,
+                request_id,
+                &Response::error(ErrorCode::Internal, detail),
+            );
+            return;
+        }
         let outcome = Arc::new(Mutex::new(None));
         let filled = outcome.clone();
         let broker = self.broker.clone();
@@ -227,10 +251,12 @@ impl EventLoop {
                     Ok(info) => Response::Info(info),
                     Err((code, detail)) => Response::error(code, detail),
                 };
+                LOOKUPS.fetch_sub(1, Ordering::AcqRel);
                 *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
                 broker.store.notify_listeners();
             });
         if let Err(error) = spawned {
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
             let response = Response::error(ErrorCode::Internal, format!("cannot look up: {error}"));
             self.reply(key, request_id, &response);
             return;

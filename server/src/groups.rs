@@ -18,6 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// (group, topic) pairs tracked at most; group names come from clients.
+const GROUPS_MAX: usize = 100_000;
+
 /// Bounds on a member's session timeout.
 const SESSION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
 const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(300);
@@ -84,12 +87,20 @@ impl Groups {
         session_timeout: Duration,
         owned: &[u32],
         queue_count: u32,
-    ) -> Granted {
+    ) -> Option<Granted> {
         let now = Instant::now();
         let mut groups = self.lock();
-        let state = groups
-            .entry((group.to_string(), topic.to_string()))
-            .or_default();
+        let key = (group.to_string(), topic.to_string());
+        if groups.len() >= GROUPS_MAX && !groups.contains_key(&key) {
+            for (name, state) in groups.iter_mut() {
+                expire(state, now, &name.0);
+            }
+            groups.retain(|_, state| !state.members.is_empty());
+            if groups.len() >= GROUPS_MAX {
+                return None;
+            }
+        }
+        let state = groups.entry(key).or_default();
         let before: Vec<String> = state.members.keys().cloned().collect();
         expire(state, now, group);
         state.members.insert(
@@ -132,11 +143,11 @@ impl Groups {
         for queue in &granted {
             state.owners.insert(*queue, member_id.to_string());
         }
-        Granted {
+        Some(Granted {
             generation: state.generation,
             members: state.members.len() as u32,
             queues: granted,
-        }
+        })
     }
 
     /// Whether `member_id` owns the queue now (its commits are accepted).
@@ -208,22 +219,27 @@ mod tests {
     #[test]
     fn a_queue_moves_only_after_its_owner_lets_go() {
         let groups = Groups::default();
-        let a = groups.heartbeat("g", "t", "a", TIMEOUT, &[], 4);
+        let heartbeat = |member: &str, owned: &[u32]| {
+            groups
+                .heartbeat("g", "t", member, TIMEOUT, owned, 4)
+                .unwrap()
+        };
+        let a = heartbeat("a", &[]);
         assert_eq!(a.queues, vec![0, 1, 2, 3]);
         // b joins: its share (2, 3) is still held by a.
-        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[], 4);
+        let b = heartbeat("b", &[]);
         assert!(b.queues.is_empty());
         assert!(
             groups.owns("g", "t", "a", 3),
             "a may still commit what it finished"
         );
         // a is told to keep 0 and 1 only; it commits 2 and 3, then lets go.
-        let a = groups.heartbeat("g", "t", "a", TIMEOUT, &[0, 1, 2, 3], 4);
+        let a = heartbeat("a", &[0, 1, 2, 3]);
         assert_eq!(a.queues, vec![0, 1]);
-        let a = groups.heartbeat("g", "t", "a", TIMEOUT, &[0, 1], 4);
+        let a = heartbeat("a", &[0, 1]);
         assert_eq!(a.queues, vec![0, 1]);
         assert!(!groups.owns("g", "t", "a", 3));
-        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[], 4);
+        let b = heartbeat("b", &[]);
         assert_eq!(b.queues, vec![2, 3]);
         assert!(groups.owns("g", "t", "b", 3));
         assert!(!groups.owns("g", "t", "a", 3), "never two owners");
@@ -238,7 +254,7 @@ mod tests {
         groups.heartbeat("g", "t", "a", short, &[0], 2);
         assert!(groups.owns("g", "t", "a", 0));
         std::thread::sleep(Duration::from_millis(600));
-        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[1], 2);
+        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[1], 2).unwrap();
         assert_eq!(b.queues, vec![0, 1]);
         assert!(!groups.owns("g", "t", "a", 0));
     }

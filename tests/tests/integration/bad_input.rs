@@ -191,3 +191,56 @@ fn bad_frames_are_refused_and_the_broker_keeps_serving() {
     );
     assert_eq!(broker.stat("records_appended"), stored + 1);
 }
+
+#[test]
+fn hostile_bytes_on_the_ha_port_and_the_name_server_hurt_no_one() {
+    let ha_port = crate::harness::free_port();
+    let broker = BrokerProcess::start(&format!("role = \"sync_master\"\nha_port = {ha_port}"));
+    let namesrv = crate::harness::NameServerProcess::start(120_000);
+    let garbage: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        &[0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        // A HELLO claiming 4 billion epochs in a few bytes.
+        &[
+            0x10, 0, 0, 0, 0x01, 1, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+        ],
+        &[0x05, 0, 0, 0, 0x05, 1, 2, 3, 4],
+    ];
+    for bytes in garbage {
+        for address in [format!("127.0.0.1:{ha_port}"), namesrv.address.clone()] {
+            let mut stream = TcpStream::connect(&address).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let _ = stream.write_all(bytes);
+            let _ = stream.shutdown(Shutdown::Write);
+            let mut sink = Vec::new();
+            // Either side answers with an error or closes; neither hangs or crashes.
+            let _ = stream.read_to_end(&mut sink);
+        }
+    }
+    // A group request that does not follow its layout closes that connection only.
+    let mut stream = connect(&broker);
+    let mut frame = Vec::new();
+    keel_protocol::encode_frame(&mut frame, Kind::Heartbeat, 0, 5, &[1, 2, 3]);
+    stream.write_all(&frame).unwrap();
+    expect_error_then_close(&mut stream, ErrorCode::MalformedFrame);
+    // Both still serve.
+    let routes = keel_client::fetch_routes(
+        std::slice::from_ref(&namesrv.address),
+        &std::sync::atomic::AtomicUsize::new(0),
+        "",
+        Duration::from_secs(3),
+    );
+    assert!(routes.is_ok());
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    let status = producer
+        .send(Message::new("still", "alive"))
+        .unwrap()
+        .status;
+    assert_eq!(
+        status,
+        SendStatus::SlaveNotAvailable,
+        "a sync master without a slave"
+    );
+}
