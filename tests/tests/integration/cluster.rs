@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Config of a master of `name` on fixed ports (its address survives restarts).
+/// Config of a master of `name` on fixed ports (its address survives restarts);
+/// `namesrv` is the TOML list's contents, e.g. `"a:1", "b:2"`.
 fn master(role: &str, name: &str, port: u16, ha_port: u16, namesrv: Option<&str>) -> String {
-    let namesrv = namesrv.map_or(String::new(), |address| format!("\"{address}\""));
+    let namesrv = namesrv.unwrap_or_default();
     format!(
         "listen = \"127.0.0.1:{port}\"\nrole = \"{role}\"\nbroker_name = \"{name}\"\n\
          ha_port = {ha_port}\nnamesrv_addrs = [{namesrv}]\nregister_interval_ms = 300\n\
@@ -23,7 +24,7 @@ fn master(role: &str, name: &str, port: u16, ha_port: u16, namesrv: Option<&str>
 
 /// Config of slave 1 of `name`, following the master whose HA port is `master_ha`.
 fn slave(name: &str, port: u16, ha_port: u16, master_ha: u16, namesrv: Option<&str>) -> String {
-    let namesrv = namesrv.map_or(String::new(), |address| format!("\"{address}\""));
+    let namesrv = namesrv.unwrap_or_default();
     format!(
         "listen = \"127.0.0.1:{port}\"\nrole = \"slave\"\nbroker_id = 1\nbroker_name = \"{name}\"\n\
          ha_port = {ha_port}\nmaster_address = \"127.0.0.1:{master_ha}\"\n\
@@ -263,8 +264,12 @@ const PRODUCERS: usize = 4;
 
 #[test]
 fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() {
-    let namesrv = NameServerProcess::start(3000);
-    let ns = Some(namesrv.address.as_str());
+    // Two name servers: brokers register with both, producers ask either; the first
+    // one is killed mid-test.
+    let mut namesrv = NameServerProcess::start(3000);
+    let namesrv2 = NameServerProcess::start(3000);
+    let both = format!("\"{}\", \"{}\"", namesrv.address, namesrv2.address);
+    let ns = Some(both.as_str());
     let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
     let (a, a_ha, a1, a1_ha, b, b_ha, b1, b1_ha) = (
         ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7],
@@ -279,7 +284,7 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
             stat_is(broker, "slaves_in_sync", 1)
         });
     }
-    let name_servers = vec![namesrv.address.clone()];
+    let name_servers = vec![namesrv.address.clone(), namesrv2.address.clone()];
     let next = AtomicUsize::new(0);
     wait_until("both masters routed", Duration::from_secs(20), || {
         fetch_routes(&name_servers, &next, "replicated", Duration::from_secs(1))
@@ -299,18 +304,19 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     let ok_times = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let threads: Vec<_> = (0..PRODUCERS)
         .map(|index| {
-            let (ledger, stop, ok_times, namesrv) = (
+            let (ledger, stop, ok_times, name_servers) = (
                 ledger.clone(),
                 stop.clone(),
                 ok_times.clone(),
-                namesrv.address.clone(),
+                name_servers.clone(),
             );
             std::thread::spawn(move || {
                 let options = ProducerOptions {
                     route_refresh: Duration::from_millis(500),
                     ..ProducerOptions::default()
                 };
-                let producer = Producer::with_name_servers(&[namesrv.as_str()], options).unwrap();
+                let addresses: Vec<&str> = name_servers.iter().map(String::as_str).collect();
+                let producer = Producer::with_name_servers(&addresses, options).unwrap();
                 let mut sequence = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let id = format!("p{index}-s{sequence}");
@@ -332,6 +338,8 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
         master_a.try_stat("sends_ok").unwrap_or(0) > 200
             && master_b.try_stat("sends_ok").unwrap_or(0) > 200
     });
+    // The first name server dies too: routes come from the second.
+    namesrv.kill9();
     let killed_at = Instant::now();
     master_a.kill9();
     let acked_before_kill = ledger.ok_count();

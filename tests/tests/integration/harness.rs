@@ -313,6 +313,13 @@ impl NameServerProcess {
     }
 }
 
+impl NameServerProcess {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for NameServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
