@@ -57,6 +57,10 @@ pub struct HaMaster {
     sessions: std::sync::atomic::AtomicUsize,
 }
 
+/// A frame carrying only a new confirmed offset goes at most this often: every slave
+/// ack moves it, and the slave needs it only to serve its own readers.
+const CONFIRM_EVERY: Duration = Duration::from_millis(10);
+
 /// Slaves (and handshakes) served at once.
 const MAX_SESSIONS: usize = 32;
 
@@ -70,9 +74,9 @@ impl HaMaster {
         let listener = TcpListener::bind(address)?;
         listener.set_nonblocking(true)?;
         let notifier = Arc::new(Notifier::default());
-        let wake = notifier.clone();
-        store.add_listener(Arc::new(move || wake.notify()));
-        // Stream each write at once, while the master fsyncs it.
+        // Stream each write at once, while the master fsyncs it. (Not woken by flushes
+        // and acks: the confirmed offset they move is sent at most every
+        // `CONFIRM_EVERY`, so the streamer polls that often instead.)
         let wake = notifier.clone();
         store.add_write_listener(Arc::new(move || wake.notify()));
         let master = Arc::new(HaMaster {
@@ -352,6 +356,7 @@ impl HaMaster {
         let mut sent = start;
         let mut confirmed_sent = u64::MAX;
         let mut heartbeat_due = Instant::now();
+        let mut confirm_due = Instant::now();
         let mut meta_sent: Option<HaFrame> = None;
         let mut meta_due = Instant::now();
         let mut seen = self.notifier.version();
@@ -388,7 +393,8 @@ impl HaMaster {
                 heartbeat_due = now + heartbeat;
                 continue;
             }
-            if confirmed != confirmed_sent || now >= heartbeat_due {
+            let confirm_pending = confirmed != confirmed_sent;
+            if (confirm_pending && now >= confirm_due) || now >= heartbeat_due {
                 let frame = HaFrame::Data {
                     offset: sent,
                     confirmed,
@@ -398,8 +404,12 @@ impl HaMaster {
                 write_frame(&mut stream, &frame).map_err(|e| format!("send a heartbeat: {e}"))?;
                 confirmed_sent = confirmed;
                 heartbeat_due = now + heartbeat;
+                confirm_due = now + CONFIRM_EVERY;
+                continue;
             }
-            let until = heartbeat_due.min(meta_due);
+            let until = heartbeat_due
+                .min(meta_due)
+                .min(confirm_due.max(now + CONFIRM_EVERY));
             seen = self
                 .notifier
                 .wait(seen, until.saturating_duration_since(Instant::now()));
