@@ -308,6 +308,15 @@ impl Store {
                 "cannot truncate to {to}: no record ends there"
             )));
         }
+        // Crash safety: the checkpoint moves back first. A crash before the files are
+        // cut leaves valid records past it, which recovery keeps (and the master has
+        // this slave cut again); a crash part way leaves a segment shorter than the
+        // next one's base past the checkpoint, which recovery cuts as a torn tail. A
+        // checkpoint still above `to` would make that look like corruption instead.
+        self.checkpoint.write(crate::checkpoint::Checkpoint {
+            offset_flushed: to,
+            clean: false,
+        })?;
         let dir = self.config.data_dir.join("commitlog");
         let bases = self.segments.bases();
         let first = bases.first().copied();
@@ -372,10 +381,6 @@ impl Store {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cap| {
                 (cap != u64::MAX && cap > to).then_some(to)
             });
-        self.checkpoint.write(crate::checkpoint::Checkpoint {
-            offset_flushed: to,
-            clean: false,
-        })?;
         self.meta.bump();
         self.notify_listeners();
         log::warn!(
