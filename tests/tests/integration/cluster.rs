@@ -479,3 +479,53 @@ fn a_group_reads_from_the_slave_while_its_master_is_down() {
     assert!(consumer.errors().is_empty(), "{:?}", consumer.errors());
     consumer.shutdown().unwrap();
 }
+
+#[test]
+fn a_promoted_slave_recognises_retries_of_messages_its_master_stored() {
+    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let mut primary = BrokerProcess::start(&master("sync_master", "dedup", m_port, m_ha, None));
+    let follower = BrokerProcess::start(&slave("dedup", s_port, s_ha, m_ha, None));
+    wait_until("the slave in sync", Duration::from_secs(20), || {
+        stat_is(&primary, "slaves_in_sync", 1)
+    });
+    // An idempotent producer's message, numbered by hand so its retry can be replayed
+    // exactly against another broker.
+    let numbered = || {
+        let mut message = Message::new("replicated", payload_for("numbered", 128));
+        message.producer_id = 0xABCD_EF01;
+        message.sequence = 7;
+        message
+    };
+    let send = |address: &str| {
+        let connection = keel_client::Connection::connect(
+            keel_client::resolve(address).unwrap(),
+            &keel_client::ConnectionOptions::default(),
+        )
+        .unwrap();
+        match connection
+            .call(
+                &keel_protocol::Request::Send(numbered()),
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        {
+            keel_protocol::Response::SendResult(result) => result,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let original = send(&primary.address);
+    assert_eq!(original.status, SendStatus::SendOk, "on the slave too");
+    // The reply is "lost", the master dies, the slave is promoted, and the producer's
+    // retry reaches the new master.
+    primary.kill9();
+    follower.admin().promote(BrokerRole::AsyncMaster).unwrap();
+    let retry = send(&follower.address);
+    assert_eq!(retry.status, SendStatus::SendOk);
+    assert_eq!(
+        retry.log_offset, original.log_offset,
+        "the original message id"
+    );
+    assert_eq!(follower.stat("sends_deduplicated"), 1);
+    let ids = payload_ids(&drain(&follower.address, "replicated"));
+    assert_eq!(ids, vec!["numbered".to_string()]);
+}
