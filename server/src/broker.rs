@@ -215,6 +215,14 @@ impl Broker {
                 load(&counters.sends_deduplicated),
             ),
             ("producers".into(), store.producers),
+            (
+                "consumer_groups".into(),
+                self.groups
+                    .describe()
+                    .iter()
+                    .filter(|(_, _, members, _)| *members > 0)
+                    .count() as u64,
+            ),
             ("pulls".into(), load(&counters.pulls)),
             ("messages_pulled".into(), load(&counters.messages_pulled)),
             ("protocol_errors".into(), load(&counters.protocol_errors)),
