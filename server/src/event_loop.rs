@@ -148,6 +148,9 @@ pub struct EventLoop {
     idle_check_due: Instant,
     /// Reused for every socket read of this loop.
     scratch: Vec<u8>,
+    /// Whether storage progress concerns this loop (it has replies or pulls waiting):
+    /// storage listeners skip waking a loop that has nothing waiting.
+    waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EventLoop {
@@ -156,6 +159,7 @@ impl EventLoop {
         poll: Poll,
         broker: Arc<Broker>,
         incoming: Receiver<(TcpStream, SocketAddr)>,
+        waiting: Arc<std::sync::atomic::AtomicBool>,
     ) -> EventLoop {
         EventLoop {
             index,
@@ -177,6 +181,7 @@ impl EventLoop {
             drain_deadline: None,
             idle_check_due: Instant::now(),
             scratch: vec![0u8; READ_CHUNK],
+            waiting,
         }
     }
 
@@ -501,6 +506,11 @@ impl EventLoop {
 
     /// Completions, timeouts, parked pulls, idle connections, then every queued write.
     fn turn_end(&mut self) {
+        // Wake-ups on while the checks below run: progress published before this
+        // store is seen by the checks, progress after it wakes the loop.
+        self.waiting.store(true, Ordering::SeqCst);
+        // Pairs with the fence in the storage listener (a store-then-load on each side).
+        std::sync::atomic::fence(Ordering::SeqCst);
         let now = Instant::now();
         if self.broker.is_shutting_down() && self.drain_deadline.is_none() {
             self.begin_drain(now);
@@ -519,6 +529,13 @@ impl EventLoop {
             self.idle_check_due = now + Duration::from_secs(1);
         }
         self.write_dirty();
+        let waiting = !self.pending_sends.is_empty()
+            || !self.parked_pulls.is_empty()
+            || !self.pending_meta.is_empty()
+            || !self.pending_replies.is_empty()
+            || !self.throttled.is_empty()
+            || self.drain_deadline.is_some();
+        self.waiting.store(waiting, Ordering::SeqCst);
     }
 
     fn begin_drain(&mut self, now: Instant) {

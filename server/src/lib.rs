@@ -160,13 +160,22 @@ pub fn run(config: Config) -> Result<(), String> {
             sender,
             waker: waker.clone(),
         });
-        wakers.push(waker);
-        loops.push(EventLoop::new(index, poll, broker.clone(), receiver));
-    }
-    for waker in &wakers {
-        let waker = waker.clone();
+        wakers.push(waker.clone());
+        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        loops.push(EventLoop::new(
+            index,
+            poll,
+            broker.clone(),
+            receiver,
+            waiting.clone(),
+        ));
+        // Storage progress wakes a loop only when it has something waiting for it.
         store.add_listener(Arc::new(move || {
-            let _ = waker.wake();
+            // The offsets were published before this call; pairs with the loop's fence.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if waiting.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = waker.wake();
+            }
         }));
     }
     loops[0]

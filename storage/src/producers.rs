@@ -53,6 +53,14 @@ impl Producers {
         let Some(window) = self.windows.get(&producer_id) else {
             return Seen::New;
         };
+        // The common case, a producer's next message: past the newest one remembered.
+        if window
+            .entries
+            .back()
+            .is_none_or(|(newest, _)| sequence > *newest)
+        {
+            return Seen::New;
+        }
         match window
             .entries
             .binary_search_by_key(&sequence, |(seq, _)| *seq)
@@ -69,10 +77,22 @@ impl Producers {
         if producer_id == 0 {
             return;
         }
-        if !self.windows.contains_key(&producer_id) && self.windows.len() >= PRODUCERS_MAX {
+        if self.windows.len() >= PRODUCERS_MAX && !self.windows.contains_key(&producer_id) {
             self.evict_one();
         }
         let window = self.windows.entry(producer_id).or_default();
+        // The common case: the producer's next message goes at the end.
+        if window
+            .entries
+            .back()
+            .is_none_or(|(newest, _)| sequence > *newest)
+        {
+            window.entries.push_back((sequence, at));
+            if window.entries.len() > WINDOW {
+                window.entries.pop_front();
+            }
+            return;
+        }
         let index = window.entries.partition_point(|(seq, _)| *seq < sequence);
         if window
             .entries
