@@ -403,11 +403,19 @@ fn a_new_group_starts_where_it_is_told() {
         start("from-latest", StartFrom::Latest, &latest),
         start("from-time", StartFrom::Timestamp(cut), &timed),
     ];
-    // Let the groups take their queues before the new messages.
+    // The groups hold their queues (each has committed its start on both) before the
+    // new messages are sent.
+    let admin = broker.admin();
     wait_until("the groups joined", Duration::from_secs(10), || {
-        earliest.lock().unwrap().len() == 20 && timed.lock().unwrap().len() == 10
+        earliest.lock().unwrap().len() == 20
+            && timed.lock().unwrap().len() == 10
+            && (0..2).all(|queue| {
+                admin
+                    .query_offset("from-latest", "feed", queue)
+                    .unwrap()
+                    .is_some()
+            })
     });
-    std::thread::sleep(Duration::from_millis(300));
     send_all(&producer, "feed", (0..5).map(|i| format!("new{i}")));
     wait_until("the new messages", Duration::from_secs(10), || {
         earliest.lock().unwrap().len() == 25
