@@ -282,8 +282,16 @@ pub fn read_frame(stream: &mut impl Read) -> std::io::Result<HaFrame> {
             format!("HA frame length {length} is outside 1..={MAX_FRAME_BYTES}"),
         ));
     }
-    let mut body = vec![0u8; length as usize];
-    stream.read_exact(&mut body)?;
+    // Grown as bytes arrive, so a peer claiming a large frame and sending nothing does
+    // not make us allocate it.
+    let mut body = Vec::with_capacity((length as usize).min(64 * 1024));
+    stream.take(u64::from(length)).read_to_end(&mut body)?;
+    if body.len() != length as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("HA frame cut short: {} of {length} bytes", body.len()),
+        ));
+    }
     HaFrame::decode(&body)
         .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))
 }

@@ -1,0 +1,17 @@
+//! Arbitrary bytes on the HA port: the HA frame decoder never panics nor allocates by a
+//! claimed count, and whatever decodes re-encodes to the same frame.
+
+#![no_main]
+
+use keel_replication::wire::{read_frame, HaFrame};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut stream = data;
+    while let Ok(frame) = read_frame(&mut stream) {
+        let mut encoded = Vec::new();
+        frame.encode(&mut encoded);
+        let again: HaFrame = read_frame(&mut &encoded[..]).expect("re-decodes");
+        assert_eq!(again, frame);
+    }
+});
