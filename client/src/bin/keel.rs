@@ -257,7 +257,11 @@ enum TopicCommand {
         queues: u32,
     },
     /// List topics with each queue's min and max offset.
-    List,
+    List {
+        /// Also the broker's own topics (%RETRY%..., %DLQ%..., %SCHEDULE%).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -306,8 +310,8 @@ fn main() -> ExitCode {
             command: TopicCommand::Create { topic, queues },
         } => create_topic(&cli.broker, &topic, queues),
         Command::Topic {
-            command: TopicCommand::List,
-        } => list_topics(&cli.broker),
+            command: TopicCommand::List { all },
+        } => list_topics(&cli.broker, all),
         Command::Stats => stats(&cli.broker),
         Command::Subscribe {
             topic,
@@ -531,8 +535,12 @@ fn create_topic(broker: &str, topic: &str, queues: u32) -> Result<ExitCode, Clie
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_topics(broker: &str) -> Result<ExitCode, ClientError> {
-    for topic in Admin::connect(broker)?.list_topics(None)? {
+fn list_topics(broker: &str, all: bool) -> Result<ExitCode, ClientError> {
+    let topics = Admin::connect(broker)?.list_topics(None)?;
+    for topic in topics
+        .into_iter()
+        .filter(|t| all || !t.topic.starts_with('%'))
+    {
         let offsets: Vec<String> = topic
             .queues
             .iter()
@@ -553,7 +561,11 @@ fn stats(broker: &str) -> Result<ExitCode, ClientError> {
     for (name, value) in admin.stats()? {
         println!("{name:<26} {value}");
     }
-    for topic in admin.list_topics(None)? {
+    // The broker's own topics only when they hold something (retries, dead letters).
+    let topics = admin.list_topics(None)?.into_iter().filter(|topic| {
+        !topic.topic.starts_with('%') || topic.queues.iter().any(|q| q.max_offset > q.min_offset)
+    });
+    for topic in topics {
         for (queue_id, queue) in topic.queues.iter().enumerate() {
             println!(
                 "topic {} queue {queue_id}: offsets {}..{}",
