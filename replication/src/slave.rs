@@ -114,10 +114,13 @@ impl HaSlave {
         let mut backoff = BACKOFF_MIN;
         let mut last_logged: Option<String> = None;
         while !self.stopped() {
-            let started = Instant::now();
             let outcome = self.clone().session();
             {
                 let mut status = self.lock_status();
+                // A session that got past the handshake was healthy: reconnect at once.
+                if status.connected {
+                    backoff = BACKOFF_MIN;
+                }
                 status.connected = false;
                 if let Err(error) = &outcome {
                     status.last_error = Some(error.clone());
@@ -128,14 +131,13 @@ impl HaSlave {
                 break;
             }
             if let Err(error) = outcome {
-                // Log each distinct failure once, not every retry.
+                // Log each distinct failure once at error level, repeats at debug.
                 if last_logged.as_deref() != Some(error.as_str()) {
                     log::error!("replication from {}: {error}", self.options.master);
                     last_logged = Some(error);
+                } else {
+                    log::debug!("replication from {}: {error} (again)", self.options.master);
                 }
-            }
-            if started.elapsed() > BACKOFF_MAX * 2 {
-                backoff = BACKOFF_MIN;
             }
             let until = Instant::now() + backoff;
             let mut seen = self.notifier.version();

@@ -1,7 +1,7 @@
 //! The HA stream's frames, on the master's `ha_port`.
 //!
 //! ```text
-//! frame: u32 length (bytes after itself) | u8 kind | body
+//! frame: u32 length (bytes after itself) | u32 crc32c (of kind and body) | u8 kind | body
 //! 0x01 HELLO    slave -> master  u16 version=1, str16 broker_name, u32 broker_id,
 //!                                u64 log_end, record_id last_record, epochs
 //! 0x02 WELCOME  master -> slave  u64 start, record_id proof, u64 epoch, epochs
@@ -13,6 +13,9 @@
 //! record_id: u64 start, u32 size, u32 crc (all zero: no record)
 //! epochs:    u32 n, n x (u64 epoch, u64 start)
 //! ```
+//!
+//! Every frame carries a CRC32C: a damaged frame (a bad NIC, a middlebox) ends the
+//! connection instead of moving a slave's confirmed offset or its data.
 //!
 //! DATA carries raw CommitLog bytes starting at `offset` (chunks may cut a record; the
 //! slave completes it from the next chunk). `confirmed` is the master's durable offset:
@@ -134,6 +137,7 @@ impl HaFrame {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.put_u32_le(0);
+        out.put_u32_le(0);
         out.put_u8(self.kind());
         match self {
             HaFrame::Hello {
@@ -191,6 +195,8 @@ impl HaFrame {
         }
         let length = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+        let crc = keel_protocol::crc32c(&out[start + 8..]);
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes one frame body (after the length prefix): `kind` byte then fields.
@@ -276,10 +282,10 @@ pub fn read_frame(stream: &mut impl Read) -> std::io::Result<HaFrame> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let length = u32::from_le_bytes(prefix);
-    if length == 0 || length > MAX_FRAME_BYTES {
+    if !(5..=MAX_FRAME_BYTES).contains(&length) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("HA frame length {length} is outside 1..={MAX_FRAME_BYTES}"),
+            format!("HA frame length {length} is outside 5..={MAX_FRAME_BYTES}"),
         ));
     }
     // Grown as bytes arrive, so a peer claiming a large frame and sending nothing does
@@ -292,7 +298,16 @@ pub fn read_frame(stream: &mut impl Read) -> std::io::Result<HaFrame> {
             format!("HA frame cut short: {} of {length} bytes", body.len()),
         ));
     }
-    HaFrame::decode(&body)
+    let (crc, kind_and_body) = body.split_at(4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let computed = keel_protocol::crc32c(kind_and_body);
+    if stored != computed {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("HA frame CRC32C mismatch (stored {stored:08x}, computed {computed:08x})"),
+        ));
+    }
+    HaFrame::decode(kind_and_body)
         .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))
 }
 
@@ -351,11 +366,30 @@ mod tests {
             frame.encode(&mut out);
             let decoded = read_frame(&mut &out[..]).unwrap();
             assert_eq!(decoded, frame);
-            for cut in 4..out.len() {
-                let body = &out[4..cut];
+            for cut in 8..out.len() {
+                let body = &out[8..cut];
                 if let Ok(other) = HaFrame::decode(body) {
                     // Only DATA may be cut and stay valid (shorter bytes).
                     assert!(matches!(other, HaFrame::Data { .. }), "{other:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_flipped_bit_is_caught() {
+        for frame in frames() {
+            let mut out = Vec::new();
+            frame.encode(&mut out);
+            for byte in 0..out.len() {
+                for bit in 0..8 {
+                    let mut damaged = out.clone();
+                    damaged[byte] ^= 1 << bit;
+                    let read = read_frame(&mut &damaged[..]);
+                    assert!(
+                        read.is_err(),
+                        "byte {byte} bit {bit} of {frame:?}: {read:?}"
+                    );
                 }
             }
         }

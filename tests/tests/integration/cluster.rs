@@ -7,6 +7,7 @@ use keel_client::{
     fetch_routes, BrokerRole, ClientError, Message, Producer, ProducerOptions, Record, SendStatus,
 };
 use keel_tests::{id_of, payload_for, Ledger, Outcome};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -528,4 +529,66 @@ fn a_promoted_slave_recognises_retries_of_messages_its_master_stored() {
     assert_eq!(follower.stat("sends_deduplicated"), 1);
     let ids = payload_ids(&drain(&follower.address, "replicated"));
     assert_eq!(ids, vec!["numbered".to_string()]);
+}
+
+#[test]
+fn a_cut_or_corrupted_replication_link_heals_without_losing_or_mixing_records() {
+    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let primary = BrokerProcess::start(&master("sync_master", "links", m_port, m_ha, None));
+    let proxy = crate::harness::FaultProxy::start(&format!("127.0.0.1:{m_ha}"));
+    let proxy_port: u16 = proxy.address.rsplit(':').next().unwrap().parse().unwrap();
+    let follower = BrokerProcess::start(&slave("links", s_port, s_ha, proxy_port, None));
+    wait_until("the slave in sync", Duration::from_secs(20), || {
+        stat_is(&primary, "slaves_in_sync", 1)
+    });
+    let options = ProducerOptions {
+        send_timeout: Duration::from_secs(12),
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::connect(&primary.address, options).unwrap();
+    let mut acked = Vec::new();
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    // Each round: a fault (a flipped bit in the stream, or every connection cut), 60
+    // sends, then the link must heal (the slave back in sync) before the next.
+    for round in 0..5 {
+        match round {
+            1 | 3 => proxy.flip_a_bit_after(300 + 97 * round),
+            2 | 4 => proxy.cut_all(),
+            _ => {}
+        }
+        for index in 0..60 {
+            let id = format!("l{round}-{index}");
+            let status = send_status(&producer, &id).unwrap();
+            *statuses.entry(status.to_string()).or_default() += 1;
+            if status == SendStatus::SendOk {
+                acked.push(id);
+            }
+        }
+        wait_until("the link healed", Duration::from_secs(30), || {
+            stat_is(&primary, "slaves_in_sync", 1)
+                && follower.try_stat("offset_flushed") == primary.try_stat("offset_flushed")
+        });
+    }
+    eprintln!("sends over a damaged replication link: {statuses:?}");
+    assert!(proxy.flipped(), "the bit flips happened");
+    wait_until("the slave caught up", Duration::from_secs(30), || {
+        stat_is(&follower, "master_connected", 1)
+            && follower.try_stat("offset_durable") == primary.try_stat("offset_durable")
+    });
+    assert!(
+        follower.log().contains("CRC32C mismatch"),
+        "the damage was caught: {}",
+        follower.log()
+    );
+    let on_slave = drain(&follower.address, "replicated");
+    let on_master = drain(&primary.address, "replicated");
+    assert!(
+        history(&on_slave) == history(&on_master),
+        "same records, same places"
+    );
+    let ids: std::collections::HashSet<String> = payload_ids(&on_slave).into_iter().collect();
+    assert!(
+        acked.iter().all(|id| ids.contains(id)),
+        "every SEND_OK is on the slave"
+    );
 }

@@ -65,7 +65,10 @@ impl BrokerProcess {
         command
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stderr(log);
         command
@@ -413,5 +416,95 @@ impl DroppingProxy {
             drop_every,
             dropped,
         }
+    }
+}
+
+/// A byte-level TCP proxy that can cut every connection through it, or flip one bit in
+/// the bytes flowing back from the upstream side (as a bad NIC or middlebox would).
+pub struct FaultProxy {
+    pub address: String,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Bytes (upstream -> client) still to pass before one is flipped; negative: off.
+    flip_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> FaultProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicI64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let address = listener.local_addr().expect("address").to_string();
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let flip_after = Arc::new(AtomicI64::new(-1));
+        let upstream = upstream.to_string();
+        let (sockets, flip) = (open.clone(), flip_after.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                {
+                    let mut sockets = sockets.lock().unwrap();
+                    sockets.push(client.try_clone().expect("clone"));
+                    sockets.push(server.try_clone().expect("clone"));
+                }
+                let (mut client_in, mut server_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(std::net::Shutdown::Both);
+                });
+                let flip = flip.clone();
+                std::thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let read = match server.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => read,
+                        };
+                        let left = flip.load(Ordering::SeqCst);
+                        if left >= 0 {
+                            if (left as usize) < read {
+                                buffer[left as usize] ^= 0x10;
+                                flip.store(-1, Ordering::SeqCst);
+                            } else {
+                                flip.fetch_sub(read as i64, Ordering::SeqCst);
+                            }
+                        }
+                        if client.write_all(&buffer[..read]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        FaultProxy {
+            address,
+            open,
+            flip_after,
+        }
+    }
+
+    /// Closes every connection open through the proxy (new ones are accepted).
+    pub fn cut_all(&self) {
+        for socket in self.open.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Flips a bit of the byte `after` bytes into what the upstream sends next.
+    pub fn flip_a_bit_after(&self, after: i64) {
+        self.flip_after
+            .store(after, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn flipped(&self) -> bool {
+        self.flip_after.load(std::sync::atomic::Ordering::SeqCst) < 0
     }
 }
