@@ -345,12 +345,7 @@ impl Request {
                 let topic = reader.str16("topic")?;
                 let member_id = reader.str16("member_id")?;
                 let session_timeout_ms = reader.u32("session_timeout_ms")?;
-                let count = reader.u32("owned_count")?;
-                // Each queue id takes 4 bytes: bounded before allocating.
-                let mut owned = Vec::with_capacity((count as usize).min(reader.remaining() / 4));
-                for _ in 0..count {
-                    owned.push(reader.u32("queue_id")?);
-                }
+                let owned = reader.u32_list("owned_count", "queue_id")?;
                 Request::Heartbeat(HeartbeatRequest {
                     group,
                     topic,

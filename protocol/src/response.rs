@@ -286,11 +286,7 @@ impl Response {
                 let generation = reader.u64("generation")?;
                 let queue_count = reader.u32("queue_count")?;
                 let members = reader.u32("members")?;
-                let count = reader.u32("assigned_count")?;
-                let mut queues = Vec::with_capacity((count as usize).min(reader.remaining() / 4));
-                for _ in 0..count {
-                    queues.push(reader.u32("queue_id")?);
-                }
+                let queues = reader.u32_list("assigned_count", "queue_id")?;
                 Response::Assignment(Assignment {
                     generation,
                     queue_count,

@@ -85,6 +85,21 @@ impl<'a> Reader<'a> {
         self.take(field, length)
     }
 
+    /// A `u32` count then that many `u32`s, the count bounded by the bytes left
+    /// before anything is allocated.
+    pub fn u32_list(
+        &mut self,
+        count_field: &'static str,
+        item_field: &'static str,
+    ) -> Result<Vec<u32>, DecodeError> {
+        let count = self.u32(count_field)?;
+        let mut items = Vec::with_capacity((count as usize).min(self.remaining() / 4));
+        for _ in 0..count {
+            items.push(self.u32(item_field)?);
+        }
+        Ok(items)
+    }
+
     pub fn finish(&self, kind: &'static str) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),

@@ -3,7 +3,7 @@
 //! where a message is.
 
 use crate::broker::{Broker, Ha};
-use crate::event_loop::{EventLoop, PendingReply};
+use crate::event_loop::EventLoop;
 use crate::schedule::{self, property};
 use keel_protocol::{
     dlq_topic, message_id, retry_topic, validate_topic, Assignment, ErrorCode, GroupCommitRequest,
@@ -11,7 +11,6 @@ use keel_protocol::{
     SCHEDULE_TOPIC,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Message lookups running (each reads the whole log).
@@ -241,32 +240,17 @@ impl EventLoop {
             );
             return;
         }
-        let outcome = Arc::new(Mutex::new(None));
-        let filled = outcome.clone();
-        let broker = self.broker.clone();
-        let spawned = std::thread::Builder::new()
-            .name("keel-lookup".into())
-            .spawn(move || {
-                let response = match message_info(&broker, msg_id, &wanted) {
-                    Ok(info) => Response::Info(info),
-                    Err((code, detail)) => Response::error(code, detail),
-                };
-                LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-                *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
-                broker.store.notify_listeners();
-            });
-        if let Err(error) = spawned {
+        let started = self.reply_from_thread(key, request_id, "keel-lookup", move |broker| {
+            let response = match message_info(broker, msg_id, &wanted) {
+                Ok(info) => Response::Info(info),
+                Err((code, detail)) => Response::error(code, detail),
+            };
             LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-            let response = Response::error(ErrorCode::Internal, format!("cannot look up: {error}"));
-            self.reply(key, request_id, &response);
-            return;
-        }
-        self.pending_replies.push(PendingReply {
-            key,
-            connection_id: self.connection_id(key),
-            request_id,
-            outcome,
+            response
         });
+        if !started {
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -175,23 +175,43 @@ impl EventLoop {
     /// PROMOTE: a slave becomes a master. Done on a thread of its own (it stops the
     /// replication threads and fsyncs), answered when finished.
     pub(crate) fn on_promote(&mut self, key: usize, request_id: u64, role: BrokerRole) {
+        self.reply_from_thread(key, request_id, "keel-promote", move |broker| {
+            match crate::cluster::promote(broker, role) {
+                Ok((epoch, log_end)) => Response::Promoted { epoch, log_end },
+                Err((code, detail)) => Response::error(code, detail),
+            }
+        });
+    }
+
+    /// Runs `work` on a thread of its own (it may block: fsync, a whole-log scan) and
+    /// answers the request with its response once it is done. Returns whether the
+    /// thread started (if not, the request was answered with an error).
+    pub(crate) fn reply_from_thread(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        name: &str,
+        work: impl FnOnce(&crate::broker::Broker) -> Response + Send + 'static,
+    ) -> bool {
         let outcome = Arc::new(Mutex::new(None));
         let filled = outcome.clone();
         let broker = self.broker.clone();
         let spawned = std::thread::Builder::new()
-            .name("keel-promote".into())
+            .name(name.into())
             .spawn(move || {
-                let response = match crate::cluster::promote(&broker, role) {
-                    Ok((epoch, log_end)) => Response::Promoted { epoch, log_end },
-                    Err((code, detail)) => Response::error(code, detail),
-                };
+                let response = work(&broker);
                 *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
+                // Wakes the loops, which then send the reply.
                 broker.store.notify_listeners();
             });
         if let Err(error) = spawned {
-            let response = Response::error(ErrorCode::Internal, format!("cannot promote: {error}"));
-            self.reply(key, request_id, &response);
-            return;
+            let detail = format!("cannot start a thread for this request: {error}");
+            self.reply(
+                key,
+                request_id,
+                &Response::error(ErrorCode::Internal, detail),
+            );
+            return false;
         }
         self.pending_replies.push(PendingReply {
             key,
@@ -199,6 +219,7 @@ impl EventLoop {
             request_id,
             outcome,
         });
+        true
     }
 
     pub(crate) fn on_pull(&mut self, key: usize, request_id: u64, pull: PullRequest) {
