@@ -330,10 +330,59 @@ impl Drop for NameServerProcess {
     }
 }
 
+/// Runs a TCP proxy on 127.0.0.1 in front of `upstream`; returns its address. Client
+/// bytes go upstream as they are; `downstream(server, client)` moves the bytes back
+/// (each connection on its own thread). When the upstream is unreachable it keeps trying
+/// for a few seconds before giving up on a client, so a client's retry waits out a
+/// broker restart. `open` collects both sockets of every connection (to cut them).
+fn run_proxy(
+    upstream: &str,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    downstream: impl Fn(std::net::TcpStream, std::net::TcpStream) + Clone + Send + 'static,
+) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let address = listener.local_addr().expect("address").to_string();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let server = loop {
+                match std::net::TcpStream::connect(&upstream) {
+                    Ok(server) => break Some(server),
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(_) => break None,
+                }
+            };
+            let Some(server) = server else { continue };
+            {
+                let mut open = open.lock().unwrap();
+                open.push(client.try_clone().expect("clone"));
+                open.push(server.try_clone().expect("clone"));
+            }
+            let (mut client_in, mut server_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+                let _ = server_out.shutdown(std::net::Shutdown::Both);
+            });
+            let downstream = downstream.clone();
+            std::thread::spawn(move || {
+                let closing = client.try_clone().expect("clone");
+                downstream(server, client);
+                let _ = closing.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    address
+}
+
 /// A TCP proxy in front of a broker that can drop replies (whole frames) on their way
-/// back, as a network that loses a response after the request was carried out. When the
-/// broker is unreachable it keeps trying for a few seconds before giving up on a client,
-/// so a client's retry waits out a broker restart.
+/// back, as a network that loses a response after the request was carried out.
 pub struct DroppingProxy {
     pub address: String,
     /// Drop the next reply frame.
@@ -346,68 +395,37 @@ pub struct DroppingProxy {
 
 impl DroppingProxy {
     pub fn start(upstream: &str) -> DroppingProxy {
+        use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let address = listener.local_addr().expect("address").to_string();
         let drop_next = Arc::new(AtomicBool::new(false));
         let drop_every = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
-        let upstream = upstream.to_string();
+        let seen = Arc::new(AtomicU64::new(0));
         let (next, every, count) = (drop_next.clone(), drop_every.clone(), dropped.clone());
-        std::thread::spawn(move || {
-            let seen = Arc::new(AtomicU64::new(0));
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let deadline = Instant::now() + Duration::from_secs(5);
-                let server = loop {
-                    match std::net::TcpStream::connect(&upstream) {
-                        Ok(server) => break Some(server),
-                        Err(_) if Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(20))
-                        }
-                        Err(_) => break None,
-                    }
-                };
-                let Some(server) = server else { continue };
-                let (mut client_in, mut server_out) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_in, &mut server_out);
-                    let _ = server_out.shutdown(std::net::Shutdown::Both);
-                });
-                let (next, every, count, seen) =
-                    (next.clone(), every.clone(), count.clone(), seen.clone());
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let (mut server, mut client) = (server, client);
-                    loop {
-                        let mut prefix = [0u8; 4];
-                        if server.read_exact(&mut prefix).is_err() {
-                            break;
-                        }
-                        let mut frame = vec![0u8; u32::from_le_bytes(prefix) as usize];
-                        if server.read_exact(&mut frame).is_err() {
-                            break;
-                        }
-                        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
-                        let every = every.load(Ordering::SeqCst);
-                        if next.swap(false, Ordering::SeqCst) || (every > 0 && n % every == 0) {
-                            count.fetch_add(1, Ordering::SeqCst);
-                            continue;
-                        }
-                        if client
-                            .write_all(&prefix)
-                            .and_then(|()| client.write_all(&frame))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                });
+        let address = run_proxy(upstream, Arc::default(), move |mut server, mut client| {
+            loop {
+                let mut prefix = [0u8; 4];
+                if server.read_exact(&mut prefix).is_err() {
+                    return;
+                }
+                let mut frame = vec![0u8; u32::from_le_bytes(prefix) as usize];
+                if server.read_exact(&mut frame).is_err() {
+                    return;
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                let every = every.load(Ordering::SeqCst);
+                if next.swap(false, Ordering::SeqCst) || (every > 0 && n.is_multiple_of(every)) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                if client
+                    .write_all(&prefix)
+                    .and_then(|()| client.write_all(&frame))
+                    .is_err()
+                {
+                    return;
+                }
             }
         });
         DroppingProxy {
@@ -433,55 +451,28 @@ impl FaultProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicI64, Ordering};
         use std::sync::{Arc, Mutex};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let address = listener.local_addr().expect("address").to_string();
         let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let flip_after = Arc::new(AtomicI64::new(-1));
-        let upstream = upstream.to_string();
-        let (sockets, flip) = (open.clone(), flip_after.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
-                    continue;
+        let flip = flip_after.clone();
+        let address = run_proxy(upstream, open.clone(), move |mut server, mut client| {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let read = match server.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => read,
                 };
-                {
-                    let mut sockets = sockets.lock().unwrap();
-                    sockets.push(client.try_clone().expect("clone"));
-                    sockets.push(server.try_clone().expect("clone"));
-                }
-                let (mut client_in, mut server_out) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_in, &mut server_out);
-                    let _ = server_out.shutdown(std::net::Shutdown::Both);
-                });
-                let flip = flip.clone();
-                std::thread::spawn(move || {
-                    let (mut server, mut client) = (server, client);
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        let read = match server.read(&mut buffer) {
-                            Ok(0) | Err(_) => break,
-                            Ok(read) => read,
-                        };
-                        let left = flip.load(Ordering::SeqCst);
-                        if left >= 0 {
-                            if (left as usize) < read {
-                                buffer[left as usize] ^= 0x10;
-                                flip.store(-1, Ordering::SeqCst);
-                            } else {
-                                flip.fetch_sub(read as i64, Ordering::SeqCst);
-                            }
-                        }
-                        if client.write_all(&buffer[..read]).is_err() {
-                            break;
-                        }
+                let left = flip.load(Ordering::SeqCst);
+                if left >= 0 {
+                    if (left as usize) < read {
+                        buffer[left as usize] ^= 0x10;
+                        flip.store(-1, Ordering::SeqCst);
+                    } else {
+                        flip.fetch_sub(read as i64, Ordering::SeqCst);
                     }
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                });
+                }
+                if client.write_all(&buffer[..read]).is_err() {
+                    return;
+                }
             }
         });
         FaultProxy {
@@ -490,7 +481,6 @@ impl FaultProxy {
             flip_after,
         }
     }
-
     /// Closes every connection open through the proxy (new ones are accepted).
     pub fn cut_all(&self) {
         for socket in self.open.lock().unwrap().drain(..) {
