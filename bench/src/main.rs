@@ -86,13 +86,61 @@ struct Totals {
     ok: AtomicU64,
     not_ok: AtomicU64,
     errors: AtomicU64,
+    /// Failures and non-OK statuses by kind, for the report.
+    kinds: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Why the run ended early (the broker went away), if it did.
+    ended_early: Mutex<Option<String>>,
+}
+
+impl Totals {
+    fn count_kind(&self, kind: String, messages: u64) {
+        *self
+            .kinds
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .entry(kind)
+            .or_default() += messages;
+    }
+
+    fn kinds(&self) -> Vec<(String, u64)> {
+        self.kinds
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .map(|(kind, count)| (kind.clone(), *count))
+            .collect()
+    }
+
+    fn end_early(&self, why: String) {
+        self.ended_early
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get_or_insert(why);
+    }
+
+    fn ended_early(&self) -> Option<String> {
+        self.ended_early
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // The producer's per-send ALARM lines would drown the report: failures are counted
+    // and reported by kind at the end instead.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,keel_client::producer=off"),
+    )
+    .init();
     let args = Args::parse();
+    install_interrupt_handler();
     match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Verdict::Clean) => ExitCode::SUCCESS,
+        Ok(Verdict::Failed(why)) => {
+            eprintln!("keel-bench: {why}");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("keel-bench: {error}");
             ExitCode::FAILURE
@@ -100,7 +148,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+/// Whether a run measured what it set out to: every request answered SEND_OK.
+enum Verdict {
+    Clean,
+    /// The report was printed, but it is not a clean measurement (why).
+    Failed(String),
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C or SIGTERM ends the run early, with a report, and the broker this tool
+/// started is stopped and its directory removed.
+fn install_interrupt_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn run(args: &Args) -> Result<Verdict, String> {
     if args.producers == 0
         || args.size == 0
         || args.window == 0
@@ -135,7 +216,7 @@ fn run(args: &Args) -> Result<(), String> {
     outcome
 }
 
-fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), String> {
+fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<Verdict, String> {
     let admin = Admin::connect(address).map_err(|e| e.to_string())?;
     admin
         .create_topic(&args.topic, 8)
@@ -160,21 +241,38 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
             };
             let topic = args.topic.clone();
             std::thread::spawn(move || {
-                producer_loop(index, &address, &topic, shape, per_producer, &totals, &stop)
+                let outcome =
+                    producer_loop(index, &address, &topic, shape, per_producer, &totals, &stop);
+                if let Err(error) = &outcome {
+                    // A producer that cannot even connect: the broker is gone.
+                    totals.end_early(error.clone());
+                    stop.store(true, Ordering::Relaxed);
+                }
+                outcome
             })
         })
         .collect();
-    if args.count.is_none() {
-        let duration = Duration::from_secs_f64(args.duration.unwrap_or(10.0).max(0.1));
-        std::thread::sleep(duration);
-        stop.store(true, Ordering::Relaxed);
+    let deadline = args
+        .count
+        .is_none()
+        .then(|| started + Duration::from_secs_f64(args.duration.unwrap_or(10.0).max(0.1)));
+    while !threads.iter().all(|thread| thread.is_finished()) {
+        if interrupted() {
+            totals.end_early("interrupted".into());
+            stop.store(true, Ordering::Relaxed);
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let mut histogram = new_histogram();
     for thread in threads {
-        let local = thread
-            .join()
-            .map_err(|_| "a producer thread panicked".to_string())??;
-        histogram.add(&local).map_err(|e| e.to_string())?;
+        match thread.join() {
+            Ok(Ok(local)) => histogram.add(&local).map_err(|e| e.to_string())?,
+            Ok(Err(_)) => {}
+            Err(_) => totals.end_early("a producer thread panicked".into()),
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let consumed = group.map(|group| group.finish(totals.ok.load(Ordering::Relaxed), started));
@@ -203,15 +301,25 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
     } else {
         format!("{:?}", args.flush).to_lowercase()
     };
+    let ended_early = totals.ended_early();
+    let kinds = totals.kinds();
     if args.json {
+        let kinds_json: Vec<String> = kinds
+            .iter()
+            .map(|(kind, count)| format!("{kind:?}:{count}"))
+            .collect();
         println!(
-            "{{\"producers\":{},\"size\":{},\"batch\":{},\"mode\":\"{}\",\"flush\":\"{flush}\",\"elapsed_s\":{elapsed:.3},\"sent\":{sent},\"ok\":{ok},\"not_ok\":{},\"errors\":{},\"msgs_per_sec\":{msgs_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"fsyncs\":{fsyncs},\"records_per_fsync\":{records_per_fsync:.1},\"fsync_p50_us\":{}}}",
+            "{{\"producers\":{},\"size\":{},\"batch\":{},\"mode\":\"{}\",\"flush\":\"{flush}\",\"elapsed_s\":{elapsed:.3},\"sent\":{sent},\"ok\":{ok},\"not_ok\":{},\"errors\":{},\"failures\":{{{}}},\"ended_early\":{},\"msgs_per_sec\":{msgs_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"fsyncs\":{fsyncs},\"records_per_fsync\":{records_per_fsync:.1},\"fsync_p50_us\":{}}}",
             args.producers,
             args.size,
             args.batch,
             format!("{:?}", args.mode).to_lowercase(),
             totals.not_ok.load(Ordering::Relaxed),
             totals.errors.load(Ordering::Relaxed),
+            kinds_json.join(","),
+            ended_early
+                .as_ref()
+                .map_or("null".to_string(), |why| format!("{why:?}")),
             quantile(0.5),
             quantile(0.99),
             quantile(0.999),
@@ -228,6 +336,12 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
             totals.not_ok.load(Ordering::Relaxed),
             totals.errors.load(Ordering::Relaxed)
         );
+        for (kind, count) in &kinds {
+            println!("  {count} x {kind}");
+        }
+        if let Some(why) = &ended_early {
+            println!("the run ended early ({why}): the figures cover what ran until then");
+        }
         println!("throughput: {msgs_per_sec:.0} msgs/s, {mb_per_sec:.1} MB/s");
         if args.mode != Mode::Oneway {
             println!(
@@ -246,7 +360,14 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<(), Str
             println!("disk: fdatasync of a 4 KiB append, median {p50:.1} us");
         }
     }
-    Ok(())
+    let failed = totals.not_ok.load(Ordering::Relaxed) + totals.errors.load(Ordering::Relaxed);
+    Ok(match (ended_early, failed) {
+        (Some(why), _) => Verdict::Failed(format!("the run ended early: {why}")),
+        (None, 0) => Verdict::Clean,
+        (None, failed) => Verdict::Failed(format!(
+            "{failed} message(s) were not answered SEND_OK (see the report): not a clean run"
+        )),
+    })
 }
 
 fn now_us() -> u64 {
@@ -376,7 +497,10 @@ fn producer_loop(
     let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
     let batch = shape.batch as u64;
     let mut sent = 0u64;
-    while !stop.load(Ordering::Relaxed) && count.is_none_or(|count| sent < count) {
+    while !stop.load(Ordering::Relaxed)
+        && count.is_none_or(|count| sent < count)
+        && totals.ended_early().is_none()
+    {
         let payload = if shape.stamp {
             let mut stamped = payload.clone();
             let now = now_us().to_le_bytes();
@@ -447,8 +571,12 @@ fn producer_loop(
             }
             Mode::Oneway => {
                 for message in messages {
-                    if producer.send_oneway(message).is_err() {
+                    if let Err(error) = producer.send_oneway(message) {
                         totals.errors.fetch_add(1, Ordering::Relaxed);
+                        totals.count_kind(format!("ONEWAY_NOT_SENT ({error})"), 1);
+                        if matches!(error, keel_client::ClientError::Connect { .. }) {
+                            totals.end_early(format!("the broker went away: {error}"));
+                        }
                     }
                 }
             }
@@ -485,11 +613,22 @@ fn record(
                 .unwrap_or_else(|poison| poison.into_inner())
                 .record(micros.min(60_000_000));
         }
-        Ok(_) => {
+        Ok(status) => {
             totals.not_ok.fetch_add(messages, Ordering::Relaxed);
+            totals.count_kind(status.name().to_string(), messages);
         }
-        Err(_) => {
+        Err(error) => {
             totals.errors.fetch_add(messages, Ordering::Relaxed);
+            let kind = match &error {
+                keel_client::ClientError::Broker(refusal) => refusal.code.name().to_string(),
+                keel_client::ClientError::Connect { .. } => "CANNOT_CONNECT".to_string(),
+                other if other.is_outcome_unknown() => "OUTCOME_UNKNOWN".to_string(),
+                _ => "CLIENT_ERROR".to_string(),
+            };
+            if matches!(error, keel_client::ClientError::Connect { .. }) {
+                totals.end_early(format!("the broker went away: {error}"));
+            }
+            totals.count_kind(kind, messages);
         }
     }
 }
@@ -542,7 +681,17 @@ fn keeld_binary(args: &Args) -> PathBuf {
 fn start_broker(args: &Args, dir: &std::path::Path) -> Result<(Child, String), String> {
     let binary = keeld_binary(args);
     let flush = format!("{:?}", args.flush).to_lowercase();
-    let mut child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    // The broker goes with this tool, even if this tool is killed outright.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = command
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data-dir")

@@ -246,12 +246,9 @@ impl Admin {
             let origin_topic = property(&record, "KEEL_ORIGIN_TOPIC");
             let origin = u64::from_str_radix(&property(&record, "KEEL_ORIGIN_MSG_ID"), 16)
                 .unwrap_or(record.log_offset);
-            let mut message =
-                keel_protocol::Message::new(origin_topic.clone(), record.payload.clone());
-            message.payload_crc = record.payload_crc;
-            message.tags = record.tags.clone();
-            message.keys = record.keys.clone();
-            message.properties = record.properties.clone();
+            let mut message = record.to_message();
+            message.topic = origin_topic.clone();
+            message.seal();
             let result = self.send_back(keel_protocol::SendBackRequest {
                 group: group.to_string(),
                 reconsume_times: 0,
@@ -277,9 +274,28 @@ impl Admin {
     }
 
     /// Promotes the slave this admin is connected to into a master with `role`
-    /// (async_master, sync_master or master). Returns its new epoch and log end.
+    /// (async_master, sync_master or master). Returns its new epoch and log end. The
+    /// slave refuses while it is still connected to a live master.
     pub fn promote(&self, role: keel_protocol::BrokerRole) -> Result<(u64, u64), ClientError> {
-        match self.call(Request::Promote(role))? {
+        self.promote_with(role, false)
+    }
+
+    /// `promote`, also while the master is alive (`force`): the old master keeps taking
+    /// sends until a name server fences it, and what it stores meanwhile that the slave
+    /// never received is cut when it rejoins as a slave.
+    pub fn force_promote(
+        &self,
+        role: keel_protocol::BrokerRole,
+    ) -> Result<(u64, u64), ClientError> {
+        self.promote_with(role, true)
+    }
+
+    fn promote_with(
+        &self,
+        role: keel_protocol::BrokerRole,
+        force: bool,
+    ) -> Result<(u64, u64), ClientError> {
+        match self.call(Request::Promote { role, force })? {
             Response::Promoted { epoch, log_end } => Ok((epoch, log_end)),
             other => Err(unexpected(&other, "PROMOTE")),
         }

@@ -130,9 +130,12 @@ impl Connection {
         {
             let mut pending = self.shared.lock();
             if let Some(reason) = &pending.closed {
-                let reason = reason.clone();
+                let detail = format!("the connection closed earlier ({reason}); not sent");
                 drop(pending);
-                callback(Err(ClientError::ConnectionClosed(reason)));
+                callback(Err(ClientError::Connect {
+                    address: self.address.to_string(),
+                    detail,
+                }));
                 return;
             }
             // Registered before writing: the reply may arrive before `write` returns.
@@ -167,7 +170,10 @@ impl Connection {
     /// Sends `request` flagged ONEWAY: the broker sends no reply, not even an error.
     pub fn send_oneway(&self, request: &Request) -> Result<(), ClientError> {
         if let Some(reason) = &self.shared.lock().closed {
-            return Err(ClientError::ConnectionClosed(reason.clone()));
+            return Err(ClientError::Connect {
+                address: self.address.to_string(),
+                detail: format!("the connection closed earlier ({reason}); not sent"),
+            });
         }
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();

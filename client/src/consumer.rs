@@ -10,10 +10,11 @@
 
 use crate::admin::unexpected;
 use crate::connection::{Connection, ConnectionOptions};
+use crate::records::checked_records;
 use crate::{resolve, ClientError};
 use keel_protocol::{
-    decode_record, CommitOffsetRequest, ListTopicsRequest, PullRequest, PullStatus,
-    QueryOffsetRequest, Record, Request, Response,
+    CommitOffsetRequest, ListTopicsRequest, PullRequest, PullStatus, QueryOffsetRequest, Record,
+    Request, Response,
 };
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -314,51 +315,21 @@ impl Consumer {
                 })
             }
         }
-        // Records are checked one by one: the intact ones before a damaged record are
-        // handed over, the damaged one stops this queue with its exact offset.
-        let mut position = 0usize;
-        for index in 0..pull.record_count {
-            let expected = queue.offset + queue.buffered.len() as u64;
-            let rest = pull.records.get(position..).unwrap_or_default();
-            let checked = decode_record(rest)
-                .map_err(|error| error.to_string())
-                .and_then(|record| {
-                    if record.queue_offset != expected
-                        || record.queue_id != queue_id
-                        || record.topic != self.topic
-                    {
-                        Err(format!(
-                            "expected {}/{queue_id} offset {expected} at position {index}",
-                            self.topic
-                        ))
-                    } else if !record.payload_crc_matches() {
-                        let computed = keel_protocol::crc32c(&record.payload);
-                        Err(format!(
-                            "payload CRC32C 0x{computed:08X}, producer's 0x{:08X}",
-                            record.payload_crc
-                        ))
-                    } else {
-                        Ok(record)
-                    }
-                });
-            match checked {
-                Ok(record) => {
-                    position += record.total_size as usize;
-                    queue.buffered.push_back(record);
-                }
-                Err(detail) => {
-                    log::error!(
-                        "corrupt record in {}/{queue_id} at offset {expected}: {detail}",
-                        self.topic
-                    );
-                    queue.corrupt = Some(ClientError::Corrupt {
-                        queue_id,
-                        queue_offset: expected,
-                        detail,
-                    });
-                    break;
-                }
-            }
+        // The intact records before a damaged one are handed over; the damaged one stops
+        // this queue with its exact offset.
+        let from = queue.offset + queue.buffered.len() as u64;
+        let (records, damaged) = checked_records(&pull, &self.topic, queue_id, from);
+        queue.buffered.extend(records);
+        if let Some((queue_offset, detail)) = damaged {
+            log::error!(
+                "corrupt record in {}/{queue_id} at offset {queue_offset}: {detail}",
+                self.topic
+            );
+            queue.corrupt = Some(ClientError::Corrupt {
+                queue_id,
+                queue_offset,
+                detail,
+            });
         }
         Ok(())
     }

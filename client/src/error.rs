@@ -8,7 +8,8 @@ pub enum ClientError {
         address: String,
         detail: String,
     },
-    /// The connection failed or was closed; requests in flight have unknown outcome.
+    /// The connection failed or was closed while the request was in flight: its outcome
+    /// is unknown. (A request on a connection already closed is not sent: `Connect`.)
     ConnectionClosed(String),
     /// No answer within the time allowed; the request's outcome is unknown.
     Timeout,
@@ -24,6 +25,11 @@ pub enum ClientError {
         offset: u64,
         min_offset: u64,
     },
+    /// A send may or may not be stored: an attempt reached the broker (or may have)
+    /// and its answer was lost, and no later attempt settled it. Retry it with the same
+    /// producer id and sequence (the broker that has it answers with the original);
+    /// never resend it as a new message, which could store it twice.
+    OutcomeUnknown(String),
     /// A record failed its CRC32C check on arrival.
     Corrupt {
         queue_id: u32,
@@ -42,10 +48,24 @@ impl ClientError {
             | ClientError::Timeout => true,
             ClientError::Broker(error) => error.code.is_retryable(),
             ClientError::Protocol(_)
+            | ClientError::OutcomeUnknown(_)
             | ClientError::Corrupt { .. }
             | ClientError::OffsetExpired { .. }
             | ClientError::InvalidArgument(_) => false,
         }
+    }
+
+    /// Whether the request may have been carried out although this error came back:
+    /// it was sent and no answer that settles it arrived. (`Connect` and `Broker` errors
+    /// mean it was not carried out.)
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout
+                | ClientError::ConnectionClosed(_)
+                | ClientError::Protocol(_)
+                | ClientError::OutcomeUnknown(_)
+        )
     }
 
     /// Whether the connection should be dropped and a new one made.
@@ -67,6 +87,7 @@ impl fmt::Display for ClientError {
             }
             ClientError::ConnectionClosed(detail) => write!(f, "connection closed: {detail}"),
             ClientError::Timeout => f.write_str("timed out waiting for the broker"),
+            ClientError::OutcomeUnknown(detail) => write!(f, "outcome unknown: {detail}"),
             ClientError::Broker(error) => write!(f, "broker error {error}"),
             ClientError::Protocol(detail) => write!(f, "protocol error: {detail}"),
             ClientError::OffsetExpired { queue_id, offset, min_offset } => write!(

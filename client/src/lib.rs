@@ -21,6 +21,7 @@ mod consumer;
 mod error;
 mod producer;
 mod push;
+mod records;
 mod routing;
 
 pub use admin::Admin;

@@ -220,14 +220,22 @@ impl Producer {
     }
 
     /// Stamps the birth time and, for an idempotent producer, the producer id and the
-    /// next sequence. Done once per message: every retry carries the same numbers.
+    /// next sequence, and seals the message again with them. Done once per message:
+    /// every retry carries the same numbers and CRC. A message whose fields no longer
+    /// match the CRC it was sealed with (changed afterwards without `seal`, or damaged
+    /// in memory) is sent as it is, so the broker refuses it (MESSAGE_CRC_MISMATCH)
+    /// rather than this producer vouching for it.
     fn prepare(&self, mut message: Message) -> Message {
+        let intact = message.crc_matches();
         if message.born_timestamp_ms == 0 {
             message.born_timestamp_ms = now_ms();
         }
         if self.inner.producer_id != 0 && message.producer_id == 0 {
             message.producer_id = self.inner.producer_id;
             message.sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        }
+        if intact {
+            message.seal();
         }
         message
     }
@@ -312,6 +320,8 @@ impl Producer {
             attempts_left: self.inner.options.retry_times_when_send_failed + 1,
             attempts_made: 0,
             last_failed: None,
+            last_error: None,
+            unknown: None,
             callback: Box::new(callback),
         };
         attempt.run();
@@ -393,6 +403,11 @@ struct Attempt {
     attempts_made: u32,
     /// The broker the previous attempt failed on.
     last_failed: Option<SocketAddr>,
+    /// Why the previous attempt failed.
+    last_error: Option<ClientError>,
+    /// The first attempt whose outcome is unknown (sent, answer lost): once there is
+    /// one, a later refusal cannot make the send "failed".
+    unknown: Option<String>,
     callback: SendCallback,
 }
 
@@ -400,7 +415,13 @@ impl Attempt {
     fn run(mut self) {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() || self.attempts_left == 0 {
-            return self.give_up(ClientError::Timeout);
+            let error = self.last_error.take().unwrap_or_else(|| {
+                ClientError::InvalidArgument(
+                    "the send budget (send_timeout) ran out before the first attempt; not sent"
+                        .into(),
+                )
+            });
+            return self.give_up(error);
         }
         // Each attempt gets an equal share of what is left, so a lost reply or a master
         // that hangs leaves time for the retries (safe with idempotence: the broker
@@ -462,6 +483,12 @@ impl Attempt {
                         if error.breaks_connection() {
                             self.producer.drop_connection(&connection);
                         }
+                        if error.is_outcome_unknown() && self.unknown.is_none() {
+                            self.unknown = Some(format!(
+                                "attempt {} to {address}: {error}",
+                                self.attempts_made
+                            ));
+                        }
                         self.last_failed = Some(address);
                         self.retry_or_fail(error)
                     }
@@ -470,7 +497,7 @@ impl Attempt {
         );
     }
 
-    fn retry_or_fail(self, error: ClientError) {
+    fn retry_or_fail(mut self, error: ClientError) {
         let time_left = Instant::now() < self.deadline;
         if error.is_retryable() && self.attempts_left > 0 && time_left {
             log::debug!(
@@ -485,12 +512,25 @@ impl Attempt {
                         .min(self.deadline.saturating_duration_since(Instant::now())),
                 );
             }
+            self.last_error = Some(error);
             return self.run();
         }
         self.give_up(error);
     }
 
     fn give_up(self, error: ClientError) {
+        // An attempt that may have stored the message outweighs a later refusal: the
+        // broker refused only that later attempt.
+        let error = match &self.unknown {
+            Some(first) if !matches!(error, ClientError::OutcomeUnknown(_)) => {
+                ClientError::OutcomeUnknown(format!(
+                    "{first}; {} attempt(s) in all, the last: {error}. Retry with the same \
+                     producer id and sequence",
+                    self.attempts_made
+                ))
+            }
+            _ => error,
+        };
         let target = match (&self.producer.inner.target, self.last_failed) {
             (_, Some(address)) | (&Target::Broker(address), None) => address.to_string(),
             (Target::NameServers(_), None) => "the topic's masters".to_string(),

@@ -16,16 +16,17 @@
 //! - **Offsets.** The committed offset of a queue is the lowest offset still unfinished,
 //!   committed every `commit_interval`, when a queue is let go, and at shutdown: a crash
 //!   redelivers what was in flight and never skips.
-//! - **Checks.** Each record's CRC32C and the producer's payload CRC32C are verified
-//!   before the handler; a damaged record is reported (`errors()`, log) and never
-//!   finished, so the queue stops there instead of skipping it.
+//! - **Checks.** Each record's CRC32C, its place (topic, queue, offset) and the
+//!   producer's message CRC32C are verified before the handler; a damaged record is
+//!   reported (`errors()`, log) and never finished, so the queue stops there instead of
+//!   skipping it.
 
 use crate::connection::{Connection, ConnectionOptions};
 use crate::{resolve, ClientError};
 use keel_protocol::{
-    decode_record, retry_topic, ErrorCode, GroupCommitRequest, HeartbeatRequest, ListTopicsRequest,
-    Message, OffsetForTimeRequest, PullRequest, PullStatus, QueryOffsetRequest, Record, Request,
-    Response, SendBackRequest, SendStatus,
+    retry_topic, ErrorCode, GroupCommitRequest, HeartbeatRequest, ListTopicsRequest,
+    OffsetForTimeRequest, PullRequest, PullStatus, QueryOffsetRequest, Record, Request, Response,
+    SendBackRequest, SendStatus,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -103,6 +104,10 @@ pub struct PushConsumerOptions {
     /// after the switch back (at least once).
     pub fallback_brokers: Vec<String>,
     pub primary_retry: Duration,
+    /// Run the handler for at most this many messages, then for no more: messages
+    /// fetched after that are left unhandled and uncommitted, for the group to consume
+    /// later (for tools that take N messages and stop). `None`: no limit.
+    pub max_messages: Option<u64>,
 }
 
 impl Default for PushConsumerOptions {
@@ -123,6 +128,7 @@ impl Default for PushConsumerOptions {
             connection: ConnectionOptions::default(),
             fallback_brokers: Vec::new(),
             primary_retry: Duration::from_secs(10),
+            max_messages: None,
         }
     }
 }
@@ -269,17 +275,19 @@ impl PushConsumer {
         let job_receiver = Arc::new(Mutex::new(job_receiver));
         let handler = Arc::new(handler);
         let revoked: Revoked = Arc::new(Mutex::new(BTreeSet::new()));
+        let tickets = Arc::new(options.max_messages.map(AtomicU64::new));
         let mut workers = Vec::with_capacity(options.threads);
         for index in 0..options.threads {
-            let (jobs, events, handler, revoked) = (
+            let (jobs, events, handler, revoked, tickets) = (
                 job_receiver.clone(),
                 events.clone(),
                 handler.clone(),
                 revoked.clone(),
+                tickets.clone(),
             );
             let worker = std::thread::Builder::new()
                 .name(format!("keel-consume-{index}"))
-                .spawn(move || work(&jobs, &events, handler.as_ref(), &revoked))
+                .spawn(move || work(&jobs, &events, handler.as_ref(), &revoked, &tickets))
                 .map_err(|e| ClientError::InvalidArgument(format!("cannot start a worker: {e}")))?;
             workers.push(worker);
         }
@@ -364,8 +372,21 @@ impl Drop for PushConsumer {
     }
 }
 
-fn work<F, R>(jobs: &Mutex<Receiver<Job>>, events: &Sender<Event>, handler: &F, revoked: &Revoked)
-where
+/// Takes one of the handler runs `max_messages` allows; false once none is left.
+fn take_ticket(tickets: &Option<AtomicU64>) -> bool {
+    tickets.as_ref().is_none_or(|left| {
+        left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    })
+}
+
+fn work<F, R>(
+    jobs: &Mutex<Receiver<Job>>,
+    events: &Sender<Event>,
+    handler: &F,
+    revoked: &Revoked,
+    tickets: &Option<AtomicU64>,
+) where
     F: Fn(&Delivery) -> R,
     R: IntoConsumeResult,
 {
@@ -379,7 +400,8 @@ where
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .contains(&job.key);
-        if skip {
+        // Unhandled either way: never finished, so never committed past.
+        if skip || !take_ticket(tickets) {
             let offset = job.delivery.record.queue_offset;
             if events.send(Event::Skipped(job.key, offset)).is_err() {
                 return;
@@ -873,26 +895,8 @@ impl Driver {
                 return;
             }
         }
-        let mut position = 0usize;
-        let mut records = Vec::new();
-        let mut damaged = None;
-        for _ in 0..pull.record_count {
-            match pull.records.get(position..).map(decode_record) {
-                Some(Ok(record)) if record.payload_crc_matches() => {
-                    position += record.total_size as usize;
-                    records.push(record);
-                }
-                Some(Ok(record)) => {
-                    damaged = Some((record.queue_offset, "payload CRC32C mismatch".to_string()));
-                    break;
-                }
-                Some(Err(error)) => {
-                    damaged = Some((from + records.len() as u64, error.to_string()));
-                    break;
-                }
-                None => break,
-            }
-        }
+        let (records, damaged) =
+            crate::records::checked_records(&pull, &self.topics[key.0], key.1, from);
         let Some(queue) = self.queues.get_mut(&key) else {
             return;
         };
@@ -945,12 +949,9 @@ impl Driver {
 
     fn send_back(&mut self, key: QueueKey, delivery: Box<Delivery>, reason: String) {
         let record = &delivery.record;
-        let mut message = Message::new(delivery.topic.clone(), record.payload.clone());
-        message.payload_crc = record.payload_crc;
-        message.tags = record.tags.clone();
-        message.keys = record.keys.clone();
-        message.born_timestamp_ms = record.born_timestamp_ms;
-        message.properties = record.properties.clone();
+        let mut message = record.to_message();
+        message.topic = delivery.topic.clone();
+        message.seal();
         let request = Request::SendBack(SendBackRequest {
             group: self.group.clone(),
             reconsume_times: delivery.reconsume_times + 1,

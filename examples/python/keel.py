@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 
-VERSION = 1
+VERSION = 2
 FLAG_ONEWAY = 1
 KINDS = {
     "PING": 0x01, "SEND": 0x02, "PULL": 0x03, "COMMIT_OFFSET": 0x04, "QUERY_OFFSET": 0x05,
@@ -21,10 +21,12 @@ KINDS = {
     "OFFSET": 0x85, "TOPIC_CREATED": 0x86, "TOPIC_LIST": 0x87, "STATS_RESULT": 0x88,
     "SEND_BATCH_RESULT": 0x89, "ERROR": 0xFF,
 }
-SEND_STATUSES = {0: "SEND_OK", 1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE"}
+SEND_STATUSES = {0: "SEND_OK", 1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE",
+                 4: "OUTCOME_UNKNOWN"}
 PULL_STATUSES = {0: "FOUND", 1: "NO_NEW_MESSAGES", 2: "OFFSET_OUT_OF_RANGE", 3: "OFFSET_EXPIRED"}
 QUEUE_ID_ANY = 0xFFFFFFFF
-RECORD_MAGIC = 0x314C524B
+RECORD_MAGIC = 0x324C524B
+RECORD_FIXED_LEN = 80
 
 _CRC_TABLE = []
 for _index in range(256):
@@ -93,7 +95,7 @@ def decode_record(data):
     total_size, magic, stored_crc = struct.unpack("<III", reader.take(12))
     if magic != RECORD_MAGIC:
         raise ValueError(f"bad record magic {magic:#x}")
-    if total_size < 72 or total_size > len(data):
+    if total_size < RECORD_FIXED_LEN or total_size > len(data):
         raise ValueError(f"bad record size {total_size}")
     computed = crc32c(data[12:total_size], crc32c(data[0:8]))
     if computed != stored_crc:
@@ -102,7 +104,7 @@ def decode_record(data):
         "log_offset": reader.u64(), "queue_offset": reader.u64(), "queue_id": reader.u32(),
         "born_timestamp_ms": reader.u64(), "store_timestamp_ms": reader.u64(),
         "producer_id": reader.u64(), "sequence": reader.u64(), "flags": reader.u32(),
-        "payload_crc": reader.u32(),
+        "message_crc": reader.u32(), "flushed_before": reader.u64(),
     }
     record["topic"] = reader.str16()
     record["tags"] = reader.str16()
@@ -111,8 +113,13 @@ def decode_record(data):
     record["payload"] = reader.bytes32()
     if reader.position != total_size:
         raise ValueError("record fields do not fill its size")
-    if crc32c(record["payload"]) != record["payload_crc"]:
-        raise ValueError("payload CRC mismatch (end-to-end check failed)")
+    # The producer's CRC: topic, born, producer id, sequence, flags, then the tail exactly
+    # as stored (tags, keys, properties, payload) -- the record's bytes from the tags on.
+    head = _str16(record["topic"]) + struct.pack(
+        "<QQQI", record["born_timestamp_ms"], record["producer_id"], record["sequence"], record["flags"])
+    tail_start = RECORD_FIXED_LEN + 2 + len(record["topic"].encode("utf-8"))
+    if crc32c(data[tail_start:total_size], crc32c(head)) != record["message_crc"]:
+        raise ValueError("message CRC mismatch (end-to-end check failed)")
     record["message_id"] = f"{record['log_offset']:016X}"
     return record, total_size
 
@@ -172,12 +179,14 @@ class Client:
         self._call("PING", expect="PONG")
 
     def _message(self, topic, payload, queue_id, tags, keys, properties):
-        body = _str16(topic)
-        body += struct.pack("<IQQQII", queue_id, int(time.time() * 1000), 0, 0, 0, crc32c(payload))
-        body += _str16(tags) + _str16(keys) + struct.pack("<H", len(properties))
+        numbers = struct.pack("<QQQI", int(time.time() * 1000), 0, 0, 0)  # born, producer, seq, flags
+        tail = _str16(tags) + _str16(keys) + struct.pack("<H", len(properties))
         for key, value in properties:
-            body += _str16(key) + _str16(value)
-        return body + struct.pack("<I", len(payload)) + payload
+            tail += _str16(key) + _str16(value)
+        tail += struct.pack("<I", len(payload)) + payload
+        # message_crc covers every field but queue_id (and itself).
+        message_crc = crc32c(tail, crc32c(_str16(topic) + numbers))
+        return _str16(topic) + struct.pack("<I", queue_id) + numbers + struct.pack("<I", message_crc) + tail
 
     def send(self, topic, payload, queue_id=QUEUE_ID_ANY, tags="", keys="", properties=()):
         reader = self._call("SEND", self._message(topic, payload, queue_id, tags, keys, properties), "SEND_RESULT")

@@ -12,14 +12,20 @@ pub enum SendStatus {
     FlushSlaveTimeout = 2,
     /// Written, but the sync master has no in-sync slave.
     SlaveNotAvailable = 3,
+    /// The broker does not know whether the message is stored: it was handed to the
+    /// disk, then a write or fsync failed. It may be in the log after a restart (and
+    /// then be served), or not. Retry with the same producer id and sequence: the
+    /// broker that has it answers with the original; one that does not stores it.
+    OutcomeUnknown = 4,
 }
 
 impl SendStatus {
-    pub const ALL: [SendStatus; 4] = [
+    pub const ALL: [SendStatus; 5] = [
         SendStatus::SendOk,
         SendStatus::FlushDiskTimeout,
         SendStatus::FlushSlaveTimeout,
         SendStatus::SlaveNotAvailable,
+        SendStatus::OutcomeUnknown,
     ];
 
     pub fn from_u16(value: u16) -> Option<SendStatus> {
@@ -34,6 +40,7 @@ impl SendStatus {
             SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
             SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
             SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
+            SendStatus::OutcomeUnknown => "OUTCOME_UNKNOWN",
         }
     }
 }
@@ -138,8 +145,8 @@ pub enum ErrorCode {
     FrameTooLarge = 4,
     /// The payload exceeds `max_message_bytes`.
     MessageTooLarge = 5,
-    /// The payload does not match the CRC32C the producer sent with it.
-    PayloadCrcMismatch = 6,
+    /// The message's fields do not match the `message_crc` the producer sent with them.
+    MessageCrcMismatch = 6,
     /// The topic does not exist and `auto_create_topics` is off.
     TopicNotFound = 7,
     /// The topic name is empty, too long, or has characters outside `[A-Za-z0-9_.-]`.
@@ -163,16 +170,26 @@ pub enum ErrorCode {
     /// A consumer committed (or asked about) a queue its group gave to another member:
     /// it must stop consuming that queue.
     NotOwner = 17,
+    /// An idempotent producer's (producer id, sequence) is already stored with a
+    /// different message (another topic or other contents): this is not a retry.
+    SequenceMismatch = 18,
+    /// The sequence is older than the window the broker remembers for this producer:
+    /// it cannot tell whether it is stored, so it stores nothing now.
+    SequenceTooOld = 19,
+    /// The broker refused this connection's input to bound its memory (more bytes of
+    /// incomplete frames than `partial_frames_max_bytes` across connections, this one
+    /// holding the most). The connection is closed.
+    Overloaded = 20,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownKind,
         ErrorCode::FrameTooLarge,
         ErrorCode::MessageTooLarge,
-        ErrorCode::PayloadCrcMismatch,
+        ErrorCode::MessageCrcMismatch,
         ErrorCode::TopicNotFound,
         ErrorCode::InvalidTopic,
         ErrorCode::InvalidQueueId,
@@ -184,6 +201,9 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::TooManyConnections,
         ErrorCode::NotOwner,
+        ErrorCode::SequenceMismatch,
+        ErrorCode::SequenceTooOld,
+        ErrorCode::Overloaded,
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
@@ -199,7 +219,7 @@ impl ErrorCode {
             ErrorCode::UnknownKind => "UNKNOWN_KIND",
             ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
-            ErrorCode::PayloadCrcMismatch => "PAYLOAD_CRC_MISMATCH",
+            ErrorCode::MessageCrcMismatch => "MESSAGE_CRC_MISMATCH",
             ErrorCode::TopicNotFound => "TOPIC_NOT_FOUND",
             ErrorCode::InvalidTopic => "INVALID_TOPIC",
             ErrorCode::InvalidQueueId => "INVALID_QUEUE_ID",
@@ -211,6 +231,9 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
             ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
             ErrorCode::NotOwner => "NOT_OWNER",
+            ErrorCode::SequenceMismatch => "SEQUENCE_MISMATCH",
+            ErrorCode::SequenceTooOld => "SEQUENCE_TOO_OLD",
+            ErrorCode::Overloaded => "OVERLOADED",
         }
     }
 
@@ -224,6 +247,7 @@ impl ErrorCode {
                 | ErrorCode::NotMaster
                 | ErrorCode::Internal
                 | ErrorCode::TooManyConnections
+                | ErrorCode::Overloaded
         )
     }
 }
@@ -253,6 +277,6 @@ mod tests {
             assert_eq!(SendStatus::from_u16(status as u16), Some(status));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(SendStatus::from_u16(4), None);
+        assert_eq!(SendStatus::from_u16(5), None);
     }
 }

@@ -59,7 +59,11 @@ impl fmt::Display for DecodeError {
                 )
             }
             DecodeError::UnsupportedVersion(version) => {
-                write!(f, "unsupported protocol version {version}")
+                write!(
+                    f,
+                    "unsupported protocol version {version} (this side speaks {})",
+                    crate::PROTOCOL_VERSION
+                )
             }
             DecodeError::UnknownKind(kind) => write!(f, "unknown frame kind 0x{kind:02X}"),
             DecodeError::Truncated { field, need, have } => {

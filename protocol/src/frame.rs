@@ -3,11 +3,13 @@
 use crate::DecodeError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 pub const LENGTH_PREFIX_LEN: usize = 4;
 pub const FRAME_HEADER_LEN: usize = 16;
 /// The request must not be answered (oneway send). Errors are not answered either.
 pub const FLAG_ONEWAY: u16 = 1;
+/// Every flag bit a frame may carry; the others are reserved and must be 0.
+pub const FLAGS_KNOWN: u16 = FLAG_ONEWAY;
 
 const _: () = assert!(FRAME_HEADER_LEN == LENGTH_PREFIX_LEN + 12);
 
@@ -135,6 +137,12 @@ pub fn decode_frame(
     let mut frame = buffer.split_to(frame_len).freeze();
     frame.advance(6);
     let flags = frame.get_u16_le();
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err(DecodeError::InvalidValue {
+            field: "flags",
+            value: u64::from(flags),
+        });
+    }
     let request_id = frame.get_u64_le();
     Ok(Some(RawFrame {
         kind,
@@ -216,7 +224,7 @@ mod tests {
             decode_frame(&mut buffer, 1024),
             Err(DecodeError::UnsupportedVersion(9))
         );
-        let mut buffer = BytesMut::from(&[16, 0, 0, 0, 1, 0x42][..]);
+        let mut buffer = BytesMut::from(&[16, 0, 0, 0, PROTOCOL_VERSION, 0x42][..]);
         assert_eq!(
             decode_frame(&mut buffer, 1024),
             Err(DecodeError::UnknownKind(0x42))

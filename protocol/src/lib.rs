@@ -10,22 +10,24 @@
 //! Frame
 //! +---------+---------+------+---------+------------+------------------+
 //! | length  | version | kind | flags   | request_id | body             |
-//! | u32     | u8 = 1  | u8   | u16     | u64        | length - 12 B    |
+//! | u32     | u8 = 2  | u8   | u16     | u64        | length - 12 B    |
 //! +---------+---------+------+---------+------------+------------------+
 //!  0         4         5      6         8            16
-//! `length` counts the bytes after itself (12 + body). flags bit 0 = ONEWAY.
+//! `length` counts the bytes after itself (12 + body). flags bit 0 = ONEWAY; the other
+//! bits are reserved and must be 0.
 //!
 //! Stored record (the CommitLog entry, also what PULL returns)
 //!  0 u32 total_size     whole record, this field included
-//!  4 u32 magic          0x314C_524B ("KRL1" read as bytes)
+//!  4 u32 magic          0x324C_524B ("KRL2" read as bytes)
 //!  8 u32 record_crc     CRC32C of bytes [0..8) followed by [12..total_size)
 //! 12 u64 log_offset     position of this record in the CommitLog
 //! 20 u64 queue_offset   index of this record in its ConsumeQueue
 //! 28 u32 queue_id
 //! 32 u64 born_timestamp_ms, 40 u64 store_timestamp_ms
 //! 48 u64 producer_id,       56 u64 sequence
-//! 64 u32 flags,             68 u32 payload_crc (CRC32C of payload, from the producer)
-//! 72 topic str16, tags str16, keys str16, properties, payload bytes32
+//! 64 u32 flags,             68 u32 message_crc (the producer's, over its fields)
+//! 72 u64 flushed_before (log offset the broker had fsynced when it appended this)
+//! 80 topic str16, tags str16, keys str16, properties, payload bytes32
 //! ```
 //!
 //! `docs/PROTOCOL.md` describes every frame byte by byte.
@@ -44,12 +46,13 @@ pub mod wire;
 pub use codes::{BrokerRole, ErrorCode, PullStatus, SendStatus};
 pub use error::DecodeError;
 pub use frame::{
-    decode_frame, encode_frame, Kind, RawFrame, FLAG_ONEWAY, FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
-    PROTOCOL_VERSION,
+    decode_frame, encode_frame, Kind, RawFrame, FLAGS_KNOWN, FLAG_ONEWAY, FRAME_HEADER_LEN,
+    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 pub use message::{
     decode_record, encode_record, peek_record_header, tags_hash, validate_topic, Message, Record,
-    RecordHeader, RecordMeta, RECORD_FIXED_LEN, RECORD_MAGIC, TOPIC_NAME_LEN_MAX,
+    RecordHeader, RecordMeta, QUEUES_MAX, RECORD_FIXED_LEN, RECORD_MAGIC, RECORD_OVERHEAD_MAX,
+    RECORD_STORE_TIMESTAMP_AT, TOPIC_NAME_LEN_MAX,
 };
 pub use request::{
     BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, GroupCommitRequest,
@@ -85,6 +88,8 @@ pub fn dlq_topic(group: &str) -> String {
 }
 /// Where delayed messages wait: one queue per delay level.
 pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// Queues of `SCHEDULE_TOPIC`: the most delay levels `retry_delays_ms` may list.
+pub const SCHEDULE_QUEUES: u32 = 64;
 
 /// Message id as shown to users: the record's CommitLog offset in 16 hex digits.
 pub fn message_id(log_offset: u64) -> String {

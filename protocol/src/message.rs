@@ -4,17 +4,39 @@ use crate::wire::{bytes_of, put_bytes32, put_str16, str16_len, Reader};
 use crate::DecodeError;
 use bytes::{BufMut, Bytes};
 
-pub const RECORD_MAGIC: u32 = 0x314C_524B;
-pub const RECORD_FIXED_LEN: usize = 72;
+/// "KRL2" read as little-endian bytes: the second stored-record layout.
+pub const RECORD_MAGIC: u32 = 0x324C_524B;
+/// Bytes of a stored record before its topic: the header and the fixed-width fields.
+pub const RECORD_FIXED_LEN: usize = 80;
+/// Where a stored record's `store_timestamp_ms` (u64) sits, from the record's start.
+pub const RECORD_STORE_TIMESTAMP_AT: usize = 40;
+/// Upper bound on what a stored record adds to its payload (header, topic, tags, keys,
+/// properties). The broker refuses a message whose record would be larger than
+/// `max_message_bytes` plus this, so recovery can use the same bound to tell a
+/// plausible record from garbage.
+pub const RECORD_OVERHEAD_MAX: u32 = 256 * 1024;
 pub const TOPIC_NAME_LEN_MAX: usize = 127;
+/// Queues a topic may have; every count or queue id read from a socket or a file is
+/// checked against it before anything is sized by it.
+pub const QUEUES_MAX: u32 = 1024;
 const CRC_FIELD: std::ops::Range<usize> = 8..12;
+
+const _: () = assert!(RECORD_STORE_TIMESTAMP_AT + 8 <= RECORD_FIXED_LEN);
 
 /// A message in a SEND frame.
 ///
 /// Body layout: topic str16, queue_id u32, born_timestamp_ms u64, producer_id u64,
-/// sequence u64, flags u32, payload_crc u32, then the tail shared byte for byte with the
+/// sequence u64, flags u32, message_crc u32, then the tail shared byte for byte with the
 /// stored record: tags str16, keys str16, properties (u16 count, count x (str16, str16)),
 /// payload bytes32.
+///
+/// `message_crc` is the producer's end-to-end checksum over every field that makes the
+/// message what it is: CRC32C of the body without its `queue_id` and `message_crc`
+/// fields (topic, born_timestamp_ms, producer_id, sequence, flags, then the tail). The
+/// queue is left out because it is a placement, not content: a producer's router may
+/// place a sealed message on another queue for a retry, and the broker picks one for
+/// `QUEUE_ID_ANY`. The broker checks the CRC before storing; consumers check it again
+/// from the stored record (`Record::message_crc_matches`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub topic: String,
@@ -28,42 +50,72 @@ pub struct Message {
     pub tags: String,
     pub keys: String,
     pub properties: Vec<(String, String)>,
-    /// CRC32C of `payload`, computed by the producer.
-    pub payload_crc: u32,
+    /// The producer's CRC32C over every other field (see the type's documentation).
+    pub message_crc: u32,
     pub payload: Bytes,
 }
 
 impl Message {
-    /// A message for `topic` on any queue, with the payload's CRC32C filled in.
+    /// A message for `topic` on any queue, sealed (its `message_crc` filled in).
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Message {
-        let payload = payload.into();
         Message {
             topic: topic.into(),
             queue_id: crate::QUEUE_ID_ANY,
-            payload_crc: crate::crc32c(&payload),
-            payload,
+            payload: payload.into(),
             ..Message::default()
         }
+        .sealed()
     }
 
     pub fn with_tags(mut self, tags: impl Into<String>) -> Message {
         self.tags = tags.into();
-        self
+        self.sealed()
     }
 
     pub fn with_keys(mut self, keys: impl Into<String>) -> Message {
         self.keys = keys.into();
-        self
+        self.sealed()
     }
 
     pub fn with_queue(mut self, queue_id: u32) -> Message {
         self.queue_id = queue_id;
-        self
+        self.sealed()
     }
 
     pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Message {
         self.properties.push((key.into(), value.into()));
+        self.sealed()
+    }
+
+    /// Fills in `message_crc` for the fields as they are now. Whoever changes a field
+    /// of a sealed message (a producer numbering it, the broker making a retry copy)
+    /// seals it again.
+    pub fn sealed(mut self) -> Message {
+        self.seal();
         self
+    }
+
+    pub fn seal(&mut self) {
+        self.message_crc = self.compute_crc();
+    }
+
+    /// The `message_crc` this message's fields call for.
+    pub fn compute_crc(&self) -> u32 {
+        let head = MessageHead {
+            topic: &self.topic,
+            born_timestamp_ms: self.born_timestamp_ms,
+            producer_id: self.producer_id,
+            sequence: self.sequence,
+            flags: self.flags,
+        };
+        let mut tail = Vec::with_capacity(self.tail_len().saturating_sub(self.payload.len()));
+        self.encode_tail_head(&mut tail);
+        message_crc(&head, &tail, &self.payload)
+    }
+
+    /// Whether `message_crc` matches the fields (the end-to-end check).
+    pub fn crc_matches(&self) -> bool {
+        self.compute_crc() == self.message_crc
     }
 
     pub(crate) fn encode_body(&self, out: &mut Vec<u8>) {
@@ -73,11 +125,17 @@ impl Message {
         out.put_u64_le(self.producer_id);
         out.put_u64_le(self.sequence);
         out.put_u32_le(self.flags);
-        out.put_u32_le(self.payload_crc);
+        out.put_u32_le(self.message_crc);
         self.encode_tail(out);
     }
 
     fn encode_tail(&self, out: &mut Vec<u8>) {
+        self.encode_tail_head(out);
+        put_bytes32(out, &self.payload);
+    }
+
+    /// The tail up to the payload: tags, keys, properties.
+    fn encode_tail_head(&self, out: &mut Vec<u8>) {
         put_str16(out, &self.tags);
         put_str16(out, &self.keys);
         let count = u16::try_from(self.properties.len()).unwrap_or(u16::MAX);
@@ -86,7 +144,6 @@ impl Message {
             put_str16(out, key);
             put_str16(out, value);
         }
-        put_bytes32(out, &self.payload);
     }
 
     fn tail_len(&self) -> usize {
@@ -119,7 +176,7 @@ impl Message {
         let producer_id = reader.u64("producer_id")?;
         let sequence = reader.u64("sequence")?;
         let flags = reader.u32("flags")?;
-        let payload_crc = reader.u32("payload_crc")?;
+        let message_crc = reader.u32("message_crc")?;
         let tail = decode_tail(&mut reader)?;
         reader.finish("SEND")?;
         let payload = body.slice(tail.payload_range);
@@ -133,15 +190,36 @@ impl Message {
             tags: tail.tags,
             keys: tail.keys,
             properties: tail.properties,
-            payload_crc,
+            message_crc,
             payload,
         })
     }
+}
 
-    /// Whether the payload matches the producer's CRC32C.
-    pub fn payload_crc_matches(&self) -> bool {
-        crate::crc32c(&self.payload) == self.payload_crc
-    }
+/// The fields of a message before its checksum, as `message_crc` covers them.
+struct MessageHead<'a> {
+    topic: &'a str,
+    born_timestamp_ms: u64,
+    producer_id: u64,
+    sequence: u64,
+    flags: u32,
+}
+
+/// CRC32C over a SEND body without its `queue_id` and `message_crc` fields: the head
+/// fields, then the tail (`tail_head` is tags, keys and properties; the payload follows
+/// with its length).
+fn message_crc(head: &MessageHead<'_>, tail_head: &[u8], payload: &[u8]) -> u32 {
+    let mut fixed = Vec::with_capacity(str16_len(head.topic).saturating_add(28));
+    put_str16(&mut fixed, head.topic);
+    fixed.put_u64_le(head.born_timestamp_ms);
+    fixed.put_u64_le(head.producer_id);
+    fixed.put_u64_le(head.sequence);
+    fixed.put_u32_le(head.flags);
+    let crc = ::crc32c::crc32c(&fixed);
+    let crc = ::crc32c::crc32c_append(crc, tail_head);
+    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = ::crc32c::crc32c_append(crc, &length.to_le_bytes());
+    ::crc32c::crc32c_append(crc, payload)
 }
 
 struct Tail {
@@ -182,6 +260,10 @@ pub struct RecordMeta {
     pub queue_offset: u64,
     pub queue_id: u32,
     pub store_timestamp_ms: u64,
+    /// The log offset the broker had fsynced when it appended the record: a record that
+    /// survives proves everything below this was durable (and may have been
+    /// acknowledged), which recovery uses to tell damage from a torn tail.
+    pub flushed_before: u64,
 }
 
 /// Appends the stored form of `message` to `out` and returns its length.
@@ -200,7 +282,8 @@ pub fn encode_record(message: &Message, meta: &RecordMeta, out: &mut Vec<u8>) ->
     out.put_u64_le(message.producer_id);
     out.put_u64_le(message.sequence);
     out.put_u32_le(message.flags);
-    out.put_u32_le(message.payload_crc);
+    out.put_u32_le(message.message_crc);
+    out.put_u64_le(meta.flushed_before);
     put_str16(out, &message.topic);
     message.encode_tail(out);
     let record = out.get_mut(start..).unwrap_or_default();
@@ -248,7 +331,9 @@ pub struct Record {
     pub producer_id: u64,
     pub sequence: u64,
     pub flags: u32,
-    pub payload_crc: u32,
+    pub message_crc: u32,
+    /// What the broker had fsynced when it appended this record (see `RecordMeta`).
+    pub flushed_before: u64,
     pub topic: String,
     pub tags: String,
     pub keys: String,
@@ -261,9 +346,47 @@ impl Record {
         crate::message_id(self.log_offset)
     }
 
-    /// Whether the payload matches the producer's CRC32C (end-to-end check).
-    pub fn payload_crc_matches(&self) -> bool {
-        crate::crc32c(&self.payload) == self.payload_crc
+    /// Whether the producer's `message_crc` matches the stored fields (the end-to-end
+    /// check).
+    pub fn message_crc_matches(&self) -> bool {
+        let mut tail_head = Vec::new();
+        put_str16(&mut tail_head, &self.tags);
+        put_str16(&mut tail_head, &self.keys);
+        let count = u16::try_from(self.properties.len()).unwrap_or(u16::MAX);
+        tail_head.put_u16_le(count);
+        for (key, value) in self.properties.iter().take(usize::from(count)) {
+            put_str16(&mut tail_head, key);
+            put_str16(&mut tail_head, value);
+        }
+        let head = MessageHead {
+            topic: &self.topic,
+            born_timestamp_ms: self.born_timestamp_ms,
+            producer_id: self.producer_id,
+            sequence: self.sequence,
+            flags: self.flags,
+        };
+        message_crc(&head, &tail_head, &self.payload) == self.message_crc
+    }
+
+    /// The message again, on any queue, without the original's producer id and sequence
+    /// (they stay the original's: a copy is another message), sealed anew: what a copy
+    /// of it (a retry, a dead letter, a redrive) starts from. Check
+    /// `message_crc_matches` first: the new checksum vouches for the fields as they are.
+    pub fn to_message(&self) -> Message {
+        Message {
+            topic: self.topic.clone(),
+            queue_id: crate::QUEUE_ID_ANY,
+            born_timestamp_ms: self.born_timestamp_ms,
+            producer_id: 0,
+            sequence: 0,
+            flags: self.flags,
+            tags: self.tags.clone(),
+            keys: self.keys.clone(),
+            properties: self.properties.clone(),
+            message_crc: 0,
+            payload: self.payload.clone(),
+        }
+        .sealed()
     }
 
     /// Hash of the tags as stored in ConsumeQueue entries (0 for no tags).
@@ -326,7 +449,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
     let producer_id = reader.u64("producer_id")?;
     let sequence = reader.u64("sequence")?;
     let flags = reader.u32("flags")?;
-    let payload_crc = reader.u32("payload_crc")?;
+    let message_crc = reader.u32("message_crc")?;
+    let flushed_before = reader.u64("flushed_before")?;
     let topic = reader.str16("topic")?;
     let tail = decode_tail(&mut reader)?;
     if reader.remaining() != 0 {
@@ -349,7 +473,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
         producer_id,
         sequence,
         flags,
-        payload_crc,
+        message_crc,
+        flushed_before,
         topic,
         tags: tail.tags,
         keys: tail.keys,

@@ -43,7 +43,7 @@ fn message() -> impl Strategy<Value = Message> {
                 message.sequence = sequence;
                 message.flags = flags;
                 message.properties = properties;
-                message
+                message.sealed()
             },
         )
 }
@@ -94,7 +94,10 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::CreateTopic(CreateTopicRequest { topic, queues })),
         text().prop_map(|topic| Request::ListTopics(ListTopicsRequest { topic })),
-        (0u8..4).prop_map(|role| Request::Promote(crate::BrokerRole::from_u8(role).unwrap())),
+        (0u8..4, any::<bool>()).prop_map(|(role, force)| Request::Promote {
+            role: crate::BrokerRole::from_u8(role).unwrap(),
+            force
+        }),
         text().prop_map(Request::GetRoutes),
         (
             text(),
@@ -192,6 +195,7 @@ fn records() -> impl Strategy<Value = (u32, Bytes)> {
                 queue_offset: index as u64,
                 queue_id: 1,
                 store_timestamp_ms: 9,
+                flushed_before: 0,
             };
             encode_record(message, &meta, &mut out);
         }
@@ -339,7 +343,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn request_round_trips(request in request(), request_id in any::<u64>(), flags in any::<u16>()) {
+    fn request_round_trips(request in request(), request_id in any::<u64>(), flags in 0u16..=FLAGS_KNOWN) {
         let mut out = Vec::new();
         request.encode(request_id, flags, &mut out);
         let frame = decode_frame(&mut BytesMut::from(&out[..]), MAX_FRAME).unwrap().unwrap();
@@ -362,7 +366,7 @@ proptest! {
 
     #[test]
     fn record_round_trips(message in message(), log_offset in any::<u64>(), queue_offset in any::<u64>()) {
-        let meta = RecordMeta { log_offset, queue_offset, queue_id: message.queue_id, store_timestamp_ms: 5 };
+        let meta = RecordMeta { log_offset, queue_offset, queue_id: message.queue_id, store_timestamp_ms: 5, flushed_before: log_offset / 2 };
         let mut out = vec![0xAB; 3];
         let length = encode_record(&message, &meta, &mut out);
         prop_assert_eq!(length, message.record_len());
@@ -375,7 +379,9 @@ proptest! {
         prop_assert_eq!(&record.keys, &message.keys);
         prop_assert_eq!(&record.properties, &message.properties);
         prop_assert_eq!(&record.payload, &message.payload);
-        prop_assert!(record.payload_crc_matches());
+        prop_assert_eq!(record.flushed_before, log_offset / 2);
+        prop_assert!(message.crc_matches());
+        prop_assert!(record.message_crc_matches());
     }
 
     #[test]
@@ -416,7 +422,7 @@ proptest! {
 
     #[test]
     fn corrupted_record_is_detected(message in message(), position in any::<usize>(), mask in 1u8..=255) {
-        let meta = RecordMeta { log_offset: 1, queue_offset: 2, queue_id: 3, store_timestamp_ms: 4 };
+        let meta = RecordMeta { log_offset: 1, queue_offset: 2, queue_id: 3, store_timestamp_ms: 4, flushed_before: 0 };
         let mut out = Vec::new();
         encode_record(&message, &meta, &mut out);
         let index = position % out.len();
@@ -447,9 +453,9 @@ fn documented_examples_match_the_encoder() {
     let mut send = Vec::new();
     Request::Send(message.clone()).encode(1, 0, &mut send);
     let documented = hex(
-        "3f 00 00 00 01 02 00 00 01 00 00 00 00 00 00 00 01 00 74 ff ff ff ff
+        "3f 00 00 00 02 02 00 00 01 00 00 00 00 00 00 00 01 00 74 ff ff ff ff
          00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-         00 00 00 00 c2 d9 9d f5 00 00 00 00 00 00 02 00 00 00 68 69",
+         00 00 00 00 e8 78 82 01 00 00 00 00 00 00 02 00 00 00 68 69",
     );
     assert_eq!(send, documented);
     let mut result = Vec::new();
@@ -461,7 +467,7 @@ fn documented_examples_match_the_encoder() {
     })
     .encode(1, &mut result);
     let documented = hex(
-        "22 00 00 00 01 82 00 00 01 00 00 00 00 00 00 00 00 00 02 00 00 00
+        "22 00 00 00 02 82 00 00 01 00 00 00 00 00 00 00 00 00 02 00 00 00
          00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
     );
     assert_eq!(result, documented);
@@ -471,16 +477,86 @@ fn documented_examples_match_the_encoder() {
         queue_offset: 0,
         queue_id: 2,
         store_timestamp_ms: 0,
+        flushed_before: 0,
     };
     encode_record(&message, &meta, &mut record);
     let documented = hex(
-        "57 00 00 00 4b 52 4c 31 fb 33 62 43 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+        "5f 00 00 00 4b 52 4c 32 1a 6f 65 e3 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
          02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-         00 00 00 00 00 00 00 00 00 00 00 00 c2 d9 9d f5 01 00 74 00 00 00 00 00 00 02 00 00 00 68 69",
+         00 00 00 00 00 00 00 00 00 00 00 00 e8 78 82 01 00 00 00 00 00 00 00 00
+         01 00 74 00 00 00 00 00 00 02 00 00 00 68 69",
     );
     assert_eq!(record, documented);
-    let ping = hex("0c 00 00 00 01 01 00 00 07 00 00 00 00 00 00 00");
+    let ping = hex("0c 00 00 00 02 01 00 00 07 00 00 00 00 00 00 00");
     let mut encoded = Vec::new();
     Request::Ping.encode(7, 0, &mut encoded);
     assert_eq!(encoded, ping);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The producer's checksum covers every field but the queue: a changed byte anywhere
+    /// else in a SEND body either does not decode or no longer matches `message_crc`.
+    #[test]
+    fn message_crc_covers_every_byte_of_a_send_but_the_queue(message in message(), position in any::<usize>(), mask in 1u8..=255) {
+        prop_assert!(message.crc_matches());
+        let mut frame = Vec::new();
+        let queue_at = FRAME_HEADER_LEN + 2 + message.topic.len();
+        Request::Send(message).encode(1, 0, &mut frame);
+        let mut index = FRAME_HEADER_LEN + position % (frame.len() - FRAME_HEADER_LEN);
+        if (queue_at..queue_at + 4).contains(&index) {
+            index += 4;
+        }
+        frame[index] ^= mask;
+        let mut buffer = BytesMut::from(&frame[..]);
+        if let Ok(Some(raw)) = decode_frame(&mut buffer, MAX_FRAME) {
+            if let Ok(Request::Send(damaged)) = Request::decode(&raw) {
+                prop_assert!(!damaged.crc_matches(), "byte {index} changed and the CRC still matched");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stored_record_matches_its_producer_crc_on_whichever_queue_it_went_to() {
+    let message = Message::new("orders", &b"payload"[..])
+        .with_tags("TagA")
+        .with_property("k", "v");
+    assert_eq!(message.queue_id, QUEUE_ID_ANY);
+    let meta = RecordMeta {
+        log_offset: 100,
+        queue_offset: 7,
+        queue_id: 2,
+        store_timestamp_ms: 9,
+        flushed_before: 50,
+    };
+    let mut out = Vec::new();
+    encode_record(&message, &meta, &mut out);
+    let record = decode_record(&out).unwrap();
+    assert_eq!(record.queue_id, 2);
+    assert!(record.message_crc_matches());
+    // The queue is a placement: moving a sealed message does not unseal it.
+    assert_eq!(
+        message.clone().with_queue(3).message_crc,
+        message.message_crc
+    );
+    let mut other = message.clone();
+    other.tags.push('B');
+    assert!(!other.crc_matches());
+    // A copy made from a record is sealed anew.
+    let mut copy = record.to_message();
+    assert!(copy.crc_matches());
+    copy.topic = "elsewhere".into();
+    assert!(!copy.crc_matches());
+}
+
+#[test]
+fn reserved_frame_flags_are_refused() {
+    let mut out = Vec::new();
+    Request::Ping.encode(1, 0x0002, &mut out);
+    assert!(matches!(
+        decode_frame(&mut BytesMut::from(&out[..]), MAX_FRAME),
+        Err(DecodeError::InvalidValue { field: "flags", .. })
+    ));
 }

@@ -123,8 +123,12 @@ pub enum Request {
     Stats,
     /// Several messages stored all together or not at all, acknowledged once.
     SendBatch(Vec<Message>),
-    /// Promote a slave to the given master role (operator command).
-    Promote(BrokerRole),
+    /// Promote a slave to the given master role (operator command). Refused while the
+    /// slave's master is alive unless `force`.
+    Promote {
+        role: BrokerRole,
+        force: bool,
+    },
     RegisterBroker(BrokerRegistration),
     /// Routes for a topic (empty: every broker), asked of a name server.
     GetRoutes(String),
@@ -152,7 +156,7 @@ impl Request {
             Request::ListTopics(_) => Kind::ListTopics,
             Request::Stats => Kind::Stats,
             Request::SendBatch(_) => Kind::SendBatch,
-            Request::Promote(_) => Kind::Promote,
+            Request::Promote { .. } => Kind::Promote,
             Request::RegisterBroker(_) => Kind::RegisterBroker,
             Request::GetRoutes(_) => Kind::GetRoutes,
             Request::Heartbeat(_) => Kind::Heartbeat,
@@ -194,7 +198,10 @@ impl Request {
                 out.put_u32_le(create.queues);
             }
             Request::ListTopics(list) => put_str16(out, &list.topic),
-            Request::Promote(role) => out.put_u8(*role as u8),
+            Request::Promote { role, force } => {
+                out.put_u8(*role as u8);
+                out.put_u8(u8::from(*force));
+            }
             Request::RegisterBroker(registration) => {
                 put_str16(out, &registration.broker_name);
                 out.put_u32_le(registration.broker_id);
@@ -315,7 +322,19 @@ impl Request {
             Kind::ListTopics => Request::ListTopics(ListTopicsRequest {
                 topic: reader.str16("topic")?,
             }),
-            Kind::Promote => Request::Promote(decode_role(&mut reader)?),
+            Kind::Promote => Request::Promote {
+                role: decode_role(&mut reader)?,
+                force: match reader.u8("force")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(DecodeError::InvalidValue {
+                            field: "force",
+                            value: u64::from(other),
+                        })
+                    }
+                },
+            },
             Kind::RegisterBroker => {
                 let broker_name = reader.str16("broker_name")?;
                 let broker_id = reader.u32("broker_id")?;

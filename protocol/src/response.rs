@@ -45,8 +45,9 @@ pub struct PullResult {
 impl PullResult {
     /// Decodes and verifies (record CRC) every record in the result.
     pub fn decode_records(&self) -> Result<Vec<Record>, DecodeError> {
-        let mut records =
-            Vec::with_capacity((self.record_count as usize).min(self.records.len() / 72));
+        let mut records = Vec::with_capacity(
+            (self.record_count as usize).min(self.records.len() / crate::RECORD_FIXED_LEN),
+        );
         let mut position = 0usize;
         for _ in 0..self.record_count {
             let rest = self.records.get(position..).unwrap_or_default();

@@ -28,6 +28,8 @@ pub struct Counters {
     pub sends_flush_slave_timeout: AtomicU64,
     pub sends_slave_not_available: AtomicU64,
     pub sends_failed: AtomicU64,
+    /// Sends answered OUTCOME_UNKNOWN (handed to the disk, then storage failed).
+    pub sends_outcome_unknown: AtomicU64,
     pub sends_oneway: AtomicU64,
     /// Idempotent producers' retries of messages already stored (nothing stored again).
     pub sends_deduplicated: AtomicU64,
@@ -209,6 +211,10 @@ impl Broker {
                 load(&counters.sends_slave_not_available),
             ),
             ("sends_failed".into(), load(&counters.sends_failed)),
+            (
+                "sends_outcome_unknown".into(),
+                load(&counters.sends_outcome_unknown),
+            ),
             ("sends_oneway".into(), load(&counters.sends_oneway)),
             (
                 "sends_deduplicated".into(),

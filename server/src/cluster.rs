@@ -107,8 +107,11 @@ pub fn start_replication(
     match role {
         BrokerRole::Slave => {
             // Serve what is already here; what arrives is served once the master
-            // confirms it.
+            // confirms it. What arrives is the master's records, not this broker's own.
             store.set_durable_cap(recovered_end);
+            store
+                .follow_master()
+                .map_err(|e| format!("cannot record that this broker follows a master: {e}"))?;
             let options = SlaveOptions {
                 master: config.master_address.clone().unwrap_or_default(),
                 broker_name: config.broker_name.clone(),
@@ -182,9 +185,18 @@ fn refuse_if_superseded(config: &Config, store: &Store) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a promotion waits for a master that just died to be noticed (its
+/// connection to end) before refusing because the master still answers.
+const MASTER_GONE_WAIT: Duration = Duration::from_secs(1);
+
 /// PROMOTE: stops following the master, waits until everything received is fsynced,
-/// begins a new epoch, records the promotion, and starts serving as `role`.
-pub fn promote(broker: &Broker, role: BrokerRole) -> Result<(u64, u64), (ErrorCode, String)> {
+/// begins a new epoch, records the promotion, and starts serving as `role`. Refused
+/// while the master is still connected, unless `force`.
+pub fn promote(
+    broker: &Broker,
+    role: BrokerRole,
+    force: bool,
+) -> Result<(u64, u64), (ErrorCode, String)> {
     let invalid = |detail: String| Err((ErrorCode::InvalidArgument, detail));
     if role == BrokerRole::Slave {
         return invalid("promote to async_master, sync_master or master, not slave".into());
@@ -195,6 +207,24 @@ pub fn promote(broker: &Broker, role: BrokerRole) -> Result<(u64, u64), (ErrorCo
             broker.role()
         ));
     };
+    let deadline = Instant::now() + MASTER_GONE_WAIT;
+    while !force && slave.status().connected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !force && slave.status().connected {
+        return invalid(format!(
+            "the master at {} is alive: this slave is connected to it and replicating. \
+             Promoting now makes two masters of {}: the old one is fenced (refuses sends) \
+             only once a name server sees the new epoch, and whatever it stores meanwhile \
+             that this slave never received is cut when it rejoins as a slave. Stop the \
+             master first, or promote with --force to accept that",
+            slave.master(),
+            broker.config.broker_name
+        ));
+    }
+    if force {
+        log::warn!("promotion forced while the master may still be alive");
+    }
     let store = &broker.store;
     log::warn!("promoting this slave of {} to {role}", slave.master());
     slave.stop();

@@ -55,7 +55,13 @@ pub struct Config {
     /// Stop reading client input while this many appended bytes wait to be written.
     pub append_backlog_max_bytes: u64,
     pub long_poll_max_ms: u64,
+    /// Close connections silent for this long with nothing pending (0 = never).
     pub connection_idle_timeout_ms: u64,
+    /// Bytes of incomplete frames the broker holds across all connections; past it the
+    /// connection holding the most is closed (OVERLOADED).
+    pub partial_frames_max_bytes: u64,
+    /// Threads that read the log for PULLs and time lookups, off the event loops.
+    pub read_threads: usize,
     /// Serve Prometheus text on this address (e.g. "127.0.0.1:10913"); none by default.
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_timeout_ms: u64,
@@ -70,6 +76,9 @@ pub struct Config {
     pub fault_fsync_delay_ms: u64,
     /// Fault injection for tests: the n-th fsync of the log fails (0 = never).
     pub fault_fsync_fail_at: u64,
+    /// Fault injection for tests: every read of the log's files sleeps this long, once
+    /// the broker has started (0 = off).
+    pub fault_read_delay_ms: u64,
     /// Brokers with the same name form a group: one master (id 0) and its slaves.
     pub broker_name: String,
     pub broker_id: u32,
@@ -108,6 +117,8 @@ impl Default for Config {
             append_backlog_max_bytes: 256 << 20,
             long_poll_max_ms: 30_000,
             connection_idle_timeout_ms: 300_000,
+            partial_frames_max_bytes: 256 << 20,
+            read_threads: 4,
             metrics_listen: None,
             shutdown_timeout_ms: 10_000,
             disk_min_free_bytes: 128 << 20,
@@ -116,6 +127,7 @@ impl Default for Config {
             retention_check_interval_ms: 10_000,
             fault_fsync_delay_ms: 0,
             fault_fsync_fail_at: 0,
+            fault_read_delay_ms: 0,
             broker_name: "broker-a".into(),
             broker_id: 0,
             ha_port: 0,
@@ -146,7 +158,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Room a record needs beyond its payload, for the checks between the two limits.
-const RECORD_OVERHEAD_MAX: u32 = 256 * 1024;
+use keel_protocol::{QUEUES_MAX, RECORD_OVERHEAD_MAX};
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -219,9 +231,9 @@ impl Config {
                 self.max_frame_bytes
             ));
         }
-        if self.default_queues == 0 || self.default_queues > 1024 {
+        if self.default_queues == 0 || self.default_queues > QUEUES_MAX {
             return fail(format!(
-                "default_queues = {} is outside 1..=1024",
+                "default_queues = {} is outside 1..={QUEUES_MAX}",
                 self.default_queues
             ));
         }
@@ -233,6 +245,29 @@ impl Config {
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1".into());
+        }
+        if self.read_threads == 0 {
+            return fail("read_threads must be at least 1".into());
+        }
+        if self.partial_frames_max_bytes < u64::from(self.max_frame_bytes) {
+            return fail(format!(
+                "partial_frames_max_bytes = {} must be at least max_frame_bytes = {}",
+                self.partial_frames_max_bytes, self.max_frame_bytes
+            ));
+        }
+        // A connection waiting for an answer is never idle, but a timeout shorter than
+        // the longest wait the broker itself may impose is a configuration mistake.
+        let idle = self.connection_idle_timeout_ms;
+        let waits = [
+            ("long_poll_max_ms", self.long_poll_max_ms),
+            ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
+            ("slave_timeout_ms", self.slave_timeout_ms),
+        ];
+        if let Some((key, wait)) = waits.iter().find(|(_, wait)| idle != 0 && idle < *wait) {
+            return fail(format!(
+                "connection_idle_timeout_ms = {idle} is below {key} = {wait}: a client \
+                 waiting that long for an answer would look idle"
+            ));
         }
         Ok(())
     }

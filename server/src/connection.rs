@@ -36,8 +36,11 @@ pub struct Connection {
     /// The peer closed its side; no more input will come.
     pub read_closed: bool,
     pub last_activity: Instant,
-    /// Long-poll PULLs of this connection waiting in the loop.
-    pub parked_pulls: usize,
+    /// PULLs of this connection waiting in the loop: parked long polls and reads the
+    /// reader threads have not answered yet.
+    pub pulls_waiting: usize,
+    /// How much of `read_buffer` the loop's buffered-bytes total counts.
+    pub buffered_accounted: usize,
 }
 
 impl Connection {
@@ -52,7 +55,8 @@ impl Connection {
             closing: false,
             read_closed: false,
             last_activity: Instant::now(),
-            parked_pulls: 0,
+            pulls_waiting: 0,
+            buffered_accounted: 0,
         }
     }
 
@@ -90,7 +94,10 @@ impl Connection {
         while self.write_position < self.write_buffer.len() {
             match self.socket.write(&self.write_buffer[self.write_position..]) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(count) => self.write_position += count,
+                Ok(count) => {
+                    self.write_position += count;
+                    self.last_activity = Instant::now();
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),

@@ -13,6 +13,10 @@ use keel_protocol::{
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+fn counters_failed(broker: &Broker) {
+    broker.counters.sends_failed.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Message lookups running (each reads the whole log).
 static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
 const LOOKUPS_MAX: usize = 2;
@@ -171,6 +175,22 @@ impl EventLoop {
             return;
         }
         let mut message = back.message;
+        // The consumer's copy is checked as it arrived; the broker's changes are sealed
+        // below, so the stored copy's CRC vouches for what the broker made of it.
+        if !message.crc_matches() {
+            counters_failed(&self.broker);
+            let detail = format!(
+                "the message sent back does not match its CRC32C 0x{:08X}: it was damaged \
+                 on the way",
+                message.message_crc
+            );
+            self.reply(
+                key,
+                request_id,
+                &Response::error(ErrorCode::MessageCrcMismatch, detail),
+            );
+            return;
+        }
         let mut properties: Vec<(String, String)> = message
             .properties
             .into_iter()
@@ -201,6 +221,10 @@ impl EventLoop {
             }
         }
         message.properties = properties;
+        // A copy is another message: the original's numbers stay with the original.
+        message.producer_id = 0;
+        message.sequence = 0;
+        message.seal();
         self.on_send(key, request_id, false, vec![message], false);
     }
 
@@ -210,15 +234,13 @@ impl EventLoop {
         request_id: u64,
         query: OffsetForTimeRequest,
     ) {
-        let response = match self.broker.store.queue_offset_for_time(
-            &query.topic,
-            query.queue_id,
-            query.timestamp_ms,
-        ) {
-            Ok(offset) => Response::Offset(Some(offset)),
-            Err(error) => crate::handlers::store_error_response(error),
+        // A binary search over store times: reads of the log, on a reader thread.
+        let reply_to = crate::reader::ReplyTo {
+            key,
+            connection_id: self.connection_id(key),
+            request_id,
         };
-        self.reply(key, request_id, &response);
+        self.submit_read(reply_to, crate::reader::ReadJob::OffsetForTime(query));
     }
 
     /// MESSAGE_INFO reads the whole log, so it runs on a thread of its own (at most
@@ -304,8 +326,8 @@ fn message_info(
         ("born_ms".into(), record.born_timestamp_ms.to_string()),
         ("stored_ms".into(), record.store_timestamp_ms.to_string()),
         (
-            "payload_crc_ok".into(),
-            yes_no(record.payload_crc_matches()),
+            "message_crc_ok".into(),
+            yes_no(record.message_crc_matches()),
         ),
         ("flushed".into(), yes_no(end <= stats.offset_flushed)),
     ];

@@ -8,6 +8,7 @@
 
 use crate::broker::Broker;
 use crate::connection::{Connection, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX};
+use crate::reader::{ReadDone, ReadJob, ReadRequest, ReplyTo};
 use keel_protocol::{
     decode_frame, ErrorCode, RawFrame, Request, Response, SendBatchResult, SendResult, SendStatus,
 };
@@ -58,6 +59,9 @@ pub(crate) struct PendingSend {
     pub result: Acked,
     /// Messages answered by this reply (1, or the batch size).
     pub messages: u64,
+    /// Where its first record starts: after a storage failure, whether any of it may
+    /// have reached the file.
+    pub log_offset: u64,
     pub offset_end: u64,
     pub generation: u64,
     /// FLUSH_DISK_TIMEOUT past this.
@@ -91,9 +95,7 @@ pub(crate) struct PendingMeta {
 
 /// A PULL that found nothing and waits for new records or its deadline.
 pub(crate) struct ParkedPull {
-    pub key: usize,
-    pub connection_id: u64,
-    pub request_id: u64,
+    pub reply_to: ReplyTo,
     pub pull: keel_protocol::PullRequest,
     pub deadline: Instant,
 }
@@ -137,6 +139,17 @@ pub struct EventLoop {
     pub(crate) pending_replies: Vec<PendingReply>,
     pub(crate) pending_meta: VecDeque<PendingMeta>,
     pub(crate) parked_pulls: Vec<ParkedPull>,
+    /// Where reads of the log go (the reader threads), and how their answers come back.
+    reads: Sender<ReadRequest>,
+    reads_done: Receiver<ReadDone>,
+    reads_done_sender: Sender<ReadDone>,
+    waker: Arc<Waker>,
+    /// Reads sent to the reader threads and not answered yet.
+    pub(crate) reads_in_flight: usize,
+    /// Bytes in this loop's connections' read buffers (incomplete frames, mostly).
+    buffered_bytes: usize,
+    /// This loop's share of `partial_frames_max_bytes`.
+    buffered_bytes_max: usize,
     /// Connections to read again this turn (budget spent, or output drained).
     ready: Vec<usize>,
     /// Connections with output queued this turn.
@@ -153,14 +166,36 @@ pub struct EventLoop {
     waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What a loop is given to run.
+pub struct LoopParts {
+    pub index: usize,
+    pub poll: Poll,
+    pub waker: Arc<Waker>,
+    pub broker: Arc<Broker>,
+    pub incoming: Receiver<(TcpStream, SocketAddr)>,
+    pub waiting: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) reads: Sender<ReadRequest>,
+    /// Loops sharing `partial_frames_max_bytes`.
+    pub loops: usize,
+}
+
 impl EventLoop {
-    pub fn new(
-        index: usize,
-        poll: Poll,
-        broker: Arc<Broker>,
-        incoming: Receiver<(TcpStream, SocketAddr)>,
-        waiting: Arc<std::sync::atomic::AtomicBool>,
-    ) -> EventLoop {
+    pub fn new(parts: LoopParts) -> EventLoop {
+        let LoopParts {
+            index,
+            poll,
+            waker,
+            broker,
+            incoming,
+            waiting,
+            reads,
+            loops,
+        } = parts;
+        let (reads_done_sender, reads_done) = std::sync::mpsc::channel();
+        let buffered_bytes_max =
+            usize::try_from(broker.config.partial_frames_max_bytes / (loops.max(1) as u64))
+                .unwrap_or(usize::MAX)
+                .max(broker.config.max_frame_bytes as usize);
         EventLoop {
             index,
             poll,
@@ -174,6 +209,13 @@ impl EventLoop {
             pending_replies: Vec::new(),
             pending_meta: VecDeque::new(),
             parked_pulls: Vec::new(),
+            reads,
+            reads_done,
+            reads_done_sender,
+            waker,
+            reads_in_flight: 0,
+            buffered_bytes: 0,
+            buffered_bytes_max,
             ready: Vec::new(),
             dirty: Vec::new(),
             throttled: Vec::new(),
@@ -344,6 +386,50 @@ impl EventLoop {
     }
 
     fn on_readable(&mut self, key: usize) {
+        self.read_and_dispatch(key);
+        self.account_buffer(key);
+        self.enforce_buffer_budget();
+    }
+
+    /// Brings the loop's count of buffered input up to date for one connection.
+    fn account_buffer(&mut self, key: usize) {
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        let now = connection.read_buffer.len();
+        self.buffered_bytes = self
+            .buffered_bytes
+            .saturating_sub(connection.buffered_accounted)
+            .saturating_add(now);
+        connection.buffered_accounted = now;
+    }
+
+    /// Bounds the input bytes held for incomplete frames: past this loop's share of
+    /// `partial_frames_max_bytes`, the connection holding the most is closed, so slow
+    /// or hostile senders of large frames cannot add up to unbounded memory.
+    fn enforce_buffer_budget(&mut self) {
+        while self.buffered_bytes > self.buffered_bytes_max {
+            let largest = self
+                .connections
+                .iter()
+                .filter(|(_, connection)| !connection.closing)
+                .max_by_key(|(_, connection)| connection.read_buffer.len())
+                .map(|(key, connection)| (key, connection.read_buffer.len()));
+            let Some((key, held)) = largest.filter(|(_, held)| *held > 0) else {
+                return;
+            };
+            let message = format!(
+                "{held} bytes of an incomplete frame held while this broker's connections \
+                 together hold more than partial_frames_max_bytes ({}); send smaller frames \
+                 or send them faster",
+                self.broker.config.partial_frames_max_bytes
+            );
+            self.fail_connection(key, 0, ErrorCode::Overloaded, &message);
+            self.account_buffer(key);
+        }
+    }
+
+    fn read_and_dispatch(&mut self, key: usize) {
         // Sporadic events for closed connections happen (mio); ignore them.
         let Some(connection) = self.connections.get_mut(key) else {
             return;
@@ -490,7 +576,7 @@ impl EventLoop {
                 let stats = self.broker.stats();
                 self.reply(key, request_id, &Response::Stats(stats));
             }
-            Request::Promote(role) => self.on_promote(key, request_id, role),
+            Request::Promote { role, force } => self.on_promote(key, request_id, role, force),
             Request::RegisterBroker(_) | Request::GetRoutes(_) => {
                 let response = Response::error(
                     ErrorCode::InvalidArgument,
@@ -520,6 +606,7 @@ impl EventLoop {
         {
             self.ready.append(&mut self.throttled);
         }
+        self.complete_reads();
         self.complete_sends(now);
         self.complete_meta(now);
         self.complete_replies();
@@ -560,6 +647,7 @@ impl EventLoop {
         self.pending_sends.is_empty()
             && self.pending_meta.is_empty()
             && self.parked_pulls.is_empty()
+            && self.reads_in_flight == 0
             && self
                 .connections
                 .iter()
@@ -572,10 +660,20 @@ impl EventLoop {
             return;
         }
         let idle = Duration::from_millis(idle_ms);
+        // A connection waiting for an answer is not idle, however long the wait.
+        let mut waiting: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        waiting.extend(self.pending_sends.iter().map(|send| send.connection_id));
+        waiting.extend(self.pending_meta.iter().map(|meta| meta.connection_id));
+        waiting.extend(self.pending_replies.iter().map(|reply| reply.connection_id));
         let stale: Vec<usize> = self
             .connections
             .iter()
-            .filter(|(_, connection)| now.duration_since(connection.last_activity) > idle)
+            .filter(|(_, connection)| {
+                now.duration_since(connection.last_activity) > idle
+                    && connection.pulls_waiting == 0
+                    && connection.pending_output() == 0
+                    && !waiting.contains(&connection.id)
+            })
             .map(|(key, _)| key)
             .collect();
         for key in stale {
@@ -682,6 +780,9 @@ impl EventLoop {
 
     fn close(&mut self, key: usize) {
         if let Some(mut connection) = self.connections.try_remove(key) {
+            self.buffered_bytes = self
+                .buffered_bytes
+                .saturating_sub(connection.buffered_accounted);
             let _ = self.poll.registry().deregister(&mut connection.socket);
             self.broker
                 .counters
@@ -740,11 +841,19 @@ impl EventLoop {
             } else if front.offset_end <= durable {
                 counters.sends_ok.fetch_add(messages, Ordering::Relaxed);
                 front.result.response(SendStatus::SendOk)
+            } else if poisoned && front.log_offset < self.broker.store.offset_attempted() {
+                // Handed to the file system before the failure: it may be in the log
+                // after a restart, or not. Never "not stored".
+                counters
+                    .sends_outcome_unknown
+                    .fetch_add(messages, Ordering::Relaxed);
+                front.result.response(SendStatus::OutcomeUnknown)
             } else if poisoned {
                 counters.sends_failed.fetch_add(messages, Ordering::Relaxed);
                 Response::error(
                     ErrorCode::StorageFailed,
-                    "the commit log failed to write or fsync; restart required",
+                    "the commit log failed to write or fsync before this message was \
+                     written; it was not stored. Restart required",
                 )
             } else if front.wait_slave && front.offset_end <= local {
                 // On disk here; the slave is the question. A send that found a slave in
@@ -814,6 +923,9 @@ impl EventLoop {
         }
     }
 
+    /// Parked long polls whose queue has something new, or whose wait is over, go back
+    /// to the reader threads. Which have something is checked in memory, for all of
+    /// them under one lock, and only when the durable offset moved.
     fn serve_parked_pulls(&mut self, now: Instant) {
         if self.parked_pulls.is_empty() {
             return;
@@ -825,31 +937,114 @@ impl EventLoop {
         if !advanced && !any_due {
             return;
         }
+        let readable = if advanced {
+            self.broker.store.readable(
+                self.parked_pulls
+                    .iter()
+                    .map(|p| (p.pull.topic.as_str(), p.pull.queue_id, p.pull.queue_offset)),
+            )
+        } else {
+            vec![false; self.parked_pulls.len()]
+        };
         let parked = std::mem::take(&mut self.parked_pulls);
-        for pull in parked {
+        for (pull, readable) in parked.into_iter().zip(readable) {
             let expired = now >= pull.deadline;
-            let outcome = self.read_pull(&pull.pull);
-            self.note_delivered(&pull.pull, &outcome);
-            match outcome {
-                Ok(read) if read.status == keel_storage::ReadStatus::NoNewMessages && !expired => {
-                    self.parked_pulls.push(pull);
+            if !readable && !expired {
+                self.parked_pulls.push(pull);
+                continue;
+            }
+            self.broker
+                .counters
+                .parked_pulls
+                .fetch_sub(1, Ordering::Relaxed);
+            // Still counted in the connection's `pulls_waiting`: it becomes a read.
+            let long_poll_until = (!expired).then_some(pull.deadline);
+            self.submit_read(
+                pull.reply_to,
+                ReadJob::Pull {
+                    pull: pull.pull,
+                    long_poll_until,
+                },
+            );
+        }
+    }
+
+    /// Hands a read of the log to the reader threads.
+    pub(crate) fn submit_read(&mut self, reply_to: ReplyTo, job: ReadJob) {
+        let pull = matches!(job, ReadJob::Pull { .. });
+        let request = ReadRequest {
+            reply_to,
+            job,
+            done: self.reads_done_sender.clone(),
+            waker: self.waker.clone(),
+        };
+        if self.reads.send(request).is_err() {
+            let response = Response::error(ErrorCode::Internal, "the reader threads stopped");
+            if pull {
+                self.finish_pull_wait(reply_to);
+            }
+            self.reply_if_open(
+                reply_to.key,
+                reply_to.connection_id,
+                reply_to.request_id,
+                &response,
+            );
+            return;
+        }
+        self.reads_in_flight += 1;
+    }
+
+    /// Answers (or parks) what the reader threads finished.
+    fn complete_reads(&mut self) {
+        while let Ok(done) = self.reads_done.try_recv() {
+            self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+            let reply_to = done.reply_to;
+            match done.outcome {
+                crate::reader::ReadOutcome::Reply(response) => {
+                    if done.pull {
+                        self.finish_pull_wait(reply_to);
+                    }
+                    self.reply_if_open(
+                        reply_to.key,
+                        reply_to.connection_id,
+                        reply_to.request_id,
+                        &response,
+                    );
                 }
-                outcome => {
+                crate::reader::ReadOutcome::NothingYet { pull, deadline } => {
+                    let open = self
+                        .connections
+                        .get(reply_to.key)
+                        .is_some_and(|c| c.id == reply_to.connection_id);
+                    if !open {
+                        continue;
+                    }
+                    let deadline = match self.drain_deadline {
+                        Some(_) => Instant::now(),
+                        None => deadline,
+                    };
                     self.broker
                         .counters
                         .parked_pulls
-                        .fetch_sub(1, Ordering::Relaxed);
-                    if let Some(connection) = self
-                        .connections
-                        .get_mut(pull.key)
-                        .filter(|c| c.id == pull.connection_id)
-                    {
-                        connection.parked_pulls = connection.parked_pulls.saturating_sub(1);
-                    }
-                    let response = self.pull_response(outcome);
-                    self.reply_if_open(pull.key, pull.connection_id, pull.request_id, &response);
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.parked_pulls.push(ParkedPull {
+                        reply_to,
+                        pull,
+                        deadline,
+                    });
                 }
             }
+        }
+    }
+
+    /// A PULL of this connection got its answer.
+    fn finish_pull_wait(&mut self, reply_to: ReplyTo) {
+        if let Some(connection) = self
+            .connections
+            .get_mut(reply_to.key)
+            .filter(|c| c.id == reply_to.connection_id)
+        {
+            connection.pulls_waiting = connection.pulls_waiting.saturating_sub(1);
         }
     }
 }

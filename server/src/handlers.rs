@@ -1,21 +1,19 @@
 //! Request handlers: validate, act on the store, reply now or park the reply.
 
-use crate::event_loop::{Acked, EventLoop, ParkedPull, PendingMeta, PendingReply, PendingSend};
+use crate::event_loop::{Acked, EventLoop, PendingMeta, PendingReply, PendingSend};
+use crate::reader::{ReadJob, ReplyTo};
 use keel_protocol::{
     validate_topic, BrokerRole, CommitOffsetRequest, CreateTopicRequest, ErrorCode,
-    ListTopicsRequest, Message, PullRequest, PullResult, PullStatus, QueryOffsetRequest, QueueInfo,
-    Response, SendResult, SendStatus, TopicCreated, TopicInfo,
+    ListTopicsRequest, Message, PullRequest, QueryOffsetRequest, QueueInfo, Response, SendResult,
+    SendStatus, TopicCreated, TopicInfo,
 };
-use keel_storage::{AppendError, QueueRead, ReadStatus, StoreError};
+use keel_storage::{AppendError, StoreError};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Upper bound on the records of one PULL_RESULT (a single larger record still goes).
-const PULL_BYTES_MAX: u32 = 4 << 20;
-const PULL_MESSAGES_MAX: u32 = 4096;
-/// Long-poll PULLs one connection may have waiting at once.
-const PARKED_PULLS_PER_CONNECTION_MAX: usize = 1024;
+/// Long-poll PULLs one connection may have waiting at once (parked or being read).
+const PULLS_WAITING_PER_CONNECTION_MAX: usize = 1024;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -31,7 +29,10 @@ fn append_error_code(error: &AppendError) -> ErrorCode {
         AppendError::StorageFailed => ErrorCode::StorageFailed,
         AppendError::DiskFull => ErrorCode::DiskFull,
         AppendError::ShuttingDown => ErrorCode::ShuttingDown,
-        AppendError::SequenceTooOld { .. } => ErrorCode::InvalidArgument,
+        AppendError::SequenceTooOld { .. } => ErrorCode::SequenceTooOld,
+        AppendError::SequenceMismatch { .. } => ErrorCode::SequenceMismatch,
+        AppendError::SequenceZero { .. } => ErrorCode::InvalidArgument,
+        AppendError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
     }
 }
 
@@ -118,6 +119,9 @@ impl EventLoop {
             request_id,
             result,
             messages: count,
+            log_offset: appended
+                .first()
+                .map_or(last.log_offset, |first| first.log_offset),
             offset_end: last.offset_end,
             generation: last.generation,
             deadline: Instant::now() + timeout,
@@ -144,10 +148,13 @@ impl EventLoop {
             if message.payload.len() > max_message_bytes as usize {
                 let size = message.payload.len();
                 Some((ErrorCode::MessageTooLarge, format!("{which}payload of {size} bytes exceeds max_message_bytes {max_message_bytes}")))
-            } else if !message.payload_crc_matches() {
-                let computed = keel_protocol::crc32c(&message.payload);
-                let detail = format!("{which}payload CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}", message.payload_crc);
-                Some((ErrorCode::PayloadCrcMismatch, detail))
+            } else if message.flags != 0 {
+                let detail = format!("{which}flags is 0x{:08X}; every flag bit is reserved and must be 0", message.flags);
+                Some((ErrorCode::InvalidArgument, detail))
+            } else if message.compute_crc() != message.message_crc {
+                let computed = message.compute_crc();
+                let detail = format!("{which}the message's CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}: it was damaged on the way (topic, tags, keys, properties, numbers or payload)", message.message_crc);
+                Some((ErrorCode::MessageCrcMismatch, detail))
             } else {
                 None
             }
@@ -174,9 +181,15 @@ impl EventLoop {
 
     /// PROMOTE: a slave becomes a master. Done on a thread of its own (it stops the
     /// replication threads and fsyncs), answered when finished.
-    pub(crate) fn on_promote(&mut self, key: usize, request_id: u64, role: BrokerRole) {
+    pub(crate) fn on_promote(
+        &mut self,
+        key: usize,
+        request_id: u64,
+        role: BrokerRole,
+        force: bool,
+    ) {
         self.reply_from_thread(key, request_id, "keel-promote", move |broker| {
-            match crate::cluster::promote(broker, role) {
+            match crate::cluster::promote(broker, role, force) {
                 Ok((epoch, log_end)) => Response::Promoted { epoch, log_end },
                 Err((code, detail)) => Response::error(code, detail),
             }
@@ -222,6 +235,8 @@ impl EventLoop {
         true
     }
 
+    /// PULL: checked here, read by a reader thread (the log may be on a slow disk),
+    /// answered or parked as a long poll when it comes back.
     pub(crate) fn on_pull(&mut self, key: usize, request_id: u64, pull: PullRequest) {
         self.broker.counters.pulls.fetch_add(1, Ordering::Relaxed);
         if let Err(detail) = validate_topic(&pull.topic) {
@@ -240,94 +255,30 @@ impl EventLoop {
             self.reply(key, request_id, &response);
             return;
         }
-        let outcome = self.read_pull(&pull);
-        self.note_delivered(&pull, &outcome);
-        let nothing_yet = matches!(&outcome, Ok(read) if read.status == ReadStatus::NoNewMessages);
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
         // Beyond the cap a PULL is answered at once, as with wait_ms = 0: a client cannot
         // make the broker hold an unbounded number of waiting requests.
-        let room = self
-            .connections
-            .get(key)
-            .is_some_and(|connection| connection.parked_pulls < PARKED_PULLS_PER_CONNECTION_MAX);
-        if nothing_yet && pull.wait_ms > 0 && room && !self.broker.is_shutting_down() {
-            if let Some(connection) = self.connections.get_mut(key) {
-                connection.parked_pulls += 1;
-            }
-            let wait_ms = u64::from(pull.wait_ms).min(self.broker.config.long_poll_max_ms);
-            self.broker
-                .counters
-                .parked_pulls
-                .fetch_add(1, Ordering::Relaxed);
-            self.parked_pulls.push(ParkedPull {
-                key,
-                connection_id: self.connection_id(key),
-                request_id,
-                pull,
-                deadline: Instant::now() + Duration::from_millis(wait_ms),
+        let room = connection.pulls_waiting < PULLS_WAITING_PER_CONNECTION_MAX;
+        connection.pulls_waiting += 1;
+        let reply_to = ReplyTo {
+            key,
+            connection_id: connection.id,
+            request_id,
+        };
+        let long_poll_until =
+            (pull.wait_ms > 0 && room && !self.broker.is_shutting_down()).then(|| {
+                let wait_ms = u64::from(pull.wait_ms).min(self.broker.config.long_poll_max_ms);
+                Instant::now() + Duration::from_millis(wait_ms)
             });
-            return;
-        }
-        let response = self.pull_response(outcome);
-        self.reply(key, request_id, &response);
-    }
-
-    /// Remembers how far a group was served (message lookups report it).
-    pub(crate) fn note_delivered(
-        &self,
-        pull: &PullRequest,
-        outcome: &Result<QueueRead, StoreError>,
-    ) {
-        let Ok(read) = outcome else { return };
-        if pull.group.is_empty() || read.record_count == 0 {
-            return;
-        }
-        let mut delivered = self
-            .broker
-            .delivered
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let key = (pull.group.clone(), pull.topic.clone(), pull.queue_id);
-        // Bounded: group names come from clients.
-        if delivered.len() >= 100_000 && !delivered.contains_key(&key) {
-            return;
-        }
-        let next = delivered.entry(key).or_insert(0);
-        *next = (*next).max(read.next_offset);
-    }
-
-    pub(crate) fn read_pull(&self, pull: &PullRequest) -> Result<QueueRead, StoreError> {
-        self.broker.store.read_queue(
-            &pull.topic,
-            pull.queue_id,
-            pull.queue_offset,
-            pull.max_messages.min(PULL_MESSAGES_MAX),
-            pull.max_bytes.min(PULL_BYTES_MAX),
-        )
-    }
-
-    pub(crate) fn pull_response(&self, outcome: Result<QueueRead, StoreError>) -> Response {
-        let read = match outcome {
-            Ok(read) => read,
-            Err(error) => return store_error_response(error),
-        };
-        self.broker
-            .counters
-            .messages_pulled
-            .fetch_add(u64::from(read.record_count), Ordering::Relaxed);
-        let status = match read.status {
-            ReadStatus::Found => PullStatus::Found,
-            ReadStatus::NoNewMessages => PullStatus::NoNewMessages,
-            ReadStatus::OffsetOutOfRange => PullStatus::OffsetOutOfRange,
-            ReadStatus::OffsetExpired => PullStatus::OffsetExpired,
-        };
-        Response::PullResult(PullResult {
-            status,
-            next_offset: read.next_offset,
-            min_offset: read.min_offset,
-            max_offset: read.max_offset,
-            record_count: read.record_count,
-            records: read.records.into(),
-        })
+        self.submit_read(
+            reply_to,
+            ReadJob::Pull {
+                pull,
+                long_poll_until,
+            },
+        );
     }
 
     fn park_meta(&mut self, key: usize, request_id: u64, version: u64, response: Response) {

@@ -11,12 +11,13 @@ pub mod groups;
 mod handlers;
 pub mod metrics;
 pub mod namesrv;
+mod reader;
 pub mod schedule;
 
 use broker::Broker;
 use clap::Parser;
 use config::{Config, Flush};
-use event_loop::{EventLoop, Handoff, WAKER};
+use event_loop::{EventLoop, Handoff, LoopParts, WAKER};
 use keel_storage::Store;
 use mio::{Poll, Waker};
 use std::io::Write;
@@ -125,15 +126,17 @@ pub fn config_from_args(args: &Args) -> Result<Config, config::ConfigError> {
 /// Runs the broker until SIGTERM or SIGINT, then stops cleanly: no new sends, pending
 /// ones flushed and answered, files closed.
 pub fn run(config: Config) -> Result<(), String> {
-    let store = Store::open(config.store_config()).map_err(|error| {
-        format!(
-            "cannot open the data directory {}: {error}",
-            config.data_dir.display()
-        )
-    })?;
-    log_recovery(&store);
-    let listener = bind(config.listen)
+    // The port first: a conflict is reported at once, before recovery (which can take
+    // minutes on a big log) and before anything is created. Connections are accepted
+    // only once the broker is ready.
+    let socket = bind(config.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let (store, arm_read_delay) = open_store(&config)?;
+    log_recovery(&store);
+    socket
+        .listen(1024)
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let listener = mio::net::TcpListener::from_std(socket.into());
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     let role = cluster::effective_role(&config);
     let ha =
@@ -146,6 +149,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let broker = Arc::new(Broker::new(config.clone(), store.clone(), role, ha));
     broker.set_listen_address(address);
     schedule::start(broker.clone());
+    let (readers, reads) = reader::Readers::start(broker.clone(), config.read_threads)
+        .map_err(|error| format!("cannot start the reader threads: {error}"))?;
 
     let count = config.event_loop_count();
     let mut loops = Vec::with_capacity(count);
@@ -162,13 +167,16 @@ pub fn run(config: Config) -> Result<(), String> {
         });
         wakers.push(waker.clone());
         let waiting = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        loops.push(EventLoop::new(
+        loops.push(EventLoop::new(LoopParts {
             index,
             poll,
-            broker.clone(),
-            receiver,
-            waiting.clone(),
-        ));
+            waker: waker.clone(),
+            broker: broker.clone(),
+            incoming: receiver,
+            waiting: waiting.clone(),
+            reads: reads.clone(),
+            loops: count,
+        }));
         // Storage progress wakes a loop only when it has something waiting for it.
         store.add_listener(Arc::new(move || {
             // The offsets were published before this call; pairs with the loop's fence.
@@ -178,6 +186,8 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         }));
     }
+    // Only the loops send reads from here on: the readers stop once the loops do.
+    drop(reads);
     loops[0]
         .set_listener(listener, handoffs)
         .map_err(|error| error.to_string())?;
@@ -206,6 +216,13 @@ pub fn run(config: Config) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| address.to_string());
     cluster::start_registration(broker.clone(), advertised);
+    if let Some(arm) = arm_read_delay {
+        log::warn!(
+            "fault injection: every read of the log now sleeps {} ms",
+            config.fault_read_delay_ms
+        );
+        arm.store(true, std::sync::atomic::Ordering::Release);
+    }
     // The ready line: tests and scripts wait for it, and read the port from it.
     println!("keeld listening on {address}");
     let _ = std::io::stdout().flush();
@@ -215,6 +232,7 @@ pub fn run(config: Config) -> Result<(), String> {
             log::error!("an event loop panicked");
         }
     }
+    readers.join();
     match broker.ha() {
         broker::Ha::Master(master) => master.stop(),
         broker::Ha::Slave(slave) => slave.stop(),
@@ -222,12 +240,51 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     store.shutdown();
     let stats = store.stats();
+    if stats.poisoned {
+        return Err(format!(
+            "stopped after a storage failure: the log is durable only up to offset {} ({} \
+             records); {} bytes appended after it were not made durable. Restart keeld to \
+             recover (see docs/OPERATIONS.md, \"Recovery\")",
+            stats.offset_flushed,
+            stats.records_flushed,
+            stats.offset_appended.saturating_sub(stats.offset_flushed)
+        ));
+    }
     log::info!(
         "keeld stopped cleanly: log ends at offset {}, all of it fsynced ({} records)",
         stats.offset_flushed,
         stats.records_flushed
     );
     Ok(())
+}
+
+/// Opens the store on the real disk, or on one whose reads stall (`fault_read_delay_ms`,
+/// armed once the broker runs: the switch is returned).
+fn open_store(
+    config: &Config,
+) -> Result<(Arc<Store>, Option<Arc<std::sync::atomic::AtomicBool>>), String> {
+    let disk: Arc<dyn keel_storage::disk::Disk> = Arc::new(keel_storage::disk::RealDisk);
+    let (disk, arm) = match config.fault_read_delay_ms {
+        0 => (disk, None),
+        delay => {
+            let delayed = keel_storage::disk::DelayedReads::new(
+                disk,
+                std::time::Duration::from_millis(delay),
+            );
+            let arm = delayed.arm_switch();
+            (
+                Arc::new(delayed) as Arc<dyn keel_storage::disk::Disk>,
+                Some(arm),
+            )
+        }
+    };
+    let store = Store::open_with_disk(config.store_config(), disk).map_err(|error| {
+        format!(
+            "cannot open the data directory {}: {error}",
+            config.data_dir.display()
+        )
+    })?;
+    Ok((store, arm))
 }
 
 fn log_recovery(store: &Store) {
@@ -253,7 +310,8 @@ fn log_recovery(store: &Store) {
     }
 }
 
-fn bind(address: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+/// A bound socket, not yet listening (so nothing connects before the broker is ready).
+fn bind(address: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     // SO_REUSEADDR lets a restarted broker bind while old connections sit in TIME_WAIT.
@@ -261,8 +319,7 @@ fn bind(address: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    Ok(mio::net::TcpListener::from_std(socket.into()))
+    Ok(socket)
 }
 
 /// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.

@@ -14,14 +14,13 @@
 //! replication and starts delivering when promoted.
 
 use crate::broker::Broker;
-use keel_protocol::{Message, Record, QUEUE_ID_ANY, SCHEDULE_TOPIC};
+use keel_protocol::{Message, Record, SCHEDULE_TOPIC};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The group under which delivery progress is committed.
 pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
-/// Queues of `%SCHEDULE%`: the most delay levels a broker can have.
-pub const SCHEDULE_QUEUES: u32 = 64;
+pub use keel_protocol::SCHEDULE_QUEUES;
 /// Producer id of the copies delivered from level 0 (level n: + n); their sequence is
 /// the schedule record's log offset + 1, increasing within a level.
 const SCHEDULER_PRODUCER_ID: u64 = 0x5C4E_D01E_D0D0_0000;
@@ -51,23 +50,16 @@ pub fn get<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str
 }
 
 /// The message a due schedule record becomes: its real topic, scheduling properties
-/// dropped, the payload and its CRC untouched.
+/// dropped, numbered so that delivering it twice stores it once, sealed anew.
 fn delivered(record: &Record, real_topic: &str, level: u32) -> Message {
-    let mut message = Message::new(real_topic, record.payload.clone());
-    message.payload_crc = record.payload_crc;
-    message.queue_id = QUEUE_ID_ANY;
-    message.tags = record.tags.clone();
-    message.keys = record.keys.clone();
-    message.born_timestamp_ms = record.born_timestamp_ms;
-    message.properties = record
+    let mut message = record.to_message();
+    message.topic = real_topic.to_string();
+    message
         .properties
-        .iter()
-        .filter(|(key, _)| key != property::DELIVER_AT && key != property::REAL_TOPIC)
-        .cloned()
-        .collect();
+        .retain(|(key, _)| key != property::DELIVER_AT && key != property::REAL_TOPIC);
     message.producer_id = SCHEDULER_PRODUCER_ID + u64::from(level);
     message.sequence = record.log_offset + 1;
-    message
+    message.sealed()
 }
 
 /// Starts the delivery thread; it ends when the broker shuts down.

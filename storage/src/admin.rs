@@ -6,7 +6,7 @@ use crate::checkpoint::{read_checkpoint, Checkpoint, CheckpointFile};
 use crate::consume_queue::{index_recovered, TopicQueues};
 use crate::disk::{read_all, Disk, FileReader, OpenMode, RealDisk};
 use crate::meta::{load_offsets, load_topics};
-use crate::recovery::{recover, Repair};
+use crate::recovery::{recover, Evidence, Repair};
 use crate::segment::list_segments;
 use crate::StoreError;
 use keel_protocol::{decode_record, peek_record_header, Record, RECORD_FIXED_LEN};
@@ -84,10 +84,15 @@ pub fn verify_on(
     let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
     let on_record = |record| index_recovered(&mut topics, record);
     let log_dir = data_dir.join("commitlog");
+    let own_writes = crate::own_writes::load(disk, &data_dir.join("own_writes"))?;
+    let evidence = Evidence {
+        checkpoint: report.checkpoint,
+        own_writes: &own_writes,
+    };
     match recover(
         disk,
         &log_dir,
-        report.checkpoint,
+        evidence,
         max_record_bytes,
         Repair::ReadOnly,
         on_record,
@@ -101,14 +106,14 @@ pub fn verify_on(
         }
         Err(error @ StoreError::Corruption { .. }) => {
             report.corruption = Some(error.to_string());
-            // Still say how far the valid records reach (ignoring the checkpoint): when
-            // only the end is missing, that is where `truncate` would cut.
+            // Still say how far the valid records reach (judging nothing): when only
+            // the end is missing or damaged, that is where `truncate` would cut.
             if let Ok((_, valid)) = recover(
                 disk,
                 &log_dir,
-                None,
+                evidence,
                 max_record_bytes,
-                Repair::ReadOnly,
+                Repair::MeasureValidPrefix,
                 |_| Ok(()),
             ) {
                 report.segments = valid.segments;
@@ -297,5 +302,10 @@ pub fn truncate(data_dir: &Path, offset: u64, max_record_bytes: u32) -> Result<u
         offset_flushed: offset,
         clean: false,
     })?;
+    let own_path = data_dir.join("own_writes");
+    let mut own_writes = crate::own_writes::load(&disk, &own_path)?;
+    if own_writes.cut(offset) {
+        crate::own_writes::save(&disk, &own_path, &own_writes)?;
+    }
     Ok(discarded)
 }

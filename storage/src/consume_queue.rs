@@ -113,6 +113,15 @@ pub(crate) fn index_recovered(
     record: crate::recovery::RecoveredRecord,
 ) -> Result<(), String> {
     let log_start = record.log_start;
+    if record.queue_id >= keel_protocol::QUEUES_MAX {
+        // A valid CRC does not make the id plausible: it sizes the queue table.
+        return Err(format!(
+            "record of {} names queue {}, beyond the {} queues a topic may have",
+            record.topic,
+            record.queue_id,
+            keel_protocol::QUEUES_MAX
+        ));
+    }
     let topic = topics.entry(record.topic.clone()).or_default();
     let index = record.queue_id as usize;
     if topic.queues.len() <= index {

@@ -94,6 +94,21 @@ pub enum AppendError {
         sequence: u64,
         oldest: u64,
     },
+    /// The (producer id, sequence) is stored with another message: not a retry.
+    SequenceMismatch {
+        producer_id: u64,
+        sequence: u64,
+        detail: String,
+    },
+    /// A producer id with sequence 0: idempotent producers number from 1.
+    SequenceZero {
+        producer_id: u64,
+    },
+    /// The stored record would be larger than recovery accepts as plausible.
+    RecordTooLarge {
+        size: u64,
+        max: u32,
+    },
 }
 
 impl fmt::Display for AppendError {
@@ -122,6 +137,25 @@ impl fmt::Display for AppendError {
                 f,
                 "producer {producer_id:016x} sequence {sequence} is older than the oldest one \
                  this broker remembers ({oldest}); it may already be stored and is not stored again"
+            ),
+            AppendError::SequenceMismatch {
+                producer_id,
+                sequence,
+                detail,
+            } => write!(
+                f,
+                "producer {producer_id:016x} sequence {sequence} {detail}; a sequence may be \
+                 reused only to retry the very same message"
+            ),
+            AppendError::SequenceZero { producer_id } => write!(
+                f,
+                "producer {producer_id:016x} sent sequence 0; idempotent producers number \
+                 their messages from 1 (or send producer id 0 to opt out)"
+            ),
+            AppendError::RecordTooLarge { size, max } => write!(
+                f,
+                "the message would be stored as a record of {size} bytes, more than the \
+                 {max} this broker accepts (max_message_bytes + headers, tags, keys and properties)"
             ),
         }
     }

@@ -16,11 +16,16 @@ use crate::disk::{DiskFile, OpenMode};
 use crate::segment::segment_file_name;
 use crate::store::{FlushMode, Store};
 use crate::StoreError;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// Under load the checkpoint is rewritten at most this often (each write is an fsync of
+/// its own); records carry `flushed_before` in between.
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// Once appends stop, the checkpoint catches up with the flushed offset after this long
+/// (debounced, so a trickle of single sends does not pay a second fsync each).
+pub(crate) const CHECKPOINT_IDLE_DELAY: Duration = Duration::from_millis(20);
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// After ENOSPC, writes resume only with this much room above the reserve.
 const RESUME_MARGIN_BYTES: u64 = 4 << 20;
@@ -65,7 +70,11 @@ struct Syncer<'a> {
     unsynced: Mutex<Unsynced>,
     /// One fsync round at a time; also guards the fault-injection count.
     round: Mutex<u64>,
+    /// When the checkpoint is next due under load; held while the checkpoint is
+    /// written, so its offset never goes down.
     checkpoint_due: Mutex<Instant>,
+    /// The offset the checkpoint file holds.
+    checkpoint_written: AtomicU64,
     stop: Mutex<bool>,
     wakeup: Condvar,
 }
@@ -85,6 +94,7 @@ pub(crate) fn run(
         }),
         round: Mutex::new(0),
         checkpoint_due: Mutex::new(now),
+        checkpoint_written: AtomicU64::new(store.offset_flushed()),
         stop: Mutex::new(false),
         wakeup: Condvar::new(),
     };
@@ -141,12 +151,14 @@ impl Syncer<'_> {
         unsynced.records = records;
     }
 
-    /// After `truncate_to`: nothing is unsynced and the log ends at `written`.
+    /// After `truncate_to`: nothing is unsynced, the log ends at `written`, and the
+    /// checkpoint (moved back by the truncation) holds at most that.
     fn reset(&self, written: u64, records: u64) {
         let mut unsynced = self.lock_unsynced();
         unsynced.files.clear();
         unsynced.written = written;
         unsynced.records = records;
+        self.checkpoint_written.fetch_min(written, Ordering::AcqRel);
     }
 
     /// fsyncs every file written so far and publishes the flushed offset.
@@ -195,18 +207,37 @@ impl Syncer<'_> {
             .fetch_max(records, Ordering::AcqRel);
         progress.flushed.fetch_max(written, Ordering::AcqRel);
         self.store.notify_listeners();
-        let mut checkpoint_due = self
+        self.checkpoint(false)
+    }
+
+    /// Writes the flushed offset to the checkpoint when it is behind, and either
+    /// `idle` (appends stopped) or the interval passed since the last write.
+    ///
+    /// Crash safety: the checkpoint only ever names an offset already fsynced, so a
+    /// crash leaves it at or below the log's durable end; a torn checkpoint fails its
+    /// CRC and recovery falls back to the records' own evidence.
+    fn checkpoint(&self, idle: bool) -> Result<(), StoreError> {
+        let mut due = self
             .checkpoint_due
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if Instant::now() >= *checkpoint_due {
-            self.store.checkpoint.write(Checkpoint {
-                offset_flushed: written,
-                clean: false,
-            })?;
-            *checkpoint_due = Instant::now() + CHECKPOINT_INTERVAL;
+        let flushed = self.store.offset_flushed();
+        let written = self.checkpoint_written.load(Ordering::Acquire);
+        if flushed <= written || !(idle || Instant::now() >= *due) {
+            return Ok(());
         }
+        self.store.checkpoint.write(Checkpoint {
+            offset_flushed: flushed,
+            clean: false,
+        })?;
+        self.checkpoint_written.store(flushed, Ordering::Release);
+        *due = Instant::now() + CHECKPOINT_INTERVAL;
         Ok(())
+    }
+
+    /// Whether the checkpoint is behind the flushed offset.
+    fn checkpoint_behind(&self) -> bool {
+        self.checkpoint_written.load(Ordering::Acquire) < self.store.offset_flushed()
     }
 
     /// Async mode: fsync every `flush_interval_ms` until asked to stop.
@@ -232,7 +263,9 @@ impl Syncer<'_> {
             if self.lock_unsynced().written <= self.store.offset_flushed() {
                 continue;
             }
-            if let Err(error) = self.sync() {
+            // Each periodic round is already seconds of work apart: its checkpoint is
+            // written at once, so an idle broker's checkpoint is current.
+            if let Err(error) = self.sync().and_then(|()| self.checkpoint(true)) {
                 self.poison(&error);
                 return;
             }
@@ -273,6 +306,8 @@ impl Flusher<'_> {
                 return Ok(());
             };
             if batch.bytes.is_empty() {
+                // Idle: nothing was appended for a while.
+                self.syncer.checkpoint(true)?;
                 continue;
             }
             self.write(&batch)?;
@@ -315,11 +350,17 @@ impl Flusher<'_> {
             if state.shutting_down {
                 return None;
             }
-            // Idle waits are bounded so the free-space check keeps running.
+            // Idle waits are bounded so the free-space check keeps running, and short
+            // while the checkpoint lags, so it is written soon after appends stop.
+            let wait = if self.syncer.checkpoint_behind() {
+                CHECKPOINT_IDLE_DELAY
+            } else {
+                SPACE_CHECK_INTERVAL
+            };
             state.flusher_waiting = true;
             let (guard, timeout) = store
                 .flusher_wakeup
-                .wait_timeout(state, SPACE_CHECK_INTERVAL)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|poison| poison.into_inner());
             state = guard;
             state.flusher_waiting = false;
@@ -386,6 +427,13 @@ impl Flusher<'_> {
             let Some((base, file)) = &self.active else {
                 unreachable!("a segment was just opened")
             };
+            // From here these bytes may be in the file whatever the write returns: a
+            // send among them that fails is answered "outcome unknown", not "not stored".
+            let chunk_end_offset = batch.base + chunk_end as u64;
+            self.store
+                .progress
+                .attempted
+                .fetch_max(chunk_end_offset, Ordering::AcqRel);
             file.write_all_at(&batch.bytes[position..chunk_end], offset - base)?;
             position = chunk_end;
             self.written = batch.base + position as u64;

@@ -13,6 +13,7 @@
 //! ```text
 //! DATA_DIR/LOCK                               held (flock) while a broker runs
 //! DATA_DIR/epochs                             master epochs: which term wrote which offsets
+//! DATA_DIR/own_writes                         log ranges this broker appended as a master
 //! DATA_DIR/checkpoint                         last fsynced log offset (a hint for recovery)
 //! DATA_DIR/commitlog/00000000000000000000     segments named by base offset
 //! DATA_DIR/consumequeue/TOPIC/QUEUE/00000000000000000000   20-byte index entries
@@ -29,6 +30,7 @@ mod error;
 mod flusher;
 mod fs_util;
 mod meta;
+mod own_writes;
 mod producers;
 mod recovery;
 mod replica;
@@ -41,6 +43,7 @@ mod store;
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
 pub use epochs::Epoch;
 pub use error::{AppendError, StoreError};
+pub use own_writes::OwnWrites;
 pub use recovery::RecoveryReport;
 pub use replica::RecordId;
 pub use store::{AppendResult, FlushMode, QueueRead, ReadStatus, Store, StoreConfig, StoreStats};

@@ -199,6 +199,9 @@ pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<TopicLine>
             return Err(bad_line(path, line));
         };
         let queues: u32 = queues.parse().map_err(|_| bad_line(path, line))?;
+        if queues > keel_protocol::QUEUES_MAX {
+            return Err(bad_line(path, line));
+        }
         let firsts: Vec<u64> = match firsts {
             None => vec![0; queues as usize],
             Some(list) => list

@@ -18,13 +18,16 @@ pub(crate) const WINDOW: usize = 1024;
 /// Producers remembered; beyond it the one silent longest is forgotten.
 pub(crate) const PRODUCERS_MAX: usize = 65_536;
 
-/// Where a record was stored.
+/// Where a record was stored, and which message it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StoredAt {
     pub queue_id: u32,
     pub queue_offset: u64,
     pub log_offset: u64,
     pub offset_end: u64,
+    /// The producer's `message_crc`: a retry carries the same; another message under
+    /// the same sequence does not.
+    pub message_crc: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -141,6 +144,7 @@ mod tests {
             queue_offset: log_offset,
             log_offset,
             offset_end: log_offset + 1,
+            message_crc: 7,
         }
     }
 

@@ -2,15 +2,20 @@
 //!
 //! The first record that fails a check (header, magic, size, CRC32C over the whole
 //! record, or its stored offset disagreeing with where it sits) ends the valid log at
-//! position `p`. What follows is a *torn tail* when it cannot hold acknowledged data:
-//! - with a checkpoint `c` (the last fsynced offset): `p >= c`;
-//! - without one: no valid record exists anywhere after `p`.
+//! position `p`. What follows is a *torn tail* when nothing shows that `p` was fsynced
+//! (and so may hold acknowledged data):
+//! - with a checkpoint `c` (an offset known fsynced): `p >= c`;
+//! - without one: no valid record exists anywhere after `p`;
+//! - and in both cases, no valid record after `p` that this broker appended as a master
+//!   carries `flushed_before > p` (it would prove `p` fsynced before it was appended;
+//!   see `own_writes`).
 //!
 //! A torn tail is truncated (and later segments removed). Anything else is corruption:
 //! recovery refuses, naming the file, the position and what is wrong, and never cuts the
 //! log silently. Recovery is idempotent: after truncation a second run finds a clean log.
 
 use crate::disk::{read_exact_at, Disk, FileReader, OpenMode};
+use crate::own_writes::OwnWrites;
 use crate::segment::list_segments;
 use crate::StoreError;
 use keel_protocol::{decode_record, peek_record_header, RECORD_FIXED_LEN, RECORD_MAGIC};
@@ -48,6 +53,7 @@ pub(crate) struct RecoveredRecord {
     pub tags_hash: u64,
     pub producer_id: u64,
     pub sequence: u64,
+    pub message_crc: u32,
 }
 
 /// Whether recovery may change the files (keeld) or only look (`keel admin verify`).
@@ -56,6 +62,18 @@ pub enum Repair {
     TruncateTornTail,
     /// Report what would be cut in `truncated_bytes`, change nothing.
     ReadOnly,
+    /// Change nothing and judge nothing: find where the valid records end, as if every
+    /// bad record were a torn tail (`keel admin verify` says so on a damaged log).
+    MeasureValidPrefix,
+}
+
+/// What recovery knows about what was fsynced, besides the records themselves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Evidence<'a> {
+    /// The checkpoint's offset, when the checkpoint is valid.
+    pub checkpoint: Option<u64>,
+    /// Where this broker's own records are (their `flushed_before` values count).
+    pub own_writes: &'a OwnWrites,
 }
 
 struct BadRecord {
@@ -68,11 +86,15 @@ struct BadRecord {
 pub(crate) fn recover(
     disk: &dyn Disk,
     dir: &Path,
-    checkpoint: Option<u64>,
+    evidence: Evidence<'_>,
     max_record_bytes: u32,
     repair: Repair,
     mut on_record: impl FnMut(RecoveredRecord) -> Result<(), String>,
 ) -> Result<(Vec<(u64, PathBuf)>, RecoveryReport), StoreError> {
+    let checkpoint = match repair {
+        Repair::MeasureValidPrefix => None,
+        _ => evidence.checkpoint,
+    };
     let segments = list_segments(disk, dir)?;
     let mut report = RecoveryReport {
         checkpoint,
@@ -115,21 +137,18 @@ pub(crate) fn recover(
         let Some(bad) = bad else { continue };
         let later = &segments[index + 1..];
         let position_global = base + bad.position;
-        let corrupt = match checkpoint {
-            Some(flushed) => position_global < flushed,
-            None => {
-                valid_record_after(disk, path, *base, bad.position + 1, max_record_bytes)?
-                    || later.iter().any(|(later_base, later_path)| {
-                        valid_record_after(disk, later_path, *later_base, 0, max_record_bytes)
-                            .unwrap_or(true)
-                    })
-            }
+        let why = match repair {
+            Repair::MeasureValidPrefix => None,
+            _ => why_not_torn(
+                disk,
+                (path, *base, bad.position),
+                later,
+                evidence.own_writes,
+                checkpoint,
+                max_record_bytes,
+            )?,
         };
-        if corrupt {
-            let why = match checkpoint {
-                Some(flushed) => format!("it lies below the last fsynced offset {flushed}"),
-                None => "valid records follow it".to_string(),
-            };
+        if let Some(why) = why {
             return Err(StoreError::Corruption {
                 path: path.clone(),
                 position: bad.position,
@@ -145,7 +164,9 @@ pub(crate) fn recover(
             Repair::TruncateTornTail => {
                 truncate_tail(disk, path, bad.position, later, &mut report)?
             }
-            Repair::ReadOnly => report.truncated_bytes += torn_len(disk, path, bad.position, later),
+            Repair::ReadOnly | Repair::MeasureValidPrefix => {
+                report.truncated_bytes += torn_len(disk, path, bad.position, later)
+            }
         }
         report.truncation_reason = Some(format!("{} at log offset {position_global}", bad.detail));
         break;
@@ -244,6 +265,7 @@ fn scan_segment(
             size: decoded.total_size,
             producer_id: decoded.producer_id,
             sequence: decoded.sequence,
+            message_crc: decoded.message_crc,
         };
         if let Err(detail) = on_record(recovered) {
             return Err(StoreError::Corruption {
@@ -272,13 +294,71 @@ fn open_for_read(
     Ok((file, length))
 }
 
-/// Whether any valid record (CRC and position consistent) starts at or after `from`.
-fn valid_record_after(
+/// Why the bad record at `bad` (segment path, its base, position in it) cannot be a
+/// torn tail, or `None` when it can: the checkpoint says it was fsynced, or (with no
+/// checkpoint) valid records follow it, or a later record of this broker's own says
+/// the log was fsynced past it before that record was appended.
+fn why_not_torn(
+    disk: &dyn Disk,
+    bad: (&Path, u64, u64),
+    later: &[(u64, PathBuf)],
+    own_writes: &OwnWrites,
+    checkpoint: Option<u64>,
+    max_record_bytes: u32,
+) -> Result<Option<String>, StoreError> {
+    let (path, base, position) = bad;
+    let at = base + position;
+    if let Some(flushed) = checkpoint.filter(|flushed| at < *flushed) {
+        return Ok(Some(format!(
+            "it lies below the last fsynced offset {flushed}"
+        )));
+    }
+    // Stop at the first valid record when that alone decides (no checkpoint), else at
+    // the first own record proving `at` fsynced; otherwise every later byte is looked at.
+    let mut follows = false;
+    let mut proof: Option<(u64, u64)> = None;
+    let mut look = |record: &keel_protocol::Record| {
+        follows = true;
+        if own_writes.contains(record.log_offset) && record.flushed_before > at {
+            proof = Some((record.log_offset, record.flushed_before));
+            return false;
+        }
+        checkpoint.is_some()
+    };
+    let mut going =
+        scan_valid_records(disk, path, base, position + 1, max_record_bytes, &mut look)?;
+    for (later_base, later_path) in later {
+        if !going {
+            break;
+        }
+        going = scan_valid_records(
+            disk,
+            later_path,
+            *later_base,
+            0,
+            max_record_bytes,
+            &mut look,
+        )?;
+    }
+    Ok(match (proof, checkpoint.is_none() && follows) {
+        (Some((offset, flushed)), _) => Some(format!(
+            "the record at log offset {offset}, appended after it, shows the log was fsynced \
+             up to {flushed} when it was appended"
+        )),
+        (None, true) => Some("valid records follow it".to_string()),
+        (None, false) => None,
+    })
+}
+
+/// Calls `each` for every valid record (CRC and position consistent) that starts at or
+/// after `from` in one segment, until it returns false. Returns whether to go on.
+fn scan_valid_records(
     disk: &dyn Disk,
     path: &Path,
     base: u64,
     from: u64,
     max_record_bytes: u32,
+    each: &mut impl FnMut(&keel_protocol::Record) -> bool,
 ) -> Result<bool, StoreError> {
     let (file, length) = open_for_read(disk, path)?;
     const STEP: u64 = 4 << 20;
@@ -297,14 +377,14 @@ fn valid_record_after(
                 continue;
             }
             if let Ok(record) = decode_record(&window[index..]) {
-                if record.log_offset == base + start + index as u64 {
-                    return Ok(true);
+                if record.log_offset == base + start + index as u64 && !each(&record) {
+                    return Ok(false);
                 }
             }
         }
         start += STEP;
     }
-    Ok(false)
+    Ok(true)
 }
 
 /// Bytes a torn tail at `position` would cut, this segment and the later ones.

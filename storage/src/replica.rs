@@ -50,12 +50,16 @@ impl Store {
     }
 
     /// Starts a new master epoch at the log's end and makes it durable. Called when a
-    /// broker starts as a master and when a slave is promoted, before any append.
-    /// Epochs of the history that start past the end (learnt from a former master,
-    /// never written here) are dropped first.
+    /// broker starts as a master and when a slave is promoted, before any append and
+    /// while nothing appends (the disk writes happen without the append lock, which the
+    /// event loops take). Epochs of the history that start past the end (learnt from a
+    /// former master, never written here) are dropped first.
     pub fn begin_epoch(&self) -> Result<Epoch, StoreError> {
-        let state = self.lock_state();
-        let end = state.offset_end;
+        let end = self.lock_state().offset_end;
+        // Crash safety: the own range is durable before any record is appended in the
+        // epoch; a crash before the epoch is saved leaves a range that only claims
+        // what this broker, restarting as a master, appends anyway.
+        self.update_own_writes(|own| own.begin(end))?;
         let mut history = self.lock_epochs();
         let mut next = history.clone();
         next.retain(|e| e.start <= end);
@@ -66,8 +70,47 @@ impl Store {
         next.push(epoch);
         epochs::save(self.disk.as_ref(), &self.epochs_path(), &next)?;
         *history = next;
-        drop(state);
+        drop(history);
+        assert_eq!(
+            self.lock_state().offset_end,
+            end,
+            "begin_epoch runs while nothing appends"
+        );
         Ok(epoch)
+    }
+
+    /// This broker follows a master from now on: what it appends from its log's end is
+    /// the master's records, whose `flushed_before` values recovery must not trust here.
+    /// Call before the first replicated append.
+    pub fn follow_master(&self) -> Result<(), StoreError> {
+        let end = self.lock_state().offset_end;
+        self.update_own_writes(|own| own.end(end))
+    }
+
+    /// Where this broker appended as a master.
+    pub fn own_writes(&self) -> crate::OwnWrites {
+        self.lock_own_writes().clone()
+    }
+
+    fn lock_own_writes(&self) -> std::sync::MutexGuard<'_, crate::OwnWrites> {
+        self.own_writes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Applies `change` and persists the ranges when it changed them.
+    pub(crate) fn update_own_writes(
+        &self,
+        change: impl FnOnce(&mut crate::OwnWrites) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut own = self.lock_own_writes();
+        let mut next = own.clone();
+        if change(&mut next) {
+            let path = self.config.data_dir.join("own_writes");
+            crate::own_writes::save(self.disk.as_ref(), &path, &next)?;
+            *own = next;
+        }
+        Ok(())
     }
 
     /// Replaces the history with the master's (a slave follows its master's terms).
@@ -187,6 +230,16 @@ impl Store {
                 ))
             })?;
             let size = u64::from(record.total_size);
+            if record.queue_id >= keel_protocol::QUEUES_MAX {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the master sent a record for queue {} of {} at log offset {}, beyond \
+                     the {} queues a topic may have",
+                    record.queue_id,
+                    record.topic,
+                    record.log_offset,
+                    keel_protocol::QUEUES_MAX
+                )));
+            }
             if record.log_offset != state.offset_end {
                 return Err(StoreError::InvalidArgument(format!(
                     "the master sent a record for log offset {} but this log ends at {}",
@@ -246,6 +299,7 @@ impl Store {
                     queue_offset: record.queue_offset,
                     log_offset: record.log_offset,
                     offset_end: record.log_offset + size,
+                    message_crc: record.message_crc,
                 },
             );
             state.offset_end += size;
@@ -286,45 +340,90 @@ impl Store {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let mut state = self.lock_state();
-        let end = state.offset_end;
-        if to > end || to < state.log_start {
-            return Err(StoreError::InvalidArgument(format!(
-                "cannot truncate to {to}: the log holds [{}, {end})",
-                state.log_start
-            )));
-        }
-        if to == end {
-            return Ok(0);
-        }
-        let on_boundary = to == state.log_start
-            || state
-                .topics
-                .values()
-                .flat_map(|topic| topic.queues.iter())
-                .any(|queue| queue.entries.iter().any(|e| e.offset_end() == to));
-        if !on_boundary {
-            return Err(StoreError::InvalidArgument(format!(
-                "cannot truncate to {to}: no record ends there"
-            )));
-        }
+        // In memory first, under the append lock (memory only): readers stop seeing the
+        // records from `to` on, and retention keeps the segment holding `to`.
+        let (end, dropped, records, kept_base) = {
+            let mut state = self.lock_state();
+            let end = state.offset_end;
+            if to > end || to < state.log_start {
+                return Err(StoreError::InvalidArgument(format!(
+                    "cannot truncate to {to}: the log holds [{}, {end})",
+                    state.log_start
+                )));
+            }
+            if to == end {
+                return Ok(0);
+            }
+            let on_boundary = to == state.log_start
+                || state
+                    .topics
+                    .values()
+                    .flat_map(|topic| topic.queues.iter())
+                    .any(|queue| {
+                        let index = queue.entries.partition_point(|e| e.offset_end() < to);
+                        queue
+                            .entries
+                            .get(index)
+                            .is_some_and(|e| e.offset_end() == to)
+                    });
+            if !on_boundary {
+                return Err(StoreError::InvalidArgument(format!(
+                    "cannot truncate to {to}: no record ends there"
+                )));
+            }
+            let bases = self.segments.bases();
+            let kept_base = bases
+                .iter()
+                .copied()
+                .rev()
+                .find(|base| *base < to || Some(base) == bases.first())
+                .unwrap_or(to);
+            let dropped = state.forget_from(to);
+            state.pending.clear();
+            state.pending_base = to;
+            state.pending_index.clear();
+            state.segments_new.clear();
+            state.segment_active_base = kept_base;
+            state.segment_newest_ms.retain(|base, _| *base <= kept_base);
+            let progress = &self.progress;
+            progress.appended.store(to, Ordering::Release);
+            progress.attempted.store(to, Ordering::Release);
+            progress.written.store(to, Ordering::Release);
+            progress.flushed.store(to, Ordering::Release);
+            progress
+                .records_flushed
+                .store(state.records_appended, Ordering::Release);
+            // A cap set by replication must not let the cut records' offsets count as
+            // confirmed when new records take them.
+            let _ = progress
+                .durable_cap
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cap| {
+                    (cap != u64::MAX && cap > to).then_some(to)
+                });
+            (end, dropped, state.records_appended, kept_base)
+        };
+        // Then the disk, without the append lock (the loops take it).
+        //
         // Crash safety: the checkpoint moves back first. A crash before the files are
         // cut leaves valid records past it, which recovery keeps (and the master has
         // this slave cut again); a crash part way leaves a segment shorter than the
         // next one's base past the checkpoint, which recovery cuts as a torn tail. A
         // checkpoint still above `to` would make that look like corruption instead.
+        // The own ranges are cut next, before any replicated record can land at `to`:
+        // its `flushed_before` is the master's and must never count as this broker's.
         self.checkpoint.write(crate::checkpoint::Checkpoint {
             offset_flushed: to,
             clean: false,
         })?;
+        self.update_own_writes(|own| own.cut(to))?;
         let dir = self.config.data_dir.join("commitlog");
-        let bases = self.segments.bases();
-        let first = bases.first().copied();
         let mut removed = Vec::new();
-        let mut kept_base = to;
-        for base in bases {
+        for base in self.segments.bases() {
             let path = dir.join(crate::segment::segment_file_name(base));
-            if base < to || (base == to && Some(base) == first) {
+            if base <= kept_base {
+                if base < kept_base {
+                    continue;
+                }
                 // The segment holding `to` (or the only one, emptied): cut it there.
                 let file = self
                     .disk
@@ -340,7 +439,6 @@ impl Store {
                         .and_then(|()| file.sync_data())
                         .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
                 }
-                kept_base = base;
             } else {
                 self.disk
                     .remove_file(&path)
@@ -350,37 +448,20 @@ impl Store {
         }
         crate::fs_util::sync_dir(self.disk.as_ref(), &dir)?;
         self.segments.remove(&removed);
-        let dropped = state.forget_from(to);
-        state.pending.clear();
-        state.pending_base = to;
-        state.pending_index.clear();
-        state.segments_new.clear();
-        state.segment_active_base = kept_base;
-        state.segment_newest_ms.retain(|base, _| *base <= kept_base);
-        let records = state.records_appended;
         // The flusher (idle: everything was flushed) restarts from `to` in the kept
         // segment; wait until it has, so no fsync round publishes the old end again.
-        state.flusher_reset = Some(to);
+        self.lock_state().flusher_reset = Some(to);
         self.flusher_wakeup.notify_all();
-        drop(state);
         while self.lock_state().flusher_reset.is_some() {
             if self.is_poisoned() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let progress = &self.progress;
-        progress.appended.store(to, Ordering::Release);
-        progress.written.store(to, Ordering::Release);
-        progress.flushed.store(to, Ordering::Release);
-        progress.records_flushed.store(records, Ordering::Release);
-        // A cap set by replication must not let the cut records' offsets count as
-        // confirmed when new records take them.
-        let _ = progress
-            .durable_cap
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cap| {
-                (cap != u64::MAX && cap > to).then_some(to)
-            });
+        debug_assert_eq!(
+            self.progress.records_flushed.load(Ordering::Acquire),
+            records
+        );
         self.meta.bump();
         self.notify_listeners();
         log::warn!(

@@ -28,6 +28,7 @@ pub(crate) fn recover_log(
     disk: &dyn Disk,
     config: &StoreConfig,
     checkpoint: Option<Checkpoint>,
+    own_writes: &crate::own_writes::OwnWrites,
 ) -> Result<RecoveredLog, StoreError> {
     let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
     let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
@@ -43,16 +44,20 @@ pub(crate) fn recover_log(
                 queue_offset: record.queue_offset,
                 log_offset: record.log_offset,
                 offset_end: record.log_offset + u64::from(record.size),
+                message_crc: record.message_crc,
             },
         );
         index_recovered(&mut topics, record)
     };
     let log_dir = config.data_dir.join("commitlog");
-    let flushed = checkpoint.map(|c| c.offset_flushed);
+    let evidence = crate::recovery::Evidence {
+        checkpoint: checkpoint.map(|c| c.offset_flushed),
+        own_writes,
+    };
     let (segment_paths, mut report) = recover(
         disk,
         &log_dir,
-        flushed,
+        evidence,
         config.max_record_bytes,
         Repair::TruncateTornTail,
         on_record,

@@ -169,6 +169,9 @@ impl AppendState {
 pub(crate) struct Progress {
     /// Mirror of `AppendState::offset_end`, readable without the append lock.
     pub appended: AtomicU64,
+    /// End of the bytes handed to a `write` (they may be in the file even when it
+    /// failed). Invariant: `written <= attempted <= appended`.
+    pub attempted: AtomicU64,
     pub written: AtomicU64,
     pub flushed: AtomicU64,
     pub records_flushed: AtomicU64,
@@ -201,6 +204,9 @@ pub struct Store {
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
     pub(crate) epochs: Mutex<Vec<crate::epochs::Epoch>>,
+    /// Where this broker appended as a master (see `own_writes`); persisted before it
+    /// changes what recovery would trust.
+    pub(crate) own_writes: Mutex<crate::own_writes::OwnWrites>,
     pub(crate) disk: Arc<dyn Disk>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -226,7 +232,8 @@ impl Store {
         }
         let (checkpoint_file, checkpoint) =
             CheckpointFile::open(disk_ref, &data_dir.join("checkpoint"))?;
-        let mut recovered = recover_log(disk_ref, &config, checkpoint)?;
+        let own_writes = crate::own_writes::load(disk_ref, &data_dir.join("own_writes"))?;
+        let mut recovered = recover_log(disk_ref, &config, checkpoint, &own_writes)?;
         let topics_path = data_dir.join("topics");
         let offsets_path = data_dir.join("offsets").join("consumer_offsets");
         apply_topics_file(disk_ref, &topics_path, &mut recovered.topics)?;
@@ -272,6 +279,7 @@ impl Store {
             flusher_wakeup: Condvar::new(),
             progress: Progress {
                 appended: AtomicU64::new(offset_end),
+                attempted: AtomicU64::new(offset_end),
                 written: AtomicU64::new(offset_end),
                 flushed: AtomicU64::new(offset_end),
                 records_flushed: AtomicU64::new(records),
@@ -288,6 +296,7 @@ impl Store {
             threads: Mutex::new(Vec::new()),
             recovery: recovered.report,
             epochs: Mutex::new(epochs),
+            own_writes: Mutex::new(own_writes),
             config,
             disk,
             _lock: lock,
@@ -399,6 +408,13 @@ impl Store {
         self.progress.written.load(Ordering::Acquire)
     }
 
+    /// End of the bytes handed to the file system so far. After a storage failure, a
+    /// record that starts below it may be in the log after a restart (its outcome is
+    /// unknown); one at or past it was never written (it is not stored).
+    pub fn offset_attempted(&self) -> u64 {
+        self.progress.attempted.load(Ordering::Acquire)
+    }
+
     pub fn offset_flushed(&self) -> u64 {
         self.progress.flushed.load(Ordering::Acquire)
     }
@@ -462,6 +478,8 @@ impl Store {
             .generation
             .store(state.generation, Ordering::Release);
         self.progress.appended.store(to, Ordering::Release);
+        // The partial record past `to` was cut from the file before this.
+        self.progress.attempted.store(to, Ordering::Release);
         self.progress.disk_full.store(true, Ordering::Release);
         log::error!(
             "disk full: {dropped} record(s) after log offset {to} were not written and are refused"
@@ -519,6 +537,15 @@ impl Store {
         for message in messages {
             validate_topic(&message.topic)
                 .map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+            let size = message.record_len() as u64;
+            if size > u64::from(self.config.max_record_bytes) {
+                let max = self.config.max_record_bytes;
+                return Err(AppendError::RecordTooLarge { size, max });
+            }
+            if message.producer_id != 0 && message.sequence == 0 {
+                let producer_id = message.producer_id;
+                return Err(AppendError::SequenceZero { producer_id });
+            }
         }
         let mut state = self.lock_state();
         if state.shutting_down {
@@ -541,41 +568,19 @@ impl Store {
                 });
             }
         }
-        // An idempotent producer's retry: answer with where the original is. A batch was
-        // stored whole or not at all, so its first message tells.
-        if let Some(first) = messages.first().filter(|m| m.producer_id != 0) {
-            match state.producers.seen(first.producer_id, first.sequence) {
-                crate::producers::Seen::New => {}
-                crate::producers::Seen::Duplicate(_) => {
-                    for message in messages {
-                        let crate::producers::Seen::Duplicate(at) =
-                            state.producers.seen(message.producer_id, message.sequence)
-                        else {
-                            return Err(AppendError::SequenceTooOld {
-                                producer_id: message.producer_id,
-                                sequence: message.sequence,
-                                oldest: 0,
-                            });
-                        };
-                        each(AppendResult {
-                            queue_id: at.queue_id,
-                            queue_offset: at.queue_offset,
-                            log_offset: at.log_offset,
-                            offset_end: at.offset_end,
-                            generation: state.generation,
-                            duplicate: true,
-                        });
-                    }
-                    return Ok(());
-                }
-                crate::producers::Seen::TooOld { oldest } => {
-                    return Err(AppendError::SequenceTooOld {
-                        producer_id: first.producer_id,
-                        sequence: first.sequence,
-                        oldest,
-                    })
-                }
+        // An idempotent producer's retry: answer with where the original is.
+        if let Some(originals) = retry_of(&state.producers, messages)? {
+            for at in originals {
+                each(AppendResult {
+                    queue_id: at.queue_id,
+                    queue_offset: at.queue_offset,
+                    log_offset: at.log_offset,
+                    offset_end: at.offset_end,
+                    generation: state.generation,
+                    duplicate: true,
+                });
             }
+            return Ok(());
         }
         let mut created = false;
         for message in messages {
@@ -631,6 +636,7 @@ impl Store {
             queue_offset: queue.end(),
             queue_id,
             store_timestamp_ms,
+            flushed_before: self.offset_flushed(),
         };
         let written = encode_record(message, &meta, &mut state.pending) as u64;
         assert_eq!(written, record_len);
@@ -665,6 +671,7 @@ impl Store {
                 queue_offset: meta.queue_offset,
                 log_offset: meta.log_offset,
                 offset_end,
+                message_crc: message.message_crc,
             },
         );
         AppendResult {
@@ -681,9 +688,10 @@ impl Store {
     /// metadata version that must be persisted before the creation is durable.
     pub fn create_topic(&self, name: &str, queues: u32) -> Result<(u32, bool, u64), StoreError> {
         validate_topic(name).map_err(|detail| StoreError::InvalidTopic(detail.to_string()))?;
-        if queues == 0 || queues > 1024 {
+        if queues == 0 || queues > keel_protocol::QUEUES_MAX {
             return Err(StoreError::InvalidArgument(format!(
-                "queue count {queues} is outside 1..=1024"
+                "queue count {queues} is outside 1..={}",
+                keel_protocol::QUEUES_MAX
             )));
         }
         let mut state = self.lock_state();
@@ -743,8 +751,30 @@ impl Store {
             .collect()
     }
 
+    /// For each (topic, queue, queue offset) a long poll waits on: whether a read from
+    /// there would now find something (new durable records, or the offset expired).
+    /// Memory only, one lock for all of them; an unknown topic or queue counts as
+    /// something to read (the read reports it).
+    pub fn readable<'a>(
+        &self,
+        waiting: impl IntoIterator<Item = (&'a str, u32, u64)>,
+    ) -> Vec<bool> {
+        let durable = self.offset_durable();
+        let state = self.lock_state();
+        waiting
+            .into_iter()
+            .map(
+                |(topic, queue_id, offset)| match queue_of(&state, topic, queue_id) {
+                    Ok(queue) => queue.durable_end(durable) > offset || queue.first > offset,
+                    Err(_) => true,
+                },
+            )
+            .collect()
+    }
+
     /// Reads up to `max_messages` records (and about `max_bytes`, at least one record) of
-    /// a queue from `queue_offset`, never past the durable offset.
+    /// a queue from `queue_offset`, never past the durable offset. It reads the disk:
+    /// never call it on an event loop.
     pub fn read_queue(
         &self,
         topic: &str,
@@ -850,7 +880,7 @@ impl Store {
         offset: u64,
     ) -> Result<u64, StoreError> {
         validate_topic(group)
-            .map_err(|detail| StoreError::InvalidArgument(format!("invalid group: {detail}")))?;
+            .map_err(|detail| StoreError::InvalidTopic(format!("invalid group name: {detail}")))?;
         {
             let state = self.lock_state();
             let queue = queue_of(&state, topic, queue_id)?;
@@ -964,6 +994,71 @@ impl Store {
                 .unwrap_or_else(|poison| poison.into_inner()) = None;
             self.notify_listeners();
         }
+    }
+}
+
+/// Whether `messages` (one send, or a batch stored whole or not at all) is an idempotent
+/// producer's retry of messages already stored: `Some` with where each original is,
+/// `None` when they are all new. A sequence stored with another message, a batch that
+/// mixes stored and new sequences or repeats one, and a sequence older than the window
+/// are refused: none of them is a retry the broker can answer truthfully.
+fn retry_of(
+    producers: &crate::producers::Producers,
+    messages: &[Message],
+) -> Result<Option<Vec<crate::producers::StoredAt>>, AppendError> {
+    use crate::producers::Seen;
+    // A producer's batch numbers its messages in order; anything else is checked for
+    // repeats with a set (never pairwise: a batch may hold 65535 messages).
+    let in_order = messages.windows(2).all(|pair| {
+        pair[0].producer_id == pair[1].producer_id && pair[0].sequence < pair[1].sequence
+    });
+    let mut numbers = std::collections::HashSet::new();
+    let mut originals = Vec::new();
+    let mut new = 0usize;
+    for message in messages {
+        if message.producer_id == 0 {
+            new += 1;
+            continue;
+        }
+        let (producer_id, sequence) = (message.producer_id, message.sequence);
+        let mismatch = |detail: String| AppendError::SequenceMismatch {
+            producer_id,
+            sequence,
+            detail,
+        };
+        if !in_order && !numbers.insert((producer_id, sequence)) {
+            return Err(mismatch("appears twice in one batch".into()));
+        }
+        match producers.seen(producer_id, sequence) {
+            Seen::New => new += 1,
+            Seen::Duplicate(at) if at.message_crc != message.message_crc => {
+                return Err(mismatch(format!(
+                    "is already stored at log offset {} with another message (message_crc \
+                     {:08x}, this one {:08x})",
+                    at.log_offset, at.message_crc, message.message_crc
+                )));
+            }
+            Seen::Duplicate(at) => originals.push(at),
+            Seen::TooOld { oldest } => {
+                return Err(AppendError::SequenceTooOld {
+                    producer_id,
+                    sequence,
+                    oldest,
+                })
+            }
+        }
+    }
+    match (new, originals.len()) {
+        (_, 0) => Ok(None),
+        (0, _) => Ok(Some(originals)),
+        _ => Err(AppendError::SequenceMismatch {
+            producer_id: messages.first().map_or(0, |m| m.producer_id),
+            sequence: messages.first().map_or(0, |m| m.sequence),
+            detail: format!(
+                "starts a batch that mixes {} stored and {new} new messages",
+                originals.len()
+            ),
+        }),
     }
 }
 

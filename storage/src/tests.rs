@@ -40,7 +40,7 @@ fn read_all(store: &Store, queue_id: u32) -> Vec<String> {
     let mut payloads = Vec::new();
     for _ in 0..read.record_count {
         let record = decode_record(&read.records[position..]).unwrap();
-        assert!(record.payload_crc_matches());
+        assert!(record.message_crc_matches());
         position += record.total_size as usize;
         payloads.push(String::from_utf8(record.payload.to_vec()).unwrap());
     }

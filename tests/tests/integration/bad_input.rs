@@ -3,7 +3,7 @@
 
 use crate::harness::BrokerProcess;
 use keel_client::{Message, Producer, ProducerOptions, SendStatus};
-use keel_protocol::{ErrorCode, Kind, Request};
+use keel_protocol::{ErrorCode, Kind, Request, PROTOCOL_VERSION};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -85,7 +85,24 @@ fn bad_frames_are_refused_and_the_broker_keeps_serving() {
     // Unknown frame kind.
     let mut stream = connect(&broker);
     stream
-        .write_all(&[12, 0, 0, 0, 1, 0x42, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        .write_all(&[
+            12,
+            0,
+            0,
+            0,
+            PROTOCOL_VERSION,
+            0x42,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ])
         .expect("write");
     expect_error_then_close(&mut stream, ErrorCode::UnknownKind);
 
@@ -97,7 +114,7 @@ fn bad_frames_are_refused_and_the_broker_keeps_serving() {
             0,
             0,
             0,
-            1,
+            PROTOCOL_VERSION,
             Kind::Pong as u8,
             0,
             0,
@@ -151,13 +168,13 @@ fn bad_frames_are_refused_and_the_broker_keeps_serving() {
 
     // A payload whose CRC does not match: an error frame, the connection stays usable.
     let mut message = Message::new("t", "tampered payload");
-    message.payload_crc ^= 1;
+    message.message_crc ^= 1;
     let mut stream = connect(&broker);
     stream.write_all(&send_frame(&message, 7)).expect("write");
     let (kind, request_id, body) = read_frame(&mut stream).expect("error frame");
     assert_eq!(
         (kind, request_id, error_code(&body)),
-        (Kind::Error as u8, 7, ErrorCode::PayloadCrcMismatch as u16)
+        (Kind::Error as u8, 7, ErrorCode::MessageCrcMismatch as u16)
     );
     ping_ok(&mut stream);
 

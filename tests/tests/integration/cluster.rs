@@ -495,7 +495,7 @@ fn a_promoted_slave_recognises_retries_of_messages_its_master_stored() {
         let mut message = Message::new("replicated", payload_for("numbered", 128));
         message.producer_id = 0xABCD_EF01;
         message.sequence = 7;
-        message
+        message.sealed()
     };
     let send = |address: &str| {
         let connection = keel_client::Connection::connect(

@@ -90,7 +90,9 @@ fn many_abrupt_disconnects_leave_the_broker_healthy() {
 
 #[test]
 fn a_client_that_goes_silent_mid_frame_is_disconnected_after_the_idle_timeout() {
-    let broker = BrokerProcess::start("connection_idle_timeout_ms = 300");
+    let broker = BrokerProcess::start(
+        "connection_idle_timeout_ms = 300\nlong_poll_max_ms = 300\nsync_flush_timeout_ms = 300\nslave_timeout_ms = 300",
+    );
     let mut slow = TcpStream::connect(&broker.address).expect("connect");
     slow.write_all(&[200, 0, 0])
         .expect("three bytes of a length prefix, then nothing");

@@ -83,7 +83,7 @@ fn round_trip(mode: Mode, flush: &str) {
     }
     let records = drain(&broker.address, "orders");
     for record in &records {
-        assert!(record.payload_crc_matches());
+        assert!(record.message_crc_matches());
         let id = id_of(&record.payload)
             .unwrap_or_else(|| panic!("payload damaged at offset {}", record.queue_offset));
         assert_eq!(record.keys, id);
@@ -254,7 +254,7 @@ fn a_batch_with_one_bad_message_stores_nothing() {
     let producer =
         Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
     let mut tampered = Message::new("strict", "tampered");
-    tampered.payload_crc ^= 1;
+    tampered.message_crc ^= 1;
     let bad_crc = vec![
         Message::new("strict", "fine"),
         tampered,
@@ -269,7 +269,7 @@ fn a_batch_with_one_bad_message_stores_nothing() {
         Message::new("../nope", "bad topic"),
     ];
     for (batch, code) in [
-        (bad_crc, keel_client::ErrorCode::PayloadCrcMismatch),
+        (bad_crc, keel_client::ErrorCode::MessageCrcMismatch),
         (bad_queue, keel_client::ErrorCode::InvalidQueueId),
         (bad_topic, keel_client::ErrorCode::InvalidTopic),
     ] {

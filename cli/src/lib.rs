@@ -1,11 +1,11 @@
 //! `keel`: send, consume, manage topics and read broker stats from the command line.
+//! The binary is `src/main.rs`; the integration tests run this same entry point.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keel_client::{
     Admin, ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, Message, Producer,
     ProducerOptions, PushConsumer, PushConsumerOptions, Record, StartFrom,
 };
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,8 +31,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send messages: each MESSAGE argument, or each line of standard input when none
-    /// is given. Prints one line per message: status, message id, queue and offset.
+    /// Send messages: each MESSAGE argument, each --file, or each line of standard input
+    /// when neither is given (lines are bytes: any encoding goes through untouched).
+    /// Prints one line per message (status, message id, queue and offset), then a
+    /// summary on standard error. Exit status: 0 when every message got SEND_OK, 3 when
+    /// some outcome is unknown (retry those with the same producer id and sequence), 1
+    /// when some were not stored or stored without SEND_OK.
     Send {
         #[arg(long)]
         topic: String,
@@ -56,6 +60,13 @@ enum Command {
         /// together or not at all, one fsync, one answer).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Each MESSAGE and each input line is hexadecimal bytes ("68 69" or "6869").
+        #[arg(long)]
+        hex: bool,
+        /// Send the whole content of FILE as one message (repeatable; "-" reads standard
+        /// input to its end).
+        #[arg(long, value_name = "FILE")]
+        file: Vec<PathBuf>,
         messages: Vec<String>,
     },
     /// Show the brokers name servers know (and each one's queue count for --topic).
@@ -82,6 +93,8 @@ enum Command {
         /// Print the payload only.
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        format: PayloadFormat,
     },
     /// Create or list topics.
     Topic {
@@ -112,9 +125,12 @@ enum Command {
         session_timeout_ms: u64,
         #[arg(long, default_value_t = 16)]
         max_reconsume_times: u32,
-        /// Stop after this many messages.
+        /// Handle exactly this many messages, then stop; the group's offsets are not
+        /// committed past the last one handled.
         #[arg(long)]
         count: Option<u64>,
+        #[command(flatten)]
+        format: PayloadFormat,
     },
     /// Inspect and redrive a group's dead-letter queue.
     Dlq {
@@ -210,6 +226,11 @@ enum AdminCommand {
         /// is attached). master: standalone.
         #[arg(long, default_value = "async_master", value_parser = ["async_master", "sync_master", "master"])]
         role: String,
+        /// Promote although the slave is still connected to a live master. That master
+        /// keeps taking sends until a name server fences it, and what it stores
+        /// meanwhile that this slave never received is cut when it rejoins as a slave.
+        #[arg(long)]
+        force: bool,
     },
     /// Check every record (CRC32C, size, position) and every index of a data directory,
     /// and say whether keeld would start on it. Changes nothing. Exit status 1 when
@@ -229,7 +250,7 @@ enum AdminCommand {
         /// Records to print.
         #[arg(long, default_value_t = 20)]
         count: u64,
-        /// Also print payloads (as text, invalid UTF-8 replaced).
+        /// Also print payloads (escaped text: any byte that is not UTF-8 as \xNN).
         #[arg(long)]
         payload: bool,
     },
@@ -264,6 +285,57 @@ enum TopicCommand {
     },
 }
 
+/// How payloads are printed: escaped text by default (valid UTF-8 as is, any other
+/// byte as \xNN; never a replacement character).
+#[derive(clap::Args, Clone, Copy, Default)]
+struct PayloadFormat {
+    /// Print each payload byte for byte (then a newline), nothing else.
+    #[arg(long, conflicts_with = "hex")]
+    raw: bool,
+    /// Print payloads as hexadecimal.
+    #[arg(long)]
+    hex: bool,
+}
+
+impl PayloadFormat {
+    fn text(self, payload: &[u8]) -> String {
+        if self.hex {
+            payload.iter().map(|byte| format!("{byte:02x}")).collect()
+        } else {
+            escape(payload)
+        }
+    }
+}
+
+/// Payload bytes as text: valid UTF-8 as it is except `\` and control characters,
+/// every other byte as `\xNN`, so binary payloads print faithfully and unambiguously.
+fn escape(payload: &[u8]) -> String {
+    let mut out = String::with_capacity(payload.len());
+    for chunk in payload.utf8_chunks() {
+        for character in chunk.valid().chars() {
+            match character {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Writes a payload byte for byte and a newline (`--raw`).
+fn write_raw(payload: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(payload).and_then(|()| out.write_all(b"\n"));
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Sync,
@@ -271,7 +343,8 @@ enum Mode {
     Oneway,
 }
 
-fn main() -> ExitCode {
+/// The `keel` command: parses the arguments, runs, and returns the exit status.
+pub fn main_entry() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
     // (`keel consume ... | head`) instead of failing on a broken pipe.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -287,25 +360,29 @@ fn main() -> ExitCode {
             mode,
             repeat,
             batch,
+            hex,
+            file,
             messages,
-        } => send(
-            &cli.broker,
-            &topic,
-            &tags,
-            &keys,
-            queue,
-            mode,
-            repeat,
-            batch,
-            messages,
-        ),
+        } => read_payloads(hex, &file, messages).and_then(|payloads| {
+            let shape = SendShape {
+                topic: &topic,
+                tags: &tags,
+                keys: &keys,
+                queue,
+                mode,
+                repeat,
+                batch,
+            };
+            send(&cli.broker, &shape, payloads)
+        }),
         Command::Consume {
             topic,
             group,
             count,
             idle_ms,
             quiet,
-        } => consume(&cli.broker, &topic, &group, count, idle_ms, quiet),
+            format,
+        } => consume(&cli.broker, &topic, &group, count, idle_ms, quiet, format),
         Command::Topic {
             command: TopicCommand::Create { topic, queues },
         } => create_topic(&cli.broker, &topic, queues),
@@ -322,6 +399,7 @@ fn main() -> ExitCode {
             session_timeout_ms,
             max_reconsume_times,
             count,
+            format,
         } => subscribe(
             &cli.broker,
             &topic,
@@ -332,6 +410,7 @@ fn main() -> ExitCode {
             session_timeout_ms,
             max_reconsume_times,
             count,
+            format,
         ),
         Command::Dlq { command } => dlq(&cli.broker, command),
         Command::Message {
@@ -350,112 +429,260 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn send(
-    broker: &str,
-    topic: &str,
-    tags: &str,
-    keys: &str,
+/// The payloads to send: each file, else each argument, else each line of standard
+/// input (bytes up to a newline, the newline not included), hex-decoded with `--hex`.
+fn read_payloads(
+    hex: bool,
+    files: &[PathBuf],
+    messages: Vec<String>,
+) -> Result<Vec<Vec<u8>>, ClientError> {
+    use std::io::Read;
+    let invalid = ClientError::InvalidArgument;
+    if !files.is_empty() {
+        if !messages.is_empty() {
+            return Err(invalid("give MESSAGE arguments or --file, not both".into()));
+        }
+        return files
+            .iter()
+            .map(|path| {
+                let mut bytes = Vec::new();
+                let read = if path.as_os_str() == "-" {
+                    std::io::stdin().lock().read_to_end(&mut bytes).map(|_| ())
+                } else {
+                    std::fs::File::open(path)
+                        .and_then(|mut file| file.read_to_end(&mut bytes).map(|_| ()))
+                };
+                read.map_err(|error| invalid(format!("cannot read {}: {error}", path.display())))?;
+                if hex {
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        invalid(format!("{}: --hex input is not text", path.display()))
+                    })?;
+                    decode_hex(&text)
+                } else {
+                    Ok(bytes)
+                }
+            })
+            .collect();
+    }
+    let lines: Vec<Vec<u8>> = if messages.is_empty() {
+        let mut input = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut input)
+            .map_err(|error| invalid(format!("cannot read standard input: {error}")))?;
+        if input.last() == Some(&b'\n') {
+            input.pop();
+        }
+        if input.is_empty() {
+            Vec::new()
+        } else {
+            input
+                .split(|byte| *byte == b'\n')
+                .map(<[u8]>::to_vec)
+                .collect()
+        }
+    } else {
+        messages.into_iter().map(String::into_bytes).collect()
+    };
+    if !hex {
+        return Ok(lines);
+    }
+    lines
+        .iter()
+        .map(|line| {
+            let text =
+                std::str::from_utf8(line).map_err(|_| invalid("--hex input is not text".into()))?;
+            decode_hex(text)
+        })
+        .collect()
+}
+
+/// "68 69", "6869" or "68:69" as bytes.
+fn decode_hex(text: &str) -> Result<Vec<u8>, ClientError> {
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|byte| !byte.is_ascii_whitespace() && *byte != b':')
+        .collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(ClientError::InvalidArgument(format!(
+            "--hex: {text:?} has an odd number of hex digits"
+        )));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| {
+                    ClientError::InvalidArgument(format!("--hex: {text:?} is not hexadecimal"))
+                })
+        })
+        .collect()
+}
+
+/// What every message of one `keel send` looks like.
+struct SendShape<'a> {
+    topic: &'a str,
+    tags: &'a str,
+    keys: &'a str,
     queue: Option<u32>,
     mode: Mode,
     repeat: u64,
     batch: usize,
-    messages: Vec<String>,
+}
+
+/// How the sends of one `keel send` ended.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    ok: u64,
+    /// Stored, but not as durably as asked: FLUSH_DISK_TIMEOUT and the like, by name.
+    other: std::collections::BTreeMap<&'static str, u64>,
+    failed: u64,
+    unknown: u64,
+}
+
+impl Tally {
+    /// Counts (and prints) the answer for `count` messages.
+    fn answer(&mut self, count: u64, outcome: Result<keel_client::SendStatus, &ClientError>) {
+        self.sent += count;
+        match outcome {
+            Ok(keel_client::SendStatus::SendOk) => self.ok += count,
+            Ok(keel_client::SendStatus::OutcomeUnknown) => self.unknown += count,
+            Ok(status) => *self.other.entry(status.name()).or_default() += count,
+            Err(error) if error.is_outcome_unknown() => {
+                self.unknown += count;
+                eprintln!("UNKNOWN {error}");
+            }
+            Err(error) => {
+                self.failed += count;
+                eprintln!("ERROR (not stored) {error}");
+            }
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut parts = vec![
+            format!("sent {}", self.sent),
+            format!("SEND_OK {}", self.ok),
+        ];
+        parts.extend(
+            self.other
+                .iter()
+                .map(|(name, count)| format!("{name} {count}")),
+        );
+        parts.push(format!("failed {}", self.failed));
+        parts.push(format!("unknown {}", self.unknown));
+        parts.join(", ")
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        if self.unknown > 0 {
+            ExitCode::from(EXIT_UNKNOWN)
+        } else if self.failed > 0 || !self.other.is_empty() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Exit status when some sends have an unknown outcome (they may be stored).
+const EXIT_UNKNOWN: u8 = 3;
+
+fn send(
+    broker: &str,
+    shape: &SendShape<'_>,
+    payloads: Vec<Vec<u8>>,
 ) -> Result<ExitCode, ClientError> {
+    let (mode, batch) = (shape.mode, shape.batch);
     if batch == 0 || batch > usize::from(u16::MAX) || (batch > 1 && mode != Mode::Sync) {
         return Err(ClientError::InvalidArgument(
             "--batch takes 1 to 65535, and more than 1 only with --mode sync".into(),
         ));
     }
     let producer = Producer::connect(broker, ProducerOptions::default())?;
-    let messages: Vec<String> = if messages.is_empty() {
-        std::io::stdin()
-            .lock()
-            .lines()
-            .map_while(Result::ok)
-            .collect()
-    } else {
-        messages
-    };
-    let build = |text: &str| {
-        let message = Message::new(topic, text.as_bytes().to_vec())
-            .with_tags(tags)
-            .with_keys(keys);
-        match queue {
+    let build = |payload: &[u8]| {
+        let message = Message::new(shape.topic, payload.to_vec())
+            .with_tags(shape.tags)
+            .with_keys(shape.keys);
+        match shape.queue {
             Some(queue) => message.with_queue(queue),
             None => message,
         }
     };
-    let mut failures = 0u64;
-    if batch > 1 {
-        let all: Vec<Message> = messages
-            .iter()
-            .flat_map(|text| (0..repeat).map(|_| build(text)))
-            .collect();
-        for chunk in all.chunks(batch) {
-            match producer.send_batch(chunk.to_vec()) {
-                Ok(result) => {
-                    for (queue_id, queue_offset, log_offset) in &result.messages {
-                        let id = keel_client::message_id(*log_offset);
-                        println!(
-                            "{} id={id} queue={queue_id} offset={queue_offset}",
-                            result.status
-                        );
+    let all = payloads
+        .iter()
+        .flat_map(|payload| (0..shape.repeat).map(move |_| payload));
+    let mut tally = Tally::default();
+    match mode {
+        Mode::Sync if batch > 1 => {
+            let all: Vec<Message> = all.map(|payload| build(payload)).collect();
+            for chunk in all.chunks(batch) {
+                let count = chunk.len() as u64;
+                match producer.send_batch(chunk.to_vec()) {
+                    Ok(result) => {
+                        for (queue_id, queue_offset, log_offset) in &result.messages {
+                            let id = keel_client::message_id(*log_offset);
+                            println!(
+                                "{} id={id} queue={queue_id} offset={queue_offset}",
+                                result.status
+                            );
+                        }
+                        tally.answer(count, Ok(result.status));
                     }
-                }
-                Err(error) => {
-                    failures += chunk.len() as u64;
-                    eprintln!("ERROR (batch of {} not stored) {error}", chunk.len());
-                }
-            }
-        }
-        return Ok(if failures == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
-    let mut handles = Vec::new();
-    for text in &messages {
-        for _ in 0..repeat {
-            match mode {
-                Mode::Sync => match producer.send(build(text)) {
-                    Ok(result) => print_result(&result),
-                    Err(error) => {
-                        failures += 1;
-                        eprintln!("ERROR {error}");
-                    }
-                },
-                Mode::Async => handles.push(producer.send_async_handle(build(text))),
-                Mode::Oneway => {
-                    if let Err(error) = producer.send_oneway(build(text)) {
-                        failures += 1;
-                        eprintln!("ERROR {error}");
-                    }
+                    Err(error) => tally.answer(count, Err(&error)),
                 }
             }
         }
-    }
-    for handle in handles {
-        match handle.wait() {
-            Ok(result) => print_result(&result),
-            Err(error) => {
-                failures += 1;
-                eprintln!("ERROR {error}");
+        Mode::Sync => {
+            for payload in all {
+                match producer.send(build(payload)) {
+                    Ok(result) => {
+                        print_result(&result);
+                        tally.answer(1, Ok(result.status));
+                    }
+                    Err(error) => tally.answer(1, Err(&error)),
+                }
             }
         }
+        Mode::Async => {
+            let handles: Vec<_> = all
+                .map(|payload| producer.send_async_handle(build(payload)))
+                .collect();
+            for handle in handles {
+                match handle.wait() {
+                    Ok(result) => {
+                        print_result(&result);
+                        tally.answer(1, Ok(result.status));
+                    }
+                    Err(error) => tally.answer(1, Err(&error)),
+                }
+            }
+        }
+        Mode::Oneway => {
+            let mut handed = 0u64;
+            for payload in all {
+                match producer.send_oneway(build(payload)) {
+                    Ok(()) => handed += 1,
+                    Err(error) => tally.answer(1, Err(&error)),
+                }
+            }
+            eprintln!(
+                "keel send: {handed} oneway message(s) handed to the broker (oneway: no \
+                 answers are read, so none is known stored), failed {}",
+                tally.failed
+            );
+            return Ok(if tally.failed == 0 && tally.unknown == 0 {
+                ExitCode::SUCCESS
+            } else {
+                tally.exit_code()
+            });
+        }
     }
-    if mode == Mode::Oneway {
-        println!(
-            "sent {} oneway message(s); no answers are read in oneway mode",
-            messages.len() as u64 * repeat - failures
-        );
-    }
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    eprintln!("keel send: {}", tally.summary());
+    Ok(tally.exit_code())
 }
 
 fn print_result(result: &keel_client::SendResult) {
@@ -475,6 +702,7 @@ fn consume(
     count: Option<u64>,
     idle_ms: u64,
     quiet: bool,
+    format: PayloadFormat,
 ) -> Result<ExitCode, ClientError> {
     let options = ConsumerOptions {
         long_poll: Duration::from_millis(500),
@@ -490,7 +718,11 @@ fn consume(
     let mut printed = 0u64;
     let mut last_progress = Instant::now();
     let print = |record: &Record| -> Result<(), String> {
-        let payload = String::from_utf8_lossy(&record.payload);
+        if format.raw {
+            write_raw(&record.payload);
+            return Ok(());
+        }
+        let payload = format.text(&record.payload);
         if quiet {
             println!("{payload}");
         } else {
@@ -646,6 +878,7 @@ fn subscribe(
     session_timeout_ms: u64,
     max_reconsume_times: u32,
     count: Option<u64>,
+    format: PayloadFormat,
 ) -> Result<ExitCode, ClientError> {
     let start_from = match from {
         "earliest" => StartFrom::Earliest,
@@ -675,6 +908,7 @@ fn subscribe(
         start_from,
         tag_filter,
         long_poll: Duration::from_millis(1000),
+        max_messages: count,
         ..PushConsumerOptions::default()
     };
     let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -684,15 +918,19 @@ fn subscribe(
         PushConsumer::start(broker, group, topic, options, move |delivery: &Delivery| {
             let record = &delivery.record;
             let _guard = out.lock();
-            println!(
-                "topic={} queue={} offset={} id={} reconsume={} payload={}",
-                delivery.topic,
-                record.queue_id,
-                record.queue_offset,
-                delivery.msg_id,
-                delivery.reconsume_times,
-                String::from_utf8_lossy(&record.payload)
-            );
+            if format.raw {
+                write_raw(&record.payload);
+            } else {
+                println!(
+                    "topic={} queue={} offset={} id={} reconsume={} payload={}",
+                    delivery.topic,
+                    record.queue_id,
+                    record.queue_offset,
+                    delivery.msg_id,
+                    delivery.reconsume_times,
+                    format.text(&record.payload)
+                );
+            }
             let _ = std::io::Write::flush(&mut std::io::stdout());
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ConsumeResult::Success
@@ -746,7 +984,7 @@ fn dlq(broker: &str, command: DlqCommand) -> Result<ExitCode, ClientError> {
                     property(&record, "KEEL_ORIGIN_MSG_ID"),
                     property(&record, "KEEL_RECONSUME_TIMES"),
                     property(&record, "KEEL_REASON"),
-                    String::from_utf8_lossy(&record.payload)
+                    escape(&record.payload)
                 );
             }
         }
@@ -787,10 +1025,15 @@ fn message_show(
     Ok(ExitCode::SUCCESS)
 }
 
-fn promote(broker: &str, role: &str) -> Result<ExitCode, ClientError> {
+fn promote(broker: &str, role: &str, force: bool) -> Result<ExitCode, ClientError> {
     let role = keel_client::BrokerRole::from_name(role)
         .ok_or_else(|| ClientError::InvalidArgument(format!("unknown role {role:?}")))?;
-    let (epoch, log_end) = Admin::connect(broker)?.promote(role)?;
+    let admin = Admin::connect(broker)?;
+    let (epoch, log_end) = if force {
+        admin.force_promote(role)?
+    } else {
+        admin.promote(role)?
+    };
     println!("{broker} is now {role}: epoch {epoch}, log ends at offset {log_end}");
     Ok(ExitCode::SUCCESS)
 }
@@ -816,14 +1059,14 @@ fn routes(namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
 }
 
 fn max_record_bytes(max_message_bytes: u32) -> u32 {
-    max_message_bytes.saturating_add(256 * 1024)
+    max_message_bytes.saturating_add(keel_protocol::RECORD_OVERHEAD_MAX)
 }
 
 fn admin(broker: &str, command: AdminCommand) -> Result<ExitCode, ClientError> {
     let storage_error =
         |error: keel_storage::StoreError| ClientError::InvalidArgument(error.to_string());
     match command {
-        AdminCommand::Promote { role } => promote(broker, &role),
+        AdminCommand::Promote { role, force } => promote(broker, &role, force),
         AdminCommand::Verify {
             data_dir,
             max_message_bytes,
@@ -886,7 +1129,7 @@ fn admin(broker: &str, command: AdminCommand) -> Result<ExitCode, ClientError> {
                 match entry {
                     keel_storage::admin::DumpEntry::Record(record) => {
                         print!(
-                            "offset={} size={} topic={} queue={} queue_offset={} stored_ms={} tags={:?} keys={:?} properties={:?} payload_bytes={} payload_crc_ok={}",
+                            "offset={} size={} topic={} queue={} queue_offset={} stored_ms={} tags={:?} keys={:?} properties={:?} payload_bytes={} message_crc_ok={}",
                             record.log_offset,
                             record.total_size,
                             record.topic,
@@ -897,10 +1140,10 @@ fn admin(broker: &str, command: AdminCommand) -> Result<ExitCode, ClientError> {
                             record.keys,
                             record.properties,
                             record.payload.len(),
-                            record.payload_crc_matches()
+                            record.message_crc_matches()
                         );
                         if payload {
-                            print!(" payload={:?}", String::from_utf8_lossy(&record.payload));
+                            print!(" payload={}", escape(&record.payload));
                         }
                         println!();
                     }

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    keel_cli::main_entry()
+}
