@@ -1,6 +1,6 @@
 //! A message as a producer sends it, and a record as the CommitLog stores it.
 
-use crate::wire::{bytes_of, put_bytes32, put_str16, str16_len, Reader};
+use crate::wire::{bytes_of, put_bytes32, put_str16, str16_bytes, str16_len, Reader};
 use crate::DecodeError;
 use bytes::{BufMut, Bytes};
 
@@ -101,16 +101,17 @@ impl Message {
 
     /// The `message_crc` this message's fields call for.
     pub fn compute_crc(&self) -> u32 {
-        let head = MessageHead {
+        message_crc(&Covered {
             topic: &self.topic,
             born_timestamp_ms: self.born_timestamp_ms,
             producer_id: self.producer_id,
             sequence: self.sequence,
             flags: self.flags,
-        };
-        let mut tail = Vec::with_capacity(self.tail_len().saturating_sub(self.payload.len()));
-        self.encode_tail_head(&mut tail);
-        message_crc(&head, &tail, &self.payload)
+            tags: &self.tags,
+            keys: &self.keys,
+            properties: &self.properties,
+            payload: &self.payload,
+        })
     }
 
     /// Whether `message_crc` matches the fields (the end-to-end check).
@@ -136,14 +137,7 @@ impl Message {
 
     /// The tail up to the payload: tags, keys, properties.
     fn encode_tail_head(&self, out: &mut Vec<u8>) {
-        put_str16(out, &self.tags);
-        put_str16(out, &self.keys);
-        let count = u16::try_from(self.properties.len()).unwrap_or(u16::MAX);
-        out.put_u16_le(count);
-        for (key, value) in self.properties.iter().take(usize::from(count)) {
-            put_str16(out, key);
-            put_str16(out, value);
-        }
+        encode_tail_head(&self.tags, &self.keys, &self.properties, out);
     }
 
     fn tail_len(&self) -> usize {
@@ -196,30 +190,59 @@ impl Message {
     }
 }
 
-/// The fields of a message before its checksum, as `message_crc` covers them.
-struct MessageHead<'a> {
+/// The part of a message's tail before its payload: tags, keys, properties (shared byte
+/// for byte by the SEND body and the stored record).
+fn encode_tail_head(tags: &str, keys: &str, properties: &[(String, String)], out: &mut Vec<u8>) {
+    put_str16(out, tags);
+    put_str16(out, keys);
+    let count = u16::try_from(properties.len()).unwrap_or(u16::MAX);
+    out.put_u16_le(count);
+    for (key, value) in properties.iter().take(usize::from(count)) {
+        put_str16(out, key);
+        put_str16(out, value);
+    }
+}
+
+/// The fields `message_crc` covers, borrowed from a message or a stored record.
+struct Covered<'a> {
     topic: &'a str,
     born_timestamp_ms: u64,
     producer_id: u64,
     sequence: u64,
     flags: u32,
+    tags: &'a str,
+    keys: &'a str,
+    properties: &'a [(String, String)],
+    payload: &'a [u8],
 }
 
-/// CRC32C over a SEND body without its `queue_id` and `message_crc` fields: the head
-/// fields, then the tail (`tail_head` is tags, keys and properties; the payload follows
-/// with its length).
-fn message_crc(head: &MessageHead<'_>, tail_head: &[u8], payload: &[u8]) -> u32 {
-    let mut fixed = Vec::with_capacity(str16_len(head.topic).saturating_add(28));
-    put_str16(&mut fixed, head.topic);
-    fixed.put_u64_le(head.born_timestamp_ms);
-    fixed.put_u64_le(head.producer_id);
-    fixed.put_u64_le(head.sequence);
-    fixed.put_u32_le(head.flags);
-    let crc = ::crc32c::crc32c(&fixed);
-    let crc = ::crc32c::crc32c_append(crc, tail_head);
-    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let crc = ::crc32c::crc32c_append(crc, &length.to_le_bytes());
-    ::crc32c::crc32c_append(crc, payload)
+/// CRC32C over a SEND body without its `queue_id` and `message_crc` fields: the topic,
+/// the numbers, then the tail (tags, keys, properties, payload), each encoded as on the
+/// wire. Computed piece by piece, so nothing is allocated on the send path.
+fn message_crc(covered: &Covered<'_>) -> u32 {
+    fn str16(crc: u32, text: &str) -> u32 {
+        let bytes = str16_bytes(text);
+        let length = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        ::crc32c::crc32c_append(::crc32c::crc32c_append(crc, &length.to_le_bytes()), bytes)
+    }
+    let mut numbers = [0u8; 28];
+    let mut fields = &mut numbers[..];
+    fields.put_u64_le(covered.born_timestamp_ms);
+    fields.put_u64_le(covered.producer_id);
+    fields.put_u64_le(covered.sequence);
+    fields.put_u32_le(covered.flags);
+    let mut crc = str16(0, covered.topic);
+    crc = ::crc32c::crc32c_append(crc, &numbers);
+    crc = str16(crc, covered.tags);
+    crc = str16(crc, covered.keys);
+    let count = u16::try_from(covered.properties.len()).unwrap_or(u16::MAX);
+    crc = ::crc32c::crc32c_append(crc, &count.to_le_bytes());
+    for (key, value) in covered.properties.iter().take(usize::from(count)) {
+        crc = str16(str16(crc, key), value);
+    }
+    let length = u32::try_from(covered.payload.len()).unwrap_or(u32::MAX);
+    crc = ::crc32c::crc32c_append(crc, &length.to_le_bytes());
+    ::crc32c::crc32c_append(crc, covered.payload)
 }
 
 struct Tail {
@@ -349,23 +372,18 @@ impl Record {
     /// Whether the producer's `message_crc` matches the stored fields (the end-to-end
     /// check).
     pub fn message_crc_matches(&self) -> bool {
-        let mut tail_head = Vec::new();
-        put_str16(&mut tail_head, &self.tags);
-        put_str16(&mut tail_head, &self.keys);
-        let count = u16::try_from(self.properties.len()).unwrap_or(u16::MAX);
-        tail_head.put_u16_le(count);
-        for (key, value) in self.properties.iter().take(usize::from(count)) {
-            put_str16(&mut tail_head, key);
-            put_str16(&mut tail_head, value);
-        }
-        let head = MessageHead {
+        let covered = Covered {
             topic: &self.topic,
             born_timestamp_ms: self.born_timestamp_ms,
             producer_id: self.producer_id,
             sequence: self.sequence,
             flags: self.flags,
+            tags: &self.tags,
+            keys: &self.keys,
+            properties: &self.properties,
+            payload: &self.payload,
         };
-        message_crc(&head, &tail_head, &self.payload) == self.message_crc
+        message_crc(&covered) == self.message_crc
     }
 
     /// The message again, on any queue, without the original's producer id and sequence

@@ -111,13 +111,19 @@ impl<'a> Reader<'a> {
 /// Writes a `str16`. Callers validate lengths first; longer text is cut at 65535 bytes
 /// on a character boundary so the frame stays well-formed.
 pub fn put_str16(out: &mut impl BufMut, text: &str) {
+    let bytes = str16_bytes(text);
+    out.put_u16_le(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
+    out.put_slice(bytes);
+}
+
+/// The bytes `put_str16` writes after the length: `text`, cut at 65535 bytes on a
+/// character boundary.
+pub(crate) fn str16_bytes(text: &str) -> &[u8] {
     let mut end = text.len().min(usize::from(u16::MAX));
     while !text.is_char_boundary(end) {
         end = end.saturating_sub(1);
     }
-    let bytes = text.as_bytes().get(..end).unwrap_or_default();
-    out.put_u16_le(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
-    out.put_slice(bytes);
+    text.as_bytes().get(..end).unwrap_or_default()
 }
 
 /// Writes a `bytes32`. Payloads are bounded far below 4 GiB by `max_message_bytes`.

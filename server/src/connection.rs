@@ -41,6 +41,10 @@ pub struct Connection {
     pub pulls_waiting: usize,
     /// How much of `read_buffer` the loop's buffered-bytes total counts.
     pub buffered_accounted: usize,
+    /// Reads of this connection at the reader threads, and whether its input waits
+    /// until fewer are.
+    pub reads_in_flight: usize,
+    pub reads_paused: bool,
 }
 
 impl Connection {
@@ -57,6 +61,8 @@ impl Connection {
             last_activity: Instant::now(),
             pulls_waiting: 0,
             buffered_accounted: 0,
+            reads_in_flight: 0,
+            reads_paused: false,
         }
     }
 

@@ -27,6 +27,9 @@ pub const WAKER: Token = Token(usize::MAX);
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Frames decoded from one connection per turn before other connections get a turn.
 const FRAMES_PER_TURN: usize = 512;
+/// Reads of the log one connection may have at the reader threads at once (each may
+/// hold up to 4 MiB of records); its further requests wait in its buffer meanwhile.
+const READS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 8;
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
 
 /// What a durable send is answered with: SEND_RESULT or SEND_BATCH_RESULT.
@@ -507,6 +510,12 @@ impl EventLoop {
                 self.throttled.push(key);
                 return Decoded::Stopped;
             }
+            // Reads in flight hold their results in memory: past a few, this
+            // connection's requests wait until they are answered (`complete_reads`).
+            if connection.reads_in_flight >= READS_IN_FLIGHT_PER_CONNECTION_MAX {
+                connection.reads_paused = true;
+                return Decoded::Stopped;
+            }
             match decode_frame(&mut connection.read_buffer, max_frame_bytes) {
                 Ok(Some(frame)) => self.dispatch(key, frame),
                 Ok(None) => return Decoded::Drained,
@@ -671,7 +680,6 @@ impl EventLoop {
             .filter(|(_, connection)| {
                 now.duration_since(connection.last_activity) > idle
                     && connection.pulls_waiting == 0
-                    && connection.pending_output() == 0
                     && !waiting.contains(&connection.id)
             })
             .map(|(key, _)| key)
@@ -980,18 +988,20 @@ impl EventLoop {
         };
         if self.reads.send(request).is_err() {
             let response = Response::error(ErrorCode::Internal, "the reader threads stopped");
-            if pull {
-                self.finish_pull_wait(reply_to);
-            }
-            self.reply_if_open(
-                reply_to.key,
-                reply_to.connection_id,
-                reply_to.request_id,
-                &response,
-            );
+            self.answer_read(reply_to, pull, &response);
             return;
         }
         self.reads_in_flight += 1;
+        if let Some(connection) = self.open_connection(reply_to) {
+            connection.reads_in_flight += 1;
+        }
+    }
+
+    /// The connection a reply is for, if it is still the one that asked.
+    fn open_connection(&mut self, reply_to: ReplyTo) -> Option<&mut Connection> {
+        self.connections
+            .get_mut(reply_to.key)
+            .filter(|connection| connection.id == reply_to.connection_id)
     }
 
     /// Answers (or parks) what the reader threads finished.
@@ -999,24 +1009,19 @@ impl EventLoop {
         while let Ok(done) = self.reads_done.try_recv() {
             self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
             let reply_to = done.reply_to;
+            if let Some(connection) = self.open_connection(reply_to) {
+                connection.reads_in_flight = connection.reads_in_flight.saturating_sub(1);
+                if connection.reads_paused {
+                    connection.reads_paused = false;
+                    self.ready.push(reply_to.key);
+                }
+            }
             match done.outcome {
                 crate::reader::ReadOutcome::Reply(response) => {
-                    if done.pull {
-                        self.finish_pull_wait(reply_to);
-                    }
-                    self.reply_if_open(
-                        reply_to.key,
-                        reply_to.connection_id,
-                        reply_to.request_id,
-                        &response,
-                    );
+                    self.answer_read(reply_to, done.pull, &response)
                 }
                 crate::reader::ReadOutcome::NothingYet { pull, deadline } => {
-                    let open = self
-                        .connections
-                        .get(reply_to.key)
-                        .is_some_and(|c| c.id == reply_to.connection_id);
-                    if !open {
+                    if self.open_connection(reply_to).is_none() {
                         continue;
                     }
                     let deadline = match self.drain_deadline {
@@ -1037,13 +1042,22 @@ impl EventLoop {
         }
     }
 
+    /// Answers a read (a PULL's, when `pull`: the connection waits for one fewer).
+    fn answer_read(&mut self, reply_to: ReplyTo, pull: bool, response: &Response) {
+        if pull {
+            self.finish_pull_wait(reply_to);
+        }
+        self.reply_if_open(
+            reply_to.key,
+            reply_to.connection_id,
+            reply_to.request_id,
+            response,
+        );
+    }
+
     /// A PULL of this connection got its answer.
     fn finish_pull_wait(&mut self, reply_to: ReplyTo) {
-        if let Some(connection) = self
-            .connections
-            .get_mut(reply_to.key)
-            .filter(|c| c.id == reply_to.connection_id)
-        {
+        if let Some(connection) = self.open_connection(reply_to) {
             connection.pulls_waiting = connection.pulls_waiting.saturating_sub(1);
         }
     }

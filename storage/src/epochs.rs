@@ -9,8 +9,8 @@
 //! File `DATA_DIR/epochs`: one line `EPOCH START_OFFSET` per epoch, oldest first, then a
 //! `crc32c` trailer; replaced atomically.
 
-use crate::disk::{read_all, Disk, OpenMode};
-use crate::fs_util::{seal_text, unseal_text, write_atomic};
+use crate::disk::Disk;
+use crate::fs_util::{read_sealed, seal_text, write_atomic};
 use crate::StoreError;
 use std::path::Path;
 
@@ -60,24 +60,20 @@ pub fn common_prefix_end(
     None
 }
 
+/// What an operator can do about a damaged epochs file.
+const REMEDY: &str = "the epoch history is needed to replicate safely: restore the file \
+    from a backup, or delete it while keeld is stopped (this broker then proves a common \
+    prefix with its master by record checksums alone)";
+
 pub(crate) fn load(disk: &dyn Disk, path: &Path) -> Result<Vec<Epoch>, StoreError> {
-    if !disk.exists(path) {
+    let Some(text) = read_sealed(disk, path, REMEDY)? else {
         return Ok(Vec::new());
-    }
-    let bytes = disk
-        .open(path, OpenMode::Read)
-        .and_then(|file| read_all(file.as_ref()))
-        .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
+    };
     let damaged = |detail: String| StoreError::Corruption {
         path: path.to_path_buf(),
         position: 0,
-        detail: format!(
-            "{detail}; the epoch history is needed to replicate safely: restore the file \
-             from a backup, or delete it while keeld is stopped (this broker then proves \
-             a common prefix with its master by record checksums alone)"
-        ),
+        detail: format!("{detail}; {REMEDY}"),
     };
-    let text = unseal_text(&bytes).ok_or_else(|| damaged("checksum mismatch".into()))?;
     let mut history = Vec::new();
     for line in text.lines().filter(|line| !line.trim().is_empty()) {
         let mut fields = line.split_whitespace();

@@ -63,6 +63,31 @@ pub(crate) fn write_atomic(
     }
 }
 
+/// The body of a file written with `seal_text`, or `None` when there is no file. A
+/// missing or wrong trailer is corruption, reported with `remedy` (what an operator
+/// can do about this file).
+pub(crate) fn read_sealed(
+    disk: &dyn Disk,
+    path: &Path,
+    remedy: &str,
+) -> Result<Option<String>, StoreError> {
+    match disk
+        .open(path, OpenMode::Read)
+        .and_then(|file| crate::disk::read_all(file.as_ref()))
+    {
+        Ok(bytes) => match unseal_text(&bytes) {
+            Some(body) => Ok(Some(body.to_string())),
+            None => Err(StoreError::Corruption {
+                path: path.to_path_buf(),
+                position: 0,
+                detail: format!("checksum trailer missing or wrong; {remedy}"),
+            }),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(StoreError::io(format!("read {}", path.display()), error)),
+    }
+}
+
 /// Appends a `crc32c XXXXXXXX` trailer line over everything before it.
 pub(crate) fn seal_text(mut text: String) -> Vec<u8> {
     let crc = crc32c::crc32c(text.as_bytes());

@@ -5,8 +5,8 @@
 //! that promises durability (topic created, offset committed) waits for that version
 //! without any caller touching the disk.
 
-use crate::disk::{read_all, Disk, OpenMode};
-use crate::fs_util::{seal_text, unseal_text, write_atomic};
+use crate::disk::Disk;
+use crate::fs_util::{read_sealed, seal_text, write_atomic};
 use crate::StoreError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,24 +153,6 @@ const TOPICS_REMEDY: &str = "restore the file from a backup, or delete it to go 
 /// What an operator can do about a damaged offsets file.
 const OFFSETS_REMEDY: &str = "restore the file from a backup, or delete it to go on: every \
     consumer group then starts again from the first stored message (redelivery, no loss)";
-
-fn read_sealed(disk: &dyn Disk, path: &Path, remedy: &str) -> Result<Option<String>, StoreError> {
-    match disk
-        .open(path, OpenMode::Read)
-        .and_then(|file| read_all(file.as_ref()))
-    {
-        Ok(bytes) => match unseal_text(&bytes) {
-            Some(body) => Ok(Some(body.to_string())),
-            None => Err(StoreError::Corruption {
-                path: path.to_path_buf(),
-                position: 0,
-                detail: format!("checksum trailer missing or wrong; {remedy}"),
-            }),
-        },
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(StoreError::io(format!("read {}", path.display()), error)),
-    }
-}
 
 fn bad_line(path: &Path, line: &str) -> StoreError {
     StoreError::Corruption {

@@ -14,8 +14,8 @@
 //! replaced atomically. No file: no range, so no record's value is trusted (the
 //! checkpoint alone decides, as it did before this file existed).
 
-use crate::disk::{read_all, Disk, OpenMode};
-use crate::fs_util::{seal_text, unseal_text, write_atomic};
+use crate::disk::Disk;
+use crate::fs_util::{read_sealed, seal_text, write_atomic};
 use crate::StoreError;
 use std::path::Path;
 
@@ -83,23 +83,19 @@ impl OwnWrites {
     }
 }
 
+/// What an operator can do about a damaged own-writes file.
+const REMEDY: &str = "restore the file from a backup, or delete it while keeld is stopped \
+    (recovery then judges damage by the checkpoint alone)";
+
 pub(crate) fn load(disk: &dyn Disk, path: &Path) -> Result<OwnWrites, StoreError> {
-    if !disk.exists(path) {
+    let Some(text) = read_sealed(disk, path, REMEDY)? else {
         return Ok(OwnWrites::default());
-    }
-    let bytes = disk
-        .open(path, OpenMode::Read)
-        .and_then(|file| read_all(file.as_ref()))
-        .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
+    };
     let damaged = |detail: String| StoreError::Corruption {
         path: path.to_path_buf(),
         position: 0,
-        detail: format!(
-            "{detail}; restore the file from a backup, or delete it while keeld is stopped \
-             (recovery then judges damage by the checkpoint alone)"
-        ),
+        detail: format!("{detail}; {REMEDY}"),
     };
-    let text = unseal_text(&bytes).ok_or_else(|| damaged("checksum mismatch".into()))?;
     let mut ranges: Vec<(u64, Option<u64>)> = Vec::new();
     for line in text.lines().filter(|line| !line.trim().is_empty()) {
         let mut fields = line.split_whitespace();
@@ -137,6 +133,7 @@ pub(crate) fn save(disk: &dyn Disk, path: &Path, own: &OwnWrites) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::OpenMode;
 
     #[test]
     fn ranges_follow_a_brokers_terms_and_truncations() {

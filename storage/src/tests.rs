@@ -678,6 +678,8 @@ mod replica {
         let store = reopen(dir.path()).unwrap();
         assert_eq!(store.epochs().len(), 2);
         assert_eq!(store.current_epoch(), 2);
+        // Stopped before its directory is removed, or its threads may write into it.
+        store.shutdown();
     }
 }
 
@@ -730,4 +732,318 @@ fn an_idempotent_retry_is_answered_with_the_original_after_restart_and_on_a_slav
     let on_slave = slave.append(&numbered(2, "two"), true, 1).unwrap();
     assert!(on_slave.duplicate);
     assert_eq!(on_slave.log_offset, batch[0].log_offset);
+    // Stopped before their directories are removed, or their threads may write there.
+    store.shutdown();
+    slave.shutdown();
+}
+
+/// Damage judged by the evidence recovery has: the checkpoint, and `flushed_before` in
+/// later records this broker appended itself (RELIABILITY.md test 16).
+mod evidence {
+    use super::*;
+    use crate::checkpoint::{Checkpoint, CheckpointFile};
+    use crate::disk::RealDisk;
+
+    /// A log of `count` records, each appended once the one before it was fsynced (so
+    /// each carries the previous one's end as `flushed_before`). `own`: appended as a
+    /// master; otherwise as a slave's copy. Then the checkpoint is set back to 0, as a
+    /// checkpoint lagging under load would be. Returns each record's start.
+    fn log_with_lagging_checkpoint(dir: &std::path::Path, count: usize, own: bool) -> Vec<u64> {
+        let mut config = config(dir);
+        config.segment_size_bytes = 1 << 20;
+        let store = Store::open(config).unwrap();
+        if own {
+            store.begin_epoch().unwrap();
+        } else {
+            store.follow_master().unwrap();
+        }
+        let mut starts = Vec::new();
+        for index in 0..count {
+            let appended = store
+                .append(
+                    &Message::new("orders", format!("record {index}")).with_queue(0),
+                    true,
+                    1,
+                )
+                .unwrap();
+            wait_durable(&store, appended.offset_end);
+            starts.push(appended.log_offset);
+        }
+        store.shutdown();
+        drop(store);
+        let (checkpoint, _) = CheckpointFile::open(&RealDisk, &dir.join("checkpoint")).unwrap();
+        checkpoint
+            .write(Checkpoint {
+                offset_flushed: 0,
+                clean: false,
+            })
+            .unwrap();
+        starts
+    }
+
+    fn flip(dir: &std::path::Path, position: u64) {
+        let path = dir.join("commitlog").join(format!("{:020}", 0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[position as usize] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn damage_a_later_own_record_proves_fsynced_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = log_with_lagging_checkpoint(dir.path(), 10, true);
+        flip(dir.path(), starts[5] + 90);
+        match reopen(dir.path()) {
+            Err(StoreError::Corruption { detail, .. }) => {
+                assert!(detail.contains("shows the log was fsynced"), "{detail}");
+                assert!(
+                    detail.contains(&format!("log offset {}", starts[5])),
+                    "{detail}"
+                );
+            }
+            Err(other) => panic!("expected corruption, got {other}"),
+            Ok(store) => panic!("cut as a torn tail: {:?}", store.recovery_report()),
+        }
+    }
+
+    #[test]
+    fn a_slaves_copies_prove_nothing_about_its_own_disk() {
+        // The same damage in records a slave received: the flushed_before values are its
+        // master's, so only the checkpoint counts and the tail is cut (the master still
+        // has it and sends it again).
+        let dir = tempfile::tempdir().unwrap();
+        let starts = log_with_lagging_checkpoint(dir.path(), 10, false);
+        flip(dir.path(), starts[5] + 90);
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.recovery_report().records, 5);
+        assert!(store.recovery_report().truncated_bytes > 0);
+        store.shutdown();
+    }
+
+    #[test]
+    fn the_stated_window_the_last_records_with_nothing_after_them() {
+        // The newest record past the checkpoint, with no later record to vouch for it,
+        // cannot be told from a torn tail: it is cut. This is the window OPERATIONS.md
+        // states (at most what was fsynced after the last checkpoint write and before
+        // the crash, with nothing appended after it reaching the disk).
+        let dir = tempfile::tempdir().unwrap();
+        let starts = log_with_lagging_checkpoint(dir.path(), 10, true);
+        flip(dir.path(), starts[9] + 90);
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.recovery_report().records, 9);
+        store.shutdown();
+    }
+
+    #[test]
+    fn an_idle_stores_checkpoint_catches_up_with_the_flushed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path()).unwrap();
+        let end = append_many(&store, 20);
+        wait_durable(&store, end);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let checkpoint =
+                crate::checkpoint::read_checkpoint(&RealDisk, &dir.path().join("checkpoint"));
+            if checkpoint.map(|c| c.offset_flushed) == Some(end) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "checkpoint stayed at {checkpoint:?}, flushed {end}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        store.shutdown();
+    }
+}
+
+/// Ids and counts that passed a CRC still size nothing unbounded.
+mod hostile {
+    use super::*;
+    use keel_protocol::{encode_record, RecordMeta};
+
+    fn record_with_queue(queue_id: u32) -> Vec<u8> {
+        let message = Message::new("orders", "x").with_queue(queue_id);
+        let meta = RecordMeta {
+            log_offset: 0,
+            queue_offset: 0,
+            queue_id,
+            store_timestamp_ms: 1,
+            flushed_before: 0,
+        };
+        let mut bytes = Vec::new();
+        encode_record(&message, &meta, &mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn a_crc_valid_record_naming_queue_u32_max_is_refused_not_allocated_for() {
+        let dir = tempfile::tempdir().unwrap();
+        reopen(dir.path()).unwrap().shutdown();
+        let segment = dir.path().join("commitlog").join(format!("{:020}", 0));
+        std::fs::write(&segment, record_with_queue(u32::MAX)).unwrap();
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+        match reopen(dir.path()) {
+            Err(StoreError::Corruption { detail, .. }) => {
+                assert!(detail.contains("beyond the 1024 queues"), "{detail}")
+            }
+            Err(other) => panic!("expected corruption, got {other}"),
+            Ok(_) => panic!("accepted queue u32::MAX"),
+        }
+        let slave_dir = tempfile::tempdir().unwrap();
+        let slave = reopen(slave_dir.path()).unwrap();
+        let refused = slave.append_replicated(&record_with_queue(u32::MAX));
+        assert!(
+            matches!(refused, Err(StoreError::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        assert!(slave.append_replicated(&record_with_queue(1023)).is_ok());
+        slave.shutdown();
+    }
+
+    #[test]
+    fn a_topics_file_claiming_billions_of_queues_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        reopen(dir.path()).unwrap().shutdown();
+        let sealed = crate::fs_util::seal_text("# keel topics v1\norders 4294967295\n".into());
+        std::fs::write(dir.path().join("topics"), sealed).unwrap();
+        assert!(matches!(
+            reopen(dir.path()),
+            Err(StoreError::Corruption { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_reused_sequence_with_another_message_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let numbered = |topic: &str, text: &str, sequence: u64| {
+        let mut message = Message::new(topic, text.as_bytes().to_vec());
+        message.producer_id = 7;
+        message.sequence = sequence;
+        message.sealed()
+    };
+    store
+        .append(&numbered("orders", "one", 1), true, 1)
+        .unwrap();
+    for other in [numbered("orders", "uno", 1), numbered("payments", "one", 1)] {
+        let refused = store.append(&other, true, 1);
+        assert!(
+            matches!(refused, Err(crate::AppendError::SequenceMismatch { .. })),
+            "{refused:?}"
+        );
+    }
+    assert!(matches!(
+        store.append(&numbered("orders", "zero", 0), true, 1),
+        Err(crate::AppendError::SequenceZero { .. })
+    ));
+    // A batch repeating a sequence, or mixing a stored one with new ones, is no retry.
+    let repeated = [numbered("orders", "a", 5), numbered("orders", "b", 5)];
+    assert!(store.append_batch(&repeated, true, 1).is_err());
+    let mixed = [numbered("orders", "one", 1), numbered("orders", "two", 2)];
+    assert!(store.append_batch(&mixed, true, 1).is_err());
+    assert_eq!(store.stats().records_appended, 1);
+    assert_eq!(store.topic_queues("payments"), None);
+    store.shutdown();
+}
+
+/// A disk whose directory fsyncs block while `held`: a truncation waiting on one must
+/// not hold the lock the event loops take.
+struct GatedDisk {
+    inner: crate::disk::RealDisk,
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl crate::disk::Disk for GatedDisk {
+    fn open(
+        &self,
+        path: &std::path::Path,
+        mode: crate::disk::OpenMode,
+    ) -> std::io::Result<Arc<dyn crate::disk::DiskFile>> {
+        self.inner.open(path, mode)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn is_dir(&self, path: &std::path::Path) -> bool {
+        self.inner.is_dir(path)
+    }
+    fn exists(&self, path: &std::path::Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let mut held = self.held.lock().unwrap();
+        while *held {
+            self.waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            held = self.released.wait(held).unwrap();
+        }
+        self.inner.sync_dir(dir)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn lock(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.inner.lock(path)
+    }
+    fn free_bytes(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+        self.inner.free_bytes(dir)
+    }
+}
+
+#[test]
+fn a_slaves_truncation_does_its_disk_work_without_the_append_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(GatedDisk {
+        inner: crate::disk::RealDisk,
+        held: std::sync::Mutex::new(false),
+        released: std::sync::Condvar::new(),
+        waiting: std::sync::atomic::AtomicBool::new(false),
+    });
+    let store = Store::open_with_disk(config(dir.path()), disk.clone()).unwrap();
+    let middle = {
+        let end = append_many(&store, 10);
+        wait_durable(&store, end);
+        store.stats().offset_appended
+    };
+    let end = append_many(&store, 10);
+    wait_durable(&store, end);
+    *disk.held.lock().unwrap() = true;
+    let truncating = {
+        let store = store.clone();
+        std::thread::spawn(move || store.truncate_to(middle))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !disk.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the truncation never reached its fsync"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The truncation is stuck on the disk; what a loop does still answers at once.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let reader = store.clone();
+    std::thread::spawn(move || {
+        let _ = sender.send((reader.stats(), reader.queue_offsets(None)));
+    });
+    let answered = receiver.recv_timeout(Duration::from_secs(5));
+    *disk.held.lock().unwrap() = false;
+    disk.released.notify_all();
+    let (stats, _) = answered.expect("stats waited for the truncation's fsync");
+    assert_eq!(stats.offset_appended, middle, "readers see the cut at once");
+    assert_eq!(truncating.join().unwrap().unwrap(), 10);
+    store.shutdown();
 }

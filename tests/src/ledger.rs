@@ -1,9 +1,11 @@
 //! The ledger: what every send was told, what consumers read, and what that means.
 //!
-//! A send is `Ok` only if it got `SEND_OK`. Any other status, an error or a timeout is
-//! `Indeterminate`: the message may or may not be stored. The standard check
-//! (RELIABILITY.md): lost = ok - read must be empty, unexpected (read, never sent) must
-//! be empty; duplicates and recovered indeterminate sends are counted.
+//! A send is `Ok` only if it got `SEND_OK`. An error from the broker (or a send that
+//! never left the client) is `Failed`: the message must not be stored. Any other
+//! status, a timeout or a cut connection is `Indeterminate`: the message may or may not
+//! be stored. The standard check (RELIABILITY.md): lost = ok - read must be empty,
+//! unexpected (read, never sent) must be empty, and nothing failed may be read;
+//! duplicates and recovered indeterminate sends are counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,6 +15,36 @@ use std::sync::Mutex;
 pub enum Outcome {
     Ok,
     Indeterminate(String),
+    /// Answered with an error (or not sent): "not stored".
+    Failed(String),
+}
+
+impl Outcome {
+    /// What a send's result means for the ledger.
+    pub fn of(result: &Result<keel_client::SendResult, keel_client::ClientError>) -> Outcome {
+        Outcome::of_status(result.as_ref().map(|result| result.status))
+    }
+
+    /// `of`, for anything answered with a send status (a batch, a handle).
+    pub fn of_status(
+        result: Result<keel_client::SendStatus, &keel_client::ClientError>,
+    ) -> Outcome {
+        match result {
+            Ok(keel_client::SendStatus::SendOk) => Outcome::Ok,
+            Ok(status) => Outcome::Indeterminate(status.to_string()),
+            Err(error) if error.is_outcome_unknown() => Outcome::Indeterminate(error.to_string()),
+            Err(error) => Outcome::Failed(error.to_string()),
+        }
+    }
+
+    /// Ok over indeterminate over failed: a later attempt can only show more stored.
+    fn rank(&self) -> u8 {
+        match self {
+            Outcome::Ok => 2,
+            Outcome::Indeterminate(_) => 1,
+            Outcome::Failed(_) => 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -32,6 +64,9 @@ pub struct Report {
     pub duplicated: Vec<(String, usize)>,
     /// Read but never sent.
     pub unexpected: Vec<String>,
+    /// Answered with an error ("not stored") and yet read.
+    pub failed_but_stored: Vec<String>,
+    pub failed: usize,
     /// Indeterminate sends that turned out to be stored.
     pub recovered: usize,
     /// Indeterminate outcomes by reason, for the test's log.
@@ -44,14 +79,15 @@ impl Ledger {
     }
 
     /// Records what a send was told. A later outcome for the same id replaces an
-    /// indeterminate one (a retry that succeeded) but never an `Ok`.
+    /// earlier one only when it shows more stored (a retry that succeeded): `Ok` over
+    /// `Indeterminate` over `Failed`.
     pub fn sent(&self, id: &str, outcome: Outcome) {
         let mut sent = self.sent.lock().unwrap();
         let entry = sent
             .entry(id.to_string())
             .or_insert_with(|| outcome.clone());
-        if outcome == Outcome::Ok {
-            *entry = Outcome::Ok;
+        if outcome.rank() > entry.rank() {
+            *entry = outcome;
         }
     }
 
@@ -95,6 +131,12 @@ impl Ledger {
                         report.recovered += 1;
                     }
                 }
+                Outcome::Failed(_) => {
+                    report.failed += 1;
+                    if seen > 0 {
+                        report.failed_but_stored.push(id.clone());
+                    }
+                }
             }
         }
         for (id, count) in &counts {
@@ -107,15 +149,16 @@ impl Ledger {
         }
         report.lost.sort();
         report.unexpected.sort();
+        report.failed_but_stored.sort();
         report.duplicated.sort();
         report
     }
 }
 
 impl Report {
-    /// Nothing acknowledged lost, nothing unexpected read.
+    /// Nothing acknowledged lost, nothing unexpected read, nothing refused stored.
     pub fn is_clean(&self) -> bool {
-        self.lost.is_empty() && self.unexpected.is_empty()
+        self.lost.is_empty() && self.unexpected.is_empty() && self.failed_but_stored.is_empty()
     }
 }
 
@@ -123,15 +166,25 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "ok={} indeterminate={} read={} lost={} duplicated={} unexpected={} recovered={}",
+            "ok={} indeterminate={} failed={} read={} lost={} duplicated={} unexpected={} \
+             recovered={} failed_but_stored={}",
             self.ok,
             self.indeterminate,
+            self.failed,
             self.read,
             self.lost.len(),
             self.duplicated.len(),
             self.unexpected.len(),
-            self.recovered
+            self.recovered,
+            self.failed_but_stored.len()
         )?;
+        if !self.failed_but_stored.is_empty() {
+            write!(
+                f,
+                "\n  answered with an error yet stored (first 10): {:?}",
+                &self.failed_but_stored[..self.failed_but_stored.len().min(10)]
+            )?;
+        }
         if !self.lost.is_empty() {
             write!(
                 f,
@@ -172,15 +225,19 @@ mod tests {
         ledger.sent("c", Outcome::Indeterminate("timeout".into()));
         ledger.sent("d", Outcome::Indeterminate("timeout".into()));
         ledger.sent("d", Outcome::Ok);
-        for id in ["a", "a", "c", "d", "zz"] {
+        ledger.sent("e", Outcome::Failed("refused".into()));
+        ledger.sent("f", Outcome::Failed("refused".into()));
+        ledger.sent("f", Outcome::Indeterminate("retry timed out".into()));
+        for id in ["a", "a", "c", "d", "zz", "e", "f"] {
             ledger.read(id);
         }
         let report = ledger.report();
         assert_eq!(report.lost, vec!["b".to_string()]);
         assert_eq!(report.duplicated, vec![("a".to_string(), 2)]);
         assert_eq!(report.unexpected, vec!["zz".to_string()]);
-        assert_eq!(report.recovered, 1);
+        assert_eq!(report.recovered, 2);
         assert_eq!(report.ok, 3);
+        assert_eq!(report.failed_but_stored, vec!["e".to_string()]);
         assert!(!report.is_clean());
     }
 }

@@ -261,3 +261,94 @@ fn hostile_bytes_on_the_ha_port_and_the_name_server_hurt_no_one() {
         "a sync master without a slave"
     );
 }
+
+#[test]
+fn a_flipped_byte_in_any_field_the_producer_sets_is_refused_and_stores_nothing() {
+    let broker = BrokerProcess::start("");
+    let mut message = Message::new("hostile", "the payload")
+        .with_tags("TagA")
+        .with_keys("order-1")
+        .with_property("origin", "test");
+    message.producer_id = 0x1234_5678;
+    message.sequence = 9;
+    let message = message.sealed();
+    let frame = send_frame(&message, 1);
+    let topic_len = message.topic.len();
+    // Offsets in the frame: header 16, topic str16, queue u32, born u64, producer u64,
+    // sequence u64, flags u32, message_crc u32, then tags, keys, properties, payload.
+    let topic = 16 + 2;
+    let numbers = topic + topic_len + 4;
+    let tail = numbers + 8 + 8 + 8 + 4 + 4;
+    let fields = [
+        ("topic", topic + 2),
+        ("born_timestamp_ms", numbers + 1),
+        ("producer_id", numbers + 8 + 2),
+        ("sequence", numbers + 16),
+        ("tags", tail + 2),
+        ("keys", tail + 2 + 2 + 4 + 3),
+        ("property", tail + 2 + 4 + 2 + 7 + 2 + 2 + 1),
+        ("payload", frame.len() - 3),
+    ];
+    let mut stream = connect(&broker);
+    for (index, (field, at)) in fields.iter().enumerate() {
+        let mut damaged = frame.clone();
+        // A bit that keeps names valid ('o' <-> 'n' and the like), so only the CRC can
+        // tell: the broker would otherwise store a message nobody sent.
+        damaged[*at] ^= 0x01;
+        damaged[8..16].copy_from_slice(&(100 + index as u64).to_le_bytes());
+        stream.write_all(&damaged).expect("write");
+        let (kind, request_id, body) = read_frame(&mut stream).expect("an answer");
+        assert_eq!(kind, Kind::Error as u8, "{field}: accepted");
+        assert_eq!(request_id, 100 + index as u64);
+        assert_eq!(
+            error_code(&body),
+            ErrorCode::MessageCrcMismatch as u16,
+            "{field}: {}",
+            String::from_utf8_lossy(&body[4..])
+        );
+    }
+    assert_eq!(broker.stat("records_appended"), 0);
+    let topics = broker.admin().list_topics(None).expect("topics");
+    assert!(
+        topics.iter().all(|t| t.topic.starts_with('%')),
+        "a damaged topic name created a topic: {topics:?}"
+    );
+    // Intact, it is stored.
+    stream.write_all(&frame).expect("write");
+    let (kind, _, _) = read_frame(&mut stream).expect("an answer");
+    assert_eq!(kind, Kind::SendResult as u8);
+}
+
+#[test]
+fn reserved_bits_and_bad_group_names_get_their_documented_codes() {
+    let broker = BrokerProcess::start("");
+    // Message flags are reserved: refused, not stored.
+    let mut message = Message::new("t", "flagged");
+    message.flags = 1;
+    let mut stream = connect(&broker);
+    stream
+        .write_all(&send_frame(&message.sealed(), 1))
+        .expect("write");
+    let (kind, _, body) = read_frame(&mut stream).expect("an answer");
+    assert_eq!(kind, Kind::Error as u8);
+    assert_eq!(error_code(&body), ErrorCode::InvalidArgument as u16);
+    ping_ok(&mut stream);
+    // A group name that is not a valid name: INVALID_TOPIC, as documented.
+    let mut frame = Vec::new();
+    Request::CommitOffset(keel_protocol::CommitOffsetRequest {
+        group: "bad group".into(),
+        topic: "t".into(),
+        queue_id: 0,
+        offset: 0,
+    })
+    .encode(2, 0, &mut frame);
+    stream.write_all(&frame).expect("write");
+    let (_, _, body) = read_frame(&mut stream).expect("an answer");
+    assert_eq!(error_code(&body), ErrorCode::InvalidTopic as u16);
+    // A frame flag bit other than ONEWAY: a malformed frame, the connection closes.
+    let mut frame = Vec::new();
+    Request::Ping.encode(3, 0x0004, &mut frame);
+    stream.write_all(&frame).expect("write");
+    expect_error_then_close(&mut stream, ErrorCode::MalformedFrame);
+    assert_eq!(broker.stat("records_appended"), 0);
+}

@@ -14,7 +14,13 @@ use std::time::{Duration, Instant};
 
 /// Config of a master of `name` on fixed ports (its address survives restarts);
 /// `namesrv` is the TOML list's contents, e.g. `"a:1", "b:2"`.
-fn master(role: &str, name: &str, port: u16, ha_port: u16, namesrv: Option<&str>) -> String {
+pub(crate) fn master(
+    role: &str,
+    name: &str,
+    port: u16,
+    ha_port: u16,
+    namesrv: Option<&str>,
+) -> String {
     let namesrv = namesrv.unwrap_or_default();
     format!(
         "listen = \"127.0.0.1:{port}\"\nrole = \"{role}\"\nbroker_name = \"{name}\"\n\
@@ -24,7 +30,13 @@ fn master(role: &str, name: &str, port: u16, ha_port: u16, namesrv: Option<&str>
 }
 
 /// Config of slave 1 of `name`, following the master whose HA port is `master_ha`.
-fn slave(name: &str, port: u16, ha_port: u16, master_ha: u16, namesrv: Option<&str>) -> String {
+pub(crate) fn slave(
+    name: &str,
+    port: u16,
+    ha_port: u16,
+    master_ha: u16,
+    namesrv: Option<&str>,
+) -> String {
     let namesrv = namesrv.unwrap_or_default();
     format!(
         "listen = \"127.0.0.1:{port}\"\nrole = \"slave\"\nbroker_id = 1\nbroker_name = \"{name}\"\n\
@@ -327,8 +339,7 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
                             ok_times.lock().unwrap().push(Instant::now());
                             Outcome::Ok
                         }
-                        Ok(status) => Outcome::Indeterminate(status.to_string()),
-                        Err(error) => Outcome::Indeterminate(error.to_string()),
+                        other => Outcome::of_status(other.as_ref().copied()),
                     };
                     ledger.sent(&id, outcome);
                 }

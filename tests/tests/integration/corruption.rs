@@ -201,3 +201,134 @@ fn a_segment_cut_short_outside_keel_is_refused_and_verify_says_where_to_truncate
         assert_eq!(crate::harness::drain(&broker.address, "audit").len(), 25);
     }
 }
+
+/// The checkpoint file's offset (u64 offset, u32 flags, u32 CRC32C of the first 12).
+fn checkpoint_offset(broker: &BrokerProcess) -> Option<u64> {
+    let bytes = std::fs::read(broker.dir.join("data").join("checkpoint")).ok()?;
+    let crc = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?);
+    (crc32c::crc32c(bytes.get(..12)?) == crc)
+        .then(|| u64::from_le_bytes(bytes[..8].try_into().unwrap()))
+}
+
+#[test]
+fn damage_to_the_last_acknowledged_record_of_an_idle_broker_is_refused_not_cut() {
+    for cut in [false, true] {
+        let mut broker = BrokerProcess::start("");
+        let results = send_numbered(&broker, 40);
+        let last = results.last().expect("sent").log_offset;
+        let end = std::fs::metadata(broker.first_segment())
+            .expect("segment")
+            .len();
+        // Idle: the checkpoint catches up with the fsynced end soon after appends stop.
+        crate::harness::wait_until("the idle checkpoint", Duration::from_secs(5), || {
+            checkpoint_offset(&broker) == Some(end)
+        });
+        broker.kill9();
+        if cut {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(broker.first_segment())
+                .expect("segment");
+            file.set_len(last + 10).expect("cut");
+        } else {
+            flip_byte(&broker.first_segment(), last + 85);
+        }
+        let data_dir = broker.dir.join("data");
+        let report = keel_storage::admin::verify(&data_dir, 5 << 20).expect("verify");
+        assert!(
+            !report.starts(),
+            "verify must not call this a torn tail: {report:?}"
+        );
+        assert_eq!(
+            broker.spawn_expect_failure().code(),
+            Some(1),
+            "{}",
+            broker.log()
+        );
+        assert!(broker.log().contains("not a torn tail"), "{}", broker.log());
+        assert_eq!(
+            std::fs::metadata(broker.first_segment())
+                .expect("segment")
+                .len(),
+            if cut { last + 10 } else { end },
+            "nothing was cut"
+        );
+    }
+}
+
+#[test]
+fn under_load_damage_behind_the_checkpoint_is_refused_when_later_records_prove_it_fsynced() {
+    use keel_tests::{payload_for, Ledger, Outcome};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Rounds until the kill leaves an acknowledged record past the (lagging) checkpoint,
+    // with later records that carry proof it was fsynced: under load that is the rule.
+    for round in 0..10 {
+        let mut broker = BrokerProcess::start("");
+        broker.admin().create_topic("ledger", 1).expect("topic");
+        let ledger = Arc::new(Ledger::new());
+        let acked: Arc<std::sync::Mutex<Vec<(u64, String)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let producers: Vec<_> = (0..8)
+            .map(|index| {
+                let (address, ledger, acked, stop) = (
+                    broker.address.clone(),
+                    ledger.clone(),
+                    acked.clone(),
+                    stop.clone(),
+                );
+                std::thread::spawn(move || {
+                    let producer =
+                        Producer::connect(&address, ProducerOptions::default()).expect("producer");
+                    let mut sequence = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("r{round}-p{index}-s{sequence}");
+                        sequence += 1;
+                        let result = producer.send(Message::new("ledger", payload_for(&id, 200)));
+                        if let Ok(sent) = &result {
+                            if sent.status == keel_client::SendStatus::SendOk {
+                                acked.lock().unwrap().push((sent.log_offset, id.clone()));
+                            }
+                        }
+                        ledger.sent(&id, Outcome::of(&result));
+                    }
+                })
+            })
+            .collect();
+        crate::harness::wait_until("load", Duration::from_secs(30), || ledger.ok_count() > 500);
+        broker.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for producer in producers {
+            producer.join().expect("producer");
+        }
+        let checkpoint = checkpoint_offset(&broker).unwrap_or(0);
+        let segment = std::fs::read(broker.first_segment()).expect("segment");
+        // Every intact record: (start, end, flushed_before).
+        let mut records = Vec::new();
+        let mut position = 0usize;
+        while let Ok(record) = keel_protocol::decode_record(&segment[position..]) {
+            let start = position as u64;
+            position += record.total_size as usize;
+            records.push((start, position as u64, record.flushed_before));
+        }
+        let acked = acked.lock().unwrap().clone();
+        let target = acked.iter().map(|(offset, _)| *offset).find(|offset| {
+            *offset >= checkpoint
+                && records
+                    .iter()
+                    .any(|(start, _, flushed)| start > offset && flushed > offset)
+        });
+        let Some(target) = target else {
+            eprintln!("round {round}: the checkpoint was current at the kill; again");
+            continue;
+        };
+        flip_byte(&broker.first_segment(), target + 85);
+        let status = broker.spawn_expect_failure();
+        assert_eq!(status.code(), Some(1), "{}", broker.log());
+        let log = broker.log();
+        assert!(log.contains("shows the log was fsynced"), "{log}");
+        assert!(log.contains(&format!("log offset {target}")), "{log}");
+        return;
+    }
+    panic!("in 10 rounds no kill left an acknowledged record past the checkpoint");
+}

@@ -38,11 +38,7 @@ fn load(
                     let id = format!("{tag}-p{index}-s{sequence}");
                     sequence += 1;
                     let message = Message::new("ledger", payload_for(&id, 512));
-                    let outcome = match producer.send(message) {
-                        Ok(result) if result.status == SendStatus::SendOk => Outcome::Ok,
-                        Ok(result) => Outcome::Indeterminate(result.status.to_string()),
-                        Err(error) => Outcome::Indeterminate(error.to_string()),
-                    };
+                    let outcome = Outcome::of(&producer.send(message));
                     ledger.sent(&id, outcome);
                 }
             })

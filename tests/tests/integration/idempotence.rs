@@ -102,3 +102,60 @@ fn a_retry_across_a_broker_restart_is_recognised() {
         "the original message id"
     );
 }
+
+#[test]
+fn a_reused_sequence_that_is_not_a_retry_is_refused_and_stores_nothing() {
+    use keel_client::{ClientError, Connection, ConnectionOptions, ErrorCode};
+    use keel_protocol::{Request, Response};
+    let broker = BrokerProcess::start("");
+    let connection = Connection::connect(
+        keel_client::resolve(&broker.address).unwrap(),
+        &ConnectionOptions::default(),
+    )
+    .unwrap();
+    let send = |topic: &str, payload: &str, sequence: u64| {
+        let mut message = Message::new(topic, payload.to_string());
+        message.producer_id = 0x5EED;
+        message.sequence = sequence;
+        match connection
+            .call(&Request::Send(message.sealed()), Duration::from_secs(5))
+            .unwrap()
+        {
+            Response::SendResult(result) => Ok(result),
+            Response::Error(error) => Err(ClientError::Broker(error)),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let original = send("orders", "the original", 1).expect("stored");
+    // The very same message again is a retry: the original's answer, nothing stored.
+    let retry = send("orders", "the original", 1).expect("a retry");
+    assert_eq!(retry.log_offset, original.log_offset);
+    assert_eq!(broker.stat("sends_deduplicated"), 1);
+    // Another payload, or another topic, under the same sequence is not a retry.
+    for (topic, payload) in [("orders", "something else"), ("payments", "the original")] {
+        match send(topic, payload, 1) {
+            Err(ClientError::Broker(error)) => {
+                assert_eq!(error.code, ErrorCode::SequenceMismatch, "{error}")
+            }
+            other => panic!("{topic}/{payload}: {other:?}"),
+        }
+    }
+    // Sequence 0 is not a sequence (idempotent producers number from 1).
+    for _ in 0..2 {
+        match send("orders", "zero", 0) {
+            Err(ClientError::Broker(error)) => {
+                assert_eq!(error.code, ErrorCode::InvalidArgument, "{error}")
+            }
+            other => panic!("sequence 0: {other:?}"),
+        }
+    }
+    assert_eq!(
+        broker.stat("records_appended"),
+        1,
+        "only the original is stored"
+    );
+    assert!(
+        broker.admin().list_topics(Some("payments")).is_err(),
+        "no topic was created"
+    );
+}

@@ -1,6 +1,8 @@
 //! Integration tests: real keeld processes on 127.0.0.1, driven through keel-client.
 
 mod bad_input;
+mod bench;
+mod cli;
 mod cluster;
 mod corruption;
 mod crash;

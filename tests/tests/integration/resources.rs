@@ -204,3 +204,129 @@ fn long_polls_parked_per_connection_are_capped() {
     );
     assert_eq!(broker.stat("parked_pulls"), 1024);
 }
+
+/// The resident set size of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn incomplete_frames_are_bounded_across_connections() {
+    const BUDGET: u64 = 32 << 20;
+    let broker = BrokerProcess::start(&format!("partial_frames_max_bytes = {BUDGET}"));
+    let before = rss_bytes(broker.pid());
+    let frame_max = 8u32 << 20;
+    // 40 clients each send all but the last byte of a maximum-size frame, then wait.
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let mut stream = TcpStream::connect(&broker.address).expect("connect");
+        let mut header = Vec::new();
+        header.extend_from_slice(&(frame_max - 4).to_le_bytes());
+        header.extend_from_slice(&[keel_protocol::PROTOCOL_VERSION, 0x02, 0, 0]);
+        header.extend_from_slice(&[0; 8]);
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = frame_max as usize - 1 - header.len();
+        let _ = stream.write_all(&header);
+        while left > 0 {
+            let take = left.min(chunk.len());
+            if stream.write_all(&chunk[..take]).is_err() {
+                break;
+            }
+            left -= take;
+        }
+        clients.push(stream);
+    }
+    wait_until(
+        "the broker to read what it holds",
+        Duration::from_secs(20),
+        || {
+            broker
+                .try_stat("protocol_errors")
+                .is_some_and(|errors| errors >= 30)
+        },
+    );
+    let grown = rss_bytes(broker.pid()).saturating_sub(before);
+    // The budget, and what the allocator keeps around it; not 40 x 8 MiB.
+    assert!(
+        grown < 3 * BUDGET,
+        "RSS grew by {grown} bytes holding incomplete frames (budget {BUDGET})"
+    );
+    // Those over the budget were told why before being closed.
+    let mut told = 0;
+    for stream in &mut clients {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut header = [0u8; 16];
+        if std::io::Read::read_exact(stream, &mut header).is_ok() {
+            let mut body =
+                vec![0u8; u32::from_le_bytes(header[..4].try_into().unwrap()) as usize - 12];
+            std::io::Read::read_exact(stream, &mut body).expect("error body");
+            assert_eq!(
+                u16::from_le_bytes([body[0], body[1]]),
+                keel_protocol::ErrorCode::Overloaded as u16
+            );
+            told += 1;
+        }
+    }
+    assert!(told >= 30, "{told} connections were told OVERLOADED");
+    broker.admin().ping().expect("still serving");
+}
+
+#[test]
+fn idle_timeouts_shorter_than_what_the_broker_makes_clients_wait_are_refused() {
+    let mut broker = BrokerProcess::start("");
+    broker.kill9();
+    broker.reconfigure("connection_idle_timeout_ms = 1000");
+    assert_eq!(broker.spawn_expect_failure().code(), Some(2));
+    let log = broker.log();
+    assert!(
+        log.contains("connection_idle_timeout_ms = 1000 is below long_poll_max_ms"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_connection_waiting_for_an_answer_is_not_idle() {
+    // A message lookup reads the whole log; every read of the log takes 400 ms here, so
+    // the answer comes long after the idle timeout.
+    let broker = BrokerProcess::start(
+        "connection_idle_timeout_ms = 1000\nlong_poll_max_ms = 1000\nsync_flush_timeout_ms = 1000\n\
+         slave_timeout_ms = 1000\nfault_read_delay_ms = 400\nsegment_size_bytes = 1048576",
+    );
+    let producer =
+        Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
+    let batch: Vec<Message> = (0..400)
+        .map(|index| Message::new("looked-up", vec![b'x'; 10_000]).with_keys(format!("k{index}")))
+        .collect();
+    for chunk in batch.chunks(50) {
+        producer.send_batch(chunk.to_vec()).expect("stored");
+    }
+    let started = std::time::Instant::now();
+    let info = broker
+        .admin()
+        .message_info(0, Some("k399"))
+        .expect("answered, not cut off as idle");
+    assert!(
+        started.elapsed() > Duration::from_millis(1500),
+        "the lookup was too quick to show anything"
+    );
+    assert!(
+        info.iter()
+            .any(|(name, value)| name == "keys" && value == "k399"),
+        "{info:?}"
+    );
+}

@@ -45,7 +45,7 @@ fn sigterm_answers_pending_sends_and_restarts_clean() {
             }
             Err(ClientError::Broker(error)) => {
                 assert_eq!(error.code, ErrorCode::ShuttingDown, "{id}: {error}");
-                ledger.sent(&id, Outcome::Indeterminate(error.to_string()));
+                ledger.sent(&id, Outcome::Failed(error.to_string()));
             }
             Err(other) => panic!("{id}: a send in flight at SIGTERM got no answer: {other}"),
         }
@@ -64,5 +64,31 @@ fn sigterm_answers_pending_sends_and_restarts_clean() {
     assert_eq!(
         report.recovered, 0,
         "refused sends must not be stored: {report}"
+    );
+}
+
+#[test]
+fn a_port_already_taken_is_reported_before_anything_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let data_dir = temp.path().join("data");
+    let output = std::process::Command::new(crate::harness::KEELD)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run keeld");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !data_dir.exists(),
+        "the data directory was created (and recovered) before the port was checked"
     );
 }

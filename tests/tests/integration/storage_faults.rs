@@ -34,9 +34,10 @@ fn a_failed_fsync_poisons_the_log_and_no_send_is_acknowledged_past_it() {
                     .push(result.log_offset + record_len);
             }
             Ok(result) => ledger.sent(&id, Outcome::Indeterminate(result.status.to_string())),
+            // "Not stored": the ledger checks after the restart that it is not there.
             Err(ClientError::Broker(error)) => {
                 assert_eq!(error.code, ErrorCode::StorageFailed, "{error}");
-                ledger.sent(&id, Outcome::Indeterminate(error.to_string()));
+                ledger.sent(&id, Outcome::Failed(error.to_string()));
                 refused += 1;
             }
             Err(other) => panic!("{id}: {other}"),
@@ -106,12 +107,9 @@ fn kill_9_twenty_times_in_a_row_loses_nothing_acknowledged() {
                     while !stop.load(Ordering::Relaxed) {
                         let id = format!("r{round}-p{index}-s{sequence}");
                         sequence += 1;
-                        let outcome =
-                            match producer.send(Message::new("ledger", payload_for(&id, 200))) {
-                                Ok(result) if result.status == SendStatus::SendOk => Outcome::Ok,
-                                Ok(result) => Outcome::Indeterminate(result.status.to_string()),
-                                Err(error) => Outcome::Indeterminate(error.to_string()),
-                            };
+                        let outcome = Outcome::of(
+                            &producer.send(Message::new("ledger", payload_for(&id, 200))),
+                        );
                         ledger.sent(&id, outcome);
                     }
                 })
@@ -228,7 +226,7 @@ fn a_full_disk_refuses_sends_keeps_serving_reads_and_recovers_when_space_frees()
             Ok(result) if result.status == SendStatus::SendOk => ledger.sent(&id, Outcome::Ok),
             Ok(result) => ledger.sent(&id, Outcome::Indeterminate(result.status.to_string())),
             Err(ClientError::Broker(error)) if error.code == ErrorCode::DiskFull => {
-                ledger.sent(&id, Outcome::Indeterminate(error.to_string()));
+                ledger.sent(&id, Outcome::Failed(error.to_string()));
                 full += 1;
                 if full >= 20 {
                     break;
@@ -277,4 +275,23 @@ fn fs_free(path: &std::path::Path) -> u64 {
         .nth(1)
         .and_then(|line| line.trim().parse().ok())
         .expect("df output")
+}
+
+#[test]
+fn a_poisoned_broker_stopped_with_sigterm_says_so_and_exits_non_zero() {
+    let mut broker = BrokerProcess::start("fault_fsync_fail_at = 3");
+    let producer =
+        Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
+    for index in 0..10 {
+        let _ = producer.send(Message::new(
+            "ledger",
+            payload_for(&format!("p{index}"), 100),
+        ));
+    }
+    assert_eq!(broker.stat("storage_poisoned"), 1);
+    let status = broker.terminate();
+    let log = broker.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!log.contains("stopped cleanly"), "{log}");
+    assert!(log.contains("stopped after a storage failure"), "{log}");
 }

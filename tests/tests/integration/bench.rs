@@ -1,0 +1,123 @@
+//! keel-bench tells a failed run from a clean one, and cleans up after itself.
+
+use crate::harness::{signal, wait_until, BrokerProcess, KEELD};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BENCH: &str = env!("CARGO_BIN_EXE_keel-bench-under-test");
+
+/// Child processes of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces, so read after its ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if parent == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_run_whose_broker_dies_ends_with_a_partial_report_and_fails() {
+    let mut broker = BrokerProcess::start("");
+    let bench = Command::new(BENCH)
+        .args([
+            "--broker",
+            &broker.address,
+            "--producers",
+            "4",
+            "--duration",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel-bench");
+    wait_until("load on the broker", Duration::from_secs(20), || {
+        broker.try_stat("sends_ok").is_some_and(|ok| ok > 100)
+    });
+    let killed = Instant::now();
+    broker.kill9();
+    let output = bench.wait_with_output().expect("keel-bench output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "the run went on against a dead broker"
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("throughput:"), "a partial report: {stdout}");
+    assert!(stdout.contains("ended early"), "{stdout}");
+    assert!(stderr.contains("ended early"), "{stderr}");
+    assert!(
+        !stderr.contains("ALARM"),
+        "one report, not a line per failure: {stderr}"
+    );
+}
+
+#[test]
+fn an_interrupted_run_stops_its_broker_and_removes_its_directory() {
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let mut bench = Command::new(BENCH)
+        .args(["--keeld", KEELD, "--producers", "2", "--duration", "60"])
+        .env("TMPDIR", temp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel-bench");
+    let mut broker_pid = None;
+    wait_until(
+        "keel-bench to start its broker",
+        Duration::from_secs(30),
+        || {
+            broker_pid = children(bench.id()).into_iter().next();
+            broker_pid.is_some()
+        },
+    );
+    let broker_pid = broker_pid.expect("the broker");
+    // Let the load start, then Ctrl-C.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(bench.id(), libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bench.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel-bench did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "an interrupted run is not a clean run");
+    wait_until("its broker to be gone", Duration::from_secs(10), || {
+        !alive(broker_pid)
+    });
+    let left: Vec<_> = std::fs::read_dir(temp.path())
+        .expect("temp")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "keel-bench left {left:?} behind");
+}

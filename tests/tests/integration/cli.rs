@@ -1,0 +1,302 @@
+//! The `keel` command line as a script uses it: bytes in and out unchanged, a summary,
+//! exit statuses that say what happened, exact counts, and a refused promotion.
+
+use crate::harness::{free_port, wait_until, BrokerProcess};
+use keel_client::{Admin, SendStatus};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+pub const KEEL: &str = env!("CARGO_BIN_EXE_keel-under-test");
+
+/// Runs `keel --broker ADDRESS ARGS...` with `input` on standard input.
+pub fn keel(broker: &str, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(KEEL)
+        .arg("--broker")
+        .arg(broker)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("keel output")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn keel_send_takes_any_bytes_and_consume_gives_them_back_byte_for_byte() {
+    let broker = BrokerProcess::start("");
+    broker.admin().create_topic("bytes", 1).expect("topic");
+    // A line that is not UTF-8 is a message like any other.
+    let sent = keel(
+        &broker.address,
+        &["send", "--topic", "bytes"],
+        b"ok1\n\xff\nok2\n",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    assert_eq!(text(&sent.stdout).matches("SEND_OK").count(), 3);
+    assert!(
+        text(&sent.stderr).contains("sent 3, SEND_OK 3, failed 0, unknown 0"),
+        "{}",
+        text(&sent.stderr)
+    );
+    // Binary input as a file, and as hex.
+    let binary: Vec<u8> = (0u8..=255).collect();
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &binary).expect("write");
+    let path = file.path().to_str().expect("path").to_string();
+    let sent = keel(
+        &broker.address,
+        &["send", "--topic", "bytes", "--file", &path],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let sent = keel(
+        &broker.address,
+        &["send", "--topic", "bytes", "--hex", "00 0a ff"],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+
+    let hex = keel(
+        &broker.address,
+        &[
+            "consume",
+            "--topic",
+            "bytes",
+            "--group",
+            "h",
+            "--idle-ms",
+            "300",
+            "--quiet",
+            "--hex",
+        ],
+        b"",
+    );
+    assert_eq!(hex.status.code(), Some(0), "{}", text(&hex.stderr));
+    let lines: Vec<String> = text(&hex.stdout).lines().map(str::to_string).collect();
+    let expected_binary: String = binary.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "6f6b31".to_string(),
+            "ff".to_string(),
+            "6f6b32".to_string(),
+            expected_binary,
+            "000aff".to_string()
+        ]
+    );
+    // Escaped text: never a replacement character.
+    let escaped = keel(
+        &broker.address,
+        &[
+            "consume",
+            "--topic",
+            "bytes",
+            "--group",
+            "e",
+            "--idle-ms",
+            "300",
+            "--quiet",
+        ],
+        b"",
+    );
+    let shown = text(&escaped.stdout);
+    assert!(shown.lines().nth(1) == Some("\\xff"), "{shown}");
+    assert!(!shown.contains('\u{FFFD}'), "{shown}");
+    assert!(shown.lines().nth(4) == Some("\\u{0}\\n\\xff"), "{shown}");
+    // Raw: the payloads themselves, a newline after each.
+    let raw = keel(
+        &broker.address,
+        &[
+            "consume",
+            "--topic",
+            "bytes",
+            "--group",
+            "r",
+            "--idle-ms",
+            "300",
+            "--raw",
+        ],
+        b"",
+    );
+    let mut expected = b"ok1\n\xff\nok2\n".to_vec();
+    expected.extend_from_slice(&binary);
+    expected.push(b'\n');
+    expected.extend_from_slice(&[0x00, 0x0a, 0xff, b'\n']);
+    assert_eq!(raw.stdout, expected);
+}
+
+#[test]
+fn keel_send_says_what_was_not_stored_and_exits_non_zero() {
+    let broker = BrokerProcess::start("auto_create_topics = false");
+    broker.admin().create_topic("known", 1).expect("topic");
+    let refused = keel(
+        &broker.address,
+        &["send", "--topic", "unknown", "a", "b"],
+        b"",
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("sent 2, SEND_OK 0, failed 2, unknown 0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("TOPIC_NOT_FOUND"), "{stderr}");
+    let bad_hex = keel(
+        &broker.address,
+        &["send", "--topic", "known", "--hex", "zz"],
+        b"",
+    );
+    assert_eq!(bad_hex.status.code(), Some(1));
+    assert!(text(&bad_hex.stderr).contains("not hexadecimal"));
+    assert_eq!(broker.stat("records_appended"), 0);
+}
+
+#[test]
+fn keel_send_reports_an_unknown_outcome_as_unknown_not_failed() {
+    // The broker takes the sends, then a double SIGTERM ends it while its fsync stalls:
+    // nobody knows whether they are stored.
+    let mut broker = BrokerProcess::start("fault_fsync_delay_ms = 3000");
+    broker.admin().create_topic("maybe", 1).expect("topic");
+    let address = broker.address.clone();
+    let sender = std::thread::spawn(move || {
+        let lines: Vec<u8> = (0..20)
+            .flat_map(|i| format!("m{i}\n").into_bytes())
+            .collect();
+        keel(
+            &address,
+            &["send", "--topic", "maybe", "--mode", "async"],
+            &lines,
+        )
+    });
+    wait_until("the sends to be appended", Duration::from_secs(10), || {
+        broker.try_stat("records_appended") == Some(20)
+    });
+    let pid = broker.pid();
+    crate::harness::signal(pid, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    crate::harness::signal(pid, libc::SIGTERM);
+    let sent = sender.join().expect("keel send");
+    let stderr = text(&sent.stderr);
+    assert_eq!(
+        sent.status.code(),
+        Some(3),
+        "exit 3 = unknown outcome\n{stderr}"
+    );
+    assert!(stderr.contains("failed 0"), "{stderr}");
+    assert!(!stderr.contains("unknown 0"), "{stderr}");
+    assert!(stderr.contains("UNKNOWN"), "{stderr}");
+    broker.kill9();
+}
+
+#[test]
+fn subscribe_count_handles_exactly_n_and_commits_nothing_past_them() {
+    let broker = BrokerProcess::start("");
+    broker.admin().create_topic("many", 4).expect("topic");
+    let lines: Vec<u8> = (0..500)
+        .flat_map(|i| format!("m{i}\n").into_bytes())
+        .collect();
+    let sent = keel(
+        &broker.address,
+        &["send", "--topic", "many", "--mode", "async"],
+        &lines,
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let subscribed = keel(
+        &broker.address,
+        &[
+            "subscribe",
+            "--topic",
+            "many",
+            "--group",
+            "three",
+            "--count",
+            "3",
+        ],
+        b"",
+    );
+    assert_eq!(
+        subscribed.status.code(),
+        Some(0),
+        "{}",
+        text(&subscribed.stderr)
+    );
+    let handled: Vec<(u32, u64)> = text(&subscribed.stdout)
+        .lines()
+        .map(|line| {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(name))
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .expect("field")
+            };
+            (field("queue=") as u32, field("offset="))
+        })
+        .collect();
+    assert_eq!(handled.len(), 3, "{}", text(&subscribed.stdout));
+    // Per queue, the committed offset covers only messages that were handled.
+    let admin = Admin::connect(&broker.address).expect("admin");
+    let mut committed_total = 0;
+    for queue in 0..4u32 {
+        let committed = admin
+            .query_offset("three", "many", queue)
+            .expect("offset")
+            .unwrap_or(0);
+        committed_total += committed;
+        for offset in 0..committed {
+            assert!(
+                handled.contains(&(queue, offset)),
+                "queue {queue} committed past unhandled offset {offset}: {handled:?}"
+            );
+        }
+    }
+    assert!(
+        committed_total <= 3,
+        "committed {committed_total} for 3 handled"
+    );
+}
+
+#[test]
+fn promoting_a_slave_whose_master_is_alive_is_refused_unless_forced() {
+    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let master = BrokerProcess::start(&crate::cluster::master(
+        "sync_master",
+        "alive",
+        m_port,
+        m_ha,
+        None,
+    ));
+    let slave = BrokerProcess::start(&crate::cluster::slave("alive", s_port, s_ha, m_ha, None));
+    wait_until("the slave in sync", Duration::from_secs(20), || {
+        master.try_stat("slaves_in_sync") == Some(1)
+    });
+    let refused = keel(&slave.address, &["admin", "promote"], b"");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("is alive"), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(slave.stat("role"), keel_client::BrokerRole::Slave as u64);
+    // The master still takes sends, and the slave still follows it.
+    let producer =
+        keel_client::Producer::connect(&master.address, keel_client::ProducerOptions::default())
+            .expect("producer");
+    let result = producer
+        .send(keel_client::Message::new("t", "still the master"))
+        .expect("send");
+    assert_eq!(result.status, SendStatus::SendOk);
+
+    let forced = keel(&slave.address, &["admin", "promote", "--force"], b"");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    assert_eq!(
+        slave.stat("role"),
+        keel_client::BrokerRole::AsyncMaster as u64
+    );
+}
