@@ -96,8 +96,9 @@ impl RawFrame {
 /// Takes one whole frame off the front of `buffer`.
 ///
 /// `Ok(None)` means more bytes are needed. A length prefix over `max_frame_bytes`, a
-/// wrong version or an unknown kind is reported as soon as the bytes that show it have
-/// arrived, before anything is allocated for the body.
+/// wrong version, an unknown kind or a reserved flag bit is reported as soon as the
+/// bytes that show it have arrived, before anything is allocated for the body; the bad
+/// frame stays in `buffer` (`peek_request_id` reads its id).
 pub fn decode_frame(
     buffer: &mut BytesMut,
     max_frame_bytes: u32,
@@ -127,6 +128,15 @@ pub fn decode_frame(
         Some(&code) => Some(Kind::from_u8(code).ok_or(DecodeError::UnknownKind(code))?),
         None => None,
     };
+    if let (Some(&low), Some(&high)) = (buffer.get(6), buffer.get(7)) {
+        let flags = u16::from_le_bytes([low, high]);
+        if flags & !FLAGS_KNOWN != 0 {
+            return Err(DecodeError::InvalidValue {
+                field: "flags",
+                value: u64::from(flags),
+            });
+        }
+    }
     let frame_len = usize::try_from(frame_len).map_err(|_| DecodeError::FrameTooLarge {
         length: frame_len,
         max: max_frame_bytes,
@@ -137,12 +147,6 @@ pub fn decode_frame(
     let mut frame = buffer.split_to(frame_len).freeze();
     frame.advance(6);
     let flags = frame.get_u16_le();
-    if flags & !FLAGS_KNOWN != 0 {
-        return Err(DecodeError::InvalidValue {
-            field: "flags",
-            value: u64::from(flags),
-        });
-    }
     let request_id = frame.get_u64_le();
     Ok(Some(RawFrame {
         kind,
@@ -150,6 +154,16 @@ pub fn decode_frame(
         request_id,
         body: frame,
     }))
+}
+
+/// The request id of the frame at the front of `buffer`, once its 16-byte header has
+/// arrived (whether or not the frame is valid): an error about it can then say which
+/// request it answers.
+pub fn peek_request_id(buffer: &[u8]) -> Option<u64> {
+    let bytes = buffer.get(8..FRAME_HEADER_LEN)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(bytes);
+    Some(u64::from_le_bytes(id))
 }
 
 /// Appends the header of a frame to `out` and returns where the frame starts; the body

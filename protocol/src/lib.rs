@@ -46,8 +46,8 @@ pub mod wire;
 pub use codes::{BrokerRole, ErrorCode, PullStatus, SendStatus};
 pub use error::DecodeError;
 pub use frame::{
-    decode_frame, encode_frame, Kind, RawFrame, FLAGS_KNOWN, FLAG_ONEWAY, FRAME_HEADER_LEN,
-    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    decode_frame, encode_frame, peek_request_id, Kind, RawFrame, FLAGS_KNOWN, FLAG_ONEWAY,
+    FRAME_HEADER_LEN, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 pub use message::{
     decode_record, encode_record, peek_record_header, tags_hash, validate_topic, Message, Record,

@@ -28,8 +28,8 @@ fn now_ms() -> u64 {
 }
 
 impl EventLoop {
-    /// Refuses a send to (or creation of) one of the broker's own `%` topics. Returns
-    /// whether it refused.
+    /// Refuses a send to (or creation of) a topic whose name holds `%`: the character
+    /// marks the broker's own topics (`%RETRY%g`, ...). Returns whether it refused.
     pub(crate) fn reserved_topic(
         &mut self,
         key: usize,
@@ -37,7 +37,7 @@ impl EventLoop {
         oneway: bool,
         topic: &str,
     ) -> bool {
-        if !topic.starts_with(keel_protocol::RESERVED_TOPIC_PREFIX) {
+        if !topic.contains(keel_protocol::RESERVED_TOPIC_PREFIX) {
             return false;
         }
         self.broker
@@ -46,8 +46,8 @@ impl EventLoop {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !oneway {
             let detail = format!(
-                "topic {topic:?} is the broker's own (names starting with '%' are reserved); \
-                 consumers reach retry topics through SEND_BACK"
+                "topic {topic:?}: '%' is reserved for the broker's own topics; consumers \
+                 reach retry topics through SEND_BACK"
             );
             self.reply(
                 key,

@@ -520,7 +520,10 @@ impl EventLoop {
                 Ok(Some(frame)) => self.dispatch(key, frame),
                 Ok(None) => return Decoded::Drained,
                 Err(error) => {
-                    self.fail_connection(key, 0, decode_error_code(&error), &error.to_string());
+                    let request_id =
+                        keel_protocol::peek_request_id(&connection.read_buffer).unwrap_or(0);
+                    let code = decode_error_code(&error);
+                    self.fail_connection(key, request_id, code, &error.to_string());
                     return Decoded::Stopped;
                 }
             }
@@ -556,7 +559,7 @@ impl EventLoop {
                 self.on_send(key, request_id, frame.is_oneway(), vec![message], false)
             }
             Request::SendBatch(messages) => {
-                if let Some(message) = messages.iter().find(|m| m.topic.starts_with('%')) {
+                if let Some(message) = messages.iter().find(|m| m.topic.contains('%')) {
                     let topic = message.topic.clone();
                     self.reserved_topic(key, request_id, frame.is_oneway(), &topic);
                     return;

@@ -345,10 +345,24 @@ fn reserved_bits_and_bad_group_names_get_their_documented_codes() {
     stream.write_all(&frame).expect("write");
     let (_, _, body) = read_frame(&mut stream).expect("an answer");
     assert_eq!(error_code(&body), ErrorCode::InvalidTopic as u16);
-    // A frame flag bit other than ONEWAY: a malformed frame, the connection closes.
+    // '%' anywhere in a client's topic name is refused: it marks the broker's own.
+    let mut frame = Vec::new();
+    Request::CreateTopic(keel_protocol::CreateTopicRequest {
+        topic: "a%b".into(),
+        queues: 1,
+    })
+    .encode(4, 0, &mut frame);
+    stream.write_all(&frame).expect("write");
+    let (_, _, body) = read_frame(&mut stream).expect("an answer");
+    assert_eq!(error_code(&body), ErrorCode::InvalidTopic as u16);
+    // A frame flag bit other than ONEWAY: a malformed frame, answered with its request
+    // id (its header arrived), then the connection closes.
     let mut frame = Vec::new();
     Request::Ping.encode(3, 0x0004, &mut frame);
     stream.write_all(&frame).expect("write");
-    expect_error_then_close(&mut stream, ErrorCode::MalformedFrame);
+    let (kind, request_id, body) = read_frame(&mut stream).expect("an error frame");
+    assert_eq!((kind, request_id), (Kind::Error as u8, 3));
+    assert_eq!(error_code(&body), ErrorCode::MalformedFrame as u16);
+    assert!(read_frame(&mut stream).is_none(), "closed after the error");
     assert_eq!(broker.stat("records_appended"), 0);
 }
