@@ -17,6 +17,7 @@
 use crate::connection::{Connection, ConnectionOptions};
 use crate::routing::{pick, FaultTracker, Router};
 use crate::{resolve, ClientError};
+use keel_protocol::now_ms;
 use keel_protocol::{
     Message, Request, Response, SendBatchResult, SendResult, SendStatus, QUEUE_ID_ANY,
 };
@@ -103,12 +104,6 @@ impl SendHandle {
     pub fn wait(self) -> Result<SendResult, ClientError> {
         self.receiver.recv().unwrap_or(Err(ClientError::Timeout))
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 impl Producer {

@@ -3,7 +3,8 @@
 
 #![no_main]
 
-use keel_replication::wire::{read_frame, HaFrame};
+use keel_protocol::HaFrame;
+use keel_replication::wire::read_frame;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

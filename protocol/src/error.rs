@@ -8,9 +8,10 @@ pub enum DecodeError {
         length: u64,
         max: u32,
     },
-    /// The length prefix is smaller than the fixed header.
+    /// The length prefix is smaller than the fixed header (`min` bytes after it).
     FrameTooShort {
         length: u32,
+        min: u32,
     },
     UnsupportedVersion(u8),
     UnknownKind(u8),
@@ -52,10 +53,10 @@ impl fmt::Display for DecodeError {
             DecodeError::FrameTooLarge { length, max } => {
                 write!(f, "frame of {length} bytes exceeds max_frame_bytes {max}")
             }
-            DecodeError::FrameTooShort { length } => {
+            DecodeError::FrameTooShort { length, min } => {
                 write!(
                     f,
-                    "frame length {length} is shorter than the 12-byte header"
+                    "frame length {length} is shorter than its {min}-byte header"
                 )
             }
             DecodeError::UnsupportedVersion(version) => {

@@ -117,7 +117,7 @@ pub fn decode_frame(
         });
     }
     if (length as usize) < FRAME_HEADER_LEN.saturating_sub(LENGTH_PREFIX_LEN) {
-        return Err(DecodeError::FrameTooShort { length });
+        return Err(DecodeError::FrameTooShort { length, min: 12 });
     }
     if let Some(&version) = buffer.get(4) {
         if version != PROTOCOL_VERSION {

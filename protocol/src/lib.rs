@@ -1,6 +1,7 @@
 //! keel's wire format: frames, messages, stored records, status and error codes.
 //!
-//! A pure codec: no sockets, threads or clocks. The bytes a consumer receives for a
+//! A pure codec: no sockets, threads or clocks (`now_ms` is there for its callers). The
+//! replication stream's frames are in [`ha`]. The bytes a consumer receives for a
 //! record are exactly the bytes the broker stored in its CommitLog, so the record
 //! layout is defined here once and shared by `storage`, `server` and `client`.
 //!
@@ -38,6 +39,7 @@
 mod codes;
 mod error;
 mod frame;
+pub mod ha;
 mod message;
 mod request;
 mod response;
@@ -49,6 +51,7 @@ pub use frame::{
     decode_frame, encode_frame, peek_request_id, Kind, RawFrame, FLAGS_KNOWN, FLAG_ONEWAY,
     FRAME_HEADER_LEN, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
+pub use ha::{Epoch, HaFrame, RecordId};
 pub use message::{
     decode_record, encode_record, peek_record_header, tags_hash, validate_topic, Message, Record,
     RecordHeader, RecordMeta, QUEUES_MAX, RECORD_FIXED_LEN, RECORD_MAGIC, RECORD_OVERHEAD_MAX,
@@ -90,6 +93,17 @@ pub fn dlq_topic(group: &str) -> String {
 pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
 /// Queues of `SCHEDULE_TOPIC`: the most delay levels `retry_delays_ms` may list.
 pub const SCHEDULE_QUEUES: u32 = 64;
+
+/// The wall clock in milliseconds since the Unix epoch, for the timestamps the protocol
+/// carries (born and store times, due times). The one clock read of the workspace: the
+/// codec itself never calls it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
 
 /// Message id as shown to users: the record's CommitLog offset in 16 hex digits.
 pub fn message_id(log_offset: u64) -> String {

@@ -10,7 +10,8 @@
 //!   the master confirmed to producers.
 //!
 //! Plain threads and blocking sockets: a broker has few slaves, and none of this runs
-//! on an event loop. The frames are in [`wire`].
+//! on an event loop. The frames' codec is `keel_protocol::ha`; [`wire`] reads and
+//! writes them on a socket.
 
 pub mod master;
 pub mod slave;

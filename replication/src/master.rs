@@ -4,10 +4,12 @@
 //! Threads, never the event loops: one accepting, and per slave one writer (streaming)
 //! and one reader (acks). The writer reads segments with `pread` from the page cache.
 
-use crate::wire::{read_frame, write_frame, HaFrame, DATA_CHUNK_BYTES};
+use crate::wire::{read_frame, write_frame, DATA_CHUNK_BYTES};
 use crate::Notifier;
+use keel_protocol::HaFrame;
+use keel_protocol::RecordId;
 use keel_storage::epochs::common_prefix_end;
-use keel_storage::{RecordId, Store};
+use keel_storage::Store;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -296,7 +298,7 @@ impl HaMaster {
         &self,
         log_end: u64,
         last_record: RecordId,
-        slave_epochs: &[keel_storage::Epoch],
+        slave_epochs: &[keel_protocol::Epoch],
     ) -> Result<u64, String> {
         let store = &self.store;
         let current = store.current_epoch();

@@ -1,9 +1,11 @@
 //! Slave side: connects to the master's HA port, meets its log, applies the streamed
 //! records at the master's offsets, and reports what it has fsynced.
 
-use crate::wire::{read_frame, write_frame, HaFrame, DATA_CHUNK_BYTES};
+use crate::wire::{read_frame, write_frame, DATA_CHUNK_BYTES};
 use crate::Notifier;
-use keel_storage::{RecordId, Store};
+use keel_protocol::HaFrame;
+use keel_protocol::RecordId;
+use keel_storage::Store;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,273 +1,10 @@
-//! The HA stream's frames, on the master's `ha_port`.
-//!
-//! ```text
-//! frame: u32 length (bytes after itself) | u32 crc32c (of kind and body) | u8 kind | body
-//! 0x01 HELLO    slave -> master  u16 version=1, str16 broker_name, u32 broker_id,
-//!                                u64 log_end, record_id last_record, epochs
-//! 0x02 WELCOME  master -> slave  u64 start, record_id proof, u64 epoch, epochs
-//! 0x03 REFUSE   master -> slave  str16 reason
-//! 0x04 DATA     master -> slave  u64 offset, u64 confirmed, u64 master_end, bytes (rest)
-//! 0x05 ACK      slave -> master  u64 flushed
-//! 0x06 META     master -> slave  u32 n, n x (str16 topic, u32 queues),
-//!                                u32 m, m x (str16 group, str16 topic, u32 queue, u64 offset)
-//! record_id: u64 start, u32 size, u32 crc (all zero: no record)
-//! epochs:    u32 n, n x (u64 epoch, u64 start)
-//! ```
-//!
-//! Every frame carries a CRC32C: a damaged frame (a bad NIC, a middlebox) ends the
-//! connection instead of moving a slave's confirmed offset or its data.
-//!
-//! DATA carries raw CommitLog bytes starting at `offset` (chunks may cut a record; the
-//! slave completes it from the next chunk). `confirmed` is the master's durable offset:
-//! what it has acknowledged to producers. An empty DATA is a heartbeat. WELCOME's
-//! `start` is where streaming begins: the slave's end, or a shorter common prefix the
-//! slave must first truncate to, proved by `proof`, the master's record ending there.
+//! The HA stream on a socket: blocking reads and writes of the frames whose codec is
+//! `keel_protocol::ha`.
 
-use bytes::BufMut;
-use keel_protocol::wire::{put_str16, Reader};
-use keel_protocol::DecodeError;
-use keel_storage::{Epoch, RecordId};
+use keel_protocol::ha::{HaFrame, HA_FRAME_HEADER_LEN};
 use std::io::{Read, Write};
 
-pub const HA_VERSION: u16 = 1;
-/// Largest DATA payload a master sends.
-pub const DATA_CHUNK_BYTES: usize = 1 << 20;
-/// Largest frame either side accepts (META with many offsets included).
-pub const MAX_FRAME_BYTES: u32 = 16 << 20;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HaFrame {
-    Hello {
-        broker_name: String,
-        broker_id: u32,
-        log_end: u64,
-        last_record: RecordId,
-        epochs: Vec<Epoch>,
-    },
-    Welcome {
-        start: u64,
-        proof: RecordId,
-        epoch: u64,
-        epochs: Vec<Epoch>,
-    },
-    Refuse {
-        reason: String,
-    },
-    Data {
-        offset: u64,
-        confirmed: u64,
-        master_end: u64,
-        bytes: Vec<u8>,
-    },
-    Ack {
-        flushed: u64,
-    },
-    Meta {
-        topics: Vec<(String, u32)>,
-        offsets: Vec<(String, String, u32, u64)>,
-    },
-}
-
-fn put_record_id(out: &mut Vec<u8>, id: &RecordId) {
-    out.put_u64_le(id.start);
-    out.put_u32_le(id.size);
-    out.put_u32_le(id.crc);
-}
-
-fn put_epochs(out: &mut Vec<u8>, epochs: &[Epoch]) {
-    out.put_u32_le(epochs.len() as u32);
-    for epoch in epochs {
-        out.put_u64_le(epoch.epoch);
-        out.put_u64_le(epoch.start);
-    }
-}
-
-fn record_id(reader: &mut Reader<'_>) -> Result<RecordId, DecodeError> {
-    Ok(RecordId {
-        start: reader.u64("record_start")?,
-        size: reader.u32("record_size")?,
-        crc: reader.u32("record_crc")?,
-    })
-}
-
-/// A count of items, each at least `item_len` bytes, checked against what is left
-/// before anything is allocated.
-fn count(
-    reader: &mut Reader<'_>,
-    field: &'static str,
-    item_len: usize,
-) -> Result<usize, DecodeError> {
-    let count = reader.u32(field)? as usize;
-    let need = count.saturating_mul(item_len);
-    if need > reader.remaining() {
-        return Err(DecodeError::Truncated {
-            field,
-            need,
-            have: reader.remaining(),
-        });
-    }
-    Ok(count)
-}
-
-fn epochs(reader: &mut Reader<'_>) -> Result<Vec<Epoch>, DecodeError> {
-    let n = count(reader, "epochs", 16)?;
-    let mut epochs = Vec::with_capacity(n);
-    for _ in 0..n {
-        epochs.push(Epoch {
-            epoch: reader.u64("epoch")?,
-            start: reader.u64("epoch_start")?,
-        });
-    }
-    Ok(epochs)
-}
-
-impl HaFrame {
-    pub fn kind(&self) -> u8 {
-        match self {
-            HaFrame::Hello { .. } => 0x01,
-            HaFrame::Welcome { .. } => 0x02,
-            HaFrame::Refuse { .. } => 0x03,
-            HaFrame::Data { .. } => 0x04,
-            HaFrame::Ack { .. } => 0x05,
-            HaFrame::Meta { .. } => 0x06,
-        }
-    }
-
-    /// Appends the whole frame, length prefix included.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.put_u32_le(0);
-        out.put_u32_le(0);
-        out.put_u8(self.kind());
-        match self {
-            HaFrame::Hello {
-                broker_name,
-                broker_id,
-                log_end,
-                last_record,
-                epochs,
-            } => {
-                out.put_u16_le(HA_VERSION);
-                put_str16(out, broker_name);
-                out.put_u32_le(*broker_id);
-                out.put_u64_le(*log_end);
-                put_record_id(out, last_record);
-                put_epochs(out, epochs);
-            }
-            HaFrame::Welcome {
-                start,
-                proof,
-                epoch,
-                epochs,
-            } => {
-                out.put_u64_le(*start);
-                put_record_id(out, proof);
-                out.put_u64_le(*epoch);
-                put_epochs(out, epochs);
-            }
-            HaFrame::Refuse { reason } => put_str16(out, reason),
-            HaFrame::Data {
-                offset,
-                confirmed,
-                master_end,
-                bytes,
-            } => {
-                out.put_u64_le(*offset);
-                out.put_u64_le(*confirmed);
-                out.put_u64_le(*master_end);
-                out.put_slice(bytes);
-            }
-            HaFrame::Ack { flushed } => out.put_u64_le(*flushed),
-            HaFrame::Meta { topics, offsets } => {
-                out.put_u32_le(topics.len() as u32);
-                for (topic, queues) in topics {
-                    put_str16(out, topic);
-                    out.put_u32_le(*queues);
-                }
-                out.put_u32_le(offsets.len() as u32);
-                for (group, topic, queue, offset) in offsets {
-                    put_str16(out, group);
-                    put_str16(out, topic);
-                    out.put_u32_le(*queue);
-                    out.put_u64_le(*offset);
-                }
-            }
-        }
-        let length = (out.len() - start - 4) as u32;
-        out[start..start + 4].copy_from_slice(&length.to_le_bytes());
-        let crc = keel_protocol::crc32c(&out[start + 8..]);
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    }
-
-    /// Decodes one frame body (after the length prefix): `kind` byte then fields.
-    pub fn decode(body: &[u8]) -> Result<HaFrame, DecodeError> {
-        let mut reader = Reader::new(body);
-        let kind = reader.u8("kind")?;
-        let frame = match kind {
-            0x01 => {
-                let version = reader.u16("version")?;
-                if version != HA_VERSION {
-                    return Err(DecodeError::InvalidValue {
-                        field: "version",
-                        value: u64::from(version),
-                    });
-                }
-                HaFrame::Hello {
-                    broker_name: reader.str16("broker_name")?,
-                    broker_id: reader.u32("broker_id")?,
-                    log_end: reader.u64("log_end")?,
-                    last_record: record_id(&mut reader)?,
-                    epochs: epochs(&mut reader)?,
-                }
-            }
-            0x02 => HaFrame::Welcome {
-                start: reader.u64("start")?,
-                proof: record_id(&mut reader)?,
-                epoch: reader.u64("epoch")?,
-                epochs: epochs(&mut reader)?,
-            },
-            0x03 => HaFrame::Refuse {
-                reason: reader.str16("reason")?,
-            },
-            0x04 => {
-                let offset = reader.u64("offset")?;
-                let confirmed = reader.u64("confirmed")?;
-                let master_end = reader.u64("master_end")?;
-                let rest = reader.remaining();
-                HaFrame::Data {
-                    offset,
-                    confirmed,
-                    master_end,
-                    bytes: reader.take("bytes", rest)?.to_vec(),
-                }
-            }
-            0x05 => HaFrame::Ack {
-                flushed: reader.u64("flushed")?,
-            },
-            0x06 => {
-                let n = count(&mut reader, "topics", 6)?;
-                let mut topics = Vec::with_capacity(n);
-                for _ in 0..n {
-                    topics.push((reader.str16("topic")?, reader.u32("queues")?));
-                }
-                let m = count(&mut reader, "offsets", 16)?;
-                let mut offsets = Vec::with_capacity(m);
-                for _ in 0..m {
-                    offsets.push((
-                        reader.str16("group")?,
-                        reader.str16("topic")?,
-                        reader.u32("queue")?,
-                        reader.u64("offset")?,
-                    ));
-                }
-                HaFrame::Meta { topics, offsets }
-            }
-            other => return Err(DecodeError::UnknownKind(other)),
-        };
-        reader.finish("ha frame")?;
-        Ok(frame)
-    }
-}
+pub use keel_protocol::ha::HA_DATA_CHUNK_BYTES as DATA_CHUNK_BYTES;
 
 /// Writes one frame (blocking).
 pub fn write_frame(stream: &mut impl Write, frame: &HaFrame) -> std::io::Result<()> {
@@ -276,134 +13,45 @@ pub fn write_frame(stream: &mut impl Write, frame: &HaFrame) -> std::io::Result<
     stream.write_all(&out)
 }
 
-/// Reads one frame (blocking), refusing a length over `MAX_FRAME_BYTES` before
-/// allocating for it.
+/// Reads one frame (blocking), refusing a length over the limit before allocating for it
+/// and a frame whose CRC32C does not match.
 pub fn read_frame(stream: &mut impl Read) -> std::io::Result<HaFrame> {
+    let invalid = |error: keel_protocol::DecodeError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
+    };
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let length = u32::from_le_bytes(prefix);
-    if !(5..=MAX_FRAME_BYTES).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("HA frame length {length} is outside 5..={MAX_FRAME_BYTES}"),
-        ));
-    }
+    HaFrame::check_length(length).map_err(invalid)?;
     // Grown as bytes arrive, so a peer claiming a large frame and sending nothing does
     // not make us allocate it.
-    let mut body = Vec::with_capacity((length as usize).min(64 * 1024));
-    stream.take(u64::from(length)).read_to_end(&mut body)?;
-    if body.len() != length as usize {
+    let mut rest = Vec::with_capacity((length as usize).min(64 * 1024));
+    stream.take(u64::from(length)).read_to_end(&mut rest)?;
+    if rest.len() != length as usize {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!("HA frame cut short: {} of {length} bytes", body.len()),
+            format!("HA frame cut short: {} of {length} bytes", rest.len()),
         ));
     }
-    let (crc, kind_and_body) = body.split_at(4);
-    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let computed = keel_protocol::crc32c(kind_and_body);
-    if stored != computed {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("HA frame CRC32C mismatch (stored {stored:08x}, computed {computed:08x})"),
-        ));
-    }
-    HaFrame::decode(kind_and_body)
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))
+    debug_assert!(rest.len() + 4 >= HA_FRAME_HEADER_LEN);
+    HaFrame::decode_checked(&rest).map_err(invalid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frames() -> Vec<HaFrame> {
-        let id = RecordId {
-            start: 7,
-            size: 90,
-            crc: 0xDEAD_BEEF,
-        };
-        let epochs = vec![
-            Epoch { epoch: 1, start: 0 },
-            Epoch {
-                epoch: 3,
-                start: 97,
-            },
-        ];
-        vec![
-            HaFrame::Hello {
-                broker_name: "broker-a".into(),
-                broker_id: 1,
-                log_end: 97,
-                last_record: id,
-                epochs: epochs.clone(),
-            },
-            HaFrame::Welcome {
-                start: 97,
-                proof: id,
-                epoch: 3,
-                epochs,
-            },
-            HaFrame::Refuse {
-                reason: "no".into(),
-            },
-            HaFrame::Data {
-                offset: 97,
-                confirmed: 50,
-                master_end: 200,
-                bytes: vec![1, 2, 3],
-            },
-            HaFrame::Ack { flushed: 97 },
-            HaFrame::Meta {
-                topics: vec![("orders".into(), 8)],
-                offsets: vec![("g".into(), "orders".into(), 3, 12)],
-            },
-        ]
-    }
-
     #[test]
-    fn frames_round_trip_and_every_cut_is_refused_without_panic() {
-        for frame in frames() {
-            let mut out = Vec::new();
-            frame.encode(&mut out);
-            let decoded = read_frame(&mut &out[..]).unwrap();
-            assert_eq!(decoded, frame);
-            for cut in 8..out.len() {
-                let body = &out[8..cut];
-                if let Ok(other) = HaFrame::decode(body) {
-                    // Only DATA may be cut and stay valid (shorter bytes).
-                    assert!(matches!(other, HaFrame::Data { .. }), "{other:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn any_flipped_bit_is_caught() {
-        for frame in frames() {
-            let mut out = Vec::new();
-            frame.encode(&mut out);
-            for byte in 0..out.len() {
-                for bit in 0..8 {
-                    let mut damaged = out.clone();
-                    damaged[byte] ^= 1 << bit;
-                    let read = read_frame(&mut &damaged[..]);
-                    assert!(
-                        read.is_err(),
-                        "byte {byte} bit {bit} of {frame:?}: {read:?}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn hostile_lengths_and_counts_are_refused_before_allocating() {
+    fn frames_cross_a_byte_stream_and_damage_is_refused() {
+        let frame = HaFrame::Ack { flushed: 97 };
+        let mut out = Vec::new();
+        write_frame(&mut out, &frame).unwrap();
+        assert_eq!(read_frame(&mut &out[..]).unwrap(), frame);
+        let mut damaged = out.clone();
+        damaged[9] ^= 1;
+        assert!(read_frame(&mut &damaged[..]).is_err());
+        assert!(read_frame(&mut &out[..out.len() - 1]).is_err());
         let huge = [0xFFu8, 0xFF, 0xFF, 0xFF, 0x04];
         assert!(read_frame(&mut &huge[..]).is_err());
-        // META claiming 4 billion topics in a 10-byte body.
-        let mut body = vec![0x06];
-        body.extend_from_slice(&u32::MAX.to_le_bytes());
-        body.extend_from_slice(&[0; 5]);
-        assert!(HaFrame::decode(&body).is_err());
-        assert!(HaFrame::decode(&[0x7F]).is_err());
     }
 }

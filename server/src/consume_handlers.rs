@@ -5,13 +5,14 @@
 use crate::broker::{Broker, Ha};
 use crate::event_loop::EventLoop;
 use crate::schedule::{self, property};
+use keel_protocol::now_ms;
 use keel_protocol::{
     dlq_topic, message_id, retry_topic, validate_topic, Assignment, ErrorCode, GroupCommitRequest,
     HeartbeatRequest, OffsetForTimeRequest, Record, Response, SendBackRequest, QUEUE_ID_ANY,
     SCHEDULE_TOPIC,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 fn counters_failed(broker: &Broker) {
     broker.counters.sends_failed.fetch_add(1, Ordering::Relaxed);
@@ -20,12 +21,6 @@ fn counters_failed(broker: &Broker) {
 /// Message lookups running (each reads the whole log).
 static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
 const LOOKUPS_MAX: usize = 2;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 impl EventLoop {
     /// Refuses a send to (or creation of) a topic whose name holds `%`: the character

@@ -2,6 +2,7 @@
 
 use crate::event_loop::{Acked, EventLoop, PendingMeta, PendingReply, PendingSend};
 use crate::reader::{ReadJob, ReplyTo};
+use keel_protocol::now_ms;
 use keel_protocol::{
     validate_topic, BrokerRole, CommitOffsetRequest, CreateTopicRequest, ErrorCode,
     ListTopicsRequest, Message, PullRequest, QueryOffsetRequest, QueueInfo, Response, SendResult,
@@ -10,16 +11,10 @@ use keel_protocol::{
 use keel_storage::{AppendError, StoreError};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Long-poll PULLs one connection may have waiting at once (parked or being read).
 const PULLS_WAITING_PER_CONNECTION_MAX: usize = 1024;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 fn append_error_code(error: &AppendError) -> ErrorCode {
     match error {

@@ -14,9 +14,10 @@
 //! replication and starts delivering when promoted.
 
 use crate::broker::Broker;
+use keel_protocol::now_ms;
 use keel_protocol::{Message, Record, SCHEDULE_TOPIC};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The group under which delivery progress is committed.
 pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
@@ -34,12 +35,6 @@ pub mod property {
     pub const ORIGIN_MSG_ID: &str = "KEEL_ORIGIN_MSG_ID";
     pub const REASON: &str = "KEEL_REASON";
     pub const DLQ_TIME: &str = "KEEL_DLQ_TIME";
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 pub fn get<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {

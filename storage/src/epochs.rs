@@ -14,12 +14,7 @@ use crate::fs_util::{read_sealed, seal_text, write_atomic};
 use crate::StoreError;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Epoch {
-    pub epoch: u64,
-    /// Log offset of the first record written in this epoch.
-    pub start: u64,
-}
+pub use keel_protocol::Epoch;
 
 /// Checks that epochs and their starts both never go down.
 pub fn validate_history(history: &[Epoch]) -> Result<(), String> {

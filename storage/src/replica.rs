@@ -10,20 +10,7 @@ use keel_protocol::{decode_record, peek_record_header, RECORD_FIXED_LEN};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Identifies one stored record: where it starts, its size and its CRC32C. Two logs
-/// whose records at the same offset have the same identity hold the same record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RecordId {
-    pub start: u64,
-    pub size: u32,
-    pub crc: u32,
-}
-
-impl RecordId {
-    pub fn end(&self) -> u64 {
-        self.start + u64::from(self.size)
-    }
-}
+pub use keel_protocol::RecordId;
 
 /// How long `truncate_to` waits for the flusher to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -595,7 +582,10 @@ impl Store {
             let middle = low + (high - low) / 2;
             let mut stamp = [0u8; 8];
             self.segments
-                .read_at(entries[middle].log_offset + 40, &mut stamp)
+                .read_at(
+                    entries[middle].log_offset + keel_protocol::RECORD_STORE_TIMESTAMP_AT as u64,
+                    &mut stamp,
+                )
                 .map_err(|e| StoreError::io("read a record's store time", e))?;
             if u64::from_le_bytes(stamp) < timestamp_ms {
                 low = middle + 1;

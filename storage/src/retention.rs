@@ -17,10 +17,7 @@ impl Store {
     pub(crate) fn run_retention(&self) {
         let interval = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
         while self.retention.wait(interval) {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_millis() as u64);
-            if let Err(error) = self.apply_retention(now_ms) {
+            if let Err(error) = self.apply_retention(keel_protocol::now_ms()) {
                 log::error!("retention: {error}; trying again at the next pass");
             }
         }
