@@ -317,6 +317,7 @@ impl Producer {
             last_failed: None,
             last_error: None,
             unknown: None,
+            last_answer: None,
             callback: Box::new(callback),
         };
         attempt.run();
@@ -403,6 +404,9 @@ struct Attempt {
     /// The first attempt whose outcome is unknown (sent, answer lost): once there is
     /// one, a later refusal cannot make the send "failed".
     unknown: Option<String>,
+    /// The previous attempt's answer when it was a status other than SEND_OK that
+    /// `retry_when_not_stored_ok` retried.
+    last_answer: Option<Response>,
     callback: SendCallback,
 }
 
@@ -410,12 +414,21 @@ impl Attempt {
     fn run(mut self) {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() || self.attempts_left == 0 {
-            let error = self.last_error.take().unwrap_or_else(|| {
-                ClientError::InvalidArgument(
+            if let Some(error) = self.last_error.take() {
+                return self.give_up(error);
+            }
+            // The previous attempt was answered with a stored-but-not-durable status and
+            // retried: that answer stands.
+            if let Some(answer) = self.last_answer.take() {
+                return (self.callback)(Ok(answer));
+            }
+            let error = match self.attempts_made {
+                0 => ClientError::InvalidArgument(
                     "the send budget (send_timeout) ran out before the first attempt; not sent"
                         .into(),
-                )
-            });
+                ),
+                _ => ClientError::Timeout,
+            };
             return self.give_up(error);
         }
         // Each attempt gets an equal share of what is left, so a lost reply or a master
@@ -462,15 +475,23 @@ impl Attempt {
                     .and_then(status_of)
                     .filter(|status| *status != SendStatus::SendOk);
                 match outcome {
-                    Ok(_)
+                    Ok(result)
                         if not_ok.is_some()
                             && self.producer.inner.options.retry_when_not_stored_ok
                             && self.attempts_left > 0 =>
                     {
-                        log::warn!(
-                            "send answered {}, retrying as configured",
-                            not_ok.unwrap_or(SendStatus::SendOk)
-                        );
+                        let status = not_ok.unwrap_or(SendStatus::SendOk);
+                        log::warn!("send answered {status}, retrying as configured");
+                        // Stored by the master: a later refusal cannot make it "failed".
+                        if self.unknown.is_none() {
+                            self.unknown = Some(format!(
+                                "attempt {} to {address} answered {status} (stored, not yet \
+                                 durable to the broker's standard)",
+                                self.attempts_made
+                            ));
+                        }
+                        self.last_error = None;
+                        self.last_answer = Some(result);
                         self.run()
                     }
                     Ok(result) => (self.callback)(Ok(result)),

@@ -80,7 +80,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadMagic { found } => write!(f, "bad record magic 0x{found:08X}"),
             DecodeError::ChecksumMismatch { stored, computed } => write!(
                 f,
-                "checksum mismatch: stored 0x{stored:08X}, computed 0x{computed:08X}"
+                "CRC32C mismatch: stored 0x{stored:08X}, computed 0x{computed:08X}"
             ),
             DecodeError::SizeMismatch { declared, actual } => {
                 write!(

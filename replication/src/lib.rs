@@ -13,10 +13,12 @@
 //! on an event loop. The frames' codec is `keel_protocol::ha`; [`wire`] reads and
 //! writes them on a socket.
 
+mod error;
 pub mod master;
 pub mod slave;
 pub mod wire;
 
+pub use error::ReplicationError;
 pub use master::{HaMaster, MasterOptions, SlaveInfo};
 pub use slave::{HaSlave, SlaveOptions, SlaveStatus};
 
@@ -28,12 +30,12 @@ use std::time::Duration;
 pub(crate) fn configure_socket(
     stream: &std::net::TcpStream,
     heartbeat: Duration,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(heartbeat * 5)))
         .and_then(|()| stream.set_write_timeout(Some(heartbeat * 10)))
-        .map_err(|error| format!("configure the HA socket: {error}"))
+        .map_err(ReplicationError::io("configure the HA socket"))
 }
 
 /// A version counter to wait on: storage listeners bump it when offsets move.

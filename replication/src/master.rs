@@ -5,7 +5,7 @@
 //! and one reader (acks). The writer reads segments with `pread` from the page cache.
 
 use crate::wire::{read_frame, write_frame, DATA_CHUNK_BYTES};
-use crate::Notifier;
+use crate::{Notifier, ReplicationError};
 use keel_protocol::HaFrame;
 use keel_protocol::RecordId;
 use keel_storage::epochs::common_prefix_end;
@@ -199,11 +199,11 @@ impl HaMaster {
         stream: &TcpStream,
         peer: SocketAddr,
         id: u64,
-    ) -> Result<(), String> {
-        let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
+    ) -> Result<(), ReplicationError> {
+        let io = ReplicationError::io;
         crate::configure_socket(stream, self.options.heartbeat)?;
         let mut writer = stream;
-        let hello = read_frame(&mut writer).map_err(|e| io("read HELLO", e))?;
+        let hello = read_frame(&mut writer).map_err(io("read HELLO"))?;
         let HaFrame::Hello {
             broker_name,
             broker_id,
@@ -212,7 +212,10 @@ impl HaMaster {
             epochs,
         } = hello
         else {
-            return Err(format!("expected HELLO, got frame kind {}", hello.kind()));
+            let kind = hello.kind();
+            return Err(ReplicationError::Protocol(format!(
+                "expected HELLO, got frame kind {kind}"
+            )));
         };
         let meeting = self
             .meeting_point(log_end, last_record, &epochs)
@@ -222,12 +225,12 @@ impl HaMaster {
                     _ => self
                         .store
                         .record_ending_at(start)
-                        .map_err(|e| e.to_string())?
+                        .map_err(ReplicationError::store("find the record ending there"))?
                         .ok_or_else(|| {
-                            format!(
+                            ReplicationError::Diverged(format!(
                                 "the logs part at {start}, where no record of this master's \
                                  log ends: the histories differ and cannot be matched"
-                            )
+                            ))
                         })?,
                 };
                 Ok((start, proof))
@@ -237,7 +240,7 @@ impl HaMaster {
             Err(reason) => {
                 log::error!("refusing slave {broker_name}/{broker_id} at {peer}: {reason}");
                 let refusal = HaFrame::Refuse {
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 };
                 let _ = write_frame(&mut writer, &refusal);
                 return Err(reason);
@@ -252,7 +255,7 @@ impl HaMaster {
                 epochs: self.store.epochs(),
             },
         )
-        .map_err(|e| io("write WELCOME", e))?;
+        .map_err(io("write WELCOME"))?;
         if start < log_end {
             log::warn!(
                 "slave {broker_name}/{broker_id} at {peer} holds records from {start} to {log_end} \
@@ -270,7 +273,7 @@ impl HaMaster {
         });
         self.store.notify_listeners();
 
-        let reader = stream.try_clone().map_err(|e| io("clone the socket", e))?;
+        let reader = stream.try_clone().map_err(io("clone the socket"))?;
         let acks = self.clone();
         let done = Arc::new(AtomicBool::new(false));
         let done_reading = done.clone();
@@ -282,12 +285,12 @@ impl HaMaster {
                 acks.notifier.notify();
                 outcome
             })
-            .map_err(|e| io("start the ack thread", e))?;
+            .map_err(io("start the ack thread"))?;
         let streamed = self.stream_log(writer, start, &done);
         let _ = writer.shutdown(Shutdown::Both);
         let acked = ack_thread
             .join()
-            .unwrap_or_else(|_| Err("the ack thread panicked".into()));
+            .unwrap_or_else(|_| Err(ReplicationError::Protocol("the ack thread panicked".into())));
         streamed.and(acked)
     }
 
@@ -299,17 +302,17 @@ impl HaMaster {
         log_end: u64,
         last_record: RecordId,
         slave_epochs: &[keel_protocol::Epoch],
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ReplicationError> {
         let store = &self.store;
         let current = store.current_epoch();
         if let Some(newest) = slave_epochs.last() {
             if newest.epoch > current {
-                return Err(format!(
+                return Err(ReplicationError::Diverged(format!(
                     "the slave has seen epoch {} but this master is at epoch {current}: this \
                      broker is a stale master (a slave was promoted in its place); restart it \
                      with role = \"slave\" of the new master",
                     newest.epoch
-                ));
+                )));
             }
         }
         let ours = store.epochs();
@@ -319,29 +322,31 @@ impl HaMaster {
         let start = common.min(log_end);
         let log_start = store.stats().log_start;
         if start < log_start {
-            return Err(format!(
+            return Err(ReplicationError::Diverged(format!(
                 "the slave's log ends at {start} but this master's log now starts at {log_start} \
                  (retention deleted the rest): seed the slave by copying the master's data \
                  directory while both are stopped"
-            ));
+            )));
         }
         if start == 0 && log_end > 0 {
-            return Err(format!(
+            return Err(ReplicationError::Diverged(format!(
                 "the slave's log (ending at {log_end}) shares no proven prefix with this master's: \
                  refusing to replace it; if it is disposable, stop the slave and empty its \
                  data directory"
-            ));
+            )));
         }
         if start == log_end && start > 0 {
-            let mine = store.record_ending_at(start).map_err(|e| e.to_string())?;
+            let mine = store
+                .record_ending_at(start)
+                .map_err(ReplicationError::store("find the record ending there"))?;
             if mine != Some(last_record) {
-                return Err(format!(
+                return Err(ReplicationError::Diverged(format!(
                     "the slave's last record (ending at {log_end}, crc {:08x}) is not this \
                      master's record there ({}): the histories differ and this master cannot \
                      prove where",
                     last_record.crc,
                     mine.map_or("none".into(), |id| format!("crc {:08x}", id.crc))
-                ));
+                )));
             }
         }
         Ok(start)
@@ -353,7 +358,7 @@ impl HaMaster {
         mut stream: &TcpStream,
         start: u64,
         done: &AtomicBool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplicationError> {
         let heartbeat = self.options.heartbeat;
         let mut sent = start;
         let mut confirmed_sent = u64::MAX;
@@ -372,7 +377,7 @@ impl HaMaster {
                     offsets: self.store.consumer_offsets(),
                 };
                 if meta_sent.as_ref() != Some(&meta) {
-                    write_frame(&mut stream, &meta).map_err(|e| format!("send META: {e}"))?;
+                    write_frame(&mut stream, &meta).map_err(ReplicationError::io("send META"))?;
                     meta_sent = Some(meta);
                 }
                 meta_due = now + heartbeat;
@@ -381,7 +386,7 @@ impl HaMaster {
                 let bytes = self
                     .store
                     .read_log(sent, DATA_CHUNK_BYTES)
-                    .map_err(|e| format!("read the log at {sent}: {e}"))?;
+                    .map_err(ReplicationError::store(format!("read the log at {sent}")))?;
                 let length = bytes.len() as u64;
                 let frame = HaFrame::Data {
                     offset: sent,
@@ -389,7 +394,7 @@ impl HaMaster {
                     master_end: written,
                     bytes,
                 };
-                write_frame(&mut stream, &frame).map_err(|e| format!("send DATA: {e}"))?;
+                write_frame(&mut stream, &frame).map_err(ReplicationError::io("send DATA"))?;
                 sent += length;
                 confirmed_sent = confirmed;
                 heartbeat_due = now + heartbeat;
@@ -403,7 +408,8 @@ impl HaMaster {
                     master_end: written,
                     bytes: Vec::new(),
                 };
-                write_frame(&mut stream, &frame).map_err(|e| format!("send a heartbeat: {e}"))?;
+                write_frame(&mut stream, &frame)
+                    .map_err(ReplicationError::io("send a heartbeat"))?;
                 confirmed_sent = confirmed;
                 heartbeat_due = now + heartbeat;
                 confirm_due = now + CONFIRM_EVERY;
@@ -419,17 +425,20 @@ impl HaMaster {
         Ok(())
     }
 
-    fn read_acks(&self, mut stream: TcpStream, id: u64) -> Result<(), String> {
+    fn read_acks(&self, mut stream: TcpStream, id: u64) -> Result<(), ReplicationError> {
         loop {
             let frame = match read_frame(&mut stream) {
                 Ok(frame) => frame,
                 Err(error) if self.stop.load(Ordering::Acquire) => {
-                    return Err(format!("stopped ({error})"));
+                    return Err(ReplicationError::io("stopped")(error));
                 }
-                Err(error) => return Err(format!("read ACK: {error}")),
+                Err(error) => return Err(ReplicationError::io("read ACK")(error)),
             };
             let HaFrame::Ack { flushed } = frame else {
-                return Err(format!("expected ACK, got frame kind {}", frame.kind()));
+                let kind = frame.kind();
+                return Err(ReplicationError::Protocol(format!(
+                    "expected ACK, got frame kind {kind}"
+                )));
             };
             // A slave cannot have fsynced what was never written here.
             let flushed = flushed.min(self.store.offset_written());

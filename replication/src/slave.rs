@@ -2,7 +2,7 @@
 //! records at the master's offsets, and reports what it has fsynced.
 
 use crate::wire::{read_frame, write_frame, DATA_CHUNK_BYTES};
-use crate::Notifier;
+use crate::{Notifier, ReplicationError};
 use keel_protocol::HaFrame;
 use keel_protocol::RecordId;
 use keel_storage::Store;
@@ -125,7 +125,7 @@ impl HaSlave {
                 }
                 status.connected = false;
                 if let Err(error) = &outcome {
-                    status.last_error = Some(error.clone());
+                    status.last_error = Some(error.to_string());
                 }
             }
             self.store.notify_listeners();
@@ -133,6 +133,7 @@ impl HaSlave {
                 break;
             }
             if let Err(error) = outcome {
+                let error = error.to_string();
                 // Log each distinct failure once at error level, repeats at debug.
                 if last_logged.as_deref() != Some(error.as_str()) {
                     log::error!("replication from {}: {error}", self.options.master);
@@ -152,32 +153,31 @@ impl HaSlave {
         }
     }
 
-    fn connect(&self) -> Result<TcpStream, String> {
-        let addresses: Vec<SocketAddr> = self
-            .options
-            .master
+    fn connect(&self) -> Result<TcpStream, ReplicationError> {
+        let master = &self.options.master;
+        let addresses: Vec<SocketAddr> = master
             .to_socket_addrs()
-            .map_err(|e| format!("resolve {}: {e}", self.options.master))?
+            .map_err(ReplicationError::io(format!("resolve {master}")))?
             .collect();
-        let mut last = String::from("no address");
+        let mut last = ReplicationError::Protocol(format!("{master} resolves to no address"));
         for address in addresses {
             match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
                 Ok(stream) => return Ok(stream),
-                Err(error) => last = format!("connect to {address}: {error}"),
+                Err(error) => last = ReplicationError::io(format!("connect to {address}"))(error),
             }
         }
         Err(last)
     }
 
-    fn session(self: Arc<Self>) -> Result<(), String> {
+    fn session(self: Arc<Self>) -> Result<(), ReplicationError> {
         let stream = self.connect()?;
-        let io = |what: &str, error: std::io::Error| format!("{what}: {error}");
+        let io = ReplicationError::io;
         crate::configure_socket(&stream, self.options.heartbeat)?;
         *self
             .stream
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) =
-            Some(stream.try_clone().map_err(|e| io("clone the socket", e))?);
+            Some(stream.try_clone().map_err(io("clone the socket"))?);
         if self.stopped() {
             return Ok(());
         }
@@ -187,32 +187,33 @@ impl HaSlave {
         log::info!("replicating from {}", self.options.master);
 
         let acker = self.clone();
-        let ack_stream = stream.try_clone().map_err(|e| io("clone the socket", e))?;
+        let ack_stream = stream.try_clone().map_err(io("clone the socket"))?;
         let done = Arc::new(AtomicBool::new(false));
         let acking = done.clone();
         let ack_thread = std::thread::Builder::new()
             .name("keel-ha-ack".into())
             .spawn(move || acker.send_acks(ack_stream, &acking))
-            .map_err(|e| io("start the ack thread", e))?;
+            .map_err(io("start the ack thread"))?;
         let applied = self.apply_stream(&mut reader);
         done.store(true, Ordering::Release);
         let _ = stream.shutdown(Shutdown::Both);
         self.notifier.notify();
         let acked = ack_thread
             .join()
-            .unwrap_or_else(|_| Err("the ack thread panicked".into()));
+            .unwrap_or_else(|_| Err(ReplicationError::Protocol("the ack thread panicked".into())));
         applied.and(acked)
     }
 
     /// Sends HELLO and acts on the answer: nothing, or a truncation the master proved.
-    fn handshake(&self, stream: &mut &TcpStream) -> Result<(), String> {
+    fn handshake(&self, stream: &mut &TcpStream) -> Result<(), ReplicationError> {
+        let diverged = |detail: String| Err(ReplicationError::Diverged(detail));
         let store = &self.store;
         let log_end = store.stats().offset_appended;
         let last_record = match log_end {
             0 => RecordId::default(),
             _ => store
                 .record_ending_at(log_end)
-                .map_err(|e| e.to_string())?
+                .map_err(ReplicationError::store("find this log's last record"))?
                 .unwrap_or_default(),
         };
         let hello = HaFrame::Hello {
@@ -222,8 +223,8 @@ impl HaSlave {
             last_record,
             epochs: store.epochs(),
         };
-        write_frame(stream, &hello).map_err(|e| format!("send HELLO: {e}"))?;
-        let answer = read_frame(stream).map_err(|e| format!("read WELCOME: {e}"))?;
+        write_frame(stream, &hello).map_err(ReplicationError::io("send HELLO"))?;
+        let answer = read_frame(stream).map_err(ReplicationError::io("read WELCOME"))?;
         let (start, proof, epoch, epochs) = match answer {
             HaFrame::Welcome {
                 start,
@@ -231,18 +232,24 @@ impl HaSlave {
                 epoch,
                 epochs,
             } => (start, proof, epoch, epochs),
-            HaFrame::Refuse { reason } => return Err(format!("the master refused: {reason}")),
-            other => return Err(format!("expected WELCOME, got frame kind {}", other.kind())),
+            HaFrame::Refuse { reason } => return Err(ReplicationError::Refused(reason)),
+            other => {
+                let kind = other.kind();
+                let detail = format!("expected WELCOME, got frame kind {kind}");
+                return Err(ReplicationError::Protocol(detail));
+            }
         };
         if start > log_end {
-            return Err(format!(
+            return Err(ReplicationError::Protocol(format!(
                 "the master proposes streaming from {start}, past this log's end {log_end}"
-            ));
+            )));
         }
         if start > 0 {
-            let ours = store.record_ending_at(start).map_err(|e| e.to_string())?;
+            let ours = store
+                .record_ending_at(start)
+                .map_err(ReplicationError::store("find the record ending there"))?;
             if ours != Some(proof) {
-                return Err(format!(
+                return diverged(format!(
                     "the master's record ending at {start} (crc {:08x}) is not this log's ({}): \
                      the logs differ before the point the master proposed; not truncating",
                     proof.crc,
@@ -253,30 +260,37 @@ impl HaSlave {
         if start < log_end {
             let confirmed = self.lock_status().confirmed;
             if start < confirmed {
-                return Err(format!(
+                return diverged(format!(
                     "the master wants this log cut to {start}, but it had confirmed (acknowledged) \
                      records up to {confirmed}: it lost acknowledged messages that only this \
                      slave holds. Not truncating: promote this slave instead"
                 ));
             }
-            let dropped = store.truncate_to(start).map_err(|e| e.to_string())?;
+            let dropped = store
+                .truncate_to(start)
+                .map_err(ReplicationError::store(format!(
+                    "cut this log back to {start}"
+                )))?;
             log::warn!(
                 "cut this log from {log_end} back to {start} ({dropped} records) to match master \
                  epoch {epoch}, proved by the record ending there (crc {:08x})",
                 proof.crc
             );
         }
-        store.adopt_epochs(&epochs).map_err(|e| e.to_string())?;
+        store
+            .adopt_epochs(&epochs)
+            .map_err(ReplicationError::store("adopt the master's epochs"))?;
         self.lock_status().master_epoch = epoch;
         Ok(())
     }
 
-    fn apply_stream(&self, stream: &mut &TcpStream) -> Result<(), String> {
+    fn apply_stream(&self, stream: &mut &TcpStream) -> Result<(), ReplicationError> {
+        let protocol = |detail: String| Err(ReplicationError::Protocol(detail));
         let store = &self.store;
         let carry_max = store.config().max_record_bytes as usize + DATA_CHUNK_BYTES;
         let mut carry: Vec<u8> = Vec::new();
         while !self.stopped() {
-            let frame = read_frame(stream).map_err(|e| format!("read from the master: {e}"))?;
+            let frame = read_frame(stream).map_err(ReplicationError::io("read from the master"))?;
             match frame {
                 HaFrame::Data {
                     offset,
@@ -286,7 +300,7 @@ impl HaSlave {
                 } => {
                     let expected = store.stats().offset_appended + carry.len() as u64;
                     if offset != expected {
-                        return Err(format!(
+                        return protocol(format!(
                             "the master sent bytes for offset {offset}, expected {expected}"
                         ));
                     }
@@ -294,10 +308,10 @@ impl HaSlave {
                         carry.extend_from_slice(&bytes);
                         let taken = store
                             .append_replicated(&carry)
-                            .map_err(|e| format!("apply replicated records: {e}"))?;
+                            .map_err(ReplicationError::store("apply replicated records"))?;
                         carry.drain(..taken);
                         if carry.len() > carry_max {
-                            return Err(format!(
+                            return protocol(format!(
                                 "{} bytes from the master do not make a whole record",
                                 carry.len()
                             ));
@@ -325,10 +339,8 @@ impl HaSlave {
                     store.apply_consumer_offsets(&offsets);
                 }
                 other => {
-                    return Err(format!(
-                        "unexpected frame kind {} from the master",
-                        other.kind()
-                    ))
+                    let kind = other.kind();
+                    return protocol(format!("unexpected frame kind {kind} from the master"));
                 }
             }
         }
@@ -336,7 +348,7 @@ impl HaSlave {
     }
 
     /// Reports the fsynced offset whenever it moves, and every heartbeat.
-    fn send_acks(&self, mut stream: TcpStream, done: &AtomicBool) -> Result<(), String> {
+    fn send_acks(&self, mut stream: TcpStream, done: &AtomicBool) -> Result<(), ReplicationError> {
         let heartbeat = self.options.heartbeat;
         let mut reported = u64::MAX;
         let mut due = Instant::now();
@@ -346,7 +358,7 @@ impl HaSlave {
             let now = Instant::now();
             if flushed != reported || now >= due {
                 write_frame(&mut stream, &HaFrame::Ack { flushed })
-                    .map_err(|e| format!("send ACK: {e}"))?;
+                    .map_err(ReplicationError::io("send ACK"))?;
                 reported = flushed;
                 due = now + heartbeat;
             }

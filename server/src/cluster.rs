@@ -3,6 +3,7 @@
 
 use crate::broker::{Broker, Ha};
 use crate::config::Config;
+use crate::error::{BrokerError, Refusal};
 use bytes::BytesMut;
 use keel_protocol::{
     decode_frame, BrokerRegistration, BrokerRole, ErrorCode, Request, Response,
@@ -102,16 +103,16 @@ pub fn start_replication(
     store: &Arc<Store>,
     role: BrokerRole,
     ha_address: SocketAddr,
-) -> Result<Ha, String> {
+) -> Result<Ha, BrokerError> {
     let recovered_end = store.stats().offset_appended;
     match role {
         BrokerRole::Slave => {
             // Serve what is already here; what arrives is served once the master
             // confirms it. What arrives is the master's records, not this broker's own.
             store.set_durable_cap(recovered_end);
-            store
-                .follow_master()
-                .map_err(|e| format!("cannot record that this broker follows a master: {e}"))?;
+            store.follow_master().map_err(BrokerError::store(
+                "cannot record that this broker follows a master",
+            ))?;
             let options = SlaveOptions {
                 master: config.master_address.clone().unwrap_or_default(),
                 broker_name: config.broker_name.clone(),
@@ -119,14 +120,14 @@ pub fn start_replication(
                 heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
             };
             let slave = HaSlave::start(store.clone(), options)
-                .map_err(|e| format!("cannot start replication: {e}"))?;
+                .map_err(BrokerError::setup("cannot start replication"))?;
             Ok(Ha::Slave(slave))
         }
         master_role => {
             refuse_if_superseded(config, store)?;
             let epoch = store
                 .begin_epoch()
-                .map_err(|e| format!("cannot record the new epoch: {e}"))?;
+                .map_err(BrokerError::store("cannot record the new epoch"))?;
             log::info!(
                 "master epoch {} begins at log offset {}",
                 epoch.epoch,
@@ -141,7 +142,9 @@ pub fn start_replication(
                 store.set_durable_cap(recovered_end);
             }
             let master = HaMaster::start(store.clone(), ha_address, master_options(config, role))
-                .map_err(|e| format!("cannot listen for slaves on {ha_address}: {e}"))?;
+                .map_err(BrokerError::setup(format!(
+                "cannot listen for slaves on {ha_address}"
+            )))?;
             log::info!("HA: slaves connect to {}", master.local_addr());
             Ok(Ha::Master(master))
         }
@@ -150,7 +153,7 @@ pub fn start_replication(
 
 /// A master must not start when the name servers know a newer master of its broker
 /// name (its slave was promoted while it was down): it would fork the history.
-fn refuse_if_superseded(config: &Config, store: &Store) -> Result<(), String> {
+fn refuse_if_superseded(config: &Config, store: &Store) -> Result<(), BrokerError> {
     let ours = store.current_epoch();
     for namesrv in &config.namesrv_addrs {
         let routes = match call(
@@ -173,12 +176,12 @@ fn refuse_if_superseded(config: &Config, store: &Store) -> Result<(), String> {
         if let Some(newer) = routes.iter().find(|route| {
             route.broker_name == config.broker_name && route.role.is_master() && route.epoch > ours
         }) {
-            return Err(format!(
+            return Err(BrokerError::Superseded(format!(
                 "{} already has a newer master: {} at epoch {} (this broker's epoch is {ours}); \
                  a slave was promoted while this broker was down. Start this broker as its \
                  slave: role = \"slave\", broker_id = 1, master_address = \"{}\"",
                 config.broker_name, newer.address, newer.epoch, newer.ha_address
-            ));
+            )));
         }
         return Ok(());
     }
@@ -192,12 +195,8 @@ const MASTER_GONE_WAIT: Duration = Duration::from_secs(1);
 /// PROMOTE: stops following the master, waits until everything received is fsynced,
 /// begins a new epoch, records the promotion, and starts serving as `role`. Refused
 /// while the master is still connected, unless `force`.
-pub fn promote(
-    broker: &Broker,
-    role: BrokerRole,
-    force: bool,
-) -> Result<(u64, u64), (ErrorCode, String)> {
-    let invalid = |detail: String| Err((ErrorCode::InvalidArgument, detail));
+pub fn promote(broker: &Broker, role: BrokerRole, force: bool) -> Result<(u64, u64), Refusal> {
+    let invalid = |detail: String| Err(Refusal::invalid(detail));
     if role == BrokerRole::Slave {
         return invalid("promote to async_master, sync_master or master, not slave".into());
     }
@@ -235,14 +234,14 @@ pub fn promote(
             break;
         }
         if store.is_poisoned() || Instant::now() > deadline {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::StorageFailed,
-                "the received records could not be fsynced; not promoted".into(),
+                "the received records could not be fsynced; not promoted",
             ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let internal = |detail: String| (ErrorCode::Internal, detail);
+    let internal = Refusal::internal;
     let epoch = store
         .begin_epoch()
         .map_err(|e| internal(format!("cannot record the new epoch: {e}")))?;
@@ -267,7 +266,7 @@ pub fn promote(
     };
     if let Err(error) = store.create_topic(
         keel_protocol::SCHEDULE_TOPIC,
-        crate::schedule::SCHEDULE_QUEUES,
+        keel_protocol::SCHEDULE_QUEUES,
     ) {
         log::error!("cannot create {}: {error}", keel_protocol::SCHEDULE_TOPIC);
     }
@@ -280,32 +279,45 @@ pub fn promote(
 }
 
 /// One request to `address` on a fresh blocking connection (name server calls).
-pub fn call(address: &str, request: &Request, timeout: Duration) -> Result<Response, String> {
+/// Fails with the step that failed in the error's text; a reply that does not decode
+/// is `InvalidData`.
+pub fn call(address: &str, request: &Request, timeout: Duration) -> std::io::Result<Response> {
+    let step = |what: String| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let invalid = |e: keel_protocol::DecodeError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply: {e}"))
+    };
     let target = address
         .to_socket_addrs()
-        .map_err(|e| format!("resolve {address}: {e}"))?
+        .map_err(step(format!("resolve {address}")))?
         .next()
-        .ok_or_else(|| format!("{address} resolves to nothing"))?;
+        .ok_or_else(|| {
+            let detail = format!("{address} resolves to nothing");
+            std::io::Error::new(std::io::ErrorKind::NotFound, detail)
+        })?;
     let mut stream =
-        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
+        TcpStream::connect_timeout(&target, timeout).map_err(step("connect".into()))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
+        .map_err(step("set timeouts".into()))?;
     let mut out = Vec::new();
     request.encode(1, 0, &mut out);
-    stream.write_all(&out).map_err(|e| format!("send: {e}"))?;
+    stream.write_all(&out).map_err(step("send".into()))?;
     let mut buffer = BytesMut::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(frame) =
-            decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES).map_err(|e| e.to_string())?
-        {
-            return Response::decode(&frame).map_err(|e| e.to_string());
+        if let Some(frame) = decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES).map_err(invalid)? {
+            return Response::decode(&frame).map_err(invalid);
         }
-        let read = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        let read = stream.read(&mut chunk).map_err(step("read".into()))?;
         if read == 0 {
-            return Err("connection closed before the reply".into());
+            let detail = "connection closed before the reply";
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                detail,
+            ));
         }
         buffer.extend_from_slice(&chunk[..read]);
     }
@@ -358,7 +370,7 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
                         outcome => {
                             let detail = match outcome {
                                 Ok(other) => format!("unexpected {}", other.kind().name()),
-                                Err(error) => error,
+                                Err(error) => error.to_string(),
                             };
                             if !failing[index] {
                                 log::warn!("cannot register with name server {namesrv}: {detail}");

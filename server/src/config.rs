@@ -208,7 +208,7 @@ impl Config {
                     .into(),
             );
         }
-        let levels = crate::schedule::SCHEDULE_QUEUES as usize;
+        let levels = keel_protocol::SCHEDULE_QUEUES as usize;
         if self.retry_delays_ms.is_empty() || self.retry_delays_ms.len() > levels {
             return fail(format!(
                 "retry_delays_ms needs 1 to {levels} delays, not {}",

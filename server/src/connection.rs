@@ -14,6 +14,15 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// client reads (a consumer that does not read its pulls cannot grow our memory).
 pub const WRITE_BACKLOG_MAX: usize = 16 << 20;
 
+/// Which request of which connection an answer is for. Slab keys are reused, so the
+/// connection's id tells whether the connection is still the one that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplyTo {
+    pub key: usize,
+    pub connection_id: u64,
+    pub request_id: u64,
+}
+
 pub enum ReadOutcome {
     /// Drained until `WouldBlock`.
     Drained,
@@ -36,14 +45,9 @@ pub struct Connection {
     /// The peer closed its side; no more input will come.
     pub read_closed: bool,
     pub last_activity: Instant,
-    /// PULLs of this connection waiting in the loop: parked long polls and reads the
-    /// reader threads have not answered yet.
-    pub pulls_waiting: usize,
     /// How much of `read_buffer` the loop's buffered-bytes total counts.
     pub buffered_accounted: usize,
-    /// Reads of this connection at the reader threads, and whether its input waits
-    /// until fewer are.
-    pub reads_in_flight: usize,
+    /// Its input waits until fewer of its reads are in flight (the shard counts them).
     pub reads_paused: bool,
 }
 
@@ -59,9 +63,7 @@ impl Connection {
             closing: false,
             read_closed: false,
             last_activity: Instant::now(),
-            pulls_waiting: 0,
             buffered_accounted: 0,
-            reads_in_flight: 0,
             reads_paused: false,
         }
     }

@@ -5,7 +5,8 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 mod connection;
-mod consume_handlers;
+mod dispatch;
+pub mod error;
 mod event_loop;
 pub mod groups;
 mod handlers;
@@ -13,10 +14,14 @@ pub mod metrics;
 pub mod namesrv;
 mod reader;
 pub mod schedule;
+mod shard;
+#[cfg(test)]
+mod shard_tests;
 
 use broker::Broker;
 use clap::Parser;
 use config::{Config, Flush};
+use error::BrokerError;
 use event_loop::{EventLoop, Handoff, LoopParts, WAKER};
 use keel_storage::Store;
 use mio::{Poll, Waker};
@@ -24,6 +29,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// keeld: the keel message broker.
 ///
@@ -125,41 +131,49 @@ pub fn config_from_args(args: &Args) -> Result<Config, config::ConfigError> {
 
 /// Runs the broker until SIGTERM or SIGINT, then stops cleanly: no new sends, pending
 /// ones flushed and answered, files closed.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), BrokerError> {
     // The port first: a conflict is reported at once, before recovery (which can take
     // minutes on a big log) and before anything is created. Connections are accepted
     // only once the broker is ready.
-    let socket = bind(config.listen)
-        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let listen_error = |source| BrokerError::Listen {
+        address: config.listen,
+        source,
+    };
+    let socket = bind(config.listen).map_err(listen_error)?;
     let (store, arm_read_delay) = open_store(&config)?;
     log_recovery(&store);
-    socket
-        .listen(1024)
-        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    socket.listen(1024).map_err(listen_error)?;
     let listener = mio::net::TcpListener::from_std(socket.into());
-    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let address = listener.local_addr().map_err(listen_error)?;
     let role = cluster::effective_role(&config);
     let ha =
         cluster::start_replication(&config, &store, role, cluster::ha_address(&config, address))?;
     if role.is_master() {
         store
-            .create_topic(keel_protocol::SCHEDULE_TOPIC, schedule::SCHEDULE_QUEUES)
-            .map_err(|error| format!("cannot create {}: {error}", keel_protocol::SCHEDULE_TOPIC))?;
+            .create_topic(
+                keel_protocol::SCHEDULE_TOPIC,
+                keel_protocol::SCHEDULE_QUEUES,
+            )
+            .map_err(BrokerError::store(format!(
+                "cannot create {}",
+                keel_protocol::SCHEDULE_TOPIC
+            )))?;
     }
     let broker = Arc::new(Broker::new(config.clone(), store.clone(), role, ha));
     broker.set_listen_address(address);
     schedule::start(broker.clone());
     let (readers, reads) = reader::Readers::start(broker.clone(), config.read_threads)
-        .map_err(|error| format!("cannot start the reader threads: {error}"))?;
+        .map_err(BrokerError::setup("cannot start the reader threads"))?;
 
     let count = config.event_loop_count();
     let mut loops = Vec::with_capacity(count);
     let mut handoffs = Vec::with_capacity(count);
     let mut wakers = Vec::with_capacity(count);
     for index in 0..count {
-        let poll = Poll::new().map_err(|error| format!("cannot create a poller: {error}"))?;
-        let waker =
-            Arc::new(Waker::new(poll.registry(), WAKER).map_err(|error| error.to_string())?);
+        let poll = Poll::new().map_err(BrokerError::setup("cannot create a poller"))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(BrokerError::setup("cannot create a waker"))?;
+        let waker = Arc::new(waker);
         let (sender, receiver) = std::sync::mpsc::channel();
         handoffs.push(Handoff {
             sender,
@@ -190,11 +204,12 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(reads);
     loops[0]
         .set_listener(listener, handoffs)
-        .map_err(|error| error.to_string())?;
+        .map_err(listen_error)?;
     install_signal_handler(broker.clone(), wakers.clone())?;
     if let Some(address) = config.metrics_listen {
-        let bound = metrics::start(broker.clone(), address)
-            .map_err(|error| format!("cannot serve metrics on {address}: {error}"))?;
+        let bound = metrics::start(broker.clone(), address).map_err(BrokerError::setup(
+            format!("cannot serve metrics on {address}"),
+        ))?;
         log::info!("Prometheus metrics on http://{bound}/metrics");
     }
 
@@ -204,7 +219,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || event_loop.run());
-        threads.push(thread.map_err(|error| format!("cannot start an event loop: {error}"))?);
+        threads.push(thread.map_err(BrokerError::setup("cannot start an event loop"))?);
     }
     log::info!(
         "keeld listening on {address} (data {}, flush {:?}, role {role}, {count} event loops)",
@@ -232,7 +247,7 @@ pub fn run(config: Config) -> Result<(), String> {
             log::error!("an event loop panicked");
         }
     }
-    readers.join();
+    readers.stop(Duration::from_secs(1));
     match broker.ha() {
         broker::Ha::Master(master) => master.stop(),
         broker::Ha::Slave(slave) => slave.stop(),
@@ -241,14 +256,11 @@ pub fn run(config: Config) -> Result<(), String> {
     store.shutdown();
     let stats = store.stats();
     if stats.poisoned {
-        return Err(format!(
-            "stopped after a storage failure: the log is durable only up to offset {} ({} \
-             records); {} bytes appended after it were not made durable. Restart keeld to \
-             recover (see docs/OPERATIONS.md, \"Recovery\")",
-            stats.offset_flushed,
-            stats.records_flushed,
-            stats.offset_appended.saturating_sub(stats.offset_flushed)
-        ));
+        return Err(BrokerError::StorageFailed {
+            offset_flushed: stats.offset_flushed,
+            records_flushed: stats.records_flushed,
+            unflushed_bytes: stats.offset_appended.saturating_sub(stats.offset_flushed),
+        });
     }
     log::info!(
         "keeld stopped cleanly: log ends at offset {}, all of it fsynced ({} records)",
@@ -262,7 +274,7 @@ pub fn run(config: Config) -> Result<(), String> {
 /// armed once the broker runs: the switch is returned).
 fn open_store(
     config: &Config,
-) -> Result<(Arc<Store>, Option<Arc<std::sync::atomic::AtomicBool>>), String> {
+) -> Result<(Arc<Store>, Option<Arc<std::sync::atomic::AtomicBool>>), BrokerError> {
     let disk: Arc<dyn keel_storage::disk::Disk> = Arc::new(keel_storage::disk::RealDisk);
     let (disk, arm) = match config.fault_read_delay_ms {
         0 => (disk, None),
@@ -278,11 +290,11 @@ fn open_store(
             )
         }
     };
-    let store = Store::open_with_disk(config.store_config(), disk).map_err(|error| {
-        format!(
-            "cannot open the data directory {}: {error}",
-            config.data_dir.display()
-        )
+    let store = Store::open_with_disk(config.store_config(), disk).map_err(|source| {
+        BrokerError::OpenStore {
+            data_dir: config.data_dir.clone(),
+            source,
+        }
     })?;
     Ok((store, arm))
 }
@@ -323,10 +335,10 @@ fn bind(address: SocketAddr) -> std::io::Result<socket2::Socket> {
 }
 
 /// SIGTERM or SIGINT starts a clean shutdown; a second one exits at once.
-fn install_signal_handler(broker: Arc<Broker>, wakers: Vec<Arc<Waker>>) -> Result<(), String> {
+fn install_signal_handler(broker: Arc<Broker>, wakers: Vec<Arc<Waker>>) -> Result<(), BrokerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+        .map_err(BrokerError::setup("cannot install signal handlers"))?;
     std::thread::Builder::new()
         .name("keel-signals".into())
         .spawn(move || {
@@ -344,6 +356,6 @@ fn install_signal_handler(broker: Arc<Broker>, wakers: Vec<Arc<Waker>>) -> Resul
                 }
             }
         })
-        .map_err(|error| format!("cannot start the signal thread: {error}"))?;
+        .map_err(BrokerError::setup("cannot start the signal thread"))?;
     Ok(())
 }

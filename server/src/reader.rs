@@ -6,7 +6,8 @@
 //! the answer, hands it back on the loop's channel and wakes the loop, which writes it.
 
 use crate::broker::Broker;
-use crate::handlers::store_error_response;
+use crate::connection::ReplyTo;
+use crate::error::Refusal;
 use keel_protocol::{OffsetForTimeRequest, PullRequest, PullResult, PullStatus, Response};
 use keel_storage::{QueueRead, ReadStatus, StoreError};
 use mio::Waker;
@@ -19,15 +20,6 @@ use std::time::Instant;
 /// Upper bound on the records of one PULL_RESULT (a single larger record still goes).
 const PULL_BYTES_MAX: u32 = 4 << 20;
 const PULL_MESSAGES_MAX: u32 = 4096;
-
-/// Which request of which connection an answer is for. Slab keys are reused, so the
-/// connection's id tells whether the connection is still the one that asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ReplyTo {
-    pub key: usize,
-    pub connection_id: u64,
-    pub request_id: u64,
-}
 
 pub(crate) enum ReadJob {
     /// `long_poll_until`: when set and nothing is there yet, the answer is
@@ -88,10 +80,18 @@ impl Readers {
         Ok((Readers { threads }, sender))
     }
 
-    /// Waits for the threads (call once every sender was dropped).
-    pub(crate) fn join(self) {
+    /// Waits up to `wait` for the threads to end (call once every sender was dropped).
+    /// A thread stuck on a stalled disk is left behind rather than holding up the
+    /// shutdown: nobody waits for its answer any more.
+    pub(crate) fn stop(self, wait: std::time::Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && !self.threads.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         for thread in self.threads {
-            if thread.join().is_err() {
+            if !thread.is_finished() {
+                log::warn!("a reader thread is still waiting on the disk; not waiting for it");
+            } else if thread.join().is_err() {
                 log::error!("a reader thread panicked");
             }
         }
@@ -150,7 +150,7 @@ fn offset_for_time(broker: &Broker, query: &OffsetForTimeRequest) -> Response {
         .queue_offset_for_time(&query.topic, query.queue_id, query.timestamp_ms)
     {
         Ok(offset) => Response::Offset(Some(offset)),
-        Err(error) => store_error_response(error),
+        Err(error) => Refusal::from(error).response(),
     }
 }
 
@@ -176,7 +176,7 @@ fn note_delivered(broker: &Broker, pull: &PullRequest, outcome: &Result<QueueRea
 fn pull_response(broker: &Broker, outcome: Result<QueueRead, StoreError>) -> Response {
     let read = match outcome {
         Ok(read) => read,
-        Err(error) => return store_error_response(error),
+        Err(error) => return Refusal::from(error).response(),
     };
     broker
         .counters

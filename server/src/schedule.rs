@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 /// The group under which delivery progress is committed.
 pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
-pub use keel_protocol::SCHEDULE_QUEUES;
 /// Producer id of the copies delivered from level 0 (level n: + n); their sequence is
 /// the schedule record's log offset + 1, increasing within a level.
 const SCHEDULER_PRODUCER_ID: u64 = 0x5C4E_D01E_D0D0_0000;

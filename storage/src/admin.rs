@@ -2,8 +2,8 @@
 //! directory while keeld is stopped. Only `truncate` changes anything, and only when
 //! asked to discard data deliberately.
 
+use crate::catalog::Catalog;
 use crate::checkpoint::{read_checkpoint, Checkpoint, CheckpointFile};
-use crate::consume_queue::{index_recovered, TopicQueues};
 use crate::disk::{read_all, Disk, FileReader, OpenMode, RealDisk};
 use crate::meta::{load_offsets, load_topics};
 use crate::recovery::{recover, Evidence, Repair};
@@ -81,8 +81,7 @@ pub fn verify_on(
         clean_shutdown: checkpoint.is_some_and(|c| c.clean),
         ..VerifyReport::default()
     };
-    let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
-    let on_record = |record| index_recovered(&mut topics, record);
+    let mut catalog = Catalog::default();
     let log_dir = data_dir.join("commitlog");
     let own_writes = crate::own_writes::load(disk, &data_dir.join("own_writes"))?;
     let evidence = Evidence {
@@ -95,7 +94,7 @@ pub fn verify_on(
         evidence,
         max_record_bytes,
         Repair::ReadOnly,
-        on_record,
+        |record| record.file_in(&mut catalog),
     ) {
         Ok((_, recovery)) => {
             report.segments = recovery.segments;
@@ -123,13 +122,13 @@ pub fn verify_on(
         }
         Err(error) => return Err(error),
     }
-    for (topic, queues) in &topics {
+    for (topic, queues) in &catalog.topics {
         report.topics.insert(
             topic.clone(),
             queues.queues.iter().map(|queue| queue.end()).collect(),
         );
     }
-    let queues = topics.iter().flat_map(|(topic, queues)| {
+    let queues = catalog.topics.iter().flat_map(|(topic, queues)| {
         queues
             .queues
             .iter()

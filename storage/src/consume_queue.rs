@@ -55,12 +55,31 @@ impl QueueIndex {
                 .partition_point(|entry| entry.offset_end() <= durable) as u64
     }
 
+    /// The entry of the record at `queue_offset`, if the index holds it.
+    pub(crate) fn get(&self, queue_offset: u64) -> Option<IndexEntry> {
+        let index = usize::try_from(queue_offset.checked_sub(self.first)?).ok()?;
+        self.entries.get(index).copied()
+    }
+
     /// The entries from `queue_offset` on (empty outside the index).
     pub(crate) fn from(&self, queue_offset: u64) -> &[IndexEntry] {
         let start = queue_offset
             .saturating_sub(self.first)
             .min(self.entries.len() as u64) as usize;
         &self.entries[start..]
+    }
+
+    /// Applies the queue's first offset from the topics file to the index rebuilt from
+    /// the log: entries below it were expired by retention (their segments may outlive
+    /// a crash between persisting the offset and deleting the files); a queue with no
+    /// record left resumes at it.
+    pub(crate) fn apply_persisted_first(&mut self, first: u64) {
+        if first <= self.first {
+            return;
+        }
+        let expired = (first - self.first).min(self.entries.len() as u64) as usize;
+        self.entries.drain(..expired);
+        self.first = first;
     }
 
     /// Drops the entries of records that start below `log_start`; returns how many.
@@ -103,49 +122,6 @@ impl TopicQueues {
     pub(crate) fn queue_count(&self) -> u32 {
         u32::try_from(self.queues.len()).unwrap_or(u32::MAX)
     }
-}
-
-/// Adds a record found by recovery to the index of its queue. Queue offsets must follow
-/// each other without gaps, in log order; a queue's first record may start above 0 only
-/// when retention deleted the start of the log (`log_start > 0`).
-pub(crate) fn index_recovered(
-    topics: &mut std::collections::BTreeMap<String, TopicQueues>,
-    record: crate::recovery::RecoveredRecord,
-) -> Result<(), String> {
-    let log_start = record.log_start;
-    if record.queue_id >= keel_protocol::QUEUES_MAX {
-        // A valid CRC does not make the id plausible: it sizes the queue table.
-        return Err(format!(
-            "record of {} names queue {}, beyond the {} queues a topic may have",
-            record.topic,
-            record.queue_id,
-            keel_protocol::QUEUES_MAX
-        ));
-    }
-    let topic = topics.entry(record.topic.clone()).or_default();
-    let index = record.queue_id as usize;
-    if topic.queues.len() <= index {
-        topic.queues.resize_with(index + 1, QueueIndex::default);
-    }
-    let queue = &mut topic.queues[index];
-    if queue.entries.is_empty() && queue.first == 0 && log_start > 0 {
-        queue.first = record.queue_offset;
-    }
-    if queue.end() != record.queue_offset {
-        return Err(format!(
-            "record of {}/{} has queue offset {} where {} was expected",
-            record.topic,
-            record.queue_id,
-            record.queue_offset,
-            queue.end()
-        ));
-    }
-    queue.entries.push(IndexEntry {
-        log_offset: record.log_offset,
-        size: record.size,
-        tags_hash: record.tags_hash,
-    });
-    Ok(())
 }
 
 /// An entry the flusher must write to a ConsumeQueue file.

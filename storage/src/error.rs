@@ -26,6 +26,11 @@ pub enum StoreError {
         queue_id: u32,
         queues: u32,
     },
+    /// The log offset asked for was deleted by retention.
+    BelowLogStart {
+        offset: u64,
+        log_start: u64,
+    },
     InvalidArgument(String),
 }
 
@@ -65,6 +70,10 @@ impl fmt::Display for StoreError {
             } => write!(
                 f,
                 "queue {queue_id} does not exist in topic {topic:?} (it has {queues} queues)"
+            ),
+            StoreError::BelowLogStart { offset, log_start } => write!(
+                f,
+                "log offset {offset} was deleted by retention (the log starts at {log_start})"
             ),
             StoreError::InvalidArgument(detail) => f.write_str(detail),
         }

@@ -9,14 +9,18 @@
 //! appenders refuse new records, and the failed fsync is never retried (after an fsync
 //! error the kernel may have dropped the dirty pages, so a later "successful" fsync would
 //! prove nothing).
+//!
+//! The flusher sees the store only through `FlushTarget`: the batches appenders hand
+//! over, the offsets it publishes, and the files it writes.
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::{IndexFiles, IndexUpdate};
-use crate::disk::{DiskFile, OpenMode};
-use crate::segment::segment_file_name;
-use crate::store::{FlushMode, Store};
+use crate::disk::{Disk, DiskFile, OpenMode};
+use crate::segment::{segment_file_name, SegmentSet};
+use crate::state::Progress;
 use crate::StoreError;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,16 +39,120 @@ fn is_disk_full(error: &std::io::Error) -> bool {
 }
 
 /// Bytes taken from the appenders in one go.
-struct Batch {
-    base: u64,
-    bytes: Vec<u8>,
-    segments_new: Vec<u64>,
-    index: Vec<IndexUpdate>,
+pub(crate) struct Batch {
+    pub base: u64,
+    pub bytes: Vec<u8>,
+    pub segments_new: Vec<u64>,
+    pub index: Vec<IndexUpdate>,
 }
 
-struct Flusher<'a> {
-    store: &'a Store,
-    syncer: &'a Syncer<'a>,
+/// What the appenders have for the flusher.
+pub(crate) enum Taken {
+    Batch(Batch),
+    /// Nothing was appended for `idle_wait`.
+    Idle,
+    /// `truncate_to` cut the log: writing restarts at `to`, with `records` records.
+    Reset {
+        to: u64,
+        records: u64,
+    },
+    /// Shutting down, everything taken.
+    Shutdown,
+}
+
+/// What the flusher needs of the store, and nothing more.
+pub(crate) trait FlushTarget: Sync {
+    fn config(&self) -> &StoreConfig;
+    /// The fsync rounds' shared state (a truncation takes it too).
+    fn sync_shared(&self) -> &SyncShared;
+    fn disk(&self) -> &dyn Disk;
+    fn progress(&self) -> &Progress;
+    fn segments(&self) -> &SegmentSet;
+    fn checkpoint(&self) -> &CheckpointFile;
+    /// Waits up to `idle_wait` for appended bytes and takes them (`spare` becomes the
+    /// appenders' next buffer).
+    fn take(&self, spare: &mut Vec<u8>, idle_wait: Duration) -> Taken;
+    /// After ENOSPC: forgets every append from `to` on (none of it reached the disk).
+    fn roll_back_appends(&self, to: u64, segment_active_base: u64);
+    /// The disk is (or is no longer) too full to take appends.
+    fn set_disk_full(&self, full: bool);
+    /// Writes failed: poisons the log and wakes whoever waits on it.
+    fn poison(&self, error: &StoreError);
+    fn notify_listeners(&self);
+    fn notify_write_listeners(&self);
+}
+
+/// What fsync rounds share with whoever must not run beside one (`truncate_to`).
+///
+/// Lock order: `round`, then `unsynced`. `round` is held across an fsync round and
+/// every checkpoint write; never by an event loop.
+#[derive(Default)]
+pub(crate) struct SyncShared {
+    pub round: Mutex<SyncRound>,
+    pub unsynced: Mutex<Unsynced>,
+}
+
+/// The state of fsync rounds and of the checkpoint file.
+pub(crate) struct SyncRound {
+    /// Rounds run so far (the fault-injection count).
+    pub count: u64,
+    /// When the checkpoint is next due under load.
+    pub checkpoint_due: Instant,
+    /// The offset the checkpoint file holds.
+    pub checkpoint_written: u64,
+}
+
+impl Default for SyncRound {
+    fn default() -> SyncRound {
+        SyncRound {
+            count: 0,
+            checkpoint_due: Instant::now(),
+            checkpoint_written: 0,
+        }
+    }
+}
+
+impl SyncShared {
+    pub(crate) fn new(flushed: u64, records: u64) -> SyncShared {
+        SyncShared {
+            round: Mutex::new(SyncRound {
+                checkpoint_written: flushed,
+                ..SyncRound::default()
+            }),
+            unsynced: Mutex::new(Unsynced {
+                files: Vec::new(),
+                written: flushed,
+                records,
+            }),
+        }
+    }
+
+    pub(crate) fn lock_round(&self) -> MutexGuard<'_, SyncRound> {
+        self.round
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub(crate) fn lock_unsynced(&self) -> MutexGuard<'_, Unsynced> {
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// After `truncate_to` (with `round` held): nothing is unsynced, the log ends at
+    /// `to`, and the checkpoint was moved back to it.
+    pub(crate) fn reset(&self, round: &mut SyncRound, to: u64, records: u64) {
+        let mut unsynced = self.lock_unsynced();
+        unsynced.files.clear();
+        unsynced.written = to;
+        unsynced.records = records;
+        round.checkpoint_written = round.checkpoint_written.min(to);
+    }
+}
+
+struct Flusher<'a, T: FlushTarget> {
+    target: &'a T,
+    syncer: &'a Syncer<'a, T>,
     /// The segment being written: base offset and file.
     active: Option<(u64, Arc<dyn DiskFile>)>,
     index_files: IndexFiles,
@@ -55,9 +163,9 @@ struct Flusher<'a> {
 
 /// Files written but not yet fsynced, and how far the log had been written then.
 #[derive(Default)]
-struct Unsynced {
+pub(crate) struct Unsynced {
     files: Vec<Arc<dyn DiskFile>>,
-    written: u64,
+    pub written: u64,
     records: u64,
 }
 
@@ -65,50 +173,39 @@ struct Unsynced {
 /// publishes the flushed offset. The flusher calls it after each write in sync mode
 /// (group commit); in async mode a thread of its own calls it every `flush_interval_ms`,
 /// so a long periodic fsync never holds up writes (and so acks).
-struct Syncer<'a> {
-    store: &'a Store,
-    unsynced: Mutex<Unsynced>,
-    /// One fsync round at a time; also guards the fault-injection count.
-    round: Mutex<u64>,
-    /// When the checkpoint is next due under load; held while the checkpoint is
-    /// written, so its offset never goes down.
-    checkpoint_due: Mutex<Instant>,
-    /// The offset the checkpoint file holds.
-    checkpoint_written: AtomicU64,
+struct Syncer<'a, T: FlushTarget> {
+    target: &'a T,
+    shared: &'a SyncShared,
     stop: Mutex<bool>,
     wakeup: Condvar,
 }
 
-pub(crate) fn run(
-    store: &Store,
+/// Runs the flusher (and in async mode the syncer) until shutdown or a failure.
+pub(crate) fn run<T: FlushTarget>(
+    target: &T,
     active: Option<(u64, Arc<dyn DiskFile>)>,
     index_files: IndexFiles,
 ) {
     let now = Instant::now();
+    let progress = target.progress();
+    let records = progress.records_flushed.load(Ordering::Acquire);
     let syncer = Syncer {
-        store,
-        unsynced: Mutex::new(Unsynced {
-            files: Vec::new(),
-            written: store.offset_written(),
-            records: store.progress.records_flushed.load(Ordering::Acquire),
-        }),
-        round: Mutex::new(0),
-        checkpoint_due: Mutex::new(now),
-        checkpoint_written: AtomicU64::new(store.offset_flushed()),
+        target,
+        shared: target.sync_shared(),
         stop: Mutex::new(false),
         wakeup: Condvar::new(),
     };
     let mut flusher = Flusher {
-        store,
+        target,
         syncer: &syncer,
         active,
         index_files,
-        written: store.offset_written(),
-        records_written: store.progress.records_flushed.load(Ordering::Acquire),
+        written: progress.written(),
+        records_written: records,
         space_check_due: now,
     };
     let outcome = std::thread::scope(|scope| {
-        let periodic = (store.config.flush == FlushMode::Async).then(|| {
+        let periodic = (target.config().flush == FlushMode::Async).then(|| {
             std::thread::Builder::new()
                 .name("keel-syncer".into())
                 .spawn_scoped(scope, || syncer.run_periodic())
@@ -121,22 +218,20 @@ pub(crate) fn run(
         // Final fsync and a clean checkpoint, once nothing else syncs.
         outcome.and_then(|()| syncer.sync()).and_then(|()| {
             let written = syncer.lock_unsynced().written;
-            store.checkpoint.write(Checkpoint {
+            target.checkpoint().write(Checkpoint {
                 offset_flushed: written,
                 clean: true,
             })
         })
     });
     if let Err(error) = outcome {
-        syncer.poison(&error);
+        target.poison(&error);
     }
 }
 
-impl Syncer<'_> {
+impl<T: FlushTarget> Syncer<'_, T> {
     fn lock_unsynced(&self) -> MutexGuard<'_, Unsynced> {
-        self.unsynced
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.shared.lock_unsynced()
     }
 
     /// Records that `file` holds written bytes and that the log is written to `written`.
@@ -151,36 +246,24 @@ impl Syncer<'_> {
         unsynced.records = records;
     }
 
-    /// After `truncate_to`: nothing is unsynced, the log ends at `written`, and the
-    /// checkpoint (moved back by the truncation) holds at most that.
-    fn reset(&self, written: u64, records: u64) {
-        let mut unsynced = self.lock_unsynced();
-        unsynced.files.clear();
-        unsynced.written = written;
-        unsynced.records = records;
-        self.checkpoint_written.fetch_min(written, Ordering::AcqRel);
-    }
-
     /// fsyncs every file written so far and publishes the flushed offset.
     fn sync(&self) -> Result<(), StoreError> {
-        let mut round = self
-            .round
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut round = self.shared.lock_round();
+        let progress = self.target.progress();
         // A failed round already took its files off the list: a later round would find
         // nothing to fsync and "succeed". After a failure nothing is ever published.
-        if self.store.is_poisoned() {
+        if progress.is_poisoned() {
             return Err(StoreError::io(
                 "fsync the commit log",
                 std::io::Error::other("the log is poisoned"),
             ));
         }
-        let config = &self.store.config;
+        let config = self.target.config();
         if config.fault_fsync_delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(config.fault_fsync_delay_ms));
         }
-        *round += 1;
-        if *round == config.fault_fsync_fail_at {
+        round.count += 1;
+        if round.count == config.fault_fsync_fail_at {
             let injected = std::io::Error::other("injected fsync failure (fault_fsync_fail_at)");
             return Err(StoreError::io("fsync the commit log", injected));
         }
@@ -200,14 +283,9 @@ impl Syncer<'_> {
             file.sync_data()
                 .map_err(|e| StoreError::io("fsync the commit log", e))?;
         }
-        let progress = &self.store.progress;
-        progress.fsyncs.fetch_add(1, Ordering::AcqRel);
-        progress
-            .records_flushed
-            .fetch_max(records, Ordering::AcqRel);
-        progress.flushed.fetch_max(written, Ordering::AcqRel);
-        self.store.notify_listeners();
-        self.checkpoint(false)
+        progress.publish_flushed(written, records);
+        self.target.notify_listeners();
+        self.checkpoint_with(&mut round, false)
     }
 
     /// Writes the flushed offset to the checkpoint when it is behind, and either
@@ -217,32 +295,35 @@ impl Syncer<'_> {
     /// crash leaves it at or below the log's durable end; a torn checkpoint fails its
     /// CRC and recovery falls back to the records' own evidence.
     fn checkpoint(&self, idle: bool) -> Result<(), StoreError> {
-        let mut due = self
-            .checkpoint_due
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let flushed = self.store.offset_flushed();
-        let written = self.checkpoint_written.load(Ordering::Acquire);
-        if flushed <= written || !(idle || Instant::now() >= *due) {
+        let mut round = self.shared.lock_round();
+        self.checkpoint_with(&mut round, idle)
+    }
+
+    /// `checkpoint`, with the round already held (so no truncation runs meanwhile and
+    /// the checkpoint's offset never goes past the log's end).
+    fn checkpoint_with(&self, round: &mut SyncRound, idle: bool) -> Result<(), StoreError> {
+        let flushed = self.target.progress().flushed();
+        if flushed <= round.checkpoint_written || !(idle || Instant::now() >= round.checkpoint_due)
+        {
             return Ok(());
         }
-        self.store.checkpoint.write(Checkpoint {
+        self.target.checkpoint().write(Checkpoint {
             offset_flushed: flushed,
             clean: false,
         })?;
-        self.checkpoint_written.store(flushed, Ordering::Release);
-        *due = Instant::now() + CHECKPOINT_INTERVAL;
+        round.checkpoint_written = flushed;
+        round.checkpoint_due = Instant::now() + CHECKPOINT_INTERVAL;
         Ok(())
     }
 
     /// Whether the checkpoint is behind the flushed offset.
     fn checkpoint_behind(&self) -> bool {
-        self.checkpoint_written.load(Ordering::Acquire) < self.store.offset_flushed()
+        self.shared.lock_round().checkpoint_written < self.target.progress().flushed()
     }
 
     /// Async mode: fsync every `flush_interval_ms` until asked to stop.
     fn run_periodic(&self) {
-        let interval = Duration::from_millis(self.store.config.flush_interval_ms.max(1));
+        let interval = Duration::from_millis(self.target.config().flush_interval_ms.max(1));
         loop {
             {
                 let stop = self
@@ -260,13 +341,13 @@ impl Syncer<'_> {
                     return;
                 }
             }
-            if self.lock_unsynced().written <= self.store.offset_flushed() {
+            if self.lock_unsynced().written <= self.target.progress().flushed() {
                 continue;
             }
             // Each periodic round is already seconds of work apart: its checkpoint is
             // written at once, so an idle broker's checkpoint is current.
             if let Err(error) = self.sync().and_then(|()| self.checkpoint(true)) {
-                self.poison(&error);
+                self.target.poison(&error);
                 return;
             }
         }
@@ -279,22 +360,14 @@ impl Syncer<'_> {
             .unwrap_or_else(|poison| poison.into_inner()) = true;
         self.wakeup.notify_all();
     }
-
-    fn poison(&self, error: &StoreError) {
-        log::error!("storage failed, the commit log is poisoned and takes no more writes: {error}");
-        self.store.progress.poisoned.store(true, Ordering::Release);
-        // Wake the flusher so it stops writing, and the loops so they answer.
-        self.store.flusher_wakeup.notify_all();
-        self.store.notify_listeners();
-    }
 }
 
-impl Flusher<'_> {
+impl<T: FlushTarget> Flusher<'_, T> {
     /// Writes what the appenders buffer until shutdown (`Ok`) or a failure (`Err`).
     fn run(&mut self) -> Result<(), StoreError> {
         let mut spare = Vec::with_capacity(1 << 20);
         loop {
-            if self.store.is_poisoned() {
+            if self.target.progress().is_poisoned() {
                 // The syncer failed: nothing may be written (and so, in async mode, acked).
                 return Err(StoreError::io(
                     "write the commit log",
@@ -302,79 +375,38 @@ impl Flusher<'_> {
                 ));
             }
             self.check_space();
-            let Some(batch) = self.take(&mut spare) else {
-                return Ok(());
-            };
-            if batch.bytes.is_empty() {
-                // Idle: nothing was appended for a while.
-                self.syncer.checkpoint(true)?;
-                continue;
-            }
-            self.write(&batch)?;
-            self.store.notify_write_listeners();
-            if self.store.config.flush == FlushMode::Sync {
-                self.syncer.sync()?;
-            } else {
-                self.store.notify_listeners();
-            }
-            spare = batch.bytes;
-            spare.clear();
-        }
-    }
-
-    /// Waits for appended bytes and takes them. An empty batch means "idle for a while"
-    /// (the caller checks free space); `None` means shutting down with nothing left.
-    fn take(&mut self, spare: &mut Vec<u8>) -> Option<Batch> {
-        let store = self.store;
-        let mut state = store.lock_state();
-        loop {
-            if let Some(to) = state.flusher_reset.take() {
-                // `truncate_to` cut the log (everything had been written and fsynced).
-                self.written = to;
-                self.records_written = state.records_appended;
-                self.active = store.segments.last();
-                self.syncer.reset(to, self.records_written);
-                store.flusher_wakeup.notify_all();
-            }
-            if !state.pending.is_empty() {
-                let base = state.pending_base;
-                let bytes = std::mem::replace(&mut state.pending, std::mem::take(spare));
-                state.pending_base = state.offset_end;
-                return Some(Batch {
-                    base,
-                    bytes,
-                    segments_new: std::mem::take(&mut state.segments_new),
-                    index: std::mem::take(&mut state.pending_index),
-                });
-            }
-            if state.shutting_down {
-                return None;
-            }
             // Idle waits are bounded so the free-space check keeps running, and short
             // while the checkpoint lags, so it is written soon after appends stop.
-            let wait = if self.syncer.checkpoint_behind() {
+            let idle_wait = if self.syncer.checkpoint_behind() {
                 CHECKPOINT_IDLE_DELAY
             } else {
                 SPACE_CHECK_INTERVAL
             };
-            state.flusher_waiting = true;
-            let (guard, timeout) = store
-                .flusher_wakeup
-                .wait_timeout(state, wait)
-                .unwrap_or_else(|poison| poison.into_inner());
-            state = guard;
-            state.flusher_waiting = false;
-            if (timeout.timed_out() || store.is_poisoned())
-                && state.pending.is_empty()
-                && !state.shutting_down
-            {
-                return Some(Batch {
-                    base: self.written,
-                    bytes: Vec::new(),
-                    segments_new: Vec::new(),
-                    index: Vec::new(),
-                });
+            let batch = match self.target.take(&mut spare, idle_wait) {
+                Taken::Batch(batch) => batch,
+                // Idle: nothing was appended for a while.
+                Taken::Idle => {
+                    self.syncer.checkpoint(true)?;
+                    continue;
+                }
+                // The truncation reset the fsync rounds' state itself.
+                Taken::Reset { to, records } => {
+                    self.written = to;
+                    self.records_written = records;
+                    self.active = self.target.segments().last();
+                    continue;
+                }
+                Taken::Shutdown => return Ok(()),
+            };
+            self.write(&batch)?;
+            self.target.notify_write_listeners();
+            if self.target.config().flush == FlushMode::Sync {
+                self.syncer.sync()?;
+            } else {
+                self.target.notify_listeners();
             }
+            spare = batch.bytes;
+            spare.clear();
         }
     }
 
@@ -399,10 +431,7 @@ impl Flusher<'_> {
             // not losing data, so this does not poison the log.
             log::warn!("writing consume queue files failed (rebuilt at next start): {error}");
         }
-        self.store
-            .progress
-            .written
-            .store(self.written, Ordering::Release);
+        self.target.progress().publish_written(self.written);
         match outcome {
             Ok(()) => Ok(()),
             Err(error) if is_disk_full(&error) => self.on_disk_full(&error),
@@ -429,18 +458,17 @@ impl Flusher<'_> {
             };
             // From here these bytes may be in the file whatever the write returns: a
             // send among them that fails is answered "outcome unknown", not "not stored".
-            let chunk_end_offset = batch.base + chunk_end as u64;
-            self.store
-                .progress
-                .attempted
-                .fetch_max(chunk_end_offset, Ordering::AcqRel);
+            // A failure published before this (the syncer's, in async mode) has had
+            // them answered "not stored": then they are not written at all.
+            let progress = self.target.progress();
+            progress.publish_attempted(batch.base + chunk_end as u64);
+            if progress.is_poisoned() {
+                return Err(std::io::Error::other("the log is poisoned"));
+            }
             file.write_all_at(&batch.bytes[position..chunk_end], offset - base)?;
             position = chunk_end;
             self.written = batch.base + position as u64;
-            self.store
-                .progress
-                .written
-                .store(self.written, Ordering::Release);
+            progress.publish_written(self.written);
             self.syncer
                 .note_written(Some(file), self.written, self.records_written);
         }
@@ -467,8 +495,8 @@ impl Flusher<'_> {
             None => self.written,
         };
         self.space_check_due = Instant::now() + SPACE_CHECK_INTERVAL;
-        self.store.roll_back_appends(self.written, active_base);
-        self.store.notify_listeners();
+        self.target.roll_back_appends(self.written, active_base);
+        self.target.notify_listeners();
         Ok(())
     }
 
@@ -480,8 +508,8 @@ impl Flusher<'_> {
             return;
         }
         self.space_check_due = now + SPACE_CHECK_INTERVAL;
-        let config = &self.store.config;
-        let free = match self.store.disk.free_bytes(&config.data_dir) {
+        let config = self.target.config();
+        let free = match self.target.disk().free_bytes(&config.data_dir) {
             Ok(free) => free,
             Err(error) => {
                 log::debug!(
@@ -491,7 +519,7 @@ impl Flusher<'_> {
                 return;
             }
         };
-        let full_now = self.store.is_disk_full();
+        let full_now = self.target.progress().disk_full.load(Ordering::Acquire);
         let threshold = if full_now {
             config
                 .disk_min_free_bytes
@@ -509,8 +537,7 @@ impl Flusher<'_> {
             } else {
                 log::warn!("free space is back to {free} bytes: accepting writes again");
             }
-            self.store.progress.disk_full.store(full, Ordering::Release);
-            self.store.notify_listeners();
+            self.target.set_disk_full(full);
         }
     }
 
@@ -519,11 +546,12 @@ impl Flusher<'_> {
     /// Crash safety: the directory is fsynced after the create, so a crash leaves either
     /// no file or an empty one, which recovery accepts as the last segment.
     fn open_segment(&mut self, base: u64) -> std::io::Result<()> {
-        let dir = self.store.config.data_dir.join("commitlog");
+        let dir = self.target.config().data_dir.join("commitlog");
         let path = dir.join(segment_file_name(base));
-        let file = self.store.disk.open(&path, OpenMode::CreateNew)?;
-        self.store.disk.sync_dir(&dir)?;
-        self.store.segments.push(base, file.clone());
+        let disk = self.target.disk();
+        let file = disk.open(&path, OpenMode::CreateNew)?;
+        disk.sync_dir(&dir)?;
+        self.target.segments().push(base, file.clone());
         self.active = Some((base, file));
         Ok(())
     }

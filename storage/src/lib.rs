@@ -22,7 +22,10 @@
 //! ```
 
 pub mod admin;
+mod append;
+mod catalog;
 mod checkpoint;
+mod config;
 mod consume_queue;
 pub mod disk;
 pub mod epochs;
@@ -30,23 +33,29 @@ mod error;
 mod flusher;
 mod fs_util;
 mod meta;
+mod offsets;
 mod own_writes;
 mod producers;
+mod read;
 mod recovery;
 mod replica;
 mod retention;
 mod segment;
 pub mod sim;
 mod startup;
+mod state;
 mod store;
 
+pub use append::AppendResult;
+pub use config::{FlushMode, StoreConfig};
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
 pub use epochs::Epoch;
 pub use error::{AppendError, StoreError};
 pub use own_writes::OwnWrites;
+pub use read::{QueueRead, ReadStatus};
 pub use recovery::RecoveryReport;
 pub use replica::RecordId;
-pub use store::{AppendResult, FlushMode, QueueRead, ReadStatus, Store, StoreConfig, StoreStats};
+pub use store::{Store, StoreStats};
 
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,18 @@ impl Meta {
         version
     }
 
+    pub(crate) fn lock_offsets(&self) -> std::sync::MutexGuard<'_, BTreeMap<OffsetKey, u64>> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub(crate) fn lock_failure(&self) -> std::sync::MutexGuard<'_, Option<(bool, String)>> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     pub(crate) fn stop_requested(&self) -> bool {
         *self
             .stop
@@ -134,11 +146,7 @@ impl Meta {
         }
         write_atomic(disk, &self.topics_path, &seal_text(text))?;
         let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
-        let offsets = self
-            .offsets
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        let offsets = self.lock_offsets().clone();
         for ((group, topic, queue), offset) in offsets {
             text.push_str(&format!("{group} {topic} {queue} {offset}\n"));
         }

@@ -14,6 +14,7 @@
 //! recovery refuses, naming the file, the position and what is wrong, and never cuts the
 //! log silently. Recovery is idempotent: after truncation a second run finds a clean log.
 
+use crate::catalog::{Catalog, NewTopic, RecordFacts};
 use crate::disk::{read_exact_at, Disk, FileReader, OpenMode};
 use crate::own_writes::OwnWrites;
 use crate::segment::list_segments;
@@ -39,21 +40,20 @@ pub struct RecoveryReport {
 }
 
 /// A verified record, as recovery reports it to rebuild the indexes.
-pub(crate) struct RecoveredRecord {
+pub(crate) struct RecoveredRecord<'a> {
     /// Base offset of the first segment (above 0 once retention deleted the start).
     pub log_start: u64,
-    /// Base offset of the segment holding the record.
-    pub segment_base: u64,
-    pub store_timestamp_ms: u64,
-    pub topic: String,
-    pub queue_id: u32,
-    pub queue_offset: u64,
-    pub log_offset: u64,
-    pub size: u32,
-    pub tags_hash: u64,
-    pub producer_id: u64,
-    pub sequence: u64,
-    pub message_crc: u32,
+    pub facts: RecordFacts<'a>,
+}
+
+impl RecoveredRecord<'_> {
+    /// Files the record in `catalog` as recovery found it.
+    pub(crate) fn file_in(&self, catalog: &mut Catalog) -> Result<(), String> {
+        let new = NewTopic::Recovered {
+            log_start: self.log_start,
+        };
+        catalog.note(&self.facts, new).map(|_| ())
+    }
 }
 
 /// Whether recovery may change the files (keeld) or only look (`keel admin verify`).
@@ -89,7 +89,7 @@ pub(crate) fn recover(
     evidence: Evidence<'_>,
     max_record_bytes: u32,
     repair: Repair,
-    mut on_record: impl FnMut(RecoveredRecord) -> Result<(), String>,
+    mut on_record: impl FnMut(RecoveredRecord<'_>) -> Result<(), String>,
 ) -> Result<(Vec<(u64, PathBuf)>, RecoveryReport), StoreError> {
     let checkpoint = match repair {
         Repair::MeasureValidPrefix => None,
@@ -198,7 +198,7 @@ fn scan_segment(
     base: u64,
     log_start: u64,
     max_record_bytes: u32,
-    on_record: &mut impl FnMut(RecoveredRecord) -> Result<(), String>,
+    on_record: &mut impl FnMut(RecoveredRecord<'_>) -> Result<(), String>,
     report: &mut RecoveryReport,
 ) -> Result<(u64, Option<BadRecord>), StoreError> {
     let (file, length) = open_for_read(disk, path)?;
@@ -255,17 +255,19 @@ fn scan_segment(
         }
         let recovered = RecoveredRecord {
             log_start,
-            segment_base: base,
-            store_timestamp_ms: decoded.store_timestamp_ms,
-            tags_hash: decoded.tags_hash(),
-            topic: decoded.topic,
-            queue_id: decoded.queue_id,
-            queue_offset: decoded.queue_offset,
-            log_offset: decoded.log_offset,
-            size: decoded.total_size,
-            producer_id: decoded.producer_id,
-            sequence: decoded.sequence,
-            message_crc: decoded.message_crc,
+            facts: RecordFacts {
+                topic: &decoded.topic,
+                queue_id: decoded.queue_id,
+                queue_offset: decoded.queue_offset,
+                log_offset: decoded.log_offset,
+                size: decoded.total_size,
+                tags_hash: decoded.tags_hash(),
+                store_timestamp_ms: decoded.store_timestamp_ms,
+                producer_id: decoded.producer_id,
+                sequence: decoded.sequence,
+                message_crc: decoded.message_crc,
+                segment_base: base,
+            },
         };
         if let Err(detail) = on_record(recovered) {
             return Err(StoreError::Corruption {

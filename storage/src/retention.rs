@@ -6,11 +6,9 @@
 //! that selected records just before keep working: the handles of deleted files are
 //! dropped only at the next pass.
 
-use crate::consume_queue::QueueIndex;
 use crate::store::Store;
 use crate::StoreError;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl Store {
@@ -49,7 +47,12 @@ impl Store {
                 if *next > state.segment_active_base || *next > flushed {
                     break;
                 }
-                let newest = state.segment_newest_ms.get(base).copied().unwrap_or(0);
+                let newest = state
+                    .catalog
+                    .segment_newest_ms
+                    .get(base)
+                    .copied()
+                    .unwrap_or(0);
                 let too_old =
                     config.retention_ms > 0 && newest.saturating_add(config.retention_ms) < now_ms;
                 let too_big = config.retention_bytes > 0 && total > config.retention_bytes;
@@ -61,13 +64,16 @@ impl Store {
             }
             if new_start > state.log_start {
                 let mut expired = 0u64;
-                for topic in state.topics.values_mut() {
+                for topic in state.catalog.topics.values_mut() {
                     for queue in &mut topic.queues {
                         expired += queue.trim_before(new_start);
                     }
                 }
                 state.log_start = new_start;
-                state.segment_newest_ms.retain(|base, _| *base >= new_start);
+                state
+                    .catalog
+                    .segment_newest_ms
+                    .retain(|base, _| *base >= new_start);
                 drop(state);
                 log::info!("retention: the log now starts at offset {new_start} ({expired} messages expired)");
                 self.retention
@@ -108,60 +114,4 @@ impl Store {
         self.retention.lock_retired().extend(&doomed);
         Ok(doomed.len())
     }
-}
-
-/// The retention thread's state.
-#[derive(Default)]
-pub(crate) struct Retention {
-    /// Metadata version that records the latest trim; files wait for it.
-    version: AtomicU64,
-    /// Segments whose files were deleted; their handles go at the next pass.
-    retired: Mutex<Vec<u64>>,
-    stop: Mutex<bool>,
-    wakeup: Condvar,
-}
-
-impl Retention {
-    pub(crate) fn lock_retired(&self) -> MutexGuard<'_, Vec<u64>> {
-        self.retired
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// Sleeps up to `pause`; false once asked to stop.
-    pub(crate) fn wait(&self, pause: Duration) -> bool {
-        let stop = self
-            .stop
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if *stop {
-            return false;
-        }
-        let (stop, _) = self
-            .wakeup
-            .wait_timeout(stop, pause)
-            .unwrap_or_else(|poison| poison.into_inner());
-        !*stop
-    }
-
-    pub(crate) fn request_stop(&self) {
-        *self
-            .stop
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = true;
-        self.wakeup.notify_all();
-    }
-}
-
-/// Applies a queue's first offset from the topics file to the index rebuilt from the
-/// log: entries below it were expired by retention (their segments may outlive a crash
-/// between persisting the offset and deleting the files); a queue with no record left
-/// resumes at it.
-pub(crate) fn apply_persisted_first(queue: &mut QueueIndex, first: u64) {
-    if first <= queue.first {
-        return;
-    }
-    let expired = (first - queue.first).min(queue.entries.len() as u64) as usize;
-    queue.entries.drain(..expired);
-    queue.first = first;
 }

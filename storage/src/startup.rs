@@ -1,12 +1,13 @@
 //! Start-up: rebuild the store's in-memory state from the data directory.
 
+use crate::catalog::Catalog;
 use crate::checkpoint::Checkpoint;
-use crate::consume_queue::{index_recovered, IndexFiles, QueueIndex, TopicQueues};
+use crate::config::StoreConfig;
+use crate::consume_queue::{IndexFiles, QueueIndex, TopicQueues};
 use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::meta::load_topics;
 use crate::recovery::{recover, RecoveryReport, Repair};
 use crate::segment::SegmentSet;
-use crate::store::StoreConfig;
 use crate::StoreError;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,13 +15,10 @@ use std::sync::Arc;
 
 /// What recovery rebuilt from the CommitLog.
 pub(crate) struct RecoveredLog {
-    pub topics: BTreeMap<String, TopicQueues>,
-    /// Store time of the newest record of each segment (for retention by age).
-    pub segment_newest_ms: BTreeMap<u64, u64>,
+    /// Every valid record, filed (queue indexes, segment times, producers).
+    pub catalog: Catalog,
     pub segment_paths: Vec<(u64, PathBuf)>,
     pub report: RecoveryReport,
-    /// Idempotent producers' recent sequences, from the records.
-    pub producers: crate::producers::Producers,
 }
 
 /// Verifies the log (truncating a torn tail) and rebuilds the queue indexes from it.
@@ -30,25 +28,7 @@ pub(crate) fn recover_log(
     checkpoint: Option<Checkpoint>,
     own_writes: &crate::own_writes::OwnWrites,
 ) -> Result<RecoveredLog, StoreError> {
-    let mut topics: BTreeMap<String, TopicQueues> = BTreeMap::new();
-    let mut segment_newest_ms: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut producers = crate::producers::Producers::default();
-    let on_record = |record: crate::recovery::RecoveredRecord| {
-        let newest = segment_newest_ms.entry(record.segment_base).or_insert(0);
-        *newest = (*newest).max(record.store_timestamp_ms);
-        producers.record(
-            record.producer_id,
-            record.sequence,
-            crate::producers::StoredAt {
-                queue_id: record.queue_id,
-                queue_offset: record.queue_offset,
-                log_offset: record.log_offset,
-                offset_end: record.log_offset + u64::from(record.size),
-                message_crc: record.message_crc,
-            },
-        );
-        index_recovered(&mut topics, record)
-    };
+    let mut catalog = Catalog::default();
     let log_dir = config.data_dir.join("commitlog");
     let evidence = crate::recovery::Evidence {
         checkpoint: checkpoint.map(|c| c.offset_flushed),
@@ -60,15 +40,13 @@ pub(crate) fn recover_log(
         evidence,
         config.max_record_bytes,
         Repair::TruncateTornTail,
-        on_record,
+        |record| record.file_in(&mut catalog),
     )?;
     report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
     Ok(RecoveredLog {
-        topics,
-        segment_newest_ms,
+        catalog,
         segment_paths,
         report,
-        producers,
     })
 }
 
@@ -87,7 +65,7 @@ pub(crate) fn apply_topics_file(
                 .resize_with(queues as usize, QueueIndex::default);
         }
         for (queue, first) in topic.queues.iter_mut().zip(firsts) {
-            crate::retention::apply_persisted_first(queue, first);
+            queue.apply_persisted_first(first);
         }
     }
     Ok(())

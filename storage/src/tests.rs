@@ -297,6 +297,34 @@ mod faults {
     }
 
     #[test]
+    fn a_retry_of_a_stored_message_is_answered_with_the_original_after_poisoning() {
+        let disk = SimDisk::new();
+        let store = Store::open_with_disk(config(), Arc::new(disk.clone())).unwrap();
+        let mut message = Message::new("t", b"durable before the failure".to_vec());
+        message.producer_id = 9;
+        message.sequence = 1;
+        message.seal();
+        let first = store.append(&message, true, 1).unwrap();
+        wait_until("first fsync", || store.offset_durable() >= first.offset_end);
+        disk.fail_sync(1, Fault::Eio);
+        send(&store, "covered by the failed fsync").unwrap();
+        wait_until("poisoning", || store.is_poisoned());
+        // Refusing the retry would say "not stored" of a durable message.
+        let retry = store.append(&message, true, 1).unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(retry.log_offset, first.log_offset);
+        assert!(store.offset_durable() >= retry.offset_end);
+        // A new sequence is still refused.
+        message.sequence = 2;
+        message.seal();
+        assert_eq!(
+            store.append(&message, true, 1).unwrap_err(),
+            AppendError::StorageFailed
+        );
+        store.shutdown();
+    }
+
+    #[test]
     fn enospc_discards_unwritten_appends_keeps_serving_and_resumes_when_space_frees() {
         let disk = SimDisk::new();
         let mut cfg = config();

@@ -1,0 +1,42 @@
+//! One decoded request to its handler.
+
+use crate::connection::ReplyTo;
+use crate::handlers::{admin, group, message_info, pull, send};
+use crate::shard::Shard;
+use keel_protocol::{ErrorCode, Request, Response};
+
+impl Shard {
+    /// Carries out one request of connection `to`. Its answer (none for a oneway send)
+    /// goes to the outbox, now or once it is known.
+    pub(crate) fn dispatch(&mut self, to: ReplyTo, oneway: bool, request: Request) {
+        match request {
+            Request::Ping => self.reply(to, Response::Pong),
+            Request::Send(message) => send::on_send(self, to, oneway, vec![message], false),
+            Request::SendBatch(messages) => send::on_send(self, to, oneway, messages, true),
+            Request::Pull(request) => pull::on_pull(self, to, request),
+            Request::OffsetForTime(query) => pull::on_offset_for_time(self, to, query),
+            Request::Heartbeat(heartbeat) => group::on_heartbeat(self, to, heartbeat),
+            Request::GroupCommit(commit) => group::on_group_commit(self, to, commit),
+            Request::SendBack(back) => group::on_send_back(self, to, back),
+            Request::CommitOffset(commit) => admin::on_commit_offset(self, to, commit),
+            Request::QueryOffset(query) => admin::on_query_offset(self, to, query),
+            Request::CreateTopic(create) => admin::on_create_topic(self, to, create),
+            Request::ListTopics(list) => admin::on_list_topics(self, to, list),
+            Request::Stats => {
+                let stats = self.broker.stats();
+                self.reply(to, Response::Stats(stats));
+            }
+            Request::Promote { role, force } => admin::on_promote(self, to, role, force),
+            Request::MessageInfo { msg_id, key } => {
+                message_info::on_message_info(self, to, msg_id, key)
+            }
+            Request::RegisterBroker(_) | Request::GetRoutes(_) => {
+                let detail = format!(
+                    "{} is for a name server (keeld namesrv), not a broker",
+                    request.kind().name()
+                );
+                self.reply(to, Response::error(ErrorCode::InvalidArgument, detail));
+            }
+        }
+    }
+}

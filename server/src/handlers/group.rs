@@ -1,0 +1,148 @@
+//! Consumer groups: heartbeats (membership and queue assignment), commits fenced by
+//! queue ownership, and messages sent back for a later retry or the dead-letter topic.
+
+use crate::connection::ReplyTo;
+use crate::error::Refusal;
+use crate::handlers::{admin, send};
+use crate::schedule::{self, property};
+use crate::shard::Shard;
+use keel_protocol::{
+    dlq_topic, message_id, now_ms, retry_topic, validate_topic, Assignment, CommitOffsetRequest,
+    ErrorCode, GroupCommitRequest, HeartbeatRequest, Response, SendBackRequest, QUEUE_ID_ANY,
+    SCHEDULE_TOPIC,
+};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Why a group or topic name is refused, if it is.
+fn invalid_names(group: &str, topic: &str) -> Option<Refusal> {
+    let invalid = validate_topic(group)
+        .map_err(|detail| format!("invalid group: {detail}"))
+        .and_then(|()| validate_topic(topic).map_err(|detail| detail.to_string()));
+    let detail = match invalid {
+        Ok(()) if !group.contains('%') => return None,
+        Ok(()) => "a group name may not contain '%'".to_string(),
+        Err(detail) => detail,
+    };
+    Some(Refusal::new(ErrorCode::InvalidTopic, detail))
+}
+
+pub(crate) fn on_heartbeat(shard: &mut Shard, to: ReplyTo, heartbeat: HeartbeatRequest) {
+    if let Some(refusal) = invalid_names(&heartbeat.group, &heartbeat.topic) {
+        return shard.reply(to, refusal.response());
+    }
+    if heartbeat.member_id.is_empty() {
+        return shard.reply(to, Refusal::invalid("member_id is empty").response());
+    }
+    let broker = &shard.broker;
+    let queue_count = broker.store.topic_queues(&heartbeat.topic).unwrap_or(0);
+    let granted = broker.groups.heartbeat(
+        &heartbeat.group,
+        &heartbeat.topic,
+        &heartbeat.member_id,
+        Duration::from_millis(u64::from(heartbeat.session_timeout_ms)),
+        &heartbeat.owned,
+        queue_count,
+    );
+    let response = match granted {
+        Some(granted) => Response::Assignment(Assignment {
+            generation: granted.generation,
+            queue_count,
+            members: granted.members,
+            queues: granted.queues,
+        }),
+        None => {
+            Refusal::internal("too many consumer groups on this broker; try again later").response()
+        }
+    };
+    shard.reply(to, response);
+}
+
+pub(crate) fn on_group_commit(shard: &mut Shard, to: ReplyTo, commit: GroupCommitRequest) {
+    if let Some(refusal) = invalid_names(&commit.group, &commit.topic) {
+        return shard.reply(to, refusal.response());
+    }
+    let owner = shard.broker.groups.owns(
+        &commit.group,
+        &commit.topic,
+        &commit.member_id,
+        commit.queue_id,
+    );
+    if !owner {
+        let detail = format!(
+            "queue {} of {} belongs to another member of group {} now (or this member's \
+             session expired): stop consuming it",
+            commit.queue_id, commit.topic, commit.group
+        );
+        return shard.reply(to, Refusal::new(ErrorCode::NotOwner, detail).response());
+    }
+    let commit = CommitOffsetRequest {
+        group: commit.group,
+        topic: commit.topic,
+        queue_id: commit.queue_id,
+        offset: commit.offset,
+    };
+    admin::on_commit_offset(shard, to, commit);
+}
+
+/// SEND_BACK: stores the message for its group to consume again after the delay of
+/// its attempt, straight into the retry topic when it has none (a redrive), or into
+/// the dead-letter topic past `max_reconsume_times`. Answered like a SEND.
+pub(crate) fn on_send_back(shard: &mut Shard, to: ReplyTo, back: SendBackRequest) {
+    if let Some(refusal) = invalid_names(&back.group, &retry_topic(&back.group)) {
+        return shard.reply(to, refusal.response());
+    }
+    let mut message = back.message;
+    // The consumer's copy is checked as it arrived; the broker's changes are sealed
+    // below, so the stored copy's CRC vouches for what the broker made of it.
+    if !message.crc_matches() {
+        shard
+            .broker
+            .counters
+            .sends_failed
+            .fetch_add(1, Ordering::Relaxed);
+        let detail = format!(
+            "the message sent back does not match its CRC32C 0x{:08X}: it was damaged on \
+             the way",
+            message.message_crc
+        );
+        let refusal = Refusal::new(ErrorCode::MessageCrcMismatch, detail);
+        return shard.reply(to, refusal.response());
+    }
+    let mut properties: Vec<(String, String)> = message
+        .properties
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("KEEL_"))
+        .collect();
+    let mut set = |name: &str, value: String| properties.push((name.to_string(), value));
+    set(property::ORIGIN_TOPIC, back.origin_topic);
+    set(property::ORIGIN_MSG_ID, message_id(back.origin_msg_id));
+    set(property::RECONSUME_TIMES, back.reconsume_times.to_string());
+    if !back.reason.is_empty() {
+        set(property::REASON, back.reason);
+    }
+    message.queue_id = QUEUE_ID_ANY;
+    if back.reconsume_times > back.max_reconsume_times {
+        // One queue: the dead letters of a group in the order they died.
+        message.topic = dlq_topic(&back.group);
+        message.queue_id = 0;
+        set(property::DLQ_TIME, now_ms().to_string());
+    } else {
+        let delays = &shard.broker.config.retry_delays_ms;
+        match schedule::delay_for(delays, back.reconsume_times) {
+            None => message.topic = retry_topic(&back.group),
+            Some((level, deliver_at)) => {
+                message.topic = SCHEDULE_TOPIC.to_string();
+                message.queue_id = level;
+                set(property::REAL_TOPIC, retry_topic(&back.group));
+                set(property::DELIVER_AT, deliver_at.to_string());
+            }
+        }
+    }
+    message.properties = properties;
+    // A copy is another message: the original's numbers stay with the original.
+    message.producer_id = 0;
+    message.sequence = 0;
+    message.seal();
+    send::append_and_wait(shard, to, false, vec![message], false);
+}

@@ -1,0 +1,323 @@
+//! Appends: a message becomes a record at the log's end, in memory, under the append
+//! lock; the flusher makes it durable. Idempotent producers' retries are recognised
+//! here, and a disk-full rollback discards what never reached the disk.
+
+use crate::catalog::{NewTopic, RecordFacts};
+use crate::consume_queue::TopicQueues;
+use crate::producers::{Producers, Seen, StoredAt};
+use crate::state::AppendState;
+use crate::store::Store;
+use crate::AppendError;
+use keel_protocol::{encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY};
+use std::sync::atomic::Ordering;
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_offset: u64,
+    /// The record is durable once the durable offset reaches this.
+    pub offset_end: u64,
+    /// Append generation: a disk-full rollback discards later appends of older ones.
+    pub generation: u64,
+    /// An idempotent producer's retry of a message already stored: nothing new was
+    /// stored; the fields say where the original is.
+    pub duplicate: bool,
+}
+
+impl Store {
+    /// Appends one message. A memory copy under the append lock; never touches the disk.
+    pub fn append(
+        &self,
+        message: &Message,
+        auto_create: bool,
+        store_timestamp_ms: u64,
+    ) -> Result<AppendResult, AppendError> {
+        let mut appended = None;
+        self.append_all(
+            std::slice::from_ref(message),
+            auto_create,
+            store_timestamp_ms,
+            |result| appended = Some(result),
+        )?;
+        appended.ok_or(AppendError::StorageFailed)
+    }
+
+    /// Appends several messages all together or not at all: each is checked before any
+    /// is appended, and they take consecutive positions in the log. The batch is durable
+    /// once the durable offset reaches the last one's `offset_end`.
+    pub fn append_batch(
+        &self,
+        messages: &[Message],
+        auto_create: bool,
+        store_timestamp_ms: u64,
+    ) -> Result<Vec<AppendResult>, AppendError> {
+        let mut appended = Vec::with_capacity(messages.len());
+        self.append_all(messages, auto_create, store_timestamp_ms, |result| {
+            appended.push(result)
+        })?;
+        Ok(appended)
+    }
+
+    fn append_all(
+        &self,
+        messages: &[Message],
+        auto_create: bool,
+        store_timestamp_ms: u64,
+        mut each: impl FnMut(AppendResult),
+    ) -> Result<(), AppendError> {
+        for message in messages {
+            self.check(message)?;
+        }
+        let mut state = self.lock_state();
+        // An idempotent producer's retry: answer with where the original is, whatever
+        // the store's state now (the caller learns from the durable offset whether it
+        // is durable; refusing would claim it is not stored).
+        if let Some(originals) = retry_of(&state.catalog.producers, messages)? {
+            for at in originals {
+                each(AppendResult {
+                    queue_id: at.queue_id,
+                    queue_offset: at.queue_offset,
+                    log_offset: at.log_offset,
+                    offset_end: at.offset_end,
+                    generation: state.generation,
+                    duplicate: true,
+                });
+            }
+            return Ok(());
+        }
+        if state.shutting_down {
+            return Err(AppendError::ShuttingDown);
+        }
+        // Checked under the lock: a disk-full rollback also runs under it.
+        if self.progress.disk_full.load(Ordering::Acquire) {
+            return Err(AppendError::DiskFull);
+        }
+        if self.is_poisoned() {
+            return Err(AppendError::StorageFailed);
+        }
+        for message in messages {
+            let queues = match state.catalog.topics.get(&message.topic) {
+                Some(topic) => topic.queue_count(),
+                None if auto_create => self.config.default_queues,
+                None => return Err(AppendError::TopicNotFound(message.topic.clone())),
+            };
+            if message.queue_id != QUEUE_ID_ANY && message.queue_id >= queues {
+                return Err(AppendError::InvalidQueueId {
+                    queue_id: message.queue_id,
+                    queues,
+                });
+            }
+        }
+        let mut created = false;
+        for message in messages {
+            each(self.append_checked(&mut state, message, store_timestamp_ms, &mut created));
+        }
+        state.check_invariants();
+        if state.flusher_waiting {
+            self.flusher_wakeup.notify_one();
+        }
+        drop(state);
+        if created {
+            self.meta.bump();
+        }
+        Ok(())
+    }
+
+    /// What can be refused about a message on its own, before the append lock.
+    fn check(&self, message: &Message) -> Result<(), AppendError> {
+        validate_topic(&message.topic)
+            .map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+        let size = message.record_len() as u64;
+        if size > u64::from(self.config.max_record_bytes) {
+            let max = self.config.max_record_bytes;
+            return Err(AppendError::RecordTooLarge { size, max });
+        }
+        if message.producer_id != 0 && message.sequence == 0 {
+            let producer_id = message.producer_id;
+            return Err(AppendError::SequenceZero { producer_id });
+        }
+        Ok(())
+    }
+
+    /// Appends one message already checked by `append_all`, under the append lock.
+    fn append_checked(
+        &self,
+        state: &mut AppendState,
+        message: &Message,
+        store_timestamp_ms: u64,
+        created: &mut bool,
+    ) -> AppendResult {
+        let default_queues = self.config.default_queues;
+        let topic = state
+            .catalog
+            .topics
+            .entry(message.topic.clone())
+            .or_insert_with(|| {
+                *created = true;
+                TopicQueues::with_queues(default_queues)
+            });
+        let queue_id = if message.queue_id == QUEUE_ID_ANY {
+            let queue_id = topic.next_queue % topic.queue_count().max(1);
+            topic.next_queue = topic.next_queue.wrapping_add(1);
+            queue_id
+        } else {
+            message.queue_id
+        };
+        let queue_offset = topic.queues[queue_id as usize].end();
+        let record_len = message.record_len() as u64;
+        let segment_base = state.segment_for(record_len, self.config.segment_size_bytes);
+        let log_offset = state.offset_end;
+        let meta = RecordMeta {
+            log_offset,
+            queue_offset,
+            queue_id,
+            store_timestamp_ms,
+            flushed_before: self.offset_flushed(),
+        };
+        let written = encode_record(message, &meta, &mut state.pending) as u64;
+        assert_eq!(written, record_len);
+        let facts = RecordFacts {
+            topic: &message.topic,
+            queue_id,
+            queue_offset,
+            log_offset,
+            size: record_len as u32,
+            tags_hash: keel_protocol::tags_hash(&message.tags),
+            store_timestamp_ms,
+            producer_id: message.producer_id,
+            sequence: message.sequence,
+            message_crc: message.message_crc,
+            segment_base,
+        };
+        // The topic and queue exist and the offset was just taken from the queue: the
+        // catalog cannot refuse it.
+        let filed = state.catalog.note(&facts, NewTopic::Known);
+        assert!(filed.is_ok(), "{filed:?}");
+        state.place(record_len, self.config.segment_size_bytes);
+        let index = facts.index_update();
+        state.appended(record_len, index);
+        self.progress
+            .appended
+            .store(state.offset_end, Ordering::Release);
+        AppendResult {
+            queue_id,
+            queue_offset,
+            log_offset,
+            offset_end: state.offset_end,
+            generation: state.generation,
+            duplicate: false,
+        }
+    }
+
+    /// Whether the append that returned (`generation`, `offset_end`) was discarded by a
+    /// disk-full rollback: it was never written, so it must be answered as not stored.
+    pub fn is_discarded(&self, generation: u64, offset_end: u64) -> bool {
+        if generation == self.progress.generation.load(Ordering::Acquire) {
+            return false;
+        }
+        let rollbacks = self
+            .rollbacks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        rollbacks
+            .get(generation as usize)
+            .is_some_and(|to| offset_end > *to)
+    }
+
+    /// Forgets every append at or after log offset `to` (none of it reached the disk),
+    /// after the flusher hit ENOSPC. Later appends start a new generation at `to`.
+    pub(crate) fn roll_back_appends(&self, to: u64, segment_active_base: u64) {
+        let mut state = self.lock_state();
+        let state = &mut *state;
+        assert!(to >= self.offset_written());
+        assert!(to <= state.offset_end);
+        state.pending.clear();
+        state.pending_base = to;
+        state.pending_index.clear();
+        state.segments_new.clear();
+        state.segment_active_base = segment_active_base;
+        let dropped = state.forget_from(to);
+        state.check_invariants();
+        self.rollbacks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(to);
+        state.generation += 1;
+        self.progress
+            .generation
+            .store(state.generation, Ordering::Release);
+        self.progress.appended.store(to, Ordering::Release);
+        // The partial record past `to` was cut from the file before this.
+        self.progress.attempted.store(to, Ordering::Release);
+        self.progress.disk_full.store(true, Ordering::Release);
+        log::error!(
+            "disk full: {dropped} record(s) after log offset {to} were not written and are refused"
+        );
+    }
+}
+
+/// Whether `messages` (one send, or a batch stored whole or not at all) is an idempotent
+/// producer's retry of messages already stored: `Some` with where each original is,
+/// `None` when they are all new. A sequence stored with another message, a batch that
+/// mixes stored and new sequences or repeats one, and a sequence older than the window
+/// are refused: none of them is a retry the broker can answer truthfully.
+fn retry_of(
+    producers: &Producers,
+    messages: &[Message],
+) -> Result<Option<Vec<StoredAt>>, AppendError> {
+    // A producer's batch numbers its messages in order; anything else is checked for
+    // repeats with a set (never pairwise: a batch may hold 65535 messages).
+    let in_order = messages.windows(2).all(|pair| {
+        pair[0].producer_id == pair[1].producer_id && pair[0].sequence < pair[1].sequence
+    });
+    let mut numbers = std::collections::HashSet::new();
+    let mut originals = Vec::new();
+    let mut new = 0usize;
+    for message in messages {
+        if message.producer_id == 0 {
+            new += 1;
+            continue;
+        }
+        let (producer_id, sequence) = (message.producer_id, message.sequence);
+        let mismatch = |detail: String| AppendError::SequenceMismatch {
+            producer_id,
+            sequence,
+            detail,
+        };
+        if !in_order && !numbers.insert((producer_id, sequence)) {
+            return Err(mismatch("appears twice in one batch".into()));
+        }
+        match producers.seen(producer_id, sequence) {
+            Seen::New => new += 1,
+            Seen::Duplicate(at) if at.message_crc != message.message_crc => {
+                return Err(mismatch(format!(
+                    "is already stored at log offset {} with another message (message_crc \
+                     {:08x}, this one {:08x})",
+                    at.log_offset, at.message_crc, message.message_crc
+                )));
+            }
+            Seen::Duplicate(at) => originals.push(at),
+            Seen::TooOld { oldest } => {
+                return Err(AppendError::SequenceTooOld {
+                    producer_id,
+                    sequence,
+                    oldest,
+                })
+            }
+        }
+    }
+    match (new, originals.len()) {
+        (_, 0) => Ok(None),
+        (0, _) => Ok(Some(originals)),
+        _ => Err(AppendError::SequenceMismatch {
+            producer_id: messages.first().map_or(0, |m| m.producer_id),
+            sequence: messages.first().map_or(0, |m| m.sequence),
+            detail: format!(
+                "starts a batch that mixes {} stored and {new} new messages",
+                originals.len()
+            ),
+        }),
+    }
+}

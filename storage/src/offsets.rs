@@ -1,0 +1,150 @@
+//! Topics and committed consumer offsets: changed in memory by callers, persisted by
+//! the metadata thread (`run_meta`), which callers wait on through version numbers.
+
+use crate::consume_queue::TopicQueues;
+use crate::store::Store;
+use crate::StoreError;
+use keel_protocol::{validate_topic, QUEUES_MAX};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl Store {
+    /// Creates a topic. Returns its queue count, whether it was created now, and the
+    /// metadata version that must be persisted before the creation is durable.
+    pub fn create_topic(&self, name: &str, queues: u32) -> Result<(u32, bool, u64), StoreError> {
+        validate_topic(name).map_err(|detail| StoreError::InvalidTopic(detail.to_string()))?;
+        if queues == 0 || queues > QUEUES_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "queue count {queues} is outside 1..={QUEUES_MAX}"
+            )));
+        }
+        let mut state = self.lock_state();
+        if let Some(topic) = state.catalog.topics.get(name) {
+            let count = topic.queue_count();
+            drop(state);
+            return Ok((count, false, self.meta.bump()));
+        }
+        state
+            .catalog
+            .topics
+            .insert(name.to_string(), TopicQueues::with_queues(queues));
+        drop(state);
+        Ok((queues, true, self.meta.bump()))
+    }
+
+    /// Records that `group` has consumed `topic`/`queue_id` below `offset`. Returns the
+    /// metadata version to wait for before telling the consumer it is durable.
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<u64, StoreError> {
+        validate_topic(group)
+            .map_err(|detail| StoreError::InvalidTopic(format!("invalid group name: {detail}")))?;
+        {
+            let state = self.lock_state();
+            let queue = state.catalog.queue(topic, queue_id)?;
+            if offset > queue.end() {
+                return Err(StoreError::InvalidArgument(format!(
+                    "offset {offset} is past the end of {topic}/{queue_id} ({})",
+                    queue.end()
+                )));
+            }
+        }
+        self.meta
+            .lock_offsets()
+            .insert((group.to_string(), topic.to_string(), queue_id), offset);
+        Ok(self.meta.bump())
+    }
+
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        self.meta
+            .lock_offsets()
+            .get(&(group.to_string(), topic.to_string(), queue_id))
+            .copied()
+    }
+
+    /// Every committed consumer offset: (group, topic, queue) -> offset.
+    pub fn consumer_offsets(&self) -> Vec<(String, String, u32, u64)> {
+        self.meta
+            .lock_offsets()
+            .iter()
+            .map(|((group, topic, queue), offset)| (group.clone(), topic.clone(), *queue, *offset))
+            .collect()
+    }
+
+    /// Slave side: takes the master's consumer offsets (they overwrite local ones).
+    /// Offsets for queues this log does not have yet are kept anyway.
+    pub fn apply_consumer_offsets(&self, offsets: &[(String, String, u32, u64)]) {
+        let mut changed = false;
+        {
+            let mut ours = self.meta.lock_offsets();
+            for (group, topic, queue, offset) in offsets {
+                let key = (group.clone(), topic.clone(), *queue);
+                if ours.get(&key) != Some(offset) {
+                    ours.insert(key, *offset);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.meta.bump();
+        }
+    }
+
+    /// Highest metadata version (topics, offsets) that is on disk.
+    pub fn meta_persisted(&self) -> u64 {
+        self.meta.persisted()
+    }
+
+    /// While topics and offsets cannot be persisted: whether the disk is full, and why.
+    pub fn meta_failure(&self) -> Option<(bool, String)> {
+        if !self.meta.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.meta.lock_failure().clone()
+    }
+
+    /// The metadata thread: persists topics and offsets whenever their version moves.
+    pub(crate) fn run_meta(&self) {
+        while let Some(version) = self.meta.wait_for_work() {
+            let topics: Vec<(String, Vec<u64>)> = {
+                let state = self.lock_state();
+                state
+                    .catalog
+                    .topics
+                    .iter()
+                    .map(|(name, topic)| {
+                        (
+                            name.clone(),
+                            topic.queues.iter().map(|queue| queue.first).collect(),
+                        )
+                    })
+                    .collect()
+            };
+            match self.meta.write_files(self.disk.as_ref(), &topics) {
+                Ok(()) => self.meta.publish(version),
+                Err(error) => {
+                    let disk_full = matches!(&error, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+                    *self.meta.lock_failure() = Some((disk_full, error.to_string()));
+                    self.meta.failed.store(true, Ordering::Release);
+                    self.notify_listeners();
+                    if self.meta.stop_requested() {
+                        log::error!("persisting topics and offsets failed at shutdown: {error}");
+                        return;
+                    }
+                    // Each attempt writes a whole new file and fsyncs it before the
+                    // rename, so a later success does prove the new contents durable.
+                    log::error!("persisting topics and offsets failed: {error}; retrying in 1 s");
+                    self.meta.pause_before_retry(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            self.meta.failed.store(false, Ordering::Release);
+            *self.meta.lock_failure() = None;
+            self.notify_listeners();
+        }
+    }
+}
