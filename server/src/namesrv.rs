@@ -10,6 +10,7 @@
 //! (at most `MAX_CONNECTIONS`), with timeouts; frames are decoded as hostile input like
 //! everywhere else.
 
+use crate::error::{BrokerError, Refusal};
 use bytes::BytesMut;
 use keel_protocol::{
     decode_frame, BrokerRegistration, BrokerRoute, ErrorCode, Request, Response,
@@ -59,7 +60,7 @@ impl NameServer {
 
     /// Records a registration, unless it is from a master that a newer one (a promoted
     /// slave, higher epoch) replaced: that one is told so and not recorded.
-    fn register(&self, registration: BrokerRegistration) -> Result<(), String> {
+    fn register(&self, registration: BrokerRegistration) -> Result<(), Refusal> {
         let key = (
             registration.broker_name.clone(),
             registration.address.clone(),
@@ -75,13 +76,16 @@ impl NameServer {
                     && other.epoch > registration.epoch
             });
             if let Some(newer) = newer {
-                return Err(format!(
-                    "{} has a newer master: {} at epoch {} (this one is at epoch {}); restart \
+                return Err(Refusal::new(
+                    ErrorCode::NotMaster,
+                    format!(
+                        "{} has a newer master: {} at epoch {} (this one is at epoch {}); restart \
                      this broker as its slave",
-                    registration.broker_name,
-                    newer.registration.address,
-                    newer.registration.epoch,
-                    registration.epoch
+                        registration.broker_name,
+                        newer.registration.address,
+                        newer.registration.epoch,
+                        registration.epoch
+                    ),
                 ));
             }
         }
@@ -202,7 +206,7 @@ impl NameServer {
                 }
                 match self.register(registration) {
                     Ok(()) => Response::Registered,
-                    Err(detail) => Response::error(ErrorCode::NotMaster, detail),
+                    Err(refusal) => refusal.response(),
                 }
             }
             Request::GetRoutes(topic) => Response::Routes(self.routes(&topic)),
@@ -216,18 +220,19 @@ impl NameServer {
         }
     }
 
-    fn serve(&self, mut stream: TcpStream) -> Result<(), String> {
-        stream
-            .set_read_timeout(Some(IDLE_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(10))))
-            .map_err(|e| e.to_string())?;
+    /// Serves one connection until it closes; a frame that does not decode is answered
+    /// with an error and ends it (`InvalidData`).
+    fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let invalid = |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
+        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
         let mut buffer = BytesMut::new();
         let mut chunk = [0u8; 8192];
         loop {
             let frame = match decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
-                    let read = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+                    let read = stream.read(&mut chunk)?;
                     if read == 0 {
                         return Ok(());
                     }
@@ -240,7 +245,7 @@ impl NameServer {
                     let mut out = Vec::new();
                     response.encode(0, &mut out);
                     let _ = stream.write_all(&out);
-                    return Err(format!("bad frame: {error}"));
+                    return Err(invalid(format!("bad frame: {error}")));
                 }
             };
             let response = match Request::decode(&frame) {
@@ -253,7 +258,7 @@ impl NameServer {
                     let mut out = Vec::new();
                     response.encode(frame.request_id, &mut out);
                     let _ = stream.write_all(&out);
-                    return Err(format!("bad {} body: {error}", frame.kind.name()));
+                    return Err(invalid(format!("bad {} body: {error}", frame.kind.name())));
                 }
             };
             if frame.is_oneway() {
@@ -261,16 +266,19 @@ impl NameServer {
             }
             let mut out = Vec::new();
             response.encode(frame.request_id, &mut out);
-            stream.write_all(&out).map_err(|e| e.to_string())?;
+            stream.write_all(&out)?;
         }
     }
 }
 
 /// Runs a name server on `listen` until the process is stopped.
-pub fn run(listen: SocketAddr, broker_timeout: Duration) -> Result<(), String> {
-    let listener =
-        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+pub fn run(listen: SocketAddr, broker_timeout: Duration) -> Result<(), BrokerError> {
+    let listen_error = |source| BrokerError::Listen {
+        address: listen,
+        source,
+    };
+    let listener = TcpListener::bind(listen).map_err(listen_error)?;
+    let address = listener.local_addr().map_err(listen_error)?;
     let server = Arc::new(NameServer::new(broker_timeout));
     log::info!(
         "name server on {address}; brokers are dropped after {} ms of silence",
@@ -357,7 +365,7 @@ mod tests {
             .register(registration("a", "h:2", BrokerRole::AsyncMaster, 3))
             .unwrap();
         let refused = server.register(registration("a", "h:1", BrokerRole::SyncMaster, 1));
-        assert!(refused.unwrap_err().contains("newer master"));
+        assert!(refused.unwrap_err().message.contains("newer master"));
         let masters: Vec<_> = server
             .routes("orders")
             .into_iter()

@@ -95,12 +95,12 @@ fn run(broker: &Broker) {
 }
 
 /// Delivers the due messages at the head of one level; returns how many.
-fn deliver_level(broker: &Broker, level: u32) -> Result<usize, String> {
+fn deliver_level(broker: &Broker, level: u32) -> Result<usize, DeliveryError> {
     let store = &broker.store;
     let committed = store.query_offset(SCHEDULER_GROUP, SCHEDULE_TOPIC, level);
     let read = store
         .read_queue(SCHEDULE_TOPIC, level, committed.unwrap_or(0), 64, 1 << 20)
-        .map_err(|e| e.to_string())?;
+        .map_err(DeliveryError::Read)?;
     let mut next = match read.status {
         keel_storage::ReadStatus::Found => committed.unwrap_or(0),
         keel_storage::ReadStatus::OffsetExpired => read.min_offset,
@@ -117,7 +117,7 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, String> {
     let mut count = 0usize;
     while position < read.records.len() {
         let record = keel_protocol::decode_record(&read.records[position..])
-            .map_err(|e| format!("a schedule record does not decode: {e}"))?;
+            .map_err(DeliveryError::Undecodable)?;
         position += record.total_size as usize;
         let due = get(&record.properties, property::DELIVER_AT)
             .and_then(|at| at.parse::<u64>().ok())
@@ -136,7 +136,7 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, String> {
         };
         let appended = store
             .append(&delivered(&record, real_topic, level), true, now)
-            .map_err(|e| format!("store the due message: {e}"))?;
+            .map_err(DeliveryError::Store)?;
         last_end = last_end.max(appended.offset_end);
         next = record.queue_offset + 1;
         count += 1;
@@ -148,7 +148,7 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.offset_local_durable() < last_end {
         if store.is_poisoned() || Instant::now() > deadline {
-            return Err("the delivered messages did not become durable".into());
+            return Err(DeliveryError::NotDurable);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -156,12 +156,38 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, String> {
     Ok(count)
 }
 
-fn commit(broker: &Broker, level: u32, next: u64) -> Result<(), String> {
+fn commit(broker: &Broker, level: u32, next: u64) -> Result<(), DeliveryError> {
     broker
         .store
         .commit_offset(SCHEDULER_GROUP, SCHEDULE_TOPIC, level, next)
         .map(|_| ())
-        .map_err(|e| format!("record delivery progress: {e}"))
+        .map_err(DeliveryError::Commit)
+}
+
+/// Why a level's due messages were not delivered this time (it is tried again).
+#[derive(Debug)]
+enum DeliveryError {
+    Read(keel_storage::StoreError),
+    Undecodable(keel_protocol::DecodeError),
+    Store(keel_storage::AppendError),
+    NotDurable,
+    Commit(keel_storage::StoreError),
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliveryError::Read(error) => write!(f, "read the schedule: {error}"),
+            DeliveryError::Undecodable(error) => {
+                write!(f, "a schedule record does not decode: {error}")
+            }
+            DeliveryError::Store(error) => write!(f, "store the due message: {error}"),
+            DeliveryError::NotDurable => {
+                f.write_str("the delivered messages did not become durable")
+            }
+            DeliveryError::Commit(error) => write!(f, "record delivery progress: {error}"),
+        }
+    }
 }
 
 /// When a message sent back `reconsume_times` times (1 = first failure) is due, and

@@ -1,4 +1,4 @@
-//! Crash-point sweep on the simulated disk (RELIABILITY.md tests 1 and 2).
+//! Crash-point sweep on the simulated disk (docs/TESTING.md, 1 and 2).
 //!
 //! For each crash point k, tail shape and flush mode: run random appends (small
 //! segments, so rolls happen) until the disk "crashes" at its k-th mutating operation,

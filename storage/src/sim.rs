@@ -1,5 +1,5 @@
 //! A simulated disk for crash and fault tests (the model behind redb's `CrashBackend`
-//! and the LazyFS experiments in RELIABILITY.md).
+//! and LazyFS, a filesystem that forgets unsynced writes; docs/TESTING.md).
 //!
 //! Each file has a *live* image (what reads see) and a *durable* image (what survives a
 //! crash): `sync_data` copies live to durable for that file; directory entries (creates,

@@ -766,7 +766,7 @@ fn an_idempotent_retry_is_answered_with_the_original_after_restart_and_on_a_slav
 }
 
 /// Damage judged by the evidence recovery has: the checkpoint, and `flushed_before` in
-/// later records this broker appended itself (RELIABILITY.md test 16).
+/// later records this broker appended itself (docs/TESTING.md, 4).
 mod evidence {
     use super::*;
     use crate::checkpoint::{Checkpoint, CheckpointFile};

@@ -3,7 +3,7 @@
 //! A send is `Ok` only if it got `SEND_OK`. An error from the broker (or a send that
 //! never left the client) is `Failed`: the message must not be stored. Any other
 //! status, a timeout or a cut connection is `Indeterminate`: the message may or may not
-//! be stored. The standard check (RELIABILITY.md): lost = ok - read must be empty,
+//! be stored. The standard check (docs/TESTING.md): lost = ok - read must be empty,
 //! unexpected (read, never sent) must be empty, and nothing failed may be read;
 //! duplicates and recovered indeterminate sends are counted.
 

@@ -32,16 +32,29 @@ pub(crate) fn on_message_info(shard: &mut Shard, to: ReplyTo, msg_id: u64, key: 
     }
 }
 
+type Info = Vec<(String, String)>;
+
+fn internal(error: keel_storage::StoreError) -> Refusal {
+    Refusal::internal(error.to_string())
+}
+
 /// Everything the broker knows of one message (by id, or the newest with `key`): where
 /// it is stored, how durable, which groups consumed and committed it, its retries and
 /// whether it was dead-lettered.
-fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Vec<(String, String)>, Refusal> {
+fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Info, Refusal> {
+    let record = find(broker, msg_id, key)?;
+    let mut info = placement(broker, &record);
+    group_states(broker, &record, &mut info);
+    copies(broker, &record, &mut info)?;
+    Ok(info)
+}
+
+/// The record with id `msg_id`, or (with `key`) the newest original carrying the key.
+fn find(broker: &Broker, msg_id: u64, key: &str) -> Result<Record, Refusal> {
     let store = &broker.store;
-    let internal = |error: keel_storage::StoreError| Refusal::internal(error.to_string());
     let record = if key.is_empty() {
         store.record_at(msg_id).map_err(internal)?
     } else {
-        // The newest original (not a retry copy) carrying the key.
         let mut found: Option<Record> = None;
         store
             .scan(|record| {
@@ -54,20 +67,32 @@ fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Vec<(String, 
             .map_err(internal)?;
         found
     };
-    let Some(record) = record else {
-        let what = if key.is_empty() {
-            format!("no message has id {}", message_id(msg_id))
-        } else {
-            format!("no message has key {key:?}")
-        };
-        return Err(Refusal::invalid(what));
-    };
-    let id = record.message_id();
+    record.ok_or_else(|| {
+        Refusal::invalid(match key.is_empty() {
+            true => format!("no message has id {}", message_id(msg_id)),
+            false => format!("no message has key {key:?}"),
+        })
+    })
+}
+
+fn yes_no(yes: bool) -> String {
+    if yes { "yes" } else { "no" }.to_string()
+}
+
+/// Where the record is and how durable.
+fn placement(broker: &Broker, record: &Record) -> Info {
+    let store = &broker.store;
     let end = record.log_offset + u64::from(record.total_size);
-    let stats = store.stats();
-    let yes_no = |yes: bool| if yes { "yes" } else { "no" }.to_string();
-    let mut info: Vec<(String, String)> = vec![
-        ("id".into(), id.clone()),
+    let replicated = match broker.ha() {
+        Ha::Master(master) => {
+            let acked = master.slaves().iter().map(|s| s.acked).max().unwrap_or(0);
+            yes_no(end <= acked)
+        }
+        Ha::Slave(_) => "yes (this broker is a slave)".into(),
+        Ha::None => "no slaves (standalone)".into(),
+    };
+    vec![
+        ("id".into(), record.message_id()),
         ("topic".into(), record.topic.clone()),
         ("queue".into(), record.queue_id.to_string()),
         ("queue_offset".into(), record.queue_offset.to_string()),
@@ -81,26 +106,20 @@ fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Vec<(String, 
             "message_crc_ok".into(),
             yes_no(record.message_crc_matches()),
         ),
-        ("flushed".into(), yes_no(end <= stats.offset_flushed)),
-    ];
-    let replicated = match broker.ha() {
-        Ha::Master(master) => {
-            let acked = master.slaves().iter().map(|s| s.acked).max().unwrap_or(0);
-            yes_no(end <= acked)
-        }
-        Ha::Slave(_) => "yes (this broker is a slave)".into(),
-        Ha::None => "no slaves (standalone)".into(),
-    };
-    info.push(("replicated".into(), replicated));
-    info.push((
-        "served_to_consumers".into(),
-        yes_no(end <= store.offset_durable()),
-    ));
+        ("flushed".into(), yes_no(end <= store.offset_flushed())),
+        ("replicated".into(), replicated),
+        (
+            "served_to_consumers".into(),
+            yes_no(end <= store.offset_durable()),
+        ),
+    ]
+}
 
-    // Groups: committed offsets and what pulls delivered, for this queue.
+/// Each group's state for the record: committed offsets and what pulls delivered.
+fn group_states(broker: &Broker, record: &Record, info: &mut Info) {
     let mut groups: std::collections::BTreeMap<String, (Option<u64>, Option<u64>)> =
         std::collections::BTreeMap::new();
-    for (group, topic, queue, offset) in store.consumer_offsets() {
+    for (group, topic, queue, offset) in broker.store.consumer_offsets() {
         if topic == record.topic && queue == record.queue_id && !group.starts_with('%') {
             groups.entry(group).or_default().0 = Some(offset);
         }
@@ -125,41 +144,41 @@ fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Vec<(String, 
         };
         info.push((format!("group {group}"), state.into()));
     }
+}
 
-    // Retries and dead letters: copies whose origin is this message.
+/// Retries and dead letters: the copies whose origin is the record.
+fn copies(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Refusal> {
+    let id = record.message_id();
     let mut retries = 0u32;
-    store
+    broker
+        .store
         .scan(|copy| {
-            if schedule::get(&copy.properties, property::ORIGIN_MSG_ID) != Some(id.as_str()) {
+            let get = |name: &str| schedule::get(&copy.properties, name);
+            if get(property::ORIGIN_MSG_ID) != Some(id.as_str()) {
                 return true;
             }
-            let times = schedule::get(&copy.properties, property::RECONSUME_TIMES).unwrap_or("?");
-            let reason = schedule::get(&copy.properties, property::REASON).unwrap_or("");
-            if copy.topic.starts_with("%DLQ%") {
-                let group = copy.topic.trim_start_matches("%DLQ%");
-                info.push((
-                    format!("dead_lettered {group}"),
-                    format!(
-                        "after {times} attempts, as {} ({reason})",
-                        copy.message_id()
-                    ),
-                ));
+            let times = get(property::RECONSUME_TIMES).unwrap_or("?");
+            let reason = get(property::REASON).unwrap_or("");
+            if let Some(group) = copy.topic.strip_prefix("%DLQ%") {
+                let what = format!(
+                    "after {times} attempts, as {} ({reason})",
+                    copy.message_id()
+                );
+                info.push((format!("dead_lettered {group}"), what));
             } else if copy.topic == SCHEDULE_TOPIC {
                 retries += 1;
-                let due = schedule::get(&copy.properties, property::DELIVER_AT).unwrap_or("?");
+                let due = get(property::DELIVER_AT).unwrap_or("?");
                 info.push((
                     format!("retry {retries}"),
                     format!("attempt {times} failed ({reason}); redelivery due at {due} ms"),
                 ));
-            } else if copy.topic.starts_with("%RETRY%") {
-                info.push((
-                    format!("redelivered {}", copy.topic.trim_start_matches("%RETRY%")),
-                    format!("as {} (after {times} failures)", copy.message_id()),
-                ));
+            } else if let Some(group) = copy.topic.strip_prefix("%RETRY%") {
+                let what = format!("as {} (after {times} failures)", copy.message_id());
+                info.push((format!("redelivered {group}"), what));
             }
             true
         })
         .map_err(internal)?;
     info.push(("retries".into(), retries.to_string()));
-    Ok(info)
+    Ok(())
 }

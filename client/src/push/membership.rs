@@ -1,0 +1,253 @@
+//! Group membership: heartbeats report the queues held and take what the broker
+//! grants; a queue taken away is let go once finished and committed; where a new queue
+//! starts; and which broker (the master, or a slave while it is unreachable) serves.
+
+use super::driver::Driver;
+use super::{QueueKey, QueueState, StartFrom};
+use crate::connection::{Connection, ConnectionOptions};
+use crate::ClientError;
+use keel_protocol::{
+    HeartbeatRequest, ListTopicsRequest, OffsetForTimeRequest, QueryOffsetRequest, Request,
+    Response,
+};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Connects to the first address that answers; returns it and its index.
+pub(super) fn connect_first(
+    addresses: &[SocketAddr],
+    options: &ConnectionOptions,
+) -> Result<(Connection, usize), ClientError> {
+    let mut last = ClientError::InvalidArgument("no broker address".into());
+    for (index, address) in addresses.iter().enumerate() {
+        match Connection::connect(*address, options) {
+            Ok(connection) => return Ok((connection, index)),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
+impl Driver {
+    /// Heartbeats each topic; takes up granted queues, lets go of revoked ones.
+    pub(super) fn heartbeat(&mut self) -> Result<(), ClientError> {
+        for topic_index in 0..self.topics.len() {
+            let owned: Vec<u32> = self
+                .queues
+                .keys()
+                .filter(|(t, _)| *t == topic_index)
+                .map(|(_, q)| *q)
+                .collect();
+            let request = Request::Heartbeat(HeartbeatRequest {
+                group: self.group.clone(),
+                topic: self.topics[topic_index].clone(),
+                member_id: self.member_id.clone(),
+                session_timeout_ms: self.options.session_timeout.as_millis() as u32,
+                owned: owned.clone(),
+            });
+            let assignment = match self.call(request)? {
+                Response::Assignment(assignment) => assignment,
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "{} in reply to HEARTBEAT",
+                        other.kind().name()
+                    )))
+                }
+            };
+            if self.stop.load(Ordering::Acquire) {
+                continue;
+            }
+            let granted: BTreeSet<u32> = assignment.queues.iter().copied().collect();
+            for queue_id in owned {
+                if !granted.contains(&queue_id) {
+                    let key = (topic_index, queue_id);
+                    if self.queues.get(&key).is_some_and(|q| !q.revoked) {
+                        log::info!(
+                            "consumer {}: queue {queue_id} of {} moves to another member",
+                            self.member_id,
+                            self.topics[topic_index]
+                        );
+                    }
+                    self.set_revoked(key, true);
+                }
+            }
+            for queue_id in granted {
+                let key = (topic_index, queue_id);
+                match self.queues.get(&key) {
+                    Some(_) => self.set_revoked(key, false),
+                    None => {
+                        let start = self.start_offset(topic_index, queue_id)?;
+                        self.queues.insert(
+                            key,
+                            QueueState {
+                                next_pull: start,
+                                in_flight: BTreeSet::new(),
+                                skipped: BTreeSet::new(),
+                                pulling: false,
+                                revoked: false,
+                                committed: None,
+                                committing: None,
+                                paused_until: None,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.release_revoked();
+        Ok(())
+    }
+
+    /// Marks a queue taken away (or given back): workers skip (or run) its jobs.
+    pub(super) fn set_revoked(&mut self, key: QueueKey, revoked: bool) {
+        let Some(queue) = self.queues.get_mut(&key) else {
+            return;
+        };
+        if queue.revoked == revoked {
+            return;
+        }
+        queue.revoked = revoked;
+        if !revoked && !queue.skipped.is_empty() {
+            // Kept after all: fetch the skipped messages again (and what followed them).
+            queue.next_pull = queue.commit_point();
+            queue.skipped.clear();
+        }
+        let mut set = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if revoked {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    pub(super) fn forget(&mut self, key: QueueKey) {
+        self.queues.remove(&key);
+        self.revoked
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&key);
+    }
+
+    /// Revoked queues with nothing in flight: commit and forget (the next heartbeat
+    /// reports them let go).
+    pub(super) fn release_revoked(&mut self) {
+        // A pull still in flight does not hold a queue back: its answer finds the queue
+        // gone and is dropped.
+        let done: Vec<QueueKey> = self
+            .queues
+            .iter()
+            .filter(|(_, queue)| queue.revoked && queue.in_flight.is_empty())
+            .map(|(key, _)| *key)
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        for key in done {
+            self.commit(key);
+            self.forget(key);
+        }
+        // Tell the broker now, so the new owner can start.
+        self.heartbeat_due = Instant::now();
+    }
+
+    /// The group's committed offset, or where `start_from` says for a new group.
+    pub(super) fn start_offset(
+        &self,
+        topic_index: usize,
+        queue_id: u32,
+    ) -> Result<u64, ClientError> {
+        let topic = &self.topics[topic_index];
+        let query = Request::QueryOffset(QueryOffsetRequest {
+            group: self.group.clone(),
+            topic: topic.clone(),
+            queue_id,
+        });
+        if let Response::Offset(Some(offset)) = self.call(query)? {
+            return Ok(offset);
+        }
+        // A retry topic is the group's own: all of it is for this group.
+        let start_from = if topic_index == 0 {
+            self.options.start_from
+        } else {
+            StartFrom::Earliest
+        };
+        let list = Request::ListTopics(ListTopicsRequest {
+            topic: topic.clone(),
+        });
+        let bounds = match self.call(list)? {
+            Response::TopicList(topics) => topics
+                .into_iter()
+                .find(|info| info.topic == *topic)
+                .and_then(|info| info.queues.get(queue_id as usize).copied()),
+            _ => None,
+        };
+        let Some(bounds) = bounds else {
+            return Ok(0);
+        };
+        Ok(match start_from {
+            StartFrom::Earliest => bounds.min_offset,
+            StartFrom::Latest => bounds.max_offset,
+            StartFrom::Timestamp(timestamp_ms) => {
+                let request = Request::OffsetForTime(OffsetForTimeRequest {
+                    topic: topic.clone(),
+                    queue_id,
+                    timestamp_ms,
+                });
+                match self.call(request)? {
+                    Response::Offset(Some(offset)) => offset,
+                    _ => bounds.min_offset,
+                }
+            }
+        })
+    }
+
+    /// A new connection when the current one died (the master first, then its
+    /// slaves), or back to the master once it answers again.
+    pub(super) fn reconnect_if_needed(&mut self) {
+        let back_to_primary = self.current > 0 && Instant::now() >= self.primary_retry_due;
+        if !self.connection.is_closed() && !back_to_primary {
+            return;
+        }
+        if back_to_primary {
+            self.primary_retry_due = Instant::now() + self.options.primary_retry;
+            if !self.connection.is_closed() {
+                let primary = Connection::connect(self.addresses[0], &self.options.connection);
+                if let Ok(connection) = primary {
+                    self.switch(connection, 0);
+                }
+                return;
+            }
+        }
+        match connect_first(&self.addresses, &self.options.connection) {
+            Ok((connection, index)) => self.switch(connection, index),
+            Err(error) => log::warn!("consumer {}: reconnect failed: {error}", self.member_id),
+        }
+    }
+
+    pub(super) fn switch(&mut self, connection: Connection, index: usize) {
+        if index != self.current {
+            log::warn!(
+                "consumer {}: now reading from {} ({})",
+                self.member_id,
+                self.addresses[index],
+                if index == 0 {
+                    "the broker"
+                } else {
+                    "a slave: its master is unreachable"
+                }
+            );
+        }
+        // Pulls in flight on the old connection end through their callbacks.
+        self.connection = connection;
+        self.current = index;
+        self.heartbeat_due = Instant::now();
+        for queue in self.queues.values_mut() {
+            queue.pulling = false;
+        }
+    }
+}
