@@ -62,6 +62,26 @@ impl Fixture {
         self.shard().dispatch(to, false, request);
     }
 
+    /// A 10 s long poll of queue 0 of `topic` from offset 0, run until it is parked.
+    fn park_a_long_poll(&mut self, to: ReplyTo, topic: &str) {
+        let pull = PullRequest {
+            group: "g".into(),
+            topic: topic.into(),
+            queue_id: 0,
+            queue_offset: 0,
+            max_messages: 10,
+            max_bytes: 1 << 20,
+            wait_ms: 10_000,
+        };
+        self.request(to, Request::Pull(pull));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shard().next_deadline().is_none() {
+            assert!(Instant::now() < deadline, "the pull never parked");
+            std::thread::sleep(Duration::from_millis(1));
+            self.shard().turn(Instant::now());
+        }
+    }
+
     /// Runs turns until `count` answers came out (or fails after 10 s); returns them in
     /// the order the loop would write them.
     fn answers(&mut self, count: usize) -> Vec<(ReplyTo, Response)> {
@@ -160,23 +180,8 @@ fn a_refused_send_is_answered_at_once_and_stores_nothing() {
 fn a_long_poll_parks_until_a_send_gives_it_something() {
     let mut fixture = Fixture::new(|_| {});
     create_topic(&mut fixture, "orders");
-    let pull = PullRequest {
-        group: "g".into(),
-        topic: "orders".into(),
-        queue_id: 0,
-        queue_offset: 0,
-        max_messages: 10,
-        max_bytes: 1 << 20,
-        wait_ms: 10_000,
-    };
-    fixture.request(to(2, 1), Request::Pull(pull));
     // The reader finds nothing and the pull parks: no answer, and the connection owes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fixture.shard().next_deadline().is_none() {
-        assert!(Instant::now() < deadline, "the pull never parked");
-        std::thread::sleep(Duration::from_millis(1));
-        fixture.shard().turn(Instant::now());
-    }
+    fixture.park_a_long_poll(to(2, 1), "orders");
     assert!(fixture.shard().outbox_is_empty());
     assert_eq!(fixture.shard().pulls_waiting(2), 1);
     fixture.request(to(3, 1), Request::Send(message("orders", "for the poll")));
@@ -300,22 +305,7 @@ fn a_group_commit_is_answered_once_on_disk_and_fenced_by_ownership() {
 fn a_closed_connection_is_owed_nothing_and_its_long_polls_go() {
     let mut fixture = Fixture::new(|_| {});
     create_topic(&mut fixture, "orders");
-    let pull = PullRequest {
-        group: String::new(),
-        topic: "orders".into(),
-        queue_id: 0,
-        queue_offset: 0,
-        max_messages: 1,
-        max_bytes: 1 << 20,
-        wait_ms: 10_000,
-    };
-    fixture.request(to(4, 1), Request::Pull(pull));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fixture.shard().next_deadline().is_none() {
-        assert!(Instant::now() < deadline, "the pull never parked");
-        std::thread::sleep(Duration::from_millis(1));
-        fixture.shard().turn(Instant::now());
-    }
+    fixture.park_a_long_poll(to(4, 1), "orders");
     assert!(fixture.shard().owes(4));
     fixture.shard().connection_closed(4);
     assert!(!fixture.shard().owes(4));

@@ -7,7 +7,7 @@
 use crate::consume_queue::{IndexEntry, IndexUpdate, QueueIndex, TopicQueues};
 use crate::producers::{Producers, StoredAt};
 use crate::StoreError;
-use keel_protocol::QUEUES_MAX;
+use keel_protocol::{Record, QUEUES_MAX};
 use std::collections::BTreeMap;
 
 /// The facts of one stored record that the catalog keeps.
@@ -27,7 +27,24 @@ pub(crate) struct RecordFacts<'a> {
     pub segment_base: u64,
 }
 
-impl RecordFacts<'_> {
+impl<'a> RecordFacts<'a> {
+    /// The facts of a decoded record that sits in the segment starting at `segment_base`.
+    pub(crate) fn of_record(record: &'a Record, segment_base: u64) -> RecordFacts<'a> {
+        RecordFacts {
+            topic: &record.topic,
+            queue_id: record.queue_id,
+            queue_offset: record.queue_offset,
+            log_offset: record.log_offset,
+            size: record.total_size,
+            tags_hash: record.tags_hash(),
+            store_timestamp_ms: record.store_timestamp_ms,
+            producer_id: record.producer_id,
+            sequence: record.sequence,
+            message_crc: record.message_crc,
+            segment_base,
+        }
+    }
+
     pub(crate) fn offset_end(&self) -> u64 {
         self.log_offset + u64::from(self.size)
     }

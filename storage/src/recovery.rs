@@ -255,19 +255,7 @@ fn scan_segment(
         }
         let recovered = RecoveredRecord {
             log_start,
-            facts: RecordFacts {
-                topic: &decoded.topic,
-                queue_id: decoded.queue_id,
-                queue_offset: decoded.queue_offset,
-                log_offset: decoded.log_offset,
-                size: decoded.total_size,
-                tags_hash: decoded.tags_hash(),
-                store_timestamp_ms: decoded.store_timestamp_ms,
-                producer_id: decoded.producer_id,
-                sequence: decoded.sequence,
-                message_crc: decoded.message_crc,
-                segment_base: base,
-            },
+            facts: RecordFacts::of_record(&decoded, base),
         };
         if let Err(detail) = on_record(recovered) {
             return Err(StoreError::Corruption {

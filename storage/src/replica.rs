@@ -6,6 +6,7 @@
 use crate::catalog::{NewTopic, RecordFacts};
 use crate::epochs::{self, Epoch};
 use crate::flusher::FlushTarget;
+use crate::state::AppendState;
 use crate::store::Store;
 use crate::StoreError;
 use keel_protocol::{decode_record, peek_record_header, RECORD_FIXED_LEN};
@@ -156,56 +157,23 @@ impl Store {
         }
         let mut taken = 0usize;
         let mut created = false;
-        let max_record = self.config.max_record_bytes;
-        let refused = |detail: String| StoreError::InvalidArgument(detail);
         while let Some(rest) = bytes.get(taken..) {
             let Some(header) = peek_record_header(rest) else {
                 break;
             };
-            if (header.total_size as usize) < RECORD_FIXED_LEN || header.total_size > max_record {
-                return Err(refused(format!(
-                    "the master sent a record of implausible size {} at log offset {}",
-                    header.total_size, state.offset_end
+            let size = header.total_size;
+            let max = self.config.max_record_bytes;
+            if (size as usize) < RECORD_FIXED_LEN || size > max {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the master sent a record of implausible size {size} at log offset {}",
+                    state.offset_end
                 )));
             }
-            let size = header.total_size as usize;
-            let Some(record_bytes) = rest.get(..size) else {
+            let Some(record_bytes) = rest.get(..size as usize) else {
                 break;
             };
-            let record = decode_record(record_bytes).map_err(|error| {
-                refused(format!(
-                    "the master sent a damaged record at log offset {}: {error}",
-                    state.offset_end
-                ))
-            })?;
-            if record.log_offset != state.offset_end {
-                return Err(refused(format!(
-                    "the master sent a record for log offset {} but this log ends at {}",
-                    record.log_offset, state.offset_end
-                )));
-            }
-            let segment_size = self.config.segment_size_bytes;
-            let facts = RecordFacts {
-                topic: &record.topic,
-                queue_id: record.queue_id,
-                queue_offset: record.queue_offset,
-                log_offset: record.log_offset,
-                size: record.total_size,
-                tags_hash: record.tags_hash(),
-                store_timestamp_ms: record.store_timestamp_ms,
-                producer_id: record.producer_id,
-                sequence: record.sequence,
-                message_crc: record.message_crc,
-                segment_base: state.segment_for(size as u64, segment_size),
-            };
-            let new_topic = NewTopic::WithQueues(self.config.default_queues);
-            created |= state.catalog.note(&facts, new_topic).map_err(|detail| {
-                refused(format!("the master sent an unusable record: {detail}"))
-            })?;
-            state.place(size as u64, segment_size);
-            state.pending.extend_from_slice(record_bytes);
-            state.appended(size as u64, facts.index_update());
-            taken += size;
+            created |= self.append_one_replicated(&mut state, record_bytes)?;
+            taken += size as usize;
         }
         state.check_invariants();
         self.progress
@@ -219,6 +187,40 @@ impl Store {
             self.meta.bump();
         }
         Ok(taken)
+    }
+
+    /// Checks one whole record from the master and appends it; returns whether a topic
+    /// or queue was created for it.
+    fn append_one_replicated(
+        &self,
+        state: &mut AppendState,
+        record_bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        let refused = |detail: String| StoreError::InvalidArgument(detail);
+        let record = decode_record(record_bytes).map_err(|error| {
+            refused(format!(
+                "the master sent a damaged record at log offset {}: {error}",
+                state.offset_end
+            ))
+        })?;
+        if record.log_offset != state.offset_end {
+            return Err(refused(format!(
+                "the master sent a record for log offset {} but this log ends at {}",
+                record.log_offset, state.offset_end
+            )));
+        }
+        let size = u64::from(record.total_size);
+        let segment_size = self.config.segment_size_bytes;
+        let facts = RecordFacts::of_record(&record, state.segment_for(size, segment_size));
+        let new_topic = NewTopic::WithQueues(self.config.default_queues);
+        let created = state
+            .catalog
+            .note(&facts, new_topic)
+            .map_err(|detail| refused(format!("the master sent an unusable record: {detail}")))?;
+        state.place(size, segment_size);
+        state.pending.extend_from_slice(record_bytes);
+        state.appended(size, facts.index_update());
+        Ok(created)
     }
 
     /// Slave side: cuts the log back to `to`, the end of a record (or the log start),
