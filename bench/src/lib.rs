@@ -1,39 +1,61 @@
-//! keel-bench: N producer connections sending fixed-size messages, with throughput and
-//! a latency histogram (send call to SEND_OK); optionally a consumer group on the same
-//! topic, with the end-to-end latency from send to handler. Starts its own keeld in a temporary
+//! keel-bench: N connections sending fixed-size messages to a keel broker, with
+//! throughput, latency percentiles, records per fsync and the broker's CPU per message;
+//! a line a second while it runs; optionally a consumer group on the same topic, with
+//! the end-to-end latency from send to handler. Starts its own keeld in a temporary
 //! directory unless `--broker` names a running one.
+//!
+//! Two engines: `loop` (the default) drives every connection from a few mio event loops
+//! and speaks the wire protocol directly, so it costs the machine little and the figures
+//! are the broker's; `client` runs one thread per producer through the client library,
+//! as an application would.
+
+mod client_engine;
+mod consumers;
+mod engine;
+mod report;
 
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
-use keel_client::{
-    Admin, ConsumeResult, Delivery, Message, Producer, ProducerOptions, PushConsumer,
-    PushConsumerOptions, SendStatus, StartFrom,
-};
+use consumers::Consumers;
+use keel_client::Admin;
+use report::{new_histogram, Recorder, Second, Summary, Totals};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
     name = "keel-bench",
     version,
-    about = "Load generator for keel with latency histograms"
+    about = "Load generator for keel: throughput, latency percentiles, and the broker's CPU per message"
 )]
 struct Args {
     /// Target a running broker instead of starting one.
     #[arg(long)]
     broker: Option<String>,
-    /// Producer connections (one thread each).
+    /// With --broker on this machine: its process id, to measure its CPU from /proc
+    /// (otherwise it is read from the broker's STATS).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Connections (producers).
     #[arg(long, default_value_t = 64)]
     producers: usize,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// sync: one request in flight per connection (a synchronous producer); async: up
+    /// to --window; oneway: no answers.
     #[arg(long, value_enum, default_value_t = Mode::Sync)]
     mode: Mode,
+    /// loop: event loops speaking the protocol (measures the broker); client: a thread
+    /// per producer through the client library (measures what an application sees).
+    #[arg(long, value_enum, default_value_t = Engine::Loop)]
+    engine: Engine,
+    /// Event-loop threads of the loop engine.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Flush mode of the broker this tool starts (ignored with --broker).
     #[arg(long, value_enum, default_value_t = Flush::Sync)]
     flush: Flush,
@@ -55,9 +77,14 @@ struct Args {
     /// Before the load, time this many 4 KiB append + fdatasync rounds in the data directory.
     #[arg(long, default_value_t = 0)]
     probe_fsync: u32,
-    /// Print one JSON object on stdout instead of the report.
+    /// Print one JSON object on stdout instead of the report (the lines a second still
+    /// go to stderr).
     #[arg(long)]
     json: bool,
+    /// Also write seconds.csv, summary.json and report.svg (throughput over time, latency
+    /// distribution) into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// keeld binary for the self-started broker (default: next to this binary, then PATH).
     #[arg(long)]
     keeld: Option<PathBuf>,
@@ -75,54 +102,24 @@ enum Mode {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Engine {
+    Loop,
+    Client,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum Flush {
     Sync,
     Async,
 }
 
-#[derive(Default)]
-struct Totals {
-    sent: AtomicU64,
-    ok: AtomicU64,
-    not_ok: AtomicU64,
-    errors: AtomicU64,
-    /// Failures and non-OK statuses by kind, for the report.
-    kinds: Mutex<std::collections::BTreeMap<String, u64>>,
-    /// Why the run ended early (the broker went away), if it did.
-    ended_early: Mutex<Option<String>>,
-}
-
-impl Totals {
-    fn count_kind(&self, kind: String, messages: u64) {
-        *self
-            .kinds
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .entry(kind)
-            .or_default() += messages;
-    }
-
-    fn kinds(&self) -> Vec<(String, u64)> {
-        self.kinds
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .iter()
-            .map(|(kind, count)| (kind.clone(), *count))
-            .collect()
-    }
-
-    fn end_early(&self, why: String) {
-        self.ended_early
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get_or_insert(why);
-    }
-
-    fn ended_early(&self) -> Option<String> {
-        self.ended_early
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
+impl Args {
+    /// Requests in flight per connection.
+    fn window(&self) -> usize {
+        match self.mode {
+            Mode::Sync => 1,
+            Mode::Async | Mode::Oneway => self.window,
+        }
     }
 }
 
@@ -188,10 +185,12 @@ fn run(args: &Args) -> Result<Verdict, String> {
         || args.size == 0
         || args.window == 0
         || args.batch == 0
+        || args.threads == 0
         || args.batch > 65535
     {
         return Err(
-            "--producers, --size, --window and --batch must be at least 1 (--batch at most 65535)"
+            "--producers, --size, --window, --threads and --batch must be at least 1 (--batch \
+             at most 65535)"
                 .into(),
         );
     }
@@ -211,14 +210,20 @@ fn run(args: &Args) -> Result<Verdict, String> {
             address
         }
     };
-    let outcome = load(args, &address, fsync_p50_us);
+    let broker_pid = own_broker.as_ref().map(Child::id).or(args.broker_pid);
+    let outcome = load(args, &address, broker_pid, fsync_p50_us);
     if let Some(child) = own_broker {
         stop_broker(child);
     }
     outcome
 }
 
-fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<Verdict, String> {
+fn load(
+    args: &Args,
+    address: &str,
+    broker_pid: Option<u32>,
+    fsync_p50_us: Option<f64>,
+) -> Result<Verdict, String> {
     let admin = Admin::connect(address).map_err(|e| e.to_string())?;
     admin
         .create_topic(&args.topic, 8)
@@ -227,37 +232,17 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<Verdict
     let group = Consumers::start(address, &args.topic, args.consumers)?;
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let per_producer = args
-        .count
-        .map(|count| count.div_ceil(args.producers as u64));
+    let broker_cpu = BrokerCpu::new(broker_pid, address);
+    let cpu_before = broker_cpu.sample();
+    let own_before = own_cpu_us();
     let started = Instant::now();
-    let threads: Vec<_> = (0..args.producers)
-        .map(|index| {
-            let (address, totals, stop) = (address.to_string(), totals.clone(), stop.clone());
-            let shape = Shape {
-                mode: args.mode,
-                size: args.size,
-                stamp: args.consumers > 0,
-                window: args.window,
-                batch: args.batch,
-            };
-            let topic = args.topic.clone();
-            std::thread::spawn(move || {
-                let outcome =
-                    producer_loop(index, &address, &topic, shape, per_producer, &totals, &stop);
-                if let Err(error) = &outcome {
-                    // A producer that cannot even connect: the broker is gone.
-                    totals.end_early(error.clone());
-                    stop.store(true, Ordering::Relaxed);
-                }
-                outcome
-            })
-        })
-        .collect();
+    let (threads, recorders) = start_engine(args, address, &totals, &stop)?;
     let deadline = args
         .count
         .is_none()
         .then(|| started + Duration::from_secs_f64(args.duration.unwrap_or(10.0).max(0.1)));
+    let mut seconds = Vec::new();
+    let mut tick = Ticker::new(started, cpu_before, totals.ok.load(Ordering::Relaxed));
     while !threads.iter().all(|thread| thread.is_finished()) {
         if interrupted() {
             totals.end_early("interrupted".into());
@@ -266,17 +251,24 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<Verdict
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             stop.store(true, Ordering::Relaxed);
         }
+        if let Some(second) = tick.due(args, &recorders, &broker_cpu, &totals) {
+            eprintln!("{}", second.line());
+            seconds.push(second);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut histogram = new_histogram();
     for thread in threads {
-        match thread.join() {
-            Ok(Ok(local)) => histogram.add(&local).map_err(|e| e.to_string())?,
-            Ok(Err(_)) => {}
-            Err(_) => totals.end_early("a producer thread panicked".into()),
+        if thread.join().is_err() {
+            totals.end_early("a load thread panicked".into());
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = broker_cpu.sample();
+    let own_used = own_cpu_us().saturating_sub(own_before);
+    let mut latency = new_histogram();
+    for recorder in &recorders {
+        latency.add(recorder.total()).map_err(|e| e.to_string())?;
+    }
     let consumed = group.map(|group| group.finish(totals.ok.load(Ordering::Relaxed), started));
     let after = stats(&admin);
     let delta = |name: &str| {
@@ -295,75 +287,66 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<Verdict
     let sent = totals.sent.load(Ordering::Relaxed);
     let ok = totals.ok.load(Ordering::Relaxed);
     let counted = if args.mode == Mode::Oneway { sent } else { ok };
-    let msgs_per_sec = counted as f64 / elapsed;
-    let mb_per_sec = msgs_per_sec * args.size as f64 / 1e6;
-    let quantile = |q: f64| histogram.value_at_quantile(q);
-    let flush = if args.broker.is_some() {
-        "external".to_string()
-    } else {
-        format!("{:?}", args.flush).to_lowercase()
+    let per_message = |micros: u64| micros as f64 / counted.max(1) as f64;
+    let broker_cpu_us_per_msg = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some(per_message(after.saturating_sub(before))),
+        _ => None,
     };
-    let ended_early = totals.ended_early();
-    let kinds = totals.kinds();
+    let flush = match (&args.broker, after.get("flush_sync")) {
+        (_, Some(1)) => "sync".to_string(),
+        (_, Some(_)) => "async".to_string(),
+        (Some(_), None) => "unknown".to_string(),
+        (None, None) => format!("{:?}", args.flush).to_lowercase(),
+    };
+    let role = after
+        .get("role")
+        .and_then(|role| keel_client::BrokerRole::from_u8(*role as u8))
+        .map_or("unknown".to_string(), |role| role.to_string());
+    let summary = Summary {
+        engine: match args.engine {
+            Engine::Loop => "loop",
+            Engine::Client => "client",
+        },
+        connections: args.producers,
+        threads: match args.engine {
+            Engine::Loop => args.threads.clamp(1, args.producers),
+            Engine::Client => args.producers,
+        },
+        window: args.window(),
+        size: args.size,
+        batch: args.batch,
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        flush,
+        role,
+        slaves_in_sync: after.get("slaves_in_sync").copied(),
+        elapsed_s: elapsed,
+        sent,
+        ok,
+        not_ok: totals.not_ok.load(Ordering::Relaxed),
+        errors: totals.errors.load(Ordering::Relaxed),
+        kinds: totals.kinds(),
+        ended_early: totals.ended_early(),
+        msgs_per_sec: counted as f64 / elapsed,
+        mb_per_sec: counted as f64 / elapsed * args.size as f64 / 1e6,
+        latency,
+        fsyncs,
+        records_per_fsync,
+        broker_cpu_us_per_msg,
+        bench_cpu_us_per_msg: per_message(own_used),
+        fsync_p50_us,
+        consumers: consumed,
+        seconds,
+    };
     if args.json {
-        let kinds_json: Vec<String> = kinds
-            .iter()
-            .map(|(kind, count)| format!("{kind:?}:{count}"))
-            .collect();
-        println!(
-            "{{\"producers\":{},\"size\":{},\"batch\":{},\"mode\":\"{}\",\"flush\":\"{flush}\",\"elapsed_s\":{elapsed:.3},\"sent\":{sent},\"ok\":{ok},\"not_ok\":{},\"errors\":{},\"failures\":{{{}}},\"ended_early\":{},\"msgs_per_sec\":{msgs_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"fsyncs\":{fsyncs},\"records_per_fsync\":{records_per_fsync:.1},\"fsync_p50_us\":{}}}",
-            args.producers,
-            args.size,
-            args.batch,
-            format!("{:?}", args.mode).to_lowercase(),
-            totals.not_ok.load(Ordering::Relaxed),
-            totals.errors.load(Ordering::Relaxed),
-            kinds_json.join(","),
-            ended_early
-                .as_ref()
-                .map_or("null".to_string(), |why| format!("{why:?}")),
-            quantile(0.5),
-            quantile(0.99),
-            quantile(0.999),
-            histogram.max(),
-            fsync_p50_us.map_or("null".to_string(), |value| format!("{value:.1}")),
-        );
+        println!("{}", summary.json());
     } else {
-        println!(
-            "keel-bench: {} producers, {} B, {:?} send, flush {flush}, {elapsed:.2} s",
-            args.producers, args.size, args.mode
-        );
-        println!(
-            "sent {sent}  SEND_OK {ok}  other status {}  errors {}",
-            totals.not_ok.load(Ordering::Relaxed),
-            totals.errors.load(Ordering::Relaxed)
-        );
-        for (kind, count) in &kinds {
-            println!("  {count} x {kind}");
-        }
-        if let Some(why) = &ended_early {
-            println!("the run ended early ({why}): the figures cover what ran until then");
-        }
-        println!("throughput: {msgs_per_sec:.0} msgs/s, {mb_per_sec:.1} MB/s");
-        if args.mode != Mode::Oneway {
-            println!(
-                "latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
-                quantile(0.5),
-                quantile(0.99),
-                quantile(0.999),
-                histogram.max()
-            );
-        }
-        println!("broker: {fsyncs} fsyncs, {records_per_fsync:.1} records per fsync");
-        if let Some(report) = &consumed {
-            println!("{report}");
-        }
-        if let Some(p50) = fsync_p50_us {
-            println!("disk: fdatasync of a 4 KiB append, median {p50:.1} us");
-        }
+        print!("{}", summary.text());
     }
-    let failed = totals.not_ok.load(Ordering::Relaxed) + totals.errors.load(Ordering::Relaxed);
-    Ok(match (ended_early, failed) {
+    if let Some(dir) = &args.out {
+        summary.write_out(dir)?;
+    }
+    let failed = summary.not_ok + summary.errors;
+    Ok(match (summary.ended_early, failed) {
         (Some(why), _) => Verdict::Failed(format!("the run ended early: {why}")),
         (None, 0) => Verdict::Clean,
         (None, failed) => Verdict::Failed(format!(
@@ -372,273 +355,209 @@ fn load(args: &Args, address: &str, fsync_p50_us: Option<f64>) -> Result<Verdict
     })
 }
 
-fn now_us() -> u64 {
+type LoadThreads = Vec<std::thread::JoinHandle<()>>;
+
+/// Starts the load: the loop engine's threads, or one thread per producer.
+fn start_engine(
+    args: &Args,
+    address: &str,
+    totals: &Arc<Totals>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(LoadThreads, Vec<Arc<Recorder>>), String> {
+    let per_connection = |messages: u64| messages.div_ceil(args.producers as u64);
+    match args.engine {
+        Engine::Loop => {
+            let socket_address = std::net::ToSocketAddrs::to_socket_addrs(address)
+                .map_err(|e| format!("resolve {address}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{address} resolves to nothing"))?;
+            let plan = engine::Plan {
+                address: socket_address,
+                connections: args.producers,
+                threads: args.threads.clamp(1, args.producers),
+                window: args.window(),
+                oneway: args.mode == Mode::Oneway,
+                topic: args.topic.clone(),
+                size: args.size,
+                batch: args.batch,
+                stamp: args.consumers > 0,
+                requests_per_connection: args
+                    .count
+                    .map(|count| per_connection(count).div_ceil(args.batch as u64)),
+            };
+            let recorders: Vec<Arc<Recorder>> = (0..plan.threads)
+                .map(|_| Arc::new(Recorder::new()))
+                .collect();
+            let (totals, stop, shared) = (totals.clone(), stop.clone(), recorders.clone());
+            let thread = std::thread::Builder::new()
+                .name("bench-engine".into())
+                .spawn(move || {
+                    if let Err(error) = engine::run(&plan, &totals, &stop, &shared) {
+                        totals.end_early(error);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                })
+                .map_err(|e| format!("cannot start the load: {e}"))?;
+            Ok((vec![thread], recorders))
+        }
+        Engine::Client => {
+            let recorder = Arc::new(Recorder::new());
+            let shape = client_engine::Shape {
+                mode: args.mode,
+                size: args.size,
+                stamp: args.consumers > 0,
+                window: args.window(),
+                batch: args.batch,
+            };
+            let threads = (0..args.producers)
+                .map(|index| {
+                    let (address, totals, stop) =
+                        (address.to_string(), totals.clone(), stop.clone());
+                    let (topic, recorder) = (args.topic.clone(), recorder.clone());
+                    let count = args.count.map(per_connection);
+                    std::thread::spawn(move || {
+                        let outcome = client_engine::producer_loop(
+                            index, &address, &topic, shape, count, &totals, &stop, &recorder,
+                        );
+                        if let Err(error) = outcome {
+                            // A producer that cannot even connect: the broker is gone.
+                            totals.end_early(error);
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            Ok((threads, vec![recorder]))
+        }
+    }
+}
+
+/// The line a second: throughput and latency of that second, and the broker's CPU.
+struct Ticker {
+    started: Instant,
+    next: Instant,
+    cpu: Option<u64>,
+    ok: u64,
+}
+
+impl Ticker {
+    fn new(started: Instant, cpu: Option<u64>, ok: u64) -> Ticker {
+        Ticker {
+            started,
+            next: started + Duration::from_secs(1),
+            cpu,
+            ok,
+        }
+    }
+
+    fn due(
+        &mut self,
+        args: &Args,
+        recorders: &[Arc<Recorder>],
+        broker_cpu: &BrokerCpu,
+        totals: &Totals,
+    ) -> Option<Second> {
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        let span = (now - (self.next - Duration::from_secs(1))).as_secs_f64();
+        self.next += Duration::from_secs(1);
+        let mut latency = new_histogram();
+        for recorder in recorders {
+            let (second, _) = recorder.take_second();
+            let _ = latency.add(second);
+        }
+        let counted = match args.mode {
+            Mode::Oneway => totals.sent.load(Ordering::Relaxed),
+            _ => totals.ok.load(Ordering::Relaxed),
+        };
+        let messages = counted.saturating_sub(self.ok);
+        self.ok = counted;
+        let cpu = broker_cpu.sample();
+        let broker_cpu_us_per_msg = match (self.cpu, cpu) {
+            (Some(before), Some(after)) if messages > 0 => {
+                Some(after.saturating_sub(before) as f64 / messages as f64)
+            }
+            _ => None,
+        };
+        self.cpu = cpu;
+        let msgs_per_sec = messages as f64 / span.max(1e-3);
+        Some(Second {
+            at_s: (now - self.started).as_secs_f64(),
+            msgs_per_sec,
+            mb_per_sec: msgs_per_sec * args.size as f64 / 1e6,
+            p50_us: latency.value_at_quantile(0.5),
+            p99_us: latency.value_at_quantile(0.99),
+            max_us: latency.max(),
+            broker_cpu_us_per_msg,
+        })
+    }
+}
+
+/// Where the broker's CPU time comes from: /proc of its pid (when this tool started it,
+/// or `--broker-pid`), else its STATS (`cpu_user_us` + `cpu_system_us`).
+enum BrokerCpu {
+    Proc(u32),
+    Stats(Admin),
+    Unknown,
+}
+
+impl BrokerCpu {
+    fn new(pid: Option<u32>, address: &str) -> BrokerCpu {
+        match pid {
+            Some(pid) => BrokerCpu::Proc(pid),
+            None => match Admin::connect(address) {
+                Ok(admin) => BrokerCpu::Stats(admin),
+                Err(_) => BrokerCpu::Unknown,
+            },
+        }
+    }
+
+    /// CPU microseconds the broker used so far (user + system).
+    fn sample(&self) -> Option<u64> {
+        match self {
+            BrokerCpu::Proc(pid) => proc_cpu_us(*pid),
+            BrokerCpu::Stats(admin) => {
+                let stats: std::collections::HashMap<String, u64> =
+                    admin.stats().ok()?.into_iter().collect();
+                Some(stats.get("cpu_user_us")? + stats.get("cpu_system_us")?)
+            }
+            BrokerCpu::Unknown => None,
+        }
+    }
+}
+
+/// utime + stime of a process, from /proc/PID/stat, in microseconds.
+fn proc_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its ')' are plain.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000 / hz)
+}
+
+/// CPU microseconds this process used so far (every thread, user + system).
+fn own_cpu_us() -> u64 {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0;
+        }
+        usage
+    };
+    let micros =
+        |time: libc::timeval| (time.tv_sec.max(0) as u64) * 1_000_000 + time.tv_usec.max(0) as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_micros() as u64)
-}
-
-/// A push consumer group on the bench topic, measuring send-to-handler latency.
-struct Consumers {
-    members: Vec<PushConsumer>,
-    handled: Arc<AtomicU64>,
-    last_handled: Arc<Mutex<Instant>>,
-    latency: Arc<Mutex<Histogram<u64>>>,
-}
-
-impl Consumers {
-    fn start(address: &str, topic: &str, count: usize) -> Result<Option<Consumers>, String> {
-        if count == 0 {
-            return Ok(None);
-        }
-        let group = format!("bench-{}-{}", std::process::id(), now_us());
-        let handled = Arc::new(AtomicU64::new(0));
-        let last_handled = Arc::new(Mutex::new(Instant::now()));
-        let latency = Arc::new(Mutex::new(new_histogram()));
-        let mut members = Vec::with_capacity(count);
-        for _ in 0..count {
-            let (handled, last, latency) = (handled.clone(), last_handled.clone(), latency.clone());
-            let options = PushConsumerOptions {
-                start_from: StartFrom::Latest,
-                heartbeat_interval: Duration::from_millis(200),
-                ..PushConsumerOptions::default()
-            };
-            let consumer =
-                PushConsumer::start(address, &group, topic, options, move |d: &Delivery| {
-                    let payload = &d.record.payload;
-                    if payload.len() >= 8 {
-                        let mut sent = [0u8; 8];
-                        sent.copy_from_slice(&payload[..8]);
-                        let micros = now_us().saturating_sub(u64::from_le_bytes(sent)).max(1);
-                        let _ = latency
-                            .lock()
-                            .unwrap_or_else(|poison| poison.into_inner())
-                            .record(micros.min(60_000_000));
-                    }
-                    handled.fetch_add(1, Ordering::Relaxed);
-                    *last.lock().unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
-                    ConsumeResult::Success
-                })
-                .map_err(|e| format!("consumer: {e}"))?;
-            members.push(consumer);
-        }
-        // Let the members join and split the queues before the load starts.
-        std::thread::sleep(Duration::from_millis(1500));
-        Ok(Some(Consumers {
-            members,
-            handled,
-            last_handled,
-            latency,
-        }))
-    }
-
-    /// Waits (up to 30 s) until `expected` messages were handled; returns the report.
-    fn finish(self, expected: u64, started: Instant) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.handled.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let handled = self.handled.load(Ordering::Relaxed);
-        let last = *self
-            .last_handled
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let seconds = last
-            .saturating_duration_since(started)
-            .as_secs_f64()
-            .max(0.001);
-        let latency = self
-            .latency
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        let members = self.members.len();
-        for member in self.members {
-            let _ = member.shutdown();
-        }
-        format!(
-            "consumers: {members} in one group handled {handled} of {expected} SEND_OK messages, \
-             {:.0} msgs/s; send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
-            handled as f64 / seconds,
-            latency.value_at_quantile(0.5),
-            latency.value_at_quantile(0.99),
-            latency.value_at_quantile(0.999),
-            latency.max()
-        )
-    }
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
-/// What each producer sends.
-#[derive(Clone, Copy)]
-struct Shape {
-    mode: Mode,
-    size: usize,
-    window: usize,
-    batch: usize,
-    /// Put the send time (us since the epoch) in the first 8 payload bytes.
-    stamp: bool,
-}
-
-fn producer_loop(
-    index: usize,
-    address: &str,
-    topic: &str,
-    shape: Shape,
-    count: Option<u64>,
-    totals: &Arc<Totals>,
-    stop: &AtomicBool,
-) -> Result<Histogram<u64>, String> {
-    let producer = Producer::connect(address, ProducerOptions::default())
-        .map_err(|e| format!("producer {index}: {e}"))?;
-    let payload = bytes_of(shape.size, index);
-    let histogram = Arc::new(Mutex::new(new_histogram()));
-    let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let batch = shape.batch as u64;
-    let mut sent = 0u64;
-    while !stop.load(Ordering::Relaxed)
-        && count.is_none_or(|count| sent < count)
-        && totals.ended_early().is_none()
-    {
-        let payload = if shape.stamp {
-            let mut stamped = payload.clone();
-            let now = now_us().to_le_bytes();
-            let length = stamped.len().min(8);
-            stamped[..length].copy_from_slice(&now[..length]);
-            stamped
-        } else {
-            payload.clone()
-        };
-        let messages: Vec<Message> = (0..shape.batch)
-            .map(|_| Message::new(topic, payload.clone()))
-            .collect();
-        sent += batch;
-        totals.sent.fetch_add(batch, Ordering::Relaxed);
-        let started = Instant::now();
-        match shape.mode {
-            Mode::Sync if shape.batch > 1 => {
-                let outcome = producer.send_batch(messages);
-                record(
-                    totals,
-                    &histogram,
-                    started,
-                    outcome.map(|result| result.status),
-                    batch,
-                );
-            }
-            Mode::Sync => {
-                let outcome = messages
-                    .into_iter()
-                    .next()
-                    .map(|message| producer.send(message));
-                let outcome = outcome.unwrap_or(Err(keel_client::ClientError::Timeout));
-                record(
-                    totals,
-                    &histogram,
-                    started,
-                    outcome.map(|result| result.status),
-                    1,
-                );
-            }
-            Mode::Async => {
-                let (lock, available) = &*in_flight;
-                let mut count = lock.lock().unwrap_or_else(|poison| poison.into_inner());
-                while *count >= shape.window {
-                    count = available
-                        .wait(count)
-                        .unwrap_or_else(|poison| poison.into_inner());
-                }
-                *count += 1;
-                drop(count);
-                let (totals, histogram, in_flight) =
-                    (totals.clone(), histogram.clone(), in_flight.clone());
-                let done = move |status: Result<SendStatus, keel_client::ClientError>| {
-                    record(&totals, &histogram, started, status, batch);
-                    let (lock, available) = &*in_flight;
-                    *lock.lock().unwrap_or_else(|poison| poison.into_inner()) -= 1;
-                    available.notify_one();
-                };
-                if shape.batch > 1 {
-                    producer.send_batch_async(messages, move |outcome| {
-                        done(outcome.map(|result| result.status))
-                    });
-                } else if let Some(message) = messages.into_iter().next() {
-                    producer.send_async(message, move |outcome| {
-                        done(outcome.map(|result| result.status))
-                    });
-                }
-            }
-            Mode::Oneway => {
-                for message in messages {
-                    if let Err(error) = producer.send_oneway(message) {
-                        totals.errors.fetch_add(1, Ordering::Relaxed);
-                        totals.count_kind(format!("ONEWAY_NOT_SENT ({error})"), 1);
-                        if matches!(error, keel_client::ClientError::Connect { .. }) {
-                            totals.end_early(format!("the broker went away: {error}"));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let (lock, available) = &*in_flight;
-    let mut count = lock.lock().unwrap_or_else(|poison| poison.into_inner());
-    while *count > 0 {
-        count = available
-            .wait(count)
-            .unwrap_or_else(|poison| poison.into_inner());
-    }
-    drop(count);
-    let histogram = histogram
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .clone();
-    Ok(histogram)
-}
-
-fn record(
-    totals: &Totals,
-    histogram: &Mutex<Histogram<u64>>,
-    started: Instant,
-    outcome: Result<SendStatus, keel_client::ClientError>,
-    messages: u64,
-) {
-    let micros = started.elapsed().as_micros().max(1) as u64;
-    match outcome {
-        Ok(SendStatus::SendOk) => {
-            totals.ok.fetch_add(messages, Ordering::Relaxed);
-            let _ = histogram
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .record(micros.min(60_000_000));
-        }
-        Ok(status) => {
-            totals.not_ok.fetch_add(messages, Ordering::Relaxed);
-            totals.count_kind(status.name().to_string(), messages);
-        }
-        Err(error) => {
-            totals.errors.fetch_add(messages, Ordering::Relaxed);
-            let kind = match &error {
-                keel_client::ClientError::Broker(refusal) => refusal.code.name().to_string(),
-                keel_client::ClientError::Connect { .. } => "CANNOT_CONNECT".to_string(),
-                other if other.is_outcome_unknown() => "OUTCOME_UNKNOWN".to_string(),
-                _ => "CLIENT_ERROR".to_string(),
-            };
-            if matches!(error, keel_client::ClientError::Connect { .. }) {
-                totals.end_early(format!("the broker went away: {error}"));
-            }
-            totals.count_kind(kind, messages);
-        }
-    }
-}
-
-fn bytes_of(size: usize, seed: usize) -> Vec<u8> {
-    (0..size)
-        .map(|index| b'a' + ((index * 31 + seed * 7) % 26) as u8)
-        .collect()
 }
 
 fn stats(admin: &Admin) -> std::collections::HashMap<String, u64> {

@@ -159,11 +159,14 @@ impl Broker {
         let counters = &self.counters;
         let average_batch = store.records_flushed.checked_div(store.fsyncs).unwrap_or(0);
         let mut stats = self.replication_stats();
+        let (cpu_user_us, cpu_system_us) = process_cpu_us();
         stats.extend(vec![
             (
                 "uptime_ms".into(),
                 self.started.elapsed().as_millis() as u64,
             ),
+            ("cpu_user_us".into(), cpu_user_us),
+            ("cpu_system_us".into(), cpu_system_us),
             (
                 "flush_sync".into(),
                 u64::from(self.config.flush == crate::config::Flush::Sync),
@@ -268,4 +271,19 @@ impl Broker {
         }
         stats
     }
+}
+
+/// CPU time this process used so far, every thread, in microseconds: (user, system).
+pub fn process_cpu_us() -> (u64, u64) {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return (0, 0);
+        }
+        usage
+    };
+    let micros =
+        |time: libc::timeval| (time.tv_sec.max(0) as u64) * 1_000_000 + time.tv_usec.max(0) as u64;
+    (micros(usage.ru_utime), micros(usage.ru_stime))
 }

@@ -1,0 +1,104 @@
+//! `--consumers N`: a push consumer group on the bench topic, measuring the latency
+//! from send to handler (the payload carries its send time).
+
+use crate::now_us;
+use crate::report::new_histogram;
+use hdrhistogram::Histogram;
+use keel_client::{ConsumeResult, Delivery, PushConsumer, PushConsumerOptions, StartFrom};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A push consumer group on the bench topic, measuring send-to-handler latency.
+pub(crate) struct Consumers {
+    members: Vec<PushConsumer>,
+    handled: Arc<AtomicU64>,
+    last_handled: Arc<Mutex<Instant>>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Consumers {
+    pub(crate) fn start(
+        address: &str,
+        topic: &str,
+        count: usize,
+    ) -> Result<Option<Consumers>, String> {
+        if count == 0 {
+            return Ok(None);
+        }
+        let group = format!("bench-{}-{}", std::process::id(), now_us());
+        let handled = Arc::new(AtomicU64::new(0));
+        let last_handled = Arc::new(Mutex::new(Instant::now()));
+        let latency = Arc::new(Mutex::new(new_histogram()));
+        let mut members = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (handled, last, latency) = (handled.clone(), last_handled.clone(), latency.clone());
+            let options = PushConsumerOptions {
+                start_from: StartFrom::Latest,
+                heartbeat_interval: Duration::from_millis(200),
+                ..PushConsumerOptions::default()
+            };
+            let consumer =
+                PushConsumer::start(address, &group, topic, options, move |d: &Delivery| {
+                    let payload = &d.record.payload;
+                    if payload.len() >= 8 {
+                        let mut sent = [0u8; 8];
+                        sent.copy_from_slice(&payload[..8]);
+                        let micros = now_us().saturating_sub(u64::from_le_bytes(sent)).max(1);
+                        let _ = latency
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner())
+                            .record(micros.min(60_000_000));
+                    }
+                    handled.fetch_add(1, Ordering::Relaxed);
+                    *last.lock().unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+                    ConsumeResult::Success
+                })
+                .map_err(|e| format!("consumer: {e}"))?;
+            members.push(consumer);
+        }
+        // Let the members join and split the queues before the load starts.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(Some(Consumers {
+            members,
+            handled,
+            last_handled,
+            latency,
+        }))
+    }
+
+    /// Waits (up to 30 s) until `expected` messages were handled; returns the report.
+    pub(crate) fn finish(self, expected: u64, started: Instant) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.handled.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let handled = self.handled.load(Ordering::Relaxed);
+        let last = *self
+            .last_handled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let seconds = last
+            .saturating_duration_since(started)
+            .as_secs_f64()
+            .max(0.001);
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let members = self.members.len();
+        for member in self.members {
+            let _ = member.shutdown();
+        }
+        format!(
+            "consumers: {members} in one group handled {handled} of {expected} SEND_OK messages, \
+             {:.0} msgs/s; send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
+            handled as f64 / seconds,
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+            latency.value_at_quantile(0.999),
+            latency.max()
+        )
+    }
+}
