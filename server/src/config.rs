@@ -72,6 +72,7 @@ pub struct Config {
     /// Delete the oldest segments while the log is larger than this (0 = no limit).
     pub retention_bytes: u64,
     pub retention_check_interval_ms: u64,
+    pub page_cache_window_bytes: u64,
     /// Fault injection for tests: sleep before every fsync of the log.
     pub fault_fsync_delay_ms: u64,
     /// Fault injection for tests: the n-th fsync of the log fails (0 = never).
@@ -125,6 +126,7 @@ impl Default for Config {
             retention_hours: 72,
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
+            page_cache_window_bytes: keel_storage::DEFAULT_PAGE_CACHE_WINDOW_BYTES,
             fault_fsync_delay_ms: 0,
             fault_fsync_fail_at: 0,
             fault_read_delay_ms: 0,
@@ -294,6 +296,7 @@ impl Config {
             retention_ms: self.retention_hours.saturating_mul(3_600_000),
             retention_bytes: self.retention_bytes,
             retention_check_interval_ms: self.retention_check_interval_ms,
+            page_cache_window_bytes: self.page_cache_window_bytes,
             fault_fsync_delay_ms: self.fault_fsync_delay_ms,
             fault_fsync_fail_at: self.fault_fsync_fail_at,
         }

@@ -10,6 +10,9 @@ pub enum FlushMode {
     Async,
 }
 
+/// Default of `StoreConfig::page_cache_window_bytes`.
+pub const DEFAULT_PAGE_CACHE_WINDOW_BYTES: u64 = 256 << 20;
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
@@ -26,6 +29,11 @@ pub struct StoreConfig {
     /// Delete the oldest segments while the log is larger than this (0 = no limit).
     pub retention_bytes: u64,
     pub retention_check_interval_ms: u64,
+    /// Keep about this many of the newest fsynced log bytes in the page cache and drop
+    /// older ones (0 = leave it all to the kernel). Tailing consumers read the newest
+    /// bytes; new writes reuse the dropped pages, which costs far less than taking
+    /// fresh ones.
+    pub page_cache_window_bytes: u64,
     /// Fault injection: sleep this long before every log fsync (0 = off).
     pub fault_fsync_delay_ms: u64,
     /// Fault injection: the n-th fsync of the log fails with EIO (0 = off).
@@ -46,6 +54,7 @@ impl StoreConfig {
             retention_ms: 0,
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
+            page_cache_window_bytes: DEFAULT_PAGE_CACHE_WINDOW_BYTES,
             fault_fsync_delay_ms: 0,
             fault_fsync_fail_at: 0,
         }

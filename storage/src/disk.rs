@@ -30,6 +30,12 @@ pub trait DiskFile: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, length: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    /// Asks the kernel to drop the (clean) cached pages of `[offset, offset + length)`.
+    /// Only a hint: it never changes the file, and may do nothing.
+    fn drop_cache(&self, offset: u64, length: u64) -> io::Result<()> {
+        let _ = (offset, length);
+        Ok(())
+    }
 }
 
 pub trait Disk: Send + Sync {
@@ -112,6 +118,23 @@ impl DiskFile for File {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+
+    fn drop_cache(&self, offset: u64, length: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(length)) =
+            (libc::off_t::try_from(offset), libc::off_t::try_from(length))
+        else {
+            return Ok(());
+        };
+        // SAFETY: posix_fadvise only reads its arguments; the descriptor is ours.
+        let status = unsafe {
+            libc::posix_fadvise(self.as_raw_fd(), offset, length, libc::POSIX_FADV_DONTNEED)
+        };
+        match status {
+            0 => Ok(()),
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
     }
 }
 

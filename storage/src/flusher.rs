@@ -159,7 +159,12 @@ struct Flusher<'a, T: FlushTarget> {
     written: u64,
     records_written: u64,
     space_check_due: Instant,
+    /// Log offset below which the page cache of the log was dropped.
+    cache_dropped_to: u64,
 }
+
+/// The page cache behind the window is dropped in steps of at least this much.
+const CACHE_DROP_STEP: u64 = 16 << 20;
 
 /// Files written but not yet fsynced, and how far the log had been written then.
 #[derive(Default)]
@@ -203,6 +208,7 @@ pub(crate) fn run<T: FlushTarget>(
         written: progress.written(),
         records_written: records,
         space_check_due: now,
+        cache_dropped_to: 0,
     };
     let outcome = std::thread::scope(|scope| {
         let periodic = (target.config().flush == FlushMode::Async).then(|| {
@@ -405,9 +411,34 @@ impl<T: FlushTarget> Flusher<'_, T> {
             } else {
                 self.target.notify_listeners();
             }
+            self.drop_cache_behind();
             spare = batch.bytes;
             spare.clear();
         }
+    }
+
+    /// Drops the cached pages of fsynced log bytes older than `page_cache_window_bytes`
+    /// (they are clean; a later read of them goes to the disk). The kernel then hands
+    /// those pages to new writes: taking fresh pages instead costs several times more
+    /// per byte written (seen in VMs, where a fresh page is first touched by the guest).
+    fn drop_cache_behind(&mut self) {
+        let window = self.target.config().page_cache_window_bytes;
+        if window == 0 {
+            return;
+        }
+        let until = self.target.progress().flushed().saturating_sub(window);
+        if until < self.cache_dropped_to.saturating_add(CACHE_DROP_STEP) {
+            return;
+        }
+        let from = self.cache_dropped_to;
+        for (base, file) in self.target.segments().overlapping(from, until) {
+            let start = from.saturating_sub(base);
+            let end = until - base;
+            if let Err(error) = file.drop_cache(start, end.saturating_sub(start)) {
+                log::debug!("dropping cached log pages failed: {error}");
+            }
+        }
+        self.cache_dropped_to = until;
     }
 
     /// Writes a batch to its segment files (creating rolled segments) and the

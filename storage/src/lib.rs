@@ -47,7 +47,7 @@ mod state;
 mod store;
 
 pub use append::AppendResult;
-pub use config::{FlushMode, StoreConfig};
+pub use config::{FlushMode, StoreConfig, DEFAULT_PAGE_CACHE_WINDOW_BYTES};
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
 pub use epochs::Epoch;
 pub use error::{AppendError, StoreError};

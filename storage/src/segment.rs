@@ -109,6 +109,22 @@ impl SegmentSet {
             .map(|segment| (segment.base_offset, segment.file.clone()))
     }
 
+    /// Every segment holding some of log offsets `[from, to)`: (base, file).
+    pub(crate) fn overlapping(&self, from: u64, to: u64) -> Vec<(u64, Arc<dyn DiskFile>)> {
+        let segments = self
+            .segments
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let first = segments
+            .partition_point(|segment| segment.base_offset <= from)
+            .saturating_sub(1);
+        segments[first..]
+            .iter()
+            .take_while(|segment| segment.base_offset < to)
+            .map(|segment| (segment.base_offset, segment.file.clone()))
+            .collect()
+    }
+
     /// Forgets the handles of deleted segments.
     pub(crate) fn remove(&self, bases: &[u64]) {
         let mut segments = self
