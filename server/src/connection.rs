@@ -83,6 +83,12 @@ impl Connection {
                     self.read_buffer.extend_from_slice(&scratch[..count]);
                     budget -= count;
                     self.last_activity = Instant::now();
+                    // A short read emptied the socket's receive queue: bytes that
+                    // arrive later raise a new readiness event (epoll reports every
+                    // arrival), so the read that would only say WouldBlock is skipped.
+                    if count < length {
+                        return Ok(ReadOutcome::Drained);
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(ReadOutcome::Drained)
