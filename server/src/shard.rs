@@ -32,7 +32,8 @@ pub(crate) enum Acked {
 }
 
 impl Acked {
-    fn response(&self, status: SendStatus) -> Response {
+    /// The answer, with `status`. Takes the batch's positions: each send is answered once.
+    fn response(&mut self, status: SendStatus) -> Response {
         match self {
             Acked::One(result) => Response::SendResult(SendResult {
                 status,
@@ -40,7 +41,7 @@ impl Acked {
             }),
             Acked::Batch(messages) => Response::SendBatchResult(SendBatchResult {
                 status,
-                messages: messages.clone(),
+                messages: std::mem::take(messages),
             }),
         }
     }
@@ -103,6 +104,10 @@ impl PendingSends {
 
     fn front(&self) -> Option<&PendingSend> {
         self.queue.front()
+    }
+
+    fn front_mut(&mut self) -> Option<&mut PendingSend> {
+        self.queue.front_mut()
     }
 
     fn pop_front(&mut self) -> Option<PendingSend> {
@@ -442,7 +447,7 @@ impl Shard {
         let mut slave_connected: Option<bool> = None;
         let poisoned = store.is_poisoned();
         let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
-        while let Some(front) = self.pending_sends.front() {
+        while let Some(front) = self.pending_sends.front_mut() {
             let messages = front.messages;
             let response = if store.is_discarded(front.generation, front.offset_end) {
                 counters.sends_failed.fetch_add(messages, Ordering::Relaxed);

@@ -150,14 +150,15 @@ impl Store {
         created: &mut bool,
     ) -> AppendResult {
         let default_queues = self.config.default_queues;
-        let topic = state
-            .catalog
-            .topics
-            .entry(message.topic.clone())
-            .or_insert_with(|| {
-                *created = true;
-                TopicQueues::with_queues(default_queues)
-            });
+        // The key is cloned only when the topic is created.
+        if !state.catalog.topics.contains_key(&message.topic) {
+            let queues = TopicQueues::with_queues(default_queues);
+            state.catalog.topics.insert(message.topic.clone(), queues);
+            *created = true;
+        }
+        let Some(topic) = state.catalog.topics.get_mut(&message.topic) else {
+            unreachable!("the topic was just created")
+        };
         let queue_id = if message.queue_id == QUEUE_ID_ANY {
             let queue_id = topic.next_queue % topic.queue_count().max(1);
             topic.next_queue = topic.next_queue.wrapping_add(1);
@@ -196,7 +197,7 @@ impl Store {
         let filed = state.catalog.note(&facts, NewTopic::Known);
         assert!(filed.is_ok(), "{filed:?}");
         state.place(record_len, self.config.segment_size_bytes);
-        let index = facts.index_update();
+        let index = facts.index_update(state.index_topic(&message.topic));
         state.appended(record_len, index);
         self.progress
             .appended

@@ -49,10 +49,12 @@ impl<'a> RecordFacts<'a> {
         self.log_offset + u64::from(self.size)
     }
 
-    /// The ConsumeQueue entry the flusher writes for the record.
-    pub(crate) fn index_update(&self) -> IndexUpdate {
+    /// The ConsumeQueue entry the flusher writes for the record (`topic` is the
+    /// record's topic name, shared).
+    pub(crate) fn index_update(&self, topic: std::sync::Arc<str>) -> IndexUpdate {
+        debug_assert_eq!(&*topic, self.topic);
         IndexUpdate {
-            topic: self.topic.to_string(),
+            topic,
             queue_id: self.queue_id,
             queue_offset: self.queue_offset,
             entry: self.index_entry(),

@@ -126,10 +126,19 @@ impl TopicQueues {
 
 /// An entry the flusher must write to a ConsumeQueue file.
 pub(crate) struct IndexUpdate {
-    pub topic: String,
+    /// Shared by the updates of one topic (no allocation per record).
+    pub topic: std::sync::Arc<str>,
     pub queue_id: u32,
     pub queue_offset: u64,
     pub entry: IndexEntry,
+}
+
+/// Consecutive entries of one queue, written with one `pwrite`.
+struct Run<'u> {
+    topic: &'u str,
+    queue_id: u32,
+    first: u64,
+    bytes: Vec<u8>,
 }
 
 /// The ConsumeQueue files, written by the flusher thread only. Each queue has one
@@ -137,7 +146,8 @@ pub(crate) struct IndexUpdate {
 pub(crate) struct IndexFiles {
     disk: Arc<dyn Disk>,
     root: PathBuf,
-    open: HashMap<(String, u32), (u64, Arc<dyn DiskFile>)>,
+    /// Open files by topic, then queue id: (first queue offset, file).
+    open: HashMap<String, HashMap<u32, (u64, Arc<dyn DiskFile>)>>,
 }
 
 /// Directory of one queue's ConsumeQueue file.
@@ -156,8 +166,11 @@ impl IndexFiles {
 
     /// The queue's file and the queue offset it starts at, opening (or creating) it.
     fn file(&mut self, topic: &str, queue_id: u32) -> io::Result<(u64, Arc<dyn DiskFile>)> {
-        let key = (topic.to_string(), queue_id);
-        if let Some((base, file)) = self.open.get(&key) {
+        if let Some((base, file)) = self
+            .open
+            .get(topic)
+            .and_then(|queues| queues.get(&queue_id))
+        {
             return Ok((*base, file.clone()));
         }
         let dir = index_dir(&self.root, topic, queue_id);
@@ -173,7 +186,10 @@ impl IndexFiles {
             &dir.join(crate::segment::segment_file_name(base)),
             OpenMode::Create,
         )?;
-        self.open.insert(key, (base, file.clone()));
+        self.open
+            .entry(topic.to_string())
+            .or_default()
+            .insert(queue_id, (base, file.clone()));
         Ok((base, file))
     }
 
@@ -182,27 +198,38 @@ impl IndexFiles {
         &mut self,
         updates: impl IntoIterator<Item = &'u IndexUpdate>,
     ) -> io::Result<()> {
-        let mut runs: HashMap<(&str, u32), (u64, Vec<u8>)> = HashMap::new();
-        let mut order: Vec<(&str, u32)> = Vec::new();
+        // Runs in order of first appearance; a batch touches few queues, so they are
+        // found by a short scan (from the last one used) rather than by hashing.
+        let mut runs: Vec<Run<'u>> = Vec::new();
+        let mut last = 0usize;
         for update in updates {
-            let key = (update.topic.as_str(), update.queue_id);
-            let run = runs.entry(key).or_insert_with(|| {
-                order.push(key);
-                (update.queue_offset, Vec::new())
+            let same =
+                |run: &Run<'_>| run.queue_id == update.queue_id && *run.topic == *update.topic;
+            let found = match runs.get(last) {
+                Some(run) if same(run) => Some(last),
+                _ => runs.iter().position(same),
+            };
+            let index = found.unwrap_or_else(|| {
+                runs.push(Run {
+                    topic: &update.topic,
+                    queue_id: update.queue_id,
+                    first: update.queue_offset,
+                    bytes: Vec::new(),
+                });
+                runs.len() - 1
             });
+            last = index;
+            let run = &mut runs[index];
             debug_assert_eq!(
-                run.0 + (run.1.len() / INDEX_ENTRY_LEN) as u64,
+                run.first + (run.bytes.len() / INDEX_ENTRY_LEN) as u64,
                 update.queue_offset
             );
-            update.entry.encode(&mut run.1);
+            update.entry.encode(&mut run.bytes);
         }
-        for key in order {
-            let Some((first, bytes)) = runs.get(&key) else {
-                continue;
-            };
-            let (base, file) = self.file(key.0, key.1)?;
-            if *first >= base {
-                file.write_all_at(bytes, (first - base) * INDEX_ENTRY_LEN as u64)?;
+        for run in runs {
+            let (base, file) = self.file(run.topic, run.queue_id)?;
+            if run.first >= base {
+                file.write_all_at(&run.bytes, (run.first - base) * INDEX_ENTRY_LEN as u64)?;
             }
         }
         Ok(())
@@ -233,7 +260,9 @@ impl IndexFiles {
             self.disk.remove_file(&dir.join(other))?;
             changed = true;
         }
-        self.open.remove(&(topic.to_string(), queue_id));
+        if let Some(queues) = self.open.get_mut(topic) {
+            queues.remove(&queue_id);
+        }
         let path = dir.join(&name);
         let current = self
             .disk

@@ -219,7 +219,8 @@ impl Store {
             .map_err(|detail| refused(format!("the master sent an unusable record: {detail}")))?;
         state.place(size, segment_size);
         state.pending.extend_from_slice(record_bytes);
-        state.appended(size, facts.index_update());
+        let index = facts.index_update(state.index_topic(&record.topic));
+        state.appended(size, index);
         Ok(created)
     }
 

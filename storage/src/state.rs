@@ -27,6 +27,8 @@ pub(crate) struct AppendState {
     pub log_start: u64,
     /// Set by `truncate_to`: the flusher restarts writing at this offset.
     pub flusher_reset: Option<u64>,
+    /// The topic name of the last index update, shared by the next ones of that topic.
+    pub index_topic: Option<std::sync::Arc<str>>,
 }
 
 impl AppendState {
@@ -65,6 +67,19 @@ impl AppendState {
         let dropped = self.catalog.forget_from(to);
         self.offset_end = to;
         dropped
+    }
+
+    /// `topic` as a shared name for index updates: one allocation per run of records of
+    /// a topic, not one per record.
+    pub(crate) fn index_topic(&mut self, topic: &str) -> std::sync::Arc<str> {
+        match &self.index_topic {
+            Some(name) if **name == *topic => name.clone(),
+            _ => {
+                let name: std::sync::Arc<str> = topic.into();
+                self.index_topic = Some(name.clone());
+                name
+            }
+        }
     }
 
     pub(crate) fn check_invariants(&self) {

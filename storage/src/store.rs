@@ -127,6 +127,7 @@ impl Store {
                 .first()
                 .map_or(offset_end, |(base, _)| *base),
             flusher_reset: None,
+            index_topic: None,
         };
         state.check_invariants();
         let store = Arc::new(Store {

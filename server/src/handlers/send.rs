@@ -132,7 +132,8 @@ fn refusal(shard: &Shard, messages: &[Message], batch: bool) -> Option<Refusal> 
     }
     let max_message_bytes = broker.config.max_message_bytes;
     messages.iter().enumerate().find_map(|(index, message)| {
-        let which = match batch {
+        // Which message, for the text: formatted only for a refusal.
+        let which = || match batch {
             true => format!("message {index} of the batch: "),
             false => String::new(),
         };
@@ -141,12 +142,14 @@ fn refusal(shard: &Shard, messages: &[Message], batch: bool) -> Option<Refusal> 
             Some(Refusal::new(
                 ErrorCode::MessageTooLarge,
                 format!(
-                    "{which}payload of {size} bytes exceeds max_message_bytes {max_message_bytes}"
+                    "{}payload of {size} bytes exceeds max_message_bytes {max_message_bytes}",
+                    which()
                 ),
             ))
         } else if message.flags != 0 {
             Some(Refusal::invalid(format!(
-                "{which}flags is 0x{:08X}; every flag bit is reserved and must be 0",
+                "{}flags is 0x{:08X}; every flag bit is reserved and must be 0",
+                which(),
                 message.flags
             )))
         } else if message.compute_crc() != message.message_crc {
@@ -154,9 +157,10 @@ fn refusal(shard: &Shard, messages: &[Message], batch: bool) -> Option<Refusal> 
             Some(Refusal::new(
                 ErrorCode::MessageCrcMismatch,
                 format!(
-                    "{which}the message's CRC32C is 0x{computed:08X}, the producer sent \
-                     0x{:08X}: it was damaged on the way (topic, tags, keys, properties, \
-                     numbers or payload)",
+                    "{}the message's CRC32C is 0x{computed:08X}, the producer sent 0x{:08X}: \
+                     it was damaged on the way (topic, tags, keys, properties, numbers or \
+                     payload)",
+                    which(),
                     message.message_crc
                 ),
             ))
