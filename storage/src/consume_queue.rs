@@ -146,9 +146,12 @@ struct Run<'u> {
 pub(crate) struct IndexFiles {
     disk: Arc<dyn Disk>,
     root: PathBuf,
-    /// Open files by topic, then queue id: (first queue offset, file).
-    open: HashMap<String, HashMap<u32, (u64, Arc<dyn DiskFile>)>>,
+    /// Open files by topic, then queue id.
+    open: HashMap<String, HashMap<u32, OpenIndexFile>>,
 }
+
+/// An open ConsumeQueue file: the queue offset of its first entry, and the file.
+type OpenIndexFile = (u64, Arc<dyn DiskFile>);
 
 /// Directory of one queue's ConsumeQueue file.
 pub(crate) fn index_dir(root: &Path, topic: &str, queue_id: u32) -> PathBuf {
