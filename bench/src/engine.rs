@@ -92,6 +92,8 @@ struct Connection {
     seed: usize,
     /// Messages per request.
     messages: u64,
+    /// The poller reported a hang-up: read until EOF, not just until a short read.
+    hangup_seen: bool,
     closed: bool,
 }
 
@@ -130,6 +132,7 @@ fn drive(
             requests_left: plan.requests_per_connection,
             seed: *index,
             messages: plan.batch as u64,
+            hangup_seen: false,
             closed: false,
         });
     }
@@ -173,6 +176,9 @@ fn drive(
             };
             if connection.closed {
                 continue;
+            }
+            if event.is_read_closed() || event.is_error() {
+                connection.hangup_seen = true;
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 read_replies(plan, connection, &mut scratch, totals, recorder);
@@ -282,7 +288,7 @@ fn read_replies(
             Ok(0) => return close(connection, totals, "the broker closed the connection"),
             Ok(count) => {
                 connection.input.extend_from_slice(&scratch[..count]);
-                if count < scratch.len() {
+                if count < scratch.len() && !connection.hangup_seen {
                     break;
                 }
             }

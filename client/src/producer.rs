@@ -337,10 +337,10 @@ impl Producer {
     pub fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
         let request = Request::Send(self.prepare(message));
         let (address, queue) = self.choose(&request, None)?;
-        let request = with_queue(&request, queue);
+        let placed = queue.map(|queue| with_queue(&request, queue));
         let connection = self.connection(address)?;
         connection
-            .send_oneway(&request)
+            .send_oneway(placed.as_ref().unwrap_or(&request))
             .inspect_err(|_| self.drop_connection(&connection))
     }
 }
@@ -372,10 +372,7 @@ fn random_producer_id() -> u64 {
 
 /// `request` with every message of it on `queue` (when given and the message left
 /// the choice to the broker).
-fn with_queue(request: &Request, queue: Option<u32>) -> Request {
-    let Some(queue) = queue else {
-        return request.clone();
-    };
+fn with_queue(request: &Request, queue: u32) -> Request {
     let place = |message: &Message| {
         let mut message = message.clone();
         if message.queue_id == QUEUE_ID_ANY {
@@ -452,10 +449,13 @@ impl Attempt {
                 return self.retry_or_fail(error);
             }
         };
-        let request = with_queue(&self.request, queue);
+        // A copy only when this attempt places the message on a queue.
+        let placed = queue.map(|queue| with_queue(&self.request, queue));
+        let shared = self.request.clone();
+        let request = placed.as_ref().unwrap_or(&shared);
         let started = Instant::now();
         connection.clone().call_async(
-            &request,
+            request,
             attempt_timeout,
             Box::new(move |outcome| {
                 let outcome = match outcome {

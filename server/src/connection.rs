@@ -49,6 +49,9 @@ pub struct Connection {
     pub buffered_accounted: usize,
     /// Its input waits until fewer of its reads are in flight (the shard counts them).
     pub reads_paused: bool,
+    /// The poller reported the peer's hang-up (or an error): read until EOF, not just
+    /// until a short read.
+    pub hangup_seen: bool,
 }
 
 impl Connection {
@@ -65,6 +68,7 @@ impl Connection {
             last_activity: Instant::now(),
             buffered_accounted: 0,
             reads_paused: false,
+            hangup_seen: false,
         }
     }
 
@@ -83,10 +87,11 @@ impl Connection {
                     self.read_buffer.extend_from_slice(&scratch[..count]);
                     budget -= count;
                     self.last_activity = Instant::now();
-                    // A short read emptied the socket's receive queue: bytes that
-                    // arrive later raise a new readiness event (epoll reports every
-                    // arrival), so the read that would only say WouldBlock is skipped.
-                    if count < length {
+                    // A short read emptied the socket's receive queue: bytes (or a
+                    // hang-up) arriving later raise a new readiness event, so the read
+                    // that would only say WouldBlock is skipped. A hang-up the poller
+                    // already reported raises none: then read on to the EOF.
+                    if count < length && !self.hangup_seen {
                         return Ok(ReadOutcome::Drained);
                     }
                 }

@@ -169,6 +169,11 @@ impl EventLoop {
                     LISTENER => self.accept(),
                     WAKER => {}
                     Token(key) => {
+                        if event.is_read_closed() || event.is_error() {
+                            if let Some(connection) = self.connections.get_mut(key) {
+                                connection.hangup_seen = true;
+                            }
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.ready.push(key);
                         }
