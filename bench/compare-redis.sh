@@ -7,6 +7,10 @@
 # Environment: DUR (seconds per keel run, default 8), RN (Redis requests per run, default
 # 300000), KEEL_BIN (directory with keeld and keel-bench, default target/release; built
 # when missing). Installs Debian's redis-server and redis-tools when they are missing.
+# IGGY_BIN: a directory with iggy-server and iggy-bench built from Apache Iggy's source
+# (nothing of Iggy is in this repository); when set, batches of 1000 also run on Iggy:
+# 4 pinned producers, each batch fsynced before its ack (iggy-bench --enforce-fsync, with
+# the bench topic's messages_required_to_save set to 1; see README "Performance").
 #
 # Server CPU per message: the server process's user + system time over the run (from
 # /proc/PID/stat), divided by the messages acknowledged. keel-bench drives keel with its
@@ -93,6 +97,35 @@ PY
   tail -1 "$results" | awk -F'\t' '{printf "  %-6s %-34s %10s msg/s  server %6s us/msg  p50 %6sus p99 %7sus\n",$1,$2,$3,$4,$5,$6}'
 }
 
+# iggy_run WORKLOAD: 4 pinned producers, 1 KiB messages, batches of 1000, fsync enforced.
+iggy_run() {
+  local workload=$1 tmp pid
+  [ -n "${IGGY_BIN:-}" ] || return 0
+  tmp=$(mktemp -d)
+  (cd "$tmp" && IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_SYSTEM_PATH="$tmp/data" \
+     IGGY_CONFIG_PATH="${IGGY_CONFIG:-$IGGY_BIN/../../core/server/config.toml}" \
+     exec "$IGGY_BIN/iggy-server" >"$tmp/log" 2>&1) & pid=$!
+  wait_port 8090 || { echo "iggy did not start"; tail -5 "$tmp/log"; kill "$pid"; return; }
+  local c0 c1 out batches
+  batches=$(( ${IGGY_BATCHES:-500} ))
+  c0=$(cpu_ticks "$pid")
+  out=$("$IGGY_BIN/iggy-bench" -m 1024 -P 1000 -b "$batches" --enforce-fsync pinned-producer -p 4 tcp 2>&1 | grep "Producers Results")
+  c1=$(cpu_ticks "$pid")
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null; rm -rf "$tmp"
+  python3 - "$workload" "$out" "$c0" "$c1" "$hz" "$(( batches * 4000 ))" >>"$results" <<'PY'
+import re, sys
+workload, out, c0, c1, hz, n = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+rate = re.search(r"([0-9.]+) messages/s", out)
+p50 = re.search(r"p50 latency: ([0-9.]+) ms", out)
+p99 = re.search(r"p99 latency: ([0-9.]+) ms", out)
+if not rate:
+    print(f"iggy\t{workload}\tnan\tnan\tnan\tnan\tfailed")
+else:
+    print(f"iggy\t{workload}\t{float(rate.group(1)):.0f}\t{(c1 - c0) / hz * 1e6 / n:.2f}\t{float(p50.group(1)) * 1000:.0f}\t{float(p99.group(1)) * 1000:.0f}\t")
+PY
+  tail -1 "$results" | awk -F'\t' '{printf "  %-6s %-34s %10s msg/s  server %6s us/msg  p50 %6sus p99 %7sus\n",$1,$2,$3,$4,$5,$6}'
+}
+
 W1="64 conns, 1 in flight"
 W16="64 conns, 16 in flight"
 WB100="4 conns, batches of 100"
@@ -107,6 +140,7 @@ for round in $(seq "$rounds"); do
   redis_run "$W16" 16
   keel_run "$WB100" sync standalone --producers 4 --size 1024 --mode sync --batch 100
   keel_run "$WB1000" sync standalone --producers 4 --size 1024 --mode sync --batch 1000
+  iggy_run "$WB1000"
   keel_run "$WSM" sync sync_master --producers 64 --size 1024 --mode sync
   keel_run "$WASYNC" async standalone --producers 64 --size 1024 --mode sync
 done
@@ -133,9 +167,11 @@ for workload in (w1, w16):
     k, r = mean("keel", workload, 0), mean("redis", workload, 0)
     kc, rc = mean("keel", workload, 1), mean("redis", workload, 1)
     print(f"| {workload} | {cell(k)} | {cell(r)} | {ratio(k, r)} | {cell(kc, 2)} us / {cell(rc, 2)} us | {ratio(kc, rc)} |")
-for workload in (wb100, wb1000):
-    k, kc = mean("keel", workload, 0), mean("keel", workload, 1)
-    print(f"| {workload} (SEND_BATCH) | {cell(k)} | - | - | {cell(kc, 2)} us / - | - |")
+k, kc = mean("keel", wb100, 0), mean("keel", wb100, 1)
+print(f"| {wb100} (SEND_BATCH) | {cell(k)} | - | - | {cell(kc, 2)} us / - | - |")
+k, kc = mean("keel", wb1000, 0), mean("keel", wb1000, 1)
+i, ic = mean("iggy", wb1000, 0), mean("iggy", wb1000, 1)
+print(f"| {wb1000} (SEND_BATCH) | {cell(k)} | Iggy {cell(i)} | {ratio(k, i)} | {cell(kc, 2)} us / Iggy {cell(ic, 2)} us | {ratio(kc, ic)} |")
 standalone = mean("keel", w1, 0)
 for workload in (wsm, wasync):
     k, kc = mean("keel", workload, 0), mean("keel", workload, 1)
