@@ -49,6 +49,17 @@ fn stat_is(broker: &BrokerProcess, name: &str, value: u64) -> bool {
     broker.try_stat(name) == Some(value)
 }
 
+/// Whether `slave` serves all of `master`'s log: the master's whole log is confirmed
+/// (with a sync master: a slave acknowledged it) and the slave's durable offset, capped
+/// by what the master confirmed, reached it. Equal durable offsets alone are not
+/// enough: under a sync master both lag together until the slave's ACK arrives.
+fn caught_up(master: &BrokerProcess, slave: &BrokerProcess) -> bool {
+    let written = master.try_stat("offset_flushed");
+    written.is_some()
+        && master.try_stat("offset_durable") == written
+        && slave.try_stat("offset_durable") == written
+}
+
 fn send_status(producer: &Producer, id: &str) -> Result<SendStatus, ClientError> {
     producer
         .send(Message::new("replicated", payload_for(id, 256)))
@@ -233,8 +244,7 @@ fn an_old_master_returning_after_a_promotion_cannot_fork_the_history() {
     old.spawn();
     wait_until("the old master following", Duration::from_secs(20), || {
         // Served up to what the new master confirmed: everything, once caught up.
-        stat_is(&old, "master_connected", 1)
-            && old.try_stat("offset_durable") == new.try_stat("offset_durable")
+        stat_is(&old, "master_connected", 1) && caught_up(&new, &old)
     });
     assert!(
         old.log().contains("records) to match master epoch 2"),
@@ -420,8 +430,7 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     master_a.reconfigure(&slave("broker-a", a, a_ha, a1_ha, ns));
     master_a.spawn();
     wait_until("the old master following", Duration::from_secs(30), || {
-        stat_is(&master_a, "master_connected", 1)
-            && master_a.try_stat("offset_durable") == slave_a.try_stat("offset_durable")
+        stat_is(&master_a, "master_connected", 1) && caught_up(&slave_a, &master_a)
     });
     let followed = drain(&master_a.address, "replicated");
     let promoted = drain(&slave_a.address, "replicated");
@@ -439,7 +448,7 @@ fn a_group_reads_from_the_slave_while_its_master_is_down() {
         send_status(&producer, &format!("r{index}")).unwrap();
     }
     wait_until("the slave caught up", Duration::from_secs(20), || {
-        follower.try_stat("offset_durable") == primary.try_stat("offset_durable")
+        caught_up(&primary, &follower)
     });
     drop(producer);
     primary.kill9();
@@ -582,9 +591,11 @@ fn a_cut_or_corrupted_replication_link_heals_without_losing_or_mixing_records() 
     }
     eprintln!("sends over a damaged replication link: {statuses:?}");
     assert!(proxy.flipped(), "the bit flips happened");
+    // Caught up: the master's whole log is confirmed (the slave acknowledged it), and
+    // the slave serves all of it (its cap is what the master confirmed). Equal durable
+    // offsets alone are not enough: both lag together until the slave's ACK arrives.
     wait_until("the slave caught up", Duration::from_secs(30), || {
-        stat_is(&follower, "master_connected", 1)
-            && follower.try_stat("offset_durable") == primary.try_stat("offset_durable")
+        stat_is(&follower, "master_connected", 1) && caught_up(&primary, &follower)
     });
     assert!(
         follower.log().contains("CRC32C mismatch"),
@@ -593,10 +604,27 @@ fn a_cut_or_corrupted_replication_link_heals_without_losing_or_mixing_records() 
     );
     let on_slave = drain(&follower.address, "replicated");
     let on_master = drain(&primary.address, "replicated");
-    assert!(
-        history(&on_slave) == history(&on_master),
-        "same records, same places"
-    );
+    let (slave_history, master_history) = (history(&on_slave), history(&on_master));
+    if slave_history != master_history {
+        let differs = |a: &[(u32, u64, u64, Vec<u8>)], b: &[(u32, u64, u64, Vec<u8>)]| {
+            a.iter()
+                .filter(|entry| !b.contains(entry))
+                .map(|(queue, queue_offset, log_offset, payload)| {
+                    (*queue, *queue_offset, *log_offset, id_of(payload))
+                })
+                .collect::<Vec<_>>()
+        };
+        panic!(
+            "same records, same places: slave {} records, master {}; only on the slave: \
+             {:?}; only on the master: {:?}\nslave log:\n{}\nmaster log:\n{}",
+            slave_history.len(),
+            master_history.len(),
+            differs(&slave_history, &master_history),
+            differs(&master_history, &slave_history),
+            follower.log(),
+            primary.log()
+        );
+    }
     let ids: std::collections::HashSet<String> = payload_ids(&on_slave).into_iter().collect();
     assert!(
         acked.iter().all(|id| ids.contains(id)),
