@@ -77,6 +77,16 @@ enum Command {
         #[arg(long, default_value = "")]
         topic: String,
     },
+    /// Show what the controllers decided: each group's master, epoch and SyncStateSet,
+    /// each replica's lag, and the controller leader and term.
+    Cluster {
+        /// Controller addresses, comma separated.
+        #[arg(long, default_value = "127.0.0.1:9877")]
+        controllers: String,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
     /// Starts where the group left off (or at the beginning for a new group).
     Consume {
@@ -419,6 +429,7 @@ pub fn main_entry() -> ExitCode {
         Command::Offsets { command } => offsets(&cli.broker, command),
         Command::Admin { command } => admin(&cli.broker, command),
         Command::Routes { namesrv, topic } => routes(&namesrv, &topic),
+        Command::Cluster { controllers, json } => cluster(&controllers, json),
     };
     match outcome {
         Ok(code) => code,
@@ -1054,6 +1065,80 @@ fn routes(namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
             route.ha_address,
             route.topic_queues
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster(controllers: &str, json: bool) -> Result<ExitCode, ClientError> {
+    let addresses: Vec<String> = controllers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let view = keel_controller::client::describe(&addresses, Duration::from_secs(3)).map_err(
+        |detail| ClientError::Connect {
+            address: controllers.to_string(),
+            detail,
+        },
+    )?;
+    if json {
+        let text = serde_json::to_string_pretty(&view)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let leader = match (view.leader, &view.leader_address) {
+        (Some(id), Some(address)) => format!("{id} ({address})"),
+        (Some(id), None) => id.to_string(),
+        _ => "none".into(),
+    };
+    println!(
+        "controller {} answered: leader {leader}, term {}, voters {}",
+        view.node_id,
+        view.term,
+        view.voters
+            .iter()
+            .map(|(id, address)| format!("{id}={address}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for group in &view.groups {
+        let v = &group.view;
+        println!(
+            "group {}: master {} epoch {}, SyncStateSet {:?} (epoch {}), {} elections",
+            v.group,
+            v.master.map_or("none".into(), |id| id.to_string()),
+            v.master_epoch,
+            v.sss,
+            v.sss_epoch,
+            group.elections
+        );
+        let master_end = group
+            .replicas
+            .iter()
+            .filter(|r| Some(r.broker_id) == v.master)
+            .map(|r| r.log_end)
+            .max()
+            .unwrap_or(0);
+        println!("  id  role    in_sss  epoch  log_end      lag_bytes  heard   address");
+        for r in &group.replicas {
+            println!(
+                "  {:>2}  {:<6}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
+                r.broker_id,
+                if r.is_master { "master" } else { "slave" },
+                if r.in_sss { "yes" } else { "no" },
+                r.epoch,
+                r.log_end,
+                master_end.saturating_sub(r.log_end),
+                r.since_heard_ms
+                    .map_or("never".into(), |ms| format!("{ms}ms")),
+                r.address
+            );
+        }
+    }
+    if view.leader.is_none() {
+        eprintln!("keel cluster: the controllers have no leader (a majority is not reachable)");
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,7 @@ pub mod slave;
 pub mod wire;
 
 pub use error::ReplicationError;
-pub use master::{HaMaster, MasterOptions, SlaveInfo};
+pub use master::{HaMaster, MasterOptions, SlaveInfo, WaitSet};
 pub use slave::{HaSlave, SlaveOptions, SlaveStatus};
 
 use std::sync::{Condvar, Mutex};

@@ -38,6 +38,16 @@ pub struct SlaveInfo {
     pub in_sync: bool,
 }
 
+/// Whose acks a `sync_master` waits for when a controller decides its SyncStateSet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitSet {
+    /// Slaves (broker ids) that must all have fsynced a record before it is
+    /// acknowledged: the committed SSS and any slave the master asked to add.
+    pub members: Vec<u32>,
+    /// Replicas, the master included, that must hold a record (`min_insync_replicas`).
+    pub min_replicas: usize,
+}
+
 struct Link {
     id: u64,
     peer: SocketAddr,
@@ -57,6 +67,8 @@ pub struct HaMaster {
     local_addr: SocketAddr,
     /// Connections being served (a cap keeps stray clients from taking threads).
     sessions: std::sync::atomic::AtomicUsize,
+    /// `None` without a controller: any one slave's fsync acknowledges.
+    wait_set: Mutex<Option<WaitSet>>,
 }
 
 /// A frame carrying only a new confirmed offset goes at most this often: every slave
@@ -90,6 +102,7 @@ impl HaMaster {
             stop: AtomicBool::new(false),
             local_addr: listener.local_addr()?,
             sessions: std::sync::atomic::AtomicUsize::new(0),
+            wait_set: Mutex::new(None),
         });
         let accepting = master.clone();
         std::thread::Builder::new()
@@ -130,6 +143,49 @@ impl HaMaster {
         self.lock_links()
             .iter()
             .any(|link| self.link_in_sync(link, written))
+    }
+
+    /// Sets whose acks count from now on, and raises the durable cap to what that set
+    /// already holds.
+    pub fn set_wait_set(&self, set: Option<WaitSet>) {
+        *self
+            .wait_set
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = set;
+        if self.options.sync {
+            if let Some(cap) = self.acknowledged() {
+                self.store.raise_durable_cap(cap);
+            }
+        }
+    }
+
+    /// Highest offset the replicas a send waits for have all fsynced (`None`: none
+    /// known). Without a wait set, any one slave's.
+    fn acknowledged(&self) -> Option<u64> {
+        let set = self
+            .wait_set
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let links = self.lock_links();
+        let acked_by = |id: u32| {
+            links
+                .iter()
+                .filter(|link| link.broker_id == id)
+                .map(|link| link.acked)
+                .max()
+        };
+        match set {
+            None => links.iter().map(|link| link.acked).max(),
+            Some(set) if set.members.len() + 1 < set.min_replicas => None,
+            Some(set) if set.members.is_empty() => Some(u64::MAX),
+            Some(set) => set
+                .members
+                .iter()
+                .map(|id| acked_by(*id))
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|acks| acks.into_iter().min()),
+        }
     }
 
     /// Whether any slave is connected (in sync or not).
@@ -447,7 +503,9 @@ impl HaMaster {
                 link.last_heard = Instant::now();
             }
             if self.options.sync {
-                self.store.raise_durable_cap(flushed);
+                if let Some(cap) = self.acknowledged() {
+                    self.store.raise_durable_cap(cap);
+                }
             }
         }
     }

@@ -56,6 +56,9 @@ pub struct Broker {
     /// (group, topic, queue) -> the next queue offset a PULL of that group was served:
     /// what was delivered (for message lookups; in memory only).
     pub delivered: std::sync::Mutex<std::collections::HashMap<(String, String, u32), u64>>,
+    /// With a controller: until when (ms since `started`) the controller's last answer
+    /// lets this master acknowledge sends; `u64::MAX` without a controller.
+    lease_until_ms: AtomicU64,
 }
 
 impl Broker {
@@ -73,7 +76,39 @@ impl Broker {
             fenced: std::sync::Mutex::new(None),
             groups: crate::groups::Groups::default(),
             delivered: std::sync::Mutex::new(std::collections::HashMap::new()),
+            lease_until_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Whether this master may acknowledge sends now: without a controller always; with
+    /// one, only within `controller_lease_ms` of a heartbeat the controller answered
+    /// naming it master (a master cut off from the controllers, or paused, may have
+    /// been replaced).
+    pub fn lease_valid(&self) -> bool {
+        let until = self.lease_until_ms.load(Ordering::Acquire);
+        until == u64::MAX || (self.started.elapsed().as_millis() as u64) < until
+    }
+
+    /// Extends the lease to `controller_lease_ms` after `asked_at`, when the controller
+    /// named this broker master in its answer to a heartbeat sent then; wakes the loops
+    /// if the lease had lapsed (sends waiting for it can be answered).
+    pub fn renew_lease(&self, asked_at: Instant) {
+        let from = asked_at.saturating_duration_since(self.started).as_millis() as u64;
+        let until = from.saturating_add(self.config.controller_lease_ms);
+        let lapsed = !self.lease_valid();
+        let previous = self.lease_until_ms.load(Ordering::Acquire);
+        if previous == u64::MAX || until > previous {
+            self.lease_until_ms.store(until, Ordering::Release);
+        }
+        if lapsed {
+            self.store.notify_listeners();
+        }
+    }
+
+    /// Starts a controlled broker with no lease: nothing is acknowledged before the
+    /// controller confirms it is master.
+    pub fn require_lease(&self) {
+        self.lease_until_ms.store(0, Ordering::Release);
     }
 
     /// Why this master must not take sends (a newer master replaced it), if it must not.

@@ -9,7 +9,7 @@ use keel_protocol::{
     decode_frame, BrokerRegistration, BrokerRole, ErrorCode, Request, Response,
     DEFAULT_MAX_FRAME_BYTES,
 };
-use keel_replication::{HaMaster, HaSlave, MasterOptions, SlaveOptions};
+use keel_replication::{HaMaster, HaSlave, MasterOptions, SlaveOptions, WaitSet};
 use keel_storage::Store;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -86,6 +86,15 @@ fn write_role_file(config: &Config, role: BrokerRole, epoch: u64) -> std::io::Re
     std::fs::File::open(&config.data_dir)?.sync_all()
 }
 
+/// With a controller, a master acknowledges nothing until it has learnt its
+/// SyncStateSet (the controller link sets the members).
+fn controlled_wait_set(config: &Config) -> Option<WaitSet> {
+    (!config.controller_addrs.is_empty()).then(|| WaitSet {
+        members: Vec::new(),
+        min_replicas: config.min_insync_replicas,
+    })
+}
+
 fn master_options(config: &Config, role: BrokerRole) -> MasterOptions {
     MasterOptions {
         sync: role == BrokerRole::SyncMaster,
@@ -145,6 +154,7 @@ pub fn start_replication(
                 .map_err(BrokerError::setup(format!(
                 "cannot listen for slaves on {ha_address}"
             )))?;
+            master.set_wait_set(controlled_wait_set(config));
             log::info!("HA: slaves connect to {}", master.local_addr());
             Ok(Ha::Master(master))
         }
@@ -196,6 +206,25 @@ const MASTER_GONE_WAIT: Duration = Duration::from_secs(1);
 /// begins a new epoch, records the promotion, and starts serving as `role`. Refused
 /// while the master is still connected, unless `force`.
 pub fn promote(broker: &Broker, role: BrokerRole, force: bool) -> Result<(u64, u64), Refusal> {
+    promote_at(broker, role, force, 0)
+}
+
+/// A promotion decided by the controller: the new epoch is numbered at least
+/// `epoch` (the one the controller assigned), and the old master is not waited for.
+pub fn promote_to_epoch(
+    broker: &Broker,
+    role: BrokerRole,
+    epoch: u64,
+) -> Result<(u64, u64), Refusal> {
+    promote_at(broker, role, true, epoch)
+}
+
+fn promote_at(
+    broker: &Broker,
+    role: BrokerRole,
+    force: bool,
+    minimum_epoch: u64,
+) -> Result<(u64, u64), Refusal> {
     let invalid = |detail: String| Err(Refusal::invalid(detail));
     if role == BrokerRole::Slave {
         return invalid("promote to async_master, sync_master or master, not slave".into());
@@ -221,7 +250,7 @@ pub fn promote(broker: &Broker, role: BrokerRole, force: bool) -> Result<(u64, u
             broker.config.broker_name
         ));
     }
-    if force {
+    if force && minimum_epoch == 0 {
         log::warn!("promotion forced while the master may still be alive");
     }
     let store = &broker.store;
@@ -243,7 +272,7 @@ pub fn promote(broker: &Broker, role: BrokerRole, force: bool) -> Result<(u64, u
     }
     let internal = Refusal::internal;
     let epoch = store
-        .begin_epoch()
+        .begin_epoch_at_least(minimum_epoch)
         .map_err(|e| internal(format!("cannot record the new epoch: {e}")))?;
     write_role_file(&broker.config, role, epoch.epoch)
         .map_err(|e| internal(format!("cannot record the promotion: {e}")))?;
@@ -257,7 +286,10 @@ pub fn promote(broker: &Broker, role: BrokerRole, force: bool) -> Result<(u64, u
     } else {
         let address = ha_address(&broker.config, broker.listen_address());
         match HaMaster::start(store.clone(), address, master_options(&broker.config, role)) {
-            Ok(master) => Ha::Master(master),
+            Ok(master) => {
+                master.set_wait_set(controlled_wait_set(&broker.config));
+                Ha::Master(master)
+            }
             Err(error) => {
                 log::error!("promoted, but cannot listen for slaves on {address}: {error}");
                 Ha::None

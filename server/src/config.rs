@@ -94,6 +94,17 @@ pub struct Config {
     pub register_interval_ms: u64,
     /// Client address registered with name servers (default: the bound listen address).
     pub advertise_address: Option<String>,
+    /// Controller addresses (`keeld namesrv --controller-*` or `keeld controller`);
+    /// empty: no controller, promotion is by `keel admin promote`.
+    pub controller_addrs: Vec<String>,
+    pub controller_heartbeat_ms: u64,
+    /// With a controller: a master acknowledges sends only this long after a heartbeat
+    /// the controller answered naming it master; keep it below the controllers'
+    /// master timeout, so a master that may have been replaced has stopped acking.
+    pub controller_lease_ms: u64,
+    /// With a controller: replicas (the master included) that must have fsynced a
+    /// record before a `sync_master` acknowledges it.
+    pub min_insync_replicas: usize,
     /// Delay before the n-th redelivery of a message a consumer sent back (the last one
     /// repeats for later attempts).
     pub retry_delays_ms: Vec<u64>,
@@ -139,6 +150,10 @@ impl Default for Config {
             ha_heartbeat_ms: 1000,
             namesrv_addrs: Vec::new(),
             register_interval_ms: 30_000,
+            controller_addrs: Vec::new(),
+            controller_heartbeat_ms: 500,
+            controller_lease_ms: 1500,
+            min_insync_replicas: 2,
             advertise_address: None,
             retry_delays_ms: vec![
                 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
@@ -209,6 +224,22 @@ impl Config {
                 "slave_timeout_ms, ha_heartbeat_ms and register_interval_ms must be at least 1"
                     .into(),
             );
+        }
+        if self.controller_heartbeat_ms == 0 {
+            return fail("controller_heartbeat_ms must be at least 1".into());
+        }
+        if self.controller_lease_ms <= self.controller_heartbeat_ms {
+            return fail(format!(
+                "controller_lease_ms = {} must be above controller_heartbeat_ms = {} (each \
+                 heartbeat renews the lease)",
+                self.controller_lease_ms, self.controller_heartbeat_ms
+            ));
+        }
+        if self.min_insync_replicas == 0 {
+            return fail("min_insync_replicas must be at least 1 (the master itself)".into());
+        }
+        if let Some(bad) = self.controller_addrs.iter().find(|a| !a.contains(':')) {
+            return fail(format!("controller_addrs entry {bad:?} must be host:port"));
         }
         let levels = keel_protocol::SCHEDULE_QUEUES as usize;
         if self.retry_delays_ms.is_empty() || self.retry_delays_ms.len() > levels {

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod controller_link;
 mod dispatch;
 pub mod error;
 mod event_loop;
@@ -68,7 +69,95 @@ pub enum Command {
         /// Drop a broker that has not registered for this long.
         #[arg(long, value_name = "MS", default_value_t = 120_000)]
         broker_timeout_ms: u64,
+        /// Also be a controller voter (with --controller-id and --controller-peers).
+        #[command(flatten)]
+        controller: ControllerArgs,
     },
+    /// Run a controller voter alone, without a name server.
+    Controller {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    },
+}
+
+/// A controller voter: Raft (openraft) over the controller port of each peer.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// This voter's id, one of the ids in --controller-peers.
+    #[arg(long, value_name = "ID")]
+    pub controller_id: Option<u64>,
+    /// Every voter as ID=HOST:PORT, comma-separated, this one included, e.g.
+    /// 1=127.0.0.1:9877,2=127.0.0.1:9887,3=127.0.0.1:9897.
+    #[arg(long, value_name = "PEERS")]
+    pub controller_peers: Option<String>,
+    /// Where the Raft log, vote and snapshot are kept.
+    #[arg(long, value_name = "DIR", default_value = "./keel-controller")]
+    pub controller_dir: PathBuf,
+    /// A master whose heartbeats stop this long is replaced from its SyncStateSet.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub controller_master_timeout_ms: u64,
+    /// Raft heartbeats between voters; a leader silent 3-6 of them is replaced.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    pub controller_raft_heartbeat_ms: u64,
+}
+
+impl ControllerArgs {
+    /// `None` when no controller was asked for.
+    fn config(&self) -> Result<Option<keel_controller::ControllerConfig>, String> {
+        let (id, peers) = match (self.controller_id, &self.controller_peers) {
+            (None, None) => return Ok(None),
+            (Some(id), Some(peers)) => (id, peers),
+            _ => return Err("--controller-id and --controller-peers go together".into()),
+        };
+        let mut parsed = std::collections::BTreeMap::new();
+        for item in peers
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            let (peer, address) = item
+                .split_once('=')
+                .ok_or_else(|| format!("controller peer {item:?} is not ID=HOST:PORT"))?;
+            let peer: u64 = peer
+                .trim()
+                .parse()
+                .map_err(|_| format!("controller peer id {peer:?} is not a number"))?;
+            if !address.contains(':') {
+                return Err(format!(
+                    "controller peer {item:?}: the address needs a port"
+                ));
+            }
+            if parsed.insert(peer, address.trim().to_string()).is_some() {
+                return Err(format!("controller peer id {peer} appears twice"));
+            }
+        }
+        if !parsed.contains_key(&id) {
+            return Err(format!(
+                "--controller-id {id} is not among --controller-peers {peers:?}"
+            ));
+        }
+        if self.controller_master_timeout_ms == 0 || self.controller_raft_heartbeat_ms == 0 {
+            return Err("controller timeouts must be at least 1 ms".into());
+        }
+        Ok(Some(keel_controller::ControllerConfig {
+            node_id: id,
+            peers: parsed,
+            dir: self.controller_dir.clone(),
+            master_timeout: Duration::from_millis(self.controller_master_timeout_ms),
+            raft_heartbeat: Duration::from_millis(self.controller_raft_heartbeat_ms),
+        }))
+    }
+}
+
+/// Starts the controller `args` ask for, if any.
+fn start_controller(args: &ControllerArgs) -> Result<Option<keel_controller::Controller>, String> {
+    let Some(config) = args.config()? else {
+        return Ok(None);
+    };
+    let dir = config.dir.display().to_string();
+    keel_controller::Controller::start(config)
+        .map(Some)
+        .map_err(|e| format!("controller (state in {dir}): {e}"))
 }
 
 /// Entry point of the `keeld` binary; returns the process exit code.
@@ -79,11 +168,38 @@ pub fn main_entry() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Controller { controller }) = &args.command {
+        return match start_controller(controller) {
+            Ok(Some(running)) => {
+                println!("keeld controller listening on {}", running.local_addr);
+                let _ = std::io::stdout().flush();
+                wait_for_termination();
+                running.stop();
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("keeld controller: needs --controller-id and --controller-peers");
+                std::process::ExitCode::from(2)
+            }
+            Err(error) => {
+                eprintln!("keeld controller: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Namesrv {
         listen,
         broker_timeout_ms,
+        controller,
     }) = args.command
     {
+        let _controller = match start_controller(&controller) {
+            Ok(running) => running,
+            Err(error) => {
+                eprintln!("keeld namesrv: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
         return match namesrv::run(listen, std::time::Duration::from_millis(broker_timeout_ms)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {
@@ -106,6 +222,19 @@ pub fn main_entry() -> std::process::ExitCode {
             eprintln!("keeld: {error}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_termination() {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(error) = signal_hook::flag::register(signal, stop.clone()) {
+            log::error!("cannot handle signal {signal}: {error}");
+        }
+    }
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -145,9 +274,43 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     socket.listen(1024).map_err(listen_error)?;
     let listener = mio::net::TcpListener::from_std(socket.into());
     let address = listener.local_addr().map_err(listen_error)?;
-    let role = cluster::effective_role(&config);
-    let ha =
-        cluster::start_replication(&config, &store, role, cluster::ha_address(&config, address))?;
+    let mut role = cluster::effective_role(&config);
+    let mut replication_config = config.clone();
+    if !config.controller_addrs.is_empty() {
+        // The controller decides who is master: a broker it does not name starts as
+        // the named master's slave, whatever its config or promotion record says.
+        let report = controller_link::report(
+            &config,
+            &store,
+            address,
+            &broker::Ha::None,
+            false,
+            role.is_master(),
+        );
+        match controller_link::master_at_startup(&config, &report) {
+            Ok(Some(master)) => {
+                if role.is_master() {
+                    log::warn!(
+                        "the controller names another master of {} (HA {master}): starting \
+                         as its slave",
+                        config.broker_name
+                    );
+                }
+                role = keel_protocol::BrokerRole::Slave;
+                replication_config.role = config::Role::Slave;
+                replication_config.master_address = Some(master);
+            }
+            Ok(None) => {}
+            Err(detail) if role.is_master() => return Err(BrokerError::Superseded(detail)),
+            Err(detail) => log::warn!("{detail}; following the configured master"),
+        }
+    }
+    let ha = cluster::start_replication(
+        &replication_config,
+        &store,
+        role,
+        cluster::ha_address(&config, address),
+    )?;
     if role.is_master() {
         store
             .create_topic(
@@ -160,6 +323,9 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             )))?;
     }
     let broker = Arc::new(Broker::new(config.clone(), store.clone(), role, ha));
+    if !config.controller_addrs.is_empty() {
+        broker.require_lease();
+    }
     broker.set_listen_address(address);
     schedule::start(broker.clone());
     let (readers, reads) = reader::Readers::start(broker.clone(), config.read_threads)
@@ -231,6 +397,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         .clone()
         .unwrap_or_else(|| address.to_string());
     cluster::start_registration(broker.clone(), advertised);
+    controller_link::start(broker.clone(), role.is_master());
     if let Some(arm) = arm_read_delay {
         log::warn!(
             "fault injection: every read of the log now sleeps {} ms",

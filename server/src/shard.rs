@@ -67,6 +67,9 @@ pub(crate) struct PendingSend {
     pub no_slave: bool,
     /// FLUSH_SLAVE_TIMEOUT past this.
     pub slave_deadline: Instant,
+    /// An idempotent retry, answered with its original: it sits at the original's
+    /// (older) position, so it is outside the rule that answers follow log order.
+    pub retry: bool,
 }
 
 impl PendingSend {
@@ -82,7 +85,7 @@ impl PendingSend {
 #[derive(Default)]
 pub(crate) struct PendingSends {
     queue: VecDeque<PendingSend>,
-    /// Position of the last send answered: answers go out in log order.
+    /// Position of the last send (not a retry) answered: those go out in log order.
     answered: (u64, u64),
 }
 
@@ -112,13 +115,15 @@ impl PendingSends {
 
     fn pop_front(&mut self) -> Option<PendingSend> {
         let send = self.queue.pop_front()?;
-        assert!(
-            send.position() >= self.answered,
-            "sends answered out of log order: {:?} after {:?}",
-            send.position(),
-            self.answered
-        );
-        self.answered = send.position();
+        if !send.retry {
+            assert!(
+                send.position() >= self.answered,
+                "sends answered out of log order: {:?} after {:?}",
+                send.position(),
+                self.answered
+            );
+            self.answered = send.position();
+        }
         Some(send)
     }
 
@@ -447,6 +452,7 @@ impl Shard {
         let mut slave_connected: Option<bool> = None;
         let poisoned = store.is_poisoned();
         let draining_expired = self.drain_deadline.is_some_and(|deadline| now >= deadline);
+        let lease_valid = broker.lease_valid();
         while let Some(front) = self.pending_sends.front_mut() {
             let messages = front.messages;
             let response = if store.is_discarded(front.generation, front.offset_end) {
@@ -455,6 +461,23 @@ impl Shard {
                     ErrorCode::DiskFull,
                     "the disk filled up before this message was written; it was not stored",
                 )
+            } else if front.offset_end <= durable && !lease_valid {
+                // Stored where it must be, but this master may have been replaced since
+                // the controller last confirmed it: no SEND_OK until it does again. Past
+                // the deadline the client retries (same producer id and sequence) and
+                // whichever master holds it answers with the original.
+                let deadline = if front.wait_slave {
+                    front.slave_deadline
+                } else {
+                    front.deadline
+                };
+                if now < deadline && !draining_expired {
+                    break;
+                }
+                counters
+                    .sends_outcome_unknown
+                    .fetch_add(messages, Ordering::Relaxed);
+                front.result.response(SendStatus::OutcomeUnknown)
             } else if front.offset_end <= durable {
                 counters.sends_ok.fetch_add(messages, Ordering::Relaxed);
                 front.result.response(SendStatus::SendOk)

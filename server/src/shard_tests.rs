@@ -252,6 +252,33 @@ fn a_retry_of_a_durable_message_is_not_held_behind_newer_sends() {
 }
 
 #[test]
+fn a_retry_of_an_old_message_after_newer_sends_were_answered_is_answered() {
+    // The retry sits at its original's older position, behind answers already given:
+    // the shard must answer it (this once tripped the log-order assertion and killed
+    // the event loop, when producers retried on a newly elected master).
+    let mut fixture = Fixture::new(|_| {});
+    let mut numbered = message("orders", "numbered");
+    numbered.producer_id = 9;
+    numbered.sequence = 1;
+    numbered.seal();
+    fixture.request(to(1, 1), Request::Send(numbered.clone()));
+    fixture.answers(1);
+    for request in 2..5 {
+        fixture.request(to(1, request), Request::Send(message("orders", "newer")));
+        fixture.answers(1);
+    }
+    fixture.request(to(1, 9), Request::Send(numbered));
+    let answers = fixture.answers(1);
+    let Response::SendResult(result) = &answers[0].1 else {
+        panic!("{answers:?}");
+    };
+    assert_eq!(result.status, SendStatus::SendOk);
+    assert_eq!(result.log_offset, 0, "the original's position");
+    fixture.request(to(1, 10), Request::Send(message("orders", "after")));
+    assert_eq!(fixture.answers(1).len(), 1);
+}
+
+#[test]
 fn a_group_commit_is_answered_once_on_disk_and_fenced_by_ownership() {
     let mut fixture = Fixture::new(|_| {});
     create_topic(&mut fixture, "orders");

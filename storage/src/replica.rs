@@ -45,6 +45,12 @@ impl Store {
     /// event loops take). Epochs of the history that start past the end (learnt from a
     /// former master, never written here) are dropped first.
     pub fn begin_epoch(&self) -> Result<Epoch, StoreError> {
+        self.begin_epoch_at_least(0)
+    }
+
+    /// `begin_epoch`, numbering the new epoch at least `minimum` (a controller assigns
+    /// the number of an elected master's epoch: above every epoch of its group).
+    pub fn begin_epoch_at_least(&self, minimum: u64) -> Result<Epoch, StoreError> {
         let end = self.lock_state().offset_end;
         // Crash safety: the own range is durable before any record is appended in the
         // epoch; a crash before the epoch is saved leaves a range that only claims
@@ -54,7 +60,7 @@ impl Store {
         let mut next = history.clone();
         next.retain(|e| e.start <= end);
         let epoch = Epoch {
-            epoch: history.last().map_or(0, |e| e.epoch) + 1,
+            epoch: (history.last().map_or(0, |e| e.epoch) + 1).max(minimum),
             start: end,
         };
         next.push(epoch);

@@ -114,6 +114,7 @@ pub(crate) fn append_and_wait(
         wait_slave,
         no_slave: wait_slave && !broker.slave_in_sync(),
         slave_deadline: now + Duration::from_millis(config.slave_timeout_ms),
+        retry: last.duplicate,
     };
     shard.expect_send(send);
 }

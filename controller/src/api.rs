@@ -1,0 +1,78 @@
+//! What brokers and operators send to the controller port, and its answers (JSON
+//! bodies of `wire` frames; see docs/PROTOCOL.md "The controller port").
+
+use serde::{Deserialize, Serialize};
+
+/// A broker's report, every `controller_heartbeat_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerHeartbeat {
+    pub group: String,
+    pub broker_id: u32,
+    pub address: String,
+    pub ha_address: String,
+    /// Serving as a master now.
+    pub is_master: bool,
+    /// Its configured role is a master (a group without a master takes it).
+    pub claims_master: bool,
+    /// The newest epoch of its log.
+    pub epoch: u64,
+    /// Where its log ends, and what it has fsynced.
+    pub log_end: u64,
+    pub flushed: u64,
+    /// From a master: the slaves (broker ids) in sync with it now.
+    pub in_sync: Vec<u32>,
+}
+
+/// What a broker learns: its group as the controller decided it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub group: String,
+    pub master: Option<u32>,
+    pub master_address: Option<String>,
+    pub master_ha_address: Option<String>,
+    pub master_epoch: u64,
+    pub sss: Vec<u32>,
+    pub sss_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeartbeatReply {
+    Group(GroupView),
+    /// Ask the leader instead (its controller address, when known).
+    NotLeader {
+        leader: Option<String>,
+    },
+}
+
+/// One replica as the leader last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub broker_id: u32,
+    pub address: String,
+    pub is_master: bool,
+    pub epoch: u64,
+    pub log_end: u64,
+    pub flushed: u64,
+    /// Milliseconds since its last heartbeat reached this controller (`None`: never).
+    pub since_heard_ms: Option<u64>,
+    pub in_sss: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub view: GroupView,
+    pub elections: u64,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// DESCRIBE's answer: the controller's own Raft state and every group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub leader_address: Option<String>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub voters: Vec<(u64, String)>,
+    pub groups: Vec<GroupStatus>,
+}

@@ -1,0 +1,102 @@
+//! Blocking calls to the controller port, for brokers and the CLI: tries each address,
+//! follows a NOT_LEADER hint once, and bounds every step by `timeout`.
+
+use crate::api::{BrokerHeartbeat, ClusterView, HeartbeatReply};
+use crate::wire;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+fn call<Q: Serialize, A: DeserializeOwned>(
+    address: &str,
+    kind: u8,
+    request: &Q,
+    timeout: Duration,
+) -> Result<A, String> {
+    let target = address
+        .to_socket_addrs()
+        .map_err(|e| format!("{address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address}: no address"))?;
+    let mut stream = TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| format!("connect to controller {address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("{address}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    wire::write_frame(&mut stream, kind, &body).map_err(|e| format!("{address}: {e}"))?;
+    let (reply_kind, reply) =
+        wire::read_frame(&mut stream).map_err(|e| format!("{address}: {e}"))?;
+    if reply_kind != wire::REPLY {
+        return Err(format!(
+            "controller {address} refused: {}",
+            String::from_utf8_lossy(&reply)
+        ));
+    }
+    serde_json::from_slice(&reply).map_err(|e| format!("{address}: bad reply: {e}"))
+}
+
+/// Sends `report` to the leader among `addresses`; the group as decided.
+pub fn heartbeat(
+    addresses: &[String],
+    report: &BrokerHeartbeat,
+    timeout: Duration,
+) -> Result<crate::api::GroupView, String> {
+    let mut errors = Vec::new();
+    let mut hinted: Option<String> = None;
+    for address in addresses.iter() {
+        let mut target = address.clone();
+        for _ in 0..2 {
+            match call::<_, HeartbeatReply>(&target, wire::BROKER_HEARTBEAT, report, timeout) {
+                Ok(HeartbeatReply::Group(view)) => return Ok(view),
+                Ok(HeartbeatReply::NotLeader {
+                    leader: Some(leader),
+                }) if hinted.as_deref() != Some(leader.as_str()) => {
+                    hinted = Some(leader.clone());
+                    target = leader;
+                }
+                Ok(HeartbeatReply::NotLeader { .. }) => {
+                    errors.push(format!("{target}: not the leader"));
+                    break;
+                }
+                Err(error) => {
+                    errors.push(error);
+                    break;
+                }
+            }
+        }
+    }
+    Err(format!(
+        "no controller leader answered: {}",
+        errors.join("; ")
+    ))
+}
+
+/// The cluster as the first answering controller sees it; the leader's view when the
+/// first answer names a leader elsewhere.
+pub fn describe(addresses: &[String], timeout: Duration) -> Result<ClusterView, String> {
+    let mut errors = Vec::new();
+    for address in addresses {
+        match call::<_, ClusterView>(address, wire::DESCRIBE, &(), timeout) {
+            Ok(view) => {
+                let elsewhere = view
+                    .leader_address
+                    .clone()
+                    .filter(|leader| view.leader != Some(view.node_id) && leader != address);
+                if let Some(leader) = elsewhere {
+                    if let Ok(leader_view) =
+                        call::<_, ClusterView>(&leader, wire::DESCRIBE, &(), timeout)
+                    {
+                        return Ok(leader_view);
+                    }
+                }
+                return Ok(view);
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+    Err(format!("no controller answered: {}", errors.join("; ")))
+}

@@ -1,0 +1,389 @@
+//! The controller port: openraft's RPCs from the other voters, heartbeats from
+//! brokers, DESCRIBE from operators. A connection gets a task; a frame that does not
+//! decode is answered with an ERROR frame and the connection is closed.
+
+use crate::api::{
+    BrokerHeartbeat, ClusterView, GroupStatus, GroupView, HeartbeatReply, ReplicaStatus,
+};
+use crate::network::Network;
+use crate::state::{Applied, Command, Group, Replica};
+use crate::store::{LogStore, MachineState, StateMachine};
+use crate::{wire, ControllerConfig, TypeConfig};
+use openraft::{BasicNode, Raft};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+const MAX_CONNECTIONS: usize = 512;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The last heartbeat the leader got from one replica.
+pub(crate) struct Heard {
+    pub at: Instant,
+    pub report: BrokerHeartbeat,
+}
+
+pub(crate) struct Node {
+    pub id: u64,
+    pub raft: Raft<TypeConfig>,
+    pub peers: BTreeMap<u64, String>,
+    pub machine: Arc<Mutex<MachineState>>,
+    /// By (group, broker id); kept by whichever voter is leader.
+    pub heard: Mutex<HashMap<(String, u32), Heard>>,
+    pub master_timeout: Duration,
+    connections: AtomicUsize,
+    /// The term in which this voter, as leader, caught up with the committed log.
+    ready_term: AtomicU64,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn other(detail: impl std::fmt::Display) -> io::Error {
+    io::Error::other(detail.to_string())
+}
+
+impl Node {
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    pub fn group(&self, name: &str) -> Option<Group> {
+        lock(&self.machine).groups.groups.get(name).cloned()
+    }
+
+    /// Commits `command` through Raft and returns what applying it said.
+    pub async fn propose(&self, command: Command) -> Result<Applied, String> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn view(&self, name: &str, group: &Group) -> GroupView {
+        let master = group.master.and_then(|id| group.replicas.get(&id));
+        GroupView {
+            group: name.to_string(),
+            master: group.master,
+            master_address: master.map(|r| r.address.clone()),
+            master_ha_address: master.map(|r| r.ha_address.clone()),
+            master_epoch: group.master_epoch,
+            sss: group.sss.iter().copied().collect(),
+            sss_epoch: group.sss_epoch,
+        }
+    }
+
+    /// Whether this voter leads and has applied everything committed before its term
+    /// (a new leader's state machine may still be replaying the log).
+    pub async fn leads_with_current_state(&self) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let term = self.raft.metrics().borrow().current_term;
+        if self.ready_term.load(Ordering::Acquire) == term {
+            return true;
+        }
+        let caught_up =
+            tokio::time::timeout(Duration::from_secs(1), self.raft.ensure_linearizable()).await;
+        match caught_up {
+            Ok(Ok(_)) => {
+                self.ready_term.store(term, Ordering::Release);
+                true
+            }
+            Ok(Err(_)) | Err(_) => false,
+        }
+    }
+
+    async fn heartbeat(&self, report: BrokerHeartbeat) -> HeartbeatReply {
+        if !self.leads_with_current_state().await {
+            let leader = self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .filter(|id| *id != self.id);
+            return HeartbeatReply::NotLeader {
+                leader: leader.and_then(|id| self.peers.get(&id).cloned()),
+            };
+        }
+        let key = (report.group.clone(), report.broker_id);
+        lock(&self.heard).insert(
+            key,
+            Heard {
+                at: Instant::now(),
+                report: report.clone(),
+            },
+        );
+        let replica = Replica {
+            address: report.address.clone(),
+            ha_address: report.ha_address.clone(),
+        };
+        let known = self.group(&report.group);
+        let registered = known
+            .as_ref()
+            .is_some_and(|g| g.replicas.get(&report.broker_id) == Some(&replica));
+        let masterless = known.as_ref().is_none_or(|g| g.master.is_none());
+        if !registered || (masterless && report.claims_master) {
+            let command = Command::Register {
+                group: report.group.clone(),
+                broker_id: report.broker_id,
+                replica,
+                claims_master: report.claims_master,
+                epoch: report.epoch,
+            };
+            if let Err(error) = self.propose(command).await {
+                log::warn!(
+                    "controller: cannot register {}/{}: {error}",
+                    report.group,
+                    report.broker_id
+                );
+            }
+        }
+        let Some(group) = self.group(&report.group) else {
+            return HeartbeatReply::Group(GroupView {
+                group: report.group,
+                ..GroupView::default()
+            });
+        };
+        // The master asks for the SSS it sees: itself and its slaves in sync.
+        if report.is_master && group.master == Some(report.broker_id) {
+            let mut wanted: BTreeSet<u32> = report
+                .in_sync
+                .iter()
+                .copied()
+                .filter(|id| group.replicas.contains_key(id))
+                .collect();
+            wanted.insert(report.broker_id);
+            if wanted != group.sss {
+                let command = Command::AlterSss {
+                    group: report.group.clone(),
+                    master: report.broker_id,
+                    master_epoch: group.master_epoch,
+                    sss_epoch: group.sss_epoch,
+                    sss: wanted.clone(),
+                };
+                match self.propose(command).await {
+                    Ok(Applied::Done) => log::info!(
+                        "controller: SyncStateSet of {} is now {wanted:?} (was {:?}): \
+                         reported in sync by its master {}",
+                        report.group,
+                        group.sss,
+                        report.broker_id
+                    ),
+                    Ok(Applied::Refused(why)) => {
+                        log::info!("controller: SSS change of {} refused: {why}", report.group)
+                    }
+                    Err(error) => log::warn!("controller: SSS change not committed: {error}"),
+                }
+            }
+        }
+        let group = self.group(&report.group).unwrap_or(group);
+        HeartbeatReply::Group(self.view(&report.group, &group))
+    }
+
+    fn describe(&self) -> ClusterView {
+        let metrics = self.raft.metrics().borrow().clone();
+        let groups = lock(&self.machine).groups.groups.clone();
+        let heard = lock(&self.heard);
+        let now = Instant::now();
+        let statuses = groups
+            .iter()
+            .map(|(name, group)| {
+                let replicas = group
+                    .replicas
+                    .iter()
+                    .map(|(id, replica)| {
+                        let last = heard.get(&(name.clone(), *id));
+                        let report = last.map(|h| &h.report);
+                        ReplicaStatus {
+                            broker_id: *id,
+                            address: replica.address.clone(),
+                            is_master: report.is_some_and(|r| r.is_master),
+                            epoch: report.map_or(0, |r| r.epoch),
+                            log_end: report.map_or(0, |r| r.log_end),
+                            flushed: report.map_or(0, |r| r.flushed),
+                            since_heard_ms: last
+                                .map(|h| now.saturating_duration_since(h.at).as_millis() as u64),
+                            in_sss: group.sss.contains(id),
+                        }
+                    })
+                    .collect();
+                GroupStatus {
+                    view: self.view(name, group),
+                    elections: group.elections,
+                    replicas,
+                }
+            })
+            .collect();
+        ClusterView {
+            node_id: self.id,
+            leader: metrics.current_leader,
+            leader_address: metrics
+                .current_leader
+                .and_then(|id| self.peers.get(&id).cloned()),
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map(|id| id.index),
+            voters: self
+                .peers
+                .iter()
+                .map(|(id, address)| (*id, address.clone()))
+                .collect(),
+            groups: statuses,
+        }
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> (u8, Vec<u8>) {
+    match serde_json::to_vec(value) {
+        Ok(body) => (wire::REPLY, body),
+        Err(error) => (wire::ERROR, error.to_string().into_bytes()),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, (u8, Vec<u8>)> {
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            wire::ERROR,
+            format!("undecodable request body: {e}").into_bytes(),
+        )
+    })
+}
+
+async fn answer(node: &Node, kind: u8, body: &[u8]) -> Result<(u8, Vec<u8>), (u8, Vec<u8>)> {
+    Ok(match kind {
+        wire::APPEND_ENTRIES => reply(&node.raft.append_entries(decode(body)?).await),
+        wire::VOTE => reply(&node.raft.vote(decode(body)?).await),
+        wire::INSTALL_SNAPSHOT => reply(&node.raft.install_snapshot(decode(body)?).await),
+        wire::BROKER_HEARTBEAT => reply(&node.heartbeat(decode(body)?).await),
+        wire::DESCRIBE => reply(&node.describe()),
+        other => {
+            return Err((
+                wire::ERROR,
+                format!("unknown controller frame kind {other:#04x}").into_bytes(),
+            ))
+        }
+    })
+}
+
+async fn serve(node: Arc<Node>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let frame = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_async(&mut stream)).await;
+        let (kind, body) = match frame {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(error)) => {
+                if error.kind() != io::ErrorKind::UnexpectedEof {
+                    let text = format!("bad frame: {error}");
+                    let _ =
+                        wire::write_frame_async(&mut stream, wire::ERROR, text.as_bytes()).await;
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        match answer(&node, kind, &body).await {
+            Ok((kind, body)) => {
+                if wire::write_frame_async(&mut stream, kind, &body)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err((kind, body)) => {
+                let _ = wire::write_frame_async(&mut stream, kind, &body).await;
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(
+    config: ControllerConfig,
+    listener: std::net::TcpListener,
+    log_store: LogStore,
+    machine: StateMachine,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let heartbeat = config.raft_heartbeat.as_millis().max(10) as u64;
+    let raft_config = openraft::Config {
+        cluster_name: "keel-controller".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: heartbeat * 3,
+        election_timeout_max: heartbeat * 6,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(other)?;
+    let shared = machine.state.clone();
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        Network,
+        log_store,
+        machine,
+    )
+    .await
+    .map_err(other)?;
+    if !raft.is_initialized().await.map_err(other)? {
+        let members: BTreeMap<u64, BasicNode> = config
+            .peers
+            .iter()
+            .map(|(id, address)| (*id, BasicNode::new(address)))
+            .collect();
+        // Every voter initializes with the same members: safe, and no voter has to be
+        // up first.
+        if let Err(error) = raft.initialize(members).await {
+            log::info!("controller: not initialized here: {error}");
+        }
+    }
+    log::info!(
+        "controller {} serving on {} with voters {:?}",
+        config.node_id,
+        listener.local_addr()?,
+        config.peers
+    );
+    let node = Arc::new(Node {
+        id: config.node_id,
+        raft: raft.clone(),
+        peers: config.peers.clone(),
+        machine: shared,
+        heard: Mutex::new(HashMap::new()),
+        master_timeout: config.master_timeout,
+        connections: AtomicUsize::new(0),
+        ready_term: AtomicU64::new(0),
+    });
+    tokio::spawn(crate::leader::duties(node.clone(), stop.clone()));
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    while !stop.load(Ordering::Acquire) {
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        let Ok(accepted) = accepted else { continue };
+        match accepted {
+            Ok((stream, _)) => {
+                if node.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    node.connections.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let serving = node.clone();
+                tokio::spawn(async move {
+                    serve(serving.clone(), stream).await;
+                    serving.connections.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            Err(error) => {
+                log::warn!("controller: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = raft.shutdown().await;
+    Ok(())
+}

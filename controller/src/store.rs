@@ -1,0 +1,470 @@
+//! The controller's Raft log, vote and state machine on disk.
+//!
+//! - `raft-log`: records `u32 length | u32 crc32c | JSON entry`, appended and fsynced
+//!   before openraft is told they are stored. At start, a record cut short or failing
+//!   its CRC at the very end of the file is a torn tail (cut); a bad record followed by
+//!   more bytes is damage, and the controller refuses to start.
+//! - `raft-vote`, `raft-purged`, `raft-snapshot`: small files replaced atomically
+//!   (written to a temporary name, fsynced, renamed, the directory fsynced), each with
+//!   a CRC32C.
+//!
+//! The state machine lives in memory, rebuilt from the snapshot and the log's entries
+//! that openraft applies again after a restart.
+
+use crate::state::{Applied, Groups};
+use crate::TypeConfig;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Cursor, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+type NodeId = u64;
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Largest log record accepted when reading the log back.
+const MAX_RECORD_BYTES: usize = 16 << 20;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn invalid(detail: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, detail)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `value` as JSON behind a CRC32C line, durably.
+fn save_sealed<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(|e| invalid(e.to_string()))?;
+    let mut bytes = format!("{:08x}\n", crc32c::crc32c(&body)).into_bytes();
+    bytes.extend_from_slice(&body);
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Reads what `save_sealed` wrote; `None` when the file does not exist.
+fn load_sealed<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let damaged = || invalid(format!("{} is damaged (CRC32C mismatch)", path.display()));
+    let (crc, body) = bytes.split_at_checked(9).ok_or_else(damaged)?;
+    let stored = std::str::from_utf8(&crc[..8])
+        .ok()
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .ok_or_else(damaged)?;
+    if stored != crc32c::crc32c(body) {
+        return Err(damaged());
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))
+}
+
+fn encode_record(entry: &Entry<TypeConfig>) -> io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(entry).map_err(|e| invalid(e.to_string()))?;
+    let length = u32::try_from(body.len()).map_err(|_| invalid("entry too large".into()))?;
+    let mut record = Vec::with_capacity(8 + body.len());
+    record.extend_from_slice(&length.to_le_bytes());
+    record.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    record.extend_from_slice(&body);
+    Ok(record)
+}
+
+/// The entries of a log file, and the length of its valid prefix.
+fn read_log(path: &Path) -> io::Result<(Vec<Entry<TypeConfig>>, u64)> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes)?;
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(error) => return Err(error),
+    }
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let header = bytes.get(at..at + 8);
+        let Some(header) = header else { break };
+        let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let stored = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let end = at
+            .checked_add(8)
+            .and_then(|start| start.checked_add(length));
+        let body = end.and_then(|end| bytes.get(at + 8..end));
+        let good =
+            length <= MAX_RECORD_BYTES && body.is_some_and(|body| crc32c::crc32c(body) == stored);
+        if !good {
+            // Torn: nothing valid could follow. Damage: a whole record's worth of bytes
+            // follows the bad one.
+            if end.is_some_and(|end| end < bytes.len()) && length <= MAX_RECORD_BYTES {
+                return Err(invalid(format!(
+                    "{}: the record at byte {at} is damaged (CRC32C mismatch) and more \
+                     records follow it; refusing to start on a damaged Raft log",
+                    path.display()
+                )));
+            }
+            break;
+        }
+        let body = body.unwrap_or_default();
+        let entry = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("{}: the record at byte {at}: {e}", path.display())))?;
+        entries.push(entry);
+        at = end.unwrap_or(bytes.len());
+    }
+    Ok((entries, at as u64))
+}
+
+struct LogInner {
+    dir: PathBuf,
+    file: File,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+}
+
+impl LogInner {
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("raft-log")
+    }
+
+    /// Writes the whole log anew (after a truncation or a purge), durably.
+    fn rewrite(&mut self) -> io::Result<()> {
+        let tmp = self.dir.join("raft-log.tmp");
+        let mut file = File::create(&tmp)?;
+        for entry in self.entries.values() {
+            file.write_all(&encode_record(entry)?)?;
+        }
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, self.log_path())?;
+        sync_dir(&self.dir)?;
+        self.file = OpenOptions::new().append(true).open(self.log_path())?;
+        Ok(())
+    }
+}
+
+/// The Raft log and vote. Cloned handles share one log.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl LogStore {
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("raft-log");
+        let (entries, valid) = read_log(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)?;
+        if file.metadata()?.len() > valid {
+            log::warn!(
+                "{}: cutting a torn tail after byte {valid} (an append that was never \
+                 acknowledged)",
+                path.display()
+            );
+            file.set_len(valid)?;
+            file.sync_all()?;
+        }
+        let last_purged: Option<LogId<NodeId>> = load_sealed(&dir.join("raft-purged"))?;
+        let vote = load_sealed(&dir.join("raft-vote"))?;
+        let entries = entries
+            .into_iter()
+            .filter(|entry| last_purged.is_none_or(|purged| entry.log_id.index > purged.index))
+            .map(|entry| (entry.log_id.index, entry))
+            .collect();
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(LogInner {
+                dir: dir.to_path_buf(),
+                file,
+                entries,
+                last_purged,
+                vote,
+            })),
+        })
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        let inner = lock(&self.inner);
+        Ok(inner
+            .entries
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
+        let inner = lock(&self.inner);
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
+        let mut inner = lock(&self.inner);
+        save_sealed(&inner.dir.join("raft-vote"), vote)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
+        Ok(lock(&self.inner).vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = lock(&self.inner);
+        let mut bytes = Vec::new();
+        let mut added = Vec::new();
+        for entry in entries {
+            bytes.extend(encode_record(&entry).map_err(|e| StorageIOError::write_logs(&e))?);
+            added.push(entry);
+        }
+        let written = inner
+            .file
+            .write_all(&bytes)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(error) = written {
+            let detail = error.to_string();
+            callback.log_io_completed(Err(io::Error::new(error.kind(), detail)));
+            return Err(StorageIOError::write_logs(&error).into());
+        }
+        for entry in added {
+            inner.entries.insert(entry.log_id.index, entry);
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let mut inner = lock(&self.inner);
+        inner.entries.retain(|index, _| *index < log_id.index);
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let mut inner = lock(&self.inner);
+        save_sealed(&inner.dir.join("raft-purged"), &log_id)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.last_purged = Some(log_id);
+        inner.entries.retain(|index, _| *index > log_id.index);
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The state the controller's decisions are read from, shared with the server.
+#[derive(Debug, Default)]
+pub struct MachineState {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub groups: Groups,
+    snapshot: Option<StoredSnapshot>,
+    snapshots_built: u64,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    dir: PathBuf,
+    pub state: Arc<Mutex<MachineState>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    groups: Groups,
+}
+
+impl StateMachine {
+    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+        let mut state = MachineState::default();
+        if let Some(snapshot) = load_sealed::<StoredSnapshot>(&dir.join("raft-snapshot"))? {
+            let body: SnapshotBody = serde_json::from_slice(&snapshot.data)
+                .map_err(|e| invalid(format!("raft-snapshot: {e}")))?;
+            state.last_applied = body.last_applied;
+            state.membership = body.membership;
+            state.groups = body.groups;
+            state.snapshot = Some(snapshot);
+        }
+        Ok(StateMachine {
+            dir: dir.to_path_buf(),
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+
+    fn install(&self, snapshot: StoredSnapshot) -> io::Result<()> {
+        let body: SnapshotBody = serde_json::from_slice(&snapshot.data)
+            .map_err(|e| invalid(format!("snapshot: {e}")))?;
+        save_sealed(&self.dir.join("raft-snapshot"), &snapshot)?;
+        let mut state = lock(&self.state);
+        state.last_applied = body.last_applied;
+        state.membership = body.membership;
+        state.groups = body.groups;
+        state.snapshot = Some(snapshot);
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let (meta, data) = {
+            let mut state = lock(&self.state);
+            let body = SnapshotBody {
+                last_applied: state.last_applied,
+                membership: state.membership.clone(),
+                groups: state.groups.clone(),
+            };
+            let data =
+                serde_json::to_vec(&body).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            state.snapshots_built += 1;
+            let snapshot_id = match state.last_applied {
+                Some(id) => format!(
+                    "{}-{}-{}",
+                    id.leader_id.term, id.index, state.snapshots_built
+                ),
+                None => format!("empty-{}", state.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        save_sealed(&self.dir.join("raft-snapshot"), &stored)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        lock(&self.state).snapshot = Some(stored);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
+        let state = lock(&self.state);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Applied>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = lock(&self.state);
+        let mut answers = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => answers.push(Applied::Done),
+                EntryPayload::Normal(command) => {
+                    let applied = state.groups.apply(&command);
+                    log::info!("controller applied {command:?}: {applied:?}");
+                    answers.push(applied);
+                }
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    answers.push(Applied::Done);
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        self.install(stored)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        let state = lock(&self.state);
+        Ok(state.snapshot.as_ref().map(|stored| Snapshot {
+            meta: stored.meta.clone(),
+            snapshot: Box::new(Cursor::new(stored.data.clone())),
+        }))
+    }
+}

@@ -1,0 +1,222 @@
+//! A broker's side of the controller (`controller_addrs`): a heartbeat every
+//! `controller_heartbeat_ms` with its epoch, log end and (from a master) its slaves in
+//! sync, and the group as the controller decided it in reply:
+//!
+//! - elected (the controller names this broker master at a newer epoch): promote to
+//!   `sync_master` at that epoch;
+//! - deposed (another broker is master): refuse sends (fenced); restarted, the broker
+//!   starts as that master's slave;
+//! - a slave whose master changed follows the new one;
+//! - a master waits for the acks of its committed SyncStateSet, plus the slaves it is
+//!   asking to add, before answering `SEND_OK`.
+
+use crate::broker::{Broker, Ha};
+use crate::cluster;
+use crate::config::Config;
+use keel_controller::api::{BrokerHeartbeat, GroupView};
+use keel_protocol::BrokerRole;
+use keel_replication::{HaSlave, SlaveOptions, WaitSet};
+use keel_storage::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one heartbeat may take per controller address.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long start-up waits for a controller to say who the master is.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// What this broker tells the controller: from its store, and from a master its
+/// slaves in sync.
+pub fn report(
+    config: &Config,
+    store: &Store,
+    address: SocketAddr,
+    ha: &Ha,
+    is_master: bool,
+    claims_master: bool,
+) -> BrokerHeartbeat {
+    let stats = store.stats();
+    let (in_sync, ha_address) = match ha {
+        Ha::Master(master) => (
+            master
+                .slaves()
+                .into_iter()
+                .filter(|slave| slave.in_sync)
+                .map(|slave| slave.broker_id)
+                .collect(),
+            master.local_addr().to_string(),
+        ),
+        _ => (Vec::new(), cluster::ha_address(config, address).to_string()),
+    };
+    BrokerHeartbeat {
+        group: config.broker_name.clone(),
+        broker_id: config.broker_id,
+        address: config
+            .advertise_address
+            .clone()
+            .unwrap_or_else(|| address.to_string()),
+        ha_address,
+        is_master,
+        claims_master,
+        epoch: store.current_epoch(),
+        log_end: stats.offset_appended,
+        flushed: stats.offset_flushed,
+        in_sync,
+    }
+}
+
+/// Before replication starts: the master the controller knows for this group, if it
+/// is another broker (this one then starts as its slave). Waits up to `STARTUP_WAIT`
+/// for a controller leader; without an answer a master refuses to start (it could
+/// fork the history of a group whose slave was elected meanwhile).
+pub fn master_at_startup(
+    config: &Config,
+    report: &BrokerHeartbeat,
+) -> Result<Option<String>, String> {
+    let deadline = Instant::now() + STARTUP_WAIT;
+    loop {
+        match keel_controller::client::heartbeat(&config.controller_addrs, report, CALL_TIMEOUT) {
+            Ok(view) if view.master.is_some() && view.master != Some(config.broker_id) => {
+                return Ok(view.master_ha_address);
+            }
+            Ok(_) => return Ok(None),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "no controller told who the master of {} is within {STARTUP_WAIT:?}: {error}",
+                    config.broker_name
+                ))
+            }
+            Err(error) => {
+                log::warn!("waiting for a controller: {error}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+pub fn start(broker: Arc<Broker>, claims_master: bool) {
+    if broker.config.controller_addrs.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("keel-controller-link".into())
+        .spawn(move || {
+            let interval = Duration::from_millis(broker.config.controller_heartbeat_ms);
+            let mut failing = false;
+            while !broker.is_shutting_down() {
+                let asked_at = Instant::now();
+                let report = report(
+                    &broker.config,
+                    &broker.store,
+                    broker.listen_address(),
+                    &broker.ha(),
+                    broker.role().is_master(),
+                    claims_master,
+                );
+                match keel_controller::client::heartbeat(
+                    &broker.config.controller_addrs,
+                    &report,
+                    CALL_TIMEOUT,
+                ) {
+                    Ok(view) => {
+                        if failing {
+                            log::info!("controller reachable again");
+                        }
+                        failing = false;
+                        if view.master == Some(broker.config.broker_id)
+                            && broker.role().is_master()
+                            && broker.fenced().is_none()
+                        {
+                            broker.renew_lease(asked_at);
+                        }
+                        follow(&broker, &view, &report);
+                    }
+                    Err(error) => {
+                        if !failing {
+                            log::warn!("controller heartbeat failed: {error}");
+                        }
+                        failing = true;
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start the controller link: {error}");
+    }
+}
+
+/// Acts on the group as decided.
+fn follow(broker: &Arc<Broker>, view: &GroupView, report: &BrokerHeartbeat) {
+    let me = broker.config.broker_id;
+    let Some(master) = view.master else { return };
+    match broker.ha() {
+        Ha::Slave(_) if master == me && view.master_epoch > broker.store.current_epoch() => {
+            log::warn!(
+                "the controller elected this broker master of {} at epoch {}",
+                view.group,
+                view.master_epoch
+            );
+            match cluster::promote_to_epoch(broker, BrokerRole::SyncMaster, view.master_epoch) {
+                Ok((epoch, offset)) => {
+                    log::warn!("serving as sync_master from epoch {epoch} at log offset {offset}")
+                }
+                Err(refusal) => log::error!("cannot become master: {}", refusal.message),
+            }
+        }
+        Ha::Slave(slave) if master != me => {
+            let Some(address) = view.master_ha_address.clone() else {
+                return;
+            };
+            if slave.master() != address {
+                log::warn!(
+                    "the controller names broker {master} at {address} master of {} (epoch \
+                     {}); following it instead of {}",
+                    view.group,
+                    view.master_epoch,
+                    slave.master()
+                );
+                slave.stop();
+                let options = SlaveOptions {
+                    master: address,
+                    broker_name: broker.config.broker_name.clone(),
+                    broker_id: me,
+                    heartbeat: Duration::from_millis(broker.config.ha_heartbeat_ms),
+                };
+                match HaSlave::start(broker.store.clone(), options) {
+                    Ok(next) => broker.set_role(BrokerRole::Slave, Ha::Slave(next)),
+                    Err(error) => log::error!("cannot follow the new master: {error}"),
+                }
+            }
+        }
+        Ha::Master(ha) if master == me => {
+            // The committed SSS and every slave this master is asking to add: acks
+            // count against both while a change is in flight.
+            let mut members: Vec<u32> = view
+                .sss
+                .iter()
+                .copied()
+                .chain(report.in_sync.iter().copied())
+                .filter(|id| *id != me)
+                .collect();
+            members.sort_unstable();
+            members.dedup();
+            ha.set_wait_set(Some(WaitSet {
+                members,
+                min_replicas: broker.config.min_insync_replicas,
+            }));
+        }
+        Ha::Master(_) | Ha::None if master != me && broker.role().is_master() => {
+            broker.fence(format!(
+                "the controller elected broker {master} master of {} at epoch {} (this \
+                 broker's epoch is {}); restart this broker to rejoin as its slave",
+                view.group,
+                view.master_epoch,
+                broker.store.current_epoch()
+            ));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,630 @@
+//! Automatic failover: three `keeld namesrv` processes that are also controller voters
+//! (openraft), one broker group of three replicas, real processes on 127.0.0.1, kill -9
+//! and SIGSTOP. The controller elects a new master from the SyncStateSet without any
+//! command; nothing acknowledged is lost.
+
+use crate::harness::{drain, drain_as, free_port, signal, wait_until, BrokerProcess};
+use keel_client::{Message, Producer, ProducerOptions, SendStatus};
+use keel_controller::api::ClusterView;
+use keel_tests::{id_of, payload_for, Ledger, Outcome};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEELD: &str = env!("CARGO_BIN_EXE_keeld-under-test");
+const GROUP: &str = "g";
+const MASTER_TIMEOUT_MS: u64 = 2000;
+
+/// One `keeld namesrv` with a controller voter; its state survives restarts.
+struct Voter {
+    id: u64,
+    child: Option<Child>,
+    namesrv: String,
+    controller: String,
+    peers: String,
+    dir: std::path::PathBuf,
+}
+
+impl Voter {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("namesrv.log"))
+            .expect("log");
+        let listen = if self.namesrv.is_empty() {
+            "127.0.0.1:0".to_string()
+        } else {
+            self.namesrv.clone()
+        };
+        let mut child = Command::new(KEELD)
+            .args([
+                "namesrv",
+                "--listen",
+                &listen,
+                "--broker-timeout-ms",
+                "3000",
+            ])
+            .args(["--controller-id", &self.id.to_string()])
+            .args(["--controller-peers", &self.peers])
+            .arg("--controller-dir")
+            .arg(self.dir.join("controller"))
+            .args([
+                "--controller-master-timeout-ms",
+                &MASTER_TIMEOUT_MS.to_string(),
+            ])
+            .args(["--controller-raft-heartbeat-ms", "100"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keeld namesrv");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.strip_prefix("keeld namesrv listening on ") {
+                        break address.trim().to_string();
+                    }
+                }
+                _ => panic!("keeld namesrv {} did not start: {}", self.id, self.log()),
+            }
+        };
+        self.namesrv = address;
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("namesrv.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Voter {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Controllers {
+    voters: Vec<Voter>,
+    _temp: tempfile::TempDir,
+}
+
+impl Controllers {
+    fn start() -> Controllers {
+        let temp = tempfile::tempdir().expect("temporary directory");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(index, port)| format!("{}=127.0.0.1:{port}", index + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut voters: Vec<Voter> = ports
+            .iter()
+            .enumerate()
+            .map(|(index, port)| {
+                let dir = temp.path().join(format!("voter-{}", index + 1));
+                std::fs::create_dir_all(&dir).expect("voter dir");
+                Voter {
+                    id: index as u64 + 1,
+                    child: None,
+                    namesrv: String::new(),
+                    controller: format!("127.0.0.1:{port}"),
+                    peers: peers.clone(),
+                    dir,
+                }
+            })
+            .collect();
+        for voter in &mut voters {
+            voter.spawn();
+        }
+        let controllers = Controllers {
+            voters,
+            _temp: temp,
+        };
+        wait_until("a controller leader", Duration::from_secs(20), || {
+            controllers.view().is_some_and(|view| view.leader.is_some())
+        });
+        controllers
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        self.voters.iter().map(|v| v.controller.clone()).collect()
+    }
+
+    /// The TOML list of controller addresses, and of name servers.
+    fn toml(&self) -> (String, String) {
+        let list = |items: Vec<String>| {
+            items
+                .iter()
+                .map(|item| format!("\"{item}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        (
+            list(self.addresses()),
+            list(self.voters.iter().map(|v| v.namesrv.clone()).collect()),
+        )
+    }
+
+    fn view(&self) -> Option<ClusterView> {
+        keel_controller::client::describe(&self.addresses(), Duration::from_millis(500)).ok()
+    }
+
+    fn group(&self) -> Option<keel_controller::api::GroupStatus> {
+        self.view()?
+            .groups
+            .into_iter()
+            .find(|group| group.view.group == GROUP)
+    }
+
+    fn leader_index(&self) -> Option<usize> {
+        let leader = self.view()?.leader?;
+        self.voters.iter().position(|voter| voter.id == leader)
+    }
+
+    fn logs(&self) -> String {
+        self.voters
+            .iter()
+            .map(|voter| format!("--- voter {}\n{}", voter.id, voter.log()))
+            .collect()
+    }
+}
+
+/// A replica of `GROUP` on fixed ports; 0 is configured `sync_master`, others slaves of 0.
+fn replica(controllers: &Controllers, id: u32, ports: &[(u16, u16)]) -> String {
+    let (controller_list, namesrv_list) = controllers.toml();
+    let (port, ha_port) = ports[id as usize];
+    let role = if id == 0 {
+        "role = \"sync_master\"\n".to_string()
+    } else {
+        format!(
+            "role = \"slave\"\nbroker_id = {id}\nmaster_address = \"127.0.0.1:{}\"\n",
+            ports[0].1
+        )
+    };
+    format!(
+        "listen = \"127.0.0.1:{port}\"\n{role}broker_name = \"{GROUP}\"\nha_port = {ha_port}\n\
+         controller_addrs = [{controller_list}]\ncontroller_heartbeat_ms = 200\n\
+         namesrv_addrs = [{namesrv_list}]\nregister_interval_ms = 300\nha_heartbeat_ms = 200\n\
+         slave_timeout_ms = 2000\n"
+    )
+}
+
+struct Group {
+    replicas: Vec<BrokerProcess>,
+}
+
+impl Group {
+    /// Three replicas, all in the SyncStateSet, with a topic.
+    fn start(controllers: &Controllers) -> Group {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let replicas: Vec<BrokerProcess> = (0..3)
+            .map(|id| BrokerProcess::start(&replica(controllers, id, &ports)))
+            .collect();
+        replicas[0].admin().create_topic("replicated", 4).unwrap();
+        wait_until(
+            "all three in the SyncStateSet",
+            Duration::from_secs(30),
+            || {
+                controllers
+                    .group()
+                    .is_some_and(|g| g.view.master == Some(0) && g.view.sss == vec![0, 1, 2])
+            },
+        );
+        Group { replicas }
+    }
+}
+
+/// Producers through the name servers, each message's outcome in the ledger, and when
+/// each SEND_OK came.
+struct Load {
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    ok_times: Arc<Mutex<Vec<Instant>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(controllers: &Controllers, producers: usize) -> Load {
+        let name_servers: Vec<String> = controllers
+            .voters
+            .iter()
+            .map(|v| v.namesrv.clone())
+            .collect();
+        let ledger = Arc::new(Ledger::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok_times = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..producers)
+            .map(|index| {
+                let (ledger, stop, ok_times, name_servers) = (
+                    ledger.clone(),
+                    stop.clone(),
+                    ok_times.clone(),
+                    name_servers.clone(),
+                );
+                std::thread::spawn(move || {
+                    let options = ProducerOptions {
+                        route_refresh: Duration::from_millis(300),
+                        send_timeout: Duration::from_secs(4),
+                        ..ProducerOptions::default()
+                    };
+                    let addresses: Vec<&str> = name_servers.iter().map(String::as_str).collect();
+                    let producer = Producer::with_name_servers(&addresses, options).unwrap();
+                    let mut sequence = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("p{index}-s{sequence}");
+                        sequence += 1;
+                        let result =
+                            producer.send(Message::new("replicated", payload_for(&id, 200)));
+                        if matches!(&result, Ok(r) if r.status == SendStatus::SendOk) {
+                            ok_times.lock().unwrap().push(Instant::now());
+                        }
+                        ledger.sent(&id, Outcome::of(&result));
+                        if result.is_err() {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            ledger,
+            stop,
+            ok_times,
+            threads,
+        }
+    }
+
+    fn oks_after(&self, at: Instant) -> usize {
+        self.ok_times
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t > at)
+            .count()
+    }
+
+    fn first_ok_after(&self, at: Instant) -> Option<Duration> {
+        self.ok_times
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t > at)
+            .min()
+            .map(|t| t.duration_since(at))
+    }
+
+    fn stop(self) -> Arc<Ledger> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        self.ledger
+    }
+}
+
+/// Reads the topic from `broker` into the ledger and checks it: nothing acknowledged
+/// lost, nothing duplicated or unexpected.
+fn check_ledger(ledger: &Ledger, broker: &BrokerProcess, what: &str) {
+    for record in drain(&broker.address, "replicated") {
+        ledger.read(&id_of(&record.payload).expect("intact payload"));
+    }
+    let report = ledger.report();
+    eprintln!("ledger after {what}: {report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(report.ok > 100, "{report}");
+}
+
+/// Every record of the topic, read with a group of its own (a drain commits offsets).
+fn history(broker: &BrokerProcess) -> Vec<(u32, u64, u64, Vec<u8>)> {
+    static DRAINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let group = format!("history-{}", DRAINS.fetch_add(1, Ordering::Relaxed));
+    let mut history: Vec<_> = drain_as(&broker.address, "replicated", &group)
+        .into_iter()
+        .map(|r| (r.queue_id, r.queue_offset, r.log_offset, r.payload.to_vec()))
+        .collect();
+    history.sort();
+    history
+}
+
+/// Both replicas hold the same records at the same places; on a difference, says which.
+fn assert_same_history(a: &BrokerProcess, b: &BrokerProcess) {
+    let (left, right) = (history(a), history(b));
+    if left != right {
+        let only = |x: &[(u32, u64, u64, Vec<u8>)], y: &[(u32, u64, u64, Vec<u8>)]| {
+            x.iter()
+                .filter(|entry| !y.contains(entry))
+                .map(|(queue, offset, log_offset, payload)| {
+                    (*queue, *offset, *log_offset, id_of(payload))
+                })
+                .take(10)
+                .collect::<Vec<_>>()
+        };
+        panic!(
+            "histories differ: {} vs {} records; only in the first: {:?}; only in the second: \
+             {:?}\nfirst log:\n{}\nsecond log:\n{}",
+            left.len(),
+            right.len(),
+            only(&left, &right),
+            only(&right, &left),
+            a.log(),
+            b.log()
+        );
+    }
+}
+
+fn failover_under_load(kill_the_controller_leader: bool) {
+    let mut controllers = Controllers::start();
+    let mut group = Group::start(&controllers);
+    let load = Load::start(&controllers, 4);
+    wait_until("load on the master", Duration::from_secs(20), || {
+        group.replicas[0].try_stat("sends_ok").unwrap_or(0) > 200
+    });
+    let killed_at = Instant::now();
+    group.replicas[0].kill9();
+    if kill_the_controller_leader {
+        let leader = controllers.leader_index().expect("a leader");
+        controllers.voters[leader].kill9();
+    }
+    wait_until(
+        "sends succeeding on a new master",
+        Duration::from_secs(30),
+        || load.oks_after(killed_at) > 300,
+    );
+    // Answers the old master sent just before it died may still be arriving: the new
+    // master cannot answer within a fraction of the master timeout.
+    let first = load
+        .first_ok_after(killed_at + Duration::from_millis(MASTER_TIMEOUT_MS / 4))
+        .map(|after| after + Duration::from_millis(MASTER_TIMEOUT_MS / 4))
+        .expect("a SEND_OK after the kill");
+    let ledger = load.stop();
+    let view = controllers.group().expect("the group");
+    eprintln!(
+        "failover (controller leader killed too: {kill_the_controller_leader}): first SEND_OK \
+         {first:?} after the kill; group now {:?}",
+        view.view
+    );
+    assert!(
+        first < Duration::from_secs(10),
+        "first SEND_OK only {first:?} after the kill; controllers:\n{}",
+        controllers.logs()
+    );
+    let new_master = view.view.master.expect("a master") as usize;
+    assert_ne!(new_master, 0);
+    assert!(view.view.master_epoch > 1);
+    check_ledger(&ledger, &group.replicas[new_master], "a failover");
+    let other = 3 - new_master;
+    wait_until("the other slave caught up", Duration::from_secs(20), || {
+        let end = group.replicas[new_master].try_stat("offset_flushed");
+        end.is_some()
+            && group.replicas[new_master].try_stat("offset_durable") == end
+            && group.replicas[other].try_stat("offset_durable") == end
+    });
+    assert_same_history(&group.replicas[other], &group.replicas[new_master]);
+
+    // Every voter killed and restarted: the decisions survive.
+    let before = controllers.group().expect("the group");
+    let term = controllers.view().expect("a view").term;
+    for voter in &mut controllers.voters {
+        voter.kill9();
+    }
+    for voter in &mut controllers.voters {
+        if voter.child.is_none() {
+            voter.spawn();
+        }
+    }
+    wait_until(
+        "the group known after the restart",
+        Duration::from_secs(20),
+        || controllers.group().is_some_and(|g| g.view.master.is_some()),
+    );
+    let after = controllers.group().expect("the group after a restart");
+    assert_eq!(after.view.master, before.view.master);
+    assert_eq!(after.view.master_epoch, before.view.master_epoch);
+    assert!(after.view.sss_epoch >= before.view.sss_epoch);
+    assert_eq!(after.elections, before.elections);
+    assert!(controllers.view().expect("a view").term >= term);
+
+    // The old master comes back as the new master's slave and converges.
+    group.replicas[0].spawn();
+    wait_until("the old master following", Duration::from_secs(30), || {
+        let end = group.replicas[new_master].try_stat("offset_flushed");
+        group.replicas[0].try_stat("master_connected") == Some(1)
+            && end.is_some()
+            && group.replicas[0].try_stat("offset_durable") == end
+    });
+    assert!(group.replicas[0]
+        .log()
+        .contains("the controller names another master"));
+    assert_same_history(&group.replicas[0], &group.replicas[new_master]);
+}
+
+#[test]
+fn a_killed_sync_master_is_replaced_from_its_sync_state_set_without_a_command() {
+    failover_under_load(false);
+}
+
+#[test]
+fn a_failover_completes_when_the_controller_leader_is_killed_during_it() {
+    failover_under_load(true);
+}
+
+#[test]
+fn a_paused_master_is_replaced_and_never_acknowledges_after_the_new_master_began() {
+    let controllers = Controllers::start();
+    let mut group = Group::start(&controllers);
+    let load = Load::start(&controllers, 2);
+    // A producer bound to the first master, whatever the routes say: when each of its
+    // SEND_OKs arrived.
+    let old_address = group.replicas[0].address.clone();
+    let stop_direct = Arc::new(AtomicBool::new(false));
+    let direct_oks = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let direct = {
+        let (stop, oks) = (stop_direct.clone(), direct_oks.clone());
+        std::thread::spawn(move || {
+            let options = ProducerOptions {
+                send_timeout: Duration::from_secs(3),
+                ..ProducerOptions::default()
+            };
+            let mut index = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(producer) = Producer::connect(&old_address, options.clone()) else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    index += 1;
+                    let message = Message::new("direct", payload_for(&format!("d{index}"), 50));
+                    match producer.send(message) {
+                        Ok(r) if r.status == SendStatus::SendOk => {
+                            oks.lock().unwrap().push(Instant::now())
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    wait_until("load on the master", Duration::from_secs(20), || {
+        group.replicas[0].try_stat("sends_ok").unwrap_or(0) > 100
+    });
+    let old_pid = group.replicas[0].pid();
+    signal(old_pid, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    wait_until("a new master elected", Duration::from_secs(20), || {
+        controllers
+            .group()
+            .is_some_and(|g| g.view.master.is_some_and(|m| m != 0))
+    });
+    let new_master = controllers.group().unwrap().view.master.unwrap() as usize;
+    let producer = Producer::connect(
+        &group.replicas[new_master].address,
+        ProducerOptions::default(),
+    )
+    .unwrap();
+    wait_until(
+        "a SEND_OK on the new master",
+        Duration::from_secs(20),
+        || {
+            producer
+                .send(Message::new("direct", payload_for("first-on-new", 50)))
+                .is_ok_and(|r| r.status == SendStatus::SendOk)
+        },
+    );
+    let new_first_ok = Instant::now();
+    signal(old_pid, libc::SIGCONT);
+    // Resumed, its lease has lapsed and the controller names another master: it is
+    // fenced, and what it had pending is never acknowledged.
+    wait_until("the old master fenced", Duration::from_secs(10), || {
+        group.replicas[0]
+            .log()
+            .contains("refusing sends from now on")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    stop_direct.store(true, Ordering::Relaxed);
+    direct.join().unwrap();
+    let late: Vec<Duration> = direct_oks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|at| **at > new_first_ok)
+        .map(|at| at.duration_since(stopped_at))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the deposed master acknowledged sends after the new master's first SEND_OK: {late:?}"
+    );
+    let ledger = load.stop();
+    for (index, replica) in group.replicas.iter().enumerate() {
+        if replica.try_stat("sends_ok").is_none() {
+            eprintln!(
+                "replica {index} does not answer; its log:\n{}",
+                replica.log()
+            );
+        }
+    }
+    check_ledger(&ledger, &group.replicas[new_master], "a paused master");
+    // Restarted, it rejoins as a slave of the new master and converges.
+    group.replicas[0].kill9();
+    group.replicas[0].spawn();
+    wait_until("the old master following", Duration::from_secs(30), || {
+        let end = group.replicas[new_master].try_stat("offset_flushed");
+        group.replicas[0].try_stat("master_connected") == Some(1)
+            && end.is_some()
+            && group.replicas[0].try_stat("offset_durable") == end
+    });
+    assert_same_history(&group.replicas[0], &group.replicas[new_master]);
+}
+
+#[test]
+fn a_slave_that_falls_behind_leaves_the_sync_state_set_and_is_not_elected() {
+    let controllers = Controllers::start();
+    let mut group = Group::start(&controllers);
+    let producer =
+        Producer::connect(&group.replicas[0].address, ProducerOptions::default()).unwrap();
+    let send = |id: &str| {
+        producer
+            .send(Message::new("replicated", payload_for(id, 100)))
+            .map(|r| r.status)
+    };
+    assert_eq!(send("before").unwrap(), SendStatus::SendOk);
+    let paused = group.replicas[2].pid();
+    signal(paused, libc::SIGSTOP);
+    wait_until(
+        "the paused slave out of the SyncStateSet",
+        Duration::from_secs(20),
+        || {
+            controllers
+                .group()
+                .is_some_and(|g| g.view.sss == vec![0, 1])
+        },
+    );
+    // The master still acknowledges, with the slave that remains.
+    wait_until(
+        "sends acknowledged without the paused slave",
+        Duration::from_secs(10),
+        || send("while-paused").is_ok_and(|status| status == SendStatus::SendOk),
+    );
+    // The master dies while that slave is paused: only broker 1 may be elected.
+    group.replicas[0].kill9();
+    wait_until("broker 1 elected", Duration::from_secs(20), || {
+        controllers
+            .group()
+            .is_some_and(|g| g.view.master == Some(1))
+    });
+    signal(paused, libc::SIGCONT);
+    wait_until(
+        "the slave back in the SyncStateSet",
+        Duration::from_secs(30),
+        || {
+            controllers
+                .group()
+                .is_some_and(|g| g.view.sss == vec![1, 2])
+        },
+    );
+    let view = controllers.group().unwrap();
+    assert_eq!(view.elections, 1, "{view:?}");
+    assert!(controllers.logs().contains("elected broker 1 master"));
+    wait_until("the slave caught up", Duration::from_secs(20), || {
+        let end = group.replicas[1].try_stat("offset_flushed");
+        end.is_some() && group.replicas[2].try_stat("offset_durable") == end
+    });
+    assert_same_history(&group.replicas[2], &group.replicas[1]);
+}
