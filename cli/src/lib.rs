@@ -1125,7 +1125,11 @@ fn cluster(controllers: &str, json: bool) -> Result<ExitCode, ClientError> {
             println!(
                 "  {:>2}  {:<6}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
                 r.broker_id,
-                if r.is_master { "master" } else { "slave" },
+                if Some(r.broker_id) == v.master {
+                    "master"
+                } else {
+                    "slave"
+                },
                 if r.in_sss { "yes" } else { "no" },
                 r.epoch,
                 r.log_end,

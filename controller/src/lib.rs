@@ -13,6 +13,8 @@ pub mod client;
 mod leader;
 mod network;
 mod server;
+#[cfg(test)]
+mod single_voter_tests;
 pub mod state;
 mod store;
 pub mod wire;

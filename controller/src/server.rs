@@ -129,7 +129,10 @@ impl Node {
             .as_ref()
             .is_some_and(|g| g.replicas.get(&report.broker_id) == Some(&replica));
         let masterless = known.as_ref().is_none_or(|g| g.master.is_none());
-        if !registered || (masterless && report.claims_master) {
+        let newer_master_epoch = known.as_ref().is_some_and(|g| {
+            report.is_master && g.master == Some(report.broker_id) && report.epoch > g.master_epoch
+        });
+        if !registered || (masterless && report.claims_master) || newer_master_epoch {
             let command = Command::Register {
                 group: report.group.clone(),
                 broker_id: report.broker_id,

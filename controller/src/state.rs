@@ -35,7 +35,8 @@ pub struct Groups {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A replica's addresses; the first master of a group that has none becomes its
-    /// master at its own epoch.
+    /// master at its own epoch, and the master's own newer epoch (it restarted) is
+    /// recorded.
     Register {
         group: String,
         broker_id: u32,
@@ -83,6 +84,10 @@ impl Groups {
             } => {
                 let state = self.groups.entry(group.clone()).or_default();
                 state.replicas.insert(*broker_id, replica.clone());
+                if state.master == Some(*broker_id) {
+                    // A master restarted begins a new epoch of its own.
+                    state.master_epoch = state.master_epoch.max(*epoch);
+                }
                 if state.master.is_none() && *claims_master {
                     state.master = Some(*broker_id);
                     state.master_epoch = state.master_epoch.max(*epoch);

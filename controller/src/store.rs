@@ -468,3 +468,71 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn write_log(dir: &Path, entries: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for index in 1..=entries {
+            bytes.extend(encode_record(&entry(index)).unwrap());
+        }
+        std::fs::write(dir.join("raft-log"), &bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_damage_before_valid_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = write_log(dir.path(), 3);
+        // Half a record at the end: an append that was never acknowledged.
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&encode_record(&entry(4)).unwrap()[..10]);
+        std::fs::write(dir.path().join("raft-log"), &torn).unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(lock(&store.inner).entries.len(), 3);
+        drop(store);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("raft-log"))
+                .unwrap()
+                .len(),
+            bytes.len() as u64
+        );
+        // A flipped byte in the first record, with two valid records after it.
+        let mut damaged = bytes.clone();
+        damaged[12] ^= 0x01;
+        std::fs::write(dir.path().join("raft-log"), &damaged).unwrap();
+        let error = LogStore::open(dir.path()).err().expect("refused");
+        assert!(error.to_string().contains("damaged"), "{error}");
+        // A flipped byte in the last record is a torn tail: cut.
+        let mut last = bytes.clone();
+        let end = last.len() - 2;
+        last[end] ^= 0x01;
+        std::fs::write(dir.path().join("raft-log"), &last).unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(lock(&store.inner).entries.len(), 2);
+    }
+
+    #[test]
+    fn a_damaged_vote_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-vote");
+        save_sealed(&path, &Vote::<NodeId>::new(3, 1)).unwrap();
+        let vote: Option<Vote<NodeId>> = load_sealed(&path).unwrap();
+        assert_eq!(vote, Some(Vote::new(3, 1)));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(load_sealed::<Vote<NodeId>>(&path).is_err());
+    }
+}
