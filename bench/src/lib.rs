@@ -9,9 +9,11 @@
 //! are the broker's; `client` runs one thread per producer through the client library,
 //! as an application would.
 
+mod chaos;
 mod client_engine;
 mod consumers;
 mod engine;
+pub mod ledger;
 mod report;
 
 use clap::{Parser, ValueEnum};
@@ -128,12 +130,18 @@ impl Args {
 pub fn main_entry() -> ExitCode {
     // The producer's per-send ALARM lines would drown the report: failures are counted
     // and reported by kind at the end instead.
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("warn,keel_client::producer=off"),
-    )
-    .init();
-    let args = Args::parse();
+    let chaos = std::env::args().nth(1).as_deref() == Some("chaos");
+    // Under chaos every failover makes each producer warn: the rounds' lines say it.
+    let quiet = match chaos {
+        true => "warn,keel_client=off",
+        false => "warn,keel_client::producer=off",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(quiet)).init();
     install_interrupt_handler();
+    if chaos {
+        return chaos::main_entry(std::env::args().skip(1));
+    }
+    let args = Args::parse();
     match run(&args) {
         Ok(Verdict::Clean) => ExitCode::SUCCESS,
         Ok(Verdict::Failed(why)) => {
@@ -176,7 +184,7 @@ fn install_interrupt_handler() {
     }
 }
 
-fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
@@ -586,8 +594,9 @@ fn probe_fsync(dir: &std::path::Path, rounds: u32) -> Result<f64, String> {
     Ok(samples[samples.len() / 2])
 }
 
-fn keeld_binary(args: &Args) -> PathBuf {
-    if let Some(path) = &args.keeld {
+/// `--keeld`, else `keeld` next to this binary, else `keeld` on the PATH.
+pub(crate) fn keeld_binary(given: Option<&PathBuf>) -> PathBuf {
+    if let Some(path) = given {
         return path.clone();
     }
     let sibling = std::env::current_exe()
@@ -600,7 +609,7 @@ fn keeld_binary(args: &Args) -> PathBuf {
 }
 
 fn start_broker(args: &Args, dir: &std::path::Path) -> Result<(Child, String), String> {
-    let binary = keeld_binary(args);
+    let binary = keeld_binary(args.keeld.as_ref());
     let flush = format!("{:?}", args.flush).to_lowercase();
     let mut command = Command::new(&binary);
     // The broker goes with this tool, even if this tool is killed outright.

@@ -121,3 +121,34 @@ fn an_interrupted_run_stops_its_broker_and_removes_its_directory() {
         .collect();
     assert!(left.is_empty(), "keel-bench left {left:?} behind");
 }
+
+#[test]
+fn chaos_fails_over_a_few_times_and_loses_nothing() {
+    // The CI's bounded run of `keel-bench chaos` (the long runs are in the issue notes):
+    // a cluster of three voters and three replicas, three master faults, the ledger.
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(BENCH)
+        .args([
+            "chaos",
+            "--keeld",
+            KEELD,
+            "--failovers",
+            "3",
+            "--seed",
+            "11",
+        ])
+        .env("TMPDIR", temp.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run keel-bench chaos");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chaos failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("lost=0"), "{stdout}");
+    assert!(stdout.contains("chaos: seed 11, 3 failovers"), "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(temp.path()).unwrap().count(),
+        0,
+        "a clean run removes its directory"
+    );
+}

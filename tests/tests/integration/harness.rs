@@ -1,6 +1,6 @@
 //! Starts and stops real keeld processes on 127.0.0.1 with a port picked by the kernel.
 
-use keel_client::{Admin, Consumer, ConsumerOptions, Record};
+use keel_client::{Admin, Record};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -230,39 +230,8 @@ pub fn drain(address: &str, topic: &str) -> Vec<Record> {
 }
 
 pub fn drain_as(address: &str, topic: &str, group: &str) -> Vec<Record> {
-    let admin = Admin::connect(address).expect("admin");
-    let ends: Vec<u64> = admin.list_topics(Some(topic)).expect("list")[0]
-        .queues
-        .iter()
-        .map(|q| q.max_offset)
-        .collect();
-    let options = ConsumerOptions {
-        long_poll: Duration::from_millis(100),
-        pull_batch: 256,
-        ..ConsumerOptions::default()
-    };
-    let mut consumer = Consumer::connect(address, group, topic, options).expect("consumer");
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while consumer
-        .positions()
-        .iter()
-        .zip(&ends)
-        .any(|(position, end)| position < end)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "drain did not reach {ends:?}: at {:?}",
-            consumer.positions()
-        );
-        consumer
-            .poll(|record| {
-                records.push(record.clone());
-                Ok::<(), String>(())
-            })
-            .expect("poll");
-    }
-    records
+    keel_bench::ledger::read_all(address, topic, group, Duration::from_secs(60))
+        .unwrap_or_else(|error| panic!("drain: {error}"))
 }
 
 /// Waits for `condition` with a deadline, instead of sleeping a fixed time.

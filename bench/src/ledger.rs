@@ -7,9 +7,81 @@
 //! unexpected (read, never sent) must be empty, and nothing failed may be read;
 //! duplicates and recovered indeterminate sends are counted.
 
+use keel_client::{Admin, Consumer, ConsumerOptions, Record};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Reads every record of `topic` on the broker at `address` from the start, as `group`
+/// (a fresh one: it commits as it goes), until each queue's position reaches the end the
+/// broker reported when the read began. Checks CRCs on the way (the consumer does).
+pub fn read_all(
+    address: &str,
+    topic: &str,
+    group: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, String> {
+    let admin = Admin::connect(address).map_err(|e| format!("{address}: {e}"))?;
+    let topics = admin
+        .list_topics(Some(topic))
+        .map_err(|e| format!("{address}: list topics: {e}"))?;
+    let ends: Vec<u64> = topics
+        .first()
+        .map(|t| t.queues.iter().map(|q| q.max_offset).collect())
+        .unwrap_or_default();
+    let options = ConsumerOptions {
+        long_poll: Duration::from_millis(100),
+        pull_batch: 256,
+        ..ConsumerOptions::default()
+    };
+    let mut consumer = Consumer::connect(address, group, topic, options)
+        .map_err(|e| format!("{address}: consumer: {e}"))?;
+    let mut records = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while consumer
+        .positions()
+        .iter()
+        .zip(&ends)
+        .any(|(position, end)| position < end)
+    {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "reading {topic} did not reach {ends:?} within {timeout:?}: at {:?}",
+                consumer.positions()
+            ));
+        }
+        consumer
+            .poll(|record| {
+                records.push(record.clone());
+                Ok::<(), String>(())
+            })
+            .map_err(|e| format!("{address}: poll: {e}"))?;
+    }
+    Ok(records)
+}
+
+/// A payload of `size` bytes (at least the id's length) that starts with `id` and is
+/// filled with bytes derived from it, so a consumer can check it byte for byte.
+pub fn payload_for(id: &str, size: usize) -> Vec<u8> {
+    let mut payload = id.as_bytes().to_vec();
+    payload.push(b'|');
+    let mut state = crc32c::crc32c(id.as_bytes()) as u64 | 1;
+    while payload.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        payload.push(b'a' + (state % 26) as u8);
+    }
+    payload
+}
+
+/// The id a payload made by `payload_for` carries, if it is intact.
+pub fn id_of(payload: &[u8]) -> Option<String> {
+    let end = payload.iter().position(|byte| *byte == b'|')?;
+    let id = std::str::from_utf8(&payload[..end]).ok()?.to_string();
+    (payload_for(&id, payload.len()) == payload).then_some(id)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -216,6 +288,16 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_identify_themselves_and_detect_damage() {
+        let payload = payload_for("p3-s17", 1024);
+        assert_eq!(payload.len(), 1024);
+        assert_eq!(id_of(&payload).as_deref(), Some("p3-s17"));
+        let mut damaged = payload.clone();
+        damaged[900] ^= 1;
+        assert_eq!(id_of(&damaged), None);
+    }
 
     #[test]
     fn report_finds_lost_duplicated_unexpected_and_recovered() {
