@@ -468,7 +468,6 @@ fn run(args: &ChaosArgs) -> Result<bool, String> {
         let faulted_at = Instant::now();
         let mut paused = false;
         let mut killed_voter = None;
-        let mut killed_slave = None;
         match fault {
             Fault::KillMaster => cluster.replicas[master].kill9(),
             Fault::KillMasterAndControllerLeader => {
@@ -486,10 +485,13 @@ fn run(args: &ChaosArgs) -> Result<bool, String> {
             }
             Fault::KillMasterAndASlave => {
                 cluster.replicas[master].kill9();
-                // The other slave of the SSS survives to be elected.
+                // The other slave of the SSS survives to be elected; the killed one
+                // restarts at once (with min_insync_replicas = 2 the new master
+                // acknowledges nothing until a second replica follows it).
                 let slave = (master + 1 + dice.below(2) as usize) % 3;
                 cluster.replicas[slave].kill9();
-                killed_slave = Some(slave);
+                let keeld = cluster.keeld.clone();
+                cluster.replicas[slave].spawn(&keeld, "keeld listening on ")?;
             }
         }
         // The new master: another broker named by the controller, and a SEND_OK after.
@@ -535,9 +537,7 @@ fn run(args: &ChaosArgs) -> Result<bool, String> {
         if let Some(voter) = killed_voter {
             cluster.voters[voter].spawn(&keeld, "keeld namesrv listening on ")?;
         }
-        for victim in [Some(master), killed_slave].into_iter().flatten() {
-            cluster.replicas[victim].spawn(&keeld, "keeld listening on ")?;
-        }
+        cluster.replicas[master].spawn(&keeld, "keeld listening on ")?;
         match cluster.settle(Duration::from_secs(60)) {
             Ok(next) => master = next,
             Err(error) => {

@@ -86,6 +86,17 @@ enum Command {
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Instead of showing: make broker ID the master of --group now (an operator's
+        /// election; a broker outside the SyncStateSet needs --unclean).
+        #[arg(long, value_name = "ID", requires = "group")]
+        elect: Option<u32>,
+        /// The broker group (broker_name) for --elect.
+        #[arg(long)]
+        group: Option<String>,
+        /// Accept electing a broker outside the SyncStateSet: acknowledged messages it
+        /// never received are lost (the answer says how much may be).
+        #[arg(long, requires = "elect")]
+        unclean: bool,
     },
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
     /// Starts where the group left off (or at the beginning for a new group).
@@ -429,7 +440,22 @@ pub fn main_entry() -> ExitCode {
         Command::Offsets { command } => offsets(&cli.broker, command),
         Command::Admin { command } => admin(&cli.broker, command),
         Command::Routes { namesrv, topic } => routes(&namesrv, &topic),
-        Command::Cluster { controllers, json } => cluster(&controllers, json),
+        Command::Cluster {
+            controllers,
+            json,
+            elect: Some(broker_id),
+            group,
+            unclean,
+        } => cluster_elect(
+            &controllers,
+            group.unwrap_or_default(),
+            broker_id,
+            unclean,
+            json,
+        ),
+        Command::Cluster {
+            controllers, json, ..
+        } => cluster(&controllers, json),
     };
     match outcome {
         Ok(code) => code,
@@ -1069,12 +1095,64 @@ fn routes(namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cluster(controllers: &str, json: bool) -> Result<ExitCode, ClientError> {
-    let addresses: Vec<String> = controllers
+fn controller_list(controllers: &str) -> Vec<String> {
+    controllers
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .collect();
+        .collect()
+}
+
+fn cluster_elect(
+    controllers: &str,
+    group: String,
+    broker_id: u32,
+    unclean: bool,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    use keel_controller::api::{ElectReply, ElectRequest};
+    let request = ElectRequest {
+        group,
+        broker_id,
+        unclean,
+    };
+    let answer = keel_controller::client::elect(
+        &controller_list(controllers),
+        &request,
+        Duration::from_secs(5),
+    )
+    .map_err(|detail| ClientError::Connect {
+        address: controllers.to_string(),
+        detail,
+    })?;
+    if json {
+        let text = serde_json::to_string_pretty(&answer)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        println!("{text}");
+    }
+    match answer {
+        ElectReply::Elected { epoch, detail } => {
+            if !json {
+                println!(
+                    "elected broker {broker_id} master of {} at epoch {epoch}: {detail}",
+                    request.group
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ElectReply::Refused(why) => {
+            eprintln!("keel cluster: election refused: {why}");
+            Ok(ExitCode::from(1))
+        }
+        ElectReply::NotLeader { .. } => {
+            eprintln!("keel cluster: no controller leader answered");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn cluster(controllers: &str, json: bool) -> Result<ExitCode, ClientError> {
+    let addresses = controller_list(controllers);
     let view = keel_controller::client::describe(&addresses, Duration::from_secs(3)).map_err(
         |detail| ClientError::Connect {
             address: controllers.to_string(),

@@ -34,8 +34,8 @@ pub use keel_protocol::{
 };
 pub use producer::{Producer, ProducerOptions, SendHandle};
 pub use push::{
-    ConsumeResult, Delivery, IntoConsumeResult, PushConsumer, PushConsumerOptions, PushStats,
-    StartFrom,
+    ConsumeResult, Delivery, DiscoveringPushConsumer, DiscoveryOptions, IntoConsumeResult,
+    PushConsumer, PushConsumerOptions, PushStats, StartFrom,
 };
 pub use routing::{fetch_routes, MasterRoute};
 

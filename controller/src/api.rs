@@ -33,6 +33,9 @@ pub struct GroupView {
     pub master_epoch: u64,
     pub sss: Vec<u32>,
     pub sss_epoch: u64,
+    /// Masters the controller elected in this group so far.
+    #[serde(default)]
+    pub elections: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,4 +78,26 @@ pub struct ClusterView {
     pub last_applied: Option<u64>,
     pub voters: Vec<(u64, String)>,
     pub groups: Vec<GroupStatus>,
+}
+
+/// ELECT: an operator names the next master of a group. A replica outside the SyncStateSet
+/// is elected only with `unclean`, and the answer says what that may lose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectRequest {
+    pub group: String,
+    pub broker_id: u32,
+    pub unclean: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectReply {
+    /// Committed: the group's new master epoch, and what the election may have lost.
+    Elected {
+        epoch: u64,
+        detail: String,
+    },
+    Refused(String),
+    NotLeader {
+        leader: Option<String>,
+    },
 }

@@ -100,3 +100,36 @@ pub fn describe(addresses: &[String], timeout: Duration) -> Result<ClusterView, 
     }
     Err(format!("no controller answered: {}", errors.join("; ")))
 }
+
+/// Asks the leader among `addresses` to elect `request.broker_id`.
+pub fn elect(
+    addresses: &[String],
+    request: &crate::api::ElectRequest,
+    timeout: Duration,
+) -> Result<crate::api::ElectReply, String> {
+    use crate::api::ElectReply;
+    let mut errors = Vec::new();
+    for address in addresses {
+        let mut target = address.clone();
+        for _ in 0..2 {
+            match call::<_, ElectReply>(&target, wire::ELECT, request, timeout) {
+                Ok(ElectReply::NotLeader {
+                    leader: Some(leader),
+                }) if leader != target => target = leader,
+                Ok(ElectReply::NotLeader { .. }) => {
+                    errors.push(format!("{target}: not the leader"));
+                    break;
+                }
+                Ok(answer) => return Ok(answer),
+                Err(error) => {
+                    errors.push(error);
+                    break;
+                }
+            }
+        }
+    }
+    Err(format!(
+        "no controller leader answered: {}",
+        errors.join("; ")
+    ))
+}

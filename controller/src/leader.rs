@@ -83,6 +83,7 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
                 broker_id: chosen,
                 epoch,
                 reason: reason.clone(),
+                unclean: false,
             };
             match node.propose(command).await {
                 Ok(Applied::Done) => log::warn!(

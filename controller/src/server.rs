@@ -3,7 +3,8 @@
 //! decode is answered with an ERROR frame and the connection is closed.
 
 use crate::api::{
-    BrokerHeartbeat, ClusterView, GroupStatus, GroupView, HeartbeatReply, ReplicaStatus,
+    BrokerHeartbeat, ClusterView, ElectReply, ElectRequest, GroupStatus, GroupView, HeartbeatReply,
+    ReplicaStatus,
 };
 use crate::network::Network;
 use crate::state::{Applied, Command, Group, Replica};
@@ -76,6 +77,7 @@ impl Node {
             master_epoch: group.master_epoch,
             sss: group.sss.iter().copied().collect(),
             sss_epoch: group.sss_epoch,
+            elections: group.elections,
         }
     }
 
@@ -190,6 +192,91 @@ impl Node {
         HeartbeatReply::Group(self.view(&report.group, &group))
     }
 
+    /// An operator's election (`keel cluster --elect`).
+    async fn elect(&self, request: ElectRequest) -> ElectReply {
+        if !self.leads_with_current_state().await {
+            let leader = self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .filter(|id| *id != self.id);
+            return ElectReply::NotLeader {
+                leader: leader.and_then(|id| self.peers.get(&id).cloned()),
+            };
+        }
+        let Some(group) = self.group(&request.group) else {
+            return ElectReply::Refused(format!("no group {}", request.group));
+        };
+        let candidate = request.broker_id;
+        if group.master == Some(candidate) {
+            return ElectReply::Refused(format!("broker {candidate} is already the master"));
+        }
+        let heard: Vec<(u32, u64, u64)> = lock(&self.heard)
+            .iter()
+            .filter(|((name, _), h)| *name == request.group && h.at.elapsed() < self.master_timeout)
+            .map(|((_, id), h)| (*id, h.report.epoch, h.report.log_end))
+            .collect();
+        let Some(&(_, candidate_epoch, candidate_end)) =
+            heard.iter().find(|(id, _, _)| *id == candidate)
+        else {
+            return ElectReply::Refused(format!(
+                "broker {candidate} of {} has not been heard from within {:?}: it must be \
+                 running to be elected",
+                request.group, self.master_timeout
+            ));
+        };
+        let in_sss = group.sss.contains(&candidate);
+        if !in_sss && !request.unclean {
+            return ElectReply::Refused(format!(
+                "broker {candidate} is not in the SyncStateSet {:?} of {}: it may lack \
+                 acknowledged messages. Elect it with --unclean to accept that",
+                group.sss, request.group
+            ));
+        }
+        let sss_end = group
+            .sss
+            .iter()
+            .filter_map(|id| heard.iter().find(|(h, _, _)| h == id))
+            .map(|(_, _, end)| *end)
+            .max();
+        let detail = match (in_sss, sss_end) {
+            (true, _) => "it is in the SyncStateSet: nothing acknowledged is lost".to_string(),
+            (false, Some(end)) if end > candidate_end => format!(
+                "UNCLEAN: its log ends at {candidate_end}, a member of the SyncStateSet \
+                 reached {end}: up to {} bytes of acknowledged records may be lost",
+                end - candidate_end
+            ),
+            (false, _) => format!(
+                "UNCLEAN: no member of the SyncStateSet {:?} is alive to compare with; any \
+                 acknowledged record past its log end ({candidate_end}) is lost",
+                group.sss
+            ),
+        };
+        let highest = heard.iter().map(|(_, epoch, _)| *epoch).max().unwrap_or(0);
+        let epoch = group.master_epoch.max(highest).max(candidate_epoch) + 1;
+        let command = Command::Elect {
+            group: request.group.clone(),
+            expected_master_epoch: group.master_epoch,
+            broker_id: candidate,
+            epoch,
+            reason: format!("operator election: {detail}"),
+            unclean: !in_sss,
+        };
+        match self.propose(command).await {
+            Ok(Applied::Done) => {
+                log::warn!(
+                    "controller: operator elected broker {candidate} master of {} at epoch \
+                     {epoch}: {detail}",
+                    request.group
+                );
+                ElectReply::Elected { epoch, detail }
+            }
+            Ok(Applied::Refused(why)) => ElectReply::Refused(why),
+            Err(error) => ElectReply::Refused(format!("not committed: {error}")),
+        }
+    }
+
     fn describe(&self) -> ClusterView {
         let metrics = self.raft.metrics().borrow().clone();
         let groups = lock(&self.machine).groups.groups.clone();
@@ -265,6 +352,7 @@ async fn answer(node: &Node, kind: u8, body: &[u8]) -> Result<(u8, Vec<u8>), (u8
         wire::INSTALL_SNAPSHOT => reply(&node.raft.install_snapshot(decode(body)?).await),
         wire::BROKER_HEARTBEAT => reply(&node.heartbeat(decode(body)?).await),
         wire::DESCRIBE => reply(&node.describe()),
+        wire::ELECT => reply(&node.elect(decode(body)?).await),
         other => {
             return Err((
                 wire::ERROR,

@@ -52,6 +52,10 @@ pub enum Command {
         broker_id: u32,
         epoch: u64,
         reason: String,
+        /// An operator's election of a replica outside the SSS (it may lack
+        /// acknowledged records); never proposed automatically.
+        #[serde(default)]
+        unclean: bool,
     },
     /// The master's request to change the SSS, valid only with the current master epoch
     /// and SSS epoch.
@@ -102,6 +106,7 @@ impl Groups {
                 broker_id,
                 epoch,
                 reason: _,
+                unclean,
             } => {
                 let Some(state) = self.groups.get_mut(group) else {
                     return Applied::Refused(format!("no group {group}"));
@@ -112,7 +117,10 @@ impl Groups {
                         state.master_epoch
                     ));
                 }
-                if !state.sss.contains(broker_id) {
+                if !state.replicas.contains_key(broker_id) {
+                    return Applied::Refused(format!("no broker {broker_id} in {group}"));
+                }
+                if !state.sss.contains(broker_id) && !unclean {
                     return Applied::Refused(format!(
                         "broker {broker_id} is not in the SyncStateSet of {group}"
                     ));
@@ -199,6 +207,7 @@ mod tests {
             broker_id: id,
             epoch,
             reason: "test".into(),
+            unclean: false,
         };
         assert!(matches!(groups.apply(&elect(1, 3, 4)), Applied::Refused(_)));
         let grow = |sss_epoch, members: &[u32]| Command::AlterSss {

@@ -14,6 +14,7 @@ pub const VOTE: u8 = 0x02;
 pub const INSTALL_SNAPSHOT: u8 = 0x03;
 pub const BROKER_HEARTBEAT: u8 = 0x10;
 pub const DESCRIBE: u8 = 0x11;
+pub const ELECT: u8 = 0x12;
 /// A reply: the body is the JSON of the request kind's answer.
 pub const REPLY: u8 = 0x80;
 /// A refusal of the frame itself (unknown kind, undecodable body): the body is text.

@@ -59,6 +59,8 @@ pub struct Broker {
     /// With a controller: until when (ms since `started`) the controller's last answer
     /// lets this master acknowledge sends; `u64::MAX` without a controller.
     lease_until_ms: AtomicU64,
+    /// With a controller: its last answer, and when it came.
+    pub controller_view: std::sync::Mutex<Option<(keel_controller::api::GroupView, Instant)>>,
 }
 
 impl Broker {
@@ -77,6 +79,7 @@ impl Broker {
             groups: crate::groups::Groups::default(),
             delivered: std::sync::Mutex::new(std::collections::HashMap::new()),
             lease_until_ms: AtomicU64::new(u64::MAX),
+            controller_view: std::sync::Mutex::new(None),
         }
     }
 
@@ -128,6 +131,15 @@ impl Broker {
             log::error!("refusing sends from now on: {reason}");
         }
         *fenced = Some(reason);
+    }
+
+    /// Lifts the fence: this broker became a slave (which refuses sends anyway) and may
+    /// be elected master again later.
+    pub fn unfence(&self) {
+        *self
+            .fenced
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
     }
 
     /// The bound client address (set once at start-up).
@@ -282,6 +294,30 @@ impl Broker {
             ("role".to_string(), self.role() as u64),
             ("epoch".to_string(), self.store.current_epoch()),
         ];
+        if !self.config.controller_addrs.is_empty() {
+            let view = self
+                .controller_view
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone();
+            let heard_ms = view
+                .as_ref()
+                .map_or(u64::MAX, |(_, at)| at.elapsed().as_millis() as u64);
+            let view = view.map(|(view, _)| view).unwrap_or_default();
+            stats.push(("controller_last_answer_ms".into(), heard_ms));
+            stats.push((
+                "controller_master_id".into(),
+                view.master.map_or(u64::MAX, u64::from),
+            ));
+            stats.push(("controller_master_epoch".into(), view.master_epoch));
+            stats.push(("controller_sss_size".into(), view.sss.len() as u64));
+            stats.push(("controller_sss_epoch".into(), view.sss_epoch));
+            stats.push(("controller_elections".into(), view.elections));
+            stats.push((
+                "controller_lease_valid".into(),
+                u64::from(self.lease_valid()),
+            ));
+        }
         match self.ha() {
             Ha::None => {}
             Ha::Master(master) => {

@@ -125,6 +125,11 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
                             log::info!("controller reachable again");
                         }
                         failing = false;
+                        *broker
+                            .controller_view
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner()) =
+                            Some((view.clone(), Instant::now()));
                         if view.master == Some(broker.config.broker_id)
                             && broker.role().is_master()
                             && broker.fenced().is_none()
@@ -154,6 +159,7 @@ fn follow(broker: &Arc<Broker>, view: &GroupView, report: &BrokerHeartbeat) {
     let Some(master) = view.master else { return };
     match broker.ha() {
         Ha::Slave(_) if master == me && view.master_epoch > broker.store.current_epoch() => {
+            broker.unfence();
             log::warn!(
                 "the controller elected this broker master of {} at epoch {}",
                 view.group,
@@ -211,12 +217,61 @@ fn follow(broker: &Arc<Broker>, view: &GroupView, report: &BrokerHeartbeat) {
         Ha::Master(_) | Ha::None if master != me && broker.role().is_master() => {
             broker.fence(format!(
                 "the controller elected broker {master} master of {} at epoch {} (this \
-                 broker's epoch is {}); restart this broker to rejoin as its slave",
+                 broker's epoch is {}); it becomes that master's slave",
                 view.group,
                 view.master_epoch,
                 broker.store.current_epoch()
             ));
+            if let Some(address) = view.master_ha_address.clone() {
+                demote(broker, &address);
+            }
         }
         _ => {}
+    }
+}
+
+/// A deposed master (fenced: it refuses sends) becomes the slave of `master_ha` once the
+/// sends it holds are answered (none is acknowledged: its lease has lapsed or its slaves
+/// left; they end as `OUTCOME_UNKNOWN` at their deadline). It then serves only what was
+/// confirmed, and the handshake with the new master cuts what that master never had.
+fn demote(broker: &Arc<Broker>, master_ha: &str) {
+    let config = &broker.config;
+    let wait = Duration::from_millis(config.slave_timeout_ms.max(config.sync_flush_timeout_ms))
+        + Duration::from_secs(1);
+    let deadline = Instant::now() + wait;
+    while broker
+        .counters
+        .pending_sends
+        .load(std::sync::atomic::Ordering::Acquire)
+        > 0
+    {
+        if Instant::now() >= deadline || broker.is_shutting_down() {
+            log::warn!("sends still pending after {wait:?}: staying fenced, demotion retried");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Ha::Master(ha) = broker.ha() {
+        ha.stop();
+    }
+    let store = &broker.store;
+    store.set_durable_cap(store.offset_durable());
+    if let Err(error) = store.follow_master() {
+        log::error!("cannot record that this broker follows a master: {error}");
+        return;
+    }
+    let options = SlaveOptions {
+        master: master_ha.to_string(),
+        broker_name: config.broker_name.clone(),
+        broker_id: config.broker_id,
+        heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
+    };
+    match HaSlave::start(store.clone(), options) {
+        Ok(slave) => {
+            broker.set_role(BrokerRole::Slave, Ha::Slave(slave));
+            broker.unfence();
+            log::warn!("demoted: now a slave of {master_ha}");
+        }
+        Err(error) => log::error!("cannot follow the new master {master_ha}: {error}"),
     }
 }

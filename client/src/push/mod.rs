@@ -26,6 +26,7 @@
 //! events: membership (`membership.rs`), fetching (`fetch.rs`), handling and sending
 //! back (`handling.rs`), and committing (`offsets.rs`).
 
+mod discovery;
 mod driver;
 mod fetch;
 mod handling;
@@ -34,6 +35,7 @@ mod offsets;
 
 use crate::connection::ConnectionOptions;
 use crate::{resolve, ClientError};
+pub use discovery::{DiscoveringPushConsumer, DiscoveryOptions};
 use driver::Driver;
 use handling::{parse_filter, work};
 use keel_protocol::{retry_topic, Record, Response};

@@ -181,7 +181,14 @@ pub(crate) fn not_master(shard: &Shard) -> Option<Refusal> {
     if broker.role().is_master() {
         return None;
     }
-    let master = broker.config.master_address.as_deref().unwrap_or("?");
+    let master = match broker.ha() {
+        crate::broker::Ha::Slave(slave) => slave.master().to_string(),
+        _ => broker
+            .config
+            .master_address
+            .clone()
+            .unwrap_or_else(|| "?".into()),
+    };
     Some(Refusal::new(
         ErrorCode::NotMaster,
         format!(

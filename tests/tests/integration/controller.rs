@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const KEELD: &str = env!("CARGO_BIN_EXE_keeld-under-test");
+use crate::harness::KEELD;
 const GROUP: &str = "g";
 const MASTER_TIMEOUT_MS: u64 = 2000;
 
@@ -465,7 +465,7 @@ fn a_failover_completes_when_the_controller_leader_is_killed_during_it() {
 #[test]
 fn a_paused_master_is_replaced_and_never_acknowledges_after_the_new_master_began() {
     let controllers = Controllers::start();
-    let mut group = Group::start(&controllers);
+    let group = Group::start(&controllers);
     let load = Load::start(&controllers, 2);
     // A producer bound to the first master, whatever the routes say: when each of its
     // SEND_OKs arrived.
@@ -561,16 +561,33 @@ fn a_paused_master_is_replaced_and_never_acknowledges_after_the_new_master_began
         }
     }
     check_ledger(&ledger, &group.replicas[new_master], "a paused master");
-    // Restarted, it rejoins as a slave of the new master and converges.
-    group.replicas[0].kill9();
-    group.replicas[0].spawn();
+    // Without a restart, it becomes a slave of the new master and converges.
     wait_until("the old master following", Duration::from_secs(30), || {
         let end = group.replicas[new_master].try_stat("offset_flushed");
         group.replicas[0].try_stat("master_connected") == Some(1)
             && end.is_some()
             && group.replicas[0].try_stat("offset_durable") == end
     });
+    assert!(
+        group.replicas[0].log().contains("demoted: now a slave of"),
+        "{}",
+        group.replicas[0].log()
+    );
+    wait_until(
+        "all three in the SyncStateSet again",
+        Duration::from_secs(30),
+        || controllers.group().is_some_and(|g| g.view.sss.len() == 3),
+    );
     assert_same_history(&group.replicas[0], &group.replicas[new_master]);
+    let refused = producer_to(&group.replicas[0]).send(Message::new("direct", "to a slave"));
+    assert!(
+        matches!(&refused, Err(keel_client::ClientError::Broker(e)) if e.code == keel_protocol::ErrorCode::NotMaster),
+        "{refused:?}"
+    );
+}
+
+fn producer_to(broker: &BrokerProcess) -> Producer {
+    Producer::connect(&broker.address, ProducerOptions::default()).unwrap()
 }
 
 #[test]
@@ -627,4 +644,170 @@ fn a_slave_that_falls_behind_leaves_the_sync_state_set_and_is_not_elected() {
         end.is_some() && group.replicas[2].try_stat("offset_durable") == end
     });
     assert_same_history(&group.replicas[2], &group.replicas[1]);
+}
+
+#[test]
+fn a_group_whose_sync_state_set_is_gone_waits_for_an_operator_to_elect_unclean() {
+    let controllers = Controllers::start();
+    let mut group = Group::start(&controllers);
+    let producer = producer_to(&group.replicas[0]);
+    let send = |id: &str| {
+        producer
+            .send(Message::new("replicated", payload_for(id, 100)))
+            .map(|r| r.status)
+    };
+    assert_eq!(send("everywhere").unwrap(), SendStatus::SendOk);
+    let behind = group.replicas[2].pid();
+    signal(behind, libc::SIGSTOP);
+    wait_until(
+        "broker 2 out of the SyncStateSet",
+        Duration::from_secs(20),
+        || {
+            controllers
+                .group()
+                .is_some_and(|g| g.view.sss == vec![0, 1])
+        },
+    );
+    wait_until(
+        "a send acknowledged by 0 and 1",
+        Duration::from_secs(10),
+        || send("not-on-2").is_ok_and(|status| status == SendStatus::SendOk),
+    );
+    // The whole SyncStateSet dies; broker 2 returns, behind.
+    group.replicas[0].kill9();
+    group.replicas[1].kill9();
+    signal(behind, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(MASTER_TIMEOUT_MS * 2));
+    let view = controllers.group().unwrap();
+    assert_eq!(
+        view.view.master,
+        Some(0),
+        "never elected automatically: {view:?}"
+    );
+    assert!(controllers.logs().contains("no election"));
+
+    let keel = |extra: &[&str]| {
+        let output = Command::new(crate::cli::KEEL)
+            .args([
+                "cluster",
+                "--controllers",
+                &controllers.addresses().join(","),
+            ])
+            .args(["--elect", "2", "--group", GROUP])
+            .args(extra)
+            .output()
+            .expect("run keel");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (code, _, stderr) = keel(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--unclean"), "{stderr}");
+    let (code, stdout, stderr) = keel(&["--unclean"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("UNCLEAN"), "{stdout}");
+    wait_until(
+        "broker 2 serving as master",
+        Duration::from_secs(10),
+        || group.replicas[2].log().contains("serving as sync_master"),
+    );
+    let view = controllers.group().unwrap();
+    assert_eq!(view.view.master, Some(2));
+    assert_eq!(view.elections, 1);
+}
+
+#[test]
+fn a_push_consumer_given_name_servers_reads_every_master_and_follows_a_failover() {
+    let controllers = Controllers::start();
+    let mut group = Group::start(&controllers);
+    // A second group on the same name servers: a standalone master.
+    let (_, namesrv_list) = controllers.toml();
+    let other = BrokerProcess::start(&format!(
+        "broker_name = \"other\"\nnamesrv_addrs = [{namesrv_list}]\nregister_interval_ms = 300\n"
+    ));
+    other.admin().create_topic("replicated", 4).unwrap();
+    let name_servers: Vec<String> = controllers
+        .voters
+        .iter()
+        .map(|v| v.namesrv.clone())
+        .collect();
+    let addresses: Vec<&str> = name_servers.iter().map(String::as_str).collect();
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    let handled = seen.clone();
+    let options = keel_client::DiscoveryOptions {
+        route_refresh: Duration::from_millis(300),
+        ..keel_client::DiscoveryOptions::default()
+    };
+    let consumer = keel_client::DiscoveringPushConsumer::start(
+        &addresses,
+        "readers",
+        "replicated",
+        options,
+        move |delivery: &keel_client::Delivery| {
+            if let Some(id) = id_of(&delivery.record.payload) {
+                handled.lock().unwrap().insert(id);
+            }
+            Ok::<(), String>(())
+        },
+    )
+    .unwrap();
+    wait_until("both masters consumed", Duration::from_secs(20), || {
+        consumer.masters().len() == 2
+    });
+    let producer_options = ProducerOptions {
+        route_refresh: Duration::from_millis(300),
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::with_name_servers(&addresses, producer_options).unwrap();
+    let mut acked = Vec::new();
+    let send_round = |round: &str, acked: &mut Vec<String>| {
+        for index in 0..200 {
+            let id = format!("{round}-{index}");
+            let result = producer.send(Message::new("replicated", payload_for(&id, 100)));
+            if matches!(&result, Ok(r) if r.status == SendStatus::SendOk) {
+                acked.push(id);
+            }
+        }
+    };
+    send_round("before", &mut acked);
+    assert!(other.stat("sends_ok") > 0 && group.replicas[0].stat("sends_ok") > 0);
+    let all_seen = |acked: &[String]| {
+        let seen = seen.lock().unwrap();
+        acked.iter().all(|id| seen.contains(id))
+    };
+    wait_until(
+        "every acknowledged message handled",
+        Duration::from_secs(30),
+        || all_seen(&acked),
+    );
+    group.replicas[0].kill9();
+    wait_until("a new master of g", Duration::from_secs(20), || {
+        controllers
+            .group()
+            .is_some_and(|g| g.view.master.is_some_and(|m| m != 0))
+    });
+    let new_master = controllers.group().unwrap().view.master.unwrap() as usize;
+    wait_until("acks on the new master", Duration::from_secs(20), || {
+        producer_to(&group.replicas[new_master])
+            .send(Message::new("other-topic", "probe"))
+            .is_ok_and(|r| r.status == SendStatus::SendOk)
+    });
+    send_round("after", &mut acked);
+    wait_until(
+        "every acknowledged message handled after the failover",
+        Duration::from_secs(30),
+        || all_seen(&acked),
+    );
+    let masters = consumer.masters();
+    assert!(
+        masters.contains(&(
+            GROUP.to_string(),
+            group.replicas[new_master].address.clone()
+        )),
+        "{masters:?}"
+    );
+    consumer.shutdown().unwrap();
 }
