@@ -313,8 +313,9 @@ impl Cluster {
     }
 }
 
-/// Producers through the name servers; when each SEND_OK came.
-struct Load {
+/// Producers through the name servers, each message's outcome in the ledger, and when
+/// each SEND_OK came (the controller's fault tests use it too).
+pub struct Load {
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
     oks: Arc<Mutex<Vec<Instant>>>,
@@ -322,7 +323,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(name_servers: Vec<String>, producers: usize, size: usize) -> Load {
+    pub fn start(name_servers: Vec<String>, topic: &str, producers: usize, size: usize) -> Load {
         let ledger = Arc::new(Ledger::new());
         let stop = Arc::new(AtomicBool::new(false));
         let oks = Arc::new(Mutex::new(Vec::new()));
@@ -334,6 +335,7 @@ impl Load {
                     oks.clone(),
                     name_servers.clone(),
                 );
+                let topic = topic.to_string();
                 std::thread::spawn(move || {
                     let options = ProducerOptions {
                         route_refresh: Duration::from_millis(300),
@@ -354,7 +356,8 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         let id = format!("p{index}-s{sequence}");
                         sequence += 1;
-                        let result = producer.send(Message::new(TOPIC, payload_for(&id, size)));
+                        let message = Message::new(topic.as_str(), payload_for(&id, size));
+                        let result = producer.send(message);
                         if matches!(&result, Ok(r) if r.status == SendStatus::SendOk) {
                             if let Ok(mut oks) = oks.lock() {
                                 oks.push(Instant::now());
@@ -376,8 +379,15 @@ impl Load {
         }
     }
 
+    /// SEND_OKs that arrived after `at`.
+    pub fn oks_after(&self, at: Instant) -> usize {
+        self.oks
+            .lock()
+            .map_or(0, |oks| oks.iter().filter(|t| **t > at).count())
+    }
+
     /// The first SEND_OK that arrived after `at`.
-    fn first_ok_after(&self, at: Instant) -> Option<Instant> {
+    pub fn first_ok_after(&self, at: Instant) -> Option<Instant> {
         self.oks
             .lock()
             .ok()?
@@ -387,7 +397,8 @@ impl Load {
             .copied()
     }
 
-    fn stop(self) -> Arc<Ledger> {
+    /// Stops the producers; the ledger of what every send was told.
+    pub fn stop(self) -> Arc<Ledger> {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads {
             let _ = thread.join();
@@ -453,7 +464,7 @@ fn run(args: &ChaosArgs) -> Result<bool, String> {
     let mut cluster = Cluster::start(&dir, keeld.clone(), args.master_timeout_ms)?;
     let mut master = cluster.settle(Duration::from_secs(30))?;
     let name_servers: Vec<String> = cluster.voters.iter().map(|v| v.address.clone()).collect();
-    let load = Load::start(name_servers, args.producers, args.size);
+    let load = Load::start(name_servers, TOPIC, args.producers, args.size);
     let mut dice = Dice(seed);
     let mut times: Vec<Duration> = Vec::new();
     let mut problems: Vec<String> = Vec::new();

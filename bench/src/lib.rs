@@ -9,7 +9,7 @@
 //! are the broker's; `client` runs one thread per producer through the client library,
 //! as an application would.
 
-mod chaos;
+pub mod chaos;
 mod client_engine;
 mod consumers;
 mod engine;

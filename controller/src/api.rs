@@ -19,8 +19,13 @@ pub struct BrokerHeartbeat {
     /// Where its log ends, and what it has fsynced.
     pub log_end: u64,
     pub flushed: u64,
-    /// From a master: the slaves (broker ids) in sync with it now.
+    /// From a master: slaves (broker ids) that hold everything it acknowledged so far
+    /// and that it already waits for; it asks for the SyncStateSet to be itself and them.
     pub in_sync: Vec<u32>,
+    /// The SyncStateSet epoch this broker last learnt: a change it asks for is applied
+    /// only if the SSS is still at that epoch.
+    #[serde(default)]
+    pub sss_epoch: u64,
 }
 
 /// What a broker learns: its group as the controller decided it.

@@ -39,29 +39,51 @@ fn call<Q: Serialize, A: DeserializeOwned>(
     serde_json::from_slice(&reply).map_err(|e| format!("{address}: bad reply: {e}"))
 }
 
-/// Sends `report` to the leader among `addresses`; the group as decided.
-pub fn heartbeat(
+/// An answer that may say "ask the leader at ... instead".
+trait LeaderHint {
+    /// `Some(hint)` when this answer came from a voter that is not the leader.
+    fn not_leader(&self) -> Option<Option<String>>;
+}
+
+impl LeaderHint for HeartbeatReply {
+    fn not_leader(&self) -> Option<Option<String>> {
+        match self {
+            HeartbeatReply::NotLeader { leader } => Some(leader.clone()),
+            HeartbeatReply::Group(_) => None,
+        }
+    }
+}
+
+impl LeaderHint for crate::api::ElectReply {
+    fn not_leader(&self) -> Option<Option<String>> {
+        match self {
+            crate::api::ElectReply::NotLeader { leader } => Some(leader.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Sends `request` to each of `addresses` in turn, following one leader hint from
+/// each, until the leader answers.
+fn call_leader<Q: Serialize, A: DeserializeOwned + LeaderHint>(
     addresses: &[String],
-    report: &BrokerHeartbeat,
+    kind: u8,
+    request: &Q,
     timeout: Duration,
-) -> Result<crate::api::GroupView, String> {
+) -> Result<A, String> {
     let mut errors = Vec::new();
-    let mut hinted: Option<String> = None;
-    for address in addresses.iter() {
+    for address in addresses {
         let mut target = address.clone();
         for _ in 0..2 {
-            match call::<_, HeartbeatReply>(&target, wire::BROKER_HEARTBEAT, report, timeout) {
-                Ok(HeartbeatReply::Group(view)) => return Ok(view),
-                Ok(HeartbeatReply::NotLeader {
-                    leader: Some(leader),
-                }) if hinted.as_deref() != Some(leader.as_str()) => {
-                    hinted = Some(leader.clone());
-                    target = leader;
-                }
-                Ok(HeartbeatReply::NotLeader { .. }) => {
-                    errors.push(format!("{target}: not the leader"));
-                    break;
-                }
+            match call::<_, A>(&target, kind, request, timeout) {
+                Ok(answer) => match answer.not_leader() {
+                    None => return Ok(answer),
+                    Some(Some(leader)) if leader != target => target = leader,
+                    Some(_) => {
+                        errors.push(format!("{target}: not the leader"));
+                        break;
+                    }
+                },
                 Err(error) => {
                     errors.push(error);
                     break;
@@ -73,6 +95,18 @@ pub fn heartbeat(
         "no controller leader answered: {}",
         errors.join("; ")
     ))
+}
+
+/// Sends `report` to the leader among `addresses`; the group as decided.
+pub fn heartbeat(
+    addresses: &[String],
+    report: &BrokerHeartbeat,
+    timeout: Duration,
+) -> Result<crate::api::GroupView, String> {
+    match call_leader(addresses, wire::BROKER_HEARTBEAT, report, timeout)? {
+        HeartbeatReply::Group(view) => Ok(view),
+        HeartbeatReply::NotLeader { .. } => Err("no controller leader answered".into()),
+    }
 }
 
 /// The cluster as the first answering controller sees it; the leader's view when the
@@ -107,29 +141,5 @@ pub fn elect(
     request: &crate::api::ElectRequest,
     timeout: Duration,
 ) -> Result<crate::api::ElectReply, String> {
-    use crate::api::ElectReply;
-    let mut errors = Vec::new();
-    for address in addresses {
-        let mut target = address.clone();
-        for _ in 0..2 {
-            match call::<_, ElectReply>(&target, wire::ELECT, request, timeout) {
-                Ok(ElectReply::NotLeader {
-                    leader: Some(leader),
-                }) if leader != target => target = leader,
-                Ok(ElectReply::NotLeader { .. }) => {
-                    errors.push(format!("{target}: not the leader"));
-                    break;
-                }
-                Ok(answer) => return Ok(answer),
-                Err(error) => {
-                    errors.push(error);
-                    break;
-                }
-            }
-        }
-    }
-    Err(format!(
-        "no controller leader answered: {}",
-        errors.join("; ")
-    ))
+    call_leader(addresses, wire::ELECT, request, timeout)
 }

@@ -5,7 +5,7 @@
 
 use crate::server::{lock, Node};
 use crate::state::{Applied, Command};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +16,15 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
     let mut leader_since: Option<Instant> = None;
     // Groups whose lack of an electable replica was already logged.
     let mut stuck: HashSet<String> = HashSet::new();
+    // When this leader first saw each group's current master: a master just elected
+    // has not heartbeated as master yet, and is judged from then on.
+    let mut master_since: HashMap<String, (u32, Instant)> = HashMap::new();
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(TICK).await;
         if !node.leads_with_current_state().await {
             if leader_since.take().is_some() {
                 lock(&node.heard).clear();
+                master_since.clear();
             }
             continue;
         }
@@ -32,11 +36,21 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
         for (name, group) in groups {
             let Some(master) = group.master else { continue };
             let now = Instant::now();
+            let named_at = match master_since.get(&name) {
+                Some((known, at)) if *known == master => *at,
+                _ => {
+                    master_since.insert(name.clone(), (master, now));
+                    now
+                }
+            };
+            // Only a heartbeat that says it serves as master shows the master alive (a
+            // master restarted as a slave, or on an empty disk, is replaced).
             let last_heard = |id: u32| {
                 lock(&node.heard)
                     .get(&(name.clone(), id))
-                    .map(|heard| heard.at.max(since))
-                    .unwrap_or(since)
+                    .filter(|heard| heard.report.is_master)
+                    .map(|heard| heard.at.max(since).max(named_at))
+                    .unwrap_or(since.max(named_at))
             };
             let silent = now.saturating_duration_since(last_heard(master));
             if silent < node.master_timeout {
@@ -72,6 +86,10 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
                 .max()
                 .unwrap_or(0);
             let epoch = group.master_epoch.max(highest_epoch) + 1;
+            if epoch >= crate::server::EPOCH_LIMIT {
+                log::error!("controller: no election in {name}: epoch {epoch} is out of range");
+                continue;
+            }
             let reason = format!(
                 "master {master} silent for {} ms (timeout {} ms)",
                 silent.as_millis(),
@@ -85,7 +103,10 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
                 reason: reason.clone(),
                 unclean: false,
             };
-            match node.propose(command).await {
+            lock(&node.electing).insert(name.clone());
+            let outcome = node.propose(command).await;
+            lock(&node.electing).remove(&name);
+            match outcome {
                 Ok(Applied::Done) => log::warn!(
                     "controller: elected broker {chosen} master of {name} at epoch {epoch} \
                      (its log ends at {log_end}; SyncStateSet was {:?}): {reason}",

@@ -40,7 +40,12 @@ pub(crate) struct Node {
     connections: AtomicUsize,
     /// The term in which this voter, as leader, caught up with the committed log.
     ready_term: AtomicU64,
+    /// Groups whose new master is being decided now.
+    pub electing: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Epochs at or above this are refused (no election number can overflow).
+pub(crate) const EPOCH_LIMIT: u64 = 1 << 48;
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -61,9 +66,11 @@ impl Node {
 
     /// Commits `command` through Raft and returns what applying it said.
     pub async fn propose(&self, command: Command) -> Result<Applied, String> {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(error) => Err(error.to_string()),
+        let write = self.raft.client_write(command);
+        match tokio::time::timeout(Duration::from_secs(3), write).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("not committed within 3 s (no quorum?)".into()),
         }
     }
 
@@ -81,13 +88,31 @@ impl Node {
         }
     }
 
+    /// The controller address of the leader, when it is another voter.
+    fn other_leader(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        leader
+            .filter(|id| *id != self.id)
+            .and_then(|id| self.peers.get(&id).cloned())
+    }
+
     /// Whether this voter leads and has applied everything committed before its term
     /// (a new leader's state machine may still be replaying the log).
     pub async fn leads_with_current_state(&self) -> bool {
         if !self.is_leader() {
             return false;
         }
-        let term = self.raft.metrics().borrow().current_term;
+        let (term, quorum_ack) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_term, metrics.millis_since_quorum_ack)
+        };
+        // A leader cut off from its followers does not know it was replaced: it speaks
+        // for the controller only while a quorum acknowledged it recently.
+        let fresh = self.master_timeout.as_millis() as u64 / 4;
+        if quorum_ack.is_none_or(|ms| ms > fresh) {
+            return false;
+        }
         if self.ready_term.load(Ordering::Acquire) == term {
             return true;
         }
@@ -104,15 +129,23 @@ impl Node {
 
     async fn heartbeat(&self, report: BrokerHeartbeat) -> HeartbeatReply {
         if !self.leads_with_current_state().await {
-            let leader = self
-                .raft
-                .metrics()
-                .borrow()
-                .current_leader
-                .filter(|id| *id != self.id);
             return HeartbeatReply::NotLeader {
-                leader: leader.and_then(|id| self.peers.get(&id).cloned()),
+                leader: self.other_leader(),
             };
+        }
+        if lock(&self.electing).contains(&report.group) {
+            // Deciding a new master of this group: no answer that could renew the old
+            // one's lease.
+            return HeartbeatReply::NotLeader { leader: None };
+        }
+        if report.epoch >= EPOCH_LIMIT {
+            log::warn!(
+                "controller: ignoring a heartbeat of {}/{} with epoch {}",
+                report.group,
+                report.broker_id,
+                report.epoch
+            );
+            return HeartbeatReply::NotLeader { leader: None };
         }
         let key = (report.group.clone(), report.broker_id);
         lock(&self.heard).insert(
@@ -170,7 +203,7 @@ impl Node {
                     group: report.group.clone(),
                     master: report.broker_id,
                     master_epoch: group.master_epoch,
-                    sss_epoch: group.sss_epoch,
+                    sss_epoch: report.sss_epoch,
                     sss: wanted.clone(),
                 };
                 match self.propose(command).await {
@@ -195,14 +228,8 @@ impl Node {
     /// An operator's election (`keel cluster --elect`).
     async fn elect(&self, request: ElectRequest) -> ElectReply {
         if !self.leads_with_current_state().await {
-            let leader = self
-                .raft
-                .metrics()
-                .borrow()
-                .current_leader
-                .filter(|id| *id != self.id);
             return ElectReply::NotLeader {
-                leader: leader.and_then(|id| self.peers.get(&id).cloned()),
+                leader: self.other_leader(),
             };
         }
         let Some(group) = self.group(&request.group) else {
@@ -255,6 +282,9 @@ impl Node {
         };
         let highest = heard.iter().map(|(_, epoch, _)| *epoch).max().unwrap_or(0);
         let epoch = group.master_epoch.max(highest).max(candidate_epoch) + 1;
+        if epoch >= EPOCH_LIMIT {
+            return ElectReply::Refused(format!("epoch {epoch} is out of range"));
+        }
         let command = Command::Elect {
             group: request.group.clone(),
             expected_master_epoch: group.master_epoch,
@@ -451,6 +481,7 @@ pub(crate) async fn run(
         master_timeout: config.master_timeout,
         connections: AtomicUsize::new(0),
         ready_term: AtomicU64::new(0),
+        electing: Mutex::new(std::collections::HashSet::new()),
     });
     tokio::spawn(crate::leader::duties(node.clone(), stop.clone()));
     let listener = tokio::net::TcpListener::from_std(listener)?;

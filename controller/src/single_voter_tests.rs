@@ -38,6 +38,7 @@ fn heartbeat(address: &str) -> Result<crate::api::GroupView, String> {
         log_end: 100,
         flushed: 100,
         in_sync: Vec::new(),
+        sss_epoch: 0,
     };
     client::heartbeat(&[address.to_string()], &report, Duration::from_secs(1))
 }

@@ -131,9 +131,17 @@ impl Groups {
                         state.master_epoch
                     ));
                 }
+                // The other members still hold every acknowledged record: they stay,
+                // so one of them can be elected if the new master dies before they
+                // follow it (the new master waits for them meanwhile).
+                let old_master = state.master;
+                state.sss.retain(|id| Some(*id) != old_master);
+                if *unclean {
+                    state.sss.clear();
+                }
+                state.sss.insert(*broker_id);
                 state.master = Some(*broker_id);
                 state.master_epoch = *epoch;
-                state.sss = BTreeSet::from([*broker_id]);
                 state.sss_epoch += 1;
                 state.elections += 1;
                 Applied::Done

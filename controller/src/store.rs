@@ -174,11 +174,15 @@ impl LogStore {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft-log");
         let (entries, valid) = read_log(&path)?;
+        let existed = path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(&path)?;
+        if !existed {
+            sync_dir(dir)?;
+        }
         if file.metadata()?.len() > valid {
             log::warn!(
                 "{}: cutting a torn tail after byte {valid} (an append that was never \

@@ -69,11 +69,21 @@ pub fn read_frame(stream: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let length = check_length(u32::from_le_bytes(prefix))?;
-    let mut rest = vec![0u8; length];
-    stream.read_exact(&mut rest)?;
+    // Memory grows with the bytes that arrive, not with what the prefix claims.
+    let mut rest = Vec::with_capacity(length.min(INITIAL_BUFFER));
+    stream.take(length as u64).read_to_end(&mut rest)?;
+    if rest.len() < length {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "controller frame cut short",
+        ));
+    }
     let (kind, body) = decode(&rest)?;
     Ok((kind, body.to_vec()))
 }
+
+/// What a frame's buffer starts with, whatever its length prefix says.
+const INITIAL_BUFFER: usize = 64 << 10;
 
 pub fn write_frame(stream: &mut impl Write, kind: u8, body: &[u8]) -> io::Result<()> {
     stream.write_all(&encode(kind, body))?;
@@ -89,8 +99,17 @@ where
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).await?;
     let length = check_length(u32::from_le_bytes(prefix))?;
-    let mut rest = vec![0u8; length];
-    stream.read_exact(&mut rest).await?;
+    let mut rest = Vec::with_capacity(length.min(INITIAL_BUFFER));
+    (&mut *stream)
+        .take(length as u64)
+        .read_to_end(&mut rest)
+        .await?;
+    if rest.len() < length {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "controller frame cut short",
+        ));
+    }
     let (kind, body) = decode(&rest)?;
     Ok((kind, body.to_vec()))
 }

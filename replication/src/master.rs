@@ -177,8 +177,9 @@ impl HaMaster {
         };
         match set {
             None => links.iter().map(|link| link.acked).max(),
-            Some(set) if set.members.len() + 1 < set.min_replicas => None,
-            Some(set) if set.members.is_empty() => Some(u64::MAX),
+            // The master alone never acknowledges under a controller (validated:
+            // min_insync_replicas >= 2), so an empty wait set raises nothing.
+            Some(set) if set.members.is_empty() || set.members.len() + 1 < set.min_replicas => None,
             Some(set) => set
                 .members
                 .iter()
@@ -186,6 +187,19 @@ impl HaMaster {
                 .collect::<Option<Vec<u64>>>()
                 .and_then(|acks| acks.into_iter().min()),
         }
+    }
+
+    /// Slaves that hold everything acknowledged so far: in sync, and their fsynced
+    /// offset at least the durable offset. Put them in the wait set before naming them
+    /// to the controller, and check again after: from then on nothing is acknowledged
+    /// without them, and nothing acknowledged before is missing from them.
+    pub fn caught_up_slaves(&self) -> Vec<u32> {
+        let durable = self.store.offset_durable();
+        self.slaves()
+            .into_iter()
+            .filter(|slave| slave.in_sync && slave.acked >= durable)
+            .map(|slave| slave.broker_id)
+            .collect()
     }
 
     /// Whether any slave is connected (in sync or not).

@@ -49,6 +49,17 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 impl HaSlave {
     /// Starts following the master (reconnecting with backoff) until `stop`.
     pub fn start(store: Arc<Store>, options: SlaveOptions) -> std::io::Result<Arc<HaSlave>> {
+        HaSlave::start_confirmed(store, options, 0)
+    }
+
+    /// `start`, knowing that records up to `confirmed` were acknowledged to producers
+    /// (a slave re-pointed to a new master, a deposed master becoming a slave): the
+    /// handshake never cuts the log below it, whatever the new master says.
+    pub fn start_confirmed(
+        store: Arc<Store>,
+        options: SlaveOptions,
+        confirmed: u64,
+    ) -> std::io::Result<Arc<HaSlave>> {
         let notifier = Arc::new(Notifier::default());
         let wake = notifier.clone();
         store.add_listener(Arc::new(move || wake.notify()));
@@ -56,7 +67,10 @@ impl HaSlave {
             store,
             options,
             stop: AtomicBool::new(false),
-            status: Mutex::new(SlaveStatus::default()),
+            status: Mutex::new(SlaveStatus {
+                confirmed,
+                ..SlaveStatus::default()
+            }),
             notifier,
             stream: Mutex::new(None),
             thread: Mutex::new(None),

@@ -235,8 +235,21 @@ impl Config {
                 self.controller_lease_ms, self.controller_heartbeat_ms
             ));
         }
-        if self.min_insync_replicas == 0 {
-            return fail("min_insync_replicas must be at least 1 (the master itself)".into());
+        if !self.controller_addrs.is_empty() {
+            if self.min_insync_replicas < 2 {
+                return fail(format!(
+                    "min_insync_replicas = {} with controllers: at least 2 (a record only on \
+                     the master is lost when another replica is elected)",
+                    self.min_insync_replicas
+                ));
+            }
+            if !matches!(self.role, Role::SyncMaster | Role::Slave) {
+                return fail(format!(
+                    "role = {:?} with controllers: use \"sync_master\" or \"slave\" (an \
+                     elected master must not acknowledge what its SyncStateSet lacks)",
+                    self.role.broker_role().name()
+                ));
+            }
         }
         if let Some(bad) = self.controller_addrs.iter().find(|a| !a.contains(':')) {
             return fail(format!("controller_addrs entry {bad:?} must be host:port"));

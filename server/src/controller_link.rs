@@ -15,7 +15,7 @@ use crate::cluster;
 use crate::config::Config;
 use keel_controller::api::{BrokerHeartbeat, GroupView};
 use keel_protocol::BrokerRole;
-use keel_replication::{HaSlave, SlaveOptions, WaitSet};
+use keel_replication::{HaMaster, HaSlave, SlaveOptions, WaitSet};
 use keel_storage::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,44 +27,62 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long start-up waits for a controller to say who the master is.
 const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
-/// What this broker tells the controller: from its store, and from a master its
-/// slaves in sync.
-pub fn report(
-    config: &Config,
-    store: &Store,
-    address: SocketAddr,
-    ha: &Ha,
-    is_master: bool,
-    claims_master: bool,
-) -> BrokerHeartbeat {
-    let stats = store.stats();
-    let (in_sync, ha_address) = match ha {
-        Ha::Master(master) => (
-            master
-                .slaves()
-                .into_iter()
-                .filter(|slave| slave.in_sync)
-                .map(|slave| slave.broker_id)
-                .collect(),
-            master.local_addr().to_string(),
-        ),
-        _ => (Vec::new(), cluster::ha_address(config, address).to_string()),
-    };
-    BrokerHeartbeat {
-        group: config.broker_name.clone(),
-        broker_id: config.broker_id,
-        address: config
-            .advertise_address
-            .clone()
-            .unwrap_or_else(|| address.to_string()),
-        ha_address,
-        is_master,
-        claims_master,
-        epoch: store.current_epoch(),
-        log_end: stats.offset_appended,
-        flushed: stats.offset_flushed,
-        in_sync,
+/// What this broker tells the controller. `in_sync`: from a master, the slaves it asks
+/// to have in the SyncStateSet (see `sss_candidates`).
+pub struct Report<'a> {
+    pub config: &'a Config,
+    pub store: &'a Store,
+    pub address: SocketAddr,
+    pub ha_address: String,
+    pub is_master: bool,
+    pub claims_master: bool,
+    /// The epoch to report: the log's newest, or the one a master is about to begin.
+    pub epoch: u64,
+    pub in_sync: Vec<u32>,
+    pub sss_epoch: u64,
+}
+
+impl Report<'_> {
+    pub fn heartbeat(self) -> BrokerHeartbeat {
+        let stats = self.store.stats();
+        BrokerHeartbeat {
+            group: self.config.broker_name.clone(),
+            broker_id: self.config.broker_id,
+            address: self
+                .config
+                .advertise_address
+                .clone()
+                .unwrap_or_else(|| self.address.to_string()),
+            ha_address: self.ha_address,
+            is_master: self.is_master,
+            claims_master: self.claims_master,
+            epoch: self.epoch,
+            log_end: stats.offset_appended,
+            flushed: stats.offset_flushed,
+            in_sync: self.in_sync,
+            sss_epoch: self.sss_epoch,
+        }
     }
+}
+
+/// The slaves a master may name for its SyncStateSet: first they join its wait set
+/// (from then on nothing is acknowledged without them), then only those whose fsynced
+/// offset reached the durable offset are named (nothing acknowledged before is missing
+/// from them). `committed`: the SSS as last learnt, this broker excluded.
+fn sss_candidates(ha: &HaMaster, committed: &[u32], min_replicas: usize) -> Vec<u32> {
+    let candidates = ha.caught_up_slaves();
+    let mut members: Vec<u32> = committed.iter().chain(&candidates).copied().collect();
+    members.sort_unstable();
+    members.dedup();
+    ha.set_wait_set(Some(WaitSet {
+        members,
+        min_replicas,
+    }));
+    let still = ha.caught_up_slaves();
+    candidates
+        .into_iter()
+        .filter(|id| still.contains(id))
+        .collect()
 }
 
 /// Before replication starts: the master the controller knows for this group, if it
@@ -107,14 +125,41 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
             let mut failing = false;
             while !broker.is_shutting_down() {
                 let asked_at = Instant::now();
-                let report = report(
-                    &broker.config,
-                    &broker.store,
-                    broker.listen_address(),
-                    &broker.ha(),
-                    broker.role().is_master(),
+                let learnt = broker
+                    .controller_view
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .as_ref()
+                    .map(|(view, _)| view.clone());
+                let me = broker.config.broker_id;
+                let (in_sync, ha_address) = match broker.ha() {
+                    Ha::Master(ha) => {
+                        let committed: Vec<u32> = learnt
+                            .as_ref()
+                            .filter(|view| view.master == Some(me))
+                            .map(|view| view.sss.iter().copied().filter(|id| *id != me).collect())
+                            .unwrap_or_default();
+                        let named =
+                            sss_candidates(&ha, &committed, broker.config.min_insync_replicas);
+                        (named, ha.local_addr().to_string())
+                    }
+                    _ => (
+                        Vec::new(),
+                        cluster::ha_address(&broker.config, broker.listen_address()).to_string(),
+                    ),
+                };
+                let report = Report {
+                    config: &broker.config,
+                    store: &broker.store,
+                    address: broker.listen_address(),
+                    ha_address,
+                    is_master: broker.role().is_master(),
                     claims_master,
-                );
+                    epoch: broker.store.current_epoch(),
+                    in_sync,
+                    sss_epoch: learnt.map_or(0, |view| view.sss_epoch),
+                }
+                .heartbeat();
                 match keel_controller::client::heartbeat(
                     &broker.config.controller_addrs,
                     &report,
@@ -158,7 +203,7 @@ fn follow(broker: &Arc<Broker>, view: &GroupView, report: &BrokerHeartbeat) {
     let me = broker.config.broker_id;
     let Some(master) = view.master else { return };
     match broker.ha() {
-        Ha::Slave(_) if master == me && view.master_epoch > broker.store.current_epoch() => {
+        Ha::Slave(_) if master == me => {
             broker.unfence();
             log::warn!(
                 "the controller elected this broker master of {} at epoch {}",
@@ -185,13 +230,15 @@ fn follow(broker: &Arc<Broker>, view: &GroupView, report: &BrokerHeartbeat) {
                     slave.master()
                 );
                 slave.stop();
+                // What the old master confirmed was acknowledged: never cut below it.
+                let confirmed = slave.status().confirmed;
                 let options = SlaveOptions {
                     master: address,
                     broker_name: broker.config.broker_name.clone(),
                     broker_id: me,
                     heartbeat: Duration::from_millis(broker.config.ha_heartbeat_ms),
                 };
-                match HaSlave::start(broker.store.clone(), options) {
+                match HaSlave::start_confirmed(broker.store.clone(), options, confirmed) {
                     Ok(next) => broker.set_role(BrokerRole::Slave, Ha::Slave(next)),
                     Err(error) => log::error!("cannot follow the new master: {error}"),
                 }
@@ -255,7 +302,9 @@ fn demote(broker: &Arc<Broker>, master_ha: &str) {
         ha.stop();
     }
     let store = &broker.store;
-    store.set_durable_cap(store.offset_durable());
+    // What it acknowledged as master: the new master must have it, never cut below it.
+    let acknowledged = store.offset_durable();
+    store.set_durable_cap(acknowledged);
     if let Err(error) = store.follow_master() {
         log::error!("cannot record that this broker follows a master: {error}");
         return;
@@ -266,7 +315,7 @@ fn demote(broker: &Arc<Broker>, master_ha: &str) {
         broker_id: config.broker_id,
         heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
     };
-    match HaSlave::start(store.clone(), options) {
+    match HaSlave::start_confirmed(store.clone(), options, acknowledged) {
         Ok(slave) => {
             broker.set_role(BrokerRole::Slave, Ha::Slave(slave));
             broker.unfence();

@@ -279,14 +279,21 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     if !config.controller_addrs.is_empty() {
         // The controller decides who is master: a broker it does not name starts as
         // the named master's slave, whatever its config or promotion record says.
-        let report = controller_link::report(
-            &config,
-            &store,
+        // A master about to start reports the epoch it will begin, so that the
+        // controller numbers any later election above it.
+        let epoch = store.current_epoch() + u64::from(role.is_master());
+        let report = controller_link::Report {
+            config: &config,
+            store: &store,
             address,
-            &broker::Ha::None,
-            false,
-            role.is_master(),
-        );
+            ha_address: cluster::ha_address(&config, address).to_string(),
+            is_master: role.is_master(),
+            claims_master: role.is_master(),
+            epoch,
+            in_sync: Vec::new(),
+            sss_epoch: 0,
+        }
+        .heartbeat();
         match controller_link::master_at_startup(&config, &report) {
             Ok(Some(master)) => {
                 if role.is_master() {
