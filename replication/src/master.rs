@@ -148,25 +148,21 @@ impl HaMaster {
     /// Sets whose acks count from now on, and raises the durable cap to what that set
     /// already holds.
     pub fn set_wait_set(&self, set: Option<WaitSet>) {
-        *self
+        let mut current = self
             .wait_set
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = set;
-        if self.options.sync {
-            if let Some(cap) = self.acknowledged() {
-                self.store.raise_durable_cap(cap);
-            }
-        }
+            .unwrap_or_else(|poison| poison.into_inner());
+        *current = set;
+        self.raise_cap(current.as_ref());
     }
 
-    /// Highest offset the replicas a send waits for have all fsynced (`None`: none
-    /// known). Without a wait set, any one slave's.
-    fn acknowledged(&self) -> Option<u64> {
-        let set = self
-            .wait_set
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+    /// Raises the durable cap to what `set` has fsynced. Called with the wait set's lock
+    /// held, so that no ack counted against an older set raises the cap after a newer
+    /// set took its place.
+    fn raise_cap(&self, set: Option<&WaitSet>) {
+        if !self.options.sync {
+            return;
+        }
         let links = self.lock_links();
         let acked_by = |id: u32| {
             links
@@ -175,7 +171,7 @@ impl HaMaster {
                 .map(|link| link.acked)
                 .max()
         };
-        match set {
+        let cap = match set {
             None => links.iter().map(|link| link.acked).max(),
             // The master alone never acknowledges under a controller (validated:
             // min_insync_replicas >= 2), so an empty wait set raises nothing.
@@ -186,6 +182,10 @@ impl HaMaster {
                 .map(|id| acked_by(*id))
                 .collect::<Option<Vec<u64>>>()
                 .and_then(|acks| acks.into_iter().min()),
+        };
+        drop(links);
+        if let Some(cap) = cap {
+            self.store.raise_durable_cap(cap);
         }
     }
 
@@ -194,7 +194,13 @@ impl HaMaster {
     /// to the controller, and check again after: from then on nothing is acknowledged
     /// without them, and nothing acknowledged before is missing from them.
     pub fn caught_up_slaves(&self) -> Vec<u32> {
-        let durable = self.store.offset_durable();
+        // Everything that may be acknowledged without another ack: the cap, as far as
+        // this log goes (the master's own fsync may still be behind it).
+        let durable = self
+            .store
+            .durable_cap()
+            .min(self.store.offset_written())
+            .max(self.store.offset_durable());
         self.slaves()
             .into_iter()
             .filter(|slave| slave.in_sync && slave.acked >= durable)
@@ -516,11 +522,11 @@ impl HaMaster {
                 link.acked = link.acked.max(flushed);
                 link.last_heard = Instant::now();
             }
-            if self.options.sync {
-                if let Some(cap) = self.acknowledged() {
-                    self.store.raise_durable_cap(cap);
-                }
-            }
+            let set = self
+                .wait_set
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            self.raise_cap(set.as_ref());
         }
     }
 }

@@ -147,8 +147,13 @@ pub fn start_replication(
             }
             if master_role == BrokerRole::SyncMaster {
                 // What this master stored before the restart is served; what it stores
-                // from now on is served once a slave has it.
-                store.set_durable_cap(recovered_end);
+                // from now on is served once a slave has it. Under a controller nothing
+                // is taken as durable before its SyncStateSet has it: records it never
+                // replicated must not be served, nor acknowledged to a retry.
+                store.set_durable_cap(match config.controller_addrs.is_empty() {
+                    true => recovered_end,
+                    false => 0,
+                });
             }
             let master = HaMaster::start(store.clone(), ha_address, master_options(config, role))
                 .map_err(BrokerError::setup(format!(
@@ -256,6 +261,9 @@ fn promote_at(
     let store = &broker.store;
     log::warn!("promoting this slave of {} to {role}", slave.master());
     slave.stop();
+    // What the old master acknowledged; past it, this log may hold records the rest of
+    // the SyncStateSet lacks.
+    let confirmed = slave.status().confirmed;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stats = store.stats();
@@ -278,6 +286,8 @@ fn promote_at(
         .map_err(|e| internal(format!("cannot record the promotion: {e}")))?;
     let log_end = epoch.start;
     store.set_durable_cap(match role {
+        // Elected by the controller: the rest is durable once the SSS has it.
+        BrokerRole::SyncMaster if minimum_epoch > 0 => confirmed.min(log_end),
         BrokerRole::SyncMaster => log_end,
         _ => u64::MAX,
     });

@@ -134,13 +134,15 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
                 let me = broker.config.broker_id;
                 let (in_sync, ha_address) = match broker.ha() {
                     Ha::Master(ha) => {
-                        let committed: Vec<u32> = learnt
+                        // Until it has learnt its committed SSS, a master names no slave
+                        // and keeps its wait set (it acknowledges nothing yet).
+                        let committed: Option<Vec<u32>> = learnt
                             .as_ref()
                             .filter(|view| view.master == Some(me))
-                            .map(|view| view.sss.iter().copied().filter(|id| *id != me).collect())
-                            .unwrap_or_default();
-                        let named =
-                            sss_candidates(&ha, &committed, broker.config.min_insync_replicas);
+                            .map(|view| view.sss.iter().copied().filter(|id| *id != me).collect());
+                        let named = committed.map_or_else(Vec::new, |committed| {
+                            sss_candidates(&ha, &committed, broker.config.min_insync_replicas)
+                        });
                         (named, ha.local_addr().to_string())
                     }
                     _ => (

@@ -139,6 +139,15 @@ impl ControllerArgs {
         if self.controller_master_timeout_ms == 0 || self.controller_raft_heartbeat_ms == 0 {
             return Err("controller timeouts must be at least 1 ms".into());
         }
+        // A leader speaks for the controller only with a quorum ack within a quarter of
+        // the master timeout: Raft heartbeats must come well inside that.
+        if self.controller_raft_heartbeat_ms.saturating_mul(8) > self.controller_master_timeout_ms {
+            return Err(format!(
+                "--controller-raft-heartbeat-ms {} must be at most an eighth of \
+                 --controller-master-timeout-ms {}",
+                self.controller_raft_heartbeat_ms, self.controller_master_timeout_ms
+            ));
+        }
         Ok(Some(keel_controller::ControllerConfig {
             node_id: id,
             peers: parsed,
