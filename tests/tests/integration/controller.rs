@@ -516,6 +516,35 @@ fn a_paused_master_is_replaced_and_never_acknowledges_after_the_new_master_began
     );
 }
 
+/// SIGSTOPs replica 2 until the controller drops it from the SSS, and checks that the
+/// master (0) still acknowledges, with replica 1 alone; returns the paused pid.
+fn pause_slave_2_out_of_the_sss(controllers: &Controllers, group: &Group) -> u32 {
+    let producer = producer_to(&group.replicas[0]);
+    let send = |id: &str| {
+        producer
+            .send(Message::new("replicated", payload_for(id, 100)))
+            .map(|r| r.status)
+    };
+    assert_eq!(send("everywhere").unwrap(), SendStatus::SendOk);
+    let paused = group.replicas[2].pid();
+    signal(paused, libc::SIGSTOP);
+    wait_until(
+        "broker 2 out of the SyncStateSet",
+        Duration::from_secs(20),
+        || {
+            controllers
+                .group()
+                .is_some_and(|g| g.view.sss == vec![0, 1])
+        },
+    );
+    wait_until(
+        "a send acknowledged by 0 and 1",
+        Duration::from_secs(10),
+        || send("not-on-2").is_ok_and(|status| status == SendStatus::SendOk),
+    );
+    paused
+}
+
 fn producer_to(broker: &BrokerProcess) -> Producer {
     Producer::connect(&broker.address, ProducerOptions::default()).unwrap()
 }
@@ -524,31 +553,7 @@ fn producer_to(broker: &BrokerProcess) -> Producer {
 fn a_slave_that_falls_behind_leaves_the_sync_state_set_and_is_not_elected() {
     let controllers = Controllers::start();
     let mut group = Group::start(&controllers);
-    let producer =
-        Producer::connect(&group.replicas[0].address, ProducerOptions::default()).unwrap();
-    let send = |id: &str| {
-        producer
-            .send(Message::new("replicated", payload_for(id, 100)))
-            .map(|r| r.status)
-    };
-    assert_eq!(send("before").unwrap(), SendStatus::SendOk);
-    let paused = group.replicas[2].pid();
-    signal(paused, libc::SIGSTOP);
-    wait_until(
-        "the paused slave out of the SyncStateSet",
-        Duration::from_secs(20),
-        || {
-            controllers
-                .group()
-                .is_some_and(|g| g.view.sss == vec![0, 1])
-        },
-    );
-    // The master still acknowledges, with the slave that remains.
-    wait_until(
-        "sends acknowledged without the paused slave",
-        Duration::from_secs(10),
-        || send("while-paused").is_ok_and(|status| status == SendStatus::SendOk),
-    );
+    let paused = pause_slave_2_out_of_the_sss(&controllers, &group);
     // The master dies while that slave is paused: only broker 1 may be elected.
     group.replicas[0].kill9();
     wait_until("broker 1 elected", Duration::from_secs(20), || {
@@ -576,29 +581,7 @@ fn a_slave_that_falls_behind_leaves_the_sync_state_set_and_is_not_elected() {
 fn a_group_whose_sync_state_set_is_gone_waits_for_an_operator_to_elect_unclean() {
     let controllers = Controllers::start();
     let mut group = Group::start(&controllers);
-    let producer = producer_to(&group.replicas[0]);
-    let send = |id: &str| {
-        producer
-            .send(Message::new("replicated", payload_for(id, 100)))
-            .map(|r| r.status)
-    };
-    assert_eq!(send("everywhere").unwrap(), SendStatus::SendOk);
-    let behind = group.replicas[2].pid();
-    signal(behind, libc::SIGSTOP);
-    wait_until(
-        "broker 2 out of the SyncStateSet",
-        Duration::from_secs(20),
-        || {
-            controllers
-                .group()
-                .is_some_and(|g| g.view.sss == vec![0, 1])
-        },
-    );
-    wait_until(
-        "a send acknowledged by 0 and 1",
-        Duration::from_secs(10),
-        || send("not-on-2").is_ok_and(|status| status == SendStatus::SendOk),
-    );
+    let behind = pause_slave_2_out_of_the_sss(&controllers, &group);
     // The whole SyncStateSet dies; broker 2 returns, behind.
     group.replicas[0].kill9();
     group.replicas[1].kill9();
