@@ -64,7 +64,9 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
                     .iter()
                     .filter(|id| **id != master)
                     .filter_map(|id| heard.get(&(name.clone(), *id)))
-                    .filter(|h| now.saturating_duration_since(h.at) < node.master_timeout)
+                    // Heard within half the timeout: a candidate that fell silent with
+                    // its master is not elected (it would leave the group masterless).
+                    .filter(|h| now.saturating_duration_since(h.at) < node.master_timeout / 2)
                     .map(|h| (h.report.epoch, h.report.log_end, h.report.broker_id))
                     .collect()
             };

@@ -587,13 +587,15 @@ fn a_group_whose_sync_state_set_is_gone_waits_for_an_operator_to_elect_unclean()
     group.replicas[1].kill9();
     signal(behind, libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(MASTER_TIMEOUT_MS * 2));
+    // Broker 1 may have been elected in the instant between the two kills (it had just
+    // been heard from); broker 2, outside the SSS, never is.
     let view = controllers.group().unwrap();
-    assert_eq!(
-        view.view.master,
-        Some(0),
+    assert!(
+        matches!(view.view.master, Some(0) | Some(1)),
         "never elected automatically: {view:?}"
     );
     assert!(controllers.logs().contains("no election"));
+    let elections = view.elections;
 
     let keel = |extra: &[&str]| {
         let output = Command::new(crate::cli::KEEL)
@@ -625,7 +627,7 @@ fn a_group_whose_sync_state_set_is_gone_waits_for_an_operator_to_elect_unclean()
     );
     let view = controllers.group().unwrap();
     assert_eq!(view.view.master, Some(2));
-    assert_eq!(view.elections, 1);
+    assert_eq!(view.elections, elections + 1);
 }
 
 #[test]
