@@ -650,6 +650,9 @@ mod replica {
                 from += chunk.len() as u64;
                 extra.extend_from_slice(&chunk);
             }
+            // Its threads stop before its directory goes (else they may write into it
+            // while it is removed, and leave it behind).
+            other.shutdown();
         }
         // Records 150..160 of a log with the same shape continue the slave's log.
         assert_eq!(slave.append_replicated(&extra).unwrap(), extra.len());
@@ -672,6 +675,8 @@ mod replica {
         assert_eq!(slave.recovery_report().truncated_bytes, 0);
         assert_eq!(slave.stats().offset_appended, end2);
         assert_eq!(read_all(&slave, 0), read_all(&master, 0));
+        slave.shutdown();
+        master.shutdown();
     }
 
     #[test]
