@@ -139,7 +139,8 @@ pub fn main_entry() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(quiet)).init();
     install_interrupt_handler();
     if chaos {
-        return chaos::main_entry(std::env::args().skip(1));
+        let args = std::iter::once("keel-bench chaos".to_string()).chain(std::env::args().skip(2));
+        return chaos::main_entry(args);
     }
     let args = Args::parse();
     match run(&args) {
