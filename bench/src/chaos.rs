@@ -87,10 +87,17 @@ impl Dice {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
+/// `count` distinct ports on 127.0.0.1 that were free a moment ago; each listener is held
+/// until all are picked (ports picked and released one by one can come back twice).
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("no free port: {e}"))?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|address| address.port()))
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("no free port: {e}"))
 }
 
@@ -190,8 +197,12 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn start(dir: &Path, keeld: PathBuf, master_timeout_ms: u64) -> Result<Cluster, String> {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
-        let controllers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        // Every port of the cluster at once: controller, name-server, then two per replica.
+        let ports = free_ports(12)?;
+        let controllers: Vec<String> = ports[..3]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let peers = controllers
             .iter()
             .enumerate()
@@ -208,7 +219,7 @@ impl Cluster {
             let args = vec![
                 "namesrv".into(),
                 "--listen".into(),
-                format!("127.0.0.1:{}", free_port()?),
+                format!("127.0.0.1:{}", ports[2 + id as usize]),
                 "--broker-timeout-ms".into(),
                 "3000".into(),
                 "--controller-id".into(),
@@ -241,16 +252,13 @@ impl Cluster {
         };
         let namesrv_list = quoted(cluster.voters.iter().map(|v| v.address.clone()).collect());
         let controller_list = quoted(cluster.controllers.clone());
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<Result<_, String>>()?;
         for id in 0..3u32 {
-            let (port, ha_port) = ports[id as usize];
+            let (port, ha_port) = (ports[6 + 2 * id as usize], ports[7 + 2 * id as usize]);
             let role = match id {
                 0 => "role = \"sync_master\"\n".to_string(),
                 _ => format!(
                     "role = \"slave\"\nbroker_id = {id}\nmaster_address = \"127.0.0.1:{}\"\n",
-                    ports[0].1
+                    ports[7]
                 ),
             };
             let config = dir.join(format!("replica-{id}.toml"));

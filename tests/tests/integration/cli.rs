@@ -1,7 +1,7 @@
 //! The `keel` command line as a script uses it: bytes in and out unchanged, a summary,
 //! exit statuses that say what happened, exact counts, and a refused promotion.
 
-use crate::harness::{free_port, wait_until, BrokerProcess};
+use crate::harness::{free_ports, wait_until, BrokerProcess};
 use keel_client::{Admin, SendStatus};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -266,7 +266,7 @@ fn subscribe_count_handles_exactly_n_and_commits_nothing_past_them() {
 
 #[test]
 fn promoting_a_slave_whose_master_is_alive_is_refused_unless_forced() {
-    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let [m_port, m_ha, s_port, s_ha] = free_ports();
     let master = BrokerProcess::start(&crate::cluster::master(
         "sync_master",
         "alive",

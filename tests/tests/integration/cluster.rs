@@ -2,7 +2,7 @@
 //! masters with one sync slave each, kill -9, SIGSTOP, promotion, and an old master
 //! coming back.
 
-use crate::harness::{drain, free_port, wait_until, BrokerProcess, NameServerProcess};
+use crate::harness::{drain, free_ports, wait_until, BrokerProcess, NameServerProcess};
 use keel_client::{
     fetch_routes, BrokerRole, ClientError, Message, Producer, ProducerOptions, Record, SendStatus,
 };
@@ -86,8 +86,7 @@ fn history(records: &[Record]) -> Vec<(u32, u64, u64, Vec<u8>)> {
 
 #[test]
 fn a_sync_master_answers_slave_statuses_and_never_send_ok_without_its_slave() {
-    let (master_port, master_ha) = (free_port(), free_port());
-    let (slave_port, slave_ha) = (free_port(), free_port());
+    let [master_port, master_ha, slave_port, slave_ha] = free_ports();
     // Heartbeats every second: a stalled slave stays connected (5 s) past the 2 s slave
     // timeout, so its stall shows as FLUSH_SLAVE_TIMEOUT.
     let slow = |config: String| config.replace("ha_heartbeat_ms = 200", "ha_heartbeat_ms = 1000");
@@ -192,7 +191,7 @@ fn a_sync_master_answers_slave_statuses_and_never_send_ok_without_its_slave() {
 
 #[test]
 fn an_old_master_returning_after_a_promotion_cannot_fork_the_history() {
-    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let [m_port, m_ha, s_port, s_ha] = free_ports();
     let mut old = BrokerProcess::start(&master("async_master", "fork", m_port, m_ha, None));
     let mut new = BrokerProcess::start(&slave("fork", s_port, s_ha, m_ha, None));
     wait_until("the slave connected", Duration::from_secs(20), || {
@@ -261,16 +260,18 @@ fn an_old_master_returning_after_a_promotion_cannot_fork_the_history() {
     assert!(history(&followed) == history(&drain(&new.address, "replicated")));
 
     // A broker with an unrelated history is refused, and its log left alone.
-    let mut stranger =
-        BrokerProcess::start(&master("master", "fork", free_port(), free_port(), None));
+    let mut stranger = {
+        let [port, ha] = free_ports();
+        BrokerProcess::start(&master("master", "fork", port, ha, None))
+    };
     let strange = Producer::connect(&stranger.address, ProducerOptions::default()).unwrap();
     for index in 0..5 {
         send_status(&strange, &format!("z{index}")).unwrap();
     }
     drop(strange);
     stranger.terminate();
-    let port = free_port();
-    stranger.reconfigure(&slave("fork", port, free_port(), s_ha, None));
+    let [port, ha] = free_ports();
+    stranger.reconfigure(&slave("fork", port, ha, s_ha, None));
     stranger.spawn();
     wait_until("the refusal", Duration::from_secs(20), || {
         stranger.log().contains("the master refused")
@@ -293,7 +294,7 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     let namesrv2 = NameServerProcess::start(3000);
     let both = format!("\"{}\", \"{}\"", namesrv.address, namesrv2.address);
     let ns = Some(both.as_str());
-    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let ports: [u16; 8] = free_ports();
     let (a, a_ha, a1, a1_ha, b, b_ha, b1, b1_ha) = (
         ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7],
     );
@@ -440,7 +441,7 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
 
 #[test]
 fn a_group_reads_from_the_slave_while_its_master_is_down() {
-    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let [m_port, m_ha, s_port, s_ha] = free_ports();
     let mut primary = BrokerProcess::start(&master("async_master", "reads", m_port, m_ha, None));
     let follower = BrokerProcess::start(&slave("reads", s_port, s_ha, m_ha, None));
     let producer = Producer::connect(&primary.address, ProducerOptions::default()).unwrap();
@@ -503,7 +504,7 @@ fn a_group_reads_from_the_slave_while_its_master_is_down() {
 
 #[test]
 fn a_promoted_slave_recognises_retries_of_messages_its_master_stored() {
-    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let [m_port, m_ha, s_port, s_ha] = free_ports();
     let mut primary = BrokerProcess::start(&master("sync_master", "dedup", m_port, m_ha, None));
     let follower = BrokerProcess::start(&slave("dedup", s_port, s_ha, m_ha, None));
     wait_until("the slave in sync", Duration::from_secs(20), || {
@@ -553,7 +554,7 @@ fn a_promoted_slave_recognises_retries_of_messages_its_master_stored() {
 
 #[test]
 fn a_cut_or_corrupted_replication_link_heals_without_losing_or_mixing_records() {
-    let (m_port, m_ha, s_port, s_ha) = (free_port(), free_port(), free_port(), free_port());
+    let [m_port, m_ha, s_port, s_ha] = free_ports();
     let primary = BrokerProcess::start(&master("sync_master", "links", m_port, m_ha, None));
     let proxy = crate::harness::FaultProxy::start(&format!("127.0.0.1:{m_ha}"));
     let proxy_port: u16 = proxy.address.rsplit(':').next().unwrap().parse().unwrap();

@@ -3,7 +3,7 @@
 //! and SIGSTOP. The controller elects a new master from the SyncStateSet without any
 //! command; nothing acknowledged is lost.
 
-use crate::harness::{drain, drain_as, free_port, signal, wait_until, BrokerProcess};
+use crate::harness::{drain, drain_as, free_ports, signal, wait_until, BrokerProcess};
 use keel_bench::chaos::Load;
 use keel_client::{Message, Producer, ProducerOptions, SendStatus};
 use keel_controller::api::ClusterView;
@@ -35,11 +35,7 @@ impl Voter {
             .append(true)
             .open(self.dir.join("namesrv.log"))
             .expect("log");
-        let listen = if self.namesrv.is_empty() {
-            "127.0.0.1:0".to_string()
-        } else {
-            self.namesrv.clone()
-        };
+        let listen = self.namesrv.clone();
         let mut child = Command::new(KEELD)
             .args([
                 "namesrv",
@@ -105,7 +101,10 @@ struct Controllers {
 impl Controllers {
     fn start() -> Controllers {
         let temp = tempfile::tempdir().expect("temporary directory");
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // Name-server ports are picked with the controller ports: one bound to port 0 by
+        // the first voter could take a port the third has been given.
+        let [c1, c2, c3, n1, n2, n3] = free_ports();
+        let (ports, namesrv_ports) = ([c1, c2, c3], [n1, n2, n3]);
         let peers = ports
             .iter()
             .enumerate()
@@ -121,7 +120,7 @@ impl Controllers {
                 Voter {
                     id: index as u64 + 1,
                     child: None,
-                    namesrv: String::new(),
+                    namesrv: format!("127.0.0.1:{}", namesrv_ports[index]),
                     controller: format!("127.0.0.1:{port}"),
                     peers: peers.clone(),
                     dir,
@@ -211,7 +210,8 @@ struct Group {
 impl Group {
     /// Three replicas, all in the SyncStateSet, with a topic.
     fn start(controllers: &Controllers) -> Group {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let picked: [u16; 6] = free_ports();
+        let ports: Vec<(u16, u16)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
         let replicas: Vec<BrokerProcess> = (0..3)
             .map(|id| BrokerProcess::start(&replica(controllers, id, &ports)))
             .collect();

@@ -246,10 +246,22 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 /// A port on 127.0.0.1 that was free a moment ago (for brokers whose address must
 /// survive a restart, and HA ports).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports on 127.0.0.1 that were free a moment ago. Each listener is held
+/// until all are picked: ports picked one after another and released at once can come
+/// back twice (a test whose slave was given its master's HA port failed on it).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|index| {
+        listeners[index]
+            .local_addr()
+            .expect("a bound address")
+            .port()
+    })
 }
 
 /// A `keeld namesrv` process. Killed when dropped.
