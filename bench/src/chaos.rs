@@ -286,7 +286,12 @@ impl Cluster {
     }
 
     fn view(&self) -> Option<ClusterView> {
-        keel_controller::client::describe(&self.controllers, Duration::from_millis(500)).ok()
+        keel_controller::client::describe(
+            &self.controllers,
+            Duration::from_millis(500),
+            &keel_controller::Access::default(),
+        )
+        .ok()
     }
 
     fn group(&self) -> Option<GroupStatus> {

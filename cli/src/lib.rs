@@ -1,11 +1,14 @@
 //! `keel`: send, consume, manage topics and read broker stats from the command line.
 //! The binary is `src/main.rs`; the integration tests run this same entry point.
 
+mod security;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use keel_client::{
-    Admin, ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, Message, Producer,
+    ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, Message, Producer,
     ProducerOptions, PushConsumer, PushConsumerOptions, Record, StartFrom,
 };
+use security::Target;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -25,12 +28,29 @@ struct Cli {
         env = "KEEL_BROKER"
     )]
     broker: String,
+    #[command(flatten)]
+    access: security::Access,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Users of a broker with logins (`[security] auth`): add, passwd, remove, list.
+    User {
+        #[command(subcommand)]
+        command: security::UserCommand,
+    },
+    /// Service tokens: create (shown once), revoke, list.
+    Token {
+        #[command(subcommand)]
+        command: security::TokenCommand,
+    },
+    /// Permissions: grant, revoke, list (deny by default; deny overrides allow).
+    Acl {
+        #[command(subcommand)]
+        command: security::AclCommand,
+    },
     /// Send messages: each MESSAGE argument, each --file, or each line of standard input
     /// when neither is given (lines are bytes: any encoding goes through untouched).
     /// Prints one line per message (status, message id, queue and offset), then a
@@ -372,7 +392,20 @@ pub fn main_entry() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let target = match cli.access.options() {
+        Ok(options) => security::Target {
+            address: cli.broker.clone(),
+            options,
+        },
+        Err(error) => {
+            eprintln!("keel: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let outcome = match cli.command {
+        Command::User { command } => security::user(&target, command),
+        Command::Token { command } => security::token(&target, command),
+        Command::Acl { command } => security::acl(&target, command),
         Command::Send {
             topic,
             tags,
@@ -394,7 +427,7 @@ pub fn main_entry() -> ExitCode {
                 repeat,
                 batch,
             };
-            send(&cli.broker, &shape, payloads)
+            send(&target, &shape, payloads)
         }),
         Command::Consume {
             topic,
@@ -403,14 +436,14 @@ pub fn main_entry() -> ExitCode {
             idle_ms,
             quiet,
             format,
-        } => consume(&cli.broker, &topic, &group, count, idle_ms, quiet, format),
+        } => consume(&target, &topic, &group, count, idle_ms, quiet, format),
         Command::Topic {
             command: TopicCommand::Create { topic, queues },
-        } => create_topic(&cli.broker, &topic, queues),
+        } => create_topic(&target, &topic, queues),
         Command::Topic {
             command: TopicCommand::List { all },
-        } => list_topics(&cli.broker, all),
-        Command::Stats => stats(&cli.broker),
+        } => list_topics(&target, all),
+        Command::Stats => stats(&target),
         Command::Subscribe {
             topic,
             group,
@@ -422,7 +455,7 @@ pub fn main_entry() -> ExitCode {
             count,
             format,
         } => subscribe(
-            &cli.broker,
+            &target,
             &topic,
             &group,
             &from,
@@ -433,12 +466,12 @@ pub fn main_entry() -> ExitCode {
             count,
             format,
         ),
-        Command::Dlq { command } => dlq(&cli.broker, command),
+        Command::Dlq { command } => dlq(&target, command),
         Command::Message {
             command: MessageCommand::Show { id, key },
-        } => message_show(&cli.broker, id.as_deref(), key.as_deref()),
-        Command::Offsets { command } => offsets(&cli.broker, command),
-        Command::Admin { command } => admin(&cli.broker, command),
+        } => message_show(&target, id.as_deref(), key.as_deref()),
+        Command::Offsets { command } => offsets(&target, command),
+        Command::Admin { command } => admin(&target, command),
         Command::Routes { namesrv, topic } => routes(&namesrv, &topic),
         Command::Cluster {
             controllers,
@@ -452,10 +485,11 @@ pub fn main_entry() -> ExitCode {
             broker_id,
             unclean,
             json,
+            &target.controller_access(),
         ),
         Command::Cluster {
             controllers, json, ..
-        } => cluster(&controllers, json),
+        } => cluster(&controllers, json, &target.controller_access()),
     };
     match outcome {
         Ok(code) => code,
@@ -629,7 +663,7 @@ impl Tally {
 const EXIT_UNKNOWN: u8 = 3;
 
 fn send(
-    broker: &str,
+    broker: &Target,
     shape: &SendShape<'_>,
     payloads: Vec<Vec<u8>>,
 ) -> Result<ExitCode, ClientError> {
@@ -639,7 +673,11 @@ fn send(
             "--batch takes 1 to 65535, and more than 1 only with --mode sync".into(),
         ));
     }
-    let producer = Producer::connect(broker, ProducerOptions::default())?;
+    let options = ProducerOptions {
+        connection: broker.options.clone(),
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::connect(&broker.address, options)?;
     let build = |payload: &[u8]| {
         let message = Message::new(shape.topic, payload.to_vec())
             .with_tags(shape.tags)
@@ -733,7 +771,7 @@ fn print_result(result: &keel_client::SendResult) {
 }
 
 fn consume(
-    broker: &str,
+    broker: &Target,
     topic: &str,
     group: &str,
     count: Option<u64>,
@@ -743,9 +781,10 @@ fn consume(
 ) -> Result<ExitCode, ClientError> {
     let options = ConsumerOptions {
         long_poll: Duration::from_millis(500),
+        connection: broker.options.clone(),
         ..ConsumerOptions::default()
     };
-    let mut consumer = Consumer::connect(broker, group, topic, options)?;
+    let mut consumer = Consumer::connect(&broker.address, group, topic, options)?;
     if consumer.queue_count() == 0 {
         return Err(ClientError::InvalidArgument(format!(
             "topic {topic:?} has no queues"
@@ -793,8 +832,8 @@ fn consume(
     Ok(ExitCode::SUCCESS)
 }
 
-fn create_topic(broker: &str, topic: &str, queues: u32) -> Result<ExitCode, ClientError> {
-    let created = Admin::connect(broker)?.create_topic(topic, queues)?;
+fn create_topic(broker: &Target, topic: &str, queues: u32) -> Result<ExitCode, ClientError> {
+    let created = broker.admin()?.create_topic(topic, queues)?;
     let verb = if created.created {
         "created"
     } else {
@@ -804,8 +843,8 @@ fn create_topic(broker: &str, topic: &str, queues: u32) -> Result<ExitCode, Clie
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_topics(broker: &str, all: bool) -> Result<ExitCode, ClientError> {
-    let topics = Admin::connect(broker)?.list_topics(None)?;
+fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {
+    let topics = broker.admin()?.list_topics(None)?;
     for topic in topics
         .into_iter()
         .filter(|t| all || !t.topic.starts_with('%'))
@@ -825,8 +864,8 @@ fn list_topics(broker: &str, all: bool) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(broker: &str) -> Result<ExitCode, ClientError> {
-    let admin = Admin::connect(broker)?;
+fn stats(broker: &Target) -> Result<ExitCode, ClientError> {
+    let admin = broker.admin()?;
     for (name, value) in admin.stats()? {
         println!("{name:<26} {value}");
     }
@@ -845,8 +884,8 @@ fn stats(broker: &str) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn offsets(broker: &str, command: OffsetsCommand) -> Result<ExitCode, ClientError> {
-    let admin = Admin::connect(broker)?;
+fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientError> {
+    let admin = broker.admin()?;
     let (group, topic) = match &command {
         OffsetsCommand::Show { group, topic } | OffsetsCommand::Reset { group, topic, .. } => {
             (group.clone(), topic.clone())
@@ -906,7 +945,7 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 
 #[allow(clippy::too_many_arguments)]
 fn subscribe(
-    broker: &str,
+    broker: &Target,
     topic: &str,
     group: &str,
     from: &str,
@@ -946,13 +985,18 @@ fn subscribe(
         tag_filter,
         long_poll: Duration::from_millis(1000),
         max_messages: count,
+        connection: broker.options.clone(),
         ..PushConsumerOptions::default()
     };
     let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = handled.clone();
     let out = std::sync::Mutex::new(());
-    let consumer =
-        PushConsumer::start(broker, group, topic, options, move |delivery: &Delivery| {
+    let consumer = PushConsumer::start(
+        &broker.address,
+        group,
+        topic,
+        options,
+        move |delivery: &Delivery| {
             let record = &delivery.record;
             let _guard = out.lock();
             if format.raw {
@@ -971,7 +1015,8 @@ fn subscribe(
             let _ = std::io::Write::flush(&mut std::io::stdout());
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ConsumeResult::Success
-        })?;
+        },
+    )?;
     eprintln!(
         "keel subscribe: member {} of group {group}",
         consumer.member_id()
@@ -1002,10 +1047,10 @@ fn property<'a>(record: &'a Record, name: &str) -> &'a str {
         .map_or("", |(_, value)| value.as_str())
 }
 
-fn dlq(broker: &str, command: DlqCommand) -> Result<ExitCode, ClientError> {
+fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, ClientError> {
     match command {
         DlqCommand::List { group } => {
-            let admin = Admin::connect(broker)?;
+            let admin = broker.admin()?;
             let (count, redriven) = admin.dlq_count(&group)?;
             println!(
                 "{}: {count} dead-lettered message(s), {redriven} redriven so far",
@@ -1013,7 +1058,7 @@ fn dlq(broker: &str, command: DlqCommand) -> Result<ExitCode, ClientError> {
             );
         }
         DlqCommand::Show { group, count } => {
-            for record in Admin::connect(broker)?.dlq_messages(&group, count)? {
+            for record in broker.admin()?.dlq_messages(&group, count)? {
                 println!(
                     "id={} origin={}/{} attempts={} reason={:?} payload={}",
                     record.message_id(),
@@ -1026,7 +1071,7 @@ fn dlq(broker: &str, command: DlqCommand) -> Result<ExitCode, ClientError> {
             }
         }
         DlqCommand::Redrive { group, id } => {
-            let redriven = Admin::connect(broker)?.redrive_dlq(&group, id.as_deref())?;
+            let redriven = broker.admin()?.redrive_dlq(&group, id.as_deref())?;
             for (from, to) in &redriven {
                 println!("redriven {from} -> {to}");
             }
@@ -1041,7 +1086,7 @@ fn dlq(broker: &str, command: DlqCommand) -> Result<ExitCode, ClientError> {
 }
 
 fn message_show(
-    broker: &str,
+    broker: &Target,
     id: Option<&str>,
     key: Option<&str>,
 ) -> Result<ExitCode, ClientError> {
@@ -1056,22 +1101,25 @@ fn message_show(
             ))
         }
     };
-    for (name, value) in Admin::connect(broker)?.message_info(msg_id, key)? {
+    for (name, value) in broker.admin()?.message_info(msg_id, key)? {
         println!("{name:<24} {value}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn promote(broker: &str, role: &str, force: bool) -> Result<ExitCode, ClientError> {
+fn promote(broker: &Target, role: &str, force: bool) -> Result<ExitCode, ClientError> {
     let role = keel_client::BrokerRole::from_name(role)
         .ok_or_else(|| ClientError::InvalidArgument(format!("unknown role {role:?}")))?;
-    let admin = Admin::connect(broker)?;
+    let admin = broker.admin()?;
     let (epoch, log_end) = if force {
         admin.force_promote(role)?
     } else {
         admin.promote(role)?
     };
-    println!("{broker} is now {role}: epoch {epoch}, log ends at offset {log_end}");
+    println!(
+        "{} is now {role}: epoch {epoch}, log ends at offset {log_end}",
+        broker.address
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1109,6 +1157,7 @@ fn cluster_elect(
     broker_id: u32,
     unclean: bool,
     json: bool,
+    access: &keel_controller::Access,
 ) -> Result<ExitCode, ClientError> {
     use keel_controller::api::{ElectReply, ElectRequest};
     let request = ElectRequest {
@@ -1120,6 +1169,7 @@ fn cluster_elect(
         &controller_list(controllers),
         &request,
         Duration::from_secs(5),
+        access,
     )
     .map_err(|detail| ClientError::Connect {
         address: controllers.to_string(),
@@ -1151,14 +1201,17 @@ fn cluster_elect(
     }
 }
 
-fn cluster(controllers: &str, json: bool) -> Result<ExitCode, ClientError> {
+fn cluster(
+    controllers: &str,
+    json: bool,
+    access: &keel_controller::Access,
+) -> Result<ExitCode, ClientError> {
     let addresses = controller_list(controllers);
-    let view = keel_controller::client::describe(&addresses, Duration::from_secs(3)).map_err(
-        |detail| ClientError::Connect {
+    let view = keel_controller::client::describe(&addresses, Duration::from_secs(3), access)
+        .map_err(|detail| ClientError::Connect {
             address: controllers.to_string(),
             detail,
-        },
-    )?;
+        })?;
     if json {
         let text = serde_json::to_string_pretty(&view)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -1229,7 +1282,7 @@ fn max_record_bytes(max_message_bytes: u32) -> u32 {
     max_message_bytes.saturating_add(keel_protocol::RECORD_OVERHEAD_MAX)
 }
 
-fn admin(broker: &str, command: AdminCommand) -> Result<ExitCode, ClientError> {
+fn admin(broker: &Target, command: AdminCommand) -> Result<ExitCode, ClientError> {
     let storage_error =
         |error: keel_storage::StoreError| ClientError::InvalidArgument(error.to_string());
     match command {

@@ -16,11 +16,34 @@ pub struct Admin {
 
 impl Admin {
     pub fn connect(address: &str) -> Result<Admin, ClientError> {
-        let connection = Connection::connect(resolve(address)?, &ConnectionOptions::default())?;
+        Admin::connect_with(address, &ConnectionOptions::default())
+    }
+
+    /// Connects with TLS and a login when `options` has them.
+    pub fn connect_with(address: &str, options: &ConnectionOptions) -> Result<Admin, ClientError> {
+        let connection = Connection::connect(resolve(address)?, options)?;
         Ok(Admin {
             connection,
             timeout: Duration::from_secs(10),
         })
+    }
+
+    /// The principal this connection logged in as, if it did.
+    pub fn principal(&self) -> Option<&str> {
+        self.connection.principal()
+    }
+
+    /// A users, tokens or permissions request (needs `admin:security`).
+    pub fn security(
+        &self,
+        command: &keel_security::SecurityCommand,
+    ) -> Result<keel_security::SecurityReply, ClientError> {
+        match self.call(Request::SecurityAdmin(command.to_json()))? {
+            Response::SecurityResult(json) => {
+                keel_security::SecurityReply::from_json(&json).map_err(ClientError::Protocol)
+            }
+            other => Err(unexpected(&other, "SECURITY_ADMIN")),
+        }
     }
 
     fn call(&self, request: Request) -> Result<Response, ClientError> {

@@ -6,7 +6,8 @@
 
 use crate::ClientError;
 use bytes::BytesMut;
-use keel_protocol::{decode_frame, Request, Response, FLAG_ONEWAY};
+use keel_protocol::{decode_frame, Login, Request, Response, FLAG_ONEWAY};
+use keel_security::{ClientTls, Stream};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -24,6 +25,38 @@ pub struct ConnectionOptions {
     pub write_timeout: Duration,
     /// Largest reply frame accepted; larger ones close the connection.
     pub max_frame_bytes: u32,
+    /// Speak TLS, trusting these roots (`None`: plaintext).
+    pub tls: Option<ClientTls>,
+    /// Log in with these on every connection, before any other request.
+    pub credentials: Option<Credentials>,
+}
+
+/// Who a client is to a broker with logins on. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Password { user: String, password: String },
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Password { user, .. } => write!(f, "Password {{ user: {user:?}, .. }}"),
+            Credentials::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
+impl Credentials {
+    fn login(&self) -> Login {
+        match self {
+            Credentials::Password { user, password } => Login::Password {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            Credentials::Token(token) => Login::Token(token.clone()),
+        }
+    }
 }
 
 impl Default for ConnectionOptions {
@@ -32,6 +65,8 @@ impl Default for ConnectionOptions {
             connect_timeout: Duration::from_secs(3),
             write_timeout: Duration::from_secs(3),
             max_frame_bytes: 64 << 20,
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -102,8 +137,12 @@ impl Shared {
 
 pub struct Connection {
     address: SocketAddr,
-    writer: Mutex<TcpStream>,
+    stream: Arc<Stream>,
+    /// Keeps each frame's bytes together on the socket.
+    writing: Mutex<()>,
     shared: Arc<Shared>,
+    /// Who the broker says this connection acts as, after a login.
+    principal: Option<String>,
 }
 
 impl Connection {
@@ -115,13 +154,43 @@ impl Connection {
             address: address.to_string(),
             detail: error.to_string(),
         };
-        let stream = TcpStream::connect_timeout(&address, options.connect_timeout).map_err(fail)?;
-        stream.set_nodelay(true).map_err(fail)?;
-        stream
+        let socket = TcpStream::connect_timeout(&address, options.connect_timeout).map_err(fail)?;
+        socket.set_nodelay(true).map_err(fail)?;
+        socket
             .set_write_timeout(Some(options.write_timeout))
             .map_err(fail)?;
-        let reader = stream.try_clone().map_err(fail)?;
-        reader.set_read_timeout(Some(READ_TICK)).map_err(fail)?;
+        // The handshake and the login wait up to the connect timeout; the reader then
+        // wakes every tick to expire requests.
+        socket
+            .set_read_timeout(Some(options.connect_timeout))
+            .map_err(fail)?;
+        let stream =
+            Stream::wrap(socket, options.tls.as_ref(), &address.to_string()).map_err(|error| {
+                ClientError::Connect {
+                    address: address.to_string(),
+                    detail: format!("TLS handshake: {error}"),
+                }
+            })?;
+        let principal = match &options.credentials {
+            Some(credentials) => Some(
+                login(&stream, credentials, options.max_frame_bytes).map_err(
+                    |error| match error {
+                        ClientError::Broker(_) => error,
+                        other => ClientError::Connect {
+                            address: address.to_string(),
+                            detail: format!("login: {other}"),
+                        },
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        stream
+            .socket()
+            .set_read_timeout(Some(READ_TICK))
+            .map_err(fail)?;
+        let stream = Arc::new(stream);
+        let reader = stream.clone();
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             next_request_id: AtomicU64::new(1),
@@ -134,9 +203,16 @@ impl Connection {
             .map_err(fail)?;
         Ok(Connection {
             address,
-            writer: Mutex::new(stream),
+            stream,
+            writing: Mutex::new(()),
             shared,
+            principal,
         })
+    }
+
+    /// The principal the broker named at login (`None`: no login).
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -208,30 +284,70 @@ impl Connection {
     }
 
     fn write(&self, frame: &[u8]) -> io::Result<()> {
-        let mut writer = self
-            .writer
+        let _writing = self
+            .writing
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        writer.write_all(frame)
+        (&*self.stream).write_all(frame)
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let _ = writer.shutdown(Shutdown::Both);
+        let _ = self.stream.socket().shutdown(Shutdown::Both);
     }
 }
 
-fn read_loop(mut stream: TcpStream, shared: &Shared, max_frame_bytes: u32) {
+/// LOGIN on a fresh connection, before its reader starts: the broker's answer, or why
+/// not (its error as `ClientError::Broker`).
+fn login(
+    stream: &Stream,
+    credentials: &Credentials,
+    max_frame_bytes: u32,
+) -> Result<String, ClientError> {
+    let mut frame = Vec::new();
+    Request::Login(credentials.login()).encode(0, 0, &mut frame);
+    (&*stream)
+        .write_all(&frame)
+        .map_err(|e| ClientError::ConnectionClosed(e.to_string()))?;
+    let mut buffer = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match decode_frame(&mut buffer, max_frame_bytes) {
+            Ok(Some(frame)) => {
+                return match Response::decode(&frame) {
+                    Ok(Response::LoginOk(principal)) => Ok(principal),
+                    Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
+                    Ok(other) => Err(ClientError::Protocol(format!(
+                        "LOGIN answered with {}",
+                        other.kind().name()
+                    ))),
+                    Err(error) => Err(ClientError::Protocol(format!("bad LOGIN reply: {error}"))),
+                }
+            }
+            Ok(None) => {}
+            Err(error) => return Err(ClientError::Protocol(format!("bad LOGIN reply: {error}"))),
+        }
+        let count = (&*stream).read(&mut chunk).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
+            _ => ClientError::ConnectionClosed(e.to_string()),
+        })?;
+        if count == 0 {
+            return Err(ClientError::ConnectionClosed(
+                "the broker closed the connection during LOGIN".into(),
+            ));
+        }
+        buffer.extend_from_slice(&chunk[..count]);
+    }
+}
+
+fn read_loop(stream: Arc<Stream>, shared: &Shared, max_frame_bytes: u32) {
+    let mut reader = &*stream;
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut expire_due = Instant::now() + READ_TICK;
     let reason = loop {
-        match stream.read(&mut chunk) {
+        match reader.read(&mut chunk) {
             Ok(0) => break "the broker closed the connection".to_string(),
             Ok(count) => buffer.extend_from_slice(&chunk[..count]),
             Err(error)
@@ -253,7 +369,7 @@ fn read_loop(mut stream: TcpStream, shared: &Shared, max_frame_bytes: u32) {
             break "closed".to_string();
         }
     };
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = stream.socket().shutdown(Shutdown::Both);
     shared.close(reason);
 }
 

@@ -25,13 +25,14 @@ mod records;
 mod routing;
 
 pub use admin::Admin;
-pub use connection::{Connection, ConnectionOptions};
+pub use connection::{Connection, ConnectionOptions, Credentials};
 pub use consumer::{Consumer, ConsumerOptions, PollOutcome};
 pub use error::ClientError;
 pub use keel_protocol::{
     message_id, BrokerRole, BrokerRoute, ErrorCode, Message, Record, SendBatchResult, SendResult,
     SendStatus,
 };
+pub use keel_security::ClientTls;
 pub use producer::{Producer, ProducerOptions, SendHandle};
 pub use push::{
     ConsumeResult, Delivery, DiscoveringPushConsumer, DiscoveryOptions, IntoConsumeResult,

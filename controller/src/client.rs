@@ -2,7 +2,7 @@
 //! follows a NOT_LEADER hint once, and bounds every step by `timeout`.
 
 use crate::api::{BrokerHeartbeat, ClusterView, HeartbeatReply};
-use crate::wire;
+use crate::{wire, Access};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -13,19 +13,35 @@ fn call<Q: Serialize, A: DeserializeOwned>(
     kind: u8,
     request: &Q,
     timeout: Duration,
+    access: &Access,
 ) -> Result<A, String> {
     let target = address
         .to_socket_addrs()
         .map_err(|e| format!("{address}: {e}"))?
         .next()
         .ok_or_else(|| format!("{address}: no address"))?;
-    let mut stream = TcpStream::connect_timeout(&target, timeout)
+    let socket = TcpStream::connect_timeout(&target, timeout)
         .map_err(|e| format!("connect to controller {address}: {e}"))?;
-    stream
+    socket
         .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .and_then(|()| socket.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("{address}: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let _ = socket.set_nodelay(true);
+    let stream = keel_security::Stream::wrap(socket, access.tls.as_ref(), address)
+        .map_err(|e| format!("controller {address}: TLS handshake: {e}"))?;
+    let mut stream = &stream;
+    if let Some(token) = &access.token {
+        wire::write_frame(&mut stream, wire::LOGIN, token.0.as_bytes())
+            .map_err(|e| format!("{address}: {e}"))?;
+        let (reply_kind, reply) =
+            wire::read_frame(&mut stream).map_err(|e| format!("{address}: {e}"))?;
+        if reply_kind != wire::REPLY {
+            return Err(format!(
+                "controller {address} refused the cluster token: {}",
+                String::from_utf8_lossy(&reply)
+            ));
+        }
+    }
     let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     wire::write_frame(&mut stream, kind, &body).map_err(|e| format!("{address}: {e}"))?;
     let (reply_kind, reply) =
@@ -70,12 +86,13 @@ fn call_leader<Q: Serialize, A: DeserializeOwned + LeaderHint>(
     kind: u8,
     request: &Q,
     timeout: Duration,
+    access: &Access,
 ) -> Result<A, String> {
     let mut errors = Vec::new();
     for address in addresses {
         let mut target = address.clone();
         for _ in 0..2 {
-            match call::<_, A>(&target, kind, request, timeout) {
+            match call::<_, A>(&target, kind, request, timeout, access) {
                 Ok(answer) => match answer.not_leader() {
                     None => return Ok(answer),
                     Some(Some(leader)) if leader != target => target = leader,
@@ -102,8 +119,9 @@ pub fn heartbeat(
     addresses: &[String],
     report: &BrokerHeartbeat,
     timeout: Duration,
+    access: &Access,
 ) -> Result<crate::api::GroupView, String> {
-    match call_leader(addresses, wire::BROKER_HEARTBEAT, report, timeout)? {
+    match call_leader(addresses, wire::BROKER_HEARTBEAT, report, timeout, access)? {
         HeartbeatReply::Group(view) => Ok(view),
         HeartbeatReply::NotLeader { .. } => Err("no controller leader answered".into()),
     }
@@ -111,10 +129,14 @@ pub fn heartbeat(
 
 /// The cluster as the first answering controller sees it; the leader's view when the
 /// first answer names a leader elsewhere.
-pub fn describe(addresses: &[String], timeout: Duration) -> Result<ClusterView, String> {
+pub fn describe(
+    addresses: &[String],
+    timeout: Duration,
+    access: &Access,
+) -> Result<ClusterView, String> {
     let mut errors = Vec::new();
     for address in addresses {
-        match call::<_, ClusterView>(address, wire::DESCRIBE, &(), timeout) {
+        match call::<_, ClusterView>(address, wire::DESCRIBE, &(), timeout, access) {
             Ok(view) => {
                 let elsewhere = view
                     .leader_address
@@ -122,7 +144,7 @@ pub fn describe(addresses: &[String], timeout: Duration) -> Result<ClusterView, 
                     .filter(|leader| view.leader != Some(view.node_id) && leader != address);
                 if let Some(leader) = elsewhere {
                     if let Ok(leader_view) =
-                        call::<_, ClusterView>(&leader, wire::DESCRIBE, &(), timeout)
+                        call::<_, ClusterView>(&leader, wire::DESCRIBE, &(), timeout, access)
                     {
                         return Ok(leader_view);
                     }
@@ -140,6 +162,7 @@ pub fn elect(
     addresses: &[String],
     request: &crate::api::ElectRequest,
     timeout: Duration,
+    access: &Access,
 ) -> Result<crate::api::ElectReply, String> {
-    call_leader(addresses, wire::ELECT, request, timeout)
+    call_leader(addresses, wire::ELECT, request, timeout, access)
 }

@@ -50,6 +50,26 @@ pub struct ControllerConfig {
     pub master_timeout: Duration,
     /// Raft heartbeat; elections start after 3-6 of them are missed.
     pub raft_heartbeat: Duration,
+    /// TLS of the controller port, and how to reach the other voters.
+    pub security: ControllerSecurity,
+}
+
+/// How a client reaches controller ports: TLS when configured, and the cluster token it
+/// sends first (LOGIN) when the controllers require one.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub tls: Option<keel_security::ClientTls>,
+    pub token: Option<keel_security::Secret>,
+}
+
+/// A voter's TLS and cluster token.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerSecurity {
+    /// The controller port speaks TLS only.
+    pub tls: Option<Arc<keel_security::rustls::ServerConfig>>,
+    /// How this voter reaches the others; its token is also the one every request to
+    /// this voter must show first.
+    pub peers: Access,
 }
 
 /// A running controller; dropping it does not stop it (`stop` does).

@@ -21,7 +21,16 @@ use tokio::net::TcpStream;
 
 type NodeId = u64;
 
-pub struct Network;
+/// A plaintext or TLS connection to a controller port.
+pub(crate) trait Duplex:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Duplex for T {}
+
+pub struct Network {
+    pub access: crate::Access,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -31,6 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             address: node.addr.clone(),
             stream: None,
+            access: self.access.clone(),
         }
     }
 }
@@ -38,7 +48,39 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     address: String,
-    stream: Option<TcpStream>,
+    stream: Option<Box<dyn Duplex>>,
+    access: crate::Access,
+}
+
+/// Connects to a controller port: TLS when `access` has it, then LOGIN with the
+/// cluster token when it has one.
+pub(crate) async fn connect(address: &str, access: &crate::Access) -> io::Result<Box<dyn Duplex>> {
+    let stream = TcpStream::connect(address).await?;
+    let _ = stream.set_nodelay(true);
+    let mut stream: Box<dyn Duplex> = match &access.tls {
+        Some(tls) => {
+            let name = tls
+                .name_for(address)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            Box::new(connector.connect(name, stream).await?)
+        }
+        None => Box::new(stream),
+    };
+    if let Some(token) = &access.token {
+        wire::write_frame_async(&mut stream, wire::LOGIN, token.0.as_bytes()).await?;
+        let (kind, reply) = wire::read_frame_async(&mut stream).await?;
+        if kind != wire::REPLY {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "refused the cluster token: {}",
+                    String::from_utf8_lossy(&reply)
+                ),
+            ));
+        }
+    }
+    Ok(stream)
 }
 
 enum CallError {
@@ -51,10 +93,9 @@ enum CallError {
 impl Peer {
     async fn exchange(&mut self, kind: u8, body: &[u8]) -> Result<Vec<u8>, CallError> {
         if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.address)
+            let stream = connect(&self.address, &self.access)
                 .await
                 .map_err(CallError::Unreachable)?;
-            let _ = stream.set_nodelay(true);
             self.stream = Some(stream);
         }
         let Some(stream) = self.stream.as_mut() else {

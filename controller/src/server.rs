@@ -38,6 +38,10 @@ pub(crate) struct Node {
     pub heard: Mutex<HashMap<(String, u32), Heard>>,
     pub master_timeout: Duration,
     connections: AtomicUsize,
+    /// TLS of the controller port.
+    tls: Option<Arc<keel_security::rustls::ServerConfig>>,
+    /// Checks the cluster token.
+    authority: keel_security::Authority,
     /// The term in which this voter, as leader, caught up with the committed log.
     ready_term: AtomicU64,
     /// Groups whose new master is being decided now.
@@ -392,8 +396,30 @@ async fn answer(node: &Node, kind: u8, body: &[u8]) -> Result<(u8, Vec<u8>), (u8
     })
 }
 
-async fn serve(node: Arc<Node>, mut stream: TcpStream) {
+/// TLS (when the port has it) then the frames of one connection.
+async fn accept(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
+    match node.tls.clone() {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve(node, stream, peer).await,
+                Ok(Err(error)) => {
+                    log::warn!("controller: TLS handshake with {peer} failed: {error}")
+                }
+                Err(_) => log::warn!("controller: TLS handshake with {peer} timed out"),
+            }
+        }
+        None => serve(node, stream, peer).await,
+    }
+}
+
+async fn serve<S>(node: Arc<Node>, mut stream: S, peer: std::net::SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // With a cluster token, nothing but LOGIN until it is shown.
+    let mut logged_in = !node.authority.has_cluster_token();
     loop {
         let frame = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_async(&mut stream)).await;
         let (kind, body) = match frame {
@@ -408,6 +434,31 @@ async fn serve(node: Arc<Node>, mut stream: TcpStream) {
             }
             Err(_) => return,
         };
+        if kind == wire::LOGIN || !logged_in {
+            let token = String::from_utf8_lossy(&body);
+            let accepted = kind == wire::LOGIN
+                && matches!(
+                    node.authority.login_token(&token, peer.ip()),
+                    Ok(principal) if principal.credential == keel_security::Credential::ClusterToken
+                );
+            if !accepted {
+                let detail = match kind {
+                    wire::LOGIN => "not the cluster token",
+                    _ => "this controller requires the cluster token (LOGIN) first",
+                };
+                log::warn!("controller: refused {peer}: {detail}");
+                let _ = wire::write_frame_async(&mut stream, wire::ERROR, detail.as_bytes()).await;
+                return;
+            }
+            logged_in = true;
+            if wire::write_frame_async(&mut stream, wire::REPLY, b"{}")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         match answer(&node, kind, &body).await {
             Ok((kind, body)) => {
                 if wire::write_frame_async(&mut stream, kind, &body)
@@ -448,7 +499,9 @@ pub(crate) async fn run(
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network,
+        Network {
+            access: config.security.peers.clone(),
+        },
         log_store,
         machine,
     )
@@ -480,6 +533,13 @@ pub(crate) async fn run(
         heard: Mutex::new(HashMap::new()),
         master_timeout: config.master_timeout,
         connections: AtomicUsize::new(0),
+        tls: config.security.tls.clone(),
+        authority: keel_security::Authority::open(
+            keel_security::AuthMode::Optional,
+            None,
+            config.security.peers.token.as_ref().map(|t| t.0.as_str()),
+        )
+        .map_err(other)?,
         ready_term: AtomicU64::new(0),
         electing: Mutex::new(std::collections::HashSet::new()),
     });
@@ -489,14 +549,14 @@ pub(crate) async fn run(
         let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
         let Ok(accepted) = accepted else { continue };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 if node.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
                     node.connections.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
                 let serving = node.clone();
                 tokio::spawn(async move {
-                    serve(serving.clone(), stream).await;
+                    accept(serving.clone(), stream, peer).await;
                     serving.connections.fetch_sub(1, Ordering::AcqRel);
                 });
             }

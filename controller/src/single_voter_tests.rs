@@ -22,6 +22,7 @@ fn start(dir: &std::path::Path, port: u16) -> Controller {
         dir: dir.to_path_buf(),
         master_timeout: Duration::from_secs(3),
         raft_heartbeat: Duration::from_millis(50),
+        security: crate::ControllerSecurity::default(),
     })
     .expect("controller starts")
 }
@@ -40,7 +41,12 @@ fn heartbeat(address: &str) -> Result<crate::api::GroupView, String> {
         in_sync: Vec::new(),
         sss_epoch: 0,
     };
-    client::heartbeat(&[address.to_string()], &report, Duration::from_secs(1))
+    client::heartbeat(
+        &[address.to_string()],
+        &report,
+        Duration::from_secs(1),
+        &crate::Access::default(),
+    )
 }
 
 fn until<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
@@ -98,17 +104,25 @@ fn hostile_frames_are_refused_and_decisions_survive_a_restart() {
             let (kind, _) = wire::read_frame(&mut &answer[..]).expect("an ERROR frame");
             assert_eq!(kind, wire::ERROR);
         }
-        let view = client::describe(std::slice::from_ref(&address), Duration::from_secs(1))
-            .expect("still serving");
+        let view = client::describe(
+            std::slice::from_ref(&address),
+            Duration::from_secs(1),
+            &crate::Access::default(),
+        )
+        .expect("still serving");
         assert_eq!(view.groups.len(), 1);
     }
 
     controller.stop();
     let controller = start(dir.path(), port);
     let view = until("the group after a restart", || {
-        client::describe(std::slice::from_ref(&address), Duration::from_secs(1))
-            .ok()
-            .filter(|view| view.leader.is_some() && !view.groups.is_empty())
+        client::describe(
+            std::slice::from_ref(&address),
+            Duration::from_secs(1),
+            &crate::Access::default(),
+        )
+        .ok()
+        .filter(|view| view.leader.is_some() && !view.groups.is_empty())
     });
     let group = &view.groups[0];
     assert_eq!(group.view.master, Some(0));

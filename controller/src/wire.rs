@@ -12,6 +12,9 @@ pub const MAX_FRAME_BYTES: u32 = 16 << 20;
 pub const APPEND_ENTRIES: u8 = 0x01;
 pub const VOTE: u8 = 0x02;
 pub const INSTALL_SNAPSHOT: u8 = 0x03;
+/// The cluster token (the body, as bytes), first on a connection to a controller that
+/// requires it; answered REPLY `{}` or ERROR.
+pub const LOGIN: u8 = 0x04;
 pub const BROKER_HEARTBEAT: u8 = 0x10;
 pub const DESCRIBE: u8 = 0x11;
 pub const ELECT: u8 = 0x12;

@@ -180,10 +180,25 @@ pub enum ErrorCode {
     /// incomplete frames than `partial_frames_max_bytes` across connections, this one
     /// holding the most). The connection is closed.
     Overloaded = 20,
+    /// LOGIN failed: unknown user or token, revoked token, or wrong password (one code
+    /// for all). The connection is closed.
+    AuthenticationFailed = 21,
+    /// The request needs a login first (`auth = "required"`), or the credential it
+    /// logged in with was revoked. The connection is closed.
+    NotAuthenticated = 22,
+    /// The principal lacks the permission the request needs. Nothing was done; the
+    /// connection stays open.
+    PermissionDenied = 23,
+    /// Too many failed logins from this address lately; wait and retry. The connection
+    /// is closed.
+    TooManyLoginFailures = 24,
+    /// TLS is needed: plaintext reached a TLS port, or a password came over plaintext
+    /// from another host. The connection is closed.
+    TlsRequired = 25,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownKind,
@@ -204,6 +219,11 @@ impl ErrorCode {
         ErrorCode::SequenceMismatch,
         ErrorCode::SequenceTooOld,
         ErrorCode::Overloaded,
+        ErrorCode::AuthenticationFailed,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::TooManyLoginFailures,
+        ErrorCode::TlsRequired,
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
@@ -234,6 +254,11 @@ impl ErrorCode {
             ErrorCode::SequenceMismatch => "SEQUENCE_MISMATCH",
             ErrorCode::SequenceTooOld => "SEQUENCE_TOO_OLD",
             ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::AuthenticationFailed => "AUTHENTICATION_FAILED",
+            ErrorCode::NotAuthenticated => "NOT_AUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::TooManyLoginFailures => "TOO_MANY_LOGIN_FAILURES",
+            ErrorCode::TlsRequired => "TLS_REQUIRED",
         }
     }
 

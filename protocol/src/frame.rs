@@ -55,6 +55,8 @@ kinds! {
     SendBack = 0x0F, "SEND_BACK";
     OffsetForTime = 0x10, "OFFSET_FOR_TIME";
     MessageInfo = 0x11, "MESSAGE_INFO";
+    Login = 0x12, "LOGIN";
+    SecurityAdmin = 0x13, "SECURITY_ADMIN";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -69,6 +71,8 @@ kinds! {
     Routes = 0x8C, "ROUTES";
     Assignment = 0x8D, "ASSIGNMENT";
     Info = 0x8E, "INFO";
+    LoginOk = 0x8F, "LOGIN_OK";
+    SecurityResult = 0x90, "SECURITY_RESULT";
     Error = 0xFF, "ERROR";
 }
 

@@ -11,6 +11,8 @@
 //! 0x05 ACK      slave -> master  u64 flushed
 //! 0x06 META     master -> slave  u32 n, n x (str16 topic, u32 queues),
 //!                                u32 m, m x (str16 group, str16 topic, u32 queue, u64 offset)
+//! 0x07 AUTH     slave -> master  str16 token (first, when the master requires one)
+//! 0x08 SECURITY master -> slave  u64 version, bytes32 state (JSON: users, tokens, acls)
 //! record_id: u64 start, u32 size, u32 crc (all zero: no record)
 //! epochs:    u32 n, n x (u64 epoch, u64 start)
 //! ```
@@ -59,7 +61,7 @@ impl RecordId {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum HaFrame {
     Hello {
         broker_name: String,
@@ -90,6 +92,71 @@ pub enum HaFrame {
         topics: Vec<(String, u32)>,
         offsets: Vec<(String, String, u32, u64)>,
     },
+    /// The slave's cluster token (never shown by `Debug`).
+    Auth {
+        token: String,
+    },
+    /// The master's users, tokens and permissions, for a slave to enforce once promoted.
+    Security {
+        version: u64,
+        state: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for HaFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HaFrame::Auth { .. } => f.write_str("Auth { .. }"),
+            HaFrame::Security { version, state } => write!(
+                f,
+                "Security {{ version: {version}, {} bytes }}",
+                state.len()
+            ),
+            HaFrame::Hello {
+                broker_name,
+                broker_id,
+                log_end,
+                last_record,
+                epochs,
+            } => f
+                .debug_struct("Hello")
+                .field("broker_name", broker_name)
+                .field("broker_id", broker_id)
+                .field("log_end", log_end)
+                .field("last_record", last_record)
+                .field("epochs", epochs)
+                .finish(),
+            HaFrame::Welcome {
+                start,
+                proof,
+                epoch,
+                epochs,
+            } => f
+                .debug_struct("Welcome")
+                .field("start", start)
+                .field("proof", proof)
+                .field("epoch", epoch)
+                .field("epochs", epochs)
+                .finish(),
+            HaFrame::Refuse { reason } => f.debug_struct("Refuse").field("reason", reason).finish(),
+            HaFrame::Data {
+                offset,
+                confirmed,
+                master_end,
+                bytes,
+            } => write!(
+                f,
+                "Data {{ offset: {offset}, confirmed: {confirmed}, master_end: {master_end}, {} bytes }}",
+                bytes.len()
+            ),
+            HaFrame::Ack { flushed } => write!(f, "Ack {{ flushed: {flushed} }}"),
+            HaFrame::Meta { topics, offsets } => f
+                .debug_struct("Meta")
+                .field("topics", topics)
+                .field("offsets", offsets)
+                .finish(),
+        }
+    }
 }
 
 fn put_record_id(out: &mut Vec<u8>, id: &RecordId) {
@@ -158,6 +225,8 @@ impl HaFrame {
             HaFrame::Data { .. } => 0x04,
             HaFrame::Ack { .. } => 0x05,
             HaFrame::Meta { .. } => 0x06,
+            HaFrame::Auth { .. } => 0x07,
+            HaFrame::Security { .. } => 0x08,
         }
     }
 
@@ -219,6 +288,11 @@ impl HaFrame {
                 out.put_slice(bytes);
             }
             HaFrame::Ack { flushed } => out.put_u64_le(*flushed),
+            HaFrame::Auth { token } => put_str16(out, token),
+            HaFrame::Security { version, state } => {
+                out.put_u64_le(*version);
+                crate::wire::put_bytes32(out, state);
+            }
             HaFrame::Meta { topics, offsets } => {
                 put_count(out, topics.len());
                 for (topic, queues) in topics {
@@ -310,6 +384,13 @@ impl HaFrame {
             }
             0x05 => HaFrame::Ack {
                 flushed: reader.u64("flushed")?,
+            },
+            0x07 => HaFrame::Auth {
+                token: reader.str16("token")?,
+            },
+            0x08 => HaFrame::Security {
+                version: reader.u64("version")?,
+                state: reader.bytes32("state")?.to_vec(),
             },
             0x06 => {
                 let n = count(&mut reader, "topics", 6)?;
@@ -409,6 +490,13 @@ mod tests {
             HaFrame::Meta {
                 topics: vec![("orders".into(), 8)],
                 offsets: vec![("g".into(), "orders".into(), 3, 12)],
+            },
+            HaFrame::Auth {
+                token: "secret".into(),
+            },
+            HaFrame::Security {
+                version: 4,
+                state: b"{}".to_vec(),
             },
         ]
     }

@@ -59,8 +59,8 @@ pub use message::{
 };
 pub use request::{
     BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, GroupCommitRequest,
-    HeartbeatRequest, ListTopicsRequest, OffsetForTimeRequest, PullRequest, QueryOffsetRequest,
-    Request, SendBackRequest,
+    HeartbeatRequest, ListTopicsRequest, Login, OffsetForTimeRequest, PullRequest,
+    QueryOffsetRequest, Request, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
 pub use response::{
     Assignment, BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult,

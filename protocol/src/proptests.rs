@@ -162,6 +162,10 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         (any::<u64>(), text()).prop_map(|(msg_id, key)| Request::MessageInfo { msg_id, key }),
+        (text(), text())
+            .prop_map(|(user, password)| Request::Login(crate::Login::Password { user, password })),
+        text().prop_map(|token| Request::Login(crate::Login::Token(token))),
+        text().prop_map(Request::SecurityAdmin),
         (
             text(),
             any::<u32>(),
@@ -222,6 +226,8 @@ fn response() -> impl Strategy<Value = Response> {
                 })
             }),
         proptest::collection::vec((text(), text()), 0..5).prop_map(Response::Info),
+        text().prop_map(Response::LoginOk),
+        text().prop_map(Response::SecurityResult),
         any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
         proptest::collection::vec(
             (

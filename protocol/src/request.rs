@@ -1,7 +1,7 @@
 //! Request frames (kinds below 0x80), sent by clients.
 
 use crate::frame::{begin_frame, end_frame, Kind, RawFrame};
-use crate::wire::{put_str16, Reader};
+use crate::wire::{put_bytes32, put_str16, Reader};
 use crate::{BrokerRole, DecodeError, Message};
 use bytes::BufMut;
 
@@ -142,7 +142,31 @@ pub enum Request {
         msg_id: u64,
         key: String,
     },
+    /// Authenticates the connection (once, first).
+    Login(Login),
+    /// Users, tokens and permissions: a JSON command (see docs/PROTOCOL.md).
+    SecurityAdmin(String),
 }
+
+/// LOGIN's credentials. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Login {
+    Password { user: String, password: String },
+    Token(String),
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Password { user, .. } => write!(f, "Password {{ user: {user:?}, .. }}"),
+            Login::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
+/// LOGIN mechanism codes.
+pub const LOGIN_PASSWORD: u8 = 1;
+pub const LOGIN_TOKEN: u8 = 2;
 
 impl Request {
     pub fn kind(&self) -> Kind {
@@ -164,6 +188,8 @@ impl Request {
             Request::SendBack(_) => Kind::SendBack,
             Request::OffsetForTime(_) => Kind::OffsetForTime,
             Request::MessageInfo { .. } => Kind::MessageInfo,
+            Request::Login(_) => Kind::Login,
+            Request::SecurityAdmin(_) => Kind::SecurityAdmin,
         }
     }
 
@@ -251,6 +277,17 @@ impl Request {
                 out.put_u64_le(*msg_id);
                 put_str16(out, key);
             }
+            Request::Login(Login::Password { user, password }) => {
+                out.put_u8(LOGIN_PASSWORD);
+                put_str16(out, user);
+                put_str16(out, password);
+            }
+            Request::Login(Login::Token(token)) => {
+                out.put_u8(LOGIN_TOKEN);
+                put_str16(out, "");
+                put_str16(out, token);
+            }
+            Request::SecurityAdmin(json) => put_bytes32(out, json.as_bytes()),
             Request::SendBatch(messages) => {
                 out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
                 for message in messages.iter().take(usize::from(u16::MAX)) {
@@ -408,6 +445,30 @@ impl Request {
                 msg_id: reader.u64("msg_id")?,
                 key: reader.str16("key")?,
             },
+            Kind::Login => {
+                let mechanism = reader.u8("mechanism")?;
+                let user = reader.str16("user")?;
+                let secret = reader.str16("secret")?;
+                match mechanism {
+                    LOGIN_PASSWORD => Request::Login(Login::Password {
+                        user,
+                        password: secret,
+                    }),
+                    LOGIN_TOKEN => Request::Login(Login::Token(secret)),
+                    other => {
+                        return Err(DecodeError::InvalidValue {
+                            field: "mechanism",
+                            value: u64::from(other),
+                        })
+                    }
+                }
+            }
+            Kind::SecurityAdmin => {
+                let bytes = reader.bytes32("command")?;
+                let json = std::str::from_utf8(bytes)
+                    .map_err(|_| DecodeError::InvalidUtf8 { field: "command" })?;
+                Request::SecurityAdmin(json.to_string())
+            }
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };
         reader.finish(frame.kind.name())?;

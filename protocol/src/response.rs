@@ -1,7 +1,7 @@
 //! Response frames (kinds at or above 0x80), sent by the broker with the request's id.
 
 use crate::frame::{begin_frame, end_frame, Kind, RawFrame};
-use crate::wire::{put_str16, Reader};
+use crate::wire::{put_bytes32, put_str16, Reader};
 use crate::{decode_record, BrokerRole, DecodeError, ErrorCode, PullStatus, Record, SendStatus};
 use bytes::{BufMut, Bytes};
 
@@ -133,6 +133,10 @@ pub enum Response {
     Assignment(Assignment),
     /// Named facts (MESSAGE_INFO): each a name and a text value, in order.
     Info(Vec<(String, String)>),
+    /// LOGIN succeeded: the principal the connection now acts as.
+    LoginOk(String),
+    /// SECURITY_ADMIN's answer: JSON (see docs/PROTOCOL.md).
+    SecurityResult(String),
     Error(ErrorResponse),
 }
 
@@ -165,6 +169,8 @@ impl Response {
             Response::Routes(_) => Kind::Routes,
             Response::Assignment(_) => Kind::Assignment,
             Response::Info(_) => Kind::Info,
+            Response::LoginOk(_) => Kind::LoginOk,
+            Response::SecurityResult(_) => Kind::SecurityResult,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -194,6 +200,8 @@ impl Response {
                     out.put_u32_le(*queue);
                 }
             }
+            Response::LoginOk(principal) => put_str16(out, principal),
+            Response::SecurityResult(json) => put_bytes32(out, json.as_bytes()),
             Response::Info(entries) => {
                 let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
                 out.put_u16_le(count);
@@ -294,6 +302,13 @@ impl Response {
                     members,
                     queues,
                 })
+            }
+            Kind::LoginOk => Response::LoginOk(reader.str16("principal")?),
+            Kind::SecurityResult => {
+                let bytes = reader.bytes32("result")?;
+                let json = std::str::from_utf8(bytes)
+                    .map_err(|_| DecodeError::InvalidUtf8 { field: "result" })?;
+                Response::SecurityResult(json.to_string())
             }
             Kind::Info => {
                 let count = reader.u16("info_count")?;

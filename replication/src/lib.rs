@@ -22,8 +22,36 @@ pub use error::ReplicationError;
 pub use master::{HaMaster, MasterOptions, SlaveInfo, WaitSet};
 pub use slave::{HaSlave, SlaveOptions, SlaveStatus};
 
-use std::sync::{Condvar, Mutex};
+/// A plaintext or TLS HA connection, shared by its reading and writing threads.
+pub(crate) type Link = Arc<keel_security::Stream>;
+
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+/// TLS and authentication of the HA link. The default: plaintext, no token, no rules.
+#[derive(Debug, Clone)]
+pub struct HaSecurity {
+    /// The broker's users, tokens and permissions: a master checks its slaves' tokens
+    /// against it (`cluster:replicate`) and streams it to them; a slave installs it.
+    pub authority: Arc<keel_security::Authority>,
+    /// Master: the HA port speaks TLS only.
+    pub server_tls: Option<Arc<keel_security::rustls::ServerConfig>>,
+    /// Slave: connect to the master with TLS.
+    pub client_tls: Option<keel_security::ClientTls>,
+    /// Slave: the token it shows its master (AUTH).
+    pub token: Option<keel_security::Secret>,
+}
+
+impl Default for HaSecurity {
+    fn default() -> HaSecurity {
+        HaSecurity {
+            authority: Arc::new(keel_security::Authority::off()),
+            server_tls: None,
+            client_tls: None,
+            token: None,
+        }
+    }
+}
 
 /// TCP_NODELAY, and timeouts from the heartbeat: a peer silent for 5 heartbeats is
 /// gone; a write blocked for 10 means the peer stopped reading.
@@ -117,6 +145,7 @@ mod tests {
             sync: true,
             fallbehind_max_bytes: 1 << 20,
             heartbeat: Duration::from_millis(50),
+            security: crate::HaSecurity::default(),
         };
         let master = HaMaster::start(
             master_store.clone(),
@@ -137,6 +166,7 @@ mod tests {
                 broker_name: "b".into(),
                 broker_id: 1,
                 heartbeat: Duration::from_millis(50),
+                security: crate::HaSecurity::default(),
             };
             HaSlave::start(slave_store.clone(), options).unwrap()
         };

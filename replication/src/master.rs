@@ -5,9 +5,10 @@
 //! and one reader (acks). The writer reads segments with `pread` from the page cache.
 
 use crate::wire::{read_frame, write_frame, DATA_CHUNK_BYTES};
-use crate::{Notifier, ReplicationError};
+use crate::{HaSecurity, Notifier, ReplicationError};
 use keel_protocol::HaFrame;
 use keel_protocol::RecordId;
+use keel_security::{Action, ResourceType, Stream, TlsStream};
 use keel_storage::epochs::common_prefix_end;
 use keel_storage::Store;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +25,7 @@ pub struct MasterOptions {
     pub fallbehind_max_bytes: u64,
     /// Heartbeat period; a slave silent for 3 periods is not in sync, 5 disconnects it.
     pub heartbeat: Duration,
+    pub security: HaSecurity,
 }
 
 /// What the master knows about one connected slave.
@@ -259,7 +261,10 @@ impl HaMaster {
 
     fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        match self.clone().session(&stream, peer, id) {
+        let outcome = crate::configure_socket(&stream, self.options.heartbeat)
+            .and_then(|()| self.secure(&stream, peer))
+            .and_then(|link| self.clone().session(&link, peer, id));
+        match outcome {
             Ok(()) => log::info!("slave {peer} disconnected"),
             Err(error) => log::warn!("slave {peer}: {error}"),
         }
@@ -270,16 +275,90 @@ impl HaMaster {
         self.store.notify_listeners();
     }
 
+    /// TLS when the HA port has it (a plaintext peer is refused by the handshake).
+    fn secure(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+    ) -> Result<crate::Link, ReplicationError> {
+        let io = ReplicationError::io;
+        let socket = stream.try_clone().map_err(io("clone the socket"))?;
+        match &self.options.security.server_tls {
+            Some(config) => {
+                let tls = TlsStream::server(socket, config.clone())
+                    .map_err(ReplicationError::io(format!("TLS handshake with {peer}")))?;
+                Ok(Arc::new(Stream::Tls(Box::new(tls))))
+            }
+            None => Ok(Arc::new(Stream::Plain(socket))),
+        }
+    }
+
+    /// With logins on, the first frame must be AUTH with a token that holds
+    /// `cluster:replicate`; returns the frame after it.
+    fn authenticate(
+        &self,
+        link: &crate::Link,
+        peer: SocketAddr,
+    ) -> Result<HaFrame, ReplicationError> {
+        let io = ReplicationError::io;
+        let authority = &self.options.security.authority;
+        let mut reader = &**link;
+        let first = read_frame(&mut reader).map_err(io("read HELLO"))?;
+        let token = match first {
+            HaFrame::Auth { token } => token,
+            other if authority.mode() == keel_security::AuthMode::Off => return Ok(other),
+            _ => {
+                let reason = "this master requires the cluster token (AUTH) before HELLO: set \
+                              [security] cluster_token_file on the slave"
+                    .to_string();
+                let _ = write_frame(
+                    &mut reader,
+                    &HaFrame::Refuse {
+                        reason: reason.clone(),
+                    },
+                );
+                return Err(ReplicationError::Refused(reason));
+            }
+        };
+        if authority.mode() != keel_security::AuthMode::Off {
+            let allowed = authority
+                .login_token(&token, peer.ip())
+                .map_err(|error| error.to_string())
+                .and_then(|principal| {
+                    if authority.permits(&principal, ResourceType::Cluster, "*", Action::Replicate)
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{} may not replicate (cluster:replicate)",
+                            principal.name
+                        ))
+                    }
+                });
+            if let Err(reason) = allowed {
+                let reason = format!("HA login refused: {reason}");
+                log::warn!("refusing slave at {peer}: {reason}");
+                let _ = write_frame(
+                    &mut reader,
+                    &HaFrame::Refuse {
+                        reason: reason.clone(),
+                    },
+                );
+                return Err(ReplicationError::Refused(reason));
+            }
+        }
+        read_frame(&mut reader).map_err(io("read HELLO"))
+    }
+
     fn session(
         self: Arc<Self>,
-        stream: &TcpStream,
+        link: &crate::Link,
         peer: SocketAddr,
         id: u64,
     ) -> Result<(), ReplicationError> {
         let io = ReplicationError::io;
-        crate::configure_socket(stream, self.options.heartbeat)?;
-        let mut writer = stream;
-        let hello = read_frame(&mut writer).map_err(io("read HELLO"))?;
+        let mut writer = &**link;
+        let hello = self.authenticate(link, peer)?;
         let HaFrame::Hello {
             broker_name,
             broker_id,
@@ -349,7 +428,7 @@ impl HaMaster {
         });
         self.store.notify_listeners();
 
-        let reader = stream.try_clone().map_err(io("clone the socket"))?;
+        let reader = link.clone();
         let acks = self.clone();
         let done = Arc::new(AtomicBool::new(false));
         let done_reading = done.clone();
@@ -363,7 +442,7 @@ impl HaMaster {
             })
             .map_err(io("start the ack thread"))?;
         let streamed = self.stream_log(writer, start, &done);
-        let _ = writer.shutdown(Shutdown::Both);
+        let _ = link.socket().shutdown(Shutdown::Both);
         let acked = ack_thread
             .join()
             .unwrap_or_else(|_| Err(ReplicationError::Protocol("the ack thread panicked".into())));
@@ -431,7 +510,7 @@ impl HaMaster {
     /// Streams the log from `start` until the connection or the master stops.
     fn stream_log(
         &self,
-        mut stream: &TcpStream,
+        mut stream: &Stream,
         start: u64,
         done: &AtomicBool,
     ) -> Result<(), ReplicationError> {
@@ -442,6 +521,7 @@ impl HaMaster {
         let mut confirm_due = Instant::now();
         let mut meta_sent: Option<HaFrame> = None;
         let mut meta_due = Instant::now();
+        let mut security_sent: Option<u64> = None;
         let mut seen = self.notifier.version();
         while !done.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
             let written = self.store.offset_written();
@@ -455,6 +535,14 @@ impl HaMaster {
                 if meta_sent.as_ref() != Some(&meta) {
                     write_frame(&mut stream, &meta).map_err(ReplicationError::io("send META"))?;
                     meta_sent = Some(meta);
+                }
+                // Users, tokens and permissions, so a promoted slave enforces them.
+                let authority = &self.options.security.authority;
+                if security_sent != Some(authority.version()) {
+                    let (version, state) = authority.snapshot();
+                    write_frame(&mut stream, &HaFrame::Security { version, state })
+                        .map_err(ReplicationError::io("send SECURITY"))?;
+                    security_sent = Some(version);
                 }
                 meta_due = now + heartbeat;
             }
@@ -501,7 +589,8 @@ impl HaMaster {
         Ok(())
     }
 
-    fn read_acks(&self, mut stream: TcpStream, id: u64) -> Result<(), ReplicationError> {
+    fn read_acks(&self, link: crate::Link, id: u64) -> Result<(), ReplicationError> {
+        let mut stream = &*link;
         loop {
             let frame = match read_frame(&mut stream) {
                 Ok(frame) => frame,

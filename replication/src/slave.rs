@@ -2,9 +2,10 @@
 //! records at the master's offsets, and reports what it has fsynced.
 
 use crate::wire::{read_frame, write_frame, DATA_CHUNK_BYTES};
-use crate::{Notifier, ReplicationError};
+use crate::{HaSecurity, Notifier, ReplicationError};
 use keel_protocol::HaFrame;
 use keel_protocol::RecordId;
+use keel_security::Stream;
 use keel_storage::Store;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ pub struct SlaveOptions {
     pub broker_name: String,
     pub broker_id: u32,
     pub heartbeat: Duration,
+    pub security: HaSecurity,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -195,13 +197,29 @@ impl HaSlave {
         if self.stopped() {
             return Ok(());
         }
-        let mut reader = &stream;
+        let security = &self.options.security;
+        let socket = stream.try_clone().map_err(io("clone the socket"))?;
+        let link: crate::Link = Arc::new(
+            Stream::wrap(socket, security.client_tls.as_ref(), &self.options.master).map_err(
+                ReplicationError::io(format!("TLS handshake with {}", self.options.master)),
+            )?,
+        );
+        let mut reader = &*link;
+        if let Some(token) = &security.token {
+            write_frame(
+                &mut reader,
+                &HaFrame::Auth {
+                    token: token.0.clone(),
+                },
+            )
+            .map_err(io("send AUTH"))?;
+        }
         self.handshake(&mut reader)?;
         self.lock_status().connected = true;
         log::info!("replicating from {}", self.options.master);
 
         let acker = self.clone();
-        let ack_stream = stream.try_clone().map_err(io("clone the socket"))?;
+        let ack_stream = link.clone();
         let done = Arc::new(AtomicBool::new(false));
         let acking = done.clone();
         let ack_thread = std::thread::Builder::new()
@@ -219,7 +237,7 @@ impl HaSlave {
     }
 
     /// Sends HELLO and acts on the answer: nothing, or a truncation the master proved.
-    fn handshake(&self, stream: &mut &TcpStream) -> Result<(), ReplicationError> {
+    fn handshake(&self, stream: &mut &Stream) -> Result<(), ReplicationError> {
         let diverged = |detail: String| Err(ReplicationError::Diverged(detail));
         let store = &self.store;
         let log_end = store.stats().offset_appended;
@@ -298,7 +316,7 @@ impl HaSlave {
         Ok(())
     }
 
-    fn apply_stream(&self, stream: &mut &TcpStream) -> Result<(), ReplicationError> {
+    fn apply_stream(&self, stream: &mut &Stream) -> Result<(), ReplicationError> {
         let protocol = |detail: String| Err(ReplicationError::Protocol(detail));
         let store = &self.store;
         let carry_max = store.config().max_record_bytes as usize + DATA_CHUNK_BYTES;
@@ -352,6 +370,18 @@ impl HaSlave {
                     }
                     store.apply_consumer_offsets(&offsets);
                 }
+                HaFrame::Security { version, state } => {
+                    match self.options.security.authority.install(&state) {
+                        Ok(true) => log::info!(
+                            "took the master's users, tokens and permissions (version {version})"
+                        ),
+                        Ok(false) => {}
+                        // Keep the rules this slave has rather than none.
+                        Err(error) => log::error!(
+                            "cannot take the master's security state (version {version}): {error}"
+                        ),
+                    }
+                }
                 other => {
                     let kind = other.kind();
                     return protocol(format!("unexpected frame kind {kind} from the master"));
@@ -362,7 +392,8 @@ impl HaSlave {
     }
 
     /// Reports the fsynced offset whenever it moves, and every heartbeat.
-    fn send_acks(&self, mut stream: TcpStream, done: &AtomicBool) -> Result<(), ReplicationError> {
+    fn send_acks(&self, link: crate::Link, done: &AtomicBool) -> Result<(), ReplicationError> {
+        let mut stream = &*link;
         let heartbeat = self.options.heartbeat;
         let mut reported = u64::MAX;
         let mut due = Instant::now();

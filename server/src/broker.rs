@@ -36,6 +36,13 @@ pub struct Counters {
     pub pulls: AtomicU64,
     pub messages_pulled: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub logins_ok: AtomicU64,
+    pub logins_failed: AtomicU64,
+    /// Requests refused because the connection had not logged in.
+    pub unauthenticated_requests: AtomicU64,
+    /// Requests refused PERMISSION_DENIED.
+    pub permission_denied: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 pub struct Broker {
@@ -61,11 +68,23 @@ pub struct Broker {
     lease_until_ms: AtomicU64,
     /// With a controller: its last answer, and when it came.
     pub controller_view: std::sync::Mutex<Option<(keel_controller::api::GroupView, Instant)>>,
+    /// TLS, logins and permissions.
+    pub security: crate::security::Security,
+    /// Open connections per client address (`max_connections_per_ip`).
+    pub connections_per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl Broker {
-    pub fn new(config: Config, store: Arc<Store>, role: BrokerRole, ha: Ha) -> Broker {
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        role: BrokerRole,
+        ha: Ha,
+        security: crate::security::Security,
+    ) -> Broker {
         Broker {
+            security,
+            connections_per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             config,
             store,
             counters: Counters::default(),
@@ -282,6 +301,21 @@ impl Broker {
             ("pulls".into(), load(&counters.pulls)),
             ("messages_pulled".into(), load(&counters.messages_pulled)),
             ("protocol_errors".into(), load(&counters.protocol_errors)),
+            ("logins_ok".into(), load(&counters.logins_ok)),
+            ("logins_failed".into(), load(&counters.logins_failed)),
+            (
+                "unauthenticated_requests".into(),
+                load(&counters.unauthenticated_requests),
+            ),
+            (
+                "permission_denied".into(),
+                load(&counters.permission_denied),
+            ),
+            (
+                "tls_handshake_failures".into(),
+                load(&counters.tls_handshake_failures),
+            ),
+            ("security_version".into(), self.security.authority.version()),
         ]);
         stats
     }

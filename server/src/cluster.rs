@@ -4,6 +4,7 @@
 use crate::broker::{Broker, Ha};
 use crate::config::Config;
 use crate::error::{BrokerError, Refusal};
+use crate::security::Security;
 use bytes::BytesMut;
 use keel_protocol::{
     decode_frame, BrokerRegistration, BrokerRole, ErrorCode, Request, Response,
@@ -95,11 +96,28 @@ fn controlled_wait_set(config: &Config) -> Option<WaitSet> {
     })
 }
 
-fn master_options(config: &Config, role: BrokerRole) -> MasterOptions {
+fn master_options(config: &Config, role: BrokerRole, security: &Security) -> MasterOptions {
     MasterOptions {
         sync: role == BrokerRole::SyncMaster,
         fallbehind_max_bytes: config.slave_fallbehind_max_bytes,
         heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
+        security: security.ha(),
+    }
+}
+
+/// How this broker follows the master at `master` (HA address).
+pub(crate) fn slave_options(
+    config: &Config,
+    master: String,
+    broker_id: u32,
+    security: &Security,
+) -> SlaveOptions {
+    SlaveOptions {
+        master,
+        broker_name: config.broker_name.clone(),
+        broker_id,
+        heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
+        security: security.ha(),
     }
 }
 
@@ -112,6 +130,7 @@ pub fn start_replication(
     store: &Arc<Store>,
     role: BrokerRole,
     ha_address: SocketAddr,
+    security: &Security,
 ) -> Result<Ha, BrokerError> {
     let recovered_end = store.stats().offset_appended;
     match role {
@@ -122,18 +141,14 @@ pub fn start_replication(
             store.follow_master().map_err(BrokerError::store(
                 "cannot record that this broker follows a master",
             ))?;
-            let options = SlaveOptions {
-                master: config.master_address.clone().unwrap_or_default(),
-                broker_name: config.broker_name.clone(),
-                broker_id: config.broker_id,
-                heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
-            };
+            let master = config.master_address.clone().unwrap_or_default();
+            let options = slave_options(config, master, config.broker_id, security);
             let slave = HaSlave::start(store.clone(), options)
                 .map_err(BrokerError::setup("cannot start replication"))?;
             Ok(Ha::Slave(slave))
         }
         master_role => {
-            refuse_if_superseded(config, store)?;
+            refuse_if_superseded(config, store, security)?;
             let epoch = store
                 .begin_epoch()
                 .map_err(BrokerError::store("cannot record the new epoch"))?;
@@ -155,8 +170,12 @@ pub fn start_replication(
                     false => 0,
                 });
             }
-            let master = HaMaster::start(store.clone(), ha_address, master_options(config, role))
-                .map_err(BrokerError::setup(format!(
+            let master = HaMaster::start(
+                store.clone(),
+                ha_address,
+                master_options(config, role, security),
+            )
+            .map_err(BrokerError::setup(format!(
                 "cannot listen for slaves on {ha_address}"
             )))?;
             master.set_wait_set(controlled_wait_set(config));
@@ -168,13 +187,19 @@ pub fn start_replication(
 
 /// A master must not start when the name servers know a newer master of its broker
 /// name (its slave was promoted while it was down): it would fork the history.
-fn refuse_if_superseded(config: &Config, store: &Store) -> Result<(), BrokerError> {
+fn refuse_if_superseded(
+    config: &Config,
+    store: &Store,
+    security: &Security,
+) -> Result<(), BrokerError> {
+    let outbound = security.outbound();
     let ours = store.current_epoch();
     for namesrv in &config.namesrv_addrs {
         let routes = match call(
             namesrv,
             &Request::GetRoutes(String::new()),
             Duration::from_secs(3),
+            &outbound,
         ) {
             Ok(Response::Routes(routes)) => routes,
             Ok(other) => {
@@ -295,7 +320,8 @@ fn promote_at(
         Ha::None
     } else {
         let address = ha_address(&broker.config, broker.listen_address());
-        match HaMaster::start(store.clone(), address, master_options(&broker.config, role)) {
+        let options = master_options(&broker.config, role, &broker.security);
+        match HaMaster::start(store.clone(), address, options) {
             Ok(master) => {
                 master.set_wait_set(controlled_wait_set(&broker.config));
                 Ha::Master(master)
@@ -320,15 +346,25 @@ fn promote_at(
     Ok((epoch.epoch, log_end))
 }
 
-/// One request to `address` on a fresh blocking connection (name server calls).
-/// Fails with the step that failed in the error's text; a reply that does not decode
-/// is `InvalidData`.
-pub fn call(address: &str, request: &Request, timeout: Duration) -> std::io::Result<Response> {
+/// How this node reaches other nodes' client ports: TLS when configured, and the
+/// cluster token it logs in with.
+#[derive(Debug, Clone, Default)]
+pub struct Outbound {
+    pub tls: Option<keel_security::ClientTls>,
+    pub token: Option<keel_security::Secret>,
+}
+
+/// One request to `address` on a fresh blocking connection (name server calls), after
+/// TLS and a LOGIN with the cluster token when `outbound` has them. Fails with the
+/// step that failed in the error's text; a reply that does not decode is `InvalidData`.
+pub fn call(
+    address: &str,
+    request: &Request,
+    timeout: Duration,
+    outbound: &Outbound,
+) -> std::io::Result<Response> {
     let step = |what: String| {
         move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
-    };
-    let invalid = |e: keel_protocol::DecodeError| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply: {e}"))
     };
     let target = address
         .to_socket_addrs()
@@ -338,22 +374,60 @@ pub fn call(address: &str, request: &Request, timeout: Duration) -> std::io::Res
             let detail = format!("{address} resolves to nothing");
             std::io::Error::new(std::io::ErrorKind::NotFound, detail)
         })?;
-    let mut stream =
-        TcpStream::connect_timeout(&target, timeout).map_err(step("connect".into()))?;
-    stream
+    let socket = TcpStream::connect_timeout(&target, timeout).map_err(step("connect".into()))?;
+    socket
         .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .and_then(|()| socket.set_write_timeout(Some(timeout)))
         .map_err(step("set timeouts".into()))?;
+    let stream = keel_security::Stream::wrap(socket, outbound.tls.as_ref(), address)
+        .map_err(step("TLS handshake".into()))?;
+    let mut buffer = BytesMut::new();
+    if let Some(token) = &outbound.token {
+        let login = Request::Login(keel_protocol::Login::Token(token.0.clone()));
+        match exchange(&stream, &mut buffer, &login).map_err(step("log in".into()))? {
+            Response::LoginOk(_) => {}
+            Response::Error(error) => {
+                let detail = format!(
+                    "log in with the cluster token: {}: {}",
+                    error.code, error.message
+                );
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    detail,
+                ));
+            }
+            other => {
+                let detail = format!("log in: unexpected {}", other.kind().name());
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, detail));
+            }
+        }
+    }
+    exchange(&stream, &mut buffer, request)
+}
+
+/// Sends `request` on `stream` and reads its reply.
+fn exchange(
+    stream: &keel_security::Stream,
+    buffer: &mut BytesMut,
+    request: &Request,
+) -> std::io::Result<Response> {
+    let step = |what: &'static str| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let invalid = |e: keel_protocol::DecodeError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply: {e}"))
+    };
     let mut out = Vec::new();
     request.encode(1, 0, &mut out);
-    stream.write_all(&out).map_err(step("send".into()))?;
-    let mut buffer = BytesMut::new();
+    let mut writer = stream;
+    writer.write_all(&out).map_err(step("send"))?;
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(frame) = decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES).map_err(invalid)? {
+        if let Some(frame) = decode_frame(buffer, DEFAULT_MAX_FRAME_BYTES).map_err(invalid)? {
             return Response::decode(&frame).map_err(invalid);
         }
-        let read = stream.read(&mut chunk).map_err(step("read".into()))?;
+        let mut reader = stream;
+        let read = reader.read(&mut chunk).map_err(step("read"))?;
         if read == 0 {
             let detail = "connection closed before the reply";
             return Err(std::io::Error::new(
@@ -377,6 +451,7 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
             let interval = Duration::from_millis(broker.config.register_interval_ms);
             let mut failing: Vec<bool> = vec![false; broker.config.namesrv_addrs.len()];
             let mut seen = broker.registration.version();
+            let outbound = broker.security.outbound();
             while !broker.is_shutting_down() {
                 let role = broker.role();
                 let registration = BrokerRegistration {
@@ -397,7 +472,7 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
                 };
                 let request = Request::RegisterBroker(registration);
                 for (index, namesrv) in broker.config.namesrv_addrs.iter().enumerate() {
-                    match call(namesrv, &request, Duration::from_secs(3)) {
+                    match call(namesrv, &request, Duration::from_secs(3), &outbound) {
                         Ok(Response::Registered) => {
                             if failing[index] {
                                 log::info!("registered with name server {namesrv} again");

@@ -108,6 +108,104 @@ pub struct Config {
     /// Delay before the n-th redelivery of a message a consumer sent back (the last one
     /// repeats for later attempts).
     pub retry_delays_ms: Vec<u64>,
+    /// TLS, logins and permissions (`[security]`).
+    pub security: SecurityConfig,
+}
+
+/// The `[security]` block. Everything off by default: a broker on loopback for
+/// development. docs/OPERATIONS.md ("Security") documents each key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// "off" (everyone may do everything), "optional" (who does not log in is
+    /// `anonymous`) or "required" (nothing but LOGIN and PING before a login).
+    pub auth: keel_security::AuthMode,
+    /// This broker's certificate chain and key (PEM): with both, the client port and
+    /// the HA port speak TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients (slaves included) must present a certificate this CA signed.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The CA this broker trusts when it connects out (to its master, name servers,
+    /// controllers): with it, those connections use TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the peers' certificates must carry when this broker connects out
+    /// (default: the host of the address).
+    pub tls_server_name: Option<String>,
+    /// The cluster token (a file holding one line): what slaves, name servers and
+    /// controllers are shown, and accept, for the cluster's own requests.
+    pub cluster_token_file: Option<PathBuf>,
+    /// A connection that has not logged in is closed after this long.
+    pub login_timeout_ms: u64,
+    /// The largest frame a connection may send before it logs in.
+    pub pre_auth_max_frame_bytes: u32,
+    /// Connections one IP address may hold at once (0: no limit).
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> SecurityConfig {
+        SecurityConfig {
+            auth: keel_security::AuthMode::Off,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_ca_file: None,
+            tls_server_name: None,
+            cluster_token_file: None,
+            login_timeout_ms: 10_000,
+            pre_auth_max_frame_bytes: 4096,
+            max_connections_per_ip: 1000,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The client and HA ports' TLS settings, when TLS is on.
+    pub fn server_tls(&self) -> Option<keel_security::ServerTls> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(keel_security::ServerTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: self.tls_client_ca_file.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, role: Role) -> Result<(), String> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("[security] tls_cert_file and tls_key_file go together".into());
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(
+                "[security] tls_client_ca_file needs tls_cert_file and tls_key_file".into(),
+            );
+        }
+        if self.tls_server_name.is_some() && self.tls_ca_file.is_none() {
+            return Err("[security] tls_server_name needs tls_ca_file".into());
+        }
+        if self.login_timeout_ms == 0 {
+            return Err("[security] login_timeout_ms must be at least 1".into());
+        }
+        if !(64..=1 << 20).contains(&self.pre_auth_max_frame_bytes) {
+            return Err(format!(
+                "[security] pre_auth_max_frame_bytes = {} is outside 64..=1048576",
+                self.pre_auth_max_frame_bytes
+            ));
+        }
+        if self.auth == keel_security::AuthMode::Required
+            && role == Role::Slave
+            && self.cluster_token_file.is_none()
+        {
+            return Err(
+                "[security] auth = \"required\" on a slave needs cluster_token_file \
+                        (its master requires the cluster token of its slaves)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -159,6 +257,7 @@ impl Default for Config {
                 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
                 480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
             ],
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -193,6 +292,9 @@ impl Config {
     /// Checks the relations between keys; every problem is reported with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
+        if let Err(message) = self.security.validate(self.role) {
+            return fail(message);
+        }
         match (self.role, &self.master_address, self.broker_id) {
             (Role::Slave, None, _) => {
                 return fail(

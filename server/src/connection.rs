@@ -1,6 +1,8 @@
 //! One client connection: its socket and its read and write buffers.
 
 use bytes::BytesMut;
+use keel_security::rustls::ServerConnection;
+use keel_security::Principal;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -52,11 +54,46 @@ pub struct Connection {
     /// The poller reported the peer's hang-up (or an error): read until EOF, not just
     /// until a short read.
     pub hangup_seen: bool,
+    /// TLS state, on a TLS port.
+    pub tls: Option<Box<ServerConnection>>,
+    /// Whether the first byte has been looked at (plaintext on a TLS port and a TLS
+    /// handshake on a plaintext port are answered with a clear error).
+    pub first_byte_checked: bool,
+    /// Who the connection acts as; `None` until it logs in (`auth = "required"`).
+    pub principal: Option<Principal>,
+    /// The security state's version when `principal` was last checked.
+    pub principal_version: u64,
+    /// A LOGIN is being checked: no more input is read until it is answered.
+    pub login_pending: bool,
+    pub connected_at: Instant,
+}
+
+/// What the first bytes of a connection show about its protocol.
+pub enum FirstByte {
+    Fine,
+    /// Too few bytes yet to tell.
+    Undecided,
+    /// Plaintext on a TLS port.
+    PlaintextOnTls,
+    /// A TLS handshake on a plaintext port.
+    TlsOnPlaintext,
 }
 
 impl Connection {
-    pub fn new(id: u64, socket: TcpStream, peer: SocketAddr) -> Connection {
+    pub fn new(
+        id: u64,
+        socket: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Box<ServerConnection>>,
+        principal: Option<Principal>,
+    ) -> Connection {
         Connection {
+            tls,
+            first_byte_checked: false,
+            principal,
+            principal_version: 0,
+            login_pending: false,
+            connected_at: Instant::now(),
             id,
             socket,
             peer,
@@ -72,9 +109,49 @@ impl Connection {
         }
     }
 
+    /// Over TLS, or from loopback: where a password may travel.
+    pub fn is_secure(&self) -> bool {
+        self.tls.is_some() || self.peer.ip().is_loopback()
+    }
+
+    /// Looks at the first bytes once enough have arrived: on a TLS port by peeking at
+    /// the socket, on a plaintext port in the read buffer (before the first frame is
+    /// decoded). `Undecided` until enough bytes are there.
+    pub fn check_first_bytes(&mut self) -> FirstByte {
+        if self.first_byte_checked {
+            return FirstByte::Fine;
+        }
+        let verdict = if self.tls.is_some() {
+            let mut first = [0u8; 3];
+            match self.socket.peek(&mut first) {
+                Ok(count) => keel_security::could_be_tls(&first[..count]).map(|tls| !tls),
+                Err(_) => Some(false),
+            }
+        } else {
+            keel_security::is_tls_client_hello(&self.read_buffer)
+        };
+        match verdict {
+            None => FirstByte::Undecided,
+            Some(false) => {
+                self.first_byte_checked = true;
+                FirstByte::Fine
+            }
+            Some(true) if self.tls.is_some() => FirstByte::PlaintextOnTls,
+            Some(true) => FirstByte::TlsOnPlaintext,
+        }
+    }
+
+    /// Whether TLS has records waiting to be written (a handshake step, say).
+    pub fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
     /// Reads until `WouldBlock`, EOF, or the per-turn budget. `scratch` is the loop's
     /// reusable read buffer: only the bytes received are copied out of it.
     pub fn fill_read_buffer(&mut self, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
+        if self.tls.is_some() {
+            return self.fill_from_tls();
+        }
         let mut budget = READ_BUDGET_PER_TURN;
         loop {
             if budget == 0 {
@@ -104,12 +181,62 @@ impl Connection {
         }
     }
 
+    /// Reads TLS records until `WouldBlock`, EOF or the budget, and moves what they
+    /// decrypt to into `read_buffer`. A TLS error (plaintext, a bad certificate, a
+    /// forged record) is an error: the connection is closed after its alert is sent.
+    fn fill_from_tls(&mut self) -> io::Result<ReadOutcome> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(ReadOutcome::Drained);
+        };
+        let mut budget = READ_BUDGET_PER_TURN;
+        loop {
+            if budget == 0 {
+                return Ok(ReadOutcome::BudgetSpent);
+            }
+            let (count, blocked) = match tls.read_tls(&mut self.socket) {
+                Ok(count) => (count, false),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => (0, true),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            match tls.process_new_packets() {
+                Ok(state) => {
+                    let available = state.plaintext_bytes_to_read();
+                    if available > 0 {
+                        let start = self.read_buffer.len();
+                        self.read_buffer.resize(start + available, 0);
+                        tls.reader().read_exact(&mut self.read_buffer[start..])?;
+                    }
+                    if state.peer_has_closed() && count == 0 && !blocked {
+                        return Ok(ReadOutcome::Closed);
+                    }
+                }
+                Err(error) => {
+                    // Send the alert that says why, then give up on the connection.
+                    let _ = tls.write_tls(&mut self.socket);
+                    return Err(keel_security::tls_error(error));
+                }
+            }
+            if blocked {
+                return Ok(ReadOutcome::Drained);
+            }
+            if count == 0 {
+                return Ok(ReadOutcome::Closed);
+            }
+            budget = budget.saturating_sub(count);
+            self.last_activity = Instant::now();
+        }
+    }
+
     pub fn pending_output(&self) -> usize {
-        self.write_buffer.len() - self.write_position
+        self.write_buffer.len() - self.write_position + usize::from(self.tls_wants_write())
     }
 
     /// Writes queued output until done or `WouldBlock`.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.tls.is_some() {
+            return self.flush_through_tls();
+        }
         while self.write_position < self.write_buffer.len() {
             match self.socket.write(&self.write_buffer[self.write_position..]) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
@@ -122,6 +249,11 @@ impl Connection {
                 Err(error) => return Err(error),
             }
         }
+        self.compact_written();
+        Ok(())
+    }
+
+    fn compact_written(&mut self) {
         if self.write_position == self.write_buffer.len() {
             self.write_buffer.clear();
             self.write_position = 0;
@@ -129,6 +261,40 @@ impl Connection {
             self.write_buffer.drain(..self.write_position);
             self.write_position = 0;
         }
+    }
+
+    /// Seals queued output into TLS records (rustls holds a bounded amount) and writes
+    /// them until done or `WouldBlock`.
+    fn flush_through_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let mut progress = false;
+            if self.write_position < self.write_buffer.len() {
+                let count = tls
+                    .writer()
+                    .write(&self.write_buffer[self.write_position..])?;
+                self.write_position += count;
+                progress |= count > 0;
+            }
+            if tls.wants_write() {
+                match tls.write_tls(&mut self.socket) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(_) => {
+                        progress = true;
+                        self.last_activity = Instant::now();
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        self.compact_written();
         Ok(())
     }
 }

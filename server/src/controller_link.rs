@@ -15,7 +15,7 @@ use crate::cluster;
 use crate::config::Config;
 use keel_controller::api::{BrokerHeartbeat, GroupView};
 use keel_protocol::BrokerRole;
-use keel_replication::{HaMaster, HaSlave, SlaveOptions, WaitSet};
+use keel_replication::{HaMaster, HaSlave, WaitSet};
 use keel_storage::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,10 +92,12 @@ fn sss_candidates(ha: &HaMaster, committed: &[u32], min_replicas: usize) -> Vec<
 pub fn master_at_startup(
     config: &Config,
     report: &BrokerHeartbeat,
+    access: &keel_controller::Access,
 ) -> Result<Option<String>, String> {
     let deadline = Instant::now() + STARTUP_WAIT;
     loop {
-        match keel_controller::client::heartbeat(&config.controller_addrs, report, CALL_TIMEOUT) {
+        let addresses = &config.controller_addrs;
+        match keel_controller::client::heartbeat(addresses, report, CALL_TIMEOUT, access) {
             Ok(view) if view.master.is_some() && view.master != Some(config.broker_id) => {
                 return Ok(view.master_ha_address);
             }
@@ -122,6 +124,7 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
         .name("keel-controller-link".into())
         .spawn(move || {
             let interval = Duration::from_millis(broker.config.controller_heartbeat_ms);
+            let access = broker.security.controller_access();
             let mut failing = false;
             while !broker.is_shutting_down() {
                 let asked_at = Instant::now();
@@ -166,6 +169,7 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
                     &broker.config.controller_addrs,
                     &report,
                     CALL_TIMEOUT,
+                    &access,
                 ) {
                     Ok(view) => {
                         if failing {
@@ -234,12 +238,8 @@ fn follow(broker: &Arc<Broker>, view: &GroupView, report: &BrokerHeartbeat) {
                 slave.stop();
                 // What the old master confirmed was acknowledged: never cut below it.
                 let confirmed = slave.status().confirmed;
-                let options = SlaveOptions {
-                    master: address,
-                    broker_name: broker.config.broker_name.clone(),
-                    broker_id: me,
-                    heartbeat: Duration::from_millis(broker.config.ha_heartbeat_ms),
-                };
+                let options =
+                    crate::cluster::slave_options(&broker.config, address, me, &broker.security);
                 match HaSlave::start_confirmed(broker.store.clone(), options, confirmed) {
                     Ok(next) => broker.set_role(BrokerRole::Slave, Ha::Slave(next)),
                     Err(error) => log::error!("cannot follow the new master: {error}"),
@@ -311,12 +311,12 @@ fn demote(broker: &Arc<Broker>, master_ha: &str) {
         log::error!("cannot record that this broker follows a master: {error}");
         return;
     }
-    let options = SlaveOptions {
-        master: master_ha.to_string(),
-        broker_name: config.broker_name.clone(),
-        broker_id: config.broker_id,
-        heartbeat: Duration::from_millis(config.ha_heartbeat_ms),
-    };
+    let options = crate::cluster::slave_options(
+        config,
+        master_ha.to_string(),
+        config.broker_id,
+        &broker.security,
+    );
     match HaSlave::start_confirmed(store.clone(), options, acknowledged) {
         Ok(slave) => {
             broker.set_role(BrokerRole::Slave, Ha::Slave(slave));

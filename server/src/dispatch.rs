@@ -30,6 +30,11 @@ impl Shard {
             Request::MessageInfo { msg_id, key } => {
                 message_info::on_message_info(self, to, msg_id, key)
             }
+            // The event loop answers these (`EventLoop::admit`) and never hands them over.
+            Request::Login(_) | Request::SecurityAdmin(_) => {
+                let detail = format!("{} reached the shard", request.kind().name());
+                self.reply(to, Response::error(ErrorCode::Internal, detail));
+            }
             Request::RegisterBroker(_) | Request::GetRoutes(_) => {
                 let detail = format!(
                     "{} is for a name server (keeld namesrv), not a broker",

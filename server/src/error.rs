@@ -103,6 +103,8 @@ pub enum BrokerError {
     /// The name servers know a newer master of this broker name: starting as a master
     /// would fork the history.
     Superseded(String),
+    /// A certificate, key, token file or the security state could not be used.
+    Security(String),
     /// The commit log failed while running: what was appended past `offset_flushed`
     /// was not made durable.
     StorageFailed {
@@ -139,6 +141,7 @@ impl fmt::Display for BrokerError {
             BrokerError::Setup { context, source } => write!(f, "{context}: {source}"),
             BrokerError::Replication(error) => write!(f, "cannot start replication: {error}"),
             BrokerError::Superseded(detail) => f.write_str(detail),
+            BrokerError::Security(detail) => write!(f, "security: {detail}"),
             BrokerError::StorageFailed {
                 offset_flushed,
                 records_flushed,

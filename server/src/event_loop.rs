@@ -9,8 +9,9 @@
 
 use crate::broker::Broker;
 use crate::connection::ReplyTo;
-use crate::connection::{Connection, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX};
+use crate::connection::{Connection, FirstByte, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX};
 use crate::reader::ReadRequest;
+use crate::security::{Done, Job, SecurityLink};
 use crate::shard::Shard;
 use keel_protocol::{decode_frame, ErrorCode, RawFrame, Request, Response};
 use mio::net::{TcpListener, TcpStream};
@@ -84,6 +85,8 @@ pub struct EventLoop {
     /// Whether storage progress concerns this loop (it has replies or pulls waiting):
     /// storage listeners skip waking a loop that has nothing waiting.
     waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// Logins and security admin requests go to the security thread through it.
+    security: SecurityLink,
 }
 
 /// What a loop is given to run.
@@ -97,6 +100,7 @@ pub struct LoopParts {
     pub(crate) reads: Sender<ReadRequest>,
     /// Loops sharing `partial_frames_max_bytes`.
     pub loops: usize,
+    pub(crate) security: SecurityLink,
 }
 
 impl EventLoop {
@@ -110,6 +114,7 @@ impl EventLoop {
             waiting,
             reads,
             loops,
+            security,
         } = parts;
         let buffered_bytes_max =
             usize::try_from(broker.config.partial_frames_max_bytes / (loops.max(1) as u64))
@@ -135,6 +140,7 @@ impl EventLoop {
             idle_check_due: Instant::now(),
             scratch: vec![0u8; READ_CHUNK],
             waiting,
+            security,
         }
     }
 
@@ -184,6 +190,7 @@ impl EventLoop {
                 }
             }
             self.register_incoming();
+            self.take_security_answers();
             self.read_ready();
             self.turn_end();
             if self.drained() {
@@ -240,6 +247,13 @@ impl EventLoop {
                 let _ = io::Write::write(&mut socket, &frame);
                 continue;
             }
+            if !self.admit_address(peer) {
+                log::warn!(
+                    "refusing connection from {peer}: max_connections_per_ip ({}) reached",
+                    self.broker.config.security.max_connections_per_ip
+                );
+                continue;
+            }
             let _ = socket.set_nodelay(true);
             let target = self.next_handoff % self.handoffs.len().max(1);
             self.next_handoff = self.next_handoff.wrapping_add(1);
@@ -247,9 +261,41 @@ impl EventLoop {
                 Some(handoff) if target != self.index => {
                     if handoff.sender.send((socket, peer)).is_ok() {
                         let _ = handoff.waker.wake();
+                    } else {
+                        self.release_address(peer);
                     }
                 }
                 _ => self.register(socket, peer),
+            }
+        }
+    }
+
+    /// Counts a new connection from `peer` against `max_connections_per_ip`.
+    fn admit_address(&self, peer: SocketAddr) -> bool {
+        let limit = self.broker.config.security.max_connections_per_ip;
+        let mut counts = self
+            .broker
+            .connections_per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(peer.ip()).or_insert(0);
+        if limit != 0 && *count >= limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_address(&self, peer: SocketAddr) {
+        let mut counts = self
+            .broker
+            .connections_per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&peer.ip()) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&peer.ip());
             }
         }
     }
@@ -262,8 +308,20 @@ impl EventLoop {
 
     fn register(&mut self, mut socket: TcpStream, peer: SocketAddr) {
         if self.drain_deadline.is_some() {
+            self.release_address(peer);
             return;
         }
+        let tls = match &self.broker.security.tls {
+            Some(config) => match keel_security::rustls::ServerConnection::new(config.clone()) {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(error) => {
+                    log::warn!("cannot start TLS for {peer}: {error}");
+                    self.release_address(peer);
+                    return;
+                }
+            },
+            None => None,
+        };
         let counters = &self.broker.counters;
         let id = counters.connections_total.fetch_add(1, Ordering::Relaxed);
         let entry = self.connections.vacant_entry();
@@ -275,9 +333,13 @@ impl EventLoop {
             .register(&mut socket, Token(key), interest)
         {
             log::warn!("cannot register connection from {peer}: {error}");
+            self.release_address(peer);
             return;
         }
-        entry.insert(Connection::new(id, socket, peer));
+        let principal = self.broker.security.authority.initial_principal();
+        let mut connection = Connection::new(id, socket, peer, tls, principal);
+        connection.principal_version = self.broker.security.authority.version();
+        entry.insert(connection);
         counters.connections.fetch_add(1, Ordering::Relaxed);
         log::debug!("connection {id} from {peer} on loop {}", self.index);
     }
@@ -349,11 +411,39 @@ impl EventLoop {
             self.throttled.push(key);
             return;
         }
+        // A TLS port: plaintext is told before any byte goes to rustls.
+        let first = match connection.tls.is_some() {
+            true => connection.check_first_bytes(),
+            false => FirstByte::Fine,
+        };
+        match first {
+            FirstByte::Fine => {}
+            // Wait for more bytes (a ClientHello comes whole; a peer that sends fewer
+            // than three bytes is closed by the login timeout or as idle).
+            FirstByte::Undecided if !connection.read_closed && !connection.hangup_seen => return,
+            FirstByte::Undecided => {
+                self.close(key);
+                return;
+            }
+            FirstByte::PlaintextOnTls => {
+                // Answered in plaintext: the peer speaks it, and reads why.
+                let message = "this port speaks TLS only: connect with TLS (the CA of this \
+                               broker's certificate)";
+                connection.tls = None;
+                self.fail_connection(key, 0, ErrorCode::TlsRequired, message);
+                return;
+            }
+            // Told in `decode_and_dispatch`, on plaintext ports only.
+            FirstByte::TlsOnPlaintext => {}
+        }
         let outcome = if connection.read_closed {
             Ok(ReadOutcome::Drained)
         } else {
             connection.fill_read_buffer(&mut self.scratch)
         };
+        if connection.tls_wants_write() {
+            self.dirty.push(key);
+        }
         let mut again = match outcome {
             Ok(ReadOutcome::Drained) => false,
             Ok(ReadOutcome::BudgetSpent) => true,
@@ -362,11 +452,25 @@ impl EventLoop {
                 false
             }
             Err(error) => {
-                log::debug!(
-                    "connection {} from {}: read failed: {error}",
-                    connection.id,
-                    connection.peer
-                );
+                if connection.tls.is_some() && error.kind() == io::ErrorKind::InvalidData {
+                    self.broker
+                        .counters
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "connection {} from {}: {error}",
+                        connection.id,
+                        connection.peer
+                    );
+                    // Write the alert rustls queued, then close.
+                    let _ = connection.flush();
+                } else {
+                    log::debug!(
+                        "connection {} from {}: read failed: {error}",
+                        connection.id,
+                        connection.peer
+                    );
+                }
                 self.close(key);
                 return;
             }
@@ -399,14 +503,19 @@ impl EventLoop {
     /// Decodes and dispatches the frames buffered for a connection, at most
     /// `FRAMES_PER_TURN` of them.
     fn decode_and_dispatch(&mut self, key: usize) -> Decoded {
-        let max_frame_bytes = self.broker.config.max_frame_bytes;
         for _ in 0..FRAMES_PER_TURN {
             let Some(connection) = self.connections.get_mut(key) else {
                 return Decoded::Stopped;
             };
-            if connection.closing {
+            if connection.closing || connection.login_pending {
                 return Decoded::Stopped;
             }
+            // Before a login, only small frames: a stranger cannot make the broker
+            // buffer megabytes.
+            let max_frame_bytes = match connection.principal {
+                Some(_) => self.broker.config.max_frame_bytes,
+                None => self.broker.config.security.pre_auth_max_frame_bytes,
+            };
             if connection.read_buffer.is_empty() {
                 return Decoded::Drained;
             }
@@ -414,6 +523,20 @@ impl EventLoop {
             if self.broker.store.backlog_bytes() > self.broker.config.append_backlog_max_bytes {
                 self.throttled.push(key);
                 return Decoded::Stopped;
+            }
+            // A plaintext port: a TLS ClientHello is told before it is decoded as a
+            // frame (whose length prefix it would make huge).
+            if connection.tls.is_none() {
+                match connection.check_first_bytes() {
+                    FirstByte::Fine => {}
+                    FirstByte::Undecided => return Decoded::Drained,
+                    FirstByte::TlsOnPlaintext | FirstByte::PlaintextOnTls => {
+                        let message = "this port speaks plaintext, not TLS: TLS is not \
+                                       configured on this broker ([security] tls_cert_file)";
+                        self.fail_connection(key, 0, ErrorCode::MalformedFrame, message);
+                        return Decoded::Stopped;
+                    }
+                }
             }
             // Reads in flight hold their results in memory: past a few, this
             // connection's requests wait until they are answered.
@@ -456,13 +579,157 @@ impl EventLoop {
             return;
         }
         match Request::decode(&frame) {
-            Ok(request) => self.shard.dispatch(to, frame.is_oneway(), request),
+            Ok(request) => {
+                if self.admit(to, &request) {
+                    self.shard.dispatch(to, frame.is_oneway(), request)
+                }
+            }
             Err(error) => {
                 let message = format!("bad {} body: {error}", frame.kind.name());
                 let code = ErrorCode::MalformedFrame;
                 self.fail_connection(to.key, to.request_id, code, &message);
             }
         }
+    }
+
+    /// The one place every request passes before it is carried out: a login goes to
+    /// the security thread; anything else needs a logged-in principal (or `auth` off or
+    /// optional) that still exists and holds every permission the request needs.
+    /// Returns whether the shard may carry it out.
+    fn admit(&mut self, to: ReplyTo, request: &Request) -> bool {
+        let authority = self.broker.security.authority.clone();
+        let Some(connection) = self.connections.get_mut(to.key) else {
+            return false;
+        };
+        if let Request::Login(login) = request {
+            if matches!(
+                connection.principal.as_ref().map(|p| &p.credential),
+                Some(
+                    keel_security::Credential::Password { .. }
+                        | keel_security::Credential::Token { .. }
+                        | keel_security::Credential::ClusterToken
+                )
+            ) {
+                let message = "this connection has logged in already";
+                self.shard
+                    .reply(to, Response::error(ErrorCode::InvalidArgument, message));
+                return false;
+            }
+            let job = Job::Login {
+                to,
+                login: login.clone(),
+                peer: connection.peer,
+                secure: connection.is_secure(),
+            };
+            match self.security.submit(self.index, job) {
+                Ok(()) => connection.login_pending = true,
+                Err(response) => self.shard.reply(to, response),
+            }
+            return false;
+        }
+        let Some(principal) = connection.principal.as_ref() else {
+            if matches!(request, Request::Ping) {
+                return true;
+            }
+            self.broker
+                .counters
+                .unauthenticated_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "{} before LOGIN: this broker requires a login (auth = \"required\")",
+                request.kind().name()
+            );
+            self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
+            return false;
+        };
+        let version = authority.version();
+        if connection.principal_version != version {
+            if !authority.still_valid(principal) {
+                let message = format!(
+                    "the credential {} logged in with was revoked or removed",
+                    principal.name
+                );
+                self.broker
+                    .counters
+                    .unauthenticated_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
+                return false;
+            }
+            connection.principal_version = version;
+        }
+        if let Some(missing) = crate::security::refusal(&authority, principal, request) {
+            self.broker
+                .counters
+                .permission_denied
+                .fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "{} may not {} {}:{} ({} needs it)",
+                principal.name,
+                missing.action.name(),
+                missing.resource.name(),
+                missing.name,
+                request.kind().name()
+            );
+            log::warn!("refused from {}: {message}", connection.peer);
+            self.shard
+                .reply(to, Response::error(ErrorCode::PermissionDenied, message));
+            return false;
+        }
+        if let Request::SecurityAdmin(command) = request {
+            let job = Job::Admin {
+                to,
+                principal: principal.name.clone(),
+                peer: connection.peer,
+                command: command.clone(),
+            };
+            if let Err(response) = self.security.submit(self.index, job) {
+                self.shard.reply(to, response);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Answers of the security thread: a login's principal is set before its answer is
+    /// queued, and the connection is read again.
+    fn take_security_answers(&mut self) {
+        while let Ok(Done {
+            to,
+            response,
+            principal,
+            close,
+        }) = self.security.done.try_recv()
+        {
+            let Some(connection) = self.connections.get_mut(to.key) else {
+                continue;
+            };
+            if connection.id != to.connection_id {
+                continue;
+            }
+            if connection.login_pending {
+                connection.login_pending = false;
+                let counter = match principal {
+                    Some(_) => &self.broker.counters.logins_ok,
+                    None => &self.broker.counters.logins_failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.ready.push(to.key);
+            }
+            if let Some(principal) = principal {
+                connection.principal = Some(principal);
+                connection.principal_version = self.broker.security.authority.version();
+            }
+            if close {
+                if let Response::Error(error) = &response {
+                    let message = error.message.clone();
+                    self.fail_connection(to.key, to.request_id, error.code, &message);
+                }
+                continue;
+            }
+            self.shard.reply(to, response);
+        }
+        self.deliver_outbox();
     }
 
     /// Completions, timeouts, parked pulls, idle connections, then every queued write.
@@ -572,6 +839,26 @@ impl EventLoop {
             })
             .map(|(key, _)| key)
             .collect();
+        let login_timeout = Duration::from_millis(self.broker.config.security.login_timeout_ms);
+        let silent: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| {
+                connection.principal.is_none()
+                    && !connection.closing
+                    && !connection.login_pending
+                    && now.duration_since(connection.connected_at) > login_timeout
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in silent {
+            self.broker
+                .counters
+                .unauthenticated_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let message = "no LOGIN within login_timeout_ms";
+            self.fail_connection(key, 0, ErrorCode::NotAuthenticated, message);
+        }
         for key in stale {
             if let Some(connection) = self.connections.get(key) {
                 log::debug!(
@@ -640,6 +927,7 @@ impl EventLoop {
                 .buffered_bytes
                 .saturating_sub(connection.buffered_accounted);
             let _ = self.poll.registry().deregister(&mut connection.socket);
+            self.release_address(connection.peer);
             self.shard.connection_closed(connection.id);
             self.broker
                 .counters

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod namesrv;
 mod reader;
 pub mod schedule;
+pub mod security;
 mod shard;
 #[cfg(test)]
 mod shard_tests;
@@ -72,12 +73,83 @@ pub enum Command {
         /// Also be a controller voter (with --controller-id and --controller-peers).
         #[command(flatten)]
         controller: ControllerArgs,
+        #[command(flatten)]
+        security: NodeSecurityArgs,
     },
     /// Run a controller voter alone, without a name server.
     Controller {
         #[command(flatten)]
         controller: ControllerArgs,
+        #[command(flatten)]
+        security: NodeSecurityArgs,
     },
+    /// Create or reset an operator on this host's data directory, with every
+    /// permission (the first user of a broker with `auth = "required"`). Run it while
+    /// the broker is stopped; the password comes from KEEL_PASSWORD or standard input.
+    AddAdmin {
+        /// The user to create (or whose password to reset).
+        #[arg(long, value_name = "NAME")]
+        user: String,
+    },
+}
+
+/// TLS and the cluster token of a name server or controller.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeSecurityArgs {
+    /// PEM certificate chain; with --tls-key, this node's ports speak TLS only.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Clients must present a certificate this CA signed.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The CA trusted when connecting to other voters (their controller ports speak TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the other voters' certificates carry (default: the host of the address).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// The cluster token (a file with one line): with it, REGISTER_BROKER and every
+    /// controller request need it.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+}
+
+impl NodeSecurityArgs {
+    fn server_tls(&self) -> Option<keel_security::ServerTls> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(keel_security::ServerTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The cluster token, read from its file.
+    fn token(&self) -> Result<Option<String>, String> {
+        self.cluster_token_file
+            .as_deref()
+            .map(keel_security::read_secret_file)
+            .transpose()
+    }
+
+    fn node_security(&self) -> Result<namesrv::NodeSecurity, String> {
+        let tls = self.server_tls().map(|tls| tls.config()).transpose()?;
+        let token = self.token()?;
+        let authority = keel_security::Authority::open(
+            keel_security::AuthMode::Optional,
+            None,
+            token.as_deref(),
+        )?;
+        Ok(namesrv::NodeSecurity {
+            tls,
+            authority: Arc::new(authority),
+        })
+    }
 }
 
 /// A controller voter: Raft (openraft) over the controller port of each peer.
@@ -154,14 +226,111 @@ impl ControllerArgs {
             dir: self.controller_dir.clone(),
             master_timeout: Duration::from_millis(self.controller_master_timeout_ms),
             raft_heartbeat: Duration::from_millis(self.controller_raft_heartbeat_ms),
+            security: keel_controller::ControllerSecurity::default(),
         }))
     }
 }
 
+/// `keeld add-admin`: an operator with every permission, written to the data
+/// directory's security file (the broker must be stopped: it holds the file's state in
+/// memory and would not see the change).
+fn add_admin(args: &Args, user: &str) -> std::process::ExitCode {
+    let config = match config_from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("keeld add-admin: configuration error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let password = match std::env::var("KEEL_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("keeld add-admin: cannot read the password from standard input");
+                return std::process::ExitCode::from(2);
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if let Err(error) = std::fs::create_dir_all(&config.data_dir) {
+        eprintln!("keeld add-admin: {}: {error}", config.data_dir.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    let _lock = match keel_storage::admin::lock_if_used(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(error) => {
+            eprintln!("keeld add-admin: {error} (stop the broker first)");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = keel_security::Authority::open(
+        config.security.auth,
+        Some(config.data_dir.join(keel_security::SECURITY_FILE)),
+        None,
+    )
+    .and_then(|authority| {
+        let secret = keel_security::Secret(password);
+        let exists = authority
+            .apply(keel_security::SecurityCommand::UserList)?
+            .users
+            .iter()
+            .any(|name| name == user);
+        let command = match exists {
+            true => keel_security::SecurityCommand::UserPasswd {
+                name: user.to_string(),
+                password: secret,
+            },
+            false => keel_security::SecurityCommand::UserAdd {
+                name: user.to_string(),
+                password: secret,
+            },
+        };
+        authority.apply(command)?;
+        authority.grant_everything(user)
+    });
+    match outcome {
+        Ok(reply) => {
+            println!(
+                "{user} may do everything on the broker in {} (security version {})",
+                config.data_dir.display(),
+                reply.version
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("keeld add-admin: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Starts the controller `args` ask for, if any.
-fn start_controller(args: &ControllerArgs) -> Result<Option<keel_controller::Controller>, String> {
-    let Some(config) = args.config()? else {
+fn start_controller(
+    args: &ControllerArgs,
+    security: &NodeSecurityArgs,
+) -> Result<Option<keel_controller::Controller>, String> {
+    let Some(mut config) = args.config()? else {
         return Ok(None);
+    };
+    config.security = keel_controller::ControllerSecurity {
+        tls: security.server_tls().map(|tls| tls.config()).transpose()?,
+        peers: keel_controller::Access {
+            tls: security
+                .tls_ca
+                .as_deref()
+                .map(|ca| {
+                    let cert_key = match (&security.tls_cert, &security.tls_key) {
+                        (Some(cert), Some(key)) if security.tls_client_ca.is_some() => {
+                            Some((cert.as_path(), key.as_path()))
+                        }
+                        _ => None,
+                    };
+                    keel_security::ClientTls::new(ca, cert_key, security.tls_server_name.clone())
+                })
+                .transpose()?,
+            token: security.token()?.map(keel_security::Secret),
+        },
     };
     let dir = config.dir.display().to_string();
     keel_controller::Controller::start(config)
@@ -177,8 +346,15 @@ pub fn main_entry() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Some(Command::Controller { controller }) = &args.command {
-        return match start_controller(controller) {
+    if let Some(Command::AddAdmin { user }) = &args.command {
+        return add_admin(&args, user);
+    }
+    if let Some(Command::Controller {
+        controller,
+        security,
+    }) = &args.command
+    {
+        return match start_controller(controller, security) {
             Ok(Some(running)) => {
                 println!("keeld controller listening on {}", running.local_addr);
                 let _ = std::io::stdout().flush();
@@ -200,16 +376,25 @@ pub fn main_entry() -> std::process::ExitCode {
         listen,
         broker_timeout_ms,
         controller,
+        security,
     }) = args.command
     {
-        let _controller = match start_controller(&controller) {
+        let node_security = match security.node_security() {
+            Ok(node_security) => node_security,
+            Err(error) => {
+                eprintln!("keeld namesrv: {error}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let _controller = match start_controller(&controller, &security) {
             Ok(running) => running,
             Err(error) => {
                 eprintln!("keeld namesrv: {error}");
                 return std::process::ExitCode::FAILURE;
             }
         };
-        return match namesrv::run(listen, std::time::Duration::from_millis(broker_timeout_ms)) {
+        let timeout = std::time::Duration::from_millis(broker_timeout_ms);
+        return match namesrv::run(listen, timeout, node_security) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("keeld namesrv: {error}");
@@ -278,6 +463,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         source,
     };
     let socket = bind(config.listen).map_err(listen_error)?;
+    let security = security::Security::from_config(&config)?;
     let (store, arm_read_delay) = open_store(&config)?;
     log_recovery(&store);
     socket.listen(1024).map_err(listen_error)?;
@@ -303,7 +489,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             sss_epoch: 0,
         }
         .heartbeat();
-        match controller_link::master_at_startup(&config, &report) {
+        match controller_link::master_at_startup(&config, &report, &security.controller_access()) {
             Ok(Some(master)) => {
                 if role.is_master() {
                     log::warn!(
@@ -326,6 +512,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         &store,
         role,
         cluster::ha_address(&config, address),
+        &security,
     )?;
     if role.is_master() {
         store
@@ -338,7 +525,13 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
                 keel_protocol::SCHEDULE_TOPIC
             )))?;
     }
-    let broker = Arc::new(Broker::new(config.clone(), store.clone(), role, ha));
+    let broker = Arc::new(Broker::new(
+        config.clone(),
+        store.clone(),
+        role,
+        ha,
+        security,
+    ));
     if !config.controller_addrs.is_empty() {
         broker.require_lease();
     }
@@ -351,17 +544,34 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     let mut loops = Vec::with_capacity(count);
     let mut handoffs = Vec::with_capacity(count);
     let mut wakers = Vec::with_capacity(count);
-    for index in 0..count {
+    let mut polls = Vec::with_capacity(count);
+    for _ in 0..count {
         let poll = Poll::new().map_err(BrokerError::setup("cannot create a poller"))?;
         let waker = Waker::new(poll.registry(), WAKER)
             .map_err(BrokerError::setup("cannot create a waker"))?;
-        let waker = Arc::new(waker);
+        wakers.push(Arc::new(waker));
+        polls.push(poll);
+    }
+    let read_only = {
+        let broker = broker.clone();
+        Arc::new(move || {
+            (!broker.role().is_master()).then(|| {
+                "users, tokens and permissions change on the master; this broker is a slave \
+                 and takes them from it"
+                    .to_string()
+            })
+        })
+    };
+    let links = security::start(broker.security.authority.clone(), wakers.clone(), read_only)
+        .map_err(BrokerError::setup("cannot start the security thread"))?;
+    for (index, ((poll, waker), security)) in
+        polls.into_iter().zip(wakers.clone()).zip(links).enumerate()
+    {
         let (sender, receiver) = std::sync::mpsc::channel();
         handoffs.push(Handoff {
             sender,
             waker: waker.clone(),
         });
-        wakers.push(waker.clone());
         let waiting = Arc::new(std::sync::atomic::AtomicBool::new(true));
         loops.push(EventLoop::new(LoopParts {
             index,
@@ -372,6 +582,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             waiting: waiting.clone(),
             reads: reads.clone(),
             loops: count,
+            security,
         }));
         // Storage progress wakes a loop only when it has something waiting for it.
         store.add_listener(Arc::new(move || {

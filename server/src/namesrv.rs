@@ -6,6 +6,11 @@
 //! Of several masters registered under one broker name (an old master restarted after
 //! its slave was promoted), only the one with the highest epoch is routed to.
 //!
+//! With a cluster token (`--cluster-token-file`), REGISTER_BROKER needs a LOGIN with
+//! it: a stranger cannot register a fake broker. Routes are readable by anyone who
+//! reaches the port (a name server holds no users); TLS (`--tls-cert`, `--tls-key`)
+//! keeps them, and the token, off the wire.
+//!
 //! Traffic is a few frames per broker per interval, so connections get a thread each
 //! (at most `MAX_CONNECTIONS`), with timeouts; frames are decoded as hostile input like
 //! everywhere else.
@@ -41,14 +46,37 @@ pub struct NameServer {
     table: Mutex<Table>,
     broker_timeout: Duration,
     connections: AtomicUsize,
+    security: NodeSecurity,
+}
+
+/// A name server's or controller's TLS and cluster token.
+#[derive(Debug, Clone)]
+pub struct NodeSecurity {
+    pub tls: Option<Arc<keel_security::rustls::ServerConfig>>,
+    /// Checks the cluster token (mode `optional`: no users, anonymous reads).
+    pub authority: Arc<keel_security::Authority>,
+}
+
+impl Default for NodeSecurity {
+    fn default() -> NodeSecurity {
+        NodeSecurity {
+            tls: None,
+            authority: Arc::new(keel_security::Authority::off()),
+        }
+    }
 }
 
 impl NameServer {
     pub fn new(broker_timeout: Duration) -> NameServer {
+        NameServer::with_security(broker_timeout, NodeSecurity::default())
+    }
+
+    pub fn with_security(broker_timeout: Duration, security: NodeSecurity) -> NameServer {
         NameServer {
             table: Mutex::new(Table::default()),
             broker_timeout,
             connections: AtomicUsize::new(0),
+            security,
         }
     }
 
@@ -194,9 +222,37 @@ impl NameServer {
         routes
     }
 
-    fn handle(&self, request: Request) -> Response {
+    fn handle(&self, request: Request, peer: SocketAddr, cluster: &mut bool) -> Response {
+        let authority = &self.security.authority;
         match request {
             Request::Ping => Response::Pong,
+            Request::Login(keel_protocol::Login::Token(token)) => {
+                match authority.login_token(&token, peer.ip()) {
+                    Ok(principal) if principal.credential == keel_security::Credential::ClusterToken => {
+                        *cluster = true;
+                        Response::LoginOk(principal.name)
+                    }
+                    Ok(_) | Err(keel_security::LoginError::BadCredentials) => {
+                        log::warn!("login refused from {peer}: not the cluster token");
+                        Response::error(ErrorCode::AuthenticationFailed, "not the cluster token")
+                    }
+                    Err(error) => {
+                        log::warn!("login refused from {peer}: {error}");
+                        Response::error(ErrorCode::TooManyLoginFailures, error.to_string())
+                    }
+                }
+            }
+            Request::Login(keel_protocol::Login::Password { .. }) => Response::error(
+                ErrorCode::AuthenticationFailed,
+                "a name server holds no users: log in with the cluster token",
+            ),
+            Request::RegisterBroker(_) if authority.has_cluster_token() && !*cluster => {
+                log::warn!("refused a registration from {peer}: no login with the cluster token");
+                Response::error(
+                    ErrorCode::PermissionDenied,
+                    "REGISTER_BROKER needs a LOGIN with the cluster token (cluster:register)",
+                )
+            }
             Request::RegisterBroker(registration) => {
                 if registration.broker_name.is_empty() || registration.address.is_empty() {
                     return Response::error(
@@ -222,10 +278,17 @@ impl NameServer {
 
     /// Serves one connection until it closes; a frame that does not decode is answered
     /// with an error and ends it (`InvalidData`).
-    fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
+    fn serve(&self, socket: TcpStream) -> std::io::Result<()> {
         let invalid = |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
-        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        socket.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        socket.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let peer = socket.peer_addr()?;
+        let stream = match accept_tls(socket, self.security.tls.as_ref())? {
+            Some(stream) => stream,
+            None => return Ok(()),
+        };
+        let mut stream = &stream;
+        let mut cluster = false;
         let mut buffer = BytesMut::new();
         let mut chunk = [0u8; 8192];
         loop {
@@ -249,7 +312,7 @@ impl NameServer {
                 }
             };
             let response = match Request::decode(&frame) {
-                Ok(request) => self.handle(request),
+                Ok(request) => self.handle(request, peer, &mut cluster),
                 Err(error) => {
                     let response = Response::error(
                         ErrorCode::MalformedFrame,
@@ -271,15 +334,40 @@ impl NameServer {
     }
 }
 
+/// TLS over `socket` when `tls` is given. Plaintext on a TLS port is answered with a
+/// plaintext TLS_REQUIRED error (`None`: the connection is done).
+pub fn accept_tls(
+    socket: TcpStream,
+    tls: Option<&Arc<keel_security::rustls::ServerConfig>>,
+) -> std::io::Result<Option<keel_security::Stream>> {
+    let Some(config) = tls else {
+        return Ok(Some(keel_security::Stream::Plain(socket)));
+    };
+    let mut first = [0u8; 1];
+    if socket.peek(&mut first)? == 1 && first[0] != keel_security::TLS_HANDSHAKE_BYTE {
+        let mut out = Vec::new();
+        Response::error(ErrorCode::TlsRequired, "this port speaks TLS only").encode(0, &mut out);
+        let mut socket = socket;
+        let _ = socket.write_all(&out);
+        return Ok(None);
+    }
+    keel_security::TlsStream::server(socket, config.clone())
+        .map(|tls| Some(keel_security::Stream::Tls(Box::new(tls))))
+}
+
 /// Runs a name server on `listen` until the process is stopped.
-pub fn run(listen: SocketAddr, broker_timeout: Duration) -> Result<(), BrokerError> {
+pub fn run(
+    listen: SocketAddr,
+    broker_timeout: Duration,
+    security: NodeSecurity,
+) -> Result<(), BrokerError> {
     let listen_error = |source| BrokerError::Listen {
         address: listen,
         source,
     };
     let listener = TcpListener::bind(listen).map_err(listen_error)?;
     let address = listener.local_addr().map_err(listen_error)?;
-    let server = Arc::new(NameServer::new(broker_timeout));
+    let server = Arc::new(NameServer::with_security(broker_timeout, security));
     log::info!(
         "name server on {address}; brokers are dropped after {} ms of silence",
         broker_timeout.as_millis()
@@ -313,7 +401,11 @@ pub fn run(listen: SocketAddr, broker_timeout: Duration) -> Result<(), BrokerErr
             .spawn(move || {
                 let peer = stream.peer_addr().ok();
                 if let Err(error) = serving.serve(stream) {
-                    log::debug!("name server connection {peer:?}: {error}");
+                    if error.kind() == std::io::ErrorKind::InvalidData {
+                        log::warn!("name server connection {peer:?}: {error}");
+                    } else {
+                        log::debug!("name server connection {peer:?}: {error}");
+                    }
                 }
                 serving.connections.fetch_sub(1, Ordering::AcqRel);
             });

@@ -35,11 +35,13 @@ impl Fixture {
         adjust(&mut config);
         let store = Store::open(config.store_config()).unwrap();
         store.begin_epoch().unwrap();
+        let security = crate::security::Security::from_config(&config).unwrap();
         let broker = Arc::new(Broker::new(
             config,
             store.clone(),
             BrokerRole::Master,
             Ha::None,
+            security,
         ));
         let (readers, reads) = Readers::start(broker.clone(), 2).unwrap();
         let poll = Poll::new().unwrap();

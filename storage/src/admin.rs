@@ -64,6 +64,18 @@ fn offline_lock(
     })
 }
 
+/// Holds a data directory's lock for an offline tool, so that no broker starts on it
+/// meanwhile; `Locked` when a broker runs on it. A directory that was never a broker's
+/// (no LOCK file yet) needs no lock: `None`.
+pub fn lock_if_used(
+    data_dir: &Path,
+) -> Result<Option<Box<dyn std::any::Any + Send + Sync>>, StoreError> {
+    if !RealDisk.exists(&data_dir.join("LOCK")) {
+        return Ok(None);
+    }
+    offline_lock(&RealDisk, data_dir).map(Some)
+}
+
 /// Checks every record and index of a stopped broker's data directory, changing nothing.
 pub fn verify(data_dir: &Path, max_record_bytes: u32) -> Result<VerifyReport, StoreError> {
     verify_on(&RealDisk, data_dir, max_record_bytes)

@@ -137,14 +137,21 @@ fn bad_frames_are_refused_and_the_broker_keeps_serving() {
         .expect("write");
     expect_error_then_close(&mut stream, ErrorCode::UnsupportedVersion);
 
-    // Garbage: an HTTP request and a TLS ClientHello on the binary port.
-    for garbage in [
-        &b"GET / HTTP/1.1\r\nHost: keel\r\n\r\n"[..],
-        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc][..],
+    // Garbage: an HTTP request (a huge length prefix), and a TLS ClientHello on this
+    // plaintext port (told apart, and answered in plaintext saying so).
+    for (garbage, code) in [
+        (
+            &b"GET / HTTP/1.1\r\nHost: keel\r\n\r\n"[..],
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc][..],
+            ErrorCode::MalformedFrame,
+        ),
     ] {
         let mut stream = connect(&broker);
         stream.write_all(garbage).expect("write");
-        expect_error_then_close(&mut stream, ErrorCode::FrameTooLarge);
+        expect_error_then_close(&mut stream, code);
     }
 
     // A SEND whose body is cut short inside a frame of consistent length.

@@ -160,7 +160,12 @@ impl Controllers {
     }
 
     fn view(&self) -> Option<ClusterView> {
-        keel_controller::client::describe(&self.addresses(), Duration::from_millis(500)).ok()
+        keel_controller::client::describe(
+            &self.addresses(),
+            Duration::from_millis(500),
+            &keel_controller::Access::default(),
+        )
+        .ok()
     }
 
     fn group(&self) -> Option<keel_controller::api::GroupStatus> {

@@ -22,6 +22,13 @@ impl BrokerProcess {
     /// Starts a broker in a new temporary directory with `extra` TOML config lines.
     /// Segments are small (64 KiB) so that rolling is exercised.
     pub fn start(extra: &str) -> BrokerProcess {
+        let mut broker = BrokerProcess::create(extra);
+        broker.spawn();
+        broker
+    }
+
+    /// `start` without starting it: the config and directory only.
+    pub fn create(extra: &str) -> BrokerProcess {
         let temp = tempfile::tempdir().expect("temporary directory");
         let dir = temp.path().to_path_buf();
         let config = dir.join("keeld.toml");
@@ -43,15 +50,25 @@ impl BrokerProcess {
             text.push_str(&format!("data_dir = \"{}\"\n", dir.join("data").display()));
         }
         std::fs::write(&config, text).expect("write config");
-        let mut broker = BrokerProcess {
+        BrokerProcess {
             child: None,
             address: String::new(),
             dir,
             config,
             _temp: Some(temp),
-        };
-        broker.spawn();
-        broker
+        }
+    }
+
+    /// `keeld --config ... add-admin --user NAME` on this broker's data (stopped).
+    pub fn add_admin(&self, user: &str, password: &str) -> std::process::Output {
+        Command::new(KEELD)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["add-admin", "--user", user])
+            .env("KEEL_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run keeld add-admin")
     }
 
     /// keeld on this broker's config, logging (RUST_LOG=info) to `keeld.log`.

@@ -13,6 +13,7 @@ mod idempotence;
 mod python_client;
 mod resources;
 mod retention;
+mod security;
 mod send_consume;
 mod shutdown;
 mod stalled_disk;

@@ -1,0 +1,438 @@
+//! How `keel` reaches a broker (TLS, a login) and the `user`, `token` and `acl`
+//! commands. Secrets come from files or the environment, or are typed without echo;
+//! they are never taken as flags (other users see a process's arguments) and never
+//! printed, except a new token, once.
+
+use clap::Subcommand;
+use keel_client::{Admin, ClientError, ClientTls, ConnectionOptions, Credentials};
+use keel_security::{
+    AclEntry, Action, Effect, ResourceType, Secret, SecurityCommand, SecurityReply,
+};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// TLS and login flags every command shares.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Access {
+    /// Connect with TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, global = true, value_name = "FILE", env = "KEEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for brokers that ask for one.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KEEL_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KEEL_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The name the broker's certificate must carry (default: the host of --broker).
+    #[arg(long, global = true, value_name = "NAME", env = "KEEL_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// Log in as this user; the password comes from KEEL_PASSWORD, --password-file, or
+    /// is asked for on the terminal.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "KEEL_USER",
+        conflicts_with = "token_file"
+    )]
+    pub user: Option<String>,
+    /// A file whose first line is the password of --user.
+    #[arg(long, global = true, value_name = "FILE", requires = "user")]
+    pub password_file: Option<PathBuf>,
+    /// Log in with the token in FILE (or set KEEL_TOKEN).
+    #[arg(long, global = true, value_name = "FILE", env = "KEEL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Access {
+    /// The connection options these flags ask for.
+    pub fn options(&self) -> Result<ConnectionOptions, ClientError> {
+        let invalid = ClientError::InvalidArgument;
+        let tls = match &self.tls_ca {
+            Some(ca) => {
+                let cert_key = match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+                    _ => None,
+                };
+                Some(ClientTls::new(ca, cert_key, self.tls_server_name.clone()).map_err(invalid)?)
+            }
+            None if self.tls_cert.is_some() || self.tls_server_name.is_some() => {
+                return Err(invalid(
+                    "--tls-cert and --tls-server-name need --tls-ca (the broker's CA)".into(),
+                ))
+            }
+            None => None,
+        };
+        let credentials = match (&self.user, &self.token_file) {
+            (Some(user), _) => Some(Credentials::Password {
+                user: user.clone(),
+                password: self.password(user)?,
+            }),
+            (None, Some(file)) => Some(Credentials::Token(
+                keel_security::read_secret_file(file).map_err(invalid)?,
+            )),
+            (None, None) => match std::env::var("KEEL_TOKEN") {
+                Ok(token) if !token.trim().is_empty() => {
+                    Some(Credentials::Token(token.trim().to_string()))
+                }
+                _ => None,
+            },
+        };
+        Ok(ConnectionOptions {
+            tls,
+            credentials,
+            ..ConnectionOptions::default()
+        })
+    }
+
+    fn password(&self, user: &str) -> Result<String, ClientError> {
+        if let Some(file) = &self.password_file {
+            return keel_security::read_secret_file(file).map_err(ClientError::InvalidArgument);
+        }
+        if let Ok(password) = std::env::var("KEEL_PASSWORD") {
+            return Ok(password);
+        }
+        read_secret(&format!("password of {user}: "))
+    }
+}
+
+/// Reads a line from the terminal without echoing it (or from standard input when it
+/// is not a terminal).
+pub fn read_secret(prompt: &str) -> Result<String, ClientError> {
+    use std::io::{BufRead, Write};
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: isatty, tcgetattr and tcsetattr only read or write the termios struct we
+    // own; the saved settings are restored before returning.
+    let saved = unsafe {
+        if libc::isatty(fd) == 1 {
+            let mut settings: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut settings) == 0 {
+                let saved = settings;
+                settings.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(fd, libc::TCSANOW, &settings);
+                eprint!("{prompt}");
+                let _ = std::io::stderr().flush();
+                Some(saved)
+            } else {
+                None
+            }
+        } else {
+            None
+        }
+    };
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if let Some(saved) = saved {
+        // SAFETY: restores the settings saved above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+        eprintln!();
+    }
+    read.map_err(|e| ClientError::InvalidArgument(format!("cannot read a secret: {e}")))?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(ClientError::InvalidArgument(format!(
+            "no secret given ({})",
+            prompt.trim_end_matches([':', ' '])
+        )));
+    }
+    Ok(secret)
+}
+
+/// A broker and how to reach it.
+pub struct Target {
+    pub address: String,
+    pub options: ConnectionOptions,
+}
+
+impl Target {
+    /// The controllers want TLS like the broker and the cluster token (--token-file).
+    pub fn controller_access(&self) -> keel_controller::Access {
+        keel_controller::Access {
+            tls: self.options.tls.clone(),
+            token: match &self.options.credentials {
+                Some(Credentials::Token(token)) => Some(Secret(token.clone())),
+                _ => None,
+            },
+        }
+    }
+
+    pub fn admin(&self) -> Result<Admin, ClientError> {
+        Admin::connect_with(&self.address, &self.options)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user (the password: KEEL_NEW_PASSWORD, --new-password-file, or asked).
+    Add {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a user (its permissions stay until revoked).
+    Remove { name: String },
+    /// List the users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for NAME (an application, a service); it is printed once, and
+    /// only its hash is kept. With --out FILE it is written there (mode 0600) instead.
+    Create {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (connections that logged in with it are closed at
+    /// their next request).
+    Revoke { id: String },
+    /// List tokens (ids and names, never the secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// One permission entry, from flags.
+#[derive(clap::Args, Clone)]
+pub struct AclArgs {
+    /// A user or token name; `*` is every logged-in principal, `anonymous` the
+    /// connections that did not log in.
+    #[arg(long)]
+    principal: String,
+    /// RESOURCE:PATTERN: topic:NAME, group:NAME (a pattern may end in `*`), cluster:*
+    /// or admin:*.
+    #[arg(long)]
+    resource: String,
+    /// Comma-separated: topic publish,subscribe,describe; group consume,commit;
+    /// cluster replicate,promote,register,controller; admin
+    /// create_topic,lookup,stats,describe,security; or * for all of them.
+    #[arg(long)]
+    actions: String,
+    /// A deny entry (it overrides any allow).
+    #[arg(long)]
+    deny: bool,
+}
+
+impl AclArgs {
+    fn entry(&self) -> Result<AclEntry, ClientError> {
+        let invalid = ClientError::InvalidArgument;
+        let (kind, pattern) = self.resource.split_once(':').ok_or_else(|| {
+            invalid(format!(
+                "--resource {:?} is not RESOURCE:PATTERN",
+                self.resource
+            ))
+        })?;
+        let resource = ResourceType::parse(kind).ok_or_else(|| {
+            invalid(format!(
+                "unknown resource {kind:?} (topic, group, cluster or admin)"
+            ))
+        })?;
+        let actions = self
+            .actions
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| Action::parse(a).ok_or_else(|| invalid(format!("unknown action {a:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let entry = AclEntry {
+            principal: self.principal.clone(),
+            effect: if self.deny {
+                Effect::Deny
+            } else {
+                Effect::Allow
+            },
+            resource,
+            pattern: pattern.to_string(),
+            actions,
+        };
+        entry.validate().map_err(invalid)?;
+        Ok(entry)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AclCommand {
+    /// Allow (or with --deny, forbid) actions on resources to a principal.
+    Grant(AclArgs),
+    /// Remove an entry (give exactly what was granted).
+    Revoke(AclArgs),
+    /// List every entry.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn new_password(file: &Option<PathBuf>, name: &str) -> Result<Secret, ClientError> {
+    if let Some(file) = file {
+        return keel_security::read_secret_file(file)
+            .map(Secret)
+            .map_err(ClientError::InvalidArgument);
+    }
+    if let Ok(password) = std::env::var("KEEL_NEW_PASSWORD") {
+        return Ok(Secret(password));
+    }
+    let first = read_secret(&format!("new password of {name}: "))?;
+    if unsafe_is_tty() {
+        let again = read_secret("again: ")?;
+        if again != first {
+            return Err(ClientError::InvalidArgument("the passwords differ".into()));
+        }
+    }
+    Ok(Secret(first))
+}
+
+fn unsafe_is_tty() -> bool {
+    // SAFETY: isatty reads nothing but the descriptor's state.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+}
+
+fn run(target: &Target, command: &SecurityCommand) -> Result<SecurityReply, ClientError> {
+    target.admin()?.security(command)
+}
+
+fn print_json(reply: &SecurityReply) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(reply).unwrap_or_default()
+    );
+}
+
+pub fn user(target: &Target, command: UserCommand) -> Result<ExitCode, ClientError> {
+    let (command, json) = match command {
+        UserCommand::Add {
+            name,
+            new_password_file,
+        } => {
+            let password = new_password(&new_password_file, &name)?;
+            (SecurityCommand::UserAdd { name, password }, false)
+        }
+        UserCommand::Passwd {
+            name,
+            new_password_file,
+        } => {
+            let password = new_password(&new_password_file, &name)?;
+            (SecurityCommand::UserPasswd { name, password }, false)
+        }
+        UserCommand::Remove { name } => (SecurityCommand::UserRemove { name }, false),
+        UserCommand::List { json } => (SecurityCommand::UserList, json),
+    };
+    let reply = run(target, &command)?;
+    if json {
+        print_json(&reply);
+    } else if command == SecurityCommand::UserList {
+        for user in &reply.users {
+            println!("{user}");
+        }
+    } else {
+        println!("{}", reply.done);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn token(target: &Target, command: TokenCommand) -> Result<ExitCode, ClientError> {
+    match command {
+        TokenCommand::Create { name, out, json } => {
+            let reply = run(target, &SecurityCommand::TokenCreate { name })?;
+            let secret = reply.token.clone().map(|t| t.0).unwrap_or_default();
+            if let Some(path) = out {
+                write_private(&path, &secret)?;
+                let mut shown = reply.clone();
+                shown.token = None;
+                match json {
+                    true => print_json(&shown),
+                    false => println!("{}; the token is in {}", reply.done, path.display()),
+                }
+            } else if json {
+                print_json(&reply);
+            } else {
+                eprintln!("{} (shown once: keep it now)", reply.done);
+                println!("{secret}");
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            println!(
+                "{}",
+                run(target, &SecurityCommand::TokenRevoke { id })?.done
+            );
+        }
+        TokenCommand::List { json } => {
+            let reply = run(target, &SecurityCommand::TokenList)?;
+            if json {
+                print_json(&reply);
+            } else {
+                println!("id                name");
+                for token in &reply.tokens {
+                    println!("{:<17} {}", token.id, token.name);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &std::path::Path, secret: &str) -> Result<(), ClientError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{secret}\n").as_bytes()))
+        .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))
+}
+
+pub fn acl(target: &Target, command: AclCommand) -> Result<ExitCode, ClientError> {
+    let (command, json) = match command {
+        AclCommand::Grant(args) => (
+            SecurityCommand::AclGrant {
+                entry: args.entry()?,
+            },
+            false,
+        ),
+        AclCommand::Revoke(args) => (
+            SecurityCommand::AclRevoke {
+                entry: args.entry()?,
+            },
+            false,
+        ),
+        AclCommand::List { json } => (SecurityCommand::AclList, json),
+    };
+    let reply = run(target, &command)?;
+    if json {
+        print_json(&reply);
+    } else if command == SecurityCommand::AclList {
+        for entry in &reply.acls {
+            println!("{entry}");
+        }
+    } else {
+        println!("{}", reply.done);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,22 @@
+//! Security for keel: TLS (rustls, `ring` provider), users with Argon2id password
+//! hashes, service tokens, and per-resource permissions.
+//!
+//! Nothing here is hand-written cryptography: TLS is rustls, password hashing is the
+//! `argon2` crate, token hashing and randomness come from `ring`, compares from
+//! `subtle`.
+
+pub mod acl;
+pub mod authority;
+pub mod tls;
+
+pub use acl::{permits, AclEntry, Action, Effect, ResourceType, ANONYMOUS};
+pub use authority::{
+    hash_password, validate_name, write_atomically, AuthMode, Authority, Credential, LoginError,
+    Principal, Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER,
+    SECURITY_FILE,
+};
+pub use rustls;
+pub use tls::{
+    could_be_tls, is_tls_client_hello, read_secret_file, tls_error, ClientTls, ServerTls, Stream,
+    TlsStream, TLS_HANDSHAKE_BYTE,
+};
