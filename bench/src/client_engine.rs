@@ -33,7 +33,11 @@ pub(crate) fn producer_loop(
     stop: &AtomicBool,
     recorder: &Arc<Recorder>,
 ) -> Result<(), String> {
-    let producer = Producer::connect(address, ProducerOptions::default())
+    let options = ProducerOptions {
+        connection: crate::connection_options(),
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::connect(address, options)
         .map_err(|e| format!("the broker went away: producer {index}: {e}"))?;
     let payload = payload_of(shape.size, index);
     let histogram = recorder.clone();

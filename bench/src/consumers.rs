@@ -36,6 +36,7 @@ impl Consumers {
             let options = PushConsumerOptions {
                 start_from: StartFrom::Latest,
                 heartbeat_interval: Duration::from_millis(200),
+                connection: crate::connection_options(),
                 ..PushConsumerOptions::default()
             };
             let consumer =

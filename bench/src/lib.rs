@@ -94,6 +94,46 @@ struct Args {
     /// throughput and the end-to-end latency from send to handler.
     #[arg(long, default_value_t = 0)]
     consumers: usize,
+    /// TLS to --broker, trusting the CA in FILE (needs --engine client).
+    #[arg(long, value_name = "FILE", requires = "broker")]
+    tls_ca: Option<PathBuf>,
+    /// Log in with the token in FILE on every connection (needs --engine client).
+    #[arg(long, value_name = "FILE", requires = "broker")]
+    token_file: Option<PathBuf>,
+}
+
+/// How every connection of this run reaches the broker (TLS, a login).
+static CONNECTION: std::sync::OnceLock<keel_client::ConnectionOptions> = std::sync::OnceLock::new();
+
+pub(crate) fn connection_options() -> keel_client::ConnectionOptions {
+    CONNECTION.get().cloned().unwrap_or_default()
+}
+
+impl Args {
+    fn connection(&self) -> Result<keel_client::ConnectionOptions, String> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(keel_client::ClientTls::new(ca, None, None)?),
+            None => None,
+        };
+        let credentials = match &self.token_file {
+            Some(file) => Some(keel_client::Credentials::Token(
+                keel_security::read_secret_file(file)?,
+            )),
+            None => None,
+        };
+        if (tls.is_some() || credentials.is_some()) && self.engine != Engine::Client {
+            return Err(
+                "--tls-ca and --token-file need --engine client (the loop engine \
+                        speaks plaintext without a login)"
+                    .into(),
+            );
+        }
+        Ok(keel_client::ConnectionOptions {
+            tls,
+            credentials,
+            ..keel_client::ConnectionOptions::default()
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -143,6 +183,15 @@ pub fn main_entry() -> ExitCode {
         return chaos::main_entry(args);
     }
     let args = Args::parse();
+    match args.connection() {
+        Ok(options) => {
+            let _ = CONNECTION.set(options);
+        }
+        Err(error) => {
+            eprintln!("keel-bench: {error}");
+            return ExitCode::from(2);
+        }
+    }
     match run(&args) {
         Ok(Verdict::Clean) => ExitCode::SUCCESS,
         Ok(Verdict::Failed(why)) => {
@@ -233,7 +282,7 @@ fn load(
     broker_pid: Option<u32>,
     fsync_p50_us: Option<f64>,
 ) -> Result<Verdict, String> {
-    let admin = Admin::connect(address).map_err(|e| e.to_string())?;
+    let admin = Admin::connect_with(address, &connection_options()).map_err(|e| e.to_string())?;
     admin
         .create_topic(&args.topic, 8)
         .map_err(|e| e.to_string())?;
@@ -516,7 +565,7 @@ impl BrokerCpu {
     fn new(pid: Option<u32>, address: &str) -> BrokerCpu {
         match pid {
             Some(pid) => BrokerCpu::Proc(pid),
-            None => match Admin::connect(address) {
+            None => match Admin::connect_with(address, &connection_options()) {
                 Ok(admin) => BrokerCpu::Stats(admin),
                 Err(_) => BrokerCpu::Unknown,
             },

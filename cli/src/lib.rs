@@ -472,7 +472,7 @@ pub fn main_entry() -> ExitCode {
         } => message_show(&target, id.as_deref(), key.as_deref()),
         Command::Offsets { command } => offsets(&target, command),
         Command::Admin { command } => admin(&target, command),
-        Command::Routes { namesrv, topic } => routes(&namesrv, &topic),
+        Command::Routes { namesrv, topic } => routes(&namesrv, &topic, target.options.tls.as_ref()),
         Command::Cluster {
             controllers,
             json,
@@ -1123,10 +1123,15 @@ fn promote(broker: &Target, role: &str, force: bool) -> Result<ExitCode, ClientE
     Ok(ExitCode::SUCCESS)
 }
 
-fn routes(namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
+fn routes(
+    namesrv: &str,
+    topic: &str,
+    tls: Option<&keel_client::ClientTls>,
+) -> Result<ExitCode, ClientError> {
     let name_servers: Vec<String> = namesrv.split(',').map(|s| s.trim().to_string()).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let routes = keel_client::fetch_routes(&name_servers, &next, topic, Duration::from_secs(3))?;
+    let routes =
+        keel_client::fetch_routes(&name_servers, &next, topic, Duration::from_secs(3), tls)?;
     println!("broker_name  id  role          epoch  address                ha_address             queues");
     for route in routes {
         println!(

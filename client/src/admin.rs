@@ -38,9 +38,11 @@ impl Admin {
         &self,
         command: &keel_security::SecurityCommand,
     ) -> Result<keel_security::SecurityReply, ClientError> {
-        match self.call(Request::SecurityAdmin(command.to_json()))? {
+        match self.call(Request::SecurityAdmin(keel_protocol::SecretText(
+            command.to_json(),
+        )))? {
             Response::SecurityResult(json) => {
-                keel_security::SecurityReply::from_json(&json).map_err(ClientError::Protocol)
+                keel_security::SecurityReply::from_json(&json.0).map_err(ClientError::Protocol)
             }
             other => Err(unexpected(&other, "SECURITY_ADMIN")),
         }

@@ -146,6 +146,7 @@ impl Producer {
         let router = Router::new(
             name_servers.iter().map(|s| s.to_string()).collect(),
             options.route_refresh,
+            options.connection.tls.clone(),
         );
         Ok(Producer::new(Target::NameServers(router), options))
     }

@@ -29,11 +29,18 @@ pub(crate) struct Router {
     timeout: Duration,
     cache: Mutex<RouteCache>,
     next: AtomicUsize,
+    /// TLS to the name servers (like to the brokers).
+    tls: Option<keel_security::ClientTls>,
 }
 
 impl Router {
-    pub(crate) fn new(name_servers: Vec<String>, refresh: Duration) -> Router {
+    pub(crate) fn new(
+        name_servers: Vec<String>,
+        refresh: Duration,
+        tls: Option<keel_security::ClientTls>,
+    ) -> Router {
         Router {
+            tls,
             name_servers,
             refresh,
             timeout: Duration::from_secs(3),
@@ -50,7 +57,13 @@ impl Router {
 
     /// Every broker the name servers know, with `topic`'s queue count on each.
     pub(crate) fn fetch(&self, topic: &str) -> Result<Vec<BrokerRoute>, ClientError> {
-        fetch_routes(&self.name_servers, &self.next, topic, self.timeout)
+        fetch_routes(
+            &self.name_servers,
+            &self.next,
+            topic,
+            self.timeout,
+            self.tls.as_ref(),
+        )
     }
 
     /// The masters to send `topic` to: those that have it, or every master when none
@@ -110,12 +123,14 @@ impl Router {
     }
 }
 
-/// GET_ROUTES from the first name server that answers, starting after the last one used.
+/// GET_ROUTES from the first name server that answers, starting after the last one used
+/// (with TLS when `tls` is given; name servers need no login to answer it).
 pub fn fetch_routes(
     name_servers: &[String],
     next: &AtomicUsize,
     topic: &str,
     timeout: Duration,
+    tls: Option<&keel_security::ClientTls>,
 ) -> Result<Vec<BrokerRoute>, ClientError> {
     if name_servers.is_empty() {
         return Err(ClientError::InvalidArgument("no name server given".into()));
@@ -128,6 +143,7 @@ pub fn fetch_routes(
         let outcome = resolve(name_server).and_then(|address| {
             let options = ConnectionOptions {
                 connect_timeout: timeout,
+                tls: tls.cloned(),
                 ..ConnectionOptions::default()
             };
             Connection::connect(address, &options)?

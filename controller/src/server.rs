@@ -403,25 +403,35 @@ async fn accept(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAddr) 
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve(node, stream, peer).await,
+                Ok(Ok(stream)) => serve(node, stream, peer, true).await,
                 Ok(Err(error)) => {
                     log::warn!("controller: TLS handshake with {peer} failed: {error}")
                 }
                 Err(_) => log::warn!("controller: TLS handshake with {peer} timed out"),
             }
         }
-        None => serve(node, stream, peer).await,
+        None => {
+            let loopback = peer.ip().is_loopback();
+            serve(node, stream, peer, loopback).await
+        }
     }
 }
 
-async fn serve<S>(node: Arc<Node>, mut stream: S, peer: std::net::SocketAddr)
+/// `secure`: over TLS or from loopback, where the cluster token may travel.
+async fn serve<S>(node: Arc<Node>, mut stream: S, peer: std::net::SocketAddr, secure: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     // With a cluster token, nothing but LOGIN until it is shown.
     let mut logged_in = !node.authority.has_cluster_token();
     loop {
-        let frame = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame_async(&mut stream)).await;
+        // Before the login: small frames, and 10 s to send them.
+        let (timeout, max) = match logged_in {
+            true => (IDLE_TIMEOUT, wire::MAX_FRAME_BYTES),
+            false => (Duration::from_secs(10), wire::PRE_LOGIN_FRAME_BYTES),
+        };
+        let frame =
+            tokio::time::timeout(timeout, wire::read_frame_async_within(&mut stream, max)).await;
         let (kind, body) = match frame {
             Ok(Ok(frame)) => frame,
             Ok(Err(error)) => {
@@ -438,7 +448,7 @@ where
             let token = String::from_utf8_lossy(&body);
             let accepted = kind == wire::LOGIN
                 && matches!(
-                    node.authority.login_token(&token, peer.ip()),
+                    node.authority.login_token(&token, peer.ip(), secure),
                     Ok(principal) if principal.credential == keel_security::Credential::ClusterToken
                 );
             if !accepted {

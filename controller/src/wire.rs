@@ -98,10 +98,27 @@ pub async fn read_frame_async<S>(stream: &mut S) -> io::Result<(u8, Vec<u8>)>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
+    read_frame_async_within(stream, MAX_FRAME_BYTES).await
+}
+
+/// The largest frame a connection may send before its LOGIN.
+pub const PRE_LOGIN_FRAME_BYTES: u32 = 4096;
+
+/// `read_frame_async`, refusing a frame longer than `max` (at most `MAX_FRAME_BYTES`).
+pub async fn read_frame_async_within<S>(stream: &mut S, max: u32) -> io::Result<(u8, Vec<u8>)>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).await?;
-    let length = check_length(u32::from_le_bytes(prefix))?;
+    let claimed = u32::from_le_bytes(prefix);
+    if claimed > max {
+        return Err(invalid(format!(
+            "controller frame length {claimed} is over {max} (before LOGIN)"
+        )));
+    }
+    let length = check_length(claimed)?;
     let mut rest = Vec::with_capacity(length.min(INITIAL_BUFFER));
     (&mut *stream)
         .take(length as u64)

@@ -60,7 +60,7 @@ pub use message::{
 pub use request::{
     BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, GroupCommitRequest,
     HeartbeatRequest, ListTopicsRequest, Login, OffsetForTimeRequest, PullRequest,
-    QueryOffsetRequest, Request, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
+    QueryOffsetRequest, Request, SecretText, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
 pub use response::{
     Assignment, BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult,

@@ -165,7 +165,7 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), text())
             .prop_map(|(user, password)| Request::Login(crate::Login::Password { user, password })),
         text().prop_map(|token| Request::Login(crate::Login::Token(token))),
-        text().prop_map(Request::SecurityAdmin),
+        text().prop_map(|json| Request::SecurityAdmin(crate::SecretText(json))),
         (
             text(),
             any::<u32>(),
@@ -227,7 +227,7 @@ fn response() -> impl Strategy<Value = Response> {
             }),
         proptest::collection::vec((text(), text()), 0..5).prop_map(Response::Info),
         text().prop_map(Response::LoginOk),
-        text().prop_map(Response::SecurityResult),
+        text().prop_map(|json| Response::SecurityResult(crate::SecretText(json))),
         any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
         proptest::collection::vec(
             (

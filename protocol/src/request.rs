@@ -145,7 +145,18 @@ pub enum Request {
     /// Authenticates the connection (once, first).
     Login(Login),
     /// Users, tokens and permissions: a JSON command (see docs/PROTOCOL.md).
-    SecurityAdmin(String),
+    SecurityAdmin(SecretText),
+}
+
+/// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
+/// SECURITY_RESULT with a new token): `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretText({} bytes)", self.0.len())
+    }
 }
 
 /// LOGIN's credentials. `Debug` never shows the secret.
@@ -287,7 +298,7 @@ impl Request {
                 put_str16(out, "");
                 put_str16(out, token);
             }
-            Request::SecurityAdmin(json) => put_bytes32(out, json.as_bytes()),
+            Request::SecurityAdmin(json) => put_bytes32(out, json.0.as_bytes()),
             Request::SendBatch(messages) => {
                 out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
                 for message in messages.iter().take(usize::from(u16::MAX)) {
@@ -467,7 +478,7 @@ impl Request {
                 let bytes = reader.bytes32("command")?;
                 let json = std::str::from_utf8(bytes)
                     .map_err(|_| DecodeError::InvalidUtf8 { field: "command" })?;
-                Request::SecurityAdmin(json.to_string())
+                Request::SecurityAdmin(SecretText(json.to_string()))
             }
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };

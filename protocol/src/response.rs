@@ -136,7 +136,7 @@ pub enum Response {
     /// LOGIN succeeded: the principal the connection now acts as.
     LoginOk(String),
     /// SECURITY_ADMIN's answer: JSON (see docs/PROTOCOL.md).
-    SecurityResult(String),
+    SecurityResult(crate::SecretText),
     Error(ErrorResponse),
 }
 
@@ -201,7 +201,7 @@ impl Response {
                 }
             }
             Response::LoginOk(principal) => put_str16(out, principal),
-            Response::SecurityResult(json) => put_bytes32(out, json.as_bytes()),
+            Response::SecurityResult(json) => put_bytes32(out, json.0.as_bytes()),
             Response::Info(entries) => {
                 let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
                 out.put_u16_le(count);
@@ -308,7 +308,7 @@ impl Response {
                 let bytes = reader.bytes32("result")?;
                 let json = std::str::from_utf8(bytes)
                     .map_err(|_| DecodeError::InvalidUtf8 { field: "result" })?;
-                Response::SecurityResult(json.to_string())
+                Response::SecurityResult(crate::SecretText(json.to_string()))
             }
             Kind::Info => {
                 let count = reader.u16("info_count")?;

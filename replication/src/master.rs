@@ -322,7 +322,7 @@ impl HaMaster {
         };
         if authority.mode() != keel_security::AuthMode::Off {
             let allowed = authority
-                .login_token(&token, peer.ip())
+                .login_token(&token, peer.ip(), link.is_tls() || peer.ip().is_loopback())
                 .map_err(|error| error.to_string())
                 .and_then(|principal| {
                     if authority.permits(&principal, ResourceType::Cluster, "*", Action::Replicate)

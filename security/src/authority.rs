@@ -70,8 +70,11 @@ pub enum Credential {
     Unrestricted,
     /// `auth = "optional"` without a login.
     Anonymous,
+    /// `stamp`: the password hash it was checked against (a new password, or the user
+    /// removed and added again, ends the sessions of the old one).
     Password {
         user: String,
+        stamp: String,
     },
     Token {
         id: String,
@@ -430,9 +433,16 @@ impl SecurityState {
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one, whole:
 /// a temporary file, fsynced, renamed over it, and the directory fsynced.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension("json.tmp");
     {
-        let mut file = std::fs::File::create(&temporary)?;
+        // Only the broker's user reads it: the hashes are not for others to attack.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
@@ -452,6 +462,10 @@ pub struct Authority {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     /// Serializes changes (each one hashes, writes and renames the file).
     changing: Mutex<()>,
+    /// Moves with every change of the state here, installed ones included (whose
+    /// version may repeat): logged-in connections re-check their credential when it
+    /// moved.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Authority {
@@ -497,6 +511,7 @@ impl Authority {
             cluster_token: cluster_token.map(|token| sha256(token.trim().as_bytes())),
             failures: Mutex::new(HashMap::new()),
             changing: Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -509,6 +524,7 @@ impl Authority {
             cluster_token: None,
             failures: Mutex::new(HashMap::new()),
             changing: Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -529,6 +545,17 @@ impl Authority {
 
     pub fn version(&self) -> u64 {
         self.current().version
+    }
+
+    /// Moves with every change (see `still_valid`); read it before a login is checked.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn swap(&self, state: SecurityState) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The principal of a connection that has not logged in: `None` when it must.
@@ -604,14 +631,26 @@ impl Authority {
                 name: user.to_string(),
                 credential: Credential::Password {
                     user: user.to_string(),
+                    stamp: hash.to_string(),
                 },
             }),
         )
     }
 
     /// Checks a service token, or the cluster token (constant-time compares of hashes).
-    pub fn login_token(&self, token: &str, peer: IpAddr) -> Result<Principal, LoginError> {
-        self.rate_check(peer)?;
+    /// A token is 256 random bits, so a right one is taken even from an address whose
+    /// failures are being limited (brokers behind one NAT with a guesser stay in).
+    /// `secure`: over TLS or from loopback (a bearer secret over plaintext from
+    /// another host is refused).
+    pub fn login_token(
+        &self,
+        token: &str,
+        peer: IpAddr,
+        secure: bool,
+    ) -> Result<Principal, LoginError> {
+        if !secure {
+            return Err(LoginError::NeedsTls);
+        }
         let hash = sha256(token.trim().as_bytes());
         if let Some(cluster) = &self.cluster_token {
             if bool::from(cluster.ct_eq(&hash)) {
@@ -630,6 +669,9 @@ impl Authority {
                 credential: Credential::Token { id: id.to_string() },
             })
         });
+        if found.is_none() {
+            self.rate_check(peer)?;
+        }
         self.outcome(peer, found)
     }
 
@@ -638,7 +680,10 @@ impl Authority {
     pub fn still_valid(&self, principal: &Principal) -> bool {
         let state = self.current();
         match &principal.credential {
-            Credential::Password { user } => state.users.contains_key(user),
+            Credential::Password { user, stamp } => state
+                .users
+                .get(user)
+                .is_some_and(|stored| stored.password_hash == *stamp),
             Credential::Token { id } => state.tokens.contains_key(id),
             Credential::Unrestricted | Credential::Anonymous | Credential::ClusterToken => true,
         }
@@ -684,7 +729,7 @@ impl Authority {
         next.version = current.version.saturating_add(1);
         reply.version = next.version;
         self.persist(&next)?;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.swap(next);
         Ok(reply)
     }
 
@@ -716,7 +761,7 @@ impl Authority {
             return Ok(false);
         }
         self.persist(&state)?;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.swap(state);
         Ok(true)
     }
 
@@ -793,17 +838,17 @@ mod tests {
         let authority = Authority::open(AuthMode::Required, None, None).unwrap();
         for _ in 0..FAILURES_ALLOWED {
             assert_eq!(
-                authority.login_token("keel_nothing", PEER),
+                authority.login_token("keel_nothing", PEER, true),
                 Err(LoginError::BadCredentials)
             );
         }
         assert!(matches!(
-            authority.login_token("keel_nothing", PEER),
+            authority.login_token("keel_nothing", PEER, true),
             Err(LoginError::RateLimited { .. })
         ));
         let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(
-            authority.login_token("keel_nothing", other),
+            authority.login_token("keel_nothing", other, true),
             Err(LoginError::BadCredentials)
         );
     }
@@ -820,21 +865,23 @@ mod tests {
         let token = reply.token.unwrap().0;
         let file = std::fs::read_to_string(dir.path().join(SECURITY_FILE)).unwrap();
         assert!(!file.contains(&token[25..]), "the secret is not stored");
-        let principal = authority.login_token(&token, PEER).unwrap();
+        let principal = authority.login_token(&token, PEER, true).unwrap();
         assert_eq!(principal.name, "orders-app");
         assert!(authority.still_valid(&principal));
         let mut forged = token.clone();
         forged.pop();
         forged.push('x');
-        assert!(authority.login_token(&forged, PEER).is_err());
+        assert!(authority.login_token(&forged, PEER, true).is_err());
         authority
             .apply(SecurityCommand::TokenRevoke {
                 id: reply.token_id.unwrap(),
             })
             .unwrap();
         assert!(!authority.still_valid(&principal));
-        assert!(authority.login_token(&token, PEER).is_err());
-        let cluster = authority.login_token("the cluster secret", PEER).unwrap();
+        assert!(authority.login_token(&token, PEER, true).is_err());
+        let cluster = authority
+            .login_token("the cluster secret", PEER, true)
+            .unwrap();
         assert!(authority.permits(&cluster, ResourceType::Cluster, "*", Action::Replicate));
         assert!(!authority.permits(&cluster, ResourceType::Topic, "t", Action::Publish));
     }
@@ -852,7 +899,10 @@ mod tests {
         assert_eq!(slave.version(), 4);
         let ops = Principal {
             name: "ops".into(),
-            credential: Credential::Password { user: "ops".into() },
+            credential: Credential::Password {
+                user: "ops".into(),
+                stamp: String::new(),
+            },
         };
         assert!(slave.permits(&ops, ResourceType::Admin, "*", Action::Security));
         let damaged = String::from_utf8(bytes)

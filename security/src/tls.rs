@@ -182,8 +182,8 @@ struct Shared {
 
 /// A blocking TLS stream over a `TcpStream`, usable through `&TlsStream` from one
 /// reading thread and any number of writing threads (like `&TcpStream`). The socket
-/// is read and written without holding the TLS state's lock, so a writer blocked on a
-/// full socket never stops the reader from draining.
+/// is read and written without holding the TLS state's lock, and the reader never
+/// writes, so a writer blocked on a full socket never stops the reader from draining.
 pub struct TlsStream {
     socket: TcpStream,
     shared: Mutex<Shared>,
@@ -248,19 +248,6 @@ impl TlsStream {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Seals what rustls wants to send and writes it, in order.
-    fn send_pending(&self) -> io::Result<()> {
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sealed = Vec::new();
-        {
-            let mut shared = self.lock();
-            while shared.connection.wants_write() {
-                shared.connection.write_tls(&mut sealed)?;
-            }
-        }
-        (&self.socket).write_all(&sealed)
-    }
-
     /// Whether the peer presented a certificate (verified during the handshake).
     pub fn has_peer_certificate(&self) -> bool {
         self.lock().connection.peer_certificates().is_some()
@@ -286,11 +273,8 @@ impl Read for &TlsStream {
                     let taken = connection.read_tls(&mut slice)?;
                     incoming.drain(..taken);
                     connection.process_new_packets().map_err(tls_error)?;
-                    let wants_write = connection.wants_write();
-                    drop(shared);
-                    if wants_write {
-                        self.send_pending()?;
-                    }
+                    // What rustls wants to send in answer (a key update) goes with the
+                    // next write: the reader never waits for the socket's write side.
                     continue;
                 }
             }
@@ -315,10 +299,17 @@ impl Read for &TlsStream {
 impl Write for &TlsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sealed = Vec::with_capacity(buf.len() + 64);
+        let mut sealed = Vec::with_capacity(buf.len() + buf.len() / 64 + 64);
         {
             let mut shared = self.lock();
-            shared.connection.writer().write_all(buf)?;
+            // rustls holds a bounded amount of sealed output: seal a piece at a time
+            // and take what it sealed before the next.
+            for piece in buf.chunks(16 * 1024) {
+                shared.connection.writer().write_all(piece)?;
+                while shared.connection.wants_write() {
+                    shared.connection.write_tls(&mut sealed)?;
+                }
+            }
             while shared.connection.wants_write() {
                 shared.connection.write_tls(&mut sealed)?;
             }

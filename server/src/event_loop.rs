@@ -338,7 +338,7 @@ impl EventLoop {
         }
         let principal = self.broker.security.authority.initial_principal();
         let mut connection = Connection::new(id, socket, peer, tls, principal);
-        connection.principal_version = self.broker.security.authority.version();
+        connection.principal_version = self.broker.security.authority.generation();
         entry.insert(connection);
         counters.connections.fetch_add(1, Ordering::Relaxed);
         log::debug!("connection {id} from {peer} on loop {}", self.index);
@@ -580,7 +580,7 @@ impl EventLoop {
         }
         match Request::decode(&frame) {
             Ok(request) => {
-                if self.admit(to, &request) {
+                if self.admit(to, frame.is_oneway(), &request) {
                     self.shard.dispatch(to, frame.is_oneway(), request)
                 }
             }
@@ -596,7 +596,7 @@ impl EventLoop {
     /// the security thread; anything else needs a logged-in principal (or `auth` off or
     /// optional) that still exists and holds every permission the request needs.
     /// Returns whether the shard may carry it out.
-    fn admit(&mut self, to: ReplyTo, request: &Request) -> bool {
+    fn admit(&mut self, to: ReplyTo, oneway: bool, request: &Request) -> bool {
         let authority = self.broker.security.authority.clone();
         let Some(connection) = self.connections.get_mut(to.key) else {
             return false;
@@ -642,7 +642,7 @@ impl EventLoop {
             self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
             return false;
         };
-        let version = authority.version();
+        let version = authority.generation();
         if connection.principal_version != version {
             if !authority.still_valid(principal) {
                 let message = format!(
@@ -672,6 +672,11 @@ impl EventLoop {
                 request.kind().name()
             );
             log::warn!("refused from {}: {message}", connection.peer);
+            // A oneway request gets no answer, a refusal included (the client would take
+            // an error for no request of its own as the connection's end).
+            if oneway {
+                return false;
+            }
             self.shard
                 .reply(to, Response::error(ErrorCode::PermissionDenied, message));
             return false;
@@ -681,7 +686,7 @@ impl EventLoop {
                 to,
                 principal: principal.name.clone(),
                 peer: connection.peer,
-                command: command.clone(),
+                command: command.0.clone(),
             };
             if let Err(response) = self.security.submit(self.index, job) {
                 self.shard.reply(to, response);
@@ -698,6 +703,7 @@ impl EventLoop {
             to,
             response,
             principal,
+            generation,
             close,
         }) = self.security.done.try_recv()
         {
@@ -718,7 +724,9 @@ impl EventLoop {
             }
             if let Some(principal) = principal {
                 connection.principal = Some(principal);
-                connection.principal_version = self.broker.security.authority.version();
+                // The state the login was checked against: a change since (a revoked
+                // token) is looked at by the connection's next request.
+                connection.principal_version = generation;
             }
             if close {
                 if let Response::Error(error) = &response {

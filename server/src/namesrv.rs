@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 const MAX_CONNECTIONS: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest frame before a LOGIN with the cluster token (when one is configured).
+const PRE_LOGIN_FRAME_BYTES: u32 = 64 * 1024;
 
 struct Entry {
     registration: BrokerRegistration,
@@ -222,12 +224,18 @@ impl NameServer {
         routes
     }
 
-    fn handle(&self, request: Request, peer: SocketAddr, cluster: &mut bool) -> Response {
+    fn handle(
+        &self,
+        request: Request,
+        peer: SocketAddr,
+        secure: bool,
+        cluster: &mut bool,
+    ) -> Response {
         let authority = &self.security.authority;
         match request {
             Request::Ping => Response::Pong,
             Request::Login(keel_protocol::Login::Token(token)) => {
-                match authority.login_token(&token, peer.ip()) {
+                match authority.login_token(&token, peer.ip(), secure) {
                     Ok(principal) if principal.credential == keel_security::Credential::ClusterToken => {
                         *cluster = true;
                         Response::LoginOk(principal.name)
@@ -238,7 +246,11 @@ impl NameServer {
                     }
                     Err(error) => {
                         log::warn!("login refused from {peer}: {error}");
-                        Response::error(ErrorCode::TooManyLoginFailures, error.to_string())
+                        let code = match error {
+                            keel_security::LoginError::NeedsTls => ErrorCode::TlsRequired,
+                            _ => ErrorCode::TooManyLoginFailures,
+                        };
+                        Response::error(code, error.to_string())
                     }
                 }
             }
@@ -280,19 +292,28 @@ impl NameServer {
     /// with an error and ends it (`InvalidData`).
     fn serve(&self, socket: TcpStream) -> std::io::Result<()> {
         let invalid = |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
-        socket.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        // 10 s for the TLS handshake, then the idle timeout.
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         socket.set_write_timeout(Some(Duration::from_secs(10)))?;
         let peer = socket.peer_addr()?;
         let stream = match accept_tls(socket, self.security.tls.as_ref())? {
             Some(stream) => stream,
             None => return Ok(()),
         };
+        stream.socket().set_read_timeout(Some(IDLE_TIMEOUT))?;
+        let secure = stream.is_tls() || peer.ip().is_loopback();
         let mut stream = &stream;
         let mut cluster = false;
         let mut buffer = BytesMut::new();
         let mut chunk = [0u8; 8192];
         loop {
-            let frame = match decode_frame(&mut buffer, DEFAULT_MAX_FRAME_BYTES) {
+            // With a cluster token, only small frames before its LOGIN (routes are
+            // asked with a few bytes; a registration comes after the login).
+            let max = match self.security.authority.has_cluster_token() && !cluster {
+                true => PRE_LOGIN_FRAME_BYTES,
+                false => DEFAULT_MAX_FRAME_BYTES,
+            };
+            let frame = match decode_frame(&mut buffer, max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     let read = stream.read(&mut chunk)?;
@@ -312,7 +333,7 @@ impl NameServer {
                 }
             };
             let response = match Request::decode(&frame) {
-                Ok(request) => self.handle(request, peer, &mut cluster),
+                Ok(request) => self.handle(request, peer, secure, &mut cluster),
                 Err(error) => {
                     let response = Response::error(
                         ErrorCode::MalformedFrame,

@@ -93,6 +93,20 @@ impl Security {
             Some(path) => Some(keel_security::read_secret_file(path).map_err(fail)?),
             None => None,
         };
+        if cluster_token.is_some() && outbound_tls.is_none() {
+            let remote = config
+                .master_address
+                .iter()
+                .chain(&config.namesrv_addrs)
+                .chain(&config.controller_addrs)
+                .find(|address| !is_loopback(address));
+            if let Some(address) = remote {
+                log::warn!(
+                    "the cluster token goes to {address} in plaintext (no tls_ca_file): anyone \
+                     on the path can read it, and peers refuse it from another host"
+                );
+            }
+        }
         let authority = Authority::open(
             settings.auth,
             Some(config.data_dir.join(SECURITY_FILE)),
@@ -106,6 +120,15 @@ impl Security {
             cluster_token,
         })
     }
+}
+
+fn is_loopback(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// One permission a request needs.
@@ -124,19 +147,34 @@ fn need(resource: ResourceType, name: &str, action: Action) -> Need {
     }
 }
 
+/// The broker's own topics and groups (`%...`, the scheduler's among them) hold
+/// copies of every topic's messages: only an operator with `admin:security` (the
+/// strongest permission) reaches them directly.
+fn own_need() -> Need {
+    need(ResourceType::Admin, "*", Action::Security)
+}
+
 /// A topic's permission: a group's retry and dead-letter topics are the group's
-/// (consume), the broker's other own topics (`%...`) are admin's.
+/// (consume), the broker's other own topics (`%...`) need `own_need`.
 fn topic_need(topic: &str, action: Action) -> Need {
     if let Some(group) = topic
         .strip_prefix("%RETRY%")
         .or_else(|| topic.strip_prefix("%DLQ%"))
     {
-        return need(ResourceType::Group, group, Action::Consume);
+        return group_need(group, Action::Consume);
     }
     if topic.starts_with('%') {
-        return need(ResourceType::Admin, "*", Action::Stats);
+        return own_need();
     }
     need(ResourceType::Topic, topic, action)
+}
+
+/// A group's permission; the broker's own groups (`%...`) need `own_need`.
+fn group_need(group: &str, action: Action) -> Need {
+    if group.starts_with('%') {
+        return own_need();
+    }
+    need(ResourceType::Group, group, action)
 }
 
 /// The permissions `request` needs; `None` for the two kinds every connection may
@@ -161,19 +199,19 @@ pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::Pull(pull) => {
             let mut needs = vec![topic_need(&pull.topic, Subscribe)];
             if !pull.group.is_empty() {
-                needs.push(need(Group, &pull.group, Consume));
+                needs.push(group_need(&pull.group, Consume));
             }
             needs
         }
         Request::OffsetForTime(query) => vec![topic_need(&query.topic, Subscribe)],
         Request::Heartbeat(heartbeat) => vec![
-            need(Group, &heartbeat.group, Consume),
+            group_need(&heartbeat.group, Consume),
             topic_need(&heartbeat.topic, Subscribe),
         ],
-        Request::GroupCommit(commit) => vec![need(Group, &commit.group, Commit)],
-        Request::CommitOffset(commit) => vec![need(Group, &commit.group, Commit)],
-        Request::QueryOffset(query) => vec![need(Group, &query.group, Consume)],
-        Request::SendBack(back) => vec![need(Group, &back.group, Consume)],
+        Request::GroupCommit(commit) => vec![group_need(&commit.group, Commit)],
+        Request::CommitOffset(commit) => vec![group_need(&commit.group, Commit)],
+        Request::QueryOffset(query) => vec![group_need(&query.group, Consume)],
+        Request::SendBack(back) => vec![group_need(&back.group, Consume)],
         Request::CreateTopic(_) => vec![need(Admin, "*", CreateTopic)],
         Request::ListTopics(list) if list.topic.is_empty() => vec![need(Admin, "*", Describe)],
         Request::ListTopics(list) => vec![topic_need(&list.topic, Describe)],
@@ -265,6 +303,8 @@ pub(crate) struct Done {
     pub response: Response,
     /// A login that succeeded: the connection's principal from now on.
     pub principal: Option<Principal>,
+    /// The security state's generation before the login was checked.
+    pub generation: u64,
     /// The connection is closed once the answer is written (a failed login).
     pub close: bool,
 }
@@ -336,13 +376,14 @@ fn run_job(
             peer,
             secure,
         } => {
+            let generation = authority.generation();
             let (outcome, who) = match &login {
                 Login::Password { user, password } => (
                     authority.login_password(user, password, peer.ip(), secure),
                     format!("user {user:?}"),
                 ),
                 Login::Token(token) => (
-                    authority.login_token(token, peer.ip()),
+                    authority.login_token(token, peer.ip(), secure),
                     "a token".to_string(),
                 ),
             };
@@ -353,6 +394,7 @@ fn run_job(
                         to,
                         response: Response::LoginOk(principal.name.clone()),
                         principal: Some(principal),
+                        generation,
                         close: false,
                     }
                 }
@@ -367,6 +409,7 @@ fn run_job(
                         to,
                         response: Response::error(code, error.to_string()),
                         principal: None,
+                        generation,
                         close: true,
                     }
                 }
@@ -392,7 +435,7 @@ fn run_job(
                 Ok(reply)
             });
             let response = match answer {
-                Ok(reply) => Response::SecurityResult(reply.to_json()),
+                Ok(reply) => Response::SecurityResult(keel_protocol::SecretText(reply.to_json())),
                 Err(detail) => match detail.strip_prefix("NOT_MASTER:") {
                     Some(why) => Response::error(ErrorCode::NotMaster, why),
                     None => Response::error(ErrorCode::InvalidArgument, detail),
@@ -402,6 +445,7 @@ fn run_job(
                 to,
                 response,
                 principal: None,
+                generation: 0,
                 close: false,
             }
         }
@@ -462,10 +506,13 @@ mod tests {
             send("%DLQ%g"),
             vec![need(ResourceType::Group, "g", Action::Consume)]
         );
-        assert_eq!(
-            send("%SCHEDULE%"),
-            vec![need(ResourceType::Admin, "*", Action::Stats)]
-        );
+        assert_eq!(send("%SCHEDULE%"), vec![own_need()]);
+        let commit = Request::CommitOffset(keel_protocol::CommitOffsetRequest {
+            group: "%SCHEDULER%".into(),
+            topic: "%SCHEDULE%".into(),
+            ..Default::default()
+        });
+        assert_eq!(needs(&commit).unwrap(), vec![own_need()]);
         assert_eq!(needs(&Request::Ping), None);
     }
 }

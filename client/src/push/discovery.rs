@@ -185,7 +185,8 @@ fn supervise<R: IntoConsumeResult + 'static>(
     let mut failing = false;
     while !stop.load(Ordering::Acquire) {
         let started = Instant::now();
-        match fetch_routes(name_servers, &next, topic, Duration::from_secs(3)) {
+        let tls = options.consumer.connection.tls.as_ref();
+        match fetch_routes(name_servers, &next, topic, Duration::from_secs(3), tls) {
             Ok(routes) => {
                 failing = false;
                 // The master of each group that has the topic, and the group's slaves as

@@ -255,6 +255,7 @@ fn hostile_bytes_on_the_ha_port_and_the_name_server_hurt_no_one() {
         &std::sync::atomic::AtomicUsize::new(0),
         "",
         Duration::from_secs(3),
+        None,
     );
     assert!(routes.is_ok());
     let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();

@@ -311,15 +311,21 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     let name_servers = vec![namesrv.address.clone(), namesrv2.address.clone()];
     let next = AtomicUsize::new(0);
     wait_until("both masters routed", Duration::from_secs(20), || {
-        fetch_routes(&name_servers, &next, "replicated", Duration::from_secs(1))
-            .map(|routes| {
-                routes
-                    .iter()
-                    .filter(|r| r.role.is_master() && r.topic_queues == 4)
-                    .count()
-                    == 2
-            })
-            .unwrap_or(false)
+        fetch_routes(
+            &name_servers,
+            &next,
+            "replicated",
+            Duration::from_secs(1),
+            None,
+        )
+        .map(|routes| {
+            routes
+                .iter()
+                .filter(|r| r.role.is_master() && r.topic_queues == 4)
+                .count()
+                == 2
+        })
+        .unwrap_or(false)
     });
 
     // Producers over both masters, through the name server.

@@ -249,7 +249,9 @@ fn one_of_each_kind() -> Vec<Request> {
             msg_id: 0,
             key: String::new(),
         },
-        Request::SecurityAdmin(SecurityCommand::UserList.to_json()),
+        Request::SecurityAdmin(keel_protocol::SecretText(
+            SecurityCommand::UserList.to_json(),
+        )),
     ]
 }
 
@@ -450,6 +452,21 @@ fn logins_and_permissions_refuse_every_request_that_lacks_them() {
     assert!(as_consumer.query_offset("g", "orders", 0).is_err());
     assert_eq!(
         broker_error(Admin::connect_with(&address, &consumer_options)),
+        ErrorCode::AuthenticationFailed
+    );
+
+    // A new password ends the sessions of the old one.
+    ops.security(&SecurityCommand::UserPasswd {
+        name: "orders-producer".into(),
+        password: Secret("a new producer password".into()),
+    })
+    .unwrap();
+    assert!(
+        as_producer.list_topics(Some("orders")).is_err(),
+        "the old password's session is over"
+    );
+    assert_eq!(
+        broker_error(Admin::connect_with(&address, &producer_options)),
         ErrorCode::AuthenticationFailed
     );
 
@@ -674,6 +691,13 @@ fn replication_and_promotion_over_tls_need_the_cluster_token_and_keep_the_rules(
             "acknowledged by the slave over TLS"
         );
     }
+    // Frames far over TLS's 16 KiB records and rustls's 64 KiB buffer, both ways: a
+    // 600 KiB batch from the client, DATA frames of up to 1 MiB to the slave.
+    let big: Vec<Message> = (0..6)
+        .map(|index| Message::new("orders", vec![b'0' + index as u8; 100 * 1024]))
+        .collect();
+    let sent = producer.send_batch(big).unwrap();
+    assert_eq!(sent.status, SendStatus::SendOk);
     // The rules reached the slave: it knows the app's password and permissions.
     wait_until(
         "the security state on the slave",
