@@ -496,5 +496,19 @@ mod tests {
         assert!(config.validate().unwrap_err().0.contains("broker_id"));
         let slave = "role = \"slave\"\nbroker_id = 1\nmaster_address = \"127.0.0.1:10912\"";
         Config::parse(slave).unwrap().validate().unwrap();
+        assert!(Config::parse("[security]\nauht = \"required\"")
+            .unwrap_err()
+            .0
+            .contains("auht"));
+        assert!(Config::parse("[security]\nauth = \"sometimes\"").is_err());
+        let half = Config::parse("[security]\ntls_cert_file = \"c.pem\"").unwrap();
+        assert!(half.validate().unwrap_err().0.contains("tls_key_file"));
+        let tokenless = format!("{slave}\n[security]\nauth = \"required\"");
+        let tokenless = Config::parse(&tokenless).unwrap();
+        assert!(tokenless
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("cluster_token_file"));
     }
 }

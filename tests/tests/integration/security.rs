@@ -851,3 +851,209 @@ fn name_servers_and_controllers_take_cluster_requests_only_with_the_cluster_toke
     let _ = namesrv.kill();
     let _ = namesrv.wait();
 }
+
+/// `keel` with environment variables (secrets never go on the command line).
+fn keel_with(broker: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(crate::cli::KEEL);
+    command
+        .arg("--broker")
+        .arg(broker)
+        .args(args)
+        .env_remove("KEEL_PASSWORD")
+        .env_remove("KEEL_TOKEN");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.stdin(Stdio::null()).output().expect("run keel")
+}
+
+#[test]
+fn the_cli_manages_users_tokens_and_permissions_and_never_prints_a_password() {
+    let broker = secured_broker("");
+    let address = broker.address.clone();
+    let temp = tempfile::tempdir().unwrap();
+    let ops = [("KEEL_PASSWORD", ADMIN_PASSWORD)];
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let output = keel_with(&address, args, env);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.code(), stdout, stderr)
+    };
+    let ok = |args: &[&str], env: &[(&str, &str)]| {
+        let (code, stdout, stderr) = run(args, env);
+        assert_eq!(code, Some(0), "keel {args:?}: {stdout}{stderr}");
+        stdout
+    };
+    // Without a login: refused, exit 1, and the reason says so.
+    let (code, _, stderr) = run(&["send", "--topic", "orders", "x"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("NOT_AUTHENTICATED"), "{stderr}");
+
+    ok(&["--user", "ops", "topic", "create", "orders"], &ops);
+    let added = ok(
+        &["--user", "ops", "user", "add", "orders-producer"],
+        &[ops[0], ("KEEL_NEW_PASSWORD", "producer password")],
+    );
+    assert_eq!(added.trim(), "user orders-producer added");
+    ok(
+        &[
+            "--user",
+            "ops",
+            "acl",
+            "grant",
+            "--principal",
+            "orders-producer",
+            "--resource",
+            "topic:orders",
+            "--actions",
+            "publish",
+        ],
+        &ops,
+    );
+    let token_file = temp.path().join("consumer.token");
+    let token_path = token_file.display().to_string();
+    let created = ok(
+        &[
+            "--user",
+            "ops",
+            "token",
+            "create",
+            "orders-consumer",
+            "--out",
+            &token_path,
+            "--json",
+        ],
+        &ops,
+    );
+    assert!(
+        !created.contains("keel_"),
+        "the token is in the file only: {created}"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.starts_with("keel_"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for (resource, actions) in [
+        ("topic:orders", "subscribe"),
+        ("group:billing", "consume,commit"),
+    ] {
+        ok(
+            &[
+                "--user",
+                "ops",
+                "acl",
+                "grant",
+                "--principal",
+                "orders-consumer",
+                "--resource",
+                resource,
+                "--actions",
+                actions,
+            ],
+            &ops,
+        );
+    }
+    // A bad entry is refused before it is sent.
+    let (code, _, stderr) = run(
+        &[
+            "--user",
+            "ops",
+            "acl",
+            "grant",
+            "--principal",
+            "x",
+            "--resource",
+            "topic:orders",
+            "--actions",
+            "commit",
+        ],
+        &ops,
+    );
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("does not apply to a topic"), "{stderr}");
+
+    let producer = [("KEEL_PASSWORD", "producer password")];
+    let sent = ok(
+        &[
+            "--user",
+            "orders-producer",
+            "send",
+            "--topic",
+            "orders",
+            "first order",
+        ],
+        &producer,
+    );
+    assert!(sent.starts_with("SEND_OK"), "{sent}");
+    let (code, _, stderr) = run(
+        &[
+            "--user",
+            "orders-producer",
+            "send",
+            "--topic",
+            "payments",
+            "x",
+        ],
+        &producer,
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+    let consumed = ok(
+        &[
+            "--token-file",
+            &token_path,
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "billing",
+            "--idle-ms",
+            "300",
+        ],
+        &[],
+    );
+    assert!(consumed.contains("payload=first order"), "{consumed}");
+    let (code, _, stderr) = run(
+        &[
+            "--token-file",
+            &token_path,
+            "consume",
+            "--topic",
+            "orders",
+            "--group",
+            "other",
+            "--idle-ms",
+            "300",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("may not consume group:other"), "{stderr}");
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["--user", "ops", "acl", "list", "--json"], &ops)).unwrap();
+    assert_eq!(listed["acls"].as_array().unwrap().len(), 7);
+    let tokens: serde_json::Value =
+        serde_json::from_str(&ok(&["--user", "ops", "token", "list", "--json"], &ops)).unwrap();
+    let id = tokens["tokens"][0]["id"].as_str().unwrap().to_string();
+    let users = ok(&["--user", "ops", "user", "list"], &ops);
+    assert_eq!(
+        users.lines().collect::<Vec<_>>(),
+        ["ops", "orders-producer"]
+    );
+    ok(&["--user", "ops", "token", "revoke", &id], &ops);
+    let (code, _, stderr) = run(&["--token-file", &token_path, "topic", "list"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AUTHENTICATION_FAILED"), "{stderr}");
+    // `keeld add-admin` refuses while the broker runs on the directory.
+    let refused = broker.add_admin("second", "another password");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the broker first"));
+    let log = broker.log();
+    for secret in [ADMIN_PASSWORD, "producer password", token.trim()] {
+        assert!(!log.contains(secret), "a secret in the log");
+    }
+}
