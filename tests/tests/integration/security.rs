@@ -1057,3 +1057,45 @@ fn the_cli_manages_users_tokens_and_permissions_and_never_prints_a_password() {
         assert!(!log.contains(secret), "a secret in the log");
     }
 }
+
+#[test]
+fn before_a_login_a_connection_gets_little_time_and_an_address_few_connections() {
+    let broker = secured_broker(", login_timeout_ms = 500, max_connections_per_ip = 4");
+    // A connection that never logs in is closed with NOT_AUTHENTICATED.
+    let mut silent = TcpStream::connect(&broker.address).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        read_reply(&mut silent),
+        (Kind::Error as u8, Some(ErrorCode::NotAuthenticated as u16))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // Four connections from one address are held; a fifth is closed at once.
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&broker.address).unwrap())
+        .collect();
+    // (Accepted in the order they connected: the fifth is counted after the four.)
+    let mut fifth = TcpStream::connect(&broker.address).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        fifth.read(&mut byte).unwrap_or(0),
+        0,
+        "closed without a word"
+    );
+    assert!(
+        broker.log().contains("max_connections_per_ip"),
+        "{}",
+        broker.log()
+    );
+    drop(held);
+    // Once they are gone, the address may connect again.
+    wait_until("a connection again", Duration::from_secs(5), || {
+        let ops = options(None, password("ops", ADMIN_PASSWORD));
+        Admin::connect_with(&broker.address, &ops).is_ok_and(|admin| admin.ping().is_ok())
+    });
+}
