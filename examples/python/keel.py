@@ -6,9 +6,17 @@ consume, commit and inspect; a starting point for a client in another language.
     with keel.Client("127.0.0.1", 10911) as client:
         result = client.send("orders", b"hello", tags="TagA")
         records = client.pull("orders", result["queue_id"], 0, wait_ms=1000)["records"]
+
+With security (docs/PROTOCOL.md, "Security: TLS, login, permissions"):
+
+    with keel.Client("127.0.0.1", 10911, cafile="ca.crt") as client:   # TLS, server verified
+        client.login_password("ops", "passphrase")                       # or login_token(token)
+        client.security_admin({"op": "user_list"})                       # -> {"users": [...], ...}
 """
 
+import json
 import socket
+import ssl
 import struct
 import time
 
@@ -20,7 +28,19 @@ KINDS = {
     "PONG": 0x81, "SEND_RESULT": 0x82, "PULL_RESULT": 0x83, "COMMIT_OFFSET_OK": 0x84,
     "OFFSET": 0x85, "TOPIC_CREATED": 0x86, "TOPIC_LIST": 0x87, "STATS_RESULT": 0x88,
     "SEND_BATCH_RESULT": 0x89, "ERROR": 0xFF,
+    "LOGIN": 0x12, "SECURITY_ADMIN": 0x13, "LOGIN_OK": 0x8F, "SECURITY_RESULT": 0x90,
 }
+LOGIN_PASSWORD = 1
+LOGIN_TOKEN = 2
+ERROR_NAMES = {
+    1: "MALFORMED_FRAME", 2: "UNSUPPORTED_VERSION", 3: "UNKNOWN_KIND", 4: "FRAME_TOO_LARGE",
+    5: "MESSAGE_TOO_LARGE", 6: "MESSAGE_CRC_MISMATCH", 7: "TOPIC_NOT_FOUND", 8: "INVALID_TOPIC",
+    9: "INVALID_QUEUE_ID", 10: "STORAGE_FAILED", 11: "DISK_FULL", 12: "SHUTTING_DOWN", 13: "NOT_MASTER",
+    14: "INTERNAL", 15: "INVALID_ARGUMENT", 16: "TOO_MANY_CONNECTIONS", 17: "NOT_OWNER",
+    18: "SEQUENCE_MISMATCH", 19: "SEQUENCE_TOO_OLD", 20: "OVERLOADED", 21: "AUTHENTICATION_FAILED",
+    22: "NOT_AUTHENTICATED", 23: "PERMISSION_DENIED", 24: "TOO_MANY_LOGIN_FAILURES", 25: "TLS_REQUIRED",
+}
+ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 SEND_STATUSES = {0: "SEND_OK", 1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE",
                  4: "OUTCOME_UNKNOWN"}
 PULL_STATUSES = {0: "FOUND", 1: "NO_NEW_MESSAGES", 2: "OFFSET_OUT_OF_RANGE", 3: "OFFSET_EXPIRED"}
@@ -45,12 +65,18 @@ def crc32c(data, crc=0):
 
 
 class KeelError(Exception):
-    """An ERROR frame: the request was not carried out."""
+    """An ERROR frame: the request was not carried out. `code` is the number, `name` its
+    name from the ERROR table ("AUTHENTICATION_FAILED", ...), `message` the broker's text."""
 
     def __init__(self, code, message):
-        super().__init__(f"keel error {code}: {message}")
         self.code = code
+        self.name = ERROR_NAMES.get(code, f"UNKNOWN_ERROR_{code}")
         self.message = message
+        super().__init__(f"keel error {code} {self.name}: {message}")
+
+
+class LoginError(KeelError):
+    """A LOGIN was refused (AUTHENTICATION_FAILED, TOO_MANY_LOGIN_FAILURES, TLS_REQUIRED, ...)."""
 
 
 def _str16(text):
@@ -125,9 +151,29 @@ def decode_record(data):
 
 
 class Client:
-    def __init__(self, host="127.0.0.1", port=10911, timeout=10.0):
-        self.socket = socket.create_connection((host, port), timeout=timeout)
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """One connection. With `cafile` (or an `ssl_context`) it speaks TLS and verifies the
+    broker's certificate against that CA for `server_hostname` (default: `host`, which may
+    be an IP address matched against the certificate's IP SANs). `certfile`/`keyfile` give
+    a client certificate for a broker with `tls_client_ca_file`."""
+
+    def __init__(self, host="127.0.0.1", port=10911, timeout=10.0, cafile=None, server_hostname=None,
+                 certfile=None, keyfile=None, ssl_context=None):
+        raw = socket.create_connection((host, port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is None and cafile is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if certfile is not None:
+                ssl_context.load_cert_chain(certfile, keyfile)
+        if ssl_context is not None:
+            try:
+                raw = ssl_context.wrap_socket(raw, server_hostname=server_hostname or host)
+            except BaseException:
+                raw.close()
+                raise
+        self.socket = raw
+        self.tls = ssl_context is not None
+        self.principal = None
         self.next_id = 1
 
     def __enter__(self):
@@ -137,6 +183,11 @@ class Client:
         self.close()
 
     def close(self):
+        try:
+            if self.tls:
+                self.socket.unwrap()  # close_notify; the broker may already have gone
+        except (OSError, ValueError, ssl.SSLError):
+            pass
         self.socket.close()
 
     def _read_exactly(self, count):
@@ -253,3 +304,25 @@ class Client:
     def stats(self):
         reader = self._call("STATS", expect="STATS_RESULT")
         return {reader.str16(): reader.u64() for _ in range(reader.u16())}
+
+    def login_password(self, user, password):
+        """LOGIN with a user name and password; returns the principal. Raises LoginError."""
+        return self._login(LOGIN_PASSWORD, user, password)
+
+    def login_token(self, token):
+        """LOGIN with a token ("keel_<16 hex>_<64 hex>", or the cluster token); returns the principal."""
+        return self._login(LOGIN_TOKEN, "", token)
+
+    def _login(self, mechanism, user, secret):
+        try:
+            reader = self._call("LOGIN", struct.pack("<B", mechanism) + _str16(user) + _str16(secret), "LOGIN_OK")
+        except KeelError as error:
+            raise LoginError(error.code, error.message) from None
+        self.principal = reader.str16()
+        return self.principal
+
+    def security_admin(self, command):
+        """SECURITY_ADMIN: `command` is a dict with "op" and its fields; returns the parsed JSON result."""
+        data = json.dumps(command).encode("utf-8")
+        reader = self._call("SECURITY_ADMIN", struct.pack("<I", len(data)) + data, "SECURITY_RESULT")
+        return json.loads(reader.bytes32().decode("utf-8"))

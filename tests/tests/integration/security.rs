@@ -1099,3 +1099,172 @@ fn before_a_login_a_connection_gets_little_time_and_an_address_few_connections()
         Admin::connect_with(&broker.address, &ops).is_ok_and(|admin| admin.ping().is_ok())
     });
 }
+
+#[test]
+fn the_controller_fails_over_a_group_that_speaks_tls_and_shows_the_cluster_token() {
+    let temp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(temp.path());
+    let token_file = temp.path().join("cluster.token");
+    std::fs::write(&token_file, "the cluster secret\n").unwrap();
+    let [controller_port, p0, h0, p1, h1, p2, h2] = free_ports();
+    let controller = format!("127.0.0.1:{controller_port}");
+    let (mut voter, _) = spawn_line(
+        Command::new(KEELD)
+            .args(["controller", "--controller-id", "1"])
+            .args(["--controller-peers", &format!("1={controller}")])
+            .arg("--controller-dir")
+            .arg(temp.path().join("controller"))
+            .args(["--controller-master-timeout-ms", "2000"])
+            .args(["--controller-raft-heartbeat-ms", "100"])
+            .args(["--tls-cert", &pki.path("broker.crt")])
+            .args(["--tls-key", &pki.path("broker.key")])
+            .args(["--tls-ca", &pki.path("ca.crt")])
+            .arg("--cluster-token-file")
+            .arg(&token_file),
+        "keeld controller listening on ",
+    );
+    let access = keel_controller::Access {
+        tls: Some(pki.client("ca", None)),
+        token: Some(Secret("the cluster secret".into())),
+    };
+    let security = format!(
+        ", {}, cluster_token_file = \"{}\"",
+        pki.broker_tls("broker", ""),
+        token_file.display()
+    );
+    let ports = [(p0, h0), (p1, h1), (p2, h2)];
+    let config = |id: usize| {
+        let role = match id {
+            0 => "role = \"sync_master\"".to_string(),
+            _ => format!("role = \"slave\"\nbroker_id = {id}\nmaster_address = \"127.0.0.1:{h0}\""),
+        };
+        format!(
+            "listen = \"127.0.0.1:{}\"\n{role}\nbroker_name = \"tls-group\"\nha_port = {}\n\
+             controller_addrs = [\"{controller}\"]\ncontroller_heartbeat_ms = 200\n\
+             ha_heartbeat_ms = 200\nslave_timeout_ms = 2000",
+            ports[id].0, ports[id].1
+        )
+    };
+    let mut replicas: Vec<BrokerProcess> = vec![secured_broker_with(&security, &config(0))];
+    for id in 1..3 {
+        let extra = format!(
+            "security = {{ auth = \"required\"{security} }}\n{}",
+            config(id)
+        );
+        replicas.push(BrokerProcess::start(&extra));
+    }
+    let group = || {
+        keel_controller::client::describe(&[controller.clone()], Duration::from_secs(2), &access)
+            .ok()?
+            .groups
+            .into_iter()
+            .find(|group| group.view.group == "tls-group")
+    };
+    wait_until("the SyncStateSet of three", Duration::from_secs(30), || {
+        group().is_some_and(|g| g.view.master == Some(0) && g.view.sss == vec![0, 1, 2])
+    });
+    let tls = Some(pki.client("ca", None));
+    let ops = admin(
+        &replicas[0].address,
+        &options(tls.clone(), password("ops", ADMIN_PASSWORD)),
+    );
+    ops.create_topic("orders", 2).unwrap();
+    ops.security(&SecurityCommand::UserAdd {
+        name: "app".into(),
+        password: Secret("app password".into()),
+    })
+    .unwrap();
+    grant(
+        &ops,
+        "app",
+        ResourceType::Topic,
+        "orders",
+        &[Action::Publish, Action::Subscribe],
+    );
+    let app = options(tls.clone(), password("app", "app password"));
+    let send_all = |address: &str, prefix: &str| {
+        let producer = Producer::connect(
+            address,
+            ProducerOptions {
+                connection: app.clone(),
+                ..ProducerOptions::default()
+            },
+        )
+        .unwrap();
+        for index in 0..20 {
+            let sent = producer
+                .send(Message::new("orders", format!("{prefix}{index}")))
+                .unwrap();
+            assert_eq!(sent.status, SendStatus::SendOk);
+        }
+    };
+    send_all(&replicas[0].address, "before-");
+    // The rules reach both slaves before the master dies (a change is streamed within
+    // a heartbeat).
+    for slave in &replicas[1..] {
+        wait_until("the rules on a slave", Duration::from_secs(20), || {
+            std::fs::read_to_string(slave.dir.join("data").join("security.json"))
+                .is_ok_and(|file| file.contains("\"app\""))
+        });
+    }
+    drop(ops);
+    replicas[0].kill9();
+    wait_until("a new master", Duration::from_secs(30), || {
+        group().is_some_and(|g| g.view.master.is_some_and(|m| m != 0))
+    });
+    let master = group().unwrap().view.master.unwrap() as usize;
+    let address = replicas[master].address.clone();
+    // The new master takes the app's login and sends, over TLS.
+    wait_until("sends on the new master", Duration::from_secs(30), || {
+        let producer = Producer::connect(
+            &address,
+            ProducerOptions {
+                connection: app.clone(),
+                ..ProducerOptions::default()
+            },
+        );
+        producer.is_ok_and(|p| {
+            p.send(Message::new("orders", "probe"))
+                .is_ok_and(|r| r.status == SendStatus::SendOk)
+        })
+    });
+    send_all(&address, "after-");
+    // Everything acknowledged is there.
+    let mut consumer = Consumer::connect(
+        &address,
+        "audit",
+        "orders",
+        ConsumerOptions {
+            connection: options(tls, password("ops", ADMIN_PASSWORD)),
+            long_poll: Duration::from_millis(200),
+            ..ConsumerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        consumer
+            .poll(|record| {
+                seen.insert(String::from_utf8_lossy(&record.payload).to_string());
+                Ok::<(), String>(())
+            })
+            .unwrap();
+        if (0..20)
+            .all(|i| seen.contains(&format!("before-{i}")) && seen.contains(&format!("after-{i}")))
+        {
+            break;
+        }
+    }
+    for index in 0..20 {
+        assert!(
+            seen.contains(&format!("before-{index}")),
+            "lost before-{index}"
+        );
+        assert!(
+            seen.contains(&format!("after-{index}")),
+            "lost after-{index}"
+        );
+    }
+    let _ = voter.kill();
+    let _ = voter.wait();
+}
