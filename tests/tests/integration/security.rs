@@ -1154,11 +1154,15 @@ fn the_controller_fails_over_a_group_that_speaks_tls_and_shows_the_cluster_token
         replicas.push(BrokerProcess::start(&extra));
     }
     let group = || {
-        keel_controller::client::describe(&[controller.clone()], Duration::from_secs(2), &access)
-            .ok()?
-            .groups
-            .into_iter()
-            .find(|group| group.view.group == "tls-group")
+        keel_controller::client::describe(
+            std::slice::from_ref(&controller),
+            Duration::from_secs(2),
+            &access,
+        )
+        .ok()?
+        .groups
+        .into_iter()
+        .find(|group| group.view.group == "tls-group")
     };
     wait_until("the SyncStateSet of three", Duration::from_secs(30), || {
         group().is_some_and(|g| g.view.master == Some(0) && g.view.sss == vec![0, 1, 2])
