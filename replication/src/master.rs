@@ -57,7 +57,12 @@ struct Link {
     broker_id: u32,
     acked: u64,
     last_heard: Instant,
+    /// DATA sent and not yet acknowledged: (end offset, when sent), oldest first.
+    unacked: std::collections::VecDeque<(u64, Instant)>,
 }
+
+/// DATA frames remembered per slave for the ack latency (older ones are forgotten).
+const UNACKED_MAX: usize = 4096;
 
 pub struct HaMaster {
     store: Arc<Store>,
@@ -71,6 +76,8 @@ pub struct HaMaster {
     sessions: std::sync::atomic::AtomicUsize,
     /// `None` without a controller: any one slave's fsync acknowledges.
     wait_set: Mutex<Option<WaitSet>>,
+    /// From a DATA frame's send to the slave's ack of its fsync, in seconds.
+    pub ack_seconds: keel_storage::histogram::Histogram,
 }
 
 /// A frame carrying only a new confirmed offset goes at most this often: every slave
@@ -105,6 +112,7 @@ impl HaMaster {
             local_addr: listener.local_addr()?,
             sessions: std::sync::atomic::AtomicUsize::new(0),
             wait_set: Mutex::new(None),
+            ack_seconds: keel_storage::histogram::Histogram::new(keel_storage::histogram::SECONDS),
         });
         let accepting = master.clone();
         std::thread::Builder::new()
@@ -425,6 +433,7 @@ impl HaMaster {
             broker_id,
             acked: start,
             last_heard: Instant::now(),
+            unacked: std::collections::VecDeque::new(),
         });
         self.store.notify_listeners();
 
@@ -441,7 +450,7 @@ impl HaMaster {
                 outcome
             })
             .map_err(io("start the ack thread"))?;
-        let streamed = self.stream_log(writer, start, &done);
+        let streamed = self.stream_log(writer, start, &done, id);
         let _ = link.socket().shutdown(Shutdown::Both);
         let acked = ack_thread
             .join()
@@ -513,6 +522,7 @@ impl HaMaster {
         mut stream: &Stream,
         start: u64,
         done: &AtomicBool,
+        id: u64,
     ) -> Result<(), ReplicationError> {
         let heartbeat = self.options.heartbeat;
         let mut sent = start;
@@ -560,6 +570,12 @@ impl HaMaster {
                 };
                 write_frame(&mut stream, &frame).map_err(ReplicationError::io("send DATA"))?;
                 sent += length;
+                if let Some(link) = self.lock_links().iter_mut().find(|link| link.id == id) {
+                    if link.unacked.len() >= UNACKED_MAX {
+                        link.unacked.pop_front();
+                    }
+                    link.unacked.push_back((sent, Instant::now()));
+                }
                 confirmed_sent = confirmed;
                 heartbeat_due = now + heartbeat;
                 continue;
@@ -610,6 +626,13 @@ impl HaMaster {
             if let Some(link) = self.lock_links().iter_mut().find(|link| link.id == id) {
                 link.acked = link.acked.max(flushed);
                 link.last_heard = Instant::now();
+                while let Some((end, sent_at)) = link.unacked.front().copied() {
+                    if end > flushed {
+                        break;
+                    }
+                    link.unacked.pop_front();
+                    self.ack_seconds.observe_duration(sent_at.elapsed());
+                }
             }
             let set = self
                 .wait_set

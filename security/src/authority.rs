@@ -726,6 +726,11 @@ impl Authority {
         }
         let mut next = (*current).clone();
         let mut reply = next.apply(command)?;
+        if next == *current {
+            // Nothing changed (an entry granted again): no new version, nothing written.
+            reply.version = current.version;
+            return Ok(reply);
+        }
         next.version = current.version.saturating_add(1);
         reply.version = next.version;
         self.persist(&next)?;

@@ -70,6 +70,8 @@ pub struct Broker {
     pub controller_view: std::sync::Mutex<Option<(keel_controller::api::GroupView, Instant)>>,
     /// TLS, logins and permissions.
     pub security: crate::security::Security,
+    /// From a send's arrival to its answer, by outcome (Prometheus).
+    pub send_latency: crate::metrics::SendLatency,
     /// Open connections per client address (`max_connections_per_ip`).
     pub connections_per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
@@ -84,6 +86,7 @@ impl Broker {
     ) -> Broker {
         Broker {
             security,
+            send_latency: crate::metrics::SendLatency::default(),
             connections_per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             config,
             store,

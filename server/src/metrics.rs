@@ -3,6 +3,8 @@
 //! time: a scraper can never slow the event loops.
 
 use crate::broker::Broker;
+use keel_storage::histogram::{Histogram, HistogramSnapshot};
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -65,19 +67,732 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
     stream.write_all(body.as_bytes())
 }
 
-/// Every STATS value as `keel_<name>`, plus each queue's stored range.
-pub fn render(broker: &Broker) -> String {
-    let mut out = String::new();
-    for (name, value) in broker.stats() {
-        out.push_str(&format!("# TYPE keel_{name} gauge\nkeel_{name} {value}\n"));
-    }
-    out.push_str("# TYPE keel_queue_min_offset gauge\n# TYPE keel_queue_max_offset gauge\n");
-    for (topic, queues) in broker.store.queue_offsets(None) {
-        for (queue_id, (min_offset, max_offset)) in queues.iter().enumerate() {
-            let labels = format!("{{topic=\"{topic}\",queue=\"{queue_id}\"}}");
-            out.push_str(&format!("keel_queue_min_offset{labels} {min_offset}\n"));
-            out.push_str(&format!("keel_queue_max_offset{labels} {max_offset}\n"));
+/// What each STATS value is in Prometheus: its family, type, unit scale, labels and
+/// help. A value not listed here is exported as a gauge `keel_<name>`, so that no
+/// counter disappears from /metrics when one is added to STATS.
+struct Mapping {
+    stat: &'static str,
+    family: &'static str,
+    kind: Kind,
+    /// Labels of this sample, as `name="value"` pairs.
+    labels: &'static str,
+    /// Multiplies the value (microseconds and milliseconds to seconds).
+    scale: f64,
+    help: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
         }
     }
-    out
+}
+
+const fn map(
+    stat: &'static str,
+    family: &'static str,
+    kind: Kind,
+    labels: &'static str,
+    help: &'static str,
+) -> Mapping {
+    Mapping {
+        stat,
+        family,
+        kind,
+        labels,
+        scale: 1.0,
+        help,
+    }
+}
+
+const fn scaled(mut mapping: Mapping, scale: f64) -> Mapping {
+    mapping.scale = scale;
+    mapping
+}
+
+use Kind::{Counter, Gauge};
+
+const SENDS: &str = "Messages answered, by outcome (send_ok: durable as configured; oneway: no answer; deduplicated: an idempotent retry answered with the original).";
+const OFFSETS: &str = "CommitLog end at each stage, in bytes: appended in memory, written to the page cache, fsynced, durable (acknowledged and served).";
+const LOGINS: &str = "LOGIN requests by outcome.";
+const CPU: &str = "CPU time the broker process used since it started, all threads.";
+
+const MAPPINGS: &[Mapping] = &[
+    scaled(
+        map(
+            "uptime_ms",
+            "keel_uptime_seconds",
+            Gauge,
+            "",
+            "Seconds since the broker started.",
+        ),
+        1e-3,
+    ),
+    scaled(
+        map(
+            "cpu_user_us",
+            "keel_cpu_seconds_total",
+            Counter,
+            "mode=\"user\"",
+            CPU,
+        ),
+        1e-6,
+    ),
+    scaled(
+        map(
+            "cpu_system_us",
+            "keel_cpu_seconds_total",
+            Counter,
+            "mode=\"system\"",
+            CPU,
+        ),
+        1e-6,
+    ),
+    map(
+        "flush_sync",
+        "keel_flush_sync",
+        Gauge,
+        "",
+        "1 when SEND_OK waits for fsync (flush = \"sync\"), 0 for async.",
+    ),
+    map(
+        "offset_appended",
+        "keel_log_offset_bytes",
+        Gauge,
+        "stage=\"appended\"",
+        OFFSETS,
+    ),
+    map(
+        "offset_written",
+        "keel_log_offset_bytes",
+        Gauge,
+        "stage=\"written\"",
+        OFFSETS,
+    ),
+    map(
+        "offset_flushed",
+        "keel_log_offset_bytes",
+        Gauge,
+        "stage=\"flushed\"",
+        OFFSETS,
+    ),
+    map(
+        "offset_durable",
+        "keel_log_offset_bytes",
+        Gauge,
+        "stage=\"durable\"",
+        OFFSETS,
+    ),
+    map(
+        "log_start",
+        "keel_log_start_bytes",
+        Gauge,
+        "",
+        "First CommitLog offset still stored (retention deleted what is before).",
+    ),
+    map(
+        "records_appended",
+        "keel_records_appended_total",
+        Counter,
+        "",
+        "Records appended to the CommitLog.",
+    ),
+    map(
+        "records_flushed",
+        "keel_records_flushed_total",
+        Counter,
+        "",
+        "Records fsynced.",
+    ),
+    map(
+        "fsyncs",
+        "keel_fsyncs_total",
+        Counter,
+        "",
+        "Group commits (fsync rounds of the CommitLog).",
+    ),
+    map(
+        "records_per_fsync",
+        "keel_records_per_fsync_average",
+        Gauge,
+        "",
+        "Records covered by one fsync, on average since the start.",
+    ),
+    map(
+        "segments",
+        "keel_segments",
+        Gauge,
+        "",
+        "CommitLog segment files.",
+    ),
+    map(
+        "topics",
+        "keel_topics",
+        Gauge,
+        "",
+        "Topics, the broker's own included.",
+    ),
+    map(
+        "storage_poisoned",
+        "keel_storage_poisoned",
+        Gauge,
+        "",
+        "1 while writes are refused after a failed write or fsync (restart needed).",
+    ),
+    map(
+        "disk_full",
+        "keel_disk_full",
+        Gauge,
+        "",
+        "1 while sends are refused for lack of disk space.",
+    ),
+    map(
+        "connections",
+        "keel_connections",
+        Gauge,
+        "",
+        "Open client connections.",
+    ),
+    map(
+        "connections_total",
+        "keel_connections_accepted_total",
+        Counter,
+        "",
+        "Client connections accepted.",
+    ),
+    map(
+        "pending_acks",
+        "keel_pending_acks",
+        Gauge,
+        "",
+        "Sends stored and waiting for their fsync (or a slave).",
+    ),
+    map(
+        "parked_pulls",
+        "keel_parked_pulls",
+        Gauge,
+        "",
+        "Long-polling PULLs waiting for messages.",
+    ),
+    map(
+        "sends_ok",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"send_ok\"",
+        SENDS,
+    ),
+    map(
+        "sends_flush_disk_timeout",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"flush_disk_timeout\"",
+        SENDS,
+    ),
+    map(
+        "sends_flush_slave_timeout",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"flush_slave_timeout\"",
+        SENDS,
+    ),
+    map(
+        "sends_slave_not_available",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"slave_not_available\"",
+        SENDS,
+    ),
+    map(
+        "sends_failed",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"failed\"",
+        SENDS,
+    ),
+    map(
+        "sends_outcome_unknown",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"outcome_unknown\"",
+        SENDS,
+    ),
+    map(
+        "sends_oneway",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"oneway\"",
+        SENDS,
+    ),
+    map(
+        "sends_deduplicated",
+        "keel_sends_total",
+        Counter,
+        "outcome=\"deduplicated\"",
+        SENDS,
+    ),
+    map(
+        "producers",
+        "keel_idempotent_producers",
+        Gauge,
+        "",
+        "Idempotent producers remembered.",
+    ),
+    map(
+        "consumer_groups",
+        "keel_consumer_groups",
+        Gauge,
+        "",
+        "(group, topic) pairs with live members.",
+    ),
+    map(
+        "pulls",
+        "keel_pulls_total",
+        Counter,
+        "",
+        "PULL requests served.",
+    ),
+    map(
+        "messages_pulled",
+        "keel_messages_pulled_total",
+        Counter,
+        "",
+        "Messages served to consumers.",
+    ),
+    map(
+        "protocol_errors",
+        "keel_protocol_errors_total",
+        Counter,
+        "",
+        "Connections closed for a protocol error (logged with the peer).",
+    ),
+    map(
+        "logins_ok",
+        "keel_logins_total",
+        Counter,
+        "outcome=\"ok\"",
+        LOGINS,
+    ),
+    map(
+        "logins_failed",
+        "keel_logins_total",
+        Counter,
+        "outcome=\"failed\"",
+        LOGINS,
+    ),
+    map(
+        "unauthenticated_requests",
+        "keel_unauthenticated_requests_total",
+        Counter,
+        "",
+        "Requests refused for want of a login, and connections that never logged in.",
+    ),
+    map(
+        "permission_denied",
+        "keel_permission_denied_total",
+        Counter,
+        "",
+        "Requests refused PERMISSION_DENIED.",
+    ),
+    map(
+        "tls_handshake_failures",
+        "keel_tls_handshake_failures_total",
+        Counter,
+        "",
+        "Client connections that failed TLS.",
+    ),
+    map(
+        "security_version",
+        "keel_security_version",
+        Gauge,
+        "",
+        "Changes made to users, tokens and permissions.",
+    ),
+    map(
+        "epoch",
+        "keel_epoch",
+        Gauge,
+        "",
+        "The broker's master epoch.",
+    ),
+    scaled(
+        map(
+            "controller_last_answer_ms",
+            "keel_controller_last_answer_age_seconds",
+            Gauge,
+            "",
+            "Seconds since the controller last answered this broker's heartbeat.",
+        ),
+        1e-3,
+    ),
+    map(
+        "controller_master_id",
+        "keel_controller_master_id",
+        Gauge,
+        "",
+        "The broker id the controller names master (18446744073709551615: none).",
+    ),
+    map(
+        "controller_master_epoch",
+        "keel_controller_master_epoch",
+        Gauge,
+        "",
+        "The master epoch the controller decided.",
+    ),
+    map(
+        "controller_sss_size",
+        "keel_controller_sync_state_set_size",
+        Gauge,
+        "",
+        "Replicas in the group's SyncStateSet.",
+    ),
+    map(
+        "controller_sss_epoch",
+        "keel_controller_sync_state_set_epoch",
+        Gauge,
+        "",
+        "The SyncStateSet's epoch.",
+    ),
+    map(
+        "controller_elections",
+        "keel_controller_elections_total",
+        Counter,
+        "",
+        "Elections of this group so far.",
+    ),
+    map(
+        "controller_lease_valid",
+        "keel_controller_lease_valid",
+        Gauge,
+        "",
+        "1 while this master may acknowledge sends.",
+    ),
+    map(
+        "slaves_connected",
+        "keel_slaves_connected",
+        Gauge,
+        "",
+        "Slaves connected to this master.",
+    ),
+    map(
+        "slaves_in_sync",
+        "keel_slaves_in_sync",
+        Gauge,
+        "",
+        "Slaves in sync with this master.",
+    ),
+    map(
+        "slave_acked_offset",
+        "keel_slave_acked_offset_bytes",
+        Gauge,
+        "",
+        "The highest offset a slave reported fsynced.",
+    ),
+    map(
+        "slave_lag_bytes",
+        "keel_slave_lag_bytes",
+        Gauge,
+        "",
+        "Bytes the best slave is behind this master.",
+    ),
+    map(
+        "master_connected",
+        "keel_master_connected",
+        Gauge,
+        "",
+        "1 while this slave is connected to its master.",
+    ),
+    map(
+        "master_epoch",
+        "keel_master_epoch",
+        Gauge,
+        "",
+        "The master's epoch at this slave's last handshake.",
+    ),
+    map(
+        "master_confirmed_offset",
+        "keel_master_confirmed_offset_bytes",
+        Gauge,
+        "",
+        "The offset the master confirmed to producers.",
+    ),
+    map(
+        "lag_behind_master_bytes",
+        "keel_master_lag_bytes",
+        Gauge,
+        "",
+        "Bytes this slave is behind its master.",
+    ),
+];
+
+/// Text for a label value: `\`, `"` and newlines escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition, each family once with its HELP and TYPE and all of its
+/// samples together.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: f64) {
+        match labels.is_empty() {
+            true => {
+                let _ = writeln!(self.out, "{name} {value}");
+            }
+            false => {
+                let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, series: &[(String, HistogramSnapshot)]) {
+        self.family(name, "histogram", help);
+        for (labels, snapshot) in series {
+            let comma = if labels.is_empty() { "" } else { "," };
+            for (bound, count) in &snapshot.cumulative {
+                let _ = writeln!(
+                    self.out,
+                    "{name}_bucket{{{labels}{comma}le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{{{labels}{comma}le=\"+Inf\"}} {}",
+                snapshot.count
+            );
+            let braces = |labels: &str| match labels.is_empty() {
+                true => String::new(),
+                false => format!("{{{labels}}}"),
+            };
+            let _ = writeln!(self.out, "{name}_sum{} {}", braces(labels), snapshot.sum);
+            let _ = writeln!(
+                self.out,
+                "{name}_count{} {}",
+                braces(labels),
+                snapshot.count
+            );
+        }
+    }
+}
+
+/// One family's samples before they are written.
+struct Family {
+    name: String,
+    kind: Kind,
+    help: &'static str,
+    /// (labels, value)
+    samples: Vec<(&'static str, f64)>,
+}
+
+/// Every STATS value under its Prometheus name, the role as a label, each queue's
+/// stored range and each group's lag, and the latency histograms.
+pub fn render(broker: &Broker) -> String {
+    let stats = broker.stats();
+    let mut families: Vec<Family> = Vec::new();
+    for (stat, value) in &stats {
+        let (family, kind, labels, scale, help) = match MAPPINGS.iter().find(|m| m.stat == stat) {
+            Some(m) => (m.family.to_string(), m.kind, m.labels, m.scale, m.help),
+            None if stat == "role" => continue,
+            // Not in the table (yet): a gauge under its STATS name.
+            None => (
+                format!("keel_{stat}"),
+                Gauge,
+                "",
+                1.0,
+                "A STATS value (see docs/OPERATIONS.md, Metrics).",
+            ),
+        };
+        let sample = (labels, *value as f64 * scale);
+        match families.iter_mut().find(|known| known.name == family) {
+            Some(known) => known.samples.push(sample),
+            None => families.push(Family {
+                name: family,
+                kind,
+                help,
+                samples: vec![sample],
+            }),
+        }
+    }
+    // Families of other roles (a slave's on a master, the controller's without one) are
+    // described without samples, so dashboards and alerts find every name.
+    for mapping in MAPPINGS {
+        if !families.iter().any(|known| known.name == mapping.family) {
+            families.push(Family {
+                name: mapping.family.to_string(),
+                kind: mapping.kind,
+                help: mapping.help,
+                samples: Vec::new(),
+            });
+        }
+    }
+    let mut out = Exposition::default();
+    for family in &families {
+        out.family(&family.name, family.kind.name(), family.help);
+        for (labels, value) in &family.samples {
+            out.sample(&family.name, labels, *value);
+        }
+    }
+    out.family(
+        "keel_role",
+        "gauge",
+        "1 for this broker's role: master, async_master, sync_master or slave.",
+    );
+    out.sample(
+        "keel_role",
+        &format!("role=\"{}\"", broker.role().name()),
+        1.0,
+    );
+
+    let offsets = broker.store.queue_offsets(None);
+    let queue_labels = |topic: &str, queue: usize| {
+        format!(
+            "topic=\"{}\",queue=\"{queue}\",internal=\"{}\"",
+            label_value(topic),
+            topic.starts_with('%')
+        )
+    };
+    for (name, help, pick) in [
+        (
+            "keel_queue_min_offset",
+            "The first queue offset still stored, per queue (internal: the broker's own % topics).",
+            0,
+        ),
+        (
+            "keel_queue_max_offset",
+            "The queue offset the next message will get, per queue.",
+            1,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        for (topic, queues) in &offsets {
+            for (queue_id, (min_offset, max_offset)) in queues.iter().enumerate() {
+                let value = if pick == 0 { *min_offset } else { *max_offset };
+                out.sample(name, &queue_labels(topic, queue_id), value as f64);
+            }
+        }
+    }
+    out.family(
+        "keel_consumer_lag_messages",
+        "gauge",
+        "Messages of a queue a consumer group has not committed yet.",
+    );
+    for (group, topic, queue, committed) in broker.store.consumer_offsets() {
+        let max = offsets
+            .iter()
+            .find(|(name, _)| *name == topic)
+            .and_then(|(_, queues)| queues.get(queue as usize))
+            .map_or(0, |(_, max)| *max);
+        let labels = format!(
+            "group=\"{}\",topic=\"{}\",queue=\"{queue}\",internal=\"{}\"",
+            label_value(&group),
+            label_value(&topic),
+            group.starts_with('%') || topic.starts_with('%')
+        );
+        out.sample(
+            "keel_consumer_lag_messages",
+            &labels,
+            max.saturating_sub(committed) as f64,
+        );
+    }
+
+    let latency = broker.send_latency.snapshots();
+    out.histogram(
+        "keel_send_duration_seconds",
+        "From a send's arrival to its answer, by outcome.",
+        &latency,
+    );
+    let timings = broker.store.flush_timings();
+    out.histogram(
+        "keel_fsync_duration_seconds",
+        "How long each group commit's fsyncs took.",
+        &[(String::new(), timings.fsync_seconds.snapshot())],
+    );
+    out.histogram(
+        "keel_records_per_fsync",
+        "Records each group commit made durable.",
+        &[(String::new(), timings.records_per_fsync.snapshot())],
+    );
+    let acks = match broker.ha() {
+        crate::broker::Ha::Master(master) => vec![(String::new(), master.ack_seconds.snapshot())],
+        _ => Vec::new(),
+    };
+    out.histogram(
+        "keel_replication_ack_duration_seconds",
+        "On a master: from sending log bytes to a slave to its ack of their fsync.",
+        &acks,
+    );
+    out.out
+}
+
+/// Send latency by outcome (the labels of `keel_send_duration_seconds`).
+pub struct SendLatency {
+    by_outcome: Vec<(&'static str, Histogram)>,
+}
+
+impl Default for SendLatency {
+    fn default() -> SendLatency {
+        let outcomes = [
+            "send_ok",
+            "flush_disk_timeout",
+            "flush_slave_timeout",
+            "slave_not_available",
+            "outcome_unknown",
+            "failed",
+        ];
+        SendLatency {
+            by_outcome: outcomes
+                .into_iter()
+                .map(|outcome| (outcome, Histogram::new(keel_storage::histogram::SECONDS)))
+                .collect(),
+        }
+    }
+}
+
+impl SendLatency {
+    /// Records the time from a send's arrival to `response`, under the response's
+    /// outcome.
+    pub fn observe(&self, response: &keel_protocol::Response, elapsed: Duration) {
+        use keel_protocol::{Response, SendStatus};
+        let outcome = match response {
+            Response::SendResult(result) => status_name(result.status),
+            Response::SendBatchResult(result) => status_name(result.status),
+            _ => "failed",
+        };
+        fn status_name(status: SendStatus) -> &'static str {
+            match status {
+                SendStatus::SendOk => "send_ok",
+                SendStatus::FlushDiskTimeout => "flush_disk_timeout",
+                SendStatus::FlushSlaveTimeout => "flush_slave_timeout",
+                SendStatus::SlaveNotAvailable => "slave_not_available",
+                SendStatus::OutcomeUnknown => "outcome_unknown",
+            }
+        }
+        if let Some((_, histogram)) = self.by_outcome.iter().find(|(name, _)| *name == outcome) {
+            histogram.observe_duration(elapsed);
+        }
+    }
+
+    fn snapshots(&self) -> Vec<(String, HistogramSnapshot)> {
+        self.by_outcome
+            .iter()
+            .map(|(outcome, histogram)| (format!("outcome=\"{outcome}\""), histogram.snapshot()))
+            .collect()
+    }
 }

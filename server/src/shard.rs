@@ -62,6 +62,8 @@ pub(crate) struct PendingSend {
     pub deadline: Instant,
     /// Sent to a sync master: the reply also waits for a slave's fsync.
     pub wait_slave: bool,
+    /// When it was handed to the store (for the latency histogram).
+    pub arrived: Instant,
     /// A sync master had no slave in sync when this was stored: once it is locally
     /// durable, SLAVE_NOT_AVAILABLE at once.
     pub no_slave: bool,
@@ -525,6 +527,9 @@ impl Shard {
                 break;
             };
             counters.pending_sends.fetch_sub(1, Ordering::Relaxed);
+            broker
+                .send_latency
+                .observe(&response, now.saturating_duration_since(send.arrived));
             self.settle(send.to, response);
         }
     }

@@ -283,12 +283,17 @@ impl<T: FlushTarget> Syncer<'_, T> {
                 unsynced.records,
             )
         };
+        let started = std::time::Instant::now();
         for file in files {
             // Crash safety: once this returns, every byte written to this file so far is
             // on disk; only then may the flushed offset (and so any ack) move past it.
             file.sync_data()
                 .map_err(|e| StoreError::io("fsync the commit log", e))?;
         }
+        progress
+            .timings
+            .fsync_seconds
+            .observe_duration(started.elapsed());
         progress.publish_flushed(written, records);
         self.target.notify_listeners();
         self.checkpoint_with(&mut round, false)

@@ -32,6 +32,7 @@ pub mod epochs;
 mod error;
 mod flusher;
 mod fs_util;
+pub mod histogram;
 mod meta;
 mod offsets;
 mod own_writes;

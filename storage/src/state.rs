@@ -114,6 +114,7 @@ pub(crate) struct Progress {
     pub generation: AtomicU64,
     /// Replication's cap on the durable offset (see `Store::set_durable_cap`).
     pub durable_cap: AtomicU64,
+    pub timings: crate::histogram::FlushTimings,
 }
 
 impl Progress {
@@ -125,6 +126,7 @@ impl Progress {
             flushed: AtomicU64::new(offset_end),
             records_flushed: AtomicU64::new(records),
             durable_cap: AtomicU64::new(u64::MAX),
+            timings: crate::histogram::FlushTimings::default(),
             ..Progress::default()
         }
     }
@@ -175,7 +177,10 @@ impl Progress {
             "fsynced {flushed} past what was written"
         );
         self.fsyncs.fetch_add(1, Ordering::AcqRel);
-        self.records_flushed.fetch_max(records, Ordering::AcqRel);
+        let before = self.records_flushed.fetch_max(records, Ordering::AcqRel);
+        self.timings
+            .records_per_fsync
+            .observe(records.saturating_sub(before) as f64);
         // Rounds run one at a time (under `SyncRound`), each from what the one before
         // left: the durable offset an ack was given on never moves back.
         let before = self.flushed.swap(flushed, Ordering::AcqRel);

@@ -284,6 +284,11 @@ impl Store {
         self.progress.is_poisoned()
     }
 
+    /// Group commit timings: fsync durations and records per fsync.
+    pub fn flush_timings(&self) -> &crate::histogram::FlushTimings {
+        &self.progress.timings
+    }
+
     pub fn stats(&self) -> StoreStats {
         let state = self.lock_state();
         StoreStats {

@@ -112,6 +112,7 @@ pub(crate) fn append_and_wait(
         generation: last.generation,
         deadline: now + Duration::from_millis(config.sync_flush_timeout_ms),
         wait_slave,
+        arrived: now,
         no_slave: wait_slave && !broker.slave_in_sync(),
         slave_deadline: now + Duration::from_millis(config.slave_timeout_ms),
         retry: last.duplicate,

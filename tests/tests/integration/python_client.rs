@@ -22,3 +22,22 @@ fn the_python_client_written_from_the_protocol_doc_works() {
     );
     assert!(stdout.contains("python client: ok"), "{stdout}");
 }
+
+#[test]
+fn the_python_client_logs_in_over_tls_from_the_protocol_doc_alone() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python/test_security.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .env("KEELD", crate::harness::KEELD)
+        .output()
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python security check failed:\n{stdout}\n{stderr}"
+    );
+}

@@ -134,11 +134,15 @@ fn connections_over_max_connections_are_refused_with_an_error_frame() {
 }
 
 #[test]
-fn prometheus_metrics_are_served_on_their_own_port() {
+fn prometheus_metrics_follow_the_conventions_and_the_dashboard_names_real_ones() {
     let broker = BrokerProcess::start("metrics_listen = \"127.0.0.1:0\"");
     let producer =
         Producer::connect(&broker.address, ProducerOptions::default()).expect("producer");
     producer.send(Message::new("metered", "one")).expect("send");
+    broker
+        .admin()
+        .commit_offset("readers", "metered", 0, 0)
+        .expect("commit");
     let log = broker.log();
     let address = log
         .lines()
@@ -153,14 +157,144 @@ fn prometheus_metrics_are_served_on_their_own_port() {
         std::io::Read::read_to_string(&mut stream, &mut response).expect("response");
         response
     };
-    let metrics = get("/metrics");
-    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
-    assert!(metrics.contains("\nkeel_records_appended 1\n"), "{metrics}");
-    assert!(
-        metrics.contains("keel_queue_max_offset{topic=\"metered\",queue=\""),
-        "{metrics}"
-    );
+    let response = get("/metrics");
+    assert!(response.starts_with("HTTP/1.0 200 OK"), "{response}");
+    let body = response
+        .split_once("\r\n\r\n")
+        .expect("a body")
+        .1
+        .to_string();
     assert!(get("/other").starts_with("HTTP/1.0 404"));
+
+    // The conventions, checked here (and by promtool below when it is available):
+    // every family has HELP and TYPE before its samples, a family's samples are
+    // together, counters end in _total, histograms' buckets only grow up to +Inf.
+    let mut families: Vec<(String, String)> = Vec::new();
+    let mut current = String::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap().to_string();
+            assert!(
+                !families.iter().any(|(known, _)| *known == name),
+                "family {name} appears twice"
+            );
+            current = name;
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(name, current, "TYPE without its HELP");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} lacks _total");
+            }
+            families.push((name.to_string(), kind.to_string()));
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| *base == current)
+                .unwrap_or(name);
+            assert_eq!(base, current, "sample {line} outside its family");
+        }
+    }
+    let value = |sample: &str| -> f64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {sample} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("keel_records_appended_total"), 1.0);
+    assert_eq!(value("keel_sends_total{outcome=\"send_ok\"}"), 1.0);
+    assert_eq!(
+        value("keel_send_duration_seconds_count{outcome=\"send_ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("keel_send_duration_seconds_bucket{outcome=\"send_ok\",le=\"+Inf\"}"),
+        1.0
+    );
+    assert!(value("keel_fsync_duration_seconds_count") >= 1.0);
+    assert!(value("keel_records_per_fsync_sum") >= 1.0);
+    assert_eq!(value("keel_role{role=\"master\"}"), 1.0);
+    assert!(body.contains("keel_queue_max_offset{topic=\"metered\",queue=\""));
+    assert!(
+        body.contains("internal=\"true\""),
+        "the broker's % topics are labelled"
+    );
+    assert_eq!(
+        value("keel_consumer_lag_messages{group=\"readers\",topic=\"metered\",queue=\"0\",internal=\"false\"}"),
+        body.lines()
+            .find_map(|line| {
+                line.strip_prefix("keel_queue_max_offset{topic=\"metered\",queue=\"0\",internal=\"false\"} ")
+            })
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    );
+
+    // promtool, when the machine has it (CI fetches Debian's): no errors, no lint.
+    let promtool = std::env::var("KEEL_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    match std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let output = child.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                output.status.success() && said.trim().is_empty(),
+                "promtool: {said}"
+            );
+        }
+        Err(_) => eprintln!("promtool not found ({promtool}): its check was skipped"),
+    }
+
+    // The Grafana dashboard is JSON whose queries name families served here.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/keel.json"),
+    )
+    .expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let mut named = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("keel_") {
+                    continue;
+                }
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .filter(|base| {
+                        families
+                            .iter()
+                            .any(|(name, kind)| name == base && kind == "histogram")
+                    })
+                    .unwrap_or(word);
+                assert!(
+                    families.iter().any(|(name, _)| name == base),
+                    "the dashboard's {word} is not served (panel {})",
+                    panel["title"]
+                );
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 10, "the dashboard names {named} metrics");
 }
 
 #[test]
