@@ -1,19 +1,19 @@
 //! keeld configuration: a TOML file, every key defaulted, flags override the file.
 
 use keel_storage::{FlushMode, StoreConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Flush {
     Sync,
     Async,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Master,
@@ -35,9 +35,11 @@ impl Role {
 }
 
 /// Every key of `keeld.toml`. docs/OPERATIONS.md documents each one.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `host:port`; a name (`localhost:10911`) is resolved when the file is read.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub role: Role,
@@ -63,6 +65,7 @@ pub struct Config {
     /// Threads that read the log for PULLs and time lookups, off the event loops.
     pub read_threads: usize,
     /// Serve Prometheus text on this address (e.g. "127.0.0.1:10913"); none by default.
+    #[serde(deserialize_with = "optional_socket_address")]
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_timeout_ms: u64,
     /// Refuse sends while free space on the data file system is below this.
@@ -112,9 +115,81 @@ pub struct Config {
     pub security: SecurityConfig,
 }
 
+/// An address as `ip:port` or `name:port` (resolved now, the first address taken).
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    use std::net::ToSocketAddrs;
+    let mut addresses = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not host:port ({e})"))?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn socket_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    resolve(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_socket_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) => resolve(&text).map(Some).map_err(serde::de::Error::custom),
+        None => Ok(None),
+    }
+}
+
+/// The known key nearest to `unknown` (at most two edits away), for "did you mean".
+fn nearest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let substitution = previous + usize::from(ca != *cb);
+                previous = row[j + 1];
+                row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+            }
+        }
+        row[b.len()]
+    }
+    known
+        .map(|key| (distance(unknown, key), key))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, key)| key)
+}
+
+/// A TOML error, with "did you mean" for an unknown key.
+fn explain(error: toml::de::Error) -> String {
+    let message = error.to_string();
+    let hint = message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split_once('`'))
+        .and_then(|(unknown, rest)| {
+            let expected = rest.split("expected one of ").nth(1)?;
+            let known = expected
+                .split(',')
+                .map(|item| item.trim().trim_matches(['`', ' ', '\n']))
+                .filter(|item| !item.is_empty());
+            nearest(unknown, known).map(|key| format!("did you mean `{key}`? "))
+        });
+    match hint {
+        Some(hint) => format!("{hint}{message}"),
+        None => message,
+    }
+}
+
 /// The `[security]` block. Everything off by default: a broker on loopback for
 /// development. docs/OPERATIONS.md ("Security") documents each key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// "off" (everyone may do everything), "optional" (who does not log in is
@@ -285,8 +360,14 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError(explain(e)))?;
         Ok(config)
+    }
+
+    /// Every key with its value, as a TOML file (`keeld --config F --print-config`).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self)
+            .map_err(|e| ConfigError(format!("cannot print the configuration: {e}")))
     }
 
     /// Checks the relations between keys; every problem is reported with its key.

@@ -158,3 +158,31 @@ impl fmt::Display for BrokerError {
 }
 
 impl std::error::Error for BrokerError {}
+
+/// keeld's exit statuses (docs/OPERATIONS.md, "Running keeld"): systemd restarts on 1,
+/// and not on 3, which a restart would only repeat.
+pub mod exit {
+    /// Stopped cleanly.
+    pub const OK: u8 = 0;
+    /// Failed: cannot listen, a storage failure while running, a peer refused it.
+    pub const FAILURE: u8 = 1;
+    /// The configuration (file, flags, certificates) is not usable.
+    pub const CONFIG: u8 = 2;
+    /// Refuses to start on damaged acknowledged data: an operator must look
+    /// (`keel admin verify`, then `keel admin truncate` if the loss is accepted).
+    pub const CORRUPT_DATA: u8 = 3;
+}
+
+impl BrokerError {
+    /// The exit status for this error.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            BrokerError::OpenStore {
+                source: StoreError::Corruption { .. },
+                ..
+            } => exit::CORRUPT_DATA,
+            BrokerError::Security(_) => exit::CONFIG,
+            _ => exit::FAILURE,
+        }
+    }
+}

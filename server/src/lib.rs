@@ -52,9 +52,14 @@ pub struct Args {
     /// "sync": ack after fsync (group commit). "async": ack after write, fsync periodically.
     #[arg(long, value_name = "MODE", value_parser = ["sync", "async"])]
     pub flush: Option<String>,
-    /// Print the embedded default configuration (a commented TOML file) and exit.
+    /// Print the configuration and exit: with --config (or other flags) the effective
+    /// one, every key with its value; alone, the embedded default with its comments.
     #[arg(long)]
     pub print_config: bool,
+    /// Check the configuration (and the certificates, keys and token files it names)
+    /// and exit: 0 when keeld would start on it, 2 when not.
+    #[arg(long)]
+    pub check_config: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -341,7 +346,11 @@ fn start_controller(
 /// Entry point of the `keeld` binary; returns the process exit code.
 pub fn main_entry() -> std::process::ExitCode {
     let args = Args::parse();
-    if args.print_config {
+    let plain_default = args.config.is_none()
+        && args.data_dir.is_none()
+        && args.listen.is_none()
+        && args.flush.is_none();
+    if args.print_config && plain_default && args.command.is_none() {
         print!("{}", config::DEFAULT_CONFIG_TOML);
         return std::process::ExitCode::SUCCESS;
     }
@@ -409,12 +418,75 @@ pub fn main_entry() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.check_config {
+        return check_config(&args, &config);
+    }
+    if args.print_config {
+        return match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("keeld: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error}");
             eprintln!("keeld: {error}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(error.exit_status())
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`) how keeld is doing, when it runs under it
+/// (`NOTIFY_SOCKET` set): READY once it listens, STOPPING at a signal. A datagram to
+/// the socket systemd named, a path or an abstract name (`@...`); failures only logged.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    use std::os::unix::ffi::OsStrExt;
+    let name = socket.as_bytes();
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|datagram| {
+        let address = match name.strip_prefix(b"@") {
+            Some(abstract_name) => {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?
+            }
+            None => std::os::unix::net::SocketAddr::from_pathname(std::path::Path::new(&socket))?,
+        };
+        datagram.send_to_addr(state.as_bytes(), &address)
+    });
+    if let Err(error) = sent {
+        log::warn!(
+            "cannot notify systemd ({}): {error}",
+            socket.to_string_lossy()
+        );
+    }
+}
+
+/// `keeld --check-config`: the file parses, every key is in range, and the
+/// certificates, keys and token files it names are usable. Nothing is started.
+fn check_config(args: &Args, config: &Config) -> std::process::ExitCode {
+    let source = args
+        .config
+        .as_ref()
+        .map_or("the embedded default".to_string(), |path| {
+            path.display().to_string()
+        });
+    match security::Security::check(config) {
+        Ok(()) => {
+            println!("keeld: configuration OK ({source})");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("keeld: configuration error in {source}: {error}");
+            std::process::ExitCode::from(error::exit::CONFIG)
         }
     }
 }
@@ -448,7 +520,12 @@ pub fn config_from_args(args: &Args) -> Result<Config, config::ConfigError> {
         Some("async") => config.flush = Flush::Async,
         _ => {}
     }
-    config.validate()?;
+    config
+        .validate()
+        .map_err(|config::ConfigError(message)| match &args.config {
+            Some(path) => config::ConfigError(format!("{}: {message}", path.display())),
+            None => config::ConfigError(message),
+        })?;
     Ok(config)
 }
 
@@ -634,6 +711,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     }
     // The ready line: tests and scripts wait for it, and read the port from it.
     println!("keeld listening on {address}");
+    notify_systemd(&format!("READY=1\nSTATUS=listening on {address}"));
     let _ = std::io::stdout().flush();
 
     for thread in threads {
@@ -744,6 +822,7 @@ fn install_signal_handler(broker: Arc<Broker>, wakers: Vec<Arc<Waker>>) -> Resul
                     std::process::exit(130);
                 }
                 log::info!("signal {signal}: stopping (no new sends; pending ones are flushed and answered)");
+                notify_systemd("STOPPING=1");
                 broker.begin_shutdown();
                 for waker in &wakers {
                     let _ = waker.wake();

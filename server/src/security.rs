@@ -42,6 +42,23 @@ impl std::fmt::Debug for Security {
 }
 
 impl Security {
+    /// Loads what `from_config` would (certificates, keys, the token file) without
+    /// touching the data directory.
+    pub fn check(config: &Config) -> Result<(), BrokerError> {
+        let settings = &config.security;
+        let fail = |detail: String| BrokerError::Security(detail);
+        if let Some(tls) = settings.server_tls() {
+            tls.config().map_err(fail)?;
+        }
+        if let Some(ca) = &settings.tls_ca_file {
+            ClientTls::new(ca, None, settings.tls_server_name.clone()).map_err(fail)?;
+        }
+        if let Some(path) = &settings.cluster_token_file {
+            keel_security::read_secret_file(path).map_err(fail)?;
+        }
+        Ok(())
+    }
+
     /// How this broker reaches the controllers.
     pub fn controller_access(&self) -> keel_controller::Access {
         keel_controller::Access {

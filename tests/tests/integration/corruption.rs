@@ -89,7 +89,7 @@ fn keeld_refuses_to_start_on_a_bitflip_in_acknowledged_data() {
     assert!(broker.terminate().success());
     flip_byte(&broker.first_segment(), results[20].log_offset + 80);
     let status = broker.spawn_expect_failure();
-    assert_eq!(status.code(), Some(1), "{}", broker.log());
+    assert_eq!(status.code(), Some(3), "{}", broker.log());
     let log = broker.log();
     assert!(log.contains("corruption in"), "{log}");
     assert!(log.contains("not a torn tail"), "{log}");
@@ -152,7 +152,7 @@ fn the_operator_can_verify_then_deliberately_truncate_a_corrupt_log() {
         "{corruption}"
     );
     // verify changed nothing: keeld still refuses.
-    assert_eq!(broker.spawn_expect_failure().code(), Some(1));
+    assert_eq!(broker.spawn_expect_failure().code(), Some(3));
 
     // Truncating inside the damaged record is refused; at its start it works.
     assert!(keel_storage::admin::truncate(&data_dir, results[30].log_offset + 1, 5 << 20).is_err());
@@ -187,7 +187,7 @@ fn a_segment_cut_short_outside_keel_is_refused_and_verify_says_where_to_truncate
             .expect("segment");
         file.set_len(results[25].log_offset + inside)
             .expect("truncate");
-        assert_eq!(broker.spawn_expect_failure().code(), Some(1));
+        assert_eq!(broker.spawn_expect_failure().code(), Some(3));
         assert!(broker.log().contains(message), "{}", broker.log());
         let data_dir = broker.dir.join("data");
         let report = keel_storage::admin::verify(&data_dir, 5 << 20).expect("verify");
@@ -241,7 +241,7 @@ fn damage_to_the_last_acknowledged_record_of_an_idle_broker_is_refused_not_cut()
         );
         assert_eq!(
             broker.spawn_expect_failure().code(),
-            Some(1),
+            Some(3),
             "{}",
             broker.log()
         );
@@ -324,7 +324,7 @@ fn under_load_damage_behind_the_checkpoint_is_refused_when_later_records_prove_i
         };
         flip_byte(&broker.first_segment(), target + 85);
         let status = broker.spawn_expect_failure();
-        assert_eq!(status.code(), Some(1), "{}", broker.log());
+        assert_eq!(status.code(), Some(3), "{}", broker.log());
         let log = broker.log();
         assert!(log.contains("shows the log was fsynced"), "{log}");
         assert!(log.contains(&format!("log offset {target}")), "{log}");

@@ -92,3 +92,148 @@ fn a_port_already_taken_is_reported_before_anything_is_created() {
         "the data directory was created (and recovered) before the port was checked"
     );
 }
+
+/// `keeld` with `args`, its output.
+fn keeld(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::harness::KEELD)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run keeld")
+}
+
+#[test]
+fn check_config_and_print_config_say_what_keeld_would_run_on() {
+    let temp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let good = write(
+        "good.toml",
+        &format!(
+            "listen = \"localhost:0\"\ndata_dir = \"{}\"\n[security]\nauth = \"optional\"\n",
+            temp.path().join("data").display()
+        ),
+    );
+    let output = keeld(&["--config", &good, "--check-config"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
+    assert!(
+        !temp.path().join("data").exists(),
+        "a check creates nothing"
+    );
+    // The effective configuration: every key, the name resolved, and it reads back.
+    let printed = keeld(&["--config", &good, "--print-config"]);
+    assert_eq!(printed.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(
+        text.contains("listen = \"127.0.0.1:0\"") || text.contains("listen = \"[::1]:0\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("auth = \"optional\"") && text.contains("retention_hours = 72"),
+        "{text}"
+    );
+    let again = write("again.toml", &text);
+    assert_eq!(
+        keeld(&["--config", &again, "--check-config"]).status.code(),
+        Some(0)
+    );
+
+    let refused = |name: &str, body: &str, says: &[&str]| {
+        let path = write(name, body);
+        let output = keeld(&["--config", &path, "--check-config"]);
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        for part in says {
+            assert!(stderr.contains(part), "{name}: {stderr}");
+        }
+    };
+    refused(
+        "typo.toml",
+        "flsuh = \"sync\"\n",
+        &["did you mean `flush`?", "typo.toml"],
+    );
+    refused(
+        "range.toml",
+        "default_queues = 0\n",
+        &["default_queues", "range.toml"],
+    );
+    refused(
+        "cert.toml",
+        "[security]\ntls_cert_file = \"/nonexistent.crt\"\ntls_key_file = \"/nonexistent.key\"\n",
+        &["/nonexistent.crt", "cert.toml"],
+    );
+}
+
+#[test]
+fn keeld_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixDatagram;
+    let temp = tempfile::tempdir().unwrap();
+    let socket_path = temp.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = std::process::Command::new(crate::harness::KEELD)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(temp.path().join("data"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut buffer = [0u8; 512];
+    let count = socket.recv(&mut buffer).expect("READY from keeld");
+    let ready = String::from_utf8_lossy(&buffer[..count]).to_string();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=listening on 127.0.0.1:"),
+        "{ready}"
+    );
+    // READY comes once the port serves: the ready line is already out.
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.starts_with("keeld listening on "), "{line}");
+    let address = line.trim_start_matches("keeld listening on ").to_string();
+    assert!(ready.ends_with(&address), "{ready} vs {address}");
+    crate::harness::signal(child.id(), libc::SIGTERM);
+    let count = socket.recv(&mut buffer).expect("STOPPING from keeld");
+    assert_eq!(&buffer[..count], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // systemd-analyze, when the machine has it, on the unit with this build's keeld.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/keeld.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("RestartPreventExitStatus=3"));
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("keeld.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/keeld", crate::harness::KEELD),
+    )
+    .unwrap();
+    match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+    {
+        Ok(output) => assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(_) => eprintln!("systemd-analyze not found: the unit was not verified"),
+    }
+}
