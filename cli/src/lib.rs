@@ -30,8 +30,53 @@ struct Cli {
     broker: String,
     #[command(flatten)]
     access: security::Access,
+    /// Print data as JSON: one object, or one object per line for sends and records
+    /// (field names in docs/OPERATIONS.md, "The keel CLI").
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--json` was given.
+static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn json() -> bool {
+    JSON.get().copied().unwrap_or(false)
+}
+
+/// Prints one JSON value on a line.
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// A record as JSON (consume, subscribe, dlq list): the payload as text when it is UTF-8,
+/// else as hex in `payload_hex`.
+fn record_json(record: &Record) -> serde_json::Value {
+    let properties: serde_json::Map<String, serde_json::Value> = record
+        .properties
+        .iter()
+        .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
+        .collect();
+    let mut object = serde_json::json!({
+        "topic": record.topic,
+        "queue": record.queue_id,
+        "offset": record.queue_offset,
+        "msg_id": record.message_id(),
+        "store_timestamp_ms": record.store_timestamp_ms,
+        "born_timestamp_ms": record.born_timestamp_ms,
+        "tags": record.tags,
+        "keys": record.keys,
+        "properties": properties,
+    });
+    match std::str::from_utf8(&record.payload) {
+        Ok(text) => object["payload"] = serde_json::Value::String(text.to_string()),
+        Err(_) => {
+            let hex: String = record.payload.iter().map(|b| format!("{b:02x}")).collect();
+            object["payload_hex"] = serde_json::Value::String(hex);
+        }
+    }
+    object
 }
 
 #[derive(Subcommand)]
@@ -103,9 +148,6 @@ enum Command {
         /// Controller addresses, comma separated.
         #[arg(long, default_value = "127.0.0.1:9877")]
         controllers: String,
-        /// One JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
         /// Instead of showing: make broker ID the master of --group now (an operator's
         /// election; a broker outside the SyncStateSet needs --unclean).
         #[arg(long, value_name = "ID", requires = "group")]
@@ -390,8 +432,14 @@ pub fn main_entry() -> ExitCode {
     // (`keel consume ... | head`) instead of failing on a broken pipe.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // The CLI reports every failure itself, one line on stderr: the library's own
+    // warnings (ALARM lines, reconnects) stay out unless RUST_LOG asks for them.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("error,keel_client=off"),
+    )
+    .init();
     let cli = Cli::parse();
+    let _ = JSON.set(cli.json);
     let target = match cli.access.options() {
         Ok(options) => security::Target {
             address: cli.broker.clone(),
@@ -475,7 +523,6 @@ pub fn main_entry() -> ExitCode {
         Command::Routes { namesrv, topic } => routes(&namesrv, &topic, target.options.tls.as_ref()),
         Command::Cluster {
             controllers,
-            json,
             elect: Some(broker_id),
             group,
             unclean,
@@ -484,12 +531,12 @@ pub fn main_entry() -> ExitCode {
             group.unwrap_or_default(),
             broker_id,
             unclean,
-            json,
+            json(),
             &target.controller_access(),
         ),
-        Command::Cluster {
-            controllers, json, ..
-        } => cluster(&controllers, json, &target.controller_access()),
+        Command::Cluster { controllers, .. } => {
+            cluster(&controllers, json(), &target.controller_access())
+        }
     };
     match outcome {
         Ok(code) => code,
@@ -624,11 +671,27 @@ impl Tally {
             Ok(status) => *self.other.entry(status.name()).or_default() += count,
             Err(error) if error.is_outcome_unknown() => {
                 self.unknown += count;
-                eprintln!("UNKNOWN {error}");
+                match json() {
+                    true => print_json(&serde_json::json!({
+                        "status": "UNKNOWN", "stored": null, "messages": count,
+                        "error": error.to_string(),
+                    })),
+                    false => eprintln!("UNKNOWN {error}"),
+                }
             }
             Err(error) => {
                 self.failed += count;
-                eprintln!("ERROR (not stored) {error}");
+                let code = match error {
+                    ClientError::Broker(broker) => Some(broker.code.name()),
+                    _ => None,
+                };
+                match json() {
+                    true => print_json(&serde_json::json!({
+                        "status": "ERROR", "stored": false, "messages": count,
+                        "error_code": code, "error": error.to_string(),
+                    })),
+                    false => eprintln!("ERROR (not stored) {error}"),
+                }
             }
         }
     }
@@ -700,10 +763,17 @@ fn send(
                     Ok(result) => {
                         for (queue_id, queue_offset, log_offset) in &result.messages {
                             let id = keel_client::message_id(*log_offset);
-                            println!(
-                                "{} id={id} queue={queue_id} offset={queue_offset}",
-                                result.status
-                            );
+                            if json() {
+                                print_json(&serde_json::json!({
+                                    "status": result.status.name(), "msg_id": id,
+                                    "queue": queue_id, "offset": queue_offset,
+                                }));
+                            } else {
+                                println!(
+                                    "{} id={id} queue={queue_id} offset={queue_offset}",
+                                    result.status
+                                );
+                            }
                         }
                         tally.answer(count, Ok(result.status));
                     }
@@ -761,6 +831,13 @@ fn send(
 }
 
 fn print_result(result: &keel_client::SendResult) {
+    if json() {
+        print_json(&serde_json::json!({
+            "status": result.status.name(), "msg_id": result.message_id(),
+            "queue": result.queue_id, "offset": result.queue_offset,
+        }));
+        return;
+    }
     println!(
         "{} id={} queue={} offset={}",
         result.status,
@@ -794,6 +871,10 @@ fn consume(
     let mut printed = 0u64;
     let mut last_progress = Instant::now();
     let print = |record: &Record| -> Result<(), String> {
+        if json() {
+            print_json(&record_json(record));
+            return Ok(());
+        }
         if format.raw {
             write_raw(&record.payload);
             return Ok(());
@@ -834,6 +915,12 @@ fn consume(
 
 fn create_topic(broker: &Target, topic: &str, queues: u32) -> Result<ExitCode, ClientError> {
     let created = broker.admin()?.create_topic(topic, queues)?;
+    if json() {
+        print_json(&serde_json::json!({
+            "topic": created.topic, "queues": created.queues, "created": created.created,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
     let verb = if created.created {
         "created"
     } else {
@@ -845,10 +932,15 @@ fn create_topic(broker: &Target, topic: &str, queues: u32) -> Result<ExitCode, C
 
 fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {
     let topics = broker.admin()?.list_topics(None)?;
-    for topic in topics
+    let shown = topics
         .into_iter()
-        .filter(|t| all || !t.topic.starts_with('%'))
-    {
+        .filter(|t| all || !t.topic.starts_with('%'));
+    if json() {
+        let topics: Vec<serde_json::Value> = shown.map(|topic| topic_json(&topic)).collect();
+        print_json(&serde_json::json!({ "topics": topics }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for topic in shown {
         let offsets: Vec<String> = topic
             .queues
             .iter()
@@ -864,8 +956,33 @@ fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn topic_json(topic: &keel_protocol::TopicInfo) -> serde_json::Value {
+    let queues: Vec<serde_json::Value> = topic
+        .queues
+        .iter()
+        .enumerate()
+        .map(|(queue, info)| {
+            serde_json::json!({
+                "queue": queue, "min_offset": info.min_offset, "max_offset": info.max_offset,
+            })
+        })
+        .collect();
+    serde_json::json!({ "topic": topic.topic, "internal": topic.topic.starts_with('%'), "queues": queues })
+}
+
 fn stats(broker: &Target) -> Result<ExitCode, ClientError> {
     let admin = broker.admin()?;
+    if json() {
+        let stats: serde_json::Map<String, serde_json::Value> = admin
+            .stats()?
+            .into_iter()
+            .map(|(name, value)| (name, serde_json::Value::from(value)))
+            .collect();
+        let topics: Vec<serde_json::Value> =
+            admin.list_topics(None)?.iter().map(topic_json).collect();
+        print_json(&serde_json::json!({ "stats": stats, "topics": topics }));
+        return Ok(ExitCode::SUCCESS);
+    }
     for (name, value) in admin.stats()? {
         println!("{name:<26} {value}");
     }
@@ -896,11 +1013,21 @@ fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientE
     let queues = info.map(|info| info.queues).unwrap_or_default();
     match command {
         OffsetsCommand::Show { .. } => {
+            let mut rows = Vec::new();
             for (queue_id, queue) in queues.iter().enumerate() {
                 let committed = admin.query_offset(group, topic, queue_id as u32)?;
                 let lag = queue
                     .max_offset
                     .saturating_sub(committed.unwrap_or(queue.min_offset));
+                if json() {
+                    rows.push(serde_json::json!({
+                        "queue": queue_id, "committed": committed,
+                        "min_offset": queue.min_offset, "max_offset": queue.max_offset,
+                        "lag": lag,
+                        "expired": committed.is_some_and(|offset| offset < queue.min_offset),
+                    }));
+                    continue;
+                }
                 let state = match committed {
                     Some(offset) if offset < queue.min_offset => {
                         " (EXPIRED: below the first stored offset)"
@@ -912,6 +1039,9 @@ fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientE
                     "queue {queue_id}: committed {committed}, stored {}..{}, lag {lag}{state}",
                     queue.min_offset, queue.max_offset
                 );
+            }
+            if json() {
+                print_json(&serde_json::json!({ "group": group, "topic": topic, "queues": rows }));
             }
         }
         OffsetsCommand::Reset { to, queue, .. } => {
@@ -999,7 +1129,13 @@ fn subscribe(
         move |delivery: &Delivery| {
             let record = &delivery.record;
             let _guard = out.lock();
-            if format.raw {
+            if json() {
+                let mut object = record_json(record);
+                object["topic"] = delivery.topic.clone().into();
+                object["msg_id"] = delivery.msg_id.clone().into();
+                object["reconsume_times"] = delivery.reconsume_times.into();
+                print_json(&object);
+            } else if format.raw {
                 write_raw(&record.payload);
             } else {
                 println!(
@@ -1052,6 +1188,13 @@ fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, ClientError> {
         DlqCommand::List { group } => {
             let admin = broker.admin()?;
             let (count, redriven) = admin.dlq_count(&group)?;
+            if json() {
+                print_json(&serde_json::json!({
+                    "group": group, "topic": keel_protocol::dlq_topic(&group),
+                    "dead_lettered": count, "redriven": redriven,
+                }));
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{}: {count} dead-lettered message(s), {redriven} redriven so far",
                 keel_protocol::dlq_topic(&group)
@@ -1059,6 +1202,10 @@ fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, ClientError> {
         }
         DlqCommand::Show { group, count } => {
             for record in broker.admin()?.dlq_messages(&group, count)? {
+                if json() {
+                    print_json(&record_json(&record));
+                    continue;
+                }
                 println!(
                     "id={} origin={}/{} attempts={} reason={:?} payload={}",
                     record.message_id(),
@@ -1101,7 +1248,26 @@ fn message_show(
             ))
         }
     };
-    for (name, value) in broker.admin()?.message_info(msg_id, key)? {
+    let info = broker.admin()?.message_info(msg_id, key)?;
+    if json() {
+        // The facts in order; a name that repeats (one per group) becomes a list.
+        let mut object = serde_json::Map::new();
+        for (name, value) in info {
+            match object.get_mut(&name) {
+                Some(serde_json::Value::Array(list)) => list.push(value.into()),
+                Some(single) => {
+                    let first = single.take();
+                    *single = serde_json::Value::Array(vec![first, value.into()]);
+                }
+                None => {
+                    object.insert(name, value.into());
+                }
+            }
+        }
+        print_json(&serde_json::Value::Object(object));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (name, value) in info {
         println!("{name:<24} {value}");
     }
     Ok(ExitCode::SUCCESS)
@@ -1132,6 +1298,21 @@ fn routes(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let routes =
         keel_client::fetch_routes(&name_servers, &next, topic, Duration::from_secs(3), tls)?;
+    if json() {
+        let routes: Vec<serde_json::Value> = routes
+            .iter()
+            .map(|route| {
+                serde_json::json!({
+                    "broker_name": route.broker_name, "broker_id": route.broker_id,
+                    "role": route.role.name(), "epoch": route.epoch,
+                    "address": route.address, "ha_address": route.ha_address,
+                    "topic_queues": route.topic_queues,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "routes": routes }));
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("broker_name  id  role          epoch  address                ha_address             queues");
     for route in routes {
         println!(

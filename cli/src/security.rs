@@ -190,10 +190,7 @@ pub enum UserCommand {
     /// Remove a user (its permissions stay until revoked).
     Remove { name: String },
     /// List the users.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -204,17 +201,12 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
     },
     /// Revoke a token by its id (connections that logged in with it are closed at
     /// their next request).
     Revoke { id: String },
     /// List tokens (ids and names, never the secrets).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 /// One permission entry, from flags.
@@ -282,10 +274,7 @@ pub enum AclCommand {
     /// Remove an entry (give exactly what was granted).
     Revoke(AclArgs),
     /// List every entry.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 fn new_password(file: &Option<PathBuf>, name: &str) -> Result<Secret, ClientError> {
@@ -330,17 +319,20 @@ pub fn user(target: &Target, command: UserCommand) -> Result<ExitCode, ClientErr
             new_password_file,
         } => {
             let password = new_password(&new_password_file, &name)?;
-            (SecurityCommand::UserAdd { name, password }, false)
+            (SecurityCommand::UserAdd { name, password }, crate::json())
         }
         UserCommand::Passwd {
             name,
             new_password_file,
         } => {
             let password = new_password(&new_password_file, &name)?;
-            (SecurityCommand::UserPasswd { name, password }, false)
+            (
+                SecurityCommand::UserPasswd { name, password },
+                crate::json(),
+            )
         }
-        UserCommand::Remove { name } => (SecurityCommand::UserRemove { name }, false),
-        UserCommand::List { json } => (SecurityCommand::UserList, json),
+        UserCommand::Remove { name } => (SecurityCommand::UserRemove { name }, crate::json()),
+        UserCommand::List => (SecurityCommand::UserList, crate::json()),
     };
     let reply = run(target, &command)?;
     if json {
@@ -357,7 +349,8 @@ pub fn user(target: &Target, command: UserCommand) -> Result<ExitCode, ClientErr
 
 pub fn token(target: &Target, command: TokenCommand) -> Result<ExitCode, ClientError> {
     match command {
-        TokenCommand::Create { name, out, json } => {
+        TokenCommand::Create { name, out } => {
+            let json = crate::json();
             let reply = run(target, &SecurityCommand::TokenCreate { name })?;
             let secret = reply.token.clone().map(|t| t.0).unwrap_or_default();
             if let Some(path) = out {
@@ -381,7 +374,8 @@ pub fn token(target: &Target, command: TokenCommand) -> Result<ExitCode, ClientE
                 run(target, &SecurityCommand::TokenRevoke { id })?.done
             );
         }
-        TokenCommand::List { json } => {
+        TokenCommand::List => {
+            let json = crate::json();
             let reply = run(target, &SecurityCommand::TokenList)?;
             if json {
                 print_json(&reply);
@@ -422,7 +416,7 @@ pub fn acl(target: &Target, command: AclCommand) -> Result<ExitCode, ClientError
             },
             false,
         ),
-        AclCommand::List { json } => (SecurityCommand::AclList, json),
+        AclCommand::List => (SecurityCommand::AclList, crate::json()),
     };
     let reply = run(target, &command)?;
     if json {

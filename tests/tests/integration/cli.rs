@@ -300,3 +300,114 @@ fn promoting_a_slave_whose_master_is_alive_is_refused_unless_forced() {
         keel_client::BrokerRole::AsyncMaster as u64
     );
 }
+
+#[test]
+fn json_output_has_stable_shapes_and_errors_are_one_line() {
+    let broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    let json_lines = |output: &Output| -> Vec<serde_json::Value> {
+        text(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+            .collect()
+    };
+    let created = keel(
+        &address,
+        &["--json", "topic", "create", "shapes", "--queues", "2"],
+        b"",
+    );
+    assert_eq!(created.status.code(), Some(0), "{}", text(&created.stderr));
+    // Sends: one object per message.
+    let sent = keel(
+        &address,
+        &[
+            "send", "--topic", "shapes", "--queue", "1", "--json", "a", "b",
+        ],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let results = json_lines(&sent);
+    assert_eq!(results.len(), 2);
+    for (index, result) in results.iter().enumerate() {
+        assert_eq!(result["status"], "SEND_OK");
+        assert_eq!(result["queue"], 1);
+        assert_eq!(result["offset"], index as u64);
+        assert_eq!(result["msg_id"].as_str().unwrap().len(), 16);
+    }
+    let binary = keel(
+        &address,
+        &[
+            "send", "--topic", "shapes", "--queue", "1", "--hex", "--json", "00ff10",
+        ],
+        b"",
+    );
+    assert_eq!(binary.status.code(), Some(0));
+    // Records: one object per record, a binary payload as hex.
+    let consumed = keel(
+        &address,
+        &[
+            "--json",
+            "consume",
+            "--topic",
+            "shapes",
+            "--group",
+            "g",
+            "--idle-ms",
+            "300",
+        ],
+        b"",
+    );
+    assert_eq!(
+        consumed.status.code(),
+        Some(0),
+        "{}",
+        text(&consumed.stderr)
+    );
+    let records = json_lines(&consumed);
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0]["payload"], "a");
+    assert_eq!(records[2]["payload_hex"], "00ff10");
+    assert_eq!(records[2]["topic"], "shapes");
+    assert!(records[2]["properties"].is_object());
+    // One object for the others.
+    let one = |args: &[&str]| -> serde_json::Value {
+        let output = keel(&address, args, b"");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+        let lines = json_lines(&output);
+        assert_eq!(lines.len(), 1, "{args:?}");
+        lines.into_iter().next().unwrap()
+    };
+    let stats = one(&["--json", "stats"]);
+    assert_eq!(stats["stats"]["records_appended"], 3);
+    let topics = one(&["--json", "topic", "list"]);
+    let shapes = topics["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "shapes")
+        .unwrap();
+    assert_eq!(shapes["queues"][1]["max_offset"], 3);
+    let offsets = one(&[
+        "--json", "offsets", "show", "--group", "g", "--topic", "shapes",
+    ]);
+    assert_eq!(offsets["queues"][1]["committed"], 3);
+    assert_eq!(offsets["queues"][1]["lag"], 0);
+    let id = records[0]["msg_id"].as_str().unwrap().to_string();
+    let shown = one(&["--json", "message", "show", &id]);
+    assert!(shown.is_object() && !shown.as_object().unwrap().is_empty());
+    // Usage errors exit 2; a broker that is down is one line on stderr, no log lines.
+    assert_eq!(keel(&address, &["send"], b"").status.code(), Some(2));
+    let down = keel("127.0.0.1:1", &["send", "--topic", "t", "x"], b"");
+    assert_eq!(down.status.code(), Some(1));
+    let stderr = text(&down.stderr);
+    assert!(
+        !stderr.contains("ALARM") && !stderr.contains(" WARN "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
