@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod console;
 mod controller_link;
 mod dispatch;
 pub mod error;
@@ -681,6 +682,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             format!("cannot serve metrics on {address}"),
         ))?;
         log::info!("Prometheus metrics on http://{bound}/metrics");
+        log::info!("console on http://{bound}/");
     }
 
     let mut threads = Vec::with_capacity(count);

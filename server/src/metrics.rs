@@ -12,30 +12,71 @@ use std::time::Duration;
 
 const REQUEST_BYTES_MAX: usize = 4096;
 
-/// Binds `address` and serves `/metrics` until the process exits.
+/// Requests served at once (a message lookup reads the whole log: scrapes must not
+/// wait behind it).
+const REQUESTS_MAX: usize = 8;
+
+/// Binds `address` and serves `/metrics` and the console until the process exits.
 pub fn start(broker: Arc<Broker>, address: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("keel-metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                match stream {
-                    Ok(stream) => {
-                        if let Err(error) = serve(&broker, stream) {
-                            log::debug!("metrics request failed: {error}");
-                        }
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        log::debug!("metrics accept failed: {error}");
+                        continue;
                     }
-                    Err(error) => log::debug!("metrics accept failed: {error}"),
+                };
+                use std::sync::atomic::Ordering;
+                if running.fetch_add(1, Ordering::AcqRel) >= REQUESTS_MAX {
+                    running.fetch_sub(1, Ordering::AcqRel);
+                    let _ = respond(stream, "503 Service Unavailable", "text/plain", "busy\n");
+                    continue;
+                }
+                let (broker, running) = (broker.clone(), running.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("keel-http".into())
+                        .spawn(move || {
+                            if let Err(error) = serve(&broker, stream) {
+                                log::debug!("metrics request failed: {error}");
+                            }
+                            running.fetch_sub(1, Ordering::AcqRel);
+                        });
+                if spawned.is_err() {
+                    log::warn!("cannot start a thread for an HTTP request");
                 }
             }
         })?;
     Ok(bound)
 }
 
+fn respond(
+    mut stream: TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+         Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
 fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let peer = stream.peer_addr()?;
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|window| window == b"\r\n\r\n")
@@ -47,24 +88,29 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
         }
         request.extend_from_slice(&chunk[..count]);
     }
-    let line = request
-        .split(|byte| *byte == b'\n')
-        .next()
-        .unwrap_or_default();
-    let (status, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ") {
-        ("200 OK", render(broker))
-    } else {
-        (
-            "404 Not Found",
-            "only GET /metrics is served here\n".to_string(),
-        )
-    };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    let text = String::from_utf8_lossy(&request);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let authorization = lines.find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_string())
+    });
+    if method != "GET" {
+        return respond(stream, "405 Method Not Allowed", "text/plain", "only GET\n");
+    }
+    if path == "/metrics" {
+        return respond(
+            stream,
+            "200 OK",
+            "text/plain; version=0.0.4",
+            &render(broker),
+        );
+    }
+    let answer = crate::console::serve(broker, path, authorization.as_deref(), peer);
+    respond(stream, answer.status, answer.content_type, &answer.body)
 }
 
 /// What each STATS value is in Prometheus: its family, type, unit scale, labels and

@@ -34,6 +34,19 @@ pub(crate) fn on_message_info(shard: &mut Shard, to: ReplyTo, msg_id: u64, key: 
 
 type Info = Vec<(String, String)>;
 
+/// `message_info` for the console (on the HTTP thread), within the same limit of
+/// lookups at once.
+pub(crate) fn lookup(broker: &Broker, msg_id: u64, key: &str) -> Result<Info, Refusal> {
+    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= LOOKUPS_MAX {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        let detail = format!("{LOOKUPS_MAX} message lookups are running; try again shortly");
+        return Err(Refusal::internal(detail));
+    }
+    let found = message_info(broker, msg_id, key);
+    LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+    found
+}
+
 fn internal(error: keel_storage::StoreError) -> Refusal {
     Refusal::internal(error.to_string())
 }

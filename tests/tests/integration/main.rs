@@ -4,6 +4,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod cluster;
+mod console;
 mod controller;
 mod corruption;
 mod crash;

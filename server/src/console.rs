@@ -1,0 +1,290 @@
+//! The read-only console on the metrics port: a static page (`console/index.html`, no
+//! build step, nothing from a CDN) and the JSON it reads: `/api/overview`,
+//! `/api/topics`, `/api/groups`, `/api/message?id=HEX` or `?key=K`.
+//!
+//! With `auth` on, every API call needs `Authorization: Bearer <token>` of a principal
+//! holding `admin:stats` (`admin:lookup` for a message); a token is accepted only from
+//! loopback, since this port speaks plaintext HTTP. The page itself holds no data.
+
+use crate::broker::{Broker, Ha};
+use keel_security::{Action, AuthMode, ResourceType};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+const PAGE: &str = include_str!("../console/index.html");
+
+/// An HTTP answer: status line, content type, body.
+pub(crate) struct Answer {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+fn answer(status: &'static str, value: Value) -> Answer {
+    Answer {
+        status,
+        content_type: "application/json",
+        body: value.to_string(),
+    }
+}
+
+fn error(status: &'static str, message: impl Into<String>) -> Answer {
+    answer(status, json!({ "error": message.into() }))
+}
+
+/// Serves one console request: `path` is the request target (with its query).
+pub(crate) fn serve(
+    broker: &Broker,
+    path: &str,
+    authorization: Option<&str>,
+    peer: SocketAddr,
+) -> Answer {
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    match route {
+        "/" | "/console" | "/console/" => {
+            return Answer {
+                status: "200 OK",
+                content_type: "text/html; charset=utf-8",
+                body: PAGE.to_string(),
+            }
+        }
+        "/api/overview" | "/api/topics" | "/api/groups" | "/api/message" => {}
+        _ => return error("404 Not Found", format!("no {route} here")),
+    }
+    let action = match route {
+        "/api/message" => Action::Lookup,
+        _ => Action::Stats,
+    };
+    if let Err(refusal) = authorize(broker, authorization, peer, action) {
+        return refusal;
+    }
+    match route {
+        "/api/overview" => answer("200 OK", overview(broker)),
+        "/api/topics" => answer("200 OK", topics(broker)),
+        "/api/groups" => answer("200 OK", groups(broker)),
+        _ => message(broker, query),
+    }
+}
+
+fn authorize(
+    broker: &Broker,
+    authorization: Option<&str>,
+    peer: SocketAddr,
+    action: Action,
+) -> Result<(), Answer> {
+    let authority = &broker.security.authority;
+    if authority.mode() == AuthMode::Off {
+        return Ok(());
+    }
+    let Some(token) = authorization.and_then(|value| value.trim().strip_prefix("Bearer ")) else {
+        return Err(error(
+            "401 Unauthorized",
+            "this broker requires a login: give a token (Authorization: Bearer ...)",
+        ));
+    };
+    let principal = authority
+        .login_token(token.trim(), peer.ip(), peer.ip().is_loopback())
+        .map_err(|refusal| {
+            log::warn!("console login refused from {peer}: {refusal}");
+            error("401 Unauthorized", refusal.to_string())
+        })?;
+    if !authority.permits(&principal, ResourceType::Admin, "*", action) {
+        return Err(error(
+            "403 Forbidden",
+            format!("{} may not {} admin:*", principal.name, action.name()),
+        ));
+    }
+    Ok(())
+}
+
+fn overview(broker: &Broker) -> Value {
+    let stats: serde_json::Map<String, Value> = broker
+        .stats()
+        .into_iter()
+        .map(|(name, value)| (name, Value::from(value)))
+        .collect();
+    let replication = match broker.ha() {
+        Ha::None => json!({ "kind": "none" }),
+        Ha::Master(master) => {
+            let written = broker.store.offset_written();
+            let slaves: Vec<Value> = master
+                .slaves()
+                .iter()
+                .map(|slave| {
+                    json!({
+                        "peer": slave.peer.to_string(),
+                        "broker_id": slave.broker_id,
+                        "acked": slave.acked,
+                        "lag_bytes": written.saturating_sub(slave.acked),
+                        "in_sync": slave.in_sync,
+                        "since_heard_ms": slave.since_heard.as_millis() as u64,
+                    })
+                })
+                .collect();
+            json!({ "kind": "master", "ha_address": master.local_addr().to_string(), "slaves": slaves })
+        }
+        Ha::Slave(slave) => {
+            let status = slave.status();
+            json!({
+                "kind": "slave",
+                "master": slave.master(),
+                "connected": status.connected,
+                "master_epoch": status.master_epoch,
+                "lag_bytes": status.master_end.saturating_sub(broker.store.offset_written()),
+                "last_error": status.last_error,
+            })
+        }
+    };
+    let controller = broker
+        .controller_view
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone()
+        .map(|(view, at)| {
+            json!({
+                "master": view.master,
+                "master_epoch": view.master_epoch,
+                "sss": view.sss,
+                "elections": view.elections,
+                "heard_ms_ago": at.elapsed().as_millis() as u64,
+            })
+        });
+    json!({
+        "broker_name": broker.config.broker_name,
+        "address": broker.listen_address().to_string(),
+        "role": broker.role().name(),
+        "auth": broker.config.security.auth.name(),
+        "tls": broker.security.tls.is_some(),
+        "stats": stats,
+        "replication": replication,
+        "controller": controller,
+    })
+}
+
+fn topics(broker: &Broker) -> Value {
+    let topics: Vec<Value> = broker
+        .store
+        .queue_offsets(None)
+        .into_iter()
+        .map(|(topic, queues)| {
+            let queues: Vec<Value> = queues
+                .iter()
+                .enumerate()
+                .map(|(queue, (min, max))| json!({ "queue": queue, "min_offset": min, "max_offset": max }))
+                .collect();
+            json!({ "topic": topic, "internal": topic.starts_with('%'), "queues": queues })
+        })
+        .collect();
+    json!({ "topics": topics })
+}
+
+fn groups(broker: &Broker) -> Value {
+    let offsets = broker.store.queue_offsets(None);
+    let mut by_group: std::collections::BTreeMap<(String, String), Vec<Value>> =
+        std::collections::BTreeMap::new();
+    for (group, topic, queue, committed) in broker.store.consumer_offsets() {
+        let max = offsets
+            .iter()
+            .find(|(name, _)| *name == topic)
+            .and_then(|(_, queues)| queues.get(queue as usize))
+            .map_or(0, |(_, max)| *max);
+        by_group.entry((group, topic)).or_default().push(json!({
+            "queue": queue,
+            "committed": committed,
+            "max_offset": max,
+            "lag": max.saturating_sub(committed),
+        }));
+    }
+    let members: std::collections::HashMap<(String, String), (usize, usize)> = broker
+        .groups
+        .describe()
+        .into_iter()
+        .map(|(group, topic, members, owned)| ((group, topic), (members, owned)))
+        .collect();
+    let mut keys: Vec<(String, String)> = by_group.keys().cloned().collect();
+    for key in members.keys() {
+        if !by_group.contains_key(key) {
+            keys.push(key.clone());
+        }
+    }
+    keys.sort();
+    let groups: Vec<Value> = keys
+        .into_iter()
+        .map(|key| {
+            let (members, owned) = members.get(&key).copied().unwrap_or((0, 0));
+            let queues = by_group.remove(&key).unwrap_or_default();
+            let lag: u64 = queues.iter().filter_map(|q| q["lag"].as_u64()).sum();
+            json!({
+                "group": key.0,
+                "topic": key.1,
+                "internal": key.0.starts_with('%') || key.1.starts_with('%'),
+                "members": members,
+                "queues_owned": owned,
+                "lag": lag,
+                "queues": queues,
+            })
+        })
+        .collect();
+    json!({ "groups": groups })
+}
+
+fn message(broker: &Broker, query: &str) -> Answer {
+    let mut id = None;
+    let mut key = String::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("id", value)) => id = Some(value.to_string()),
+            Some(("key", value)) => key = percent_decode(value),
+            _ => {}
+        }
+    }
+    let msg_id = match (&id, key.is_empty()) {
+        (Some(id), true) => match u64::from_str_radix(id, 16) {
+            Ok(msg_id) => msg_id,
+            Err(_) => {
+                return error(
+                    "400 Bad Request",
+                    format!("{id:?} is not a message id (16 hex digits)"),
+                )
+            }
+        },
+        (None, false) => 0,
+        _ => return error("400 Bad Request", "give id=HEX or key=KEY"),
+    };
+    match crate::handlers::message_info::lookup(broker, msg_id, &key) {
+        Ok(facts) => {
+            let facts: Vec<Value> = facts
+                .into_iter()
+                .map(|(name, value)| json!({ "name": name, "value": value }))
+                .collect();
+            answer("200 OK", json!({ "facts": facts }))
+        }
+        Err(refusal) => error("404 Not Found", refusal.to_string()),
+    }
+}
+
+/// `%XX` and `+` of a query value.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |byte: u8| char::from(byte).to_digit(16).map(|digit| digit as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        match byte {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(index + 1).copied().and_then(hex),
+                bytes.get(index + 2).copied().and_then(hex),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    index += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
