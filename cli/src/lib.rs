@@ -178,6 +178,19 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         format: PayloadFormat,
+        /// Look without moving the group: nothing is committed.
+        #[arg(long)]
+        no_commit: bool,
+        /// Start here instead of where the group left off: earliest, latest, a time
+        /// (milliseconds since the epoch, or RFC 3339 like 2026-12-01T10:00:00Z).
+        #[arg(long, value_name = "WHERE")]
+        from: Option<String>,
+        /// Only this queue (a look: nothing is committed).
+        #[arg(long, value_name = "Q")]
+        queue: Option<u32>,
+        /// With --queue: start at this queue offset.
+        #[arg(long, value_name = "N", requires = "queue", conflicts_with = "from")]
+        offset: Option<u64>,
     },
     /// Create or list topics.
     Topic {
@@ -484,7 +497,25 @@ pub fn main_entry() -> ExitCode {
             idle_ms,
             quiet,
             format,
-        } => consume(&target, &topic, &group, count, idle_ms, quiet, format),
+            no_commit,
+            from,
+            queue,
+            offset,
+        } => consume(
+            &target,
+            &ConsumeShape {
+                topic: &topic,
+                group: &group,
+                count,
+                idle_ms,
+                quiet,
+                format,
+                commit: !no_commit,
+                from: from.as_deref(),
+                queue,
+                offset,
+            },
+        ),
         Command::Topic {
             command: TopicCommand::Create { topic, queues },
         } => create_topic(&target, &topic, queues),
@@ -847,18 +878,69 @@ fn print_result(result: &keel_client::SendResult) {
     );
 }
 
-fn consume(
-    broker: &Target,
-    topic: &str,
-    group: &str,
+/// What `keel consume` reads, from where, and whether it commits.
+struct ConsumeShape<'a> {
+    topic: &'a str,
+    group: &'a str,
     count: Option<u64>,
     idle_ms: u64,
     quiet: bool,
     format: PayloadFormat,
-) -> Result<ExitCode, ClientError> {
+    commit: bool,
+    from: Option<&'a str>,
+    queue: Option<u32>,
+    offset: Option<u64>,
+}
+
+/// A `--from` time: milliseconds since the epoch, or RFC 3339 in UTC
+/// (`2026-12-01T10:00:00Z`, seconds optional fractions).
+fn parse_time(text: &str) -> Option<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Some(ms);
+    }
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.split('-').map(|part| part.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock = clock.split(':').map(|part| part.parse::<i64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (proleptic Gregorian), the usual civil formula.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let millis: i64 = format!("{:0<3}", &fraction[..fraction.len().min(3)])
+        .parse()
+        .ok()?;
+    let total = ((days * 24 + hour) * 60 + minute) * 60 + second;
+    u64::try_from(total * 1000 + millis).ok()
+}
+
+fn consume(broker: &Target, shape: &ConsumeShape<'_>) -> Result<ExitCode, ClientError> {
+    let (topic, group, count, idle_ms, quiet, format) = (
+        shape.topic,
+        shape.group,
+        shape.count,
+        shape.idle_ms,
+        shape.quiet,
+        shape.format,
+    );
     let options = ConsumerOptions {
         long_poll: Duration::from_millis(500),
         connection: broker.options.clone(),
+        auto_commit: shape.commit && shape.queue.is_none(),
         ..ConsumerOptions::default()
     };
     let mut consumer = Consumer::connect(&broker.address, group, topic, options)?;
@@ -867,10 +949,58 @@ fn consume(
             "topic {topic:?} has no queues"
         )));
     }
+    let queues = consumer.queue_count() as u32;
+    if let Some(only) = shape.queue {
+        if only >= queues {
+            return Err(ClientError::InvalidArgument(format!(
+                "topic {topic:?} has queues 0 to {}, not {only}",
+                queues - 1
+            )));
+        }
+    }
+    if shape.from.is_some() || shape.offset.is_some() {
+        let admin = broker.admin()?;
+        let info = admin.list_topics(Some(topic))?.into_iter().next();
+        let stored = info.map(|info| info.queues).unwrap_or_default();
+        for queue_id in 0..queues {
+            let range = stored.get(queue_id as usize);
+            let start = match (shape.offset, shape.from) {
+                (Some(offset), _) if Some(queue_id) == shape.queue => offset,
+                (Some(_), _) => continue,
+                (None, Some("earliest")) => range.map_or(0, |q| q.min_offset),
+                (None, Some("latest")) => range.map_or(0, |q| q.max_offset),
+                (None, Some(time)) => {
+                    let ms = parse_time(time).ok_or_else(|| {
+                        ClientError::InvalidArgument(format!(
+                            "--from takes earliest, latest, milliseconds since the epoch or an \
+                             RFC 3339 time (2026-12-01T10:00:00Z), not {time:?}"
+                        ))
+                    })?;
+                    admin.offset_for_time(topic, queue_id, ms)?
+                }
+                (None, None) => continue,
+            };
+            consumer.seek(queue_id, start)?;
+        }
+    }
+    if let Some(only) = shape.queue {
+        // Every other queue is moved to its end and never reaches the handler.
+        let admin = broker.admin()?;
+        let info = admin.list_topics(Some(topic))?.into_iter().next();
+        let stored = info.map(|info| info.queues).unwrap_or_default();
+        for queue_id in (0..queues).filter(|queue| *queue != only) {
+            let end = stored.get(queue_id as usize).map_or(0, |q| q.max_offset);
+            consumer.seek(queue_id, end)?;
+        }
+    }
+    let only = shape.queue;
     let limit = count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut last_progress = Instant::now();
     let print = |record: &Record| -> Result<(), String> {
+        if only.is_some_and(|queue| queue != record.queue_id) {
+            return Ok(());
+        }
         if json() {
             print_json(&record_json(record));
             return Ok(());
@@ -909,7 +1039,9 @@ fn consume(
             break;
         }
     }
-    consumer.commit()?;
+    if shape.commit && shape.queue.is_none() {
+        consumer.commit()?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1583,5 +1715,20 @@ fn admin(broker: &Target, command: AdminCommand) -> Result<ExitCode, ClientError
             println!("truncated the log at offset {offset}: {discarded} bytes discarded");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn from_times_are_epoch_milliseconds_or_rfc3339_utc() {
+        assert_eq!(parse_time("1796119200000"), Some(1_796_119_200_000));
+        assert_eq!(parse_time("2026-12-01T10:00:00Z"), Some(1_796_119_200_000));
+        assert_eq!(parse_time("1999-02-28T23:59:59.5Z"), Some(920_246_399_500));
+        assert_eq!(parse_time("2026-13-01T10:00:00Z"), None);
+        assert_eq!(parse_time("2026-12-01 10:00:00"), None);
+        assert_eq!(parse_time("yesterday"), None);
     }
 }

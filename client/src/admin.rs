@@ -102,6 +102,25 @@ impl Admin {
         }
     }
 
+    /// The first queue offset stored at or after `timestamp_ms` (the queue's end when
+    /// none was).
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: u64,
+    ) -> Result<u64, ClientError> {
+        let request = Request::OffsetForTime(keel_protocol::OffsetForTimeRequest {
+            topic: topic.into(),
+            queue_id,
+            timestamp_ms,
+        });
+        match self.call(request)? {
+            Response::Offset(Some(offset)) => Ok(offset),
+            other => Err(unexpected(&other, "OFFSET_FOR_TIME")),
+        }
+    }
+
     /// Sets the offset of `group` for a queue (durable when this returns).
     pub fn commit_offset(
         &self,

@@ -32,6 +32,9 @@ pub struct ConsumerOptions {
     /// Time allowed for a request beyond its long-poll wait.
     pub request_timeout: Duration,
     pub connection: ConnectionOptions,
+    /// Commit the offsets `poll` advanced (true); false: only `commit` does, and a
+    /// consumer that never calls it reads without moving its group (a peek).
+    pub auto_commit: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -43,6 +46,7 @@ impl Default for ConsumerOptions {
             retry_backoff: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
             connection: ConnectionOptions::default(),
+            auto_commit: true,
         }
     }
 }
@@ -218,7 +222,11 @@ impl Consumer {
         for queue_id in 0..self.queues.len() {
             self.handle_buffered(queue_id, limit, &mut handler, &mut outcome);
         }
-        if let Err(error) = self.commit() {
+        let committed = match self.options.auto_commit {
+            true => self.commit(),
+            false => Ok(()),
+        };
+        if let Err(error) = committed {
             // Positions are kept in memory and the commit is retried next round; a crash
             // before it succeeds redelivers, never skips.
             if !error.is_retryable() {

@@ -411,3 +411,89 @@ fn json_output_has_stable_shapes_and_errors_are_one_line() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn consume_can_look_without_committing_from_a_position() {
+    let broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    broker.admin().create_topic("peek", 2).unwrap();
+    for queue in ["0", "1"] {
+        let sent = keel(
+            &address,
+            &["send", "--topic", "peek", "--queue", queue, "a", "b", "c"],
+            b"",
+        );
+        assert_eq!(sent.status.code(), Some(0));
+    }
+    let records = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["--json", "consume", "--topic", "peek", "--idle-ms", "300"];
+        all.extend_from_slice(args);
+        let output = keel(&address, &all, b"");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+        text(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let committed = |group: &str| {
+        let admin = Admin::connect(&address).unwrap();
+        [0, 1].map(|queue| admin.query_offset(group, "peek", queue).unwrap())
+    };
+    // A look moves nothing: the group has no offsets after it, and the next look
+    // sees everything again.
+    assert_eq!(records(&["--group", "g", "--no-commit"]).len(), 6);
+    assert_eq!(committed("g"), [None, None]);
+    assert_eq!(records(&["--group", "g", "--no-commit"]).len(), 6);
+    // From a position.
+    assert_eq!(
+        records(&["--group", "g", "--no-commit", "--from", "latest"]).len(),
+        0
+    );
+    assert_eq!(
+        records(&[
+            "--group",
+            "g",
+            "--no-commit",
+            "--from",
+            "2030-01-01T00:00:00Z"
+        ])
+        .len(),
+        0
+    );
+    assert_eq!(
+        records(&["--group", "g", "--no-commit", "--from", "0"]).len(),
+        6
+    );
+    let one = records(&["--group", "g", "--queue", "1", "--offset", "1"]);
+    assert_eq!(
+        one.iter()
+            .map(|r| (r["queue"].as_u64().unwrap(), r["offset"].as_u64().unwrap()))
+            .collect::<Vec<_>>(),
+        [(1, 1), (1, 2)]
+    );
+    assert_eq!(
+        committed("g"),
+        [None, None],
+        "--queue looks without committing"
+    );
+    // A consume commits; a second one finds nothing new.
+    assert_eq!(records(&["--group", "g"]).len(), 6);
+    assert_eq!(committed("g"), [Some(3), Some(3)]);
+    assert_eq!(records(&["--group", "g"]).len(), 0);
+    let bad = keel(
+        &address,
+        &["consume", "--topic", "peek", "--from", "yesterday"],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("--from takes"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
