@@ -81,6 +81,12 @@ fn record_json(record: &Record) -> serde_json::Value {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a shell completion script: `keel completions bash > /etc/bash_completion.d/keel`
+    /// (or zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Users of a broker with logins (`[security] auth`): add, passwd, remove, list.
     User {
         #[command(subcommand)]
@@ -464,6 +470,11 @@ pub fn main_entry() -> ExitCode {
         }
     };
     let outcome = match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::User { command } => security::user(&target, command),
         Command::Token { command } => security::token(&target, command),
         Command::Acl { command } => security::acl(&target, command),

@@ -497,3 +497,17 @@ fn consume_can_look_without_committing_from_a_position() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn shell_completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_keel()"),
+        ("zsh", "#compdef keel"),
+        ("fish", "complete -c keel"),
+    ] {
+        let output = keel("127.0.0.1:1", &["completions", shell], b"");
+        assert_eq!(output.status.code(), Some(0));
+        assert!(text(&output.stdout).contains(marker), "{shell}");
+        assert!(text(&output.stdout).contains("consume"), "{shell}");
+    }
+}
