@@ -42,7 +42,6 @@ pub(crate) fn producer_loop(
     let payload = payload_of(shape.size, index);
     let histogram = recorder.clone();
     let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let batch = shape.batch as u64;
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed)
         && count.is_none_or(|count| sent < count)
@@ -57,7 +56,12 @@ pub(crate) fn producer_loop(
         } else {
             payload.clone()
         };
-        let messages: Vec<Message> = (0..shape.batch)
+        // The last request carries what is left of the count.
+        let this_batch = count.map_or(shape.batch as u64, |count| {
+            (count - sent).min(shape.batch as u64)
+        });
+        let batch = this_batch;
+        let messages: Vec<Message> = (0..this_batch)
             .map(|_| Message::new(topic, payload.clone()))
             .collect();
         sent += batch;

@@ -69,7 +69,7 @@ impl Consumers {
     }
 
     /// Waits (up to 30 s) until `expected` messages were handled; returns the report.
-    pub(crate) fn finish(self, expected: u64, started: Instant) -> String {
+    pub(crate) fn finish(self, expected: u64, started: Instant) -> ConsumerFigures {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.handled.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -92,14 +92,62 @@ impl Consumers {
         for member in self.members {
             let _ = member.shutdown();
         }
+        ConsumerFigures {
+            members,
+            handled,
+            expected,
+            msgs_per_sec: handled as f64 / seconds,
+            p50_us: latency.value_at_quantile(0.5),
+            p99_us: latency.value_at_quantile(0.99),
+            p999_us: latency.value_at_quantile(0.999),
+            max_us: latency.max(),
+        }
+    }
+}
+
+/// What the consumers of a run did.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerFigures {
+    pub members: usize,
+    pub handled: u64,
+    pub expected: u64,
+    pub msgs_per_sec: f64,
+    /// Send-to-handler latency.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl ConsumerFigures {
+    pub(crate) fn line(&self) -> String {
         format!(
-            "consumers: {members} in one group handled {handled} of {expected} SEND_OK messages, \
-             {:.0} msgs/s; send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
-            handled as f64 / seconds,
-            latency.value_at_quantile(0.5),
-            latency.value_at_quantile(0.99),
-            latency.value_at_quantile(0.999),
-            latency.max()
+            "consumers: {} in one group handled {} of {} SEND_OK messages, {:.0} msgs/s; \
+             send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
+            self.members,
+            self.handled,
+            self.expected,
+            self.msgs_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )
+    }
+
+    pub(crate) fn json(&self) -> String {
+        format!(
+            "{{\"members\":{},\"handled\":{},\"expected\":{},\"msgs_per_sec\":{:.1},\
+             \"end_to_end_p50_us\":{},\"end_to_end_p99_us\":{},\"end_to_end_p999_us\":{},\
+             \"end_to_end_max_us\":{}}}",
+            self.members,
+            self.handled,
+            self.expected,
+            self.msgs_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
         )
     }
 }

@@ -35,7 +35,8 @@ pub(crate) struct Plan {
     /// consumers' end-to-end latency); each request is then encoded afresh.
     pub stamp: bool,
     /// Requests each connection sends before it stops (`None`: until told to stop).
-    pub requests_per_connection: Option<u64>,
+    /// Requests each connection sends (`--count`), by connection index.
+    pub requests_per_connection: Option<Vec<u64>>,
 }
 
 /// After the stop, how long the engine waits for the answers still owed.
@@ -129,7 +130,10 @@ fn drive(
             input: BytesMut::with_capacity(64 << 10),
             in_flight: VecDeque::with_capacity(plan.window),
             next_id: 1,
-            requests_left: plan.requests_per_connection,
+            requests_left: plan
+                .requests_per_connection
+                .as_ref()
+                .map(|shares| shares.get(*index).copied().unwrap_or(0)),
             seed: *index,
             messages: plan.batch as u64,
             hangup_seen: false,

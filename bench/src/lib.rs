@@ -422,7 +422,11 @@ fn start_engine(
     totals: &Arc<Totals>,
     stop: &Arc<AtomicBool>,
 ) -> Result<(LoadThreads, Vec<Arc<Recorder>>), String> {
-    let per_connection = |messages: u64| messages.div_ceil(args.producers as u64);
+    // `--count` is exact: shares that differ by at most one, the first ones larger.
+    let share = |total: u64, index: usize| {
+        let connections = args.producers as u64;
+        total / connections + u64::from((index as u64) < total % connections)
+    };
     match args.engine {
         Engine::Loop => {
             let socket_address = std::net::ToSocketAddrs::to_socket_addrs(address)
@@ -439,9 +443,23 @@ fn start_engine(
                 size: args.size,
                 batch: args.batch,
                 stamp: args.consumers > 0,
-                requests_per_connection: args
-                    .count
-                    .map(|count| per_connection(count).div_ceil(args.batch as u64)),
+                requests_per_connection: match args.count {
+                    Some(count) => {
+                        let batch = args.batch as u64;
+                        if count % batch != 0 {
+                            return Err(format!(
+                                "--count {count} is not a multiple of --batch {batch}: the \
+                                 loop engine sends whole batches (or use --engine client)"
+                            ));
+                        }
+                        Some(
+                            (0..args.producers)
+                                .map(|index| share(count / batch, index))
+                                .collect(),
+                        )
+                    }
+                    None => None,
+                },
             };
             let recorders: Vec<Arc<Recorder>> = (0..plan.threads)
                 .map(|_| Arc::new(Recorder::new()))
@@ -472,7 +490,7 @@ fn start_engine(
                     let (address, totals, stop) =
                         (address.to_string(), totals.clone(), stop.clone());
                     let (topic, recorder) = (args.topic.clone(), recorder.clone());
-                    let count = args.count.map(per_connection);
+                    let count = args.count.map(|count| share(count, index));
                     std::thread::spawn(move || {
                         let outcome = client_engine::producer_loop(
                             index, &address, &topic, shape, count, &totals, &stop, &recorder,

@@ -153,7 +153,7 @@ pub(crate) struct Summary {
     pub broker_cpu_us_per_msg: Option<f64>,
     pub bench_cpu_us_per_msg: f64,
     pub fsync_p50_us: Option<f64>,
-    pub consumers: Option<String>,
+    pub consumers: Option<crate::consumers::ConsumerFigures>,
     pub seconds: Vec<Second>,
 }
 
@@ -244,7 +244,7 @@ impl Summary {
             self.bench_cpu_us_per_msg
         );
         if let Some(report) = &self.consumers {
-            let _ = writeln!(out, "{report}");
+            let _ = writeln!(out, "{}", report.line());
         }
         if let Some(p50) = self.fsync_p50_us {
             let _ = writeln!(out, "disk: fdatasync of a 4 KiB append, median {p50:.1} us");
@@ -330,6 +330,12 @@ impl Summary {
             format!("{:.2}", self.bench_cpu_us_per_msg),
         );
         field("fsync_p50_us", option_json(self.fsync_p50_us));
+        field(
+            "consumers",
+            self.consumers
+                .as_ref()
+                .map_or("null".to_string(), |figures| figures.json()),
+        );
         field("per_second", format!("[{}]", seconds.join(",")));
         json.push('}');
         json

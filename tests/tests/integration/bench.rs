@@ -152,3 +152,64 @@ fn chaos_fails_over_a_few_times_and_loses_nothing() {
         "a clean run removes its directory"
     );
 }
+
+#[test]
+fn count_means_exactly_that_many_and_json_has_the_consumers() {
+    let broker = crate::harness::BrokerProcess::start("");
+    let run = |args: &[&str]| -> serde_json::Value {
+        let output = Command::new(BENCH)
+            .args(["--broker", &broker.address, "--json", "--topic", "counted"])
+            .args(args)
+            .output()
+            .expect("keel-bench");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim())
+            .expect("one JSON object")
+    };
+    // 1003 over 7 connections, and over 4 client producers with batches of 10: exactly.
+    let loop_run = run(&["--producers", "7", "--count", "1003"]);
+    assert_eq!(loop_run["sent"], 1003);
+    assert_eq!(loop_run["ok"], 1003);
+    assert!(loop_run["consumers"].is_null());
+    let client = run(&[
+        "--engine",
+        "client",
+        "--producers",
+        "4",
+        "--batch",
+        "10",
+        "--count",
+        "1003",
+        "--consumers",
+        "2",
+    ]);
+    assert_eq!(client["sent"], 1003);
+    assert_eq!(client["ok"], 1003);
+    assert_eq!(client["batch"], 10);
+    let consumers = &client["consumers"];
+    assert_eq!(consumers["members"], 2);
+    assert_eq!(consumers["expected"], 1003);
+    assert!(
+        consumers["handled"].as_u64().unwrap() >= 1003,
+        "{consumers}"
+    );
+    assert!(consumers["end_to_end_p99_us"].as_u64().unwrap() > 0);
+    // The loop engine sends whole batches: a count that is not a multiple is refused.
+    let refused = Command::new(BENCH)
+        .args([
+            "--broker",
+            &broker.address,
+            "--batch",
+            "10",
+            "--count",
+            "1003",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a multiple of --batch"));
+}
