@@ -109,14 +109,24 @@ enum Command {
     /// some outcome is unknown (retry those with the same producer id and sequence), 1
     /// when some were not stored or stored without SEND_OK.
     Send {
-        #[arg(long)]
+        #[arg(short, long)]
         topic: String,
         /// Tags (used for filtering by consumers).
         #[arg(long, default_value = "")]
         tags: String,
         /// Keys (business identifiers, for lookups).
-        #[arg(long, default_value = "")]
+        #[arg(short, long, default_value = "")]
         keys: String,
+        /// A property KEY=VALUE on every message (repeatable).
+        #[arg(short = 'p', long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        /// Give up on a message after this long, retries included (ms).
+        #[arg(long, value_name = "MS", default_value_t = 3000)]
+        timeout: u64,
+        /// Route through these name servers (comma separated) with failover between
+        /// masters, as an application does, instead of --broker.
+        #[arg(long, value_name = "ADDRS")]
+        namesrv: Option<String>,
         /// Queue to send to; by default the broker picks round-robin.
         #[arg(long)]
         queue: Option<u32>,
@@ -169,12 +179,12 @@ enum Command {
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
     /// Starts where the group left off (or at the beginning for a new group).
     Consume {
-        #[arg(long)]
+        #[arg(short, long)]
         topic: String,
-        #[arg(long, default_value = "keel-cli")]
+        #[arg(short, long, default_value = "keel-cli")]
         group: String,
         /// Stop after this many records.
-        #[arg(long)]
+        #[arg(short = 'n', long)]
         count: Option<u64>,
         /// Stop when nothing new arrived for this many milliseconds (0 = never).
         #[arg(long, default_value_t = 2000)]
@@ -482,6 +492,9 @@ pub fn main_entry() -> ExitCode {
             topic,
             tags,
             keys,
+            properties,
+            timeout,
+            namesrv,
             queue,
             mode,
             repeat,
@@ -490,10 +503,26 @@ pub fn main_entry() -> ExitCode {
             file,
             messages,
         } => read_payloads(hex, &file, messages).and_then(|payloads| {
+            let properties = properties
+                .iter()
+                .map(|item| {
+                    item.split_once('=')
+                        .filter(|(key, _)| !key.is_empty())
+                        .map(|(key, value)| (key.to_string(), value.to_string()))
+                        .ok_or_else(|| {
+                            ClientError::InvalidArgument(format!(
+                                "--property {item:?} is not KEY=VALUE"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let shape = SendShape {
                 topic: &topic,
                 tags: &tags,
                 keys: &keys,
+                properties,
+                timeout: Duration::from_millis(timeout.max(1)),
+                namesrv: namesrv.as_deref(),
                 queue,
                 mode,
                 repeat,
@@ -686,6 +715,9 @@ struct SendShape<'a> {
     topic: &'a str,
     tags: &'a str,
     keys: &'a str,
+    properties: Vec<(String, String)>,
+    timeout: Duration,
+    namesrv: Option<&'a str>,
     queue: Option<u32>,
     mode: Mode,
     repeat: u64,
@@ -780,13 +812,23 @@ fn send(
     }
     let options = ProducerOptions {
         connection: broker.options.clone(),
+        send_timeout: shape.timeout,
         ..ProducerOptions::default()
     };
-    let producer = Producer::connect(&broker.address, options)?;
+    let producer = match shape.namesrv {
+        Some(list) => {
+            let name_servers: Vec<&str> = list.split(',').map(str::trim).collect();
+            Producer::with_name_servers(&name_servers, options)?
+        }
+        None => Producer::connect(&broker.address, options)?,
+    };
     let build = |payload: &[u8]| {
-        let message = Message::new(shape.topic, payload.to_vec())
+        let mut message = Message::new(shape.topic, payload.to_vec())
             .with_tags(shape.tags)
             .with_keys(shape.keys);
+        for (key, value) in &shape.properties {
+            message = message.with_property(key.clone(), value.clone());
+        }
         match shape.queue {
             Some(queue) => message.with_queue(queue),
             None => message,

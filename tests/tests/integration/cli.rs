@@ -511,3 +511,61 @@ fn shell_completions_are_printed_for_each_shell() {
         assert!(text(&output.stdout).contains("consume"), "{shell}");
     }
 }
+
+#[test]
+fn send_takes_properties_a_timeout_and_name_servers() {
+    let namesrv = crate::harness::NameServerProcess::start(120_000);
+    let broker = BrokerProcess::start(&format!(
+        "namesrv_addrs = [\"{}\"]\nregister_interval_ms = 200",
+        namesrv.address
+    ));
+    broker.admin().create_topic("props", 1).unwrap();
+    wait_until("the broker registered", Duration::from_secs(20), || {
+        keel(
+            &broker.address,
+            &["routes", "--namesrv", &namesrv.address, "--topic", "props"],
+            b"",
+        )
+        .stdout
+        .windows(5)
+        .any(|w| w == b"props" || w == b"maste")
+    });
+    // Through the name servers (no --broker), with short flags and properties.
+    let sent = keel(
+        "127.0.0.1:1",
+        &[
+            "send",
+            "--namesrv",
+            &namesrv.address,
+            "-t",
+            "props",
+            "-k",
+            "order-1",
+            "-p",
+            "origin=cli",
+            "-p",
+            "note=a=b",
+            "--timeout",
+            "5000",
+            "hello",
+        ],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let consumed = keel(
+        &broker.address,
+        &["--json", "consume", "-t", "props", "-g", "g", "-n", "1"],
+        b"",
+    );
+    let record: serde_json::Value = serde_json::from_str(text(&consumed.stdout).trim()).unwrap();
+    assert_eq!(record["keys"], "order-1");
+    assert_eq!(record["properties"]["origin"], "cli");
+    assert_eq!(record["properties"]["note"], "a=b");
+    let bad = keel(
+        &broker.address,
+        &["send", "-t", "props", "-p", "novalue", "x"],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("is not KEY=VALUE"));
+}
