@@ -221,6 +221,24 @@ impl Broker {
         self.store.offset_durable()
     }
 
+    /// Every committed consumer offset with its queue's end: (group, topic, queue,
+    /// committed, end). The lag is the difference.
+    pub fn consumer_positions(&self) -> Vec<(String, String, u32, u64, u64)> {
+        let offsets = self.store.queue_offsets(None);
+        self.store
+            .consumer_offsets()
+            .into_iter()
+            .map(|(group, topic, queue, committed)| {
+                let end = offsets
+                    .iter()
+                    .find(|(name, _)| *name == topic)
+                    .and_then(|(_, queues)| queues.get(queue as usize))
+                    .map_or(0, |(_, max)| *max);
+                (group, topic, queue, committed, end)
+            })
+            .collect()
+    }
+
     /// Name/value pairs for the STATS frame and `keel stats`.
     pub fn stats(&self) -> Vec<(String, u64)> {
         let store = self.store.stats();

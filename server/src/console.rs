@@ -179,15 +179,9 @@ fn topics(broker: &Broker) -> Value {
 }
 
 fn groups(broker: &Broker) -> Value {
-    let offsets = broker.store.queue_offsets(None);
     let mut by_group: std::collections::BTreeMap<(String, String), Vec<Value>> =
         std::collections::BTreeMap::new();
-    for (group, topic, queue, committed) in broker.store.consumer_offsets() {
-        let max = offsets
-            .iter()
-            .find(|(name, _)| *name == topic)
-            .and_then(|(_, queues)| queues.get(queue as usize))
-            .map_or(0, |(_, max)| *max);
+    for (group, topic, queue, committed, max) in broker.consumer_positions() {
         by_group.entry((group, topic)).or_default().push(json!({
             "queue": queue,
             "committed": committed,

@@ -739,12 +739,7 @@ pub fn render(broker: &Broker) -> String {
         "gauge",
         "Messages of a queue a consumer group has not committed yet.",
     );
-    for (group, topic, queue, committed) in broker.store.consumer_offsets() {
-        let max = offsets
-            .iter()
-            .find(|(name, _)| *name == topic)
-            .and_then(|(_, queues)| queues.get(queue as usize))
-            .map_or(0, |(_, max)| *max);
+    for (group, topic, queue, committed, max) in broker.consumer_positions() {
         let labels = format!(
             "group=\"{}\",topic=\"{}\",queue=\"{queue}\",internal=\"{}\"",
             label_value(&group),

@@ -96,6 +96,30 @@ impl Pki {
     }
 }
 
+/// A consumer of group g on "orders" that has read `expected` records.
+fn consume_orders(address: &str, options: &ConnectionOptions, expected: u64) -> Consumer {
+    let mut consumer = Consumer::connect(
+        address,
+        "g",
+        "orders",
+        ConsumerOptions {
+            connection: options.clone(),
+            long_poll: Duration::from_millis(100),
+            ..ConsumerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut read = 0u64;
+    for _ in 0..50 {
+        read += consumer.poll(|_| Ok::<(), String>(())).unwrap().handled;
+        if read >= expected {
+            break;
+        }
+    }
+    assert_eq!(read, expected);
+    consumer
+}
+
 fn password(user: &str, password: &str) -> Option<Credentials> {
     Some(Credentials::Password {
         user: user.into(),
@@ -392,25 +416,7 @@ fn logins_and_permissions_refuse_every_request_that_lacks_them() {
     );
 
     let consumer_options = options(None, Some(Credentials::Token(token.clone())));
-    let mut consumer = Consumer::connect(
-        &address,
-        "g",
-        "orders",
-        ConsumerOptions {
-            connection: consumer_options.clone(),
-            long_poll: Duration::from_millis(100),
-            ..ConsumerOptions::default()
-        },
-    )
-    .unwrap();
-    let mut read = 0u64;
-    for _ in 0..50 {
-        read += consumer.poll(|_| Ok::<(), String>(())).unwrap().handled;
-        if read >= 11 {
-            break;
-        }
-    }
-    assert_eq!(read, 11);
+    let mut consumer = consume_orders(&address, &consumer_options, 11);
     consumer.commit().unwrap();
     assert_eq!(
         admin(&address, &options(None, password("ops", ADMIN_PASSWORD)))
@@ -526,25 +532,7 @@ fn tls_on_the_client_port_refuses_plaintext_strangers_and_expired_certificates()
             .unwrap();
         assert_eq!(sent.status, SendStatus::SendOk);
     }
-    let mut consumer = Consumer::connect(
-        &address,
-        "g",
-        "orders",
-        ConsumerOptions {
-            connection: good.clone(),
-            long_poll: Duration::from_millis(100),
-            ..ConsumerOptions::default()
-        },
-    )
-    .unwrap();
-    let mut read = 0u64;
-    for _ in 0..50 {
-        read += consumer.poll(|_| Ok::<(), String>(())).unwrap().handled;
-        if read >= 100 {
-            break;
-        }
-    }
-    assert_eq!(read, 100);
+    consume_orders(&address, &good, 100);
 
     // Plaintext to the TLS port: a plaintext TLS_REQUIRED, then the close.
     assert_eq!(
