@@ -198,7 +198,8 @@ enum Command {
         #[arg(long)]
         no_commit: bool,
         /// Start here instead of where the group left off: earliest, latest, a time
-        /// (milliseconds since the epoch, or RFC 3339 like 2026-12-01T10:00:00Z).
+        /// (milliseconds since the epoch, or RFC 3339 like 2026-12-01T10:00:00Z). The
+        /// group then commits from there (every queue moves) unless --no-commit.
         #[arg(long, value_name = "WHERE")]
         from: Option<String>,
         /// Only this queue (a look: nothing is committed).
@@ -946,19 +947,39 @@ struct ConsumeShape<'a> {
 }
 
 /// A `--from` time: milliseconds since the epoch, or RFC 3339 in UTC
-/// (`2026-12-01T10:00:00Z`, seconds optional fractions).
+/// (`2026-12-01T10:00:00Z`, with optional fractions of a second), years 1970 to 9999.
 fn parse_time(text: &str) -> Option<u64> {
-    if let Ok(ms) = text.parse::<u64>() {
-        return Some(ms);
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u64>().ok();
     }
+    let digits = |part: &str, len: usize| -> Option<i64> {
+        (part.len() == len && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse().ok())
+            .flatten()
+    };
     let text = text.strip_suffix('Z')?;
     let (date, time) = text.split_once('T')?;
-    let mut date = date.split('-').map(|part| part.parse::<i64>().ok());
-    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let mut clock = clock.split(':').map(|part| part.parse::<i64>().ok());
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if !(1..=12).contains(&month)
+    let mut date = date.split('-');
+    let (year, month, day) = (
+        digits(date.next()?, 4)?,
+        digits(date.next()?, 2)?,
+        digits(date.next()?, 2)?,
+    );
+    if date.next().is_some() {
+        return None;
+    }
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut clock = clock.split(':');
+    let (hour, minute, second) = (
+        digits(clock.next()?, 2)?,
+        digits(clock.next()?, 2)?,
+        digits(clock.next()?, 2)?,
+    );
+    if clock.next().is_some() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if year < 1970
+        || !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23
         || minute > 59
@@ -968,7 +989,7 @@ fn parse_time(text: &str) -> Option<u64> {
     }
     // Days from 1970-01-01 to the date (proleptic Gregorian), the usual civil formula.
     let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let era = y / 400;
     let yoe = y - era * 400;
     let mp = (month + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
@@ -1051,9 +1072,6 @@ fn consume(broker: &Target, shape: &ConsumeShape<'_>) -> Result<ExitCode, Client
     let mut printed = 0u64;
     let mut last_progress = Instant::now();
     let print = |record: &Record| -> Result<(), String> {
-        if only.is_some_and(|queue| queue != record.queue_id) {
-            return Ok(());
-        }
         if json() {
             print_json(&record_json(record));
             return Ok(());
@@ -1077,15 +1095,31 @@ fn consume(broker: &Target, shape: &ConsumeShape<'_>) -> Result<ExitCode, Client
         }
         Ok(())
     };
+    // With --queue the other queues' records are handed over too (and not printed):
+    // the limit and the idle time count what was printed.
+    let shown = std::cell::Cell::new(0u64);
+    let print = |record: &Record| -> Result<(), String> {
+        if only.is_some_and(|queue| queue != record.queue_id) || shown.get() >= limit {
+            return Ok(());
+        }
+        shown.set(shown.get() + 1);
+        print(record)
+    };
     while printed < limit {
-        let round = consumer.poll_at_most(limit - printed, print).map_err(|error| match error {
+        let at_most = match only {
+            Some(_) => u64::MAX,
+            None => limit - printed,
+        };
+        let before = shown.get();
+        let round = consumer.poll_at_most(at_most, &print).map_err(|error| match error {
             ClientError::OffsetExpired { .. } => ClientError::InvalidArgument(format!(
                 "{error}. To skip the expired messages: keel offsets reset --group {group} --topic {topic} --to earliest"
             )),
             other => other,
         })?;
-        printed += round.handled;
-        if round.handled > 0 {
+        let _ = round;
+        printed = shown.get();
+        if printed > before {
             last_progress = Instant::now();
         }
         if idle_ms > 0 && last_progress.elapsed() >= Duration::from_millis(idle_ms) {
@@ -1783,5 +1817,10 @@ mod tests {
         assert_eq!(parse_time("2026-13-01T10:00:00Z"), None);
         assert_eq!(parse_time("2026-12-01 10:00:00"), None);
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("2026-12-01T10:00:00.12\u{e9}Z"), None);
+        assert_eq!(parse_time("99999-01-01T00:00:00Z"), None);
+        assert_eq!(parse_time("2026-12-01T-1:00:00Z"), None);
+        assert_eq!(parse_time("+5"), None);
+        assert_eq!(parse_time("1960-01-01T00:00:00Z"), None);
     }
 }

@@ -568,14 +568,15 @@ impl HaMaster {
                     master_end: written,
                     bytes,
                 };
-                write_frame(&mut stream, &frame).map_err(ReplicationError::io("send DATA"))?;
-                sent += length;
+                // Noted before the write: an ack may come back before the write returns.
                 if let Some(link) = self.lock_links().iter_mut().find(|link| link.id == id) {
                     if link.unacked.len() >= UNACKED_MAX {
                         link.unacked.pop_front();
                     }
-                    link.unacked.push_back((sent, Instant::now()));
+                    link.unacked.push_back((sent + length, Instant::now()));
                 }
+                write_frame(&mut stream, &frame).map_err(ReplicationError::io("send DATA"))?;
+                sent += length;
                 confirmed_sent = confirmed;
                 heartbeat_due = now + heartbeat;
                 continue;

@@ -111,7 +111,8 @@ impl Connection {
 
     /// Over TLS, or from loopback: where a password may travel.
     pub fn is_secure(&self) -> bool {
-        self.tls.is_some() || self.peer.ip().is_loopback()
+        // An IPv4 peer of a dual-stack listener shows as ::ffff:127.0.0.1.
+        self.tls.is_some() || self.peer.ip().to_canonical().is_loopback()
     }
 
     /// Looks at the first bytes once enough have arrived: on a TLS port by peeking at

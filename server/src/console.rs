@@ -36,9 +36,18 @@ fn error(status: &'static str, message: impl Into<String>) -> Answer {
 pub(crate) fn serve(
     broker: &Broker,
     path: &str,
+    host: Option<&str>,
     authorization: Option<&str>,
     peer: SocketAddr,
 ) -> Answer {
+    // A page of another site that a browser resolved to this address (DNS rebinding)
+    // names its own host: only addresses and localhost are served.
+    if !host.is_some_and(host_is_address) {
+        return error(
+            "403 Forbidden",
+            "the Host header must be an IP address or localhost",
+        );
+    }
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     match route {
         "/" | "/console" | "/console/" => {
@@ -83,7 +92,11 @@ fn authorize(
         ));
     };
     let principal = authority
-        .login_token(token.trim(), peer.ip(), peer.ip().is_loopback())
+        .login_token(
+            token.trim(),
+            peer.ip(),
+            peer.ip().to_canonical().is_loopback(),
+        )
         .map_err(|refusal| {
             log::warn!("console login refused from {peer}: {refusal}");
             error("401 Unauthorized", refusal.to_string())
@@ -95,6 +108,24 @@ fn authorize(
         ));
     }
     Ok(())
+}
+
+/// `host` or `host:port` where host is an IP address (v6 in brackets) or localhost.
+fn host_is_address(value: &str) -> bool {
+    let value = value.trim();
+    if value.parse::<SocketAddr>().is_ok() || value.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let host = match value.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => value,
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 fn overview(broker: &Broker) -> Value {

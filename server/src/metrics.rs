@@ -7,6 +7,7 @@ use keel_storage::histogram::{Histogram, HistogramSnapshot};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ const REQUESTS_MAX: usize = 8;
 pub fn start(broker: Arc<Broker>, address: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
-    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("keel-metrics".into())
         .spawn(move || {
@@ -32,21 +33,22 @@ pub fn start(broker: Arc<Broker>, address: SocketAddr) -> std::io::Result<Socket
                         continue;
                     }
                 };
-                use std::sync::atomic::Ordering;
                 if running.fetch_add(1, Ordering::AcqRel) >= REQUESTS_MAX {
                     running.fetch_sub(1, Ordering::AcqRel);
                     let _ = respond(stream, "503 Service Unavailable", "text/plain", "busy\n");
                     continue;
                 }
-                let (broker, running) = (broker.clone(), running.clone());
+                // The slot is given back however the request ends, a panic included.
+                let slot = Slot(running.clone());
+                let broker = broker.clone();
                 let spawned =
                     std::thread::Builder::new()
                         .name("keel-http".into())
                         .spawn(move || {
+                            let _slot = slot;
                             if let Err(error) = serve(&broker, stream) {
                                 log::debug!("metrics request failed: {error}");
                             }
-                            running.fetch_sub(1, Ordering::AcqRel);
                         });
                 if spawned.is_err() {
                     log::warn!("cannot start a thread for an HTTP request");
@@ -54,6 +56,15 @@ pub fn start(broker: Arc<Broker>, address: SocketAddr) -> std::io::Result<Socket
             }
         })?;
     Ok(bound)
+}
+
+/// One of the `REQUESTS_MAX` request slots, released when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn respond(
@@ -65,7 +76,8 @@ fn respond(
     let head = format!(
         "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'\r\n\
+         Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; \
+         style-src 'unsafe-inline'; frame-ancestors 'none'\r\n\
          Connection: close\r\n\r\n",
         body.len()
     );
@@ -79,9 +91,15 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
+    // The whole request within 5 s, not 2 s a read: a byte at a time holds no slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !request.windows(4).any(|window| window == b"\r\n\r\n")
         && request.len() < REQUEST_BYTES_MAX
     {
+        if std::time::Instant::now() >= deadline {
+            let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow");
+            return Err(slow);
+        }
         let count = stream.read(&mut chunk)?;
         if count == 0 {
             break;
@@ -93,11 +111,18 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let authorization = lines.find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("authorization")
-            .then(|| value.trim().to_string())
-    });
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect();
+    let header = |wanted: &str| {
+        headers
+            .iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, value)| value.as_str())
+    };
     if method != "GET" {
         return respond(stream, "405 Method Not Allowed", "text/plain", "only GET\n");
     }
@@ -109,7 +134,7 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
             &render(broker),
         );
     }
-    let answer = crate::console::serve(broker, path, authorization.as_deref(), peer);
+    let answer = crate::console::serve(broker, path, header("host"), header("authorization"), peer);
     respond(stream, answer.status, answer.content_type, &answer.body)
 }
 
@@ -756,7 +781,7 @@ pub fn render(broker: &Broker) -> String {
     let latency = broker.send_latency.snapshots();
     out.histogram(
         "keel_send_duration_seconds",
-        "From a send's arrival to its answer, by outcome.",
+        "From a send's storing (in the page cache) to its answer, by outcome; sends refused before they were stored are not counted.",
         &latency,
     );
     let timings = broker.store.flush_timings();

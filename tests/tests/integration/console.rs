@@ -29,7 +29,11 @@ fn http_address(broker: &BrokerProcess) -> String {
 fn get(address: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect");
     let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\n{authorization}\r\n").expect("request");
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}\r\n"
+    )
+    .expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let status = response[9..12].parse().expect("status");
@@ -140,6 +144,16 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
     assert!(by_key["facts"].to_string().contains("order-7"), "{by_key}");
     assert_eq!(get(&http, "/api/message?id=zz", None).0, 400);
     assert_eq!(get(&http, "/nowhere", None).0, 404);
+    // A page of another site resolved to this address (DNS rebinding) names its host.
+    let mut stream = TcpStream::connect(&http).unwrap();
+    write!(
+        stream,
+        "GET /api/overview HTTP/1.0\r\nHost: evil.example:80\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 403"), "{response}");
     let (status, page) = get(&http, "/", None);
     assert_eq!(status, 200);
     assert!(

@@ -152,7 +152,7 @@ fn prometheus_metrics_follow_the_conventions_and_the_dashboard_names_real_ones()
         .to_string();
     let get = |path: &str| {
         let mut stream = TcpStream::connect(&address).expect("connect");
-        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("request");
         let mut response = String::new();
         std::io::Read::read_to_string(&mut stream, &mut response).expect("response");
         response
