@@ -481,6 +481,10 @@ fn consume_can_look_without_committing_from_a_position() {
         [None, None],
         "--queue looks without committing"
     );
+    // The count counts what is printed, not the other queues' records.
+    let two = records(&["--group", "g", "--queue", "1", "--offset", "0", "-n", "2"]);
+    assert_eq!(two.len(), 2);
+    assert!(two.iter().all(|r| r["queue"] == 1), "{two:?}");
     // A consume commits; a second one finds nothing new.
     assert_eq!(records(&["--group", "g"]).len(), 6);
     assert_eq!(committed("g"), [Some(3), Some(3)]);
