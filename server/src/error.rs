@@ -132,6 +132,17 @@ impl fmt::Display for BrokerError {
             BrokerError::Listen { address, source } => {
                 write!(f, "cannot listen on {address}: {source}")
             }
+            BrokerError::OpenStore {
+                data_dir,
+                source: source @ StoreError::Corruption { .. },
+            } => write!(
+                f,
+                "cannot open the data directory {dir}: {source}. Next: `keel admin verify \
+                 {dir}` says what is damaged; to accept losing every message from the damaged \
+                 record on, `keel admin truncate {dir} --offset <its log offset> \
+                 --discard-acknowledged-messages` (docs/OPERATIONS.md, \"Offline tools\")",
+                dir = data_dir.display()
+            ),
             BrokerError::OpenStore { data_dir, source } => write!(
                 f,
                 "cannot open the data directory {}: {source}",
