@@ -80,6 +80,17 @@ fn record_json(record: &Record) -> serde_json::Value {
 }
 
 #[derive(Subcommand)]
+enum GroupCommand {
+    /// Every group the broker knows: its topic, live members and lag.
+    List,
+    /// One group: its members and each queue's committed offset, end and lag.
+    Describe {
+        #[arg(short, long)]
+        group: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Print a shell completion script: `keel completions bash > /etc/bash_completion.d/keel`
     /// (or zsh, fish, elvish, powershell).
@@ -254,6 +265,11 @@ enum Command {
     Message {
         #[command(subcommand)]
         command: MessageCommand,
+    },
+    /// Consumer groups: list them, or describe one (members, committed offsets, lag).
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
     },
     /// Show or move a consumer group's committed offsets.
     Offsets {
@@ -591,6 +607,7 @@ pub fn main_entry() -> ExitCode {
             command: MessageCommand::Show { id, key },
         } => message_show(&target, id.as_deref(), key.as_deref()),
         Command::Offsets { command } => offsets(&target, command),
+        Command::Group { command } => group(&target, command),
         Command::Admin { command } => admin(&target, command),
         Command::Routes { namesrv, topic } => routes(&namesrv, &topic, target.options.tls.as_ref()),
         Command::Cluster {
@@ -1171,6 +1188,81 @@ fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {
             topic.queues.len(),
             offsets.join(" ")
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError> {
+    let (filter, describe) = match &command {
+        GroupCommand::List => (None, false),
+        GroupCommand::Describe { group } => (Some(group.as_str()), true),
+    };
+    let groups = broker.admin()?.list_groups(filter)?;
+    if describe && groups.is_empty() {
+        return Err(ClientError::InvalidArgument(format!(
+            "this broker knows no group {:?} (no live member, no committed offset)",
+            filter.unwrap_or_default()
+        )));
+    }
+    let lag = |info: &keel_protocol::GroupInfo| -> u64 {
+        info.queues
+            .iter()
+            .map(|(_, committed, end)| end.saturating_sub(*committed))
+            .sum()
+    };
+    if json() {
+        let groups: Vec<serde_json::Value> = groups
+            .iter()
+            .map(|info| {
+                let queues: Vec<serde_json::Value> = info
+                    .queues
+                    .iter()
+                    .map(|(queue, committed, end)| {
+                        serde_json::json!({
+                            "queue": queue, "committed": committed, "end": end,
+                            "lag": end.saturating_sub(*committed),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "group": info.group, "topic": info.topic, "members": info.members,
+                    "lag": lag(info), "queues": queues,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "groups": groups }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if describe {
+        for info in &groups {
+            println!(
+                "group {} on {}: {} live member(s), lag {}",
+                info.group,
+                info.topic,
+                info.members,
+                lag(info)
+            );
+            for (queue, committed, end) in &info.queues {
+                println!(
+                    "  queue {queue}: committed {committed}, end {end}, lag {}",
+                    end.saturating_sub(*committed)
+                );
+            }
+        }
+    } else {
+        println!(
+            "{:<24} {:<24} {:>7} {:>10}",
+            "group", "topic", "members", "lag"
+        );
+        for info in groups.iter().filter(|info| !info.group.starts_with('%')) {
+            println!(
+                "{:<24} {:<24} {:>7} {:>10}",
+                info.group,
+                info.topic,
+                info.members,
+                lag(info)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

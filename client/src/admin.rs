@@ -102,6 +102,18 @@ impl Admin {
         }
     }
 
+    /// Consumer groups (`group`, or every group when `None`): live members and the
+    /// committed offset and end of each queue they committed.
+    pub fn list_groups(
+        &self,
+        group: Option<&str>,
+    ) -> Result<Vec<keel_protocol::GroupInfo>, ClientError> {
+        match self.call(Request::ListGroups(group.unwrap_or_default().to_string()))? {
+            Response::GroupList(groups) => Ok(groups),
+            other => Err(unexpected(&other, "LIST_GROUPS")),
+        }
+    }
+
     /// The first queue offset stored at or after `timestamp_ms` (the queue's end when
     /// none was).
     pub fn offset_for_time(

@@ -57,6 +57,7 @@ kinds! {
     MessageInfo = 0x11, "MESSAGE_INFO";
     Login = 0x12, "LOGIN";
     SecurityAdmin = 0x13, "SECURITY_ADMIN";
+    ListGroups = 0x14, "LIST_GROUPS";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -73,6 +74,7 @@ kinds! {
     Info = 0x8E, "INFO";
     LoginOk = 0x8F, "LOGIN_OK";
     SecurityResult = 0x90, "SECURITY_RESULT";
+    GroupList = 0x91, "GROUP_LIST";
     Error = 0xFF, "ERROR";
 }
 

@@ -63,8 +63,8 @@ pub use request::{
     QueryOffsetRequest, Request, SecretText, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
 pub use response::{
-    Assignment, BrokerRoute, ErrorResponse, PullResult, QueueInfo, Response, SendBatchResult,
-    SendResult, TopicCreated, TopicInfo,
+    Assignment, BrokerRoute, ErrorResponse, GroupInfo, PullResult, QueueInfo, Response,
+    SendBatchResult, SendResult, TopicCreated, TopicInfo,
 };
 
 /// Default upper bound on a whole frame (length prefix included).

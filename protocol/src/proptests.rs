@@ -166,6 +166,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(user, password)| Request::Login(crate::Login::Password { user, password })),
         text().prop_map(|token| Request::Login(crate::Login::Token(token))),
         text().prop_map(|json| Request::SecurityAdmin(crate::SecretText(json))),
+        text().prop_map(Request::ListGroups),
         (
             text(),
             any::<u32>(),
@@ -228,6 +229,26 @@ fn response() -> impl Strategy<Value = Response> {
         proptest::collection::vec((text(), text()), 0..5).prop_map(Response::Info),
         text().prop_map(Response::LoginOk),
         text().prop_map(|json| Response::SecurityResult(crate::SecretText(json))),
+        proptest::collection::vec(
+            (
+                text(),
+                text(),
+                any::<u32>(),
+                proptest::collection::vec(any::<(u32, u64, u64)>(), 0..3)
+            ),
+            0..3
+        )
+        .prop_map(|groups| Response::GroupList(
+            groups
+                .into_iter()
+                .map(|(group, topic, members, queues)| crate::GroupInfo {
+                    group,
+                    topic,
+                    members,
+                    queues
+                })
+                .collect()
+        )),
         any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
         proptest::collection::vec(
             (

@@ -146,6 +146,9 @@ pub enum Request {
     Login(Login),
     /// Users, tokens and permissions: a JSON command (see docs/PROTOCOL.md).
     SecurityAdmin(SecretText),
+    /// Consumer groups this broker knows (one group, or every group when empty): their
+    /// live members and committed offsets.
+    ListGroups(String),
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -201,6 +204,7 @@ impl Request {
             Request::MessageInfo { .. } => Kind::MessageInfo,
             Request::Login(_) => Kind::Login,
             Request::SecurityAdmin(_) => Kind::SecurityAdmin,
+            Request::ListGroups(_) => Kind::ListGroups,
         }
     }
 
@@ -299,6 +303,7 @@ impl Request {
                 put_str16(out, token);
             }
             Request::SecurityAdmin(json) => put_bytes32(out, json.0.as_bytes()),
+            Request::ListGroups(group) => put_str16(out, group),
             Request::SendBatch(messages) => {
                 out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
                 for message in messages.iter().take(usize::from(u16::MAX)) {
@@ -474,6 +479,7 @@ impl Request {
                     }
                 }
             }
+            Kind::ListGroups => Request::ListGroups(reader.str16("group")?),
             Kind::SecurityAdmin => {
                 let bytes = reader.bytes32("command")?;
                 let json = std::str::from_utf8(bytes)

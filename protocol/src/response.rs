@@ -86,6 +86,17 @@ pub struct TopicInfo {
     pub queues: Vec<QueueInfo>,
 }
 
+/// GROUP_LIST: one (group, topic) a broker knows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupInfo {
+    pub group: String,
+    pub topic: String,
+    /// Live members (heartbeating), 0 for a group that only committed offsets.
+    pub members: u32,
+    /// (queue id, committed offset, the queue's end) for each queue with a commit.
+    pub queues: Vec<(u32, u64, u64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorResponse {
     pub code: ErrorCode,
@@ -137,6 +148,7 @@ pub enum Response {
     LoginOk(String),
     /// SECURITY_ADMIN's answer: JSON (see docs/PROTOCOL.md).
     SecurityResult(crate::SecretText),
+    GroupList(Vec<GroupInfo>),
     Error(ErrorResponse),
 }
 
@@ -171,6 +183,7 @@ impl Response {
             Response::Info(_) => Kind::Info,
             Response::LoginOk(_) => Kind::LoginOk,
             Response::SecurityResult(_) => Kind::SecurityResult,
+            Response::GroupList(_) => Kind::GroupList,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -202,6 +215,20 @@ impl Response {
             }
             Response::LoginOk(principal) => put_str16(out, principal),
             Response::SecurityResult(json) => put_bytes32(out, json.0.as_bytes()),
+            Response::GroupList(groups) => {
+                out.put_u32_le(u32::try_from(groups.len()).unwrap_or(u32::MAX));
+                for group in groups {
+                    put_str16(out, &group.group);
+                    put_str16(out, &group.topic);
+                    out.put_u32_le(group.members);
+                    out.put_u32_le(u32::try_from(group.queues.len()).unwrap_or(u32::MAX));
+                    for (queue, committed, end) in &group.queues {
+                        out.put_u32_le(*queue);
+                        out.put_u64_le(*committed);
+                        out.put_u64_le(*end);
+                    }
+                }
+            }
             Response::Info(entries) => {
                 let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
                 out.put_u16_le(count);
@@ -304,6 +331,34 @@ impl Response {
                 })
             }
             Kind::LoginOk => Response::LoginOk(reader.str16("principal")?),
+            Kind::GroupList => {
+                let count = reader.u32("group_count")?;
+                // Each group takes at least 12 bytes, each queue 20: bounded before
+                // allocating.
+                let mut groups = Vec::with_capacity((count as usize).min(reader.remaining() / 12));
+                for _ in 0..count {
+                    let group = reader.str16("group")?;
+                    let topic = reader.str16("topic")?;
+                    let members = reader.u32("members")?;
+                    let queue_count = reader.u32("queue_count")?;
+                    let mut queues =
+                        Vec::with_capacity((queue_count as usize).min(reader.remaining() / 20));
+                    for _ in 0..queue_count {
+                        queues.push((
+                            reader.u32("queue_id")?,
+                            reader.u64("committed")?,
+                            reader.u64("end")?,
+                        ));
+                    }
+                    groups.push(GroupInfo {
+                        group,
+                        topic,
+                        members,
+                        queues,
+                    });
+                }
+                Response::GroupList(groups)
+            }
             Kind::SecurityResult => {
                 let bytes = reader.bytes32("result")?;
                 let json = std::str::from_utf8(bytes)

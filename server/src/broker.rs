@@ -239,6 +239,37 @@ impl Broker {
             .collect()
     }
 
+    /// LIST_GROUPS: every (group, topic) with live members or committed offsets (only
+    /// `group`'s when it is not empty), with each committed queue's offset and end.
+    pub fn group_list(&self, group: &str) -> Vec<keel_protocol::GroupInfo> {
+        let mut groups: std::collections::BTreeMap<(String, String), keel_protocol::GroupInfo> =
+            std::collections::BTreeMap::new();
+        for (name, topic, queue, committed, end) in self.consumer_positions() {
+            let entry = groups
+                .entry((name.clone(), topic.clone()))
+                .or_insert_with(|| keel_protocol::GroupInfo {
+                    group: name,
+                    topic,
+                    ..Default::default()
+                });
+            entry.queues.push((queue, committed, end));
+        }
+        for (name, topic, members, _) in self.groups.describe() {
+            let entry = groups
+                .entry((name.clone(), topic.clone()))
+                .or_insert_with(|| keel_protocol::GroupInfo {
+                    group: name,
+                    topic,
+                    ..Default::default()
+                });
+            entry.members = u32::try_from(members).unwrap_or(u32::MAX);
+        }
+        groups
+            .into_values()
+            .filter(|info| group.is_empty() || info.group == group)
+            .collect()
+    }
+
     /// Name/value pairs for the STATS frame and `keel stats`.
     pub fn stats(&self) -> Vec<(String, u64)> {
         let store = self.store.stats();

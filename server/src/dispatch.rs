@@ -22,6 +22,10 @@ impl Shard {
             Request::QueryOffset(query) => admin::on_query_offset(self, to, query),
             Request::CreateTopic(create) => admin::on_create_topic(self, to, create),
             Request::ListTopics(list) => admin::on_list_topics(self, to, list),
+            Request::ListGroups(group) => {
+                let groups = self.broker.group_list(&group);
+                self.reply(to, Response::GroupList(groups));
+            }
             Request::Stats => {
                 let stats = self.broker.stats();
                 self.reply(to, Response::Stats(stats));

@@ -239,6 +239,8 @@ pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::GetRoutes(topic) if topic.is_empty() => vec![need(Admin, "*", Describe)],
         Request::GetRoutes(topic) => vec![topic_need(topic, Describe)],
         Request::SecurityAdmin(_) => vec![need(Admin, "*", Security)],
+        Request::ListGroups(group) if group.is_empty() => vec![need(Admin, "*", Describe)],
+        Request::ListGroups(group) => vec![group_need(group, Consume)],
     };
     Some(needs)
 }
@@ -266,6 +268,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         Kind::RegisterBroker => "cluster:register",
         Kind::GetRoutes => "topic:describe (admin:describe for every route)",
         Kind::SecurityAdmin => "admin:security",
+        Kind::ListGroups => "group:consume (admin:describe to list every group)",
         Kind::Pong
         | Kind::SendResult
         | Kind::PullResult
@@ -282,6 +285,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         | Kind::Info
         | Kind::LoginOk
         | Kind::SecurityResult
+        | Kind::GroupList
         | Kind::Error => return None,
     })
 }

@@ -573,3 +573,42 @@ fn send_takes_properties_a_timeout_and_name_servers() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("is not KEY=VALUE"));
 }
+
+#[test]
+fn group_list_and_describe_show_members_and_lag() {
+    let broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    broker.admin().create_topic("work", 2).unwrap();
+    let sent = keel(
+        &address,
+        &["send", "-t", "work", "--queue", "0", "a", "b", "c", "d"],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0));
+    broker
+        .admin()
+        .commit_offset("billing", "work", 0, 1)
+        .unwrap();
+    let listed = keel(&address, &["--json", "group", "list"], b"");
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed.stderr));
+    let listed: serde_json::Value = serde_json::from_str(text(&listed.stdout).trim()).unwrap();
+    let billing = listed["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "billing")
+        .expect("billing listed");
+    assert_eq!(billing["topic"], "work");
+    assert_eq!(billing["lag"], 3);
+    assert_eq!(billing["queues"][0]["end"], 4);
+    let described = keel(&address, &["group", "describe", "-g", "billing"], b"");
+    assert_eq!(described.status.code(), Some(0));
+    assert!(
+        text(&described.stdout).contains("queue 0: committed 1, end 4, lag 3"),
+        "{}",
+        text(&described.stdout)
+    );
+    let unknown = keel(&address, &["group", "describe", "-g", "nobody"], b"");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("knows no group"));
+}

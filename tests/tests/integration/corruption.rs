@@ -93,7 +93,10 @@ fn keeld_refuses_to_start_on_a_bitflip_in_acknowledged_data() {
     let log = broker.log();
     assert!(log.contains("corruption in"), "{log}");
     assert!(log.contains("not a torn tail"), "{log}");
-    assert!(log.contains("keel admin verify") && log.contains("keel admin truncate"), "{log}");
+    assert!(
+        log.contains("keel admin verify") && log.contains("keel admin truncate"),
+        "{log}"
+    );
     assert!(
         log.contains(&format!("log offset {}", results[20].log_offset)),
         "{log}"

@@ -273,6 +273,7 @@ fn one_of_each_kind() -> Vec<Request> {
             msg_id: 0,
             key: String::new(),
         },
+        Request::ListGroups(String::new()),
         Request::SecurityAdmin(keel_protocol::SecretText(
             SecurityCommand::UserList.to_json(),
         )),
