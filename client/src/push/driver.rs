@@ -34,7 +34,15 @@ pub(super) struct Driver {
     pub(super) stats: Arc<PushStats>,
     pub(super) heartbeat_due: Instant,
     pub(super) commit_due: Instant,
+    /// While the broker is unreachable: no reconnect before `due`; the delay doubles
+    /// with each failure up to `RECONNECT_MAX` and is reset by a success.
+    pub(super) reconnect_due: Instant,
+    pub(super) reconnect_delay: Duration,
 }
+
+/// The first and the longest wait between reconnects.
+pub(super) const RECONNECT_MIN: Duration = Duration::from_millis(100);
+pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

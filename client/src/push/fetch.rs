@@ -103,9 +103,11 @@ impl Driver {
                 return None;
             }
             Err(error) => {
-                log::warn!("consumer {}: pull failed: {error}", self.member_id);
+                // The reconnect says why, once per wait; pulls wait as long as it does.
+                log::debug!("consumer {}: pull failed: {error}", self.member_id);
                 self.reconnect_if_needed();
-                self.pause(key, Duration::from_millis(200));
+                let wait = self.reconnect_delay.max(Duration::from_millis(200));
+                self.pause(key, wait);
                 return None;
             }
         };

@@ -223,9 +223,26 @@ impl Driver {
                 return;
             }
         }
+        let now = Instant::now();
+        if now < self.reconnect_due {
+            return;
+        }
         match connect_first(&self.addresses, &self.options.connection) {
-            Ok((connection, index)) => self.switch(connection, index),
-            Err(error) => log::warn!("consumer {}: reconnect failed: {error}", self.member_id),
+            Ok((connection, index)) => {
+                self.reconnect_delay = super::driver::RECONNECT_MIN;
+                self.switch(connection, index)
+            }
+            Err(error) => {
+                // Said once per doubling of the wait, then every RECONNECT_MAX: a broker
+                // that is down does not flood the log.
+                log::warn!(
+                    "consumer {}: reconnect failed: {error}; next try in {} ms",
+                    self.member_id,
+                    self.reconnect_delay.as_millis()
+                );
+                self.reconnect_due = now + self.reconnect_delay;
+                self.reconnect_delay = (self.reconnect_delay * 2).min(super::driver::RECONNECT_MAX);
+            }
         }
     }
 

@@ -290,6 +290,8 @@ impl PushConsumer {
             addresses,
             current,
             primary_retry_due: Instant::now() + options.primary_retry,
+            reconnect_due: Instant::now(),
+            reconnect_delay: driver::RECONNECT_MIN,
             connection,
             group: group.to_string(),
             topics: vec![topic.to_string(), retry_topic(group)],

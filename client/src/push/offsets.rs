@@ -63,6 +63,10 @@ impl Driver {
                 log::warn!("consumer {}: {}", self.member_id, error.message);
                 self.forget(key);
             }
+            // A lost connection is said by the reconnect, once per wait.
+            Err(error @ (ClientError::ConnectionClosed(_) | ClientError::Connect { .. })) => {
+                log::debug!("consumer {}: commit failed: {error}", self.member_id)
+            }
             Err(error) => log::warn!("consumer {}: commit failed: {error}", self.member_id),
         }
     }
@@ -70,6 +74,11 @@ impl Driver {
     /// The periodic commit: one request per queue that moved, answered asynchronously
     /// (the broker fsyncs offsets before answering; the loop does not wait for it).
     pub(super) fn commit_all_async(&mut self) {
+        // Nothing to send on a dead connection: the positions are kept and committed
+        // once reconnected.
+        if self.connection.is_closed() {
+            return;
+        }
         let keys: Vec<QueueKey> = self.queues.keys().copied().collect();
         for key in keys {
             let Some(request) = self.commit_request(key) else {

@@ -612,3 +612,44 @@ fn group_list_and_describe_show_members_and_lag() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("knows no group"));
 }
+
+#[test]
+fn subscribe_backs_off_while_the_broker_is_down() {
+    use std::io::{BufRead, BufReader};
+    let mut broker = BrokerProcess::start("");
+    broker.admin().create_topic("down", 8).unwrap();
+    let mut child = Command::new(KEEL)
+        .args([
+            "--broker",
+            &broker.address,
+            "subscribe",
+            "--topic",
+            "down",
+            "--group",
+            "g",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let sent = keel(&broker.address, &["send", "-t", "down", "hello"], b"");
+    assert_eq!(sent.status.code(), Some(0));
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.contains("payload=hello"), "{line}");
+    broker.kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    crate::harness::signal(child.id(), libc::SIGKILL);
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    let complaints = stderr
+        .lines()
+        .filter(|line| line.contains("consumer"))
+        .count();
+    // Backing off from 100 ms to 5 s: about a handful of lines in 4 s, not 8 queues x
+    // 5 pulls a second.
+    assert!(complaints <= 20, "{complaints} lines in 4 s:\n{stderr}");
+    assert!(stderr.contains("next try in"), "{stderr}");
+}
