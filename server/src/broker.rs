@@ -242,27 +242,28 @@ impl Broker {
     /// LIST_GROUPS: every (group, topic) with live members or committed offsets (only
     /// `group`'s when it is not empty), with each committed queue's offset and end.
     pub fn group_list(&self, group: &str) -> Vec<keel_protocol::GroupInfo> {
-        let mut groups: std::collections::BTreeMap<(String, String), keel_protocol::GroupInfo> =
-            std::collections::BTreeMap::new();
-        for (name, topic, queue, committed, end) in self.consumer_positions() {
-            let entry = groups
-                .entry((name.clone(), topic.clone()))
+        use std::collections::BTreeMap;
+        let mut groups: BTreeMap<(String, String), keel_protocol::GroupInfo> = BTreeMap::new();
+        fn entry(
+            groups: &mut BTreeMap<(String, String), keel_protocol::GroupInfo>,
+            group: String,
+            topic: String,
+        ) -> &mut keel_protocol::GroupInfo {
+            groups
+                .entry((group.clone(), topic.clone()))
                 .or_insert_with(|| keel_protocol::GroupInfo {
-                    group: name,
+                    group,
                     topic,
                     ..Default::default()
-                });
-            entry.queues.push((queue, committed, end));
+                })
+        }
+        for (name, topic, queue, committed, end) in self.consumer_positions() {
+            entry(&mut groups, name, topic)
+                .queues
+                .push((queue, committed, end));
         }
         for (name, topic, members, _) in self.groups.describe() {
-            let entry = groups
-                .entry((name.clone(), topic.clone()))
-                .or_insert_with(|| keel_protocol::GroupInfo {
-                    group: name,
-                    topic,
-                    ..Default::default()
-                });
-            entry.members = u32::try_from(members).unwrap_or(u32::MAX);
+            entry(&mut groups, name, topic).members = u32::try_from(members).unwrap_or(u32::MAX);
         }
         groups
             .into_values()
