@@ -20,14 +20,13 @@ use std::time::{Duration, Instant};
     about = "Command-line client for the keel broker"
 )]
 struct Cli {
-    /// Broker address (host:port).
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:10911",
-        env = "KEEL_BROKER"
-    )]
-    broker: String,
+    /// Broker address (host:port) [default: 127.0.0.1:10911, or the profile's].
+    #[arg(long, global = true, env = "KEEL_BROKER")]
+    broker: Option<String>,
+    /// Take the broker, TLS and login settings a flag does not give from this profile
+    /// of the profiles file ($KEEL_CONFIG, else ~/.config/keel/profiles.toml).
+    #[arg(long, global = true, value_name = "NAME", env = "KEEL_PROFILE")]
+    profile: Option<String>,
     #[command(flatten)]
     access: security::Access,
     /// Print data as JSON: one object, or one object per line for sends and records
@@ -484,13 +483,23 @@ pub fn main_entry() -> ExitCode {
         env_logger::Env::default().default_filter_or("error,keel_client=off"),
     )
     .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let _ = JSON.set(cli.json);
+    if let Some(name) = cli.profile.clone() {
+        match security::Profile::load(&name) {
+            Ok(profile) => profile.fill(&mut cli.broker, &mut cli.access),
+            Err(error) => {
+                eprintln!("keel: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let address = cli
+        .broker
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:10911".to_string());
     let target = match cli.access.options() {
-        Ok(options) => security::Target {
-            address: cli.broker.clone(),
-            options,
-        },
+        Ok(options) => security::Target { address, options },
         Err(error) => {
             eprintln!("keel: {error}");
             return ExitCode::from(2);

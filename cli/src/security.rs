@@ -108,6 +108,75 @@ impl Access {
     }
 }
 
+/// One `[profiles.NAME]` of the profiles file: like `nats context`, where a broker is
+/// and how to reach it. Secrets stay in the files it names.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    broker: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_server_name: Option<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfilesFile {
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, Profile>,
+}
+
+impl Profile {
+    /// The profiles file: `$KEEL_CONFIG`, else `~/.config/keel/profiles.toml`.
+    pub fn path() -> Option<PathBuf> {
+        std::env::var_os("KEEL_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|home| PathBuf::from(home).join(".config/keel/profiles.toml"))
+            })
+    }
+
+    pub fn load(name: &str) -> Result<Profile, String> {
+        let path = Profile::path().ok_or("no profiles file: set KEEL_CONFIG or HOME")?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("profiles file {}: {e}", path.display()))?;
+        let mut file: ProfilesFile =
+            toml::from_str(&text).map_err(|e| format!("profiles file {}: {e}", path.display()))?;
+        let known: Vec<String> = file.profiles.keys().cloned().collect();
+        file.profiles.remove(name).ok_or_else(|| {
+            format!(
+                "profiles file {} has no profile {name:?} (it has: {})",
+                path.display(),
+                known.join(", ")
+            )
+        })
+    }
+
+    /// What a flag or the environment did not give, from the profile.
+    pub fn fill(self, broker: &mut Option<String>, access: &mut Access) {
+        fn or<T>(slot: &mut Option<T>, value: Option<T>) {
+            if slot.is_none() {
+                *slot = value;
+            }
+        }
+        or(broker, self.broker);
+        or(&mut access.tls_ca, self.tls_ca);
+        or(&mut access.tls_cert, self.tls_cert);
+        or(&mut access.tls_key, self.tls_key);
+        or(&mut access.tls_server_name, self.tls_server_name);
+        if access.user.is_none() && access.token_file.is_none() {
+            access.user = self.user;
+            access.token_file = self.token_file;
+        }
+        or(&mut access.password_file, self.password_file);
+    }
+}
+
 /// Reads a line from the terminal without echoing it (or from standard input when it
 /// is not a terminal).
 pub fn read_secret(prompt: &str) -> Result<String, ClientError> {

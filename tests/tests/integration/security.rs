@@ -1261,3 +1261,59 @@ fn the_controller_fails_over_a_group_that_speaks_tls_and_shows_the_cluster_token
     let _ = voter.kill();
     let _ = voter.wait();
 }
+
+#[test]
+fn a_profile_names_the_broker_and_the_login() {
+    let broker = secured_broker("");
+    let temp = tempfile::tempdir().unwrap();
+    let ops = admin(
+        &broker.address,
+        &options(None, password("ops", ADMIN_PASSWORD)),
+    );
+    let token = ops
+        .security(&SecurityCommand::TokenCreate {
+            name: "viewer".into(),
+        })
+        .unwrap()
+        .token
+        .unwrap()
+        .0;
+    grant(&ops, "viewer", ResourceType::Admin, "*", &[Action::Stats, Action::Describe]);
+    let token_file = temp.path().join("viewer.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let profiles = temp.path().join("profiles.toml");
+    std::fs::write(
+        &profiles,
+        format!(
+            "[profiles.local]\nbroker = \"{}\"\ntoken_file = \"{}\"\n",
+            broker.address,
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let keel = |args: &[&str]| {
+        Command::new(crate::cli::KEEL)
+            .args(args)
+            .env("KEEL_CONFIG", &profiles)
+            .env_remove("KEEL_BROKER")
+            .env_remove("KEEL_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let stats = keel(&["--profile", "local", "--json", "stats"]);
+    assert_eq!(
+        stats.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    assert!(String::from_utf8_lossy(&stats.stdout).contains("\"logins_ok\""));
+    // A flag wins over the profile; an unknown profile is a usage error.
+    let elsewhere = keel(&["--profile", "local", "--broker", "127.0.0.1:1", "stats"]);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    let unknown = keel(&["--profile", "prod", "stats"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr)
+        .contains("has no profile \"prod\" (it has: local)"));
+}
