@@ -1278,7 +1278,13 @@ fn a_profile_names_the_broker_and_the_login() {
         .token
         .unwrap()
         .0;
-    grant(&ops, "viewer", ResourceType::Admin, "*", &[Action::Stats, Action::Describe]);
+    grant(
+        &ops,
+        "viewer",
+        ResourceType::Admin,
+        "*",
+        &[Action::Stats, Action::Describe],
+    );
     let token_file = temp.path().join("viewer.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let profiles = temp.path().join("profiles.toml");
