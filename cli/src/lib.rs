@@ -411,6 +411,8 @@ enum TopicCommand {
         #[arg(long)]
         all: bool,
     },
+    /// One topic: each queue's stored range, and the groups consuming it with their lag.
+    Describe { topic: String },
 }
 
 /// How payloads are printed: escaped text by default (valid UTF-8 as is, any other
@@ -588,6 +590,9 @@ pub fn main_entry() -> ExitCode {
         Command::Topic {
             command: TopicCommand::List { all },
         } => list_topics(&target, all),
+        Command::Topic {
+            command: TopicCommand::Describe { topic },
+        } => describe_topic(&target, &topic),
         Command::Stats => stats(&target),
         Command::Subscribe {
             topic,
@@ -1196,6 +1201,64 @@ fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {
             topic.topic,
             topic.queues.len(),
             offsets.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, ClientError> {
+    let admin = broker.admin()?;
+    let Some(info) = admin.list_topics(Some(topic))?.into_iter().next() else {
+        return Err(ClientError::InvalidArgument(format!("no topic {topic:?}")));
+    };
+    let groups: Vec<keel_protocol::GroupInfo> = admin
+        .list_groups(None)?
+        .into_iter()
+        .filter(|group| group.topic == topic)
+        .collect();
+    let stored: u64 = info
+        .queues
+        .iter()
+        .map(|q| q.max_offset - q.min_offset.min(q.max_offset))
+        .sum();
+    if json() {
+        let groups: Vec<serde_json::Value> = groups
+            .iter()
+            .map(|group| {
+                let lag: u64 = group
+                    .queues
+                    .iter()
+                    .map(|(_, c, e)| e.saturating_sub(*c))
+                    .sum();
+                serde_json::json!({ "group": group.group, "members": group.members, "lag": lag })
+            })
+            .collect();
+        let mut object = topic_json(&info);
+        object["messages_stored"] = stored.into();
+        object["groups"] = groups.into();
+        print_json(&object);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "topic {}: {} queue(s), {stored} message(s) stored",
+        info.topic,
+        info.queues.len()
+    );
+    for (queue, range) in info.queues.iter().enumerate() {
+        println!(
+            "  queue {queue}: offsets {}..{}",
+            range.min_offset, range.max_offset
+        );
+    }
+    for group in &groups {
+        let lag: u64 = group
+            .queues
+            .iter()
+            .map(|(_, c, e)| e.saturating_sub(*c))
+            .sum();
+        println!(
+            "  group {}: {} live member(s), lag {lag}",
+            group.group, group.members
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -608,6 +608,21 @@ fn group_list_and_describe_show_members_and_lag() {
         "{}",
         text(&described.stdout)
     );
+    let topic = keel(&address, &["topic", "describe", "work"], b"");
+    assert_eq!(topic.status.code(), Some(0));
+    let topic = text(&topic.stdout);
+    assert!(
+        topic.contains("topic work: 2 queue(s), 4 message(s) stored"),
+        "{topic}"
+    );
+    assert!(
+        topic.contains("group billing: 0 live member(s), lag 3"),
+        "{topic}"
+    );
+    let json = keel(&address, &["--json", "topic", "describe", "work"], b"");
+    let json: serde_json::Value = serde_json::from_str(text(&json.stdout).trim()).unwrap();
+    assert_eq!(json["messages_stored"], 4);
+    assert_eq!(json["groups"][0]["lag"], 3);
     let unknown = keel(&address, &["group", "describe", "-g", "nobody"], b"");
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("knows no group"));
