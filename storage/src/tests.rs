@@ -695,6 +695,9 @@ mod replica {
         bytes[80] ^= 1;
         assert!(slave.append_replicated(&bytes).is_err(), "bad CRC");
         assert_eq!(slave.stats().offset_appended, 0);
+        // Stopped before their directories go: their threads could still write there.
+        slave.shutdown();
+        master.shutdown();
     }
 
     #[test]
