@@ -198,5 +198,8 @@ mod tests {
         assert_eq!(read.record_count, 310);
         slave.stop();
         master.stop();
+        // Stopped before their directories go: their threads could still write there.
+        slave_store.shutdown();
+        master_store.shutdown();
     }
 }
