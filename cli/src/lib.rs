@@ -1863,13 +1863,77 @@ fn admin(broker: &Target, command: AdminCommand) -> Result<ExitCode, ClientError
             let report =
                 keel_storage::admin::verify(&data_dir, max_record_bytes(max_message_bytes))
                     .map_err(storage_error)?;
+            if json() {
+                let damage = report.damage.as_ref().map(|damage| {
+                    serde_json::json!({
+                        "at": damage.at, "resumes_at": damage.resumes_at,
+                        "unreadable_bytes": damage.unreadable_bytes(),
+                        "records_after": damage.records_after,
+                        "record_bytes_after": damage.record_bytes_after,
+                        "log_bytes_end": damage.log_bytes_end,
+                        "topics_after": damage.topics_after,
+                    })
+                });
+                print_json(&serde_json::json!({
+                    "data_dir": data_dir.display().to_string(),
+                    "segments": report.segments, "records": report.records,
+                    "offset_end": report.offset_end, "checkpoint": report.checkpoint,
+                    "clean_shutdown": report.clean_shutdown,
+                    "torn_tail_bytes": report.torn_tail_bytes,
+                    "torn_tail_reason": report.torn_tail_reason,
+                    "topics": report.topics,
+                    "stale_index_files": report.stale_index_files,
+                    "metadata_errors": report.metadata_errors,
+                    "corruption": report.corruption, "damage": damage,
+                    "starts": report.starts(),
+                }));
+                return Ok(if report.starts() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             println!("data directory   {}", data_dir.display());
             println!("segments         {}", report.segments);
-            println!("records          {} (all CRC32C-checked)", report.records);
-            println!(
-                "log end offset   {} (where the valid records end)",
-                report.offset_end
-            );
+            match &report.damage {
+                None => {
+                    println!("records          {} (all CRC32C-checked)", report.records);
+                    println!(
+                        "log end offset   {} (where the valid records end)",
+                        report.offset_end
+                    );
+                }
+                Some(damage) => {
+                    println!(
+                        "records          {} intact: {} before the damage, {} after it (all CRC32C-checked)",
+                        report.records + damage.records_after,
+                        report.records,
+                        damage.records_after
+                    );
+                    println!(
+                        "valid prefix     log offsets 0..{} (where the first bad record starts)",
+                        damage.at
+                    );
+                    let resumes = damage
+                        .resumes_at
+                        .map_or("no intact record follows".to_string(), |offset| {
+                            format!("intact records resume at log offset {offset}")
+                        });
+                    println!(
+                        "damaged          {} byte(s) from log offset {} are no intact record; {resumes}",
+                        damage.unreadable_bytes(),
+                        damage.at
+                    );
+                    println!(
+                        "log bytes end    {} (the last segment's end)",
+                        damage.log_bytes_end
+                    );
+                    println!(
+                        "truncating       at {} discards {} intact record(s) ({} bytes) besides the damaged bytes",
+                        damage.at, damage.records_after, damage.record_bytes_after
+                    );
+                }
+            }
             let checkpoint = report
                 .checkpoint
                 .map_or("none".to_string(), |offset| offset.to_string());
@@ -1882,7 +1946,20 @@ fn admin(broker: &Target, command: AdminCommand) -> Result<ExitCode, ClientError
                 }
             );
             for (topic, queues) in &report.topics {
-                println!("topic {topic}: queue lengths {queues:?}");
+                match &report.damage {
+                    None => println!("topic {topic}: queue lengths {queues:?}"),
+                    Some(damage) => println!(
+                        "topic {topic}: queue lengths {queues:?} before the damage, {} intact record(s) after it",
+                        damage.topics_after.get(topic).copied().unwrap_or(0)
+                    ),
+                }
+            }
+            if let Some(damage) = &report.damage {
+                for (topic, count) in &damage.topics_after {
+                    if !report.topics.contains_key(topic) {
+                        println!("topic {topic}: none before the damage, {count} intact record(s) after it");
+                    }
+                }
             }
             if let Some(reason) = &report.torn_tail_reason {
                 println!(

@@ -32,6 +32,33 @@ pub struct VerifyReport {
     pub stale_index_files: Vec<String>,
     /// Problems with the topics or offsets files.
     pub metadata_errors: Vec<String>,
+    /// On a corrupt log: what lies past the valid prefix (`offset_end`).
+    pub damage: Option<Damage>,
+}
+
+/// The part of a corrupt log past its valid prefix: the intact records found there by
+/// scanning every byte for a record whose CRC32C and position check out, and the bytes
+/// that are not one. `keel admin truncate` at the valid prefix's end discards both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// The first log offset that is not a valid record (the valid prefix's end).
+    pub at: u64,
+    /// Where the log's bytes end (the last segment's base plus its length).
+    pub log_bytes_end: u64,
+    /// The first intact record after `at`, if any.
+    pub resumes_at: Option<u64>,
+    /// Intact records after `at`, and their bytes.
+    pub records_after: u64,
+    pub record_bytes_after: u64,
+    /// Intact records after `at`, per topic.
+    pub topics_after: BTreeMap<String, u64>,
+}
+
+impl Damage {
+    /// Bytes past `at` that are not an intact record.
+    pub fn unreadable_bytes(&self) -> u64 {
+        (self.log_bytes_end.saturating_sub(self.at)).saturating_sub(self.record_bytes_after)
+    }
 }
 
 impl VerifyReport {
@@ -130,6 +157,12 @@ pub fn verify_on(
                 report.segments = valid.segments;
                 report.records = valid.records;
                 report.offset_end = valid.offset_end;
+                report.damage = Some(survey_damage(
+                    disk,
+                    &log_dir,
+                    valid.offset_end,
+                    max_record_bytes,
+                )?);
             }
         }
         Err(error) => return Err(error),
@@ -147,6 +180,9 @@ pub fn verify_on(
             .enumerate()
             .map(move |(queue_id, entries)| (topic, queue_id, entries))
     });
+    // Past damage the index files rightly hold more than the valid prefix: comparing
+    // them with it would call every index stale.
+    let queues = queues.filter(|_| report.damage.is_none());
     for (topic, queue_id, entries) in queues {
         let path = data_dir
             .join("consumequeue")
@@ -176,6 +212,48 @@ pub fn verify_on(
         report.metadata_errors.push(error.to_string());
     }
     Ok(report)
+}
+
+/// Scans the log from `at` (where its valid prefix ends) to its end for intact records.
+fn survey_damage(
+    disk: &dyn Disk,
+    log_dir: &Path,
+    at: u64,
+    max_record_bytes: u32,
+) -> Result<Damage, StoreError> {
+    let mut damage = Damage {
+        at,
+        log_bytes_end: at,
+        ..Damage::default()
+    };
+    let segments = list_segments(disk, log_dir)?;
+    for (index, (base, path)) in segments.iter().enumerate() {
+        let length = disk
+            .open(path, OpenMode::Read)
+            .and_then(|file| file.len())
+            .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?;
+        let end = base.saturating_add(length);
+        let next_base = segments.get(index + 1).map_or(u64::MAX, |(next, _)| *next);
+        damage.log_bytes_end = damage.log_bytes_end.max(end);
+        if end <= at {
+            continue;
+        }
+        // A segment that overlaps the next one is scanned only up to it, so no record
+        // is counted twice.
+        let mut each = |record: &Record| {
+            if record.log_offset >= next_base {
+                return false;
+            }
+            damage.resumes_at.get_or_insert(record.log_offset);
+            damage.records_after += 1;
+            damage.record_bytes_after += u64::from(record.total_size);
+            *damage.topics_after.entry(record.topic.clone()).or_default() += 1;
+            true
+        };
+        let from = at.saturating_sub(*base);
+        crate::recovery::scan_valid_records(disk, path, *base, from, max_record_bytes, &mut each)?;
+    }
+    Ok(damage)
 }
 
 /// One entry of `dump`: a record, or the first bytes that are not one.

@@ -342,7 +342,7 @@ fn why_not_torn(
 
 /// Calls `each` for every valid record (CRC and position consistent) that starts at or
 /// after `from` in one segment, until it returns false. Returns whether to go on.
-fn scan_valid_records(
+pub(crate) fn scan_valid_records(
     disk: &dyn Disk,
     path: &Path,
     base: u64,

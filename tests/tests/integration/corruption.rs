@@ -155,6 +155,19 @@ fn the_operator_can_verify_then_deliberately_truncate_a_corrupt_log() {
         corruption.contains(&format!("log offset {}", results[30].log_offset)),
         "{corruption}"
     );
+    // The totals count the whole log: 30 records before the damage, the damaged one,
+    // and the 19 intact ones after it that a truncation would discard.
+    assert_eq!(report.records, 30);
+    let damage = report.damage.expect("damage surveyed");
+    assert_eq!(damage.at, results[30].log_offset);
+    assert_eq!(damage.resumes_at, Some(results[31].log_offset));
+    assert_eq!(damage.records_after, 19);
+    assert_eq!(
+        damage.unreadable_bytes(),
+        results[31].log_offset - results[30].log_offset
+    );
+    assert_eq!(damage.topics_after.get("audit"), Some(&19));
+    assert!(report.stale_index_files.is_empty(), "{:?}", report.stale_index_files);
     // verify changed nothing: keeld still refuses.
     assert_eq!(broker.spawn_expect_failure().code(), Some(3));
 
