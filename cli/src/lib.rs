@@ -63,6 +63,7 @@ fn record_json(record: &Record) -> serde_json::Value {
         "offset": record.queue_offset,
         "msg_id": record.message_id(),
         "store_timestamp_ms": record.store_timestamp_ms,
+        "stored": format_time(record.store_timestamp_ms),
         "born_timestamp_ms": record.born_timestamp_ms,
         "tags": record.tags,
         "keys": record.keys,
@@ -236,7 +237,8 @@ enum Command {
         topic: String,
         #[arg(long)]
         group: String,
-        /// Where a new group starts: earliest, latest, or a time in ms since the epoch.
+        /// Where a new group starts: earliest, latest, or a time (milliseconds since the
+        /// epoch, or RFC 3339 like 2026-12-01T10:00:00Z).
         #[arg(long, default_value = "earliest")]
         from: String,
         /// Only these tags, e.g. "TagA || TagB".
@@ -286,24 +288,38 @@ enum Command {
 enum OffsetsCommand {
     /// Per queue: the group's committed offset, the queue's first and last offsets, lag.
     Show {
-        #[arg(long)]
+        #[arg(short, long)]
         group: String,
-        #[arg(long)]
+        #[arg(short, long)]
         topic: String,
     },
-    /// Move the group's offsets. This is how a group behind retention moves on
-    /// (`--to earliest`), accepting that the expired messages are gone.
+    /// Move the group's committed offsets (each queue's, or one's with --queue), to a
+    /// place or by a shift, clamped to what is stored. This is how a group behind
+    /// retention moves on (`--to earliest`), accepting that the expired messages are gone.
+    /// Refused while the group has live members (they would commit over it) unless
+    /// --force.
     Reset {
-        #[arg(long)]
+        #[arg(short, long)]
         group: String,
-        #[arg(long)]
+        #[arg(short, long)]
         topic: String,
-        /// earliest (first stored), latest (skip everything stored), or an offset.
-        #[arg(long)]
-        to: String,
+        /// earliest (first stored), latest (skip everything stored), an offset, or an
+        /// RFC 3339 time like 2026-12-01T10:00:00Z (the first message stored at or after it).
+        #[arg(long, required_unless_present = "shift", conflicts_with = "shift")]
+        to: Option<String>,
+        /// Move each committed offset by N: negative goes back (redelivers N messages a
+        /// queue), positive skips. A queue without a commit counts from its first stored.
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        shift: Option<i64>,
         /// Only this queue (default: every queue).
         #[arg(long)]
         queue: Option<u32>,
+        /// Print each queue's move (from, to), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Reset although the group has live members.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -457,6 +473,51 @@ fn escape(payload: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC with milliseconds
+/// (`2026-12-01T10:00:00.000Z`), the inverse of `parse_time`'s RFC 3339 form.
+fn format_time(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let days = (seconds / 86_400) as i64;
+    let clock = seconds % 86_400;
+    // The civil date of a day count since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        clock / 3600,
+        clock / 60 % 60,
+        clock % 60,
+        ms % 1000
+    )
+}
+
+/// One record as `consume` and `subscribe` print it: where it is, when it was stored,
+/// its tags, keys and properties, then the payload (`lead` comes first: subscribe's
+/// topic, consume's nothing; `extra` before the payload: subscribe's reconsume count).
+fn record_line(record: &Record, lead: &str, msg_id: &str, extra: &str, payload: &str) -> String {
+    let properties: Vec<String> = record
+        .properties
+        .iter()
+        .map(|(key, value)| format!("{}={}", escape(key.as_bytes()), escape(value.as_bytes())))
+        .collect();
+    format!(
+        "{lead}queue={} offset={} id={msg_id} stored={} tags={:?} keys={:?} properties={{{}}} {extra}payload={payload}",
+        record.queue_id,
+        record.queue_offset,
+        format_time(record.store_timestamp_ms),
+        record.tags,
+        record.keys,
+        properties.join(", ")
+    )
 }
 
 /// Writes a payload byte for byte and a newline (`--raw`).
@@ -1116,12 +1177,8 @@ fn consume(broker: &Target, shape: &ConsumeShape<'_>) -> Result<ExitCode, Client
             println!("{payload}");
         } else {
             println!(
-                "queue={} offset={} id={} tags={:?} keys={:?} payload={payload}",
-                record.queue_id,
-                record.queue_offset,
-                record.message_id(),
-                record.tags,
-                record.keys
+                "{}",
+                record_line(record, "", &record.message_id(), "", &payload)
             );
         }
         Ok(())
@@ -1221,16 +1278,28 @@ fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, ClientError>
         .iter()
         .map(|q| q.max_offset - q.min_offset.min(q.max_offset))
         .sum();
+    let mut waits = Vec::with_capacity(groups.len());
+    for group in &groups {
+        let mut oldest = 0.0f64;
+        for (queue, committed, end) in &group.queues {
+            oldest = oldest.max(lag_seconds(&admin, topic, *queue, *committed, *end)?);
+        }
+        waits.push(oldest);
+    }
     if json() {
         let groups: Vec<serde_json::Value> = groups
             .iter()
-            .map(|group| {
+            .zip(&waits)
+            .map(|(group, wait)| {
                 let lag: u64 = group
                     .queues
                     .iter()
                     .map(|(_, c, e)| e.saturating_sub(*c))
                     .sum();
-                serde_json::json!({ "group": group.group, "members": group.members, "lag": lag })
+                serde_json::json!({
+                    "group": group.group, "members": group.members, "lag": lag,
+                    "lag_seconds": wait,
+                })
             })
             .collect();
         let mut object = topic_json(&info);
@@ -1250,15 +1319,17 @@ fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, ClientError>
             range.min_offset, range.max_offset
         );
     }
-    for group in &groups {
+    for (group, wait) in groups.iter().zip(&waits) {
         let lag: u64 = group
             .queues
             .iter()
             .map(|(_, c, e)| e.saturating_sub(*c))
             .sum();
         println!(
-            "  group {}: {} live member(s), lag {lag}",
-            group.group, group.members
+            "  group {}: {} live member(s), lag {lag} message(s), oldest waiting {}",
+            group.group,
+            group.members,
+            duration_words(*wait)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -1269,7 +1340,8 @@ fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError
         GroupCommand::List => (None, false),
         GroupCommand::Describe { group } => (Some(group.as_str()), true),
     };
-    let groups = broker.admin()?.list_groups(filter)?;
+    let admin = broker.admin()?;
+    let groups = admin.list_groups(filter)?;
     if describe && groups.is_empty() {
         return Err(ClientError::InvalidArgument(format!(
             "this broker knows no group {:?} (no live member, no committed offset)",
@@ -1282,23 +1354,35 @@ fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError
             .map(|(_, committed, end)| end.saturating_sub(*committed))
             .sum()
     };
+    // Each queue's lag in seconds: how long its oldest uncommitted message has waited.
+    let mut waits: Vec<Vec<f64>> = Vec::with_capacity(groups.len());
+    for info in &groups {
+        let mut each = Vec::with_capacity(info.queues.len());
+        for (queue, committed, end) in &info.queues {
+            each.push(lag_seconds(&admin, &info.topic, *queue, *committed, *end)?);
+        }
+        waits.push(each);
+    }
+    let oldest = |waits: &[f64]| waits.iter().copied().fold(0.0, f64::max);
     if json() {
         let groups: Vec<serde_json::Value> = groups
             .iter()
-            .map(|info| {
+            .zip(&waits)
+            .map(|(info, waits)| {
                 let queues: Vec<serde_json::Value> = info
                     .queues
                     .iter()
-                    .map(|(queue, committed, end)| {
+                    .zip(waits)
+                    .map(|((queue, committed, end), wait)| {
                         serde_json::json!({
                             "queue": queue, "committed": committed, "end": end,
-                            "lag": end.saturating_sub(*committed),
+                            "lag": end.saturating_sub(*committed), "lag_seconds": wait,
                         })
                     })
                     .collect();
                 serde_json::json!({
                     "group": info.group, "topic": info.topic, "members": info.members,
-                    "lag": lag(info), "queues": queues,
+                    "lag": lag(info), "lag_seconds": oldest(waits), "queues": queues,
                 })
             })
             .collect();
@@ -1306,37 +1390,74 @@ fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError
         return Ok(ExitCode::SUCCESS);
     }
     if describe {
-        for info in &groups {
+        for (info, waits) in groups.iter().zip(&waits) {
             println!(
-                "group {} on {}: {} live member(s), lag {}",
+                "group {} on {}: {} live member(s), lag {} message(s), oldest waiting {}",
                 info.group,
                 info.topic,
                 info.members,
-                lag(info)
+                lag(info),
+                duration_words(oldest(waits))
             );
-            for (queue, committed, end) in &info.queues {
+            for ((queue, committed, end), wait) in info.queues.iter().zip(waits) {
                 println!(
-                    "  queue {queue}: committed {committed}, end {end}, lag {}",
-                    end.saturating_sub(*committed)
+                    "  queue {queue}: committed {committed}, end {end}, lag {} ({})",
+                    end.saturating_sub(*committed),
+                    duration_words(*wait)
                 );
             }
         }
     } else {
         println!(
-            "{:<24} {:<24} {:>7} {:>10}",
-            "group", "topic", "members", "lag"
+            "{:<24} {:<24} {:>7} {:>10} {:>10}",
+            "group", "topic", "members", "lag", "lag_time"
         );
-        for info in groups.iter().filter(|info| !info.group.starts_with('%')) {
+        for (info, waits) in groups
+            .iter()
+            .zip(&waits)
+            .filter(|(info, _)| !info.group.starts_with('%'))
+        {
             println!(
-                "{:<24} {:<24} {:>7} {:>10}",
+                "{:<24} {:<24} {:>7} {:>10} {:>10}",
                 info.group,
                 info.topic,
                 info.members,
-                lag(info)
+                lag(info),
+                duration_words(oldest(waits))
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds since the oldest message of a queue a group has not committed was stored
+/// (0 when it committed everything).
+fn lag_seconds(
+    admin: &keel_client::Admin,
+    topic: &str,
+    queue: u32,
+    committed: u64,
+    end: u64,
+) -> Result<f64, ClientError> {
+    if committed >= end {
+        return Ok(0.0);
+    }
+    Ok(match admin.store_time_at(topic, queue, committed)? {
+        Some(stored_ms) => keel_protocol::now_ms().saturating_sub(stored_ms) as f64 / 1000.0,
+        None => 0.0,
+    })
+}
+
+/// A wait as people read it: "0s", "4.2s", "3m12s", "2h05m", "3d04h".
+fn duration_words(seconds: f64) -> String {
+    let whole = seconds as u64;
+    match whole {
+        0 if seconds <= 0.0 => "0s".to_string(),
+        0..60 => format!("{seconds:.1}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        3600..86_400 => format!("{}h{:02}m", whole / 3600, whole / 60 % 60),
+        _ => format!("{}d{:02}h", whole / 86_400, whole / 3600 % 24),
+    }
 }
 
 fn topic_json(topic: &keel_protocol::TopicInfo) -> serde_json::Value {
@@ -1427,22 +1548,109 @@ fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientE
                 print_json(&serde_json::json!({ "group": group, "topic": topic, "queues": rows }));
             }
         }
-        OffsetsCommand::Reset { to, queue, .. } => {
+        OffsetsCommand::Reset {
+            to,
+            shift,
+            queue,
+            dry_run,
+            force,
+            ..
+        } => {
+            if queues.is_empty() {
+                return Err(ClientError::InvalidArgument(format!("no topic {topic:?}")));
+            }
+            if let Some(only) = queue.filter(|only| *only as usize >= queues.len()) {
+                return Err(ClientError::InvalidArgument(format!(
+                    "topic {topic:?} has queues 0 to {}, not {only}",
+                    queues.len() - 1
+                )));
+            }
+            let members = admin
+                .list_groups(Some(group))?
+                .iter()
+                .filter(|info| info.topic == topic)
+                .map(|info| info.members)
+                .sum::<u32>();
+            if members > 0 && !force && !dry_run {
+                return Err(ClientError::InvalidArgument(format!(
+                    "group {group} has {members} live member(s) on {topic}: they commit their own \
+                     positions over a reset. Stop them first, or pass --force"
+                )));
+            }
+            let time = match to.as_deref() {
+                Some("earliest" | "latest") | None => None,
+                Some(text) if text.bytes().all(|b| b.is_ascii_digit()) => None,
+                Some(text) => Some(parse_time(text).ok_or_else(|| {
+                    ClientError::InvalidArgument(format!(
+                        "--to takes earliest, latest, an offset or an RFC 3339 time \
+                         (2026-12-01T10:00:00Z), not {text:?}"
+                    ))
+                })?),
+            };
+            let mut moves = Vec::new();
             for (queue_id, info) in queues.iter().enumerate() {
                 if queue.is_some_and(|only| only as usize != queue_id) {
                     continue;
                 }
-                let offset = match to.as_str() {
-                    "earliest" => info.min_offset,
-                    "latest" => info.max_offset,
-                    number => number.parse().map_err(|_| {
-                        ClientError::InvalidArgument(format!(
-                            "--to takes earliest, latest or an offset, not {number:?}"
-                        ))
+                let queue_id = queue_id as u32;
+                let committed = admin.query_offset(group, topic, queue_id)?;
+                let wanted = match (to.as_deref(), shift, time) {
+                    (_, _, Some(ms)) => admin.offset_for_time(topic, queue_id, ms)?,
+                    (Some("earliest"), _, _) => info.min_offset,
+                    (Some("latest"), _, _) => info.max_offset,
+                    (Some(number), _, _) => number.parse().map_err(|_| {
+                        ClientError::InvalidArgument(format!("--to {number:?} is not an offset"))
                     })?,
+                    (None, Some(by), _) => {
+                        let base = committed.unwrap_or(info.min_offset);
+                        base.saturating_add_signed(by)
+                    }
+                    (None, None, _) => {
+                        return Err(ClientError::InvalidArgument(
+                            "give --to or --shift".into(),
+                        ))
+                    }
                 };
-                admin.commit_offset(group, topic, queue_id as u32, offset)?;
-                println!("queue {queue_id}: offset of {group} set to {offset}");
+                let target = wanted.clamp(info.min_offset, info.max_offset.max(info.min_offset));
+                moves.push((queue_id, committed, target, wanted != target, *info));
+            }
+            for (queue_id, _, target, _, _) in &moves {
+                if !dry_run {
+                    admin.commit_offset(group, topic, *queue_id, *target)?;
+                }
+            }
+            if json() {
+                let rows: Vec<serde_json::Value> = moves
+                    .iter()
+                    .map(|(queue_id, from, to, clamped, info)| {
+                        serde_json::json!({
+                            "queue": queue_id, "from": from, "to": to, "clamped": clamped,
+                            "min_offset": info.min_offset, "max_offset": info.max_offset,
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::json!({
+                    "group": group, "topic": topic, "dry_run": dry_run,
+                    "live_members": members, "queues": rows,
+                }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let verb = if dry_run { "would move" } else { "moved" };
+            for (queue_id, from, to, clamped, info) in &moves {
+                let from = from.map_or("none".to_string(), |offset| offset.to_string());
+                let clamped = if *clamped {
+                    format!(" (clamped to the stored {}..{})", info.min_offset, info.max_offset)
+                } else {
+                    String::new()
+                };
+                println!("queue {queue_id}: {verb} {group} from {from} to {to}{clamped}");
+            }
+            if dry_run {
+                eprintln!("keel offsets reset: dry run, nothing changed");
+            } else if members > 0 {
+                eprintln!(
+                    "keel offsets reset: {group} has {members} live member(s); they may commit over this"
+                );
             }
         }
     }
@@ -1472,9 +1680,10 @@ fn subscribe(
     let start_from = match from {
         "earliest" => StartFrom::Earliest,
         "latest" => StartFrom::Latest,
-        other => StartFrom::Timestamp(other.parse().map_err(|_| {
+        other => StartFrom::Timestamp(parse_time(other).ok_or_else(|| {
             ClientError::InvalidArgument(format!(
-                "--from {other:?}: earliest, latest, or a time in ms since the epoch"
+                "--from takes earliest, latest, milliseconds since the epoch or an RFC 3339 \
+                 time (2026-12-01T10:00:00Z), not {other:?}"
             ))
         })?),
     };
@@ -1522,13 +1731,14 @@ fn subscribe(
                 write_raw(&record.payload);
             } else {
                 println!(
-                    "topic={} queue={} offset={} id={} reconsume={} payload={}",
-                    delivery.topic,
-                    record.queue_id,
-                    record.queue_offset,
-                    delivery.msg_id,
-                    delivery.reconsume_times,
-                    format.text(&record.payload)
+                    "{}",
+                    record_line(
+                        record,
+                        &format!("topic={} ", delivery.topic),
+                        &delivery.msg_id,
+                        &format!("reconsume={} ", delivery.reconsume_times),
+                        &format.text(&record.payload)
+                    )
                 );
             }
             let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -1590,8 +1800,9 @@ fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, ClientError> {
                     continue;
                 }
                 println!(
-                    "id={} origin={}/{} attempts={} reason={:?} payload={}",
+                    "id={} stored={} origin={}/{} attempts={} reason={:?} payload={}",
                     record.message_id(),
+                    format_time(record.store_timestamp_ms),
                     property(&record, "KEEL_ORIGIN_TOPIC"),
                     property(&record, "KEEL_ORIGIN_MSG_ID"),
                     property(&record, "KEEL_RECONSUME_TIMES"),
@@ -1651,7 +1862,12 @@ fn message_show(
         return Ok(ExitCode::SUCCESS);
     }
     for (name, value) in info {
-        println!("{name:<24} {value}");
+        match value.parse::<u64>() {
+            Ok(ms) if name.ends_with("_ms") && name != "size" => {
+                println!("{name:<24} {value} ({})", format_time(ms))
+            }
+            _ => println!("{name:<24} {value}"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -2063,5 +2279,17 @@ mod tests {
         assert_eq!(parse_time("2026-12-01T-1:00:00Z"), None);
         assert_eq!(parse_time("+5"), None);
         assert_eq!(parse_time("1960-01-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn times_print_as_rfc3339_and_parse_back() {
+        use super::format_time;
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(1_796_119_200_000), "2026-12-01T10:00:00.000Z");
+        assert_eq!(format_time(920_246_399_500), "1999-02-28T23:59:59.500Z");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        for ms in [0, 1, 86_399_999, 951_868_799_999, 4_102_444_800_123, 1_796_119_200_007] {
+            assert_eq!(parse_time(&format_time(ms)), Some(ms), "{ms}");
+        }
     }
 }

@@ -241,6 +241,41 @@ impl Admin {
         Ok(records)
     }
 
+    /// The store time of the message at `queue_offset` of a queue (the first one still
+    /// stored when retention removed it), or `None` when there is none yet.
+    pub fn store_time_at(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<u64>, ClientError> {
+        let pull = |queue_offset: u64| {
+            Request::Pull(keel_protocol::PullRequest {
+                group: String::new(),
+                topic: topic.to_string(),
+                queue_id,
+                queue_offset,
+                max_messages: 1,
+                max_bytes: 1,
+                wait_ms: 0,
+            })
+        };
+        let mut result = match self.call(pull(queue_offset))? {
+            Response::PullResult(result) => result,
+            other => return Err(unexpected(&other, "PULL")),
+        };
+        if result.status == keel_protocol::PullStatus::OffsetExpired {
+            result = match self.call(pull(result.min_offset))? {
+                Response::PullResult(result) => result,
+                other => return Err(unexpected(&other, "PULL")),
+            };
+        }
+        let records = result
+            .decode_records()
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        Ok(records.first().map(|record| record.store_timestamp_ms))
+    }
+
     /// A group's dead-lettered messages, oldest first.
     pub fn dlq_messages(
         &self,

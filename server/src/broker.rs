@@ -239,6 +239,27 @@ impl Broker {
             .collect()
     }
 
+    /// How long the oldest message a group has not committed has been stored, in
+    /// seconds (0 when it committed everything). Reads the log: for the metrics and
+    /// console thread, never for an event loop.
+    pub fn lag_seconds(&self, topic: &str, queue: u32, committed: u64, end: u64) -> f64 {
+        if committed >= end {
+            return 0.0;
+        }
+        let first = self
+            .store
+            .queue_offsets(Some(topic))
+            .first()
+            .and_then(|(_, queues)| queues.get(queue as usize))
+            .map_or(committed, |(min, _)| committed.max(*min));
+        match self.store.queue_store_time(topic, queue, first) {
+            Ok(Some(stored_ms)) => {
+                keel_protocol::now_ms().saturating_sub(stored_ms) as f64 / 1000.0
+            }
+            _ => 0.0,
+        }
+    }
+
     /// LIST_GROUPS: every (group, topic) with live members or committed offsets (only
     /// `group`'s when it is not empty), with each committed queue's offset and end.
     pub fn group_list(&self, group: &str) -> Vec<keel_protocol::GroupInfo> {

@@ -213,11 +213,13 @@ fn groups(broker: &Broker) -> Value {
     let mut by_group: std::collections::BTreeMap<(String, String), Vec<Value>> =
         std::collections::BTreeMap::new();
     for (group, topic, queue, committed, max) in broker.consumer_positions() {
+        let lag_seconds = broker.lag_seconds(&topic, queue, committed, max);
         by_group.entry((group, topic)).or_default().push(json!({
             "queue": queue,
             "committed": committed,
             "max_offset": max,
             "lag": max.saturating_sub(committed),
+            "lag_seconds": lag_seconds,
         }));
     }
     let members: std::collections::HashMap<(String, String), (usize, usize)> = broker
@@ -239,6 +241,10 @@ fn groups(broker: &Broker) -> Value {
             let (members, owned) = members.get(&key).copied().unwrap_or((0, 0));
             let queues = by_group.remove(&key).unwrap_or_default();
             let lag: u64 = queues.iter().filter_map(|q| q["lag"].as_u64()).sum();
+            let lag_seconds = queues
+                .iter()
+                .filter_map(|q| q["lag_seconds"].as_f64())
+                .fold(0.0, f64::max);
             json!({
                 "group": key.0,
                 "topic": key.1,
@@ -246,6 +252,7 @@ fn groups(broker: &Broker) -> Value {
                 "members": members,
                 "queues_owned": owned,
                 "lag": lag,
+                "lag_seconds": lag_seconds,
                 "queues": queues,
             })
         })

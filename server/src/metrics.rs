@@ -764,18 +764,30 @@ pub fn render(broker: &Broker) -> String {
         "gauge",
         "Messages of a queue a consumer group has not committed yet.",
     );
-    for (group, topic, queue, committed, max) in broker.consumer_positions() {
-        let labels = format!(
-            "group=\"{}\",topic=\"{}\",queue=\"{queue}\",internal=\"{}\"",
-            label_value(&group),
-            label_value(&topic),
-            group.starts_with('%') || topic.starts_with('%')
-        );
-        out.sample(
-            "keel_consumer_lag_messages",
-            &labels,
-            max.saturating_sub(committed) as f64,
-        );
+    let positions: Vec<(String, String, f64, f64)> = broker
+        .consumer_positions()
+        .into_iter()
+        .map(|(group, topic, queue, committed, max)| {
+            let labels = format!(
+                "group=\"{}\",topic=\"{}\",queue=\"{queue}\",internal=\"{}\"",
+                label_value(&group),
+                label_value(&topic),
+                group.starts_with('%') || topic.starts_with('%')
+            );
+            let seconds = broker.lag_seconds(&topic, queue, committed, max);
+            (labels, topic, max.saturating_sub(committed) as f64, seconds)
+        })
+        .collect();
+    for (labels, _, messages, _) in &positions {
+        out.sample("keel_consumer_lag_messages", labels, *messages);
+    }
+    out.family(
+        "keel_consumer_lag_seconds",
+        "gauge",
+        "How long the oldest message of a queue a consumer group has not committed has been stored (0 when none is left).",
+    );
+    for (labels, _, _, seconds) in &positions {
+        out.sample("keel_consumer_lag_seconds", labels, *seconds);
     }
 
     let latency = broker.send_latency.snapshots();

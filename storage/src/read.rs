@@ -289,6 +289,33 @@ impl Store {
         Ok(low)
     }
 
+    /// The store time of the durable record at `queue_offset` of a queue (`None` when
+    /// there is none: past the end, or removed by retention). One small read of the log:
+    /// for metrics and operator views, never for an event loop.
+    pub fn queue_store_time(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let durable = self.offset_durable();
+        let entry = {
+            let state = self.lock_state();
+            let queue = state.catalog.queue(topic, queue_id)?;
+            if queue_offset >= queue.durable_end(durable) {
+                return Ok(None);
+            }
+            queue.get(queue_offset)
+        };
+        let Some(entry) = entry else { return Ok(None) };
+        match self.store_time_of(entry.log_offset) {
+            Ok(stamp) => Ok(Some(stamp)),
+            // Retention may have deleted the segment since the lookup.
+            Err(_) if self.lock_state().log_start > entry.log_offset => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// The store time of the record at `log_offset`, read from the log.
     fn store_time_of(&self, log_offset: u64) -> Result<u64, StoreError> {
         let mut stamp = [0u8; 8];

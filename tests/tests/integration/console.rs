@@ -129,6 +129,8 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
         .map(|q| q["max_offset"].as_u64().unwrap())
         .sum();
     assert_eq!(stored, 30);
+    // The oldest message billing has not committed has been stored for over a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let groups = json(&get(&http, "/api/groups", None).1);
     let billing = groups["groups"]
         .as_array()
@@ -138,6 +140,9 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
         .unwrap();
     let queue0 = orders["queues"][0]["max_offset"].as_u64().unwrap();
     assert_eq!(billing["queues"][0]["lag"].as_u64().unwrap(), queue0 - 5);
+    let lag_seconds = billing["queues"][0]["lag_seconds"].as_f64().unwrap();
+    assert!((1.0..600.0).contains(&lag_seconds), "{billing}");
+    assert_eq!(billing["lag_seconds"].as_f64(), Some(lag_seconds));
     let message = json(&get(&http, &format!("/api/message?id={first_id}"), None).1);
     assert!(message["facts"].to_string().contains("orders"), "{message}");
     let by_key = json(&get(&http, "/api/message?key=order-7", None).1);

@@ -232,6 +232,11 @@ fn prometheus_metrics_follow_the_conventions_and_the_dashboard_names_real_ones()
             .unwrap()
     );
 
+    let lag_seconds = value(
+        "keel_consumer_lag_seconds{group=\"readers\",topic=\"metered\",queue=\"0\",internal=\"false\"}",
+    );
+    assert!(lag_seconds >= 0.0, "{lag_seconds}");
+
     // promtool, when the machine has it (CI fetches Debian's): no errors, no lint.
     let promtool = std::env::var("KEEL_PROMTOOL").unwrap_or_else(|_| "promtool".into());
     match std::process::Command::new(&promtool)
