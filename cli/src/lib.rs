@@ -427,7 +427,8 @@ enum TopicCommand {
         #[arg(long)]
         all: bool,
     },
-    /// One topic: each queue's stored range, and the groups consuming it with their lag.
+    /// One topic: each queue's stored range and size, what it took in over the broker's
+    /// last minute, and the groups consuming it with their lag.
     Describe { topic: String },
 }
 
@@ -477,7 +478,7 @@ fn escape(payload: &[u8]) -> String {
 
 /// Milliseconds since the epoch as RFC 3339 in UTC with milliseconds
 /// (`2026-12-01T10:00:00.000Z`), the inverse of `parse_time`'s RFC 3339 form.
-fn format_time(ms: u64) -> String {
+pub fn format_time(ms: u64) -> String {
     let seconds = ms / 1000;
     let days = (seconds / 86_400) as i64;
     let clock = seconds % 86_400;
@@ -1265,7 +1266,7 @@ fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {
 
 fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, ClientError> {
     let admin = broker.admin()?;
-    let Some(info) = admin.list_topics(Some(topic))?.into_iter().next() else {
+    let Some(stats) = admin.topic_stats(Some(topic))?.into_iter().next() else {
         return Err(ClientError::InvalidArgument(format!("no topic {topic:?}")));
     };
     let groups: Vec<keel_protocol::GroupInfo> = admin
@@ -1273,11 +1274,16 @@ fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, ClientError>
         .into_iter()
         .filter(|group| group.topic == topic)
         .collect();
-    let stored: u64 = info
+    let stored: u64 = stats
         .queues
         .iter()
         .map(|q| q.max_offset - q.min_offset.min(q.max_offset))
         .sum();
+    let bytes: u64 = stats.queues.iter().map(|q| q.bytes).sum();
+    let per_second = |count: u64| match stats.window_ms {
+        0 => 0.0,
+        ms => count as f64 * 1000.0 / f64::from(ms),
+    };
     let mut waits = Vec::with_capacity(groups.len());
     for group in &groups {
         let mut oldest = 0.0f64;
@@ -1286,53 +1292,92 @@ fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, ClientError>
         }
         waits.push(oldest);
     }
+    let group_lag = |group: &keel_protocol::GroupInfo| -> u64 {
+        group
+            .queues
+            .iter()
+            .map(|(_, c, e)| e.saturating_sub(*c))
+            .sum()
+    };
     if json() {
         let groups: Vec<serde_json::Value> = groups
             .iter()
             .zip(&waits)
             .map(|(group, wait)| {
-                let lag: u64 = group
-                    .queues
-                    .iter()
-                    .map(|(_, c, e)| e.saturating_sub(*c))
-                    .sum();
                 serde_json::json!({
-                    "group": group.group, "members": group.members, "lag": lag,
+                    "group": group.group, "members": group.members, "lag": group_lag(group),
                     "lag_seconds": wait,
                 })
             })
             .collect();
-        let mut object = topic_json(&info);
-        object["messages_stored"] = stored.into();
-        object["groups"] = groups.into();
-        print_json(&object);
+        let queues: Vec<serde_json::Value> = stats
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(queue, info)| {
+                serde_json::json!({
+                    "queue": queue, "min_offset": info.min_offset,
+                    "max_offset": info.max_offset, "bytes": info.bytes,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "topic": stats.topic, "internal": stats.topic.starts_with('%'),
+            "queues": queues, "messages_stored": stored, "bytes_stored": bytes,
+            "window_ms": stats.window_ms, "window_messages": stats.window_messages,
+            "window_bytes": stats.window_bytes,
+            "messages_per_second": per_second(stats.window_messages),
+            "bytes_per_second": per_second(stats.window_bytes),
+            "groups": groups,
+        }));
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "topic {}: {} queue(s), {stored} message(s) stored",
-        info.topic,
-        info.queues.len()
+        "topic {}: {} queue(s), {stored} message(s) stored in {}",
+        stats.topic,
+        stats.queues.len(),
+        bytes_words(bytes)
     );
-    for (queue, range) in info.queues.iter().enumerate() {
+    println!(
+        "  in: {:.1} msg/s, {}/s over the last {:.0} s",
+        per_second(stats.window_messages),
+        bytes_words(per_second(stats.window_bytes) as u64),
+        f64::from(stats.window_ms) / 1000.0
+    );
+    for (queue, range) in stats.queues.iter().enumerate() {
         println!(
-            "  queue {queue}: offsets {}..{}",
-            range.min_offset, range.max_offset
+            "  queue {queue}: offsets {}..{}, {}",
+            range.min_offset,
+            range.max_offset,
+            bytes_words(range.bytes)
         );
     }
     for (group, wait) in groups.iter().zip(&waits) {
-        let lag: u64 = group
-            .queues
-            .iter()
-            .map(|(_, c, e)| e.saturating_sub(*c))
-            .sum();
         println!(
-            "  group {}: {} live member(s), lag {lag} message(s), oldest waiting {}",
+            "  group {}: {} live member(s), lag {} message(s), oldest waiting {}",
             group.group,
             group.members,
+            group_lag(group),
             duration_words(*wait)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A byte count as people read it: "512 B", "4.0 KiB", "1.5 MiB", "2.0 GiB".
+fn bytes_words(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError> {
@@ -1595,24 +1640,32 @@ fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientE
                 let queue_id = queue_id as u32;
                 let committed = admin.query_offset(group, topic, queue_id)?;
                 let wanted = match (to.as_deref(), shift, time) {
-                    (_, _, Some(ms)) => admin.offset_for_time(topic, queue_id, ms)?,
-                    (Some("earliest"), _, _) => info.min_offset,
-                    (Some("latest"), _, _) => info.max_offset,
-                    (Some(number), _, _) => number.parse().map_err(|_| {
-                        ClientError::InvalidArgument(format!("--to {number:?} is not an offset"))
-                    })?,
+                    (_, _, Some(ms)) => i128::from(admin.offset_for_time(topic, queue_id, ms)?),
+                    (Some("earliest"), _, _) => i128::from(info.min_offset),
+                    (Some("latest"), _, _) => i128::from(info.max_offset),
+                    (Some(number), _, _) => {
+                        number.parse::<u64>().map(i128::from).map_err(|_| {
+                            ClientError::InvalidArgument(format!(
+                                "--to {number:?} is not an offset"
+                            ))
+                        })?
+                    }
                     (None, Some(by), _) => {
-                        let base = committed.unwrap_or(info.min_offset);
-                        base.saturating_add_signed(by)
+                        i128::from(committed.unwrap_or(info.min_offset)) + i128::from(by)
                     }
                     (None, None, _) => {
-                        return Err(ClientError::InvalidArgument(
-                            "give --to or --shift".into(),
-                        ))
+                        return Err(ClientError::InvalidArgument("give --to or --shift".into()))
                     }
                 };
-                let target = wanted.clamp(info.min_offset, info.max_offset.max(info.min_offset));
-                moves.push((queue_id, committed, target, wanted != target, *info));
+                let (low, high) = (info.min_offset, info.max_offset.max(info.min_offset));
+                let target = wanted.clamp(i128::from(low), i128::from(high)) as u64;
+                moves.push((
+                    queue_id,
+                    committed,
+                    target,
+                    wanted != i128::from(target),
+                    *info,
+                ));
             }
             for (queue_id, _, target, _, _) in &moves {
                 if !dry_run {
@@ -1639,7 +1692,10 @@ fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientE
             for (queue_id, from, to, clamped, info) in &moves {
                 let from = from.map_or("none".to_string(), |offset| offset.to_string());
                 let clamped = if *clamped {
-                    format!(" (clamped to the stored {}..{})", info.min_offset, info.max_offset)
+                    format!(
+                        " (clamped to the stored {}..{})",
+                        info.min_offset, info.max_offset
+                    )
                 } else {
                     String::new()
                 };
@@ -2288,7 +2344,14 @@ mod tests {
         assert_eq!(format_time(1_796_119_200_000), "2026-12-01T10:00:00.000Z");
         assert_eq!(format_time(920_246_399_500), "1999-02-28T23:59:59.500Z");
         assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        for ms in [0, 1, 86_399_999, 951_868_799_999, 4_102_444_800_123, 1_796_119_200_007] {
+        for ms in [
+            0,
+            1,
+            86_399_999,
+            951_868_799_999,
+            4_102_444_800_123,
+            1_796_119_200_007,
+        ] {
             assert_eq!(parse_time(&format_time(ms)), Some(ms), "{ms}");
         }
     }

@@ -114,6 +114,18 @@ impl Admin {
         }
     }
 
+    /// Each queue's range and size, and what each topic took in over the broker's last
+    /// minute (`topic`, or every topic when `None`).
+    pub fn topic_stats(
+        &self,
+        topic: Option<&str>,
+    ) -> Result<Vec<keel_protocol::TopicStats>, ClientError> {
+        match self.call(Request::TopicStats(topic.unwrap_or_default().to_string()))? {
+            Response::TopicStats(topics) => Ok(topics),
+            other => Err(unexpected(&other, "TOPIC_STATS")),
+        }
+    }
+
     /// The first queue offset stored at or after `timestamp_ms` (the queue's end when
     /// none was).
     pub fn offset_for_time(

@@ -58,6 +58,7 @@ kinds! {
     Login = 0x12, "LOGIN";
     SecurityAdmin = 0x13, "SECURITY_ADMIN";
     ListGroups = 0x14, "LIST_GROUPS";
+    TopicStats = 0x15, "TOPIC_STATS";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -75,6 +76,7 @@ kinds! {
     LoginOk = 0x8F, "LOGIN_OK";
     SecurityResult = 0x90, "SECURITY_RESULT";
     GroupList = 0x91, "GROUP_LIST";
+    TopicStatsResult = 0x92, "TOPIC_STATS_RESULT";
     Error = 0xFF, "ERROR";
 }
 

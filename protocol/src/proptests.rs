@@ -167,6 +167,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|token| Request::Login(crate::Login::Token(token))),
         text().prop_map(|json| Request::SecurityAdmin(crate::SecretText(json))),
         text().prop_map(Request::ListGroups),
+        text().prop_map(Request::TopicStats),
         (
             text(),
             any::<u32>(),
@@ -247,6 +248,37 @@ fn response() -> impl Strategy<Value = Response> {
                     members,
                     queues
                 })
+                .collect()
+        )),
+        proptest::collection::vec(
+            (
+                text(),
+                any::<(u32, u64, u64)>(),
+                proptest::collection::vec(any::<(u64, u64, u64)>(), 0..3)
+            ),
+            0..3
+        )
+        .prop_map(|topics| Response::TopicStats(
+            topics
+                .into_iter()
+                .map(
+                    |(topic, (window_ms, window_messages, window_bytes), queues)| {
+                        crate::TopicStats {
+                            topic,
+                            window_ms,
+                            window_messages,
+                            window_bytes,
+                            queues: queues
+                                .into_iter()
+                                .map(|(min_offset, max_offset, bytes)| crate::QueueStats {
+                                    min_offset,
+                                    max_offset,
+                                    bytes,
+                                })
+                                .collect(),
+                        }
+                    }
+                )
                 .collect()
         )),
         any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),

@@ -149,6 +149,9 @@ pub enum Request {
     /// Consumer groups this broker knows (one group, or every group when empty): their
     /// live members and committed offsets.
     ListGroups(String),
+    /// Each queue's range and size and each topic's recent append rate (one topic, or
+    /// every topic when empty).
+    TopicStats(String),
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -205,6 +208,7 @@ impl Request {
             Request::Login(_) => Kind::Login,
             Request::SecurityAdmin(_) => Kind::SecurityAdmin,
             Request::ListGroups(_) => Kind::ListGroups,
+            Request::TopicStats(_) => Kind::TopicStats,
         }
     }
 
@@ -304,6 +308,7 @@ impl Request {
             }
             Request::SecurityAdmin(json) => put_bytes32(out, json.0.as_bytes()),
             Request::ListGroups(group) => put_str16(out, group),
+            Request::TopicStats(topic) => put_str16(out, topic),
             Request::SendBatch(messages) => {
                 out.put_u16_le(u16::try_from(messages.len()).unwrap_or(u16::MAX));
                 for message in messages.iter().take(usize::from(u16::MAX)) {
@@ -480,6 +485,7 @@ impl Request {
                 }
             }
             Kind::ListGroups => Request::ListGroups(reader.str16("group")?),
+            Kind::TopicStats => Request::TopicStats(reader.str16("topic")?),
             Kind::SecurityAdmin => {
                 let bytes = reader.bytes32("command")?;
                 let json = std::str::from_utf8(bytes)

@@ -97,6 +97,29 @@ pub struct GroupInfo {
     pub queues: Vec<(u32, u64, u64)>,
 }
 
+/// TOPIC_STATS_RESULT: one topic's queues with their size, and how many messages and
+/// bytes it took in over the broker's recent window.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicStats {
+    pub topic: String,
+    /// The window the counts below cover, in milliseconds (up to 60 000; shorter just
+    /// after the broker started).
+    pub window_ms: u32,
+    /// Messages appended to the topic within the window.
+    pub window_messages: u64,
+    /// Bytes of the log those messages take.
+    pub window_bytes: u64,
+    pub queues: Vec<QueueStats>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Bytes of the log the queue's stored records take.
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorResponse {
     pub code: ErrorCode,
@@ -149,6 +172,7 @@ pub enum Response {
     /// SECURITY_ADMIN's answer: JSON (see docs/PROTOCOL.md).
     SecurityResult(crate::SecretText),
     GroupList(Vec<GroupInfo>),
+    TopicStats(Vec<TopicStats>),
     Error(ErrorResponse),
 }
 
@@ -184,6 +208,7 @@ impl Response {
             Response::LoginOk(_) => Kind::LoginOk,
             Response::SecurityResult(_) => Kind::SecurityResult,
             Response::GroupList(_) => Kind::GroupList,
+            Response::TopicStats(_) => Kind::TopicStatsResult,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -215,6 +240,21 @@ impl Response {
             }
             Response::LoginOk(principal) => put_str16(out, principal),
             Response::SecurityResult(json) => put_bytes32(out, json.0.as_bytes()),
+            Response::TopicStats(topics) => {
+                out.put_u32_le(u32::try_from(topics.len()).unwrap_or(u32::MAX));
+                for topic in topics {
+                    put_str16(out, &topic.topic);
+                    out.put_u32_le(topic.window_ms);
+                    out.put_u64_le(topic.window_messages);
+                    out.put_u64_le(topic.window_bytes);
+                    out.put_u32_le(u32::try_from(topic.queues.len()).unwrap_or(u32::MAX));
+                    for queue in &topic.queues {
+                        out.put_u64_le(queue.min_offset);
+                        out.put_u64_le(queue.max_offset);
+                        out.put_u64_le(queue.bytes);
+                    }
+                }
+            }
             Response::GroupList(groups) => {
                 out.put_u32_le(u32::try_from(groups.len()).unwrap_or(u32::MAX));
                 for group in groups {
@@ -331,6 +371,36 @@ impl Response {
                 })
             }
             Kind::LoginOk => Response::LoginOk(reader.str16("principal")?),
+            Kind::TopicStatsResult => {
+                let count = reader.u32("topic_count")?;
+                // Each topic takes at least 26 bytes, each queue 24: bounded before
+                // allocating.
+                let mut topics = Vec::with_capacity((count as usize).min(reader.remaining() / 26));
+                for _ in 0..count {
+                    let topic = reader.str16("topic")?;
+                    let window_ms = reader.u32("window_ms")?;
+                    let window_messages = reader.u64("window_messages")?;
+                    let window_bytes = reader.u64("window_bytes")?;
+                    let queue_count = reader.u32("queue_count")?;
+                    let mut queues =
+                        Vec::with_capacity((queue_count as usize).min(reader.remaining() / 24));
+                    for _ in 0..queue_count {
+                        queues.push(QueueStats {
+                            min_offset: reader.u64("min_offset")?,
+                            max_offset: reader.u64("max_offset")?,
+                            bytes: reader.u64("bytes")?,
+                        });
+                    }
+                    topics.push(TopicStats {
+                        topic,
+                        window_ms,
+                        window_messages,
+                        window_bytes,
+                        queues,
+                    });
+                }
+                Response::TopicStats(topics)
+            }
             Kind::GroupList => {
                 let count = reader.u32("group_count")?;
                 // Each group takes at least 12 bytes, each queue 20: bounded before

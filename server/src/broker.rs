@@ -74,6 +74,8 @@ pub struct Broker {
     pub send_latency: crate::metrics::SendLatency,
     /// Open connections per client address (`max_connections_per_ip`).
     pub connections_per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Each topic's totals over the last minute (`rates.rs`).
+    pub rates: crate::rates::Rates,
 }
 
 impl Broker {
@@ -88,6 +90,7 @@ impl Broker {
             security,
             send_latency: crate::metrics::SendLatency::default(),
             connections_per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+            rates: crate::rates::Rates::default(),
             config,
             store,
             counters: Counters::default(),

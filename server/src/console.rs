@@ -194,16 +194,33 @@ fn overview(broker: &Broker) -> Value {
 
 fn topics(broker: &Broker) -> Value {
     let topics: Vec<Value> = broker
-        .store
-        .queue_offsets(None)
+        .topic_stats("")
         .into_iter()
-        .map(|(topic, queues)| {
-            let queues: Vec<Value> = queues
+        .map(|stats| {
+            let queues: Vec<Value> = stats
+                .queues
                 .iter()
                 .enumerate()
-                .map(|(queue, (min, max))| json!({ "queue": queue, "min_offset": min, "max_offset": max }))
+                .map(|(queue, q)| {
+                    json!({
+                        "queue": queue, "min_offset": q.min_offset,
+                        "max_offset": q.max_offset, "bytes": q.bytes,
+                    })
+                })
                 .collect();
-            json!({ "topic": topic, "internal": topic.starts_with('%'), "queues": queues })
+            let per_second = |count: u64| match stats.window_ms {
+                0 => 0.0,
+                ms => count as f64 * 1000.0 / f64::from(ms),
+            };
+            json!({
+                "topic": stats.topic,
+                "internal": stats.topic.starts_with('%'),
+                "bytes": stats.queues.iter().map(|q| q.bytes).sum::<u64>(),
+                "messages_per_second": per_second(stats.window_messages),
+                "bytes_per_second": per_second(stats.window_bytes),
+                "window_ms": stats.window_ms,
+                "queues": queues,
+            })
         })
         .collect();
     json!({ "topics": topics })

@@ -22,6 +22,10 @@ impl Shard {
             Request::QueryOffset(query) => admin::on_query_offset(self, to, query),
             Request::CreateTopic(create) => admin::on_create_topic(self, to, create),
             Request::ListTopics(list) => admin::on_list_topics(self, to, list),
+            Request::TopicStats(topic) => {
+                let topics = self.broker.topic_stats(&topic);
+                self.reply(to, Response::TopicStats(topics));
+            }
             Request::ListGroups(group) => {
                 let groups = self.broker.group_list(&group);
                 self.reply(to, Response::GroupList(groups));

@@ -14,6 +14,7 @@ pub mod groups;
 mod handlers;
 pub mod metrics;
 pub mod namesrv;
+mod rates;
 mod reader;
 pub mod schedule;
 pub mod security;
@@ -615,6 +616,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     }
     broker.set_listen_address(address);
     schedule::start(broker.clone());
+    rates::start(broker.clone());
     let (readers, reads) = reader::Readers::start(broker.clone(), config.read_threads)
         .map_err(BrokerError::setup("cannot start the reader threads"))?;
 

@@ -731,7 +731,7 @@ pub fn render(broker: &Broker) -> String {
         1.0,
     );
 
-    let offsets = broker.store.queue_offsets(None);
+    let offsets = broker.store.queue_stats(None);
     let queue_labels = |topic: &str, queue: usize| {
         format!(
             "topic=\"{}\",queue=\"{queue}\",internal=\"{}\"",
@@ -739,23 +739,29 @@ pub fn render(broker: &Broker) -> String {
             topic.starts_with('%')
         )
     };
-    for (name, help, pick) in [
+    type Pick = fn(&keel_storage::QueueStat) -> u64;
+    let families: [(&str, &str, Pick); 3] = [
         (
             "keel_queue_min_offset",
             "The first queue offset still stored, per queue (internal: the broker's own % topics).",
-            0,
+            |queue| queue.min_offset,
         ),
         (
             "keel_queue_max_offset",
             "The queue offset the next message will get, per queue.",
-            1,
+            |queue| queue.max_offset,
         ),
-    ] {
+        (
+            "keel_queue_stored_bytes",
+            "Bytes of the log a queue's stored records take (headers included).",
+            |queue| queue.bytes,
+        ),
+    ];
+    for (name, help, pick) in families {
         out.family(name, "gauge", help);
         for (topic, queues) in &offsets {
-            for (queue_id, (min_offset, max_offset)) in queues.iter().enumerate() {
-                let value = if pick == 0 { *min_offset } else { *max_offset };
-                out.sample(name, &queue_labels(topic, queue_id), value as f64);
+            for (queue_id, queue) in queues.iter().enumerate() {
+                out.sample(name, &queue_labels(topic, queue_id), pick(queue) as f64);
             }
         }
     }

@@ -241,6 +241,8 @@ pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::SecurityAdmin(_) => vec![need(Admin, "*", Security)],
         Request::ListGroups(group) if group.is_empty() => vec![need(Admin, "*", Describe)],
         Request::ListGroups(group) => vec![group_need(group, Consume)],
+        Request::TopicStats(topic) if topic.is_empty() => vec![need(Admin, "*", Describe)],
+        Request::TopicStats(topic) => vec![topic_need(topic, Describe)],
     };
     Some(needs)
 }
@@ -269,6 +271,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         Kind::GetRoutes => "topic:describe (admin:describe for every route)",
         Kind::SecurityAdmin => "admin:security",
         Kind::ListGroups => "group:consume (admin:describe to list every group)",
+        Kind::TopicStats => "topic:describe (admin:describe for every topic)",
         Kind::Pong
         | Kind::SendResult
         | Kind::PullResult
@@ -286,6 +289,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         | Kind::LoginOk
         | Kind::SecurityResult
         | Kind::GroupList
+        | Kind::TopicStatsResult
         | Kind::Error => return None,
     })
 }

@@ -148,7 +148,7 @@ impl Catalog {
                 queue.end()
             ));
         }
-        queue.entries.push(facts.index_entry());
+        queue.push(facts.index_entry());
         let newest = self
             .segment_newest_ms
             .entry(facts.segment_base)

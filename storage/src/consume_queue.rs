@@ -39,9 +39,31 @@ impl IndexEntry {
 pub(crate) struct QueueIndex {
     pub first: u64,
     pub entries: Vec<IndexEntry>,
+    /// The sum of `entries`' sizes: the bytes of the log this queue's records take.
+    pub bytes: u64,
+    /// Bytes of every record indexed since the store opened, retention not subtracted
+    /// (only differences mean anything: rates).
+    pub appended_bytes: u64,
 }
 
 impl QueueIndex {
+    /// Adds the entry of the record at `end()`.
+    pub(crate) fn push(&mut self, entry: IndexEntry) {
+        self.bytes += u64::from(entry.size);
+        self.appended_bytes += u64::from(entry.size);
+        self.entries.push(entry);
+    }
+
+    /// Removes the first `count` entries.
+    fn drop_first(&mut self, count: usize) {
+        let gone: u64 = self.entries[..count]
+            .iter()
+            .map(|entry| u64::from(entry.size))
+            .sum();
+        self.bytes -= gone;
+        self.entries.drain(..count);
+    }
+
     /// The queue offset the next record gets.
     pub(crate) fn end(&self) -> u64 {
         self.first + self.entries.len() as u64
@@ -78,7 +100,7 @@ impl QueueIndex {
             return;
         }
         let expired = (first - self.first).min(self.entries.len() as u64) as usize;
-        self.entries.drain(..expired);
+        self.drop_first(expired);
         self.first = first;
     }
 
@@ -87,7 +109,7 @@ impl QueueIndex {
         let count = self
             .entries
             .partition_point(|entry| entry.log_offset < log_start);
-        self.entries.drain(..count);
+        self.drop_first(count);
         self.first += count as u64;
         count as u64
     }
@@ -98,6 +120,12 @@ impl QueueIndex {
             .entries
             .partition_point(|entry| entry.log_offset < log_offset);
         let count = self.entries.len() - keep;
+        let gone: u64 = self.entries[keep..]
+            .iter()
+            .map(|entry| u64::from(entry.size))
+            .sum();
+        self.bytes -= gone;
+        self.appended_bytes = self.appended_bytes.saturating_sub(gone);
         self.entries.truncate(keep);
         count as u64
     }
@@ -278,5 +306,40 @@ impl IndexFiles {
         file.set_len(0)?;
         file.write_all_at(&expected, 0)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::{IndexEntry, QueueIndex};
+
+    fn entry(log_offset: u64, size: u32) -> IndexEntry {
+        IndexEntry {
+            log_offset,
+            size,
+            tags_hash: 0,
+        }
+    }
+
+    #[test]
+    fn a_queue_counts_the_bytes_of_the_entries_it_holds() {
+        let mut queue = QueueIndex::default();
+        let mut at = 0;
+        for size in [100, 200, 300, 400, 500] {
+            queue.push(entry(at, size));
+            at += u64::from(size) * 2;
+        }
+        let held = |queue: &QueueIndex| -> u64 {
+            queue.entries.iter().map(|e| u64::from(e.size)).sum()
+        };
+        assert_eq!(queue.bytes, 1500);
+        assert_eq!(queue.trim_before(600), 2);
+        assert_eq!((queue.bytes, held(&queue)), (1200, 1200));
+        queue.apply_persisted_first(3);
+        assert_eq!((queue.bytes, held(&queue)), (900, 900));
+        assert_eq!(queue.pop_from(1800), 1);
+        assert_eq!((queue.bytes, held(&queue)), (400, 400));
+        // Rates count what came in, retention aside; a cut (never written) takes back.
+        assert_eq!(queue.appended_bytes, 1000);
     }
 }

@@ -53,7 +53,7 @@ pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
 pub use epochs::Epoch;
 pub use error::{AppendError, StoreError};
 pub use own_writes::OwnWrites;
-pub use read::{QueueRead, ReadStatus};
+pub use read::{QueueRead, QueueStat, ReadStatus};
 pub use recovery::RecoveryReport;
 pub use replica::RecordId;
 pub use store::{Store, StoreStats};

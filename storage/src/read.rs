@@ -17,6 +17,17 @@ pub enum ReadStatus {
     OffsetExpired,
 }
 
+/// One queue's stored range and size (`Store::queue_stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStat {
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Bytes of the log the queue's stored records take (headers included).
+    pub bytes: u64,
+    /// Bytes of every record the queue got since the store opened (for rates).
+    pub appended_bytes: u64,
+}
+
 /// Records read from one queue, as stored bytes back to back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRead {
@@ -162,6 +173,32 @@ impl Store {
                     .queues
                     .iter()
                     .map(|queue| (queue.first, queue.durable_end(durable)))
+                    .collect();
+                (name.clone(), queues)
+            })
+            .collect()
+    }
+
+    /// Each queue's first and end offsets (as `queue_offsets`) and the bytes of the log
+    /// its stored records take, per topic (`only` one). Memory only.
+    pub fn queue_stats(&self, only: Option<&str>) -> Vec<(String, Vec<QueueStat>)> {
+        let durable = self.offset_durable();
+        let state = self.lock_state();
+        state
+            .catalog
+            .topics
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|only| only == name.as_str()))
+            .map(|(name, topic)| {
+                let queues = topic
+                    .queues
+                    .iter()
+                    .map(|queue| QueueStat {
+                        min_offset: queue.first,
+                        max_offset: queue.durable_end(durable),
+                        bytes: queue.bytes,
+                        appended_bytes: queue.appended_bytes,
+                    })
                     .collect();
                 (name.clone(), queues)
             })

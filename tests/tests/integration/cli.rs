@@ -623,6 +623,21 @@ fn group_list_and_describe_show_members_and_lag() {
     let json: serde_json::Value = serde_json::from_str(text(&json.stdout).trim()).unwrap();
     assert_eq!(json["messages_stored"], 4);
     assert_eq!(json["groups"][0]["lag"], 3);
+    assert!(json["groups"][0]["lag_seconds"].as_f64().unwrap() >= 0.0);
+    // Size: what the queues' records take in the log; the four sends all fell within
+    // the broker's last minute.
+    let queue_bytes: u64 = json["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["bytes"].as_u64().unwrap())
+        .sum();
+    assert!(queue_bytes > 4 * 60, "{json}");
+    assert_eq!(json["bytes_stored"].as_u64(), Some(queue_bytes));
+    assert_eq!(json["queues"][1]["bytes"], 0);
+    assert_eq!(json["window_messages"], 4, "{json}");
+    assert_eq!(json["window_bytes"].as_u64(), Some(queue_bytes));
+    assert!(topic.contains("  in: "), "{topic}");
     let unknown = keel(&address, &["group", "describe", "-g", "nobody"], b"");
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("knows no group"));
@@ -667,4 +682,145 @@ fn subscribe_backs_off_while_the_broker_is_down() {
     // 5 pulls a second.
     assert!(complaints <= 20, "{complaints} lines in 4 s:\n{stderr}");
     assert!(stderr.contains("next try in"), "{stderr}");
+}
+
+#[test]
+fn offsets_reset_moves_by_a_shift_or_to_a_time_and_a_dry_run_changes_nothing() {
+    let broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    broker.admin().create_topic("ledger", 2).unwrap();
+    let first = keel(
+        &address,
+        &["send", "-t", "ledger", "--queue", "0", "a", "b", "c"],
+        b"",
+    );
+    assert_eq!(first.status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(20));
+    let between = keel_protocol::now_ms();
+    std::thread::sleep(Duration::from_millis(20));
+    let later = keel(
+        &address,
+        &["send", "-t", "ledger", "--queue", "0", "d", "e"],
+        b"",
+    );
+    assert_eq!(later.status.code(), Some(0));
+    let admin = broker.admin();
+    admin.commit_offset("audit", "ledger", 0, 5).unwrap();
+    let committed = |queue| admin.query_offset("audit", "ledger", queue).unwrap();
+
+    let dry = keel(
+        &address,
+        &[
+            "--json",
+            "offsets",
+            "reset",
+            "-g",
+            "audit",
+            "-t",
+            "ledger",
+            "--shift",
+            "-2",
+            "--dry-run",
+        ],
+        b"",
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry.stderr));
+    let dry: serde_json::Value = serde_json::from_str(text(&dry.stdout).trim()).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["queues"][0]["from"], 5);
+    assert_eq!(dry["queues"][0]["to"], 3);
+    // Queue 1 never committed and holds nothing: a shift back stays at 0, clamped.
+    assert_eq!(dry["queues"][1]["from"], serde_json::Value::Null);
+    assert_eq!(dry["queues"][1]["to"], 0);
+    assert_eq!(committed(0), Some(5), "a dry run changes nothing");
+    assert_eq!(committed(1), None);
+
+    let shifted = keel(
+        &address,
+        &[
+            "offsets", "reset", "-g", "audit", "-t", "ledger", "--queue", "0", "--shift", "-10",
+        ],
+        b"",
+    );
+    assert_eq!(shifted.status.code(), Some(0), "{}", text(&shifted.stderr));
+    assert!(
+        text(&shifted.stdout)
+            .contains("queue 0: moved audit from 5 to 0 (clamped to the stored 0..5)"),
+        "{}",
+        text(&shifted.stdout)
+    );
+    assert_eq!(committed(0), Some(0));
+    assert_eq!(committed(1), None, "--queue moves only that queue");
+
+    let rfc3339 = keel_cli::format_time(between);
+    let to_time = keel(
+        &address,
+        &[
+            "offsets", "reset", "-g", "audit", "-t", "ledger", "--queue", "0", "--to", &rfc3339,
+        ],
+        b"",
+    );
+    assert_eq!(to_time.status.code(), Some(0), "{}", text(&to_time.stderr));
+    assert_eq!(
+        committed(0),
+        Some(3),
+        "the first message stored after {rfc3339}"
+    );
+
+    let bad = keel(
+        &address,
+        &[
+            "offsets", "reset", "-g", "audit", "-t", "ledger", "--to", "soon",
+        ],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).starts_with("keel: --to takes"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let neither = keel(
+        &address,
+        &["offsets", "reset", "-g", "audit", "-t", "ledger"],
+        b"",
+    );
+    assert_eq!(neither.status.code(), Some(2));
+
+    // A live member would commit over a reset: refused unless --force.
+    let member = keel_client::PushConsumer::start(
+        &address,
+        "audit",
+        "ledger",
+        keel_client::PushConsumerOptions::default(),
+        |_: &keel_client::Delivery| keel_client::ConsumeResult::Success,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admin
+        .list_groups(Some("audit"))
+        .unwrap()
+        .iter()
+        .all(|g| g.members == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member never showed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = keel(
+        &address,
+        &[
+            "offsets", "reset", "-g", "audit", "-t", "ledger", "--to", "latest",
+        ],
+        b"",
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("live member"),
+        "{}",
+        text(&refused.stderr)
+    );
+    member.shutdown().unwrap();
 }

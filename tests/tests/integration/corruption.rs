@@ -167,7 +167,11 @@ fn the_operator_can_verify_then_deliberately_truncate_a_corrupt_log() {
         results[31].log_offset - results[30].log_offset
     );
     assert_eq!(damage.topics_after.get("audit"), Some(&19));
-    assert!(report.stale_index_files.is_empty(), "{:?}", report.stale_index_files);
+    assert!(
+        report.stale_index_files.is_empty(),
+        "{:?}",
+        report.stale_index_files
+    );
     // verify changed nothing: keeld still refuses.
     assert_eq!(broker.spawn_expect_failure().code(), Some(3));
 

@@ -1,0 +1,144 @@
+//! Recent append rates per topic (TOPIC_STATS, the console): every second a thread
+//! notes each topic's totals (messages and bytes appended), and keeps a minute of them.
+//! A rate is the difference between now and the oldest note, over the time between.
+
+use crate::broker::Broker;
+use keel_protocol::{QueueStats, TopicStats};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How far back rates look.
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// One note: each topic's (messages appended, bytes appended) at a moment.
+struct Note {
+    at: Instant,
+    totals: HashMap<String, (u64, u64)>,
+}
+
+#[derive(Default)]
+pub struct Rates {
+    notes: Mutex<VecDeque<Note>>,
+}
+
+impl Rates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Note>> {
+        self.notes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Takes a note of `totals` now, and forgets notes the window no longer needs (it
+    /// keeps the newest one at least `WINDOW` old).
+    fn note(&self, totals: HashMap<String, (u64, u64)>) {
+        let now = Instant::now();
+        let mut notes = self.lock();
+        notes.push_back(Note { at: now, totals });
+        while notes
+            .get(1)
+            .is_some_and(|second| now.duration_since(second.at) >= WINDOW)
+        {
+            notes.pop_front();
+        }
+    }
+
+    /// The window in milliseconds and the oldest note's totals of `topic` (zero for a
+    /// topic created since).
+    fn since_oldest(&self, topic: &str) -> (u32, (u64, u64)) {
+        let notes = self.lock();
+        match notes.front() {
+            Some(oldest) => (
+                u32::try_from(oldest.at.elapsed().min(WINDOW).as_millis()).unwrap_or(u32::MAX),
+                oldest.totals.get(topic).copied().unwrap_or((0, 0)),
+            ),
+            None => (0, (0, 0)),
+        }
+    }
+}
+
+fn totals(queues: &[keel_storage::QueueStat]) -> (u64, u64) {
+    queues.iter().fold((0, 0), |(messages, bytes), queue| {
+        (
+            messages.saturating_add(queue.max_offset),
+            bytes.saturating_add(queue.appended_bytes),
+        )
+    })
+}
+
+impl Broker {
+    /// TOPIC_STATS: each queue's range and size, and what the topic took in over the
+    /// last minute (`topic`, or every topic when empty). Memory only.
+    pub fn topic_stats(&self, topic: &str) -> Vec<TopicStats> {
+        let only = (!topic.is_empty()).then_some(topic);
+        self.store
+            .queue_stats(only)
+            .into_iter()
+            .map(|(topic, queues)| {
+                let (now_messages, now_bytes) = totals(&queues);
+                let (window_ms, (then_messages, then_bytes)) = self.rates.since_oldest(&topic);
+                TopicStats {
+                    window_ms,
+                    window_messages: now_messages.saturating_sub(then_messages),
+                    window_bytes: now_bytes.saturating_sub(then_bytes),
+                    queues: queues
+                        .iter()
+                        .map(|queue| QueueStats {
+                            min_offset: queue.min_offset,
+                            max_offset: queue.max_offset,
+                            bytes: queue.bytes,
+                        })
+                        .collect(),
+                    topic,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Starts the thread that takes a note every second until the broker shuts down.
+pub fn start(broker: Arc<Broker>) {
+    let spawned = std::thread::Builder::new()
+        .name("keel-rates".into())
+        .spawn(move || {
+            while !broker.is_shutting_down() {
+                let totals = broker
+                    .store
+                    .queue_stats(None)
+                    .into_iter()
+                    .map(|(topic, queues)| (topic, totals(&queues)))
+                    .collect();
+                broker.rates.note(totals);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start the rates thread (TOPIC_STATS rates stay 0): {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_older_than_the_window_are_forgotten_but_one() {
+        let rates = Rates::default();
+        let old = Instant::now() - WINDOW - Duration::from_secs(5);
+        rates.lock().push_back(Note {
+            at: old,
+            totals: HashMap::from([("t".to_string(), (10, 100))]),
+        });
+        rates.lock().push_back(Note {
+            at: old + Duration::from_secs(2),
+            totals: HashMap::from([("t".to_string(), (12, 120))]),
+        });
+        rates.note(HashMap::from([("t".to_string(), (20, 200))]));
+        // The note 63 s old is the newest one at least a minute old: it stays.
+        assert_eq!(rates.lock().len(), 2);
+        let (window_ms, then) = rates.since_oldest("t");
+        assert_eq!(window_ms, 60_000);
+        assert_eq!(then, (12, 120));
+        assert_eq!(rates.since_oldest("new").1, (0, 0));
+    }
+}
