@@ -421,6 +421,14 @@ enum TopicCommand {
         #[arg(long, default_value_t = 4)]
         queues: u32,
     },
+    /// Add queues to a topic: QUEUES is the new total (queues are never removed: each
+    /// holds messages). Producers and name servers see them at once; a group's members
+    /// read a new queue from its start.
+    Update {
+        topic: String,
+        #[arg(long)]
+        queues: u32,
+    },
     /// List topics with each queue's min and max offset.
     List {
         /// Also the broker's own topics (%RETRY%..., %DLQ%..., %SCHEDULE%).
@@ -652,6 +660,9 @@ pub fn main_entry() -> ExitCode {
         Command::Topic {
             command: TopicCommand::List { all },
         } => list_topics(&target, all),
+        Command::Topic {
+            command: TopicCommand::Update { topic, queues },
+        } => add_queues(&target, &topic, queues),
         Command::Topic {
             command: TopicCommand::Describe { topic },
         } => describe_topic(&target, &topic),
@@ -1235,6 +1246,24 @@ fn create_topic(broker: &Target, topic: &str, queues: u32) -> Result<ExitCode, C
         "already exists with"
     };
     println!("topic {} {verb} {} queue(s)", created.topic, created.queues);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn add_queues(broker: &Target, topic: &str, queues: u32) -> Result<ExitCode, ClientError> {
+    let grown = broker.admin()?.add_queues(topic, queues)?;
+    if json() {
+        print_json(&serde_json::json!({
+            "topic": grown.topic, "queues": grown.queues, "added": grown.created,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    match grown.created {
+        true => println!("topic {} now has {} queue(s)", grown.topic, grown.queues),
+        false => println!(
+            "topic {} already has {} queue(s)",
+            grown.topic, grown.queues
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

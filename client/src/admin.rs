@@ -114,6 +114,19 @@ impl Admin {
         }
     }
 
+    /// Grows `topic` to `queues` queues (durable when this returns); `created` in the
+    /// answer says whether queues were added. Fewer than it has is refused.
+    pub fn add_queues(&self, topic: &str, queues: u32) -> Result<TopicCreated, ClientError> {
+        let request = Request::AddQueues(keel_protocol::CreateTopicRequest {
+            topic: topic.to_string(),
+            queues,
+        });
+        match self.call(request)? {
+            Response::TopicCreated(grown) => Ok(grown),
+            other => Err(unexpected(&other, "ADD_QUEUES")),
+        }
+    }
+
     /// Each queue's range and size, and what each topic took in over the broker's last
     /// minute (`topic`, or every topic when `None`).
     pub fn topic_stats(

@@ -59,6 +59,7 @@ kinds! {
     SecurityAdmin = 0x13, "SECURITY_ADMIN";
     ListGroups = 0x14, "LIST_GROUPS";
     TopicStats = 0x15, "TOPIC_STATS";
+    AddQueues = 0x16, "ADD_QUEUES";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";

@@ -168,6 +168,8 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|json| Request::SecurityAdmin(crate::SecretText(json))),
         text().prop_map(Request::ListGroups),
         text().prop_map(Request::TopicStats),
+        (text(), any::<u32>())
+            .prop_map(|(topic, queues)| Request::AddQueues(CreateTopicRequest { topic, queues })),
         (
             text(),
             any::<u32>(),

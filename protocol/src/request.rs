@@ -152,6 +152,8 @@ pub enum Request {
     /// Each queue's range and size and each topic's recent append rate (one topic, or
     /// every topic when empty).
     TopicStats(String),
+    /// Grows a topic to `queues` queues (never shrinks it: a queue holds messages).
+    AddQueues(CreateTopicRequest),
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -209,6 +211,7 @@ impl Request {
             Request::SecurityAdmin(_) => Kind::SecurityAdmin,
             Request::ListGroups(_) => Kind::ListGroups,
             Request::TopicStats(_) => Kind::TopicStats,
+            Request::AddQueues(_) => Kind::AddQueues,
         }
     }
 
@@ -238,7 +241,7 @@ impl Request {
                 put_str16(out, &query.topic);
                 out.put_u32_le(query.queue_id);
             }
-            Request::CreateTopic(create) => {
+            Request::CreateTopic(create) | Request::AddQueues(create) => {
                 put_str16(out, &create.topic);
                 out.put_u32_le(create.queues);
             }
@@ -374,6 +377,10 @@ impl Request {
                 queue_id: reader.u32("queue_id")?,
             }),
             Kind::CreateTopic => Request::CreateTopic(CreateTopicRequest {
+                topic: reader.str16("topic")?,
+                queues: reader.u32("queues")?,
+            }),
+            Kind::AddQueues => Request::AddQueues(CreateTopicRequest {
                 topic: reader.str16("topic")?,
                 queues: reader.u32("queues")?,
             }),

@@ -360,12 +360,16 @@ impl HaSlave {
                 }
                 HaFrame::Meta { topics, offsets } => {
                     for (topic, queues) in topics {
-                        if store.topic_queues(&topic).is_none() {
-                            if let Err(error) = store.create_topic(&topic, queues) {
-                                log::warn!(
-                                    "cannot create topic {topic:?} from the master: {error}"
-                                );
+                        let outcome = match store.topic_queues(&topic) {
+                            None => store.create_topic(&topic, queues).map(|_| ()),
+                            // Queues added on the master: a promoted slave routes them.
+                            Some(have) if have < queues => {
+                                store.add_queues(&topic, queues).map(|_| ())
                             }
+                            Some(_) => Ok(()),
+                        };
+                        if let Err(error) = outcome {
+                            log::warn!("cannot take topic {topic:?} from the master: {error}");
                         }
                     }
                     store.apply_consumer_offsets(&offsets);

@@ -329,9 +329,8 @@ mod bytes_tests {
             queue.push(entry(at, size));
             at += u64::from(size) * 2;
         }
-        let held = |queue: &QueueIndex| -> u64 {
-            queue.entries.iter().map(|e| u64::from(e.size)).sum()
-        };
+        let held =
+            |queue: &QueueIndex| -> u64 { queue.entries.iter().map(|e| u64::from(e.size)).sum() };
         assert_eq!(queue.bytes, 1500);
         assert_eq!(queue.trim_before(600), 2);
         assert_eq!((queue.bytes, held(&queue)), (1200, 1200));

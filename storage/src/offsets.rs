@@ -32,6 +32,34 @@ impl Store {
         Ok((queues, true, self.meta.bump()))
     }
 
+    /// Grows topic `name` to `queues` queues. Returns its queue count, whether queues
+    /// were added, and the metadata version that must be persisted before that is
+    /// durable. Fewer queues than it has is refused: a queue holds messages.
+    pub fn add_queues(&self, name: &str, queues: u32) -> Result<(u32, bool, u64), StoreError> {
+        if queues == 0 || queues > QUEUES_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "queue count {queues} is outside 1..={QUEUES_MAX}"
+            )));
+        }
+        let mut state = self.lock_state();
+        let Some(topic) = state.catalog.topics.get_mut(name) else {
+            return Err(StoreError::TopicNotFound(name.to_string()));
+        };
+        let count = topic.queue_count();
+        if queues < count {
+            return Err(StoreError::InvalidArgument(format!(
+                "topic {name:?} has {count} queues; queues can be added, not removed (each \
+                 holds messages)"
+            )));
+        }
+        let added = queues > count;
+        topic
+            .queues
+            .resize_with(queues as usize, crate::consume_queue::QueueIndex::default);
+        drop(state);
+        Ok((queues, added, self.meta.bump()))
+    }
+
     /// Records that `group` has consumed `topic`/`queue_id` below `offset`. Returns the
     /// metadata version to wait for before telling the consumer it is durable.
     pub fn commit_offset(

@@ -170,11 +170,24 @@ impl Driver {
         if let Response::Offset(Some(offset)) = self.call(query)? {
             return Ok(offset);
         }
-        // A retry topic is the group's own: all of it is for this group.
-        let start_from = if topic_index == 0 {
-            self.options.start_from
-        } else {
+        // A retry topic is the group's own: all of it is for this group. And
+        // `start_from` is where a new *group* starts: a queue added to a topic the group
+        // already consumes (it committed on another queue) is read from its start, or
+        // what was sent to it before this member saw it would be skipped.
+        let group_exists = || -> Result<bool, ClientError> {
+            Ok(match self.call(Request::ListGroups(self.group.clone()))? {
+                Response::GroupList(groups) => groups
+                    .iter()
+                    .any(|info| info.topic == *topic && !info.queues.is_empty()),
+                _ => false,
+            })
+        };
+        let start_from = if topic_index != 0 || self.options.start_from == StartFrom::Earliest {
             StartFrom::Earliest
+        } else if group_exists()? {
+            StartFrom::Earliest
+        } else {
+            self.options.start_from
         };
         let list = Request::ListTopics(ListTopicsRequest {
             topic: topic.clone(),

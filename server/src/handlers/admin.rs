@@ -53,6 +53,32 @@ pub(crate) fn on_create_topic(shard: &mut Shard, to: ReplyTo, create: CreateTopi
     }
 }
 
+/// ADD_QUEUES: answered once the new queue count is on disk; name servers hear of it
+/// at once.
+pub(crate) fn on_add_queues(shard: &mut Shard, to: ReplyTo, grow: CreateTopicRequest) {
+    if send::reserved_topic(&grow.topic) {
+        let refusal = send::reserved_topic_refusal(&grow.topic);
+        return shard.reply(to, refusal.response());
+    }
+    if let Some(refusal) = send::not_master(shard) {
+        return shard.reply(to, refusal.response());
+    }
+    match shard.broker.store.add_queues(&grow.topic, grow.queues) {
+        Ok((queues, added, version)) => {
+            if added {
+                shard.broker.registration.notify();
+            }
+            let response = Response::TopicCreated(TopicCreated {
+                topic: grow.topic,
+                queues,
+                created: added,
+            });
+            shard.expect_meta(to, version, response);
+        }
+        Err(error) => shard.reply(to, Refusal::from(error).response()),
+    }
+}
+
 pub(crate) fn on_list_topics(shard: &mut Shard, to: ReplyTo, list: ListTopicsRequest) {
     let only = (!list.topic.is_empty()).then_some(list.topic.as_str());
     let topics = shard.broker.store.queue_offsets(only);

@@ -824,3 +824,116 @@ fn offsets_reset_moves_by_a_shift_or_to_a_time_and_a_dry_run_changes_nothing() {
     );
     member.shutdown().unwrap();
 }
+
+#[test]
+fn queues_added_to_a_topic_are_used_at_once_and_a_running_group_misses_nothing_on_them() {
+    let mut broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    broker.admin().create_topic("grow", 2).unwrap();
+    // A group that starts from the latest offset, already consuming the topic.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let handled = seen.clone();
+    let member = keel_client::PushConsumer::start(
+        &address,
+        "tail",
+        "grow",
+        keel_client::PushConsumerOptions {
+            start_from: keel_client::StartFrom::Latest,
+            ..keel_client::PushConsumerOptions::default()
+        },
+        move |delivery: &keel_client::Delivery| {
+            handled
+                .lock()
+                .unwrap()
+                .push(delivery.record.payload.to_vec());
+            keel_client::ConsumeResult::Success
+        },
+    )
+    .unwrap();
+    let admin = broker.admin();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // It commits its start on the old queues, and a message sent now reaches it.
+    while seen.lock().unwrap().is_empty()
+        || admin.query_offset("tail", "grow", 0).unwrap().is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member never consumed"
+        );
+        let _ = keel(
+            &address,
+            &["send", "-t", "grow", "--queue", "0", "warm"],
+            b"",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let grown = keel(
+        &address,
+        &["--json", "topic", "update", "grow", "--queues", "4"],
+        b"",
+    );
+    assert_eq!(grown.status.code(), Some(0), "{}", text(&grown.stderr));
+    let grown: serde_json::Value = serde_json::from_str(text(&grown.stdout).trim()).unwrap();
+    assert_eq!(
+        (grown["queues"].clone(), grown["added"].clone()),
+        (4.into(), true.into())
+    );
+    // Sent to a new queue before the member's next heartbeat shows it the queue.
+    let sent = keel(
+        &address,
+        &["send", "-t", "grow", "--queue", "3", "n1", "n2", "n3"],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = seen.lock().unwrap().clone();
+        if [b"n1", b"n2", b"n3"]
+            .iter()
+            .all(|p| got.iter().any(|g| g == *p))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new queue's messages missed: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    member.shutdown().unwrap();
+
+    let same = keel(&address, &["topic", "update", "grow", "--queues", "4"], b"");
+    assert!(
+        text(&same.stdout).contains("already has 4 queue(s)"),
+        "{}",
+        text(&same.stdout)
+    );
+    let fewer = keel(&address, &["topic", "update", "grow", "--queues", "3"], b"");
+    assert_eq!(fewer.status.code(), Some(1));
+    assert!(
+        text(&fewer.stderr).contains("not removed"),
+        "{}",
+        text(&fewer.stderr)
+    );
+    let missing = keel(
+        &address,
+        &["topic", "update", "nosuch", "--queues", "3"],
+        b"",
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("does not exist"),
+        "{}",
+        text(&missing.stderr)
+    );
+    // Durable: after a restart the topic still has its four queues.
+    assert!(broker.terminate().success());
+    broker.spawn();
+    assert_eq!(
+        broker.admin().list_topics(Some("grow")).unwrap()[0]
+            .queues
+            .len(),
+        4
+    );
+}
