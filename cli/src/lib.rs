@@ -136,7 +136,7 @@ enum Command {
         timeout: u64,
         /// Route through these name servers (comma separated) with failover between
         /// masters, as an application does, instead of --broker.
-        #[arg(long, value_name = "ADDRS")]
+        #[arg(long, value_name = "ADDRS", env = "KEEL_NAMESRV")]
         namesrv: Option<String>,
         /// Queue to send to; by default the broker picks round-robin.
         #[arg(long)]
@@ -161,12 +161,16 @@ enum Command {
         file: Vec<PathBuf>,
         messages: Vec<String>,
     },
-    /// Show the brokers name servers know (and each one's queue count for --topic).
+    /// Show the brokers name servers know: role, epoch, when the name server last heard
+    /// from each and for how long it has known it, each broker's intake over its last
+    /// minute (asked of the broker), and its queue count of --topic. Warns on standard
+    /// error about a stale route (a broker late with its registrations).
     Routes {
         /// Name server addresses, comma separated.
-        #[arg(long, default_value = "127.0.0.1:9876")]
+        #[arg(long, default_value = "127.0.0.1:9876", env = "KEEL_NAMESRV")]
         namesrv: String,
-        #[arg(long, default_value = "")]
+        /// Also show each broker's queue count of this topic.
+        #[arg(short, long, default_value = "")]
         topic: String,
     },
     /// Show what the controllers decided: each group's master, epoch and SyncStateSet,
@@ -696,7 +700,7 @@ pub fn main_entry() -> ExitCode {
         Command::Offsets { command } => offsets(&target, command),
         Command::Group { command } => group(&target, command),
         Command::Admin { command } => admin(&target, command),
-        Command::Routes { namesrv, topic } => routes(&namesrv, &topic, target.options.tls.as_ref()),
+        Command::Routes { namesrv, topic } => routes(&target, &namesrv, &topic),
         Command::Cluster {
             controllers,
             elect: Some(broker_id),
@@ -1973,41 +1977,154 @@ fn promote(broker: &Target, role: &str, force: bool) -> Result<ExitCode, ClientE
     Ok(ExitCode::SUCCESS)
 }
 
-fn routes(
-    namesrv: &str,
-    topic: &str,
-    tls: Option<&keel_client::ClientTls>,
-) -> Result<ExitCode, ClientError> {
+/// What `keel routes` prints of one broker.
+struct RouteRow {
+    broker: keel_protocol::BrokerLiveness,
+    /// The asked topic's queue count on it (0: it does not have it).
+    topic_queues: u32,
+    /// Messages a second it took in over its last minute (`None`: it did not answer).
+    per_second: Option<f64>,
+    stale: bool,
+}
+
+fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
     let name_servers: Vec<String> = namesrv.split(',').map(|s| s.trim().to_string()).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let routes =
-        keel_client::fetch_routes(&name_servers, &next, topic, Duration::from_secs(3), tls)?;
-    if json() {
-        let routes: Vec<serde_json::Value> = routes
+    let tls = broker.options.tls.as_ref();
+    let timeout = Duration::from_secs(3);
+    let (broker_timeout_ms, brokers) = keel_client::fetch_brokers(&name_servers, timeout, tls)?;
+    let queues: std::collections::HashMap<(String, String), u32> = if topic.is_empty() {
+        Default::default()
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        keel_client::fetch_routes(&name_servers, &next, topic, timeout, tls)?
+            .into_iter()
+            .map(|route| ((route.broker_name, route.address), route.topic_queues))
+            .collect()
+    };
+    // Each broker's own view of its intake, asked of all at once (one that does not
+    // answer within the connect timeout shows "-").
+    let options = keel_client::ConnectionOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..broker.options.clone()
+    };
+    let rates: Vec<Option<f64>> = std::thread::scope(|scope| {
+        let asks: Vec<_> = brokers
             .iter()
-            .map(|route| {
+            .map(|known| {
+                let options = &options;
+                scope.spawn(move || {
+                    let admin = keel_client::Admin::connect_with(&known.address, options)
+                        .ok()?
+                        .with_timeout(Duration::from_secs(2));
+                    let topics = admin.topic_stats(None).ok()?;
+                    let window_ms = topics.iter().map(|t| t.window_ms).max().unwrap_or(0);
+                    let messages: u64 = topics.iter().map(|t| t.window_messages).sum();
+                    Some(match window_ms {
+                        0 => 0.0,
+                        ms => messages as f64 * 1000.0 / f64::from(ms),
+                    })
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .map(|ask| ask.join().ok().flatten())
+            .collect()
+    });
+    let rows: Vec<RouteRow> = brokers
+        .into_iter()
+        .zip(rates)
+        .map(|(known, per_second)| {
+            // Late by more than two of its own registration intervals (a second of
+            // slack), or a quarter of the timeout when it registered only once.
+            let expected = match known.interval_ms {
+                0 => broker_timeout_ms / 4,
+                interval => interval.saturating_mul(2).saturating_add(1000),
+            };
+            RouteRow {
+                topic_queues: queues
+                    .get(&(known.broker_name.clone(), known.address.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                per_second,
+                stale: known.since_heard_ms > expected,
+                broker: known,
+            }
+        })
+        .collect();
+    if json() {
+        let routes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                let route = &row.broker;
                 serde_json::json!({
                     "broker_name": route.broker_name, "broker_id": route.broker_id,
                     "role": route.role.name(), "epoch": route.epoch,
                     "address": route.address, "ha_address": route.ha_address,
-                    "topic_queues": route.topic_queues,
+                    "topic_queues": row.topic_queues,
+                    "since_heard_ms": route.since_heard_ms, "interval_ms": route.interval_ms,
+                    "known_for_ms": route.known_for_ms, "topics": route.topic_count,
+                    "routed": route.routed, "stale": row.stale,
+                    "messages_per_second": row.per_second,
                 })
             })
             .collect();
-        print_json(&serde_json::json!({ "routes": routes }));
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("broker_name  id  role          epoch  address                ha_address             queues");
-    for route in routes {
+        print_json(
+            &serde_json::json!({ "broker_timeout_ms": broker_timeout_ms, "routes": routes }),
+        );
+    } else {
         println!(
-            "{:<12} {:>3}  {:<13} {:>5}  {:<22} {:<22} {}",
+            "{:<12} {:>3}  {:<13} {:>5}  {:<21} {:>10} {:>9} {:>9} {:>6}",
+            "broker_name",
+            "id",
+            "role",
+            "epoch",
+            "address",
+            "last_heard",
+            "known_for",
+            "msg/s_in",
+            "queues"
+        );
+        for row in &rows {
+            let route = &row.broker;
+            let per_second = row
+                .per_second
+                .map_or("-".to_string(), |rate| format!("{rate:.1}"));
+            let note = match (route.routed, row.stale) {
+                (false, _) => "  (not routed: a newer master of its name is known)",
+                (true, true) => "  STALE",
+                (true, false) => "",
+            };
+            println!(
+                "{:<12} {:>3}  {:<13} {:>5}  {:<21} {:>10} {:>9} {:>9} {:>6}{note}",
+                route.broker_name,
+                route.broker_id,
+                route.role.name(),
+                route.epoch,
+                route.address,
+                format!(
+                    "{} ago",
+                    duration_words(route.since_heard_ms as f64 / 1000.0)
+                ),
+                duration_words(route.known_for_ms as f64 / 1000.0),
+                per_second,
+                row.topic_queues
+            );
+        }
+    }
+    for row in rows.iter().filter(|row| row.stale) {
+        let route = &row.broker;
+        let every = match route.interval_ms {
+            0 => "it registered once".to_string(),
+            ms => format!("it registers every {}", duration_words(ms as f64 / 1000.0)),
+        };
+        eprintln!(
+            "keel routes: WARNING {} {} at {} last heard {} ago ({every}): its route is stale; \
+             the name server drops it after {} of silence",
             route.broker_name,
-            route.broker_id,
             route.role.name(),
-            route.epoch,
             route.address,
-            route.ha_address,
-            route.topic_queues
+            duration_words(route.since_heard_ms as f64 / 1000.0),
+            duration_words(broker_timeout_ms as f64 / 1000.0)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,12 @@ impl Admin {
         })
     }
 
+    /// Waits at most `timeout` for each answer from now on (10 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Admin {
+        self.timeout = timeout;
+        self
+    }
+
     /// The principal this connection logged in as, if it did.
     pub fn principal(&self) -> Option<&str> {
         self.connection.principal()

@@ -38,7 +38,7 @@ pub use push::{
     ConsumeResult, Delivery, DiscoveringPushConsumer, DiscoveryOptions, IntoConsumeResult,
     PushConsumer, PushConsumerOptions, PushStats, StartFrom,
 };
-pub use routing::{fetch_routes, MasterRoute};
+pub use routing::{fetch_brokers, fetch_routes, MasterRoute};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

@@ -132,6 +132,55 @@ pub fn fetch_routes(
     timeout: Duration,
     tls: Option<&keel_security::ClientTls>,
 ) -> Result<Vec<BrokerRoute>, ClientError> {
+    let request = Request::GetRoutes(topic.to_string());
+    ask_name_servers(
+        name_servers,
+        next,
+        &request,
+        timeout,
+        tls,
+        |response| match response {
+            Response::Routes(routes) => Ok(routes),
+            other => Err(other),
+        },
+    )
+}
+
+/// Every broker a name server knows, with when it last heard from each (GET_BROKERS):
+/// the name server's broker timeout (ms) and the brokers. Tries each name server in
+/// turn, like `fetch_routes`.
+pub fn fetch_brokers(
+    name_servers: &[String],
+    timeout: Duration,
+    tls: Option<&keel_security::ClientTls>,
+) -> Result<(u64, Vec<keel_protocol::BrokerLiveness>), ClientError> {
+    let next = AtomicUsize::new(0);
+    ask_name_servers(
+        name_servers,
+        &next,
+        &Request::GetBrokers,
+        timeout,
+        tls,
+        |response| match response {
+            Response::Brokers {
+                broker_timeout_ms,
+                brokers,
+            } => Ok((broker_timeout_ms, brokers)),
+            other => Err(other),
+        },
+    )
+}
+
+/// Sends `request` to the name servers from `next` on until one answers as `pick`
+/// takes it (an error answer or an unexpected kind tries the next one).
+fn ask_name_servers<T>(
+    name_servers: &[String],
+    next: &AtomicUsize,
+    request: &Request,
+    timeout: Duration,
+    tls: Option<&keel_security::ClientTls>,
+    pick: impl Fn(Response) -> Result<T, Response>,
+) -> Result<T, ClientError> {
     if name_servers.is_empty() {
         return Err(ClientError::InvalidArgument("no name server given".into()));
     }
@@ -146,18 +195,20 @@ pub fn fetch_routes(
                 tls: tls.cloned(),
                 ..ConnectionOptions::default()
             };
-            Connection::connect(address, &options)?
-                .call(&Request::GetRoutes(topic.to_string()), timeout)
+            Connection::connect(address, &options)?.call(request, timeout)
         });
-        match outcome {
-            Ok(Response::Routes(routes)) => {
+        match outcome.map(&pick) {
+            Ok(Ok(answer)) => {
                 next.store(which, Ordering::Relaxed);
-                return Ok(routes);
+                return Ok(answer);
             }
-            Ok(Response::Error(error)) => last = ClientError::Broker(error),
-            Ok(other) => {
-                last =
-                    ClientError::Protocol(format!("{} in reply to GET_ROUTES", other.kind().name()))
+            Ok(Err(Response::Error(error))) => last = ClientError::Broker(error),
+            Ok(Err(other)) => {
+                last = ClientError::Protocol(format!(
+                    "{} in reply to {}",
+                    other.kind().name(),
+                    request.kind().name()
+                ))
             }
             Err(error) => last = error,
         }

@@ -60,6 +60,7 @@ kinds! {
     ListGroups = 0x14, "LIST_GROUPS";
     TopicStats = 0x15, "TOPIC_STATS";
     AddQueues = 0x16, "ADD_QUEUES";
+    GetBrokers = 0x17, "GET_BROKERS";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -78,6 +79,7 @@ kinds! {
     SecurityResult = 0x90, "SECURITY_RESULT";
     GroupList = 0x91, "GROUP_LIST";
     TopicStatsResult = 0x92, "TOPIC_STATS_RESULT";
+    Brokers = 0x93, "BROKERS";
     Error = 0xFF, "ERROR";
 }
 

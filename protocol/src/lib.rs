@@ -63,8 +63,8 @@ pub use request::{
     QueryOffsetRequest, Request, SecretText, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
 pub use response::{
-    Assignment, BrokerRoute, ErrorResponse, GroupInfo, PullResult, QueueInfo, QueueStats, Response,
-    SendBatchResult, SendResult, TopicCreated, TopicInfo, TopicStats,
+    Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupInfo, PullResult, QueueInfo,
+    QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicInfo, TopicStats,
 };
 
 /// Default upper bound on a whole frame (length prefix included).

@@ -168,6 +168,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|json| Request::SecurityAdmin(crate::SecretText(json))),
         text().prop_map(Request::ListGroups),
         text().prop_map(Request::TopicStats),
+        Just(Request::GetBrokers),
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::AddQueues(CreateTopicRequest { topic, queues })),
         (
@@ -283,6 +284,50 @@ fn response() -> impl Strategy<Value = Response> {
                 )
                 .collect()
         )),
+        (
+            any::<u64>(),
+            proptest::collection::vec(
+                (
+                    (text(), any::<u32>(), 0u8..4, any::<u64>()),
+                    (
+                        text(),
+                        any::<(u64, u64, u64)>(),
+                        any::<u32>(),
+                        any::<bool>()
+                    )
+                ),
+                0..3
+            )
+        )
+            .prop_map(|(broker_timeout_ms, brokers)| Response::Brokers {
+                broker_timeout_ms,
+                brokers: brokers
+                    .into_iter()
+                    .map(
+                        |(
+                            (broker_name, broker_id, role, epoch),
+                            (
+                                address,
+                                (since_heard_ms, interval_ms, known_for_ms),
+                                topic_count,
+                                routed,
+                            ),
+                        )| crate::BrokerLiveness {
+                            broker_name,
+                            broker_id,
+                            role: crate::BrokerRole::from_u8(role).unwrap(),
+                            epoch,
+                            ha_address: address.clone(),
+                            address,
+                            since_heard_ms,
+                            interval_ms,
+                            known_for_ms,
+                            topic_count,
+                            routed,
+                        }
+                    )
+                    .collect(),
+            }),
         any::<(u64, u64)>().prop_map(|(epoch, log_end)| Response::Promoted { epoch, log_end }),
         proptest::collection::vec(
             (

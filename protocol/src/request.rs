@@ -154,6 +154,8 @@ pub enum Request {
     TopicStats(String),
     /// Grows a topic to `queues` queues (never shrinks it: a queue holds messages).
     AddQueues(CreateTopicRequest),
+    /// To a name server: every broker it knows, with when it last heard from each.
+    GetBrokers,
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -212,6 +214,7 @@ impl Request {
             Request::ListGroups(_) => Kind::ListGroups,
             Request::TopicStats(_) => Kind::TopicStats,
             Request::AddQueues(_) => Kind::AddQueues,
+            Request::GetBrokers => Kind::GetBrokers,
         }
     }
 
@@ -219,7 +222,7 @@ impl Request {
     pub fn encode(&self, request_id: u64, flags: u16, out: &mut Vec<u8>) {
         let start = begin_frame(out, self.kind(), flags, request_id);
         match self {
-            Request::Ping | Request::Stats => {}
+            Request::Ping | Request::Stats | Request::GetBrokers => {}
             Request::Send(message) => message.encode_body(out),
             Request::Pull(pull) => {
                 put_str16(out, &pull.group);
@@ -380,6 +383,7 @@ impl Request {
                 topic: reader.str16("topic")?,
                 queues: reader.u32("queues")?,
             }),
+            Kind::GetBrokers => Request::GetBrokers,
             Kind::AddQueues => Request::AddQueues(CreateTopicRequest {
                 topic: reader.str16("topic")?,
                 queues: reader.u32("queues")?,

@@ -145,6 +145,27 @@ pub struct BrokerRoute {
     pub topic_queues: u32,
 }
 
+/// One broker in a name server's BROKERS answer: its registration and liveness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerLiveness {
+    pub broker_name: String,
+    pub broker_id: u32,
+    pub role: BrokerRole,
+    pub epoch: u64,
+    pub address: String,
+    pub ha_address: String,
+    /// Milliseconds since its last registration reached the name server.
+    pub since_heard_ms: u64,
+    /// Milliseconds between its last two registrations (0: heard once so far).
+    pub interval_ms: u64,
+    /// Milliseconds since the name server first heard from it (its age there).
+    pub known_for_ms: u64,
+    /// Topics it registered.
+    pub topic_count: u32,
+    /// False when a newer master of its broker name is known: it is not routed to.
+    pub routed: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Pong,
@@ -173,6 +194,11 @@ pub enum Response {
     SecurityResult(crate::SecretText),
     GroupList(Vec<GroupInfo>),
     TopicStats(Vec<TopicStats>),
+    /// BROKERS: the name server's broker timeout (ms) and every broker it knows.
+    Brokers {
+        broker_timeout_ms: u64,
+        brokers: Vec<BrokerLiveness>,
+    },
     Error(ErrorResponse),
 }
 
@@ -209,6 +235,7 @@ impl Response {
             Response::SecurityResult(_) => Kind::SecurityResult,
             Response::GroupList(_) => Kind::GroupList,
             Response::TopicStats(_) => Kind::TopicStatsResult,
+            Response::Brokers { .. } => Kind::Brokers,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -240,6 +267,26 @@ impl Response {
             }
             Response::LoginOk(principal) => put_str16(out, principal),
             Response::SecurityResult(json) => put_bytes32(out, json.0.as_bytes()),
+            Response::Brokers {
+                broker_timeout_ms,
+                brokers,
+            } => {
+                out.put_u64_le(*broker_timeout_ms);
+                out.put_u32_le(u32::try_from(brokers.len()).unwrap_or(u32::MAX));
+                for broker in brokers {
+                    put_str16(out, &broker.broker_name);
+                    out.put_u32_le(broker.broker_id);
+                    out.put_u8(broker.role as u8);
+                    out.put_u64_le(broker.epoch);
+                    put_str16(out, &broker.address);
+                    put_str16(out, &broker.ha_address);
+                    out.put_u64_le(broker.since_heard_ms);
+                    out.put_u64_le(broker.interval_ms);
+                    out.put_u64_le(broker.known_for_ms);
+                    out.put_u32_le(broker.topic_count);
+                    out.put_u8(u8::from(broker.routed));
+                }
+            }
             Response::TopicStats(topics) => {
                 out.put_u32_le(u32::try_from(topics.len()).unwrap_or(u32::MAX));
                 for topic in topics {
@@ -371,6 +418,40 @@ impl Response {
                 })
             }
             Kind::LoginOk => Response::LoginOk(reader.str16("principal")?),
+            Kind::Brokers => {
+                let broker_timeout_ms = reader.u64("broker_timeout_ms")?;
+                let count = reader.u32("broker_count")?;
+                // Each broker takes at least 50 bytes: bounded before allocating.
+                let mut brokers = Vec::with_capacity((count as usize).min(reader.remaining() / 50));
+                for _ in 0..count {
+                    brokers.push(BrokerLiveness {
+                        broker_name: reader.str16("broker_name")?,
+                        broker_id: reader.u32("broker_id")?,
+                        role: crate::request::decode_role(&mut reader)?,
+                        epoch: reader.u64("epoch")?,
+                        address: reader.str16("address")?,
+                        ha_address: reader.str16("ha_address")?,
+                        since_heard_ms: reader.u64("since_heard_ms")?,
+                        interval_ms: reader.u64("interval_ms")?,
+                        known_for_ms: reader.u64("known_for_ms")?,
+                        topic_count: reader.u32("topic_count")?,
+                        routed: match reader.u8("routed")? {
+                            0 => false,
+                            1 => true,
+                            other => {
+                                return Err(DecodeError::InvalidValue {
+                                    field: "routed",
+                                    value: u64::from(other),
+                                })
+                            }
+                        },
+                    });
+                }
+                Response::Brokers {
+                    broker_timeout_ms,
+                    brokers,
+                }
+            }
             Kind::TopicStatsResult => {
                 let count = reader.u32("topic_count")?;
                 // Each topic takes at least 26 bytes, each queue 24: bounded before

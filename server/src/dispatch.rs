@@ -44,7 +44,7 @@ impl Shard {
                 let detail = format!("{} reached the shard", request.kind().name());
                 self.reply(to, Response::error(ErrorCode::Internal, detail));
             }
-            Request::RegisterBroker(_) | Request::GetRoutes(_) => {
+            Request::RegisterBroker(_) | Request::GetRoutes(_) | Request::GetBrokers => {
                 let detail = format!(
                     "{} is for a name server (keeld namesrv), not a broker",
                     request.kind().name()

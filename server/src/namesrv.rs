@@ -36,6 +36,10 @@ const PRE_LOGIN_FRAME_BYTES: u32 = 64 * 1024;
 struct Entry {
     registration: BrokerRegistration,
     last_seen: Instant,
+    /// When this name server first heard from it (kept across re-registrations).
+    first_seen: Instant,
+    /// Between its last two registrations.
+    interval: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -134,11 +138,18 @@ impl NameServer {
                 registration.topics.len()
             );
         }
+        let now = Instant::now();
+        let (first_seen, interval) = match table.brokers.get(&key) {
+            Some(entry) => (entry.first_seen, Some(now.duration_since(entry.last_seen))),
+            None => (now, None),
+        };
         table.brokers.insert(
             key,
             Entry {
                 registration,
-                last_seen: Instant::now(),
+                last_seen: now,
+                first_seen,
+                interval,
             },
         );
         Ok(())
@@ -164,6 +175,10 @@ impl NameServer {
     pub fn routes(&self, topic: &str) -> Vec<BrokerRoute> {
         let mut table = self.lock();
         self.expire(&mut table);
+        self.routes_in(&table, topic)
+    }
+
+    fn routes_in(&self, table: &Table, topic: &str) -> Vec<BrokerRoute> {
         let mut newest_master: HashMap<&str, u64> = HashMap::new();
         for entry in table.brokers.values() {
             let registration = &entry.registration;
@@ -224,6 +239,50 @@ impl NameServer {
         routes
     }
 
+    /// GET_BROKERS: every broker it knows, with when it last heard from each; a master
+    /// a newer one of its broker name replaced is marked not routed.
+    pub fn brokers(&self) -> Response {
+        let mut table = self.lock();
+        self.expire(&mut table);
+        let routed: std::collections::HashSet<(String, String)> = self
+            .routes_in(&table, "")
+            .into_iter()
+            .map(|route| (route.broker_name, route.address))
+            .collect();
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let mut brokers: Vec<keel_protocol::BrokerLiveness> = table
+            .brokers
+            .iter()
+            .map(|(key, entry)| {
+                let registration = &entry.registration;
+                keel_protocol::BrokerLiveness {
+                    broker_name: registration.broker_name.clone(),
+                    broker_id: registration.broker_id,
+                    role: registration.role,
+                    epoch: registration.epoch,
+                    address: registration.address.clone(),
+                    ha_address: registration.ha_address.clone(),
+                    since_heard_ms: millis(entry.last_seen.elapsed()),
+                    interval_ms: entry.interval.map_or(0, millis),
+                    known_for_ms: millis(entry.first_seen.elapsed()),
+                    topic_count: u32::try_from(registration.topics.len()).unwrap_or(u32::MAX),
+                    routed: routed.contains(key),
+                }
+            })
+            .collect();
+        brokers.sort_by(|a, b| {
+            (&a.broker_name, a.broker_id, &a.address).cmp(&(
+                &b.broker_name,
+                b.broker_id,
+                &b.address,
+            ))
+        });
+        Response::Brokers {
+            broker_timeout_ms: millis(self.broker_timeout),
+            brokers,
+        }
+    }
+
     fn handle(
         &self,
         request: Request,
@@ -278,10 +337,11 @@ impl NameServer {
                 }
             }
             Request::GetRoutes(topic) => Response::Routes(self.routes(&topic)),
+            Request::GetBrokers => self.brokers(),
             other => Response::error(
                 ErrorCode::InvalidArgument,
                 format!(
-                    "{} is for a broker; a name server answers PING, REGISTER_BROKER and GET_ROUTES",
+                    "{} is for a broker; a name server answers PING, REGISTER_BROKER, GET_ROUTES and GET_BROKERS",
                     other.kind().name()
                 ),
             ),

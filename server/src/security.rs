@@ -236,6 +236,7 @@ pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::MessageInfo { .. } => vec![need(Admin, "*", Lookup)],
         Request::Promote { .. } => vec![need(Cluster, "*", Promote)],
         Request::RegisterBroker(_) => vec![need(Cluster, "*", Register)],
+        Request::GetBrokers => vec![need(Admin, "*", Describe)],
         Request::GetRoutes(topic) if topic.is_empty() => vec![need(Admin, "*", Describe)],
         Request::GetRoutes(topic) => vec![topic_need(topic, Describe)],
         Request::SecurityAdmin(_) => vec![need(Admin, "*", Security)],
@@ -269,6 +270,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         Kind::Promote => "cluster:promote",
         Kind::RegisterBroker => "cluster:register",
         Kind::GetRoutes => "topic:describe (admin:describe for every route)",
+        Kind::GetBrokers => "admin:describe",
         Kind::SecurityAdmin => "admin:security",
         Kind::ListGroups => "group:consume (admin:describe to list every group)",
         Kind::TopicStats => "topic:describe (admin:describe for every topic)",
@@ -290,6 +292,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         | Kind::SecurityResult
         | Kind::GroupList
         | Kind::TopicStatsResult
+        | Kind::Brokers
         | Kind::Error => return None,
     })
 }

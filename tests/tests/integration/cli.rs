@@ -937,3 +937,97 @@ fn queues_added_to_a_topic_are_used_at_once_and_a_running_group_misses_nothing_o
         4
     );
 }
+
+#[test]
+fn routes_show_when_each_broker_was_last_heard_and_warn_about_a_stale_one() {
+    let namesrv = crate::harness::NameServerProcess::start(120_000);
+    let config = |name: &str| {
+        format!(
+            "broker_name = \"{name}\"\nnamesrv_addrs = [\"{}\"]\nregister_interval_ms = 200",
+            namesrv.address
+        )
+    };
+    let busy = BrokerProcess::start(&config("busy"));
+    let paused = BrokerProcess::start(&config("paused"));
+    busy.admin().create_topic("feed", 3).unwrap();
+    let sent = keel(
+        &busy.address,
+        &["send", "-t", "feed", "a", "b", "c", "d"],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0));
+    let listed = || {
+        let output = keel(
+            "127.0.0.1:1",
+            &[
+                "--json",
+                "routes",
+                "--namesrv",
+                &namesrv.address,
+                "-t",
+                "feed",
+            ],
+            b"",
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let json: serde_json::Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+        (json, text(&output.stderr))
+    };
+    let find = |json: &serde_json::Value, name: &str| {
+        json["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|route| route["broker_name"] == name)
+            .cloned()
+    };
+    wait_until(
+        "both registered twice, the topic too",
+        Duration::from_secs(20),
+        || {
+            let (json, _) = listed();
+            let heard_twice =
+                |name| find(&json, name).is_some_and(|r| r["interval_ms"].as_u64() > Some(0));
+            heard_twice("busy")
+                && heard_twice("paused")
+                && find(&json, "busy").is_some_and(|r| r["topic_queues"] == 3)
+        },
+    );
+    let (json, stderr) = listed();
+    let route = find(&json, "busy").unwrap();
+    assert_eq!(route["stale"], false);
+    assert_eq!(route["routed"], true);
+    assert!(route["since_heard_ms"].as_u64().unwrap() < 5_000, "{route}");
+    assert!(route["known_for_ms"].as_u64().unwrap() >= route["interval_ms"].as_u64().unwrap());
+    // The broker's own count of its intake over its last minute: the 4 sends.
+    assert!(
+        route["messages_per_second"].as_f64().unwrap() > 0.0,
+        "{route}"
+    );
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+
+    // A paused broker stops registering: its route goes stale, and it does not answer.
+    crate::harness::signal(paused.pid(), libc::SIGSTOP);
+    // Stale past two registration intervals and a second: 200 ms each here.
+    std::thread::sleep(Duration::from_millis(3_000));
+    let (json, stderr) = listed();
+    crate::harness::signal(paused.pid(), libc::SIGCONT);
+    let route = find(&json, "paused").unwrap();
+    assert_eq!(route["stale"], true, "{route}");
+    assert_eq!(route["messages_per_second"], serde_json::Value::Null);
+    assert!(
+        stderr.contains("WARNING paused master at") && stderr.contains("its route is stale"),
+        "{stderr}"
+    );
+    assert_eq!(find(&json, "busy").unwrap()["stale"], false);
+    let human = keel(
+        "127.0.0.1:1",
+        &["routes", "--namesrv", &namesrv.address],
+        b"",
+    );
+    assert!(
+        text(&human.stdout).contains("last_heard"),
+        "{}",
+        text(&human.stdout)
+    );
+}
