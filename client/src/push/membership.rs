@@ -182,9 +182,10 @@ impl Driver {
                 _ => false,
             })
         };
-        let start_from = if topic_index != 0 || self.options.start_from == StartFrom::Earliest {
-            StartFrom::Earliest
-        } else if group_exists()? {
+        let start_from = if topic_index != 0
+            || self.options.start_from == StartFrom::Earliest
+            || group_exists()?
+        {
             StartFrom::Earliest
         } else {
             self.options.start_from
