@@ -274,6 +274,12 @@ fn one_of_each_kind() -> Vec<Request> {
             key: String::new(),
         },
         Request::ListGroups(String::new()),
+        Request::TopicStats(String::new()),
+        Request::AddQueues(keel_protocol::CreateTopicRequest {
+            topic: "orders".into(),
+            queues: 4,
+        }),
+        Request::GetBrokers,
         Request::SecurityAdmin(keel_protocol::SecretText(
             SecurityCommand::UserList.to_json(),
         )),
