@@ -161,20 +161,14 @@ impl Store {
 
     /// For each topic (or just `only`), each queue's (min, max) durable queue offsets.
     pub fn queue_offsets(&self, only: Option<&str>) -> Vec<(String, Vec<(u64, u64)>)> {
-        let durable = self.offset_durable();
-        let state = self.lock_state();
-        state
-            .catalog
-            .topics
-            .iter()
-            .filter(|(name, _)| only.is_none_or(|only| only == name.as_str()))
-            .map(|(name, topic)| {
-                let queues = topic
-                    .queues
+        self.queue_stats(only)
+            .into_iter()
+            .map(|(name, queues)| {
+                let ranges = queues
                     .iter()
-                    .map(|queue| (queue.first, queue.durable_end(durable)))
+                    .map(|q| (q.min_offset, q.max_offset))
                     .collect();
-                (name.clone(), queues)
+                (name, ranges)
             })
             .collect()
     }

@@ -1008,9 +1008,17 @@ fn routes_show_when_each_broker_was_last_heard_and_warn_about_a_stale_one() {
 
     // A paused broker stops registering: its route goes stale, and it does not answer.
     crate::harness::signal(paused.pid(), libc::SIGSTOP);
-    // Stale past two registration intervals and a second: 200 ms each here.
-    std::thread::sleep(Duration::from_millis(3_000));
-    let (json, stderr) = listed();
+    // Stale past two registration intervals and a second (200 ms each here).
+    let mut last = (serde_json::Value::Null, String::new());
+    wait_until(
+        "the paused broker's route goes stale",
+        Duration::from_secs(20),
+        || {
+            last = listed();
+            find(&last.0, "paused").is_some_and(|route| route["stale"] == true)
+        },
+    );
+    let (json, stderr) = last;
     crate::harness::signal(paused.pid(), libc::SIGCONT);
     let route = find(&json, "paused").unwrap();
     assert_eq!(route["stale"], true, "{route}");
