@@ -433,6 +433,19 @@ enum TopicCommand {
         #[arg(long)]
         queues: u32,
     },
+    /// Delete a topic with its messages and its groups' committed offsets. Refused
+    /// while it is in use (a group with live members, or messages stored in the last
+    /// minute) unless --force. The log space is freed as retention deletes the
+    /// segments (the log is shared by every topic).
+    Delete {
+        topic: String,
+        /// Delete although the topic is in use.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// List topics with each queue's min and max offset.
     List {
         /// Also the broker's own topics (%RETRY%..., %DLQ%..., %SCHEDULE%).
@@ -670,6 +683,9 @@ pub fn main_entry() -> ExitCode {
         Command::Topic {
             command: TopicCommand::Describe { topic },
         } => describe_topic(&target, &topic),
+        Command::Topic {
+            command: TopicCommand::Delete { topic, force, yes },
+        } => delete_topic(&target, &topic, force, yes),
         Command::Stats => stats(&target),
         Command::Subscribe {
             topic,
@@ -1269,6 +1285,59 @@ fn add_queues(broker: &Target, topic: &str, queues: u32) -> Result<ExitCode, Cli
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn delete_topic(
+    broker: &Target,
+    topic: &str,
+    force: bool,
+    yes: bool,
+) -> Result<ExitCode, ClientError> {
+    use std::io::IsTerminal;
+    let admin = broker.admin()?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("keel: deleting topic {topic} needs --yes when stdin is not a terminal");
+            return Ok(ExitCode::from(2));
+        }
+        let held = admin.list_topics(Some(topic))?;
+        let messages: u64 = held
+            .iter()
+            .flat_map(|info| &info.queues)
+            .map(|queue| queue.max_offset.saturating_sub(queue.min_offset))
+            .sum();
+        eprint!("delete topic {topic} and its {messages} message(s)? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("keel: nothing deleted");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let deleted = admin.delete_topic(topic, force)?;
+    if json() {
+        print_json(&serde_json::json!({
+            "topic": deleted.topic, "queues": deleted.queues, "messages": deleted.messages,
+            "bytes": deleted.bytes, "durable": deleted.durable,
+        }));
+    } else {
+        println!(
+            "deleted topic {}: {} queue(s), {} message(s), {}",
+            deleted.topic,
+            deleted.queues,
+            deleted.messages,
+            bytes_words(deleted.bytes)
+        );
+    }
+    if deleted.durable {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "keel: the deletion of {} is in effect but was not confirmed durable in time: a broker \
+         crash may undo it; run the delete again to be sure",
+        deleted.topic
+    );
+    Ok(ExitCode::from(EXIT_UNKNOWN))
 }
 
 fn list_topics(broker: &Target, all: bool) -> Result<ExitCode, ClientError> {

@@ -5,7 +5,7 @@ use crate::connection::{Connection, ConnectionOptions};
 use crate::{resolve, ClientError};
 use keel_protocol::{
     CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, QueryOffsetRequest, Request,
-    Response, TopicCreated, TopicInfo,
+    Response, TopicCreated, TopicDeleted, TopicInfo,
 };
 use std::time::Duration;
 
@@ -130,6 +130,21 @@ impl Admin {
         match self.call(request)? {
             Response::TopicCreated(grown) => Ok(grown),
             other => Err(unexpected(&other, "ADD_QUEUES")),
+        }
+    }
+
+    /// Deletes `topic` with its messages and its groups' committed offsets. Refused
+    /// (`TOPIC_IN_USE`) while a group has live members on it or messages were stored in
+    /// it over the last minute, unless `force`. `durable` false in the answer: the
+    /// deletion is in effect but was not confirmed durable in time (a crash may undo it).
+    pub fn delete_topic(&self, topic: &str, force: bool) -> Result<TopicDeleted, ClientError> {
+        let request = Request::DeleteTopic {
+            topic: topic.to_string(),
+            force,
+        };
+        match self.call(request)? {
+            Response::TopicDeleted(deleted) => Ok(deleted),
+            other => Err(unexpected(&other, "DELETE_TOPIC")),
         }
     }
 

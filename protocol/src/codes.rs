@@ -195,10 +195,14 @@ pub enum ErrorCode {
     /// TLS is needed: plaintext reached a TLS port, or a password came over plaintext
     /// from another host. The connection is closed.
     TlsRequired = 25,
+    /// DELETE_TOPIC without `force` of a topic in use: a consumer group has live
+    /// members on it, or messages were stored in it in the last minute. Nothing was
+    /// deleted.
+    TopicInUse = 26,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownKind,
@@ -224,6 +228,7 @@ impl ErrorCode {
         ErrorCode::PermissionDenied,
         ErrorCode::TooManyLoginFailures,
         ErrorCode::TlsRequired,
+        ErrorCode::TopicInUse,
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
@@ -259,6 +264,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::TooManyLoginFailures => "TOO_MANY_LOGIN_FAILURES",
             ErrorCode::TlsRequired => "TLS_REQUIRED",
+            ErrorCode::TopicInUse => "TOPIC_IN_USE",
         }
     }
 

@@ -61,6 +61,7 @@ kinds! {
     TopicStats = 0x15, "TOPIC_STATS";
     AddQueues = 0x16, "ADD_QUEUES";
     GetBrokers = 0x17, "GET_BROKERS";
+    DeleteTopic = 0x18, "DELETE_TOPIC";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -80,6 +81,7 @@ kinds! {
     GroupList = 0x91, "GROUP_LIST";
     TopicStatsResult = 0x92, "TOPIC_STATS_RESULT";
     Brokers = 0x93, "BROKERS";
+    TopicDeleted = 0x94, "TOPIC_DELETED";
     Error = 0xFF, "ERROR";
 }
 

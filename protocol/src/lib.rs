@@ -54,8 +54,8 @@ pub use frame::{
 pub use ha::{Epoch, HaFrame, RecordId};
 pub use message::{
     decode_record, encode_record, peek_record_header, tags_hash, validate_topic, Message, Record,
-    RecordHeader, RecordMeta, QUEUES_MAX, RECORD_FIXED_LEN, RECORD_MAGIC, RECORD_OVERHEAD_MAX,
-    RECORD_STORE_TIMESTAMP_AT, TOPIC_NAME_LEN_MAX,
+    RecordHeader, RecordMeta, QUEUES_MAX, RECORD_FIXED_LEN, RECORD_FLAG_TOPIC_DELETED,
+    RECORD_MAGIC, RECORD_OVERHEAD_MAX, RECORD_STORE_TIMESTAMP_AT, TOPIC_NAME_LEN_MAX,
 };
 pub use request::{
     BrokerRegistration, CommitOffsetRequest, CreateTopicRequest, GroupCommitRequest,
@@ -64,7 +64,8 @@ pub use request::{
 };
 pub use response::{
     Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupInfo, PullResult, QueueInfo,
-    QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicInfo, TopicStats,
+    QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicDeleted, TopicInfo,
+    TopicStats,
 };
 
 /// Default upper bound on a whole frame (length prefix included).

@@ -16,6 +16,11 @@ pub const RECORD_STORE_TIMESTAMP_AT: usize = 40;
 /// plausible record from garbage.
 pub const RECORD_OVERHEAD_MAX: u32 = 256 * 1024;
 pub const TOPIC_NAME_LEN_MAX: usize = 127;
+/// A stored record's flag: this record is no message but the deletion of its topic.
+/// Every record of the topic before it is no longer the topic's (recovery and slaves
+/// drop them where they meet it); a record after it belongs to a topic of the same name
+/// created again. Only the broker writes it: a producer's message has flags 0.
+pub const RECORD_FLAG_TOPIC_DELETED: u32 = 1;
 /// Queues a topic may have; every count or queue id read from a socket or a file is
 /// checked against it before anything is sized by it.
 pub const QUEUES_MAX: u32 = 1024;

@@ -169,6 +169,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(Request::ListGroups),
         text().prop_map(Request::TopicStats),
         Just(Request::GetBrokers),
+        (text(), any::<bool>()).prop_map(|(topic, force)| Request::DeleteTopic { topic, force }),
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::AddQueues(CreateTopicRequest { topic, queues })),
         (
@@ -381,6 +382,17 @@ fn response() -> impl Strategy<Value = Response> {
             }
         ),
         proptest::option::of(any::<u64>()).prop_map(Response::Offset),
+        (text(), any::<u32>(), any::<(u64, u64)>(), any::<bool>()).prop_map(
+            |(topic, queues, (messages, bytes), durable)| {
+                Response::TopicDeleted(crate::TopicDeleted {
+                    topic,
+                    queues,
+                    messages,
+                    bytes,
+                    durable,
+                })
+            }
+        ),
         (text(), any::<u32>(), any::<bool>()).prop_map(|(topic, queues, created)| {
             Response::TopicCreated(TopicCreated {
                 topic,

@@ -156,6 +156,13 @@ pub enum Request {
     AddQueues(CreateTopicRequest),
     /// To a name server: every broker it knows, with when it last heard from each.
     GetBrokers,
+    /// Deletes a topic with its messages and its groups' offsets. Refused while the
+    /// topic is in use (live consumers, or messages stored in the last minute) unless
+    /// `force`.
+    DeleteTopic {
+        topic: String,
+        force: bool,
+    },
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -215,6 +222,7 @@ impl Request {
             Request::TopicStats(_) => Kind::TopicStats,
             Request::AddQueues(_) => Kind::AddQueues,
             Request::GetBrokers => Kind::GetBrokers,
+            Request::DeleteTopic { .. } => Kind::DeleteTopic,
         }
     }
 
@@ -251,6 +259,10 @@ impl Request {
             Request::ListTopics(list) => put_str16(out, &list.topic),
             Request::Promote { role, force } => {
                 out.put_u8(*role as u8);
+                out.put_u8(u8::from(*force));
+            }
+            Request::DeleteTopic { topic, force } => {
+                put_str16(out, topic);
                 out.put_u8(u8::from(*force));
             }
             Request::RegisterBroker(registration) => {
@@ -393,16 +405,11 @@ impl Request {
             }),
             Kind::Promote => Request::Promote {
                 role: decode_role(&mut reader)?,
-                force: match reader.u8("force")? {
-                    0 => false,
-                    1 => true,
-                    other => {
-                        return Err(DecodeError::InvalidValue {
-                            field: "force",
-                            value: u64::from(other),
-                        })
-                    }
-                },
+                force: decode_force(&mut reader)?,
+            },
+            Kind::DeleteTopic => Request::DeleteTopic {
+                topic: reader.str16("topic")?,
+                force: decode_force(&mut reader)?,
             },
             Kind::RegisterBroker => {
                 let broker_name = reader.str16("broker_name")?;
@@ -507,6 +514,18 @@ impl Request {
         };
         reader.finish(frame.kind.name())?;
         Ok(request)
+    }
+}
+
+/// A `force` byte: 0 or 1, anything else refused.
+fn decode_force(reader: &mut Reader<'_>) -> Result<bool, DecodeError> {
+    match reader.u8("force")? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::InvalidValue {
+            field: "force",
+            value: u64::from(other),
+        }),
     }
 }
 

@@ -73,6 +73,21 @@ pub struct TopicCreated {
     pub created: bool,
 }
 
+/// TOPIC_DELETED: what a deletion removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDeleted {
+    pub topic: String,
+    pub queues: u32,
+    /// Messages the topic held.
+    pub messages: u64,
+    /// Bytes of the log they take (freed as retention deletes their segments).
+    pub bytes: u64,
+    /// True: the deletion is durable (and replicated as the broker's role requires).
+    /// False: it is in effect on this broker but was not confirmed durable in time: a
+    /// crash may undo it (outcome unknown; delete again to be sure).
+    pub durable: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueInfo {
     pub min_offset: u64,
@@ -194,6 +209,7 @@ pub enum Response {
     SecurityResult(crate::SecretText),
     GroupList(Vec<GroupInfo>),
     TopicStats(Vec<TopicStats>),
+    TopicDeleted(TopicDeleted),
     /// BROKERS: the name server's broker timeout (ms) and every broker it knows.
     Brokers {
         broker_timeout_ms: u64,
@@ -236,6 +252,7 @@ impl Response {
             Response::GroupList(_) => Kind::GroupList,
             Response::TopicStats(_) => Kind::TopicStatsResult,
             Response::Brokers { .. } => Kind::Brokers,
+            Response::TopicDeleted(_) => Kind::TopicDeleted,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -354,6 +371,13 @@ impl Response {
                 put_str16(out, &created.topic);
                 out.put_u32_le(created.queues);
                 out.put_u8(u8::from(created.created));
+            }
+            Response::TopicDeleted(deleted) => {
+                put_str16(out, &deleted.topic);
+                out.put_u32_le(deleted.queues);
+                out.put_u64_le(deleted.messages);
+                out.put_u64_le(deleted.bytes);
+                out.put_u8(u8::from(deleted.durable));
             }
             Response::TopicList(topics) => {
                 out.put_u32_le(u32::try_from(topics.len()).unwrap_or(u32::MAX));
@@ -595,6 +619,13 @@ impl Response {
                 topic: reader.str16("topic")?,
                 queues: reader.u32("queues")?,
                 created: reader.u8("created")? != 0,
+            }),
+            Kind::TopicDeleted => Response::TopicDeleted(TopicDeleted {
+                topic: reader.str16("topic")?,
+                queues: reader.u32("queues")?,
+                messages: reader.u64("messages")?,
+                bytes: reader.u64("bytes")?,
+                durable: reader.u8("durable")? != 0,
             }),
             Kind::TopicList => Response::TopicList(decode_topic_list(&mut reader)?),
             Kind::StatsResult => {

@@ -54,6 +54,7 @@ impl ResourceType {
             ],
             ResourceType::Admin => &[
                 Action::CreateTopic,
+                Action::DeleteTopic,
                 Action::Lookup,
                 Action::Stats,
                 Action::Describe,
@@ -78,6 +79,7 @@ pub enum Action {
     Register,
     Controller,
     CreateTopic,
+    DeleteTopic,
     Lookup,
     Stats,
     Security,
@@ -87,7 +89,7 @@ pub enum Action {
 }
 
 impl Action {
-    const NAMED: [Action; 14] = [
+    const NAMED: [Action; 15] = [
         Action::Publish,
         Action::Subscribe,
         Action::Describe,
@@ -98,6 +100,7 @@ impl Action {
         Action::Register,
         Action::Controller,
         Action::CreateTopic,
+        Action::DeleteTopic,
         Action::Lookup,
         Action::Stats,
         Action::Security,
@@ -116,6 +119,7 @@ impl Action {
             Action::Register => "register",
             Action::Controller => "controller",
             Action::CreateTopic => "create_topic",
+            Action::DeleteTopic => "delete_topic",
             Action::Lookup => "lookup",
             Action::Stats => "stats",
             Action::Security => "security",

@@ -163,6 +163,23 @@ impl Groups {
             .is_some_and(|owner| owner == member_id)
     }
 
+    /// The groups with live members on `topic`, and how many each has.
+    pub fn live_on(&self, topic: &str) -> Vec<(String, usize)> {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let mut live = Vec::new();
+        for ((group, on), state) in groups.iter_mut() {
+            if on == topic {
+                expire(state, now, group);
+                if !state.members.is_empty() {
+                    live.push((group.clone(), state.members.len()));
+                }
+            }
+        }
+        live.sort();
+        live
+    }
+
     /// Each group's live members and owned queues, for stats and message lookups.
     pub fn describe(&self) -> Vec<(String, String, usize, usize)> {
         self.lock()

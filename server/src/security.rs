@@ -230,6 +230,7 @@ pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::QueryOffset(query) => vec![group_need(&query.group, Consume)],
         Request::SendBack(back) => vec![group_need(&back.group, Consume)],
         Request::CreateTopic(_) | Request::AddQueues(_) => vec![need(Admin, "*", CreateTopic)],
+        Request::DeleteTopic { .. } => vec![need(Admin, "*", DeleteTopic)],
         Request::ListTopics(list) if list.topic.is_empty() => vec![need(Admin, "*", Describe)],
         Request::ListTopics(list) => vec![topic_need(&list.topic, Describe)],
         Request::Stats => vec![need(Admin, "*", Stats)],
@@ -264,6 +265,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         Kind::QueryOffset => "group:consume",
         Kind::SendBack => "group:consume",
         Kind::CreateTopic | Kind::AddQueues => "admin:create_topic",
+        Kind::DeleteTopic => "admin:delete_topic",
         Kind::ListTopics => "topic:describe (admin:describe to list every topic)",
         Kind::Stats => "admin:stats",
         Kind::MessageInfo => "admin:lookup",
@@ -293,6 +295,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         | Kind::GroupList
         | Kind::TopicStatsResult
         | Kind::Brokers
+        | Kind::TopicDeleted
         | Kind::Error => return None,
     })
 }

@@ -121,6 +121,11 @@ pub fn verify_on(
         ..VerifyReport::default()
     };
     let mut catalog = Catalog::default();
+    let topics_file = load_topics(disk, &data_dir.join("topics"));
+    let deleted = match &topics_file {
+        Ok(file) => file.deleted.clone(),
+        Err(_) => Default::default(),
+    };
     let log_dir = data_dir.join("commitlog");
     let own_writes = crate::own_writes::load(disk, &data_dir.join("own_writes"))?;
     let evidence = Evidence {
@@ -133,7 +138,7 @@ pub fn verify_on(
         evidence,
         max_record_bytes,
         Repair::ReadOnly,
-        |record| record.file_in(&mut catalog),
+        |record| record.file_in(&mut catalog, &deleted),
     ) {
         Ok((_, recovery)) => {
             report.segments = recovery.segments;
@@ -205,7 +210,7 @@ pub fn verify_on(
             ));
         }
     }
-    if let Err(error) = load_topics(disk, &data_dir.join("topics")) {
+    if let Err(error) = topics_file {
         report.metadata_errors.push(error.to_string());
     }
     if let Err(error) = load_offsets(disk, &data_dir.join("offsets").join("consumer_offsets")) {

@@ -8,8 +8,27 @@ use crate::producers::{Producers, Seen, StoredAt};
 use crate::state::AppendState;
 use crate::store::Store;
 use crate::AppendError;
-use keel_protocol::{encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY};
+use keel_protocol::{
+    encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY, RECORD_FLAG_TOPIC_DELETED,
+};
 use std::sync::atomic::Ordering;
+
+/// What deleting a topic removed, and what its answer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicDeletion {
+    pub queues: u32,
+    /// Messages the topic still held (retention had not deleted).
+    pub messages: u64,
+    /// Bytes of the log those messages take (freed when retention deletes their
+    /// segments: the log is shared by every topic).
+    pub bytes: u64,
+    /// The deletion record is durable once the durable offset reaches this.
+    pub offset_end: u64,
+    /// Append generation (see `AppendResult::generation`).
+    pub generation: u64,
+    /// The topics and offsets files without the topic once this version is persisted.
+    pub meta_version: u64,
+}
 
 /// Where an appended record went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,10 +144,107 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes topic `name`: appends the record that says so (recovery and slaves drop
+    /// the topic where they meet it), forgets the topic's records and its consumer
+    /// offsets, and has the flusher remove its ConsumeQueue files. Memory only, like
+    /// any append: the deletion is durable once the durable offset reaches
+    /// `offset_end` and the metadata version `meta_version` is persisted.
+    pub fn delete_topic(
+        &self,
+        name: &str,
+        store_timestamp_ms: u64,
+    ) -> Result<TopicDeletion, AppendError> {
+        validate_topic(name).map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+        let mut message = Message {
+            topic: name.to_string(),
+            queue_id: 0,
+            born_timestamp_ms: store_timestamp_ms,
+            flags: RECORD_FLAG_TOPIC_DELETED,
+            ..Message::default()
+        };
+        message.message_crc = message.compute_crc();
+        let record_len = message.record_len() as u64;
+        let mut state = self.lock_state();
+        if state.shutting_down {
+            return Err(AppendError::ShuttingDown);
+        }
+        if self.progress.disk_full.load(Ordering::Acquire) {
+            return Err(AppendError::DiskFull);
+        }
+        if self.is_poisoned() {
+            return Err(AppendError::StorageFailed);
+        }
+        let Some(topic) = state.catalog.topics.get(name) else {
+            return Err(AppendError::TopicNotFound(name.to_string()));
+        };
+        let queues = topic.queue_count();
+        let messages = topic.queues.iter().map(|q| q.entries.len() as u64).sum();
+        let bytes = topic.queues.iter().map(|q| q.bytes).sum();
+        let segment_base = state.segment_for(record_len, self.config.segment_size_bytes);
+        let log_offset = state.offset_end;
+        let meta = RecordMeta {
+            log_offset,
+            queue_offset: 0,
+            queue_id: 0,
+            store_timestamp_ms,
+            flushed_before: self.offset_flushed(),
+        };
+        let written = encode_record(&message, &meta, &mut state.pending) as u64;
+        assert_eq!(written, record_len);
+        let facts = RecordFacts {
+            topic: name,
+            queue_id: 0,
+            queue_offset: 0,
+            log_offset,
+            size: record_len as u32,
+            tags_hash: 0,
+            store_timestamp_ms,
+            producer_id: 0,
+            sequence: 0,
+            message_crc: message.message_crc,
+            segment_base,
+            deletes_topic: true,
+        };
+        let filed = state.catalog.note(&facts, NewTopic::Known);
+        assert!(filed.is_ok(), "{filed:?}");
+        // Under the append lock, which a commit holds while it checks the queue and
+        // stores its offset: no commit of the deleted topic lands after this.
+        self.meta
+            .lock_offsets()
+            .retain(|(_, topic, _), _| topic != name);
+        state.place(record_len, self.config.segment_size_bytes);
+        let index = facts.index_update(state.index_topic(name));
+        state.appended(record_len, index);
+        self.progress
+            .appended
+            .store(state.offset_end, Ordering::Release);
+        state.check_invariants();
+        if state.flusher_waiting {
+            self.flusher_wakeup.notify_one();
+        }
+        let (offset_end, generation) = (state.offset_end, state.generation);
+        drop(state);
+        Ok(TopicDeletion {
+            queues,
+            messages,
+            bytes,
+            offset_end,
+            generation,
+            meta_version: self.meta.bump(),
+        })
+    }
+
     /// What can be refused about a message on its own, before the append lock.
     fn check(&self, message: &Message) -> Result<(), AppendError> {
         validate_topic(&message.topic)
             .map_err(|detail| AppendError::InvalidTopic(detail.to_string()))?;
+        if message.flags != 0 {
+            // A flag would change what the record means to recovery (a deletion).
+            return Err(AppendError::InvalidTopic(format!(
+                "flags 0x{:08X}: a message's flags must be 0",
+                message.flags
+            )));
+        }
         let size = message.record_len() as u64;
         if size > u64::from(self.config.max_record_bytes) {
             let max = self.config.max_record_bytes;
@@ -191,6 +307,7 @@ impl Store {
             sequence: message.sequence,
             message_crc: message.message_crc,
             segment_base,
+            deletes_topic: false,
         };
         // The topic and queue exist and the offset was just taken from the queue: the
         // catalog cannot refuse it.
@@ -240,6 +357,13 @@ impl Store {
         state.segments_new.clear();
         state.segment_active_base = segment_active_base;
         let dropped = state.forget_from(to);
+        // A deletion among the discarded appends stays in effect (the topic's records
+        // are gone from memory): it now covers the records below `to`, and the topics
+        // file says so, since its record will never be in the log.
+        let undone = state.catalog.deletions_from(to);
+        for name in &undone {
+            state.catalog.deleted.insert(name.clone(), to);
+        }
         state.check_invariants();
         self.rollbacks
             .lock()
@@ -253,6 +377,9 @@ impl Store {
         // The partial record past `to` was cut from the file before this.
         self.progress.attempted.store(to, Ordering::Release);
         self.progress.disk_full.store(true, Ordering::Release);
+        if !undone.is_empty() {
+            self.meta.bump();
+        }
         log::error!(
             "disk full: {dropped} record(s) after log offset {to} were not written and are refused"
         );

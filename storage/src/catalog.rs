@@ -7,7 +7,7 @@
 use crate::consume_queue::{IndexEntry, IndexUpdate, QueueIndex, TopicQueues};
 use crate::producers::{Producers, StoredAt};
 use crate::StoreError;
-use keel_protocol::{Record, QUEUES_MAX};
+use keel_protocol::{Record, QUEUES_MAX, RECORD_FLAG_TOPIC_DELETED};
 use std::collections::BTreeMap;
 
 /// The facts of one stored record that the catalog keeps.
@@ -25,6 +25,9 @@ pub(crate) struct RecordFacts<'a> {
     pub message_crc: u32,
     /// Base offset of the segment holding the record.
     pub segment_base: u64,
+    /// The record deletes its topic (`RECORD_FLAG_TOPIC_DELETED`) instead of holding a
+    /// message.
+    pub deletes_topic: bool,
 }
 
 impl<'a> RecordFacts<'a> {
@@ -42,6 +45,7 @@ impl<'a> RecordFacts<'a> {
             sequence: record.sequence,
             message_crc: record.message_crc,
             segment_base,
+            deletes_topic: record.flags & RECORD_FLAG_TOPIC_DELETED != 0,
         }
     }
 
@@ -50,12 +54,17 @@ impl<'a> RecordFacts<'a> {
     }
 
     /// The ConsumeQueue entry the flusher writes for the record (`topic` is the
-    /// record's topic name, shared).
+    /// record's topic name, shared); for a topic's deletion, the order to remove its
+    /// files.
     pub(crate) fn index_update(&self, topic: std::sync::Arc<str>) -> IndexUpdate {
         debug_assert_eq!(&*topic, self.topic);
         IndexUpdate {
             topic,
-            queue_id: self.queue_id,
+            queue_id: if self.deletes_topic {
+                crate::consume_queue::DROP_TOPIC
+            } else {
+                self.queue_id
+            },
             queue_offset: self.queue_offset,
             entry: self.index_entry(),
         }
@@ -91,6 +100,15 @@ pub(crate) struct Catalog {
     pub producers: Producers,
     /// Records in the indexes.
     pub records: u64,
+    /// Deleted topics: the log offset of each one's latest deletion record. Records of
+    /// the topic below it are not the topic's (a record above belongs to the topic
+    /// created again). Kept in the topics file until retention passes the offset.
+    pub deleted: BTreeMap<String, u64>,
+    /// Records still in the log that no queue holds (a deleted topic's, and deletion
+    /// records), by their end: replication proves a shared history by the record that
+    /// ends where a log ends, whichever record that is. Kept until retention or a
+    /// truncation removes them.
+    pub retired: BTreeMap<u64, IndexEntry>,
 }
 
 impl Catalog {
@@ -104,6 +122,12 @@ impl Catalog {
                 "record of {} names queue {}, beyond the {QUEUES_MAX} queues a topic may have",
                 facts.topic, facts.queue_id
             ));
+        }
+        if facts.deletes_topic {
+            self.delete_topic(facts.topic, facts.log_offset);
+            self.retire(facts);
+            self.note_store_time(facts);
+            return Ok(true);
         }
         let mut created = false;
         let topic = match (self.topics.get_mut(facts.topic), new) {
@@ -149,11 +173,7 @@ impl Catalog {
             ));
         }
         queue.push(facts.index_entry());
-        let newest = self
-            .segment_newest_ms
-            .entry(facts.segment_base)
-            .or_insert(0);
-        *newest = (*newest).max(facts.store_timestamp_ms);
+        self.note_store_time(facts);
         self.producers.record(
             facts.producer_id,
             facts.sequence,
@@ -169,6 +189,35 @@ impl Catalog {
         Ok(created)
     }
 
+    fn note_store_time(&mut self, facts: &RecordFacts<'_>) {
+        let newest = self
+            .segment_newest_ms
+            .entry(facts.segment_base)
+            .or_insert(0);
+        *newest = (*newest).max(facts.store_timestamp_ms);
+    }
+
+    /// Notes a record no queue holds (see `retired`).
+    pub(crate) fn retire(&mut self, facts: &RecordFacts<'_>) {
+        self.retired.insert(facts.offset_end(), facts.index_entry());
+    }
+
+    /// Forgets topic `name` and every record of it (a deletion record at log offset
+    /// `at`): its queues' records are retired.
+    pub(crate) fn delete_topic(&mut self, name: &str, at: u64) {
+        let deleted = self.deleted.entry(name.to_string()).or_insert(at);
+        *deleted = (*deleted).max(at);
+        let Some(topic) = self.topics.remove(name) else {
+            return;
+        };
+        for queue in topic.queues {
+            self.records = self.records.saturating_sub(queue.entries.len() as u64);
+            for entry in queue.entries {
+                self.retired.insert(entry.offset_end(), entry);
+            }
+        }
+    }
+
     /// Forgets every record at or after log offset `to` (cut from the log); returns
     /// how many went.
     pub(crate) fn forget_from(&mut self, to: u64) -> u64 {
@@ -180,7 +229,17 @@ impl Catalog {
         }
         self.records -= dropped;
         self.producers.forget_from(to);
+        self.retired.retain(|_, entry| entry.log_offset < to);
         dropped
+    }
+
+    /// Topics whose latest deletion record is at or after log offset `to`.
+    pub(crate) fn deletions_from(&self, to: u64) -> Vec<String> {
+        self.deleted
+            .iter()
+            .filter(|(_, at)| **at >= to)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The index of one queue, or why there is none.
@@ -201,6 +260,9 @@ impl Catalog {
 
     /// Whether some record ends exactly at log offset `end`.
     pub(crate) fn record_ends_at(&self, end: u64) -> Option<IndexEntry> {
+        if let Some(entry) = self.retired.get(&end) {
+            return Some(*entry);
+        }
         self.topics
             .values()
             .flat_map(|topic| topic.queues.iter())
@@ -234,6 +296,7 @@ mod tests {
             sequence: 0,
             message_crc: 0,
             segment_base: 0,
+            deletes_topic: false,
         }
     }
 

@@ -5,7 +5,7 @@
 //! Entry layout: u64 log_offset, u32 size, u64 tags_hash, little-endian.
 
 use crate::disk::{read_all, Disk, DiskFile, OpenMode};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +152,10 @@ impl TopicQueues {
     }
 }
 
+/// The `queue_id` of an update that is no entry but a topic's deletion: the flusher
+/// removes the topic's ConsumeQueue files, in order with the entries around it.
+pub(crate) const DROP_TOPIC: u32 = u32::MAX;
+
 /// An entry the flusher must write to a ConsumeQueue file.
 pub(crate) struct IndexUpdate {
     /// Shared by the updates of one topic (no allocation per record).
@@ -224,7 +228,9 @@ impl IndexFiles {
         Ok((base, file))
     }
 
-    /// Writes a batch of entries, one `pwrite` per run of consecutive entries of a queue.
+    /// Writes a batch of entries, one `pwrite` per run of consecutive entries of a
+    /// queue. A topic's deletion (`DROP_TOPIC`) removes its files after the entries
+    /// before it and before those after it.
     pub(crate) fn write<'u>(
         &mut self,
         updates: impl IntoIterator<Item = &'u IndexUpdate>,
@@ -234,6 +240,12 @@ impl IndexFiles {
         let mut runs: Vec<Run<'u>> = Vec::new();
         let mut last = 0usize;
         for update in updates {
+            if update.queue_id == DROP_TOPIC {
+                self.write_runs(std::mem::take(&mut runs))?;
+                last = 0;
+                self.remove_topic(&update.topic)?;
+                continue;
+            }
             let same =
                 |run: &Run<'_>| run.queue_id == update.queue_id && *run.topic == *update.topic;
             let found = match runs.get(last) {
@@ -257,6 +269,10 @@ impl IndexFiles {
             );
             update.entry.encode(&mut run.bytes);
         }
+        self.write_runs(runs)
+    }
+
+    fn write_runs(&mut self, runs: Vec<Run<'_>>) -> io::Result<()> {
         for run in runs {
             let (base, file) = self.file(run.topic, run.queue_id)?;
             if run.first >= base {
@@ -264,6 +280,47 @@ impl IndexFiles {
             }
         }
         Ok(())
+    }
+
+    /// Removes every ConsumeQueue file of `topic` (a deleted topic; files only, the
+    /// index of the log is the truth and is rebuilt at start-up).
+    pub(crate) fn remove_topic(&mut self, topic: &str) -> io::Result<()> {
+        self.open.remove(topic);
+        let dir = self.root.join(topic);
+        if !self.disk.is_dir(&dir) {
+            return Ok(());
+        }
+        for queue in self.disk.list(&dir)? {
+            let queue_dir = dir.join(&queue);
+            if self.disk.is_dir(&queue_dir) {
+                for file in self.disk.list(&queue_dir)? {
+                    self.disk.remove_file(&queue_dir.join(file))?;
+                }
+                self.disk.remove_dir(&queue_dir)?;
+            } else {
+                self.disk.remove_file(&queue_dir)?;
+            }
+        }
+        self.disk.remove_dir(&dir)
+    }
+
+    /// Removes the files of every topic not in `topics` (a topic deleted before a
+    /// crash left them). Returns how many topics' files went.
+    pub(crate) fn remove_other_topics(
+        &mut self,
+        topics: &BTreeMap<String, TopicQueues>,
+    ) -> io::Result<usize> {
+        let mut removed = 0;
+        if !self.disk.is_dir(&self.root) {
+            return Ok(0);
+        }
+        for name in self.disk.list(&self.root)? {
+            if !topics.contains_key(&name) {
+                self.remove_topic(&name)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Makes one queue's files hold exactly its index: a single file named by

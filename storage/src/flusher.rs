@@ -459,7 +459,12 @@ impl<T: FlushTarget> Flusher<'_, T> {
             .iter()
             .filter(|update| update.entry.offset_end() <= self.written)
             .collect();
-        self.records_written += done.len() as u64;
+        // Messages, not a topic's deletion.
+        let messages = done
+            .iter()
+            .filter(|update| update.queue_id != crate::consume_queue::DROP_TOPIC)
+            .count();
+        self.records_written += messages as u64;
         self.syncer
             .note_written(None, self.written, self.records_written);
         if let Err(error) = self.index_files.write(done.iter().copied()) {

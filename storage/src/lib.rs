@@ -47,7 +47,7 @@ mod startup;
 mod state;
 mod store;
 
-pub use append::AppendResult;
+pub use append::{AppendResult, TopicDeletion};
 pub use config::{FlushMode, StoreConfig, DEFAULT_PAGE_CACHE_WINDOW_BYTES};
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
 pub use epochs::Epoch;

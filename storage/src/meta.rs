@@ -8,6 +8,7 @@
 use crate::disk::Disk;
 use crate::fs_util::{read_sealed, seal_text, write_atomic};
 use crate::StoreError;
+use keel_protocol::validate_topic;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,13 +129,23 @@ impl Meta {
         self.persisted.fetch_max(version, Ordering::AcqRel);
     }
 
+    /// Writes the offsets file, then the topics file (each atomically): a topics file
+    /// that records a deletion proves the offsets file no longer holds the topic's.
     pub(crate) fn write_files(
         &self,
         disk: &dyn Disk,
         topics: &[(String, Vec<u64>)],
+        deleted: &BTreeMap<String, u64>,
     ) -> Result<(), StoreError> {
+        let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
+        let offsets = self.lock_offsets().clone();
+        for ((group, topic, queue), offset) in offsets {
+            text.push_str(&format!("{group} {topic} {queue} {offset}\n"));
+        }
+        write_atomic(disk, &self.offsets_path, &seal_text(text))?;
         let mut text = String::from(
-            "# keel topics v1: name queues [first offset of each queue, after retention]\n",
+            "# keel topics v1: name queues [first offset of each queue, after retention]\n\
+             # and !name offset: the topic was deleted by the record at that log offset\n",
         );
         for (name, firsts) in topics {
             if firsts.iter().all(|first| *first == 0) {
@@ -144,15 +155,15 @@ impl Meta {
                 text.push_str(&format!("{name} {} {}\n", firsts.len(), firsts.join(",")));
             }
         }
-        write_atomic(disk, &self.topics_path, &seal_text(text))?;
-        let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
-        let offsets = self.lock_offsets().clone();
-        for ((group, topic, queue), offset) in offsets {
-            text.push_str(&format!("{group} {topic} {queue} {offset}\n"));
+        for (name, at) in deleted {
+            text.push_str(&format!("{DELETED_MARK}{name} {at}\n"));
         }
-        write_atomic(disk, &self.offsets_path, &seal_text(text))
+        write_atomic(disk, &self.topics_path, &seal_text(text))
     }
 }
+
+/// Starts a topics file line that records a deletion (no topic name has it).
+const DELETED_MARK: char = '!';
 
 /// What an operator can do about a damaged topics file.
 const TOPICS_REMEDY: &str = "restore the file from a backup, or delete it to go on: topics are \
@@ -173,11 +184,19 @@ fn bad_line(path: &Path, line: &str) -> StoreError {
 /// A topic as the topics file stores it: name, queue count, each queue's first offset.
 pub(crate) type TopicLine = (String, u32, Vec<u64>);
 
-pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<TopicLine>, StoreError> {
+/// What the topics file holds: its topics, and the deleted topics with the log offset
+/// of each one's deletion record.
+#[derive(Debug, Default)]
+pub(crate) struct TopicsFile {
+    pub topics: Vec<TopicLine>,
+    pub deleted: BTreeMap<String, u64>,
+}
+
+pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<TopicsFile, StoreError> {
     let Some(body) = read_sealed(disk, path, TOPICS_REMEDY)? else {
-        return Ok(Vec::new());
+        return Ok(TopicsFile::default());
     };
-    let mut topics = Vec::new();
+    let mut file = TopicsFile::default();
     for line in body
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
@@ -188,6 +207,13 @@ pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<TopicLine>
         else {
             return Err(bad_line(path, line));
         };
+        if let Some(name) = name.strip_prefix(DELETED_MARK) {
+            let (Ok(at), None, Ok(())) = (queues.parse(), firsts, validate_topic(name)) else {
+                return Err(bad_line(path, line));
+            };
+            file.deleted.insert(name.to_string(), at);
+            continue;
+        }
         let queues: u32 = queues.parse().map_err(|_| bad_line(path, line))?;
         if queues > keel_protocol::QUEUES_MAX {
             return Err(bad_line(path, line));
@@ -203,9 +229,9 @@ pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<Vec<TopicLine>
         if firsts.len() != queues as usize {
             return Err(bad_line(path, line));
         }
-        topics.push((name.to_string(), queues, firsts));
+        file.topics.push((name.to_string(), queues, firsts));
     }
-    Ok(topics)
+    Ok(file)
 }
 
 pub(crate) fn load_offsets(

@@ -71,19 +71,20 @@ impl Store {
     ) -> Result<u64, StoreError> {
         validate_topic(group)
             .map_err(|detail| StoreError::InvalidTopic(format!("invalid group name: {detail}")))?;
-        {
-            let state = self.lock_state();
-            let queue = state.catalog.queue(topic, queue_id)?;
-            if offset > queue.end() {
-                return Err(StoreError::InvalidArgument(format!(
-                    "offset {offset} is past the end of {topic}/{queue_id} ({})",
-                    queue.end()
-                )));
-            }
+        // The append lock is held until the offset is stored: a topic deleted meanwhile
+        // (its offsets dropped under this lock) never gets it back.
+        let state = self.lock_state();
+        let queue = state.catalog.queue(topic, queue_id)?;
+        if offset > queue.end() {
+            return Err(StoreError::InvalidArgument(format!(
+                "offset {offset} is past the end of {topic}/{queue_id} ({})",
+                queue.end()
+            )));
         }
         self.meta
             .lock_offsets()
             .insert((group.to_string(), topic.to_string(), queue_id), offset);
+        drop(state);
         Ok(self.meta.bump())
     }
 
@@ -138,9 +139,18 @@ impl Store {
     /// The metadata thread: persists topics and offsets whenever their version moves.
     pub(crate) fn run_meta(&self) {
         while let Some(version) = self.meta.wait_for_work() {
-            let topics: Vec<(String, Vec<u64>)> = {
+            let (topics, deleted): (Vec<(String, Vec<u64>)>, _) = {
                 let state = self.lock_state();
-                state
+                // A deletion matters while its record (and the records before it) may
+                // still be in the log.
+                let deleted: std::collections::BTreeMap<String, u64> = state
+                    .catalog
+                    .deleted
+                    .iter()
+                    .filter(|(_, at)| **at >= state.log_start)
+                    .map(|(name, at)| (name.clone(), *at))
+                    .collect();
+                let topics = state
                     .catalog
                     .topics
                     .iter()
@@ -150,9 +160,10 @@ impl Store {
                             topic.queues.iter().map(|queue| queue.first).collect(),
                         )
                     })
-                    .collect()
+                    .collect();
+                (topics, deleted)
             };
-            match self.meta.write_files(self.disk.as_ref(), &topics) {
+            match self.meta.write_files(self.disk.as_ref(), &topics, &deleted) {
                 Ok(()) => self.meta.publish(version),
                 Err(error) => {
                     let disk_full = matches!(&error, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);

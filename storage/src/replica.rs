@@ -223,11 +223,37 @@ impl Store {
             .catalog
             .note(&facts, new_topic)
             .map_err(|detail| refused(format!("the master sent an unusable record: {detail}")))?;
+        if facts.deletes_topic {
+            // As on the master: the deleted topic's offsets go with it.
+            self.meta
+                .lock_offsets()
+                .retain(|(_, topic, _), _| *topic != record.topic);
+        }
         state.place(size, segment_size);
         state.pending.extend_from_slice(record_bytes);
         let index = facts.index_update(state.index_topic(&record.topic));
         state.appended(size, index);
         Ok(created)
+    }
+
+    /// A truncation cut the deletion of `topics`: once the topics file no longer says
+    /// they are deleted (metadata `version`), the log is poisoned so the broker is
+    /// restarted and recovery rebuilds them from their records.
+    fn restart_for_undone_deletions(&self, topics: &[String], version: u64) {
+        let started = Instant::now();
+        while self.meta.persisted() < version && started.elapsed() < DRAIN_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let detail = format!(
+            "the truncation removed the deletion of topic(s) {}, which the master never \
+             made; restart the broker to rebuild them from the log",
+            topics.join(", ")
+        );
+        log::error!("{detail}");
+        FlushTarget::poison(
+            self,
+            &StoreError::io("truncate the log", std::io::Error::other(detail)),
+        );
     }
 
     /// Slave side: cuts the log back to `to`, the end of a record (or the log start),
@@ -255,7 +281,7 @@ impl Store {
         // No fsync round or checkpoint write runs beside the truncation, so neither
         // publishes the old end again once it is cut. Event loops never take this lock.
         let mut round = self.sync.lock_round();
-        let (end, dropped, kept_base) = self.truncate_in_memory(to)?;
+        let (end, dropped, kept_base, undone) = self.truncate_in_memory(to)?;
         if end == to {
             return Ok(0);
         }
@@ -280,18 +306,25 @@ impl Store {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.meta.bump();
+        let version = self.meta.bump();
         self.notify_listeners();
         log::warn!(
             "truncated the log from {end} to {to}: {dropped} record(s) the master does not have were removed"
         );
+        if !undone.is_empty() {
+            self.restart_for_undone_deletions(&undone, version);
+            return Err(StoreError::io(
+                "truncate the log",
+                std::io::Error::other("restart required to restore the topics"),
+            ));
+        }
         Ok(dropped)
     }
 
     /// The indexes and offsets of a truncation, under the append lock (memory only):
     /// readers stop seeing the records from `to` on, and retention keeps the segment
     /// holding `to`. Returns the old end, the records dropped, and the kept segment.
-    fn truncate_in_memory(&self, to: u64) -> Result<(u64, u64, u64), StoreError> {
+    fn truncate_in_memory(&self, to: u64) -> Result<(u64, u64, u64, Vec<String>), StoreError> {
         let mut state = self.lock_state();
         let end = state.offset_end;
         if to > end || to < state.log_start {
@@ -301,7 +334,7 @@ impl Store {
             )));
         }
         if to == end {
-            return Ok((end, 0, 0));
+            return Ok((end, 0, 0, Vec::new()));
         }
         if to != state.log_start && state.catalog.record_ends_at(to).is_none() {
             return Err(StoreError::InvalidArgument(format!(
@@ -316,6 +349,12 @@ impl Store {
             .find(|base| *base < to || Some(base) == bases.first())
             .unwrap_or(to);
         let dropped = state.forget_from(to);
+        // A deletion in the cut part never happened on the master: its topic must come
+        // back, which only recovery can do (the records are gone from memory).
+        let undone = state.catalog.deletions_from(to);
+        for name in &undone {
+            state.catalog.deleted.remove(name);
+        }
         state.pending.clear();
         state.pending_base = to;
         state.pending_index.clear();
@@ -341,7 +380,7 @@ impl Store {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cap| {
                 (cap != u64::MAX && cap > to).then_some(to)
             });
-        Ok((end, dropped, kept_base))
+        Ok((end, dropped, kept_base, undone))
     }
 
     /// The files of a truncation, without the append lock (the loops take it).

@@ -505,6 +505,19 @@ impl Disk for SimDisk {
         Ok(())
     }
 
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock_state();
+        if state.live.get(dir) != Some(&Node::Dir) {
+            return Err(not_found(dir));
+        }
+        if state.live.keys().any(|path| path.parent() == Some(dir)) {
+            return Err(io::Error::other(format!("{} is not empty", dir.display())));
+        }
+        state.tick()?;
+        state.live.remove(dir);
+        Ok(())
+    }
+
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
         let mut state = self.lock_state();
         if !state.locks.insert(path.to_path_buf()) {

@@ -5,7 +5,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::StoreConfig;
 use crate::consume_queue::{IndexFiles, QueueIndex, TopicQueues};
 use crate::disk::{Disk, DiskFile, OpenMode};
-use crate::meta::load_topics;
+use crate::meta::TopicsFile;
 use crate::recovery::{recover, RecoveryReport, Repair};
 use crate::segment::SegmentSet;
 use crate::StoreError;
@@ -22,11 +22,13 @@ pub(crate) struct RecoveredLog {
 }
 
 /// Verifies the log (truncating a torn tail) and rebuilds the queue indexes from it.
+/// Records of a topic the topics file calls deleted, below its deletion, are left out.
 pub(crate) fn recover_log(
     disk: &dyn Disk,
     config: &StoreConfig,
     checkpoint: Option<Checkpoint>,
     own_writes: &crate::own_writes::OwnWrites,
+    deleted: &BTreeMap<String, u64>,
 ) -> Result<RecoveredLog, StoreError> {
     let mut catalog = Catalog::default();
     let log_dir = config.data_dir.join("commitlog");
@@ -40,7 +42,7 @@ pub(crate) fn recover_log(
         evidence,
         config.max_record_bytes,
         Repair::TruncateTornTail,
-        |record| record.file_in(&mut catalog),
+        |record| record.file_in(&mut catalog, deleted),
     )?;
     report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
     Ok(RecoveredLog {
@@ -51,14 +53,28 @@ pub(crate) fn recover_log(
 }
 
 /// Adds the topics file's topics (queue counts, and each queue's first offset after
-/// retention) to the topics rebuilt from the log.
-pub(crate) fn apply_topics_file(
-    disk: &dyn Disk,
-    path: &std::path::Path,
-    topics: &mut BTreeMap<String, TopicQueues>,
-) -> Result<(), StoreError> {
-    for (name, queues, firsts) in load_topics(disk, path)? {
-        let topic = topics.entry(name).or_default();
+/// retention) to the topics rebuilt from the log, and merges the deletions both know.
+///
+/// A deletion record in the log that the file does not know of means the file (and the
+/// offsets file, written before it) predates the deletion: the file's line for that
+/// topic is the deleted topic's, left out, and the names of such topics are returned so
+/// their consumer offsets are dropped too.
+pub(crate) fn apply_topics_file(file: TopicsFile, catalog: &mut Catalog) -> Vec<String> {
+    let predates = |name: &str| match catalog.deleted.get(name) {
+        Some(in_log) => file.deleted.get(name).is_none_or(|known| known < in_log),
+        None => false,
+    };
+    let stale: Vec<String> = catalog
+        .deleted
+        .keys()
+        .filter(|name| predates(name))
+        .cloned()
+        .collect();
+    for (name, queues, firsts) in file.topics {
+        if stale.contains(&name) {
+            continue;
+        }
+        let topic = catalog.topics.entry(name).or_default();
         if topic.queues.len() < queues as usize {
             topic
                 .queues
@@ -68,7 +84,11 @@ pub(crate) fn apply_topics_file(
             queue.apply_persisted_first(first);
         }
     }
-    Ok(())
+    for (name, at) in file.deleted {
+        let known = catalog.deleted.entry(name).or_insert(at);
+        *known = (*known).max(at);
+    }
+    stale
 }
 
 /// Rewrites every ConsumeQueue file that disagrees with the rebuilt index.
@@ -76,6 +96,12 @@ pub(crate) fn reconcile_index_files(
     index_files: &mut IndexFiles,
     topics: &BTreeMap<String, TopicQueues>,
 ) -> Result<(), StoreError> {
+    let removed = index_files
+        .remove_other_topics(topics)
+        .map_err(|e| StoreError::io("remove a deleted topic's consume queue files", e))?;
+    if removed > 0 {
+        log::info!("removed the consume queue files of {removed} deleted topic(s)");
+    }
     let mut rewritten = 0;
     for (name, topic) in topics {
         for (queue_id, queue) in topic.queues.iter().enumerate() {

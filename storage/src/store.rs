@@ -10,7 +10,7 @@ use crate::consume_queue::IndexFiles;
 use crate::disk::{Disk, DiskFile, RealDisk};
 use crate::flusher::{Batch, FlushTarget, SyncShared, Taken};
 use crate::fs_util::create_dir_all_synced;
-use crate::meta::{load_offsets, Meta};
+use crate::meta::{load_offsets, load_topics, Meta};
 use crate::recovery::RecoveryReport;
 use crate::segment::SegmentSet;
 use crate::startup::{apply_topics_file, open_segments, reconcile_index_files, recover_log};
@@ -89,11 +89,20 @@ impl Store {
         let (checkpoint_file, checkpoint) =
             CheckpointFile::open(disk_ref, &data_dir.join("checkpoint"))?;
         let own_writes = crate::own_writes::load(disk_ref, &data_dir.join("own_writes"))?;
-        let mut recovered = recover_log(disk_ref, &config, checkpoint, &own_writes)?;
         let topics_path = data_dir.join("topics");
         let offsets_path = data_dir.join("offsets").join("consumer_offsets");
-        apply_topics_file(disk_ref, &topics_path, &mut recovered.catalog.topics)?;
-        let offsets = load_offsets(disk_ref, &offsets_path)?;
+        let topics_file = load_topics(disk_ref, &topics_path)?;
+        let mut recovered = recover_log(
+            disk_ref,
+            &config,
+            checkpoint,
+            &own_writes,
+            &topics_file.deleted,
+        )?;
+        let stale = apply_topics_file(topics_file, &mut recovered.catalog);
+        let mut offsets = load_offsets(disk_ref, &offsets_path)?;
+        // The offsets file was written before the log's deletion of these topics.
+        offsets.retain(|(_, topic, _), _| !stale.contains(topic));
         let epochs = crate::epochs::load(disk_ref, &data_dir.join("epochs"))?;
         let mut index_files = IndexFiles::new(disk.clone(), &data_dir.join("consumequeue"));
         reconcile_index_files(&mut index_files, &recovered.catalog.topics)?;

@@ -605,20 +605,8 @@ fn a_damaged_topics_file_stops_the_start_with_a_remedy_and_deleting_it_recovers_
 mod replica {
     use super::*;
 
-    /// Copies the master's written log into the slave, in chunks that cut records.
     fn replicate(master: &Store, slave: &Store) {
-        let mut carry: Vec<u8> = Vec::new();
-        loop {
-            let from = slave.stats().offset_appended + carry.len() as u64;
-            let chunk = master.read_log(from, 1000).unwrap();
-            if chunk.is_empty() {
-                break;
-            }
-            carry.extend_from_slice(&chunk);
-            let taken = slave.append_replicated(&carry).unwrap();
-            carry.drain(..taken);
-        }
-        assert!(carry.is_empty());
+        super::replica_copy(master, slave);
     }
 
     #[test]
@@ -1028,6 +1016,9 @@ impl crate::disk::Disk for GatedDisk {
     fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
         self.inner.remove_file(path)
     }
+    fn remove_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_dir(dir)
+    }
     fn lock(
         &self,
         path: &std::path::Path,
@@ -1082,4 +1073,175 @@ fn a_slaves_truncation_does_its_disk_work_without_the_append_lock() {
     assert_eq!(stats.offset_appended, middle, "readers see the cut at once");
     assert_eq!(truncating.join().unwrap().unwrap(), 10);
     store.shutdown();
+}
+
+mod deletion {
+    use super::*;
+
+    fn wait_meta(store: &Store, version: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.meta_persisted() < version {
+            assert!(Instant::now() < deadline, "metadata never persisted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Deletes `orders` and waits until the deletion is durable.
+    fn delete_orders(store: &Store) -> crate::TopicDeletion {
+        let deletion = store.delete_topic("orders", 2).unwrap();
+        wait_durable(store, deletion.offset_end);
+        wait_meta(store, deletion.meta_version);
+        deletion
+    }
+
+    fn setup(store: &Store) {
+        let end = append_many(store, 20);
+        let other = Message::new("other", "kept").with_queue(0);
+        let end = end.max(store.append(&other, true, 1).unwrap().offset_end);
+        wait_durable(store, end);
+        wait_meta(
+            store,
+            store.commit_offset("group-a", "orders", 1, 3).unwrap(),
+        );
+        wait_meta(
+            store,
+            store.commit_offset("group-a", "other", 0, 1).unwrap(),
+        );
+    }
+
+    fn payloads_of_other(store: &Store) -> u64 {
+        store
+            .read_queue("other", 0, 0, 100, u32::MAX)
+            .unwrap()
+            .record_count as u64
+    }
+
+    #[test]
+    fn a_deleted_topic_stays_deleted_after_restart_and_on_a_slave_and_can_be_made_again() {
+        let (dir, slave_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = reopen(dir.path()).unwrap();
+        setup(&store);
+        let deletion = delete_orders(&store);
+        assert_eq!((deletion.queues, deletion.messages), (4, 20));
+        assert!(deletion.bytes > 20 * 60, "{deletion:?}");
+        assert_eq!(store.topic_queues("orders"), None);
+        assert_eq!(store.query_offset("group-a", "orders", 1), None);
+        assert_eq!(store.query_offset("group-a", "other", 0), Some(1));
+        // Replication still finds the records that end a log, deleted or deleting.
+        let deleting = store
+            .record_ending_at(deletion.offset_end)
+            .unwrap()
+            .unwrap();
+        assert!(store.record_ending_at(deleting.start).unwrap().is_some());
+        assert!(matches!(
+            store.delete_topic("orders", 3),
+            Err(crate::AppendError::TopicNotFound(_))
+        ));
+        assert!(
+            !dir.path().join("consumequeue").join("orders").exists(),
+            "the flusher removes the deleted topic's consume queue files"
+        );
+        // Made again: it starts over at offset 0.
+        let again = Message::new("orders", "second life").with_queue(0);
+        let appended = store.append(&again, true, 4).unwrap();
+        assert_eq!(appended.queue_offset, 0);
+        wait_durable(&store, appended.offset_end);
+
+        // A slave fed the same log drops the topic where the deletion is, then takes
+        // the new one.
+        let slave = reopen(slave_dir.path()).unwrap();
+        super::replica_copy(&store, &slave);
+        wait_durable(&slave, appended.offset_end);
+        assert_eq!(read_all(&slave, 0), vec!["second life".to_string()]);
+        assert_eq!(payloads_of_other(&slave), 1);
+        slave.shutdown();
+        drop(slave);
+
+        store.shutdown();
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(read_all(&store, 0), vec!["second life".to_string()]);
+        assert_eq!(read_all(&store, 1), Vec::<String>::new());
+        assert_eq!(store.query_offset("group-a", "orders", 1), None);
+        assert_eq!(payloads_of_other(&store), 1);
+        store.shutdown();
+        drop(store);
+        let slave = reopen(slave_dir.path()).unwrap();
+        assert_eq!(read_all(&slave, 0), vec!["second life".to_string()]);
+        slave.shutdown();
+    }
+
+    #[test]
+    fn a_crash_before_the_topics_file_knew_of_the_deletion_still_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path()).unwrap();
+        setup(&store);
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        let (topics, offsets) = (read("topics"), read("offsets/consumer_offsets"));
+        delete_orders(&store);
+        store.shutdown();
+        drop(store);
+        // The deletion record is in the log; the metadata files are as they were
+        // before it (a crash before the metadata thread wrote them).
+        std::fs::write(dir.path().join("topics"), topics).unwrap();
+        std::fs::write(dir.path().join("offsets/consumer_offsets"), offsets).unwrap();
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.topic_queues("orders"), None, "the log decides");
+        assert_eq!(store.query_offset("group-a", "orders", 1), None);
+        assert_eq!(store.query_offset("group-a", "other", 0), Some(1));
+        assert_eq!(payloads_of_other(&store), 1);
+        store.shutdown();
+    }
+
+    #[test]
+    fn a_topics_file_that_records_the_deletion_wins_over_records_without_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path()).unwrap();
+        setup(&store);
+        let deletion = delete_orders(&store);
+        store.shutdown();
+        drop(store);
+        let text = String::from_utf8(std::fs::read(dir.path().join("topics")).unwrap()).unwrap();
+        assert!(text.contains("!orders "), "{text}");
+        assert!(deletion.offset_end > 0);
+        // The log without its deletion record (as if the metadata file reached the
+        // disk before the record, and a crash tore the record off): the file decides.
+        let log = dir.path().join("commitlog");
+        let mut segments: Vec<_> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        segments.sort();
+        let last = segments.last().unwrap();
+        let base: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let record_start = text
+            .lines()
+            .find_map(|line| line.strip_prefix("!orders "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+        file.set_len(record_start - base).unwrap();
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.topic_queues("orders"), None);
+        assert_eq!(payloads_of_other(&store), 1);
+        store.shutdown();
+    }
+}
+
+/// Copies the master's written log into the slave, in chunks that cut records.
+fn replica_copy(master: &Store, slave: &Store) {
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let from = slave.stats().offset_appended + carry.len() as u64;
+        let chunk = master.read_log(from, 1000).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        carry.extend_from_slice(&chunk);
+        let taken = slave.append_replicated(&carry).unwrap();
+        carry.drain(..taken);
+    }
+    assert!(carry.is_empty());
 }

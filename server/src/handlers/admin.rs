@@ -7,8 +7,9 @@ use crate::handlers::send;
 use crate::shard::Shard;
 use keel_protocol::{
     BrokerRole, CommitOffsetRequest, CreateTopicRequest, ErrorCode, ListTopicsRequest,
-    QueryOffsetRequest, QueueInfo, Response, TopicCreated, TopicInfo,
+    QueryOffsetRequest, QueueInfo, Response, TopicCreated, TopicDeleted, TopicInfo,
 };
+use std::time::{Duration, Instant};
 
 /// Answered once the offset is on disk.
 pub(crate) fn on_commit_offset(shard: &mut Shard, to: ReplyTo, commit: CommitOffsetRequest) {
@@ -77,6 +78,93 @@ pub(crate) fn on_add_queues(shard: &mut Shard, to: ReplyTo, grow: CreateTopicReq
         }
         Err(error) => shard.reply(to, Refusal::from(error).response()),
     }
+}
+
+/// DELETE_TOPIC: refused while the topic is in use unless forced. The deletion takes
+/// effect at once (its record appended, the topic and its offsets forgotten, name
+/// servers told); the answer comes from a thread once the record is durable (on a
+/// slave too, for a sync master) and the metadata files no longer hold the topic, or
+/// says it is not confirmed when that takes longer than the flush timeouts.
+pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, force: bool) {
+    if let Some(refusal) = send::not_master(shard) {
+        return shard.reply(to, refusal.response());
+    }
+    if !force {
+        if let Some(why) = in_use(&shard.broker, &topic) {
+            let detail = format!(
+                "topic {topic:?} is in use: {why}; nothing was deleted (stop them, or force \
+                 the deletion)"
+            );
+            return shard.reply(to, Refusal::new(ErrorCode::TopicInUse, detail).response());
+        }
+    }
+    let deletion = match shard
+        .broker
+        .store
+        .delete_topic(&topic, keel_protocol::now_ms())
+    {
+        Ok(deletion) => deletion,
+        Err(error) => return shard.reply(to, Refusal::from(error).response()),
+    };
+    shard.broker.registration.notify();
+    log::warn!(
+        "topic {topic} deleted ({} message(s), {} byte(s){})",
+        deletion.messages,
+        deletion.bytes,
+        if force { ", forced" } else { "" }
+    );
+    shard.reply_from_thread(to, "keel-delete-topic", move |broker| {
+        let config = &broker.config;
+        let timeout = config.sync_flush_timeout_ms.max(config.slave_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(timeout);
+        let store = &broker.store;
+        let durable = loop {
+            let discarded = store.is_discarded(deletion.generation, deletion.offset_end);
+            if discarded || store.is_poisoned() {
+                break false;
+            }
+            if broker.offset_durable() >= deletion.offset_end
+                && store.meta_persisted() >= deletion.meta_version
+            {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        Response::TopicDeleted(TopicDeleted {
+            topic,
+            queues: deletion.queues,
+            messages: deletion.messages,
+            bytes: deletion.bytes,
+            durable,
+        })
+    });
+}
+
+/// Why `topic` is in use, if it is: groups with live members on it, or messages
+/// stored in it over the last minute.
+fn in_use(broker: &crate::broker::Broker, topic: &str) -> Option<String> {
+    let mut reasons = Vec::new();
+    let live = broker.groups.live_on(topic);
+    if !live.is_empty() {
+        let groups: Vec<String> = live
+            .iter()
+            .map(|(group, members)| format!("{group} ({members} live member(s))"))
+            .collect();
+        reasons.push(format!("consumer group(s) {}", groups.join(", ")));
+    }
+    if let Some(stats) = broker.topic_stats(topic).first() {
+        if stats.window_messages > 0 {
+            reasons.push(format!(
+                "{} message(s) stored in the last {} s",
+                stats.window_messages,
+                stats.window_ms.div_ceil(1000)
+            ));
+        }
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 pub(crate) fn on_list_topics(shard: &mut Shard, to: ReplyTo, list: ListTopicsRequest) {

@@ -1039,3 +1039,100 @@ fn routes_show_when_each_broker_was_last_heard_and_warn_about_a_stale_one() {
         text(&human.stdout)
     );
 }
+
+#[test]
+fn topic_delete_refuses_a_topic_in_use_deletes_with_force_and_stays_deleted_after_kill9() {
+    let mut broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    let admin = broker.admin();
+    admin.create_topic("doomed", 2).unwrap();
+    let sent = keel(&address, &["send", "-t", "doomed", "a", "b", "c"], b"");
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let sent = keel(&address, &["send", "-t", "kept", "k1", "k2"], b"");
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    admin.commit_offset("readers", "doomed", 0, 1).unwrap();
+    admin.commit_offset("readers", "kept", 0, 1).unwrap();
+
+    // A script without --yes is told so (usage, exit 2), and nothing goes.
+    let unconfirmed = keel(&address, &["topic", "delete", "doomed"], b"");
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    assert!(text(&unconfirmed.stderr).contains("--yes"));
+    // Messages stored in the last minute: in use.
+    let refused = keel(&address, &["topic", "delete", "doomed", "--yes"], b"");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("in use") && stderr.contains("3 message(s) stored"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        admin.list_topics(Some("doomed")).unwrap()[0].queues.len(),
+        2
+    );
+
+    let deleted = keel(
+        &address,
+        &["--json", "topic", "delete", "doomed", "--yes", "--force"],
+        b"",
+    );
+    assert_eq!(deleted.status.code(), Some(0), "{}", text(&deleted.stderr));
+    let deleted: serde_json::Value = serde_json::from_str(text(&deleted.stdout).trim()).unwrap();
+    assert_eq!(deleted["topic"], "doomed");
+    assert_eq!(deleted["queues"], 2);
+    assert_eq!(deleted["messages"], 3);
+    assert_eq!(deleted["durable"], true);
+    assert!(deleted["bytes"].as_u64().unwrap() > 0);
+
+    let again = keel(&address, &["topic", "delete", "doomed", "--yes"], b"");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("does not exist"));
+    let consumed = keel(
+        &address,
+        &["consume", "-t", "doomed", "--no-commit", "--idle-ms", "300"],
+        b"",
+    );
+    assert_eq!(
+        consumed.status.code(),
+        Some(1),
+        "{}",
+        text(&consumed.stdout)
+    );
+    assert_eq!(admin.query_offset("readers", "doomed", 0).unwrap(), None);
+
+    // kill -9: the deletion was acknowledged, so it holds; the other topic is whole.
+    broker.kill9();
+    broker.spawn();
+    let admin = broker.admin();
+    assert!(admin.list_topics(Some("doomed")).is_err());
+    assert_eq!(admin.query_offset("readers", "doomed", 0).unwrap(), None);
+    assert_eq!(admin.query_offset("readers", "kept", 0).unwrap(), Some(1));
+    let kept = keel(
+        &broker.address,
+        &[
+            "consume",
+            "-t",
+            "kept",
+            "--no-commit",
+            "--idle-ms",
+            "300",
+            "--quiet",
+        ],
+        b"",
+    );
+    assert_eq!(
+        text(&kept.stdout).lines().count(),
+        2,
+        "{}",
+        text(&kept.stdout)
+    );
+    // Created again, it starts empty at offset 0.
+    let sent = keel(
+        &broker.address,
+        &["--json", "send", "-t", "doomed", "--queue", "0", "fresh"],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    let sent: serde_json::Value = serde_json::from_str(text(&sent.stdout).trim()).unwrap();
+    assert_eq!(sent["offset"], 0, "{sent}");
+}

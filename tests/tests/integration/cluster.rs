@@ -638,3 +638,56 @@ fn a_cut_or_corrupted_replication_link_heals_without_losing_or_mixing_records() 
         "every SEND_OK is on the slave"
     );
 }
+
+#[test]
+fn a_topic_deleted_on_a_sync_master_is_deleted_on_its_slave_and_stays_deleted_after_failover() {
+    let [m_port, m_ha, s_port, s_ha] = free_ports();
+    let mut primary = BrokerProcess::start(&master("sync_master", "del", m_port, m_ha, None));
+    let mut follower = BrokerProcess::start(&slave("del", s_port, s_ha, m_ha, None));
+    wait_until("the slave in sync", Duration::from_secs(20), || {
+        stat_is(&primary, "slaves_in_sync", 1)
+    });
+    let producer = Producer::connect(&primary.address, ProducerOptions::default()).unwrap();
+    for index in 0..20 {
+        let topic = if index % 2 == 0 { "doomed" } else { "kept" };
+        let sent = producer.send(Message::new(topic, payload_for(&format!("m{index}"), 64)));
+        assert_eq!(sent.unwrap().status, SendStatus::SendOk);
+    }
+    let admin = primary.admin();
+    admin.commit_offset("readers", "doomed", 0, 1).unwrap();
+    let deleted = admin.delete_topic("doomed", true).unwrap();
+    assert!(
+        deleted.durable,
+        "a sync master confirms it on the slave too"
+    );
+    assert_eq!(deleted.messages, 10);
+    // The slave has the deletion record: the topic and its offsets are gone there.
+    let on_slave = follower.admin();
+    assert!(on_slave.list_topics(Some("doomed")).is_err());
+    wait_until(
+        "the slave drops the offsets",
+        Duration::from_secs(10),
+        || {
+            on_slave
+                .query_offset("readers", "doomed", 0)
+                .unwrap()
+                .is_none()
+        },
+    );
+    // Restarted, the slave still has it deleted; then its master dies and it takes over.
+    follower.kill9();
+    follower.spawn();
+    wait_until("the slave in sync again", Duration::from_secs(20), || {
+        stat_is(&primary, "slaves_in_sync", 1)
+    });
+    primary.kill9();
+    follower.admin().promote(BrokerRole::AsyncMaster).unwrap();
+    let promoted = follower.admin();
+    assert!(promoted.list_topics(Some("doomed")).is_err());
+    assert_eq!(drain(&follower.address, "kept").len(), 10);
+    let producer = Producer::connect(&follower.address, ProducerOptions::default()).unwrap();
+    let again = producer
+        .send(Message::new("doomed", payload_for("fresh", 64)).with_queue(0))
+        .unwrap();
+    assert_eq!((again.status, again.queue_offset), (SendStatus::SendOk, 0));
+}

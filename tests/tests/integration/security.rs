@@ -280,6 +280,10 @@ fn one_of_each_kind() -> Vec<Request> {
             queues: 4,
         }),
         Request::GetBrokers,
+        Request::DeleteTopic {
+            topic: "orders".into(),
+            force: true,
+        },
         Request::SecurityAdmin(keel_protocol::SecretText(
             SecurityCommand::UserList.to_json(),
         )),
