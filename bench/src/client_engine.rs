@@ -18,6 +18,8 @@ pub(crate) struct Shape {
     pub batch: usize,
     /// Put the send time (us since the epoch) in the first 8 payload bytes.
     pub stamp: bool,
+    /// Requests a second this producer may send (`--rate`); `None`: no limit.
+    pub request_rate: Option<f64>,
 }
 
 /// One producer thread: sends until `stop` (or `count` messages), recording into
@@ -43,10 +45,21 @@ pub(crate) fn producer_loop(
     let histogram = recorder.clone();
     let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
     let mut sent = 0u64;
+    let (begun, mut requests) = (Instant::now(), 0u64);
     while !stop.load(Ordering::Relaxed)
         && count.is_none_or(|count| sent < count)
         && totals.ended_early().is_none()
     {
+        if let Some(rate) = shape.request_rate {
+            // Paced: the k-th request is due k / rate seconds after the start.
+            let due = begun + std::time::Duration::from_secs_f64(requests as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep((due - now).min(std::time::Duration::from_millis(50)));
+                continue;
+            }
+            requests += 1;
+        }
         let payload = if shape.stamp {
             let mut stamped = payload.clone();
             let now = now_us().to_le_bytes();

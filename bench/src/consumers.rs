@@ -1,5 +1,6 @@
-//! `--consumers N`: a push consumer group on the bench topic, measuring the latency
-//! from send to handler (the payload carries its send time).
+//! `--consumers N`: push consumer groups on the bench topics (`--subscriptions` groups
+//! a topic, N members each), measuring the latency from send to handler (the payload
+//! carries its send time).
 
 use crate::now_us;
 use crate::report::new_histogram;
@@ -9,29 +10,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A push consumer group on the bench topic, measuring send-to-handler latency.
+/// Push consumer groups on the bench topics, measuring send-to-handler latency.
 pub(crate) struct Consumers {
     members: Vec<PushConsumer>,
+    groups: usize,
     handled: Arc<AtomicU64>,
     last_handled: Arc<Mutex<Instant>>,
     latency: Arc<Mutex<Histogram<u64>>>,
 }
 
 impl Consumers {
+    /// `per_group` members in each of `subscriptions` groups on each of `topics`.
     pub(crate) fn start(
         address: &str,
-        topic: &str,
-        count: usize,
+        topics: &[String],
+        subscriptions: usize,
+        per_group: usize,
     ) -> Result<Option<Consumers>, String> {
-        if count == 0 {
+        if per_group == 0 {
             return Ok(None);
         }
-        let group = format!("bench-{}-{}", std::process::id(), now_us());
+        let run = format!("bench-{}-{}", std::process::id(), now_us());
         let handled = Arc::new(AtomicU64::new(0));
         let last_handled = Arc::new(Mutex::new(Instant::now()));
         let latency = Arc::new(Mutex::new(new_histogram()));
-        let mut members = Vec::with_capacity(count);
-        for _ in 0..count {
+        let mut members = Vec::with_capacity(topics.len() * subscriptions * per_group);
+        let groups = (0..subscriptions)
+            .flat_map(|subscription| topics.iter().map(move |topic| (subscription, topic)));
+        let members_of = groups.flat_map(|group| std::iter::repeat_n(group, per_group));
+        for (subscription, topic) in members_of {
+            let group = match subscriptions {
+                1 => run.clone(),
+                _ => format!("{run}-{subscription}"),
+            };
             let (handled, last, latency) = (handled.clone(), last_handled.clone(), latency.clone());
             let options = PushConsumerOptions {
                 start_from: StartFrom::Latest,
@@ -61,11 +72,17 @@ impl Consumers {
         // Let the members join and split the queues before the load starts.
         std::thread::sleep(Duration::from_millis(1500));
         Ok(Some(Consumers {
+            groups: topics.len() * subscriptions,
             members,
             handled,
             last_handled,
             latency,
         }))
+    }
+
+    /// Deliveries handled so far, over every group.
+    pub(crate) fn handled(&self) -> Arc<AtomicU64> {
+        self.handled.clone()
     }
 
     /// Waits (up to 30 s) until `expected` messages were handled; returns the report.
@@ -88,13 +105,18 @@ impl Consumers {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clone();
-        let members = self.members.len();
+        let (members, groups) = (self.members.len(), self.groups);
         for member in self.members {
             let _ = member.shutdown();
         }
         ConsumerFigures {
             members,
+            groups,
             handled,
+            p75_us: latency.value_at_quantile(0.75),
+            p95_us: latency.value_at_quantile(0.95),
+            p9999_us: latency.value_at_quantile(0.9999),
+            mean_us: latency.mean(),
             expected,
             msgs_per_sec: handled as f64 / seconds,
             p50_us: latency.value_at_quantile(0.5),
@@ -109,6 +131,8 @@ impl Consumers {
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerFigures {
     pub members: usize,
+    /// Consumer groups (subscriptions times topics).
+    pub groups: usize,
     pub handled: u64,
     pub expected: u64,
     pub msgs_per_sec: f64,
@@ -117,14 +141,19 @@ pub(crate) struct ConsumerFigures {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    pub p75_us: u64,
+    pub p95_us: u64,
+    pub p9999_us: u64,
+    pub mean_us: f64,
 }
 
 impl ConsumerFigures {
     pub(crate) fn line(&self) -> String {
         format!(
-            "consumers: {} in one group handled {} of {} SEND_OK messages, {:.0} msgs/s; \
+            "consumers: {} in {} group(s) handled {} of {} deliveries owed, {:.0} msgs/s; \
              send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
             self.members,
+            self.groups,
             self.handled,
             self.expected,
             self.msgs_per_sec,
@@ -137,10 +166,11 @@ impl ConsumerFigures {
 
     pub(crate) fn json(&self) -> String {
         format!(
-            "{{\"members\":{},\"handled\":{},\"expected\":{},\"msgs_per_sec\":{:.1},\
+            "{{\"members\":{},\"groups\":{},\"handled\":{},\"expected\":{},\"msgs_per_sec\":{:.1},\
              \"end_to_end_p50_us\":{},\"end_to_end_p99_us\":{},\"end_to_end_p999_us\":{},\
              \"end_to_end_max_us\":{}}}",
             self.members,
+            self.groups,
             self.handled,
             self.expected,
             self.msgs_per_sec,

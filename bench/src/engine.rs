@@ -27,16 +27,19 @@ pub(crate) struct Plan {
     /// Requests in flight per connection (1: a synchronous producer).
     pub window: usize,
     pub oneway: bool,
-    pub topic: String,
+    /// Connection i sends to `topics[i % len]`.
+    pub topics: Vec<String>,
     pub size: usize,
     /// Messages per request (SEND_BATCH above 1).
     pub batch: usize,
     /// Put the send time (us since the epoch) in the first 8 payload bytes (for the
     /// consumers' end-to-end latency); each request is then encoded afresh.
     pub stamp: bool,
-    /// Requests each connection sends before it stops (`None`: until told to stop).
-    /// Requests each connection sends (`--count`), by connection index.
+    /// Requests each connection sends (`--count`), by connection index (`None`: until
+    /// told to stop).
     pub requests_per_connection: Option<Vec<u64>>,
+    /// Requests a second each connection may send (`--rate`); `None`: no limit.
+    pub request_rate: Option<f64>,
 }
 
 /// After the stop, how long the engine waits for the answers still owed.
@@ -90,6 +93,8 @@ struct Connection {
     in_flight: VecDeque<(u64, Instant)>,
     next_id: u64,
     requests_left: Option<u64>,
+    /// Requests sent (for `--rate`'s pacing).
+    requests_sent: u64,
     seed: usize,
     /// Messages per request.
     messages: u64,
@@ -134,6 +139,7 @@ fn drive(
                 .requests_per_connection
                 .as_ref()
                 .map(|shares| shares.get(*index).copied().unwrap_or(0)),
+            requests_sent: 0,
             seed: *index,
             messages: plan.batch as u64,
             hangup_seen: false,
@@ -143,8 +149,12 @@ fn drive(
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; 256 << 10];
     let messages = plan.batch as u64;
+    let pace = plan.request_rate.map(|rate| Pace {
+        started: Instant::now(),
+        rate,
+    });
     for connection in &mut connections {
-        fill(plan, connection, stop, totals);
+        fill(plan, pace.as_ref(), connection, stop, totals);
         flush(connection, totals);
     }
     let mut drain_deadline: Option<Instant> = None;
@@ -169,7 +179,21 @@ fn drive(
             }
             return Ok(());
         }
-        match poll.poll(&mut events, Some(Duration::from_millis(50))) {
+        // Paced: wake when the next request of any connection is due.
+        let timeout = match &pace {
+            Some(pace) => connections
+                .iter()
+                .filter(|c| !c.closed)
+                .map(|c| {
+                    pace.due(c.requests_sent)
+                        .saturating_duration_since(Instant::now())
+                })
+                .min()
+                .unwrap_or(POLL_MAX)
+                .min(POLL_MAX),
+            None => POLL_MAX,
+        };
+        match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(format!("poll: {error}")),
@@ -188,10 +212,31 @@ fn drive(
                 read_replies(plan, connection, &mut scratch, totals, recorder);
             }
             if !connection.closed {
-                fill(plan, connection, stop, totals);
+                fill(plan, pace.as_ref(), connection, stop, totals);
                 flush(connection, totals);
             }
         }
+        if pace.is_some() {
+            for connection in connections.iter_mut().filter(|c| !c.closed) {
+                fill(plan, pace.as_ref(), connection, stop, totals);
+                flush(connection, totals);
+            }
+        }
+    }
+}
+
+/// The longest the engine sleeps in `poll`.
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// `--rate`: each connection's k-th request is due `k / rate` seconds after the start.
+struct Pace {
+    started: Instant,
+    rate: f64,
+}
+
+impl Pace {
+    fn due(&self, requests_sent: u64) -> Instant {
+        self.started + Duration::from_secs_f64(requests_sent as f64 / self.rate)
     }
 }
 
@@ -203,7 +248,8 @@ fn encode_request(plan: &Plan, seed: usize, request_id: u64) -> Vec<u8> {
         let length = payload.len().min(8);
         payload[..length].copy_from_slice(&now[..length]);
     }
-    let message = Message::new(plan.topic.as_str(), payload).sealed();
+    let topic = &plan.topics[seed % plan.topics.len()];
+    let message = Message::new(topic.as_str(), payload).sealed();
     let request = match plan.batch {
         1 => Request::Send(message),
         batch => Request::SendBatch(vec![message; batch]),
@@ -220,11 +266,21 @@ pub(crate) fn payload_of(size: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Queues requests until the window (or, oneway, the output backlog) is full.
-fn fill(plan: &Plan, connection: &mut Connection, stop: &AtomicBool, totals: &Totals) {
+/// Queues requests until the window (or, oneway, the output backlog) is full, or
+/// (paced) until the next request is not yet due.
+fn fill(
+    plan: &Plan,
+    pace: Option<&Pace>,
+    connection: &mut Connection,
+    stop: &AtomicBool,
+    totals: &Totals,
+) {
     let messages = plan.batch as u64;
     loop {
         if stop.load(Ordering::Relaxed) || connection.requests_left == Some(0) {
+            return;
+        }
+        if pace.is_some_and(|pace| pace.due(connection.requests_sent) > Instant::now()) {
             return;
         }
         let room = if plan.oneway {
@@ -249,6 +305,7 @@ fn fill(plan: &Plan, connection: &mut Connection, stop: &AtomicBool, totals: &To
         if let Some(left) = &mut connection.requests_left {
             *left -= 1;
         }
+        connection.requests_sent += 1;
         totals.sent.fetch_add(messages, Ordering::Relaxed);
         if !plan.oneway {
             connection.in_flight.push_back((id, Instant::now()));

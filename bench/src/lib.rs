@@ -15,6 +15,7 @@ mod consumers;
 mod engine;
 pub mod ledger;
 mod report;
+mod workload;
 
 use clap::{Parser, ValueEnum};
 use consumers::Consumers;
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(
     name = "keel-bench",
     version,
@@ -90,10 +91,41 @@ struct Args {
     /// keeld binary for the self-started broker (default: next to this binary, then PATH).
     #[arg(long)]
     keeld: Option<PathBuf>,
-    /// Also run this many push consumers of one group on the topic, and report their
-    /// throughput and the end-to-end latency from send to handler.
+    /// Also run push consumers: this many members in each of --subscriptions groups on
+    /// each topic; report their throughput and the latency from send to handler.
     #[arg(long, default_value_t = 0)]
     consumers: usize,
+    /// Topics the producers spread over (producer i sends to topic i mod N): --topic
+    /// itself when 1, else TOPIC-0 .. TOPIC-(N-1).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Queues of each topic this run creates (a topic that exists keeps its own).
+    #[arg(long, default_value_t = 8)]
+    queues: u32,
+    /// Send at most this many messages a second over all producers (0: as fast as
+    /// they go). Each producer paces its share.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Consumer groups on each topic (each gets every message), of --consumers members.
+    #[arg(long, default_value_t = 1)]
+    subscriptions: usize,
+    /// Run an OpenMessaging Benchmark workload file (topics, partitionsPerTopic,
+    /// messageSize, producersPerTopic, producerRate, subscriptionsPerTopic,
+    /// consumerPerSubscription, testDurationMinutes); the flags it sets are refused
+    /// beside it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "producers", "size", "duration", "count", "consumers", "topics", "queues", "rate",
+        "subscriptions",
+    ])]
+    workload: Option<PathBuf>,
+    /// Also write the result as OpenMessaging Benchmark writes its own (TestResult
+    /// field names, latencies in milliseconds, one entry a second), to compare with
+    /// published OMB runs and feed their chart scripts.
+    #[arg(long, value_name = "FILE")]
+    omb_json: Option<PathBuf>,
+    /// The workload's name (from --workload).
+    #[arg(skip)]
+    workload_name: Option<String>,
     /// TLS to --broker, trusting the CA in FILE (needs --engine client).
     #[arg(long, value_name = "FILE", requires = "broker")]
     tls_ca: Option<PathBuf>,
@@ -156,6 +188,41 @@ enum Flush {
 }
 
 impl Args {
+    /// Takes the workload file's shape (when `--workload` names one).
+    fn apply_workload(&mut self) -> Result<(), String> {
+        let Some(path) = &self.workload else {
+            return Ok(());
+        };
+        let (workload, warnings) = workload::Workload::load(path)?;
+        for warning in warnings {
+            eprintln!("keel-bench: workload: {warning}");
+        }
+        self.producers = workload.producers();
+        self.topics = workload.topics;
+        self.queues = workload.partitions_per_topic;
+        self.size = workload.message_size;
+        self.rate = workload.producer_rate;
+        self.subscriptions = workload.subscriptions_per_topic;
+        self.consumers = workload.consumer_per_subscription;
+        self.duration = Some(workload.test_duration_minutes * 60.0);
+        self.count = None;
+        self.workload_name = Some(workload.name);
+        Ok(())
+    }
+
+    /// The topics of the run: producer i sends to `topics[i % len]`.
+    fn topic_names(&self) -> Vec<String> {
+        match self.topics {
+            1 => vec![self.topic.clone()],
+            count => (0..count).map(|i| format!("{}-{i}", self.topic)).collect(),
+        }
+    }
+
+    /// Requests a second each producer may send (`--rate`), when limited.
+    fn request_rate(&self) -> Option<f64> {
+        (self.rate > 0.0).then(|| self.rate / self.batch as f64 / self.producers as f64)
+    }
+
     /// Requests in flight per connection.
     fn window(&self) -> usize {
         match self.mode {
@@ -182,7 +249,11 @@ pub fn main_entry() -> ExitCode {
         let args = std::iter::once("keel-bench chaos".to_string()).chain(std::env::args().skip(2));
         return chaos::main_entry(args);
     }
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Err(error) = args.apply_workload() {
+        eprintln!("keel-bench: {error}");
+        return ExitCode::from(2);
+    }
     match args.connection() {
         Ok(options) => {
             let _ = CONNECTION.set(options);
@@ -244,13 +315,30 @@ fn run(args: &Args) -> Result<Verdict, String> {
         || args.window == 0
         || args.batch == 0
         || args.threads == 0
+        || args.topics == 0
+        || args.subscriptions == 0
         || args.batch > 65535
     {
         return Err(
-            "--producers, --size, --window, --threads and --batch must be at least 1 (--batch \
-             at most 65535)"
+            "--producers, --size, --window, --threads, --batch, --topics and --subscriptions \
+             must be at least 1 (--batch at most 65535)"
                 .into(),
         );
+    }
+    if args.queues == 0 || args.queues > keel_protocol::QUEUES_MAX {
+        return Err(format!(
+            "--queues must be from 1 to {}",
+            keel_protocol::QUEUES_MAX
+        ));
+    }
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        return Err("--rate must be 0 (no limit) or a positive number of messages a second".into());
+    }
+    if args.topics > args.producers {
+        return Err(format!(
+            "--topics {} needs at least as many --producers ({}): each topic needs one",
+            args.topics, args.producers
+        ));
     }
     if args.batch > 1 && args.mode == Mode::Oneway {
         return Err("--batch works with --mode sync or async".into());
@@ -283,11 +371,15 @@ fn load(
     fsync_p50_us: Option<f64>,
 ) -> Result<Verdict, String> {
     let admin = Admin::connect_with(address, &connection_options()).map_err(|e| e.to_string())?;
-    admin
-        .create_topic(&args.topic, 8)
-        .map_err(|e| e.to_string())?;
+    let topics = args.topic_names();
+    for topic in &topics {
+        admin
+            .create_topic(topic, args.queues)
+            .map_err(|e| e.to_string())?;
+    }
     let before = stats(&admin);
-    let group = Consumers::start(address, &args.topic, args.consumers)?;
+    let group = Consumers::start(address, &topics, args.subscriptions, args.consumers)?;
+    let consumed = group.as_ref().map(Consumers::handled);
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     let broker_cpu = BrokerCpu::new(broker_pid, address);
@@ -309,7 +401,8 @@ fn load(
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             stop.store(true, Ordering::Relaxed);
         }
-        if let Some(second) = tick.due(args, &recorders, &broker_cpu, &totals) {
+        if let Some(second) = tick.due(args, &recorders, &broker_cpu, &totals, consumed.as_deref())
+        {
             eprintln!("{}", second.line());
             seconds.push(second);
         }
@@ -327,7 +420,8 @@ fn load(
     for recorder in &recorders {
         latency.add(recorder.total()).map_err(|e| e.to_string())?;
     }
-    let consumed = group.map(|group| group.finish(totals.ok.load(Ordering::Relaxed), started));
+    let expected = totals.ok.load(Ordering::Relaxed) * args.subscriptions as u64;
+    let consumed = group.map(|group| group.finish(expected, started));
     let after = stats(&admin);
     let delta = |name: &str| {
         after
@@ -373,6 +467,11 @@ fn load(
         window: args.window(),
         size: args.size,
         batch: args.batch,
+        topics: topics.len(),
+        queues: args.queues,
+        rate: args.rate,
+        subscriptions: args.subscriptions,
+        workload: args.workload_name.clone(),
         mode: format!("{:?}", args.mode).to_lowercase(),
         flush,
         role,
@@ -402,6 +501,11 @@ fn load(
     }
     if let Some(dir) = &args.out {
         summary.write_out(dir)?;
+    }
+    if let Some(path) = &args.omb_json {
+        let json =
+            serde_json::to_string_pretty(&summary.omb_result()).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
     }
     let failed = summary.not_ok + summary.errors;
     Ok(match (summary.ended_early, failed) {
@@ -439,10 +543,11 @@ fn start_engine(
                 threads: args.threads.clamp(1, args.producers),
                 window: args.window(),
                 oneway: args.mode == Mode::Oneway,
-                topic: args.topic.clone(),
+                topics: args.topic_names(),
                 size: args.size,
                 batch: args.batch,
                 stamp: args.consumers > 0,
+                request_rate: args.request_rate(),
                 requests_per_connection: match args.count {
                     Some(count) => {
                         let batch = args.batch as u64;
@@ -484,12 +589,15 @@ fn start_engine(
                 stamp: args.consumers > 0,
                 window: args.window(),
                 batch: args.batch,
+                request_rate: args.request_rate(),
             };
+            let topics = args.topic_names();
             let threads = (0..args.producers)
                 .map(|index| {
                     let (address, totals, stop) =
                         (address.to_string(), totals.clone(), stop.clone());
-                    let (topic, recorder) = (args.topic.clone(), recorder.clone());
+                    let topic = topics[index % topics.len()].clone();
+                    let recorder = recorder.clone();
                     let count = args.count.map(|count| share(count, index));
                     std::thread::spawn(move || {
                         let outcome = client_engine::producer_loop(
@@ -514,6 +622,7 @@ struct Ticker {
     next: Instant,
     cpu: Option<u64>,
     ok: u64,
+    consumed: u64,
 }
 
 impl Ticker {
@@ -523,6 +632,7 @@ impl Ticker {
             next: started + Duration::from_secs(1),
             cpu,
             ok,
+            consumed: 0,
         }
     }
 
@@ -532,6 +642,7 @@ impl Ticker {
         recorders: &[Arc<Recorder>],
         broker_cpu: &BrokerCpu,
         totals: &Totals,
+        consumed: Option<&std::sync::atomic::AtomicU64>,
     ) -> Option<Second> {
         let now = Instant::now();
         if now < self.next {
@@ -559,6 +670,13 @@ impl Ticker {
         };
         self.cpu = cpu;
         let msgs_per_sec = messages as f64 / span.max(1e-3);
+        let consumed = consumed.map(|handled| {
+            let handled = handled.load(Ordering::Relaxed);
+            let this_second = handled.saturating_sub(self.consumed);
+            self.consumed = handled;
+            let backlog = (counted * args.subscriptions as u64).saturating_sub(handled);
+            (this_second as f64 / span.max(1e-3), backlog)
+        });
         Some(Second {
             at_s: (now - self.started).as_secs_f64(),
             msgs_per_sec,
@@ -567,6 +685,8 @@ impl Ticker {
             p99_us: latency.value_at_quantile(0.99),
             max_us: latency.max(),
             broker_cpu_us_per_msg,
+            latency,
+            consumed,
         })
     }
 }

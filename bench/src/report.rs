@@ -111,6 +111,10 @@ pub(crate) struct Second {
     pub p99_us: u64,
     pub max_us: u64,
     pub broker_cpu_us_per_msg: Option<f64>,
+    /// The second's send latencies (for the OMB result's per-second lists).
+    pub latency: Histogram<u64>,
+    /// With consumers: deliveries a second, and the backlog (owed, not yet handled).
+    pub consumed: Option<(f64, u64)>,
 }
 
 impl Second {
@@ -134,6 +138,13 @@ pub(crate) struct Summary {
     pub window: usize,
     pub size: usize,
     pub batch: usize,
+    pub topics: usize,
+    pub queues: u32,
+    /// `--rate` (0: no limit).
+    pub rate: f64,
+    pub subscriptions: usize,
+    /// The OMB workload's name, when it came from one.
+    pub workload: Option<String>,
     pub mode: String,
     pub flush: String,
     pub role: String,
@@ -201,6 +212,19 @@ impl Summary {
             self.slaves_in_sync
                 .map_or(String::new(), |n| format!(", {n} slave(s) in sync")),
             self.elapsed_s
+        );
+        let _ = writeln!(
+            out,
+            "{}{} topic(s) of {} queue(s){}",
+            self.workload
+                .as_ref()
+                .map_or(String::new(), |name| format!("workload {name:?}: ")),
+            self.topics,
+            self.queues,
+            match self.rate {
+                0.0 => String::new(),
+                rate => format!(", paced at {rate:.0} msgs/s"),
+            }
         );
         let _ = writeln!(
             out,
@@ -287,6 +311,16 @@ impl Summary {
         field("window", self.window.to_string());
         field("size", self.size.to_string());
         field("batch", self.batch.to_string());
+        field("topics", self.topics.to_string());
+        field("queues", self.queues.to_string());
+        field("rate", format!("{:.1}", self.rate));
+        field("subscriptions", self.subscriptions.to_string());
+        field(
+            "workload",
+            self.workload
+                .as_ref()
+                .map_or("null".to_string(), |name| format!("{name:?}")),
+        );
         field("mode", format!("{:?}", self.mode));
         field("flush", format!("{:?}", self.flush));
         field("role", format!("{:?}", self.role));
@@ -339,6 +373,137 @@ impl Summary {
         field("per_second", format!("[{}]", seconds.join(",")));
         json.push('}');
         json
+    }
+
+    /// `--omb-json`: the run as OpenMessaging Benchmark's `TestResult` (its field names;
+    /// latencies in milliseconds; the lists have one entry a second where OMB's have one
+    /// every 10 s). End-to-end figures need consumers (`--consumers`).
+    pub(crate) fn omb_result(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let ms = |micros: f64| micros / 1000.0;
+        let mut result = Map::new();
+        let mut put = |name: &str, value: Value| {
+            result.insert(name.to_string(), value);
+        };
+        put(
+            "workload",
+            json!(self.workload.clone().unwrap_or_else(|| format!(
+                "{} topic(s) / {} queue(s) / {} B",
+                self.topics, self.queues, self.size
+            ))),
+        );
+        put("driver", json!("keel"));
+        put("messageSize", json!(self.size));
+        put("topics", json!(self.topics));
+        put(
+            "partitions",
+            json!(self.topics as u64 * u64::from(self.queues)),
+        );
+        put(
+            "producersPerTopic",
+            json!(self.connections / self.topics.max(1)),
+        );
+        let consumers_per_topic = self
+            .consumers
+            .as_ref()
+            .map_or(0, |figures| figures.members / self.topics.max(1));
+        put("consumersPerTopic", json!(consumers_per_topic));
+        put(
+            "publishRate",
+            json!(self
+                .seconds
+                .iter()
+                .map(|s| s.msgs_per_sec)
+                .collect::<Vec<_>>()),
+        );
+        put(
+            "publishErrorRate",
+            json!(self.seconds.iter().map(|_| 0.0).collect::<Vec<f64>>()),
+        );
+        let consumed: Vec<(f64, u64)> = self.seconds.iter().filter_map(|s| s.consumed).collect();
+        put(
+            "consumeRate",
+            json!(consumed.iter().map(|(rate, _)| *rate).collect::<Vec<_>>()),
+        );
+        put(
+            "backlog",
+            json!(consumed
+                .iter()
+                .map(|(_, backlog)| *backlog)
+                .collect::<Vec<_>>()),
+        );
+        let per_second = |quantile: Option<f64>| -> Value {
+            json!(self
+                .seconds
+                .iter()
+                .map(|s| ms(match quantile {
+                    Some(q) => s.latency.value_at_quantile(q) as f64,
+                    None => s.latency.mean(),
+                }))
+                .collect::<Vec<_>>())
+        };
+        const QUANTILES: [(&str, f64); 8] = [
+            ("50pct", 0.5),
+            ("75pct", 0.75),
+            ("95pct", 0.95),
+            ("99pct", 0.99),
+            ("999pct", 0.999),
+            ("9999pct", 0.9999),
+            ("99999pct", 0.99999),
+            ("Max", 1.0),
+        ];
+        put("publishLatencyAvg", per_second(None));
+        for (suffix, q) in QUANTILES {
+            put(&format!("publishLatency{suffix}"), per_second(Some(q)));
+        }
+        put(
+            "aggregatedPublishLatencyAvg",
+            json!(ms(self.latency.mean())),
+        );
+        let mut quantiles = Map::new();
+        for (suffix, q) in QUANTILES {
+            let value = ms(self.latency.value_at_quantile(q) as f64);
+            put(&format!("aggregatedPublishLatency{suffix}"), json!(value));
+            if q < 1.0 {
+                let percent = format!("{:.4}", q * 100.0);
+                let percent = percent.trim_end_matches('0').trim_end_matches('.');
+                quantiles.insert(percent.to_string(), json!(value));
+            }
+        }
+        put(
+            "aggregatedPublishLatencyQuantiles",
+            Value::Object(quantiles),
+        );
+        if let Some(figures) = &self.consumers {
+            let to_ms = |micros: u64| ms(micros as f64);
+            put("aggregatedEndToEndLatencyAvg", json!(ms(figures.mean_us)));
+            put(
+                "aggregatedEndToEndLatency50pct",
+                json!(to_ms(figures.p50_us)),
+            );
+            put(
+                "aggregatedEndToEndLatency75pct",
+                json!(to_ms(figures.p75_us)),
+            );
+            put(
+                "aggregatedEndToEndLatency95pct",
+                json!(to_ms(figures.p95_us)),
+            );
+            put(
+                "aggregatedEndToEndLatency99pct",
+                json!(to_ms(figures.p99_us)),
+            );
+            put(
+                "aggregatedEndToEndLatency999pct",
+                json!(to_ms(figures.p999_us)),
+            );
+            put(
+                "aggregatedEndToEndLatency9999pct",
+                json!(to_ms(figures.p9999_us)),
+            );
+            put("aggregatedEndToEndLatencyMax", json!(to_ms(figures.max_us)));
+        }
+        Value::Object(result)
     }
 
     /// `--out DIR`: `seconds.csv` (a row a second), `summary.json`, and `report.svg`
@@ -552,6 +717,7 @@ mod tests {
         for micros in [100, 200, 300, 5000] {
             latency.record(micros).unwrap();
         }
+        let each_second = latency.clone();
         let second = |at_s: f64| Second {
             at_s,
             msgs_per_sec: 1000.0 * at_s,
@@ -560,6 +726,8 @@ mod tests {
             p99_us: 5000,
             max_us: 5000,
             broker_cpu_us_per_msg: Some(3.5),
+            latency: each_second.clone(),
+            consumed: Some((900.0, 100)),
         };
         let summary = Summary {
             engine: "loop",
@@ -568,6 +736,11 @@ mod tests {
             window: 1,
             size: 1024,
             batch: 1,
+            topics: 2,
+            queues: 8,
+            rate: 0.0,
+            subscriptions: 1,
+            workload: Some("two topics".into()),
             mode: "sync".into(),
             flush: "sync".into(),
             role: "master".into(),
@@ -607,5 +780,17 @@ mod tests {
         );
         assert!(json.contains("\"FLUSH_DISK_TIMEOUT\":1"), "{json}");
         assert!(summary.text().contains("p90 "));
+        let omb = summary.omb_result();
+        assert_eq!(omb["workload"], "two topics");
+        assert_eq!(omb["partitions"], 16);
+        assert_eq!(omb["producersPerTopic"], 1);
+        assert_eq!(omb["publishRate"].as_array().unwrap().len(), 2);
+        assert_eq!(omb["backlog"][1], 100);
+        let p99_ms = omb["aggregatedPublishLatency99pct"].as_f64().unwrap();
+        assert!((4.9..=5.1).contains(&p99_ms), "{omb}");
+        assert!(
+            omb["aggregatedPublishLatencyQuantiles"]["99"].is_number(),
+            "{omb}"
+        );
     }
 }

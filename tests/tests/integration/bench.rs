@@ -213,3 +213,76 @@ fn count_means_exactly_that_many_and_json_has_the_consumers() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a multiple of --batch"));
 }
+
+#[test]
+fn an_omb_workload_runs_its_shape_at_its_rate_and_writes_omb_result_fields() {
+    let broker = BrokerProcess::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("workload.yaml");
+    std::fs::write(
+        &workload,
+        "name: two topics\ntopics: 2\npartitionsPerTopic: 3\nmessageSize: 64\n\
+         producersPerTopic: 2\nproducerRate: 400\nsubscriptionsPerTopic: 2\n\
+         consumerPerSubscription: 1\ntestDurationMinutes: 0.05\nkeyDistributor: \"NO_KEY\"\n",
+    )
+    .unwrap();
+    let omb = dir.path().join("omb.json");
+    let run = Command::new(BENCH)
+        .args(["--broker", &broker.address, "--json", "--workload"])
+        .arg(&workload)
+        .arg("--omb-json")
+        .arg(&omb)
+        .output()
+        .expect("keel-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("keyDistributor ignored"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["topics"], 2);
+    assert_eq!(summary["queues"], 3);
+    assert_eq!(summary["producers"], 4);
+    // Paced at 400 a second: never more than the rate allows over the run (unpaced, the
+    // four producers send thousands a second).
+    let ok = summary["ok"].as_u64().unwrap();
+    let elapsed = summary["elapsed_s"].as_f64().unwrap();
+    assert!(
+        ok > 0 && ok as f64 <= 400.0 * elapsed + 8.0,
+        "{ok} in {elapsed} s"
+    );
+    assert_eq!(summary["consumers"]["handled"].as_u64(), Some(ok * 2));
+    let admin = broker.admin();
+    for topic in ["bench-0", "bench-1"] {
+        assert_eq!(admin.list_topics(Some(topic)).unwrap()[0].queues.len(), 3);
+    }
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&omb).unwrap()).unwrap();
+    assert_eq!(result["workload"], "two topics");
+    assert_eq!(result["driver"], "keel");
+    assert_eq!(result["partitions"], 6);
+    assert_eq!(result["producersPerTopic"], 2);
+    assert_eq!(result["consumersPerTopic"], 2);
+    for list in [
+        "publishRate",
+        "consumeRate",
+        "backlog",
+        "publishLatency99pct",
+    ] {
+        assert!(!result[list].as_array().unwrap().is_empty(), "{list}");
+    }
+    for number in [
+        "aggregatedPublishLatency99pct",
+        "aggregatedEndToEndLatency99pct",
+    ] {
+        assert!(result[number].as_f64().unwrap() > 0.0, "{number}");
+    }
+
+    // A bad file: exit 2, the line named, nothing run.
+    std::fs::write(&workload, "topics: 2\npartitionsPerTopic: 0\n").unwrap();
+    let bad = Command::new(BENCH)
+        .args(["--broker", &broker.address, "--workload"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2: partitionsPerTopic"));
+}
