@@ -1,9 +1,9 @@
 //! The read-only console on the metrics port: a static page (`console/index.html`, no
 //! build step, nothing from a CDN) and the JSON it reads: `/api/overview`,
-//! `/api/topics`, `/api/groups`, `/api/message?id=HEX` or `?key=K`.
+//! `/api/topics`, `/api/groups`, `/api/dlq`, `/api/message?id=HEX` or `?key=K`.
 //!
 //! With `auth` on, every API call needs `Authorization: Bearer <token>` of a principal
-//! holding `admin:stats` (`admin:lookup` for a message); a token is accepted only from
+//! holding `admin:stats` (`admin:lookup` for messages and dead letters); a token is accepted only from
 //! loopback, since this port speaks plaintext HTTP. The page itself holds no data.
 
 use crate::broker::{Broker, Ha};
@@ -57,11 +57,11 @@ pub(crate) fn serve(
                 body: PAGE.to_string(),
             }
         }
-        "/api/overview" | "/api/topics" | "/api/groups" | "/api/message" => {}
+        "/api/overview" | "/api/topics" | "/api/groups" | "/api/message" | "/api/dlq" => {}
         _ => return error("404 Not Found", format!("no {route} here")),
     }
     let action = match route {
-        "/api/message" => Action::Lookup,
+        "/api/message" | "/api/dlq" => Action::Lookup,
         _ => Action::Stats,
     };
     if let Err(refusal) = authorize(broker, authorization, peer, action) {
@@ -71,6 +71,7 @@ pub(crate) fn serve(
         "/api/overview" => answer("200 OK", overview(broker)),
         "/api/topics" => answer("200 OK", topics(broker)),
         "/api/groups" => answer("200 OK", groups(broker)),
+        "/api/dlq" => answer("200 OK", dead_letters(broker)),
         _ => message(broker, query),
     }
 }
@@ -239,6 +240,7 @@ fn groups(broker: &Broker) -> Value {
             "lag_seconds": lag_seconds,
         }));
     }
+    let rates = broker.commit_rates();
     let members: std::collections::HashMap<(String, String), (usize, usize)> = broker
         .groups
         .describe()
@@ -270,11 +272,76 @@ fn groups(broker: &Broker) -> Value {
                 "queues_owned": owned,
                 "lag": lag,
                 "lag_seconds": lag_seconds,
+                "committed_per_second": rates.get(&key).copied().unwrap_or(0.0),
                 "queues": queues,
             })
         })
         .collect();
     json!({ "groups": groups })
+}
+
+/// Dead-lettered messages shown of each group: the newest.
+const DLQ_SHOWN: u64 = 20;
+/// Payload bytes shown of each.
+const PAYLOAD_SHOWN: usize = 120;
+
+/// Every group's dead-letter queue: how many messages, how many redriven, and the newest
+/// ones with where they came from and why. Reads the log (the console's thread).
+fn dead_letters(broker: &Broker) -> Value {
+    let store = &broker.store;
+    let dlqs: Vec<Value> = store
+        .queue_offsets(None)
+        .into_iter()
+        .filter_map(|(topic, queues)| {
+            let group = topic.strip_prefix("%DLQ%")?.to_string();
+            let stored: u64 = queues.iter().map(|(min, max)| max - min).sum();
+            let redriven = store
+                .query_offset(&format!("%REDRIVE%{group}"), &topic, 0)
+                .unwrap_or(0);
+            let mut messages = Vec::new();
+            for (queue, (min, max)) in queues.iter().enumerate() {
+                let from = max.saturating_sub(DLQ_SHOWN).max(*min);
+                let Ok(read) = store.read_queue(&topic, queue as u32, from, 64, 1 << 20) else {
+                    continue;
+                };
+                let mut rest = &read.records[..];
+                while let Ok(record) = keel_protocol::decode_record(rest) {
+                    rest = rest.get(record.total_size as usize..).unwrap_or_default();
+                    messages.push(dead_letter(&record));
+                }
+            }
+            // Newest first, over every queue.
+            messages.sort_by_key(|m| std::cmp::Reverse(m["stored_ms"].as_u64().unwrap_or(0)));
+            messages.truncate(DLQ_SHOWN as usize);
+            Some(json!({
+                "group": group, "topic": topic, "messages": stored, "redriven": redriven,
+                "newest": messages,
+            }))
+        })
+        .collect();
+    json!({ "dlqs": dlqs, "shown_per_group": DLQ_SHOWN })
+}
+
+fn dead_letter(record: &keel_protocol::Record) -> Value {
+    let property = |name: &str| {
+        record
+            .properties
+            .iter()
+            .find(|(key, _)| key == name)
+            .map_or("", |(_, value)| value.as_str())
+            .to_string()
+    };
+    let shown = &record.payload[..record.payload.len().min(PAYLOAD_SHOWN)];
+    json!({
+        "msg_id": record.message_id(),
+        "stored_ms": record.store_timestamp_ms,
+        "origin_topic": property("KEEL_ORIGIN_TOPIC"),
+        "origin_msg_id": property("KEEL_ORIGIN_MSG_ID"),
+        "attempts": property("KEEL_RECONSUME_TIMES"),
+        "reason": property("KEEL_REASON"),
+        "payload_bytes": record.payload.len(),
+        "payload": String::from_utf8_lossy(shown),
+    })
 }
 
 fn message(broker: &Broker, query: &str) -> Answer {

@@ -1,6 +1,7 @@
-//! Recent append rates per topic (TOPIC_STATS, the console): every second a thread
-//! notes each topic's totals (messages and bytes appended), and keeps a minute of them.
-//! A rate is the difference between now and the oldest note, over the time between.
+//! Recent rates (TOPIC_STATS, the console): every second a thread notes each topic's
+//! totals (messages and bytes appended) and each consumer group's committed total on
+//! each topic, and keeps a minute of them. A rate is the difference between now and
+//! the oldest note, over the time between.
 
 use crate::broker::Broker;
 use keel_protocol::{QueueStats, TopicStats};
@@ -11,10 +12,12 @@ use std::time::{Duration, Instant};
 /// How far back rates look.
 const WINDOW: Duration = Duration::from_secs(60);
 
-/// One note: each topic's (messages appended, bytes appended) at a moment.
+/// One note: each topic's (messages appended, bytes appended) at a moment, and each
+/// (group, topic)'s sum of committed offsets.
 struct Note {
     at: Instant,
     totals: HashMap<String, (u64, u64)>,
+    committed: HashMap<(String, String), u64>,
 }
 
 #[derive(Default)]
@@ -31,10 +34,14 @@ impl Rates {
 
     /// Takes a note of `totals` now, and forgets notes the window no longer needs (it
     /// keeps the newest one at least `WINDOW` old).
-    fn note(&self, totals: HashMap<String, (u64, u64)>) {
+    fn note(&self, totals: HashMap<String, (u64, u64)>, committed: HashMap<(String, String), u64>) {
         let now = Instant::now();
         let mut notes = self.lock();
-        notes.push_back(Note { at: now, totals });
+        notes.push_back(Note {
+            at: now,
+            totals,
+            committed,
+        });
         while notes
             .get(1)
             .is_some_and(|second| now.duration_since(second.at) >= WINDOW)
@@ -54,6 +61,48 @@ impl Rates {
             ),
             None => (0, (0, 0)),
         }
+    }
+
+    /// Messages a second `group` committed on `topic` over the window, given its
+    /// committed total now: from the oldest note that knows the group (a group that
+    /// just appeared has no rate yet, rather than its whole offset as one).
+    fn commit_rate(&self, group: &str, topic: &str, now_committed: u64) -> f64 {
+        let key = (group.to_string(), topic.to_string());
+        let notes = self.lock();
+        let Some((at, then)) = notes
+            .iter()
+            .find_map(|note| note.committed.get(&key).map(|then| (note.at, *then)))
+        else {
+            return 0.0;
+        };
+        let seconds = at.elapsed().min(WINDOW).as_secs_f64();
+        if seconds < 0.5 {
+            return 0.0;
+        }
+        now_committed.saturating_sub(then) as f64 / seconds
+    }
+}
+
+/// Each (group, topic)'s sum of committed offsets.
+fn committed_totals(offsets: Vec<(String, String, u32, u64)>) -> HashMap<(String, String), u64> {
+    let mut totals: HashMap<(String, String), u64> = HashMap::new();
+    for (group, topic, _, offset) in offsets {
+        let total = totals.entry((group, topic)).or_default();
+        *total = total.saturating_add(offset);
+    }
+    totals
+}
+
+impl Broker {
+    /// Messages a second each (group, topic) committed over the broker's last minute.
+    pub fn commit_rates(&self) -> HashMap<(String, String), f64> {
+        committed_totals(self.store.consumer_offsets())
+            .into_iter()
+            .map(|(key, now)| {
+                let rate = self.rates.commit_rate(&key.0, &key.1, now);
+                (key, rate)
+            })
+            .collect()
     }
 }
 
@@ -108,7 +157,8 @@ pub fn start(broker: Arc<Broker>) {
                     .into_iter()
                     .map(|(topic, queues)| (topic, totals(&queues)))
                     .collect();
-                broker.rates.note(totals);
+                let committed = committed_totals(broker.store.consumer_offsets());
+                broker.rates.note(totals, committed);
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
@@ -128,17 +178,25 @@ mod tests {
         rates.lock().push_back(Note {
             at: old,
             totals: HashMap::from([("t".to_string(), (10, 100))]),
+            committed: HashMap::new(),
         });
         rates.lock().push_back(Note {
             at: old + Duration::from_secs(2),
             totals: HashMap::from([("t".to_string(), (12, 120))]),
+            committed: HashMap::from([(("g".to_string(), "t".to_string()), 4)]),
         });
-        rates.note(HashMap::from([("t".to_string(), (20, 200))]));
+        rates.note(
+            HashMap::from([("t".to_string(), (20, 200))]),
+            HashMap::new(),
+        );
         // The note 63 s old is the newest one at least a minute old: it stays.
         assert_eq!(rates.lock().len(), 2);
         let (window_ms, then) = rates.since_oldest("t");
         assert_eq!(window_ms, 60_000);
         assert_eq!(then, (12, 120));
         assert_eq!(rates.since_oldest("new").1, (0, 0));
+        // Committed from 4 to 64 over the minute the note covers: one a second.
+        assert!((rates.commit_rate("g", "t", 64) - 1.0).abs() < 0.01);
+        assert_eq!(rates.commit_rate("new-group", "t", 1_000_000), 0.0);
     }
 }

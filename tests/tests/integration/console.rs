@@ -109,12 +109,37 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
         .admin()
         .commit_offset("billing", "orders", 0, 5)
         .unwrap();
+    // One message billing gave up on: its dead-letter queue.
+    let connection = keel_client::Connection::connect(
+        keel_client::resolve(&broker.address).unwrap(),
+        &keel_client::ConnectionOptions::default(),
+    )
+    .unwrap();
+    let back = keel_protocol::Request::SendBack(keel_protocol::SendBackRequest {
+        group: "billing".into(),
+        reconsume_times: 4,
+        max_reconsume_times: 3,
+        reason: "card declined".into(),
+        origin_topic: "orders".into(),
+        origin_msg_id: 0,
+        message: Message::new("orders", "order 0"),
+    });
+    let answer = connection
+        .call(&back, std::time::Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        matches!(answer, keel_protocol::Response::SendResult(_)),
+        "{answer:?}"
+    );
 
     let (status, body) = get(&http, "/api/overview", None);
     assert_eq!(status, 200, "{body}");
     let overview = json(&body);
     assert_eq!(overview["role"], "master");
-    assert_eq!(overview["stats"]["records_appended"], 30);
+    assert_eq!(
+        overview["stats"]["records_appended"], 31,
+        "30 orders and a dead letter"
+    );
     let topics = json(&get(&http, "/api/topics", None).1);
     let orders = topics["topics"]
         .as_array()
@@ -143,6 +168,14 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
     let lag_seconds = billing["queues"][0]["lag_seconds"].as_f64().unwrap();
     assert!((1.0..600.0).contains(&lag_seconds), "{billing}");
     assert_eq!(billing["lag_seconds"].as_f64(), Some(lag_seconds));
+    assert!(billing["committed_per_second"].is_number(), "{billing}");
+    let dlq = json(&get(&http, "/api/dlq", None).1);
+    let dead = &dlq["dlqs"][0];
+    assert_eq!(dead["group"], "billing", "{dlq}");
+    assert_eq!(dead["messages"], 1);
+    assert_eq!(dead["newest"][0]["reason"], "card declined");
+    assert_eq!(dead["newest"][0]["origin_topic"], "orders");
+    assert_eq!(dead["newest"][0]["payload"], "order 0");
     let message = json(&get(&http, &format!("/api/message?id={first_id}"), None).1);
     assert!(message["facts"].to_string().contains("orders"), "{message}");
     let by_key = json(&get(&http, "/api/message?key=order-7", None).1);
@@ -182,15 +215,16 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
     let dom = String::from_utf8_lossy(&dom.stdout).to_string();
     // What a person sees: the broker, its numbers, the topic and the group's lag.
     assert!(dom.contains("broker-a at 127.0.0.1:"), "{dom}");
-    assert!(dom.contains(">30<"), "messages stored: {dom}");
+    assert!(dom.contains(">31<"), "messages stored: {dom}");
     assert!(
         dom.contains(">orders<") || dom.contains(">orders "),
         "{dom}"
     );
     assert!(dom.contains(">billing<"), "{dom}");
+    assert!(dom.contains(">card declined<"), "the dead letter: {dom}");
     assert!(!dom.contains("id=\"error\">T"), "an error is shown: {dom}");
     if let Ok(dir) = std::env::var("KEEL_SCREENSHOTS") {
-        for tab in ["overview", "topics", "groups"] {
+        for tab in ["overview", "topics", "groups", "dlq", "message"] {
             let file = std::path::Path::new(&dir).join(format!("console-{tab}.png"));
             let shot = headless(
                 &browser,
