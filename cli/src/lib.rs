@@ -159,6 +159,14 @@ enum Command {
         /// input to its end).
         #[arg(long, value_name = "FILE")]
         file: Vec<PathBuf>,
+        /// A progress line on standard error while answers come in (answered of total,
+        /// rate, answers other than SEND_OK). The default, as one line rewritten in
+        /// place, when standard error is a terminal and standard output is not.
+        #[arg(long)]
+        progress: bool,
+        /// How often the progress line is shown (ms).
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        progress_interval: u64,
         messages: Vec<String>,
     },
     /// Show the brokers name servers know: role, epoch, when the name server last heard
@@ -616,6 +624,8 @@ pub fn main_entry() -> ExitCode {
             batch,
             hex,
             file,
+            progress,
+            progress_interval,
             messages,
         } => read_payloads(hex, &file, messages).and_then(|payloads| {
             let properties = properties
@@ -642,6 +652,7 @@ pub fn main_entry() -> ExitCode {
                 mode,
                 repeat,
                 batch,
+                progress: progress.then(|| Duration::from_millis(progress_interval.max(1))),
             };
             send(&target, &shape, payloads)
         }),
@@ -847,6 +858,8 @@ struct SendShape<'a> {
     mode: Mode,
     repeat: u64,
     batch: usize,
+    /// `--progress`: a line at this interval, whatever stderr is.
+    progress: Option<Duration>,
 }
 
 /// How the sends of one `keel send` ended.
@@ -858,11 +871,85 @@ struct Tally {
     other: std::collections::BTreeMap<&'static str, u64>,
     failed: u64,
     unknown: u64,
+    progress: Option<Progress>,
+}
+
+/// The progress line of a long `keel send`.
+struct Progress {
+    total: u64,
+    started: std::time::Instant,
+    shown: std::time::Instant,
+    interval: Duration,
+    /// Rewrite one line in place (a terminal), rather than a line each time.
+    in_place: bool,
+    drawn: bool,
 }
 
 impl Tally {
+    /// A tally of `total` messages, with a progress line when asked (`asked`: at that
+    /// interval), or a second one in place when stderr is a terminal and stdout is not
+    /// (on one screen, the answers' own lines are the progress).
+    fn new(total: u64, asked: Option<Duration>) -> Tally {
+        use std::io::IsTerminal;
+        let in_place = std::io::stderr().is_terminal() && !std::io::stdout().is_terminal();
+        let interval = asked.or(in_place.then_some(Duration::from_secs(1)));
+        let now = std::time::Instant::now();
+        Tally {
+            progress: interval.map(|interval| Progress {
+                total,
+                started: now,
+                shown: now,
+                interval,
+                in_place,
+                drawn: false,
+            }),
+            ..Tally::default()
+        }
+    }
+
+    /// Shows the progress line when a second has passed since the last.
+    fn show_progress(&mut self) {
+        let answered = self.sent;
+        let trouble = self.failed + self.unknown + self.other.values().sum::<u64>();
+        let Some(progress) = &mut self.progress else {
+            return;
+        };
+        if progress.shown.elapsed() < progress.interval || answered >= progress.total {
+            return;
+        }
+        progress.shown = std::time::Instant::now();
+        let rate = answered as f64 / progress.started.elapsed().as_secs_f64().max(1e-3);
+        let line = format!(
+            "keel send: {answered}/{} answered ({:.0}%), {rate:.0} msg/s, {trouble} not SEND_OK",
+            progress.total,
+            answered as f64 * 100.0 / progress.total.max(1) as f64
+        );
+        if progress.in_place {
+            eprint!("\r\x1b[K{line}");
+            progress.drawn = true;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Clears an in-place progress line before the summary.
+    fn end_progress(&self) {
+        if self.progress.as_ref().is_some_and(|p| p.drawn) {
+            eprint!("\r\x1b[K");
+        }
+    }
+
     /// Counts (and prints) the answer for `count` messages.
     fn answer(&mut self, count: u64, outcome: Result<keel_client::SendStatus, &ClientError>) {
+        self.count(count, outcome);
+        self.show_progress();
+    }
+
+    fn count(&mut self, count: u64, outcome: Result<keel_client::SendStatus, &ClientError>) {
+        if matches!(outcome, Err(_)) {
+            // Its line goes below the progress line, not into it.
+            self.end_progress();
+        }
         self.sent += count;
         match outcome {
             Ok(keel_client::SendStatus::SendOk) => self.ok += count,
@@ -962,7 +1049,9 @@ fn send(
     let all = payloads
         .iter()
         .flat_map(|payload| (0..shape.repeat).map(move |_| payload));
-    let mut tally = Tally::default();
+    let total = (payloads.len() as u64).saturating_mul(shape.repeat);
+    let progress = shape.progress.filter(|_| mode != Mode::Oneway);
+    let mut tally = Tally::new(total, progress);
     match mode {
         Mode::Sync if batch > 1 => {
             let all: Vec<Message> = all.map(|payload| build(payload)).collect();
@@ -1035,6 +1124,7 @@ fn send(
             });
         }
     }
+    tally.end_progress();
     eprintln!("keel send: {}", tally.summary());
     Ok(tally.exit_code())
 }
@@ -2004,7 +2094,12 @@ fn message_show(
     if json() {
         // The facts in order; a name that repeats (one per group) becomes a list.
         let mut object = serde_json::Map::new();
+        let mut properties = serde_json::Map::new();
         for (name, value) in info {
+            if let Some(key) = name.strip_prefix("property ") {
+                properties.insert(key.to_string(), value.into());
+                continue;
+            }
             match object.get_mut(&name) {
                 Some(serde_json::Value::Array(list)) => list.push(value.into()),
                 Some(single) => {
@@ -2016,6 +2111,7 @@ fn message_show(
                 }
             }
         }
+        object.insert("properties".into(), serde_json::Value::Object(properties));
         print_json(&serde_json::Value::Object(object));
         return Ok(ExitCode::SUCCESS);
     }

@@ -104,7 +104,7 @@ fn placement(broker: &Broker, record: &Record) -> Info {
         Ha::Slave(_) => "yes (this broker is a slave)".into(),
         Ha::None => "no slaves (standalone)".into(),
     };
-    vec![
+    let mut facts = vec![
         ("id".into(), record.message_id()),
         ("topic".into(), record.topic.clone()),
         ("queue".into(), record.queue_id.to_string()),
@@ -113,6 +113,14 @@ fn placement(broker: &Broker, record: &Record) -> Info {
         ("size".into(), record.total_size.to_string()),
         ("tags".into(), record.tags.clone()),
         ("keys".into(), record.keys.clone()),
+    ];
+    facts.extend(
+        record
+            .properties
+            .iter()
+            .map(|(key, value)| (format!("property {key}"), value.clone())),
+    );
+    facts.extend([
         ("born_ms".into(), record.born_timestamp_ms.to_string()),
         ("stored_ms".into(), record.store_timestamp_ms.to_string()),
         (
@@ -125,7 +133,8 @@ fn placement(broker: &Broker, record: &Record) -> Info {
             "served_to_consumers".into(),
             yes_no(end <= store.offset_durable()),
         ),
-    ]
+    ]);
+    facts
 }
 
 /// Each group's state for the record: committed offsets and what pulls delivered.

@@ -321,7 +321,16 @@ fn json_output_has_stable_shapes_and_errors_are_one_line() {
     let sent = keel(
         &address,
         &[
-            "send", "--topic", "shapes", "--queue", "1", "--json", "a", "b",
+            "send",
+            "--topic",
+            "shapes",
+            "--queue",
+            "1",
+            "--json",
+            "-p",
+            "color=red",
+            "a",
+            "b",
         ],
         b"",
     );
@@ -399,7 +408,15 @@ fn json_output_has_stable_shapes_and_errors_are_one_line() {
     assert_eq!(offsets["queues"][1]["lag"], 0);
     let id = records[0]["msg_id"].as_str().unwrap().to_string();
     let shown = one(&["--json", "message", "show", &id]);
-    assert!(shown.is_object() && !shown.as_object().unwrap().is_empty());
+    assert_eq!(shown["topic"], "shapes");
+    assert_eq!(shown["properties"]["color"], "red", "{shown}");
+    assert_eq!(records[0]["properties"]["color"], "red");
+    let shown = keel(&address, &["message", "show", &id], b"");
+    assert!(
+        text(&shown.stdout).contains("property color"),
+        "{}",
+        text(&shown.stdout)
+    );
     // Usage errors exit 2; a broker that is down is one line on stderr, no log lines.
     assert_eq!(keel(&address, &["send"], b"").status.code(), Some(2));
     let down = keel("127.0.0.1:1", &["send", "--topic", "t", "x"], b"");
@@ -1135,4 +1152,52 @@ fn topic_delete_refuses_a_topic_in_use_deletes_with_force_and_stays_deleted_afte
     assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
     let sent: serde_json::Value = serde_json::from_str(text(&sent.stdout).trim()).unwrap();
     assert_eq!(sent["offset"], 0, "{sent}");
+}
+
+#[test]
+fn send_shows_progress_while_answers_come_and_a_summary_at_the_end() {
+    let broker = BrokerProcess::start("");
+    let sent = keel(
+        &broker.address,
+        &[
+            "send",
+            "-t",
+            "progress",
+            "--repeat",
+            "300",
+            "--progress",
+            "--progress-interval",
+            "1",
+            "x",
+        ],
+        b"",
+    );
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    assert_eq!(text(&sent.stdout).lines().count(), 300);
+    let stderr = text(&sent.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let progress: Vec<&&str> = lines.iter().filter(|l| l.contains("answered")).collect();
+    assert!(!progress.is_empty(), "{stderr}");
+    assert!(
+        progress
+            .iter()
+            .all(|l| l.contains("/300 answered") && l.contains("0 not SEND_OK")),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("keel send: sent 300, SEND_OK 300, failed 0, unknown 0")
+    );
+    // Not asked, and standard error not a terminal: no progress lines.
+    let quiet = keel(
+        &broker.address,
+        &["send", "-t", "progress", "--repeat", "50", "x"],
+        b"",
+    );
+    assert_eq!(
+        text(&quiet.stderr).lines().count(),
+        1,
+        "{}",
+        text(&quiet.stderr)
+    );
 }
