@@ -946,7 +946,7 @@ impl Tally {
     }
 
     fn count(&mut self, count: u64, outcome: Result<keel_client::SendStatus, &ClientError>) {
-        if matches!(outcome, Err(_)) {
+        if outcome.is_err() {
             // Its line goes below the progress line, not into it.
             self.end_progress();
         }
