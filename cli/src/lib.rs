@@ -1423,8 +1423,9 @@ fn delete_topic(
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "keel: the deletion of {} is in effect but was not confirmed durable in time: a broker \
-         crash may undo it; run the delete again to be sure",
+        "keel: the deletion of {} is in effect but was not confirmed durable in time: it holds \
+         once its record is on disk; if the broker stops first, its log decides at the \
+         restart (`keel topic list` tells)",
         deleted.topic
     );
     Ok(ExitCode::from(EXIT_UNKNOWN))

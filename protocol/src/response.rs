@@ -83,8 +83,9 @@ pub struct TopicDeleted {
     /// Bytes of the log they take (freed as retention deletes their segments).
     pub bytes: u64,
     /// True: the deletion is durable (and replicated as the broker's role requires).
-    /// False: it is in effect on this broker but was not confirmed durable in time: a
-    /// crash may undo it (outcome unknown; delete again to be sure).
+    /// False: it is in effect on this broker but was not confirmed durable in time: it
+    /// holds once its record is on disk; should the broker stop first, the log decides
+    /// at the restart (outcome unknown).
     pub durable: bool,
 }
 

@@ -531,12 +531,22 @@ impl HaMaster {
         let mut confirm_due = Instant::now();
         let mut meta_sent: Option<HaFrame> = None;
         let mut meta_due = Instant::now();
+        // The end of the newest deletion record whose metadata was sent after it.
+        let mut deletion_covered = 0u64;
         let mut security_sent: Option<u64> = None;
         let mut seen = self.notifier.version();
         while !done.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
             let written = self.store.offset_written();
             let confirmed = self.store.offset_durable();
             let now = Instant::now();
+            let deletion = self.store.deletion_end();
+            if deletion > deletion_covered && sent >= deletion {
+                // The slave has the deletion record, which dropped what it had of the
+                // topic: a topic of the name made since, and its offsets, are sent again.
+                deletion_covered = deletion;
+                meta_sent = None;
+                meta_due = now;
+            }
             if now >= meta_due {
                 let meta = HaFrame::Meta {
                     topics: self.store.topic_list(),

@@ -48,6 +48,7 @@ impl From<AppendError> for Refusal {
         let code = match &error {
             AppendError::InvalidTopic(_) => ErrorCode::InvalidTopic,
             AppendError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+            AppendError::TopicBeingDeleted(_) => ErrorCode::TopicInUse,
             AppendError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
             AppendError::StorageFailed => ErrorCode::StorageFailed,
             AppendError::DiskFull => ErrorCode::DiskFull,
@@ -65,6 +66,7 @@ impl From<StoreError> for Refusal {
     fn from(error: StoreError) -> Refusal {
         let code = match &error {
             StoreError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+            StoreError::TopicBeingDeleted(_) => ErrorCode::TopicInUse,
             StoreError::InvalidTopic(_) => ErrorCode::InvalidTopic,
             StoreError::InvalidQueueId { .. } => ErrorCode::InvalidQueueId,
             StoreError::InvalidArgument(_) | StoreError::BelowLogStart { .. } => {

@@ -50,6 +50,15 @@ impl Rates {
         }
     }
 
+    /// Forgets what the notes say of `topic` (deleted: a topic of the name made again
+    /// counts from zero).
+    pub fn forget(&self, topic: &str) {
+        for note in self.lock().iter_mut() {
+            note.totals.remove(topic);
+            note.committed.retain(|(_, of), _| of != topic);
+        }
+    }
+
     /// The window in milliseconds and the oldest note's totals of `topic` (zero for a
     /// topic created since).
     fn since_oldest(&self, topic: &str) -> (u32, (u64, u64)) {

@@ -122,10 +122,6 @@ pub fn verify_on(
     };
     let mut catalog = Catalog::default();
     let topics_file = load_topics(disk, &data_dir.join("topics"));
-    let deleted = match &topics_file {
-        Ok(file) => file.deleted.clone(),
-        Err(_) => Default::default(),
-    };
     let log_dir = data_dir.join("commitlog");
     let own_writes = crate::own_writes::load(disk, &data_dir.join("own_writes"))?;
     let evidence = Evidence {
@@ -138,7 +134,7 @@ pub fn verify_on(
         evidence,
         max_record_bytes,
         Repair::ReadOnly,
-        |record| record.file_in(&mut catalog, &deleted),
+        |record| record.file_in(&mut catalog),
     ) {
         Ok((_, recovery)) => {
             report.segments = recovery.segments;

@@ -119,6 +119,9 @@ impl Store {
         for message in messages {
             let queues = match state.catalog.topics.get(&message.topic) {
                 Some(topic) => topic.queue_count(),
+                None if state.catalog.deletion_pending(&message.topic) => {
+                    return Err(AppendError::TopicBeingDeleted(message.topic.clone()));
+                }
                 None if auto_create => self.config.default_queues,
                 None => return Err(AppendError::TopicNotFound(message.topic.clone())),
             };
@@ -208,10 +211,16 @@ impl Store {
         let filed = state.catalog.note(&facts, NewTopic::Known);
         assert!(filed.is_ok(), "{filed:?}");
         // Under the append lock, which a commit holds while it checks the queue and
-        // stores its offset: no commit of the deleted topic lands after this.
-        self.meta
-            .lock_offsets()
-            .retain(|(_, topic, _), _| topic != name);
+        // stores its offset: no commit of the deleted topic lands after this. Kept with
+        // the pending deletion, to put back if a rollback undoes it.
+        let offsets = self.take_offsets_of(name);
+        state.catalog.note_pending_offsets(offsets);
+        self.progress
+            .deletions_pending
+            .store(state.catalog.pending.len() as u64, Ordering::Release);
+        self.progress
+            .deletion_end
+            .fetch_max(facts.offset_end(), Ordering::AcqRel);
         state.place(record_len, self.config.segment_size_bytes);
         let index = facts.index_update(state.index_topic(name));
         state.appended(record_len, index);
@@ -232,6 +241,52 @@ impl Store {
             generation,
             meta_version: self.meta.bump(),
         })
+    }
+
+    /// Removes and returns every committed offset of `topic` (call under the append
+    /// lock).
+    pub(crate) fn take_offsets_of(&self, topic: &str) -> Vec<(crate::meta::OffsetKey, u64)> {
+        let mut offsets = self.meta.lock_offsets();
+        let keys: Vec<crate::meta::OffsetKey> = offsets
+            .keys()
+            .filter(|(_, of, _)| of == topic)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| offsets.remove_entry(&key))
+            .collect()
+    }
+
+    /// Settles the deletions whose record is fsynced (their `!name offset` line goes to
+    /// the topics file). Returns the metadata version that covers them.
+    pub fn settle_deletions(&self) -> u64 {
+        self.settle_flushed_deletions();
+        self.meta.bump()
+    }
+
+    /// Settles what is fsynced of the pending deletions; the metadata is written again
+    /// when any settled. The flusher calls it after each fsync while any is pending.
+    pub(crate) fn settle_flushed_deletions(&self) {
+        if self.progress.deletions_pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let flushed = self.offset_flushed();
+        let mut state = self.lock_state();
+        let settled = state.catalog.settle_deletions(flushed);
+        self.progress
+            .deletions_pending
+            .store(state.catalog.pending.len() as u64, Ordering::Release);
+        drop(state);
+        if settled {
+            self.meta.bump();
+        }
+    }
+
+    /// The end of the newest deletion record appended or replicated since the store
+    /// opened (0: none): a master sends its slaves the metadata again once they have
+    /// it, since the deletion dropped what they had of the topic.
+    pub fn deletion_end(&self) -> u64 {
+        self.progress.deletion_end.load(Ordering::Acquire)
     }
 
     /// What can be refused about a message on its own, before the append lock.
@@ -356,13 +411,22 @@ impl Store {
         state.pending_index.clear();
         state.segments_new.clear();
         state.segment_active_base = segment_active_base;
+        // A deletion among the discarded appends never happened: its topic and offsets
+        // come back (its records below `to`).
+        let undone = state.catalog.undo_deletions_from(to);
+        self.progress
+            .deletions_pending
+            .store(state.catalog.pending.len() as u64, Ordering::Release);
         let dropped = state.forget_from(to);
-        // A deletion among the discarded appends stays in effect (the topic's records
-        // are gone from memory): it now covers the records below `to`, and the topics
-        // file says so, since its record will never be in the log.
-        let undone = state.catalog.deletions_from(to);
-        for name in &undone {
-            state.catalog.deleted.insert(name.clone(), to);
+        {
+            let mut offsets = self.meta.lock_offsets();
+            for deletion in &undone {
+                log::error!(
+                    "disk full: the deletion of topic {} was not written; the topic is back",
+                    deletion.topic
+                );
+                offsets.extend(deletion.offsets.iter().cloned());
+            }
         }
         state.check_invariants();
         self.rollbacks

@@ -70,7 +70,7 @@ impl<'a> RecordFacts<'a> {
         }
     }
 
-    fn index_entry(&self) -> IndexEntry {
+    pub(crate) fn index_entry(&self) -> IndexEntry {
         IndexEntry {
             log_offset: self.log_offset,
             size: self.size,
@@ -100,15 +100,16 @@ pub(crate) struct Catalog {
     pub producers: Producers,
     /// Records in the indexes.
     pub records: u64,
-    /// Deleted topics: the log offset of each one's latest deletion record. Records of
-    /// the topic below it are not the topic's (a record above belongs to the topic
-    /// created again). Kept in the topics file until retention passes the offset.
-    pub deleted: BTreeMap<String, u64>,
+    /// Deleted topics whose deletion record is durable: the log offsets of those
+    /// records, oldest first (see `deletion.rs`). Written to the topics file.
+    pub deleted: BTreeMap<String, Vec<u64>>,
+    /// Deletions whose record may not be durable yet (undone if a disk-full rollback
+    /// discards the record).
+    pub pending: Vec<crate::deletion::PendingDeletion>,
     /// Records still in the log that no queue holds (a deleted topic's, and deletion
-    /// records), by their end: replication proves a shared history by the record that
-    /// ends where a log ends, whichever record that is. Kept until retention or a
-    /// truncation removes them.
-    pub retired: BTreeMap<u64, IndexEntry>,
+    /// records), by deleted queue: replication proves a shared history by the record
+    /// that ends where a log ends, whichever record that is.
+    pub retired: Vec<crate::deletion::Retired>,
 }
 
 impl Catalog {
@@ -124,8 +125,8 @@ impl Catalog {
             ));
         }
         if facts.deletes_topic {
-            self.delete_topic(facts.topic, facts.log_offset);
-            self.retire(facts);
+            let durable = matches!(new, NewTopic::Recovered { .. });
+            self.delete_topic(facts, durable);
             self.note_store_time(facts);
             return Ok(true);
         }
@@ -197,27 +198,6 @@ impl Catalog {
         *newest = (*newest).max(facts.store_timestamp_ms);
     }
 
-    /// Notes a record no queue holds (see `retired`).
-    pub(crate) fn retire(&mut self, facts: &RecordFacts<'_>) {
-        self.retired.insert(facts.offset_end(), facts.index_entry());
-    }
-
-    /// Forgets topic `name` and every record of it (a deletion record at log offset
-    /// `at`): its queues' records are retired.
-    pub(crate) fn delete_topic(&mut self, name: &str, at: u64) {
-        let deleted = self.deleted.entry(name.to_string()).or_insert(at);
-        *deleted = (*deleted).max(at);
-        let Some(topic) = self.topics.remove(name) else {
-            return;
-        };
-        for queue in topic.queues {
-            self.records = self.records.saturating_sub(queue.entries.len() as u64);
-            for entry in queue.entries {
-                self.retired.insert(entry.offset_end(), entry);
-            }
-        }
-    }
-
     /// Forgets every record at or after log offset `to` (cut from the log); returns
     /// how many went.
     pub(crate) fn forget_from(&mut self, to: u64) -> u64 {
@@ -229,17 +209,8 @@ impl Catalog {
         }
         self.records -= dropped;
         self.producers.forget_from(to);
-        self.retired.retain(|_, entry| entry.log_offset < to);
+        self.forget_retired_from(to);
         dropped
-    }
-
-    /// Topics whose latest deletion record is at or after log offset `to`.
-    pub(crate) fn deletions_from(&self, to: u64) -> Vec<String> {
-        self.deleted
-            .iter()
-            .filter(|(_, at)| **at >= to)
-            .map(|(name, _)| name.clone())
-            .collect()
     }
 
     /// The index of one queue, or why there is none.
@@ -260,8 +231,8 @@ impl Catalog {
 
     /// Whether some record ends exactly at log offset `end`.
     pub(crate) fn record_ends_at(&self, end: u64) -> Option<IndexEntry> {
-        if let Some(entry) = self.retired.get(&end) {
-            return Some(*entry);
+        if let Some(entry) = self.retired_ending_at(end) {
+            return Some(entry);
         }
         self.topics
             .values()

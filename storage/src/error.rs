@@ -21,6 +21,8 @@ pub enum StoreError {
     },
     InvalidTopic(String),
     TopicNotFound(String),
+    /// The topic's deletion is not yet durable: it cannot be made again before.
+    TopicBeingDeleted(String),
     InvalidQueueId {
         topic: String,
         queue_id: u32,
@@ -63,6 +65,7 @@ impl fmt::Display for StoreError {
             ),
             StoreError::InvalidTopic(detail) => write!(f, "invalid topic: {detail}"),
             StoreError::TopicNotFound(topic) => write!(f, "topic {topic:?} does not exist"),
+            StoreError::TopicBeingDeleted(topic) => write!(f, "{}", being_deleted(topic)),
             StoreError::InvalidQueueId {
                 topic,
                 queue_id,
@@ -87,6 +90,8 @@ impl std::error::Error for StoreError {}
 pub enum AppendError {
     InvalidTopic(String),
     TopicNotFound(String),
+    /// The topic's deletion is not yet durable: it cannot be made again before.
+    TopicBeingDeleted(String),
     InvalidQueueId {
         queue_id: u32,
         queues: u32,
@@ -125,6 +130,7 @@ impl fmt::Display for AppendError {
         match self {
             AppendError::InvalidTopic(detail) => write!(f, "invalid topic: {detail}"),
             AppendError::TopicNotFound(topic) => write!(f, "topic {topic:?} does not exist"),
+            AppendError::TopicBeingDeleted(topic) => write!(f, "{}", being_deleted(topic)),
             AppendError::InvalidQueueId { queue_id, queues } => {
                 write!(
                     f,
@@ -168,4 +174,11 @@ impl fmt::Display for AppendError {
             ),
         }
     }
+}
+
+fn being_deleted(topic: &str) -> String {
+    format!(
+        "topic {topic:?} is being deleted (its deletion is not yet on disk): it can be made \
+         again in a moment; nothing was stored"
+    )
 }

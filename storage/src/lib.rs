@@ -27,6 +27,7 @@ mod catalog;
 mod checkpoint;
 mod config;
 mod consume_queue;
+mod deletion;
 pub mod disk;
 pub mod epochs;
 mod error;

@@ -135,10 +135,10 @@ impl Meta {
         &self,
         disk: &dyn Disk,
         topics: &[(String, Vec<u64>)],
-        deleted: &BTreeMap<String, u64>,
+        deleted: &BTreeMap<String, Vec<u64>>,
+        offsets: &BTreeMap<OffsetKey, u64>,
     ) -> Result<(), StoreError> {
         let mut text = String::from("# keel consumer offsets v1: group topic queue offset\n");
-        let offsets = self.lock_offsets().clone();
         for ((group, topic, queue), offset) in offsets {
             text.push_str(&format!("{group} {topic} {queue} {offset}\n"));
         }
@@ -155,8 +155,10 @@ impl Meta {
                 text.push_str(&format!("{name} {} {}\n", firsts.len(), firsts.join(",")));
             }
         }
-        for (name, at) in deleted {
-            text.push_str(&format!("{DELETED_MARK}{name} {at}\n"));
+        for (name, offsets) in deleted {
+            for at in offsets {
+                text.push_str(&format!("{DELETED_MARK}{name} {at}\n"));
+            }
         }
         write_atomic(disk, &self.topics_path, &seal_text(text))
     }
@@ -184,12 +186,22 @@ fn bad_line(path: &Path, line: &str) -> StoreError {
 /// A topic as the topics file stores it: name, queue count, each queue's first offset.
 pub(crate) type TopicLine = (String, u32, Vec<u64>);
 
-/// What the topics file holds: its topics, and the deleted topics with the log offset
-/// of each one's deletion record.
+/// What the topics file holds: its topics, and the deleted topics with the log offsets
+/// of their deletion records (oldest first).
 #[derive(Debug, Default)]
 pub(crate) struct TopicsFile {
     pub topics: Vec<TopicLine>,
-    pub deleted: BTreeMap<String, u64>,
+    pub deleted: BTreeMap<String, Vec<u64>>,
+}
+
+impl TopicsFile {
+    /// Each deleted topic's latest deletion.
+    pub(crate) fn latest_deletions(&self) -> BTreeMap<String, u64> {
+        self.deleted
+            .iter()
+            .filter_map(|(name, offsets)| Some((name.clone(), *offsets.iter().max()?)))
+            .collect()
+    }
 }
 
 pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<TopicsFile, StoreError> {
@@ -211,7 +223,7 @@ pub(crate) fn load_topics(disk: &dyn Disk, path: &Path) -> Result<TopicsFile, St
             let (Ok(at), None, Ok(())) = (queues.parse(), firsts, validate_topic(name)) else {
                 return Err(bad_line(path, line));
             };
-            file.deleted.insert(name.to_string(), at);
+            file.deleted.entry(name.to_string()).or_default().push(at);
             continue;
         }
         let queues: u32 = queues.parse().map_err(|_| bad_line(path, line))?;

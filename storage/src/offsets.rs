@@ -24,6 +24,9 @@ impl Store {
             drop(state);
             return Ok((count, false, self.meta.bump()));
         }
+        if state.catalog.deletion_pending(name) {
+            return Err(StoreError::TopicBeingDeleted(name.to_string()));
+        }
         state
             .catalog
             .topics
@@ -139,17 +142,12 @@ impl Store {
     /// The metadata thread: persists topics and offsets whenever their version moves.
     pub(crate) fn run_meta(&self) {
         while let Some(version) = self.meta.wait_for_work() {
-            let (topics, deleted): (Vec<(String, Vec<u64>)>, _) = {
+            // One snapshot of topics, deletions and offsets (all changed under the
+            // append lock).
+            let (topics, deleted, offsets): (Vec<(String, Vec<u64>)>, _, _) = {
                 let state = self.lock_state();
-                // A deletion matters while its record (and the records before it) may
-                // still be in the log.
-                let deleted: std::collections::BTreeMap<String, u64> = state
-                    .catalog
-                    .deleted
-                    .iter()
-                    .filter(|(_, at)| **at >= state.log_start)
-                    .map(|(name, at)| (name.clone(), *at))
-                    .collect();
+                let deleted = state.catalog.deleted.clone();
+                let offsets = self.meta.lock_offsets().clone();
                 let topics = state
                     .catalog
                     .topics
@@ -161,9 +159,12 @@ impl Store {
                         )
                     })
                     .collect();
-                (topics, deleted)
+                (topics, deleted, offsets)
             };
-            match self.meta.write_files(self.disk.as_ref(), &topics, &deleted) {
+            match self
+                .meta
+                .write_files(self.disk.as_ref(), &topics, &deleted, &offsets)
+            {
                 Ok(()) => self.meta.publish(version),
                 Err(error) => {
                     let disk_full = matches!(&error, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);

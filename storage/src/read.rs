@@ -249,6 +249,23 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Whether `record` is no message any more: a deletion record, or a record of a
+    /// topic deleted after it.
+    pub fn is_deleted(&self, record: &keel_protocol::Record) -> bool {
+        if record.flags & keel_protocol::RECORD_FLAG_TOPIC_DELETED != 0 {
+            return true;
+        }
+        let state = self.lock_state();
+        let catalog = &state.catalog;
+        catalog
+            .latest_deletion(&record.topic)
+            .is_some_and(|at| record.log_offset < at)
+            || catalog
+                .pending
+                .iter()
+                .any(|p| p.topic == record.topic && record.log_offset < p.at)
+    }
+
     /// The record starting at `log_offset`, if one does (checked by its CRC and its own
     /// log offset field).
     pub fn record_at(&self, log_offset: u64) -> Result<Option<Record>, StoreError> {

@@ -47,27 +47,13 @@ pub(crate) struct RecoveredRecord<'a> {
 }
 
 impl RecoveredRecord<'_> {
-    /// Files the record in `catalog` as recovery found it, unless `deleted` (the
-    /// topics file's deletions) says a later deletion took it.
-    pub(crate) fn file_in(
-        &self,
-        catalog: &mut Catalog,
-        deleted: &std::collections::BTreeMap<String, u64>,
-    ) -> Result<(), String> {
-        let facts = &self.facts;
-        if deleted
-            .get(facts.topic)
-            .is_some_and(|at| facts.log_offset < *at)
-        {
-            // Its deletion record may be missing (the file was written before the
-            // record reached the disk, and a crash tore it off): the file decides.
-            catalog.retire(facts);
-            return Ok(());
-        }
+    /// Files the record in `catalog` as recovery found it (a deletion record drops its
+    /// topic there).
+    pub(crate) fn file_in(&self, catalog: &mut Catalog) -> Result<(), String> {
         let new = NewTopic::Recovered {
             log_start: self.log_start,
         };
-        catalog.note(facts, new).map(|_| ())
+        catalog.note(&self.facts, new).map(|_| ())
     }
 }
 

@@ -224,10 +224,16 @@ impl Store {
             .note(&facts, new_topic)
             .map_err(|detail| refused(format!("the master sent an unusable record: {detail}")))?;
         if facts.deletes_topic {
-            // As on the master: the deleted topic's offsets go with it.
-            self.meta
-                .lock_offsets()
-                .retain(|(_, topic, _), _| *topic != record.topic);
+            // As on the master: the deleted topic's offsets go with it (kept with the
+            // pending deletion, should a rollback here undo it).
+            let offsets = self.take_offsets_of(&record.topic);
+            state.catalog.note_pending_offsets(offsets);
+            self.progress
+                .deletions_pending
+                .store(state.catalog.pending.len() as u64, Ordering::Release);
+            self.progress
+                .deletion_end
+                .fetch_max(facts.offset_end(), Ordering::AcqRel);
         }
         state.place(size, segment_size);
         state.pending.extend_from_slice(record_bytes);
@@ -348,13 +354,26 @@ impl Store {
             .rev()
             .find(|base| *base < to || Some(base) == bases.first())
             .unwrap_or(to);
-        let dropped = state.forget_from(to);
-        // A deletion in the cut part never happened on the master: its topic must come
-        // back, which only recovery can do (the records are gone from memory).
-        let undone = state.catalog.deletions_from(to);
-        for name in &undone {
-            state.catalog.deleted.remove(name);
+        // Everything is fsynced (the caller drained the flusher): every deletion settles
+        // first. One in the cut part never happened on the master: its topic must come
+        // back, which only recovery can do (its records are not in memory).
+        let flushed = self.offset_flushed();
+        state.catalog.settle_deletions(flushed);
+        self.progress
+            .deletions_pending
+            .store(state.catalog.pending.len() as u64, Ordering::Release);
+        let mut undone = Vec::new();
+        for (name, offsets) in &mut state.catalog.deleted {
+            if offsets.last().is_some_and(|at| *at >= to) {
+                offsets.retain(|at| *at < to);
+                undone.push(name.clone());
+            }
         }
+        state
+            .catalog
+            .deleted
+            .retain(|_, offsets| !offsets.is_empty());
+        let dropped = state.forget_from(to);
         state.pending.clear();
         state.pending_base = to;
         state.pending_index.clear();

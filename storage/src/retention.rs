@@ -74,10 +74,7 @@ impl Store {
                     .catalog
                     .segment_newest_ms
                     .retain(|base, _| *base >= new_start);
-                state
-                    .catalog
-                    .retired
-                    .retain(|_, entry| entry.log_offset >= new_start);
+                state.catalog.forget_retired_before(new_start);
                 drop(state);
                 log::info!("retention: the log now starts at offset {new_start} ({expired} messages expired)");
                 self.retention

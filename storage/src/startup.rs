@@ -22,13 +22,11 @@ pub(crate) struct RecoveredLog {
 }
 
 /// Verifies the log (truncating a torn tail) and rebuilds the queue indexes from it.
-/// Records of a topic the topics file calls deleted, below its deletion, are left out.
 pub(crate) fn recover_log(
     disk: &dyn Disk,
     config: &StoreConfig,
     checkpoint: Option<Checkpoint>,
     own_writes: &crate::own_writes::OwnWrites,
-    deleted: &BTreeMap<String, u64>,
 ) -> Result<RecoveredLog, StoreError> {
     let mut catalog = Catalog::default();
     let log_dir = config.data_dir.join("commitlog");
@@ -42,7 +40,7 @@ pub(crate) fn recover_log(
         evidence,
         config.max_record_bytes,
         Repair::TruncateTornTail,
-        |record| record.file_in(&mut catalog, deleted),
+        |record| record.file_in(&mut catalog),
     )?;
     report.clean_shutdown = checkpoint.is_some_and(|c| c.clean);
     Ok(RecoveredLog {
@@ -53,15 +51,19 @@ pub(crate) fn recover_log(
 }
 
 /// Adds the topics file's topics (queue counts, and each queue's first offset after
-/// retention) to the topics rebuilt from the log, and merges the deletions both know.
+/// retention) to the topics rebuilt from the log.
 ///
-/// A deletion record in the log that the file does not know of means the file (and the
-/// offsets file, written before it) predates the deletion: the file's line for that
-/// topic is the deleted topic's, left out, and the names of such topics are returned so
-/// their consumer offsets are dropped too.
+/// The log's deletion records decide what is deleted. The file's `!name offset` lines,
+/// written only once such a record was fsynced, tell whether the file knew of the
+/// deletion: when it does not, the file (and the offsets file, written before it)
+/// predates the deletion: its line for the topic is the deleted topic's, left out, and
+/// the names of such topics are returned so their consumer offsets are dropped too. A
+/// line whose record the log does not hold (fsynced data lost, or cut by `keel admin
+/// truncate`) is dropped: the topic's records are there again, and kept.
 pub(crate) fn apply_topics_file(file: TopicsFile, catalog: &mut Catalog) -> Vec<String> {
-    let predates = |name: &str| match catalog.deleted.get(name) {
-        Some(in_log) => file.deleted.get(name).is_none_or(|known| known < in_log),
+    let in_file = file.latest_deletions();
+    let predates = |name: &str| match catalog.latest_deletion(name) {
+        Some(in_log) => in_file.get(name).is_none_or(|known| *known < in_log),
         None => false,
     };
     let stale: Vec<String> = catalog
@@ -84,9 +86,18 @@ pub(crate) fn apply_topics_file(file: TopicsFile, catalog: &mut Catalog) -> Vec<
             queue.apply_persisted_first(first);
         }
     }
-    for (name, at) in file.deleted {
-        let known = catalog.deleted.entry(name).or_insert(at);
-        *known = (*known).max(at);
+    for (name, offsets) in &file.deleted {
+        let held = catalog.deleted.get(name);
+        let lost = offsets
+            .iter()
+            .filter(|at| held.is_none_or(|held| !held.contains(at)))
+            .count();
+        if lost > 0 && catalog.topics.contains_key(name) {
+            log::warn!(
+                "the topics file says topic {name} was deleted, but the log does not hold \
+                 that deletion: the topic's messages are kept"
+            );
+        }
     }
     stale
 }

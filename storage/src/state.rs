@@ -114,6 +114,10 @@ pub(crate) struct Progress {
     pub generation: AtomicU64,
     /// Replication's cap on the durable offset (see `Store::set_durable_cap`).
     pub durable_cap: AtomicU64,
+    /// Deletions whose record is not yet known fsynced (`Catalog::pending`).
+    pub deletions_pending: AtomicU64,
+    /// The end of the newest deletion record appended (0: none since the start).
+    pub deletion_end: AtomicU64,
     pub timings: crate::histogram::FlushTimings,
 }
 

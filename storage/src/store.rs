@@ -92,13 +92,7 @@ impl Store {
         let topics_path = data_dir.join("topics");
         let offsets_path = data_dir.join("offsets").join("consumer_offsets");
         let topics_file = load_topics(disk_ref, &topics_path)?;
-        let mut recovered = recover_log(
-            disk_ref,
-            &config,
-            checkpoint,
-            &own_writes,
-            &topics_file.deleted,
-        )?;
+        let mut recovered = recover_log(disk_ref, &config, checkpoint, &own_writes)?;
         let stale = apply_topics_file(topics_file, &mut recovered.catalog);
         let mut offsets = load_offsets(disk_ref, &offsets_path)?;
         // The offsets file was written before the log's deletion of these topics.
@@ -119,6 +113,16 @@ impl Store {
             clean: false,
         })?;
 
+        // A deletion below the log's start has nothing left to delete: forgotten (the
+        // topics file keeps the others).
+        let log_start = recovered
+            .segment_paths
+            .first()
+            .map_or(offset_end, |(base, _)| *base);
+        recovered.catalog.deleted.retain(|_, offsets| {
+            offsets.retain(|at| *at >= log_start);
+            !offsets.is_empty()
+        });
         let records = recovered.catalog.records;
         let state = AppendState {
             offset_end,
@@ -131,10 +135,7 @@ impl Store {
             flusher_waiting: false,
             shutting_down: false,
             generation: 0,
-            log_start: recovered
-                .segment_paths
-                .first()
-                .map_or(offset_end, |(base, _)| *base),
+            log_start,
             flusher_reset: None,
             index_topic: None,
         };
@@ -420,6 +421,7 @@ impl FlushTarget for Store {
     }
 
     fn notify_listeners(&self) {
+        self.settle_flushed_deletions();
         Store::notify_listeners(self)
     }
 

@@ -325,6 +325,47 @@ mod faults {
     }
 
     #[test]
+    fn a_deletion_the_full_disk_discarded_never_happened() {
+        let disk = SimDisk::new();
+        let mut cfg = config();
+        cfg.disk_min_free_bytes = 0;
+        let store = Store::open_with_disk(cfg, Arc::new(disk.clone())).unwrap();
+        let kept = send(&store, "fits").unwrap();
+        wait_until("first fsync", || store.offset_durable() >= kept.offset_end);
+        let version = store.commit_offset("g", "t", 0, 1).unwrap();
+        wait_until("offset on disk", || store.meta_persisted() >= version);
+        let used: u64 = [
+            "/sim/data/commitlog/00000000000000000000",
+            "/sim/data/checkpoint",
+            "/sim/data/topics",
+            "/sim/data/offsets/consumer_offsets",
+        ]
+        .iter()
+        .filter_map(|path| disk.read(std::path::Path::new(path)))
+        .map(|bytes| bytes.len() as u64)
+        .sum();
+        disk.set_capacity(Some(used + 80 + 400));
+        // A burst, then the deletion behind it: the disk fills before the deletion.
+        for index in 0..20 {
+            let filler = Message::new("filler", format!("filler {index} ......")).with_queue(0);
+            let _ = store.append(&filler, true, 0);
+        }
+        match store.delete_topic("t", 0) {
+            Ok(deletion) => {
+                wait_until("disk full", || store.is_disk_full());
+                assert!(store.is_discarded(deletion.generation, deletion.offset_end));
+            }
+            Err(error) => assert_eq!(error, AppendError::DiskFull),
+        }
+        // The topic is back as it was: its message and its group's offset.
+        assert_eq!(store.topic_queues("t"), Some(4));
+        let read = store.read_queue("t", 0, 0, 10, u32::MAX).unwrap();
+        assert_eq!(read.record_count, 1);
+        assert_eq!(store.query_offset("g", "t", 0), Some(1));
+        store.shutdown();
+    }
+
+    #[test]
     fn enospc_discards_unwritten_appends_keeps_serving_and_resumes_when_space_frees() {
         let disk = SimDisk::new();
         let mut cfg = config();
@@ -1194,7 +1235,7 @@ mod deletion {
     }
 
     #[test]
-    fn a_topics_file_that_records_the_deletion_wins_over_records_without_theirs() {
+    fn a_deletion_the_log_lost_is_undone_and_the_topic_keeps_its_messages() {
         let dir = tempfile::tempdir().unwrap();
         let store = reopen(dir.path()).unwrap();
         setup(&store);
@@ -1202,10 +1243,15 @@ mod deletion {
         store.shutdown();
         drop(store);
         let text = String::from_utf8(std::fs::read(dir.path().join("topics")).unwrap()).unwrap();
-        assert!(text.contains("!orders "), "{text}");
-        assert!(deletion.offset_end > 0);
-        // The log without its deletion record (as if the metadata file reached the
-        // disk before the record, and a crash tore the record off): the file decides.
+        let at: u64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("!orders "))
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap();
+        assert!(at < deletion.offset_end);
+        // The log without its deletion record (fsynced data lost, or cut by `keel admin
+        // truncate`): the file's line alone deletes nothing.
         let log = dir.path().join("commitlog");
         let mut segments: Vec<_> = std::fs::read_dir(&log)
             .unwrap()
@@ -1214,18 +1260,46 @@ mod deletion {
         segments.sort();
         let last = segments.last().unwrap();
         let base: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
-        let record_start = text
-            .lines()
-            .find_map(|line| line.strip_prefix("!orders "))
-            .unwrap()
-            .parse::<u64>()
-            .unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
-        file.set_len(record_start - base).unwrap();
+        file.set_len(at - base).unwrap();
         std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
         let store = reopen(dir.path()).unwrap();
-        assert_eq!(store.topic_queues("orders"), None);
+        // Rebuilt from its records: the queues that hold messages (the topics file no
+        // longer had its queue count).
+        assert_eq!(store.topic_queues("orders"), Some(2));
+        assert_eq!(read_all(&store, 0).len() + read_all(&store, 1).len(), 20);
         assert_eq!(payloads_of_other(&store), 1);
+        // And new messages of it continue its queues; a restart keeps them all.
+        let more = Message::new("orders", "after").with_queue(0);
+        let appended = store.append(&more, true, 9).unwrap();
+        assert_eq!(appended.queue_offset, 10);
+        wait_durable(&store, appended.offset_end);
+        store.shutdown();
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(read_all(&store, 0).len(), 11);
+        store.shutdown();
+    }
+
+    #[test]
+    fn a_topic_is_not_made_again_before_its_deletion_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path()).unwrap();
+        setup(&store);
+        let deletion = store.delete_topic("orders", 2).unwrap();
+        // Until the record is fsynced and settled, the name is taken by the deletion
+        // (a race with the flusher: either refused as being deleted, or settled already).
+        match store.create_topic("orders", 2) {
+            Err(StoreError::TopicBeingDeleted(_)) => {}
+            Ok((_, true, _)) => assert!(store.offset_flushed() >= deletion.offset_end),
+            other => panic!("{other:?}"),
+        }
+        wait_durable(&store, deletion.offset_end);
+        wait_meta(&store, store.settle_deletions());
+        let text = String::from_utf8(std::fs::read(dir.path().join("topics")).unwrap()).unwrap();
+        assert!(text.contains("!orders "), "settled into the file: {text}");
+        let again = Message::new("orders", "new").with_queue(0);
+        assert_eq!(store.append(&again, true, 3).unwrap().queue_offset, 0);
         store.shutdown();
     }
 }

@@ -86,6 +86,12 @@ pub(crate) fn on_add_queues(shard: &mut Shard, to: ReplyTo, grow: CreateTopicReq
 /// slave too, for a sync master) and the metadata files no longer hold the topic, or
 /// says it is not confirmed when that takes longer than the flush timeouts.
 pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, force: bool) {
+    if send::reserved_topic(&topic) {
+        // The broker's own topics (retries, dead letters, the schedule) go with their
+        // groups' state; they are not deleted one by one.
+        let refusal = send::reserved_topic_refusal(&topic);
+        return shard.reply(to, refusal.response());
+    }
     if let Some(refusal) = send::not_master(shard) {
         return shard.reply(to, refusal.response());
     }
@@ -107,6 +113,7 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
         Err(error) => return shard.reply(to, Refusal::from(error).response()),
     };
     shard.broker.registration.notify();
+    shard.broker.rates.forget(&topic);
     log::warn!(
         "topic {topic} deleted ({} message(s), {} byte(s){})",
         deletion.messages,
@@ -118,20 +125,39 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
         let timeout = config.sync_flush_timeout_ms.max(config.slave_timeout_ms);
         let deadline = Instant::now() + Duration::from_millis(timeout);
         let store = &broker.store;
+        let pause = || std::thread::sleep(Duration::from_millis(1));
+        // First the record (on the slave too, for a sync master), then the topics file
+        // that says so: written once the record is on disk.
+        let mut settled: Option<u64> = None;
         let durable = loop {
-            let discarded = store.is_discarded(deletion.generation, deletion.offset_end);
-            if discarded || store.is_poisoned() {
+            if store.is_discarded(deletion.generation, deletion.offset_end) {
+                return Response::error(
+                    ErrorCode::DiskFull,
+                    format!(
+                        "the disk filled up before the deletion of {topic:?} was written: \
+                         nothing was deleted (the topic is back as it was)"
+                    ),
+                );
+            }
+            if store.is_poisoned() || Instant::now() >= deadline {
                 break false;
             }
-            if broker.offset_durable() >= deletion.offset_end
-                && store.meta_persisted() >= deletion.meta_version
-            {
+            let version = match settled {
+                Some(version) => version,
+                None if broker.offset_durable() >= deletion.offset_end
+                    && store.offset_flushed() >= deletion.offset_end =>
+                {
+                    *settled.insert(store.settle_deletions().max(deletion.meta_version))
+                }
+                None => {
+                    pause();
+                    continue;
+                }
+            };
+            if store.meta_persisted() >= version {
                 break true;
             }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+            pause();
         };
         Response::TopicDeleted(TopicDeleted {
             topic,

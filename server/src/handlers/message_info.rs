@@ -66,13 +66,24 @@ fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Info, Refusal
 fn find(broker: &Broker, msg_id: u64, key: &str) -> Result<Record, Refusal> {
     let store = &broker.store;
     let record = if key.is_empty() {
-        store.record_at(msg_id).map_err(internal)?
+        let record = store.record_at(msg_id).map_err(internal)?;
+        if let Some(record) = record.as_ref().filter(|record| store.is_deleted(record)) {
+            return Err(Refusal::invalid(format!(
+                "no message has id {}: topic {:?} was deleted",
+                message_id(msg_id),
+                record.topic
+            )));
+        }
+        record
     } else {
         let mut found: Option<Record> = None;
         store
             .scan(|record| {
                 let is_copy = record.topic.starts_with('%');
-                if !is_copy && record.keys.split_whitespace().any(|k| k == key) {
+                if !is_copy
+                    && record.keys.split_whitespace().any(|k| k == key)
+                    && !store.is_deleted(record)
+                {
                     found = Some(record.clone());
                 }
                 true

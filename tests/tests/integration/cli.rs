@@ -1101,6 +1101,9 @@ fn topic_delete_refuses_a_topic_in_use_deletes_with_force_and_stays_deleted_afte
     assert_eq!(deleted["durable"], true);
     assert!(deleted["bytes"].as_u64().unwrap() > 0);
 
+    let internal = keel(&address, &["topic", "delete", "%DLQ%readers", "--yes"], b"");
+    assert_eq!(internal.status.code(), Some(1));
+    assert!(text(&internal.stderr).contains("reserved"));
     let again = keel(&address, &["topic", "delete", "doomed", "--yes"], b"");
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("does not exist"));
