@@ -361,7 +361,7 @@ impl HaSlave {
                 HaFrame::Meta { topics, offsets } => {
                     for (topic, queues) in topics {
                         let outcome = match store.topic_queues(&topic) {
-                            None => store.create_topic(&topic, queues).map(|_| ()),
+                            None => store.create_topic_from_master(&topic, queues).map(|_| ()),
                             // Queues added on the master: a promoted slave routes them.
                             Some(have) if have < queues => {
                                 store.add_queues(&topic, queues).map(|_| ())

@@ -5,8 +5,9 @@
 //!
 //! - While the record may not be durable, the deletion is *pending*: the topic's
 //!   records are kept aside (`Retired`) with its offsets, so a disk-full rollback that
-//!   discards the record puts the topic back as it was. A master refuses to make the
-//!   topic again meanwhile.
+//!   discards the record puts the topic back as it was, and the metadata written
+//!   meanwhile still holds the topic and its offsets (a crash before the record is on
+//!   disk finds it as it was). A master refuses to make the topic again meanwhile.
 //! - Once the record is fsynced the deletion *settles*: its offset joins `deleted`,
 //!   which the topics file holds as `!name offset` lines. A line is thus never written
 //!   for a record that is not on disk, and a topics file without the line predates the
@@ -82,6 +83,33 @@ impl Catalog {
         }
     }
 
+    /// The topics of the pending deletions as the topics file had them (name, first
+    /// offset of each queue), for the metadata written while they are pending: a crash
+    /// before the record is on disk finds the topic as it was. A name made again (on a
+    /// slave) is left to its new topic.
+    pub(crate) fn pending_topic_lines(&self) -> Vec<(String, Vec<u64>)> {
+        let mut lines = Vec::new();
+        for deletion in &self.pending {
+            if self.topics.contains_key(&deletion.topic) {
+                continue;
+            }
+            let mut firsts: Vec<u64> = Vec::new();
+            for retired in self.retired.iter().filter(|r| {
+                r.topic == deletion.topic && r.deleted_at == deletion.at && r.queue_id != DROP_TOPIC
+            }) {
+                let slot = retired.queue_id as usize;
+                if firsts.len() <= slot {
+                    firsts.resize(slot + 1, 0);
+                }
+                firsts[slot] = retired.first;
+            }
+            if !firsts.is_empty() {
+                lines.push((deletion.topic.clone(), firsts));
+            }
+        }
+        lines
+    }
+
     /// Gives the newest pending deletion the offsets its topic had.
     pub(crate) fn note_pending_offsets(&mut self, offsets: Vec<(OffsetKey, u64)>) {
         if let Some(pending) = self.pending.last_mut() {
@@ -128,10 +156,13 @@ impl Catalog {
     /// cuts the rest with `forget_from`). Returns the undone deletions, whose offsets
     /// the caller puts back.
     pub(crate) fn undo_deletions_from(&mut self, to: u64) -> Vec<PendingDeletion> {
-        let (undone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+        let (mut undone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|pending| pending.at >= to);
         self.pending = kept;
+        // Newest first: of two deletions of a topic, the older one's topic is the one
+        // that was there before both.
+        undone.sort_by_key(|deletion| std::cmp::Reverse(deletion.at));
         for deletion in &undone {
             let mut topic = TopicQueues::default();
             let mut index = 0;
@@ -158,6 +189,11 @@ impl Catalog {
                 }
                 self.records += queue.entries.len() as u64;
                 topic.queues[slot] = queue;
+            }
+            if topic.queues.is_empty() {
+                // The deletion of a topic this log never had (a slave's): nothing to
+                // put back.
+                continue;
             }
             // A topic of the name made on a slave after the discarded deletion was
             // discarded with it.
@@ -186,6 +222,7 @@ impl Catalog {
                 .entries
                 .partition_point(|e| e.log_offset < log_start);
             retired.entries.drain(..gone);
+            retired.first += gone as u64;
             !retired.entries.is_empty() || retired.deleted_at >= log_start
         });
     }
@@ -278,5 +315,52 @@ mod tests {
         catalog.forget_retired_from(30);
         assert_eq!(catalog.retired_ending_at(40), None, "a truncation took it");
         assert!(catalog.retired.is_empty());
+    }
+
+    fn three_records_then_deleted_at(catalog: &mut Catalog, topic: &str, from: u64) {
+        for index in 0..3 {
+            let record = facts(topic, index, from + index * 10, false);
+            catalog.note(&record, NewTopic::WithQueues(1)).unwrap();
+        }
+        catalog
+            .note(&facts(topic, 0, from + 30, true), NewTopic::Known)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_undone_deletion_puts_back_the_topic_that_was_there_before_it() {
+        // Retention took the first record while the deletion was pending: the queue
+        // comes back starting at offset 1, its other records where they were.
+        let mut catalog = Catalog::default();
+        three_records_then_deleted_at(&mut catalog, "t", 0);
+        assert_eq!(catalog.pending_topic_lines(), vec![("t".to_string(), vec![0])]);
+        catalog.forget_retired_before(10);
+        catalog.undo_deletions_from(30);
+        let queue = &catalog.topics["t"].queues[0];
+        assert_eq!((queue.first, queue.end()), (1, 3));
+        assert_eq!(queue.get(1).map(|e| e.log_offset), Some(10));
+
+        // Two pending deletions of a topic made again between them (a slave), both
+        // discarded: the topic from before the first comes back.
+        let mut catalog = Catalog::default();
+        three_records_then_deleted_at(&mut catalog, "t", 0);
+        catalog
+            .note(&facts("t", 0, 40, false), NewTopic::WithQueues(1))
+            .unwrap();
+        catalog
+            .note(&facts("t", 0, 50, true), NewTopic::Known)
+            .unwrap();
+        catalog.undo_deletions_from(30);
+        catalog.forget_from(30);
+        assert_eq!(catalog.topics["t"].queues[0].end(), 3);
+        assert_eq!(catalog.records, 3);
+
+        // The deletion of a topic this log never had: nothing comes back.
+        let mut catalog = Catalog::default();
+        catalog
+            .note(&facts("never", 0, 0, true), NewTopic::WithQueues(1))
+            .unwrap();
+        catalog.undo_deletions_from(0);
+        assert!(catalog.topics.is_empty());
     }
 }

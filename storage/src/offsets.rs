@@ -12,6 +12,25 @@ impl Store {
     /// Creates a topic. Returns its queue count, whether it was created now, and the
     /// metadata version that must be persisted before the creation is durable.
     pub fn create_topic(&self, name: &str, queues: u32) -> Result<(u32, bool, u64), StoreError> {
+        self.make_topic(name, queues, false)
+    }
+
+    /// `create_topic` on a slave, for a topic its master has: the stream already put
+    /// any deletion of the name before, so a pending one does not stand in the way.
+    pub fn create_topic_from_master(
+        &self,
+        name: &str,
+        queues: u32,
+    ) -> Result<(u32, bool, u64), StoreError> {
+        self.make_topic(name, queues, true)
+    }
+
+    fn make_topic(
+        &self,
+        name: &str,
+        queues: u32,
+        from_master: bool,
+    ) -> Result<(u32, bool, u64), StoreError> {
         validate_topic(name).map_err(|detail| StoreError::InvalidTopic(detail.to_string()))?;
         if queues == 0 || queues > QUEUES_MAX {
             return Err(StoreError::InvalidArgument(format!(
@@ -24,7 +43,7 @@ impl Store {
             drop(state);
             return Ok((count, false, self.meta.bump()));
         }
-        if state.catalog.deletion_pending(name) {
+        if !from_master && state.catalog.deletion_pending(name) {
             return Err(StoreError::TopicBeingDeleted(name.to_string()));
         }
         state
@@ -142,25 +161,31 @@ impl Store {
     /// The metadata thread: persists topics and offsets whenever their version moves.
     pub(crate) fn run_meta(&self) {
         while let Some(version) = self.meta.wait_for_work() {
-            // One snapshot of topics, deletions and offsets (all changed under the
-            // append lock).
-            let (topics, deleted, offsets): (Vec<(String, Vec<u64>)>, _, _) = {
+            // Topics and deletions in one snapshot. A pending deletion's topic and
+            // offsets are still written: until its record is on disk a crash brings the
+            // topic back as it was.
+            let (mut topics, deleted, pending_offsets): (Vec<(String, Vec<u64>)>, _, _) = {
                 let state = self.lock_state();
                 let deleted = state.catalog.deleted.clone();
-                let offsets = self.meta.lock_offsets().clone();
-                let topics = state
+                let pending_offsets: Vec<_> = state
                     .catalog
-                    .topics
+                    .pending
                     .iter()
-                    .map(|(name, topic)| {
-                        (
-                            name.clone(),
-                            topic.queues.iter().map(|queue| queue.first).collect(),
-                        )
-                    })
+                    .filter(|deletion| !state.catalog.topics.contains_key(&deletion.topic))
+                    .flat_map(|deletion| deletion.offsets.iter().cloned())
                     .collect();
-                (topics, deleted, offsets)
+                let mut topics: Vec<(String, Vec<u64>)> = state.catalog.pending_topic_lines();
+                topics.extend(state.catalog.topics.iter().map(|(name, topic)| {
+                    (
+                        name.clone(),
+                        topic.queues.iter().map(|queue| queue.first).collect(),
+                    )
+                }));
+                (topics, deleted, pending_offsets)
             };
+            topics.sort();
+            let mut offsets = self.meta.lock_offsets().clone();
+            offsets.extend(pending_offsets);
             match self
                 .meta
                 .write_files(self.disk.as_ref(), &topics, &deleted, &offsets)

@@ -60,7 +60,11 @@ pub(crate) fn recover_log(
 /// the names of such topics are returned so their consumer offsets are dropped too. A
 /// line whose record the log does not hold (fsynced data lost, or cut by `keel admin
 /// truncate`) is dropped: the topic's records are there again, and kept.
-pub(crate) fn apply_topics_file(file: TopicsFile, catalog: &mut Catalog) -> Vec<String> {
+pub(crate) fn apply_topics_file(
+    file: TopicsFile,
+    catalog: &mut Catalog,
+    log_start: u64,
+) -> Vec<String> {
     let in_file = file.latest_deletions();
     let predates = |name: &str| match catalog.latest_deletion(name) {
         Some(in_log) => in_file.get(name).is_none_or(|known| *known < in_log),
@@ -90,7 +94,7 @@ pub(crate) fn apply_topics_file(file: TopicsFile, catalog: &mut Catalog) -> Vec<
         let held = catalog.deleted.get(name);
         let lost = offsets
             .iter()
-            .filter(|at| held.is_none_or(|held| !held.contains(at)))
+            .filter(|at| **at >= log_start && held.is_none_or(|held| !held.contains(at)))
             .count();
         if lost > 0 && catalog.topics.contains_key(name) {
             log::warn!(

@@ -93,7 +93,11 @@ impl Store {
         let offsets_path = data_dir.join("offsets").join("consumer_offsets");
         let topics_file = load_topics(disk_ref, &topics_path)?;
         let mut recovered = recover_log(disk_ref, &config, checkpoint, &own_writes)?;
-        let stale = apply_topics_file(topics_file, &mut recovered.catalog);
+        let log_start = recovered
+            .segment_paths
+            .first()
+            .map_or(recovered.report.offset_end, |(base, _)| *base);
+        let stale = apply_topics_file(topics_file, &mut recovered.catalog, log_start);
         let mut offsets = load_offsets(disk_ref, &offsets_path)?;
         // The offsets file was written before the log's deletion of these topics.
         offsets.retain(|(_, topic, _), _| !stale.contains(topic));
@@ -115,10 +119,6 @@ impl Store {
 
         // A deletion below the log's start has nothing left to delete: forgotten (the
         // topics file keeps the others).
-        let log_start = recovered
-            .segment_paths
-            .first()
-            .map_or(offset_end, |(base, _)| *base);
         recovered.catalog.deleted.retain(|_, offsets| {
             offsets.retain(|at| *at >= log_start);
             !offsets.is_empty()
