@@ -155,6 +155,12 @@ enum Command {
         /// Each MESSAGE and each input line is hexadecimal bytes ("68 69" or "6869").
         #[arg(long)]
         hex: bool,
+        /// Each MESSAGE and each input line is a JSON object as `keel consume --json`
+        /// prints a record: "payload" (text) or "payload_hex", and optionally "keys",
+        /// "tags", "properties" (an object of strings) and "queue", which take the place
+        /// of the flags for that message (other fields are ignored; the topic is -t's).
+        #[arg(long, conflicts_with_all = ["hex", "file"])]
+        json_input: bool,
         /// Send the whole content of FILE as one message (repeatable; "-" reads standard
         /// input to its end).
         #[arg(long, value_name = "FILE")]
@@ -623,11 +629,13 @@ pub fn main_entry() -> ExitCode {
             repeat,
             batch,
             hex,
+            json_input,
             file,
             progress,
             progress_interval,
             messages,
         } => read_payloads(hex, &file, messages).and_then(|payloads| {
+            let payloads = outgoing(payloads, json_input)?;
             let properties = properties
                 .iter()
                 .map(|item| {
@@ -823,6 +831,88 @@ fn read_payloads(
 }
 
 /// "68 69", "6869" or "68:69" as bytes.
+/// One message of `keel send`: its payload, and what a `--json-input` line gives in
+/// place of the flags.
+#[derive(Default)]
+struct Outgoing {
+    payload: Vec<u8>,
+    keys: Option<String>,
+    tags: Option<String>,
+    properties: Option<Vec<(String, String)>>,
+    queue: Option<u32>,
+}
+
+/// The messages to send: each payload as it is, or (`json`) each read as a JSON object.
+fn outgoing(payloads: Vec<Vec<u8>>, json: bool) -> Result<Vec<Outgoing>, ClientError> {
+    if !json {
+        return Ok(payloads
+            .into_iter()
+            .map(|payload| Outgoing {
+                payload,
+                ..Outgoing::default()
+            })
+            .collect());
+    }
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            let bad = |why: String| {
+                ClientError::InvalidArgument(format!("--json-input message {}: {why}", index + 1))
+            };
+            let value: serde_json::Value =
+                serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+            let object = value
+                .as_object()
+                .ok_or_else(|| bad("not a JSON object".into()))?;
+            let text = |name: &str| -> Result<Option<String>, ClientError> {
+                match object.get(name) {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
+                    Some(_) => Err(bad(format!("\"{name}\" must be a string"))),
+                }
+            };
+            let payload = match (text("payload")?, text("payload_hex")?) {
+                (Some(text), None) => text.into_bytes(),
+                (None, Some(hex)) => decode_hex(&hex).map_err(|e| bad(e.to_string()))?,
+                _ => {
+                    return Err(bad(
+                        "give \"payload\" or \"payload_hex\" (one of them)".into()
+                    ))
+                }
+            };
+            let properties = match object.get("properties") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Object(map)) => Some(
+                    map.iter()
+                        .map(|(key, value)| match value {
+                            serde_json::Value::String(value) => Ok((key.clone(), value.clone())),
+                            _ => Err(bad(format!("property {key:?} must be a string"))),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Some(_) => return Err(bad("\"properties\" must be an object".into())),
+            };
+            let queue = match object.get("queue") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(value) => Some(
+                    value
+                        .as_u64()
+                        .and_then(|queue| u32::try_from(queue).ok())
+                        .ok_or_else(|| bad("\"queue\" must be a queue number".into()))?,
+                ),
+            };
+            Ok(Outgoing {
+                payload,
+                keys: text("keys")?,
+                tags: text("tags")?,
+                properties,
+                queue,
+            })
+        })
+        .collect()
+}
+
 fn decode_hex(text: &str) -> Result<Vec<u8>, ClientError> {
     let digits: Vec<u8> = text
         .bytes()
@@ -1014,7 +1104,7 @@ const EXIT_UNKNOWN: u8 = 3;
 fn send(
     broker: &Target,
     shape: &SendShape<'_>,
-    payloads: Vec<Vec<u8>>,
+    payloads: Vec<Outgoing>,
 ) -> Result<ExitCode, ClientError> {
     let (mode, batch) = (shape.mode, shape.batch);
     if batch == 0 || batch > usize::from(u16::MAX) || (batch > 1 && mode != Mode::Sync) {
@@ -1034,14 +1124,14 @@ fn send(
         }
         None => Producer::connect(&broker.address, options)?,
     };
-    let build = |payload: &[u8]| {
-        let mut message = Message::new(shape.topic, payload.to_vec())
-            .with_tags(shape.tags)
-            .with_keys(shape.keys);
-        for (key, value) in &shape.properties {
+    let build = |out: &Outgoing| {
+        let mut message = Message::new(shape.topic, out.payload.clone())
+            .with_tags(out.tags.as_deref().unwrap_or(shape.tags))
+            .with_keys(out.keys.as_deref().unwrap_or(shape.keys));
+        for (key, value) in out.properties.as_ref().unwrap_or(&shape.properties) {
             message = message.with_property(key.clone(), value.clone());
         }
-        match shape.queue {
+        match out.queue.or(shape.queue) {
             Some(queue) => message.with_queue(queue),
             None => message,
         }

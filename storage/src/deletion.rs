@@ -333,7 +333,10 @@ mod tests {
         // comes back starting at offset 1, its other records where they were.
         let mut catalog = Catalog::default();
         three_records_then_deleted_at(&mut catalog, "t", 0);
-        assert_eq!(catalog.pending_topic_lines(), vec![("t".to_string(), vec![0])]);
+        assert_eq!(
+            catalog.pending_topic_lines(),
+            vec![("t".to_string(), vec![0])]
+        );
         catalog.forget_retired_before(10);
         catalog.undo_deletions_from(30);
         let queue = &catalog.topics["t"].queues[0];

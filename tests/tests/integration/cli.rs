@@ -1204,3 +1204,72 @@ fn send_shows_progress_while_answers_come_and_a_summary_at_the_end() {
         text(&quiet.stderr)
     );
 }
+
+#[test]
+fn records_consumed_as_json_send_again_with_their_own_keys_tags_and_properties() {
+    let broker = BrokerProcess::start("");
+    let address = broker.address.clone();
+    broker.admin().create_topic("source", 1).unwrap();
+    for args in [
+        vec![
+            "send", "-t", "source", "-k", "k1", "--tags", "A", "-p", "x=1", "one",
+        ],
+        vec![
+            "send", "-t", "source", "-k", "k2", "-p", "y=2", "-p", "z=3", "two",
+        ],
+        vec!["send", "-t", "source", "--hex", "00ff"],
+    ] {
+        let sent = keel(&address, &args, b"");
+        assert_eq!(sent.status.code(), Some(0), "{}", text(&sent.stderr));
+    }
+    let consume = |topic: &str| {
+        let out = keel(
+            &address,
+            &[
+                "--json",
+                "consume",
+                "-t",
+                topic,
+                "--no-commit",
+                "--idle-ms",
+                "300",
+            ],
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        out.stdout
+    };
+    let records = consume("source");
+    // Each line a message of its own, keys, tags and properties included.
+    let copied = keel(&address, &["send", "-t", "copy", "--json-input"], &records);
+    assert_eq!(copied.status.code(), Some(0), "{}", text(&copied.stderr));
+    let shape = |bytes: &[u8]| -> Vec<serde_json::Value> {
+        text(bytes)
+            .lines()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                serde_json::json!([
+                    record["payload"],
+                    record["payload_hex"],
+                    record["keys"],
+                    record["tags"],
+                    record["properties"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(shape(&consume("copy")), shape(&records));
+    assert_eq!(shape(&records).len(), 3);
+    // A line that is not a message: usage-like refusal, nothing sent.
+    let bad = keel(
+        &address,
+        &["send", "-t", "copy", "--json-input", r#"{"keys":"k"}"#],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("give \"payload\""),
+        "{}",
+        text(&bad.stderr)
+    );
+}
