@@ -1144,7 +1144,7 @@ fn send(
     let mut tally = Tally::new(total, progress);
     match mode {
         Mode::Sync if batch > 1 => {
-            let all: Vec<Message> = all.map(|payload| build(payload)).collect();
+            let all: Vec<Message> = all.map(&build).collect();
             for chunk in all.chunks(batch) {
                 let count = chunk.len() as u64;
                 match producer.send_batch(chunk.to_vec()) {
