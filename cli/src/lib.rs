@@ -2289,22 +2289,14 @@ fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<ExitCode, Clien
     let rows: Vec<RouteRow> = brokers
         .into_iter()
         .zip(rates)
-        .map(|(known, per_second)| {
-            // Late by more than two of its own registration intervals (a second of
-            // slack), or a quarter of the timeout when it registered only once.
-            let expected = match known.interval_ms {
-                0 => broker_timeout_ms / 4,
-                interval => interval.saturating_mul(2).saturating_add(1000),
-            };
-            RouteRow {
-                topic_queues: queues
-                    .get(&(known.broker_name.clone(), known.address.clone()))
-                    .copied()
-                    .unwrap_or(0),
-                per_second,
-                stale: known.since_heard_ms > expected,
-                broker: known,
-            }
+        .map(|(known, per_second)| RouteRow {
+            topic_queues: queues
+                .get(&(known.broker_name.clone(), known.address.clone()))
+                .copied()
+                .unwrap_or(0),
+            per_second,
+            stale: known.is_stale(broker_timeout_ms),
+            broker: known,
         })
         .collect();
     if json() {

@@ -182,6 +182,20 @@ pub struct BrokerLiveness {
     pub routed: bool,
 }
 
+impl BrokerLiveness {
+    /// Whether the broker is late with its registrations: by more than two of its own
+    /// intervals (and a second of slack), or by a quarter of the name server's
+    /// `broker_timeout_ms` when it registered only once. A stale broker is paused, cut
+    /// off or gone; the name server drops it after the timeout.
+    pub fn is_stale(&self, broker_timeout_ms: u64) -> bool {
+        let expected = match self.interval_ms {
+            0 => broker_timeout_ms / 4,
+            interval => interval.saturating_mul(2).saturating_add(1000),
+        };
+        self.since_heard_ms > expected
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Pong,

@@ -1,6 +1,7 @@
 //! The read-only console on the metrics port: a static page (`console/index.html`, no
 //! build step, nothing from a CDN) and the JSON it reads: `/api/overview`,
-//! `/api/topics`, `/api/groups`, `/api/dlq`, `/api/message?id=HEX` or `?key=K`.
+//! `/api/cluster`, `/api/topics`, `/api/groups`, `/api/dlq`, `/api/message?id=HEX` or
+//! `?key=K`.
 //!
 //! With `auth` on, every API call needs `Authorization: Bearer <token>` of a principal
 //! holding `admin:stats` (`admin:lookup` for messages and dead letters); a token is accepted only from
@@ -57,7 +58,8 @@ pub(crate) fn serve(
                 body: PAGE.to_string(),
             }
         }
-        "/api/overview" | "/api/topics" | "/api/groups" | "/api/message" | "/api/dlq" => {}
+        "/api/overview" | "/api/topics" | "/api/groups" | "/api/message" | "/api/dlq"
+        | "/api/cluster" => {}
         _ => return error("404 Not Found", format!("no {route} here")),
     }
     let action = match route {
@@ -72,6 +74,7 @@ pub(crate) fn serve(
         "/api/topics" => answer("200 OK", topics(broker)),
         "/api/groups" => answer("200 OK", groups(broker)),
         "/api/dlq" => answer("200 OK", dead_letters(broker)),
+        "/api/cluster" => answer("200 OK", cluster(broker)),
         _ => message(broker, query),
     }
 }
@@ -278,6 +281,58 @@ fn groups(broker: &Broker) -> Value {
         })
         .collect();
     json!({ "groups": groups })
+}
+
+/// The cluster as this broker's name servers see it (GET_BROKERS of the first that
+/// answers, 2 s each): every broker, its role, when it last registered, and whether it
+/// is stale. Asks over the network: the console's thread, never an event loop.
+fn cluster(broker: &Broker) -> Value {
+    let name_servers = &broker.config.namesrv_addrs;
+    let outbound = broker.security.outbound();
+    let mut errors = Vec::new();
+    for address in name_servers {
+        let asked = crate::cluster::call(
+            address,
+            &keel_protocol::Request::GetBrokers,
+            std::time::Duration::from_secs(2),
+            &outbound,
+        );
+        let (timeout_ms, brokers) = match asked {
+            Ok(keel_protocol::Response::Brokers {
+                broker_timeout_ms,
+                brokers,
+            }) => (broker_timeout_ms, brokers),
+            Ok(keel_protocol::Response::Error(error)) => {
+                errors.push(format!("{address}: {error}"));
+                continue;
+            }
+            Ok(other) => {
+                errors.push(format!("{address}: unexpected {}", other.kind().name()));
+                continue;
+            }
+            Err(error) => {
+                errors.push(format!("{address}: {error}"));
+                continue;
+            }
+        };
+        let brokers: Vec<Value> = brokers
+            .iter()
+            .map(|b| {
+                json!({
+                    "broker_name": b.broker_name, "broker_id": b.broker_id,
+                    "role": b.role.name(), "epoch": b.epoch, "address": b.address,
+                    "since_heard_ms": b.since_heard_ms, "interval_ms": b.interval_ms,
+                    "known_for_ms": b.known_for_ms, "topics": b.topic_count,
+                    "routed": b.routed, "stale": b.is_stale(timeout_ms),
+                })
+            })
+            .collect();
+        return json!({
+            "name_servers": name_servers, "asked": address, "broker_timeout_ms": timeout_ms,
+            "brokers": brokers, "errors": errors,
+        });
+    }
+    json!({ "name_servers": name_servers, "asked": null, "brokers": [], "errors": errors })
 }
 
 /// Dead-lettered messages shown of each group: the newest.

@@ -2,7 +2,7 @@
 //! checks with logins on, and the page itself in headless Chromium when the machine has
 //! it (CI installs Debian's): what a person sees.
 
-use crate::harness::{wait_until, BrokerProcess};
+use crate::harness::{wait_until, BrokerProcess, NameServerProcess};
 use keel_client::{Message, Producer, ProducerOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -290,4 +290,53 @@ fn with_logins_the_console_needs_a_token_with_the_admin_right() {
     assert!(broker
         .log()
         .contains("console login refused from 127.0.0.1"));
+}
+
+#[test]
+fn the_console_shows_the_cluster_as_the_name_servers_see_it() {
+    let namesrv = NameServerProcess::start(3000);
+    let broker = BrokerProcess::start(&format!(
+        "metrics_listen = \"127.0.0.1:0\"\nnamesrv_addrs = [\"{}\"]\nregister_interval_ms = 300",
+        namesrv.address
+    ));
+    let http = http_address(&broker);
+    wait_until("registered", Duration::from_secs(20), || {
+        let cluster = json(&get(&http, "/api/cluster", None).1);
+        cluster["brokers"].as_array().is_some_and(|b| !b.is_empty())
+    });
+    let cluster = json(&get(&http, "/api/cluster", None).1);
+    assert_eq!(cluster["asked"], namesrv.address.as_str());
+    let me = &cluster["brokers"][0];
+    assert_eq!(me["broker_name"], "broker-a", "{cluster}");
+    assert_eq!(me["address"], broker.address.as_str());
+    assert_eq!(me["stale"], false);
+    // A broker without name servers says so.
+    let alone = BrokerProcess::start("metrics_listen = \"127.0.0.1:0\"");
+    let none = json(&get(&http_address(&alone), "/api/cluster", None).1);
+    assert_eq!(none["brokers"].as_array().map(Vec::len), Some(0));
+    assert_eq!(none["asked"], serde_json::Value::Null);
+
+    let Some(browser) = chromium() else {
+        eprintln!("chromium not found: the page was not tried in a browser");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{http}/?tab=cluster");
+    let dom = headless(&browser, profile.path(), &["--dump-dom".into()], &url);
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        dom.contains(&format!("As name server {}", namesrv.address)),
+        "{dom}"
+    );
+    assert!(dom.contains(">live<"), "{dom}");
+    if let Ok(dir) = std::env::var("KEEL_SCREENSHOTS") {
+        let file = std::path::Path::new(&dir).join("console-cluster.png");
+        let shot = headless(
+            &browser,
+            profile.path(),
+            &[format!("--screenshot={}", file.display())],
+            &url,
+        );
+        assert!(file.exists(), "{}", String::from_utf8_lossy(&shot.stderr));
+    }
 }
