@@ -210,17 +210,7 @@ impl Store {
         };
         let filed = state.catalog.note(&facts, NewTopic::Known);
         assert!(filed.is_ok(), "{filed:?}");
-        // Under the append lock, which a commit holds while it checks the queue and
-        // stores its offset: no commit of the deleted topic lands after this. Kept with
-        // the pending deletion, to put back if a rollback undoes it.
-        let offsets = self.take_offsets_of(name);
-        state.catalog.note_pending_offsets(offsets);
-        self.progress
-            .deletions_pending
-            .store(state.catalog.pending.len() as u64, Ordering::Release);
-        self.progress
-            .deletion_end
-            .fetch_max(facts.offset_end(), Ordering::AcqRel);
+        self.deletion_filed(&mut state, &facts);
         state.place(record_len, self.config.segment_size_bytes);
         let index = facts.index_update(state.index_topic(name));
         state.appended(record_len, index);
@@ -241,6 +231,21 @@ impl Store {
             generation,
             meta_version: self.meta.bump(),
         })
+    }
+
+    /// After the catalog filed deletion record `facts` (pending), under the append
+    /// lock: the topic's offsets go with it, kept with the pending deletion to put back
+    /// if a rollback undoes it. A commit holds the append lock while it checks the
+    /// queue and stores its offset: none of the deleted topic lands after this.
+    pub(crate) fn deletion_filed(&self, state: &mut AppendState, facts: &RecordFacts<'_>) {
+        let offsets = self.take_offsets_of(facts.topic);
+        state.catalog.note_pending_offsets(offsets);
+        self.progress
+            .deletions_pending
+            .store(state.catalog.pending.len() as u64, Ordering::Release);
+        self.progress
+            .deletion_end
+            .fetch_max(facts.offset_end(), Ordering::AcqRel);
     }
 
     /// Removes and returns every committed offset of `topic` (call under the append

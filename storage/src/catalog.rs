@@ -237,17 +237,17 @@ impl Catalog {
         self.topics
             .values()
             .flat_map(|topic| topic.queues.iter())
-            .find_map(|queue| {
-                let index = queue
-                    .entries
-                    .partition_point(|entry| entry.offset_end() < end);
-                queue
-                    .entries
-                    .get(index)
-                    .filter(|entry| entry.offset_end() == end)
-                    .copied()
-            })
+            .find_map(|queue| entry_ending_at(&queue.entries, end))
     }
+}
+
+/// The entry of `entries` (in log order) that ends exactly at log offset `end`.
+pub(crate) fn entry_ending_at(entries: &[IndexEntry], end: u64) -> Option<IndexEntry> {
+    let index = entries.partition_point(|entry| entry.offset_end() < end);
+    entries
+        .get(index)
+        .filter(|entry| entry.offset_end() == end)
+        .copied()
 }
 
 #[cfg(test)]

@@ -229,14 +229,9 @@ impl Catalog {
 
     /// The retired record that ends at log offset `end`, if one does.
     pub(crate) fn retired_ending_at(&self, end: u64) -> Option<IndexEntry> {
-        self.retired.iter().find_map(|retired| {
-            let index = retired.entries.partition_point(|e| e.offset_end() < end);
-            retired
-                .entries
-                .get(index)
-                .filter(|entry| entry.offset_end() == end)
-                .copied()
-        })
+        self.retired
+            .iter()
+            .find_map(|retired| crate::catalog::entry_ending_at(&retired.entries, end))
     }
 }
 

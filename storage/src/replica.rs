@@ -224,16 +224,7 @@ impl Store {
             .note(&facts, new_topic)
             .map_err(|detail| refused(format!("the master sent an unusable record: {detail}")))?;
         if facts.deletes_topic {
-            // As on the master: the deleted topic's offsets go with it (kept with the
-            // pending deletion, should a rollback here undo it).
-            let offsets = self.take_offsets_of(&record.topic);
-            state.catalog.note_pending_offsets(offsets);
-            self.progress
-                .deletions_pending
-                .store(state.catalog.pending.len() as u64, Ordering::Release);
-            self.progress
-                .deletion_end
-                .fetch_max(facts.offset_end(), Ordering::AcqRel);
+            self.deletion_filed(state, &facts);
         }
         state.place(size, segment_size);
         state.pending.extend_from_slice(record_bytes);
