@@ -71,7 +71,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "field {field} needs {need} bytes, {have} left")
             }
             DecodeError::TrailingBytes { kind, count } => {
-                write!(f, "{count} unexpected trailing bytes after {kind} body")
+                write!(f, "{count} unexpected trailing byte(s) after {kind} body")
             }
             DecodeError::InvalidUtf8 { field } => write!(f, "field {field} is not valid UTF-8"),
             DecodeError::InvalidValue { field, value } => {

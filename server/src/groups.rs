@@ -182,7 +182,14 @@ impl Groups {
 
     /// Each group's live members and owned queues, for stats and message lookups.
     pub fn describe(&self) -> Vec<(String, String, usize, usize)> {
-        self.lock()
+        let now = Instant::now();
+        let mut groups = self.lock();
+        // Members past their session timeout are gone, whether or not anything of the
+        // group was asked since.
+        for ((group, _), state) in groups.iter_mut() {
+            expire(state, now, group);
+        }
+        groups
             .iter()
             .map(|((group, topic), state)| {
                 (
@@ -274,5 +281,16 @@ mod tests {
         let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[1], 2).unwrap();
         assert_eq!(b.queues, vec![0, 1]);
         assert!(!groups.owns("g", "t", "a", 0));
+    }
+
+    #[test]
+    fn a_member_that_went_silent_is_not_counted_live_by_anyone() {
+        let groups = Groups::default();
+        groups.heartbeat("quiet", "t", "a", Duration::from_millis(500), &[], 2);
+        assert_eq!(groups.describe()[0].2, 1);
+        std::thread::sleep(Duration::from_millis(600));
+        // Nothing of the group was asked since: describe itself expires it.
+        assert_eq!(groups.describe()[0].2, 0);
+        assert!(groups.live_on("t").is_empty());
     }
 }

@@ -98,7 +98,8 @@ pub(crate) struct Catalog {
     pub segment_newest_ms: BTreeMap<u64, u64>,
     /// Idempotent producers' recent sequences.
     pub producers: Producers,
-    /// Records in the indexes.
+    /// Records in the log (the indexes' and the retired ones): a deletion does not
+    /// lower it, a truncation does.
     pub records: u64,
     /// Deleted topics whose deletion record is durable: the log offsets of those
     /// records, oldest first (see `deletion.rs`). Written to the topics file.
@@ -207,9 +208,9 @@ impl Catalog {
                 dropped += queue.pop_from(to);
             }
         }
-        self.records -= dropped;
+        dropped += self.forget_retired_from(to);
+        self.records = self.records.saturating_sub(dropped);
         self.producers.forget_from(to);
-        self.forget_retired_from(to);
         dropped
     }
 

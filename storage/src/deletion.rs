@@ -50,8 +50,9 @@ impl Catalog {
     pub(crate) fn delete_topic(&mut self, facts: &RecordFacts<'_>, durable: bool) {
         let (name, at) = (facts.topic, facts.log_offset);
         if let Some(topic) = self.topics.remove(name) {
+            // `records` counts the log's records (a counter of appends): a deletion does
+            // not lower it.
             for (queue_id, queue) in topic.queues.into_iter().enumerate() {
-                self.records = self.records.saturating_sub(queue.entries.len() as u64);
                 // Kept even when empty while pending: an undo restores every queue.
                 if !queue.entries.is_empty() || !durable {
                     self.retired.push(Retired {
@@ -187,7 +188,6 @@ impl Catalog {
                 for entry in retired.entries {
                     queue.push(entry);
                 }
-                self.records += queue.entries.len() as u64;
                 topic.queues[slot] = queue;
             }
             if topic.queues.is_empty() {
@@ -206,13 +206,18 @@ impl Catalog {
     }
 
     /// Forgets retired records at or after `to` (cut from the log), and the deleted
-    /// queues whose deletion record went with them.
-    pub(crate) fn forget_retired_from(&mut self, to: u64) {
+    /// queues whose deletion record went with them. Returns how many records went.
+    pub(crate) fn forget_retired_from(&mut self, to: u64) -> u64 {
+        let mut dropped = 0u64;
         self.retired.retain_mut(|retired| {
             let keep = retired.entries.partition_point(|e| e.log_offset < to);
+            if retired.queue_id != DROP_TOPIC {
+                dropped += (retired.entries.len() - keep) as u64;
+            }
             retired.entries.truncate(keep);
             retired.deleted_at < to
         });
+        dropped
     }
 
     /// Forgets retired records below `log_start` (retention deleted them).
@@ -267,7 +272,11 @@ mod tests {
         catalog
             .note(&facts("t", 0, 30, true), NewTopic::Known)
             .unwrap();
-        assert!(catalog.topics.is_empty() && catalog.records == 0);
+        assert!(catalog.topics.is_empty());
+        assert_eq!(
+            catalog.records, 3,
+            "a counter of the log's records: not lowered"
+        );
         assert!(catalog.deletion_pending("t"));
         assert_eq!(
             catalog.retired_ending_at(20).map(|e| e.log_offset),

@@ -89,8 +89,11 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
     if send::reserved_topic(&topic) {
         // The broker's own topics (retries, dead letters, the schedule) go with their
         // groups' state; they are not deleted one by one.
-        let refusal = send::reserved_topic_refusal(&topic);
-        return shard.reply(to, refusal.response());
+        let detail = format!(
+            "topic {topic:?}: '%' marks the broker's own topics (retries, dead letters, the \
+             schedule), which are not deleted; `keel dlq redrive` empties a dead-letter queue"
+        );
+        return shard.reply(to, Refusal::new(ErrorCode::InvalidTopic, detail).response());
     }
     if let Some(refusal) = send::not_master(shard) {
         return shard.reply(to, refusal.response());
