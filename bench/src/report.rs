@@ -475,33 +475,22 @@ impl Summary {
             Value::Object(quantiles),
         );
         if let Some(figures) = &self.consumers {
-            let to_ms = |micros: u64| ms(micros as f64);
             put("aggregatedEndToEndLatencyAvg", json!(ms(figures.mean_us)));
-            put(
-                "aggregatedEndToEndLatency50pct",
-                json!(to_ms(figures.p50_us)),
-            );
-            put(
-                "aggregatedEndToEndLatency75pct",
-                json!(to_ms(figures.p75_us)),
-            );
-            put(
-                "aggregatedEndToEndLatency95pct",
-                json!(to_ms(figures.p95_us)),
-            );
-            put(
-                "aggregatedEndToEndLatency99pct",
-                json!(to_ms(figures.p99_us)),
-            );
-            put(
-                "aggregatedEndToEndLatency999pct",
-                json!(to_ms(figures.p999_us)),
-            );
-            put(
-                "aggregatedEndToEndLatency9999pct",
-                json!(to_ms(figures.p9999_us)),
-            );
-            put("aggregatedEndToEndLatencyMax", json!(to_ms(figures.max_us)));
+            let figures_us = [
+                ("50pct", figures.p50_us),
+                ("75pct", figures.p75_us),
+                ("95pct", figures.p95_us),
+                ("99pct", figures.p99_us),
+                ("999pct", figures.p999_us),
+                ("9999pct", figures.p9999_us),
+                ("Max", figures.max_us),
+            ];
+            for (suffix, micros) in figures_us {
+                put(
+                    &format!("aggregatedEndToEndLatency{suffix}"),
+                    json!(ms(micros as f64)),
+                );
+            }
         }
         Value::Object(result)
     }

@@ -106,16 +106,7 @@ impl Store {
             }
             return Ok(());
         }
-        if state.shutting_down {
-            return Err(AppendError::ShuttingDown);
-        }
-        // Checked under the lock: a disk-full rollback also runs under it.
-        if self.progress.disk_full.load(Ordering::Acquire) {
-            return Err(AppendError::DiskFull);
-        }
-        if self.is_poisoned() {
-            return Err(AppendError::StorageFailed);
-        }
+        self.check_writable(&state)?;
         for message in messages {
             let queues = match state.catalog.topics.get(&message.topic) {
                 Some(topic) => topic.queue_count(),
@@ -168,15 +159,7 @@ impl Store {
         message.message_crc = message.compute_crc();
         let record_len = message.record_len() as u64;
         let mut state = self.lock_state();
-        if state.shutting_down {
-            return Err(AppendError::ShuttingDown);
-        }
-        if self.progress.disk_full.load(Ordering::Acquire) {
-            return Err(AppendError::DiskFull);
-        }
-        if self.is_poisoned() {
-            return Err(AppendError::StorageFailed);
-        }
+        self.check_writable(&state)?;
         let Some(topic) = state.catalog.topics.get(name) else {
             return Err(AppendError::TopicNotFound(name.to_string()));
         };
@@ -292,6 +275,21 @@ impl Store {
     /// it, since the deletion dropped what they had of the topic.
     pub fn deletion_end(&self) -> u64 {
         self.progress.deletion_end.load(Ordering::Acquire)
+    }
+
+    /// Whether the log takes appends now (call under the append lock: a disk-full
+    /// rollback also runs under it).
+    fn check_writable(&self, state: &AppendState) -> Result<(), AppendError> {
+        if state.shutting_down {
+            return Err(AppendError::ShuttingDown);
+        }
+        if self.progress.disk_full.load(Ordering::Acquire) {
+            return Err(AppendError::DiskFull);
+        }
+        if self.is_poisoned() {
+            return Err(AppendError::StorageFailed);
+        }
+        Ok(())
     }
 
     /// What can be refused about a message on its own, before the append lock.

@@ -252,10 +252,16 @@ pub(crate) fn entry_ending_at(entries: &[IndexEntry], end: u64) -> Option<IndexE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn facts(topic: &str, queue_id: u32, queue_offset: u64, log_offset: u64) -> RecordFacts<'_> {
+    /// The facts of a 10-byte record (tests).
+    pub(crate) fn facts(
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        log_offset: u64,
+    ) -> RecordFacts<'_> {
         RecordFacts {
             topic,
             queue_id,

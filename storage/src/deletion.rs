@@ -247,18 +247,8 @@ mod tests {
 
     fn facts(topic: &str, queue_offset: u64, log_offset: u64, deletes: bool) -> RecordFacts<'_> {
         RecordFacts {
-            topic,
-            queue_id: 0,
-            queue_offset,
-            log_offset,
-            size: 10,
-            tags_hash: 0,
-            store_timestamp_ms: 5,
-            producer_id: 0,
-            sequence: 0,
-            message_crc: 0,
-            segment_base: 0,
             deletes_topic: deletes,
+            ..crate::catalog::tests::facts(topic, 0, queue_offset, log_offset)
         }
     }
 
