@@ -2,7 +2,7 @@
 //! group offsets, read stats.
 
 use crate::connection::{Connection, ConnectionOptions};
-use crate::{resolve, ClientError};
+use crate::{ClientError, Endpoint};
 use keel_protocol::{
     CommitOffsetRequest, CreateTopicRequest, ListTopicsRequest, QueryOffsetRequest, Request,
     Response, TopicCreated, TopicDeleted, TopicInfo,
@@ -21,7 +21,7 @@ impl Admin {
 
     /// Connects with TLS and a login when `options` has them.
     pub fn connect_with(address: &str, options: &ConnectionOptions) -> Result<Admin, ClientError> {
-        let connection = Connection::connect(resolve(address)?, options)?;
+        let connection = Connection::connect(Endpoint::resolve(address)?, options)?;
         Ok(Admin {
             connection,
             timeout: Duration::from_secs(10),

@@ -4,9 +4,9 @@
 //! replies and runs the request's callback. Callbacks run on that reader thread, so they
 //! must not block.
 
-use crate::ClientError;
+use crate::{ClientError, Endpoint};
 use bytes::BytesMut;
-use keel_protocol::{decode_frame, Login, Request, Response, FLAG_ONEWAY};
+use keel_protocol::{decode_frame, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES, FLAG_ONEWAY};
 use keel_security::{ClientTls, Stream};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -25,6 +25,12 @@ pub struct ConnectionOptions {
     pub write_timeout: Duration,
     /// Largest reply frame accepted; larger ones close the connection.
     pub max_frame_bytes: u32,
+    /// Largest request frame sent: the broker's `max_frame_bytes` (8 MiB by default).
+    /// A larger request is refused here, before a byte is sent
+    /// (`ClientError::TooLarge`: certainly not stored), instead of being cut off by the
+    /// broker mid-write. A broker configured with a smaller limit refuses the frame
+    /// itself (FRAME_TOO_LARGE, also certain).
+    pub max_request_bytes: u32,
     /// Speak TLS, trusting these roots (`None`: plaintext).
     pub tls: Option<ClientTls>,
     /// Log in with these on every connection, before any other request.
@@ -65,6 +71,7 @@ impl Default for ConnectionOptions {
             connect_timeout: Duration::from_secs(3),
             write_timeout: Duration::from_secs(3),
             max_frame_bytes: 64 << 20,
+            max_request_bytes: DEFAULT_MAX_FRAME_BYTES,
             tls: None,
             credentials: None,
         }
@@ -137,6 +144,7 @@ impl Shared {
 
 pub struct Connection {
     address: SocketAddr,
+    max_request_bytes: u32,
     stream: Arc<Stream>,
     /// Keeps each frame's bytes together on the socket.
     writing: Mutex<()>,
@@ -146,10 +154,14 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects to `endpoint` (a resolved address, or an `Endpoint` whose name TLS
+    /// verifies), does the TLS handshake and the login the options ask for.
     pub fn connect(
-        address: SocketAddr,
+        endpoint: impl Into<Endpoint>,
         options: &ConnectionOptions,
     ) -> Result<Connection, ClientError> {
+        let endpoint = endpoint.into();
+        let address = endpoint.address;
         let fail = |error: io::Error| ClientError::Connect {
             address: address.to_string(),
             detail: error.to_string(),
@@ -165,9 +177,9 @@ impl Connection {
             .set_read_timeout(Some(options.connect_timeout))
             .map_err(fail)?;
         let stream =
-            Stream::wrap(socket, options.tls.as_ref(), &address.to_string()).map_err(|error| {
+            Stream::wrap(socket, options.tls.as_ref(), &endpoint.name).map_err(|error| {
                 ClientError::Connect {
-                    address: address.to_string(),
+                    address: endpoint.name.clone(),
                     detail: format!("TLS handshake: {error}"),
                 }
             })?;
@@ -203,6 +215,7 @@ impl Connection {
             .map_err(fail)?;
         Ok(Connection {
             address,
+            max_request_bytes: options.max_request_bytes,
             stream,
             writing: Mutex::new(()),
             shared,
@@ -224,8 +237,19 @@ impl Connection {
     }
 
     /// Sends `request`; `callback` gets the reply, or an error after `timeout`.
+    ///
+    /// A request that is not sent in full is certainly not carried out: one over
+    /// `max_request_bytes` is refused before a byte is written (`TooLarge`), one whose
+    /// write fails gets `Connect` ("not sent"): the broker holds at most a prefix of its
+    /// frame, which it never decodes. Requests written before a failure get
+    /// `ConnectionClosed` (their outcome is unknown).
     pub fn call_async(&self, request: &Request, timeout: Duration, callback: Callback) {
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        request.encode(request_id, 0, &mut frame);
+        if let Err(error) = self.check_size(&frame) {
+            return callback(Err(error));
+        }
         {
             let mut pending = self.shared.lock();
             if let Some(reason) = &pending.closed {
@@ -242,11 +266,35 @@ impl Connection {
                 .callbacks
                 .insert(request_id, (Instant::now() + timeout, callback));
         }
-        let mut frame = Vec::new();
-        request.encode(request_id, 0, &mut frame);
         if let Err(error) = self.write(&frame) {
+            let own = self
+                .shared
+                .lock()
+                .callbacks
+                .remove(&request_id)
+                .map(|(_, callback)| callback);
             self.shared.close(format!("write failed: {error}"));
+            if let Some(callback) = own {
+                callback(Err(ClientError::Connect {
+                    address: self.address.to_string(),
+                    detail: format!(
+                        "the connection failed while this request was written ({error}); \
+                         not sent in full, so not carried out"
+                    ),
+                }));
+            }
         }
+    }
+
+    /// `TooLarge` for a frame over the broker's limit.
+    fn check_size(&self, frame: &[u8]) -> Result<(), ClientError> {
+        if frame.len() as u64 > u64::from(self.max_request_bytes) {
+            return Err(ClientError::TooLarge {
+                bytes: frame.len() as u64,
+                max: self.max_request_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Sends `request` and waits for its reply.
@@ -277,9 +325,16 @@ impl Connection {
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         request.encode(request_id, FLAG_ONEWAY, &mut frame);
+        self.check_size(&frame)?;
         self.write(&frame).map_err(|error| {
             self.shared.close(format!("write failed: {error}"));
-            ClientError::ConnectionClosed(error.to_string())
+            ClientError::Connect {
+                address: self.address.to_string(),
+                detail: format!(
+                    "the connection failed while this request was written ({error}); not \
+                     sent in full, so not carried out"
+                ),
+            }
         })
     }
 
@@ -392,6 +447,13 @@ fn dispatch_frames(
             .remove(&frame.request_id)
             .map(|(_, callback)| callback);
         match (callback, response) {
+            // An error after which the broker closes the connection (FRAME_TOO_LARGE,
+            // say): it answers this request; the others in flight are unknown.
+            (Some(callback), Response::Error(error)) if error.code.closes_connection() => {
+                let reason = format!("broker error {error}");
+                callback(Ok(Response::Error(error)));
+                return Err(reason);
+            }
             (Some(callback), response) => callback(Ok(response)),
             // An error for no request of ours: the broker is closing this connection.
             (None, Response::Error(error)) => return Err(format!("broker error {error}")),

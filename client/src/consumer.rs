@@ -11,7 +11,7 @@
 use crate::admin::unexpected;
 use crate::connection::{Connection, ConnectionOptions};
 use crate::records::checked_records;
-use crate::{resolve, ClientError};
+use crate::{ClientError, Endpoint};
 use keel_protocol::{
     CommitOffsetRequest, ListTopicsRequest, PullRequest, PullStatus, QueryOffsetRequest, Record,
     Request, Response,
@@ -98,7 +98,7 @@ impl Consumer {
     ) -> Result<Consumer, ClientError> {
         keel_protocol::validate_topic(group)
             .map_err(|detail| ClientError::InvalidArgument(format!("invalid group: {detail}")))?;
-        let connection = Connection::connect(resolve(address)?, &options.connection)?;
+        let connection = Connection::connect(Endpoint::resolve(address)?, &options.connection)?;
         let timeout = options.request_timeout;
         let list = Request::ListTopics(ListTopicsRequest {
             topic: topic.to_string(),

@@ -3,7 +3,9 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
-    /// Could not connect.
+    /// Not sent, so not carried out (nothing stored): the connection could not be
+    /// made, had closed before, or failed while the request was written (the broker
+    /// holds at most a prefix of its frame, which it never decodes).
     Connect {
         address: String,
         detail: String,
@@ -37,6 +39,16 @@ pub enum ClientError {
         detail: String,
     },
     InvalidArgument(String),
+    /// No broker to send to: the name servers know no master for the topic, or none
+    /// of them answered. Nothing was sent.
+    NoRoute(String),
+    /// The request's frame is over the broker's frame limit
+    /// (`ConnectionOptions::max_request_bytes`): refused before sending, nothing stored.
+    /// Retrying cannot help; send a smaller message.
+    TooLarge {
+        bytes: u64,
+        max: u32,
+    },
 }
 
 impl ClientError {
@@ -45,13 +57,15 @@ impl ClientError {
         match self {
             ClientError::Connect { .. }
             | ClientError::ConnectionClosed(_)
-            | ClientError::Timeout => true,
+            | ClientError::Timeout
+            | ClientError::NoRoute(_) => true,
             ClientError::Broker(error) => error.code.is_retryable(),
             ClientError::Protocol(_)
             | ClientError::OutcomeUnknown(_)
             | ClientError::Corrupt { .. }
             | ClientError::OffsetExpired { .. }
-            | ClientError::InvalidArgument(_) => false,
+            | ClientError::InvalidArgument(_)
+            | ClientError::TooLarge { .. } => false,
         }
     }
 
@@ -66,6 +80,16 @@ impl ClientError {
                 | ClientError::Protocol(_)
                 | ClientError::OutcomeUnknown(_)
         )
+    }
+
+    /// The stable name of a refusal that is certain (nothing stored): the broker's
+    /// error code, or `MESSAGE_TOO_LARGE` for a request refused before sending.
+    pub fn code_name(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Broker(error) => Some(error.code.name()),
+            ClientError::TooLarge { .. } => Some(keel_protocol::ErrorCode::MessageTooLarge.name()),
+            _ => None,
+        }
     }
 
     /// Whether the connection should be dropped and a new one made.
@@ -105,6 +129,12 @@ impl fmt::Display for ClientError {
                 )
             }
             ClientError::InvalidArgument(detail) => f.write_str(detail),
+            ClientError::NoRoute(detail) => write!(f, "no route: {detail}; not sent"),
+            ClientError::TooLarge { bytes, max } => write!(
+                f,
+                "MESSAGE_TOO_LARGE: the request is {bytes} bytes, over the broker's frame \
+                 limit of {max} (max_frame_bytes); not sent"
+            ),
         }
     }
 }

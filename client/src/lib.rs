@@ -23,6 +23,7 @@ mod producer;
 mod push;
 mod records;
 mod routing;
+mod timer;
 
 pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions, Credentials};
@@ -41,6 +42,41 @@ pub use push::{
 pub use routing::{fetch_brokers, fetch_routes, MasterRoute};
 
 use std::net::{SocketAddr, ToSocketAddrs};
+
+/// A broker or name server as given (`host:port`) and the address it resolved to. The
+/// name is what TLS verifies the server's certificate against (unless
+/// `ClientTls::server_name` says otherwise): `localhost:10911` checks `localhost`, not
+/// `127.0.0.1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+impl Endpoint {
+    /// Resolves `host:port` (the first address the resolver gives).
+    pub fn resolve(name: &str) -> Result<Endpoint, ClientError> {
+        Ok(Endpoint {
+            name: name.to_string(),
+            address: resolve(name)?,
+        })
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(address: SocketAddr) -> Endpoint {
+        Endpoint {
+            name: address.to_string(),
+            address,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
 
 /// Resolves `host:port` to one address (the first the resolver gives).
 pub fn resolve(address: &str) -> Result<SocketAddr, ClientError> {

@@ -13,14 +13,24 @@
 //! master than the one that just failed (unless it is the only one), each attempt gets
 //! an equal share of what is left of the budget, and a master that failed or answered
 //! slowly is avoided for a while (latency fault avoidance, on by default).
+//!
+//! Following a failover: a send that could not reach a master, or that a broker
+//! refused as NOT_MASTER, was certainly not stored. It marks the topic's routes stale
+//! (asked again of the name servers at once, at most every 100 ms) and is tried again
+//! after a short backoff (20 ms doubling to 200 ms), as long as the send budget lasts:
+//! such tries do not count against `retry_times_when_send_failed`, which bounds only
+//! the attempts that reached a broker. A 3 s failover is then ridden through by a send
+//! whose budget is longer, and the first send after the new master registers with the
+//! name servers goes to it.
+
+mod attempt;
 
 use crate::connection::{Connection, ConnectionOptions};
 use crate::routing::{pick, FaultTracker, Router};
-use crate::{resolve, ClientError};
+use crate::{ClientError, Endpoint};
+use attempt::Attempt;
 use keel_protocol::now_ms;
-use keel_protocol::{
-    Message, Request, Response, SendBatchResult, SendResult, SendStatus, QUEUE_ID_ANY,
-};
+use keel_protocol::{Message, Request, Response, SendBatchResult, SendResult, QUEUE_ID_ANY};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -44,7 +54,8 @@ pub struct ProducerOptions {
     pub fault_avoidance: bool,
     /// How long a master that failed a send is avoided.
     pub fault_isolation: Duration,
-    /// With name servers: how long routes are cached before being asked again.
+    /// With name servers: how long routes are cached before being asked again (a
+    /// failed send asks again at once).
     pub route_refresh: Duration,
     /// Number each message (producer id + sequence) so that a broker answers a retry
     /// of a message it already stored with the original's SEND_OK instead of storing
@@ -72,14 +83,19 @@ impl Default for ProducerOptions {
 
 /// Where sends go.
 enum Target {
-    Broker(SocketAddr),
+    Broker(Endpoint),
     NameServers(Router),
 }
+
+/// How long a failed connect to an address is remembered: sends in that time fail at
+/// once with the same error instead of each trying (and, to a host that does not
+/// answer, each waiting out a connect timeout).
+const CONNECT_FAILURE_MEMORY: Duration = Duration::from_millis(50);
 
 struct Inner {
     target: Target,
     options: ProducerOptions,
-    connections: Mutex<HashMap<SocketAddr, Arc<Connection>>>,
+    connections: Mutex<Connections>,
     faults: FaultTracker,
     cursor: AtomicUsize,
     /// Idempotence: this producer's id, and the next sequence.
@@ -106,6 +122,13 @@ impl SendHandle {
     }
 }
 
+#[derive(Default)]
+struct Connections {
+    live: HashMap<SocketAddr, Arc<Connection>>,
+    /// The last failed connect to each address, and why.
+    failed: HashMap<SocketAddr, (Instant, ClientError)>,
+}
+
 impl Producer {
     fn new(target: Target, options: ProducerOptions) -> Producer {
         let producer_id = if options.idempotent {
@@ -120,7 +143,7 @@ impl Producer {
                 sequence: AtomicU64::new(1),
                 faults: FaultTracker::new(options.fault_isolation),
                 options,
-                connections: Mutex::new(HashMap::new()),
+                connections: Mutex::new(Connections::default()),
                 cursor: AtomicUsize::new(0),
             }),
         }
@@ -128,9 +151,9 @@ impl Producer {
 
     /// Connects to the broker at `address` (`host:port`).
     pub fn connect(address: &str, options: ProducerOptions) -> Result<Producer, ClientError> {
-        let address = resolve(address)?;
-        let producer = Producer::new(Target::Broker(address), options);
-        producer.connection(address)?;
+        let endpoint = Endpoint::resolve(address)?;
+        let producer = Producer::new(Target::Broker(endpoint.clone()), options);
+        producer.connection(&endpoint, producer.inner.options.connection.connect_timeout)?;
         Ok(producer)
     }
 
@@ -155,25 +178,49 @@ impl Producer {
         &self.inner.options
     }
 
-    /// The live connection to `address`, reconnecting if the last one died.
-    fn connection(&self, address: SocketAddr) -> Result<Arc<Connection>, ClientError> {
+    /// The live connection to `endpoint`, reconnecting if the last one died (waiting
+    /// at most `timeout` for the connect).
+    fn connection(
+        &self,
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Arc<Connection>, ClientError> {
         let mut connections = self
             .inner
             .connections
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        let address = endpoint.address;
         if let Some(connection) = connections
+            .live
             .get(&address)
             .filter(|connection| !connection.is_closed())
         {
             return Ok(connection.clone());
         }
-        let connection = Arc::new(Connection::connect(
-            address,
-            &self.inner.options.connection,
-        )?);
-        connections.insert(address, connection.clone());
-        Ok(connection)
+        if let Some((at, error)) = connections.failed.get(&address) {
+            if at.elapsed() < CONNECT_FAILURE_MEMORY {
+                return Err(error.clone());
+            }
+        }
+        let mut options = self.inner.options.connection.clone();
+        options.connect_timeout = options
+            .connect_timeout
+            .min(timeout.max(Duration::from_millis(1)));
+        match Connection::connect(endpoint.clone(), &options) {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                connections.failed.remove(&address);
+                connections.live.insert(address, connection.clone());
+                Ok(connection)
+            }
+            Err(error) => {
+                connections
+                    .failed
+                    .insert(address, (Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 
     fn drop_connection(&self, broken: &Arc<Connection>) {
@@ -184,35 +231,50 @@ impl Producer {
             .unwrap_or_else(|poison| poison.into_inner());
         let address = broken.address();
         if connections
+            .live
             .get(&address)
             .is_some_and(|current| Arc::ptr_eq(current, broken))
         {
-            connections.remove(&address);
+            connections.live.remove(&address);
         }
     }
 
     /// Where the next attempt of `request` goes, and the queue to give its messages
-    /// (`None`: leave them as they are).
+    /// (`None`: leave them as they are). `timeout` bounds asking the name servers.
     fn choose(
         &self,
         request: &Request,
         last_failed: Option<SocketAddr>,
-    ) -> Result<(SocketAddr, Option<u32>), ClientError> {
+        timeout: Duration,
+    ) -> Result<(Endpoint, Option<u32>), ClientError> {
         let router = match &self.inner.target {
-            Target::Broker(address) => return Ok((*address, None)),
+            Target::Broker(endpoint) => return Ok((endpoint.clone(), None)),
             Target::NameServers(router) => router,
         };
-        let topic = match request {
-            Request::Send(message) => message.topic.as_str(),
-            Request::SendBatch(messages) => messages.first().map_or("", |m| m.topic.as_str()),
-            _ => "",
-        };
-        let masters = router.masters(topic)?;
+        let topic = topic_of(request);
+        let masters = router
+            .masters(topic, timeout)
+            .map_err(|error| match error {
+                ClientError::NoRoute(_) => error,
+                other => ClientError::NoRoute(format!("asking the name servers: {other}")),
+            })?;
         let avoid = self.inner.options.fault_avoidance;
-        pick(&masters, &self.inner.cursor, last_failed, |address| {
+        let (index, queue) = pick(&masters, &self.inner.cursor, last_failed, |address| {
             !avoid || self.inner.faults.available(address)
         })
-        .ok_or_else(|| ClientError::InvalidArgument(format!("no master for topic {topic:?}")))
+        .ok_or_else(|| ClientError::NoRoute(format!("no master for topic {topic:?}")))?;
+        let endpoint = masters
+            .get(index)
+            .map(|master| master.endpoint.clone())
+            .ok_or_else(|| ClientError::NoRoute(format!("no master for topic {topic:?}")))?;
+        Ok((endpoint, queue))
+    }
+
+    /// After a failure that says the routes may be out of date: ask again next time.
+    fn routes_stale(&self, request: &Request) {
+        if let Target::NameServers(router) = &self.inner.target {
+            router.invalidate(topic_of(request));
+        }
     }
 
     /// Stamps the birth time and, for an idempotent producer, the producer id and the
@@ -309,19 +371,7 @@ impl Producer {
         request: Request,
         callback: impl FnOnce(Result<Response, ClientError>) + Send + 'static,
     ) {
-        let attempt = Attempt {
-            producer: self.clone(),
-            request: Arc::new(request),
-            deadline: Instant::now() + self.inner.options.send_timeout,
-            attempts_left: self.inner.options.retry_times_when_send_failed + 1,
-            attempts_made: 0,
-            last_failed: None,
-            last_error: None,
-            unknown: None,
-            last_answer: None,
-            callback: Box::new(callback),
-        };
-        attempt.run();
+        Attempt::new(self.clone(), request, Box::new(callback)).run();
     }
 
     /// `send_async` with a handle to wait on instead of a callback.
@@ -337,23 +387,27 @@ impl Producer {
     /// bytes are handed to the socket.
     pub fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
         let request = Request::Send(self.prepare(message));
-        let (address, queue) = self.choose(&request, None)?;
+        let timeout = self.inner.options.send_timeout;
+        let (endpoint, queue) = self.choose(&request, None, timeout)?;
         let placed = queue.map(|queue| with_queue(&request, queue));
-        let connection = self.connection(address)?;
+        let connection = self
+            .connection(&endpoint, timeout)
+            .inspect_err(|_| self.routes_stale(&request))?;
         connection
             .send_oneway(placed.as_ref().unwrap_or(&request))
-            .inspect_err(|_| self.drop_connection(&connection))
+            .inspect_err(|_| {
+                self.drop_connection(&connection);
+                self.routes_stale(&request);
+            })
     }
 }
 
-type SendCallback = Box<dyn FnOnce(Result<Response, ClientError>) + Send>;
-
-/// The status of a reply to SEND or SEND_BATCH.
-fn status_of(response: &Response) -> Option<SendStatus> {
-    match response {
-        Response::SendResult(result) => Some(result.status),
-        Response::SendBatchResult(result) => Some(result.status),
-        _ => None,
+/// The topic a SEND or SEND_BATCH goes to.
+fn topic_of(request: &Request) -> &str {
+    match request {
+        Request::Send(message) => message.topic.as_str(),
+        Request::SendBatch(messages) => messages.first().map_or("", |m| m.topic.as_str()),
+        _ => "",
     }
 }
 
@@ -385,177 +439,5 @@ fn with_queue(request: &Request, queue: u32) -> Request {
         Request::Send(message) => Request::Send(place(message)),
         Request::SendBatch(messages) => Request::SendBatch(messages.iter().map(place).collect()),
         other => other.clone(),
-    }
-}
-
-/// One send's state across its attempts.
-struct Attempt {
-    producer: Producer,
-    request: Arc<Request>,
-    deadline: Instant,
-    attempts_left: u32,
-    attempts_made: u32,
-    /// The broker the previous attempt failed on.
-    last_failed: Option<SocketAddr>,
-    /// Why the previous attempt failed.
-    last_error: Option<ClientError>,
-    /// The first attempt whose outcome is unknown (sent, answer lost): once there is
-    /// one, a later refusal cannot make the send "failed".
-    unknown: Option<String>,
-    /// The previous attempt's answer when it was a status other than SEND_OK that
-    /// `retry_when_not_stored_ok` retried.
-    last_answer: Option<Response>,
-    callback: SendCallback,
-}
-
-impl Attempt {
-    fn run(mut self) {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || self.attempts_left == 0 {
-            if let Some(error) = self.last_error.take() {
-                return self.give_up(error);
-            }
-            // The previous attempt was answered with a stored-but-not-durable status and
-            // retried: that answer stands.
-            if let Some(answer) = self.last_answer.take() {
-                return (self.callback)(Ok(answer));
-            }
-            let error = match self.attempts_made {
-                0 => ClientError::InvalidArgument(
-                    "the send budget (send_timeout) ran out before the first attempt; not sent"
-                        .into(),
-                ),
-                _ => ClientError::Timeout,
-            };
-            return self.give_up(error);
-        }
-        // Each attempt gets an equal share of what is left, so a lost reply or a master
-        // that hangs leaves time for the retries (safe with idempotence: the broker
-        // answers a retry of a stored message with the original).
-        let attempt_timeout = remaining / self.attempts_left;
-        self.attempts_left -= 1;
-        self.attempts_made += 1;
-        let (address, queue) = match self.producer.choose(&self.request, self.last_failed) {
-            Ok(choice) => choice,
-            Err(error) => return self.retry_or_fail(error),
-        };
-        let connection = match self.producer.connection(address) {
-            Ok(connection) => connection,
-            Err(error) => {
-                self.producer
-                    .inner
-                    .faults
-                    .record(address, Duration::ZERO, true);
-                self.last_failed = Some(address);
-                return self.retry_or_fail(error);
-            }
-        };
-        // A copy only when this attempt places the message on a queue.
-        let placed = queue.map(|queue| with_queue(&self.request, queue));
-        let shared = self.request.clone();
-        let request = placed.as_ref().unwrap_or(&shared);
-        let started = Instant::now();
-        connection.clone().call_async(
-            request,
-            attempt_timeout,
-            Box::new(move |outcome| {
-                let outcome = match outcome {
-                    Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
-                    other => other,
-                };
-                let failed = outcome.as_ref().is_err_and(ClientError::is_retryable);
-                if matches!(self.producer.inner.target, Target::NameServers(_)) {
-                    self.producer
-                        .inner
-                        .faults
-                        .record(address, started.elapsed(), failed);
-                }
-                let not_ok = outcome
-                    .as_ref()
-                    .ok()
-                    .and_then(status_of)
-                    .filter(|status| *status != SendStatus::SendOk);
-                match outcome {
-                    Ok(result)
-                        if not_ok.is_some()
-                            && self.producer.inner.options.retry_when_not_stored_ok
-                            && self.attempts_left > 0 =>
-                    {
-                        let status = not_ok.unwrap_or(SendStatus::SendOk);
-                        log::warn!("send answered {status}, retrying as configured");
-                        // Stored by the master: a later refusal cannot make it "failed".
-                        if self.unknown.is_none() {
-                            self.unknown = Some(format!(
-                                "attempt {} to {address} answered {status} (stored, not yet \
-                                 durable to the broker's standard)",
-                                self.attempts_made
-                            ));
-                        }
-                        self.last_error = None;
-                        self.last_answer = Some(result);
-                        self.run()
-                    }
-                    Ok(result) => (self.callback)(Ok(result)),
-                    Err(error) => {
-                        if error.breaks_connection() {
-                            self.producer.drop_connection(&connection);
-                        }
-                        if error.is_outcome_unknown() && self.unknown.is_none() {
-                            self.unknown = Some(format!(
-                                "attempt {} to {address}: {error}",
-                                self.attempts_made
-                            ));
-                        }
-                        self.last_failed = Some(address);
-                        self.retry_or_fail(error)
-                    }
-                }
-            }),
-        );
-    }
-
-    fn retry_or_fail(mut self, error: ClientError) {
-        let time_left = Instant::now() < self.deadline;
-        if error.is_retryable() && self.attempts_left > 0 && time_left {
-            log::debug!(
-                "send attempt {} failed ({error}); retrying",
-                self.attempts_made
-            );
-            // A fresh connection attempt happens on the retry; back off briefly so a
-            // broker that just refused a connection is not hammered.
-            if matches!(error, ClientError::Connect { .. }) {
-                std::thread::sleep(
-                    Duration::from_millis(50)
-                        .min(self.deadline.saturating_duration_since(Instant::now())),
-                );
-            }
-            self.last_error = Some(error);
-            return self.run();
-        }
-        self.give_up(error);
-    }
-
-    fn give_up(self, error: ClientError) {
-        // An attempt that may have stored the message outweighs a later refusal: the
-        // broker refused only that later attempt.
-        let error = match &self.unknown {
-            Some(first) if !matches!(error, ClientError::OutcomeUnknown(_)) => {
-                ClientError::OutcomeUnknown(format!(
-                    "{first}; {} attempt(s) in all, the last: {error}. Retry with the same \
-                     producer id and sequence",
-                    self.attempts_made
-                ))
-            }
-            _ => error,
-        };
-        let target = match (&self.producer.inner.target, self.last_failed) {
-            (_, Some(address)) | (&Target::Broker(address), None) => address.to_string(),
-            (Target::NameServers(_), None) => "the topic's masters".to_string(),
-        };
-        log::error!(
-            "ALARM: send to {target} failed after {} attempt(s): {error}",
-            self.attempts_made
-        );
-        (self.callback)(Err(error));
     }
 }

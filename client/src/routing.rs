@@ -2,7 +2,7 @@
 //! slowly (latency fault avoidance).
 
 use crate::connection::{Connection, ConnectionOptions};
-use crate::{resolve, ClientError};
+use crate::{ClientError, Endpoint};
 use keel_protocol::{BrokerRoute, Request, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,19 +15,32 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterRoute {
     pub broker_name: String,
-    pub address: SocketAddr,
+    /// The address as the broker registered it (TLS verifies this name) and where it
+    /// resolved.
+    pub endpoint: Endpoint,
     pub queues: u32,
 }
 
-/// Routes per topic, with when they were fetched.
-type RouteCache = HashMap<String, (Instant, Arc<Vec<MasterRoute>>)>;
+/// A topic's masters as last fetched.
+struct Cached {
+    fetched: Instant,
+    routes: Arc<Vec<MasterRoute>>,
+    /// A send failed in a way that says the routes may be out of date (a master did not
+    /// answer, or answered NOT_MASTER): fetch again before the next use.
+    stale: bool,
+}
+
+/// How soon routes marked stale may be fetched again: while a failover is in
+/// progress every failed send marks them, and the name servers are asked at most
+/// this often (per topic and producer), not once per send.
+const STALE_REFETCH_MIN: Duration = Duration::from_millis(100);
 
 /// Asks name servers for routes (any one that answers) and caches them per topic.
 pub(crate) struct Router {
     name_servers: Vec<String>,
     refresh: Duration,
     timeout: Duration,
-    cache: Mutex<RouteCache>,
+    cache: Mutex<HashMap<String, Cached>>,
     next: AtomicUsize,
     /// TLS to the name servers (like to the brokers).
     tls: Option<keel_security::ClientTls>,
@@ -49,78 +62,117 @@ impl Router {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RouteCache> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
         self.cache
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Every broker the name servers know, with `topic`'s queue count on each.
-    pub(crate) fn fetch(&self, topic: &str) -> Result<Vec<BrokerRoute>, ClientError> {
+    pub(crate) fn fetch(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Vec<BrokerRoute>, ClientError> {
         fetch_routes(
             &self.name_servers,
             &self.next,
             topic,
-            self.timeout,
+            timeout.min(self.timeout),
             self.tls.as_ref(),
         )
     }
 
+    /// Marks `topic`'s routes out of date: the next `masters` asks the name servers
+    /// (at most every `STALE_REFETCH_MIN`).
+    pub(crate) fn invalidate(&self, topic: &str) {
+        if let Some(cached) = self.lock().get_mut(topic) {
+            cached.stale = true;
+        }
+    }
+
     /// The masters to send `topic` to: those that have it, or every master when none
-    /// has it yet. Cached for `refresh`; a failed refresh keeps the old routes.
-    pub(crate) fn masters(&self, topic: &str) -> Result<Arc<Vec<MasterRoute>>, ClientError> {
-        let cached = self.lock().get(topic).cloned();
-        if let Some((fetched, routes)) = &cached {
-            if fetched.elapsed() < self.refresh && !routes.is_empty() {
+    /// has it yet. Cached for `refresh`, or until a failure marks them stale; a failed
+    /// fetch keeps the old routes. `timeout` bounds the asking.
+    pub(crate) fn masters(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Vec<MasterRoute>>, ClientError> {
+        let cached = self
+            .lock()
+            .get(topic)
+            .map(|c| (c.fetched, c.stale, c.routes.clone()));
+        if let Some((fetched, stale, routes)) = &cached {
+            let age = fetched.elapsed();
+            let fresh = !stale && age < self.refresh;
+            if !routes.is_empty() && (fresh || (*stale && age < STALE_REFETCH_MIN)) {
                 return Ok(routes.clone());
             }
         }
-        let routes = match self.fetch(topic) {
+        // Marked as fetched now, so that concurrent senders use these routes meanwhile
+        // instead of all asking at once.
+        if let Some(entry) = self.lock().get_mut(topic) {
+            entry.fetched = Instant::now();
+        }
+        let routes = match self.fetch(topic, timeout) {
             Ok(routes) => routes,
             Err(error) => {
                 return match cached {
-                    Some((_, routes)) => {
+                    Some((_, _, routes)) if !routes.is_empty() => {
                         log::warn!(
                             "cannot refresh routes of {topic:?} ({error}); using the last ones"
                         );
                         Ok(routes)
                     }
-                    None => Err(error),
+                    _ => Err(error),
                 }
             }
         };
-        let masters: Vec<&BrokerRoute> = routes.iter().filter(|r| r.role.is_master()).collect();
-        let with_topic: Vec<&BrokerRoute> = masters
-            .iter()
-            .copied()
-            .filter(|route| route.topic_queues > 0)
-            .collect();
-        let chosen = if with_topic.is_empty() {
-            masters
-        } else {
-            with_topic
-        };
-        let mut resolved = Vec::with_capacity(chosen.len());
-        for route in chosen {
-            match resolve(&route.address) {
-                Ok(address) => resolved.push(MasterRoute {
-                    broker_name: route.broker_name.clone(),
-                    address,
-                    queues: route.topic_queues,
-                }),
-                Err(error) => log::warn!("skipping broker {}: {error}", route.broker_name),
-            }
-        }
-        if resolved.is_empty() {
-            return Err(ClientError::InvalidArgument(format!(
-                "the name servers know no master for topic {topic:?}"
-            )));
-        }
-        let resolved = Arc::new(resolved);
-        self.lock()
-            .insert(topic.to_string(), (Instant::now(), resolved.clone()));
+        let resolved = Arc::new(masters_of(topic, &routes)?);
+        self.lock().insert(
+            topic.to_string(),
+            Cached {
+                fetched: Instant::now(),
+                routes: resolved.clone(),
+                stale: false,
+            },
+        );
         Ok(resolved)
     }
+}
+
+/// The masters of `routes` that have `topic` (every master when none has it yet),
+/// resolved.
+fn masters_of(topic: &str, routes: &[BrokerRoute]) -> Result<Vec<MasterRoute>, ClientError> {
+    let masters: Vec<&BrokerRoute> = routes.iter().filter(|r| r.role.is_master()).collect();
+    let with_topic: Vec<&BrokerRoute> = masters
+        .iter()
+        .copied()
+        .filter(|route| route.topic_queues > 0)
+        .collect();
+    let chosen = if with_topic.is_empty() {
+        masters
+    } else {
+        with_topic
+    };
+    let mut resolved = Vec::with_capacity(chosen.len());
+    for route in chosen {
+        match Endpoint::resolve(&route.address) {
+            Ok(endpoint) => resolved.push(MasterRoute {
+                broker_name: route.broker_name.clone(),
+                endpoint,
+                queues: route.topic_queues,
+            }),
+            Err(error) => log::warn!("skipping broker {}: {error}", route.broker_name),
+        }
+    }
+    if resolved.is_empty() {
+        return Err(ClientError::NoRoute(format!(
+            "the name servers know no master for topic {topic:?}"
+        )));
+    }
+    Ok(resolved)
 }
 
 /// GET_ROUTES from the first name server that answers, starting after the last one used
@@ -189,13 +241,13 @@ fn ask_name_servers<T>(
     for index in 0..name_servers.len() {
         let which = (start + index) % name_servers.len();
         let name_server = &name_servers[which];
-        let outcome = resolve(name_server).and_then(|address| {
+        let outcome = Endpoint::resolve(name_server).and_then(|endpoint| {
             let options = ConnectionOptions {
                 connect_timeout: timeout,
                 tls: tls.cloned(),
                 ..ConnectionOptions::default()
             };
-            Connection::connect(address, &options)?.call(request, timeout)
+            Connection::connect(endpoint, &options)?.call(request, timeout)
         });
         match outcome.map(&pick) {
             Ok(Ok(answer)) => {
@@ -288,13 +340,14 @@ impl FaultTracker {
 
 /// Picks the queue of the next send: round robin over every (master, queue) pair,
 /// skipping the master that just failed and masters being avoided while another
-/// choice exists. Returns the master and the queue (`None`: the broker picks).
+/// choice exists. Returns the master (its index in `masters`) and the queue (`None`:
+/// the broker picks).
 pub(crate) fn pick(
     masters: &[MasterRoute],
     cursor: &AtomicUsize,
     last_failed: Option<SocketAddr>,
     available: impl Fn(SocketAddr) -> bool,
-) -> Option<(SocketAddr, Option<u32>)> {
+) -> Option<(usize, Option<u32>)> {
     let slots: Vec<(usize, Option<u32>)> = masters
         .iter()
         .enumerate()
@@ -311,14 +364,14 @@ pub(crate) fn pick(
     }
     let start = cursor.fetch_add(1, Ordering::Relaxed);
     let order = (0..slots.len()).map(|offset| slots[(start + offset) % slots.len()]);
-    let address_of = |(index, _): (usize, Option<u32>)| masters[index].address;
+    let address_of = |(index, _): (usize, Option<u32>)| masters[index].endpoint.address;
     let not_failed = |slot: &(usize, Option<u32>)| Some(address_of(*slot)) != last_failed;
     let chosen = order
         .clone()
         .find(|slot| not_failed(slot) && available(address_of(*slot)))
         .or_else(|| order.clone().find(not_failed))
         .or_else(|| order.clone().next())?;
-    Some((address_of(chosen), chosen.1))
+    Some(chosen)
 }
 
 #[cfg(test)]
@@ -329,12 +382,12 @@ mod tests {
         vec![
             MasterRoute {
                 broker_name: "a".into(),
-                address: "127.0.0.1:1".parse().unwrap(),
+                endpoint: Endpoint::resolve("127.0.0.1:1").unwrap(),
                 queues: 2,
             },
             MasterRoute {
                 broker_name: "b".into(),
-                address: "127.0.0.1:2".parse().unwrap(),
+                endpoint: Endpoint::resolve("127.0.0.1:2").unwrap(),
                 queues: 2,
             },
         ]
@@ -343,33 +396,26 @@ mod tests {
     #[test]
     fn picks_spread_over_every_queue_and_skip_a_failed_or_avoided_master() {
         let masters = masters();
+        let address = |index: usize| masters[index].endpoint.address;
         let cursor = AtomicUsize::new(0);
         let picks: Vec<_> = (0..4)
             .map(|_| pick(&masters, &cursor, None, |_| true).unwrap())
             .collect();
-        assert_eq!(
-            picks
-                .iter()
-                .filter(|(a, _)| *a == masters[0].address)
-                .count(),
-            2
-        );
-        let failed = masters[0].address;
+        assert_eq!(picks.iter().filter(|(index, _)| *index == 0).count(), 2);
+        let failed = address(0);
         for _ in 0..8 {
-            let (address, _) = pick(&masters, &cursor, Some(failed), |_| true).unwrap();
+            let (index, _) = pick(&masters, &cursor, Some(failed), |_| true).unwrap();
             assert_ne!(
-                address, failed,
+                address(index),
+                failed,
                 "a retry never goes back to the failed master"
             );
-            let (address, _) = pick(&masters, &cursor, None, |a| a != failed).unwrap();
-            assert_ne!(address, failed, "an avoided master is skipped");
+            let (index, _) = pick(&masters, &cursor, None, |a| a != failed).unwrap();
+            assert_ne!(address(index), failed, "an avoided master is skipped");
         }
         // The only master is used even right after it failed.
         let only = &masters[..1];
-        assert_eq!(
-            pick(only, &cursor, Some(failed), |_| false).unwrap().0,
-            failed
-        );
+        assert_eq!(pick(only, &cursor, Some(failed), |_| false).unwrap().0, 0);
     }
 
     #[test]

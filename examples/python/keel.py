@@ -39,7 +39,10 @@ ERROR_NAMES = {
     14: "INTERNAL", 15: "INVALID_ARGUMENT", 16: "TOO_MANY_CONNECTIONS", 17: "NOT_OWNER",
     18: "SEQUENCE_MISMATCH", 19: "SEQUENCE_TOO_OLD", 20: "OVERLOADED", 21: "AUTHENTICATION_FAILED",
     22: "NOT_AUTHENTICATED", 23: "PERMISSION_DENIED", 24: "TOO_MANY_LOGIN_FAILURES", 25: "TLS_REQUIRED",
+    26: "TOPIC_IN_USE",
 }
+# The broker's max_frame_bytes by default: a larger request is refused before sending.
+DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 ERROR_CODES = {name: code for code, name in ERROR_NAMES.items()}
 SEND_STATUSES = {0: "SEND_OK", 1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE",
                  4: "OUTCOME_UNKNOWN"}
@@ -73,6 +76,20 @@ class KeelError(Exception):
         self.name = ERROR_NAMES.get(code, f"UNKNOWN_ERROR_{code}")
         self.message = message
         super().__init__(f"keel error {code} {self.name}: {message}")
+
+
+class TooLargeError(KeelError):
+    """A request over the broker's frame limit (`max_frame_bytes`), refused by this client
+    before a byte was sent: certainly not stored. Its name is MESSAGE_TOO_LARGE."""
+
+    def __init__(self, size, limit):
+        super().__init__(5, f"the request is {size} bytes, over the broker's frame limit of "
+                            f"{limit} (max_frame_bytes); not sent")
+
+
+class NotSentError(ConnectionError):
+    """The connection failed while the request was being written: the broker holds at most
+    a prefix of its frame, which it never decodes, so the request was not carried out."""
 
 
 class LoginError(KeelError):
@@ -157,7 +174,7 @@ class Client:
     a client certificate for a broker with `tls_client_ca_file`."""
 
     def __init__(self, host="127.0.0.1", port=10911, timeout=10.0, cafile=None, server_hostname=None,
-                 certfile=None, keyfile=None, ssl_context=None):
+                 certfile=None, keyfile=None, ssl_context=None, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES):
         raw = socket.create_connection((host, port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is None and cafile is not None:
@@ -175,6 +192,7 @@ class Client:
         self.tls = ssl_context is not None
         self.principal = None
         self.next_id = 1
+        self.max_frame_bytes = max_frame_bytes
 
     def __enter__(self):
         return self
@@ -200,14 +218,35 @@ class Client:
         return data
 
     def _frame(self, kind, body, flags=0):
+        if 16 + len(body) > self.max_frame_bytes:
+            raise TooLargeError(16 + len(body), self.max_frame_bytes)
         request_id = self.next_id
         self.next_id += 1
         header = struct.pack("<IBBHQ", 12 + len(body), VERSION, KINDS[kind], flags, request_id)
         return request_id, header + body
 
+    def _send(self, request_id, frame):
+        """Writes a frame. If the connection fails part-way, the broker may have said why
+        first (FRAME_TOO_LARGE): that ERROR is raised; else NotSentError (not stored)."""
+        try:
+            self.socket.sendall(frame)
+        except OSError as failure:
+            try:
+                self.socket.settimeout(1.0)
+                self._reply(request_id)
+            except KeelError:
+                raise
+            except (OSError, ValueError, struct.error):
+                pass
+            raise NotSentError(f"the connection failed while the request was written ({failure}); "
+                               "not sent in full, so not stored") from failure
+
     def _call(self, kind, body=b"", expect=None):
         request_id, frame = self._frame(kind, body)
-        self.socket.sendall(frame)
+        self._send(request_id, frame)
+        return self._reply(request_id, expect)
+
+    def _reply(self, request_id, expect=None):
         while True:
             (length,) = struct.unpack("<I", self._read_exactly(4))
             rest = self._read_exactly(length)
@@ -259,8 +298,8 @@ class Client:
         return {"status": status, "messages": messages}
 
     def send_oneway(self, topic, payload, queue_id=QUEUE_ID_ANY, tags="", keys=""):
-        _, frame = self._frame("SEND", self._message(topic, payload, queue_id, tags, keys, ()), FLAG_ONEWAY)
-        self.socket.sendall(frame)
+        request_id, frame = self._frame("SEND", self._message(topic, payload, queue_id, tags, keys, ()), FLAG_ONEWAY)
+        self._send(request_id, frame)
 
     def pull(self, topic, queue_id, queue_offset, max_messages=64, max_bytes=1 << 20, wait_ms=0, group=""):
         body = _str16(group) + _str16(topic)

@@ -20,7 +20,8 @@ def main(address):
         sys.exit(f"cannot reach keeld at {address}: {error} (is it running?)")
     with client:
         run_checks(client, run)
-    print("python client: ok (71 messages sent, batched and consumed, CRCs checked)")
+        too_large(client, host, int(port), run)
+    print("python client: ok (71 messages sent, batched and consumed, CRCs checked; 10 MiB refused)")
 
 
 def run_checks(client, run):
@@ -73,6 +74,30 @@ def run_checks(client, run):
         topics = client.list_topics(orders)
         assert topics[orders][0] == (0, 26), topics
         assert client.stats()["records_appended"] >= 71
+
+
+def too_large(client, host, port, run):
+    """A request over the frame limit is a certain refusal, never a connection reset:
+    refused here before sending, or by the broker (FRAME_TOO_LARGE) when this client's
+    own limit is set higher than the broker's."""
+    big = os.urandom(10 * 1024 * 1024)
+    try:
+        client.send(f"py-big-{run}", big)
+        raise AssertionError("a 10 MiB send was accepted")
+    except keel.TooLargeError as error:
+        assert error.name == "MESSAGE_TOO_LARGE", error
+    client.ping()  # nothing was sent: the connection is still in step
+    with keel.Client(host, port, max_frame_bytes=64 << 20) as unchecked:
+        try:
+            unchecked.send(f"py-big-{run}", big)
+            raise AssertionError("a 10 MiB send was accepted")
+        except keel.KeelError as error:
+            assert error.name == "FRAME_TOO_LARGE", error
+    try:
+        client.list_topics(f"py-big-{run}")
+        raise AssertionError("a refused send created its topic")
+    except keel.KeelError as error:
+        assert error.name == "TOPIC_NOT_FOUND", error
 
 
 if __name__ == "__main__":

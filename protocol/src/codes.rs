@@ -268,6 +268,26 @@ impl ErrorCode {
         }
     }
 
+    /// Whether the broker closes the connection after this error (docs/PROTOCOL.md,
+    /// the error table's "connection" column; OVERLOADED is also answered on an open
+    /// connection to a LOGIN or SECURITY_ADMIN when too many wait: a client that closes
+    /// then only reconnects early).
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::MalformedFrame
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::UnknownKind
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::TooManyConnections
+                | ErrorCode::Overloaded
+                | ErrorCode::AuthenticationFailed
+                | ErrorCode::NotAuthenticated
+                | ErrorCode::TooManyLoginFailures
+                | ErrorCode::TlsRequired
+        )
+    }
+
     /// Whether a producer may retry the same send (on this or another broker).
     pub fn is_retryable(self) -> bool {
         matches!(

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct DiscoveryOptions {
     pub consumer: PushConsumerOptions,
-    /// Routes are fetched this often (and at once when a group's consumer stops).
+    /// Routes are fetched this often, and every `LOST_REFRESH` while a group's
+    /// consumer has lost its broker (a failover: the new master is consumed as soon as
+    /// the name servers know it).
     pub route_refresh: Duration,
 }
 
@@ -30,6 +32,9 @@ impl Default for DiscoveryOptions {
 }
 
 type Handler<R> = Arc<dyn Fn(&Delivery) -> R + Send + Sync>;
+
+/// How often routes are fetched while a group's consumer cannot reach its broker.
+const LOST_REFRESH: Duration = Duration::from_millis(100);
 
 /// One consumer per broker group, keyed by broker name, with the master it reads.
 struct Running {
@@ -252,6 +257,13 @@ fn supervise<R: IntoConsumeResult + 'static>(
         let until = started + options.route_refresh;
         while !stop.load(Ordering::Acquire) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
+            let lost = lock()
+                .running
+                .values()
+                .any(|r| r.consumer.stats().broker_lost.load(Ordering::Relaxed));
+            if lost && started.elapsed() >= LOST_REFRESH {
+                break;
+            }
         }
     }
 }

@@ -5,7 +5,6 @@ use crate::connection::Connection;
 use crate::ClientError;
 use keel_protocol::{Request, Response};
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub(super) struct Driver {
     /// The broker, then its slaves.
-    pub(super) addresses: Vec<SocketAddr>,
+    pub(super) addresses: Vec<crate::Endpoint>,
     /// Which of them the connection goes to.
     pub(super) current: usize,
     pub(super) primary_retry_due: Instant,
@@ -50,6 +49,8 @@ impl Driver {
     pub(super) fn run(&mut self) -> Result<(), ClientError> {
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
+            let lost = self.current > 0 || self.connection.is_closed();
+            self.stats.broker_lost.store(lost, Ordering::Relaxed);
             if self.current > 0 && now >= self.primary_retry_due {
                 self.reconnect_if_needed();
             }

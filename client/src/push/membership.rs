@@ -5,24 +5,23 @@
 use super::driver::Driver;
 use super::{QueueKey, QueueState, StartFrom};
 use crate::connection::{Connection, ConnectionOptions};
-use crate::ClientError;
+use crate::{ClientError, Endpoint};
 use keel_protocol::{
     HeartbeatRequest, ListTopicsRequest, OffsetForTimeRequest, QueryOffsetRequest, Request,
     Response,
 };
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Connects to the first address that answers; returns it and its index.
 pub(super) fn connect_first(
-    addresses: &[SocketAddr],
+    addresses: &[Endpoint],
     options: &ConnectionOptions,
 ) -> Result<(Connection, usize), ClientError> {
     let mut last = ClientError::InvalidArgument("no broker address".into());
     for (index, address) in addresses.iter().enumerate() {
-        match Connection::connect(*address, options) {
+        match Connection::connect(address.clone(), options) {
             Ok(connection) => return Ok((connection, index)),
             Err(error) => last = error,
         }
@@ -230,7 +229,8 @@ impl Driver {
         if back_to_primary {
             self.primary_retry_due = Instant::now() + self.options.primary_retry;
             if !self.connection.is_closed() {
-                let primary = Connection::connect(self.addresses[0], &self.options.connection);
+                let primary =
+                    Connection::connect(self.addresses[0].clone(), &self.options.connection);
                 if let Ok(connection) = primary {
                     self.switch(connection, 0);
                 }

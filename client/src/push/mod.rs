@@ -34,7 +34,7 @@ mod membership;
 mod offsets;
 
 use crate::connection::ConnectionOptions;
-use crate::{resolve, ClientError};
+use crate::{ClientError, Endpoint};
 pub use discovery::{DiscoveringPushConsumer, DiscoveryOptions};
 use driver::Driver;
 use handling::{parse_filter, work};
@@ -163,6 +163,10 @@ pub struct PushStats {
     pub sent_back: AtomicU64,
     pub redeliveries: AtomicU64,
     pub filtered: AtomicU64,
+    /// The consumer is not connected to its broker (it is down, or the consumer reads
+    /// a fallback slave meanwhile): a `DiscoveringPushConsumer` asks the name servers
+    /// for the group's new master at once.
+    pub broker_lost: std::sync::atomic::AtomicBool,
 }
 
 fn default_member_id() -> String {
@@ -256,9 +260,9 @@ impl PushConsumer {
                 "threads and max_in_flight_per_queue must be at least 1".into(),
             ));
         }
-        let mut addresses = vec![resolve(address)?];
+        let mut addresses = vec![Endpoint::resolve(address)?];
         for fallback in &options.fallback_brokers {
-            addresses.push(resolve(fallback)?);
+            addresses.push(Endpoint::resolve(fallback)?);
         }
         let (connection, current) = connect_first(&addresses, &options.connection)?;
         let member_id = options.member_id.clone().unwrap_or_else(default_member_id);
