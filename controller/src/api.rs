@@ -57,7 +57,13 @@ pub enum HeartbeatReply {
 pub struct ReplicaStatus {
     pub broker_id: u32,
     pub address: String,
+    /// Serving as master by its last heartbeat, and heard from recently (`reachable`):
+    /// a killed master is never shown as one.
     pub is_master: bool,
+    /// Heard from within half the master timeout. A replica that is not is down, cut
+    /// off, or (just after a controller leader change) not heard from yet.
+    #[serde(default)]
+    pub reachable: bool,
     pub epoch: u64,
     pub log_end: u64,
     pub flushed: u64,

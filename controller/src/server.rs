@@ -325,10 +325,14 @@ impl Node {
                     .map(|(id, replica)| {
                         let last = heard.get(&(name.clone(), *id));
                         let report = last.map(|h| &h.report);
+                        let reachable = last.is_some_and(|h| {
+                            now.saturating_duration_since(h.at) < self.master_timeout / 2
+                        });
                         ReplicaStatus {
                             broker_id: *id,
                             address: replica.address.clone(),
-                            is_master: report.is_some_and(|r| r.is_master),
+                            is_master: reachable && report.is_some_and(|r| r.is_master),
+                            reachable,
                             epoch: report.map_or(0, |r| r.epoch),
                             log_end: report.map_or(0, |r| r.log_end),
                             flushed: report.map_or(0, |r| r.flushed),

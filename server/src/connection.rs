@@ -66,6 +66,13 @@ pub struct Connection {
     /// A LOGIN is being checked: no more input is read until it is answered.
     pub login_pending: bool,
     pub connected_at: Instant,
+    /// Closing after an error: the ERROR is written and our side shut down; input is
+    /// read and dropped until the peer closes or this deadline, so that the close does
+    /// not reset the connection (a reset can destroy the ERROR before the client
+    /// reads it, when the client is still writing a large frame).
+    pub linger_until: Option<Instant>,
+    /// Bytes dropped while lingering.
+    pub discarded: u64,
 }
 
 /// What the first bytes of a connection show about its protocol.
@@ -106,6 +113,8 @@ impl Connection {
             buffered_accounted: 0,
             reads_paused: false,
             hangup_seen: false,
+            linger_until: None,
+            discarded: 0,
         }
     }
 
@@ -226,6 +235,25 @@ impl Connection {
             }
             budget = budget.saturating_sub(count);
             self.last_activity = Instant::now();
+        }
+    }
+
+    /// While lingering: reads and drops input until `WouldBlock`. `Ok(false)` when
+    /// the connection should be closed now (the peer closed, or sent too much).
+    pub fn discard_input(&mut self, scratch: &mut [u8], max_bytes: u64) -> io::Result<bool> {
+        loop {
+            match self.socket.read(scratch) {
+                Ok(0) => return Ok(false),
+                Ok(count) => {
+                    self.discarded = self.discarded.saturating_add(count as u64);
+                    if self.discarded > max_bytes {
+                        return Ok(false);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
         }
     }
 

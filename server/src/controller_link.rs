@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 /// How long one heartbeat may take per controller address.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// The heartbeat interval while a slave has lost its master (or a master was deposed):
+/// an election is learnt within this much of being committed, by the new master and by
+/// the slaves that must follow it, instead of within `controller_heartbeat_ms`.
+const LOST_MASTER_HEARTBEAT: Duration = Duration::from_millis(100);
+
 /// How long start-up waits for a controller to say who the master is.
 const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
@@ -187,7 +192,14 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
                         {
                             broker.renew_lease(asked_at);
                         }
+                        let was_master = broker.role().is_master();
                         follow(&broker, &view, &report);
+                        if broker.role().is_master() != was_master {
+                            // Promoted (or demoted): the next heartbeat brings a new
+                            // master its lease (no SEND_OK without one) and its wait set
+                            // at once, not an interval later.
+                            continue;
+                        }
                     }
                     Err(error) => {
                         if !failing {
@@ -196,11 +208,33 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
                         failing = true;
                     }
                 }
-                std::thread::sleep(interval);
+                std::thread::sleep(next_heartbeat(&broker, interval));
             }
         });
     if let Err(error) = spawned {
         log::error!("cannot start the controller link: {error}");
+    }
+}
+
+/// When to heartbeat next: sooner while this broker waits for an election's outcome,
+/// or (a new master, say) for its SyncStateSet to grow back to `min_insync_replicas`:
+/// until it has, nothing is acknowledged, and a slave that caught up is named to the
+/// controller only at a heartbeat.
+fn next_heartbeat(broker: &Broker, interval: Duration) -> Duration {
+    let waiting = match broker.ha() {
+        Ha::Slave(slave) => !slave.status().connected,
+        Ha::Master(_) if broker.fenced().is_none() => broker
+            .controller_view
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .as_ref()
+            .is_some_and(|(view, _)| view.sss.len() < broker.config.min_insync_replicas),
+        _ => broker.fenced().is_some(),
+    };
+    if waiting {
+        interval.min(LOST_MASTER_HEARTBEAT)
+    } else {
+        interval
     }
 }
 

@@ -29,6 +29,11 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// Frames decoded from one connection per turn before other connections get a turn.
 const FRAMES_PER_TURN: usize = 512;
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
+/// How long a connection closed after an error keeps reading (and dropping) input, and
+/// how much of it: enough for a client to finish writing a frame the broker refused
+/// and read the ERROR that says why.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_MAX_BYTES: u64 = 64 << 20;
 
 /// What `decode_and_dispatch` left behind.
 enum Decoded {
@@ -400,6 +405,13 @@ impl EventLoop {
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };
+        if connection.linger_until.is_some() {
+            match connection.discard_input(&mut self.scratch, LINGER_MAX_BYTES) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => self.close(key),
+            }
+            return;
+        }
         // A paused connection is read again once its reads come back (`turn_end`).
         if connection.closing
             || connection.reads_paused
@@ -874,6 +886,15 @@ impl EventLoop {
             let message = "no LOGIN within login_timeout_ms";
             self.fail_connection(key, 0, ErrorCode::NotAuthenticated, message);
         }
+        let lingered: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.linger_until.is_some_and(|until| now >= until))
+            .map(|(key, _)| key)
+            .collect();
+        for key in lingered {
+            self.close(key);
+        }
         for key in stale {
             if let Some(connection) = self.connections.get(key) {
                 log::debug!(
@@ -904,8 +925,18 @@ impl EventLoop {
                 self.close(key);
                 continue;
             }
-            if connection.closing && connection.pending_output() == 0 {
-                self.close(key);
+            if connection.linger_until.is_some() {
+                // Closed by `discard_input` (the peer's EOF) or by `close_idle`.
+            } else if connection.closing && connection.pending_output() == 0 {
+                if connection.read_closed {
+                    self.close(key);
+                } else {
+                    // The ERROR is out: shut our side and drop what the peer still
+                    // sends until it closes (or `LINGER`), instead of a reset.
+                    let _ = connection.socket.shutdown(std::net::Shutdown::Write);
+                    connection.linger_until = Some(Instant::now() + LINGER);
+                    self.ready.push(key);
+                }
             } else if backlogged && connection.pending_output() <= WRITE_BACKLOG_MAX {
                 self.ready.push(key);
             }
@@ -932,7 +963,8 @@ impl EventLoop {
         );
         Response::error(code, message).encode(request_id, &mut connection.write_buffer);
         connection.closing = true;
-        connection.read_buffer.clear();
+        // Freed, not just emptied: the connection may linger a while (`LINGER`).
+        connection.read_buffer = bytes::BytesMut::new();
         self.dirty.push(key);
     }
 

@@ -356,7 +356,9 @@ pub fn main_entry() -> std::process::ExitCode {
         print!("{}", config::DEFAULT_CONFIG_TOML);
         return std::process::ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     if let Some(Command::AddAdmin { user }) = &args.command {
         return add_admin(&args, user);
     }
