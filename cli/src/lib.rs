@@ -2,11 +2,15 @@
 //! The binary is `src/main.rs`; the integration tests run this same entry point.
 
 mod security;
+mod send;
+mod signals;
+
+use send::EXIT_UNKNOWN;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keel_client::{
-    ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, Message, Producer,
-    ProducerOptions, PushConsumer, PushConsumerOptions, Record, StartFrom,
+    ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, PushConsumer,
+    PushConsumerOptions, Record, StartFrom,
 };
 use security::Target;
 use std::path::PathBuf;
@@ -114,67 +118,15 @@ enum Command {
         command: security::AclCommand,
     },
     /// Send messages: each MESSAGE argument, each --file, or each line of standard input
-    /// when neither is given (lines are bytes: any encoding goes through untouched).
-    /// Prints one line per message (status, message id, queue and offset), then a
-    /// summary on standard error. Exit status: 0 when every message got SEND_OK, 3 when
-    /// some outcome is unknown (retry those with the same producer id and sequence), 1
-    /// when some were not stored or stored without SEND_OK.
-    Send {
-        #[arg(short, long)]
-        topic: String,
-        /// Tags (used for filtering by consumers).
-        #[arg(long, default_value = "")]
-        tags: String,
-        /// Keys (business identifiers, for lookups).
-        #[arg(short, long, default_value = "")]
-        keys: String,
-        /// A property KEY=VALUE on every message (repeatable).
-        #[arg(short = 'p', long = "property", value_name = "KEY=VALUE")]
-        properties: Vec<String>,
-        /// Give up on a message after this long, retries included (ms).
-        #[arg(long, value_name = "MS", default_value_t = 3000)]
-        timeout: u64,
-        /// Route through these name servers (comma separated) with failover between
-        /// masters, as an application does, instead of --broker.
-        #[arg(long, value_name = "ADDRS", env = "KEEL_NAMESRV")]
-        namesrv: Option<String>,
-        /// Queue to send to; by default the broker picks round-robin.
-        #[arg(long)]
-        queue: Option<u32>,
-        /// sync: wait for each answer. async: pipeline, print answers as they come.
-        /// oneway: fire and forget (no answer, no retry).
-        #[arg(long, value_enum, default_value_t = Mode::Sync)]
-        mode: Mode,
-        /// Send each message this many times.
-        #[arg(long, default_value_t = 1)]
-        repeat: u64,
-        /// With --mode sync: send N messages per request (SEND_BATCH: stored all
-        /// together or not at all, one fsync, one answer).
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Each MESSAGE and each input line is hexadecimal bytes ("68 69" or "6869").
-        #[arg(long)]
-        hex: bool,
-        /// Each MESSAGE and each input line is a JSON object as `keel consume --json`
-        /// prints a record: "payload" (text) or "payload_hex", and optionally "keys",
-        /// "tags", "properties" (an object of strings) and "queue", which take the place
-        /// of the flags for that message (other fields are ignored; the topic is -t's).
-        #[arg(long, conflicts_with_all = ["hex", "file"])]
-        json_input: bool,
-        /// Send the whole content of FILE as one message (repeatable; "-" reads standard
-        /// input to its end).
-        #[arg(long, value_name = "FILE")]
-        file: Vec<PathBuf>,
-        /// A progress line on standard error while answers come in (answered of total,
-        /// rate, answers other than SEND_OK). The default, as one line rewritten in
-        /// place, when standard error is a terminal and standard output is not.
-        #[arg(long)]
-        progress: bool,
-        /// How often the progress line is shown (ms).
-        #[arg(long, value_name = "MS", default_value_t = 1000)]
-        progress_interval: u64,
-        messages: Vec<String>,
-    },
+    /// when neither is given (lines are bytes: any encoding goes through untouched),
+    /// sent as they are read. Prints one line per answer as it arrives (status, message
+    /// id, queue, offset, and which input it was), then a summary on standard error.
+    /// Ctrl-C or SIGTERM stops reading and waits (up to --timeout) for the answers in
+    /// flight. Exit status: 0 when every message got SEND_OK, 3 when some outcome is
+    /// unknown (retry those with the same producer id and sequence), 1 when some were
+    /// not stored or stored without SEND_OK, 130/143 when interrupted with every send
+    /// answered SEND_OK.
+    Send(send::SendArgs),
     /// Show the brokers name servers know: role, epoch, when the name server last heard
     /// from each and for how long it has known it, each broker's intake over its last
     /// minute (asked of the broker), and its queue count of --topic. Warns on standard
@@ -567,6 +519,28 @@ fn write_raw(payload: &[u8]) {
     let _ = out.write_all(payload).and_then(|()| out.write_all(b"\n"));
 }
 
+/// The ports `--broker` and `--namesrv` mean when none is given.
+pub(crate) const BROKER_PORT: u16 = 10911;
+pub(crate) const NAMESRV_PORT: u16 = 9876;
+pub(crate) const CONTROLLER_PORT: u16 = 9877;
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address, with `port` added
+/// when it has none.
+pub(crate) fn with_default_port(address: &str, port: u16) -> String {
+    let address = address.trim();
+    if let Some(rest) = address.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((_, "")) => format!("{address}:{port}"),
+            _ => address.to_string(),
+        };
+    }
+    match address.matches(':').count() {
+        0 => format!("{address}:{port}"),
+        1 => address.to_string(),
+        _ => format!("[{address}]:{port}"),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Sync,
@@ -597,10 +571,10 @@ pub fn main_entry() -> ExitCode {
             }
         }
     }
-    let address = cli
-        .broker
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1:10911".to_string());
+    let address = cli.broker.as_deref().map_or_else(
+        || format!("127.0.0.1:{BROKER_PORT}"),
+        |broker| with_default_port(broker, BROKER_PORT),
+    );
     let target = match cli.access.options() {
         Ok(options) => security::Target { address, options },
         Err(error) => {
@@ -617,53 +591,7 @@ pub fn main_entry() -> ExitCode {
         Command::User { command } => security::user(&target, command),
         Command::Token { command } => security::token(&target, command),
         Command::Acl { command } => security::acl(&target, command),
-        Command::Send {
-            topic,
-            tags,
-            keys,
-            properties,
-            timeout,
-            namesrv,
-            queue,
-            mode,
-            repeat,
-            batch,
-            hex,
-            json_input,
-            file,
-            progress,
-            progress_interval,
-            messages,
-        } => read_payloads(hex, &file, messages).and_then(|payloads| {
-            let payloads = outgoing(payloads, json_input)?;
-            let properties = properties
-                .iter()
-                .map(|item| {
-                    item.split_once('=')
-                        .filter(|(key, _)| !key.is_empty())
-                        .map(|(key, value)| (key.to_string(), value.to_string()))
-                        .ok_or_else(|| {
-                            ClientError::InvalidArgument(format!(
-                                "--property {item:?} is not KEY=VALUE"
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let shape = SendShape {
-                topic: &topic,
-                tags: &tags,
-                keys: &keys,
-                properties,
-                timeout: Duration::from_millis(timeout.max(1)),
-                namesrv: namesrv.as_deref(),
-                queue,
-                mode,
-                repeat,
-                batch,
-                progress: progress.then(|| Duration::from_millis(progress_interval.max(1))),
-            };
-            send(&target, &shape, payloads)
-        }),
+        Command::Send(args) => send::run(&target, &args),
         Command::Consume {
             topic,
             group,
@@ -760,480 +688,6 @@ pub fn main_entry() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The payloads to send: each file, else each argument, else each line of standard
-/// input (bytes up to a newline, the newline not included), hex-decoded with `--hex`.
-fn read_payloads(
-    hex: bool,
-    files: &[PathBuf],
-    messages: Vec<String>,
-) -> Result<Vec<Vec<u8>>, ClientError> {
-    use std::io::Read;
-    let invalid = ClientError::InvalidArgument;
-    if !files.is_empty() {
-        if !messages.is_empty() {
-            return Err(invalid("give MESSAGE arguments or --file, not both".into()));
-        }
-        return files
-            .iter()
-            .map(|path| {
-                let mut bytes = Vec::new();
-                let read = if path.as_os_str() == "-" {
-                    std::io::stdin().lock().read_to_end(&mut bytes).map(|_| ())
-                } else {
-                    std::fs::File::open(path)
-                        .and_then(|mut file| file.read_to_end(&mut bytes).map(|_| ()))
-                };
-                read.map_err(|error| invalid(format!("cannot read {}: {error}", path.display())))?;
-                if hex {
-                    let text = String::from_utf8(bytes).map_err(|_| {
-                        invalid(format!("{}: --hex input is not text", path.display()))
-                    })?;
-                    decode_hex(&text)
-                } else {
-                    Ok(bytes)
-                }
-            })
-            .collect();
-    }
-    let lines: Vec<Vec<u8>> = if messages.is_empty() {
-        let mut input = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut input)
-            .map_err(|error| invalid(format!("cannot read standard input: {error}")))?;
-        if input.last() == Some(&b'\n') {
-            input.pop();
-        }
-        if input.is_empty() {
-            Vec::new()
-        } else {
-            input
-                .split(|byte| *byte == b'\n')
-                .map(<[u8]>::to_vec)
-                .collect()
-        }
-    } else {
-        messages.into_iter().map(String::into_bytes).collect()
-    };
-    if !hex {
-        return Ok(lines);
-    }
-    lines
-        .iter()
-        .map(|line| {
-            let text =
-                std::str::from_utf8(line).map_err(|_| invalid("--hex input is not text".into()))?;
-            decode_hex(text)
-        })
-        .collect()
-}
-
-/// "68 69", "6869" or "68:69" as bytes.
-/// One message of `keel send`: its payload, and what a `--json-input` line gives in
-/// place of the flags.
-#[derive(Default)]
-struct Outgoing {
-    payload: Vec<u8>,
-    keys: Option<String>,
-    tags: Option<String>,
-    properties: Option<Vec<(String, String)>>,
-    queue: Option<u32>,
-}
-
-/// The messages to send: each payload as it is, or (`json`) each read as a JSON object.
-fn outgoing(payloads: Vec<Vec<u8>>, json: bool) -> Result<Vec<Outgoing>, ClientError> {
-    if !json {
-        return Ok(payloads
-            .into_iter()
-            .map(|payload| Outgoing {
-                payload,
-                ..Outgoing::default()
-            })
-            .collect());
-    }
-    payloads
-        .iter()
-        .enumerate()
-        .map(|(index, line)| {
-            let bad = |why: String| {
-                ClientError::InvalidArgument(format!("--json-input message {}: {why}", index + 1))
-            };
-            let value: serde_json::Value =
-                serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-            let object = value
-                .as_object()
-                .ok_or_else(|| bad("not a JSON object".into()))?;
-            let text = |name: &str| -> Result<Option<String>, ClientError> {
-                match object.get(name) {
-                    None | Some(serde_json::Value::Null) => Ok(None),
-                    Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
-                    Some(_) => Err(bad(format!("\"{name}\" must be a string"))),
-                }
-            };
-            let payload = match (text("payload")?, text("payload_hex")?) {
-                (Some(text), None) => text.into_bytes(),
-                (None, Some(hex)) => decode_hex(&hex).map_err(|e| bad(e.to_string()))?,
-                _ => {
-                    return Err(bad(
-                        "give \"payload\" or \"payload_hex\" (one of them)".into()
-                    ))
-                }
-            };
-            let properties = match object.get("properties") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::Object(map)) => Some(
-                    map.iter()
-                        .map(|(key, value)| match value {
-                            serde_json::Value::String(value) => Ok((key.clone(), value.clone())),
-                            _ => Err(bad(format!("property {key:?} must be a string"))),
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-                Some(_) => return Err(bad("\"properties\" must be an object".into())),
-            };
-            let queue = match object.get("queue") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(value) => Some(
-                    value
-                        .as_u64()
-                        .and_then(|queue| u32::try_from(queue).ok())
-                        .ok_or_else(|| bad("\"queue\" must be a queue number".into()))?,
-                ),
-            };
-            Ok(Outgoing {
-                payload,
-                keys: text("keys")?,
-                tags: text("tags")?,
-                properties,
-                queue,
-            })
-        })
-        .collect()
-}
-
-fn decode_hex(text: &str) -> Result<Vec<u8>, ClientError> {
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|byte| !byte.is_ascii_whitespace() && *byte != b':')
-        .collect();
-    if !digits.len().is_multiple_of(2) {
-        return Err(ClientError::InvalidArgument(format!(
-            "--hex: {text:?} has an odd number of hex digits"
-        )));
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            std::str::from_utf8(pair)
-                .ok()
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| {
-                    ClientError::InvalidArgument(format!("--hex: {text:?} is not hexadecimal"))
-                })
-        })
-        .collect()
-}
-
-/// What every message of one `keel send` looks like.
-struct SendShape<'a> {
-    topic: &'a str,
-    tags: &'a str,
-    keys: &'a str,
-    properties: Vec<(String, String)>,
-    timeout: Duration,
-    namesrv: Option<&'a str>,
-    queue: Option<u32>,
-    mode: Mode,
-    repeat: u64,
-    batch: usize,
-    /// `--progress`: a line at this interval, whatever stderr is.
-    progress: Option<Duration>,
-}
-
-/// How the sends of one `keel send` ended.
-#[derive(Default)]
-struct Tally {
-    sent: u64,
-    ok: u64,
-    /// Stored, but not as durably as asked: FLUSH_DISK_TIMEOUT and the like, by name.
-    other: std::collections::BTreeMap<&'static str, u64>,
-    failed: u64,
-    unknown: u64,
-    progress: Option<Progress>,
-}
-
-/// The progress line of a long `keel send`.
-struct Progress {
-    total: u64,
-    started: std::time::Instant,
-    shown: std::time::Instant,
-    interval: Duration,
-    /// Rewrite one line in place (a terminal), rather than a line each time.
-    in_place: bool,
-    drawn: bool,
-}
-
-impl Tally {
-    /// A tally of `total` messages, with a progress line when asked (`asked`: at that
-    /// interval), or a second one in place when stderr is a terminal and stdout is not
-    /// (on one screen, the answers' own lines are the progress).
-    fn new(total: u64, asked: Option<Duration>) -> Tally {
-        use std::io::IsTerminal;
-        let in_place = std::io::stderr().is_terminal() && !std::io::stdout().is_terminal();
-        let interval = asked.or(in_place.then_some(Duration::from_secs(1)));
-        let now = std::time::Instant::now();
-        Tally {
-            progress: interval.map(|interval| Progress {
-                total,
-                started: now,
-                shown: now,
-                interval,
-                in_place,
-                drawn: false,
-            }),
-            ..Tally::default()
-        }
-    }
-
-    /// Shows the progress line when a second has passed since the last.
-    fn show_progress(&mut self) {
-        let answered = self.sent;
-        let trouble = self.failed + self.unknown + self.other.values().sum::<u64>();
-        let Some(progress) = &mut self.progress else {
-            return;
-        };
-        if progress.shown.elapsed() < progress.interval || answered >= progress.total {
-            return;
-        }
-        progress.shown = std::time::Instant::now();
-        let rate = answered as f64 / progress.started.elapsed().as_secs_f64().max(1e-3);
-        let line = format!(
-            "keel send: {answered}/{} answered ({:.0}%), {rate:.0} msg/s, {trouble} not SEND_OK",
-            progress.total,
-            answered as f64 * 100.0 / progress.total.max(1) as f64
-        );
-        if progress.in_place {
-            eprint!("\r\x1b[K{line}");
-            progress.drawn = true;
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    /// Clears an in-place progress line before the summary.
-    fn end_progress(&self) {
-        if self.progress.as_ref().is_some_and(|p| p.drawn) {
-            eprint!("\r\x1b[K");
-        }
-    }
-
-    /// Counts (and prints) the answer for `count` messages.
-    fn answer(&mut self, count: u64, outcome: Result<keel_client::SendStatus, &ClientError>) {
-        self.count(count, outcome);
-        self.show_progress();
-    }
-
-    fn count(&mut self, count: u64, outcome: Result<keel_client::SendStatus, &ClientError>) {
-        if outcome.is_err() {
-            // Its line goes below the progress line, not into it.
-            self.end_progress();
-        }
-        self.sent += count;
-        match outcome {
-            Ok(keel_client::SendStatus::SendOk) => self.ok += count,
-            Ok(keel_client::SendStatus::OutcomeUnknown) => self.unknown += count,
-            Ok(status) => *self.other.entry(status.name()).or_default() += count,
-            Err(error) if error.is_outcome_unknown() => {
-                self.unknown += count;
-                match json() {
-                    true => print_json(&serde_json::json!({
-                        "status": "UNKNOWN", "stored": null, "messages": count,
-                        "error": error.to_string(),
-                    })),
-                    false => eprintln!("UNKNOWN {error}"),
-                }
-            }
-            Err(error) => {
-                self.failed += count;
-                let code = match error {
-                    ClientError::Broker(broker) => Some(broker.code.name()),
-                    _ => None,
-                };
-                match json() {
-                    true => print_json(&serde_json::json!({
-                        "status": "ERROR", "stored": false, "messages": count,
-                        "error_code": code, "error": error.to_string(),
-                    })),
-                    false => eprintln!("ERROR (not stored) {error}"),
-                }
-            }
-        }
-    }
-
-    fn summary(&self) -> String {
-        let mut parts = vec![
-            format!("sent {}", self.sent),
-            format!("SEND_OK {}", self.ok),
-        ];
-        parts.extend(
-            self.other
-                .iter()
-                .map(|(name, count)| format!("{name} {count}")),
-        );
-        parts.push(format!("failed {}", self.failed));
-        parts.push(format!("unknown {}", self.unknown));
-        parts.join(", ")
-    }
-
-    fn exit_code(&self) -> ExitCode {
-        if self.unknown > 0 {
-            ExitCode::from(EXIT_UNKNOWN)
-        } else if self.failed > 0 || !self.other.is_empty() {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        }
-    }
-}
-
-/// Exit status when some sends have an unknown outcome (they may be stored).
-const EXIT_UNKNOWN: u8 = 3;
-
-fn send(
-    broker: &Target,
-    shape: &SendShape<'_>,
-    payloads: Vec<Outgoing>,
-) -> Result<ExitCode, ClientError> {
-    let (mode, batch) = (shape.mode, shape.batch);
-    if batch == 0 || batch > usize::from(u16::MAX) || (batch > 1 && mode != Mode::Sync) {
-        return Err(ClientError::InvalidArgument(
-            "--batch takes 1 to 65535, and more than 1 only with --mode sync".into(),
-        ));
-    }
-    let options = ProducerOptions {
-        connection: broker.options.clone(),
-        send_timeout: shape.timeout,
-        ..ProducerOptions::default()
-    };
-    let producer = match shape.namesrv {
-        Some(list) => {
-            let name_servers: Vec<&str> = list.split(',').map(str::trim).collect();
-            Producer::with_name_servers(&name_servers, options)?
-        }
-        None => Producer::connect(&broker.address, options)?,
-    };
-    let build = |out: &Outgoing| {
-        let mut message = Message::new(shape.topic, out.payload.clone())
-            .with_tags(out.tags.as_deref().unwrap_or(shape.tags))
-            .with_keys(out.keys.as_deref().unwrap_or(shape.keys));
-        for (key, value) in out.properties.as_ref().unwrap_or(&shape.properties) {
-            message = message.with_property(key.clone(), value.clone());
-        }
-        match out.queue.or(shape.queue) {
-            Some(queue) => message.with_queue(queue),
-            None => message,
-        }
-    };
-    let all = payloads
-        .iter()
-        .flat_map(|payload| (0..shape.repeat).map(move |_| payload));
-    let total = (payloads.len() as u64).saturating_mul(shape.repeat);
-    let progress = shape.progress.filter(|_| mode != Mode::Oneway);
-    let mut tally = Tally::new(total, progress);
-    match mode {
-        Mode::Sync if batch > 1 => {
-            let all: Vec<Message> = all.map(&build).collect();
-            for chunk in all.chunks(batch) {
-                let count = chunk.len() as u64;
-                match producer.send_batch(chunk.to_vec()) {
-                    Ok(result) => {
-                        for (queue_id, queue_offset, log_offset) in &result.messages {
-                            let id = keel_client::message_id(*log_offset);
-                            if json() {
-                                print_json(&serde_json::json!({
-                                    "status": result.status.name(), "msg_id": id,
-                                    "queue": queue_id, "offset": queue_offset,
-                                }));
-                            } else {
-                                println!(
-                                    "{} id={id} queue={queue_id} offset={queue_offset}",
-                                    result.status
-                                );
-                            }
-                        }
-                        tally.answer(count, Ok(result.status));
-                    }
-                    Err(error) => tally.answer(count, Err(&error)),
-                }
-            }
-        }
-        Mode::Sync => {
-            for payload in all {
-                match producer.send(build(payload)) {
-                    Ok(result) => {
-                        print_result(&result);
-                        tally.answer(1, Ok(result.status));
-                    }
-                    Err(error) => tally.answer(1, Err(&error)),
-                }
-            }
-        }
-        Mode::Async => {
-            let handles: Vec<_> = all
-                .map(|payload| producer.send_async_handle(build(payload)))
-                .collect();
-            for handle in handles {
-                match handle.wait() {
-                    Ok(result) => {
-                        print_result(&result);
-                        tally.answer(1, Ok(result.status));
-                    }
-                    Err(error) => tally.answer(1, Err(&error)),
-                }
-            }
-        }
-        Mode::Oneway => {
-            let mut handed = 0u64;
-            for payload in all {
-                match producer.send_oneway(build(payload)) {
-                    Ok(()) => handed += 1,
-                    Err(error) => tally.answer(1, Err(&error)),
-                }
-            }
-            eprintln!(
-                "keel send: {handed} oneway message(s) handed to the broker (oneway: no \
-                 answers are read, so none is known stored), failed {}",
-                tally.failed
-            );
-            return Ok(if tally.failed == 0 && tally.unknown == 0 {
-                ExitCode::SUCCESS
-            } else {
-                tally.exit_code()
-            });
-        }
-    }
-    tally.end_progress();
-    eprintln!("keel send: {}", tally.summary());
-    Ok(tally.exit_code())
-}
-
-fn print_result(result: &keel_client::SendResult) {
-    if json() {
-        print_json(&serde_json::json!({
-            "status": result.status.name(), "msg_id": result.message_id(),
-            "queue": result.queue_id, "offset": result.queue_offset,
-        }));
-        return;
-    }
-    println!(
-        "{} id={} queue={} offset={}",
-        result.status,
-        result.message_id(),
-        result.queue_id,
-        result.queue_offset
-    );
 }
 
 /// What `keel consume` reads, from where, and whether it commits.
@@ -1996,13 +1450,6 @@ fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientE
     Ok(ExitCode::SUCCESS)
 }
 
-/// Plausibility bound on a stored record, as keeld computes it.
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 #[allow(clippy::too_many_arguments)]
 fn subscribe(
     broker: &Target,
@@ -2026,17 +1473,7 @@ fn subscribe(
             ))
         })?),
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-    }
+    signals::install();
     let options = PushConsumerOptions {
         threads,
         session_timeout: Duration::from_millis(session_timeout_ms),
@@ -2090,7 +1527,7 @@ fn subscribe(
         consumer.member_id()
     );
     let limit = count.unwrap_or(u64::MAX);
-    while !STOP.load(std::sync::atomic::Ordering::SeqCst)
+    while signals::received().is_none()
         && handled.load(std::sync::atomic::Ordering::Relaxed) < limit
     {
         std::thread::sleep(Duration::from_millis(20));
@@ -2244,7 +1681,10 @@ struct RouteRow {
 }
 
 fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<ExitCode, ClientError> {
-    let name_servers: Vec<String> = namesrv.split(',').map(|s| s.trim().to_string()).collect();
+    let name_servers: Vec<String> = namesrv
+        .split(',')
+        .map(|s| with_default_port(s, NAMESRV_PORT))
+        .collect();
     let tls = broker.options.tls.as_ref();
     let timeout = Duration::from_secs(3);
     let (broker_timeout_ms, brokers) = keel_client::fetch_brokers(&name_servers, timeout, tls)?;
@@ -2381,8 +1821,9 @@ fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<ExitCode, Clien
 fn controller_list(controllers: &str) -> Vec<String> {
     controllers
         .split(',')
-        .map(|s| s.trim().to_string())
+        .map(str::trim)
         .filter(|s| !s.is_empty())
+        .map(|s| with_default_port(s, CONTROLLER_PORT))
         .collect()
 }
 
@@ -2479,6 +1920,16 @@ fn cluster(
             v.sss_epoch,
             group.elections
         );
+        let master_down = group
+            .replicas
+            .iter()
+            .any(|r| Some(r.broker_id) == v.master && !r.reachable);
+        if master_down {
+            println!(
+                "  the master is unreachable: the controller elects another from the \
+                 SyncStateSet once it has been silent for the master timeout"
+            );
+        }
         let master_end = group
             .replicas
             .iter()
@@ -2486,15 +1937,15 @@ fn cluster(
             .map(|r| r.log_end)
             .max()
             .unwrap_or(0);
-        println!("  id  role    in_sss  epoch  log_end      lag_bytes  heard   address");
+        println!("  id  role         in_sss  epoch  log_end      lag_bytes  heard   address");
         for r in &group.replicas {
             println!(
-                "  {:>2}  {:<6}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
+                "  {:>2}  {:<11}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
                 r.broker_id,
-                if Some(r.broker_id) == v.master {
-                    "master"
-                } else {
-                    "slave"
+                match (r.reachable, Some(r.broker_id) == v.master) {
+                    (false, _) => "unreachable",
+                    (true, true) => "master",
+                    (true, false) => "slave",
                 },
                 if r.in_sss { "yes" } else { "no" },
                 r.epoch,
@@ -2513,6 +1964,7 @@ fn cluster(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Plausibility bound on a stored record, as keeld computes it.
 fn max_record_bytes(max_message_bytes: u32) -> u32 {
     max_message_bytes.saturating_add(keel_protocol::RECORD_OVERHEAD_MAX)
 }
@@ -2714,7 +2166,16 @@ fn admin(broker: &Target, command: AdminCommand) -> Result<ExitCode, ClientError
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use super::{parse_time, with_default_port};
+
+    #[test]
+    fn addresses_without_a_port_get_the_default_one() {
+        assert_eq!(with_default_port("127.0.0.1", 10911), "127.0.0.1:10911");
+        assert_eq!(with_default_port("localhost:1", 10911), "localhost:1");
+        assert_eq!(with_default_port("::1", 9876), "[::1]:9876");
+        assert_eq!(with_default_port("[::1]", 9876), "[::1]:9876");
+        assert_eq!(with_default_port("[::1]:5", 9876), "[::1]:5");
+    }
 
     #[test]
     fn from_times_are_epoch_milliseconds_or_rfc3339_utc() {
