@@ -188,8 +188,11 @@ enum Flush {
 }
 
 impl Args {
-    /// Takes the workload file's shape (when `--workload` names one).
-    fn apply_workload(&mut self) -> Result<(), String> {
+    /// Takes the workload file's shape (when `--workload` names one). OMB's producers
+    /// keep many sends in flight: unless --mode and --window say otherwise, so do
+    /// these (async, with room for a quarter of a second of each producer's rate), so
+    /// that the workload's rate is reached and not capped by round trips.
+    fn apply_workload(&mut self, mode_given: bool, window_given: bool) -> Result<(), String> {
         let Some(path) = &self.workload else {
             return Ok(());
         };
@@ -207,6 +210,13 @@ impl Args {
         self.duration = Some(workload.test_duration_minutes * 60.0);
         self.count = None;
         self.workload_name = Some(workload.name);
+        if !mode_given {
+            self.mode = Mode::Async;
+        }
+        if !window_given && self.rate > 0.0 {
+            let per_producer = self.rate / self.producers.max(1) as f64;
+            self.window = ((per_producer * 0.25).ceil() as usize).clamp(64, 8192);
+        }
         Ok(())
     }
 
@@ -249,8 +259,14 @@ pub fn main_entry() -> ExitCode {
         let args = std::iter::once("keel-bench chaos".to_string()).chain(std::env::args().skip(2));
         return chaos::main_entry(args);
     }
-    let mut args = Args::parse();
-    if let Err(error) = args.apply_workload() {
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let mut args = match <Args as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
+    let given =
+        |name: &str| matches.value_source(name) == Some(clap::parser::ValueSource::CommandLine);
+    if let Err(error) = args.apply_workload(given("mode"), given("window")) {
         eprintln!("keel-bench: {error}");
         return ExitCode::from(2);
     }
@@ -508,12 +524,27 @@ fn load(
         std::fs::write(path, json + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
     }
     let failed = summary.not_ok + summary.errors;
+    let missed = rate_missed(args.rate, summary.msgs_per_sec).filter(|_| !interrupted());
     Ok(match (summary.ended_early, failed) {
         (Some(why), _) => Verdict::Failed(format!("the run ended early: {why}")),
+        (None, 0) if missed.is_some() => Verdict::Failed(missed.unwrap_or_default()),
         (None, 0) => Verdict::Clean,
         (None, failed) => Verdict::Failed(format!(
             "{failed} message(s) were not answered SEND_OK (see the report): not a clean run"
         )),
+    })
+}
+
+/// Why a rate-limited run does not count: it sent more than 5% below the rate asked
+/// (a workload's `producerRate`, or `--rate`), so its figures are not those of that
+/// load.
+fn rate_missed(rate: f64, achieved: f64) -> Option<String> {
+    (rate > 0.0 && achieved < rate * 0.95).then(|| {
+        format!(
+            "the rate asked was missed: {achieved:.0} of {rate:.0} msg/s ({:.1}%), so these \
+             figures are not those of that load; raise --window or --producers",
+            achieved * 100.0 / rate
+        )
     })
 }
 
