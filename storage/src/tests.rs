@@ -1015,11 +1015,14 @@ fn a_reused_sequence_with_another_message_is_refused() {
 
 /// A disk whose directory fsyncs block while `held`: a truncation waiting on one must
 /// not hold the lock the event loops take.
+/// A real disk whose `sync_dir` calls from one thread (the truncation's) wait while
+/// `held`: another thread's (the metadata thread's, say) must not pass for it.
 struct GatedDisk {
     inner: crate::disk::RealDisk,
     held: std::sync::Mutex<bool>,
     released: std::sync::Condvar,
     waiting: std::sync::atomic::AtomicBool,
+    gated: std::sync::Mutex<Option<std::thread::ThreadId>>,
 }
 
 impl crate::disk::Disk for GatedDisk {
@@ -1043,8 +1046,9 @@ impl crate::disk::Disk for GatedDisk {
         self.inner.exists(path)
     }
     fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let gated = *self.gated.lock().unwrap() == Some(std::thread::current().id());
         let mut held = self.held.lock().unwrap();
-        while *held {
+        while *held && gated {
             self.waiting
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             held = self.released.wait(held).unwrap();
@@ -1079,6 +1083,7 @@ fn a_slaves_truncation_does_its_disk_work_without_the_append_lock() {
         held: std::sync::Mutex::new(false),
         released: std::sync::Condvar::new(),
         waiting: std::sync::atomic::AtomicBool::new(false),
+        gated: std::sync::Mutex::new(None),
     });
     let store = Store::open_with_disk(config(dir.path()), disk.clone()).unwrap();
     let middle = {
@@ -1090,8 +1095,11 @@ fn a_slaves_truncation_does_its_disk_work_without_the_append_lock() {
     wait_durable(&store, end);
     *disk.held.lock().unwrap() = true;
     let truncating = {
-        let store = store.clone();
-        std::thread::spawn(move || store.truncate_to(middle))
+        let (store, disk) = (store.clone(), disk.clone());
+        std::thread::spawn(move || {
+            *disk.gated.lock().unwrap() = Some(std::thread::current().id());
+            store.truncate_to(middle)
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !disk.waiting.load(std::sync::atomic::Ordering::SeqCst) {

@@ -286,3 +286,46 @@ fn an_omb_workload_runs_its_shape_at_its_rate_and_writes_omb_result_fields() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2: partitionsPerTopic"));
 }
+
+/// A workload's rate is reached: its producers keep sends in flight (OMB's do), so one
+/// producer makes 4,000 msg/s; a run that misses its rate by more than 5% (a sync
+/// producer asked for 20,000 a second) says so and exits non-zero.
+#[test]
+fn a_workload_reaches_its_rate_and_a_missed_rate_fails_the_run() {
+    let broker = BrokerProcess::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("rate.yaml");
+    let write = |rate: u32| {
+        std::fs::write(
+            &workload,
+            format!(
+                "name: one producer\ntopics: 1\npartitionsPerTopic: 4\nmessageSize: 100\n\
+                 producersPerTopic: 1\nproducerRate: {rate}\nsubscriptionsPerTopic: 1\n\
+                 consumerPerSubscription: 0\ntestDurationMinutes: 0.05\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(4000);
+    let run = Command::new(BENCH)
+        .args(["--broker", &broker.address, "--json", "--workload"])
+        .arg(&workload)
+        .output()
+        .expect("keel-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let rate = summary["msgs_per_sec"].as_f64().unwrap();
+    assert!(rate >= 4000.0 * 0.95, "{rate} msg/s of 4000\n{stderr}");
+    assert_eq!(summary["mode"], "async");
+
+    write(20_000);
+    let missed = Command::new(BENCH)
+        .args(["--broker", &broker.address, "--mode", "sync", "--workload"])
+        .arg(&workload)
+        .output()
+        .expect("keel-bench");
+    let stderr = String::from_utf8_lossy(&missed.stderr);
+    assert_eq!(missed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the rate asked was missed"), "{stderr}");
+}

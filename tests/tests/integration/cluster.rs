@@ -423,7 +423,9 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     let report = ledger.report();
     eprintln!("ledger after kill -9 of a sync master and promotion of its slave: {report}");
     assert!(report.is_clean(), "{report}");
-    assert!(report.ok > 1000);
+    // Every SEND_OK the producers saw is in the ledger's count (no throughput bar: a
+    // loaded machine sends less, and that is not a failure).
+    assert_eq!(report.ok, times.len(), "{report}");
 
     // The old master cannot come back as a master: the name server knows the newer one.
     let status = master_a.spawn_expect_failure();

@@ -202,7 +202,7 @@ fn the_console_shows_topics_groups_and_messages_in_a_browser() {
     );
 
     let Some(browser) = chromium() else {
-        eprintln!("chromium not found: the page was not tried in a browser");
+        crate::harness::tool_missing("chromium not found: the page was not tried in a browser");
         return;
     };
     let profile = tempfile::tempdir().unwrap();
@@ -317,7 +317,7 @@ fn the_console_shows_the_cluster_as_the_name_servers_see_it() {
     assert_eq!(none["asked"], serde_json::Value::Null);
 
     let Some(browser) = chromium() else {
-        eprintln!("chromium not found: the page was not tried in a browser");
+        crate::harness::tool_missing("chromium not found: the page was not tried in a browser");
         return;
     };
     let profile = tempfile::tempdir().unwrap();

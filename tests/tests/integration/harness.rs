@@ -233,6 +233,16 @@ impl Drop for BrokerProcess {
 }
 
 /// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGSTOP`) to a process of ours.
+/// A check that needs a tool this machine lacks (Chromium, promtool): skipped with a
+/// line saying so on a developer's machine, a failure where the tools are required
+/// (`KEEL_REQUIRE_TOOLS=1`, which `.ci/run` sets after installing them).
+pub fn tool_missing(what: &str) {
+    if std::env::var("KEEL_REQUIRE_TOOLS").is_ok_and(|value| value == "1") {
+        panic!("{what}, and KEEL_REQUIRE_TOOLS=1 says this check must run");
+    }
+    eprintln!("{what}: the check was skipped (KEEL_REQUIRE_TOOLS=1 makes this a failure)");
+}
+
 pub fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) has no memory effects; pid is a child this test started.
     let result = unsafe { libc::kill(pid as libc::pid_t, signal) };

@@ -3,6 +3,7 @@
 mod bad_input;
 mod bench;
 mod cli;
+mod cli_send;
 mod cluster;
 mod console;
 mod controller;

@@ -23,7 +23,8 @@ use std::time::Duration;
 const ADMIN_PASSWORD: &str = "admin password 1";
 
 /// Certificates for the tests: a CA, a broker certificate for 127.0.0.1 and
-/// localhost, a client certificate, a certificate from another CA, an expired one.
+/// localhost, one for localhost alone, a client certificate, a certificate from
+/// another CA, an expired one.
 struct Pki {
     dir: PathBuf,
 }
@@ -45,8 +46,10 @@ impl Pki {
         };
         let (ca_cert, ca_key) = ca("ca");
         let (other_cert, other_key) = ca("other-ca");
-        let leaf = |name: &str, issuer: (&rcgen::Certificate, &KeyPair), expired: bool| {
-            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let leaf_for = |name: &str,
+                        names: Vec<String>,
+                        issuer: (&rcgen::Certificate, &KeyPair),
+                        expired: bool| {
             let mut params = CertificateParams::new(names).unwrap();
             if expired {
                 params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -57,6 +60,16 @@ impl Pki {
             write(&format!("{name}.crt"), cert.pem());
             write(&format!("{name}.key"), key.serialize_pem());
         };
+        let leaf = |name: &str, issuer: (&rcgen::Certificate, &KeyPair), expired: bool| {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            leaf_for(name, names, issuer, expired)
+        };
+        leaf_for(
+            "localhost-only",
+            vec!["localhost".to_string()],
+            (&ca_cert, &ca_key),
+            false,
+        );
         leaf("broker", (&ca_cert, &ca_key), false);
         leaf("client", (&ca_cert, &ca_key), false);
         leaf("stranger", (&other_cert, &other_key), false);
@@ -1332,4 +1345,54 @@ fn a_profile_names_the_broker_and_the_login() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr)
         .contains("has no profile \"prod\" (it has: local)"));
+}
+
+/// TLS checks the name typed, not the address it resolved to: a certificate for
+/// `localhost` alone is accepted by `keel --broker localhost:PORT` and the library
+/// given `localhost:PORT`, and refused for `127.0.0.1:PORT` (which it does not name).
+#[test]
+fn tls_verifies_the_host_name_given_not_the_address_it_resolves_to() {
+    let temp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(temp.path());
+    let broker = BrokerProcess::start(&format!(
+        "security = {{ {} }}",
+        pki.broker_tls("localhost-only", "")
+    ));
+    let port = broker.address.rsplit_once(':').unwrap().1.to_string();
+    let by_name = format!("localhost:{port}");
+    let ca = pki.path("ca.crt");
+    let sent = keel_with(
+        &by_name,
+        &["--tls-ca", &ca, "send", "-t", "named", "over TLS"],
+        &[],
+    );
+    let said = String::from_utf8_lossy(&sent.stderr).into_owned();
+    assert_eq!(sent.status.code(), Some(0), "{said}");
+    assert!(String::from_utf8_lossy(&sent.stdout).starts_with("SEND_OK"));
+    let options = ProducerOptions {
+        connection: ConnectionOptions {
+            tls: Some(pki.client("ca", None)),
+            ..ConnectionOptions::default()
+        },
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::connect(&by_name, options.clone()).expect("TLS to localhost");
+    assert_eq!(
+        producer
+            .send(Message::new("named", "library"))
+            .unwrap()
+            .status,
+        SendStatus::SendOk
+    );
+    // The address alone is not a name the certificate carries.
+    let by_address = format!("127.0.0.1:{port}");
+    let refused = keel_with(
+        &by_address,
+        &["--tls-ca", &ca, "send", "-t", "named", "x"],
+        &[],
+    );
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_ne!(refused.status.code(), Some(0), "{said}");
+    assert!(said.contains("127.0.0.1"), "{said}");
+    assert!(Producer::connect(&by_address, options).is_err());
 }
