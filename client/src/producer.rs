@@ -24,6 +24,8 @@
 //! name servers goes to it.
 
 mod attempt;
+#[cfg(test)]
+mod tests;
 
 use crate::connection::{Connection, ConnectionOptions};
 use crate::routing::{pick, FaultTracker, Router};
