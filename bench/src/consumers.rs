@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub(crate) struct Consumers {
     members: Vec<PushConsumer>,
     groups: usize,
+    /// The run's group names (deleted at the end) and the broker they are on.
+    names: Vec<String>,
+    address: String,
     handled: Arc<AtomicU64>,
     last_handled: Arc<Mutex<Instant>>,
     latency: Arc<Mutex<Histogram<u64>>>,
@@ -35,6 +38,7 @@ impl Consumers {
         let last_handled = Arc::new(Mutex::new(Instant::now()));
         let latency = Arc::new(Mutex::new(new_histogram()));
         let mut members = Vec::with_capacity(topics.len() * subscriptions * per_group);
+        let mut names: Vec<String> = Vec::new();
         let groups = (0..subscriptions)
             .flat_map(|subscription| topics.iter().map(move |topic| (subscription, topic)));
         let members_of = groups.flat_map(|group| std::iter::repeat_n(group, per_group));
@@ -43,6 +47,9 @@ impl Consumers {
                 1 => run.clone(),
                 _ => format!("{run}-{subscription}"),
             };
+            if !names.contains(&group) {
+                names.push(group.clone());
+            }
             let (handled, last, latency) = (handled.clone(), last_handled.clone(), latency.clone());
             let options = PushConsumerOptions {
                 start_from: StartFrom::Latest,
@@ -73,6 +80,8 @@ impl Consumers {
         std::thread::sleep(Duration::from_millis(1500));
         Ok(Some(Consumers {
             groups: topics.len() * subscriptions,
+            names,
+            address: address.to_string(),
             members,
             handled,
             last_handled,
@@ -109,6 +118,7 @@ impl Consumers {
         for member in self.members {
             let _ = member.shutdown();
         }
+        delete_groups(&self.address, &self.names);
         ConsumerFigures {
             members,
             groups,
@@ -123,6 +133,24 @@ impl Consumers {
             p99_us: latency.value_at_quantile(0.99),
             p999_us: latency.value_at_quantile(0.999),
             max_us: latency.max(),
+        }
+    }
+}
+
+/// The run's groups are its own: deleted once its members left, so that they do not
+/// stay behind with a lag that grows forever.
+fn delete_groups(address: &str, names: &[String]) {
+    let admin = match keel_client::Admin::connect_with(address, &crate::connection_options()) {
+        Ok(admin) => admin,
+        Err(error) => {
+            log::warn!("cannot delete this run's consumer groups: {error}");
+            return;
+        }
+    };
+    for name in names {
+        // Forced: its members just left, but stay "live" until their session times out.
+        if let Err(error) = admin.delete_group(name, true) {
+            log::warn!("cannot delete consumer group {name}: {error}");
         }
     }
 }

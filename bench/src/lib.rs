@@ -32,7 +32,12 @@ use std::time::{Duration, Instant};
 #[command(
     name = "keel-bench",
     version,
-    about = "Load generator for keel: throughput, latency percentiles, and the broker's CPU per message"
+    about = "Load generator for keel: throughput, latency percentiles, and the broker's CPU per message",
+    after_help = "Also: `keel-bench chaos` starts a local cluster (three name servers that are \
+                  controller voters, a sync master and two slaves on 127.0.0.1), runs load \
+                  while it kills (kill -9) and pauses (SIGSTOP) the brokers and the \
+                  controller leader, and checks that every acknowledged message can be read \
+                  at the end (`keel-bench chaos --help`)."
 )]
 struct Args {
     /// Target a running broker instead of starting one.

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// The heading of the options every command takes, apart from the command's own.
+pub(crate) const GLOBAL: &str = "Connection and output (every command)";
+
 #[derive(Parser)]
 #[command(
     name = "keel",
@@ -25,17 +28,17 @@ use std::time::{Duration, Instant};
 )]
 struct Cli {
     /// Broker address (host:port) [default: 127.0.0.1:10911, or the profile's].
-    #[arg(long, global = true, env = "KEEL_BROKER")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "KEEL_BROKER")]
     broker: Option<String>,
     /// Take the broker, TLS and login settings a flag does not give from this profile
     /// of the profiles file ($KEEL_CONFIG, else ~/.config/keel/profiles.toml).
-    #[arg(long, global = true, value_name = "NAME", env = "KEEL_PROFILE")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME", env = "KEEL_PROFILE")]
     profile: Option<String>,
     #[command(flatten)]
     access: security::Access,
     /// Print data as JSON: one object, or one object per line for sends and records
     /// (field names in docs/OPERATIONS.md, "The keel CLI").
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -89,8 +92,20 @@ enum GroupCommand {
     List,
     /// One group: its members and each queue's committed offset, end and lag.
     Describe {
+        /// The consumer group.
         #[arg(short, long)]
         group: String,
+    },
+    /// Delete a group: its committed offsets on every topic (durably) and its members.
+    /// Refused while it has live members unless --force (members that go on running
+    /// join again and commit again). Its retry and dead-letter topics stay.
+    Delete {
+        /// The consumer group.
+        #[arg(short, long)]
+        group: String,
+        /// Delete although the group has live members.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -158,12 +173,15 @@ enum Command {
         unclean: bool,
     },
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
-    /// Starts where the group left off (or at the beginning for a new group).
+    /// Starts where the group left off (or at the beginning for a new group). Without
+    /// --group: a look at the topic from its start that commits nothing.
     Consume {
+        /// The topic to read.
         #[arg(short, long)]
         topic: String,
-        #[arg(short, long, default_value = "keel-cli")]
-        group: String,
+        /// The consumer group to read as (and commit for, unless --no-commit).
+        #[arg(short, long)]
+        group: Option<String>,
         /// Stop after this many records.
         #[arg(short = 'n', long)]
         count: Option<u64>,
@@ -190,7 +208,7 @@ enum Command {
         #[arg(long, value_name = "N", requires = "queue", conflicts_with = "from")]
         offset: Option<u64>,
     },
-    /// Create or list topics.
+    /// Topics: create, list, describe, add queues, delete.
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
@@ -203,9 +221,11 @@ enum Command {
     /// back after a delay). Prints one line per message handled; stops on Ctrl-C or
     /// SIGTERM after finishing and committing what it has.
     Subscribe {
-        #[arg(long)]
+        /// The topic to consume.
+        #[arg(short, long)]
         topic: String,
-        #[arg(long)]
+        /// The consumer group to join.
+        #[arg(short, long)]
         group: String,
         /// Where a new group starts: earliest, latest, or a time (milliseconds since the
         /// epoch, or RFC 3339 like 2026-12-01T10:00:00Z).
@@ -214,10 +234,14 @@ enum Command {
         /// Only these tags, e.g. "TagA || TagB".
         #[arg(long)]
         tag_filter: Option<String>,
+        /// Handler threads (messages of different queues are handled in parallel).
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// This member leaves the group (its queues move) when it has not heartbeated
+        /// for this long (ms).
         #[arg(long, default_value_t = 10_000)]
         session_timeout_ms: u64,
+        /// A message that failed this many times goes to the group's dead-letter queue.
         #[arg(long, default_value_t = 16)]
         max_reconsume_times: u32,
         /// Handle exactly this many messages, then stop; the group's offsets are not
@@ -247,7 +271,8 @@ enum Command {
         #[command(subcommand)]
         command: OffsetsCommand,
     },
-    /// Offline tools for a data directory of a stopped broker (no --broker needed).
+    /// A broker's operator tools: promote a slave (at --broker), and offline checks and
+    /// repairs of a stopped broker's data directory (verify, dump, truncate: no --broker).
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
@@ -258,8 +283,10 @@ enum Command {
 enum OffsetsCommand {
     /// Per queue: the group's committed offset, the queue's first and last offsets, lag.
     Show {
+        /// The consumer group.
         #[arg(short, long)]
         group: String,
+        /// The topic.
         #[arg(short, long)]
         topic: String,
     },
@@ -269,8 +296,10 @@ enum OffsetsCommand {
     /// Refused while the group has live members (they would commit over it) unless
     /// --force.
     Reset {
+        /// The consumer group whose offsets move.
         #[arg(short, long)]
         group: String,
+        /// The topic whose queues move.
         #[arg(short, long)]
         topic: String,
         /// earliest (first stored), latest (skip everything stored), an offset, or an
@@ -297,21 +326,25 @@ enum OffsetsCommand {
 enum DlqCommand {
     /// How many messages the group's dead-letter queue holds.
     List {
-        #[arg(long)]
+        /// The consumer group.
+        #[arg(short, long)]
         group: String,
     },
     /// Print the dead-lettered messages: id, original topic and id, attempts, reason.
     Show {
-        #[arg(long)]
+        /// The consumer group.
+        #[arg(short, long)]
         group: String,
-        #[arg(long, default_value_t = 100)]
+        /// Print at most this many (the oldest first).
+        #[arg(short = 'n', long, default_value_t = 100)]
         count: u64,
     },
     /// Deliver dead-lettered messages to the group again (through its retry topic, so
     /// only this group sees them), with their attempt count reset. Each message is
     /// redriven once: the position is remembered per group.
     Redrive {
-        #[arg(long)]
+        /// The consumer group.
+        #[arg(short, long)]
         group: String,
         /// Only this message (a DLQ message id, as `dlq show` prints).
         #[arg(long)]
@@ -321,11 +354,21 @@ enum DlqCommand {
 
 #[derive(Subcommand)]
 enum MessageCommand {
-    /// By message id (16 hex digits), or the newest message with --key.
+    /// By message id (16 hex digits: it names where the message is stored, so no log
+    /// is scanned), or the newest message with --key (scans the log).
     Show {
+        /// The message id, as `keel send` and `keel consume` print it.
         id: Option<String>,
+        /// Find the newest message carrying this key instead.
         #[arg(long)]
         key: Option<String>,
+        /// Also print the payload (escaped text: any byte that is not UTF-8 as \xNN;
+        /// with --hex as hexadecimal).
+        #[arg(long)]
+        payload: bool,
+        /// With --payload: print it as hexadecimal.
+        #[arg(long, requires = "payload")]
+        hex: bool,
     },
 }
 
@@ -350,6 +393,7 @@ enum AdminCommand {
     /// and say whether keeld would start on it. Changes nothing. Exit status 1 when
     /// keeld would refuse to start.
     Verify {
+        /// The data directory of the stopped broker.
         data_dir: PathBuf,
         /// The broker's max_message_bytes (bounds what a plausible record size is).
         #[arg(long, default_value_t = keel_protocol::DEFAULT_MAX_MESSAGE_BYTES)]
@@ -357,6 +401,7 @@ enum AdminCommand {
     },
     /// Print the records of the log from a log offset, for debugging.
     Dump {
+        /// The data directory of the stopped broker.
         data_dir: PathBuf,
         /// First log offset to print.
         #[arg(long, default_value_t = 0)]
@@ -372,12 +417,15 @@ enum AdminCommand {
     /// lost. For a log keeld refuses to start on because of corruption: truncate at the
     /// log offset `keel admin verify` names. Records before OFFSET must all be valid.
     Truncate {
+        /// The data directory of the stopped broker.
         data_dir: PathBuf,
+        /// The log offset to cut at (a record must start there).
         #[arg(long)]
         offset: u64,
         /// Required: says you accept losing every message from OFFSET on.
         #[arg(long)]
         discard_acknowledged_messages: bool,
+        /// The broker's max_message_bytes (bounds what a plausible record size is).
         #[arg(long, default_value_t = keel_protocol::DEFAULT_MAX_MESSAGE_BYTES)]
         max_message_bytes: u32,
     },
@@ -387,7 +435,9 @@ enum AdminCommand {
 enum TopicCommand {
     /// Create a topic with QUEUES queues (no change if it exists).
     Create {
+        /// The topic's name ([A-Za-z0-9_.-], at most 127 characters).
         topic: String,
+        /// How many queues (consumers of a group share them; order holds per queue).
         #[arg(long, default_value_t = 4)]
         queues: u32,
     },
@@ -395,7 +445,9 @@ enum TopicCommand {
     /// holds messages). Producers and name servers see them at once; a group's members
     /// read a new queue from its start.
     Update {
+        /// The topic.
         topic: String,
+        /// The new number of queues (at least the current one).
         #[arg(long)]
         queues: u32,
     },
@@ -404,6 +456,7 @@ enum TopicCommand {
     /// minute) unless --force. The log space is freed as retention deletes the
     /// segments (the log is shared by every topic).
     Delete {
+        /// The topic.
         topic: String,
         /// Delete although the topic is in use.
         #[arg(long)]
@@ -420,7 +473,10 @@ enum TopicCommand {
     },
     /// One topic: each queue's stored range and size, what it took in over the broker's
     /// last minute, and the groups consuming it with their lag.
-    Describe { topic: String },
+    Describe {
+        /// The topic.
+        topic: String,
+    },
 }
 
 /// How payloads are printed: escaped text by default (valid UTF-8 as is, any other
@@ -607,12 +663,14 @@ pub fn main_entry() -> ExitCode {
             &target,
             &ConsumeShape {
                 topic: &topic,
-                group: &group,
+                // Without a group: a look from the start under a name of the CLI's own,
+                // committing nothing (so no group is shared by every `keel consume`).
+                group: group.as_deref().unwrap_or("keel-cli-look"),
                 count,
                 idle_ms,
                 quiet,
                 format,
-                commit: !no_commit,
+                commit: !no_commit && group.is_some(),
                 from: from.as_deref(),
                 queue,
                 offset,
@@ -658,8 +716,17 @@ pub fn main_entry() -> ExitCode {
         ),
         Command::Dlq { command } => dlq(&target, command),
         Command::Message {
-            command: MessageCommand::Show { id, key },
-        } => message_show(&target, id.as_deref(), key.as_deref()),
+            command:
+                MessageCommand::Show {
+                    id,
+                    key,
+                    payload,
+                    hex,
+                },
+        } => {
+            let payload = payload.then_some(PayloadFormat { raw: false, hex });
+            message_show(&target, id.as_deref(), key.as_deref(), payload)
+        }
         Command::Offsets { command } => offsets(&target, command),
         Command::Group { command } => group(&target, command),
         Command::Admin { command } => admin(&target, command),
@@ -1117,10 +1184,26 @@ fn bytes_words(bytes: u64) -> String {
     }
 }
 
+fn delete_group(broker: &Target, group: &str, force: bool) -> Result<ExitCode, ClientError> {
+    let deleted = broker.admin()?.delete_group(group, force)?;
+    if json() {
+        print_json(&serde_json::json!({
+            "group": deleted.group, "offsets": deleted.offsets, "members": deleted.members,
+        }));
+    } else {
+        println!(
+            "deleted group {}: {} committed offset(s), {} live member(s) forgotten",
+            deleted.group, deleted.offsets, deleted.members
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError> {
     let (filter, describe) = match &command {
         GroupCommand::List => (None, false),
         GroupCommand::Describe { group } => (Some(group.as_str()), true),
+        GroupCommand::Delete { group, force } => return delete_group(broker, group, *force),
     };
     let admin = broker.admin()?;
     let groups = admin.list_groups(filter)?;
@@ -1606,6 +1689,7 @@ fn message_show(
     broker: &Target,
     id: Option<&str>,
     key: Option<&str>,
+    payload: Option<PayloadFormat>,
 ) -> Result<ExitCode, ClientError> {
     let msg_id = match (id, key) {
         (Some(id), None) => u64::from_str_radix(id, 16).map_err(|_| {
@@ -1618,7 +1702,11 @@ fn message_show(
             ))
         }
     };
-    let info = broker.admin()?.message_info(msg_id, key)?;
+    let admin = broker.admin()?;
+    let mut info = admin.message_info(msg_id, key)?;
+    if let Some(format) = payload {
+        info.push(message_payload(&admin, &info, format)?);
+    }
     if json() {
         // The facts in order; a name that repeats (one per group) becomes a list.
         let mut object = serde_json::Map::new();
@@ -1652,6 +1740,40 @@ fn message_show(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The payload of the message the facts describe, read where they say it is: a fact
+/// `payload` (escaped text), or `payload_hex`.
+fn message_payload(
+    admin: &keel_client::Admin,
+    info: &[(String, String)],
+    format: PayloadFormat,
+) -> Result<(String, String), ClientError> {
+    let fact = |name: &str| {
+        info.iter()
+            .find(|(fact, _)| fact == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let place = (
+        fact("topic"),
+        fact("queue").and_then(|q| q.parse::<u32>().ok()),
+        fact("queue_offset").and_then(|o| o.parse::<u64>().ok()),
+    );
+    let (Some(topic), Some(queue), Some(offset)) = place else {
+        return Err(ClientError::Protocol(
+            "the broker did not say where the message is".into(),
+        ));
+    };
+    let record = admin.record_at(topic, queue, offset)?.ok_or_else(|| {
+        ClientError::InvalidArgument(
+            "the message is not readable yet (not durable) or no longer (retention)".into(),
+        )
+    })?;
+    let name = match format.hex {
+        true => "payload_hex",
+        false => "payload",
+    };
+    Ok((name.to_string(), format.text(&record.payload)))
 }
 
 fn promote(broker: &Target, role: &str, force: bool) -> Result<ExitCode, ClientError> {

@@ -4,6 +4,7 @@
 //! printed, except a new token, once.
 
 use clap::Subcommand;
+use crate::GLOBAL;
 use keel_client::{Admin, ClientError, ClientTls, ConnectionOptions, Credentials};
 use keel_security::{
     AclEntry, Action, Effect, ResourceType, Secret, SecurityCommand, SecurityReply,
@@ -15,12 +16,12 @@ use std::process::ExitCode;
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct Access {
     /// Connect with TLS, trusting the CA certificates in FILE (PEM).
-    #[arg(long, global = true, value_name = "FILE", env = "KEEL_TLS_CA")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "KEEL_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// This client's certificate (PEM), for brokers that ask for one.
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         value_name = "FILE",
         env = "KEEL_TLS_CERT",
         requires = "tls_key"
@@ -29,30 +30,30 @@ pub struct Access {
     /// The private key of --tls-cert (PEM).
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         value_name = "FILE",
         env = "KEEL_TLS_KEY",
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
     /// The name the broker's certificate must carry (default: the host of --broker).
-    #[arg(long, global = true, value_name = "NAME", env = "KEEL_TLS_SERVER_NAME")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME", env = "KEEL_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
     /// Log in as this user; the password comes from KEEL_PASSWORD, --password-file, or
     /// is asked for on the terminal.
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         value_name = "NAME",
         env = "KEEL_USER",
         conflicts_with = "token_file"
     )]
     pub user: Option<String>,
     /// A file whose first line is the password of --user.
-    #[arg(long, global = true, value_name = "FILE", requires = "user")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", requires = "user")]
     pub password_file: Option<PathBuf>,
     /// Log in with the token in FILE (or set KEEL_TOKEN).
-    #[arg(long, global = true, value_name = "FILE", env = "KEEL_TOKEN_FILE")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "KEEL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
 
@@ -246,13 +247,17 @@ impl Target {
 pub enum UserCommand {
     /// Add a user (the password: KEEL_NEW_PASSWORD, --new-password-file, or asked).
     Add {
+        /// The user's name.
         name: String,
+        /// Read the new password from FILE (its first line) instead of asking.
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
     },
     /// Change a user's password.
     Passwd {
+        /// The user's name.
         name: String,
+        /// Read the new password from FILE (its first line) instead of asking.
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
     },
@@ -267,7 +272,9 @@ pub enum TokenCommand {
     /// Create a token for NAME (an application, a service); it is printed once, and
     /// only its hash is kept. With --out FILE it is written there (mode 0600) instead.
     Create {
+        /// Who the token is for (its principal's name).
         name: String,
+        /// Write the token to FILE (created with mode 0600) instead of printing it.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

@@ -148,6 +148,24 @@ impl Admin {
         }
     }
 
+    /// Deletes a consumer group's committed offsets (on every topic) and forgets its
+    /// members, durably; refused (TOPIC_IN_USE) while it has live members unless
+    /// `force`.
+    pub fn delete_group(
+        &self,
+        group: &str,
+        force: bool,
+    ) -> Result<keel_protocol::GroupDeleted, ClientError> {
+        let request = Request::DeleteGroup {
+            group: group.to_string(),
+            force,
+        };
+        match self.call(request)? {
+            Response::GroupDeleted(deleted) => Ok(deleted),
+            other => Err(unexpected(&other, "DELETE_GROUP")),
+        }
+    }
+
     /// Each queue's range and size, and what each topic took in over the broker's last
     /// minute (`topic`, or every topic when `None`).
     pub fn topic_stats(
@@ -285,6 +303,35 @@ impl Admin {
         }
         records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         Ok(records)
+    }
+
+    /// The record at `queue_offset` of a queue, if it is stored (and durable).
+    pub fn record_at(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<keel_protocol::Record>, ClientError> {
+        let pull = Request::Pull(keel_protocol::PullRequest {
+            group: String::new(),
+            topic: topic.to_string(),
+            queue_id,
+            queue_offset,
+            max_messages: 1,
+            max_bytes: 1,
+            wait_ms: 0,
+        });
+        let result = match self.call(pull)? {
+            Response::PullResult(result) => result,
+            other => return Err(unexpected(&other, "PULL")),
+        };
+        let records = result
+            .decode_records()
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        Ok(records
+            .into_iter()
+            .next()
+            .filter(|record| record.queue_offset == queue_offset))
     }
 
     /// The store time of the message at `queue_offset` of a queue (the first one still

@@ -62,6 +62,7 @@ kinds! {
     AddQueues = 0x16, "ADD_QUEUES";
     GetBrokers = 0x17, "GET_BROKERS";
     DeleteTopic = 0x18, "DELETE_TOPIC";
+    DeleteGroup = 0x19, "DELETE_GROUP";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -82,6 +83,7 @@ kinds! {
     TopicStatsResult = 0x92, "TOPIC_STATS_RESULT";
     Brokers = 0x93, "BROKERS";
     TopicDeleted = 0x94, "TOPIC_DELETED";
+    GroupDeleted = 0x95, "GROUP_DELETED";
     Error = 0xFF, "ERROR";
 }
 

@@ -65,6 +65,7 @@ pub use request::{
 pub use response::{
     Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupInfo, PullResult, QueueInfo,
     QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicDeleted, TopicInfo,
+    GroupDeleted,
     TopicStats,
 };
 

@@ -170,6 +170,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(Request::TopicStats),
         Just(Request::GetBrokers),
         (text(), any::<bool>()).prop_map(|(topic, force)| Request::DeleteTopic { topic, force }),
+        (text(), any::<bool>()).prop_map(|(group, force)| Request::DeleteGroup { group, force }),
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::AddQueues(CreateTopicRequest { topic, queues })),
         (
@@ -382,6 +383,13 @@ fn response() -> impl Strategy<Value = Response> {
             }
         ),
         proptest::option::of(any::<u64>()).prop_map(Response::Offset),
+        (text(), any::<(u32, u32)>()).prop_map(|(group, (offsets, members))| {
+            Response::GroupDeleted(crate::GroupDeleted {
+                group,
+                offsets,
+                members,
+            })
+        }),
         (text(), any::<u32>(), any::<(u64, u64)>(), any::<bool>()).prop_map(
             |(topic, queues, (messages, bytes), durable)| {
                 Response::TopicDeleted(crate::TopicDeleted {

@@ -163,6 +163,12 @@ pub enum Request {
         topic: String,
         force: bool,
     },
+    /// Deletes a consumer group's committed offsets (on every topic) and forgets its
+    /// members. Refused while the group has live members unless `force`.
+    DeleteGroup {
+        group: String,
+        force: bool,
+    },
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -223,6 +229,7 @@ impl Request {
             Request::AddQueues(_) => Kind::AddQueues,
             Request::GetBrokers => Kind::GetBrokers,
             Request::DeleteTopic { .. } => Kind::DeleteTopic,
+            Request::DeleteGroup { .. } => Kind::DeleteGroup,
         }
     }
 
@@ -263,6 +270,10 @@ impl Request {
             }
             Request::DeleteTopic { topic, force } => {
                 put_str16(out, topic);
+                out.put_u8(u8::from(*force));
+            }
+            Request::DeleteGroup { group, force } => {
+                put_str16(out, group);
                 out.put_u8(u8::from(*force));
             }
             Request::RegisterBroker(registration) => {
@@ -409,6 +420,10 @@ impl Request {
             },
             Kind::DeleteTopic => Request::DeleteTopic {
                 topic: reader.str16("topic")?,
+                force: decode_force(&mut reader)?,
+            },
+            Kind::DeleteGroup => Request::DeleteGroup {
+                group: reader.str16("group")?,
                 force: decode_force(&mut reader)?,
             },
             Kind::RegisterBroker => {

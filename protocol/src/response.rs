@@ -73,6 +73,16 @@ pub struct TopicCreated {
     pub created: bool,
 }
 
+/// GROUP_DELETED: what deleting a consumer group removed (durable before the answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDeleted {
+    pub group: String,
+    /// Committed offsets removed (one per topic and queue).
+    pub offsets: u32,
+    /// Live members forgotten (only with `force`).
+    pub members: u32,
+}
+
 /// TOPIC_DELETED: what a deletion removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDeleted {
@@ -225,6 +235,7 @@ pub enum Response {
     GroupList(Vec<GroupInfo>),
     TopicStats(Vec<TopicStats>),
     TopicDeleted(TopicDeleted),
+    GroupDeleted(GroupDeleted),
     /// BROKERS: the name server's broker timeout (ms) and every broker it knows.
     Brokers {
         broker_timeout_ms: u64,
@@ -268,6 +279,7 @@ impl Response {
             Response::TopicStats(_) => Kind::TopicStatsResult,
             Response::Brokers { .. } => Kind::Brokers,
             Response::TopicDeleted(_) => Kind::TopicDeleted,
+            Response::GroupDeleted(_) => Kind::GroupDeleted,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -386,6 +398,11 @@ impl Response {
                 put_str16(out, &created.topic);
                 out.put_u32_le(created.queues);
                 out.put_u8(u8::from(created.created));
+            }
+            Response::GroupDeleted(deleted) => {
+                put_str16(out, &deleted.group);
+                out.put_u32_le(deleted.offsets);
+                out.put_u32_le(deleted.members);
             }
             Response::TopicDeleted(deleted) => {
                 put_str16(out, &deleted.topic);
@@ -634,6 +651,11 @@ impl Response {
                 topic: reader.str16("topic")?,
                 queues: reader.u32("queues")?,
                 created: reader.u8("created")? != 0,
+            }),
+            Kind::GroupDeleted => Response::GroupDeleted(GroupDeleted {
+                group: reader.str16("group")?,
+                offsets: reader.u32("offsets")?,
+                members: reader.u32("members")?,
             }),
             Kind::TopicDeleted => Response::TopicDeleted(TopicDeleted {
                 topic: reader.str16("topic")?,

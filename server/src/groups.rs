@@ -180,6 +180,38 @@ impl Groups {
         live
     }
 
+    /// A group's live members, on every topic: (topic, members).
+    pub fn live_members(&self, group: &str) -> Vec<(String, usize)> {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let mut live = Vec::new();
+        for ((name, topic), state) in groups.iter_mut() {
+            if name == group {
+                expire(state, now, name);
+                if !state.members.is_empty() {
+                    live.push((topic.clone(), state.members.len()));
+                }
+            }
+        }
+        live.sort();
+        live
+    }
+
+    /// Forgets `group` on every topic (its members and queue owners): a deleted group.
+    /// Returns how many live members it had.
+    pub fn forget(&self, group: &str) -> usize {
+        let mut groups = self.lock();
+        let mut members = 0;
+        groups.retain(|(name, _), state| {
+            if name != group {
+                return true;
+            }
+            members += state.members.len();
+            false
+        });
+        members
+    }
+
     /// Each group's live members and owned queues, for stats and message lookups.
     pub fn describe(&self) -> Vec<(String, String, usize, usize)> {
         let now = Instant::now();

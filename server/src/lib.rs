@@ -741,7 +741,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         });
     }
     log::info!(
-        "keeld stopped cleanly: log ends at offset {}, all of it fsynced ({} records)",
+        "keeld stopped cleanly: log ends at offset {}, all of it fsynced ({} message record(s))",
         stats.offset_flushed,
         stats.records_flushed
     );
@@ -784,9 +784,16 @@ fn log_recovery(store: &Store) {
     } else {
         "unclean (or first start)"
     };
+    // Messages, as the stop line counts them; the log may also hold records that are
+    // not messages (topic deletions).
+    let messages = store.stats().records_flushed;
+    let others = match report.records.saturating_sub(messages) {
+        0 => String::new(),
+        other => format!(" and {other} topic deletion record(s)"),
+    };
     log::info!(
-        "recovered {} records in {} segments, log ends at offset {}; previous shutdown {shutdown}",
-        report.records,
+        "recovered {messages} message record(s){others} in {} segment(s), log ends at offset \
+         {}; previous shutdown {shutdown}",
         report.segments,
         report.offset_end
     );

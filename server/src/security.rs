@@ -231,6 +231,8 @@ pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::SendBack(back) => vec![group_need(&back.group, Consume)],
         Request::CreateTopic(_) | Request::AddQueues(_) => vec![need(Admin, "*", CreateTopic)],
         Request::DeleteTopic { .. } => vec![need(Admin, "*", DeleteTopic)],
+        // Whoever may commit a group's offsets may reset them: deleting them is that.
+        Request::DeleteGroup { group, .. } => vec![group_need(group, Commit)],
         Request::ListTopics(list) if list.topic.is_empty() => vec![need(Admin, "*", Describe)],
         Request::ListTopics(list) => vec![topic_need(&list.topic, Describe)],
         Request::Stats => vec![need(Admin, "*", Stats)],
@@ -266,6 +268,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         Kind::SendBack => "group:consume",
         Kind::CreateTopic | Kind::AddQueues => "admin:create_topic",
         Kind::DeleteTopic => "admin:delete_topic",
+        Kind::DeleteGroup => "group:commit",
         Kind::ListTopics => "topic:describe (admin:describe to list every topic)",
         Kind::Stats => "admin:stats",
         Kind::MessageInfo => "admin:lookup",
@@ -296,6 +299,7 @@ pub fn rule(kind: Kind) -> Option<&'static str> {
         | Kind::TopicStatsResult
         | Kind::Brokers
         | Kind::TopicDeleted
+        | Kind::GroupDeleted
         | Kind::Error => return None,
     })
 }

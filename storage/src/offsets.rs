@@ -110,6 +110,20 @@ impl Store {
         Ok(self.meta.bump())
     }
 
+    /// Removes every committed offset of `group` (on every topic, and its dead-letter
+    /// redrive position). Returns how many went, and the metadata version to wait for
+    /// before saying it is durable.
+    pub fn delete_group_offsets(&self, group: &str) -> (u32, u64) {
+        let redrive = format!("%REDRIVE%{group}");
+        let removed = {
+            let mut offsets = self.meta.lock_offsets();
+            let before = offsets.len();
+            offsets.retain(|(name, _, _), _| name != group && *name != redrive);
+            before - offsets.len()
+        };
+        (u32::try_from(removed).unwrap_or(u32::MAX), self.meta.bump())
+    }
+
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
         self.meta
             .lock_offsets()
@@ -126,18 +140,20 @@ impl Store {
             .collect()
     }
 
-    /// Slave side: takes the master's consumer offsets (they overwrite local ones).
-    /// Offsets for queues this log does not have yet are kept anyway.
+    /// Slave side: takes the master's consumer offsets, all of them: they replace the
+    /// local ones (a group deleted on the master is deleted here too). Offsets for
+    /// queues this log does not have yet are kept anyway.
     pub fn apply_consumer_offsets(&self, offsets: &[(String, String, u32, u64)]) {
         let mut changed = false;
         {
             let mut ours = self.meta.lock_offsets();
-            for (group, topic, queue, offset) in offsets {
-                let key = (group.clone(), topic.clone(), *queue);
-                if ours.get(&key) != Some(offset) {
-                    ours.insert(key, *offset);
-                    changed = true;
-                }
+            let theirs: std::collections::BTreeMap<_, _> = offsets
+                .iter()
+                .map(|(group, topic, queue, offset)| ((group.clone(), topic.clone(), *queue), *offset))
+                .collect();
+            if *ours != theirs {
+                *ours = theirs;
+                changed = true;
             }
         }
         if changed {

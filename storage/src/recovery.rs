@@ -82,6 +82,47 @@ struct BadRecord {
     detail: String,
 }
 
+/// Recovery's progress lines (keeld's start only; `keel admin verify` prints its own).
+struct Progress {
+    segments: usize,
+    started: std::time::Instant,
+    shown: std::time::Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn new(segments: usize, repair: Repair) -> Progress {
+        let quiet = repair != Repair::TruncateTornTail || segments == 0;
+        if !quiet {
+            log::info!("recovering the log: checking every record of {segments} segment(s)");
+        }
+        let now = std::time::Instant::now();
+        Progress {
+            segments,
+            started: now,
+            shown: now,
+            quiet,
+        }
+    }
+
+    /// Before segment `index` (base `base`) is read, with `records` read so far.
+    fn segment(&mut self, index: usize, base: u64, records: u64) {
+        if self.quiet || self.shown.elapsed() < Self::INTERVAL {
+            return;
+        }
+        self.shown = std::time::Instant::now();
+        log::info!(
+            "recovering the log: segment {} of {} (log offset {base}), {records} records \
+             checked in {:.1} s",
+            index + 1,
+            self.segments,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
 /// Scans `dir`, calls `on_record` for every valid record in log order, truncates a torn
 /// tail, and returns the surviving segments (base, path) with the report.
 pub(crate) fn recover(
@@ -104,7 +145,11 @@ pub(crate) fn recover(
     let log_start = segments.first().map_or(0, |(base, _)| *base);
     let mut expected_base = log_start;
     let mut kept = Vec::new();
+    // A large log takes a while to check: say so at the start and every few seconds,
+    // so an operator whose broker does not answer yet knows why.
+    let mut progress = Progress::new(segments.len(), repair);
     for (index, (base, path)) in segments.iter().enumerate() {
+        progress.segment(index, *base, report.records);
         kept.push((*base, path.clone()));
         let (valid_len, bad) = scan_segment(
             disk,

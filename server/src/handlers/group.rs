@@ -58,6 +58,47 @@ pub(crate) fn on_heartbeat(shard: &mut Shard, to: ReplyTo, heartbeat: HeartbeatR
     shard.reply(to, response);
 }
 
+/// DELETE_GROUP: the group's committed offsets go (on every topic), and its members
+/// with them. Refused while it has live members unless forced (forced, members that go
+/// on running join again and commit again). Answered once the offsets file no longer
+/// holds them.
+pub(crate) fn on_delete_group(shard: &mut Shard, to: ReplyTo, group: &str, force: bool) {
+    if let Some(refusal) = invalid_names(group, "group") {
+        return shard.reply(to, refusal.response());
+    }
+    if let Some(refusal) = send::not_master(shard) {
+        return shard.reply(to, refusal.response());
+    }
+    let broker = shard.broker.clone();
+    let live = broker.groups.live_members(group);
+    if !live.is_empty() && !force {
+        let on: Vec<String> = live
+            .iter()
+            .map(|(topic, members)| format!("{members} on {topic}"))
+            .collect();
+        let detail = format!(
+            "group {group} has live members ({}); stop them first, or force the deletion \
+             (running members join again and commit again)",
+            on.join(", ")
+        );
+        return shard.reply(to, Refusal::new(ErrorCode::TopicInUse, detail).response());
+    }
+    let members = broker.groups.forget(group);
+    broker
+        .delivered
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .retain(|(name, _, _), _| name != group);
+    let (offsets, version) = broker.store.delete_group_offsets(group);
+    log::info!("deleted group {group}: {offsets} committed offset(s), {members} member(s)");
+    let deleted = keel_protocol::GroupDeleted {
+        group: group.to_string(),
+        offsets,
+        members: u32::try_from(members).unwrap_or(u32::MAX),
+    };
+    shard.expect_meta(to, version, Response::GroupDeleted(deleted));
+}
+
 pub(crate) fn on_group_commit(shard: &mut Shard, to: ReplyTo, commit: GroupCommitRequest) {
     if let Some(refusal) = invalid_names(&commit.group, &commit.topic) {
         return shard.reply(to, refusal.response());

@@ -1,5 +1,7 @@
-//! MESSAGE_INFO: everything the broker knows of one message. It reads the whole log, so
-//! it runs on a thread of its own, a few at a time.
+//! MESSAGE_INFO: everything the broker knows of one message. By id it reads the record
+//! where the id says (the id is its log offset) and the broker's copy topics (retries,
+//! dead letters); by key it scans the log. Either reads the disk, so it runs on a
+//! thread of its own, a few at a time.
 
 use crate::broker::{Broker, Ha};
 use crate::connection::ReplyTo;
@@ -179,39 +181,75 @@ fn group_states(broker: &Broker, record: &Record, info: &mut Info) {
     }
 }
 
-/// Retries and dead letters: the copies whose origin is the record.
+/// Retries and dead letters: the copies whose origin is the record. Only the broker's
+/// own topics that hold copies are read (the schedule topic and the groups' retry and
+/// dead-letter topics), through their queues: never the whole log.
 fn copies(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Refusal> {
     let id = record.message_id();
     let mut retries = 0u32;
-    broker
-        .store
-        .scan(|copy| {
-            let get = |name: &str| schedule::get(&copy.properties, name);
-            if get(property::ORIGIN_MSG_ID) != Some(id.as_str()) {
-                return true;
+    let store = &broker.store;
+    let holds_copies = |topic: &str| {
+        topic == SCHEDULE_TOPIC || topic.starts_with("%RETRY%") || topic.starts_with("%DLQ%")
+    };
+    for (topic, queues) in store.topic_list() {
+        if !holds_copies(&topic) {
+            continue;
+        }
+        for queue_id in 0..queues {
+            let mut offset = 0u64;
+            loop {
+                let read = match store.read_queue(&topic, queue_id, offset, 256, 1 << 20) {
+                    Ok(read) => read,
+                    Err(error) => return Err(internal(error)),
+                };
+                // Retention may have deleted the start: go on from the first kept.
+                if offset < read.min_offset {
+                    offset = read.min_offset;
+                    continue;
+                }
+                if read.record_count == 0 {
+                    break;
+                }
+                let mut rest = &read.records[..];
+                let before = offset;
+                while let Ok(copy) = keel_protocol::decode_record(rest) {
+                    rest = rest.get(copy.total_size as usize..).unwrap_or_default();
+                    offset = copy.queue_offset + 1;
+                    note_copy(&copy, &id, &mut retries, info);
+                }
+                if offset == before {
+                    break;
+                }
             }
-            let times = get(property::RECONSUME_TIMES).unwrap_or("?");
-            let reason = get(property::REASON).unwrap_or("");
-            if let Some(group) = copy.topic.strip_prefix("%DLQ%") {
-                let what = format!(
-                    "after {times} attempts, as {} ({reason})",
-                    copy.message_id()
-                );
-                info.push((format!("dead_lettered {group}"), what));
-            } else if copy.topic == SCHEDULE_TOPIC {
-                retries += 1;
-                let due = get(property::DELIVER_AT).unwrap_or("?");
-                info.push((
-                    format!("retry {retries}"),
-                    format!("attempt {times} failed ({reason}); redelivery due at {due} ms"),
-                ));
-            } else if let Some(group) = copy.topic.strip_prefix("%RETRY%") {
-                let what = format!("as {} (after {times} failures)", copy.message_id());
-                info.push((format!("redelivered {group}"), what));
-            }
-            true
-        })
-        .map_err(internal)?;
+        }
+    }
     info.push(("retries".into(), retries.to_string()));
     Ok(())
+}
+
+/// What `copy` says of the record with id `id`, if it is one of its copies.
+fn note_copy(copy: &Record, id: &str, retries: &mut u32, info: &mut Info) {
+    let get = |name: &str| schedule::get(&copy.properties, name);
+    if get(property::ORIGIN_MSG_ID) != Some(id) {
+        return;
+    }
+    let times = get(property::RECONSUME_TIMES).unwrap_or("?");
+    let reason = get(property::REASON).unwrap_or("");
+    if let Some(group) = copy.topic.strip_prefix("%DLQ%") {
+        let what = format!(
+            "after {times} attempts, as {} ({reason})",
+            copy.message_id()
+        );
+        info.push((format!("dead_lettered {group}"), what));
+    } else if copy.topic == SCHEDULE_TOPIC {
+        *retries += 1;
+        let due = get(property::DELIVER_AT).unwrap_or("?");
+        info.push((
+            format!("retry {retries}"),
+            format!("attempt {times} failed ({reason}); redelivery due at {due} ms"),
+        ));
+    } else if let Some(group) = copy.topic.strip_prefix("%RETRY%") {
+        let what = format!("as {} (after {times} failures)", copy.message_id());
+        info.push((format!("redelivered {group}"), what));
+    }
 }

@@ -4,7 +4,7 @@ use crate::harness::{signal, wait_until, BrokerProcess, KEELD};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_keel-bench-under-test");
+pub const BENCH: &str = env!("CARGO_BIN_EXE_keel-bench-under-test");
 
 /// Child processes of `pid`, from /proc.
 fn children(pid: u32) -> Vec<u32> {

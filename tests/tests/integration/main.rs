@@ -7,6 +7,7 @@ mod cli_send;
 mod cluster;
 mod console;
 mod controller;
+mod group_delete;
 mod corruption;
 mod crash;
 mod groups;

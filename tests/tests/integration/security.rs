@@ -297,6 +297,10 @@ fn one_of_each_kind() -> Vec<Request> {
             topic: "orders".into(),
             force: true,
         },
+        Request::DeleteGroup {
+            group: "g".into(),
+            force: true,
+        },
         Request::SecurityAdmin(keel_protocol::SecretText(
             SecurityCommand::UserList.to_json(),
         )),
