@@ -411,6 +411,16 @@ fn json_output_has_stable_shapes_and_errors_are_one_line() {
     assert_eq!(shown["topic"], "shapes");
     assert_eq!(shown["properties"]["color"], "red", "{shown}");
     assert_eq!(records[0]["properties"]["color"], "red");
+    let shown = one(&["--json", "message", "show", &id, "--payload"]);
+    assert_eq!(shown["payload"], records[0]["payload"], "{shown}");
+    let shown = one(&["--json", "message", "show", &id, "--payload", "--hex"]);
+    let hex: String = records[0]["payload"]
+        .as_str()
+        .unwrap()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(shown["payload_hex"], hex.as_str(), "{shown}");
     let shown = keel(&address, &["message", "show", &id], b"");
     assert!(
         text(&shown.stdout).contains("property color"),
