@@ -3,8 +3,8 @@
 //! they are never taken as flags (other users see a process's arguments) and never
 //! printed, except a new token, once.
 
-use clap::Subcommand;
 use crate::GLOBAL;
+use clap::Subcommand;
 use keel_client::{Admin, ClientError, ClientTls, ConnectionOptions, Credentials};
 use keel_security::{
     AclEntry, Action, Effect, ResourceType, Secret, SecurityCommand, SecurityReply,

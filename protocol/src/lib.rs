@@ -63,10 +63,9 @@ pub use request::{
     QueryOffsetRequest, Request, SecretText, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
 pub use response::{
-    Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupInfo, PullResult, QueueInfo,
-    QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicDeleted, TopicInfo,
-    GroupDeleted,
-    TopicStats,
+    Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupDeleted, GroupInfo, PullResult,
+    QueueInfo, QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicDeleted,
+    TopicInfo, TopicStats,
 };
 
 /// Default upper bound on a whole frame (length prefix included).

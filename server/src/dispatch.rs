@@ -23,7 +23,9 @@ impl Shard {
             Request::CreateTopic(create) => admin::on_create_topic(self, to, create),
             Request::AddQueues(grow) => admin::on_add_queues(self, to, grow),
             Request::DeleteTopic { topic, force } => admin::on_delete_topic(self, to, topic, force),
-            Request::DeleteGroup { group, force } => group::on_delete_group(self, to, &group, force),
+            Request::DeleteGroup { group, force } => {
+                group::on_delete_group(self, to, &group, force)
+            }
             Request::ListTopics(list) => admin::on_list_topics(self, to, list),
             Request::TopicStats(topic) => {
                 let topics = self.broker.topic_stats(&topic);

@@ -149,7 +149,9 @@ impl Store {
             let mut ours = self.meta.lock_offsets();
             let theirs: std::collections::BTreeMap<_, _> = offsets
                 .iter()
-                .map(|(group, topic, queue, offset)| ((group.clone(), topic.clone(), *queue), *offset))
+                .map(|(group, topic, queue, offset)| {
+                    ((group.clone(), topic.clone(), *queue), *offset)
+                })
                 .collect();
             if *ours != theirs {
                 *ours = theirs;

@@ -53,9 +53,15 @@ fn a_group_with_live_members_is_deleted_only_when_forced_and_stays_deleted_after
     let refused = keel(&broker.address, &["group", "delete", "-g", "doomed"], b"");
     let stderr = text(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("TOPIC_IN_USE") && stderr.contains("live members"), "{stderr}");
+    assert!(
+        stderr.contains("TOPIC_IN_USE") && stderr.contains("live members"),
+        "{stderr}"
+    );
     assert_eq!(
-        committed(&admin, "doomed", "deleted-group").iter().flatten().count(),
+        committed(&admin, "doomed", "deleted-group")
+            .iter()
+            .flatten()
+            .count(),
         2,
         "a refused deletion deleted nothing"
     );
@@ -68,14 +74,20 @@ fn a_group_with_live_members_is_deleted_only_when_forced_and_stays_deleted_after
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&forced.stdout).expect("JSON");
     assert_eq!(answer["offsets"], 2, "{answer}");
-    assert_eq!(committed(&admin, "doomed", "deleted-group"), vec![None, None]);
+    assert_eq!(
+        committed(&admin, "doomed", "deleted-group"),
+        vec![None, None]
+    );
     let listed = admin.list_groups(None).unwrap();
     assert!(listed.iter().all(|g| g.group != "doomed"), "{listed:?}");
     // The answer came once the deletion was on disk.
     broker.kill9();
     broker.spawn();
     let admin = broker.admin();
-    assert_eq!(committed(&admin, "doomed", "deleted-group"), vec![None, None]);
+    assert_eq!(
+        committed(&admin, "doomed", "deleted-group"),
+        vec![None, None]
+    );
 }
 
 #[test]
@@ -86,13 +98,20 @@ fn a_slave_deletes_a_group_its_master_deleted() {
     let admin = primary.admin();
     admin.create_topic("followed", 2).unwrap();
     let producer = Producer::connect(&primary.address, ProducerOptions::default()).unwrap();
-    producer.send(Message::new("followed", "one").with_queue(0)).unwrap();
-    admin.commit_offset("followed-group", "followed", 0, 1).unwrap();
+    producer
+        .send(Message::new("followed", "one").with_queue(0))
+        .unwrap();
+    admin
+        .commit_offset("followed-group", "followed", 0, 1)
+        .unwrap();
     let on_slave = follower.admin();
     wait_until("the slave has the offset", Duration::from_secs(20), || {
         on_slave.query_offset("followed-group", "followed", 0).ok() == Some(Some(1))
     });
-    assert_eq!(admin.delete_group("followed-group", false).unwrap().offsets, 1);
+    assert_eq!(
+        admin.delete_group("followed-group", false).unwrap().offsets,
+        1
+    );
     wait_until("the slave deleted it too", Duration::from_secs(20), || {
         on_slave.query_offset("followed-group", "followed", 0).ok() == Some(None)
     });
@@ -108,7 +127,14 @@ fn a_slave_deletes_a_group_its_master_deleted() {
 fn keel_bench_deletes_the_groups_of_its_run() {
     let broker = BrokerProcess::start("");
     let run = Command::new(crate::bench::BENCH)
-        .args(["--broker", &broker.address, "--count", "200", "--producers", "2"])
+        .args([
+            "--broker",
+            &broker.address,
+            "--count",
+            "200",
+            "--producers",
+            "2",
+        ])
         .args(["--consumers", "1", "--json"])
         .output()
         .expect("keel-bench");
