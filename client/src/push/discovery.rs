@@ -33,8 +33,13 @@ impl Default for DiscoveryOptions {
 
 type Handler<R> = Arc<dyn Fn(&Delivery) -> R + Send + Sync>;
 
-/// How often routes are fetched while a group's consumer cannot reach its broker.
+/// How often routes are fetched while a group's consumer cannot reach its broker: at
+/// first every 100 ms (a failover is over within a second of the election), after 10 s
+/// every second (a broker that stays down does not make every consumer ask ten times a
+/// second).
 const LOST_REFRESH: Duration = Duration::from_millis(100);
+const LOST_REFRESH_LATER: Duration = Duration::from_secs(1);
+const LOST_FAST_FOR: Duration = Duration::from_secs(10);
 
 /// One consumer per broker group, keyed by broker name, with the master it reads.
 struct Running {
@@ -188,6 +193,7 @@ fn supervise<R: IntoConsumeResult + 'static>(
     let next = AtomicUsize::new(0);
     let lock = || state.lock().unwrap_or_else(|poison| poison.into_inner());
     let mut failing = false;
+    let mut lost_since: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {
         let started = Instant::now();
         let tls = options.consumer.connection.tls.as_ref();
@@ -261,7 +267,16 @@ fn supervise<R: IntoConsumeResult + 'static>(
                 .running
                 .values()
                 .any(|r| r.consumer.stats().broker_lost.load(Ordering::Relaxed));
-            if lost && started.elapsed() >= LOST_REFRESH {
+            if !lost {
+                lost_since = None;
+                continue;
+            }
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            let wait = match since.elapsed() < LOST_FAST_FOR {
+                true => LOST_REFRESH,
+                false => LOST_REFRESH_LATER,
+            };
+            if started.elapsed() >= wait {
                 break;
             }
         }
