@@ -2045,7 +2045,7 @@ fn cluster(
         let master_down = group
             .replicas
             .iter()
-            .any(|r| Some(r.broker_id) == v.master && !r.reachable);
+            .any(|r| Some(r.broker_id) == v.master && r.reachable == Some(false));
         if master_down {
             println!(
                 "  the master is unreachable: the controller elects another from the \
@@ -2065,9 +2065,9 @@ fn cluster(
                 "  {:>2}  {:<11}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
                 r.broker_id,
                 match (r.reachable, Some(r.broker_id) == v.master) {
-                    (false, _) => "unreachable",
-                    (true, true) => "master",
-                    (true, false) => "slave",
+                    (Some(false), _) => "unreachable",
+                    (_, true) => "master",
+                    (_, false) => "slave",
                 },
                 if r.in_sss { "yes" } else { "no" },
                 r.epoch,

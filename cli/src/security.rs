@@ -55,6 +55,11 @@ pub struct Access {
     /// Log in with the token in FILE (or set KEEL_TOKEN).
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "KEEL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The broker's max_frame_bytes: a request larger than this is refused here, before
+    /// it is sent (MESSAGE_TOO_LARGE). Raise it for a broker configured higher
+    /// [default: 8388608, the broker's default].
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "BYTES", env = "KEEL_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<u32>,
 }
 
 impl Access {
@@ -91,10 +96,16 @@ impl Access {
                 _ => None,
             },
         };
+        let defaults = ConnectionOptions::default();
         Ok(ConnectionOptions {
             tls,
             credentials,
-            ..ConnectionOptions::default()
+            max_request_bytes: self.max_frame_bytes.unwrap_or(defaults.max_request_bytes),
+            // Replies can be as large as the requests a broker takes.
+            max_frame_bytes: defaults
+                .max_frame_bytes
+                .max(self.max_frame_bytes.unwrap_or(0)),
+            ..defaults
         })
     }
 
@@ -122,6 +133,7 @@ pub struct Profile {
     user: Option<String>,
     password_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    max_frame_bytes: Option<u32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -175,6 +187,7 @@ impl Profile {
             access.token_file = self.token_file;
         }
         or(&mut access.password_file, self.password_file);
+        or(&mut access.max_frame_bytes, self.max_frame_bytes);
     }
 }
 

@@ -181,7 +181,8 @@ pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientEr
         json: args.json_input,
         max_bytes: broker.options.max_request_bytes,
     };
-    let (items, reading) = mpsc::sync_channel(64);
+    // A few items read ahead (each at most a frame): the in-flight cap bounds the rest.
+    let (items, reading) = mpsc::sync_channel(16);
     input::spawn(source, decoding, args.repeat, items)?;
     let (answers, answered) = mpsc::channel();
     let progress = args
@@ -202,7 +203,7 @@ pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientEr
     };
     let interrupted = sender.pump(&reading, &answered);
     if let Some(signal) = interrupted {
-        sender.wind_down(signal, &answered);
+        sender.wind_down(signal, &reading, &answered);
     }
     Ok(sender.report(interrupted))
 }
@@ -367,9 +368,23 @@ impl Sender<'_> {
     /// After a signal: no more input; the answers of what is in flight are waited
     /// for (up to the send timeout; a second signal stops the wait), then whatever is
     /// still unanswered is counted unknown.
-    fn wind_down(&mut self, signal: i32, answered: &mpsc::Receiver<Answer>) {
-        self.unsent += self.batch.len() as u64;
-        self.batch.clear();
+    fn wind_down(
+        &mut self,
+        signal: i32,
+        reading: &mpsc::Receiver<Item>,
+        answered: &mpsc::Receiver<Answer>,
+    ) {
+        // Read but never sent: the batch being filled, and what the reader had ready.
+        let mut unsent: Vec<u64> = self.batch.drain(..).map(|(input, _)| input).collect();
+        unsent.extend(reading.try_iter().map(|item| item.input));
+        if let (Some(first), Some(last)) = (unsent.iter().min(), unsent.iter().max()) {
+            eprintln!(
+                "keel send: {} input(s) read but not sent (inputs {first}-{last}): nothing \
+                 of them is stored",
+                unsent.len()
+            );
+        }
+        self.unsent += unsent.len() as u64;
         let waiting: usize = self.in_flight.values().map(|sent| sent.inputs.len()).sum();
         self.tally.end_progress();
         eprintln!(

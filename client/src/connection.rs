@@ -6,7 +6,9 @@
 
 use crate::{ClientError, Endpoint};
 use bytes::BytesMut;
-use keel_protocol::{decode_frame, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES, FLAG_ONEWAY};
+use keel_protocol::{
+    decode_frame, ErrorCode, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES, FLAG_ONEWAY,
+};
 use keel_security::{ClientTls, Stream};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -123,8 +125,15 @@ impl Shared {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Marks the connection dead and fails every request in flight.
+    /// Marks the connection dead and fails every request in flight (their outcome is
+    /// unknown).
     fn close(&self, reason: String) {
+        self.close_with(reason, None);
+    }
+
+    /// `close`, failing the requests in flight with `refusal` when the broker said it
+    /// read none of them (TOO_MANY_CONNECTIONS at accept: not stored).
+    fn close_with(&self, reason: String, refusal: Option<keel_protocol::ErrorResponse>) {
         let callbacks: Vec<Callback> = {
             let mut pending = self.lock();
             if pending.closed.is_none() {
@@ -137,7 +146,10 @@ impl Shared {
                 .collect()
         };
         for callback in callbacks {
-            callback(Err(ClientError::ConnectionClosed(reason.clone())));
+            callback(Err(match &refusal {
+                Some(error) => ClientError::Broker(error.clone()),
+                None => ClientError::ConnectionClosed(reason.clone()),
+            }));
         }
     }
 }
@@ -178,9 +190,17 @@ impl Connection {
             .map_err(fail)?;
         let stream =
             Stream::wrap(socket, options.tls.as_ref(), &endpoint.name).map_err(|error| {
-                ClientError::Connect {
-                    address: endpoint.name.clone(),
-                    detail: format!("TLS handshake: {error}"),
+                // A TLS failure proper (certificate, protocol) is final; a socket error
+                // during the handshake is a connection failure like any other.
+                match error.kind() {
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => ClientError::Tls {
+                        address: endpoint.name.clone(),
+                        detail: error.to_string(),
+                    },
+                    _ => ClientError::Connect {
+                        address: endpoint.name.clone(),
+                        detail: format!("TLS handshake: {error}"),
+                    },
                 }
             })?;
         let principal = match &options.credentials {
@@ -277,10 +297,7 @@ impl Connection {
             if let Some(callback) = own {
                 callback(Err(ClientError::Connect {
                     address: self.address.to_string(),
-                    detail: format!(
-                        "the connection failed while this request was written ({error}); \
-                         not sent in full, so not carried out"
-                    ),
+                    detail: not_sent_detail(&error),
                 }));
             }
         }
@@ -330,20 +347,40 @@ impl Connection {
             self.shared.close(format!("write failed: {error}"));
             ClientError::Connect {
                 address: self.address.to_string(),
-                detail: format!(
-                    "the connection failed while this request was written ({error}); not \
-                     sent in full, so not carried out"
-                ),
+                detail: not_sent_detail(&error),
             }
         })
     }
 
+    /// Writes one whole frame, or fails with none of it after the connection failed:
+    /// a failed write shuts the socket before another frame can follow the torn one
+    /// (the broker would read the two as one).
     fn write(&self, frame: &[u8]) -> io::Result<()> {
         let _writing = self
             .writing
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        (&*self.stream).write_all(frame)
+        if let Some(reason) = self.shared.lock().closed.clone() {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, reason));
+        }
+        let written = (&*self.stream).write_all(frame);
+        if written.is_err() {
+            let _ = self.stream.socket().shutdown(Shutdown::Both);
+        }
+        written
+    }
+}
+
+/// Why a request whose write failed was not carried out.
+fn not_sent_detail(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotConnected => {
+            format!("the connection closed before this request was written ({error}); not sent")
+        }
+        _ => format!(
+            "the connection failed while this request was written ({error}); not sent in \
+             full, so not carried out"
+        ),
     }
 }
 
@@ -455,6 +492,12 @@ fn dispatch_frames(
                 return Err(reason);
             }
             (Some(callback), response) => callback(Ok(response)),
+            // Refused at accept: the broker read none of our requests.
+            (None, Response::Error(error)) if error.code == ErrorCode::TooManyConnections => {
+                let reason = format!("broker error {error}");
+                shared.close_with(reason.clone(), Some(error));
+                return Err(reason);
+            }
             // An error for no request of ours: the broker is closing this connection.
             (None, Response::Error(error)) => return Err(format!("broker error {error}")),
             // A late reply to a request that already timed out.

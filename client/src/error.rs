@@ -39,6 +39,12 @@ pub enum ClientError {
         detail: String,
     },
     InvalidArgument(String),
+    /// The TLS handshake failed for a reason retrying cannot change (a certificate from
+    /// a CA not trusted, expired, for another name; TLS on one end only): not sent.
+    Tls {
+        address: String,
+        detail: String,
+    },
     /// No broker to send to: the name servers know no master for the topic, or none
     /// of them answered. Nothing was sent.
     NoRoute(String),
@@ -65,6 +71,7 @@ impl ClientError {
             | ClientError::Corrupt { .. }
             | ClientError::OffsetExpired { .. }
             | ClientError::InvalidArgument(_)
+            | ClientError::Tls { .. }
             | ClientError::TooLarge { .. } => false,
         }
     }
@@ -130,6 +137,9 @@ impl fmt::Display for ClientError {
             }
             ClientError::InvalidArgument(detail) => f.write_str(detail),
             ClientError::NoRoute(detail) => write!(f, "no route: {detail}; not sent"),
+            ClientError::Tls { address, detail } => {
+                write!(f, "TLS handshake with {address} failed: {detail}; not sent")
+            }
             ClientError::TooLarge { bytes, max } => write!(
                 f,
                 "MESSAGE_TOO_LARGE: the request is {bytes} bytes, over the broker's frame \

@@ -90,9 +90,12 @@ enum Target {
 }
 
 /// How long a failed connect to an address is remembered: sends in that time fail at
-/// once with the same error instead of each trying (and, to a host that does not
-/// answer, each waiting out a connect timeout).
+/// once with the same error instead of each trying. 50 ms after a refusal (a broker
+/// restarting is back soon); a second after a connect that took long (a host that does
+/// not answer: each try would wait out the connect timeout).
 const CONNECT_FAILURE_MEMORY: Duration = Duration::from_millis(50);
+const CONNECT_SLOW_FAILURE_MEMORY: Duration = Duration::from_secs(1);
+const CONNECT_SLOW: Duration = Duration::from_millis(300);
 
 struct Inner {
     target: Target,
@@ -127,8 +130,10 @@ impl SendHandle {
 #[derive(Default)]
 struct Connections {
     live: HashMap<SocketAddr, Arc<Connection>>,
-    /// The last failed connect to each address, and why.
+    /// Until when a failed connect to each address is remembered, and why it failed.
     failed: HashMap<SocketAddr, (Instant, ClientError)>,
+    /// Addresses a connect is under way to (by another send): one at a time each.
+    connecting: std::collections::HashSet<SocketAddr>,
 }
 
 impl Producer {
@@ -187,29 +192,39 @@ impl Producer {
         endpoint: &Endpoint,
         timeout: Duration,
     ) -> Result<Arc<Connection>, ClientError> {
-        let mut connections = self
-            .inner
-            .connections
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
         let address = endpoint.address;
-        if let Some(connection) = connections
-            .live
-            .get(&address)
-            .filter(|connection| !connection.is_closed())
         {
-            return Ok(connection.clone());
-        }
-        if let Some((at, error)) = connections.failed.get(&address) {
-            if at.elapsed() < CONNECT_FAILURE_MEMORY {
-                return Err(error.clone());
+            let mut connections = self.lock_connections();
+            if let Some(connection) = connections
+                .live
+                .get(&address)
+                .filter(|connection| !connection.is_closed())
+            {
+                return Ok(connection.clone());
+            }
+            if let Some((until, error)) = connections.failed.get(&address) {
+                if Instant::now() < *until {
+                    return Err(error.clone());
+                }
+            }
+            // The lock is not held while connecting (a host that does not answer takes
+            // a connect timeout): sends to other brokers and replies go on meanwhile.
+            if !connections.connecting.insert(address) {
+                return Err(ClientError::Connect {
+                    address: endpoint.to_string(),
+                    detail: "a connection to it is being made for another send; not sent".into(),
+                });
             }
         }
         let mut options = self.inner.options.connection.clone();
         options.connect_timeout = options
             .connect_timeout
             .min(timeout.max(Duration::from_millis(1)));
-        match Connection::connect(endpoint.clone(), &options) {
+        let started = Instant::now();
+        let outcome = Connection::connect(endpoint.clone(), &options);
+        let mut connections = self.lock_connections();
+        connections.connecting.remove(&address);
+        match outcome {
             Ok(connection) => {
                 let connection = Arc::new(connection);
                 connections.failed.remove(&address);
@@ -217,12 +232,23 @@ impl Producer {
                 Ok(connection)
             }
             Err(error) => {
+                let memory = match started.elapsed() >= CONNECT_SLOW {
+                    true => CONNECT_SLOW_FAILURE_MEMORY,
+                    false => CONNECT_FAILURE_MEMORY,
+                };
                 connections
                     .failed
-                    .insert(address, (Instant::now(), error.clone()));
+                    .insert(address, (Instant::now() + memory, error.clone()));
                 Err(error)
             }
         }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn drop_connection(&self, broken: &Arc<Connection>) {

@@ -109,6 +109,14 @@ impl Router {
             if !routes.is_empty() && (fresh || (*stale && age < STALE_REFETCH_MIN)) {
                 return Ok(routes.clone());
             }
+            // Asked a moment ago and found no master: not again yet (every send of a
+            // failover gap would otherwise ask the name servers).
+            if routes.is_empty() && age < STALE_REFETCH_MIN {
+                return Err(ClientError::NoRoute(format!(
+                    "no master of topic {topic:?} was known {} ms ago",
+                    age.as_millis()
+                )));
+            }
         }
         // Marked as fetched now, so that concurrent senders use these routes meanwhile
         // instead of all asking at once.
@@ -125,11 +133,20 @@ impl Router {
                         );
                         Ok(routes)
                     }
-                    _ => Err(error),
+                    _ => {
+                        self.remember_none(topic);
+                        Err(error)
+                    }
                 }
             }
         };
-        let resolved = Arc::new(masters_of(topic, &routes)?);
+        let resolved = match masters_of(topic, &routes) {
+            Ok(resolved) => Arc::new(resolved),
+            Err(error) => {
+                self.remember_none(topic);
+                return Err(error);
+            }
+        };
         self.lock().insert(
             topic.to_string(),
             Cached {
@@ -139,6 +156,20 @@ impl Router {
             },
         );
         Ok(resolved)
+    }
+}
+
+impl Router {
+    /// Notes that no master of `topic` could be found just now.
+    fn remember_none(&self, topic: &str) {
+        self.lock().insert(
+            topic.to_string(),
+            Cached {
+                fetched: Instant::now(),
+                routes: Arc::new(Vec::new()),
+                stale: true,
+            },
+        );
     }
 }
 

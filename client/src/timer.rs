@@ -1,7 +1,9 @@
 //! One timer thread for the whole process: retries that wait out a backoff are run
 //! from it, never by sleeping on a connection's reader thread (which would hold up
 //! every other reply on that connection: a thousand sends failing at once would queue
-//! a thousand sleeps).
+//! a thousand sleeps). The timer only waits; the jobs run on a few worker threads, so a
+//! retry that waits out a connect to a host that does not answer holds up only its own
+//! worker.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -48,6 +50,9 @@ struct Timer {
     changed: Condvar,
 }
 
+/// Threads that run the jobs the timer hands out.
+const WORKERS: usize = 4;
+
 static TIMER: OnceLock<Option<&'static Timer>> = OnceLock::new();
 
 fn timer() -> Option<&'static Timer> {
@@ -56,9 +61,21 @@ fn timer() -> Option<&'static Timer> {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
         }));
+        let (hand, jobs) = std::sync::mpsc::channel::<Job>();
+        let jobs = std::sync::Arc::new(Mutex::new(jobs));
+        let mut workers = 0;
+        for index in 0..WORKERS {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("keel-client-retry-{index}"))
+                .spawn(move || work(&jobs));
+            workers += usize::from(spawned.is_ok());
+        }
+        // Without a worker the timer runs the jobs itself.
+        let hand = (workers > 0).then_some(hand);
         let started = std::thread::Builder::new()
             .name("keel-client-timer".into())
-            .spawn(move || run(timer));
+            .spawn(move || run(timer, hand));
         match started {
             Ok(_) => Some(timer),
             Err(error) => {
@@ -88,7 +105,20 @@ pub(crate) fn schedule(due: Instant, job: impl FnOnce() + Send + 'static) {
     timer.changed.notify_one();
 }
 
-fn run(timer: &'static Timer) {
+fn work(jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) {
+    loop {
+        let job = match jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        // A job that panics must not take the worker (and later retries) with it.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            log::error!("a scheduled retry panicked");
+        }
+    }
+}
+
+fn run(timer: &'static Timer, hand: Option<std::sync::mpsc::Sender<Job>>) {
     let mut queue = timer.queue.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let now = Instant::now();
@@ -98,11 +128,14 @@ fn run(timer: &'static Timer) {
                     continue;
                 };
                 drop(queue);
-                // A job that panics must not take the timer (and every later retry)
-                // with it.
-                let job = entry.job;
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                    log::error!("a scheduled retry panicked");
+                let job = match &hand {
+                    Some(hand) => hand.send(entry.job).err().map(|failed| failed.0),
+                    None => Some(entry.job),
+                };
+                if let Some(job) = job {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        log::error!("a scheduled retry panicked");
+                    }
                 }
                 queue = timer.queue.lock().unwrap_or_else(|p| p.into_inner());
             }

@@ -61,9 +61,10 @@ pub struct ReplicaStatus {
     /// a killed master is never shown as one.
     pub is_master: bool,
     /// Heard from within half the master timeout. A replica that is not is down, cut
-    /// off, or (just after a controller leader change) not heard from yet.
+    /// off, or (just after a controller leader change) not heard from yet. `None`: a
+    /// controller older than this field did not say.
     #[serde(default)]
-    pub reachable: bool,
+    pub reachable: Option<bool>,
     pub epoch: u64,
     pub log_end: u64,
     pub flushed: u64,

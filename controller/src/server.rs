@@ -332,7 +332,7 @@ impl Node {
                             broker_id: *id,
                             address: replica.address.clone(),
                             is_master: reachable && report.is_some_and(|r| r.is_master),
-                            reachable,
+                            reachable: Some(reachable),
                             epoch: report.map_or(0, |r| r.epoch),
                             log_end: report.map_or(0, |r| r.log_end),
                             flushed: report.map_or(0, |r| r.flushed),

@@ -231,13 +231,16 @@ class Client:
         try:
             self.socket.sendall(frame)
         except OSError as failure:
+            # The connection is done for: a later frame must never follow the torn one.
             try:
                 self.socket.settimeout(1.0)
                 self._reply(request_id)
             except KeelError:
+                self.socket.close()
                 raise
             except (OSError, ValueError, struct.error):
                 pass
+            self.socket.close()
             raise NotSentError(f"the connection failed while the request was written ({failure}); "
                                "not sent in full, so not stored") from failure
 

@@ -851,6 +851,16 @@ impl EventLoop {
     }
 
     fn close_idle(&mut self, now: Instant) {
+        // Connections closed after an error linger a bounded time, idle timeout or not.
+        let lingered: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.linger_until.is_some_and(|until| now >= until))
+            .map(|(key, _)| key)
+            .collect();
+        for key in lingered {
+            self.close(key);
+        }
         let idle_ms = self.broker.config.connection_idle_timeout_ms;
         if idle_ms == 0 {
             return;
@@ -885,15 +895,6 @@ impl EventLoop {
                 .fetch_add(1, Ordering::Relaxed);
             let message = "no LOGIN within login_timeout_ms";
             self.fail_connection(key, 0, ErrorCode::NotAuthenticated, message);
-        }
-        let lingered: Vec<usize> = self
-            .connections
-            .iter()
-            .filter(|(_, connection)| connection.linger_until.is_some_and(|until| now >= until))
-            .map(|(key, _)| key)
-            .collect();
-        for key in lingered {
-            self.close(key);
         }
         for key in stale {
             if let Some(connection) = self.connections.get(key) {

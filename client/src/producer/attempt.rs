@@ -130,7 +130,13 @@ impl Attempt {
                     .faults
                     .record(address, Duration::ZERO, true);
                 self.last_failed = Some(address);
-                return self.not_stored(error);
+                // Nothing was sent. A refused login or a certificate that is not
+                // trusted stays so: trying again only adds failed logins (and gets this
+                // address locked out), so that is final.
+                return match classify(&error) {
+                    Failure::Final => self.give_up(error),
+                    _ => self.not_stored(error),
+                };
             }
         };
         self.attempts_left -= 1;

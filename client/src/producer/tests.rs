@@ -17,6 +17,9 @@ enum Behaviour {
     Silent,
     /// Answers ERROR with this code.
     Refuse(ErrorCode),
+    /// As a broker at `max_connections`: ERROR TOO_MANY_CONNECTIONS (request id 0) at
+    /// once, then reads nothing (and drops what comes) until the client closes.
+    Full,
 }
 
 /// A broker on 127.0.0.1 that behaves as told and counts the requests it read.
@@ -49,6 +52,15 @@ impl FakeBroker {
 fn serve(mut stream: TcpStream, behaviour: Behaviour, requests: &AtomicUsize) {
     let mut buffer = BytesMut::new();
     let mut chunk = [0u8; 65536];
+    if let Behaviour::Full = behaviour {
+        let mut out = Vec::new();
+        Response::error(ErrorCode::TooManyConnections, "max_connections reached")
+            .encode(0, &mut out);
+        let _ = stream.write_all(&out);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        while matches!(stream.read(&mut chunk), Ok(count) if count > 0) {}
+        return;
+    }
     loop {
         let frame: RawFrame = loop {
             match decode_frame(&mut buffer, 64 << 20) {
@@ -63,7 +75,7 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour, requests: &AtomicUsize) {
         };
         requests.fetch_add(1, Ordering::SeqCst);
         match behaviour {
-            Behaviour::CloseAfterRead => return,
+            Behaviour::CloseAfterRead | Behaviour::Full => return,
             Behaviour::Silent => {}
             Behaviour::Refuse(code) => {
                 let mut out = Vec::new();
@@ -172,6 +184,33 @@ fn a_broker_that_cannot_be_reached_is_not_stored() {
         .send(Message::new("t", "x"))
         .expect_err("nothing listens");
     assert!(matches!(error, ClientError::Connect { .. }), "{error}");
+    assert!(!error.is_outcome_unknown(), "{error}");
+}
+
+#[test]
+fn a_refused_login_is_final_after_one_try() {
+    let broker = FakeBroker::start(Behaviour::Refuse(ErrorCode::AuthenticationFailed));
+    let mut options = options(2000);
+    options.connection.credentials = Some(crate::Credentials::Token("wrong".into()));
+    let producer = Producer::new(
+        Target::Broker(Endpoint::resolve(&broker.address).unwrap()),
+        options,
+    );
+    let error = producer.send(Message::new("t", "x")).expect_err("refused");
+    assert_eq!(error.code_name(), Some("AUTHENTICATION_FAILED"), "{error}");
+    assert!(!error.is_outcome_unknown());
+    // One LOGIN: logging in again and again would lock the address out.
+    assert_eq!(broker.requests(), 1);
+}
+
+#[test]
+fn a_broker_at_its_connection_limit_stored_nothing() {
+    let broker = FakeBroker::start(Behaviour::Full);
+    let producer = Producer::new(
+        Target::Broker(Endpoint::resolve(&broker.address).unwrap()),
+        options(500),
+    );
+    let error = producer.send(Message::new("t", "x")).expect_err("refused");
     assert!(!error.is_outcome_unknown(), "{error}");
 }
 

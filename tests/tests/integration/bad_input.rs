@@ -374,3 +374,38 @@ fn reserved_bits_and_bad_group_names_get_their_documented_codes() {
     assert!(read_frame(&mut stream).is_none(), "closed after the error");
     assert_eq!(broker.stat("records_appended"), 0);
 }
+
+/// A connection closed after an error keeps reading (and dropping) what its client still
+/// sends, so that the client reads the ERROR instead of a reset, but for a bounded time:
+/// a client that never closes its side is closed all the same, also with the idle
+/// timeout off.
+#[test]
+fn a_connection_closed_after_an_error_lingers_only_a_while() {
+    let broker = BrokerProcess::start("connection_idle_timeout_ms = 0");
+    let base = broker.stat("connections");
+    let mut stream = connect(&broker);
+    let mut header = Vec::new();
+    header.extend_from_slice(&u32::MAX.to_le_bytes());
+    header.extend_from_slice(&[PROTOCOL_VERSION, Kind::Send as u8, 0, 0]);
+    header.extend_from_slice(&7u64.to_le_bytes());
+    stream.write_all(&header).expect("write");
+    // The client goes on writing its (refused) frame: no reset while it does.
+    for _ in 0..8 {
+        stream
+            .write_all(&[0u8; 64 * 1024])
+            .expect("the broker reads and drops it");
+    }
+    let (kind, request_id, body) = read_frame(&mut stream).expect("the ERROR");
+    assert_eq!((kind, request_id), (Kind::Error as u8, 7));
+    assert_eq!(error_code(&body), ErrorCode::FrameTooLarge as u16);
+    assert!(
+        read_frame(&mut stream).is_none(),
+        "then the broker's side is shut"
+    );
+    crate::harness::wait_until(
+        "the lingering connection closed",
+        Duration::from_secs(10),
+        || broker.try_stat("connections") == Some(base),
+    );
+    drop(stream);
+}

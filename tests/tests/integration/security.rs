@@ -573,14 +573,14 @@ fn tls_on_the_client_port_refuses_plaintext_strangers_and_expired_certificates()
         &options(Some(pki.client("other-ca", None)), credentials.clone()),
     );
     match &stranger {
-        Err(ClientError::Connect { detail, .. }) => assert!(detail.contains("TLS"), "{detail}"),
+        Err(ClientError::Tls { detail, .. }) => assert!(detail.contains("TLS"), "{detail}"),
         Err(other) => panic!("{other:?}"),
         Ok(_) => panic!("a client trusting another CA connected"),
     }
     let expired = secured_broker(&format!(", {}", pki.broker_tls("expired", "")));
     let outcome = Admin::connect_with(&expired.address, &good);
     match &outcome {
-        Err(ClientError::Connect { detail, .. }) => assert!(detail.contains("xpired"), "{detail}"),
+        Err(ClientError::Tls { detail, .. }) => assert!(detail.contains("xpired"), "{detail}"),
         Err(other) => panic!("{other:?}"),
         Ok(_) => panic!("an expired certificate was accepted"),
     }
