@@ -305,13 +305,13 @@ impl Admin {
         Ok(records)
     }
 
-    /// The record at `queue_offset` of a queue, if it is stored (and durable).
-    pub fn record_at(
+    /// A PULL of one record of a queue at `queue_offset`.
+    fn pull_one(
         &self,
         topic: &str,
         queue_id: u32,
         queue_offset: u64,
-    ) -> Result<Option<keel_protocol::Record>, ClientError> {
+    ) -> Result<keel_protocol::PullResult, ClientError> {
         let pull = Request::Pull(keel_protocol::PullRequest {
             group: String::new(),
             topic: topic.to_string(),
@@ -321,11 +321,21 @@ impl Admin {
             max_bytes: 1,
             wait_ms: 0,
         });
-        let result = match self.call(pull)? {
-            Response::PullResult(result) => result,
-            other => return Err(unexpected(&other, "PULL")),
-        };
-        let records = result
+        match self.call(pull)? {
+            Response::PullResult(result) => Ok(result),
+            other => Err(unexpected(&other, "PULL")),
+        }
+    }
+
+    /// The record at `queue_offset` of a queue, if it is stored (and durable).
+    pub fn record_at(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<keel_protocol::Record>, ClientError> {
+        let records = self
+            .pull_one(topic, queue_id, queue_offset)?
             .decode_records()
             .map_err(|error| ClientError::Protocol(error.to_string()))?;
         Ok(records
@@ -342,26 +352,9 @@ impl Admin {
         queue_id: u32,
         queue_offset: u64,
     ) -> Result<Option<u64>, ClientError> {
-        let pull = |queue_offset: u64| {
-            Request::Pull(keel_protocol::PullRequest {
-                group: String::new(),
-                topic: topic.to_string(),
-                queue_id,
-                queue_offset,
-                max_messages: 1,
-                max_bytes: 1,
-                wait_ms: 0,
-            })
-        };
-        let mut result = match self.call(pull(queue_offset))? {
-            Response::PullResult(result) => result,
-            other => return Err(unexpected(&other, "PULL")),
-        };
+        let mut result = self.pull_one(topic, queue_id, queue_offset)?;
         if result.status == keel_protocol::PullStatus::OffsetExpired {
-            result = match self.call(pull(result.min_offset))? {
-                Response::PullResult(result) => result,
-                other => return Err(unexpected(&other, "PULL")),
-            };
+            result = self.pull_one(topic, queue_id, result.min_offset)?;
         }
         let records = result
             .decode_records()

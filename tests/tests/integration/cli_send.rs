@@ -217,6 +217,19 @@ fn a_pipe_fed_line_by_line_is_sent_line_by_line() {
     }
 }
 
+/// `keel --json send --file PATH`, which must exit 1: its one JSON answer.
+fn refused_as_json(broker: &str, path: &str) -> serde_json::Value {
+    let sent = keel(
+        broker,
+        &["--json", "send", "-t", "big", "--file", path],
+        b"",
+    );
+    let stdout = text(&sent.stdout);
+    let stderr = text(&sent.stderr);
+    assert_eq!(sent.status.code(), Some(1), "{stdout}{stderr}");
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
 /// A message over the frame limit is a certain refusal: MESSAGE_TOO_LARGE, exit 1,
 /// nothing stored, no retry; when the broker's own limit is lower, its FRAME_TOO_LARGE
 /// is reported as not stored after one attempt, never as a reset or an unknown outcome.
@@ -227,19 +240,7 @@ fn a_send_over_the_frame_limit_is_refused_for_certain_in_one_attempt() {
     let ten = temp.path().join("ten-megabytes.bin");
     std::fs::write(&ten, vec![7u8; 10_000_000]).expect("write");
     let path = ten.display().to_string();
-    let sent = keel(
-        &broker.address,
-        &["--json", "send", "-t", "big", "--file", &path],
-        b"",
-    );
-    let stdout = text(&sent.stdout);
-    assert_eq!(
-        sent.status.code(),
-        Some(1),
-        "{stdout}{}",
-        text(&sent.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let answer = refused_as_json(&broker.address, &path);
     assert_eq!(answer["status"], "ERROR");
     assert_eq!(answer["error_code"], "MESSAGE_TOO_LARGE");
     assert_eq!(answer["stored"], false);
@@ -261,19 +262,7 @@ fn a_send_over_the_frame_limit_is_refused_for_certain_in_one_attempt() {
     let six = temp.path().join("six-megabytes.bin");
     std::fs::write(&six, vec![7u8; 6_000_000]).expect("write");
     let path = six.display().to_string();
-    let sent = keel(
-        &small.address,
-        &["--json", "send", "-t", "big", "--file", &path],
-        b"",
-    );
-    let stdout = text(&sent.stdout);
-    assert_eq!(
-        sent.status.code(),
-        Some(1),
-        "{stdout}{}",
-        text(&sent.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let answer = refused_as_json(&small.address, &path);
     assert_eq!(answer["error_code"], "FRAME_TOO_LARGE", "{answer}");
     assert_eq!(answer["stored"], false);
     assert_eq!(small.stat("protocol_errors"), 1, "exactly one attempt");

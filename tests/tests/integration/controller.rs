@@ -227,17 +227,25 @@ impl Group {
             .map(|id| BrokerProcess::start(&replica_with(controllers, id, &ports, extra)))
             .collect();
         replicas[0].admin().create_topic("replicated", 4).unwrap();
-        wait_until(
-            "all three in the SyncStateSet",
-            Duration::from_secs(30),
-            || {
-                controllers
-                    .group()
-                    .is_some_and(|g| g.view.master == Some(0) && g.view.sss == vec![0, 1, 2])
-            },
-        );
+        wait_all_in_sync(controllers, |g| g.view.master == Some(0));
         Group { replicas }
     }
+}
+
+/// Waits until all three replicas are in the SyncStateSet and `also` holds of the group.
+fn wait_all_in_sync(
+    controllers: &Controllers,
+    also: impl Fn(&keel_controller::api::GroupStatus) -> bool,
+) {
+    wait_until(
+        "all three in the SyncStateSet",
+        Duration::from_secs(30),
+        || {
+            controllers
+                .group()
+                .is_some_and(|g| g.view.sss.len() == 3 && also(&g))
+        },
+    );
 }
 
 /// Producers through the name servers on "replicated", with their ledger.
@@ -939,15 +947,7 @@ fn producers_follow_a_failover_within_a_second_of_the_election() {
         library_after.push(by_library);
         // The killed master comes back as a slave, and all three are in sync again.
         group.replicas[master].spawn();
-        wait_until(
-            "all three in the SyncStateSet",
-            Duration::from_secs(30),
-            || {
-                controllers
-                    .group()
-                    .is_some_and(|g| g.view.sss.len() == 3 && g.view.master.is_some())
-            },
-        );
+        wait_all_in_sync(&controllers, |g| g.view.master.is_some());
     }
     let ledger = library.stop();
     drop(cli);
