@@ -165,32 +165,28 @@ impl Groups {
 
     /// The groups with live members on `topic`, and how many each has.
     pub fn live_on(&self, topic: &str) -> Vec<(String, usize)> {
-        let now = Instant::now();
-        let mut groups = self.lock();
-        let mut live = Vec::new();
-        for ((group, on), state) in groups.iter_mut() {
-            if on == topic {
-                expire(state, now, group);
-                if !state.members.is_empty() {
-                    live.push((group.clone(), state.members.len()));
-                }
-            }
-        }
-        live.sort();
-        live
+        self.live(|(_, on)| on == topic, |(group, _)| group)
     }
 
     /// A group's live members, on every topic: (topic, members).
     pub fn live_members(&self, group: &str) -> Vec<(String, usize)> {
+        self.live(|(name, _)| name == group, |(_, topic)| topic)
+    }
+
+    /// For each (group, topic) that `which` takes and that has live members: the part
+    /// of the key `named` gives, and how many members; sorted.
+    fn live(
+        &self,
+        which: impl Fn(&(String, String)) -> bool,
+        named: impl Fn(&(String, String)) -> &String,
+    ) -> Vec<(String, usize)> {
         let now = Instant::now();
         let mut groups = self.lock();
         let mut live = Vec::new();
-        for ((name, topic), state) in groups.iter_mut() {
-            if name == group {
-                expire(state, now, name);
-                if !state.members.is_empty() {
-                    live.push((topic.clone(), state.members.len()));
-                }
+        for (key, state) in groups.iter_mut().filter(|(key, _)| which(key)) {
+            expire(state, now, &key.0);
+            if !state.members.is_empty() {
+                live.push((named(key).clone(), state.members.len()));
             }
         }
         live.sort();

@@ -16,13 +16,18 @@ use std::time::Duration;
 
 /// Why a group or topic name is refused, if it is.
 fn invalid_names(group: &str, topic: &str) -> Option<Refusal> {
-    let invalid = validate_topic(group)
-        .map_err(|detail| format!("invalid group: {detail}"))
-        .and_then(|()| validate_topic(topic).map_err(|detail| detail.to_string()));
-    let detail = match invalid {
+    invalid_group(group).or_else(|| {
+        let detail = validate_topic(topic).err()?;
+        Some(Refusal::new(ErrorCode::InvalidTopic, detail.to_string()))
+    })
+}
+
+/// Why a group name is refused, if it is ('%' names are the broker's own).
+fn invalid_group(group: &str) -> Option<Refusal> {
+    let detail = match validate_topic(group) {
         Ok(()) if !group.contains('%') => return None,
         Ok(()) => "a group name may not contain '%'".to_string(),
-        Err(detail) => detail,
+        Err(detail) => format!("invalid group: {detail}"),
     };
     Some(Refusal::new(ErrorCode::InvalidTopic, detail))
 }
@@ -63,7 +68,7 @@ pub(crate) fn on_heartbeat(shard: &mut Shard, to: ReplyTo, heartbeat: HeartbeatR
 /// on running join again and commit again). Answered once the offsets file no longer
 /// holds them.
 pub(crate) fn on_delete_group(shard: &mut Shard, to: ReplyTo, group: &str, force: bool) {
-    if let Some(refusal) = invalid_names(group, "group") {
+    if let Some(refusal) = invalid_group(group) {
         return shard.reply(to, refusal.response());
     }
     if let Some(refusal) = send::not_master(shard) {

@@ -19,6 +19,7 @@ struct Sending {
     child: Child,
     stdin: Option<std::process::ChildStdin>,
     lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sending {
@@ -36,7 +37,7 @@ impl Sending {
         let stdout = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let seen = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 seen.lock().unwrap().push(line);
             }
@@ -45,6 +46,7 @@ impl Sending {
             stdin: child.stdin.take(),
             child,
             lines,
+            reader: Some(reader),
         }
     }
 
@@ -60,8 +62,10 @@ impl Sending {
             let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
         }
         let status = self.child.wait().expect("keel send exits");
-        // The reader thread has everything once the pipe is closed.
-        std::thread::sleep(Duration::from_millis(50));
+        // Its standard output ends with it: the reader has every line once it is done.
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the stdout reader");
+        }
         let lines = self.lines.lock().unwrap().clone();
         (status.code(), stderr, lines)
     }

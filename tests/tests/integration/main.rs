@@ -9,6 +9,7 @@ mod console;
 mod controller;
 mod corruption;
 mod crash;
+mod failover_clients;
 mod group_delete;
 mod groups;
 mod harness;

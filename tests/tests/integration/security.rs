@@ -1365,12 +1365,12 @@ fn tls_verifies_the_host_name_given_not_the_address_it_resolves_to() {
     let port = broker.address.rsplit_once(':').unwrap().1.to_string();
     let by_name = format!("localhost:{port}");
     let ca = pki.path("ca.crt");
-    let sent = keel_with(
-        &by_name,
-        &["--tls-ca", &ca, "send", "-t", "named", "over TLS"],
-        &[],
-    );
-    let said = String::from_utf8_lossy(&sent.stderr).into_owned();
+    let send_to = |broker: &str| {
+        let sent = keel_with(broker, &["--tls-ca", &ca, "send", "-t", "named", "x"], &[]);
+        let said = String::from_utf8_lossy(&sent.stderr).into_owned();
+        (sent, said)
+    };
+    let (sent, said) = send_to(&by_name);
     assert_eq!(sent.status.code(), Some(0), "{said}");
     assert!(String::from_utf8_lossy(&sent.stdout).starts_with("SEND_OK"));
     let options = ProducerOptions {
@@ -1390,12 +1390,7 @@ fn tls_verifies_the_host_name_given_not_the_address_it_resolves_to() {
     );
     // The address alone is not a name the certificate carries.
     let by_address = format!("127.0.0.1:{port}");
-    let refused = keel_with(
-        &by_address,
-        &["--tls-ca", &ca, "send", "-t", "named", "x"],
-        &[],
-    );
-    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    let (refused, said) = send_to(&by_address);
     assert_ne!(refused.status.code(), Some(0), "{said}");
     assert!(said.contains("127.0.0.1"), "{said}");
     assert!(Producer::connect(&by_address, options).is_err());

@@ -1,0 +1,299 @@
+//! `keel group list|describe|delete` and `keel offsets show|reset`.
+
+use super::*;
+
+pub(crate) fn delete_group(
+    broker: &Target,
+    group: &str,
+    force: bool,
+) -> Result<ExitCode, ClientError> {
+    let deleted = broker.admin()?.delete_group(group, force)?;
+    if json() {
+        print_json(&serde_json::json!({
+            "group": deleted.group, "offsets": deleted.offsets, "members": deleted.members,
+        }));
+    } else {
+        println!(
+            "deleted group {}: {} committed offset(s), {} live member(s) forgotten",
+            deleted.group, deleted.offsets, deleted.members
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, ClientError> {
+    let (filter, describe) = match &command {
+        GroupCommand::List => (None, false),
+        GroupCommand::Describe { group } => (Some(group.as_str()), true),
+        GroupCommand::Delete { group, force } => return delete_group(broker, group, *force),
+    };
+    let admin = broker.admin()?;
+    let groups = admin.list_groups(filter)?;
+    if describe && groups.is_empty() {
+        return Err(ClientError::InvalidArgument(format!(
+            "this broker knows no group {:?} (no live member, no committed offset)",
+            filter.unwrap_or_default()
+        )));
+    }
+    let lag = |info: &keel_protocol::GroupInfo| -> u64 {
+        info.queues
+            .iter()
+            .map(|(_, committed, end)| end.saturating_sub(*committed))
+            .sum()
+    };
+    // Each queue's lag in seconds: how long its oldest uncommitted message has waited.
+    let mut waits: Vec<Vec<f64>> = Vec::with_capacity(groups.len());
+    for info in &groups {
+        let mut each = Vec::with_capacity(info.queues.len());
+        for (queue, committed, end) in &info.queues {
+            each.push(lag_seconds(&admin, &info.topic, *queue, *committed, *end)?);
+        }
+        waits.push(each);
+    }
+    let oldest = |waits: &[f64]| waits.iter().copied().fold(0.0, f64::max);
+    if json() {
+        let groups: Vec<serde_json::Value> = groups
+            .iter()
+            .zip(&waits)
+            .map(|(info, waits)| {
+                let queues: Vec<serde_json::Value> = info
+                    .queues
+                    .iter()
+                    .zip(waits)
+                    .map(|((queue, committed, end), wait)| {
+                        serde_json::json!({
+                            "queue": queue, "committed": committed, "end": end,
+                            "lag": end.saturating_sub(*committed), "lag_seconds": wait,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "group": info.group, "topic": info.topic, "members": info.members,
+                    "lag": lag(info), "lag_seconds": oldest(waits), "queues": queues,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "groups": groups }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if describe {
+        for (info, waits) in groups.iter().zip(&waits) {
+            println!(
+                "group {} on {}: {} live member(s), lag {} message(s), oldest waiting {}",
+                info.group,
+                info.topic,
+                info.members,
+                lag(info),
+                duration_words(oldest(waits))
+            );
+            for ((queue, committed, end), wait) in info.queues.iter().zip(waits) {
+                println!(
+                    "  queue {queue}: committed {committed}, end {end}, lag {} ({})",
+                    end.saturating_sub(*committed),
+                    duration_words(*wait)
+                );
+            }
+        }
+    } else {
+        println!(
+            "{:<24} {:<24} {:>7} {:>10} {:>10}",
+            "group", "topic", "members", "lag", "lag_time"
+        );
+        for (info, waits) in groups
+            .iter()
+            .zip(&waits)
+            .filter(|(info, _)| !info.group.starts_with('%'))
+        {
+            println!(
+                "{:<24} {:<24} {:>7} {:>10} {:>10}",
+                info.group,
+                info.topic,
+                info.members,
+                lag(info),
+                duration_words(oldest(waits))
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds since the oldest message of a queue a group has not committed was stored
+/// (0 when it committed everything).
+pub(crate) fn lag_seconds(
+    admin: &keel_client::Admin,
+    topic: &str,
+    queue: u32,
+    committed: u64,
+    end: u64,
+) -> Result<f64, ClientError> {
+    if committed >= end {
+        return Ok(0.0);
+    }
+    Ok(match admin.store_time_at(topic, queue, committed)? {
+        Some(stored_ms) => keel_protocol::now_ms().saturating_sub(stored_ms) as f64 / 1000.0,
+        None => 0.0,
+    })
+}
+
+pub(crate) fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientError> {
+    let admin = broker.admin()?;
+    let (group, topic) = match &command {
+        OffsetsCommand::Show { group, topic } | OffsetsCommand::Reset { group, topic, .. } => {
+            (group.clone(), topic.clone())
+        }
+    };
+    let (group, topic) = (group.as_str(), topic.as_str());
+    let info = admin.list_topics(Some(topic))?.into_iter().next();
+    let queues = info.map(|info| info.queues).unwrap_or_default();
+    match command {
+        OffsetsCommand::Show { .. } => {
+            let mut rows = Vec::new();
+            for (queue_id, queue) in queues.iter().enumerate() {
+                let committed = admin.query_offset(group, topic, queue_id as u32)?;
+                let lag = queue
+                    .max_offset
+                    .saturating_sub(committed.unwrap_or(queue.min_offset));
+                if json() {
+                    rows.push(serde_json::json!({
+                        "queue": queue_id, "committed": committed,
+                        "min_offset": queue.min_offset, "max_offset": queue.max_offset,
+                        "lag": lag,
+                        "expired": committed.is_some_and(|offset| offset < queue.min_offset),
+                    }));
+                    continue;
+                }
+                let state = match committed {
+                    Some(offset) if offset < queue.min_offset => {
+                        " (EXPIRED: below the first stored offset)"
+                    }
+                    _ => "",
+                };
+                let committed = committed.map_or("none".to_string(), |offset| offset.to_string());
+                println!(
+                    "queue {queue_id}: committed {committed}, stored {}..{}, lag {lag}{state}",
+                    queue.min_offset, queue.max_offset
+                );
+            }
+            if json() {
+                print_json(&serde_json::json!({ "group": group, "topic": topic, "queues": rows }));
+            }
+        }
+        OffsetsCommand::Reset {
+            to,
+            shift,
+            queue,
+            dry_run,
+            force,
+            ..
+        } => {
+            if queues.is_empty() {
+                return Err(ClientError::InvalidArgument(format!("no topic {topic:?}")));
+            }
+            if let Some(only) = queue.filter(|only| *only as usize >= queues.len()) {
+                return Err(ClientError::InvalidArgument(format!(
+                    "topic {topic:?} has queues 0 to {}, not {only}",
+                    queues.len() - 1
+                )));
+            }
+            let members = admin
+                .list_groups(Some(group))?
+                .iter()
+                .filter(|info| info.topic == topic)
+                .map(|info| info.members)
+                .sum::<u32>();
+            if members > 0 && !force && !dry_run {
+                return Err(ClientError::InvalidArgument(format!(
+                    "group {group} has {members} live member(s) on {topic}: they commit their own \
+                     positions over a reset. Stop them first, or pass --force"
+                )));
+            }
+            let time = match to.as_deref() {
+                Some("earliest" | "latest") | None => None,
+                Some(text) if text.bytes().all(|b| b.is_ascii_digit()) => None,
+                Some(text) => Some(parse_time(text).ok_or_else(|| {
+                    ClientError::InvalidArgument(format!(
+                        "--to takes earliest, latest, an offset or an RFC 3339 time \
+                         (2026-12-01T10:00:00Z), not {text:?}"
+                    ))
+                })?),
+            };
+            let mut moves = Vec::new();
+            for (queue_id, info) in queues.iter().enumerate() {
+                if queue.is_some_and(|only| only as usize != queue_id) {
+                    continue;
+                }
+                let queue_id = queue_id as u32;
+                let committed = admin.query_offset(group, topic, queue_id)?;
+                let wanted = match (to.as_deref(), shift, time) {
+                    (_, _, Some(ms)) => i128::from(admin.offset_for_time(topic, queue_id, ms)?),
+                    (Some("earliest"), _, _) => i128::from(info.min_offset),
+                    (Some("latest"), _, _) => i128::from(info.max_offset),
+                    (Some(number), _, _) => {
+                        number.parse::<u64>().map(i128::from).map_err(|_| {
+                            ClientError::InvalidArgument(format!(
+                                "--to {number:?} is not an offset"
+                            ))
+                        })?
+                    }
+                    (None, Some(by), _) => {
+                        i128::from(committed.unwrap_or(info.min_offset)) + i128::from(by)
+                    }
+                    (None, None, _) => {
+                        return Err(ClientError::InvalidArgument("give --to or --shift".into()))
+                    }
+                };
+                let (low, high) = (info.min_offset, info.max_offset.max(info.min_offset));
+                let target = wanted.clamp(i128::from(low), i128::from(high)) as u64;
+                moves.push((
+                    queue_id,
+                    committed,
+                    target,
+                    wanted != i128::from(target),
+                    *info,
+                ));
+            }
+            for (queue_id, _, target, _, _) in &moves {
+                if !dry_run {
+                    admin.commit_offset(group, topic, *queue_id, *target)?;
+                }
+            }
+            if json() {
+                let rows: Vec<serde_json::Value> = moves
+                    .iter()
+                    .map(|(queue_id, from, to, clamped, info)| {
+                        serde_json::json!({
+                            "queue": queue_id, "from": from, "to": to, "clamped": clamped,
+                            "min_offset": info.min_offset, "max_offset": info.max_offset,
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::json!({
+                    "group": group, "topic": topic, "dry_run": dry_run,
+                    "live_members": members, "queues": rows,
+                }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let verb = if dry_run { "would move" } else { "moved" };
+            for (queue_id, from, to, clamped, info) in &moves {
+                let from = from.map_or("none".to_string(), |offset| offset.to_string());
+                let clamped = if *clamped {
+                    format!(
+                        " (clamped to the stored {}..{})",
+                        info.min_offset, info.max_offset
+                    )
+                } else {
+                    String::new()
+                };
+                println!("queue {queue_id}: {verb} {group} from {from} to {to}{clamped}");
+            }
+            if dry_run {
+                eprintln!("keel offsets reset: dry run, nothing changed");
+            } else if members > 0 {
+                eprintln!(
+                    "keel offsets reset: {group} has {members} live member(s); they may commit over this"
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
