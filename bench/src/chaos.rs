@@ -13,7 +13,7 @@
 use crate::ledger::{id_of, payload_for, read_all, Ledger, Outcome};
 use clap::Parser;
 use keel_client::{Message, Producer, ProducerOptions, SendStatus};
-use keel_controller::api::{ClusterView, GroupStatus};
+use keel_controller_api::api::{ClusterView, GroupStatus};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -286,10 +286,10 @@ impl Cluster {
     }
 
     fn view(&self) -> Option<ClusterView> {
-        keel_controller::client::describe(
+        keel_controller_api::client::describe(
             &self.controllers,
             Duration::from_millis(500),
-            &keel_controller::Access::default(),
+            &keel_net::Dial::default(),
         )
         .ok()
     }

@@ -182,15 +182,15 @@ pub(crate) fn cluster_elect(
     broker_id: u32,
     unclean: bool,
     json: bool,
-    access: &keel_controller::Access,
+    access: &keel_net::Dial,
 ) -> Result<ExitCode, ClientError> {
-    use keel_controller::api::{ElectReply, ElectRequest};
+    use keel_controller_api::api::{ElectReply, ElectRequest};
     let request = ElectRequest {
         group,
         broker_id,
         unclean,
     };
-    let answer = keel_controller::client::elect(
+    let answer = keel_controller_api::client::elect(
         &controller_list(controllers),
         &request,
         Duration::from_secs(5),
@@ -229,10 +229,10 @@ pub(crate) fn cluster_elect(
 pub(crate) fn cluster(
     controllers: &str,
     json: bool,
-    access: &keel_controller::Access,
+    access: &keel_net::Dial,
 ) -> Result<ExitCode, ClientError> {
     let addresses = controller_list(controllers);
-    let view = keel_controller::client::describe(&addresses, Duration::from_secs(3), access)
+    let view = keel_controller_api::client::describe(&addresses, Duration::from_secs(3), access)
         .map_err(|detail| ClientError::Connect {
             address: controllers.to_string(),
             detail,

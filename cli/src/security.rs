@@ -241,8 +241,8 @@ pub struct Target {
 
 impl Target {
     /// The controllers want TLS like the broker and the cluster token (--token-file).
-    pub fn controller_access(&self) -> keel_controller::Access {
-        keel_controller::Access {
+    pub fn controller_access(&self) -> keel_net::Dial {
+        keel_net::Dial {
             tls: self.options.tls.clone(),
             token: match &self.options.credentials {
                 Some(Credentials::Token(token)) => Some(Secret(token.clone())),

@@ -8,8 +8,7 @@
 //! changes, and, when a master falls silent for `master_timeout`, elects a new one
 //! from the SSS. Every decision is a Raft command applied by `state::Groups::apply`.
 
-pub mod api;
-pub mod client;
+pub use keel_controller_api::{api, client};
 mod leader;
 mod network;
 mod server;
@@ -54,14 +53,6 @@ pub struct ControllerConfig {
     pub security: ControllerSecurity,
 }
 
-/// How a client reaches controller ports: TLS when configured, and the cluster token it
-/// sends first (LOGIN) when the controllers require one.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    pub tls: Option<keel_security::ClientTls>,
-    pub token: Option<keel_security::Secret>,
-}
-
 /// A voter's TLS and cluster token.
 #[derive(Debug, Clone, Default)]
 pub struct ControllerSecurity {
@@ -69,7 +60,7 @@ pub struct ControllerSecurity {
     pub tls: Option<Arc<keel_security::rustls::ServerConfig>>,
     /// How this voter reaches the others; its token is also the one every request to
     /// this voter must show first.
-    pub peers: Access,
+    pub peers: keel_net::Dial,
 }
 
 /// A running controller; dropping it does not stop it (`stop` does).

@@ -29,7 +29,7 @@ pub(crate) trait Duplex:
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Duplex for T {}
 
 pub struct Network {
-    pub access: crate::Access,
+    pub access: keel_net::Dial,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -49,12 +49,12 @@ pub struct Peer {
     target: NodeId,
     address: String,
     stream: Option<Box<dyn Duplex>>,
-    access: crate::Access,
+    access: keel_net::Dial,
 }
 
 /// Connects to a controller port: TLS when `access` has it, then LOGIN with the
 /// cluster token when it has one.
-pub(crate) async fn connect(address: &str, access: &crate::Access) -> io::Result<Box<dyn Duplex>> {
+pub(crate) async fn connect(address: &str, access: &keel_net::Dial) -> io::Result<Box<dyn Duplex>> {
     let stream = TcpStream::connect(address).await?;
     let _ = stream.set_nodelay(true);
     let mut stream: Box<dyn Duplex> = match &access.tls {

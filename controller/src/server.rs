@@ -415,8 +415,8 @@ async fn accept(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAddr) 
             }
         }
         None => {
-            let loopback = peer.ip().is_loopback();
-            serve(node, stream, peer, loopback).await
+            let secure = keel_net::is_secure(peer.ip(), false);
+            serve(node, stream, peer, secure).await
         }
     }
 }
@@ -432,7 +432,10 @@ where
         // Before the login: small frames, and 10 s to send them.
         let (timeout, max) = match logged_in {
             true => (IDLE_TIMEOUT, wire::MAX_FRAME_BYTES),
-            false => (Duration::from_secs(10), wire::PRE_LOGIN_FRAME_BYTES),
+            false => (
+                keel_net::PreLogin::DEFAULT.login_timeout,
+                keel_net::PreLogin::DEFAULT.max_frame_bytes,
+            ),
         };
         let frame =
             tokio::time::timeout(timeout, wire::read_frame_async_within(&mut stream, max)).await;

@@ -45,7 +45,7 @@ fn heartbeat(address: &str) -> Result<crate::api::GroupView, String> {
         &[address.to_string()],
         &report,
         Duration::from_secs(1),
-        &crate::Access::default(),
+        &keel_net::Dial::default(),
     )
 }
 
@@ -87,15 +87,15 @@ fn hostile_frames_are_refused_and_decisions_survive_a_restart() {
 
     let mut oversized = (wire::MAX_FRAME_BYTES + 1).to_le_bytes().to_vec();
     oversized.extend_from_slice(&[0; 64]);
-    let mut bad_crc = wire::encode(wire::DESCRIBE, b"null");
+    let mut bad_crc = keel_protocol::envelope::encode(wire::DESCRIBE, b"null");
     bad_crc[5] ^= 0x40;
     let probes: Vec<Vec<u8>> = vec![
         oversized,
         bad_crc,
-        wire::encode(0x42, b"{}"),
-        wire::encode(wire::BROKER_HEARTBEAT, b"{\"group\": [[[["),
-        wire::encode(wire::APPEND_ENTRIES, &[0xff; 300]),
-        wire::encode(wire::VOTE, b"{\"vote\": 1}"),
+        keel_protocol::envelope::encode(0x42, b"{}"),
+        keel_protocol::envelope::encode(wire::BROKER_HEARTBEAT, b"{\"group\": [[[["),
+        keel_protocol::envelope::encode(wire::APPEND_ENTRIES, &[0xff; 300]),
+        keel_protocol::envelope::encode(wire::VOTE, b"{\"vote\": 1}"),
         (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect(),
     ];
     for probe in &probes {
@@ -107,7 +107,7 @@ fn hostile_frames_are_refused_and_decisions_survive_a_restart() {
         let view = client::describe(
             std::slice::from_ref(&address),
             Duration::from_secs(1),
-            &crate::Access::default(),
+            &keel_net::Dial::default(),
         )
         .expect("still serving");
         assert_eq!(view.groups.len(), 1);
@@ -119,7 +119,7 @@ fn hostile_frames_are_refused_and_decisions_survive_a_restart() {
         client::describe(
             std::slice::from_ref(&address),
             Duration::from_secs(1),
-            &crate::Access::default(),
+            &keel_net::Dial::default(),
         )
         .ok()
         .filter(|view| view.leader.is_some() && !view.groups.is_empty())

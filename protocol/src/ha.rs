@@ -2,7 +2,8 @@
 //! like the client frames. The blocking socket I/O lives in the `replication` crate.
 //!
 //! ```text
-//! frame: u32 length (bytes after itself) | u32 crc32c (of kind and body) | u8 kind | body
+//! frame: the envelope of `crate::envelope`:
+//!        u32 length (bytes after itself) | u32 crc32c (of kind and body) | u8 kind | body
 //! 0x01 HELLO    slave -> master  u16 version=1, str16 broker_name, u32 broker_id,
 //!                                u64 log_end, record_id last_record, epochs
 //! 0x02 WELCOME  master -> slave  u64 start, record_id proof, u64 epoch, epochs
@@ -26,6 +27,7 @@
 //! `start` is where streaming begins: the slave's end, or a shorter common prefix the
 //! slave must first truncate to, proved by `proof`, the master's record ending there.
 
+use crate::envelope;
 use crate::wire::{put_str16, Reader};
 use crate::DecodeError;
 use bytes::BufMut;
@@ -36,7 +38,7 @@ pub const HA_DATA_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame either side accepts (META with many offsets included).
 pub const HA_FRAME_BYTES_MAX: u32 = 16 << 20;
 /// Bytes of a frame before its kind: the length prefix and the CRC.
-pub const HA_FRAME_HEADER_LEN: usize = 8;
+pub const HA_FRAME_HEADER_LEN: usize = envelope::HEADER_LEN;
 
 /// A master term: every master start and every promotion begins one at the log's end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,22 +232,11 @@ impl HaFrame {
         }
     }
 
-    /// Appends the whole frame, length prefix and CRC included.
+    /// Appends the whole frame, length prefix and CRC included (`crate::envelope`).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.put_u32_le(0);
-        out.put_u32_le(0);
-        out.put_u8(self.kind());
+        let start = envelope::begin(out, self.kind());
         self.encode_body(out);
-        let frame = out.get_mut(start..).unwrap_or_default();
-        let length = u32::try_from(frame.len().saturating_sub(4)).unwrap_or(u32::MAX);
-        let crc = frame.get(HA_FRAME_HEADER_LEN..).map_or(0, ::crc32c::crc32c);
-        if let Some(field) = frame.get_mut(..4) {
-            field.copy_from_slice(&length.to_le_bytes());
-        }
-        if let Some(field) = frame.get_mut(4..HA_FRAME_HEADER_LEN) {
-            field.copy_from_slice(&crc.to_le_bytes());
-        }
+        envelope::seal(out, start);
     }
 
     fn encode_body(&self, out: &mut Vec<u8>) {
@@ -313,30 +304,15 @@ impl HaFrame {
     /// Checks a length prefix before anything is read for the frame: the bytes that
     /// follow it must hold at least the CRC and the kind, and at most
     /// `HA_FRAME_BYTES_MAX`.
-    pub fn check_length(length: u32) -> Result<(), DecodeError> {
-        if length < 5 {
-            return Err(DecodeError::FrameTooShort { length, min: 5 });
-        }
-        if length > HA_FRAME_BYTES_MAX {
-            return Err(DecodeError::FrameTooLarge {
-                length: u64::from(length),
-                max: HA_FRAME_BYTES_MAX,
-            });
-        }
-        Ok(())
+    pub fn check_length(length: u32) -> Result<usize, DecodeError> {
+        envelope::check_length(length, HA_FRAME_BYTES_MAX)
     }
 
     /// Decodes what follows a length prefix: the CRC32C, checked over the rest, then the
     /// kind and body.
     pub fn decode_checked(after_length: &[u8]) -> Result<HaFrame, DecodeError> {
-        let mut reader = Reader::new(after_length);
-        let stored = reader.u32("ha_crc")?;
-        let kind_and_body = after_length.get(4..).unwrap_or_default();
-        let computed = ::crc32c::crc32c(kind_and_body);
-        if stored != computed {
-            return Err(DecodeError::ChecksumMismatch { stored, computed });
-        }
-        HaFrame::decode(kind_and_body)
+        envelope::open(after_length)?;
+        HaFrame::decode(after_length.get(4..).unwrap_or_default())
     }
 
     /// Decodes one frame body: the `kind` byte then its fields (the CRC is checked by

@@ -37,6 +37,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 mod codes;
+pub mod envelope;
 mod error;
 mod frame;
 pub mod ha;

@@ -330,7 +330,11 @@ impl HaMaster {
         };
         if authority.mode() != keel_security::AuthMode::Off {
             let allowed = authority
-                .login_token(&token, peer.ip(), link.is_tls() || peer.ip().is_loopback())
+                .login_token(
+                    &token,
+                    peer.ip(),
+                    keel_net::is_secure(peer.ip(), link.is_tls()),
+                )
                 .map_err(|error| error.to_string())
                 .and_then(|principal| {
                     if authority.permits(&principal, ResourceType::Cluster, "*", Action::Replicate)

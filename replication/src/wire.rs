@@ -1,7 +1,7 @@
 //! The HA stream on a socket: blocking reads and writes of the frames whose codec is
 //! `keel_protocol::ha`.
 
-use keel_protocol::ha::{HaFrame, HA_FRAME_HEADER_LEN};
+use keel_protocol::ha::{HaFrame, HA_FRAME_BYTES_MAX};
 use std::io::{Read, Write};
 
 pub use keel_protocol::ha::HA_DATA_CHUNK_BYTES as DATA_CHUNK_BYTES;
@@ -14,27 +14,11 @@ pub fn write_frame(stream: &mut impl Write, frame: &HaFrame) -> std::io::Result<
 }
 
 /// Reads one frame (blocking), refusing a length over the limit before allocating for it
-/// and a frame whose CRC32C does not match.
+/// and a frame whose CRC32C does not match (`keel_net::envelope`).
 pub fn read_frame(stream: &mut impl Read) -> std::io::Result<HaFrame> {
-    let invalid = |error: keel_protocol::DecodeError| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
-    };
-    let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix)?;
-    let length = u32::from_le_bytes(prefix);
-    HaFrame::check_length(length).map_err(invalid)?;
-    // Grown as bytes arrive, so a peer claiming a large frame and sending nothing does
-    // not make us allocate it.
-    let mut rest = Vec::with_capacity((length as usize).min(64 * 1024));
-    stream.take(u64::from(length)).read_to_end(&mut rest)?;
-    if rest.len() != length as usize {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("HA frame cut short: {} of {length} bytes", rest.len()),
-        ));
-    }
-    debug_assert!(rest.len() + 4 >= HA_FRAME_HEADER_LEN);
-    HaFrame::decode_checked(&rest).map_err(invalid)
+    let rest = keel_net::envelope::read_raw(stream, HA_FRAME_BYTES_MAX)?;
+    HaFrame::decode_checked(&rest)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub struct Broker {
     /// lets this master acknowledge sends; `u64::MAX` without a controller.
     lease_until_ms: AtomicU64,
     /// With a controller: its last answer, and when it came.
-    pub controller_view: std::sync::Mutex<Option<(keel_controller::api::GroupView, Instant)>>,
+    pub controller_view: std::sync::Mutex<Option<(keel_controller_api::api::GroupView, Instant)>>,
     /// TLS, logins and permissions.
     pub security: crate::security::Security,
     /// From a send's arrival to its answer, by outcome (Prometheus).

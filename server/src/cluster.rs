@@ -5,15 +5,12 @@ use crate::broker::{Broker, Ha};
 use crate::config::Config;
 use crate::error::{BrokerError, Refusal};
 use crate::security::Security;
-use bytes::BytesMut;
-use keel_protocol::{
-    decode_frame, BrokerRegistration, BrokerRole, ErrorCode, Request, Response,
-    DEFAULT_MAX_FRAME_BYTES,
-};
+use keel_net::call;
+use keel_protocol::{BrokerRegistration, BrokerRole, ErrorCode, Request, Response};
 use keel_replication::{HaMaster, HaSlave, MasterOptions, SlaveOptions, WaitSet};
 use keel_storage::Store;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,7 +189,7 @@ fn refuse_if_superseded(
     store: &Store,
     security: &Security,
 ) -> Result<(), BrokerError> {
-    let outbound = security.outbound();
+    let outbound = security.dial();
     let ours = store.current_epoch();
     for namesrv in &config.namesrv_addrs {
         let routes = match call(
@@ -346,99 +343,6 @@ fn promote_at(
     Ok((epoch.epoch, log_end))
 }
 
-/// How this node reaches other nodes' client ports: TLS when configured, and the
-/// cluster token it logs in with.
-#[derive(Debug, Clone, Default)]
-pub struct Outbound {
-    pub tls: Option<keel_security::ClientTls>,
-    pub token: Option<keel_security::Secret>,
-}
-
-/// One request to `address` on a fresh blocking connection (name server calls), after
-/// TLS and a LOGIN with the cluster token when `outbound` has them. Fails with the
-/// step that failed in the error's text; a reply that does not decode is `InvalidData`.
-pub fn call(
-    address: &str,
-    request: &Request,
-    timeout: Duration,
-    outbound: &Outbound,
-) -> std::io::Result<Response> {
-    let step = |what: String| {
-        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
-    };
-    let target = address
-        .to_socket_addrs()
-        .map_err(step(format!("resolve {address}")))?
-        .next()
-        .ok_or_else(|| {
-            let detail = format!("{address} resolves to nothing");
-            std::io::Error::new(std::io::ErrorKind::NotFound, detail)
-        })?;
-    let socket = TcpStream::connect_timeout(&target, timeout).map_err(step("connect".into()))?;
-    socket
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| socket.set_write_timeout(Some(timeout)))
-        .map_err(step("set timeouts".into()))?;
-    let stream = keel_security::Stream::wrap(socket, outbound.tls.as_ref(), address)
-        .map_err(step("TLS handshake".into()))?;
-    let mut buffer = BytesMut::new();
-    if let Some(token) = &outbound.token {
-        let login = Request::Login(keel_protocol::Login::Token(token.0.clone()));
-        match exchange(&stream, &mut buffer, &login).map_err(step("log in".into()))? {
-            Response::LoginOk(_) => {}
-            Response::Error(error) => {
-                let detail = format!(
-                    "log in with the cluster token: {}: {}",
-                    error.code, error.message
-                );
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    detail,
-                ));
-            }
-            other => {
-                let detail = format!("log in: unexpected {}", other.kind().name());
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, detail));
-            }
-        }
-    }
-    exchange(&stream, &mut buffer, request)
-}
-
-/// Sends `request` on `stream` and reads its reply.
-fn exchange(
-    stream: &keel_security::Stream,
-    buffer: &mut BytesMut,
-    request: &Request,
-) -> std::io::Result<Response> {
-    let step = |what: &'static str| {
-        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
-    };
-    let invalid = |e: keel_protocol::DecodeError| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply: {e}"))
-    };
-    let mut out = Vec::new();
-    request.encode(1, 0, &mut out);
-    let mut writer = stream;
-    writer.write_all(&out).map_err(step("send"))?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(frame) = decode_frame(buffer, DEFAULT_MAX_FRAME_BYTES).map_err(invalid)? {
-            return Response::decode(&frame).map_err(invalid);
-        }
-        let mut reader = stream;
-        let read = reader.read(&mut chunk).map_err(step("read"))?;
-        if read == 0 {
-            let detail = "connection closed before the reply";
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                detail,
-            ));
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-}
-
 /// Registers with every name server every `register_interval_ms`, and at once after a
 /// promotion. Runs until the process ends.
 pub fn start_registration(broker: Arc<Broker>, address: String) {
@@ -451,7 +355,7 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
             let interval = Duration::from_millis(broker.config.register_interval_ms);
             let mut failing: Vec<bool> = vec![false; broker.config.namesrv_addrs.len()];
             let mut seen = broker.registration.version();
-            let outbound = broker.security.outbound();
+            let outbound = broker.security.dial();
             while !broker.is_shutting_down() {
                 let role = broker.role();
                 let registration = BrokerRegistration {

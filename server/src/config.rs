@@ -228,8 +228,8 @@ impl Default for SecurityConfig {
             tls_ca_file: None,
             tls_server_name: None,
             cluster_token_file: None,
-            login_timeout_ms: 10_000,
-            pre_auth_max_frame_bytes: 4096,
+            login_timeout_ms: keel_net::PreLogin::DEFAULT.login_timeout.as_millis() as u64,
+            pre_auth_max_frame_bytes: keel_net::PreLogin::DEFAULT.max_frame_bytes,
             max_connections_per_ip: 1000,
         }
     }

@@ -121,7 +121,7 @@ impl Connection {
     /// Over TLS, or from loopback: where a password may travel.
     pub fn is_secure(&self) -> bool {
         // An IPv4 peer of a dual-stack listener shows as ::ffff:127.0.0.1.
-        self.tls.is_some() || self.peer.ip().to_canonical().is_loopback()
+        keel_net::is_secure(self.peer.ip(), self.tls.is_some())
     }
 
     /// Looks at the first bytes once enough have arrived: on a TLS port by peeking at

@@ -99,7 +99,7 @@ fn authorize(
         .login_token(
             token.trim(),
             peer.ip(),
-            peer.ip().to_canonical().is_loopback(),
+            keel_net::is_secure(peer.ip(), false),
         )
         .map_err(|refusal| {
             log::warn!("console login refused from {peer}: {refusal}");
@@ -288,10 +288,10 @@ fn groups(broker: &Broker) -> Value {
 /// is stale. Asks over the network: the console's thread, never an event loop.
 fn cluster(broker: &Broker) -> Value {
     let name_servers = &broker.config.namesrv_addrs;
-    let outbound = broker.security.outbound();
+    let outbound = broker.security.dial();
     let mut errors = Vec::new();
     for address in name_servers {
-        let asked = crate::cluster::call(
+        let asked = keel_net::call(
             address,
             &keel_protocol::Request::GetBrokers,
             std::time::Duration::from_secs(2),

@@ -13,7 +13,7 @@
 use crate::broker::{Broker, Ha};
 use crate::cluster;
 use crate::config::Config;
-use keel_controller::api::{BrokerHeartbeat, GroupView};
+use keel_controller_api::api::{BrokerHeartbeat, GroupView};
 use keel_protocol::BrokerRole;
 use keel_replication::{HaMaster, HaSlave, WaitSet};
 use keel_storage::Store;
@@ -97,12 +97,12 @@ fn sss_candidates(ha: &HaMaster, committed: &[u32], min_replicas: usize) -> Vec<
 pub fn master_at_startup(
     config: &Config,
     report: &BrokerHeartbeat,
-    access: &keel_controller::Access,
+    access: &keel_net::Dial,
 ) -> Result<Option<String>, String> {
     let deadline = Instant::now() + STARTUP_WAIT;
     loop {
         let addresses = &config.controller_addrs;
-        match keel_controller::client::heartbeat(addresses, report, CALL_TIMEOUT, access) {
+        match keel_controller_api::client::heartbeat(addresses, report, CALL_TIMEOUT, access) {
             Ok(view) if view.master.is_some() && view.master != Some(config.broker_id) => {
                 return Ok(view.master_ha_address);
             }
@@ -129,7 +129,7 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
         .name("keel-controller-link".into())
         .spawn(move || {
             let interval = Duration::from_millis(broker.config.controller_heartbeat_ms);
-            let access = broker.security.controller_access();
+            let access = broker.security.dial();
             let mut failing = false;
             while !broker.is_shutting_down() {
                 let asked_at = Instant::now();
@@ -170,7 +170,7 @@ pub fn start(broker: Arc<Broker>, claims_master: bool) {
                     sss_epoch: learnt.map_or(0, |view| view.sss_epoch),
                 }
                 .heartbeat();
-                match keel_controller::client::heartbeat(
+                match keel_controller_api::client::heartbeat(
                     &broker.config.controller_addrs,
                     &report,
                     CALL_TIMEOUT,

@@ -122,7 +122,7 @@ fn start_controller(
     };
     config.security = keel_controller::ControllerSecurity {
         tls: security.server_tls().map(|tls| tls.config()).transpose()?,
-        peers: keel_controller::Access {
+        peers: keel_net::Dial {
             tls: security
                 .tls_ca
                 .as_deref()
@@ -370,7 +370,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             sss_epoch: 0,
         }
         .heartbeat();
-        match controller_link::master_at_startup(&config, &report, &security.controller_access()) {
+        match controller_link::master_at_startup(&config, &report, &security.dial()) {
             Ok(Some(master)) => {
                 if role.is_master() {
                     log::warn!(

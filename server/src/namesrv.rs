@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 
 const MAX_CONNECTIONS: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// The largest frame before a LOGIN with the cluster token (when one is configured).
-const PRE_LOGIN_FRAME_BYTES: u32 = 64 * 1024;
 
 struct Entry {
     registration: BrokerRegistration,
@@ -361,7 +359,7 @@ impl NameServer {
             None => return Ok(()),
         };
         stream.socket().set_read_timeout(Some(IDLE_TIMEOUT))?;
-        let secure = stream.is_tls() || peer.ip().is_loopback();
+        let secure = keel_net::is_secure(peer.ip(), stream.is_tls());
         let mut stream = &stream;
         let mut cluster = false;
         let mut buffer = BytesMut::new();
@@ -370,7 +368,7 @@ impl NameServer {
             // With a cluster token, only small frames before its LOGIN (routes are
             // asked with a few bytes; a registration comes after the login).
             let max = match self.security.authority.has_cluster_token() && !cluster {
-                true => PRE_LOGIN_FRAME_BYTES,
+                true => keel_net::PreLogin::DEFAULT.max_frame_bytes,
                 false => DEFAULT_MAX_FRAME_BYTES,
             };
             let frame = match decode_frame(&mut buffer, max) {

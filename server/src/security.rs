@@ -59,17 +59,9 @@ impl Security {
         Ok(())
     }
 
-    /// How this broker reaches the controllers.
-    pub fn controller_access(&self) -> keel_controller::Access {
-        keel_controller::Access {
-            tls: self.outbound_tls.clone(),
-            token: self.cluster_token.clone().map(keel_security::Secret),
-        }
-    }
-
-    /// How this broker reaches name servers.
-    pub fn outbound(&self) -> crate::cluster::Outbound {
-        crate::cluster::Outbound {
+    /// How this broker reaches name servers and the controllers.
+    pub fn dial(&self) -> keel_net::Dial {
+        keel_net::Dial {
             tls: self.outbound_tls.clone(),
             token: self.cluster_token.clone().map(keel_security::Secret),
         }
@@ -116,7 +108,7 @@ impl Security {
                 .iter()
                 .chain(&config.namesrv_addrs)
                 .chain(&config.controller_addrs)
-                .find(|address| !is_loopback(address));
+                .find(|address| !keel_net::channel::is_loopback_address(address));
             if let Some(address) = remote {
                 log::warn!(
                     "the cluster token goes to {address} in plaintext (no tls_ca_file): anyone \
@@ -137,15 +129,6 @@ impl Security {
             cluster_token,
         })
     }
-}
-
-fn is_loopback(address: &str) -> bool {
-    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// One permission a request needs.

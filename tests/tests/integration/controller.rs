@@ -6,7 +6,7 @@
 use crate::harness::{drain, drain_as, free_ports, signal, wait_until, BrokerProcess};
 use keel_bench::chaos::Load;
 use keel_client::{Message, Producer, ProducerOptions, SendStatus};
-use keel_controller::api::ClusterView;
+use keel_controller_api::api::ClusterView;
 use keel_tests::{id_of, payload_for, Ledger};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -160,15 +160,15 @@ impl Controllers {
     }
 
     pub(crate) fn view(&self) -> Option<ClusterView> {
-        keel_controller::client::describe(
+        keel_controller_api::client::describe(
             &self.addresses(),
             Duration::from_millis(500),
-            &keel_controller::Access::default(),
+            &keel_net::Dial::default(),
         )
         .ok()
     }
 
-    pub(crate) fn group(&self) -> Option<keel_controller::api::GroupStatus> {
+    pub(crate) fn group(&self) -> Option<keel_controller_api::api::GroupStatus> {
         self.view()?
             .groups
             .into_iter()
@@ -240,7 +240,7 @@ impl Group {
 /// Waits until all three replicas are in the SyncStateSet and `also` holds of the group.
 pub(crate) fn wait_all_in_sync(
     controllers: &Controllers,
-    also: impl Fn(&keel_controller::api::GroupStatus) -> bool,
+    also: impl Fn(&keel_controller_api::api::GroupStatus) -> bool,
 ) {
     wait_until(
         "all three in the SyncStateSet",

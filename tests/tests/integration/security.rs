@@ -817,19 +817,19 @@ fn name_servers_and_controllers_take_cluster_requests_only_with_the_cluster_toke
         ha_address: String::new(),
         topics: Vec::new(),
     });
-    let tls = keel_server::cluster::Outbound {
+    let tls = keel_net::Dial {
         tls: Some(pki.client("ca", None)),
         token: None,
     };
-    let call = |outbound: &keel_server::cluster::Outbound| {
-        keel_server::cluster::call(&address, &registration, Duration::from_secs(5), outbound)
+    let call = |outbound: &keel_net::Dial| {
+        keel_net::call(&address, &registration, Duration::from_secs(5), outbound)
     };
     // No token: refused. Plaintext: refused. With the token over TLS: registered.
     match call(&tls) {
         Ok(Response::Error(error)) => assert_eq!(error.code, ErrorCode::PermissionDenied),
         other => panic!("{other:?}"),
     }
-    match call(&keel_server::cluster::Outbound::default()) {
+    match call(&keel_net::Dial::default()) {
         Ok(Response::Error(error)) => assert_eq!(error.code, ErrorCode::TlsRequired),
         other => panic!("plaintext to a TLS name server: {other:?}"),
     }
@@ -844,18 +844,18 @@ fn name_servers_and_controllers_take_cluster_requests_only_with_the_cluster_toke
         password: "x".into(),
     });
     assert!(matches!(
-        keel_server::cluster::call(&address, &login, Duration::from_secs(5), &tls),
+        keel_net::call(&address, &login, Duration::from_secs(5), &tls),
         Ok(Response::Error(error)) if error.code == ErrorCode::AuthenticationFailed
     ));
 
     // The controller port: TLS and the token, or nothing.
     let controllers = [format!("127.0.0.1:{controller_port}")];
-    let access = |token: Option<&str>, tls: bool| keel_controller::Access {
+    let access = |token: Option<&str>, tls: bool| keel_net::Dial {
         tls: tls.then(|| pki.client("ca", None)),
         token: token.map(|t| Secret(t.into())),
     };
-    let describe = |access: keel_controller::Access| {
-        keel_controller::client::describe(&controllers, Duration::from_secs(3), &access)
+    let describe = |access: keel_net::Dial| {
+        keel_controller_api::client::describe(&controllers, Duration::from_secs(3), &access)
     };
     let good = access(Some("the cluster secret"), true);
     wait_until("the controller", Duration::from_secs(20), || {
@@ -1139,7 +1139,7 @@ fn the_controller_fails_over_a_group_that_speaks_tls_and_shows_the_cluster_token
             .arg(&token_file),
         "keeld controller listening on ",
     );
-    let access = keel_controller::Access {
+    let access = keel_net::Dial {
         tls: Some(pki.client("ca", None)),
         token: Some(Secret("the cluster secret".into())),
     };
@@ -1170,7 +1170,7 @@ fn the_controller_fails_over_a_group_that_speaks_tls_and_shows_the_cluster_token
         replicas.push(BrokerProcess::start(&extra));
     }
     let group = || {
-        keel_controller::client::describe(
+        keel_controller_api::client::describe(
             std::slice::from_ref(&controller),
             Duration::from_secs(2),
             &access,

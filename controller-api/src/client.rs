@@ -2,10 +2,9 @@
 //! follows a NOT_LEADER hint once, and bounds every step by `timeout`.
 
 use crate::api::{BrokerHeartbeat, ClusterView, HeartbeatReply};
-use crate::{wire, Access};
+use crate::{wire, Dial};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 fn call<Q: Serialize, A: DeserializeOwned>(
@@ -13,22 +12,10 @@ fn call<Q: Serialize, A: DeserializeOwned>(
     kind: u8,
     request: &Q,
     timeout: Duration,
-    access: &Access,
+    access: &Dial,
 ) -> Result<A, String> {
-    let target = address
-        .to_socket_addrs()
-        .map_err(|e| format!("{address}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{address}: no address"))?;
-    let socket = TcpStream::connect_timeout(&target, timeout)
-        .map_err(|e| format!("connect to controller {address}: {e}"))?;
-    socket
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| socket.set_write_timeout(Some(timeout)))
-        .map_err(|e| format!("{address}: {e}"))?;
-    let _ = socket.set_nodelay(true);
-    let stream = keel_security::Stream::wrap(socket, access.tls.as_ref(), address)
-        .map_err(|e| format!("controller {address}: TLS handshake: {e}"))?;
+    let stream = keel_net::connect(address, timeout, access.tls.as_ref())
+        .map_err(|e| format!("controller {e}"))?;
     let mut stream = &stream;
     if let Some(token) = &access.token {
         wire::write_frame(&mut stream, wire::LOGIN, token.0.as_bytes())
@@ -86,7 +73,7 @@ fn call_leader<Q: Serialize, A: DeserializeOwned + LeaderHint>(
     kind: u8,
     request: &Q,
     timeout: Duration,
-    access: &Access,
+    access: &Dial,
 ) -> Result<A, String> {
     let mut errors = Vec::new();
     for address in addresses {
@@ -119,7 +106,7 @@ pub fn heartbeat(
     addresses: &[String],
     report: &BrokerHeartbeat,
     timeout: Duration,
-    access: &Access,
+    access: &Dial,
 ) -> Result<crate::api::GroupView, String> {
     match call_leader(addresses, wire::BROKER_HEARTBEAT, report, timeout, access)? {
         HeartbeatReply::Group(view) => Ok(view),
@@ -132,7 +119,7 @@ pub fn heartbeat(
 pub fn describe(
     addresses: &[String],
     timeout: Duration,
-    access: &Access,
+    access: &Dial,
 ) -> Result<ClusterView, String> {
     let mut errors = Vec::new();
     for address in addresses {
@@ -162,7 +149,7 @@ pub fn elect(
     addresses: &[String],
     request: &crate::api::ElectRequest,
     timeout: Duration,
-    access: &Access,
+    access: &Dial,
 ) -> Result<crate::api::ElectReply, String> {
     call_leader(addresses, wire::ELECT, request, timeout, access)
 }

@@ -1,0 +1,64 @@
+//! One keel request and its reply on a fresh blocking connection: what a node asks
+//! another node's client port (registration with a name server, a route lookup).
+
+use crate::dial::{connect, context, Dial};
+use bytes::BytesMut;
+use keel_protocol::{decode_frame, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES};
+use keel_security::Stream;
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+/// `request` to `address` after TLS and a LOGIN with the cluster token when `dial` has
+/// them. Fails with the step that failed in the error's text; a login refused is
+/// `PermissionDenied`, a reply that does not decode `InvalidData`.
+pub fn call(
+    address: &str,
+    request: &Request,
+    timeout: Duration,
+    dial: &Dial,
+) -> io::Result<Response> {
+    let stream = connect(address, timeout, dial.tls.as_ref())?;
+    let mut buffer = BytesMut::new();
+    if let Some(token) = &dial.token {
+        let login = Request::Login(Login::Token(token.0.clone()));
+        match exchange(&stream, &mut buffer, &login).map_err(|e| context("log in", e))? {
+            Response::LoginOk(_) => {}
+            Response::Error(error) => {
+                let detail = format!(
+                    "log in with the cluster token: {}: {}",
+                    error.code, error.message
+                );
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, detail));
+            }
+            other => {
+                let detail = format!("log in: unexpected {}", other.kind().name());
+                return Err(io::Error::new(io::ErrorKind::InvalidData, detail));
+            }
+        }
+    }
+    exchange(&stream, &mut buffer, request)
+}
+
+/// Sends `request` on `stream` and reads its reply.
+fn exchange(stream: &Stream, buffer: &mut BytesMut, request: &Request) -> io::Result<Response> {
+    let invalid = |e: keel_protocol::DecodeError| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {e}"))
+    };
+    let mut out = Vec::new();
+    request.encode(1, 0, &mut out);
+    let mut writer = stream;
+    writer.write_all(&out).map_err(|e| context("send", e))?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) = decode_frame(buffer, DEFAULT_MAX_FRAME_BYTES).map_err(invalid)? {
+            return Response::decode(&frame).map_err(invalid);
+        }
+        let mut reader = stream;
+        let read = reader.read(&mut chunk).map_err(|e| context("read", e))?;
+        let Some(bytes) = chunk.get(..read).filter(|bytes| !bytes.is_empty()) else {
+            let detail = "connection closed before the reply";
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, detail));
+        };
+        buffer.extend_from_slice(bytes);
+    }
+}
