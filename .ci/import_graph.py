@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The house drawn from the imports: for every crate in the workspace and every module that
-has submodules, the graph of which child module uses which sibling (through `crate::`,
-`super::` or a bare child name), and the circles in it. Exit status 1 if any circle exists.
+has submodules, the graph of which child module uses which sibling or the parent's own
+items (through `crate::`, `super::` or a bare child name), and the circles in it. A parent
+declaring (`mod`) or re-exporting (`pub use`) a child is not a use. Exit status 1 if any circle exists.
 
 Usage: python3 .ci/import_graph.py [--edges]"""
 import os, re, sys
@@ -27,11 +28,41 @@ def module_files(src):
     return mods
 
 def strip(text):
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r'"(\\.|[^"\\])*"', '""', text)
-    # test modules are not part of the house
-    return text
+    """`text` without comments, and with every string and char literal emptied."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c == "r" and re.match(r'r#*"', text[i:i + 10]) and not (i and (text[i - 1].isalnum() or text[i - 1] == "_")):
+            hashes = re.match(r'r(#*)"', text[i:]).group(1)
+            end = text.find('"' + hashes, i + len(hashes) + 2)
+            out.append('""')
+            i = n if end < 0 else end + 1 + len(hashes)
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            out.append('""')
+            i += 1
+        elif c == "'" and re.match(r"'(\\.|[^\\'])'", text[i:i + 4]) or re.match(r"'\\[xu]", text[i:i + 3]):
+            j = text.find("'", i + 2)
+            out.append("' '")
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 PATH = re.compile(r"\b((?:crate|super|self)(?:::[A-Za-z_][A-Za-z0-9_]*)+|[a-z_][a-z0-9_]*::[A-Za-z_][A-Za-z0-9_:]*)")
 USE_GROUP = re.compile(r"\buse\s+((?:crate|super|self)(?:::\w+)*)::\{([^;]*)\}", re.S)
@@ -150,6 +181,7 @@ def main():
         uses = {}
         for mod, path in mods.items():
             text = strip(open(path).read())
+            text = re.sub(r"\bpub(?:\([^)]*\))?\s+use\s+[^;]+;", "", text)
             # drop #[cfg(test)] mod tests { ... } bodies at the end of files
             cut = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
             if cut:
@@ -168,11 +200,11 @@ def main():
                 if m in test_mods or any(m[:k] in test_mods for k in range(len(m))):
                     continue
                 a = node(m)
-                if a is None or a == "<self>":
-                    continue  # a parent declaring or re-exporting its children is not a circle
+                if a is None:
+                    continue
                 for t in targets:
                     b = node(t)
-                    if b is None or b == a or b == "<self>":
+                    if b is None or b == a:
                         continue
                     if tuple(list(parent) + [b]) in test_mods:
                         continue
@@ -181,7 +213,7 @@ def main():
             if show:
                 for a in sorted(edges):
                     print(f"{name}: {a} -> {', '.join(sorted(edges[a]))}")
-            for comp in sccs(children, edges):
+            for comp in sccs(["<self>"] + children, edges):
                 if len(comp) > 1:
                     circles += 1
                     print(f"CIRCLE in {name}: {' <-> '.join(sorted(comp))}")

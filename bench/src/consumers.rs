@@ -3,7 +3,7 @@
 //! carries its send time).
 
 use crate::now_us;
-use crate::report::new_histogram;
+use crate::report::{new_histogram, ConsumerFigures};
 use hdrhistogram::Histogram;
 use keel_client::{ConsumeResult, Delivery, PushConsumer, PushConsumerOptions, StartFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,60 +152,5 @@ fn delete_groups(address: &str, names: &[String]) {
         if let Err(error) = admin.delete_group(name, true) {
             log::warn!("cannot delete consumer group {name}: {error}");
         }
-    }
-}
-
-/// What the consumers of a run did.
-#[derive(Debug, Clone)]
-pub(crate) struct ConsumerFigures {
-    pub members: usize,
-    /// Consumer groups (subscriptions times topics).
-    pub groups: usize,
-    pub handled: u64,
-    pub expected: u64,
-    pub msgs_per_sec: f64,
-    /// Send-to-handler latency.
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-    pub p75_us: u64,
-    pub p95_us: u64,
-    pub p9999_us: u64,
-    pub mean_us: f64,
-}
-
-impl ConsumerFigures {
-    pub(crate) fn line(&self) -> String {
-        format!(
-            "consumers: {} in {} group(s) handled {} of {} deliveries owed, {:.0} msgs/s; \
-             send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
-            self.members,
-            self.groups,
-            self.handled,
-            self.expected,
-            self.msgs_per_sec,
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us
-        )
-    }
-
-    pub(crate) fn json(&self) -> String {
-        format!(
-            "{{\"members\":{},\"groups\":{},\"handled\":{},\"expected\":{},\"msgs_per_sec\":{:.1},\
-             \"end_to_end_p50_us\":{},\"end_to_end_p99_us\":{},\"end_to_end_p999_us\":{},\
-             \"end_to_end_max_us\":{}}}",
-            self.members,
-            self.groups,
-            self.handled,
-            self.expected,
-            self.msgs_per_sec,
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us
-        )
     }
 }

@@ -164,7 +164,7 @@ pub(crate) struct Summary {
     pub broker_cpu_us_per_msg: Option<f64>,
     pub bench_cpu_us_per_msg: f64,
     pub fsync_p50_us: Option<f64>,
-    pub consumers: Option<crate::consumers::ConsumerFigures>,
+    pub consumers: Option<ConsumerFigures>,
     pub seconds: Vec<Second>,
 }
 
@@ -693,6 +693,61 @@ fn human(value: f64) -> String {
         format!("{:.0}k", value / 1e3)
     } else {
         format!("{value:.0}")
+    }
+}
+
+/// What the consumers of a run did.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerFigures {
+    pub members: usize,
+    /// Consumer groups (subscriptions times topics).
+    pub groups: usize,
+    pub handled: u64,
+    pub expected: u64,
+    pub msgs_per_sec: f64,
+    /// Send-to-handler latency.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub p75_us: u64,
+    pub p95_us: u64,
+    pub p9999_us: u64,
+    pub mean_us: f64,
+}
+
+impl ConsumerFigures {
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "consumers: {} in {} group(s) handled {} of {} deliveries owed, {:.0} msgs/s; \
+             send-to-handler latency (us): p50 {}  p99 {}  p99.9 {}  max {}",
+            self.members,
+            self.groups,
+            self.handled,
+            self.expected,
+            self.msgs_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )
+    }
+
+    pub(crate) fn json(&self) -> String {
+        format!(
+            "{{\"members\":{},\"groups\":{},\"handled\":{},\"expected\":{},\"msgs_per_sec\":{:.1},\
+             \"end_to_end_p50_us\":{},\"end_to_end_p99_us\":{},\"end_to_end_p999_us\":{},\
+             \"end_to_end_max_us\":{}}}",
+            self.members,
+            self.groups,
+            self.handled,
+            self.expected,
+            self.msgs_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )
     }
 }
 

@@ -3,7 +3,7 @@
 //! recently. A voter that just became leader waits a full `master_timeout` before
 //! judging anyone: its heartbeat table starts empty.
 
-use crate::server::{lock, Node};
+use crate::node::{lock, Node};
 use crate::state::{Applied, Command};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +88,7 @@ pub(crate) async fn duties(node: Arc<Node>, stop: Arc<AtomicBool>) {
                 .max()
                 .unwrap_or(0);
             let epoch = group.master_epoch.max(highest_epoch) + 1;
-            if epoch >= crate::server::EPOCH_LIMIT {
+            if epoch >= crate::node::EPOCH_LIMIT {
                 log::error!("controller: no election in {name}: epoch {epoch} is out of range");
                 continue;
             }

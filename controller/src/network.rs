@@ -2,8 +2,8 @@
 //! one reply frame carrying the JSON of `Result<answer, RaftError>`. A connection is
 //! kept per peer and dropped on any error; every call is bounded by openraft's TTL.
 
+use crate::config::TypeConfig;
 use crate::wire;
-use crate::TypeConfig;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };

@@ -1,8 +1,8 @@
 //! One controller voter in this process: hostile bytes on its port hurt no one, a
 //! broker's heartbeat registers its group, and a restart keeps what was decided.
 
-use crate::api::BrokerHeartbeat;
 use crate::{client, wire, Controller, ControllerConfig};
+use keel_controller_api::api::BrokerHeartbeat;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -27,7 +27,7 @@ fn start(dir: &std::path::Path, port: u16) -> Controller {
     .expect("controller starts")
 }
 
-fn heartbeat(address: &str) -> Result<crate::api::GroupView, String> {
+fn heartbeat(address: &str) -> Result<keel_controller_api::api::GroupView, String> {
     let report = BrokerHeartbeat {
         group: "g".into(),
         broker_id: 0,

@@ -11,8 +11,8 @@
 //! The state machine lives in memory, rebuilt from the snapshot and the log's entries
 //! that openraft applies again after a restart.
 
+use crate::config::TypeConfig;
 use crate::state::{Applied, Groups};
-use crate::TypeConfig;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
@@ -24,6 +24,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Cursor, Read, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -50,13 +51,7 @@ fn save_sealed<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let body = serde_json::to_vec(value).map_err(|e| invalid(e.to_string()))?;
     let mut bytes = format!("{:08x}\n", crc32c::crc32c(&body)).into_bytes();
     bytes.extend_from_slice(&body);
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    keel_security::write_atomically(path, &bytes)
 }
 
 /// Reads what `save_sealed` wrote; `None` when the file does not exist.
@@ -149,15 +144,11 @@ impl LogInner {
 
     /// Writes the whole log anew (after a truncation or a purge), durably.
     fn rewrite(&mut self) -> io::Result<()> {
-        let tmp = self.dir.join("raft-log.tmp");
-        let mut file = File::create(&tmp)?;
+        let mut bytes = Vec::new();
         for entry in self.entries.values() {
-            file.write_all(&encode_record(entry)?)?;
+            bytes.extend_from_slice(&encode_record(entry)?);
         }
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, self.log_path())?;
-        sync_dir(&self.dir)?;
+        keel_security::write_atomically(&self.log_path(), &bytes)?;
         self.file = OpenOptions::new().append(true).open(self.log_path())?;
         Ok(())
     }
@@ -171,11 +162,18 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         let path = dir.join("raft-log");
         let (entries, valid) = read_log(&path)?;
         let existed = path.exists();
         let file = OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .append(true)
             .read(true)

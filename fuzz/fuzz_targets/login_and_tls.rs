@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             };
             match Request::decode(&frame) {
                 Ok(Request::Login(keel_protocol::Login::Token(token))) => {
-                    let _ = authority().login_token(&token, peer, true);
+                    let _ = authority().login_token(keel_security::Port::Client, &token, peer, true);
                 }
                 Ok(Request::SecurityAdmin(json)) => {
                     if let Ok(command) = SecurityCommand::from_json(&json.0) {

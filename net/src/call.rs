@@ -2,10 +2,10 @@
 //! another node's client port (registration with a name server, a route lookup).
 
 use crate::dial::{connect, context, Dial};
-use bytes::BytesMut;
-use keel_protocol::{decode_frame, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES};
+use crate::framed::{FrameReader, Next};
+use keel_protocol::{Login, Request, Response, DEFAULT_MAX_FRAME_BYTES};
 use keel_security::Stream;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::time::Duration;
 
 /// `request` to `address` after TLS and a LOGIN with the cluster token when `dial` has
@@ -18,10 +18,10 @@ pub fn call(
     dial: &Dial,
 ) -> io::Result<Response> {
     let stream = connect(address, timeout, dial.tls.as_ref())?;
-    let mut buffer = BytesMut::new();
+    let mut reader = FrameReader::new();
     if let Some(token) = &dial.token {
         let login = Request::Login(Login::Token(token.0.clone()));
-        match exchange(&stream, &mut buffer, &login).map_err(|e| context("log in", e))? {
+        match exchange(&stream, &mut reader, &login).map_err(|e| context("log in", e))? {
             Response::LoginOk(_) => {}
             Response::Error(error) => {
                 let detail = format!(
@@ -36,11 +36,11 @@ pub fn call(
             }
         }
     }
-    exchange(&stream, &mut buffer, request)
+    exchange(&stream, &mut reader, request)
 }
 
 /// Sends `request` on `stream` and reads its reply.
-fn exchange(stream: &Stream, buffer: &mut BytesMut, request: &Request) -> io::Result<Response> {
+fn exchange(stream: &Stream, reader: &mut FrameReader, request: &Request) -> io::Result<Response> {
     let invalid = |e: keel_protocol::DecodeError| {
         io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {e}"))
     };
@@ -48,17 +48,15 @@ fn exchange(stream: &Stream, buffer: &mut BytesMut, request: &Request) -> io::Re
     request.encode(1, 0, &mut out);
     let mut writer = stream;
     writer.write_all(&out).map_err(|e| context("send", e))?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(frame) = decode_frame(buffer, DEFAULT_MAX_FRAME_BYTES).map_err(invalid)? {
-            return Response::decode(&frame).map_err(invalid);
-        }
-        let mut reader = stream;
-        let read = reader.read(&mut chunk).map_err(|e| context("read", e))?;
-        let Some(bytes) = chunk.get(..read).filter(|bytes| !bytes.is_empty()) else {
+    match reader
+        .next(stream, DEFAULT_MAX_FRAME_BYTES)
+        .map_err(|e| context("read", e))?
+    {
+        Next::Frame(frame) => Response::decode(&frame).map_err(invalid),
+        Next::Bad(error) => Err(invalid(error)),
+        Next::Closed => {
             let detail = "connection closed before the reply";
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, detail));
-        };
-        buffer.extend_from_slice(bytes);
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, detail))
+        }
     }
 }

@@ -9,6 +9,7 @@
 //!   every error.
 //! - [`call`]: one keel request and its reply on a fresh blocking connection, after a
 //!   LOGIN with the cluster token (name-server registration, the console's lookups).
+//! - [`framed`]: keel frames from a blocking stream (the name server, `call`).
 //! - [`envelope`]: the checksummed frames of the HA stream and the controller port on a
 //!   blocking socket (the codec is `keel_protocol::envelope`).
 
@@ -18,6 +19,7 @@ pub mod call;
 pub mod channel;
 pub mod dial;
 pub mod envelope;
+pub mod framed;
 pub mod gate;
 
 pub use call::call;

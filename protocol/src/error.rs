@@ -1,5 +1,8 @@
 use std::fmt;
 
+/// The frame version this side speaks (byte 4 of every frame).
+pub const PROTOCOL_VERSION: u8 = 2;
+
 /// Why a byte sequence is not a valid frame, body or record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -63,7 +66,7 @@ impl fmt::Display for DecodeError {
                 write!(
                     f,
                     "unsupported protocol version {version} (this side speaks {})",
-                    crate::PROTOCOL_VERSION
+                    PROTOCOL_VERSION
                 )
             }
             DecodeError::UnknownKind(kind) => write!(f, "unknown frame kind 0x{kind:02X}"),

@@ -3,7 +3,7 @@
 use crate::DecodeError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-pub const PROTOCOL_VERSION: u8 = 2;
+pub use crate::error::PROTOCOL_VERSION;
 pub const LENGTH_PREFIX_LEN: usize = 4;
 pub const FRAME_HEADER_LEN: usize = 16;
 /// The request must not be answered (oneway send). Errors are not answered either.

@@ -331,6 +331,7 @@ impl HaMaster {
         if authority.mode() != keel_security::AuthMode::Off {
             let allowed = authority
                 .login_token(
+                    keel_security::Port::Ha,
                     &token,
                     peer.ip(),
                     keel_net::is_secure(peer.ip(), link.is_tls()),

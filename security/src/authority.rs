@@ -434,9 +434,12 @@ impl SecurityState {
 /// a temporary file, fsynced, renamed over it, and the directory fsynced.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("json.tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
     {
-        // Only the broker's user reads it: the hashes are not for others to attack.
+        // Only the broker's user reads it (password hashes, promotion records, Raft
+        // state are not for others to read).
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -453,13 +456,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The listener a login arrives on: failed logins are limited per address on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// The client port (LOGIN frames).
+    Client,
+    /// The console and `/metrics` (Authorization: Bearer).
+    Console,
+    /// A master's HA port (a slave's AUTH).
+    Ha,
+    NameServer,
+    Controller,
+}
+
 pub struct Authority {
     mode: AuthMode,
     path: Option<PathBuf>,
     state: RwLock<Arc<SecurityState>>,
     /// SHA-256 of the cluster token, when this node has one.
     cluster_token: Option<[u8; 32]>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<HashMap<(Port, IpAddr), (u32, Instant)>>,
     /// Serializes changes (each one hashes, writes and renames the file).
     changing: Mutex<()>,
     /// Moves with every change of the state here, installed ones included (whose
@@ -567,9 +583,9 @@ impl Authority {
         }
     }
 
-    fn rate_check(&self, peer: IpAddr) -> Result<(), LoginError> {
+    fn rate_check(&self, port: Port, peer: IpAddr) -> Result<(), LoginError> {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((count, since)) = failures.get(&peer) {
+        if let Some((count, since)) = failures.get(&(port, peer)) {
             let elapsed = since.elapsed();
             if *count >= FAILURES_ALLOWED && elapsed < FAILURE_WINDOW {
                 return Err(LoginError::RateLimited {
@@ -580,7 +596,7 @@ impl Authority {
         Ok(())
     }
 
-    fn record_failure(&self, peer: IpAddr) {
+    fn record_failure(&self, port: Port, peer: IpAddr) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() >= FAILURE_TABLE_MAX {
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
@@ -589,18 +605,23 @@ impl Authority {
             // Still full of fresh failures: forget the table rather than grow it.
             failures.clear();
         }
-        let entry = failures.entry(peer).or_insert((0, Instant::now()));
+        let entry = failures.entry((port, peer)).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
     }
 
-    fn outcome(&self, peer: IpAddr, result: Option<Principal>) -> Result<Principal, LoginError> {
+    fn outcome(
+        &self,
+        port: Port,
+        peer: IpAddr,
+        result: Option<Principal>,
+    ) -> Result<Principal, LoginError> {
         match result {
             Some(principal) => Ok(principal),
             None => {
-                self.record_failure(peer);
+                self.record_failure(port, peer);
                 Err(LoginError::BadCredentials)
             }
         }
@@ -618,7 +639,8 @@ impl Authority {
         if !secure {
             return Err(LoginError::NeedsTls);
         }
-        self.rate_check(peer)?;
+        let port = Port::Client;
+        self.rate_check(port, peer)?;
         let state = self.current();
         let (hash, known) = match state.users.get(user) {
             Some(stored) => (stored.password_hash.as_str(), true),
@@ -626,6 +648,7 @@ impl Authority {
         };
         let valid = verify_password(hash, password) && known;
         self.outcome(
+            port,
             peer,
             valid.then(|| Principal {
                 name: user.to_string(),
@@ -641,9 +664,11 @@ impl Authority {
     /// A token is 256 random bits, so a right one is taken even from an address whose
     /// failures are being limited (brokers behind one NAT with a guesser stay in).
     /// `secure`: over TLS or from loopback (a bearer secret over plaintext from
-    /// another host is refused).
+    /// another host is refused). Failures are limited per address and per `port`: bad
+    /// tokens shown to the console do not lock password logins out of the client port.
     pub fn login_token(
         &self,
+        port: Port,
         token: &str,
         peer: IpAddr,
         secure: bool,
@@ -670,9 +695,9 @@ impl Authority {
             })
         });
         if found.is_none() {
-            self.rate_check(peer)?;
+            self.rate_check(port, peer)?;
         }
-        self.outcome(peer, found)
+        self.outcome(port, peer, found)
     }
 
     /// Whether the credential a connection logged in with still exists (a revoked
@@ -839,21 +864,43 @@ mod tests {
     }
 
     #[test]
+    fn failures_on_one_port_do_not_lock_another_out() {
+        let authority = Authority::open(AuthMode::Required, None, None).unwrap();
+        for _ in 0..FAILURES_ALLOWED {
+            let failed = authority.login_token(Port::Console, "keel_bad", PEER, true);
+            assert!(matches!(failed, Err(LoginError::BadCredentials)));
+        }
+        assert!(matches!(
+            authority.login_token(Port::Console, "keel_bad", PEER, true),
+            Err(LoginError::RateLimited { .. })
+        ));
+        // The client port's logins from the same address are still checked.
+        assert!(matches!(
+            authority.login_token(Port::Client, "keel_bad", PEER, true),
+            Err(LoginError::BadCredentials)
+        ));
+        assert!(matches!(
+            authority.login_token(Port::Ha, "keel_bad", PEER, true),
+            Err(LoginError::BadCredentials)
+        ));
+    }
+
+    #[test]
     fn failed_logins_are_rate_limited_per_address() {
         let authority = Authority::open(AuthMode::Required, None, None).unwrap();
         for _ in 0..FAILURES_ALLOWED {
             assert_eq!(
-                authority.login_token("keel_nothing", PEER, true),
+                authority.login_token(Port::Client, "keel_nothing", PEER, true),
                 Err(LoginError::BadCredentials)
             );
         }
         assert!(matches!(
-            authority.login_token("keel_nothing", PEER, true),
+            authority.login_token(Port::Client, "keel_nothing", PEER, true),
             Err(LoginError::RateLimited { .. })
         ));
         let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(
-            authority.login_token("keel_nothing", other, true),
+            authority.login_token(Port::Client, "keel_nothing", other, true),
             Err(LoginError::BadCredentials)
         );
     }
@@ -870,22 +917,28 @@ mod tests {
         let token = reply.token.unwrap().0;
         let file = std::fs::read_to_string(dir.path().join(SECURITY_FILE)).unwrap();
         assert!(!file.contains(&token[25..]), "the secret is not stored");
-        let principal = authority.login_token(&token, PEER, true).unwrap();
+        let principal = authority
+            .login_token(Port::Client, &token, PEER, true)
+            .unwrap();
         assert_eq!(principal.name, "orders-app");
         assert!(authority.still_valid(&principal));
         let mut forged = token.clone();
         forged.pop();
         forged.push('x');
-        assert!(authority.login_token(&forged, PEER, true).is_err());
+        assert!(authority
+            .login_token(Port::Client, &forged, PEER, true)
+            .is_err());
         authority
             .apply(SecurityCommand::TokenRevoke {
                 id: reply.token_id.unwrap(),
             })
             .unwrap();
         assert!(!authority.still_valid(&principal));
-        assert!(authority.login_token(&token, PEER, true).is_err());
+        assert!(authority
+            .login_token(Port::Client, &token, PEER, true)
+            .is_err());
         let cluster = authority
-            .login_token("the cluster secret", PEER, true)
+            .login_token(Port::Client, "the cluster secret", PEER, true)
             .unwrap();
         assert!(authority.permits(&cluster, ResourceType::Cluster, "*", Action::Replicate));
         assert!(!authority.permits(&cluster, ResourceType::Topic, "t", Action::Publish));

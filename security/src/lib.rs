@@ -8,11 +8,12 @@
 pub mod acl;
 pub mod authority;
 pub mod tls;
+pub mod validity;
 
 pub use acl::{permits, AclEntry, Action, Effect, ResourceType, ANONYMOUS};
 pub use authority::{
     hash_password, validate_name, write_atomically, AuthMode, Authority, Credential, LoginError,
-    Principal, Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER,
+    Port, Principal, Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER,
     SECURITY_FILE,
 };
 pub use rustls;

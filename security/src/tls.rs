@@ -81,6 +81,27 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
+    /// Why the certificate in `cert_file` is not valid at `now` (seconds since the
+    /// epoch): expired, or not valid yet is not checked (clocks differ by little).
+    /// `Ok(None)` when it is valid.
+    pub fn expired_at(&self, now: i64) -> Result<Option<String>, String> {
+        let certificates = certificates(&self.cert_file)?;
+        let Some(leaf) = certificates.first() else {
+            return Ok(None);
+        };
+        let not_after = crate::validity::not_after(leaf.as_ref())
+            .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
+        if not_after >= now {
+            return Ok(None);
+        }
+        let days = (now - not_after) / 86_400;
+        Ok(Some(format!(
+            "the certificate in {} expired {days} day(s) ago (notAfter {not_after} s since \
+             the epoch): clients that check it will refuse every connection",
+            self.cert_file.display()
+        )))
+    }
+
     pub fn config(&self) -> Result<Arc<ServerConfig>, String> {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

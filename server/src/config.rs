@@ -216,6 +216,12 @@ pub struct SecurityConfig {
     pub pre_auth_max_frame_bytes: u32,
     /// Connections one IP address may hold at once (0: no limit).
     pub max_connections_per_ip: usize,
+    /// `/metrics` answers without a token even when logins are on (its labels name
+    /// every topic and group). Default false: it needs a token with `admin:stats`.
+    pub metrics_public: bool,
+    /// Refuse to start (exit 2) when the certificate in `tls_cert_file` has expired,
+    /// instead of only warning.
+    pub tls_refuse_expired: bool,
 }
 
 impl Default for SecurityConfig {
@@ -231,6 +237,8 @@ impl Default for SecurityConfig {
             login_timeout_ms: keel_net::PreLogin::DEFAULT.login_timeout.as_millis() as u64,
             pre_auth_max_frame_bytes: keel_net::PreLogin::DEFAULT.max_frame_bytes,
             max_connections_per_ip: 1000,
+            metrics_public: false,
+            tls_refuse_expired: false,
         }
     }
 }

@@ -5,29 +5,16 @@ mod args;
 pub mod broker;
 pub mod cluster;
 pub mod config;
-mod connection;
-mod console;
-mod controller_link;
-mod dispatch;
+pub mod context;
 pub mod error;
-mod event_loop;
-pub mod groups;
-mod handlers;
-pub mod metrics;
+pub mod http;
 pub mod namesrv;
-mod rates;
-mod reader;
-pub mod schedule;
-pub mod security;
-mod shard;
-#[cfg(test)]
-mod shard_tests;
 
-use broker::Broker;
+use broker::event_loop::{EventLoop, Handoff, LoopParts, WAKER};
 use clap::Parser;
 use config::{Config, Flush};
+use context::Broker;
 use error::BrokerError;
-use event_loop::{EventLoop, Handoff, LoopParts, WAKER};
 use keel_storage::Store;
 use mio::{Poll, Waker};
 use std::io::Write;
@@ -283,9 +270,15 @@ fn check_config(args: &Args, config: &Config) -> std::process::ExitCode {
         .map_or("the embedded default".to_string(), |path| {
             path.display().to_string()
         });
-    match security::Security::check(config) {
-        Ok(()) => {
-            println!("keeld: configuration OK ({source})");
+    match context::security::Security::check(config) {
+        Ok(warnings) => {
+            for warning in &warnings {
+                eprintln!("keeld: WARNING: {warning}");
+            }
+            match warnings.is_empty() {
+                true => println!("keeld: configuration OK ({source})"),
+                false => println!("keeld: configuration OK, with warnings ({source})"),
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
@@ -344,7 +337,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         source,
     };
     let socket = bind(config.listen).map_err(listen_error)?;
-    let security = security::Security::from_config(&config)?;
+    let security = context::security::Security::from_config(&config)?;
     let (store, arm_read_delay) = open_store(&config)?;
     log_recovery(&store);
     socket.listen(1024).map_err(listen_error)?;
@@ -358,7 +351,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         // A master about to start reports the epoch it will begin, so that the
         // controller numbers any later election above it.
         let epoch = store.current_epoch() + u64::from(role.is_master());
-        let report = controller_link::Report {
+        let report = cluster::controller_link::Report {
             config: &config,
             store: &store,
             address,
@@ -370,7 +363,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             sss_epoch: 0,
         }
         .heartbeat();
-        match controller_link::master_at_startup(&config, &report, &security.dial()) {
+        match cluster::controller_link::master_at_startup(&config, &report, &security.dial()) {
             Ok(Some(master)) => {
                 if role.is_master() {
                     log::warn!(
@@ -417,9 +410,9 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         broker.require_lease();
     }
     broker.set_listen_address(address);
-    schedule::start(broker.clone());
-    rates::start(broker.clone());
-    let (readers, reads) = reader::Readers::start(broker.clone(), config.read_threads)
+    broker::schedule::start(broker.clone());
+    broker.start_rates();
+    let pools = broker::shard::Pools::start(config.read_threads)
         .map_err(BrokerError::setup("cannot start the reader threads"))?;
 
     let count = config.event_loop_count();
@@ -444,8 +437,9 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             })
         })
     };
-    let links = security::start(broker.security.authority.clone(), wakers.clone(), read_only)
-        .map_err(BrokerError::setup("cannot start the security thread"))?;
+    let links =
+        broker::security_jobs::start(broker.security.authority.clone(), wakers.clone(), read_only)
+            .map_err(BrokerError::setup("cannot start the security thread"))?;
     for (index, ((poll, waker), security)) in
         polls.into_iter().zip(wakers.clone()).zip(links).enumerate()
     {
@@ -462,7 +456,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             broker: broker.clone(),
             incoming: receiver,
             waiting: waiting.clone(),
-            reads: reads.clone(),
+            pools: pools.clone(),
             loops: count,
             security,
         }));
@@ -475,14 +469,12 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             }
         }));
     }
-    // Only the loops send reads from here on: the readers stop once the loops do.
-    drop(reads);
     loops[0]
         .set_listener(listener, handoffs)
         .map_err(listen_error)?;
     install_signal_handler(broker.clone(), wakers.clone())?;
     if let Some(address) = config.metrics_listen {
-        let bound = metrics::start(broker.clone(), address).map_err(BrokerError::setup(
+        let bound = http::metrics::start(broker.clone(), address).map_err(BrokerError::setup(
             format!("cannot serve metrics on {address}"),
         ))?;
         log::info!("Prometheus metrics on http://{bound}/metrics");
@@ -507,7 +499,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         .clone()
         .unwrap_or_else(|| address.to_string());
     cluster::start_registration(broker.clone(), advertised);
-    controller_link::start(broker.clone(), role.is_master());
+    cluster::controller_link::start(broker.clone(), role.is_master());
     if let Some(arm) = arm_read_delay {
         log::warn!(
             "fault injection: every read of the log now sleeps {} ms",
@@ -525,11 +517,11 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             log::error!("an event loop panicked");
         }
     }
-    readers.stop(Duration::from_secs(1));
+    pools.stop(Duration::from_secs(1));
     match broker.ha() {
-        broker::Ha::Master(master) => master.stop(),
-        broker::Ha::Slave(slave) => slave.stop(),
-        broker::Ha::None => {}
+        context::Ha::Master(master) => master.stop(),
+        context::Ha::Slave(slave) => slave.stop(),
+        context::Ha::None => {}
     }
     store.shutdown();
     let stats = store.stats();

@@ -16,13 +16,11 @@
 //! everywhere else.
 
 use crate::error::{BrokerError, Refusal};
-use bytes::BytesMut;
 use keel_protocol::{
-    decode_frame, BrokerRegistration, BrokerRoute, ErrorCode, Request, Response,
-    DEFAULT_MAX_FRAME_BYTES,
+    BrokerRegistration, BrokerRoute, ErrorCode, Request, Response, DEFAULT_MAX_FRAME_BYTES,
 };
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -292,7 +290,7 @@ impl NameServer {
         match request {
             Request::Ping => Response::Pong,
             Request::Login(keel_protocol::Login::Token(token)) => {
-                match authority.login_token(&token, peer.ip(), secure) {
+                match authority.login_token(keel_security::Port::NameServer, &token, peer.ip(), secure) {
                     Ok(principal) if principal.credential == keel_security::Credential::ClusterToken => {
                         *cluster = true;
                         Response::LoginOk(principal.name)
@@ -362,8 +360,7 @@ impl NameServer {
         let secure = keel_net::is_secure(peer.ip(), stream.is_tls());
         let mut stream = &stream;
         let mut cluster = false;
-        let mut buffer = BytesMut::new();
-        let mut chunk = [0u8; 8192];
+        let mut reader = keel_net::framed::FrameReader::new();
         loop {
             // With a cluster token, only small frames before its LOGIN (routes are
             // asked with a few bytes; a registration comes after the login).
@@ -371,17 +368,10 @@ impl NameServer {
                 true => keel_net::PreLogin::DEFAULT.max_frame_bytes,
                 false => DEFAULT_MAX_FRAME_BYTES,
             };
-            let frame = match decode_frame(&mut buffer, max) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    let read = stream.read(&mut chunk)?;
-                    if read == 0 {
-                        return Ok(());
-                    }
-                    buffer.extend_from_slice(&chunk[..read]);
-                    continue;
-                }
-                Err(error) => {
+            let frame = match reader.next(stream, max)? {
+                keel_net::framed::Next::Frame(frame) => frame,
+                keel_net::framed::Next::Closed => return Ok(()),
+                keel_net::framed::Next::Bad(error) => {
                     let response =
                         Response::error(ErrorCode::MalformedFrame, format!("bad frame: {error}"));
                     let mut out = Vec::new();
@@ -403,12 +393,18 @@ impl NameServer {
                     return Err(invalid(format!("bad {} body: {error}", frame.kind.name())));
                 }
             };
-            if frame.is_oneway() {
-                continue;
+            // An error whose code closes the connection (a failed login, TLS required)
+            // closes it here too, after its answer, as on a broker's port.
+            let closes =
+                matches!(&response, Response::Error(error) if error.code.closes_connection());
+            if !frame.is_oneway() {
+                let mut out = Vec::new();
+                response.encode(frame.request_id, &mut out);
+                stream.write_all(&out)?;
             }
-            let mut out = Vec::new();
-            response.encode(frame.request_id, &mut out);
-            stream.write_all(&out)?;
+            if closes {
+                return Ok(());
+            }
         }
     }
 }

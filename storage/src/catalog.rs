@@ -5,6 +5,7 @@
 //! from a master's stream, or found by recovery; so the three cannot drift apart.
 
 use crate::consume_queue::{IndexEntry, IndexUpdate, QueueIndex, TopicQueues};
+use crate::meta::OffsetKey;
 use crate::producers::{Producers, StoredAt};
 use crate::StoreError;
 use keel_protocol::{Record, QUEUES_MAX, RECORD_FLAG_TOPIC_DELETED};
@@ -106,11 +107,35 @@ pub(crate) struct Catalog {
     pub deleted: BTreeMap<String, Vec<u64>>,
     /// Deletions whose record may not be durable yet (undone if a disk-full rollback
     /// discards the record).
-    pub pending: Vec<crate::deletion::PendingDeletion>,
+    pub pending: Vec<PendingDeletion>,
     /// Records still in the log that no queue holds (a deleted topic's, and deletion
     /// records), by deleted queue: replication proves a shared history by the record
     /// that ends where a log ends, whichever record that is.
-    pub retired: Vec<crate::deletion::Retired>,
+    pub retired: Vec<Retired>,
+}
+
+/// The records of one queue of a deleted topic (or, with `queue_id == DROP_TOPIC`, the
+/// deletion record itself), which the log still holds.
+#[derive(Debug)]
+pub(crate) struct Retired {
+    pub topic: String,
+    /// Log offset of the deletion record.
+    pub deleted_at: u64,
+    pub queue_id: u32,
+    /// Queue offset of the first entry (of `entries[0]`, or where it would be).
+    pub first: u64,
+    /// In log order.
+    pub entries: Vec<IndexEntry>,
+}
+
+/// A deletion whose record may not be durable yet.
+#[derive(Debug)]
+pub(crate) struct PendingDeletion {
+    pub topic: String,
+    pub at: u64,
+    pub end: u64,
+    /// The topic's committed offsets, put back if the deletion is undone.
+    pub offsets: Vec<(OffsetKey, u64)>,
 }
 
 impl Catalog {

@@ -16,33 +16,9 @@
 //!   log holds them: replication proves a shared history by the record that ends
 //!   where a log ends.
 
-use crate::catalog::{Catalog, RecordFacts};
+use crate::catalog::{Catalog, PendingDeletion, RecordFacts, Retired};
 use crate::consume_queue::{IndexEntry, QueueIndex, TopicQueues, DROP_TOPIC};
 use crate::meta::OffsetKey;
-
-/// The records of one queue of a deleted topic (or, with `queue_id == DROP_TOPIC`, the
-/// deletion record itself), which the log still holds.
-#[derive(Debug)]
-pub(crate) struct Retired {
-    pub topic: String,
-    /// Log offset of the deletion record.
-    pub deleted_at: u64,
-    pub queue_id: u32,
-    /// Queue offset of the first entry (of `entries[0]`, or where it would be).
-    pub first: u64,
-    /// In log order.
-    pub entries: Vec<IndexEntry>,
-}
-
-/// A deletion whose record may not be durable yet.
-#[derive(Debug)]
-pub(crate) struct PendingDeletion {
-    pub topic: String,
-    pub at: u64,
-    pub end: u64,
-    /// The topic's committed offsets, put back if the deletion is undone.
-    pub offsets: Vec<(OffsetKey, u64)>,
-}
 
 impl Catalog {
     /// Files the deletion record `facts`: the topic and its records go (retired). A

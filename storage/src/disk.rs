@@ -140,10 +140,17 @@ impl DiskFile for File {
     }
 }
 
+/// The mode of every file the broker creates in its data directory (owner only).
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of every directory it creates there.
+pub const DIR_MODE: u32 = 0o700;
+
 impl Disk for RealDisk {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn DiskFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut options = OpenOptions::new();
-        options.read(true);
+        // What the broker creates only its own user reads: messages are private data.
+        options.read(true).mode(FILE_MODE);
         match mode {
             OpenMode::Read => {}
             OpenMode::ReadWrite => {
@@ -168,7 +175,11 @@ impl Disk for RealDisk {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
     }
 
     fn is_dir(&self, path: &Path) -> bool {
@@ -196,7 +207,9 @@ impl Disk for RealDisk {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
+            .mode(FILE_MODE)
             .write(true)
             .create(true)
             .truncate(false)

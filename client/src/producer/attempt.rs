@@ -12,7 +12,7 @@
 //! - anything else is final (a refusal that retrying cannot change, or a stored
 //!   status other than SEND_OK, unless `retry_when_not_stored_ok`).
 
-use super::{with_queue, Producer, Target};
+use super::parts::{with_queue, Producer, Target};
 use crate::ClientError;
 use keel_protocol::{ErrorCode, Request, Response, SendStatus};
 use std::net::SocketAddr;

@@ -1,12 +1,16 @@
 //! Every way a send can fail, against a fake broker on loopback: which failures mean
 //! "not stored" (a refusal the caller may trust) and which "unknown" (it may be stored).
 
+use super::parts::Target;
 use super::*;
+use crate::Endpoint;
 use bytes::BytesMut;
 use keel_protocol::{decode_frame, ErrorCode, RawFrame};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What the fake broker does with each request it reads.
 #[derive(Clone, Copy)]

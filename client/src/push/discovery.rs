@@ -3,7 +3,8 @@
 //! on the new master when a group fails over (the group's offsets were replicated to it,
 //! so delivery goes on where it was committed: at least once, never a skip).
 
-use super::{Delivery, IntoConsumeResult, PushConsumer, PushConsumerOptions};
+use super::model::{Delivery, IntoConsumeResult, PushConsumerOptions};
+use super::PushConsumer;
 use crate::{fetch_routes, ClientError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -85,7 +86,7 @@ impl DiscoveringPushConsumer {
         let mut options = options;
         // One member id for every group's consumer: this process is one member.
         if options.consumer.member_id.is_none() {
-            options.consumer.member_id = Some(super::default_member_id());
+            options.consumer.member_id = Some(super::model::default_member_id());
         }
         let name_servers: Vec<String> = name_servers.iter().map(|s| s.to_string()).collect();
         let handler: Handler<R> = Arc::new(handler);

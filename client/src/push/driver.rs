@@ -1,6 +1,6 @@
 //! The consumer's driver thread: its state, its loop, and the way out.
 
-use super::{Event, Job, PushConsumerOptions, PushStats, QueueKey, QueueState, Revoked};
+use super::model::{Event, Job, PushConsumerOptions, PushStats, QueueKey, QueueState, Revoked};
 use crate::connection::Connection;
 use crate::ClientError;
 use keel_protocol::{Request, Response};

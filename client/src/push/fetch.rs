@@ -4,7 +4,7 @@
 
 use super::driver::Driver;
 use super::handling::{delivery_of, matches_filter};
-use super::{Event, Job, QueueKey};
+use super::model::{Event, Job, QueueKey};
 use crate::ClientError;
 use keel_protocol::{PullRequest, PullResult, PullStatus, Request, Response};
 use std::sync::atomic::Ordering;

@@ -3,7 +3,7 @@
 //! not be sent back is handled again here.
 
 use super::driver::Driver;
-use super::{ConsumeResult, Delivery, Event, IntoConsumeResult, Job, QueueKey, Revoked};
+use super::model::{ConsumeResult, Delivery, Event, IntoConsumeResult, Job, QueueKey, Revoked};
 use crate::ClientError;
 use keel_protocol::{Record, Request, Response, SendBackRequest, SendStatus};
 use std::collections::BTreeSet;

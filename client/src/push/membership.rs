@@ -3,7 +3,7 @@
 //! starts; and which broker (the master, or a slave while it is unreachable) serves.
 
 use super::driver::Driver;
-use super::{QueueKey, QueueState, StartFrom};
+use super::model::{QueueKey, QueueState, StartFrom};
 use crate::connection::{Connection, ConnectionOptions};
 use crate::{ClientError, Endpoint};
 use keel_protocol::{

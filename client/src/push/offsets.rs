@@ -3,7 +3,7 @@
 //! (waiting for the answer). A commit refused as NOT_OWNER drops the queue at once.
 
 use super::driver::Driver;
-use super::{Event, QueueKey};
+use super::model::{Event, QueueKey};
 use crate::ClientError;
 use keel_protocol::{ErrorCode, GroupCommitRequest, Request, Response};
 

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn http_address(broker: &BrokerProcess) -> String {
+pub(crate) fn http_address(broker: &BrokerProcess) -> String {
     let mut address = None;
     wait_until(
         "the console address in the log",
@@ -26,7 +26,7 @@ fn http_address(broker: &BrokerProcess) -> String {
 }
 
 /// GET `path`: the status code and the body.
-fn get(address: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn get(address: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect");
     let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(

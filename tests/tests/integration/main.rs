@@ -12,6 +12,7 @@ mod crash;
 mod failover_clients;
 mod group_delete;
 mod groups;
+mod hardening;
 mod harness;
 mod idempotence;
 mod python_client;

@@ -20,17 +20,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const ADMIN_PASSWORD: &str = "admin password 1";
+pub(crate) const ADMIN_PASSWORD: &str = "admin password 1";
 
 /// Certificates for the tests: a CA, a broker certificate for 127.0.0.1 and
 /// localhost, one for localhost alone, a client certificate, a certificate from
 /// another CA, an expired one.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
         let ca = |name: &str| {
@@ -79,7 +79,7 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 
@@ -181,7 +181,7 @@ fn grant(
 }
 
 /// A broker with `auth = "required"` and its first operator.
-fn secured_broker(security: &str) -> BrokerProcess {
+pub(crate) fn secured_broker(security: &str) -> BrokerProcess {
     secured_broker_with(security, "")
 }
 
@@ -761,7 +761,7 @@ fn replication_and_promotion_over_tls_need_the_cluster_token_and_keep_the_rules(
     );
 }
 
-fn spawn_line(command: &mut Command, prefix: &str) -> (std::process::Child, String) {
+pub(crate) fn spawn_line(command: &mut Command, prefix: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = command
         .stdin(Stdio::null())
@@ -869,7 +869,7 @@ fn name_servers_and_controllers_take_cluster_requests_only_with_the_cluster_toke
 }
 
 /// `keel` with environment variables (secrets never go on the command line).
-fn keel_with(broker: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+pub(crate) fn keel_with(broker: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(crate::cli::KEEL);
     command
         .arg("--broker")

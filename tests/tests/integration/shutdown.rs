@@ -216,7 +216,17 @@ fn the_systemd_unit_verifies() {
         "/../deploy/keeld.service"
     ))
     .unwrap();
-    assert!(unit.contains("Type=notify") && unit.contains("RestartPreventExitStatus=3"));
+    // A configuration error (2) or damaged data (3) is not restarted every 2 s.
+    let prevented: Vec<&str> = unit
+        .lines()
+        .filter_map(|line| line.strip_prefix("RestartPreventExitStatus="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(unit.contains("Type=notify"));
+    assert!(
+        prevented.contains(&"2") && prevented.contains(&"3"),
+        "RestartPreventExitStatus must hold 2 and 3: {prevented:?}"
+    );
     let temp = tempfile::tempdir().unwrap();
     let path = temp.path().join("keeld.service");
     std::fs::write(

@@ -1,11 +1,10 @@
 //! Handlers against a `Shard`, without sockets: requests go in through `dispatch`,
 //! answers come out of the outbox, as the event loop would see them.
 
-use crate::broker::{Broker, Ha};
+use crate::broker::connection::ReplyTo;
+use crate::broker::shard::{Pools, Shard};
 use crate::config::Config;
-use crate::connection::ReplyTo;
-use crate::reader::Readers;
-use crate::shard::Shard;
+use crate::context::{Broker, Ha};
 use keel_protocol::{
     BrokerRole, CreateTopicRequest, ErrorCode, GroupCommitRequest, HeartbeatRequest, Message,
     PullRequest, PullStatus, Request, Response, SendStatus,
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 /// threads. Stopped (store shut down, threads joined) on drop, before the directory goes.
 struct Fixture {
     shard: Option<Shard>,
-    readers: Option<Readers>,
+    pools: Option<Pools>,
     store: Arc<Store>,
     _poll: Poll,
     _dir: tempfile::TempDir,
@@ -35,7 +34,7 @@ impl Fixture {
         adjust(&mut config);
         let store = Store::open(config.store_config()).unwrap();
         store.begin_epoch().unwrap();
-        let security = crate::security::Security::from_config(&config).unwrap();
+        let security = crate::context::security::Security::from_config(&config).unwrap();
         let broker = Arc::new(Broker::new(
             config,
             store.clone(),
@@ -43,13 +42,14 @@ impl Fixture {
             Ha::None,
             security,
         ));
-        let (readers, reads) = Readers::start(broker.clone(), 2).unwrap();
+        let pools = Pools::start(2).unwrap();
         let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), crate::event_loop::WAKER).unwrap());
-        let shard = Shard::new(broker, reads, waker);
+        let waker =
+            Arc::new(Waker::new(poll.registry(), crate::broker::event_loop::WAKER).unwrap());
+        let shard = Shard::new(broker, pools.clone(), waker);
         Fixture {
             shard: Some(shard),
-            readers: Some(readers),
+            pools: Some(pools),
             store,
             _poll: poll,
             _dir: dir,
@@ -104,10 +104,10 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // The shard holds the readers' channel: they end once it is gone.
+        // The shard holds the pools too: they stop once it is gone.
         self.shard.take();
-        if let Some(readers) = self.readers.take() {
-            readers.stop(Duration::from_secs(5));
+        if let Some(pools) = self.pools.take() {
+            pools.stop(Duration::from_secs(5));
         }
         self.store.shutdown();
     }

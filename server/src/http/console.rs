@@ -7,12 +7,12 @@
 //! holding `admin:stats` (`admin:lookup` for messages and dead letters); a token is accepted only from
 //! loopback, since this port speaks plaintext HTTP. The page itself holds no data.
 
-use crate::broker::{Broker, Ha};
+use crate::context::{Broker, Ha};
 use keel_security::{Action, AuthMode, ResourceType};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
-const PAGE: &str = include_str!("../console/index.html");
+const PAGE: &str = include_str!("console/index.html");
 
 /// An HTTP answer: status line, content type, body.
 pub(crate) struct Answer {
@@ -79,7 +79,9 @@ pub(crate) fn serve(
     }
 }
 
-fn authorize(
+/// Whether the `Authorization: Bearer` token may do `action` on `admin:*` (always,
+/// with logins off). Failures count toward the console's own login limit.
+pub(crate) fn authorize(
     broker: &Broker,
     authorization: Option<&str>,
     peer: SocketAddr,
@@ -97,6 +99,7 @@ fn authorize(
     };
     let principal = authority
         .login_token(
+            keel_security::Port::Console,
             token.trim(),
             peer.ip(),
             keel_net::is_secure(peer.ip(), false),
@@ -422,7 +425,7 @@ fn message(broker: &Broker, query: &str) -> Answer {
         (None, false) => 0,
         _ => return error("400 Bad Request", "give id=HEX or key=KEY"),
     };
-    match crate::handlers::message_info::lookup(broker, msg_id, &key) {
+    match crate::broker::handlers::message_info::lookup(broker, msg_id, &key) {
         Ok(facts) => {
             let facts: Vec<Value> = facts
                 .into_iter()

@@ -9,9 +9,10 @@
 //! Every answer goes to the outbox, which the loop writes to its connections: a shard
 //! never touches a socket, so handlers are tested without one (`shard_tests.rs`).
 
-use crate::broker::Broker;
-use crate::connection::ReplyTo;
-use crate::reader::{ReadDone, ReadJob, ReadOutcome, ReadRequest};
+use crate::broker::connection::ReplyTo;
+use crate::broker::reader::{ReadDone, ReadJob, ReadOutcome};
+use crate::broker::workers::{guarded, internal, Workers};
+use crate::context::Broker;
 use keel_protocol::{ErrorCode, PullRequest, Response, SendBatchResult, SendResult, SendStatus};
 use mio::Waker;
 use std::collections::{HashMap, VecDeque};
@@ -134,6 +135,48 @@ impl PendingSends {
     }
 }
 
+/// The thread pools a shard hands work to (`workers.rs`), shared by every loop.
+#[derive(Clone)]
+pub(crate) struct Pools {
+    /// PULLs and lookups by time (`read_threads`).
+    pub reads: Arc<Workers>,
+    /// Requests that may block: a deletion's durability wait, a promotion, a lookup.
+    pub slow: Arc<Workers>,
+}
+
+impl Pools {
+    /// Jobs each pool's queue holds before it refuses more (OVERLOADED).
+    pub const READS_QUEUED_MAX: usize = 1 << 16;
+    pub const SLOW_QUEUED_MAX: usize = 64;
+    /// Threads for the slow requests.
+    pub const SLOW_THREADS: usize = 4;
+
+    pub(crate) fn start(read_threads: usize) -> std::io::Result<Pools> {
+        Ok(Pools {
+            reads: Arc::new(Workers::start(
+                "reader",
+                read_threads,
+                Pools::READS_QUEUED_MAX,
+            )?),
+            slow: Arc::new(Workers::start(
+                "slow",
+                Pools::SLOW_THREADS,
+                Pools::SLOW_QUEUED_MAX,
+            )?),
+        })
+    }
+
+    /// Stops both pools once no loop holds them any more, waiting up to `wait` each.
+    pub(crate) fn stop(self, wait: std::time::Duration) {
+        for pool in [self.reads, self.slow] {
+            match Arc::try_unwrap(pool) {
+                Ok(pool) => pool.stop(wait),
+                Err(_) => log::warn!("a thread pool is still shared at shutdown; not waiting"),
+            }
+        }
+    }
+}
+
 /// A reply computed off the loop (a promotion, a lookup), sent once `outcome` is set.
 pub(crate) struct PendingReply {
     pub to: ReplyTo,
@@ -175,8 +218,8 @@ pub(crate) struct Shard {
     pending_meta: VecDeque<PendingMeta>,
     pending_replies: Vec<PendingReply>,
     parked_pulls: Vec<ParkedPull>,
-    /// Where reads of the log go (the reader threads), and how their answers come back.
-    reads: Sender<ReadRequest>,
+    /// The reader threads and the slow requests' threads; how reads' answers come back.
+    pools: Pools,
     reads_done: Receiver<ReadDone>,
     reads_done_sender: Sender<ReadDone>,
     /// Wakes the loop when a read or a thread finishes.
@@ -193,7 +236,7 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(broker: Arc<Broker>, reads: Sender<ReadRequest>, waker: Arc<Waker>) -> Shard {
+    pub(crate) fn new(broker: Arc<Broker>, pools: Pools, waker: Arc<Waker>) -> Shard {
         let (reads_done_sender, reads_done) = std::sync::mpsc::channel();
         Shard {
             broker,
@@ -201,7 +244,7 @@ impl Shard {
             pending_meta: VecDeque::new(),
             pending_replies: Vec::new(),
             parked_pulls: Vec::new(),
-            reads,
+            pools,
             reads_done,
             reads_done_sender,
             waker,
@@ -290,29 +333,28 @@ impl Shard {
         });
     }
 
-    /// Runs `work` on a thread of its own (it may block: fsync, a whole-log scan) and
-    /// answers `to` with its response once it is done. Returns whether the thread
-    /// started (if not, `to` was answered with an error).
-    pub(crate) fn reply_from_thread(
+    /// Runs `work` on the slow requests' threads (it may block: a durability wait, a
+    /// whole-log scan, a promotion) and answers `to` with its response once it is done,
+    /// INTERNAL if it panicked. Returns whether it was taken (if not, `to` was answered
+    /// OVERLOADED or SHUTTING_DOWN).
+    pub(crate) fn offload(
         &mut self,
         to: ReplyTo,
-        name: &str,
+        what: &'static str,
         work: impl FnOnce(&Broker) -> Response + Send + 'static,
     ) -> bool {
         let outcome = Arc::new(Mutex::new(None));
         let filled = outcome.clone();
         let broker = self.broker.clone();
         let waker = self.waker.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let response = work(&broker);
-                *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
-                let _ = waker.wake();
-            });
-        if let Err(error) = spawned {
-            let detail = format!("cannot start a thread for this request: {error}");
-            self.reply(to, Response::error(ErrorCode::Internal, detail));
+        let submitted = self.pools.slow.submit(move || {
+            let response = guarded(what, || work(&broker), |panic| internal(what, panic));
+            *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
+            let _ = waker.wake();
+        });
+        if let Err(refused) = submitted {
+            let response = self.pools.slow.refusal(refused);
+            self.reply(to, response);
             return false;
         }
         self.wait_for(to.connection_id, |waits| waits.answers += 1);
@@ -331,14 +373,27 @@ impl Shard {
     /// Hands a read of the log to the reader threads.
     pub(crate) fn submit_read(&mut self, to: ReplyTo, job: ReadJob) {
         let pull = matches!(job, ReadJob::Pull { .. });
-        let request = ReadRequest {
-            reply_to: to,
-            job,
-            done: self.reads_done_sender.clone(),
-            waker: self.waker.clone(),
-        };
-        if self.reads.send(request).is_err() {
-            let response = Response::error(ErrorCode::Internal, "the reader threads stopped");
+        let broker = self.broker.clone();
+        let done = self.reads_done_sender.clone();
+        let waker = self.waker.clone();
+        let submitted = self.pools.reads.submit(move || {
+            let outcome = guarded(
+                "a read",
+                || crate::broker::reader::read(&broker, job),
+                |panic| ReadOutcome::Reply(internal("the read", panic)),
+            );
+            let done_read = ReadDone {
+                reply_to: to,
+                pull,
+                outcome,
+            };
+            // The loop may have stopped meanwhile; then nobody waits for this answer.
+            if done.send(done_read).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        if let Err(refused) = submitted {
+            let response = self.pools.reads.refusal(refused);
             self.answer_read(to, pull, response);
             return;
         }

@@ -2,8 +2,9 @@
 //! (`metrics_listen`, off by default). One small request at a time, bounded in size and
 //! time: a scraper can never slow the event loops.
 
-use crate::broker::Broker;
-use keel_storage::histogram::{Histogram, HistogramSnapshot};
+use crate::context::Broker;
+use keel_security::Action;
+use keel_storage::histogram::HistogramSnapshot;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -127,6 +128,13 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
         return respond(stream, "405 Method Not Allowed", "text/plain", "only GET\n");
     }
     if path == "/metrics" {
+        if !broker.config.security.metrics_public {
+            let token = header("authorization");
+            let allowed = crate::http::console::authorize(broker, token, peer, Action::Stats);
+            if let Err(refusal) = allowed {
+                return respond(stream, refusal.status, refusal.content_type, &refusal.body);
+            }
+        }
         return respond(
             stream,
             "200 OK",
@@ -134,7 +142,8 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
             &render(broker),
         );
     }
-    let answer = crate::console::serve(broker, path, header("host"), header("authorization"), peer);
+    let answer =
+        crate::http::console::serve(broker, path, header("host"), header("authorization"), peer);
     respond(stream, answer.status, answer.content_type, &answer.body)
 }
 
@@ -814,7 +823,7 @@ pub fn render(broker: &Broker) -> String {
         &[(String::new(), timings.records_per_fsync.snapshot())],
     );
     let acks = match broker.ha() {
-        crate::broker::Ha::Master(master) => vec![(String::new(), master.ack_seconds.snapshot())],
+        crate::context::Ha::Master(master) => vec![(String::new(), master.ack_seconds.snapshot())],
         _ => Vec::new(),
     };
     out.histogram(
@@ -823,60 +832,4 @@ pub fn render(broker: &Broker) -> String {
         &acks,
     );
     out.out
-}
-
-/// Send latency by outcome (the labels of `keel_send_duration_seconds`).
-pub struct SendLatency {
-    by_outcome: Vec<(&'static str, Histogram)>,
-}
-
-impl Default for SendLatency {
-    fn default() -> SendLatency {
-        let outcomes = [
-            "send_ok",
-            "flush_disk_timeout",
-            "flush_slave_timeout",
-            "slave_not_available",
-            "outcome_unknown",
-            "failed",
-        ];
-        SendLatency {
-            by_outcome: outcomes
-                .into_iter()
-                .map(|outcome| (outcome, Histogram::new(keel_storage::histogram::SECONDS)))
-                .collect(),
-        }
-    }
-}
-
-impl SendLatency {
-    /// Records the time from a send's arrival to `response`, under the response's
-    /// outcome.
-    pub fn observe(&self, response: &keel_protocol::Response, elapsed: Duration) {
-        use keel_protocol::{Response, SendStatus};
-        let outcome = match response {
-            Response::SendResult(result) => status_name(result.status),
-            Response::SendBatchResult(result) => status_name(result.status),
-            _ => "failed",
-        };
-        fn status_name(status: SendStatus) -> &'static str {
-            match status {
-                SendStatus::SendOk => "send_ok",
-                SendStatus::FlushDiskTimeout => "flush_disk_timeout",
-                SendStatus::FlushSlaveTimeout => "flush_slave_timeout",
-                SendStatus::SlaveNotAvailable => "slave_not_available",
-                SendStatus::OutcomeUnknown => "outcome_unknown",
-            }
-        }
-        if let Some((_, histogram)) = self.by_outcome.iter().find(|(name, _)| *name == outcome) {
-            histogram.observe_duration(elapsed);
-        }
-    }
-
-    fn snapshots(&self) -> Vec<(String, HistogramSnapshot)> {
-        self.by_outcome
-            .iter()
-            .map(|(outcome, histogram)| (format!("outcome=\"{outcome}\""), histogram.snapshot()))
-            .collect()
-    }
 }

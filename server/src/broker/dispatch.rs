@@ -1,8 +1,8 @@
 //! One decoded request to its handler.
 
-use crate::connection::ReplyTo;
-use crate::handlers::{admin, group, message_info, pull, send};
-use crate::shard::Shard;
+use crate::broker::connection::ReplyTo;
+use crate::broker::handlers::{admin, group, message_info, pull, send};
+use crate::broker::shard::Shard;
 use keel_protocol::{ErrorCode, Request, Response};
 
 impl Shard {

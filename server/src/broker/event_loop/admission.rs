@@ -40,7 +40,7 @@ impl EventLoop {
                 peer: connection.peer,
                 secure: connection.is_secure(),
             };
-            match self.security.submit(self.index, job) {
+            match self.security.submit(job) {
                 Ok(()) => connection.login_pending = true,
                 Err(response) => self.shard.reply(to, response),
             }
@@ -58,6 +58,16 @@ impl EventLoop {
                 "{} before LOGIN: this broker requires a login (auth = \"required\")",
                 request.kind().name()
             );
+            // A oneway request is never answered, a refusal included: it is dropped and
+            // the connection closed without an ERROR frame (docs/PROTOCOL.md, LOGIN).
+            if oneway {
+                log::warn!(
+                    "closing connection from {}: oneway {message}",
+                    connection.peer
+                );
+                self.close_quietly(to.key);
+                return false;
+            }
             self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
             return false;
         };
@@ -77,7 +87,7 @@ impl EventLoop {
             }
             connection.principal_version = version;
         }
-        if let Some(missing) = crate::security::refusal(&authority, principal, request) {
+        if let Some(missing) = crate::broker::permissions::refusal(&authority, principal, request) {
             self.broker
                 .counters
                 .permission_denied
@@ -107,7 +117,7 @@ impl EventLoop {
                 peer: connection.peer,
                 command: command.0.clone(),
             };
-            if let Err(response) = self.security.submit(self.index, job) {
+            if let Err(response) = self.security.submit(job) {
                 self.shard.reply(to, response);
             }
             return false;

@@ -10,9 +10,9 @@
 //! - a master waits for the acks of its committed SyncStateSet, plus the slaves it is
 //!   asking to add, before answering `SEND_OK`.
 
-use crate::broker::{Broker, Ha};
 use crate::cluster;
 use crate::config::Config;
+use crate::context::{Broker, Ha};
 use keel_controller_api::api::{BrokerHeartbeat, GroupView};
 use keel_protocol::BrokerRole;
 use keel_replication::{HaMaster, HaSlave, WaitSet};

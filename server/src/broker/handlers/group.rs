@@ -1,11 +1,11 @@
 //! Consumer groups: heartbeats (membership and queue assignment), commits fenced by
 //! queue ownership, and messages sent back for a later retry or the dead-letter topic.
 
-use crate::connection::ReplyTo;
+use crate::broker::connection::ReplyTo;
+use crate::broker::handlers::{admin, send};
+use crate::broker::schedule::{self, property};
+use crate::broker::shard::Shard;
 use crate::error::Refusal;
-use crate::handlers::{admin, send};
-use crate::schedule::{self, property};
-use crate::shard::Shard;
 use keel_protocol::{
     dlq_topic, message_id, now_ms, retry_topic, validate_topic, Assignment, CommitOffsetRequest,
     ErrorCode, GroupCommitRequest, HeartbeatRequest, Response, SendBackRequest, QUEUE_ID_ANY,

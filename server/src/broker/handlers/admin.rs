@@ -1,10 +1,10 @@
 //! Topics, plain consumer offsets, and promotion: requests of operators and of the
 //! simpler clients.
 
-use crate::connection::ReplyTo;
+use crate::broker::connection::ReplyTo;
+use crate::broker::handlers::send;
+use crate::broker::shard::Shard;
 use crate::error::Refusal;
-use crate::handlers::send;
-use crate::shard::Shard;
 use keel_protocol::{
     BrokerRole, CommitOffsetRequest, CreateTopicRequest, ErrorCode, ListTopicsRequest,
     QueryOffsetRequest, QueueInfo, Response, TopicCreated, TopicDeleted, TopicInfo,
@@ -123,7 +123,7 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
         deletion.bytes,
         if force { ", forced" } else { "" }
     );
-    shard.reply_from_thread(to, "keel-delete-topic", move |broker| {
+    shard.offload(to, "keel-delete-topic", move |broker| {
         let config = &broker.config;
         let timeout = config.sync_flush_timeout_ms.max(config.slave_timeout_ms);
         let deadline = Instant::now() + Duration::from_millis(timeout);
@@ -174,7 +174,7 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
 
 /// Why `topic` is in use, if it is: groups with live members on it, or messages
 /// stored in it over the last minute.
-fn in_use(broker: &crate::broker::Broker, topic: &str) -> Option<String> {
+fn in_use(broker: &crate::context::Broker, topic: &str) -> Option<String> {
     let mut reasons = Vec::new();
     let live = broker.groups.live_on(topic);
     if !live.is_empty() {
@@ -222,10 +222,10 @@ pub(crate) fn on_list_topics(shard: &mut Shard, to: ReplyTo, list: ListTopicsReq
     shard.reply(to, Response::TopicList(topics));
 }
 
-/// PROMOTE: a slave becomes a master. Done on a thread of its own (it stops the
+/// PROMOTE: a slave becomes a master. Done on the slow requests' threads (it stops the
 /// replication threads and fsyncs), answered when finished.
 pub(crate) fn on_promote(shard: &mut Shard, to: ReplyTo, role: BrokerRole, force: bool) {
-    shard.reply_from_thread(
+    shard.offload(
         to,
         "keel-promote",
         move |broker| match crate::cluster::promote(broker, role, force) {

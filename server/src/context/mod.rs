@@ -1,4 +1,11 @@
-//! State shared by every event loop.
+//! What every part of keeld shares: the `Broker` context (configuration, the store,
+//! counters, the replication side, security, group membership) and the state types it
+//! owns. Nothing here imports the parts that use it (`broker`, `cluster`, `http`).
+
+pub mod groups;
+pub mod latency;
+pub mod rates;
+pub mod security;
 
 use crate::config::Config;
 use keel_protocol::BrokerRole;
@@ -59,7 +66,7 @@ pub struct Broker {
     /// Set when a name server says a newer master replaced this one: sends are refused.
     fenced: std::sync::Mutex<Option<String>>,
     /// Consumer group membership and queue ownership.
-    pub groups: crate::groups::Groups,
+    pub groups: groups::Groups,
     /// (group, topic, queue) -> the next queue offset a PULL of that group was served:
     /// what was delivered (for message lookups; in memory only).
     pub delivered: std::sync::Mutex<std::collections::HashMap<(String, String, u32), u64>>,
@@ -69,13 +76,13 @@ pub struct Broker {
     /// With a controller: its last answer, and when it came.
     pub controller_view: std::sync::Mutex<Option<(keel_controller_api::api::GroupView, Instant)>>,
     /// TLS, logins and permissions.
-    pub security: crate::security::Security,
+    pub security: security::Security,
     /// From a send's arrival to its answer, by outcome (Prometheus).
-    pub send_latency: crate::metrics::SendLatency,
+    pub send_latency: latency::SendLatency,
     /// Open connections per client address (`max_connections_per_ip`).
     pub connections_per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Each topic's totals over the last minute (`rates.rs`).
-    pub rates: crate::rates::Rates,
+    pub rates: rates::Rates,
 }
 
 impl Broker {
@@ -84,13 +91,13 @@ impl Broker {
         store: Arc<Store>,
         role: BrokerRole,
         ha: Ha,
-        security: crate::security::Security,
+        security: security::Security,
     ) -> Broker {
         Broker {
             security,
-            send_latency: crate::metrics::SendLatency::default(),
+            send_latency: latency::SendLatency::default(),
             connections_per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
-            rates: crate::rates::Rates::default(),
+            rates: rates::Rates::default(),
             config,
             store,
             counters: Counters::default(),
@@ -101,7 +108,7 @@ impl Broker {
             registration: Notifier::default(),
             listen: std::sync::OnceLock::new(),
             fenced: std::sync::Mutex::new(None),
-            groups: crate::groups::Groups::default(),
+            groups: groups::Groups::default(),
             delivered: std::sync::Mutex::new(std::collections::HashMap::new()),
             lease_until_ms: AtomicU64::new(u64::MAX),
             controller_view: std::sync::Mutex::new(None),
@@ -468,4 +475,34 @@ pub fn process_cpu_us() -> (u64, u64) {
     let micros =
         |time: libc::timeval| (time.tv_sec.max(0) as u64) * 1_000_000 + time.tv_usec.max(0) as u64;
     (micros(usage.ru_utime), micros(usage.ru_stime))
+}
+
+impl Broker {
+    /// TOPIC_STATS: each queue's range and size, and what the topic took in over the
+    /// last minute (`topic`, or every topic when empty). Memory only.
+    pub fn topic_stats(&self, topic: &str) -> Vec<keel_protocol::TopicStats> {
+        self.rates.topic_stats(&self.store, topic)
+    }
+
+    /// Messages a second each (group, topic) committed over the broker's last minute.
+    pub fn commit_rates(&self) -> std::collections::HashMap<(String, String), f64> {
+        self.rates.commit_rates(&self.store)
+    }
+
+    /// Starts the thread that notes the totals rates are computed from, every second
+    /// until the broker shuts down.
+    pub fn start_rates(self: &Arc<Self>) {
+        let broker = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keel-rates".into())
+            .spawn(move || {
+                while !broker.is_shutting_down() {
+                    rates::note_now(&broker.rates, &broker.store);
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            });
+        if let Err(error) = spawned {
+            log::error!("cannot start the rates thread (TOPIC_STATS rates stay 0): {error}");
+        }
+    }
 }

@@ -10,12 +10,13 @@
 mod accept;
 mod admission;
 
-use crate::broker::Broker;
-use crate::connection::ReplyTo;
-use crate::connection::{Connection, FirstByte, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX};
-use crate::reader::ReadRequest;
-use crate::security::{Done, Job, SecurityLink};
-use crate::shard::Shard;
+use crate::broker::connection::ReplyTo;
+use crate::broker::connection::{
+    Connection, FirstByte, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX,
+};
+use crate::broker::security_jobs::{Done, Job, SecurityLink};
+use crate::broker::shard::Shard;
+use crate::context::Broker;
 use keel_protocol::{decode_frame, ErrorCode, RawFrame, Request, Response};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -105,7 +106,7 @@ pub struct LoopParts {
     pub broker: Arc<Broker>,
     pub incoming: Receiver<(TcpStream, SocketAddr)>,
     pub waiting: Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) reads: Sender<ReadRequest>,
+    pub(crate) pools: crate::broker::shard::Pools,
     /// Loops sharing `partial_frames_max_bytes`.
     pub loops: usize,
     pub(crate) security: SecurityLink,
@@ -120,7 +121,7 @@ impl EventLoop {
             broker,
             incoming,
             waiting,
-            reads,
+            pools,
             loops,
             security,
         } = parts;
@@ -131,7 +132,7 @@ impl EventLoop {
         EventLoop {
             index,
             poll,
-            shard: Shard::new(broker.clone(), reads, waker),
+            shard: Shard::new(broker.clone(), pools, waker),
             broker,
             listener: None,
             handoffs: Vec::new(),
@@ -474,8 +475,14 @@ impl EventLoop {
         }
         match Request::decode(&frame) {
             Ok(request) => {
-                if self.admit(to, frame.is_oneway(), &request) {
-                    self.shard.dispatch(to, frame.is_oneway(), request)
+                // ONEWAY means something on SEND and SEND_BATCH only; elsewhere ignored.
+                let oneway = frame.is_oneway()
+                    && matches!(
+                        frame.kind,
+                        keel_protocol::Kind::Send | keel_protocol::Kind::SendBatch
+                    );
+                if self.admit(to, oneway, &request) {
+                    self.shard.dispatch(to, oneway, request)
                 }
             }
             Err(error) => {
@@ -692,6 +699,18 @@ impl EventLoop {
         Response::error(code, message).encode(request_id, &mut connection.write_buffer);
         connection.closing = true;
         // Freed, not just emptied: the connection may linger a while (`LINGER`).
+        connection.read_buffer = bytes::BytesMut::new();
+        self.dirty.push(key);
+    }
+
+    /// Closes connection `key` once what it is owed is written, without an answer of
+    /// its own (a oneway request refused).
+    fn close_quietly(&mut self, key: usize) {
+        self.deliver_outbox();
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        connection.closing = true;
         connection.read_buffer = bytes::BytesMut::new();
         self.dirty.push(key);
     }

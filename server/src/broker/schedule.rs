@@ -13,7 +13,7 @@
 //! Runs on masters only; a slave receives the records and the progress through
 //! replication and starts delivering when promoted.
 
-use crate::broker::Broker;
+use crate::context::Broker;
 use keel_protocol::now_ms;
 use keel_protocol::{Message, Record, SCHEDULE_TOPIC};
 use std::sync::Arc;

@@ -5,16 +5,12 @@
 //! goes on serving its other connections; a reader thread does the `pread`s, builds
 //! the answer, hands it back on the loop's channel and wakes the loop, which writes it.
 
-use crate::broker::Broker;
-use crate::connection::ReplyTo;
+use crate::broker::connection::ReplyTo;
+use crate::context::Broker;
 use crate::error::Refusal;
 use keel_protocol::{OffsetForTimeRequest, PullRequest, PullResult, PullStatus, Response};
 use keel_storage::{QueueRead, ReadStatus, StoreError};
-use mio::Waker;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Upper bound on the records of one PULL_RESULT (a single larger record still goes).
@@ -29,14 +25,6 @@ pub(crate) enum ReadJob {
         long_poll_until: Option<Instant>,
     },
     OffsetForTime(OffsetForTimeRequest),
-}
-
-pub(crate) struct ReadRequest {
-    pub reply_to: ReplyTo,
-    pub job: ReadJob,
-    /// The asking loop's channel and waker.
-    pub done: Sender<ReadDone>,
-    pub waker: Arc<Waker>,
 }
 
 pub(crate) enum ReadOutcome {
@@ -55,73 +43,14 @@ pub(crate) struct ReadDone {
     pub outcome: ReadOutcome,
 }
 
-/// The reader threads; they end when every sender of their channel is gone.
-pub(crate) struct Readers {
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Readers {
-    /// Starts `count` reader threads; returns them and the channel loops send on.
-    pub(crate) fn start(
-        broker: Arc<Broker>,
-        count: usize,
-    ) -> std::io::Result<(Readers, Sender<ReadRequest>)> {
-        let (sender, receiver) = std::sync::mpsc::channel::<ReadRequest>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut threads = Vec::with_capacity(count);
-        for index in 0..count {
-            let (broker, receiver) = (broker.clone(), receiver.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("keel-reader-{index}"))
-                    .spawn(move || run(&broker, &receiver))?,
-            );
-        }
-        Ok((Readers { threads }, sender))
-    }
-
-    /// Waits up to `wait` for the threads to end (call once every sender was dropped).
-    /// A thread stuck on a stalled disk is left behind rather than holding up the
-    /// shutdown: nobody waits for its answer any more.
-    pub(crate) fn stop(self, wait: std::time::Duration) {
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline && !self.threads.iter().all(|t| t.is_finished()) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        for thread in self.threads {
-            if !thread.is_finished() {
-                log::warn!("a reader thread is still waiting on the disk; not waiting for it");
-            } else if thread.join().is_err() {
-                log::error!("a reader thread panicked");
-            }
-        }
-    }
-}
-
-fn run(broker: &Broker, receiver: &Mutex<Receiver<ReadRequest>>) {
-    loop {
-        let request = {
-            let receiver = receiver.lock().unwrap_or_else(|poison| poison.into_inner());
-            receiver.recv()
-        };
-        let Ok(request) = request else { return };
-        let pull = matches!(request.job, ReadJob::Pull { .. });
-        let outcome = match request.job {
-            ReadJob::Pull {
-                pull,
-                long_poll_until,
-            } => read_pull(broker, pull, long_poll_until),
-            ReadJob::OffsetForTime(query) => ReadOutcome::Reply(offset_for_time(broker, &query)),
-        };
-        let done = ReadDone {
-            reply_to: request.reply_to,
+/// Carries out one read of the log (on a reader thread: `Pools::reads`).
+pub(crate) fn read(broker: &Broker, job: ReadJob) -> ReadOutcome {
+    match job {
+        ReadJob::Pull {
             pull,
-            outcome,
-        };
-        // The loop may have stopped meanwhile; then nobody waits for this answer.
-        if request.done.send(done).is_ok() {
-            let _ = request.waker.wake();
-        }
+            long_poll_until,
+        } => read_pull(broker, pull, long_poll_until),
+        ReadJob::OffsetForTime(query) => ReadOutcome::Reply(offset_for_time(broker, &query)),
     }
 }
 

@@ -1,9 +1,9 @@
 //! SEND and SEND_BATCH: check, append (a memory copy), and leave the answer pending
 //! until the records are durable by this broker's standard.
 
-use crate::connection::ReplyTo;
+use crate::broker::connection::ReplyTo;
+use crate::broker::shard::{Acked, PendingSend, Shard};
 use crate::error::Refusal;
-use crate::shard::{Acked, PendingSend, Shard};
 use keel_protocol::{now_ms, BrokerRole, ErrorCode, Message, SendResult, SendStatus};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -183,7 +183,7 @@ pub(crate) fn not_master(shard: &Shard) -> Option<Refusal> {
         return None;
     }
     let master = match broker.ha() {
-        crate::broker::Ha::Slave(slave) => slave.master().to_string(),
+        crate::context::Ha::Slave(slave) => slave.master().to_string(),
         _ => broker
             .config
             .master_address

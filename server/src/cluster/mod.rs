@@ -1,15 +1,17 @@
 //! A broker in a cluster: its replication side at start-up, promotion of a slave, the
-//! promotion record in the data directory, and registration with name servers.
+//! promotion record in the data directory, and registration with name servers; the
+//! link to the controllers (`controller_link`).
 
-use crate::broker::{Broker, Ha};
+pub(crate) mod controller_link;
+
 use crate::config::Config;
+use crate::context::security::Security;
+use crate::context::{Broker, Ha};
 use crate::error::{BrokerError, Refusal};
-use crate::security::Security;
 use keel_net::call;
 use keel_protocol::{BrokerRegistration, BrokerRole, ErrorCode, Request, Response};
 use keel_replication::{HaMaster, HaSlave, MasterOptions, SlaveOptions, WaitSet};
 use keel_storage::Store;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,18 +72,12 @@ pub fn effective_role(config: &Config) -> BrokerRole {
 
 fn write_role_file(config: &Config, role: BrokerRole, epoch: u64) -> std::io::Result<()> {
     let path = role_file(&config.data_dir);
-    let temporary = path.with_extension("tmp");
     let text = format!(
         "# Written by `keel admin promote`: this slave became a master.\nrole = {}\npromoted_from = {}\nepoch = {epoch}\n",
         role.name(),
         config.master_address.as_deref().unwrap_or("")
     );
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(&config.data_dir)?.sync_all()
+    keel_security::write_atomically(&path, text.as_bytes())
 }
 
 /// With a controller, a master acknowledges nothing until it has learnt its

@@ -1,10 +1,10 @@
 //! PULL and OFFSET_FOR_TIME: checked here, read by a reader thread (the log may be on a
 //! slow disk), answered (or parked as a long poll) when the read comes back.
 
-use crate::connection::ReplyTo;
+use crate::broker::connection::ReplyTo;
+use crate::broker::reader::ReadJob;
+use crate::broker::shard::Shard;
 use crate::error::Refusal;
-use crate::reader::ReadJob;
-use crate::shard::Shard;
 use keel_protocol::{validate_topic, ErrorCode, OffsetForTimeRequest, PullRequest};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -3,10 +3,10 @@
 //! each topic, and keeps a minute of them. A rate is the difference between now and
 //! the oldest note, over the time between.
 
-use crate::broker::Broker;
 use keel_protocol::{QueueStats, TopicStats};
+use keel_storage::Store;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How far back rates look.
@@ -102,13 +102,13 @@ fn committed_totals(offsets: Vec<(String, String, u32, u64)>) -> HashMap<(String
     totals
 }
 
-impl Broker {
+impl Rates {
     /// Messages a second each (group, topic) committed over the broker's last minute.
-    pub fn commit_rates(&self) -> HashMap<(String, String), f64> {
-        committed_totals(self.store.consumer_offsets())
+    pub fn commit_rates(&self, store: &Store) -> HashMap<(String, String), f64> {
+        committed_totals(store.consumer_offsets())
             .into_iter()
             .map(|(key, now)| {
-                let rate = self.rates.commit_rate(&key.0, &key.1, now);
+                let rate = self.commit_rate(&key.0, &key.1, now);
                 (key, rate)
             })
             .collect()
@@ -124,17 +124,17 @@ fn totals(queues: &[keel_storage::QueueStat]) -> (u64, u64) {
     })
 }
 
-impl Broker {
+impl Rates {
     /// TOPIC_STATS: each queue's range and size, and what the topic took in over the
     /// last minute (`topic`, or every topic when empty). Memory only.
-    pub fn topic_stats(&self, topic: &str) -> Vec<TopicStats> {
+    pub fn topic_stats(&self, store: &Store, topic: &str) -> Vec<TopicStats> {
         let only = (!topic.is_empty()).then_some(topic);
-        self.store
+        store
             .queue_stats(only)
             .into_iter()
             .map(|(topic, queues)| {
                 let (now_messages, now_bytes) = totals(&queues);
-                let (window_ms, (then_messages, then_bytes)) = self.rates.since_oldest(&topic);
+                let (window_ms, (then_messages, then_bytes)) = self.since_oldest(&topic);
                 TopicStats {
                     window_ms,
                     window_messages: now_messages.saturating_sub(then_messages),
@@ -154,26 +154,15 @@ impl Broker {
     }
 }
 
-/// Starts the thread that takes a note every second until the broker shuts down.
-pub fn start(broker: Arc<Broker>) {
-    let spawned = std::thread::Builder::new()
-        .name("keel-rates".into())
-        .spawn(move || {
-            while !broker.is_shutting_down() {
-                let totals = broker
-                    .store
-                    .queue_stats(None)
-                    .into_iter()
-                    .map(|(topic, queues)| (topic, totals(&queues)))
-                    .collect();
-                let committed = committed_totals(broker.store.consumer_offsets());
-                broker.rates.note(totals, committed);
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        });
-    if let Err(error) = spawned {
-        log::error!("cannot start the rates thread (TOPIC_STATS rates stay 0): {error}");
-    }
+/// Takes a note of `store`'s totals now (every second, from `Broker::start_rates`).
+pub fn note_now(rates: &Rates, store: &Store) {
+    let totals = store
+        .queue_stats(None)
+        .into_iter()
+        .map(|(topic, queues)| (topic, totals(&queues)))
+        .collect();
+    let committed = committed_totals(store.consumer_offsets());
+    rates.note(totals, committed);
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! MESSAGE_INFO: everything the broker knows of one message. By id it reads the record
 //! where the id says (the id is its log offset) and the broker's copy topics (retries,
-//! dead letters); by key it scans the log. Either reads the disk, so it runs on a
-//! thread of its own, a few at a time.
+//! dead letters); by key it scans the log. Either reads the disk, so it runs on the
+//! slow requests' threads (`workers.rs`), a few at a time.
 
-use crate::broker::{Broker, Ha};
-use crate::connection::ReplyTo;
+use crate::broker::connection::ReplyTo;
+use crate::broker::schedule::{self, property};
+use crate::broker::shard::Shard;
+use crate::context::{Broker, Ha};
 use crate::error::Refusal;
-use crate::schedule::{self, property};
-use crate::shard::Shard;
 use keel_protocol::{message_id, Record, Response, SCHEDULE_TOPIC};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,23 +15,39 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
 const LOOKUPS_MAX: usize = 2;
 
-pub(crate) fn on_message_info(shard: &mut Shard, to: ReplyTo, msg_id: u64, key: String) {
-    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= LOOKUPS_MAX {
-        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-        let detail = format!("{LOOKUPS_MAX} message lookups are running; try again shortly");
-        return shard.reply(to, Refusal::internal(detail).response());
+/// One of the `LOOKUPS_MAX` lookups that may run at once, given back when dropped (a
+/// lookup that panics included).
+struct LookupPermit;
+
+impl LookupPermit {
+    fn take() -> Result<LookupPermit, Refusal> {
+        if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= LOOKUPS_MAX {
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+            let detail = format!("{LOOKUPS_MAX} message lookups are running; try again shortly");
+            return Err(Refusal::internal(detail));
+        }
+        Ok(LookupPermit)
     }
-    let started = shard.reply_from_thread(to, "keel-lookup", move |broker| {
-        let response = match message_info(broker, msg_id, &key) {
+}
+
+impl Drop for LookupPermit {
+    fn drop(&mut self) {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) fn on_message_info(shard: &mut Shard, to: ReplyTo, msg_id: u64, key: String) {
+    let permit = match LookupPermit::take() {
+        Ok(permit) => permit,
+        Err(refusal) => return shard.reply(to, refusal.response()),
+    };
+    shard.offload(to, "a message lookup", move |broker| {
+        let _permit = permit;
+        match message_info(broker, msg_id, &key) {
             Ok(info) => Response::Info(info),
             Err(refusal) => refusal.response(),
-        };
-        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-        response
+        }
     });
-    if !started {
-        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 type Info = Vec<(String, String)>;
@@ -39,14 +55,8 @@ type Info = Vec<(String, String)>;
 /// `message_info` for the console (on the HTTP thread), within the same limit of
 /// lookups at once.
 pub(crate) fn lookup(broker: &Broker, msg_id: u64, key: &str) -> Result<Info, Refusal> {
-    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= LOOKUPS_MAX {
-        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-        let detail = format!("{LOOKUPS_MAX} message lookups are running; try again shortly");
-        return Err(Refusal::internal(detail));
-    }
-    let found = message_info(broker, msg_id, key);
-    LOOKUPS.fetch_sub(1, Ordering::AcqRel);
-    found
+    let _permit = LookupPermit::take()?;
+    message_info(broker, msg_id, key)
 }
 
 fn internal(error: keel_storage::StoreError) -> Refusal {

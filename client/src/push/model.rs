@@ -1,0 +1,192 @@
+//! The push consumer's types: what a handler returns, the options, a delivery, the
+//! statistics, and the driver's state of each queue and its events.
+
+use crate::connection::ConnectionOptions;
+use crate::ClientError;
+use keel_protocol::{Record, Response};
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a handler says about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeResult {
+    Success,
+    /// Deliver it again later (the reason is kept with the message).
+    ReconsumeLater(String),
+}
+
+/// What handlers may return: a `ConsumeResult`, or a `Result` whose `Err` means
+/// "reconsume later".
+pub trait IntoConsumeResult {
+    fn into_consume_result(self) -> ConsumeResult;
+}
+
+impl IntoConsumeResult for ConsumeResult {
+    fn into_consume_result(self) -> ConsumeResult {
+        self
+    }
+}
+
+impl<E: std::fmt::Display> IntoConsumeResult for Result<(), E> {
+    fn into_consume_result(self) -> ConsumeResult {
+        match self {
+            Ok(()) => ConsumeResult::Success,
+            Err(error) => ConsumeResult::ReconsumeLater(error.to_string()),
+        }
+    }
+}
+
+/// Where a group that never committed an offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The oldest message still stored.
+    Earliest,
+    /// Only messages stored from now on.
+    Latest,
+    /// The first message stored at or after this time (ms since the Unix epoch).
+    Timestamp(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct PushConsumerOptions {
+    /// This member's id in its group (default: host-pid-random, unique per consumer).
+    pub member_id: Option<String>,
+    /// Handler threads.
+    pub threads: usize,
+    /// Fetched but unfinished messages per queue before its pulls pause.
+    pub max_in_flight_per_queue: usize,
+    pub pull_batch: u32,
+    pub long_poll: Duration,
+    pub heartbeat_interval: Duration,
+    /// Without a heartbeat for this long the broker gives this member's queues away.
+    pub session_timeout: Duration,
+    pub commit_interval: Duration,
+    /// Failed attempts after which a message goes to the group's dead-letter topic.
+    pub max_reconsume_times: u32,
+    pub start_from: StartFrom,
+    /// Only messages whose tags match, e.g. `"TagA || TagB"`; `None` or `"*"`: all.
+    pub tag_filter: Option<String>,
+    pub request_timeout: Duration,
+    pub connection: ConnectionOptions,
+    /// Slaves of the broker (`host:port`), read while the broker is unreachable: the
+    /// group keeps consuming (and committing there) until the master is back, tried
+    /// again every `primary_retry`. What was consumed on a slave may be delivered again
+    /// after the switch back (at least once).
+    pub fallback_brokers: Vec<String>,
+    pub primary_retry: Duration,
+    /// Run the handler for at most this many messages, then for no more: messages
+    /// fetched after that are left unhandled and uncommitted, for the group to consume
+    /// later (for tools that take N messages and stop). `None`: no limit.
+    pub max_messages: Option<u64>,
+}
+
+impl Default for PushConsumerOptions {
+    fn default() -> PushConsumerOptions {
+        PushConsumerOptions {
+            member_id: None,
+            threads: 4,
+            max_in_flight_per_queue: 1000,
+            pull_batch: 32,
+            long_poll: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(10),
+            commit_interval: Duration::from_secs(1),
+            max_reconsume_times: 16,
+            start_from: StartFrom::Earliest,
+            tag_filter: None,
+            request_timeout: Duration::from_secs(5),
+            connection: ConnectionOptions::default(),
+            fallback_brokers: Vec::new(),
+            primary_retry: Duration::from_secs(10),
+            max_messages: None,
+        }
+    }
+}
+
+/// One message handed to the handler.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The stored record (for a redelivery, the copy in the group's retry topic).
+    pub record: Record,
+    /// The topic the message was sent to.
+    pub topic: String,
+    /// The message's id where it was first stored (its id in `topic`).
+    pub msg_id: String,
+    /// How many times it failed before (0 on the first delivery).
+    pub reconsume_times: u32,
+}
+
+/// Counters of a running consumer.
+#[derive(Debug, Default)]
+pub struct PushStats {
+    pub handled: AtomicU64,
+    pub sent_back: AtomicU64,
+    pub redeliveries: AtomicU64,
+    pub filtered: AtomicU64,
+    /// The consumer is not connected to its broker (it is down, or the consumer reads
+    /// a fallback slave meanwhile): a `DiscoveringPushConsumer` asks the name servers
+    /// for the group's new master at once.
+    pub broker_lost: std::sync::atomic::AtomicBool,
+}
+
+pub(crate) fn default_member_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        hasher.finish() as u32
+    )
+}
+
+pub(crate) type QueueKey = (usize, u32);
+
+pub(crate) enum Event {
+    Pulled(QueueKey, u64, Result<Response, ClientError>),
+    /// A worker did not run a job because its queue was taken away meanwhile.
+    Skipped(QueueKey, u64),
+    Committed(QueueKey, u64, Result<Response, ClientError>),
+    Handled(QueueKey, Box<Delivery>, ConsumeResult),
+    SentBack(QueueKey, Box<Delivery>, Result<Response, ClientError>),
+}
+
+pub(crate) struct Job {
+    pub(crate) key: QueueKey,
+    pub(crate) delivery: Delivery,
+}
+
+/// Queues taken away from this member: workers skip their jobs.
+pub(crate) type Revoked = Arc<Mutex<BTreeSet<QueueKey>>>;
+
+pub(crate) struct QueueState {
+    pub(crate) next_pull: u64,
+    /// Offsets fetched and not finished.
+    pub(crate) in_flight: BTreeSet<u64>,
+    /// Offsets fetched but not handled because the queue was taken away: never
+    /// committed past, handled by the next owner.
+    pub(crate) skipped: BTreeSet<u64>,
+    pub(crate) pulling: bool,
+    /// Taken away by a rebalance: finish, commit, let go.
+    pub(crate) revoked: bool,
+    pub(crate) committed: Option<u64>,
+    /// A commit of this offset is on its way.
+    pub(crate) committing: Option<u64>,
+    pub(crate) paused_until: Option<Instant>,
+}
+
+impl QueueState {
+    pub(crate) fn commit_point(&self) -> u64 {
+        let unfinished = self
+            .in_flight
+            .first()
+            .into_iter()
+            .chain(self.skipped.first());
+        unfinished.copied().min().unwrap_or(self.next_pull)
+    }
+}

@@ -1,0 +1,17 @@
+//! The broker proper: one mio event loop per core (`event_loop`), each owning a shard of
+//! the connections (`shard`), the dispatch of each request kind to its handler
+//! (`dispatch`, `handlers`), the reader threads that serve PULLs and lookups off the
+//! loops (`reader`) and the delivery of delayed retries (`schedule`).
+
+pub(crate) mod connection;
+pub(crate) mod dispatch;
+pub(crate) mod event_loop;
+pub(crate) mod handlers;
+pub mod permissions;
+pub(crate) mod reader;
+pub mod schedule;
+pub(crate) mod security_jobs;
+pub(crate) mod shard;
+#[cfg(test)]
+mod shard_tests;
+pub(crate) mod workers;
