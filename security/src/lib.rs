@@ -7,15 +7,16 @@
 
 pub mod acl;
 pub mod authority;
+pub mod files;
 pub mod tls;
 pub mod validity;
 
 pub use acl::{permits, AclEntry, Action, Effect, ResourceType, ANONYMOUS};
 pub use authority::{
-    hash_password, validate_name, write_atomically, AuthMode, Authority, Credential, LoginError,
-    Port, Principal, Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER,
-    SECURITY_FILE,
+    hash_password, validate_name, AuthMode, Authority, Credential, LoginError, Port, Principal,
+    Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER, SECURITY_FILE,
 };
+pub use files::write_atomically;
 pub use rustls;
 pub use tls::{
     could_be_tls, is_tls_client_hello, read_secret_file, tls_error, ClientTls, ServerTls, Stream,

@@ -76,12 +76,17 @@ pub struct Config {
     pub retention_bytes: u64,
     pub retention_check_interval_ms: u64,
     pub page_cache_window_bytes: u64,
-    /// Fault injection for tests: sleep before every fsync of the log.
+    /// Fault injection for tests: sleep before every fsync of the log. Only in builds
+    /// with the `fault-injection` feature (the tests' keeld-under-test); elsewhere the
+    /// key is unknown and refused.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fault_fsync_delay_ms: u64,
     /// Fault injection for tests: the n-th fsync of the log fails (0 = never).
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fault_fsync_fail_at: u64,
     /// Fault injection for tests: every read of the log's files sleeps this long, once
     /// the broker has started (0 = off).
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fault_read_delay_ms: u64,
     /// Brokers with the same name form a group: one master (id 0) and its slaves.
     pub broker_name: String,
@@ -319,8 +324,11 @@ impl Default for Config {
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
             page_cache_window_bytes: keel_storage::DEFAULT_PAGE_CACHE_WINDOW_BYTES,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_fsync_delay_ms: 0,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_fsync_fail_at: 0,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_read_delay_ms: 0,
             broker_name: "broker-a".into(),
             broker_id: 0,
@@ -516,6 +524,7 @@ impl Config {
         }
     }
 
+    #[allow(clippy::needless_update)]
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             data_dir: self.data_dir.clone(),
@@ -532,8 +541,13 @@ impl Config {
             retention_bytes: self.retention_bytes,
             retention_check_interval_ms: self.retention_check_interval_ms,
             page_cache_window_bytes: self.page_cache_window_bytes,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_fsync_delay_ms: self.fault_fsync_delay_ms,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_fsync_fail_at: self.fault_fsync_fail_at,
+            // The storage crate may have its fault keys (its feature on for another
+            // crate of this build) while this one does not: they stay off.
+            ..StoreConfig::new(&self.data_dir)
         }
     }
 }

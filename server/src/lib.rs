@@ -474,7 +474,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         .map_err(listen_error)?;
     install_signal_handler(broker.clone(), wakers.clone())?;
     if let Some(address) = config.metrics_listen {
-        let bound = http::metrics::start(broker.clone(), address).map_err(BrokerError::setup(
+        let bound = http::serve::start(broker.clone(), address).map_err(BrokerError::setup(
             format!("cannot serve metrics on {address}"),
         ))?;
         log::info!("Prometheus metrics on http://{bound}/metrics");
@@ -501,10 +501,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     cluster::start_registration(broker.clone(), advertised);
     cluster::controller_link::start(broker.clone(), role.is_master());
     if let Some(arm) = arm_read_delay {
-        log::warn!(
-            "fault injection: every read of the log now sleeps {} ms",
-            config.fault_read_delay_ms
-        );
+        log::warn!("fault injection: every read of the log now sleeps (fault_read_delay_ms)");
         arm.store(true, std::sync::atomic::Ordering::Release);
     }
     // The ready line: tests and scripts wait for it, and read the port from it.
@@ -546,6 +543,7 @@ fn open_store(
     config: &Config,
 ) -> Result<(Arc<Store>, Option<Arc<std::sync::atomic::AtomicBool>>), BrokerError> {
     let disk: Arc<dyn keel_storage::disk::Disk> = Arc::new(keel_storage::disk::RealDisk);
+    #[cfg(any(test, feature = "fault-injection"))]
     let (disk, arm) = match config.fault_read_delay_ms {
         0 => (disk, None),
         delay => {
@@ -560,6 +558,8 @@ fn open_store(
             )
         }
     };
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    let arm = None;
     let store = Store::open_with_disk(config.store_config(), disk).map_err(|source| {
         BrokerError::OpenStore {
             data_dir: config.data_dir.clone(),

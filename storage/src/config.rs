@@ -35,8 +35,10 @@ pub struct StoreConfig {
     /// fresh ones.
     pub page_cache_window_bytes: u64,
     /// Fault injection: sleep this long before every log fsync (0 = off).
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fault_fsync_delay_ms: u64,
     /// Fault injection: the n-th fsync of the log fails with EIO (0 = off).
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fault_fsync_fail_at: u64,
 }
 
@@ -55,7 +57,9 @@ impl StoreConfig {
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
             page_cache_window_bytes: DEFAULT_PAGE_CACHE_WINDOW_BYTES,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_fsync_delay_ms: 0,
+            #[cfg(any(test, feature = "fault-injection"))]
             fault_fsync_fail_at: 0,
         }
     }

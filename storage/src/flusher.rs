@@ -95,6 +95,7 @@ pub(crate) struct SyncShared {
 /// The state of fsync rounds and of the checkpoint file.
 pub(crate) struct SyncRound {
     /// Rounds run so far (the fault-injection count).
+    #[cfg(any(test, feature = "fault-injection"))]
     pub count: u64,
     /// When the checkpoint is next due under load.
     pub checkpoint_due: Instant,
@@ -105,6 +106,7 @@ pub(crate) struct SyncRound {
 impl Default for SyncRound {
     fn default() -> SyncRound {
         SyncRound {
+            #[cfg(any(test, feature = "fault-injection"))]
             count: 0,
             checkpoint_due: Instant::now(),
             checkpoint_written: 0,
@@ -264,14 +266,18 @@ impl<T: FlushTarget> Syncer<'_, T> {
                 std::io::Error::other("the log is poisoned"),
             ));
         }
-        let config = self.target.config();
-        if config.fault_fsync_delay_ms > 0 {
-            std::thread::sleep(Duration::from_millis(config.fault_fsync_delay_ms));
-        }
-        round.count += 1;
-        if round.count == config.fault_fsync_fail_at {
-            let injected = std::io::Error::other("injected fsync failure (fault_fsync_fail_at)");
-            return Err(StoreError::io("fsync the commit log", injected));
+        #[cfg(any(test, feature = "fault-injection"))]
+        {
+            round.count += 1;
+            let config = self.target.config();
+            if config.fault_fsync_delay_ms > 0 {
+                std::thread::sleep(Duration::from_millis(config.fault_fsync_delay_ms));
+            }
+            if round.count == config.fault_fsync_fail_at {
+                let injected =
+                    std::io::Error::other("injected fsync failure (fault_fsync_fail_at)");
+                return Err(StoreError::io("fsync the commit log", injected));
+            }
         }
         // Everything up to `written` was written before it was recorded, so the fsyncs
         // below, which start after, cover it.

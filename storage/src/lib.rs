@@ -43,6 +43,7 @@ mod recovery;
 mod replica;
 mod retention;
 mod segment;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod sim;
 mod startup;
 mod state;

@@ -3,3 +3,4 @@
 
 pub(crate) mod console;
 pub mod metrics;
+pub(crate) mod serve;
