@@ -20,8 +20,10 @@ def module_files(src):
                 continue
             full = os.path.join(dirpath, f)
             rel = os.path.relpath(full, src)[:-3].split(os.sep)
-            if rel[-1] in ("lib", "main") and len(rel) == 1:
+            if rel == ["lib"] or (rel == ["main"] and not os.path.exists(os.path.join(src, "lib.rs"))):
                 rel = []
+            elif rel == ["main"]:
+                continue  # a binary's main.rs beside lib.rs only calls into the library
             elif rel[-1] == "mod":
                 rel = rel[:-1]
             mods[tuple(rel)] = full
@@ -65,12 +67,14 @@ def strip(text):
     return "".join(out)
 
 PATH = re.compile(r"\b((?:crate|super|self)(?:::[A-Za-z_][A-Za-z0-9_]*)+|[a-z_][a-z0-9_]*::[A-Za-z_][A-Za-z0-9_:]*)")
+GLOB = re.compile(r"\buse\s+((?:crate|super|self)(?:::\w+)*)::\*\s*;")
 USE_GROUP = re.compile(r"\buse\s+((?:crate|super|self)(?:::\w+)*)::\{([^;]*)\}", re.S)
 
 def refs(mod, text, mods):
     """absolute module paths referenced from module `mod`"""
     out = set()
     cands = [m.group(1) for m in PATH.finditer(text)]
+    cands += [m.group(1) + "::*" for m in GLOB.finditer(text)]
     for m in USE_GROUP.finditer(text):
         base = m.group(1)
         for item in re.split(r"[,\s]+", re.sub(r"\{[^}]*\}", "", m.group(2))):
@@ -80,8 +84,9 @@ def refs(mod, text, mods):
     for c in cands:
         parts = c.split("::")
         if parts[0] == "crate":
-            absp = parts[1:]
+            absp = [p for p in parts[1:] if p != "*"]
         elif parts[0] in ("super", "self"):
+            parts = [p for p in parts if p != "*"]
             base = list(mod)
             i = 0
             while i < len(parts) and parts[i] in ("super", "self"):
@@ -147,6 +152,21 @@ def collect_reexports(mods):
                         break
         REEXPORTS[mod] = table
 
+def parents_of(mods):
+    return {m[:-1] for m in mods if m}
+
+def drop_test_modules(text):
+    """`text` without its inline `#[cfg(test)] mod NAME { ... }` blocks."""
+    while True:
+        m = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
+        if not m:
+            return text
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        text = text[:m.start()] + text[i:]
+
 def sccs(nodes, edges):
     index, low, stack, on, res, n = {}, {}, [], set(), [], [0]
     def visit(v):
@@ -181,11 +201,12 @@ def main():
         uses = {}
         for mod, path in mods.items():
             text = strip(open(path).read())
-            text = re.sub(r"\bpub(?:\([^)]*\))?\s+use\s+[^;]+;", "", text)
-            # drop #[cfg(test)] mod tests { ... } bodies at the end of files
-            cut = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
-            if cut:
-                text = text[:cut.start()]
+            if any(len(m) > len(mod) and m[:len(mod)] == mod for m in mods):
+                # a parent re-exporting its children is not a use of them
+                text = re.sub(r"\bpub(?:\([^)]*\))?\s+use\s+[^;]+;", "", text)
+            text = drop_test_modules(text)
+            if mod not in parents_of(mods):
+                pass
             uses[mod] = refs(mod, text, mods)
         test_mods = {m for m, p in mods.items() if re.search(r"(^|_)tests?$|proptests$", m[-1] if m else "")}
         parents = {m[:-1] for m in mods if m}

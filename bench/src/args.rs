@@ -1,7 +1,9 @@
 //! keel-bench's command line: the load's shape, an OMB workload taken into it, and
 //! how every connection reaches the broker.
 
-use super::*;
+use crate::workload;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
 
 #[derive(Parser, Clone)]
 #[command(

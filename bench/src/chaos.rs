@@ -473,7 +473,7 @@ fn run(args: &ChaosArgs) -> Result<bool, String> {
         args.master_timeout_ms,
         dir.display()
     );
-    let keeld = crate::keeld_binary(args.keeld.as_ref());
+    let keeld = crate::shared::keeld_binary(args.keeld.as_ref());
     let mut cluster = Cluster::start(&dir, keeld.clone(), args.master_timeout_ms)?;
     let mut master = cluster.settle(Duration::from_secs(30))?;
     let name_servers: Vec<String> = cluster.voters.iter().map(|v| v.address.clone()).collect();
@@ -483,7 +483,7 @@ fn run(args: &ChaosArgs) -> Result<bool, String> {
     let mut problems: Vec<String> = Vec::new();
     let grace = Duration::from_millis(args.master_timeout_ms / 4);
     for round in 1..=args.failovers {
-        if crate::interrupted() {
+        if crate::shared::interrupted() {
             problems.push("interrupted".into());
             break;
         }

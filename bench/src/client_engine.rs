@@ -1,9 +1,10 @@
 //! `--engine client`: one thread per producer through the client library, as an
 //! application sends (blocking `send`, or `send_async` with a window).
 
+use crate::args::Mode;
 use crate::engine::payload_of;
 use crate::report::{Recorder, Totals};
-use crate::{now_us, Mode};
+use crate::shared::now_us;
 use keel_client::{ClientError, Message, Producer, ProducerOptions, SendStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -36,7 +37,7 @@ pub(crate) fn producer_loop(
     recorder: &Arc<Recorder>,
 ) -> Result<(), String> {
     let options = ProducerOptions {
-        connection: crate::connection_options(),
+        connection: crate::args::connection_options(),
         ..ProducerOptions::default()
     };
     let producer = Producer::connect(address, options)

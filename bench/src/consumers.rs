@@ -2,8 +2,8 @@
 //! a topic, N members each), measuring the latency from send to handler (the payload
 //! carries its send time).
 
-use crate::now_us;
 use crate::report::{new_histogram, ConsumerFigures};
+use crate::shared::now_us;
 use hdrhistogram::Histogram;
 use keel_client::{ConsumeResult, Delivery, PushConsumer, PushConsumerOptions, StartFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,7 @@ impl Consumers {
             let options = PushConsumerOptions {
                 start_from: StartFrom::Latest,
                 heartbeat_interval: Duration::from_millis(200),
-                connection: crate::connection_options(),
+                connection: crate::args::connection_options(),
                 ..PushConsumerOptions::default()
             };
             let consumer =
@@ -140,7 +140,8 @@ impl Consumers {
 /// The run's groups are its own: deleted once its members left, so that they do not
 /// stay behind with a lag that grows forever.
 fn delete_groups(address: &str, names: &[String]) {
-    let admin = match keel_client::Admin::connect_with(address, &crate::connection_options()) {
+    let admin = match keel_client::Admin::connect_with(address, &crate::args::connection_options())
+    {
         Ok(admin) => admin,
         Err(error) => {
             log::warn!("cannot delete this run's consumer groups: {error}");

@@ -244,7 +244,7 @@ impl Pace {
 fn encode_request(plan: &Plan, seed: usize, request_id: u64) -> Vec<u8> {
     let mut payload = payload_of(plan.size, seed);
     if plan.stamp {
-        let now = crate::now_us().to_le_bytes();
+        let now = crate::shared::now_us().to_le_bytes();
         let length = payload.len().min(8);
         payload[..length].copy_from_slice(&now[..length]);
     }

@@ -16,14 +16,13 @@ mod consumers;
 mod engine;
 pub mod ledger;
 mod report;
+mod shared;
 mod workload;
 
-use clap::{Parser, ValueEnum};
 use consumers::Consumers;
 use keel_client::Admin;
 use report::{new_histogram, Recorder, Second, Summary, Totals};
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use args::connection_options;
 use args::{Args, Engine, Mode, CONNECTION};
+use shared::{install_interrupt_handler, interrupted, keeld_binary};
 
 /// The `keel-bench` command: parses the arguments, runs, and returns the exit status.
 /// The binary is `src/main.rs`; the integration tests run this same entry point.
@@ -88,33 +88,6 @@ enum Verdict {
     /// The report was printed, but it is not a clean measurement (why).
     Failed(String),
 }
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C or SIGTERM ends the run early, with a report, and the broker this tool
-/// started is stopped and its directory removed.
-fn install_interrupt_handler() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
-    }
-}
-
-pub(crate) fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
 fn run(args: &Args) -> Result<Verdict, String> {
     if args.producers == 0
         || args.size == 0
@@ -571,12 +544,6 @@ fn own_cpu_us() -> u64 {
     micros(usage.ru_utime) + micros(usage.ru_stime)
 }
 
-pub(crate) fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_micros() as u64)
-}
-
 fn stats(admin: &Admin) -> std::collections::HashMap<String, u64> {
     admin
         .stats()
@@ -601,20 +568,6 @@ fn probe_fsync(dir: &std::path::Path, rounds: u32) -> Result<f64, String> {
     let _ = std::fs::remove_file(&path);
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
-}
-
-/// `--keeld`, else `keeld` next to this binary, else `keeld` on the PATH.
-pub(crate) fn keeld_binary(given: Option<&PathBuf>) -> PathBuf {
-    if let Some(path) = given {
-        return path.clone();
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("keeld")));
-    match sibling {
-        Some(path) if path.exists() => path,
-        _ => PathBuf::from("keeld"),
-    }
 }
 
 fn start_broker(args: &Args, dir: &std::path::Path) -> Result<(Child, String), String> {

@@ -1,7 +1,14 @@
 //! `keel admin promote`, `keel routes` and `keel cluster`: the cluster as the
 //! brokers, the name servers and the controllers see it.
 
-use super::*;
+use crate::output::duration_words;
+use crate::output::json;
+use crate::output::print_json;
+use crate::prelude::*;
+use crate::security::Target;
+use crate::shared::with_default_port;
+use crate::shared::CONTROLLER_PORT;
+use crate::shared::NAMESRV_PORT;
 
 pub(crate) fn promote(broker: &Target, role: &str, force: bool) -> Result<ExitCode, ClientError> {
     let role = keel_client::BrokerRole::from_name(role)

@@ -1,6 +1,10 @@
 //! The command line's shape: every command, its flags and their help (clap).
 
-use super::*;
+use crate::output::PayloadFormat;
+use crate::prelude::*;
+use crate::security;
+use crate::send;
+use crate::shared::GLOBAL;
 
 #[derive(Parser)]
 #[command(
@@ -417,11 +421,4 @@ pub(crate) enum TopicCommand {
         /// The topic.
         topic: String,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Mode {
-    Sync,
-    Async,
-    Oneway,
 }

@@ -1,7 +1,16 @@
 //! `keel consume` (a pull consumer: print, then commit) and `keel subscribe` (a
 //! member of a group).
 
-use super::*;
+use crate::output::json;
+use crate::output::parse_time;
+use crate::output::print_json;
+use crate::output::record_json;
+use crate::output::record_line;
+use crate::output::write_raw;
+use crate::output::PayloadFormat;
+use crate::prelude::*;
+use crate::security::Target;
+use crate::signals;
 
 /// What `keel consume` reads, from where, and whether it commits.
 pub(crate) struct ConsumeShape<'a> {

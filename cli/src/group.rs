@@ -1,6 +1,13 @@
 //! `keel group list|describe|delete` and `keel offsets show|reset`.
 
-use super::*;
+use crate::commands::GroupCommand;
+use crate::commands::OffsetsCommand;
+use crate::output::duration_words;
+use crate::output::json;
+use crate::output::parse_time;
+use crate::output::print_json;
+use crate::prelude::*;
+use crate::security::Target;
 
 pub(crate) fn delete_group(
     broker: &Target,

@@ -8,8 +8,10 @@ mod group;
 mod message;
 mod offline;
 mod output;
+mod prelude;
 mod security;
 mod send;
+mod shared;
 mod signals;
 mod topic;
 
@@ -21,43 +23,11 @@ use message::*;
 use offline::*;
 pub use output::format_time;
 use output::*;
-use send::EXIT_UNKNOWN;
+use shared::*;
 use topic::*;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use keel_client::{
-    ClientError, ConsumeResult, Consumer, ConsumerOptions, Delivery, PushConsumer,
-    PushConsumerOptions, Record, StartFrom,
-};
-use security::Target;
-use std::path::PathBuf;
+use clap::Parser;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-/// The heading of the options every command takes, apart from the command's own.
-pub(crate) const GLOBAL: &str = "Connection and output (every command)";
-
-/// The ports `--broker` and `--namesrv` mean when none is given.
-pub(crate) const BROKER_PORT: u16 = 10911;
-pub(crate) const NAMESRV_PORT: u16 = 9876;
-pub(crate) const CONTROLLER_PORT: u16 = 9877;
-
-/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address, with `port` added
-/// when it has none.
-pub(crate) fn with_default_port(address: &str, port: u16) -> String {
-    let address = address.trim();
-    if let Some(rest) = address.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((_, "")) => format!("{address}:{port}"),
-            _ => address.to_string(),
-        };
-    }
-    match address.matches(':').count() {
-        0 => format!("{address}:{port}"),
-        1 => address.to_string(),
-        _ => format!("[{address}]:{port}"),
-    }
-}
 
 /// The `keel` command: parses the arguments, runs, and returns the exit status.
 pub fn main_entry() -> ExitCode {

@@ -1,6 +1,15 @@
 //! `keel dlq list|show|redrive` and `keel message show`.
 
-use super::*;
+use crate::commands::DlqCommand;
+use crate::consume::property;
+use crate::output::escape;
+use crate::output::format_time;
+use crate::output::json;
+use crate::output::print_json;
+use crate::output::record_json;
+use crate::output::PayloadFormat;
+use crate::prelude::*;
+use crate::security::Target;
 
 pub(crate) fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, ClientError> {
     match command {

@@ -1,7 +1,13 @@
 //! `keel admin verify|dump|truncate`: offline tools for a stopped broker's data
 //! directory (the only part of the CLI that reads one).
 
-use super::*;
+use crate::cluster::promote;
+use crate::commands::AdminCommand;
+use crate::output::escape;
+use crate::output::json;
+use crate::output::print_json;
+use crate::prelude::*;
+use crate::security::Target;
 
 /// Plausibility bound on a stored record, as keeld computes it.
 pub(crate) fn max_record_bytes(max_message_bytes: u32) -> u32 {

@@ -1,7 +1,7 @@
 //! How the CLI prints: JSON or text, records, payloads, times and sizes; and how it
 //! reads a time.
 
-use super::*;
+use crate::prelude::*;
 
 /// `--json` was given.
 pub(crate) static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

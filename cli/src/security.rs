@@ -3,7 +3,7 @@
 //! they are never taken as flags (other users see a process's arguments) and never
 //! printed, except a new token, once.
 
-use crate::GLOBAL;
+use crate::shared::GLOBAL;
 use clap::Subcommand;
 use keel_client::{Admin, ClientError, ClientTls, ConnectionOptions, Credentials};
 use keel_security::{
@@ -408,7 +408,10 @@ pub fn user(target: &Target, command: UserCommand) -> Result<ExitCode, ClientErr
             new_password_file,
         } => {
             let password = new_password(&new_password_file, &name)?;
-            (SecurityCommand::UserAdd { name, password }, crate::json())
+            (
+                SecurityCommand::UserAdd { name, password },
+                crate::output::json(),
+            )
         }
         UserCommand::Passwd {
             name,
@@ -417,11 +420,13 @@ pub fn user(target: &Target, command: UserCommand) -> Result<ExitCode, ClientErr
             let password = new_password(&new_password_file, &name)?;
             (
                 SecurityCommand::UserPasswd { name, password },
-                crate::json(),
+                crate::output::json(),
             )
         }
-        UserCommand::Remove { name } => (SecurityCommand::UserRemove { name }, crate::json()),
-        UserCommand::List => (SecurityCommand::UserList, crate::json()),
+        UserCommand::Remove { name } => {
+            (SecurityCommand::UserRemove { name }, crate::output::json())
+        }
+        UserCommand::List => (SecurityCommand::UserList, crate::output::json()),
     };
     let reply = run(target, &command)?;
     if json {
@@ -439,7 +444,7 @@ pub fn user(target: &Target, command: UserCommand) -> Result<ExitCode, ClientErr
 pub fn token(target: &Target, command: TokenCommand) -> Result<ExitCode, ClientError> {
     match command {
         TokenCommand::Create { name, out } => {
-            let json = crate::json();
+            let json = crate::output::json();
             let reply = run(target, &SecurityCommand::TokenCreate { name })?;
             let secret = reply.token.clone().map(|t| t.0).unwrap_or_default();
             if let Some(path) = out {
@@ -459,13 +464,13 @@ pub fn token(target: &Target, command: TokenCommand) -> Result<ExitCode, ClientE
         }
         TokenCommand::Revoke { id } => {
             let reply = run(target, &SecurityCommand::TokenRevoke { id })?;
-            match crate::json() {
+            match crate::output::json() {
                 true => print_json(&reply),
                 false => println!("{}", reply.done),
             }
         }
         TokenCommand::List => {
-            let json = crate::json();
+            let json = crate::output::json();
             let reply = run(target, &SecurityCommand::TokenList)?;
             if json {
                 print_json(&reply);
@@ -498,15 +503,15 @@ pub fn acl(target: &Target, command: AclCommand) -> Result<ExitCode, ClientError
             SecurityCommand::AclGrant {
                 entry: args.entry()?,
             },
-            crate::json(),
+            crate::output::json(),
         ),
         AclCommand::Revoke(args) => (
             SecurityCommand::AclRevoke {
                 entry: args.entry()?,
             },
-            crate::json(),
+            crate::output::json(),
         ),
-        AclCommand::List => (SecurityCommand::AclList, crate::json()),
+        AclCommand::List => (SecurityCommand::AclList, crate::output::json()),
     };
     let reply = run(target, &command)?;
     if json {

@@ -8,8 +8,8 @@ mod tally;
 
 pub(crate) use tally::EXIT_UNKNOWN;
 
+use crate::output::{json, print_json};
 use crate::security::Target;
-use crate::{json, print_json, Mode};
 use input::{Decoding, Item, Outgoing, Source};
 use keel_client::{ClientError, Message, Producer, ProducerOptions, SendBatchResult, SendResult};
 use std::collections::BTreeMap;
@@ -168,7 +168,9 @@ pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientEr
         Some(list) => {
             let name_servers: Vec<String> = list
                 .split(',')
-                .map(|address| crate::with_default_port(address.trim(), crate::NAMESRV_PORT))
+                .map(|address| {
+                    crate::shared::with_default_port(address.trim(), crate::shared::NAMESRV_PORT)
+                })
                 .collect();
             let name_servers: Vec<&str> = name_servers.iter().map(String::as_str).collect();
             Producer::with_name_servers(&name_servers, options)?
@@ -468,4 +470,12 @@ fn print_batch(result: &SendBatchResult, inputs: &[u64]) {
             );
         }
     }
+}
+
+/// How `keel send` waits for its answers.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    Sync,
+    Async,
+    Oneway,
 }

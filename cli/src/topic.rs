@@ -1,6 +1,13 @@
 //! `keel topic create|update|delete|list|describe` and `keel stats`.
 
-use super::*;
+use crate::group::lag_seconds;
+use crate::output::bytes_words;
+use crate::output::duration_words;
+use crate::output::json;
+use crate::output::print_json;
+use crate::prelude::*;
+use crate::security::Target;
+use crate::send::EXIT_UNKNOWN;
 
 pub(crate) fn create_topic(
     broker: &Target,

@@ -40,6 +40,7 @@ ERROR_NAMES = {
     18: "SEQUENCE_MISMATCH", 19: "SEQUENCE_TOO_OLD", 20: "OVERLOADED", 21: "AUTHENTICATION_FAILED",
     22: "NOT_AUTHENTICATED", 23: "PERMISSION_DENIED", 24: "TOO_MANY_LOGIN_FAILURES", 25: "TLS_REQUIRED",
     26: "TOPIC_IN_USE",
+    27: "BUSY",
 }
 # The broker's max_frame_bytes by default: a larger request is refused before sending.
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024

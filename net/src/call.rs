@@ -21,7 +21,7 @@ pub fn call(
     let mut reader = FrameReader::new();
     if let Some(token) = &dial.token {
         let login = Request::Login(Login::Token(token.0.clone()));
-        match exchange(&stream, &mut reader, &login).map_err(|e| context("log in", e))? {
+        match exchange(&stream, &mut reader, 1, &login).map_err(|e| context("log in", e))? {
             Response::LoginOk(_) => {}
             Response::Error(error) => {
                 let detail = format!(
@@ -36,22 +36,32 @@ pub fn call(
             }
         }
     }
-    exchange(&stream, &mut reader, request)
+    exchange(&stream, &mut reader, 2, request)
 }
 
 /// Sends `request` on `stream` and reads its reply.
-fn exchange(stream: &Stream, reader: &mut FrameReader, request: &Request) -> io::Result<Response> {
+fn exchange(
+    stream: &Stream,
+    reader: &mut FrameReader,
+    id: u64,
+    request: &Request,
+) -> io::Result<Response> {
     let invalid = |e: keel_protocol::DecodeError| {
         io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {e}"))
     };
     let mut out = Vec::new();
-    request.encode(1, 0, &mut out);
+    request.encode(id, 0, &mut out);
     let mut writer = stream;
     writer.write_all(&out).map_err(|e| context("send", e))?;
     match reader
         .next(stream, DEFAULT_MAX_FRAME_BYTES)
         .map_err(|e| context("read", e))?
     {
+        // An ERROR about the connection itself may carry id 0; any other id is not ours.
+        Next::Frame(frame) if frame.request_id != id && frame.request_id != 0 => {
+            let detail = format!("a reply to request {} (asked {id})", frame.request_id);
+            Err(io::Error::new(io::ErrorKind::InvalidData, detail))
+        }
         Next::Frame(frame) => Response::decode(&frame).map_err(invalid),
         Next::Bad(error) => Err(invalid(error)),
         Next::Closed => {

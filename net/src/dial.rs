@@ -22,20 +22,28 @@ pub fn context(what: &str, error: io::Error) -> io::Error {
 
 /// A blocking connection to `address`, each read and write bounded by `timeout`.
 pub fn connect(address: &str, timeout: Duration, tls: Option<&ClientTls>) -> io::Result<Stream> {
-    let target = address
+    let targets: Vec<_> = address
         .to_socket_addrs()
         .map_err(|e| context(&format!("resolve {address}"), e))?
-        .next()
-        .ok_or_else(|| {
-            let detail = format!("{address} resolves to nothing");
-            io::Error::new(io::ErrorKind::NotFound, detail)
-        })?;
-    let socket = TcpStream::connect_timeout(&target, timeout)
-        .map_err(|e| context(&format!("connect to {address}"), e))?;
-    socket
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| socket.set_write_timeout(Some(timeout)))
-        .map_err(|e| context(&format!("{address}: set timeouts"), e))?;
-    let _ = socket.set_nodelay(true);
-    Stream::wrap(socket, tls, address).map_err(|e| context(&format!("{address}: TLS handshake"), e))
+        .collect();
+    // Every address the name resolves to, in order, until one answers.
+    let mut failure = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{address} resolves to nothing"),
+    );
+    for target in targets {
+        match TcpStream::connect_timeout(&target, timeout) {
+            Ok(socket) => {
+                socket
+                    .set_read_timeout(Some(timeout))
+                    .and_then(|()| socket.set_write_timeout(Some(timeout)))
+                    .map_err(|e| context(&format!("{address}: set timeouts"), e))?;
+                let _ = socket.set_nodelay(true);
+                return Stream::wrap(socket, tls, address)
+                    .map_err(|e| context(&format!("{address}: TLS handshake"), e));
+            }
+            Err(error) => failure = context(&format!("connect to {address} ({target})"), error),
+        }
+    }
+    Err(failure)
 }

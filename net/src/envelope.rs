@@ -34,8 +34,9 @@ pub fn read_raw(stream: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
 /// Reads one frame: its kind and body.
 pub fn read(stream: &mut impl Read, max: u32) -> io::Result<(u8, Vec<u8>)> {
     let rest = read_raw(stream, max)?;
-    let (kind, body) = envelope::open(&rest).map_err(invalid)?;
-    Ok((kind, body.to_vec()))
+    // `read_raw` checked the CRC and that a kind follows it.
+    let kind = rest.get(4).copied().unwrap_or_default();
+    Ok((kind, rest.get(5..).unwrap_or_default().to_vec()))
 }
 
 /// Writes one frame and flushes it.

@@ -37,7 +37,11 @@ impl FrameReader {
                 Ok(None) => {}
                 Err(error) => return Ok(Next::Bad(error)),
             }
-            let read = stream.read(&mut chunk)?;
+            let read = match stream.read(&mut chunk) {
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
             let Some(bytes) = chunk.get(..read).filter(|bytes| !bytes.is_empty()) else {
                 if self.buffer.is_empty() {
                     return Ok(Next::Closed);

@@ -199,10 +199,13 @@ pub enum ErrorCode {
     /// members on it, or messages were stored in it in the last minute. Nothing was
     /// deleted.
     TopicInUse = 26,
+    /// The broker's queue of this kind of work (reads, slow requests, promotions,
+    /// logins) is full: nothing was done; retry shortly. The connection stays open.
+    Busy = 27,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownKind,
@@ -229,6 +232,7 @@ impl ErrorCode {
         ErrorCode::TooManyLoginFailures,
         ErrorCode::TlsRequired,
         ErrorCode::TopicInUse,
+        ErrorCode::Busy,
     ];
 
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
@@ -265,13 +269,12 @@ impl ErrorCode {
             ErrorCode::TooManyLoginFailures => "TOO_MANY_LOGIN_FAILURES",
             ErrorCode::TlsRequired => "TLS_REQUIRED",
             ErrorCode::TopicInUse => "TOPIC_IN_USE",
+            ErrorCode::Busy => "BUSY",
         }
     }
 
     /// Whether the broker closes the connection after this error (docs/PROTOCOL.md,
-    /// the error table's "connection" column; OVERLOADED is also answered on an open
-    /// connection to a LOGIN or SECURITY_ADMIN when too many wait: a client that closes
-    /// then only reconnects early).
+    /// the error table's "connection" column).
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
@@ -299,6 +302,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::TooManyConnections
                 | ErrorCode::Overloaded
+                | ErrorCode::Busy
         )
     }
 }

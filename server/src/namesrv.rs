@@ -20,7 +20,7 @@ use keel_protocol::{
     BrokerRegistration, BrokerRoute, ErrorCode, Request, Response, DEFAULT_MAX_FRAME_BYTES,
 };
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -397,14 +397,37 @@ impl NameServer {
             // closes it here too, after its answer, as on a broker's port.
             let closes =
                 matches!(&response, Response::Error(error) if error.code.closes_connection());
-            if !frame.is_oneway() {
-                let mut out = Vec::new();
-                response.encode(frame.request_id, &mut out);
-                stream.write_all(&out)?;
-            }
+            // ONEWAY means something on SEND and SEND_BATCH only, which a name server
+            // does not take: every request is answered.
+            let mut out = Vec::new();
+            response.encode(frame.request_id, &mut out);
+            stream.write_all(&out)?;
             if closes {
+                linger(stream);
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Before closing after an error: stop writing, then read and drop what the peer still
+/// sends (at most 64 KiB, for at most 2 s), so that the close does not reset the
+/// connection and destroy the ERROR before the peer reads it.
+fn linger(stream: &keel_security::Stream) {
+    let socket = stream.socket();
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut dropped, mut chunk) = (0usize, [0u8; 4096]);
+    let mut reader = socket;
+    while dropped < 64 * 1024 && Instant::now() < deadline {
+        match reader.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(count) => dropped += count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
         }
     }
 }

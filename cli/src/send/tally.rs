@@ -1,7 +1,7 @@
 //! How the sends of one `keel send` ended: a line per answer, a progress line while
 //! they come in, the summary and the exit status.
 
-use crate::{json, print_json};
+use crate::output::{json, print_json};
 use keel_client::{ClientError, SendStatus};
 use std::collections::BTreeMap;
 use std::process::ExitCode;

@@ -106,7 +106,7 @@ pub struct LoopParts {
     pub broker: Arc<Broker>,
     pub incoming: Receiver<(TcpStream, SocketAddr)>,
     pub waiting: Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) pools: crate::broker::shard::Pools,
+    pub(crate) pools: crate::broker::workers::Pools,
     /// Loops sharing `partial_frames_max_bytes`.
     pub loops: usize,
     pub(crate) security: SecurityLink,

@@ -62,8 +62,9 @@ impl SecurityLink {
     pub fn submit(&self, job: Job) -> Result<(), Response> {
         let (authority, read_only) = (self.authority.clone(), self.read_only.clone());
         let (outbox, waker) = (self.outbox.clone(), self.waker.clone());
-        let to = match &job {
-            Job::Login { to, .. } | Job::Admin { to, .. } => *to,
+        let (to, login) = match &job {
+            Job::Login { to, .. } => (*to, true),
+            Job::Admin { to, .. } => (*to, false),
         };
         let submitted = self.workers.submit(move || {
             let done = guarded(
@@ -74,7 +75,9 @@ impl SecurityLink {
                     response: internal("the security request", panic),
                     principal: None,
                     generation: 0,
-                    close: true,
+                    // A login that could not be checked leaves the connection without a
+                    // principal: closed, as after any failed login.
+                    close: login,
                 },
             );
             if outbox.send(done).is_ok() {

@@ -11,7 +11,7 @@
 
 use crate::broker::connection::ReplyTo;
 use crate::broker::reader::{ReadDone, ReadJob, ReadOutcome};
-use crate::broker::workers::{guarded, internal, Workers};
+use crate::broker::workers::{guarded, internal, Pool, Pools};
 use crate::context::Broker;
 use keel_protocol::{ErrorCode, PullRequest, Response, SendBatchResult, SendResult, SendStatus};
 use mio::Waker;
@@ -132,48 +132,6 @@ impl PendingSends {
 
     fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-}
-
-/// The thread pools a shard hands work to (`workers.rs`), shared by every loop.
-#[derive(Clone)]
-pub(crate) struct Pools {
-    /// PULLs and lookups by time (`read_threads`).
-    pub reads: Arc<Workers>,
-    /// Requests that may block: a deletion's durability wait, a promotion, a lookup.
-    pub slow: Arc<Workers>,
-}
-
-impl Pools {
-    /// Jobs each pool's queue holds before it refuses more (OVERLOADED).
-    pub const READS_QUEUED_MAX: usize = 1 << 16;
-    pub const SLOW_QUEUED_MAX: usize = 64;
-    /// Threads for the slow requests.
-    pub const SLOW_THREADS: usize = 4;
-
-    pub(crate) fn start(read_threads: usize) -> std::io::Result<Pools> {
-        Ok(Pools {
-            reads: Arc::new(Workers::start(
-                "reader",
-                read_threads,
-                Pools::READS_QUEUED_MAX,
-            )?),
-            slow: Arc::new(Workers::start(
-                "slow",
-                Pools::SLOW_THREADS,
-                Pools::SLOW_QUEUED_MAX,
-            )?),
-        })
-    }
-
-    /// Stops both pools once no loop holds them any more, waiting up to `wait` each.
-    pub(crate) fn stop(self, wait: std::time::Duration) {
-        for pool in [self.reads, self.slow] {
-            match Arc::try_unwrap(pool) {
-                Ok(pool) => pool.stop(wait),
-                Err(_) => log::warn!("a thread pool is still shared at shutdown; not waiting"),
-            }
-        }
     }
 }
 
@@ -333,33 +291,34 @@ impl Shard {
         });
     }
 
-    /// Runs `work` on the slow requests' threads (it may block: a durability wait, a
-    /// whole-log scan, a promotion) and answers `to` with its response once it is done,
-    /// INTERNAL if it panicked. Returns whether it was taken (if not, `to` was answered
-    /// OVERLOADED or SHUTTING_DOWN).
+    /// Runs `work` on `pool` (it may block: a durability wait, a whole-log scan, a
+    /// promotion) and answers `to` with its response once it is done, INTERNAL if it
+    /// panicked. `Err` with the answer to give when the pool refused it (BUSY, or
+    /// SHUTTING_DOWN): the caller replies, since only it knows what was done already.
     pub(crate) fn offload(
         &mut self,
         to: ReplyTo,
+        pool: Pool,
         what: &'static str,
         work: impl FnOnce(&Broker) -> Response + Send + 'static,
-    ) -> bool {
+    ) -> Result<(), Response> {
         let outcome = Arc::new(Mutex::new(None));
         let filled = outcome.clone();
         let broker = self.broker.clone();
         let waker = self.waker.clone();
-        let submitted = self.pools.slow.submit(move || {
+        let workers = match pool {
+            Pool::Slow => &self.pools.slow,
+            Pool::Promote => &self.pools.promote,
+        };
+        let submitted = workers.submit(move || {
             let response = guarded(what, || work(&broker), |panic| internal(what, panic));
             *filled.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(response);
             let _ = waker.wake();
         });
-        if let Err(refused) = submitted {
-            let response = self.pools.slow.refusal(refused);
-            self.reply(to, response);
-            return false;
-        }
+        submitted.map_err(|refused| workers.refusal(refused))?;
         self.wait_for(to.connection_id, |waits| waits.answers += 1);
         self.pending_replies.push(PendingReply { to, outcome });
-        true
+        Ok(())
     }
 
     /// A PULL of `to` begins: it is answered through `answer_read` with `pull` set.
@@ -471,12 +430,13 @@ impl Shard {
         }
     }
 
-    /// True once nothing is pending (reads and threads' replies aside, which a drain
-    /// does not wait for).
+    /// True once nothing is pending: sends, metadata replies, parked pulls, replies of
+    /// offloaded work and reads (a drain waits for them up to its deadline).
     pub(crate) fn drained(&self) -> bool {
         self.pending_sends.is_empty()
             && self.pending_meta.is_empty()
             && self.parked_pulls.is_empty()
+            && self.pending_replies.is_empty()
             && self.reads_in_flight == 0
     }
 

@@ -2,7 +2,8 @@
 //! answers come out of the outbox, as the event loop would see them.
 
 use crate::broker::connection::ReplyTo;
-use crate::broker::shard::{Pools, Shard};
+use crate::broker::shard::Shard;
+use crate::broker::workers::Pools;
 use crate::config::Config;
 use crate::context::{Broker, Ha};
 use keel_protocol::{

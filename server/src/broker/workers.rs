@@ -2,10 +2,12 @@
 //! queue, and a panic guard around every job, so that a job that panics still answers
 //! its connection (INTERNAL) instead of leaving it owed an answer forever.
 //!
-//! Three pools use it: the readers (PULLs and lookups by time, `read_threads`), the
-//! security thread (logins and SECURITY_ADMIN, one worker: changes apply in order) and
-//! the slow requests (a deletion's durability wait, a promotion, a message lookup). A
-//! full queue refuses the job at once (OVERLOADED), never queues without bound.
+//! Four pools use it: the readers (PULLs and lookups by time, `read_threads`), the
+//! slow requests (a deletion's durability wait, a message lookup), promotions (one
+//! thread: a failover never waits behind the others) and the security thread (logins
+//! and SECURITY_ADMIN, one worker: changes apply in order; `security_jobs.rs`). A
+//! full queue refuses the job at once (BUSY, the connection stays open), never queues
+//! without bound.
 
 use keel_protocol::{ErrorCode, Response};
 use std::any::Any;
@@ -31,7 +33,7 @@ impl Refused {
     pub(crate) fn response(self, pool: &str, capacity: usize) -> Response {
         match self {
             Refused::Full => Response::error(
-                ErrorCode::Overloaded,
+                ErrorCode::Busy,
                 format!("{capacity} {pool} jobs are waiting; retry shortly"),
             ),
             Refused::Stopped => Response::error(
@@ -154,6 +156,52 @@ fn run(name: &str, receiver: &Mutex<Receiver<Job>>) {
     }
 }
 
+/// The pools a shard hands work to, shared by every loop.
+#[derive(Clone)]
+pub(crate) struct Pools {
+    /// PULLs and lookups by time (`read_threads`).
+    pub reads: Arc<Workers>,
+    /// Requests that may block: a deletion's durability wait, a message lookup.
+    pub slow: Arc<Workers>,
+    /// Promotions, on a thread of their own: a failover never waits behind the others.
+    pub promote: Arc<Workers>,
+}
+
+/// Which pool `Shard::offload` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pool {
+    Slow,
+    Promote,
+}
+
+impl Pools {
+    /// Jobs each pool's queue holds before it refuses more (BUSY).
+    pub const READS_QUEUED_MAX: usize = 1 << 16;
+    pub const SLOW_QUEUED_MAX: usize = 64;
+    pub const PROMOTE_QUEUED_MAX: usize = 4;
+    /// Threads for the slow requests.
+    pub const SLOW_THREADS: usize = 4;
+
+    pub(crate) fn start(read_threads: usize) -> std::io::Result<Pools> {
+        let start = |name, threads, queued| Workers::start(name, threads, queued).map(Arc::new);
+        Ok(Pools {
+            reads: start("reader", read_threads, Pools::READS_QUEUED_MAX)?,
+            slow: start("slow", Pools::SLOW_THREADS, Pools::SLOW_QUEUED_MAX)?,
+            promote: start("promote", 1, Pools::PROMOTE_QUEUED_MAX)?,
+        })
+    }
+
+    /// Stops every pool once no loop holds them any more, waiting up to `wait` each.
+    pub(crate) fn stop(self, wait: Duration) {
+        for pool in [self.promote, self.slow, self.reads] {
+            match Arc::try_unwrap(pool) {
+                Ok(pool) => pool.stop(wait),
+                Err(_) => log::warn!("a thread pool is still shared at shutdown; not waiting"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +258,7 @@ mod tests {
         }
         assert_eq!(refused, Some(Refused::Full));
         let answer = workers.refusal(Refused::Full);
-        assert!(matches!(answer, Response::Error(e) if e.code == ErrorCode::Overloaded));
+        assert!(matches!(answer, Response::Error(e) if e.code == ErrorCode::Busy));
         release.send(()).unwrap();
         workers.stop(Duration::from_secs(1));
     }

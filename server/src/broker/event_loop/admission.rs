@@ -82,6 +82,14 @@ impl EventLoop {
                     .counters
                     .unauthenticated_requests
                     .fetch_add(1, Ordering::Relaxed);
+                if oneway {
+                    log::warn!(
+                        "closing connection from {}: oneway: {message}",
+                        connection.peer
+                    );
+                    self.close_quietly(to.key);
+                    return false;
+                }
                 self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
                 return false;
             }

@@ -4,6 +4,7 @@
 use crate::broker::connection::ReplyTo;
 use crate::broker::handlers::send;
 use crate::broker::shard::Shard;
+use crate::broker::workers::Pool;
 use crate::error::Refusal;
 use keel_protocol::{
     BrokerRole, CommitOffsetRequest, CreateTopicRequest, ErrorCode, ListTopicsRequest,
@@ -123,7 +124,16 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
         deletion.bytes,
         if force { ", forced" } else { "" }
     );
-    shard.offload(to, "keel-delete-topic", move |broker| {
+    // If the wait for durability cannot be queued, the deletion stands (in memory,
+    // its record on its way to the disk): say so rather than an error ("not done").
+    let not_waited = Response::TopicDeleted(TopicDeleted {
+        topic: topic.clone(),
+        queues: deletion.queues,
+        messages: deletion.messages,
+        bytes: deletion.bytes,
+        durable: false,
+    });
+    let offloaded = shard.offload(to, Pool::Slow, "a topic deletion", move |broker| {
         let config = &broker.config;
         let timeout = config.sync_flush_timeout_ms.max(config.slave_timeout_ms);
         let deadline = Instant::now() + Duration::from_millis(timeout);
@@ -170,6 +180,9 @@ pub(crate) fn on_delete_topic(shard: &mut Shard, to: ReplyTo, topic: String, for
             durable,
         })
     });
+    if offloaded.is_err() {
+        shard.reply(to, not_waited);
+    }
 }
 
 /// Why `topic` is in use, if it is: groups with live members on it, or messages
@@ -225,12 +238,17 @@ pub(crate) fn on_list_topics(shard: &mut Shard, to: ReplyTo, list: ListTopicsReq
 /// PROMOTE: a slave becomes a master. Done on the slow requests' threads (it stops the
 /// replication threads and fsyncs), answered when finished.
 pub(crate) fn on_promote(shard: &mut Shard, to: ReplyTo, role: BrokerRole, force: bool) {
-    shard.offload(
-        to,
-        "keel-promote",
-        move |broker| match crate::cluster::promote(broker, role, force) {
-            Ok((epoch, log_end)) => Response::Promoted { epoch, log_end },
-            Err(refusal) => refusal.response(),
-        },
-    );
+    let offloaded =
+        shard.offload(
+            to,
+            Pool::Promote,
+            "a promotion",
+            move |broker| match crate::cluster::promote(broker, role, force) {
+                Ok((epoch, log_end)) => Response::Promoted { epoch, log_end },
+                Err(refusal) => refusal.response(),
+            },
+        );
+    if let Err(refused) = offloaded {
+        shard.reply(to, refused);
+    }
 }

@@ -6,6 +6,7 @@
 use crate::broker::connection::ReplyTo;
 use crate::broker::schedule::{self, property};
 use crate::broker::shard::Shard;
+use crate::broker::workers::Pool;
 use crate::context::{Broker, Ha};
 use crate::error::Refusal;
 use keel_protocol::{message_id, Record, Response, SCHEDULE_TOPIC};
@@ -41,13 +42,16 @@ pub(crate) fn on_message_info(shard: &mut Shard, to: ReplyTo, msg_id: u64, key: 
         Ok(permit) => permit,
         Err(refusal) => return shard.reply(to, refusal.response()),
     };
-    shard.offload(to, "a message lookup", move |broker| {
+    let offloaded = shard.offload(to, Pool::Slow, "a message lookup", move |broker| {
         let _permit = permit;
         match message_info(broker, msg_id, &key) {
             Ok(info) => Response::Info(info),
             Err(refusal) => refusal.response(),
         }
     });
+    if let Err(refused) = offloaded {
+        shard.reply(to, refused);
+    }
 }
 
 type Info = Vec<(String, String)>;
