@@ -247,9 +247,5 @@ pub(crate) fn subscribe(
 }
 
 pub(crate) fn property<'a>(record: &'a Record, name: &str) -> &'a str {
-    record
-        .properties
-        .iter()
-        .find(|(key, _)| key == name)
-        .map_or("", |(_, value)| value.as_str())
+    record.property(name).unwrap_or_default()
 }

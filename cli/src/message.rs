@@ -10,6 +10,7 @@ use crate::output::record_json;
 use crate::output::PayloadFormat;
 use crate::prelude::*;
 use crate::security::Target;
+use keel_protocol::names::property as names;
 
 pub(crate) fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, ClientError> {
     match command {
@@ -38,10 +39,10 @@ pub(crate) fn dlq(broker: &Target, command: DlqCommand) -> Result<ExitCode, Clie
                     "id={} stored={} origin={}/{} attempts={} reason={:?} payload={}",
                     record.message_id(),
                     format_time(record.store_timestamp_ms),
-                    property(&record, "KEEL_ORIGIN_TOPIC"),
-                    property(&record, "KEEL_ORIGIN_MSG_ID"),
-                    property(&record, "KEEL_RECONSUME_TIMES"),
-                    property(&record, "KEEL_REASON"),
+                    property(&record, names::ORIGIN_TOPIC),
+                    property(&record, names::ORIGIN_MSG_ID),
+                    property(&record, names::RECONSUME_TIMES),
+                    property(&record, names::REASON),
                     escape(&record.payload)
                 );
             }

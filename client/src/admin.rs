@@ -404,12 +404,9 @@ impl Admin {
         let topic = keel_protocol::dlq_topic(group);
         let done_group = redrive_group(group);
         let from = self.query_offset(&done_group, &topic, 0)?.unwrap_or(0);
+        use keel_protocol::names::property as names;
         let property = |record: &keel_protocol::Record, name: &str| {
-            record
-                .properties
-                .iter()
-                .find(|(key, _)| key == name)
-                .map_or(String::new(), |(_, value)| value.clone())
+            record.property(name).unwrap_or_default().to_string()
         };
         let mut redriven = Vec::new();
         for record in self.read_topic(&topic, u64::MAX)? {
@@ -420,8 +417,8 @@ impl Admin {
             if !selected {
                 continue;
             }
-            let origin_topic = property(&record, "KEEL_ORIGIN_TOPIC");
-            let origin = u64::from_str_radix(&property(&record, "KEEL_ORIGIN_MSG_ID"), 16)
+            let origin_topic = property(&record, names::ORIGIN_TOPIC);
+            let origin = u64::from_str_radix(&property(&record, names::ORIGIN_MSG_ID), 16)
                 .unwrap_or(record.log_offset);
             let mut message = record.to_message();
             message.topic = origin_topic.clone();

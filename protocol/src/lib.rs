@@ -42,6 +42,7 @@ mod error;
 mod frame;
 pub mod ha;
 mod message;
+pub mod names;
 mod request;
 mod response;
 pub mod wire;
@@ -81,20 +82,10 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     ::crc32c::crc32c(bytes)
 }
 
-/// Prefix of the broker's own topics; clients cannot send to or create them.
-pub const RESERVED_TOPIC_PREFIX: char = '%';
-/// A group's retry topic: failed messages come back here after their delay.
-pub fn retry_topic(group: &str) -> String {
-    format!("%RETRY%{group}")
-}
-/// A group's dead-letter topic: messages that failed `max_reconsume_times`.
-pub fn dlq_topic(group: &str) -> String {
-    format!("%DLQ%{group}")
-}
-/// Where delayed messages wait: one queue per delay level.
-pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
-/// Queues of `SCHEDULE_TOPIC`: the most delay levels `retry_delays_ms` may list.
-pub const SCHEDULE_QUEUES: u32 = 64;
+pub use names::{
+    dlq_topic, own_topic, retry_topic, OwnTopic, RESERVED_TOPIC_PREFIX, SCHEDULE_QUEUES,
+    SCHEDULE_TOPIC,
+};
 
 /// The wall clock in milliseconds since the Unix epoch, for the timestamps the protocol
 /// carries (born and store times, due times). The one clock read of the workspace: the

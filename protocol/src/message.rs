@@ -61,6 +61,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// The value of property `name`, if set (`crate::names::property`).
+    pub fn property(&self, name: &str) -> Option<&str> {
+        crate::names::property(&self.properties, name)
+    }
+
     /// A message for `topic` on any queue, sealed (its `message_crc` filled in).
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Message {
         Message {
@@ -370,6 +375,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// The value of property `name`, if set (`crate::names::property`).
+    pub fn property(&self, name: &str) -> Option<&str> {
+        crate::names::property(&self.properties, name)
+    }
+
     pub fn message_id(&self) -> String {
         crate::message_id(self.log_offset)
     }

@@ -36,18 +36,13 @@ pub(super) fn matches_filter(filter: Option<&BTreeSet<String>>, tags: &str) -> b
 
 /// A record as the handler sees it: for a retry copy, the original topic and id.
 pub(super) fn delivery_of(record: Record, topic: &str) -> Delivery {
-    let property = |name: &str| {
-        record
-            .properties
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-    };
-    let reconsume_times = property("KEEL_RECONSUME_TIMES")
+    use keel_protocol::names::property as names;
+    let property = |name: &str| record.property(name).map(str::to_string);
+    let reconsume_times = property(names::RECONSUME_TIMES)
         .and_then(|times| times.parse().ok())
         .unwrap_or(0);
-    let origin_topic = property("KEEL_ORIGIN_TOPIC").unwrap_or_else(|| topic.to_string());
-    let msg_id = property("KEEL_ORIGIN_MSG_ID").unwrap_or_else(|| record.message_id());
+    let origin_topic = property(names::ORIGIN_TOPIC).unwrap_or_else(|| topic.to_string());
+    let msg_id = property(names::ORIGIN_MSG_ID).unwrap_or_else(|| record.message_id());
     Delivery {
         topic: if record.topic.starts_with('%') {
             origin_topic

@@ -1,7 +1,7 @@
 //! The permission every request kind needs: one table, checked in one place on the
 //! dispatch path (`refusal`), its words (`rule`) held to docs/PROTOCOL.md by a test.
 
-use keel_protocol::{Kind, Request};
+use keel_protocol::{Kind, OwnTopic, Request};
 use keel_security::{Action, Authority, Principal, ResourceType};
 
 /// One permission a request needs.
@@ -30,16 +30,13 @@ fn own_need() -> Need {
 /// A topic's permission: a group's retry and dead-letter topics are the group's
 /// (consume), the broker's other own topics (`%...`) need `own_need`.
 fn topic_need(topic: &str, action: Action) -> Need {
-    if let Some(group) = topic
-        .strip_prefix("%RETRY%")
-        .or_else(|| topic.strip_prefix("%DLQ%"))
-    {
-        return group_need(group, Action::Consume);
+    match keel_protocol::own_topic(topic) {
+        Some(OwnTopic::Retry { group } | OwnTopic::DeadLetter { group }) => {
+            group_need(group, Action::Consume)
+        }
+        Some(OwnTopic::Schedule | OwnTopic::Reserved) => own_need(),
+        None => need(ResourceType::Topic, topic, action),
     }
-    if topic.starts_with('%') {
-        return own_need();
-    }
-    need(ResourceType::Topic, topic, action)
 }
 
 /// A group's permission; the broker's own groups (`%...`) need `own_need`.

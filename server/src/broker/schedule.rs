@@ -25,23 +25,7 @@ pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
 /// the schedule record's log offset + 1, increasing within a level.
 const SCHEDULER_PRODUCER_ID: u64 = 0x5C4E_D01E_D0D0_0000;
 
-/// Properties the broker sets on messages it stores for redelivery.
-pub mod property {
-    pub const DELIVER_AT: &str = "KEEL_DELIVER_AT";
-    pub const REAL_TOPIC: &str = "KEEL_REAL_TOPIC";
-    pub const RECONSUME_TIMES: &str = "KEEL_RECONSUME_TIMES";
-    pub const ORIGIN_TOPIC: &str = "KEEL_ORIGIN_TOPIC";
-    pub const ORIGIN_MSG_ID: &str = "KEEL_ORIGIN_MSG_ID";
-    pub const REASON: &str = "KEEL_REASON";
-    pub const DLQ_TIME: &str = "KEEL_DLQ_TIME";
-}
-
-pub fn get<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    properties
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_str())
-}
+pub use keel_protocol::names::property;
 
 /// The message a due schedule record becomes: its real topic, scheduling properties
 /// dropped, numbered so that delivering it twice stores it once, sealed anew.
@@ -119,13 +103,14 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, DeliveryError> {
         let record = keel_protocol::decode_record(&read.records[position..])
             .map_err(DeliveryError::Undecodable)?;
         position += record.total_size as usize;
-        let due = get(&record.properties, property::DELIVER_AT)
+        let due = record
+            .property(property::DELIVER_AT)
             .and_then(|at| at.parse::<u64>().ok())
             .unwrap_or(0);
         if due > now {
             break;
         }
-        let Some(real_topic) = get(&record.properties, property::REAL_TOPIC) else {
+        let Some(real_topic) = record.property(property::REAL_TOPIC) else {
             log::error!(
                 "schedule record {} has no {} property; skipped",
                 record.message_id(),

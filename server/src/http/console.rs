@@ -8,6 +8,8 @@
 //! loopback, since this port speaks plaintext HTTP. The page itself holds no data.
 
 use crate::context::{Broker, Ha};
+use keel_protocol::names::property as names;
+use keel_protocol::{own_topic, OwnTopic};
 use keel_security::{Action, AuthMode, ResourceType};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -351,7 +353,10 @@ fn dead_letters(broker: &Broker) -> Value {
         .queue_offsets(None)
         .into_iter()
         .filter_map(|(topic, queues)| {
-            let group = topic.strip_prefix("%DLQ%")?.to_string();
+            let Some(OwnTopic::DeadLetter { group }) = own_topic(&topic) else {
+                return None;
+            };
+            let group = group.to_string();
             let stored: u64 = queues.iter().map(|(min, max)| max - min).sum();
             let redriven = store
                 .query_offset(&format!("%REDRIVE%{group}"), &topic, 0)
@@ -381,22 +386,15 @@ fn dead_letters(broker: &Broker) -> Value {
 }
 
 fn dead_letter(record: &keel_protocol::Record) -> Value {
-    let property = |name: &str| {
-        record
-            .properties
-            .iter()
-            .find(|(key, _)| key == name)
-            .map_or("", |(_, value)| value.as_str())
-            .to_string()
-    };
+    let property = |name: &str| record.property(name).unwrap_or_default().to_string();
     let shown = &record.payload[..record.payload.len().min(PAYLOAD_SHOWN)];
     json!({
         "msg_id": record.message_id(),
         "stored_ms": record.store_timestamp_ms,
-        "origin_topic": property("KEEL_ORIGIN_TOPIC"),
-        "origin_msg_id": property("KEEL_ORIGIN_MSG_ID"),
-        "attempts": property("KEEL_RECONSUME_TIMES"),
-        "reason": property("KEEL_REASON"),
+        "origin_topic": property(names::ORIGIN_TOPIC),
+        "origin_msg_id": property(names::ORIGIN_MSG_ID),
+        "attempts": property(names::RECONSUME_TIMES),
+        "reason": property(names::REASON),
         "payload_bytes": record.payload.len(),
         "payload": String::from_utf8_lossy(shown),
     })

@@ -3,9 +3,10 @@
 
 use crate::broker::connection::ReplyTo;
 use crate::broker::handlers::{admin, send};
-use crate::broker::schedule::{self, property};
+use crate::broker::schedule;
 use crate::broker::shard::Shard;
 use crate::error::Refusal;
+use keel_protocol::names::property;
 use keel_protocol::{
     dlq_topic, message_id, now_ms, retry_topic, validate_topic, Assignment, CommitOffsetRequest,
     ErrorCode, GroupCommitRequest, HeartbeatRequest, Response, SendBackRequest, QUEUE_ID_ANY,
@@ -158,7 +159,7 @@ pub(crate) fn on_send_back(shard: &mut Shard, to: ReplyTo, back: SendBackRequest
     let mut properties: Vec<(String, String)> = message
         .properties
         .into_iter()
-        .filter(|(name, _)| !name.starts_with("KEEL_"))
+        .filter(|(name, _)| !name.starts_with(property::PREFIX))
         .collect();
     let mut set = |name: &str, value: String| properties.push((name.to_string(), value));
     set(property::ORIGIN_TOPIC, back.origin_topic);

@@ -4,12 +4,12 @@
 //! slow requests' threads (`workers.rs`), a few at a time.
 
 use crate::broker::connection::ReplyTo;
-use crate::broker::schedule::{self, property};
 use crate::broker::shard::Shard;
 use crate::broker::workers::Pool;
 use crate::context::{Broker, Ha};
 use crate::error::Refusal;
-use keel_protocol::{message_id, Record, Response, SCHEDULE_TOPIC};
+use keel_protocol::names::property;
+use keel_protocol::{message_id, own_topic, OwnTopic, Record, Response};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Message lookups running (each reads the whole log).
@@ -203,7 +203,10 @@ fn copies(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Refus
     let mut retries = 0u32;
     let store = &broker.store;
     let holds_copies = |topic: &str| {
-        topic == SCHEDULE_TOPIC || topic.starts_with("%RETRY%") || topic.starts_with("%DLQ%")
+        matches!(
+            own_topic(topic),
+            Some(OwnTopic::Schedule | OwnTopic::Retry { .. } | OwnTopic::DeadLetter { .. })
+        )
     };
     for (topic, queues) in store.topic_list() {
         if !holds_copies(&topic) {
@@ -243,27 +246,32 @@ fn copies(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Refus
 
 /// What `copy` says of the record with id `id`, if it is one of its copies.
 fn note_copy(copy: &Record, id: &str, retries: &mut u32, info: &mut Info) {
-    let get = |name: &str| schedule::get(&copy.properties, name);
+    let get = |name: &str| copy.property(name);
     if get(property::ORIGIN_MSG_ID) != Some(id) {
         return;
     }
     let times = get(property::RECONSUME_TIMES).unwrap_or("?");
     let reason = get(property::REASON).unwrap_or("");
-    if let Some(group) = copy.topic.strip_prefix("%DLQ%") {
-        let what = format!(
-            "after {times} attempts, as {} ({reason})",
-            copy.message_id()
-        );
-        info.push((format!("dead_lettered {group}"), what));
-    } else if copy.topic == SCHEDULE_TOPIC {
-        *retries += 1;
-        let due = get(property::DELIVER_AT).unwrap_or("?");
-        info.push((
-            format!("retry {retries}"),
-            format!("attempt {times} failed ({reason}); redelivery due at {due} ms"),
-        ));
-    } else if let Some(group) = copy.topic.strip_prefix("%RETRY%") {
-        let what = format!("as {} (after {times} failures)", copy.message_id());
-        info.push((format!("redelivered {group}"), what));
+    match own_topic(&copy.topic) {
+        Some(OwnTopic::DeadLetter { group }) => {
+            let what = format!(
+                "after {times} attempts, as {} ({reason})",
+                copy.message_id()
+            );
+            info.push((format!("dead_lettered {group}"), what));
+        }
+        Some(OwnTopic::Schedule) => {
+            *retries += 1;
+            let due = get(property::DELIVER_AT).unwrap_or("?");
+            info.push((
+                format!("retry {retries}"),
+                format!("attempt {times} failed ({reason}); redelivery due at {due} ms"),
+            ));
+        }
+        Some(OwnTopic::Retry { group }) => {
+            let what = format!("as {} (after {times} failures)", copy.message_id());
+            info.push((format!("redelivered {group}"), what));
+        }
+        Some(OwnTopic::Reserved) | None => {}
     }
 }

@@ -1,0 +1,107 @@
+//! The names keel gives a meaning to inside topics and messages, in one place for every
+//! side (broker, client library, CLI, console): the broker's own topics and the
+//! properties it sets on the copies it stores.
+
+/// Prefix of the broker's own topics; clients cannot send to or create them.
+pub const RESERVED_TOPIC_PREFIX: char = '%';
+/// Prefix of a group's retry topic (`%RETRY%GROUP`).
+pub const RETRY_PREFIX: &str = "%RETRY%";
+/// Prefix of a group's dead-letter topic (`%DLQ%GROUP`).
+pub const DLQ_PREFIX: &str = "%DLQ%";
+/// Where delayed messages wait: one queue per delay level.
+pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// Queues of `SCHEDULE_TOPIC`: the most delay levels `retry_delays_ms` may list.
+pub const SCHEDULE_QUEUES: u32 = 64;
+
+/// A group's retry topic: failed messages come back here after their delay.
+pub fn retry_topic(group: &str) -> String {
+    format!("{RETRY_PREFIX}{group}")
+}
+
+/// A group's dead-letter topic: messages that failed `max_reconsume_times`.
+pub fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_PREFIX}{group}")
+}
+
+/// What one of the broker's own topics is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnTopic<'a> {
+    /// `%RETRY%GROUP`: the group's redeliveries.
+    Retry { group: &'a str },
+    /// `%DLQ%GROUP`: the group's dead letters.
+    DeadLetter { group: &'a str },
+    /// `%SCHEDULE%`: delayed copies waiting for their time.
+    Schedule,
+    /// Another name starting with `%` (reserved).
+    Reserved,
+}
+
+/// `Some` for one of the broker's own topics (a name starting with `%`), `None` for a
+/// user's topic.
+pub fn own_topic(topic: &str) -> Option<OwnTopic<'_>> {
+    if let Some(group) = topic.strip_prefix(RETRY_PREFIX) {
+        return Some(OwnTopic::Retry { group });
+    }
+    if let Some(group) = topic.strip_prefix(DLQ_PREFIX) {
+        return Some(OwnTopic::DeadLetter { group });
+    }
+    if topic == SCHEDULE_TOPIC {
+        return Some(OwnTopic::Schedule);
+    }
+    topic
+        .starts_with(RESERVED_TOPIC_PREFIX)
+        .then_some(OwnTopic::Reserved)
+}
+
+/// Properties the broker sets on the messages it stores for redelivery (SEND_BACK's
+/// copies, the scheduler's deliveries, dead letters).
+pub mod property {
+    /// Every property the broker sets starts with this; a producer's own `KEEL_*`
+    /// properties are not copied by SEND_BACK.
+    pub const PREFIX: &str = "KEEL_";
+    /// When a delayed copy is due (ms since the epoch).
+    pub const DELIVER_AT: &str = "KEEL_DELIVER_AT";
+    /// Where a delayed copy goes when due.
+    pub const REAL_TOPIC: &str = "KEEL_REAL_TOPIC";
+    /// How many times the message was consumed and sent back.
+    pub const RECONSUME_TIMES: &str = "KEEL_RECONSUME_TIMES";
+    /// The topic the message was first stored in.
+    pub const ORIGIN_TOPIC: &str = "KEEL_ORIGIN_TOPIC";
+    /// The id (16 hex digits) of the message as first stored.
+    pub const ORIGIN_MSG_ID: &str = "KEEL_ORIGIN_MSG_ID";
+    /// Why the consumer sent it back (its handler's error).
+    pub const REASON: &str = "KEEL_REASON";
+    /// When it was dead-lettered (ms since the epoch).
+    pub const DLQ_TIME: &str = "KEEL_DLQ_TIME";
+}
+
+/// The value of property `name` in `properties`, if set (the first, if set twice).
+pub fn property<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    properties
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_topics_are_told_apart_from_users() {
+        assert_eq!(own_topic("orders"), None);
+        assert_eq!(
+            own_topic(&retry_topic("g")),
+            Some(OwnTopic::Retry { group: "g" })
+        );
+        assert_eq!(
+            own_topic(&dlq_topic("g")),
+            Some(OwnTopic::DeadLetter { group: "g" })
+        );
+        assert_eq!(own_topic(SCHEDULE_TOPIC), Some(OwnTopic::Schedule));
+        assert_eq!(own_topic("%SCHEDULER%"), Some(OwnTopic::Reserved));
+        let properties = vec![(property::REASON.to_string(), "boom".to_string())];
+        assert_eq!(property(&properties, property::REASON), Some("boom"));
+        assert_eq!(property(&properties, property::DLQ_TIME), None);
+    }
+}
