@@ -6,7 +6,7 @@ use keel_security::{Action, Authority, Principal, ResourceType};
 
 /// One permission a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Need {
+pub struct Need {
     pub resource: ResourceType,
     pub name: String,
     pub action: Action,
@@ -50,7 +50,7 @@ fn group_need(group: &str, action: Action) -> Need {
 /// The permissions `request` needs; `None` for the two kinds every connection may
 /// send (PING, LOGIN). An exhaustive match: a new request kind does not compile
 /// without its rule.
-pub(crate) fn needs(request: &Request) -> Option<Vec<Need>> {
+pub fn needs(request: &Request) -> Option<Vec<Need>> {
     use Action::*;
     use ResourceType::*;
     let needs = match request {

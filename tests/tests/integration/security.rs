@@ -217,6 +217,31 @@ fn read_reply(stream: &mut TcpStream) -> (u8, Option<u16>) {
     (kind, code)
 }
 
+/// The permissions each request kind needs (`needs`, what is enforced) are the ones its
+/// rule (`rule`, what docs/PROTOCOL.md's table says, checked there) names.
+#[test]
+fn every_kinds_enforced_permissions_are_the_ones_its_documented_rule_names() {
+    use keel_server::broker::permissions::{needs, rule};
+    let mut kinds = std::collections::HashSet::new();
+    for request in one_of_each_kind() {
+        let kind = request.kind();
+        kinds.insert(kind.name());
+        let words = rule(kind).expect("every request kind has a rule");
+        for need in needs(&request).unwrap_or_default() {
+            let named = format!("{}:{}", need.resource.name(), need.action.name());
+            assert!(
+                words.contains(&named),
+                "{} needs {named} but its rule says {words:?}",
+                kind.name()
+            );
+        }
+    }
+    // PING and LOGIN need nothing (and are not in `one_of_each_kind`).
+    let requests = Kind::ALL.iter().filter(|kind| kind.is_request()).count();
+    assert_eq!(kinds.len() + 2, requests, "one_of_each_kind misses a kind");
+    assert_eq!(needs(&Request::Ping), None);
+}
+
 /// One request of every kind a client may send, with plausible bodies.
 fn one_of_each_kind() -> Vec<Request> {
     let message = Message::new("orders", "x");
