@@ -8,6 +8,8 @@
 //! changes, and, when a master falls silent for `master_timeout`, elects a new one
 //! from the SSS. Every decision is a Raft command applied by `state::Groups::apply`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub use config::{ControllerConfig, ControllerSecurity, TypeConfig};
 pub use keel_controller_api::{api, client};
 mod config;

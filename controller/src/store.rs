@@ -63,8 +63,9 @@ fn load_sealed<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T
     };
     let damaged = || invalid(format!("{} is damaged (CRC32C mismatch)", path.display()));
     let (crc, body) = bytes.split_at_checked(9).ok_or_else(damaged)?;
-    let stored = std::str::from_utf8(&crc[..8])
-        .ok()
+    let stored = crc
+        .get(..8)
+        .and_then(|hex| std::str::from_utf8(hex).ok())
         .and_then(|hex| u32::from_str_radix(hex, 16).ok())
         .ok_or_else(damaged)?;
     if stored != crc32c::crc32c(body) {
@@ -98,10 +99,17 @@ fn read_log(path: &Path) -> io::Result<(Vec<Entry<TypeConfig>>, u64)> {
     let mut entries = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        let header = bytes.get(at..at + 8);
-        let Some(header) = header else { break };
-        let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let stored = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let header = at.checked_add(8).and_then(|end| bytes.get(at..end));
+        let Some((length, stored)) = header.and_then(|header| {
+            let (length, stored) = header.split_first_chunk::<4>()?;
+            let stored: [u8; 4] = stored.try_into().ok()?;
+            Some((
+                u32::from_le_bytes(*length) as usize,
+                u32::from_le_bytes(stored),
+            ))
+        }) else {
+            break;
+        };
         let end = at
             .checked_add(8)
             .and_then(|start| start.checked_add(length));

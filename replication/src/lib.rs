@@ -13,6 +13,8 @@
 //! on an event loop. The frames' codec is `keel_protocol::ha`; [`wire`] reads and
 //! writes them on a socket.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod error;
 pub mod master;
 pub mod slave;

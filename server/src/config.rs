@@ -150,19 +150,26 @@ fn optional_socket_address<'de, D: Deserializer<'de>>(
 
 /// The known key nearest to `unknown` (at most two edits away), for "did you mean".
 fn nearest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    /// Levenshtein distance, one row at a time: `row[j]` is the distance between the
+    /// prefix of `a` read so far and `b[..j]`.
     fn distance(a: &str, b: &str) -> usize {
         let b: Vec<char> = b.chars().collect();
         let mut row: Vec<usize> = (0..=b.len()).collect();
         for (i, ca) in a.chars().enumerate() {
-            let mut previous = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let substitution = previous + usize::from(ca != *cb);
-                previous = row[j + 1];
-                row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+            let mut diagonal = i; // row[0] before this character
+            let mut left = i + 1; // row[j] of this character's row
+            let mut next = vec![left];
+            for (cb, above) in b.iter().zip(row.iter().skip(1)) {
+                let cell = (diagonal + usize::from(ca != *cb))
+                    .min(left + 1)
+                    .min(above + 1);
+                diagonal = *above;
+                left = cell;
+                next.push(cell);
             }
+            row = next;
         }
-        row[b.len()]
+        row.last().copied().unwrap_or_default()
     }
     known
         .map(|key| (distance(unknown, key), key))

@@ -1,6 +1,8 @@
 //! keeld, the keel broker: one mio event loop per core over keel's binary protocol, in
 //! front of the storage crate's CommitLog.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod args;
 pub mod broker;
 pub mod cluster;
@@ -469,7 +471,11 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             }
         }));
     }
-    loops[0]
+    let Some(first) = loops.first_mut() else {
+        let detail = std::io::Error::other("no event loop to accept connections");
+        return Err(BrokerError::setup("cannot start the event loops")(detail));
+    };
+    first
         .set_listener(listener, handoffs)
         .map_err(listen_error)?;
     install_signal_handler(broker.clone(), wakers.clone())?;

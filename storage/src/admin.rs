@@ -308,9 +308,11 @@ pub fn dump(
                 return Ok(());
             }
             bytes.resize(size as usize, 0);
-            reader
-                .read_exact(&mut bytes[12..])
-                .map_err(|e| StoreError::io("read", e))?;
+            if let Some(rest) = bytes.get_mut(12..) {
+                reader
+                    .read_exact(rest)
+                    .map_err(|e| StoreError::io("read", e))?;
+            }
             if log_offset >= from {
                 let entry = match decode_record(&bytes) {
                     Ok(record) => DumpEntry::Record(Box::new(record)),
@@ -351,7 +353,7 @@ pub fn truncate(data_dir: &Path, offset: u64, max_record_bytes: u32) -> Result<u
             .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
         let mut position = 0usize;
         while at < offset && position < bytes.len() {
-            let record = decode_record(&bytes[position..]).map_err(|error| {
+            let record = decode_record(bytes.get(position..).unwrap_or_default()).map_err(|error| {
                 StoreError::InvalidArgument(format!("the record at log offset {at} is damaged ({error}): truncate at {at} or before"))
             })?;
             if record.total_size > max_record_bytes {
@@ -374,7 +376,7 @@ pub fn truncate(data_dir: &Path, offset: u64, max_record_bytes: u32) -> Result<u
             .open(path, OpenMode::ReadWrite)
             .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
         let length = file.len().map_err(|e| StoreError::io("stat", e))?;
-        if *base >= offset && *base != segments[0].0 {
+        if *base >= offset && Some(*base) != segments.first().map(|(first, _)| *first) {
             discarded += length;
             disk.remove_file(path)
                 .map_err(|e| StoreError::io(format!("remove {}", path.display()), e))?;

@@ -340,7 +340,10 @@ impl Store {
         } else {
             message.queue_id
         };
-        let queue_offset = topic.queues[queue_id as usize].end();
+        let Some(queue) = topic.queues.get(queue_id as usize) else {
+            unreachable!("queue {queue_id} of {} was checked before", message.topic)
+        };
+        let queue_offset = queue.end();
         let record_len = message.record_len() as u64;
         let segment_base = state.segment_for(record_len, self.config.segment_size_bytes);
         let log_offset = state.offset_end;
@@ -464,9 +467,10 @@ fn retry_of(
 ) -> Result<Option<Vec<StoredAt>>, AppendError> {
     // A producer's batch numbers its messages in order; anything else is checked for
     // repeats with a set (never pairwise: a batch may hold 65535 messages).
-    let in_order = messages.windows(2).all(|pair| {
-        pair[0].producer_id == pair[1].producer_id && pair[0].sequence < pair[1].sequence
-    });
+    let in_order = messages
+        .iter()
+        .zip(messages.iter().skip(1))
+        .all(|(a, b)| a.producer_id == b.producer_id && a.sequence < b.sequence);
     let mut numbers = std::collections::HashSet::new();
     let mut originals = Vec::new();
     let mut new = 0usize;

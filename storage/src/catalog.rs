@@ -183,7 +183,9 @@ impl Catalog {
             topic.queues.resize_with(index + 1, QueueIndex::default);
             created = true;
         }
-        let queue = &mut topic.queues[index];
+        let Some(queue) = topic.queues.get_mut(index) else {
+            unreachable!("queue {index} was just made")
+        };
         if let NewTopic::Recovered { log_start } = new {
             if queue.entries.is_empty() && queue.first == 0 && log_start > 0 {
                 queue.first = facts.queue_offset;

@@ -56,8 +56,10 @@ impl QueueIndex {
 
     /// Removes the first `count` entries.
     fn drop_first(&mut self, count: usize) {
-        let gone: u64 = self.entries[..count]
+        let gone: u64 = self
+            .entries
             .iter()
+            .take(count)
             .map(|entry| u64::from(entry.size))
             .sum();
         self.bytes -= gone;
@@ -88,7 +90,7 @@ impl QueueIndex {
         let start = queue_offset
             .saturating_sub(self.first)
             .min(self.entries.len() as u64) as usize;
-        &self.entries[start..]
+        self.entries.get(start..).unwrap_or_default()
     }
 
     /// Applies the queue's first offset from the topics file to the index rebuilt from
@@ -120,8 +122,10 @@ impl QueueIndex {
             .entries
             .partition_point(|entry| entry.log_offset < log_offset);
         let count = self.entries.len() - keep;
-        let gone: u64 = self.entries[keep..]
+        let gone: u64 = self
+            .entries
             .iter()
+            .skip(keep)
             .map(|entry| u64::from(entry.size))
             .sum();
         self.bytes -= gone;
@@ -262,7 +266,9 @@ impl IndexFiles {
                 runs.len() - 1
             });
             last = index;
-            let run = &mut runs[index];
+            let Some(run) = runs.get_mut(index) else {
+                unreachable!("run {index} was just found or made")
+            };
             debug_assert_eq!(
                 run.first + (run.bytes.len() / INDEX_ENTRY_LEN) as u64,
                 update.queue_offset

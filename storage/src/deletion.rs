@@ -78,7 +78,9 @@ impl Catalog {
                 if firsts.len() <= slot {
                     firsts.resize(slot + 1, 0);
                 }
-                firsts[slot] = retired.first;
+                if let Some(first) = firsts.get_mut(slot) {
+                    *first = retired.first;
+                }
             }
             if !firsts.is_empty() {
                 lines.push((deletion.topic.clone(), firsts));
@@ -143,8 +145,7 @@ impl Catalog {
         for deletion in &undone {
             let mut topic = TopicQueues::default();
             let mut index = 0;
-            while index < self.retired.len() {
-                let retired = &self.retired[index];
+            while let Some(retired) = self.retired.get(index) {
                 if retired.topic != deletion.topic || retired.deleted_at != deletion.at {
                     index += 1;
                     continue;
@@ -164,7 +165,9 @@ impl Catalog {
                 for entry in retired.entries {
                     queue.push(entry);
                 }
-                topic.queues[slot] = queue;
+                if let Some(place) = topic.queues.get_mut(slot) {
+                    *place = queue;
+                }
             }
             if topic.queues.is_empty() {
                 // The deletion of a topic this log never had (a slave's): nothing to

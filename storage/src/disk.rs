@@ -67,7 +67,7 @@ pub fn read_exact_at(
         match file.read_at(buffer, offset) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             Ok(count) => {
-                buffer = &mut buffer[count..];
+                buffer = buffer.get_mut(count..).unwrap_or_default();
                 offset += count as u64;
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}

@@ -18,8 +18,7 @@ pub use keel_protocol::Epoch;
 
 /// Checks that epochs and their starts both never go down.
 pub fn validate_history(history: &[Epoch]) -> Result<(), String> {
-    for pair in history.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
+    for (a, b) in history.iter().zip(history.iter().skip(1)) {
         if b.epoch <= a.epoch || b.start < a.start {
             return Err(format!(
                 "epoch history is not increasing: epoch {} at {} is followed by epoch {} at {}",

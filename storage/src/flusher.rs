@@ -512,7 +512,13 @@ impl<T: FlushTarget> Flusher<'_, T> {
             if progress.is_poisoned() {
                 return Err(std::io::Error::other("the log is poisoned"));
             }
-            file.write_all_at(&batch.bytes[position..chunk_end], offset - base)?;
+            let Some(chunk) = batch.bytes.get(position..chunk_end) else {
+                unreachable!(
+                    "chunk {position}..{chunk_end} of a {}-byte batch",
+                    batch.bytes.len()
+                )
+            };
+            file.write_all_at(chunk, offset - base)?;
             position = chunk_end;
             self.written = batch.base + position as u64;
             progress.publish_written(self.written);

@@ -21,6 +21,8 @@
 //! DATA_DIR/offsets/consumer_offsets           group, topic, queue -> committed offset
 //! ```
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod admin;
 mod append;
 mod catalog;

@@ -74,9 +74,10 @@ impl OwnWrites {
     }
 
     fn check_invariants(&self) {
-        for pair in self.ranges.windows(2) {
-            let (first, second) = (pair[0], pair[1]);
-            let first_end = first.1.expect("only the last range may be open");
+        for (first, second) in self.ranges.iter().zip(self.ranges.iter().skip(1)) {
+            let Some(first_end) = first.1 else {
+                panic!("only the last range may be open: {:?}", self.ranges)
+            };
             assert!(first.0 < first_end);
             assert!(first_end <= second.0);
         }

@@ -68,7 +68,10 @@ impl Producers {
             .entries
             .binary_search_by_key(&sequence, |(seq, _)| *seq)
         {
-            Ok(index) => Seen::Duplicate(window.entries[index].1),
+            Ok(index) => match window.entries.get(index) {
+                Some((_, stored)) => Seen::Duplicate(*stored),
+                None => unreachable!("binary_search found index {index}"),
+            },
             Err(0) if window.entries.len() >= WINDOW => Seen::TooOld {
                 oldest: window.entries.front().map_or(0, |(seq, _)| *seq),
             },

@@ -63,7 +63,7 @@ impl Store {
             let mut bytes = 0u64;
             if queue_offset >= min_offset && queue_offset < max_offset {
                 let count = (max_offset - queue_offset).min(u64::from(max_messages.max(1)));
-                for entry in &queue.from(queue_offset)[..count as usize] {
+                for entry in queue.from(queue_offset).iter().take(count as usize) {
                     if !selected.is_empty() && bytes + u64::from(entry.size) > u64::from(max_bytes)
                     {
                         break;
@@ -110,8 +110,7 @@ impl Store {
         let mut run_start = 0usize;
         let mut position = 0usize;
         let mut index = 0usize;
-        while index < entries.len() {
-            let first = entries[index];
+        while let Some(&first) = entries.get(index) {
             let base = self.segments.base_of(first.log_offset);
             let mut end = first.offset_end();
             let mut next = index + 1;
@@ -124,14 +123,15 @@ impl Store {
             }
             let length = (end - first.log_offset) as usize;
             position += length;
-            self.segments
-                .read_at(first.log_offset, &mut out[run_start..position])
-                .map_err(|e| {
-                    StoreError::io(
-                        format!("read the commit log at offset {}", first.log_offset),
-                        e,
-                    )
-                })?;
+            let Some(run) = out.get_mut(run_start..position) else {
+                unreachable!("run {run_start}..{position} of {total} bytes")
+            };
+            self.segments.read_at(first.log_offset, run).map_err(|e| {
+                StoreError::io(
+                    format!("read the commit log at offset {}", first.log_offset),
+                    e,
+                )
+            })?;
             run_start = position;
             index = next;
         }
@@ -401,7 +401,7 @@ impl Store {
                 if size < RECORD_FIXED_LEN || carry.len() - used < size {
                     break;
                 }
-                if let Ok(record) = decode_record(&carry[used..]) {
+                if let Ok(record) = decode_record(carry.get(used..).unwrap_or_default()) {
                     if !each(&record) {
                         return Ok(());
                     }

@@ -181,7 +181,7 @@ pub(crate) fn recover(
             (None, _) => None,
         };
         let Some(bad) = bad else { continue };
-        let later = &segments[index + 1..];
+        let later = segments.get(index + 1..).unwrap_or_default();
         let position_global = base + bad.position;
         let why = match repair {
             Repair::MeasureValidPrefix => None,
@@ -287,7 +287,9 @@ fn scan_segment(
             ));
         }
         record.resize(size as usize, 0);
-        reader.read_exact(&mut record[12..]).map_err(read_error)?;
+        if let Some(rest) = record.get_mut(12..) {
+            reader.read_exact(rest).map_err(read_error)?;
+        }
         let decoded = match decode_record(&record) {
             Ok(decoded) => decoded,
             Err(error) => return bad(error.to_string()),
@@ -412,7 +414,7 @@ pub(crate) fn scan_valid_records(
             if window.get(index + 4..index + 8) != Some(&magic[..]) {
                 continue;
             }
-            if let Ok(record) = decode_record(&window[index..]) {
+            if let Ok(record) = decode_record(window.get(index..).unwrap_or_default()) {
                 if record.log_offset == base + start + index as u64 && !each(&record) {
                     return Ok(false);
                 }

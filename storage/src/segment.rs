@@ -118,8 +118,9 @@ impl SegmentSet {
         let first = segments
             .partition_point(|segment| segment.base_offset <= from)
             .saturating_sub(1);
-        segments[first..]
+        segments
             .iter()
+            .skip(first)
             .take_while(|segment| segment.base_offset < to)
             .map(|segment| (segment.base_offset, segment.file.clone()))
             .collect()

@@ -86,6 +86,22 @@ struct SimState {
     locks: HashSet<PathBuf>,
 }
 
+impl SimState {
+    /// Inode `index`: every index the simulator hands out is one of its inodes.
+    fn inode(&self, index: usize) -> &Inode {
+        self.inodes
+            .get(index)
+            .unwrap_or_else(|| unreachable!("inode {index} of {}", self.inodes.len()))
+    }
+
+    fn inode_mut(&mut self, index: usize) -> &mut Inode {
+        let count = self.inodes.len();
+        self.inodes
+            .get_mut(index)
+            .unwrap_or_else(|| unreachable!("inode {index} of {count}"))
+    }
+}
+
 /// A deterministic generator for crash shapes (xorshift64*).
 struct Rng(u64);
 
@@ -146,13 +162,13 @@ impl SimState {
                 entries.insert(path.clone(), Node::Dir);
                 continue;
             };
-            let inode = &self.inodes[*index];
+            let inode = self.inode(*index);
             let mut bytes = inode.durable.clone();
             let unsynced = inode.live.get(bytes.len()..).unwrap_or_default();
             let cut = rng.below(unsynced.len() + 1);
             match shape {
                 TailShape::Clean => {}
-                TailShape::Torn => bytes.extend_from_slice(&unsynced[..cut]),
+                TailShape::Torn => bytes.extend_from_slice(unsynced.get(..cut).unwrap_or_default()),
                 TailShape::Zeros => bytes.resize(bytes.len() + cut, 0),
                 TailShape::Garbage => bytes.extend((0..cut).map(|_| rng.next() as u8)),
                 TailShape::Holes => {
@@ -162,7 +178,9 @@ impl SimState {
                     while page < bytes.len() {
                         if rng.below(3) == 0 {
                             let end = (page + 4096).min(bytes.len());
-                            bytes[page.max(start)..end].fill(0);
+                            if let Some(hole) = bytes.get_mut(page.max(start)..end) {
+                                hole.fill(0);
+                            }
                         }
                         page += 4096;
                     }
@@ -189,7 +207,7 @@ impl SimState {
             .collect();
         linked
             .iter()
-            .map(|index| self.inodes[*index].live.len() as u64)
+            .map(|index| self.inode(*index).live.len() as u64)
             .sum()
     }
 
@@ -275,7 +293,7 @@ impl SimDisk {
     pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
         let state = self.lock_state();
         match state.live.get(path) {
-            Some(Node::File(index)) => Some(state.inodes[*index].live.clone()),
+            Some(Node::File(index)) => Some(state.inode(*index).live.clone()),
             _ => None,
         }
     }
@@ -284,8 +302,9 @@ impl SimDisk {
     pub fn write_durable(&self, path: &Path, bytes: &[u8]) {
         let mut state = self.lock_state();
         if let Some(Node::File(index)) = state.live.get(path).copied() {
-            state.inodes[index].live = bytes.to_vec();
-            state.inodes[index].durable = bytes.to_vec();
+            let inode = state.inode_mut(index);
+            inode.live = bytes.to_vec();
+            inode.durable = bytes.to_vec();
         }
     }
 }
@@ -299,10 +318,13 @@ struct SimFile {
 impl DiskFile for SimFile {
     fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
         let state = self.disk.lock_state();
-        let live = &state.inodes[self.inode].live;
+        let live = &state.inode(self.inode).live;
         let start = (offset as usize).min(live.len());
-        let count = buffer.len().min(live.len() - start);
-        buffer[..count].copy_from_slice(&live[start..start + count]);
+        let available = live.get(start..).unwrap_or_default();
+        let count = buffer.len().min(available.len());
+        for (into, from) in buffer.iter_mut().zip(available) {
+            *into = *from;
+        }
         Ok(count)
     }
 
@@ -320,7 +342,7 @@ impl DiskFile for SimFile {
         let mut end = start + bytes.len();
         let mut short = false;
         if let Some(capacity) = state.capacity {
-            let current = state.inodes[self.inode].live.len();
+            let current = state.inode(self.inode).live.len();
             let growth = end.saturating_sub(current) as u64;
             let room = capacity.saturating_sub(state.live_bytes());
             if growth > room {
@@ -328,13 +350,14 @@ impl DiskFile for SimFile {
                 short = true;
             }
         }
-        let inode = &mut state.inodes[self.inode];
+        let inode = state.inode_mut(self.inode);
         if inode.live.len() < end {
             inode.live.resize(end, 0);
         }
-        let count = end.saturating_sub(start);
-        if count > 0 {
-            inode.live[start..end].copy_from_slice(&bytes[..count]);
+        if let Some(written) = inode.live.get_mut(start..end) {
+            for (into, from) in written.iter_mut().zip(bytes) {
+                *into = *from;
+            }
         }
         if short {
             return Err(Fault::Enospc.error());
@@ -347,7 +370,7 @@ impl DiskFile for SimFile {
         state.tick()?;
         state.syncs += 1;
         let fault = SimState::fault(&state.sync_faults, state.syncs);
-        let inode = &mut state.inodes[self.inode];
+        let inode = state.inode_mut(self.inode);
         if let Some(fault) = fault {
             // The kernel drops the dirty data and reports the error once.
             let start = inode.durable.len().min(inode.live.len());
@@ -363,8 +386,12 @@ impl DiskFile for SimFile {
                 .get(start..end.min(inode.durable.len()))
                 .unwrap_or_default()
                 .to_vec();
-            durable[start..end].fill(0);
-            durable[start..start + old.len()].copy_from_slice(&old);
+            if let Some(lost) = durable.get_mut(start..end) {
+                lost.fill(0);
+                for (into, from) in lost.iter_mut().zip(&old) {
+                    *into = *from;
+                }
+            }
         }
         inode.durable = durable;
         Ok(())
@@ -373,12 +400,12 @@ impl DiskFile for SimFile {
     fn set_len(&self, length: u64) -> io::Result<()> {
         let mut state = self.disk.lock_state();
         state.tick()?;
-        state.inodes[self.inode].live.resize(length as usize, 0);
+        state.inode_mut(self.inode).live.resize(length as usize, 0);
         Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.disk.lock_state().inodes[self.inode].live.len() as u64)
+        Ok(self.disk.lock_state().inode(self.inode).live.len() as u64)
     }
 }
 

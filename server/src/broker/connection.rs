@@ -134,7 +134,8 @@ impl Connection {
         let verdict = if self.tls.is_some() {
             let mut first = [0u8; 3];
             match self.socket.peek(&mut first) {
-                Ok(count) => keel_security::could_be_tls(&first[..count]).map(|tls| !tls),
+                Ok(count) => keel_security::could_be_tls(first.get(..count).unwrap_or_default())
+                    .map(|tls| !tls),
                 Err(_) => Some(false),
             }
         } else {
@@ -168,10 +169,14 @@ impl Connection {
                 return Ok(ReadOutcome::BudgetSpent);
             }
             let length = scratch.len().min(budget);
-            match self.socket.read(&mut scratch[..length]) {
+            let Some(space) = scratch.get_mut(..length) else {
+                return Ok(ReadOutcome::BudgetSpent);
+            };
+            match self.socket.read(space) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(count) => {
-                    self.read_buffer.extend_from_slice(&scratch[..count]);
+                    let read = space.get(..count).unwrap_or_default();
+                    self.read_buffer.extend_from_slice(read);
                     budget -= count;
                     self.last_activity = Instant::now();
                     // A short read emptied the socket's receive queue: bytes (or a
@@ -214,8 +219,10 @@ impl Connection {
                     let available = state.plaintext_bytes_to_read();
                     if available > 0 {
                         let start = self.read_buffer.len();
-                        self.read_buffer.resize(start + available, 0);
-                        tls.reader().read_exact(&mut self.read_buffer[start..])?;
+                        self.read_buffer.resize(start.saturating_add(available), 0);
+                        if let Some(fresh) = self.read_buffer.get_mut(start..) {
+                            tls.reader().read_exact(fresh)?;
+                        }
                     }
                     if state.peer_has_closed() && count == 0 && !blocked {
                         return Ok(ReadOutcome::Closed);
@@ -266,8 +273,12 @@ impl Connection {
         if self.tls.is_some() {
             return self.flush_through_tls();
         }
-        while self.write_position < self.write_buffer.len() {
-            match self.socket.write(&self.write_buffer[self.write_position..]) {
+        while let Some(unsent) = self
+            .write_buffer
+            .get(self.write_position..)
+            .filter(|unsent| !unsent.is_empty())
+        {
+            match self.socket.write(unsent) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(count) => {
                     self.write_position += count;
@@ -300,10 +311,12 @@ impl Connection {
         };
         loop {
             let mut progress = false;
-            if self.write_position < self.write_buffer.len() {
-                let count = tls
-                    .writer()
-                    .write(&self.write_buffer[self.write_position..])?;
+            if let Some(unsent) = self
+                .write_buffer
+                .get(self.write_position..)
+                .filter(|unsent| !unsent.is_empty())
+            {
+                let count = tls.writer().write(unsent)?;
                 self.write_position += count;
                 progress |= count > 0;
             }

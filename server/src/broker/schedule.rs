@@ -100,7 +100,7 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, DeliveryError> {
     let mut last_end = 0u64;
     let mut count = 0usize;
     while position < read.records.len() {
-        let record = keel_protocol::decode_record(&read.records[position..])
+        let record = keel_protocol::decode_record(read.records.get(position..).unwrap_or_default())
             .map_err(DeliveryError::Undecodable)?;
         position += record.total_size as usize;
         let due = record

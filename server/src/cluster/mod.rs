@@ -371,13 +371,14 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
                     topics: broker.store.topic_list(),
                 };
                 let request = Request::RegisterBroker(registration);
-                for (index, namesrv) in broker.config.namesrv_addrs.iter().enumerate() {
+                let names = broker.config.namesrv_addrs.iter();
+                for (namesrv, failing) in names.zip(failing.iter_mut()) {
                     match call(namesrv, &request, Duration::from_secs(3), &outbound) {
                         Ok(Response::Registered) => {
-                            if failing[index] {
+                            if *failing {
                                 log::info!("registered with name server {namesrv} again");
                             }
-                            failing[index] = false;
+                            *failing = false;
                         }
                         Ok(Response::Error(error))
                             if error.code == ErrorCode::NotMaster && role.is_master() =>
@@ -389,10 +390,10 @@ pub fn start_registration(broker: Arc<Broker>, address: String) {
                                 Ok(other) => format!("unexpected {}", other.kind().name()),
                                 Err(error) => error.to_string(),
                             };
-                            if !failing[index] {
+                            if !*failing {
                                 log::warn!("cannot register with name server {namesrv}: {detail}");
                             }
-                            failing[index] = true;
+                            *failing = true;
                         }
                     }
                 }

@@ -387,7 +387,10 @@ fn dead_letters(broker: &Broker) -> Value {
 
 fn dead_letter(record: &keel_protocol::Record) -> Value {
     let property = |name: &str| record.property(name).unwrap_or_default().to_string();
-    let shown = &record.payload[..record.payload.len().min(PAYLOAD_SHOWN)];
+    let shown = record
+        .payload
+        .get(..PAYLOAD_SHOWN)
+        .unwrap_or(&record.payload);
     json!({
         "msg_id": record.message_id(),
         "stored_ms": record.store_timestamp_ms,

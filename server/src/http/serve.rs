@@ -103,7 +103,7 @@ fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
         if count == 0 {
             break;
         }
-        request.extend_from_slice(&chunk[..count]);
+        request.extend_from_slice(chunk.get(..count).unwrap_or_default());
     }
     let text = String::from_utf8_lossy(&request);
     let mut lines = text.split("\r\n");
