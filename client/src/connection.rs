@@ -5,13 +5,11 @@
 //! must not block.
 
 use crate::{ClientError, Endpoint};
-use bytes::BytesMut;
-use keel_protocol::{
-    decode_frame, ErrorCode, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES, FLAG_ONEWAY,
-};
+use keel_net::framed::{FrameReader, Next};
+use keel_protocol::{ErrorCode, Login, Request, Response, DEFAULT_MAX_FRAME_BYTES, FLAG_ONEWAY};
 use keel_security::{ClientTls, Stream};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -402,55 +400,45 @@ fn login(
     (&*stream)
         .write_all(&frame)
         .map_err(|e| ClientError::ConnectionClosed(e.to_string()))?;
-    let mut buffer = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match decode_frame(&mut buffer, max_frame_bytes) {
-            Ok(Some(frame)) => {
-                return match Response::decode(&frame) {
-                    Ok(Response::LoginOk(principal)) => Ok(principal),
-                    Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
-                    Ok(other) => Err(ClientError::Protocol(format!(
-                        "LOGIN answered with {}",
-                        other.kind().name()
-                    ))),
-                    Err(error) => Err(ClientError::Protocol(format!("bad LOGIN reply: {error}"))),
-                }
-            }
-            Ok(None) => {}
-            Err(error) => return Err(ClientError::Protocol(format!("bad LOGIN reply: {error}"))),
-        }
-        let count = (&*stream).read(&mut chunk).map_err(|e| match e.kind() {
+    let mut reader = FrameReader::new();
+    let next = reader
+        .next(stream, max_frame_bytes)
+        .map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
             _ => ClientError::ConnectionClosed(e.to_string()),
         })?;
-        if count == 0 {
-            return Err(ClientError::ConnectionClosed(
-                "the broker closed the connection during LOGIN".into(),
-            ));
-        }
-        buffer.extend_from_slice(&chunk[..count]);
+    match next {
+        Next::Frame(frame) => match Response::decode(&frame) {
+            Ok(Response::LoginOk(principal)) => Ok(principal),
+            Ok(Response::Error(error)) => Err(ClientError::Broker(error)),
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "LOGIN answered with {}",
+                other.kind().name()
+            ))),
+            Err(error) => Err(ClientError::Protocol(format!("bad LOGIN reply: {error}"))),
+        },
+        Next::Bad(error) => Err(ClientError::Protocol(format!("bad LOGIN reply: {error}"))),
+        Next::Closed => Err(ClientError::ConnectionClosed(
+            "the broker closed the connection during LOGIN".into(),
+        )),
     }
 }
 
 fn read_loop(stream: Arc<Stream>, shared: &Shared, max_frame_bytes: u32) {
-    let mut reader = &*stream;
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut reader = FrameReader::new();
     let mut expire_due = Instant::now() + READ_TICK;
     let reason = loop {
-        match reader.read(&mut chunk) {
+        match reader.read_some(&*stream) {
             Ok(0) => break "the broker closed the connection".to_string(),
-            Ok(count) => buffer.extend_from_slice(&chunk[..count]),
+            Ok(_) => {}
             Err(error)
                 if matches!(
                     error.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => break format!("read failed: {error}"),
         }
-        if let Err(reason) = dispatch_frames(&mut buffer, shared, max_frame_bytes) {
+        if let Err(reason) = dispatch_frames(&mut reader, shared, max_frame_bytes) {
             break reason;
         }
         if Instant::now() >= expire_due {
@@ -466,12 +454,12 @@ fn read_loop(stream: Arc<Stream>, shared: &Shared, max_frame_bytes: u32) {
 }
 
 fn dispatch_frames(
-    buffer: &mut BytesMut,
+    reader: &mut FrameReader,
     shared: &Shared,
     max_frame_bytes: u32,
 ) -> Result<(), String> {
     loop {
-        let frame = match decode_frame(buffer, max_frame_bytes) {
+        let frame = match reader.frame(max_frame_bytes) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(error) => return Err(format!("undecodable reply: {error}")),

@@ -1,6 +1,7 @@
-//! keel frames from a blocking stream: the one reader of the blocking side (the name
-//! server's connections, `call`'s replies). The event loop and the client library read
-//! non-blocking sockets with the same codec (`keel_protocol::decode_frame`).
+//! keel frames from a blocking stream: the one reader of every blocking side (the name
+//! server's connections, `call`'s replies, the client library's connections). The
+//! broker's event loop reads its non-blocking sockets with the same codec
+//! (`keel_protocol::decode_frame`) under its own budgets.
 
 use bytes::BytesMut;
 use keel_protocol::{decode_frame, DecodeError, RawFrame};
@@ -28,21 +29,43 @@ impl FrameReader {
         FrameReader::default()
     }
 
-    /// The next frame of at most `max` bytes from `stream`.
-    pub fn next(&mut self, mut stream: impl Read, max: u32) -> io::Result<Next> {
-        let mut chunk = [0u8; 8192];
+    /// Buffers one read of `stream`: the bytes read, 0 when the peer closed. Interrupted
+    /// reads are retried; a timeout or `WouldBlock` is returned for the caller to take
+    /// as a tick.
+    pub fn read_some(&mut self, mut stream: impl Read) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 << 10];
         loop {
-            match decode_frame(&mut self.buffer, max) {
+            match stream.read(&mut chunk) {
+                Ok(read) => {
+                    self.buffer
+                        .extend_from_slice(chunk.get(..read).unwrap_or_default());
+                    return Ok(read);
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The next whole frame of at most `max` bytes among those buffered, if one is.
+    pub fn frame(&mut self, max: u32) -> Result<Option<RawFrame>, DecodeError> {
+        decode_frame(&mut self.buffer, max)
+    }
+
+    /// Bytes buffered that are not a whole frame yet.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The next frame of at most `max` bytes from `stream`, reading as needed.
+    pub fn next(&mut self, mut stream: impl Read, max: u32) -> io::Result<Next> {
+        loop {
+            match self.frame(max) {
                 Ok(Some(frame)) => return Ok(Next::Frame(frame)),
                 Ok(None) => {}
                 Err(error) => return Ok(Next::Bad(error)),
             }
-            let read = match stream.read(&mut chunk) {
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            };
-            let Some(bytes) = chunk.get(..read).filter(|bytes| !bytes.is_empty()) else {
+            if self.read_some(&mut stream)? == 0 {
                 if self.buffer.is_empty() {
                     return Ok(Next::Closed);
                 }
@@ -51,8 +74,7 @@ impl FrameReader {
                     self.buffer.len()
                 );
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, detail));
-            };
-            self.buffer.extend_from_slice(bytes);
+            }
         }
     }
 }
