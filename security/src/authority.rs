@@ -7,6 +7,7 @@
 //! off their event loop.
 
 use crate::acl::{permits, AclEntry, Action, Effect, ResourceType, ANONYMOUS};
+use crate::error::SecurityError;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use ring::rand::SecureRandom;
@@ -245,48 +246,56 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+fn random_bytes<const N: usize>() -> Result<[u8; N], SecurityError> {
     let mut out = [0u8; N];
     ring::rand::SystemRandom::new()
         .fill(&mut out)
-        .map_err(|_| "the system's random number generator failed".to_string())?;
+        .map_err(|_| {
+            SecurityError::Crypto("the system's random number generator failed".to_string())
+        })?;
     Ok(out)
 }
 
 /// Checks a user or token name: 1 to 64 of `[A-Za-z0-9_.@-]`, and not one the broker
 /// gives a meaning (`*`, `anonymous`, `cluster`).
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), SecurityError> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("name {name:?} must be 1 to 64 bytes"));
+        return Err(SecurityError::Invalid(format!(
+            "name {name:?} must be 1 to 64 bytes"
+        )));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
     {
-        return Err(format!("name {name:?} may hold only A-Z a-z 0-9 _ . @ -"));
+        return Err(SecurityError::Invalid(format!(
+            "name {name:?} may hold only A-Z a-z 0-9 _ . @ -"
+        )));
     }
     if name == ANONYMOUS || name == CLUSTER {
-        return Err(format!("{name:?} is reserved"));
+        return Err(SecurityError::Invalid(format!("{name:?} is reserved")));
     }
     Ok(())
 }
 
-fn validate_password(password: &Secret) -> Result<(), String> {
+fn validate_password(password: &Secret) -> Result<(), SecurityError> {
     let length = password.0.chars().count();
     if !(8..=1024).contains(&length) {
-        return Err("a password must be 8 to 1024 characters".into());
+        let detail = "a password must be 8 to 1024 characters";
+        return Err(SecurityError::Invalid(detail.into()));
     }
     Ok(())
 }
 
 /// An Argon2id PHC string for `password`, with a random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, SecurityError> {
     let salt_bytes: [u8; 16] = random_bytes()?;
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| format!("salt: {e}"))?;
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|e| SecurityError::Crypto(format!("salt: {e}")))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
-        .map_err(|e| format!("hashing the password: {e}"))
+        .map_err(|e| SecurityError::Crypto(format!("hashing the password: {e}")))
 }
 
 fn verify_password(hash: &str, password: &str) -> bool {
@@ -313,30 +322,31 @@ fn token_id(token: &str) -> Option<&str> {
 }
 
 impl SecurityState {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), SecurityError> {
         for name in self.users.keys() {
             validate_name(name)?;
         }
         for (id, token) in &self.tokens {
             validate_name(&token.name)?;
             if id.len() != 16 || token.hash.len() != 64 {
-                return Err(format!("token {id:?} is malformed"));
+                return Err(SecurityError::Invalid(format!("token {id:?} is malformed")));
             }
         }
         for entry in &self.acls {
-            entry.validate()?;
+            entry.validate().map_err(SecurityError::Invalid)?;
         }
         Ok(())
     }
 
-    fn apply(&mut self, command: SecurityCommand) -> Result<SecurityReply, String> {
+    fn apply(&mut self, command: SecurityCommand) -> Result<SecurityReply, SecurityError> {
         let mut reply = SecurityReply::default();
         match command {
             SecurityCommand::UserAdd { name, password } => {
                 validate_name(&name)?;
                 validate_password(&password)?;
                 if self.users.contains_key(&name) {
-                    return Err(format!("user {name:?} exists (use passwd to change it)"));
+                    let detail = format!("user {name:?} exists (use passwd to change it)");
+                    return Err(SecurityError::Exists(detail));
                 }
                 let password_hash = hash_password(&password.0)?;
                 self.users.insert(name.clone(), User { password_hash });
@@ -347,14 +357,14 @@ impl SecurityState {
                 let user = self
                     .users
                     .get_mut(&name)
-                    .ok_or_else(|| format!("no user {name:?}"))?;
+                    .ok_or_else(|| SecurityError::NotFound(format!("no user {name:?}")))?;
                 user.password_hash = hash_password(&password.0)?;
                 reply.done = format!("password of {name} changed");
             }
             SecurityCommand::UserRemove { name } => {
                 self.users
                     .remove(&name)
-                    .ok_or_else(|| format!("no user {name:?}"))?;
+                    .ok_or_else(|| SecurityError::NotFound(format!("no user {name:?}")))?;
                 reply.done = format!("user {name} removed (its permissions stay until revoked)");
             }
             SecurityCommand::TokenCreate { name } => {
@@ -378,11 +388,11 @@ impl SecurityState {
                 let token = self
                     .tokens
                     .remove(&id)
-                    .ok_or_else(|| format!("no token {id:?}"))?;
+                    .ok_or_else(|| SecurityError::NotFound(format!("no token {id:?}")))?;
                 reply.done = format!("token {id} of {} revoked", token.name);
             }
             SecurityCommand::AclGrant { entry } => {
-                entry.validate()?;
+                entry.validate().map_err(SecurityError::Invalid)?;
                 if self.acls.contains(&entry) {
                     reply.done = format!("already granted: {entry}");
                 } else {
@@ -394,7 +404,7 @@ impl SecurityState {
                 let before = self.acls.len();
                 self.acls.retain(|existing| *existing != entry);
                 if self.acls.len() == before {
-                    return Err(format!("no such entry: {entry}"));
+                    return Err(SecurityError::NotFound(format!("no such entry: {entry}")));
                 }
                 reply.done = format!("revoked: {entry}");
             }
@@ -476,21 +486,24 @@ impl Authority {
         mode: AuthMode,
         path: Option<PathBuf>,
         cluster_token: Option<&str>,
-    ) -> Result<Authority, String> {
+    ) -> Result<Authority, SecurityError> {
         let state = match &path {
             Some(path) => match std::fs::read(path) {
                 Ok(bytes) => {
                     let state: SecurityState = serde_json::from_slice(&bytes)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(|e| SecurityError::Invalid(format!("{}: {e}", path.display())))?;
                     state
                         .check()
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(|e| SecurityError::Invalid(format!("{}: {e}", path.display())))?;
                     state
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     SecurityState::default()
                 }
-                Err(error) => return Err(format!("{}: {error}", path.display())),
+                Err(error) => {
+                    let detail = format!("{}: {error}", path.display());
+                    return Err(SecurityError::Persist(detail));
+                }
             },
             None => SecurityState::default(),
         };
@@ -712,7 +725,7 @@ impl Authority {
 
     /// Carries out an admin command (slow when it hashes a password); a change is
     /// persisted before it is answered.
-    pub fn apply(&self, command: SecurityCommand) -> Result<SecurityReply, String> {
+    pub fn apply(&self, command: SecurityCommand) -> Result<SecurityReply, SecurityError> {
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current();
         if !command.changes_state() {
@@ -737,13 +750,14 @@ impl Authority {
         Ok(reply)
     }
 
-    fn persist(&self, state: &SecurityState) -> Result<(), String> {
+    fn persist(&self, state: &SecurityState) -> Result<(), SecurityError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| format!("encoding: {e}"))?;
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| SecurityError::Persist(format!("encoding: {e}")))?;
         crate::files::write_atomically(path, &bytes)
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+            .map_err(|e| SecurityError::Persist(format!("writing {}: {e}", path.display())))
     }
 
     /// The whole state as JSON, for a slave.
@@ -757,9 +771,9 @@ impl Authority {
 
     /// Takes the master's state as this broker's own (a slave): persisted first.
     /// Returns whether anything changed.
-    pub fn install(&self, bytes: &[u8]) -> Result<bool, String> {
+    pub fn install(&self, bytes: &[u8]) -> Result<bool, SecurityError> {
         let state: SecurityState = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the master's security state: {e}"))?;
+            .map_err(|e| SecurityError::Invalid(format!("the master's security state: {e}")))?;
         state.check()?;
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         if *self.current() == state {
@@ -771,7 +785,7 @@ impl Authority {
     }
 
     /// Gives `name` every permission (the first operator, created on the broker's host).
-    pub fn grant_everything(&self, name: &str) -> Result<SecurityReply, String> {
+    pub fn grant_everything(&self, name: &str) -> Result<SecurityReply, SecurityError> {
         let mut last = SecurityReply::default();
         for resource in ResourceType::ALL {
             last = self.apply(SecurityCommand::AclGrant {

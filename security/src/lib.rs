@@ -7,6 +7,7 @@
 
 pub mod acl;
 pub mod authority;
+mod error;
 pub mod files;
 pub mod tls;
 pub mod validity;
@@ -16,6 +17,7 @@ pub use authority::{
     hash_password, validate_name, AuthMode, Authority, Credential, LoginError, Port, Principal,
     Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER, SECURITY_FILE,
 };
+pub use error::SecurityError;
 pub use files::write_atomically;
 pub use rustls;
 pub use tls::{

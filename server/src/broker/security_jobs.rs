@@ -170,25 +170,31 @@ fn run_job(
             peer,
             command,
         } => {
-            let answer = SecurityCommand::from_json(&command).and_then(|command| {
-                if command.changes_state() {
-                    if let Some(why) = read_only() {
-                        return Err(format!("NOT_MASTER:{why}"));
+            let answer = match SecurityCommand::from_json(&command) {
+                Err(detail) => Err(Response::error(ErrorCode::InvalidArgument, detail)),
+                Ok(command) => match read_only().filter(|_| command.changes_state()) {
+                    Some(why) => Err(Response::error(ErrorCode::NotMaster, why)),
+                    None => {
+                        let summary = describe(&command);
+                        let applied = authority.apply(command).map_err(|error| {
+                            // The request's fault, or the broker's (its file, its RNG):
+                            // either way nothing changed.
+                            let code = match error.is_request_error() {
+                                true => ErrorCode::InvalidArgument,
+                                false => ErrorCode::Internal,
+                            };
+                            Response::error(code, error.to_string())
+                        });
+                        if applied.is_ok() && !summary.is_empty() {
+                            log::warn!("security change by {principal} from {peer}: {summary}");
+                        }
+                        applied
                     }
-                }
-                let summary = describe(&command);
-                let reply = authority.apply(command)?;
-                if !summary.is_empty() {
-                    log::warn!("security change by {principal} from {peer}: {summary}");
-                }
-                Ok(reply)
-            });
+                },
+            };
             let response = match answer {
                 Ok(reply) => Response::SecurityResult(keel_protocol::SecretText(reply.to_json())),
-                Err(detail) => match detail.strip_prefix("NOT_MASTER:") {
-                    Some(why) => Response::error(ErrorCode::NotMaster, why),
-                    None => Response::error(ErrorCode::InvalidArgument, detail),
-                },
+                Err(response) => response,
             };
             Done {
                 to,

@@ -135,7 +135,7 @@ impl Security {
             Some(config.data_dir.join(SECURITY_FILE)),
             cluster_token.as_deref(),
         )
-        .map_err(fail)?;
+        .map_err(|error| fail(error.to_string()))?;
         Ok(Security {
             authority: Arc::new(authority),
             tls,
