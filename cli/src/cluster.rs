@@ -53,13 +53,37 @@ pub(crate) fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<Exit
             .map(|route| ((route.broker_name, route.address), route.topic_queues))
             .collect()
     };
-    // Each broker's own view of its intake, asked of all at once (one that does not
-    // answer within the connect timeout shows "-").
+    let rates = intake_rates(broker, &brokers);
+    let rows: Vec<RouteRow> = brokers
+        .into_iter()
+        .zip(rates)
+        .map(|(known, per_second)| RouteRow {
+            topic_queues: queues
+                .get(&(known.broker_name.clone(), known.address.clone()))
+                .copied()
+                .unwrap_or(0),
+            per_second,
+            stale: known.is_stale(broker_timeout_ms),
+            broker: known,
+        })
+        .collect();
+    if json() {
+        print_routes_json(&rows, broker_timeout_ms);
+    } else {
+        print_routes(&rows);
+    }
+    warn_stale(&rows, broker_timeout_ms);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each broker's own view of its intake (messages a second over its last minute),
+/// asked of all at once: one that does not answer within 2 s is `None`.
+fn intake_rates(broker: &Target, brokers: &[keel_protocol::BrokerLiveness]) -> Vec<Option<f64>> {
     let options = keel_client::ConnectionOptions {
         connect_timeout: Duration::from_secs(2),
         ..broker.options.clone()
     };
-    let rates: Vec<Option<f64>> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let asks: Vec<_> = brokers
             .iter()
             .map(|known| {
@@ -81,80 +105,72 @@ pub(crate) fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<Exit
         asks.into_iter()
             .map(|ask| ask.join().ok().flatten())
             .collect()
-    });
-    let rows: Vec<RouteRow> = brokers
-        .into_iter()
-        .zip(rates)
-        .map(|(known, per_second)| RouteRow {
-            topic_queues: queues
-                .get(&(known.broker_name.clone(), known.address.clone()))
-                .copied()
-                .unwrap_or(0),
-            per_second,
-            stale: known.is_stale(broker_timeout_ms),
-            broker: known,
+    })
+}
+
+fn print_routes_json(rows: &[RouteRow], broker_timeout_ms: u64) {
+    let routes: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let route = &row.broker;
+            serde_json::json!({
+                "broker_name": route.broker_name, "broker_id": route.broker_id,
+                "role": route.role.name(), "epoch": route.epoch,
+                "address": route.address, "ha_address": route.ha_address,
+                "topic_queues": row.topic_queues,
+                "since_heard_ms": route.since_heard_ms, "interval_ms": route.interval_ms,
+                "known_for_ms": route.known_for_ms, "topics": route.topic_count,
+                "routed": route.routed, "stale": row.stale,
+                "messages_per_second": row.per_second,
+            })
         })
         .collect();
-    if json() {
-        let routes: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|row| {
-                let route = &row.broker;
-                serde_json::json!({
-                    "broker_name": route.broker_name, "broker_id": route.broker_id,
-                    "role": route.role.name(), "epoch": route.epoch,
-                    "address": route.address, "ha_address": route.ha_address,
-                    "topic_queues": row.topic_queues,
-                    "since_heard_ms": route.since_heard_ms, "interval_ms": route.interval_ms,
-                    "known_for_ms": route.known_for_ms, "topics": route.topic_count,
-                    "routed": route.routed, "stale": row.stale,
-                    "messages_per_second": row.per_second,
-                })
-            })
-            .collect();
-        print_json(
-            &serde_json::json!({ "broker_timeout_ms": broker_timeout_ms, "routes": routes }),
-        );
-    } else {
+    print_json(&serde_json::json!({ "broker_timeout_ms": broker_timeout_ms, "routes": routes }));
+}
+
+fn print_routes(rows: &[RouteRow]) {
+    println!(
+        "{:<12} {:>3}  {:<13} {:>5}  {:<21} {:>10} {:>9} {:>9} {:>6}",
+        "broker_name",
+        "id",
+        "role",
+        "epoch",
+        "address",
+        "last_heard",
+        "known_for",
+        "msg/s_in",
+        "queues"
+    );
+    for row in rows {
+        let route = &row.broker;
+        let per_second = row
+            .per_second
+            .map_or("-".to_string(), |rate| format!("{rate:.1}"));
+        let note = match (route.routed, row.stale) {
+            (false, _) => "  (not routed: a newer master of its name is known)",
+            (true, true) => "  STALE",
+            (true, false) => "",
+        };
         println!(
-            "{:<12} {:>3}  {:<13} {:>5}  {:<21} {:>10} {:>9} {:>9} {:>6}",
-            "broker_name",
-            "id",
-            "role",
-            "epoch",
-            "address",
-            "last_heard",
-            "known_for",
-            "msg/s_in",
-            "queues"
+            "{:<12} {:>3}  {:<13} {:>5}  {:<21} {:>10} {:>9} {:>9} {:>6}{note}",
+            route.broker_name,
+            route.broker_id,
+            route.role.name(),
+            route.epoch,
+            route.address,
+            format!(
+                "{} ago",
+                duration_words(route.since_heard_ms as f64 / 1000.0)
+            ),
+            duration_words(route.known_for_ms as f64 / 1000.0),
+            per_second,
+            row.topic_queues
         );
-        for row in &rows {
-            let route = &row.broker;
-            let per_second = row
-                .per_second
-                .map_or("-".to_string(), |rate| format!("{rate:.1}"));
-            let note = match (route.routed, row.stale) {
-                (false, _) => "  (not routed: a newer master of its name is known)",
-                (true, true) => "  STALE",
-                (true, false) => "",
-            };
-            println!(
-                "{:<12} {:>3}  {:<13} {:>5}  {:<21} {:>10} {:>9} {:>9} {:>6}{note}",
-                route.broker_name,
-                route.broker_id,
-                route.role.name(),
-                route.epoch,
-                route.address,
-                format!(
-                    "{} ago",
-                    duration_words(route.since_heard_ms as f64 / 1000.0)
-                ),
-                duration_words(route.known_for_ms as f64 / 1000.0),
-                per_second,
-                row.topic_queues
-            );
-        }
     }
+}
+
+/// A warning on stderr for each route the name server will soon drop.
+fn warn_stale(rows: &[RouteRow], broker_timeout_ms: u64) {
     for row in rows.iter().filter(|row| row.stale) {
         let route = &row.broker;
         let every = match route.interval_ms {
@@ -171,7 +187,6 @@ pub(crate) fn routes(broker: &Target, namesrv: &str, topic: &str) -> Result<Exit
             duration_words(broker_timeout_ms as f64 / 1000.0)
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn controller_list(controllers: &str) -> Vec<String> {

@@ -56,63 +56,13 @@ pub(crate) fn consume(broker: &Target, shape: &ConsumeShape<'_>) -> Result<ExitC
             )));
         }
     }
-    if shape.from.is_some() || shape.offset.is_some() {
-        let admin = broker.admin()?;
-        let info = admin.list_topics(Some(topic))?.into_iter().next();
-        let stored = info.map(|info| info.queues).unwrap_or_default();
-        for queue_id in 0..queues {
-            let range = stored.get(queue_id as usize);
-            let start = match (shape.offset, shape.from) {
-                (Some(offset), _) if Some(queue_id) == shape.queue => offset,
-                (Some(_), _) => continue,
-                (None, Some("earliest")) => range.map_or(0, |q| q.min_offset),
-                (None, Some("latest")) => range.map_or(0, |q| q.max_offset),
-                (None, Some(time)) => {
-                    let ms = parse_time(time).ok_or_else(|| {
-                        ClientError::InvalidArgument(format!(
-                            "--from takes earliest, latest, milliseconds since the epoch or an \
-                             RFC 3339 time (2026-12-01T10:00:00Z), not {time:?}"
-                        ))
-                    })?;
-                    admin.offset_for_time(topic, queue_id, ms)?
-                }
-                (None, None) => continue,
-            };
-            consumer.seek(queue_id, start)?;
-        }
-    }
-    if let Some(only) = shape.queue {
-        // Every other queue is moved to its end and never reaches the handler.
-        let admin = broker.admin()?;
-        let info = admin.list_topics(Some(topic))?.into_iter().next();
-        let stored = info.map(|info| info.queues).unwrap_or_default();
-        for queue_id in (0..queues).filter(|queue| *queue != only) {
-            let end = stored.get(queue_id as usize).map_or(0, |q| q.max_offset);
-            consumer.seek(queue_id, end)?;
-        }
-    }
+    place(broker, shape, &mut consumer, queues)?;
     let only = shape.queue;
     let limit = count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut last_progress = Instant::now();
     let print = |record: &Record| -> Result<(), String> {
-        if json() {
-            print_json(&record_json(record));
-            return Ok(());
-        }
-        if format.raw {
-            write_raw(&record.payload);
-            return Ok(());
-        }
-        let payload = format.text(&record.payload);
-        if quiet {
-            println!("{payload}");
-        } else {
-            println!(
-                "{}",
-                record_line(record, "", &record.message_id(), "", &payload)
-            );
-        }
+        print_record(record, format, quiet);
         Ok(())
     };
     // With --queue the other queues' records are handed over too (and not printed):
@@ -150,6 +100,74 @@ pub(crate) fn consume(broker: &Target, shape: &ConsumeShape<'_>) -> Result<ExitC
         consumer.commit()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Moves the consumer to where `--from`, `--offset` and `--queue` say: a start per
+/// queue, and every other queue to its end when one queue is asked for.
+fn place(
+    broker: &Target,
+    shape: &ConsumeShape<'_>,
+    consumer: &mut Consumer,
+    queues: u32,
+) -> Result<(), ClientError> {
+    let topic = shape.topic;
+    if shape.from.is_some() || shape.offset.is_some() {
+        let admin = broker.admin()?;
+        let info = admin.list_topics(Some(topic))?.into_iter().next();
+        let stored = info.map(|info| info.queues).unwrap_or_default();
+        for queue_id in 0..queues {
+            let range = stored.get(queue_id as usize);
+            let start = match (shape.offset, shape.from) {
+                (Some(offset), _) if Some(queue_id) == shape.queue => offset,
+                (Some(_), _) => continue,
+                (None, Some("earliest")) => range.map_or(0, |q| q.min_offset),
+                (None, Some("latest")) => range.map_or(0, |q| q.max_offset),
+                (None, Some(time)) => {
+                    let ms = parse_time(time).ok_or_else(|| {
+                        ClientError::InvalidArgument(format!(
+                            "--from takes earliest, latest, milliseconds since the epoch or an \
+                             RFC 3339 time (2026-12-01T10:00:00Z), not {time:?}"
+                        ))
+                    })?;
+                    admin.offset_for_time(topic, queue_id, ms)?
+                }
+                (None, None) => continue,
+            };
+            consumer.seek(queue_id, start)?;
+        }
+    }
+    if let Some(only) = shape.queue {
+        // Every other queue is moved to its end and never reaches the handler.
+        let admin = broker.admin()?;
+        let info = admin.list_topics(Some(topic))?.into_iter().next();
+        let stored = info.map(|info| info.queues).unwrap_or_default();
+        for queue_id in (0..queues).filter(|queue| *queue != only) {
+            let end = stored.get(queue_id as usize).map_or(0, |q| q.max_offset);
+            consumer.seek(queue_id, end)?;
+        }
+    }
+    Ok(())
+}
+
+/// One record on stdout: JSON, the raw payload, or a line.
+fn print_record(record: &Record, format: PayloadFormat, quiet: bool) {
+    if json() {
+        print_json(&record_json(record));
+        return;
+    }
+    if format.raw {
+        write_raw(&record.payload);
+        return;
+    }
+    let payload = format.text(&record.payload);
+    if quiet {
+        println!("{payload}");
+    } else {
+        println!(
+            "{}",
+            record_line(record, "", &record.message_id(), "", &payload)
+        );
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

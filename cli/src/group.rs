@@ -142,6 +142,9 @@ pub(crate) fn lag_seconds(
     })
 }
 
+/// One queue's planned reset: (queue, committed before, target, clamped, its range).
+type Move = (u32, Option<u64>, u64, bool, keel_protocol::QueueInfo);
+
 pub(crate) fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCode, ClientError> {
     let admin = broker.admin()?;
     let (group, topic) = match &command {
@@ -153,38 +156,7 @@ pub(crate) fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCo
     let info = admin.list_topics(Some(topic))?.into_iter().next();
     let queues = info.map(|info| info.queues).unwrap_or_default();
     match command {
-        OffsetsCommand::Show { .. } => {
-            let mut rows = Vec::new();
-            for (queue_id, queue) in queues.iter().enumerate() {
-                let committed = admin.query_offset(group, topic, queue_id as u32)?;
-                let lag = queue
-                    .max_offset
-                    .saturating_sub(committed.unwrap_or(queue.min_offset));
-                if json() {
-                    rows.push(serde_json::json!({
-                        "queue": queue_id, "committed": committed,
-                        "min_offset": queue.min_offset, "max_offset": queue.max_offset,
-                        "lag": lag,
-                        "expired": committed.is_some_and(|offset| offset < queue.min_offset),
-                    }));
-                    continue;
-                }
-                let state = match committed {
-                    Some(offset) if offset < queue.min_offset => {
-                        " (EXPIRED: below the first stored offset)"
-                    }
-                    _ => "",
-                };
-                let committed = committed.map_or("none".to_string(), |offset| offset.to_string());
-                println!(
-                    "queue {queue_id}: committed {committed}, stored {}..{}, lag {lag}{state}",
-                    queue.min_offset, queue.max_offset
-                );
-            }
-            if json() {
-                print_json(&serde_json::json!({ "group": group, "topic": topic, "queues": rows }));
-            }
-        }
+        OffsetsCommand::Show { .. } => show_offsets(&admin, group, topic, &queues)?,
         OffsetsCommand::Reset {
             to,
             shift,
@@ -193,114 +165,183 @@ pub(crate) fn offsets(broker: &Target, command: OffsetsCommand) -> Result<ExitCo
             force,
             ..
         } => {
-            if queues.is_empty() {
-                return Err(ClientError::InvalidArgument(format!("no topic {topic:?}")));
-            }
-            if let Some(only) = queue.filter(|only| *only as usize >= queues.len()) {
-                return Err(ClientError::InvalidArgument(format!(
-                    "topic {topic:?} has queues 0 to {}, not {only}",
-                    queues.len() - 1
-                )));
-            }
-            let members = admin
-                .list_groups(Some(group))?
-                .iter()
-                .filter(|info| info.topic == topic)
-                .map(|info| info.members)
-                .sum::<u32>();
-            if members > 0 && !force && !dry_run {
-                return Err(ClientError::InvalidArgument(format!(
-                    "group {group} has {members} live member(s) on {topic}: they commit their own \
-                     positions over a reset. Stop them first, or pass --force"
-                )));
-            }
-            let time = match to.as_deref() {
-                Some("earliest" | "latest") | None => None,
-                Some(text) if text.bytes().all(|b| b.is_ascii_digit()) => None,
-                Some(text) => Some(parse_time(text).ok_or_else(|| {
-                    ClientError::InvalidArgument(format!(
-                        "--to takes earliest, latest, an offset or an RFC 3339 time \
-                         (2026-12-01T10:00:00Z), not {text:?}"
-                    ))
-                })?),
-            };
-            let mut moves = Vec::new();
-            for (queue_id, info) in queues.iter().enumerate() {
-                if queue.is_some_and(|only| only as usize != queue_id) {
-                    continue;
-                }
-                let queue_id = queue_id as u32;
-                let committed = admin.query_offset(group, topic, queue_id)?;
-                let wanted = match (to.as_deref(), shift, time) {
-                    (_, _, Some(ms)) => i128::from(admin.offset_for_time(topic, queue_id, ms)?),
-                    (Some("earliest"), _, _) => i128::from(info.min_offset),
-                    (Some("latest"), _, _) => i128::from(info.max_offset),
-                    (Some(number), _, _) => {
-                        number.parse::<u64>().map(i128::from).map_err(|_| {
-                            ClientError::InvalidArgument(format!(
-                                "--to {number:?} is not an offset"
-                            ))
-                        })?
-                    }
-                    (None, Some(by), _) => {
-                        i128::from(committed.unwrap_or(info.min_offset)) + i128::from(by)
-                    }
-                    (None, None, _) => {
-                        return Err(ClientError::InvalidArgument("give --to or --shift".into()))
-                    }
-                };
-                let (low, high) = (info.min_offset, info.max_offset.max(info.min_offset));
-                let target = wanted.clamp(i128::from(low), i128::from(high)) as u64;
-                moves.push((
-                    queue_id,
-                    committed,
-                    target,
-                    wanted != i128::from(target),
-                    *info,
-                ));
-            }
+            let members = reset_allowed(&admin, group, topic, &queues, queue, force || dry_run)?;
+            let moves = reset_moves(&admin, group, topic, &queues, queue, to.as_deref(), shift)?;
             for (queue_id, _, target, _, _) in &moves {
                 if !dry_run {
                     admin.commit_offset(group, topic, *queue_id, *target)?;
                 }
             }
-            if json() {
-                let rows: Vec<serde_json::Value> = moves
-                    .iter()
-                    .map(|(queue_id, from, to, clamped, info)| {
-                        serde_json::json!({
-                            "queue": queue_id, "from": from, "to": to, "clamped": clamped,
-                            "min_offset": info.min_offset, "max_offset": info.max_offset,
-                        })
-                    })
-                    .collect();
-                print_json(&serde_json::json!({
-                    "group": group, "topic": topic, "dry_run": dry_run,
-                    "live_members": members, "queues": rows,
-                }));
-                return Ok(ExitCode::SUCCESS);
-            }
-            let verb = if dry_run { "would move" } else { "moved" };
-            for (queue_id, from, to, clamped, info) in &moves {
-                let from = from.map_or("none".to_string(), |offset| offset.to_string());
-                let clamped = if *clamped {
-                    format!(
-                        " (clamped to the stored {}..{})",
-                        info.min_offset, info.max_offset
-                    )
-                } else {
-                    String::new()
-                };
-                println!("queue {queue_id}: {verb} {group} from {from} to {to}{clamped}");
-            }
-            if dry_run {
-                eprintln!("keel offsets reset: dry run, nothing changed");
-            } else if members > 0 {
-                eprintln!(
-                    "keel offsets reset: {group} has {members} live member(s); they may commit over this"
-                );
-            }
+            print_moves(group, topic, &moves, dry_run, members);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keel offsets show`: each queue's committed offset, stored range and lag.
+fn show_offsets(
+    admin: &keel_client::Admin,
+    group: &str,
+    topic: &str,
+    queues: &[keel_protocol::QueueInfo],
+) -> Result<(), ClientError> {
+    let mut rows = Vec::new();
+    for (queue_id, queue) in queues.iter().enumerate() {
+        let committed = admin.query_offset(group, topic, queue_id as u32)?;
+        let lag = queue
+            .max_offset
+            .saturating_sub(committed.unwrap_or(queue.min_offset));
+        if json() {
+            rows.push(serde_json::json!({
+                "queue": queue_id, "committed": committed,
+                "min_offset": queue.min_offset, "max_offset": queue.max_offset,
+                "lag": lag,
+                "expired": committed.is_some_and(|offset| offset < queue.min_offset),
+            }));
+            continue;
+        }
+        let state = match committed {
+            Some(offset) if offset < queue.min_offset => {
+                " (EXPIRED: below the first stored offset)"
+            }
+            _ => "",
+        };
+        let committed = committed.map_or("none".to_string(), |offset| offset.to_string());
+        println!(
+            "queue {queue_id}: committed {committed}, stored {}..{}, lag {lag}{state}",
+            queue.min_offset, queue.max_offset
+        );
+    }
+    if json() {
+        print_json(&serde_json::json!({ "group": group, "topic": topic, "queues": rows }));
+    }
+    Ok(())
+}
+
+/// Refuses a reset of a topic that does not exist, of a queue it lacks, or (unless
+/// `forced`) while the group has live members on it. Returns the live members.
+fn reset_allowed(
+    admin: &keel_client::Admin,
+    group: &str,
+    topic: &str,
+    queues: &[keel_protocol::QueueInfo],
+    queue: Option<u32>,
+    forced: bool,
+) -> Result<u32, ClientError> {
+    if queues.is_empty() {
+        return Err(ClientError::InvalidArgument(format!("no topic {topic:?}")));
+    }
+    if let Some(only) = queue.filter(|only| *only as usize >= queues.len()) {
+        return Err(ClientError::InvalidArgument(format!(
+            "topic {topic:?} has queues 0 to {}, not {only}",
+            queues.len() - 1
+        )));
+    }
+    let members = admin
+        .list_groups(Some(group))?
+        .iter()
+        .filter(|info| info.topic == topic)
+        .map(|info| info.members)
+        .sum::<u32>();
+    if members > 0 && !forced {
+        return Err(ClientError::InvalidArgument(format!(
+            "group {group} has {members} live member(s) on {topic}: they commit their own \
+                     positions over a reset. Stop them first, or pass --force"
+        )));
+    }
+    Ok(members)
+}
+
+/// Where each queue's committed offset goes: `to` (earliest, latest, an offset or a
+/// time) or the committed offset moved by `shift`, clamped to what is stored.
+fn reset_moves(
+    admin: &keel_client::Admin,
+    group: &str,
+    topic: &str,
+    queues: &[keel_protocol::QueueInfo],
+    queue: Option<u32>,
+    to: Option<&str>,
+    shift: Option<i64>,
+) -> Result<Vec<Move>, ClientError> {
+    let time = match to {
+        Some("earliest" | "latest") | None => None,
+        Some(text) if text.bytes().all(|b| b.is_ascii_digit()) => None,
+        Some(text) => Some(parse_time(text).ok_or_else(|| {
+            ClientError::InvalidArgument(format!(
+                "--to takes earliest, latest, an offset or an RFC 3339 time \
+                         (2026-12-01T10:00:00Z), not {text:?}"
+            ))
+        })?),
+    };
+    let mut moves = Vec::new();
+    for (queue_id, info) in queues.iter().enumerate() {
+        if queue.is_some_and(|only| only as usize != queue_id) {
+            continue;
+        }
+        let queue_id = queue_id as u32;
+        let committed = admin.query_offset(group, topic, queue_id)?;
+        let wanted = match (to, shift, time) {
+            (_, _, Some(ms)) => i128::from(admin.offset_for_time(topic, queue_id, ms)?),
+            (Some("earliest"), _, _) => i128::from(info.min_offset),
+            (Some("latest"), _, _) => i128::from(info.max_offset),
+            (Some(number), _, _) => number.parse::<u64>().map(i128::from).map_err(|_| {
+                ClientError::InvalidArgument(format!("--to {number:?} is not an offset"))
+            })?,
+            (None, Some(by), _) => {
+                i128::from(committed.unwrap_or(info.min_offset)) + i128::from(by)
+            }
+            (None, None, _) => {
+                return Err(ClientError::InvalidArgument("give --to or --shift".into()))
+            }
+        };
+        let (low, high) = (info.min_offset, info.max_offset.max(info.min_offset));
+        let target = wanted.clamp(i128::from(low), i128::from(high)) as u64;
+        moves.push((
+            queue_id,
+            committed,
+            target,
+            wanted != i128::from(target),
+            *info,
+        ));
+    }
+    Ok(moves)
+}
+
+fn print_moves(group: &str, topic: &str, moves: &[Move], dry_run: bool, members: u32) {
+    if json() {
+        let rows: Vec<serde_json::Value> = moves
+            .iter()
+            .map(|(queue_id, from, to, clamped, info)| {
+                serde_json::json!({
+                    "queue": queue_id, "from": from, "to": to, "clamped": clamped,
+                    "min_offset": info.min_offset, "max_offset": info.max_offset,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "group": group, "topic": topic, "dry_run": dry_run,
+            "live_members": members, "queues": rows,
+        }));
+        return;
+    }
+    let verb = if dry_run { "would move" } else { "moved" };
+    for (queue_id, from, to, clamped, info) in moves {
+        let from = from.map_or("none".to_string(), |offset| offset.to_string());
+        let clamped = if *clamped {
+            format!(
+                " (clamped to the stored {}..{})",
+                info.min_offset, info.max_offset
+            )
+        } else {
+            String::new()
+        };
+        println!("queue {queue_id}: {verb} {group} from {from} to {to}{clamped}");
+    }
+    if dry_run {
+        eprintln!("keel offsets reset: dry run, nothing changed");
+    } else if members > 0 {
+        eprintln!(
+            "keel offsets reset: {group} has {members} live member(s); they may commit over this"
+        );
+    }
 }

@@ -27,6 +27,7 @@ use shared::*;
 use topic::*;
 
 use clap::Parser;
+use keel_client::ClientError;
 use std::process::ExitCode;
 
 /// The `keel` command: parses the arguments, runs, and returns the exit status.
@@ -41,105 +42,56 @@ pub fn main_entry() -> ExitCode {
         env_logger::Env::default().default_filter_or("error,keel_client=off"),
     )
     .init();
-    let mut cli = Cli::parse();
+    let cli = Cli::parse();
     let _ = JSON.set(cli.json);
-    if let Some(name) = cli.profile.clone() {
-        match security::Profile::load(&name) {
-            Ok(profile) => profile.fill(&mut cli.broker, &mut cli.access),
-            Err(error) => {
-                eprintln!("keel: {error}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let address = cli.broker.as_deref().map_or_else(
-        || format!("127.0.0.1:{BROKER_PORT}"),
-        |broker| with_default_port(broker, BROKER_PORT),
-    );
-    let target = match cli.access.options() {
-        Ok(options) => security::Target { address, options },
+    let (target, command) = match target(cli) {
+        Ok(parts) => parts,
         Err(error) => {
             eprintln!("keel: {error}");
             return ExitCode::from(2);
         }
     };
-    let outcome = match cli.command {
+    match run(&target, command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("keel: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The broker the command talks to and how (the profile's settings under the flags'),
+/// and the command.
+fn target(mut cli: Cli) -> Result<(security::Target, Command), String> {
+    if let Some(name) = cli.profile.clone() {
+        let profile = security::Profile::load(&name).map_err(|error| error.to_string())?;
+        profile.fill(&mut cli.broker, &mut cli.access);
+    }
+    let address = cli.broker.as_deref().map_or_else(
+        || format!("127.0.0.1:{BROKER_PORT}"),
+        |broker| with_default_port(broker, BROKER_PORT),
+    );
+    let options = cli.access.options().map_err(|error| error.to_string())?;
+    Ok((security::Target { address, options }, cli.command))
+}
+
+/// Carries out `command`: each arm hands over to its command group's module.
+fn run(target: &security::Target, command: Command) -> Result<ExitCode, ClientError> {
+    match command {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::User { command } => security::user(&target, command),
-        Command::Token { command } => security::token(&target, command),
-        Command::Acl { command } => security::acl(&target, command),
-        Command::Send(args) => send::run(&target, &args),
-        Command::Consume {
-            topic,
-            group,
-            count,
-            idle_ms,
-            quiet,
-            format,
-            no_commit,
-            from,
-            queue,
-            offset,
-        } => consume(
-            &target,
-            &ConsumeShape {
-                topic: &topic,
-                // Without a group: a look from the start under a name of the CLI's own,
-                // committing nothing (so no group is shared by every `keel consume`).
-                group: group.as_deref().unwrap_or("keel-cli-look"),
-                count,
-                idle_ms,
-                quiet,
-                format,
-                commit: !no_commit && group.is_some(),
-                from: from.as_deref(),
-                queue,
-                offset,
-            },
-        ),
-        Command::Topic {
-            command: TopicCommand::Create { topic, queues },
-        } => create_topic(&target, &topic, queues),
-        Command::Topic {
-            command: TopicCommand::List { all },
-        } => list_topics(&target, all),
-        Command::Topic {
-            command: TopicCommand::Update { topic, queues },
-        } => add_queues(&target, &topic, queues),
-        Command::Topic {
-            command: TopicCommand::Describe { topic },
-        } => describe_topic(&target, &topic),
-        Command::Topic {
-            command: TopicCommand::Delete { topic, force, yes },
-        } => delete_topic(&target, &topic, force, yes),
-        Command::Stats => stats(&target),
-        Command::Subscribe {
-            topic,
-            group,
-            from,
-            tag_filter,
-            threads,
-            session_timeout_ms,
-            max_reconsume_times,
-            count,
-            format,
-        } => subscribe(
-            &target,
-            &topic,
-            &group,
-            &from,
-            tag_filter,
-            threads,
-            session_timeout_ms,
-            max_reconsume_times,
-            count,
-            format,
-        ),
-        Command::Dlq { command } => dlq(&target, command),
+        Command::User { command } => security::user(target, command),
+        Command::Token { command } => security::token(target, command),
+        Command::Acl { command } => security::acl(target, command),
+        Command::Send(args) => send::run(target, &args),
+        command @ Command::Consume { .. } => run_consume(target, command),
+        Command::Topic { command } => topic(target, command),
+        Command::Stats => stats(target),
+        command @ Command::Subscribe { .. } => run_subscribe(target, command),
+        Command::Dlq { command } => dlq(target, command),
         Command::Message {
             command:
                 MessageCommand::Show {
@@ -150,12 +102,12 @@ pub fn main_entry() -> ExitCode {
                 },
         } => {
             let payload = payload.then_some(PayloadFormat { raw: false, hex });
-            message_show(&target, id.as_deref(), key.as_deref(), payload)
+            message_show(target, id.as_deref(), key.as_deref(), payload)
         }
-        Command::Offsets { command } => offsets(&target, command),
-        Command::Group { command } => group(&target, command),
-        Command::Admin { command } => admin(&target, command),
-        Command::Routes { namesrv, topic } => routes(&target, &namesrv, &topic),
+        Command::Offsets { command } => offsets(target, command),
+        Command::Group { command } => group(target, command),
+        Command::Admin { command } => admin(target, command),
+        Command::Routes { namesrv, topic } => routes(target, &namesrv, &topic),
         Command::Cluster {
             controllers,
             elect: Some(broker_id),
@@ -172,14 +124,81 @@ pub fn main_entry() -> ExitCode {
         Command::Cluster { controllers, .. } => {
             cluster(&controllers, json(), &target.controller_access())
         }
-    };
-    match outcome {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("keel: {error}");
-            ExitCode::FAILURE
-        }
     }
+}
+
+fn topic(target: &security::Target, command: TopicCommand) -> Result<ExitCode, ClientError> {
+    match command {
+        TopicCommand::Create { topic, queues } => create_topic(target, &topic, queues),
+        TopicCommand::List { all } => list_topics(target, all),
+        TopicCommand::Update { topic, queues } => add_queues(target, &topic, queues),
+        TopicCommand::Describe { topic } => describe_topic(target, &topic),
+        TopicCommand::Delete { topic, force, yes } => delete_topic(target, &topic, force, yes),
+    }
+}
+
+fn run_consume(target: &security::Target, command: Command) -> Result<ExitCode, ClientError> {
+    let Command::Consume {
+        topic,
+        group,
+        count,
+        idle_ms,
+        quiet,
+        format,
+        no_commit,
+        from,
+        queue,
+        offset,
+    } = command
+    else {
+        unreachable!("run_consume takes Command::Consume")
+    };
+    consume(
+        target,
+        &ConsumeShape {
+            topic: &topic,
+            // Without a group: a look from the start under a name of the CLI's own,
+            // committing nothing (so no group is shared by every `keel consume`).
+            group: group.as_deref().unwrap_or("keel-cli-look"),
+            count,
+            idle_ms,
+            quiet,
+            format,
+            commit: !no_commit && group.is_some(),
+            from: from.as_deref(),
+            queue,
+            offset,
+        },
+    )
+}
+
+fn run_subscribe(target: &security::Target, command: Command) -> Result<ExitCode, ClientError> {
+    let Command::Subscribe {
+        topic,
+        group,
+        from,
+        tag_filter,
+        threads,
+        session_timeout_ms,
+        max_reconsume_times,
+        count,
+        format,
+    } = command
+    else {
+        unreachable!("run_subscribe takes Command::Subscribe")
+    };
+    subscribe(
+        target,
+        &topic,
+        &group,
+        &from,
+        tag_filter,
+        threads,
+        session_timeout_ms,
+        max_reconsume_times,
+        count,
+        format,
+    )
 }
 
 #[cfg(test)]
