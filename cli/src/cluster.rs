@@ -281,56 +281,62 @@ pub(crate) fn cluster(
             .join(",")
     );
     for group in &view.groups {
-        let v = &group.view;
-        println!(
-            "group {}: master {} epoch {}, SyncStateSet {:?} (epoch {}), {} elections",
-            v.group,
-            v.master.map_or("none".into(), |id| id.to_string()),
-            v.master_epoch,
-            v.sss,
-            v.sss_epoch,
-            group.elections
-        );
-        let master_down = group
-            .replicas
-            .iter()
-            .any(|r| Some(r.broker_id) == v.master && r.reachable == Some(false));
-        if master_down {
-            println!(
-                "  the master is unreachable: the controller elects another from the \
-                 SyncStateSet once it has been silent for the master timeout"
-            );
-        }
-        let master_end = group
-            .replicas
-            .iter()
-            .filter(|r| Some(r.broker_id) == v.master)
-            .map(|r| r.log_end)
-            .max()
-            .unwrap_or(0);
-        println!("  id  role         in_sss  epoch  log_end      lag_bytes  heard   address");
-        for r in &group.replicas {
-            println!(
-                "  {:>2}  {:<11}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
-                r.broker_id,
-                match (r.reachable, Some(r.broker_id) == v.master) {
-                    (Some(false), _) => "unreachable",
-                    (_, true) => "master",
-                    (_, false) => "slave",
-                },
-                if r.in_sss { "yes" } else { "no" },
-                r.epoch,
-                r.log_end,
-                master_end.saturating_sub(r.log_end),
-                r.since_heard_ms
-                    .map_or("never".into(), |ms| format!("{ms}ms")),
-                r.address
-            );
-        }
+        print_group_status(group);
     }
     if view.leader.is_none() {
         eprintln!("keel cluster: the controllers have no leader (a majority is not reachable)");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One broker group as the controllers see it: its master and SyncStateSet, and a line
+/// per replica.
+fn print_group_status(group: &keel_controller_api::api::GroupStatus) {
+    let v = &group.view;
+    println!(
+        "group {}: master {} epoch {}, SyncStateSet {:?} (epoch {}), {} elections",
+        v.group,
+        v.master.map_or("none".into(), |id| id.to_string()),
+        v.master_epoch,
+        v.sss,
+        v.sss_epoch,
+        group.elections
+    );
+    let master_down = group
+        .replicas
+        .iter()
+        .any(|r| Some(r.broker_id) == v.master && r.reachable == Some(false));
+    if master_down {
+        println!(
+            "  the master is unreachable: the controller elects another from the \
+             SyncStateSet once it has been silent for the master timeout"
+        );
+    }
+    let master_end = group
+        .replicas
+        .iter()
+        .filter(|r| Some(r.broker_id) == v.master)
+        .map(|r| r.log_end)
+        .max()
+        .unwrap_or(0);
+    println!("  id  role         in_sss  epoch  log_end      lag_bytes  heard   address");
+    for r in &group.replicas {
+        println!(
+            "  {:>2}  {:<11}  {:<6}  {:>5}  {:>11}  {:>9}  {:>6}  {}",
+            r.broker_id,
+            match (r.reachable, Some(r.broker_id) == v.master) {
+                (Some(false), _) => "unreachable",
+                (_, true) => "master",
+                (_, false) => "slave",
+            },
+            if r.in_sss { "yes" } else { "no" },
+            r.epoch,
+            r.log_end,
+            master_end.saturating_sub(r.log_end),
+            r.since_heard_ms
+                .map_or("never".into(), |ms| format!("{ms}ms")),
+            r.address
+        );
+    }
 }

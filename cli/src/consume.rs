@@ -183,16 +183,7 @@ pub(crate) fn subscribe(
     count: Option<u64>,
     format: PayloadFormat,
 ) -> Result<ExitCode, ClientError> {
-    let start_from = match from {
-        "earliest" => StartFrom::Earliest,
-        "latest" => StartFrom::Latest,
-        other => StartFrom::Timestamp(parse_time(other).ok_or_else(|| {
-            ClientError::InvalidArgument(format!(
-                "--from takes earliest, latest, milliseconds since the epoch or an RFC 3339 \
-                 time (2026-12-01T10:00:00Z), not {other:?}"
-            ))
-        })?),
-    };
+    let start_from = start_from(from)?;
     signals::install();
     let options = PushConsumerOptions {
         threads,
@@ -215,28 +206,8 @@ pub(crate) fn subscribe(
         topic,
         options,
         move |delivery: &Delivery| {
-            let record = &delivery.record;
             let _guard = out.lock();
-            if json() {
-                let mut object = record_json(record);
-                object["topic"] = delivery.topic.clone().into();
-                object["msg_id"] = delivery.msg_id.clone().into();
-                object["reconsume_times"] = delivery.reconsume_times.into();
-                print_json(&object);
-            } else if format.raw {
-                write_raw(&record.payload);
-            } else {
-                println!(
-                    "{}",
-                    record_line(
-                        record,
-                        &format!("topic={} ", delivery.topic),
-                        &delivery.msg_id,
-                        &format!("reconsume={} ", delivery.reconsume_times),
-                        &format.text(&record.payload)
-                    )
-                );
-            }
+            print_delivery(delivery, format);
             let _ = std::io::Write::flush(&mut std::io::stdout());
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ConsumeResult::Success
@@ -262,6 +233,45 @@ pub(crate) fn subscribe(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--from` of `keel subscribe`.
+fn start_from(from: &str) -> Result<StartFrom, ClientError> {
+    Ok(match from {
+        "earliest" => StartFrom::Earliest,
+        "latest" => StartFrom::Latest,
+        other => StartFrom::Timestamp(parse_time(other).ok_or_else(|| {
+            ClientError::InvalidArgument(format!(
+                "--from takes earliest, latest, milliseconds since the epoch or an RFC 3339 \
+                 time (2026-12-01T10:00:00Z), not {other:?}"
+            ))
+        })?),
+    })
+}
+
+/// One delivery on stdout (JSON, the raw payload, or a line), for `keel subscribe`.
+fn print_delivery(delivery: &Delivery, format: PayloadFormat) {
+    let record = &delivery.record;
+    if json() {
+        let mut object = record_json(record);
+        object["topic"] = delivery.topic.clone().into();
+        object["msg_id"] = delivery.msg_id.clone().into();
+        object["reconsume_times"] = delivery.reconsume_times.into();
+        print_json(&object);
+    } else if format.raw {
+        write_raw(&record.payload);
+    } else {
+        println!(
+            "{}",
+            record_line(
+                record,
+                &format!("topic={} ", delivery.topic),
+                &delivery.msg_id,
+                &format!("reconsume={} ", delivery.reconsume_times),
+                &format.text(&record.payload)
+            )
+        );
+    }
 }
 
 pub(crate) fn property<'a>(record: &'a Record, name: &str) -> &'a str {

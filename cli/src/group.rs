@@ -42,12 +42,6 @@ pub(crate) fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, 
             filter.unwrap_or_default()
         )));
     }
-    let lag = |info: &keel_protocol::GroupInfo| -> u64 {
-        info.queues
-            .iter()
-            .map(|(_, committed, end)| end.saturating_sub(*committed))
-            .sum()
-    };
     // Each queue's lag in seconds: how long its oldest uncommitted message has waited.
     let mut waits: Vec<Vec<f64>> = Vec::with_capacity(groups.len());
     for info in &groups {
@@ -57,71 +51,94 @@ pub(crate) fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, 
         }
         waits.push(each);
     }
-    let oldest = |waits: &[f64]| waits.iter().copied().fold(0.0, f64::max);
     if json() {
-        let groups: Vec<serde_json::Value> = groups
-            .iter()
-            .zip(&waits)
-            .map(|(info, waits)| {
-                let queues: Vec<serde_json::Value> = info
-                    .queues
-                    .iter()
-                    .zip(waits)
-                    .map(|((queue, committed, end), wait)| {
-                        serde_json::json!({
-                            "queue": queue, "committed": committed, "end": end,
-                            "lag": end.saturating_sub(*committed), "lag_seconds": wait,
-                        })
-                    })
-                    .collect();
-                serde_json::json!({
-                    "group": info.group, "topic": info.topic, "members": info.members,
-                    "lag": lag(info), "lag_seconds": oldest(waits), "queues": queues,
-                })
-            })
-            .collect();
-        print_json(&serde_json::json!({ "groups": groups }));
-        return Ok(ExitCode::SUCCESS);
-    }
-    if describe {
-        for (info, waits) in groups.iter().zip(&waits) {
-            println!(
-                "group {} on {}: {} live member(s), lag {} message(s), oldest waiting {}",
-                info.group,
-                info.topic,
-                info.members,
-                lag(info),
-                duration_words(oldest(waits))
-            );
-            for ((queue, committed, end), wait) in info.queues.iter().zip(waits) {
-                println!(
-                    "  queue {queue}: committed {committed}, end {end}, lag {} ({})",
-                    end.saturating_sub(*committed),
-                    duration_words(*wait)
-                );
-            }
-        }
+        print_groups_json(&groups, &waits);
+    } else if describe {
+        print_group_details(&groups, &waits);
     } else {
-        println!(
-            "{:<24} {:<24} {:>7} {:>10} {:>10}",
-            "group", "topic", "members", "lag", "lag_time"
-        );
-        for (info, waits) in groups
-            .iter()
-            .zip(&waits)
-            .filter(|(info, _)| !info.group.starts_with('%'))
-        {
-            println!(
-                "{:<24} {:<24} {:>7} {:>10} {:>10}",
-                info.group,
-                info.topic,
-                info.members,
-                lag(info),
-                duration_words(oldest(waits))
-            );
-        }
+        print_group_table(&groups, &waits);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Messages a group has not committed, over its queues.
+pub(crate) fn group_lag(group: &keel_protocol::GroupInfo) -> u64 {
+    group
+        .queues
+        .iter()
+        .map(|(_, committed, end)| end.saturating_sub(*committed))
+        .sum()
+}
+
+/// The longest of a group's queues' waits.
+fn oldest(waits: &[f64]) -> f64 {
+    waits.iter().copied().fold(0.0, f64::max)
+}
+
+fn print_groups_json(groups: &[keel_protocol::GroupInfo], waits: &[Vec<f64>]) {
+    let groups: Vec<serde_json::Value> = groups
+        .iter()
+        .zip(waits)
+        .map(|(info, waits)| {
+            let queues: Vec<serde_json::Value> = info
+                .queues
+                .iter()
+                .zip(waits)
+                .map(|((queue, committed, end), wait)| {
+                    serde_json::json!({
+                        "queue": queue, "committed": committed, "end": end,
+                        "lag": end.saturating_sub(*committed), "lag_seconds": wait,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "group": info.group, "topic": info.topic, "members": info.members,
+                "lag": group_lag(info), "lag_seconds": oldest(waits), "queues": queues,
+            })
+        })
+        .collect();
+    print_json(&serde_json::json!({ "groups": groups }));
+}
+
+fn print_group_details(groups: &[keel_protocol::GroupInfo], waits: &[Vec<f64>]) {
+    for (info, waits) in groups.iter().zip(waits) {
+        println!(
+            "group {} on {}: {} live member(s), lag {} message(s), oldest waiting {}",
+            info.group,
+            info.topic,
+            info.members,
+            group_lag(info),
+            duration_words(oldest(waits))
+        );
+        for ((queue, committed, end), wait) in info.queues.iter().zip(waits) {
+            println!(
+                "  queue {queue}: committed {committed}, end {end}, lag {} ({})",
+                end.saturating_sub(*committed),
+                duration_words(*wait)
+            );
+        }
+    }
+}
+
+fn print_group_table(groups: &[keel_protocol::GroupInfo], waits: &[Vec<f64>]) {
+    println!(
+        "{:<24} {:<24} {:>7} {:>10} {:>10}",
+        "group", "topic", "members", "lag", "lag_time"
+    );
+    for (info, waits) in groups
+        .iter()
+        .zip(waits)
+        .filter(|(info, _)| !info.group.starts_with('%'))
+    {
+        println!(
+            "{:<24} {:<24} {:>7} {:>10} {:>10}",
+            info.group,
+            info.topic,
+            info.members,
+            group_lag(info),
+            duration_words(oldest(waits))
+        );
+    }
 }
 
 /// Seconds since the oldest message of a queue a group has not committed was stored

@@ -131,17 +131,8 @@ struct Sender<'a> {
 }
 
 pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientError> {
-    let (mode, batch) = (args.mode, args.batch);
-    if batch == 0 || batch > usize::from(u16::MAX) || (batch > 1 && mode != Mode::Sync) {
-        return Err(ClientError::InvalidArgument(
-            "--batch takes 1 to 65535, and more than 1 only with --mode sync".into(),
-        ));
-    }
-    if args.window == 0 {
-        return Err(ClientError::InvalidArgument(
-            "--window takes 1 or more".into(),
-        ));
-    }
+    check(args)?;
+    let mode = args.mode;
     let source = match (args.file.is_empty(), args.messages.is_empty()) {
         (false, false) => {
             return Err(ClientError::InvalidArgument(
@@ -164,19 +155,7 @@ pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientEr
         send_timeout: Duration::from_millis(args.timeout.max(1)),
         ..ProducerOptions::default()
     };
-    let producer = match &args.namesrv {
-        Some(list) => {
-            let name_servers: Vec<String> = list
-                .split(',')
-                .map(|address| {
-                    crate::shared::with_default_port(address.trim(), crate::shared::NAMESRV_PORT)
-                })
-                .collect();
-            let name_servers: Vec<&str> = name_servers.iter().map(String::as_str).collect();
-            Producer::with_name_servers(&name_servers, options)?
-        }
-        None => Producer::connect(&broker.address, options)?,
-    };
+    let producer = producer(&args.namesrv, &broker.address, options)?;
     crate::signals::install();
     let decoding = Decoding {
         hex: args.hex,
@@ -208,6 +187,43 @@ pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientEr
         sender.wind_down(signal, &reading, &answered);
     }
     Ok(sender.report(interrupted))
+}
+
+/// `--batch` and `--window` in range.
+fn check(args: &SendArgs) -> Result<(), ClientError> {
+    let (mode, batch) = (args.mode, args.batch);
+    if batch == 0 || batch > usize::from(u16::MAX) || (batch > 1 && mode != Mode::Sync) {
+        return Err(ClientError::InvalidArgument(
+            "--batch takes 1 to 65535, and more than 1 only with --mode sync".into(),
+        ));
+    }
+    if args.window == 0 {
+        return Err(ClientError::InvalidArgument(
+            "--window takes 1 or more".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A producer of the broker at `address`, or of every master `namesrv` knows.
+fn producer(
+    namesrv: &Option<String>,
+    address: &str,
+    options: ProducerOptions,
+) -> Result<Producer, ClientError> {
+    Ok(match namesrv {
+        Some(list) => {
+            let name_servers: Vec<String> = list
+                .split(',')
+                .map(|address| {
+                    crate::shared::with_default_port(address.trim(), crate::shared::NAMESRV_PORT)
+                })
+                .collect();
+            let name_servers: Vec<&str> = name_servers.iter().map(String::as_str).collect();
+            Producer::with_name_servers(&name_servers, options)?
+        }
+        None => Producer::connect(address, options)?,
+    })
 }
 
 fn parse_properties(items: &[String]) -> Result<Vec<(String, String)>, ClientError> {

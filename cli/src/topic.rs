@@ -1,6 +1,6 @@
 //! `keel topic create|update|delete|list|describe` and `keel stats`.
 
-use crate::group::lag_seconds;
+use crate::group::{group_lag, lag_seconds};
 use crate::output::bytes_words;
 use crate::output::duration_words;
 use crate::output::json;
@@ -148,10 +148,6 @@ pub(crate) fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, C
         .map(|q| q.max_offset - q.min_offset.min(q.max_offset))
         .sum();
     let bytes: u64 = stats.queues.iter().map(|q| q.bytes).sum();
-    let per_second = |count: u64| match stats.window_ms {
-        0 => 0.0,
-        ms => count as f64 * 1000.0 / f64::from(ms),
-    };
     let mut waits = Vec::with_capacity(groups.len());
     for group in &groups {
         let mut oldest = 0.0f64;
@@ -160,56 +156,96 @@ pub(crate) fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, C
         }
         waits.push(oldest);
     }
-    let group_lag = |group: &keel_protocol::GroupInfo| -> u64 {
-        group
-            .queues
-            .iter()
-            .map(|(_, c, e)| e.saturating_sub(*c))
-            .sum()
+    let summary = Described {
+        stats: &stats,
+        groups: &groups,
+        waits: &waits,
+        stored,
+        bytes,
     };
-    if json() {
-        let groups: Vec<serde_json::Value> = groups
-            .iter()
-            .zip(&waits)
-            .map(|(group, wait)| {
-                serde_json::json!({
-                    "group": group.group, "members": group.members, "lag": group_lag(group),
-                    "lag_seconds": wait,
-                })
-            })
-            .collect();
-        let queues: Vec<serde_json::Value> = stats
-            .queues
-            .iter()
-            .enumerate()
-            .map(|(queue, info)| {
-                serde_json::json!({
-                    "queue": queue, "min_offset": info.min_offset,
-                    "max_offset": info.max_offset, "bytes": info.bytes,
-                })
-            })
-            .collect();
-        print_json(&serde_json::json!({
-            "topic": stats.topic, "internal": stats.topic.starts_with('%'),
-            "queues": queues, "messages_stored": stored, "bytes_stored": bytes,
-            "window_ms": stats.window_ms, "window_messages": stats.window_messages,
-            "window_bytes": stats.window_bytes,
-            "messages_per_second": per_second(stats.window_messages),
-            "bytes_per_second": per_second(stats.window_bytes),
-            "groups": groups,
-        }));
-        return Ok(ExitCode::SUCCESS);
+    match json() {
+        true => print_described_json(&summary),
+        false => print_described(&summary),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `keel topic describe` found.
+struct Described<'a> {
+    stats: &'a keel_protocol::TopicStats,
+    groups: &'a [keel_protocol::GroupInfo],
+    /// How long each group's oldest unconsumed message has waited, in seconds.
+    waits: &'a [f64],
+    stored: u64,
+    bytes: u64,
+}
+
+/// `count` over the topic's window, a second.
+fn per_second(stats: &keel_protocol::TopicStats, count: u64) -> f64 {
+    match stats.window_ms {
+        0 => 0.0,
+        ms => count as f64 * 1000.0 / f64::from(ms),
+    }
+}
+
+fn print_described_json(described: &Described<'_>) {
+    let Described {
+        stats,
+        groups,
+        waits,
+        stored,
+        bytes,
+    } = described;
+    let groups: Vec<serde_json::Value> = groups
+        .iter()
+        .zip(waits.iter())
+        .map(|(group, wait)| {
+            serde_json::json!({
+                "group": group.group, "members": group.members, "lag": group_lag(group),
+                "lag_seconds": wait,
+            })
+        })
+        .collect();
+    let queues: Vec<serde_json::Value> = stats
+        .queues
+        .iter()
+        .enumerate()
+        .map(|(queue, info)| {
+            serde_json::json!({
+                "queue": queue, "min_offset": info.min_offset,
+                "max_offset": info.max_offset, "bytes": info.bytes,
+            })
+        })
+        .collect();
+    print_json(&serde_json::json!({
+        "topic": stats.topic, "internal": stats.topic.starts_with('%'),
+        "queues": queues, "messages_stored": stored, "bytes_stored": bytes,
+        "window_ms": stats.window_ms, "window_messages": stats.window_messages,
+        "window_bytes": stats.window_bytes,
+        "messages_per_second": per_second(stats, stats.window_messages),
+        "bytes_per_second": per_second(stats, stats.window_bytes),
+        "groups": groups,
+    }));
+}
+
+fn print_described(described: &Described<'_>) {
+    let Described {
+        stats,
+        groups,
+        waits,
+        stored,
+        bytes,
+    } = described;
     println!(
         "topic {}: {} queue(s), {stored} message(s) stored in {}",
         stats.topic,
         stats.queues.len(),
-        bytes_words(bytes)
+        bytes_words(*bytes)
     );
     println!(
         "  in: {:.1} msg/s, {}/s over the last {:.0} s",
-        per_second(stats.window_messages),
-        bytes_words(per_second(stats.window_bytes) as u64),
+        per_second(stats, stats.window_messages),
+        bytes_words(per_second(stats, stats.window_bytes) as u64),
         f64::from(stats.window_ms) / 1000.0
     );
     for (queue, range) in stats.queues.iter().enumerate() {
@@ -220,7 +256,7 @@ pub(crate) fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, C
             bytes_words(range.bytes)
         );
     }
-    for (group, wait) in groups.iter().zip(&waits) {
+    for (group, wait) in groups.iter().zip(waits.iter()) {
         println!(
             "  group {}: {} live member(s), lag {} message(s), oldest waiting {}",
             group.group,
@@ -229,7 +265,6 @@ pub(crate) fn describe_topic(broker: &Target, topic: &str) -> Result<ExitCode, C
             duration_words(*wait)
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn topic_json(topic: &keel_protocol::TopicInfo) -> serde_json::Value {
