@@ -1,146 +1,190 @@
-//! The HTTP port (`metrics_listen`, off by default), on its own threads: `/metrics`
-//! (`metrics.rs`) and the console (`console.rs`). Small requests only, bounded in size
-//! and time, at most `REQUESTS_MAX` at once: a scraper can never slow the event loops.
+//! The HTTP port (`metrics_listen`, off by default): `/metrics` (`metrics.rs`) and the
+//! console (`console.rs`), served by hyper's HTTP/1 server on a Tokio runtime of its
+//! own thread. Bounded: headers within 5 s and 16 KiB, at most `CONNECTIONS_MAX`
+//! connections, at most `REQUESTS_MAX` requests worked on at once (each on a blocking
+//! thread: a message lookup reads the log), the others answered 503 at once. A scraper
+//! can never slow the event loops.
 
 use crate::context::Broker;
+use crate::http::console::Answer;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use keel_security::Action;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
-const REQUEST_BYTES_MAX: usize = 4096;
-
-/// Requests served at once (a message lookup reads the whole log: scrapes must not
+/// Requests worked on at once (a message lookup reads the whole log: scrapes must not
 /// wait behind it).
 const REQUESTS_MAX: usize = 8;
+/// Connections open at once; more are closed as they arrive.
+const CONNECTIONS_MAX: usize = 64;
+/// The request head's limits.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_BYTES_MAX: usize = 16 << 10;
+/// A connection idle (or slow) this long is closed.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Binds `address` and serves `/metrics` and the console until the process exits.
 pub fn start(broker: Arc<Broker>, address: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(address)?;
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let running = Arc::new(AtomicUsize::new(0));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(REQUESTS_MAX)
+        .build()?;
     std::thread::Builder::new()
-        .name("keel-metrics".into())
+        .name("keel-http".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        log::debug!("metrics accept failed: {error}");
-                        continue;
-                    }
-                };
-                if running.fetch_add(1, Ordering::AcqRel) >= REQUESTS_MAX {
-                    running.fetch_sub(1, Ordering::AcqRel);
-                    let _ = respond(stream, "503 Service Unavailable", "text/plain", "busy\n");
-                    continue;
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => accept(broker, listener).await,
+                    Err(error) => log::error!("the HTTP port cannot serve: {error}"),
                 }
-                // The slot is given back however the request ends, a panic included.
-                let slot = Slot(running.clone());
-                let broker = broker.clone();
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("keel-http".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            if let Err(error) = serve(&broker, stream) {
-                                log::debug!("metrics request failed: {error}");
-                            }
-                        });
-                if spawned.is_err() {
-                    log::warn!("cannot start a thread for an HTTP request");
-                }
-            }
+            })
         })?;
     Ok(bound)
 }
 
-/// One of the `REQUESTS_MAX` request slots, released when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+async fn accept(broker: Arc<Broker>, listener: tokio::net::TcpListener) {
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let requests = Arc::new(Semaphore::new(REQUESTS_MAX));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                log::debug!("HTTP accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            log::debug!("HTTP connection from {peer} refused: {CONNECTIONS_MAX} are open");
+            continue;
+        };
+        let (broker, requests) = (broker.clone(), requests.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request| {
+                handle(broker.clone(), requests.clone(), peer, request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(HEADER_BYTES_MAX)
+                .serve_connection(TokioIo::new(stream), service);
+            let served = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            if let Ok(Err(error)) = served {
+                log::debug!("HTTP connection from {peer}: {error}");
+            }
+        });
     }
 }
 
-fn respond(
-    mut stream: TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; \
-         style-src 'unsafe-inline'; frame-ancestors 'none'\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
-}
-
-fn serve(broker: &Broker, mut stream: TcpStream) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let peer = stream.peer_addr()?;
-    let mut request = Vec::new();
-    let mut chunk = [0u8; 1024];
-    // The whole request within 5 s, not 2 s a read: a byte at a time holds no slot.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !request.windows(4).any(|window| window == b"\r\n\r\n")
-        && request.len() < REQUEST_BYTES_MAX
-    {
-        if std::time::Instant::now() >= deadline {
-            let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow");
-            return Err(slow);
-        }
-        let count = stream.read(&mut chunk)?;
-        if count == 0 {
-            break;
-        }
-        request.extend_from_slice(chunk.get(..count).unwrap_or_default());
+async fn handle(
+    broker: Arc<Broker>,
+    requests: Arc<Semaphore>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.method() != Method::GET {
+        return Ok(response(&Answer {
+            status: "405 Method Not Allowed",
+            content_type: "text/plain",
+            body: "only GET\n".into(),
+        }));
     }
-    let text = String::from_utf8_lossy(&request);
-    let mut lines = text.split("\r\n");
-    let first = lines.next().unwrap_or_default();
-    let mut parts = first.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        })
-        .collect();
-    let header = |wanted: &str| {
-        headers
-            .iter()
-            .find(|(name, _)| name == wanted)
-            .map(|(_, value)| value.as_str())
+    let Ok(permit) = requests.try_acquire_owned() else {
+        return Ok(response(&Answer {
+            status: "503 Service Unavailable",
+            content_type: "text/plain",
+            body: "busy\n".into(),
+        }));
     };
-    if method != "GET" {
-        return respond(stream, "405 Method Not Allowed", "text/plain", "only GET\n");
-    }
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value: &HeaderValue| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let (host, authorization) = (header(HOST), header(AUTHORIZATION));
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |path| path.as_str().to_string());
+    let worked = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        answer(
+            &broker,
+            &path,
+            host.as_deref(),
+            authorization.as_deref(),
+            peer,
+        )
+    })
+    .await;
+    Ok(response(&worked.unwrap_or_else(|error| Answer {
+        status: "500 Internal Server Error",
+        content_type: "text/plain",
+        body: format!("the request failed: {error}\n"),
+    })))
+}
+
+/// The answer to GET `path` (on a blocking thread: it may read the log).
+fn answer(
+    broker: &Broker,
+    path: &str,
+    host: Option<&str>,
+    authorization: Option<&str>,
+    peer: SocketAddr,
+) -> Answer {
     if path == "/metrics" {
         if !broker.config.security.metrics_public {
-            let token = header("authorization");
-            let allowed = crate::http::console::authorize(broker, token, peer, Action::Stats);
+            let allowed =
+                crate::http::console::authorize(broker, authorization, peer, Action::Stats);
             if let Err(refusal) = allowed {
-                return respond(stream, refusal.status, refusal.content_type, &refusal.body);
+                return refusal;
             }
         }
-        return respond(
-            stream,
-            "200 OK",
-            "text/plain; version=0.0.4",
-            &crate::http::metrics::render(broker),
-        );
+        return Answer {
+            status: "200 OK",
+            content_type: "text/plain; version=0.0.4",
+            body: crate::http::metrics::render(broker),
+        };
     }
-    let answer =
-        crate::http::console::serve(broker, path, header("host"), header("authorization"), peer);
-    respond(stream, answer.status, answer.content_type, &answer.body)
+    crate::http::console::serve(broker, path, host, authorization, peer)
+}
+
+fn response(answer: &Answer) -> Response<Full<Bytes>> {
+    let status = answer
+        .status
+        .get(..3)
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(Full::new(Bytes::from(answer.body.clone())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    response
 }
