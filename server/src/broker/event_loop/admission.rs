@@ -50,25 +50,11 @@ impl EventLoop {
             if matches!(request, Request::Ping) {
                 return true;
             }
-            self.broker
-                .counters
-                .unauthenticated_requests
-                .fetch_add(1, Ordering::Relaxed);
             let message = format!(
                 "{} before LOGIN: this broker requires a login (auth = \"required\")",
                 request.kind().name()
             );
-            // A oneway request is never answered, a refusal included: it is dropped and
-            // the connection closed without an ERROR frame (docs/PROTOCOL.md, LOGIN).
-            if oneway {
-                log::warn!(
-                    "closing connection from {}: oneway {message}",
-                    connection.peer
-                );
-                self.close_quietly(to.key);
-                return false;
-            }
-            self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
+            self.refuse_unauthenticated(to, oneway, &message);
             return false;
         };
         let version = authority.generation();
@@ -78,19 +64,7 @@ impl EventLoop {
                     "the credential {} logged in with was revoked or removed",
                     principal.name
                 );
-                self.broker
-                    .counters
-                    .unauthenticated_requests
-                    .fetch_add(1, Ordering::Relaxed);
-                if oneway {
-                    log::warn!(
-                        "closing connection from {}: oneway: {message}",
-                        connection.peer
-                    );
-                    self.close_quietly(to.key);
-                    return false;
-                }
-                self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, &message);
+                self.refuse_unauthenticated(to, oneway, &message);
                 return false;
             }
             connection.principal_version = version;
@@ -175,5 +149,27 @@ impl EventLoop {
             self.shard.reply(to, response);
         }
         self.deliver_outbox();
+    }
+
+    /// A request from a connection without a (still valid) login: counted, answered
+    /// NOT_AUTHENTICATED and the connection closed; a oneway one is never answered, a
+    /// refusal included: dropped, and the connection closed without an ERROR frame
+    /// (docs/PROTOCOL.md, LOGIN).
+    fn refuse_unauthenticated(&mut self, to: ReplyTo, oneway: bool, message: &str) {
+        self.broker
+            .counters
+            .unauthenticated_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if oneway {
+            if let Some(connection) = self.connections.get(to.key) {
+                log::warn!(
+                    "closing connection from {}: oneway: {message}",
+                    connection.peer
+                );
+            }
+            self.close_quietly(to.key);
+            return;
+        }
+        self.fail_connection(to.key, to.request_id, ErrorCode::NotAuthenticated, message);
     }
 }
