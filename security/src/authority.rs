@@ -455,6 +455,8 @@ pub enum Port {
 
 pub struct Authority {
     mode: AuthMode,
+    /// Where `path` lives: the real disk, or a simulated one in the crash sweep.
+    disk: Arc<dyn keel_disk::Disk>,
     path: Option<PathBuf>,
     state: RwLock<Arc<SecurityState>>,
     /// SHA-256 of the cluster token, when this node has one.
@@ -487,8 +489,22 @@ impl Authority {
         path: Option<PathBuf>,
         cluster_token: Option<&str>,
     ) -> Result<Authority, SecurityError> {
+        Authority::open_on(Arc::new(keel_disk::RealDisk), mode, path, cluster_token)
+    }
+
+    /// `open` with the state file on `disk`.
+    pub fn open_on(
+        disk: Arc<dyn keel_disk::Disk>,
+        mode: AuthMode,
+        path: Option<PathBuf>,
+        cluster_token: Option<&str>,
+    ) -> Result<Authority, SecurityError> {
+        let read = |path: &std::path::Path| {
+            let file = disk.open(path, keel_disk::OpenMode::Read)?;
+            keel_disk::read_all(file.as_ref())
+        };
         let state = match &path {
-            Some(path) => match std::fs::read(path) {
+            Some(path) => match read(path) {
                 Ok(bytes) => {
                     let state: SecurityState = serde_json::from_slice(&bytes)
                         .map_err(|e| SecurityError::Invalid(format!("{}: {e}", path.display())))?;
@@ -509,6 +525,7 @@ impl Authority {
         };
         Ok(Authority {
             mode,
+            disk,
             path,
             state: RwLock::new(Arc::new(state)),
             cluster_token: cluster_token.map(|token| sha256(token.trim().as_bytes())),
@@ -522,6 +539,7 @@ impl Authority {
     pub fn off() -> Authority {
         Authority {
             mode: AuthMode::Off,
+            disk: Arc::new(keel_disk::RealDisk),
             path: None,
             state: RwLock::new(Arc::default()),
             cluster_token: None,
@@ -756,7 +774,7 @@ impl Authority {
         };
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| SecurityError::Persist(format!("encoding: {e}")))?;
-        crate::files::write_atomically(path, &bytes)
+        keel_disk::replace_atomically(self.disk.as_ref(), path, &bytes)
             .map_err(|e| SecurityError::Persist(format!("writing {}: {e}", path.display())))
     }
 

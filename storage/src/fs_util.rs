@@ -34,33 +34,16 @@ pub(crate) fn create_dir_all_synced(disk: &dyn Disk, dir: &Path) -> Result<(), S
     Ok(())
 }
 
-/// Replaces `path` with `contents` atomically.
-///
-/// Crash safety: the temporary file is fsynced before the rename, and the directory
-/// after it, so a crash at any point leaves either the old file or the new one, whole.
+/// Replaces `path` with `contents` atomically (`keel_disk::replace_atomically`: the
+/// one atomic replace of the workspace, which the crash sweep covers): a crash at any
+/// point leaves either the old file or the new one, whole.
 pub(crate) fn write_atomic(
     disk: &dyn Disk,
     path: &Path,
     contents: &[u8],
 ) -> Result<(), StoreError> {
-    let temporary = path.with_extension("tmp");
-    let context = |what: &str| format!("{what} {}", temporary.display());
-    let file = disk
-        .open(&temporary, OpenMode::Create)
-        .map_err(|e| StoreError::io(context("create"), e))?;
-    file.set_len(0)
-        .map_err(|e| StoreError::io(context("truncate"), e))?;
-    file.write_all_at(contents, 0)
-        .map_err(|e| StoreError::io(context("write"), e))?;
-    file.sync_data()
-        .map_err(|e| StoreError::io(context("fsync"), e))?;
-    drop(file);
-    disk.rename(&temporary, path)
-        .map_err(|e| StoreError::io(format!("rename to {}", path.display()), e))?;
-    match path.parent() {
-        Some(dir) => sync_dir(disk, dir),
-        None => Ok(()),
-    }
+    keel_disk::replace_atomically(disk, path, contents)
+        .map_err(|e| StoreError::io(format!("replace {}", path.display()), e))
 }
 
 /// The body of a file written with `seal_text`, or `None` when there is no file. A

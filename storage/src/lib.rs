@@ -46,7 +46,7 @@ mod replica;
 mod retention;
 mod segment;
 #[cfg(any(test, feature = "fault-injection"))]
-pub mod sim;
+pub use keel_disk::sim;
 mod startup;
 mod state;
 mod store;

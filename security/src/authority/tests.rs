@@ -153,3 +153,57 @@ fn a_slave_installs_the_masters_state_and_refuses_a_damaged_one() {
     assert!(slave.install(damaged.as_bytes()).is_err());
     assert_eq!(authority(dir.path()).version(), 4, "persisted");
 }
+
+/// `security.json` through every crash point of a change: after the restart the state
+/// is the old one or the new one, whole, never an error (a broker must start with the
+/// rules it had, or the change it acknowledged).
+#[test]
+fn a_crash_at_any_point_of_a_change_leaves_the_old_state_or_the_new_one() {
+    use keel_disk::sim::{SimDisk, TailShape};
+    use keel_disk::Disk;
+    let path = std::path::PathBuf::from("/data/security.json");
+    let open = |disk: &SimDisk| {
+        Authority::open_on(
+            Arc::new(disk.clone()),
+            AuthMode::Required,
+            Some(path.clone()),
+            None,
+        )
+    };
+    let add = |name: &str| SecurityCommand::UserAdd {
+        name: name.into(),
+        password: Secret("a long password".into()),
+    };
+    for step in 1u64.. {
+        let disk = SimDisk::new();
+        disk.create_dir_all(std::path::Path::new("/data")).unwrap();
+        disk.sync_dir(std::path::Path::new("/")).unwrap();
+        let before = open(&disk).unwrap();
+        before.apply(add("alice")).unwrap();
+        let start = disk.operations();
+        for shape in [TailShape::Clean, TailShape::Torn, TailShape::Garbage] {
+            let disk = disk.after_crash(TailShape::Clean, 0);
+            let authority = open(&disk).unwrap();
+            let from = disk.operations();
+            disk.crash_at(from + step, shape, step);
+            let changed = authority.apply(add("bob"));
+            let restarted = open(&disk.after_crash(shape, step)).unwrap_or_else(|error| {
+                panic!("step {step} {shape:?}: the state does not open: {error}")
+            });
+            let users = restarted.apply(SecurityCommand::UserList).unwrap().users;
+            assert!(
+                users.contains(&"alice".to_string()),
+                "step {step}: {users:?}"
+            );
+            if changed.is_ok() {
+                // Acknowledged: it survives.
+                assert!(users.contains(&"bob".to_string()), "step {step}: {users:?}");
+            }
+            if !disk.crashed() {
+                // Past the change's last operation: every crash point before it was tried.
+                assert!(step > 3 && start > 0, "the change took {step} operations");
+                return;
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! capacity so writes run out of space. After a failed fsync the data it covered is
 //! lost even if a later fsync succeeds, as on Linux ("fsyncgate").
 
-use crate::disk::{Disk, DiskFile, OpenMode};
+use crate::{Disk, DiskFile, OpenMode};
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::io;

@@ -1,6 +1,6 @@
 //! Fault injection (`fault_read_delay_ms`), in builds with the `fault-injection` feature.
 
-use super::{Disk, DiskFile, OpenMode};
+use crate::{Disk, DiskFile, OpenMode};
 use std::any::Any;
 use std::io;
 use std::path::Path;
