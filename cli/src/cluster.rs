@@ -218,10 +218,7 @@ pub(crate) fn cluster_elect(
         Duration::from_secs(5),
         access,
     )
-    .map_err(|detail| ClientError::Connect {
-        address: controllers.to_string(),
-        detail,
-    })?;
+    .map_err(|error| elect_error(controllers, error))?;
     if json {
         let text = serde_json::to_string_pretty(&answer)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -255,9 +252,9 @@ pub(crate) fn cluster(
 ) -> Result<ExitCode, ClientError> {
     let addresses = controller_list(controllers);
     let view = keel_controller_api::client::describe(&addresses, Duration::from_secs(3), access)
-        .map_err(|detail| ClientError::Connect {
+        .map_err(|error| ClientError::Connect {
             address: controllers.to_string(),
-            detail,
+            detail: error.to_string(),
         })?;
     if json {
         let text = serde_json::to_string_pretty(&view)
@@ -338,5 +335,36 @@ fn print_group_status(group: &keel_controller_api::api::GroupStatus) {
                 .map_or("never".into(), |ms| format!("{ms}ms")),
             r.address
         );
+    }
+}
+
+/// What `keel cluster --elect` reports when the controllers did not answer: refused
+/// everywhere is certain (nothing elected); a controller that broke off mid-request may
+/// have carried it out.
+fn elect_error(
+    controllers: &str,
+    error: keel_controller_api::client::ControllerError,
+) -> ClientError {
+    use keel_controller_api::client::ControllerError;
+    let certain = |error: &ControllerError| {
+        matches!(
+            error,
+            ControllerError::Refused { .. }
+                | ControllerError::NotLeader { .. }
+                | ControllerError::Unreachable { .. }
+        )
+    };
+    let all_certain = match &error {
+        ControllerError::NoLeader(each) => each.iter().all(certain),
+        other => certain(other),
+    };
+    match all_certain {
+        true => ClientError::Connect {
+            address: controllers.to_string(),
+            detail: error.to_string(),
+        },
+        false => ClientError::OutcomeUnknown(format!(
+            "{error} (the election may or may not have been carried out: keel cluster shows it)"
+        )),
     }
 }

@@ -47,6 +47,7 @@ fn heartbeat(address: &str) -> Result<keel_controller_api::api::GroupView, Strin
         Duration::from_secs(1),
         &keel_net::Dial::default(),
     )
+    .map_err(String::from)
 }
 
 fn until<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
