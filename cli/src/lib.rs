@@ -53,6 +53,11 @@ pub fn main_entry() -> ExitCode {
     };
     match run(&target, command) {
         Ok(code) => code,
+        // Not known to have been done or not: 3, as `keel send` reports an unknown send.
+        Err(error @ ClientError::OutcomeUnknown(_)) => {
+            eprintln!("keel: {error}");
+            ExitCode::from(3)
+        }
         Err(error) => {
             eprintln!("keel: {error}");
             ExitCode::FAILURE
