@@ -13,6 +13,7 @@
 
 use crate::config::TypeConfig;
 use crate::state::{Applied, Groups};
+use keel_disk::{Disk, DiskFile, OpenMode};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
@@ -21,10 +22,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Cursor};
 use std::ops::RangeBounds;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,24 +41,30 @@ fn invalid(detail: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, detail)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Replaces `path` with `value` as JSON behind a CRC32C line, durably.
-fn save_sealed<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+fn save_sealed<T: Serialize>(disk: &dyn Disk, path: &Path, value: &T) -> io::Result<()> {
     let body = serde_json::to_vec(value).map_err(|e| invalid(e.to_string()))?;
     let mut bytes = format!("{:08x}\n", crc32c::crc32c(&body)).into_bytes();
     bytes.extend_from_slice(&body);
-    keel_security::write_atomically(path, &bytes)
+    keel_disk::replace_atomically(disk, path, &bytes)
+}
+
+/// The whole file at `path`; `None` when it does not exist.
+fn read_file(disk: &dyn Disk, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match disk.open(path, OpenMode::Read) {
+        Ok(file) => keel_disk::read_all(file.as_ref()).map(Some),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Reads what `save_sealed` wrote; `None` when the file does not exist.
-fn load_sealed<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
+fn load_sealed<T: for<'de> Deserialize<'de>>(
+    disk: &dyn Disk,
+    path: &Path,
+) -> io::Result<Option<T>> {
+    let Some(bytes) = read_file(disk, path)? else {
+        return Ok(None);
     };
     let damaged = || invalid(format!("{} is damaged (CRC32C mismatch)", path.display()));
     let (crc, body) = bytes.split_at_checked(9).ok_or_else(damaged)?;
@@ -87,15 +92,10 @@ fn encode_record(entry: &Entry<TypeConfig>) -> io::Result<Vec<u8>> {
 }
 
 /// The entries of a log file, and the length of its valid prefix.
-fn read_log(path: &Path) -> io::Result<(Vec<Entry<TypeConfig>>, u64)> {
-    let mut bytes = Vec::new();
-    match File::open(path) {
-        Ok(mut file) => {
-            file.read_to_end(&mut bytes)?;
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(error) => return Err(error),
-    }
+fn read_log(disk: &dyn Disk, path: &Path) -> io::Result<(Vec<Entry<TypeConfig>>, u64)> {
+    let Some(bytes) = read_file(disk, path)? else {
+        return Ok((Vec::new(), 0));
+    };
     let mut entries = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -138,8 +138,11 @@ fn read_log(path: &Path) -> io::Result<(Vec<Entry<TypeConfig>>, u64)> {
 }
 
 struct LogInner {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
-    file: File,
+    file: Arc<dyn DiskFile>,
+    /// Where the next record is written: the end of the valid records.
+    end: u64,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
@@ -156,8 +159,26 @@ impl LogInner {
         for entry in self.entries.values() {
             bytes.extend_from_slice(&encode_record(entry)?);
         }
-        keel_security::write_atomically(&self.log_path(), &bytes)?;
-        self.file = OpenOptions::new().append(true).open(self.log_path())?;
+        keel_disk::replace_atomically(self.disk.as_ref(), &self.log_path(), &bytes)?;
+        self.file = self.disk.open(&self.log_path(), OpenMode::ReadWrite)?;
+        self.end = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        Ok(())
+    }
+
+    /// Appends `entries` durably (written, then fdatasync'd) before they count.
+    fn write_entries(&mut self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        for entry in &entries {
+            bytes.extend(encode_record(entry)?);
+        }
+        self.file.write_all_at(&bytes, self.end)?;
+        self.file.sync_data()?;
+        self.end = self
+            .end
+            .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+        for entry in entries {
+            self.entries.insert(entry.log_id.index, entry);
+        }
         Ok(())
     }
 }
@@ -170,36 +191,39 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+        LogStore::open_on(Arc::new(keel_disk::RealDisk), dir)
+    }
+
+    /// `open` on `disk` (the crash sweep's simulated one).
+    pub fn open_on(disk: Arc<dyn Disk>, dir: &Path) -> io::Result<LogStore> {
+        // The directory's own entry made durable too: without it a crash soon after the
+        // first start could take the directory, and the entries acknowledged in it.
+        let made = !disk.is_dir(dir);
+        disk.create_dir_all(dir)?;
+        if made {
+            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                disk.sync_dir(parent)?;
+            }
         }
         let path = dir.join("raft-log");
-        let (entries, valid) = read_log(&path)?;
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .mode(0o600)
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&path)?;
+        let (entries, valid) = read_log(disk.as_ref(), &path)?;
+        let existed = disk.exists(&path);
+        let file = disk.open(&path, OpenMode::Create)?;
         if !existed {
-            sync_dir(dir)?;
+            disk.sync_dir(dir)?;
         }
-        if file.metadata()?.len() > valid {
+        if file.len()? > valid {
             log::warn!(
                 "{}: cutting a torn tail after byte {valid} (an append that was never \
                  acknowledged)",
                 path.display()
             );
             file.set_len(valid)?;
-            file.sync_all()?;
+            file.sync_data()?;
         }
-        let last_purged: Option<LogId<NodeId>> = load_sealed(&dir.join("raft-purged"))?;
-        let vote = load_sealed(&dir.join("raft-vote"))?;
+        let last_purged: Option<LogId<NodeId>> =
+            load_sealed(disk.as_ref(), &dir.join("raft-purged"))?;
+        let vote = load_sealed(disk.as_ref(), &dir.join("raft-vote"))?;
         let entries = entries
             .into_iter()
             .filter(|entry| last_purged.is_none_or(|purged| entry.log_id.index > purged.index))
@@ -207,8 +231,10 @@ impl LogStore {
             .collect();
         Ok(LogStore {
             inner: Arc::new(Mutex::new(LogInner {
+                disk,
                 dir: dir.to_path_buf(),
                 file,
+                end: valid,
                 entries,
                 last_purged,
                 vote,
@@ -254,7 +280,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
         let mut inner = lock(&self.inner);
-        save_sealed(&inner.dir.join("raft-vote"), vote)
+        save_sealed(inner.disk.as_ref(), &inner.dir.join("raft-vote"), vote)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         inner.vote = Some(*vote);
         Ok(())
@@ -270,23 +296,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut inner = lock(&self.inner);
-        let mut bytes = Vec::new();
-        let mut added = Vec::new();
-        for entry in entries {
-            bytes.extend(encode_record(&entry).map_err(|e| StorageIOError::write_logs(&e))?);
-            added.push(entry);
-        }
-        let written = inner
-            .file
-            .write_all(&bytes)
-            .and_then(|()| inner.file.sync_data());
-        if let Err(error) = written {
+        if let Err(error) = inner.write_entries(entries.into_iter().collect()) {
             let detail = error.to_string();
             callback.log_io_completed(Err(io::Error::new(error.kind(), detail)));
             return Err(StorageIOError::write_logs(&error).into());
-        }
-        for entry in added {
-            inner.entries.insert(entry.log_id.index, entry);
         }
         callback.log_io_completed(Ok(()));
         Ok(())
@@ -302,7 +315,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let mut inner = lock(&self.inner);
-        save_sealed(&inner.dir.join("raft-purged"), &log_id)
+        save_sealed(inner.disk.as_ref(), &inner.dir.join("raft-purged"), &log_id)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         inner.last_purged = Some(log_id);
         inner.entries.retain(|index, _| *index > log_id.index);
@@ -330,6 +343,7 @@ pub struct MachineState {
 
 #[derive(Clone)]
 pub struct StateMachine {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     pub state: Arc<Mutex<MachineState>>,
 }
@@ -343,8 +357,14 @@ struct SnapshotBody {
 
 impl StateMachine {
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
+        StateMachine::open_on(Arc::new(keel_disk::RealDisk), dir)
+    }
+
+    /// `open` on `disk`.
+    pub fn open_on(disk: Arc<dyn Disk>, dir: &Path) -> io::Result<StateMachine> {
         let mut state = MachineState::default();
-        if let Some(snapshot) = load_sealed::<StoredSnapshot>(&dir.join("raft-snapshot"))? {
+        let snapshot = load_sealed::<StoredSnapshot>(disk.as_ref(), &dir.join("raft-snapshot"))?;
+        if let Some(snapshot) = snapshot {
             let body: SnapshotBody = serde_json::from_slice(&snapshot.data)
                 .map_err(|e| invalid(format!("raft-snapshot: {e}")))?;
             state.last_applied = body.last_applied;
@@ -353,6 +373,7 @@ impl StateMachine {
             state.snapshot = Some(snapshot);
         }
         Ok(StateMachine {
+            disk,
             dir: dir.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
         })
@@ -361,7 +382,11 @@ impl StateMachine {
     fn install(&self, snapshot: StoredSnapshot) -> io::Result<()> {
         let body: SnapshotBody = serde_json::from_slice(&snapshot.data)
             .map_err(|e| invalid(format!("snapshot: {e}")))?;
-        save_sealed(&self.dir.join("raft-snapshot"), &snapshot)?;
+        save_sealed(
+            self.disk.as_ref(),
+            &self.dir.join("raft-snapshot"),
+            &snapshot,
+        )?;
         let mut state = lock(&self.state);
         state.last_applied = body.last_applied;
         state.membership = body.membership;
@@ -401,7 +426,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: data.clone(),
         };
-        save_sealed(&self.dir.join("raft-snapshot"), &stored)
+        save_sealed(self.disk.as_ref(), &self.dir.join("raft-snapshot"), &stored)
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         lock(&self.state).snapshot = Some(stored);
         Ok(Snapshot {
@@ -536,13 +561,76 @@ mod tests {
     fn a_damaged_vote_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-vote");
-        save_sealed(&path, &Vote::<NodeId>::new(3, 1)).unwrap();
-        let vote: Option<Vote<NodeId>> = load_sealed(&path).unwrap();
+        let disk = keel_disk::RealDisk;
+        save_sealed(&disk, &path, &Vote::<NodeId>::new(3, 1)).unwrap();
+        let vote: Option<Vote<NodeId>> = load_sealed(&disk, &path).unwrap();
         assert_eq!(vote, Some(Vote::new(3, 1)));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 2;
         bytes[last] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(load_sealed::<Vote<NodeId>>(&path).is_err());
+        assert!(load_sealed::<Vote<NodeId>>(&disk, &path).is_err());
+    }
+
+    /// The Raft log through every crash point of its appends and a rewrite: after the
+    /// restart it opens, holds every append that returned (was acknowledged to Raft), and
+    /// its entries are a prefix of what was written, in order.
+    #[test]
+    fn a_crash_at_any_point_keeps_every_acknowledged_entry() {
+        use keel_disk::sim::{SimDisk, TailShape};
+        let dir = Path::new("/raft");
+        for step in 1u64.. {
+            let disk = SimDisk::new();
+            disk.create_dir_all(Path::new("/")).unwrap();
+            let store = LogStore::open_on(Arc::new(disk.clone()), dir).unwrap();
+            let from = disk.operations();
+            disk.crash_at(from + step, TailShape::Torn, step);
+            let mut acknowledged = 0u64;
+            let mut truncated = false;
+            {
+                let mut inner = lock(&store.inner);
+                for index in 1..=6 {
+                    if inner.write_entries(vec![entry(index)]).is_err() {
+                        break;
+                    }
+                    acknowledged = index;
+                }
+                if acknowledged == 6 {
+                    // A truncation rewrites the file: keep 1..=4.
+                    inner.entries.retain(|index, _| *index < 5);
+                    truncated = inner.rewrite().is_ok();
+                }
+            }
+            let crashed = disk.crashed();
+            let restarted = disk.after_crash(TailShape::Torn, step);
+            let reopened = LogStore::open_on(Arc::new(restarted), dir)
+                .unwrap_or_else(|error| panic!("step {step}: the log does not open: {error}"));
+            let indexes: Vec<u64> = lock(&reopened.inner).entries.keys().copied().collect();
+            let prefix = |n: u64| (1..=n).collect::<Vec<u64>>();
+            if truncated {
+                assert_eq!(
+                    indexes,
+                    prefix(4),
+                    "step {step}: the truncation was acknowledged"
+                );
+            } else if acknowledged == 6 {
+                // A rewrite cut short: the old file or the new one, whole.
+                assert!(
+                    indexes == prefix(6) || indexes == prefix(4),
+                    "step {step}: {indexes:?}"
+                );
+            } else {
+                let n = indexes.len() as u64;
+                assert_eq!(indexes, prefix(n), "step {step}: not a prefix");
+                assert!(
+                    n >= acknowledged,
+                    "step {step}: {acknowledged} acknowledged, {indexes:?}"
+                );
+            }
+            if !crashed {
+                assert!(step > 6, "the appends took {step} operations");
+                return;
+            }
+        }
     }
 }
