@@ -43,6 +43,7 @@ mod frame;
 pub mod ha;
 mod message;
 pub mod names;
+mod permission;
 mod request;
 mod response;
 pub mod wire;

@@ -104,57 +104,10 @@ pub fn needs(request: &Request) -> Option<Vec<Need>> {
     Some(needs)
 }
 
-/// The rule of each request kind, in words (docs/PROTOCOL.md has the same table; a
-/// test holds them together). `None` for response kinds.
+/// The rule of each request kind, in words: `Kind::permission` (docs/PROTOCOL.md has
+/// the same table; a test holds them together, another holds `needs` to it).
 pub fn rule(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Ping => "none (allowed before login)",
-        Kind::Login => "none (allowed before login)",
-        Kind::Send => "topic:publish",
-        Kind::SendBatch => "topic:publish (each topic in the batch)",
-        Kind::Pull => "topic:subscribe, and group:consume when a group is named",
-        Kind::OffsetForTime => "topic:subscribe",
-        Kind::Heartbeat => "group:consume and topic:subscribe",
-        Kind::GroupCommit => "group:commit",
-        Kind::CommitOffset => "group:commit",
-        Kind::QueryOffset => "group:consume",
-        Kind::SendBack => "group:consume",
-        Kind::CreateTopic | Kind::AddQueues => "admin:create_topic",
-        Kind::DeleteTopic => "admin:delete_topic",
-        Kind::DeleteGroup => "group:commit",
-        Kind::ListTopics => "topic:describe (admin:describe to list every topic)",
-        Kind::Stats => "admin:stats",
-        Kind::MessageInfo => "admin:lookup",
-        Kind::Promote => "cluster:promote",
-        Kind::RegisterBroker => "cluster:register",
-        Kind::GetRoutes => "topic:describe (admin:describe for every route)",
-        Kind::GetBrokers => "admin:describe",
-        Kind::SecurityAdmin => "admin:security",
-        Kind::ListGroups => "group:consume (admin:describe to list every group)",
-        Kind::TopicStats => "topic:describe (admin:describe for every topic)",
-        Kind::Pong
-        | Kind::SendResult
-        | Kind::PullResult
-        | Kind::CommitOffsetOk
-        | Kind::Offset
-        | Kind::TopicCreated
-        | Kind::TopicList
-        | Kind::StatsResult
-        | Kind::SendBatchResult
-        | Kind::Promoted
-        | Kind::Registered
-        | Kind::Routes
-        | Kind::Assignment
-        | Kind::Info
-        | Kind::LoginOk
-        | Kind::SecurityResult
-        | Kind::GroupList
-        | Kind::TopicStatsResult
-        | Kind::Brokers
-        | Kind::TopicDeleted
-        | Kind::GroupDeleted
-        | Kind::Error => return None,
-    })
+    kind.permission()
 }
 
 /// The first permission `principal` lacks for `request`, if any.
