@@ -9,17 +9,19 @@ pub mod acl;
 pub mod authority;
 mod error;
 pub mod files;
+pub mod state;
 pub mod tls;
 pub mod validity;
 
 pub use acl::{permits, AclEntry, Action, Effect, ResourceType, ANONYMOUS};
-pub use authority::{
-    hash_password, validate_name, AuthMode, Authority, Credential, LoginError, Port, Principal,
-    Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo, CLUSTER, SECURITY_FILE,
-};
+pub use authority::{AuthMode, Authority, Credential, LoginError, Port, Principal, SECURITY_FILE};
 pub use error::SecurityError;
 pub use files::write_atomically;
 pub use rustls;
+pub use state::{
+    hash_password, validate_name, Secret, SecurityCommand, SecurityReply, SecurityState, TokenInfo,
+    CLUSTER,
+};
 pub use tls::{
     could_be_tls, is_tls_client_hello, read_secret_file, tls_error, ClientTls, ServerTls, Stream,
     TlsStream, TLS_HANDSHAKE_BYTE,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::state::Secret;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
