@@ -119,39 +119,7 @@ pub(crate) enum Command {
     /// Consume a topic as GROUP: print each record, then commit the group's offsets.
     /// Starts where the group left off (or at the beginning for a new group). Without
     /// --group: a look at the topic from its start that commits nothing.
-    Consume {
-        /// The topic to read.
-        #[arg(short, long)]
-        topic: String,
-        /// The consumer group to read as (and commit for, unless --no-commit).
-        #[arg(short, long)]
-        group: Option<String>,
-        /// Stop after this many records.
-        #[arg(short = 'n', long)]
-        count: Option<u64>,
-        /// Stop when nothing new arrived for this many milliseconds (0 = never).
-        #[arg(long, default_value_t = 2000)]
-        idle_ms: u64,
-        /// Print the payload only.
-        #[arg(long)]
-        quiet: bool,
-        #[command(flatten)]
-        format: PayloadFormat,
-        /// Look without moving the group: nothing is committed.
-        #[arg(long)]
-        no_commit: bool,
-        /// Start here instead of where the group left off: earliest, latest, a time
-        /// (milliseconds since the epoch, or RFC 3339 like 2026-12-01T10:00:00Z). The
-        /// group then commits from there (every queue moves) unless --no-commit.
-        #[arg(long, value_name = "WHERE")]
-        from: Option<String>,
-        /// Only this queue (a look: nothing is committed).
-        #[arg(long, value_name = "Q")]
-        queue: Option<u32>,
-        /// With --queue: start at this queue offset.
-        #[arg(long, value_name = "N", requires = "queue", conflicts_with = "from")]
-        offset: Option<u64>,
-    },
+    Consume(ConsumeArgs),
     /// Topics: create, list, describe, add queues, delete.
     Topic {
         #[command(subcommand)]
@@ -164,37 +132,7 @@ pub(crate) enum Command {
     /// group's other members, rebalanced as members come and go; failed messages come
     /// back after a delay). Prints one line per message handled; stops on Ctrl-C or
     /// SIGTERM after finishing and committing what it has.
-    Subscribe {
-        /// The topic to consume.
-        #[arg(short, long)]
-        topic: String,
-        /// The consumer group to join.
-        #[arg(short, long)]
-        group: String,
-        /// Where a new group starts: earliest, latest, or a time (milliseconds since the
-        /// epoch, or RFC 3339 like 2026-12-01T10:00:00Z).
-        #[arg(long, default_value = "earliest")]
-        from: String,
-        /// Only these tags, e.g. "TagA || TagB".
-        #[arg(long)]
-        tag_filter: Option<String>,
-        /// Handler threads (messages of different queues are handled in parallel).
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
-        /// This member leaves the group (its queues move) when it has not heartbeated
-        /// for this long (ms).
-        #[arg(long, default_value_t = 10_000)]
-        session_timeout_ms: u64,
-        /// A message that failed this many times goes to the group's dead-letter queue.
-        #[arg(long, default_value_t = 16)]
-        max_reconsume_times: u32,
-        /// Handle exactly this many messages, then stop; the group's offsets are not
-        /// committed past the last one handled.
-        #[arg(long)]
-        count: Option<u64>,
-        #[command(flatten)]
-        format: PayloadFormat,
-    },
+    Subscribe(SubscribeArgs),
     /// Inspect and redrive a group's dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -421,4 +359,74 @@ pub(crate) enum TopicCommand {
         /// The topic.
         topic: String,
     },
+}
+
+/// `keel consume`'s options.
+#[derive(clap::Args)]
+pub(crate) struct ConsumeArgs {
+    /// The topic to read.
+    #[arg(short, long)]
+    pub(crate) topic: String,
+    /// The consumer group to read as (and commit for, unless --no-commit).
+    #[arg(short, long)]
+    pub(crate) group: Option<String>,
+    /// Stop after this many records.
+    #[arg(short = 'n', long)]
+    pub(crate) count: Option<u64>,
+    /// Stop when nothing new arrived for this many milliseconds (0 = never).
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) idle_ms: u64,
+    /// Print the payload only.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+    #[command(flatten)]
+    pub(crate) format: PayloadFormat,
+    /// Look without moving the group: nothing is committed.
+    #[arg(long)]
+    pub(crate) no_commit: bool,
+    /// Start here instead of where the group left off: earliest, latest, a time
+    /// (milliseconds since the epoch, or RFC 3339 like 2026-12-01T10:00:00Z). The
+    /// group then commits from there (every queue moves) unless --no-commit.
+    #[arg(long, value_name = "WHERE")]
+    pub(crate) from: Option<String>,
+    /// Only this queue (a look: nothing is committed).
+    #[arg(long, value_name = "Q")]
+    pub(crate) queue: Option<u32>,
+    /// With --queue: start at this queue offset.
+    #[arg(long, value_name = "N", requires = "queue", conflicts_with = "from")]
+    pub(crate) offset: Option<u64>,
+}
+
+/// `keel subscribe`'s options.
+#[derive(clap::Args)]
+pub(crate) struct SubscribeArgs {
+    /// The topic to consume.
+    #[arg(short, long)]
+    pub(crate) topic: String,
+    /// The consumer group to join.
+    #[arg(short, long)]
+    pub(crate) group: String,
+    /// Where a new group starts: earliest, latest, or a time (milliseconds since the
+    /// epoch, or RFC 3339 like 2026-12-01T10:00:00Z).
+    #[arg(long, default_value = "earliest")]
+    pub(crate) from: String,
+    /// Only these tags, e.g. "TagA || TagB".
+    #[arg(long)]
+    pub(crate) tag_filter: Option<String>,
+    /// Handler threads (messages of different queues are handled in parallel).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) threads: usize,
+    /// This member leaves the group (its queues move) when it has not heartbeated
+    /// for this long (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) session_timeout_ms: u64,
+    /// A message that failed this many times goes to the group's dead-letter queue.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_reconsume_times: u32,
+    /// Handle exactly this many messages, then stop; the group's offsets are not
+    /// committed past the last one handled.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    #[command(flatten)]
+    pub(crate) format: PayloadFormat,
 }

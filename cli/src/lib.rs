@@ -92,10 +92,10 @@ fn run(target: &security::Target, command: Command) -> Result<ExitCode, ClientEr
         Command::Token { command } => security::token(target, command),
         Command::Acl { command } => security::acl(target, command),
         Command::Send(args) => send::run(target, &args),
-        command @ Command::Consume { .. } => run_consume(target, command),
+        Command::Consume(args) => run_consume(target, args),
         Command::Topic { command } => topic(target, command),
         Command::Stats => stats(target),
-        command @ Command::Subscribe { .. } => run_subscribe(target, command),
+        Command::Subscribe(args) => run_subscribe(target, args),
         Command::Dlq { command } => dlq(target, command),
         Command::Message {
             command:
@@ -142,8 +142,8 @@ fn topic(target: &security::Target, command: TopicCommand) -> Result<ExitCode, C
     }
 }
 
-fn run_consume(target: &security::Target, command: Command) -> Result<ExitCode, ClientError> {
-    let Command::Consume {
+fn run_consume(target: &security::Target, args: ConsumeArgs) -> Result<ExitCode, ClientError> {
+    let ConsumeArgs {
         topic,
         group,
         count,
@@ -154,10 +154,7 @@ fn run_consume(target: &security::Target, command: Command) -> Result<ExitCode, 
         from,
         queue,
         offset,
-    } = command
-    else {
-        unreachable!("run_consume takes Command::Consume")
-    };
+    } = args;
     consume(
         target,
         &ConsumeShape {
@@ -177,8 +174,8 @@ fn run_consume(target: &security::Target, command: Command) -> Result<ExitCode, 
     )
 }
 
-fn run_subscribe(target: &security::Target, command: Command) -> Result<ExitCode, ClientError> {
-    let Command::Subscribe {
+fn run_subscribe(target: &security::Target, args: SubscribeArgs) -> Result<ExitCode, ClientError> {
+    let SubscribeArgs {
         topic,
         group,
         from,
@@ -188,10 +185,7 @@ fn run_subscribe(target: &security::Target, command: Command) -> Result<ExitCode
         max_reconsume_times,
         count,
         format,
-    } = command
-    else {
-        unreachable!("run_subscribe takes Command::Subscribe")
-    };
+    } = args;
     subscribe(
         target,
         &topic,
