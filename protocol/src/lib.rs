@@ -46,6 +46,7 @@ pub mod names;
 mod permission;
 mod request;
 mod response;
+mod waits;
 pub mod wire;
 
 pub use codes::{BrokerRole, ErrorCode, PullStatus, SendStatus};
@@ -70,6 +71,7 @@ pub use response::{
     QueueInfo, QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicDeleted,
     TopicInfo, TopicStats,
 };
+pub use waits::Wait;
 
 /// Default upper bound on a whole frame (length prefix included).
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024;
