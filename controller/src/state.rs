@@ -77,7 +77,53 @@ pub enum Applied {
 }
 
 impl Groups {
+    /// Applies a committed command. Every voter applies the same commands in the same
+    /// order, so what must hold after each is asserted: a voter that broke it would hand
+    /// out masters from a state no other voter has. A group's master is in its
+    /// SyncStateSet, and its epochs and election count never go back.
     pub fn apply(&mut self, command: &Command) -> Applied {
+        let group = match command {
+            Command::Register { group, .. }
+            | Command::Elect { group, .. }
+            | Command::AlterSss { group, .. } => group,
+        };
+        let before = self
+            .groups
+            .get(group)
+            .map(|state| (state.master_epoch, state.sss_epoch, state.elections));
+        let applied = self.apply_unchecked(command);
+        if let Some(state) = self.groups.get(group) {
+            if let Some(master) = state.master {
+                assert!(
+                    state.sss.contains(&master),
+                    "{group}: master {master} outside its SyncStateSet {:?}",
+                    state.sss
+                );
+            }
+            if let Some((master_epoch, sss_epoch, elections)) = before {
+                assert!(
+                    state.master_epoch >= master_epoch
+                        && state.sss_epoch >= sss_epoch
+                        && state.elections >= elections,
+                    "{group}: an epoch went back applying {command:?}"
+                );
+            }
+        }
+        if matches!(applied, Applied::Refused(_)) {
+            assert_eq!(
+                self.groups.get(group).map(|state| (
+                    state.master_epoch,
+                    state.sss_epoch,
+                    state.elections
+                )),
+                before,
+                "{group}: a refused command changed the group"
+            );
+        }
+        applied
+    }
+
+    fn apply_unchecked(&mut self, command: &Command) -> Applied {
         match command {
             Command::Register {
                 group,

@@ -338,9 +338,19 @@ impl HaSlave {
                     }
                     if !bytes.is_empty() {
                         carry.extend_from_slice(&bytes);
+                        let appended = store.stats().offset_appended;
                         let taken = store
                             .append_replicated(&carry)
                             .map_err(ReplicationError::store("apply replicated records"))?;
+                        // What storage took is where the next bytes go: the slave's log
+                        // stays byte for byte at its master's offsets.
+                        let now = store.stats().offset_appended;
+                        assert!(
+                            taken <= carry.len() && now == appended.saturating_add(taken as u64),
+                            "the store took {taken} of {} bytes at {appended} but its log \
+                             ends at {now}",
+                            carry.len()
+                        );
                         carry.drain(..taken);
                         if carry.len() > carry_max {
                             return protocol(format!(
