@@ -3,6 +3,9 @@
 //! link to the controllers (`controller_link`).
 
 pub(crate) mod controller_link;
+mod promotion_record;
+
+use promotion_record::PromotionRecord;
 
 use crate::config::Config;
 use crate::context::security::Security;
@@ -13,7 +16,6 @@ use keel_protocol::{BrokerRegistration, BrokerRole, ErrorCode, Request, Response
 use keel_replication::{HaMaster, HaSlave, MasterOptions, SlaveOptions, WaitSet};
 use keel_storage::Store;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,58 +28,55 @@ pub fn ha_address(config: &Config, listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(listen.ip(), port)
 }
 
-fn role_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("role")
-}
-
 /// The role to start in. A slave that was promoted (`keel admin promote`) stays a
 /// master across restarts while its config still names the master it replaced; a
 /// config that names another master (or a master role) drops the promotion record.
 pub fn effective_role(config: &Config) -> BrokerRole {
     let configured = config.role.broker_role();
-    let path = role_file(&config.data_dir);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return configured;
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().strip_prefix('='))
-            .map(|value| value.trim().to_string())
-    };
-    let promoted = field("role").and_then(|role| BrokerRole::from_name(&role));
-    let from = field("promoted_from");
-    match (configured, promoted) {
-        (BrokerRole::Slave, Some(role)) if from == config.master_address => {
-            log::warn!(
-                "this broker was promoted to {role} in place of {}; it starts as {role} although \
-                 the config says role = \"slave\" (update the config, or delete {} while keeld \
-                 is stopped to make it a slave again)",
-                from.as_deref().unwrap_or("?"),
-                path.display()
-            );
-            role
+    let path = promotion_record::path(&config.data_dir);
+    let disk = keel_disk::RealDisk;
+    let record = match PromotionRecord::read(&disk, &path) {
+        Ok(Some(record)) => record,
+        Ok(None) => return configured,
+        Err(error) => {
+            log::warn!("ignoring the promotion record: {error}");
+            return configured;
         }
-        _ => {
-            log::warn!(
-                "dropping the promotion record {} (the config now says role = {configured:?}, \
-                 master_address = {:?})",
-                path.display(),
-                config.master_address
-            );
-            let _ = std::fs::remove_file(&path);
-            configured
-        }
+    };
+    let same_master = config.master_address.as_deref() == Some(record.promoted_from.as_str());
+    if configured == BrokerRole::Slave && same_master {
+        let role = record.role;
+        log::warn!(
+            "this broker was promoted to {role} in place of {}; it starts as {role} although \
+             the config says role = \"slave\" (update the config, or delete {} while keeld \
+             is stopped to make it a slave again)",
+            record.promoted_from,
+            path.display()
+        );
+        return role;
     }
+    log::warn!(
+        "dropping the promotion record {} (the config now says role = {configured:?}, \
+         master_address = {:?})",
+        path.display(),
+        config.master_address
+    );
+    if let Err(error) = PromotionRecord::remove(&disk, &path) {
+        log::warn!("cannot remove {}: {error}", path.display());
+    }
+    configured
 }
 
 fn write_role_file(config: &Config, role: BrokerRole, epoch: u64) -> std::io::Result<()> {
-    let path = role_file(&config.data_dir);
-    let text = format!(
-        "# Written by `keel admin promote`: this slave became a master.\nrole = {}\npromoted_from = {}\nepoch = {epoch}\n",
-        role.name(),
-        config.master_address.as_deref().unwrap_or("")
-    );
-    keel_security::write_atomically(&path, text.as_bytes())
+    let record = PromotionRecord {
+        role,
+        promoted_from: config.master_address.clone().unwrap_or_default(),
+        epoch,
+    };
+    record.write(
+        &keel_disk::RealDisk,
+        &promotion_record::path(&config.data_dir),
+    )
 }
 
 /// With a controller, a master acknowledges nothing until it has learnt its
