@@ -11,7 +11,7 @@ use keel_controller_api::api::{
 use openraft::Raft;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ pub(crate) struct Node {
     /// By (group, broker id); kept by whichever voter is leader.
     pub heard: Mutex<HashMap<(String, u32), Heard>>,
     pub master_timeout: Duration,
-    pub connections: AtomicUsize,
+    /// The controller port's open connections.
+    pub connections: keel_net::Census,
     /// TLS of the controller port.
     pub tls: Option<Arc<keel_security::rustls::ServerConfig>>,
     /// Checks the cluster token.

@@ -11,14 +11,18 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::node::{other, Node};
 
-const MAX_CONNECTIONS: usize = 512;
+/// Brokers, voters and operators' CLIs.
+const CAPS: keel_net::Caps = keel_net::Caps {
+    max_connections: 512,
+    max_per_address: 64,
+};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn reply<T: Serialize>(value: &T) -> (u8, Vec<u8>) {
@@ -203,7 +207,7 @@ pub(crate) async fn run(
         machine: shared,
         heard: Mutex::new(HashMap::new()),
         master_timeout: config.master_timeout,
-        connections: AtomicUsize::new(0),
+        connections: keel_net::Census::new(CAPS),
         tls: config.security.tls.clone(),
         authority: keel_security::Authority::open(
             keel_security::AuthMode::Optional,
@@ -221,14 +225,17 @@ pub(crate) async fn run(
         let Ok(accepted) = accepted else { continue };
         match accepted {
             Ok((stream, peer)) => {
-                if node.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                    node.connections.fetch_sub(1, Ordering::AcqRel);
-                    continue;
-                }
+                let ticket = match node.connections.admit(peer.ip()) {
+                    Ok(ticket) => ticket,
+                    Err(refused) => {
+                        log::warn!("controller: refusing {peer}: {refused}");
+                        continue;
+                    }
+                };
                 let serving = node.clone();
                 tokio::spawn(async move {
-                    accept(serving.clone(), stream, peer).await;
-                    serving.connections.fetch_sub(1, Ordering::AcqRel);
+                    accept(serving, stream, peer).await;
+                    drop(ticket);
                 });
             }
             Err(error) => {

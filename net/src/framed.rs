@@ -1,7 +1,7 @@
 //! keel frames from a blocking stream: the one reader of every blocking side (the name
 //! server's connections, `call`'s replies, the client library's connections). The
-//! broker's event loop reads its non-blocking sockets with the same codec
-//! (`keel_protocol::decode_frame`) under its own budgets.
+//! broker's event loop reads its non-blocking sockets through
+//! [`crate::nonblocking::FramedStream`], with the same codec.
 
 use bytes::BytesMut;
 use keel_protocol::{decode_frame, DecodeError, RawFrame};

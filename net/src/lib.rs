@@ -9,7 +9,10 @@
 //!   every error.
 //! - [`call`]: one keel request and its reply on a fresh blocking connection, after a
 //!   LOGIN with the cluster token (name-server registration, the console's lookups).
-//! - [`framed`]: keel frames from a blocking stream (the name server, `call`).
+//! - [`framed`]: keel frames from a blocking stream (the name server, `call`, the client
+//!   library).
+//! - [`nonblocking`]: keel frames on a non-blocking socket with optional TLS, the
+//!   first-byte plaintext/TLS check and per-turn read budgets (the broker's event loop).
 //! - [`envelope`]: the checksummed frames of the HA stream and the controller port on a
 //!   blocking socket (the codec is `keel_protocol::envelope`).
 
@@ -21,8 +24,9 @@ pub mod dial;
 pub mod envelope;
 pub mod framed;
 pub mod gate;
+pub mod nonblocking;
 
 pub use call::call;
 pub use channel::{canonical_ip, is_secure};
 pub use dial::{connect, Dial};
-pub use gate::PreLogin;
+pub use gate::{Caps, Census, PreLogin, Refused, Ticket};

@@ -73,7 +73,7 @@ pub struct HaMaster {
     stop: AtomicBool,
     local_addr: SocketAddr,
     /// Connections being served (a cap keeps stray clients from taking threads).
-    sessions: std::sync::atomic::AtomicUsize,
+    sessions: keel_net::Census,
     /// `None` without a controller: any one slave's fsync acknowledges.
     wait_set: Mutex<Option<WaitSet>>,
     /// From a DATA frame's send to the slave's ack of its fsync, in seconds.
@@ -84,8 +84,11 @@ pub struct HaMaster {
 /// ack moves it, and the slave needs it only to serve its own readers.
 const CONFIRM_EVERY: Duration = Duration::from_millis(10);
 
-/// Slaves (and handshakes) served at once.
-const MAX_SESSIONS: usize = 32;
+/// Slaves (and handshakes) served at once; slaves of one host may share an address.
+const HA_CAPS: keel_net::Caps = keel_net::Caps {
+    max_connections: 32,
+    max_per_address: 0,
+};
 
 impl HaMaster {
     /// Listens on `address` and serves slaves until `stop`.
@@ -110,7 +113,7 @@ impl HaMaster {
             notifier,
             stop: AtomicBool::new(false),
             local_addr: listener.local_addr()?,
-            sessions: std::sync::atomic::AtomicUsize::new(0),
+            sessions: keel_net::Census::new(HA_CAPS),
             wait_set: Mutex::new(None),
             ack_seconds: keel_storage::histogram::Histogram::new(keel_storage::histogram::SECONDS),
         });
@@ -242,17 +245,18 @@ impl HaMaster {
         while !self.stop.load(Ordering::Acquire) {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.sessions.fetch_add(1, Ordering::AcqRel) >= MAX_SESSIONS {
-                        self.sessions.fetch_sub(1, Ordering::AcqRel);
-                        log::warn!("refusing HA connection from {peer}: {MAX_SESSIONS} already");
-                        continue;
-                    }
+                    let ticket = match self.sessions.admit(peer.ip()) {
+                        Ok(ticket) => ticket,
+                        Err(refused) => {
+                            log::warn!("refusing HA connection from {peer}: {refused}");
+                            continue;
+                        }
+                    };
                     let master = self.clone();
                     let spawned = std::thread::Builder::new()
                         .name("keel-ha-slave".into())
-                        .spawn(move || master.serve(stream, peer));
+                        .spawn(move || master.serve(stream, peer, ticket));
                     if let Err(error) = spawned {
-                        self.sessions.fetch_sub(1, Ordering::AcqRel);
                         log::error!("cannot start a thread for slave {peer}: {error}");
                     }
                 }
@@ -267,7 +271,8 @@ impl HaMaster {
         }
     }
 
-    fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// Serves one slave; its `ticket` is given back when the session ends.
+    fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, ticket: keel_net::Ticket) {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let outcome = crate::configure_socket(&stream, self.options.heartbeat)
             .and_then(|()| self.secure(&stream, peer))
@@ -278,7 +283,7 @@ impl HaMaster {
         }
         let _ = stream.shutdown(Shutdown::Both);
         self.lock_links().retain(|link| link.id != id);
-        self.sessions.fetch_sub(1, Ordering::AcqRel);
+        drop(ticket);
         // The loops re-check whether a slave is still in sync.
         self.store.notify_listeners();
     }

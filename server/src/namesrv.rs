@@ -22,11 +22,15 @@ use keel_protocol::{
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const MAX_CONNECTIONS: usize = 1024;
+/// Brokers, producers and consumers: many clients may share a NAT address, one stranger
+/// cannot take every place.
+const CAPS: keel_net::Caps = keel_net::Caps {
+    max_connections: 1024,
+    max_per_address: 256,
+};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Entry {
@@ -47,7 +51,7 @@ struct Table {
 pub struct NameServer {
     table: Mutex<Table>,
     broker_timeout: Duration,
-    connections: AtomicUsize,
+    connections: keel_net::Census,
     security: NodeSecurity,
 }
 
@@ -77,7 +81,7 @@ impl NameServer {
         NameServer {
             table: Mutex::new(Table::default()),
             broker_timeout,
-            connections: AtomicUsize::new(0),
+            connections: keel_net::Census::new(CAPS),
             security,
         }
     }
@@ -481,23 +485,25 @@ pub fn run(
                 continue;
             }
         };
-        if server.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            server.connections.fetch_sub(1, Ordering::AcqRel);
-            let mut out = Vec::new();
-            Response::error(
-                ErrorCode::TooManyConnections,
-                "name server connection limit",
-            )
-            .encode(0, &mut out);
-            let mut stream = stream;
-            let _ = stream.write_all(&out);
-            continue;
-        }
+        let peer = stream.peer_addr().ok();
+        let admitted = peer.map(|peer| server.connections.admit(peer.ip()));
+        let ticket = match admitted {
+            Some(Ok(ticket)) => ticket,
+            Some(Err(refused)) => {
+                log::warn!("refusing a name server connection from {peer:?}: {refused}");
+                let mut out = Vec::new();
+                let message = format!("name server connection limit: {refused}");
+                Response::error(ErrorCode::TooManyConnections, &message).encode(0, &mut out);
+                let mut stream = stream;
+                let _ = stream.write_all(&out);
+                continue;
+            }
+            None => continue,
+        };
         let serving = server.clone();
         let spawned = std::thread::Builder::new()
             .name("keel-namesrv-conn".into())
             .spawn(move || {
-                let peer = stream.peer_addr().ok();
                 if let Err(error) = serving.serve(stream) {
                     if error.kind() == std::io::ErrorKind::InvalidData {
                         log::warn!("name server connection {peer:?}: {error}");
@@ -505,10 +511,9 @@ pub fn run(
                         log::debug!("name server connection {peer:?}: {error}");
                     }
                 }
-                serving.connections.fetch_sub(1, Ordering::AcqRel);
+                drop(ticket);
             });
         if let Err(error) = spawned {
-            server.connections.fetch_sub(1, Ordering::AcqRel);
             log::error!("cannot start a connection thread: {error}");
         }
     }

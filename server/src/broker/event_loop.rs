@@ -11,13 +11,12 @@ mod accept;
 mod admission;
 
 use crate::broker::connection::ReplyTo;
-use crate::broker::connection::{
-    Connection, FirstByte, ReadOutcome, READ_CHUNK, WRITE_BACKLOG_MAX,
-};
+use crate::broker::connection::{Connection, WRITE_BACKLOG_MAX};
 use crate::broker::security_jobs::{Done, Job, SecurityLink};
 use crate::broker::shard::Shard;
 use crate::context::Broker;
-use keel_protocol::{decode_frame, ErrorCode, RawFrame, Request, Response};
+use keel_net::nonblocking::{FirstByte, ReadOutcome, READ_CHUNK};
+use keel_protocol::{ErrorCode, RawFrame, Request, Response};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -59,9 +58,12 @@ fn decode_error_code(error: &keel_protocol::DecodeError) -> ErrorCode {
     }
 }
 
+/// An accepted connection, with its place in the client port's census.
+pub type Accepted = (TcpStream, SocketAddr, keel_net::Ticket);
+
 /// Where loop 0 sends accepted connections for another loop.
 pub struct Handoff {
-    pub sender: Sender<(TcpStream, SocketAddr)>,
+    pub sender: Sender<Accepted>,
     pub waker: Arc<Waker>,
 }
 
@@ -73,7 +75,7 @@ pub struct EventLoop {
     listener: Option<TcpListener>,
     handoffs: Vec<Handoff>,
     next_handoff: usize,
-    incoming: Receiver<(TcpStream, SocketAddr)>,
+    incoming: Receiver<Accepted>,
     connections: Slab<Connection>,
     /// Bytes in this loop's connections' read buffers (incomplete frames, mostly).
     buffered_bytes: usize,
@@ -104,7 +106,7 @@ pub struct LoopParts {
     pub poll: Poll,
     pub waker: Arc<Waker>,
     pub broker: Arc<Broker>,
-    pub incoming: Receiver<(TcpStream, SocketAddr)>,
+    pub incoming: Receiver<Accepted>,
     pub waiting: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) pools: crate::broker::workers::Pools,
     /// Loops sharing `partial_frames_max_bytes`.
@@ -186,7 +188,7 @@ impl EventLoop {
                     Token(key) => {
                         if event.is_read_closed() || event.is_error() {
                             if let Some(connection) = self.connections.get_mut(key) {
-                                connection.hangup_seen = true;
+                                connection.stream.note_hangup();
                             }
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -207,7 +209,7 @@ impl EventLoop {
             }
         }
         for mut connection in self.connections.drain() {
-            let _ = connection.flush();
+            let _ = connection.stream.flush();
             self.broker
                 .counters
                 .connections
@@ -250,7 +252,7 @@ impl EventLoop {
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };
-        let now = connection.read_buffer.len();
+        let now = connection.stream.buffered();
         self.buffered_bytes = self
             .buffered_bytes
             .saturating_sub(connection.buffered_accounted)
@@ -267,8 +269,8 @@ impl EventLoop {
                 .connections
                 .iter()
                 .filter(|(_, connection)| !connection.closing)
-                .max_by_key(|(_, connection)| connection.read_buffer.len())
-                .map(|(key, connection)| (key, connection.read_buffer.len()));
+                .max_by_key(|(_, connection)| connection.stream.buffered())
+                .map(|(key, connection)| (key, connection.stream.buffered()));
             let Some((key, held)) = largest.filter(|(_, held)| *held > 0) else {
                 return;
             };
@@ -289,7 +291,10 @@ impl EventLoop {
             return;
         };
         if connection.linger_until.is_some() {
-            match connection.discard_input(&mut self.scratch, LINGER_MAX_BYTES) {
+            match connection
+                .stream
+                .discard_input(&mut self.scratch, LINGER_MAX_BYTES)
+            {
                 Ok(true) => {}
                 Ok(false) | Err(_) => self.close(key),
             }
@@ -298,7 +303,7 @@ impl EventLoop {
         // A paused connection is read again once its reads come back (`turn_end`).
         if connection.closing
             || connection.reads_paused
-            || connection.pending_output() > WRITE_BACKLOG_MAX
+            || connection.stream.pending_output() > WRITE_BACKLOG_MAX
         {
             return;
         }
@@ -307,15 +312,17 @@ impl EventLoop {
             return;
         }
         // A TLS port: plaintext is told before any byte goes to rustls.
-        let first = match connection.tls.is_some() {
-            true => connection.check_first_bytes(),
+        let first = match connection.stream.is_tls() {
+            true => connection.stream.check_first_bytes(),
             false => FirstByte::Fine,
         };
         match first {
             FirstByte::Fine => {}
             // Wait for more bytes (a ClientHello comes whole; a peer that sends fewer
             // than three bytes is closed by the login timeout or as idle).
-            FirstByte::Undecided if !connection.read_closed && !connection.hangup_seen => return,
+            FirstByte::Undecided if !connection.read_closed && !connection.stream.hangup_seen() => {
+                return
+            }
             FirstByte::Undecided => {
                 self.close(key);
                 return;
@@ -324,7 +331,7 @@ impl EventLoop {
                 // Answered in plaintext: the peer speaks it, and reads why.
                 let message = "this port speaks TLS only: connect with TLS (the CA of this \
                                broker's certificate)";
-                connection.tls = None;
+                connection.stream.drop_tls();
                 self.fail_connection(key, 0, ErrorCode::TlsRequired, message);
                 return;
             }
@@ -334,9 +341,9 @@ impl EventLoop {
         let outcome = if connection.read_closed {
             Ok(ReadOutcome::Drained)
         } else {
-            connection.fill_read_buffer(&mut self.scratch)
+            connection.stream.fill(&mut self.scratch)
         };
-        if connection.tls_wants_write() {
+        if connection.stream.tls_wants_write() {
             self.dirty.push(key);
         }
         let mut again = match outcome {
@@ -347,7 +354,7 @@ impl EventLoop {
                 false
             }
             Err(error) => {
-                if connection.tls.is_some() && error.kind() == io::ErrorKind::InvalidData {
+                if connection.stream.is_tls() && error.kind() == io::ErrorKind::InvalidData {
                     self.broker
                         .counters
                         .tls_handshake_failures
@@ -355,15 +362,15 @@ impl EventLoop {
                     log::warn!(
                         "connection {} from {}: {error}",
                         connection.id,
-                        connection.peer
+                        connection.peer()
                     );
                     // Write the alert rustls queued, then close.
-                    let _ = connection.flush();
+                    let _ = connection.stream.flush();
                 } else {
                     log::debug!(
                         "connection {} from {}: read failed: {error}",
                         connection.id,
-                        connection.peer
+                        connection.peer()
                     );
                 }
                 self.close(key);
@@ -379,12 +386,12 @@ impl EventLoop {
             return;
         };
         if connection.read_closed && !again {
-            if !connection.read_buffer.is_empty() {
+            if connection.stream.buffered() > 0 {
                 log::debug!(
                     "connection {} from {} closed mid-frame ({} bytes unread)",
                     connection.id,
-                    connection.peer,
-                    connection.read_buffer.len()
+                    connection.peer(),
+                    connection.stream.buffered()
                 );
             }
             connection.closing = true;
@@ -411,7 +418,7 @@ impl EventLoop {
                 Some(_) => self.broker.config.max_frame_bytes,
                 None => self.broker.config.security.pre_auth_max_frame_bytes,
             };
-            if connection.read_buffer.is_empty() {
+            if connection.stream.buffered() == 0 {
                 return Decoded::Drained;
             }
             // Bytes already read stay buffered until the flusher catches up.
@@ -421,8 +428,8 @@ impl EventLoop {
             }
             // A plaintext port: a TLS ClientHello is told before it is decoded as a
             // frame (whose length prefix it would make huge).
-            if connection.tls.is_none() {
-                match connection.check_first_bytes() {
+            if !connection.stream.is_tls() {
+                match connection.stream.check_first_bytes() {
                     FirstByte::Fine => {}
                     FirstByte::Undecided => return Decoded::Drained,
                     FirstByte::TlsOnPlaintext | FirstByte::PlaintextOnTls => {
@@ -440,7 +447,7 @@ impl EventLoop {
                 self.paused.push(key);
                 return Decoded::Stopped;
             }
-            match decode_frame(&mut connection.read_buffer, max_frame_bytes) {
+            match connection.stream.frame(max_frame_bytes) {
                 Ok(Some(frame)) => {
                     let to = ReplyTo {
                         key,
@@ -451,8 +458,7 @@ impl EventLoop {
                 }
                 Ok(None) => return Decoded::Drained,
                 Err(error) => {
-                    let request_id =
-                        keel_protocol::peek_request_id(&connection.read_buffer).unwrap_or(0);
+                    let request_id = connection.stream.head_request_id().unwrap_or(0);
                     let code = decode_error_code(&error);
                     self.fail_connection(key, request_id, code, &error.to_string());
                     return Decoded::Stopped;
@@ -460,7 +466,7 @@ impl EventLoop {
             }
         }
         match self.connections.get(key) {
-            Some(connection) if !connection.read_buffer.is_empty() => Decoded::BudgetSpent,
+            Some(connection) if connection.stream.buffered() > 0 => Decoded::BudgetSpent,
             _ => Decoded::Drained,
         }
     }
@@ -554,7 +560,7 @@ impl EventLoop {
             if connection.id != to.connection_id {
                 continue;
             }
-            response.encode(to.request_id, &mut connection.write_buffer);
+            response.encode(to.request_id, connection.stream.output());
             self.dirty.push(to.key);
         }
     }
@@ -581,7 +587,7 @@ impl EventLoop {
             && self
                 .connections
                 .iter()
-                .all(|(_, connection)| connection.pending_output() == 0)
+                .all(|(_, connection)| connection.stream.pending_output() == 0)
     }
 
     fn close_idle(&mut self, now: Instant) {
@@ -605,7 +611,7 @@ impl EventLoop {
             .connections
             .iter()
             .filter(|(_, connection)| {
-                now.duration_since(connection.last_activity) > idle
+                now.duration_since(connection.stream.last_activity()) > idle
                     && !self.shard.owes(connection.id)
             })
             .map(|(key, _)| key)
@@ -635,7 +641,7 @@ impl EventLoop {
                 log::debug!(
                     "closing idle connection {} from {}",
                     connection.id,
-                    connection.peer
+                    connection.peer()
                 );
             }
             self.close(key);
@@ -650,29 +656,32 @@ impl EventLoop {
             let Some(connection) = self.connections.get_mut(key) else {
                 continue;
             };
-            let backlogged = connection.pending_output() > WRITE_BACKLOG_MAX;
-            if let Err(error) = connection.flush() {
+            let backlogged = connection.stream.pending_output() > WRITE_BACKLOG_MAX;
+            if let Err(error) = connection.stream.flush() {
                 log::debug!(
                     "connection {} from {}: write failed: {error}",
                     connection.id,
-                    connection.peer
+                    connection.peer()
                 );
                 self.close(key);
                 continue;
             }
             if connection.linger_until.is_some() {
                 // Closed by `discard_input` (the peer's EOF) or by `close_idle`.
-            } else if connection.closing && connection.pending_output() == 0 {
+            } else if connection.closing && connection.stream.pending_output() == 0 {
                 if connection.read_closed {
                     self.close(key);
                 } else {
                     // The ERROR is out: shut our side and drop what the peer still
                     // sends until it closes (or `LINGER`), instead of a reset.
-                    let _ = connection.socket.shutdown(std::net::Shutdown::Write);
+                    let _ = connection
+                        .stream
+                        .socket_mut()
+                        .shutdown(std::net::Shutdown::Write);
                     connection.linger_until = Some(Instant::now() + LINGER);
                     self.ready.push(key);
                 }
-            } else if backlogged && connection.pending_output() <= WRITE_BACKLOG_MAX {
+            } else if backlogged && connection.stream.pending_output() <= WRITE_BACKLOG_MAX {
                 self.ready.push(key);
             }
         }
@@ -694,12 +703,12 @@ impl EventLoop {
         log::warn!(
             "closing connection {} from {}: {code}: {message}",
             connection.id,
-            connection.peer
+            connection.peer()
         );
-        Response::error(code, message).encode(request_id, &mut connection.write_buffer);
+        Response::error(code, message).encode(request_id, connection.stream.output());
         connection.closing = true;
         // Freed, not just emptied: the connection may linger a while (`LINGER`).
-        connection.read_buffer = bytes::BytesMut::new();
+        connection.stream.drop_input();
         self.dirty.push(key);
     }
 
@@ -711,7 +720,7 @@ impl EventLoop {
             return;
         };
         connection.closing = true;
-        connection.read_buffer = bytes::BytesMut::new();
+        connection.stream.drop_input();
         self.dirty.push(key);
     }
 
@@ -720,8 +729,10 @@ impl EventLoop {
             self.buffered_bytes = self
                 .buffered_bytes
                 .saturating_sub(connection.buffered_accounted);
-            let _ = self.poll.registry().deregister(&mut connection.socket);
-            self.release_address(connection.peer);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(connection.stream.socket_mut());
             self.shard.connection_closed(connection.id);
             self.broker
                 .counters
@@ -730,7 +741,7 @@ impl EventLoop {
             log::debug!(
                 "connection {} from {} closed",
                 connection.id,
-                connection.peer
+                connection.peer()
             );
         }
     }

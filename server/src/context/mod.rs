@@ -79,8 +79,9 @@ pub struct Broker {
     pub security: security::Security,
     /// From a send's arrival to its answer, by outcome (Prometheus).
     pub send_latency: latency::SendLatency,
-    /// Open connections per client address (`max_connections_per_ip`).
-    pub connections_per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// The client port's open connections, in all (`max_connections`) and per address
+    /// (`max_connections_per_ip`).
+    pub census: keel_net::Census,
     /// Each topic's totals over the last minute (`rates.rs`).
     pub rates: rates::Rates,
 }
@@ -96,7 +97,10 @@ impl Broker {
         Broker {
             security,
             send_latency: latency::SendLatency::default(),
-            connections_per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+            census: keel_net::Census::new(keel_net::Caps {
+                max_connections: config.max_connections,
+                max_per_address: config.security.max_connections_per_ip,
+            }),
             rates: rates::Rates::default(),
             config,
             store,

@@ -1,6 +1,6 @@
 //! The HTTP port (`metrics_listen`, off by default): `/metrics` (`metrics.rs`) and the
 //! console (`console.rs`), served by hyper's HTTP/1 server on a Tokio runtime of its
-//! own thread. Bounded: headers within 5 s and 16 KiB, at most `CONNECTIONS_MAX`
+//! own thread. Bounded: headers within 5 s and 16 KiB, at most `CAPS`
 //! connections, at most `REQUESTS_MAX` requests worked on at once (each on a blocking
 //! thread: a message lookup reads the log), the others answered 503 at once. A scraper
 //! can never slow the event loops.
@@ -23,8 +23,11 @@ use tokio::sync::Semaphore;
 /// Requests worked on at once (a message lookup reads the whole log: scrapes must not
 /// wait behind it).
 const REQUESTS_MAX: usize = 8;
-/// Connections open at once; more are closed as they arrive.
-const CONNECTIONS_MAX: usize = 64;
+/// Connections open at once, and from one address; more are closed as they arrive.
+const CAPS: keel_net::Caps = keel_net::Caps {
+    max_connections: 64,
+    max_per_address: 32,
+};
 /// The request head's limits.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_BYTES_MAX: usize = 16 << 10;
@@ -54,7 +57,7 @@ pub fn start(broker: Arc<Broker>, address: SocketAddr) -> std::io::Result<Socket
 }
 
 async fn accept(broker: Arc<Broker>, listener: tokio::net::TcpListener) {
-    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let connections = keel_net::Census::new(CAPS);
     let requests = Arc::new(Semaphore::new(REQUESTS_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -65,9 +68,12 @@ async fn accept(broker: Arc<Broker>, listener: tokio::net::TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            log::debug!("HTTP connection from {peer} refused: {CONNECTIONS_MAX} are open");
-            continue;
+        let permit = match connections.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                log::debug!("HTTP connection from {peer} refused: {refused}");
+                continue;
+            }
         };
         let (broker, requests) = (broker.clone(), requests.clone());
         tokio::spawn(async move {

@@ -226,3 +226,52 @@ fn an_expired_certificate_is_warned_of_and_refused_when_asked() {
     assert!(output.status.success());
     assert!(!String::from_utf8_lossy(&output.stderr).contains("WARNING"));
 }
+
+/// Every listener counts its connections per address with keel-net's census: one
+/// address cannot take all of a name server's places (before, it could hold all 1,024).
+#[test]
+fn a_name_server_gives_one_address_at_most_256_connections_and_says_why() {
+    let namesrv = crate::harness::NameServerProcess::start(30_000);
+    let ping = |stream: &mut TcpStream| {
+        let mut frame = Vec::new();
+        Request::Ping.encode(1, 0, &mut frame);
+        stream.write_all(&frame).unwrap();
+        crate::security::read_reply(stream)
+    };
+    // Each held connection answered a PING, so the name server has counted it.
+    let mut held: Vec<TcpStream> = (0..256)
+        .map(|_| TcpStream::connect(&namesrv.address).unwrap())
+        .collect();
+    for stream in &mut held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(ping(stream).0, Kind::Pong as u8);
+    }
+    let mut refused = TcpStream::connect(&namesrv.address).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        crate::security::read_reply(&mut refused),
+        (
+            Kind::Error as u8,
+            Some(ErrorCode::TooManyConnections as u16)
+        )
+    );
+    // A place given back is a place again.
+    drop(held.pop());
+    crate::harness::wait_until("a place again", Duration::from_secs(10), || {
+        // A refusal may reset the connection under the PING: only a PONG counts.
+        let mut again = TcpStream::connect(&namesrv.address).unwrap();
+        again
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut frame = Vec::new();
+        Request::Ping.encode(2, 0, &mut frame);
+        let mut head = [0u8; 6];
+        again.write_all(&frame).is_ok()
+            && again.read_exact(&mut head).is_ok()
+            && head[5] == Kind::Pong as u8
+    });
+}

@@ -207,7 +207,7 @@ fn raw_exchange(address: &str, request: &Request) -> (u8, Option<u16>) {
     read_reply(&mut stream)
 }
 
-fn read_reply(stream: &mut TcpStream) -> (u8, Option<u16>) {
+pub fn read_reply(stream: &mut TcpStream) -> (u8, Option<u16>) {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).expect("a reply");
     let mut rest = vec![0u8; u32::from_le_bytes(prefix) as usize];

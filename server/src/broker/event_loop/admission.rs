@@ -37,8 +37,8 @@ impl EventLoop {
             let job = Job::Login {
                 to,
                 login: login.clone(),
-                peer: connection.peer,
-                secure: connection.is_secure(),
+                peer: connection.peer(),
+                secure: connection.stream.is_secure(),
             };
             match self.security.submit(job) {
                 Ok(()) => connection.login_pending = true,
@@ -82,7 +82,7 @@ impl EventLoop {
                 missing.name,
                 request.kind().name()
             );
-            log::warn!("refused from {}: {message}", connection.peer);
+            log::warn!("refused from {}: {message}", connection.peer());
             // A oneway request gets no answer, a refusal included (the client would take
             // an error for no request of its own as the connection's end).
             if oneway {
@@ -96,7 +96,7 @@ impl EventLoop {
             let job = Job::Admin {
                 to,
                 principal: principal.name.clone(),
-                peer: connection.peer,
+                peer: connection.peer(),
                 command: command.0.clone(),
             };
             if let Err(response) = self.security.submit(job) {
@@ -164,7 +164,7 @@ impl EventLoop {
             if let Some(connection) = self.connections.get(to.key) {
                 log::warn!(
                     "closing connection from {}: oneway: {message}",
-                    connection.peer
+                    connection.peer()
                 );
             }
             self.close_quietly(to.key);
