@@ -443,7 +443,9 @@ fn a_killed_sync_master_loses_no_acknowledged_message_and_producers_fail_over() 
     });
     let followed = drain(&master_a.address, "replicated");
     let promoted = drain(&slave_a.address, "replicated");
-    assert_eq!(payload_ids(&followed), payload_ids(&promoted));
+    // (Before every drain had a group of its own, both drains here started at the end
+    // the first drain of slave_a committed, and compared two empty lists.)
+    assert!(!promoted.is_empty(), "broker-a's records were read above");
     assert!(history(&followed) == history(&promoted));
 }
 
