@@ -137,6 +137,63 @@ mod tests {
         end
     }
 
+    /// A consumer offset (or the timer's progress) reaches a slave only after the
+    /// records it counts: a slave promoted in between would otherwise skip records it
+    /// never received. Before, the first META frame went out at once, ahead of the log.
+    #[test]
+    fn a_slave_never_holds_an_offset_past_the_records_it_has() {
+        let (master_dir, slave_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master_store = store(master_dir.path());
+        master_store.begin_epoch().unwrap();
+        let mut end_offset = 0;
+        for index in 0..4_000usize {
+            let message = Message::new("orders", vec![b'x'; 2_000 + index % 50]).with_queue(0);
+            end_offset = master_store.append(&message, true, 1).unwrap().queue_offset + 1;
+        }
+        master_store
+            .commit_offset("g", "orders", 0, end_offset)
+            .unwrap();
+        let options = MasterOptions {
+            sync: false,
+            fallbehind_max_bytes: 1 << 30,
+            heartbeat: Duration::from_millis(50),
+            security: crate::HaSecurity::default(),
+        };
+        let master = HaMaster::start(
+            master_store.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            options,
+        )
+        .unwrap();
+        let slave_store = store(slave_dir.path());
+        let options = SlaveOptions {
+            master: master.local_addr().to_string(),
+            broker_name: "b".into(),
+            broker_id: 1,
+            heartbeat: Duration::from_millis(50),
+            security: crate::HaSecurity::default(),
+        };
+        let slave = HaSlave::start(slave_store.clone(), options).unwrap();
+        // Nothing is appended after the commit: the offset may arrive only once the
+        // slave has the whole log.
+        let log_end = master_store.stats().offset_appended;
+        wait_until("the offset on the slave", || {
+            let offset = slave_store.query_offset("g", "orders", 0);
+            if offset.is_some() {
+                let has = slave_store.stats().offset_appended;
+                assert!(
+                    has >= log_end,
+                    "the slave holds offset {offset:?} with {has} of {log_end} bytes of log"
+                );
+            }
+            offset == Some(end_offset)
+        });
+        slave.stop();
+        master.stop();
+        slave_store.shutdown();
+        master_store.shutdown();
+    }
+
     #[test]
     fn a_sync_master_acknowledges_only_what_its_slave_fsynced() {
         let (master_dir, slave_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

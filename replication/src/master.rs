@@ -541,6 +541,11 @@ impl HaMaster {
         let mut confirm_due = Instant::now();
         let mut meta_sent: Option<HaFrame> = None;
         let mut meta_due = Instant::now();
+        // A META frame waits until the stream has passed the log end read after its
+        // offsets were: an offset (a consumer's, the timer's progress) reaches the slave
+        // only after the records it counts, or a promoted slave would skip records it
+        // never received.
+        let mut meta_pending: Option<(u64, HaFrame)> = None;
         // The end of the newest deletion record whose metadata was sent after it.
         let mut deletion_covered = 0u64;
         let mut security_sent: Option<u64> = None;
@@ -555,16 +560,18 @@ impl HaMaster {
                 // topic: a topic of the name made since, and its offsets, are sent again.
                 deletion_covered = deletion;
                 meta_sent = None;
+                meta_pending = None;
                 meta_due = now;
             }
             if now >= meta_due {
-                let meta = HaFrame::Meta {
-                    topics: self.store.topic_list(),
-                    offsets: self.store.consumer_offsets(),
-                };
-                if meta_sent.as_ref() != Some(&meta) {
-                    write_frame(&mut stream, &meta).map_err(ReplicationError::io("send META"))?;
-                    meta_sent = Some(meta);
+                // One snapshot at a time: a newer one would move the end to wait for,
+                // and under a steady load the stream might never reach it.
+                if meta_pending.is_none() {
+                    let meta = HaFrame::Meta {
+                        topics: self.store.topic_list(),
+                        offsets: self.store.consumer_offsets(),
+                    };
+                    meta_pending = Some((self.store.stats().offset_appended, meta));
                 }
                 // Users, tokens and permissions, so a promoted slave enforces them.
                 let authority = &self.options.security.authority;
@@ -575,6 +582,14 @@ impl HaMaster {
                     security_sent = Some(version);
                 }
                 meta_due = now + heartbeat;
+            }
+            if let Some((covers, meta)) = meta_pending.take() {
+                if sent < covers {
+                    meta_pending = Some((covers, meta));
+                } else if meta_sent.as_ref() != Some(&meta) {
+                    write_frame(&mut stream, &meta).map_err(ReplicationError::io("send META"))?;
+                    meta_sent = Some(meta);
+                }
             }
             if sent < written {
                 let bytes = self
