@@ -66,11 +66,15 @@ fn send_status(producer: &Producer, id: &str) -> Result<SendStatus, ClientError>
         .map(|result| result.status)
 }
 
+/// The payload ids of `records`, sorted: a drain reads the queues in the order their
+/// replies come.
 fn payload_ids(records: &[Record]) -> Vec<String> {
-    records
+    let mut ids: Vec<String> = records
         .iter()
         .map(|record| id_of(&record.payload).expect("intact payload"))
-        .collect()
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// (queue, queue offset, log offset, payload) of every record: equal lists mean equal
