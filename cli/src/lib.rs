@@ -14,6 +14,7 @@ mod send;
 mod shared;
 mod signals;
 mod topic;
+mod when;
 
 use cluster::*;
 use commands::*;

@@ -44,6 +44,21 @@ pub(crate) struct SendArgs {
     /// Queue to send to; by default the broker picks round-robin.
     #[arg(long)]
     queue: Option<u32>,
+    /// Deliver each message this long after it is sent (250ms, 30s, 15m, 2h, 7d): the
+    /// broker stores it at once and hands it to consumers from then on (at most its
+    /// max_delay_ms ahead).
+    #[arg(long, value_name = "DURATION", value_parser = crate::when::parse_duration)]
+    delay: Option<std::time::Duration>,
+    /// Deliver each message at this time: RFC 3339 (2026-12-08T09:00:00Z,
+    /// 2026-12-08T10:00:00+01:00) or ms since the Unix epoch. A time past is delivered
+    /// at once.
+    #[arg(
+        long,
+        value_name = "TIME",
+        value_parser = crate::when::parse_time,
+        conflicts_with = "delay"
+    )]
+    deliver_at: Option<u64>,
     /// sync: wait for each answer before the next send. async: keep up to --window
     /// sends in flight, print answers as they come. oneway: fire and forget (no
     /// answer, no retry).
@@ -132,6 +147,14 @@ struct Sender<'a> {
 
 pub(crate) fn run(broker: &Target, args: &SendArgs) -> Result<ExitCode, ClientError> {
     check(args)?;
+    if args.delay.is_some() || args.deliver_at.is_some() {
+        eprintln!(
+            "keel send: each message waits in the broker's timer until its time; the queue \
+             and offset printed are its place there (topic %SCHEDULE%), and `keel message \
+             show ID` follows it to {}",
+            args.topic
+        );
+    }
     let mode = args.mode;
     let source = match (args.file.is_empty(), args.messages.is_empty()) {
         (false, false) => {
@@ -317,9 +340,13 @@ impl Sender<'_> {
         for (key, value) in out.properties.as_ref().unwrap_or(&self.properties) {
             message = message.with_property(key.clone(), value.clone());
         }
-        match out.queue.or(args.queue) {
-            Some(queue) => message.with_queue(queue),
-            None => message,
+        if let Some(queue) = out.queue.or(args.queue) {
+            message = message.with_queue(queue);
+        }
+        match (args.delay, args.deliver_at) {
+            (Some(delay), _) => message.with_delay(delay),
+            (None, Some(at)) => message.with_deliver_at(at),
+            (None, None) => message,
         }
     }
 

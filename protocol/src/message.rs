@@ -97,6 +97,23 @@ impl Message {
         self.sealed()
     }
 
+    /// Delivered at `at_ms` (ms since the Unix epoch), not before: the broker stores it
+    /// at once and hands it to consumers from then on (property `KEEL_DELIVER_AT`). A
+    /// time in the past is delivered at once; one beyond the broker's `max_delay_ms` is
+    /// refused.
+    pub fn with_deliver_at(mut self, at_ms: u64) -> Message {
+        let name = crate::names::property::DELIVER_AT;
+        self.properties.retain(|(key, _)| key != name);
+        self.properties.push((name.to_string(), at_ms.to_string()));
+        self.sealed()
+    }
+
+    /// Delivered `delay` from now, by this host's clock (`with_deliver_at`).
+    pub fn with_delay(self, delay: std::time::Duration) -> Message {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.with_deliver_at(crate::now_ms().saturating_add(delay_ms))
+    }
+
     /// Fills in `message_crc` for the fields as they are now. Whoever changes a field
     /// of a sealed message (a producer numbering it, the broker making a retry copy)
     /// seals it again.

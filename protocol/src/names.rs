@@ -13,6 +13,20 @@ pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
 /// Queues of `SCHEDULE_TOPIC`: the most delay levels `retry_delays_ms` may list.
 pub const SCHEDULE_QUEUES: u32 = 64;
 
+/// The timer's levels live in `SCHEDULE_TOPIC` from this queue on: level `k` is queue
+/// `TIMER_FIRST_QUEUE + k` and holds each record `timer_hold_ms(k)`. (Queues below it
+/// are the fixed retry levels of brokers before the timer; they are still drained.)
+pub const TIMER_FIRST_QUEUE: u32 = 32;
+/// Timer levels: the longest hold is `TIMER_TICK_MS << (TIMER_LEVELS - 1)` (19.4 days).
+pub const TIMER_LEVELS: u32 = 25;
+/// The shortest hold, and the finest step of the timer.
+pub const TIMER_TICK_MS: u64 = 100;
+
+/// How long timer level `level` holds a record before it is looked at again.
+pub fn timer_hold_ms(level: u32) -> u64 {
+    TIMER_TICK_MS << level.min(TIMER_LEVELS - 1)
+}
+
 /// A group's retry topic: failed messages come back here after their delay.
 pub fn retry_topic(group: &str) -> String {
     format!("{RETRY_PREFIX}{group}")
@@ -59,10 +73,16 @@ pub mod property {
     /// Every property the broker sets starts with this; a producer's own `KEEL_*`
     /// properties are not copied by SEND_BACK.
     pub const PREFIX: &str = "KEEL_";
-    /// When a delayed copy is due (ms since the epoch).
+    /// When a message is due (ms since the epoch): set by a producer on a SEND to
+    /// deliver it later, kept on the message delivered.
     pub const DELIVER_AT: &str = "KEEL_DELIVER_AT";
     /// Where a delayed copy goes when due.
     pub const REAL_TOPIC: &str = "KEEL_REAL_TOPIC";
+    /// The queue a delayed message goes to when due, when its producer chose one.
+    pub const REAL_QUEUE: &str = "KEEL_REAL_QUEUE";
+    /// When a record leaves its timer level (ms since the epoch): to its topic when
+    /// due by then, else to a lower level.
+    pub const TIMER_AT: &str = "KEEL_TIMER_AT";
     /// How many times the message was consumed and sent back.
     pub const RECONSUME_TIMES: &str = "KEEL_RECONSUME_TIMES";
     /// The topic the message was first stored in.

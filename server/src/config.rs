@@ -116,6 +116,9 @@ pub struct Config {
     /// Delay before the n-th redelivery of a message a consumer sent back (the last one
     /// repeats for later attempts).
     pub retry_delays_ms: Vec<u64>,
+    /// The latest a message may be delivered, counted from its SEND: a later
+    /// `KEEL_DELIVER_AT` is refused (INVALID_ARGUMENT).
+    pub max_delay_ms: u64,
     /// TLS, logins and permissions (`[security]`).
     pub security: SecurityConfig,
 }
@@ -355,6 +358,7 @@ impl Default for Config {
                 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
                 480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
             ],
+            max_delay_ms: 7 * 24 * 3_600_000,
             security: SecurityConfig::default(),
         }
     }
@@ -465,6 +469,14 @@ impl Config {
             return fail(format!(
                 "retry_delays_ms needs 1 to {levels} delays, not {}",
                 self.retry_delays_ms.len()
+            ));
+        }
+        let longest = keel_protocol::names::timer_hold_ms(keel_protocol::names::TIMER_LEVELS - 1)
+            .saturating_mul(2);
+        if !(1_000..=longest).contains(&self.max_delay_ms) {
+            return fail(format!(
+                "max_delay_ms = {} must be 1000 to {longest} (the timer's reach)",
+                self.max_delay_ms
             ));
         }
         if self.segment_size_bytes < 4096 {

@@ -1,7 +1,8 @@
 //! The broker proper: one mio event loop per core (`event_loop`), each owning a shard of
 //! the connections (`shard`), the dispatch of each request kind to its handler
 //! (`dispatch`, `handlers`), the reader threads that serve PULLs and lookups off the
-//! loops (`reader`) and the delivery of delayed retries (`schedule`).
+//! loops (`reader`) the timer that delivers messages at their time (`timer`) and its thread
+//! (`schedule`).
 
 pub(crate) mod connection;
 pub(crate) mod dispatch;
@@ -14,4 +15,5 @@ pub(crate) mod security_jobs;
 pub(crate) mod shard;
 #[cfg(test)]
 mod shard_tests;
+pub mod timer;
 pub(crate) mod workers;

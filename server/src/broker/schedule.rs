@@ -1,6 +1,7 @@
-//! Delayed redelivery: a message a consumer sent back waits in `%SCHEDULE%`, queue =
-//! its delay level, until its time; then this thread stores it in the group's
-//! `%RETRY%<group>` topic, where the group's consumers pick it up.
+//! The delivery thread of `%SCHEDULE%`: each round it runs the timer's levels
+//! (`timer.rs`: delayed messages and consumer retries), and drains the fixed retry
+//! levels that brokers before the timer filled (queue = delay level), storing each due
+//! message in the group's `%RETRY%<group>` topic.
 //!
 //! Durable by construction: waiting messages are ordinary records of the CommitLog, and
 //! how far each level was delivered is a committed offset (group `%SCHEDULER%`), moved
@@ -13,14 +14,15 @@
 //! Runs on masters only; a slave receives the records and the progress through
 //! replication and starts delivering when promoted.
 
+use crate::broker::timer;
 use crate::context::Broker;
+use keel_protocol::names::{TIMER_FIRST_QUEUE, TIMER_LEVELS};
 use keel_protocol::now_ms;
 use keel_protocol::{Message, Record, SCHEDULE_TOPIC};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The group under which delivery progress is committed.
-pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
+pub use crate::broker::timer::SCHEDULER_GROUP;
 /// Producer id of the copies delivered from level 0 (level n: + n); their sequence is
 /// the schedule record's log offset + 1, increasing within a level.
 const SCHEDULER_PRODUCER_ID: u64 = 0x5C4E_D01E_D0D0_0000;
@@ -63,11 +65,21 @@ fn run(broker: &Broker) {
             continue;
         };
         let mut delivered_any = false;
-        for level in 0..levels.min(queues) {
+        // The fixed retry levels of brokers before the timer: drained, never refilled.
+        for level in 0..levels.min(queues).min(TIMER_FIRST_QUEUE) {
             match deliver_level(broker, level) {
                 Ok(count) => delivered_any |= count > 0,
                 Err(error) => {
                     log::warn!("delayed delivery, level {level}: {error}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        for level in 0..TIMER_LEVELS.min(queues.saturating_sub(TIMER_FIRST_QUEUE)) {
+            match timer::run_level(broker, level) {
+                Ok(count) => delivered_any |= count > 0,
+                Err(error) => {
+                    log::warn!("timer level {level}: {error}");
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
@@ -131,7 +143,7 @@ fn deliver_level(broker: &Broker, level: u32) -> Result<usize, DeliveryError> {
     }
     // Progress moves only once what was delivered is durable.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while store.offset_local_durable() < last_end {
+    while store.offset_durable() < last_end {
         if store.is_poisoned() || Instant::now() > deadline {
             return Err(DeliveryError::NotDurable);
         }

@@ -6,6 +6,7 @@ pub mod groups;
 pub mod latency;
 pub mod rates;
 pub mod security;
+pub mod timers;
 
 use crate::config::Config;
 use keel_protocol::BrokerRole;
@@ -84,6 +85,8 @@ pub struct Broker {
     pub census: keel_net::Census,
     /// Each topic's totals over the last minute (`rates.rs`).
     pub rates: rates::Rates,
+    /// The timer's lateness and counts (`timers.rs`).
+    pub timers: timers::TimerStats,
 }
 
 impl Broker {
@@ -102,6 +105,7 @@ impl Broker {
                 max_per_address: config.security.max_connections_per_ip,
             }),
             rates: rates::Rates::default(),
+            timers: timers::TimerStats::default(),
             config,
             store,
             counters: Counters::default(),

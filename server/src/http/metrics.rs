@@ -688,5 +688,45 @@ pub fn render(broker: &Broker) -> String {
         "On a master: from sending log bytes to a slave to its ack of their fsync.",
         &acks,
     );
+    timer_metrics(broker, &mut out);
     out.out
+}
+
+/// The timer: what waits in each level, how late deliveries were, what it delivered.
+fn timer_metrics(broker: &Broker, out: &mut Exposition) {
+    out.family(
+        "keel_timer_pending",
+        "gauge",
+        "Messages waiting in the timer, by the hold of their level (a message waits in the level whose hold fits its time left).",
+    );
+    for (hold_ms, pending) in crate::broker::timer::pending(broker) {
+        let labels = format!("hold_seconds=\"{}\"", hold_ms as f64 / 1000.0);
+        out.sample("keel_timer_pending", &labels, pending as f64);
+    }
+    let timers = &broker.timers;
+    out.histogram(
+        "keel_timer_lateness_seconds",
+        "From a delayed message's delivery time to its storing in its topic.",
+        &[(String::new(), timers.lateness.snapshot())],
+    );
+    let counters = [
+        (
+            "keel_timer_delivered_total",
+            "Delayed messages (and retries) the timer stored in their topics.",
+            &timers.delivered,
+        ),
+        (
+            "keel_timer_lost_to_retention_total",
+            "Pending timers that retention (retention_bytes) deleted before their time.",
+            &timers.lost_to_retention,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, "counter", help);
+        out.sample(
+            name,
+            "",
+            value.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+    }
 }

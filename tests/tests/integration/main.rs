@@ -23,3 +23,4 @@ mod send_consume;
 mod shutdown;
 mod stalled_disk;
 mod storage_faults;
+mod timer;

@@ -3,14 +3,13 @@
 
 use crate::broker::connection::ReplyTo;
 use crate::broker::handlers::{admin, send};
-use crate::broker::schedule;
 use crate::broker::shard::Shard;
+use crate::broker::{schedule, timer};
 use crate::error::Refusal;
 use keel_protocol::names::property;
 use keel_protocol::{
     dlq_topic, message_id, now_ms, retry_topic, validate_topic, Assignment, CommitOffsetRequest,
     ErrorCode, GroupCommitRequest, HeartbeatRequest, Response, SendBackRequest, QUEUE_ID_ANY,
-    SCHEDULE_TOPIC,
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -169,27 +168,34 @@ pub(crate) fn on_send_back(shard: &mut Shard, to: ReplyTo, back: SendBackRequest
         set(property::REASON, back.reason);
     }
     message.queue_id = QUEUE_ID_ANY;
+    let mut due = None;
     if back.reconsume_times > back.max_reconsume_times {
         // One queue: the dead letters of a group in the order they died.
         message.topic = dlq_topic(&back.group);
         message.queue_id = 0;
         set(property::DLQ_TIME, now_ms().to_string());
     } else {
+        message.topic = retry_topic(&back.group);
         let delays = &shard.broker.config.retry_delays_ms;
-        match schedule::delay_for(delays, back.reconsume_times) {
-            None => message.topic = retry_topic(&back.group),
-            Some((level, deliver_at)) => {
-                message.topic = SCHEDULE_TOPIC.to_string();
-                message.queue_id = level;
-                set(property::REAL_TOPIC, retry_topic(&back.group));
-                set(property::DELIVER_AT, deliver_at.to_string());
-            }
-        }
+        due = schedule::delay_for(delays, back.reconsume_times).map(|(_, at)| at);
     }
     message.properties = properties;
     // A copy is another message: the original's numbers stay with the original.
     message.producer_id = 0;
     message.sequence = 0;
-    message.seal();
+    let retention_ms = shard
+        .broker
+        .config
+        .retention_hours
+        .saturating_mul(3_600_000);
+    let top = timer::top_level(retention_ms);
+    // The retry waits in the timer until its delay has passed.
+    let message = match due.filter(|due| *due > now_ms()) {
+        Some(due) => {
+            let (level, leaves_at) = timer::place_at(due, now_ms(), top);
+            timer::waiting(message, due, level, leaves_at)
+        }
+        None => message.sealed(),
+    };
     send::append_and_wait(shard, to, false, vec![message], false);
 }

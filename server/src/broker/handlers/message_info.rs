@@ -75,7 +75,64 @@ fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Info, Refusal
     let mut info = placement(broker, &record);
     group_states(broker, &record, &mut info);
     copies(broker, &record, &mut info)?;
+    delivery(broker, &record, &mut info)?;
     Ok(info)
+}
+
+/// For a message that waited in the timer for a topic of its producer's: when it was
+/// due, and whether (and as what, when) it was delivered. The delivered message is
+/// looked for from its due time on in the queues of its topic: a few reads, not a scan.
+fn delivery(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Refusal> {
+    let (Some(topic), Some(due)) = (
+        record.property(property::REAL_TOPIC),
+        record.property(property::DELIVER_AT),
+    ) else {
+        return Ok(());
+    };
+    let Ok(due) = due.parse::<u64>() else {
+        return Ok(());
+    };
+    if own_topic(topic).is_some() || crate::broker::timer::is_timer_copy(record.producer_id) {
+        return Ok(()); // A retry (shown by `copies`), or one of the timer's own copies.
+    }
+    let id = record.message_id();
+    let store = &broker.store;
+    let queues = store.topic_queues(topic).unwrap_or(0);
+    for queue_id in 0..queues {
+        let Ok(mut offset) = store.queue_offset_for_time(topic, queue_id, due) else {
+            continue;
+        };
+        for _ in 0..16 {
+            let read = store
+                .read_queue(topic, queue_id, offset, 256, 1 << 20)
+                .map_err(internal)?;
+            if read.record_count == 0 {
+                break;
+            }
+            let mut rest = &read.records[..];
+            while let Ok(copy) = keel_protocol::decode_record(rest) {
+                rest = rest.get(copy.total_size as usize..).unwrap_or_default();
+                offset = copy.queue_offset + 1;
+                if copy.property(property::ORIGIN_MSG_ID) == Some(id.as_str()) {
+                    let late = copy.store_timestamp_ms.saturating_sub(due);
+                    let what = format!(
+                        "to {topic} as {} at {} ms ({late} ms after it was due at {due} ms)",
+                        copy.message_id(),
+                        copy.store_timestamp_ms
+                    );
+                    info.push(("delivered".into(), what));
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let now = keel_protocol::now_ms();
+    let state = match due > now {
+        true => format!("not yet: due at {due} ms, in {} ms", due - now),
+        false => format!("due at {due} ms; not delivered yet"),
+    };
+    info.push(("delivered".into(), state));
+    Ok(())
 }
 
 /// The record with id `msg_id`, or (with `key`) the newest original carrying the key.
@@ -260,6 +317,8 @@ fn note_copy(copy: &Record, id: &str, retries: &mut u32, info: &mut Info) {
             );
             info.push((format!("dead_lettered {group}"), what));
         }
+        // The timer's own copies of a waiting message (moving between its levels).
+        Some(OwnTopic::Schedule) if crate::broker::timer::is_timer_copy(copy.producer_id) => {}
         Some(OwnTopic::Schedule) => {
             *retries += 1;
             let due = get(property::DELIVER_AT).unwrap_or("?");

@@ -3,7 +3,9 @@
 
 use crate::broker::connection::ReplyTo;
 use crate::broker::shard::{Acked, PendingSend, Shard};
+use crate::broker::timer;
 use crate::error::Refusal;
+use keel_protocol::names::property;
 use keel_protocol::{now_ms, BrokerRole, ErrorCode, Message, SendResult, SendStatus};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,6 +24,88 @@ pub(crate) fn on_send(
         return refuse(shard, to, oneway, messages.len(), refusal);
     }
     append_and_wait(shard, to, oneway, messages, batch);
+}
+
+/// `messages` with each one a producer asked to deliver at a time (`KEEL_DELIVER_AT`,
+/// after its CRC was checked) put in the timer instead (`timer.rs`). A time that is not
+/// a number, or beyond `max_delay_ms`, refuses the whole send, as a topic or queue the
+/// message could never be delivered to does.
+fn delayed(
+    broker: &crate::context::Broker,
+    mut messages: Vec<Message>,
+    batch: bool,
+    now: u64,
+) -> Result<Vec<Message>, Refusal> {
+    let top = timer::top_level(broker.config.retention_hours.saturating_mul(3_600_000));
+    for (index, message) in messages.iter_mut().enumerate() {
+        if reserved_topic(&message.topic) {
+            continue; // SEND_BACK's copies, placed already.
+        }
+        let Some(at) = message.property(property::DELIVER_AT) else {
+            continue;
+        };
+        let which = || match batch {
+            true => format!("message {index} of the batch: "),
+            false => String::new(),
+        };
+        let due: u64 = at.parse().map_err(|_| {
+            let detail = format!(
+                "{}{} = {at:?} is not a time (ms since the Unix epoch)",
+                which(),
+                property::DELIVER_AT
+            );
+            Refusal::invalid(detail)
+        })?;
+        let max = broker.config.max_delay_ms;
+        if due.saturating_sub(now) > max {
+            let detail = format!(
+                "{}{} is {} ms from now, beyond max_delay_ms ({max})",
+                which(),
+                property::DELIVER_AT,
+                due - now
+            );
+            return Err(Refusal::invalid(detail));
+        }
+        deliverable(broker, message)
+            .map_err(|refusal| Refusal::new(refusal.code, which() + &refusal.message))?;
+        // Due already or not, it goes through the timer (a time past leaves at its next
+        // round): where it waits depends on the message alone, so a retry of this SEND
+        // makes the same record and is recognised.
+        let (level, leaves_at) = timer::place_at(due, timer::anchor_of(message, due), top);
+        *message = timer::waiting(std::mem::take(message), due, level, leaves_at);
+    }
+    Ok(messages)
+}
+
+/// Whether the topic of a delayed message can take it when it is due: refused now as a
+/// send to it would be, not lost later. A topic that does not exist is created now (with
+/// `auto_create_topics`), as a send to it would, so that consumers can subscribe to it
+/// before its first message is due.
+fn deliverable(broker: &crate::context::Broker, message: &Message) -> Result<(), Refusal> {
+    let topic = &message.topic;
+    let queues = match broker.store.topic_queues(topic) {
+        Some(queues) => queues,
+        None if broker.config.auto_create_topics => {
+            let queues = broker.config.default_queues;
+            broker
+                .store
+                .create_topic(topic, queues)
+                .map_err(Refusal::from)?
+                .0
+        }
+        None => {
+            let detail = format!("topic {topic:?} does not exist");
+            return Err(Refusal::new(ErrorCode::TopicNotFound, detail));
+        }
+    };
+    if message.queue_id != keel_protocol::QUEUE_ID_ANY && message.queue_id >= queues {
+        let detail = format!(
+            "queue {} of topic {topic:?}, which has {queues} queues",
+            message.queue_id
+        );
+        return Err(Refusal::new(ErrorCode::InvalidQueueId, detail));
+    }
+    Ok(())
 }
 
 /// Whether a client may not name this topic.
@@ -60,17 +144,21 @@ pub(crate) fn append_and_wait(
     batch: bool,
 ) {
     let broker = shard.broker.clone();
+    let now = now_ms();
+    let total = messages.len();
     let appended = match refusal(shard, &messages, batch) {
         Some(refusal) => Err(refusal),
-        None => broker
-            .store
-            .append_batch(&messages, broker.config.auto_create_topics, now_ms())
-            .map_err(Refusal::from),
+        None => delayed(&broker, messages, batch, now).and_then(|messages| {
+            broker
+                .store
+                .append_batch(&messages, broker.config.auto_create_topics, now)
+                .map_err(Refusal::from)
+        }),
     };
-    let count = messages.len() as u64;
+    let count = total as u64;
     let appended = match appended {
         Ok(appended) => appended,
-        Err(refusal) => return refuse(shard, to, oneway, messages.len(), refusal),
+        Err(refusal) => return refuse(shard, to, oneway, total, refusal),
     };
     let (Some(first), Some(last)) = (appended.first().copied(), appended.last().copied()) else {
         return;
