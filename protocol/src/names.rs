@@ -22,6 +22,17 @@ pub const TIMER_LEVELS: u32 = 25;
 /// The shortest hold, and the finest step of the timer.
 pub const TIMER_TICK_MS: u64 = 100;
 
+/// The producer ids of the broker's own copies: the fixed retry levels' (64) and the
+/// timer levels' (`TIMER_LEVELS`). Clients may not send under them (INVALID_ARGUMENT):
+/// the timer's dedupe relies on being the only one numbering them.
+pub const BROKER_PRODUCER_IDS: std::ops::Range<u64> =
+    0x5C4E_D01E_D0D0_0000..0x5C4E_D01E_D0D0_0000 + 64 + TIMER_LEVELS as u64;
+
+/// Whether `producer_id` is one of the broker's own (`BROKER_PRODUCER_IDS`).
+pub fn is_broker_producer_id(producer_id: u64) -> bool {
+    BROKER_PRODUCER_IDS.contains(&producer_id)
+}
+
 /// How long timer level `level` holds a record before it is looked at again.
 pub fn timer_hold_ms(level: u32) -> u64 {
     TIMER_TICK_MS << level.min(TIMER_LEVELS - 1)
@@ -80,9 +91,6 @@ pub mod property {
     pub const REAL_TOPIC: &str = "KEEL_REAL_TOPIC";
     /// The queue a delayed message goes to when due, when its producer chose one.
     pub const REAL_QUEUE: &str = "KEEL_REAL_QUEUE";
-    /// When a record leaves its timer level (ms since the epoch): to its topic when
-    /// due by then, else to a lower level.
-    pub const TIMER_AT: &str = "KEEL_TIMER_AT";
     /// How many times the message was consumed and sent back.
     pub const RECONSUME_TIMES: &str = "KEEL_RECONSUME_TIMES";
     /// The topic the message was first stored in.

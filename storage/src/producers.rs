@@ -121,10 +121,13 @@ impl Producers {
         self.windows.retain(|_, window| !window.entries.is_empty());
     }
 
+    /// Forgets the producer silent longest, never one of the broker's own (the timer
+    /// relies on its windows to recognise a redone round).
     fn evict_one(&mut self) {
         let stalest = self
             .windows
             .iter()
+            .filter(|(id, _)| !keel_protocol::names::is_broker_producer_id(**id))
             .min_by_key(|(_, window)| window.entries.back().map_or(0, |(_, at)| at.log_offset))
             .map(|(id, _)| *id);
         if let Some(id) = stalest {

@@ -288,7 +288,8 @@ pub(crate) fn topic_of(request: &Request) -> &str {
 }
 
 /// A producer id that no other producer is likely to have: 64 random bits (std's
-/// hasher keys are random per process), never 0.
+/// hasher keys are random per process), never 0 and never one of the broker's own
+/// (which it refuses).
 pub(crate) fn random_producer_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -298,7 +299,11 @@ pub(crate) fn random_producer_id() -> u64 {
             .map_or(0, |elapsed| elapsed.as_nanos()),
     );
     hasher.write_u32(std::process::id());
-    hasher.finish().max(1)
+    let id = hasher.finish().max(1);
+    match keel_protocol::names::is_broker_producer_id(id) {
+        true => id ^ (1 << 63),
+        false => id,
+    }
 }
 
 /// `request` with every message of it on `queue` (when given and the message left

@@ -55,8 +55,12 @@ pub fn start(broker: Arc<Broker>) {
 fn run(broker: &Broker) {
     let store = &broker.store;
     let levels = broker.config.retry_delays_ms.len() as u32;
+    // When the head of each timer level leaves (0: unknown). Memory only, and only a
+    // hint: it is learnt again by reading the level.
+    let mut hints = vec![0u64; TIMER_LEVELS as usize];
     while !broker.is_shutting_down() {
         if !broker.role().is_master() || broker.fenced().is_some() {
+            hints.fill(0);
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
@@ -75,9 +79,20 @@ fn run(broker: &Broker) {
                 }
             }
         }
+        let now = now_ms();
         for level in 0..TIMER_LEVELS.min(queues.saturating_sub(TIMER_FIRST_QUEUE)) {
+            let hint = hints.get_mut(level as usize);
+            // The head of this level leaves later: nothing to read before then.
+            if hint.as_ref().is_some_and(|leaves| now < **leaves) {
+                continue;
+            }
             match timer::run_level(broker, level) {
-                Ok(count) => delivered_any |= count > 0,
+                Ok(round) => {
+                    delivered_any |= round.handled > 0;
+                    if let Some(hint) = hint {
+                        *hint = round.head_leaves.unwrap_or(0);
+                    }
+                }
                 Err(error) => {
                     log::warn!("timer level {level}: {error}");
                     std::thread::sleep(Duration::from_millis(500));

@@ -16,6 +16,9 @@ pub struct TimerStats {
     pub delivered: AtomicU64,
     /// Pending timers deleted by retention (`retention_bytes`) before their time.
     pub lost_to_retention: AtomicU64,
+    /// Due messages that could not be stored: their topic was deleted (and
+    /// `auto_create_topics` is off), or they no longer fit `max_message_bytes`.
+    pub dropped: AtomicU64,
 }
 
 impl Default for TimerStats {
@@ -24,6 +27,7 @@ impl Default for TimerStats {
             lateness: Histogram::new(LATENESS_SECONDS),
             delivered: AtomicU64::new(0),
             lost_to_retention: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 }

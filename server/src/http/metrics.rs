@@ -720,6 +720,11 @@ fn timer_metrics(broker: &Broker, out: &mut Exposition) {
             "Pending timers that retention (retention_bytes) deleted before their time.",
             &timers.lost_to_retention,
         ),
+        (
+            "keel_timer_dropped_total",
+            "Due messages the timer could not store: their topic was deleted (auto_create_topics off), or they no longer fit.",
+            &timers.dropped,
+        ),
     ];
     for (name, help, value) in counters {
         out.family(name, "counter", help);

@@ -271,3 +271,62 @@ fn check_on_time_and_once_raw(received: &[(Record, u64)]) {
         assert!(record.store_timestamp_ms >= due && *at >= due);
     }
 }
+
+/// A producer's retry of a delayed SEND, arriving when the time left calls for another
+/// level, is recognised: answered with the original's place, delivered once.
+#[test]
+fn a_retried_delayed_send_is_recognised_in_any_level() {
+    let broker = BrokerProcess::start("");
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    let due = now_ms() + 1_000; // level 3 (800 ms) now, level 2 in 300 ms
+    let mut message = delayed("retried", "r0", due);
+    // Numbered and stamped once, as the client library does for its own retries.
+    message.producer_id = 0x00AB_CDEF;
+    message.sequence = 1;
+    message.born_timestamp_ms = now_ms();
+    let message = message.sealed();
+    let first = producer.send(message.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let retry = producer.send(message).unwrap();
+    assert_eq!(retry.status, SendStatus::SendOk);
+    assert_eq!(
+        (retry.queue_id, retry.log_offset),
+        (first.queue_id, first.log_offset),
+        "answered with the original"
+    );
+    assert_eq!(broker.stat("sends_deduplicated"), 1);
+    let received = receive(&broker.address, "retried", 2, Duration::from_secs(4));
+    assert_eq!(check_on_time_and_once(&received).len(), 1);
+}
+
+/// The broker's own names and numbers are not a producer's to set: its producer ids are
+/// refused (the timer's dedupe relies on them), its `KEEL_REAL_*` properties dropped (a
+/// bogus queue would otherwise stop the timer's level at delivery).
+#[test]
+fn a_producer_cannot_pose_as_the_timer() {
+    let broker = BrokerProcess::start("");
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    let mut posing = delayed("own", "p0", now_ms() + 200);
+    posing.producer_id = 0x5C4E_D01E_D0D0_0040;
+    posing.sequence = 1;
+    match producer.send(posing.sealed()) {
+        Err(ClientError::Broker(error)) => assert_eq!(error.code, ErrorCode::InvalidArgument),
+        other => panic!("the timer's producer id must be refused: {other:?}"),
+    }
+    let bogus = delayed("own", "p1", now_ms() + 200)
+        .with_property(property::REAL_QUEUE, "999")
+        .with_property(property::REAL_TOPIC, "elsewhere");
+    assert_eq!(producer.send(bogus).unwrap().status, SendStatus::SendOk);
+    // And the level goes on: a later message of the same level arrives too.
+    let after = delayed("own", "p2", now_ms() + 250);
+    assert_eq!(producer.send(after).unwrap().status, SendStatus::SendOk);
+    let received = receive(&broker.address, "own", 2, Duration::from_secs(5));
+    let seen = check_on_time_and_once(&received);
+    assert!(
+        seen.contains_key("p1") && seen.contains_key("p2"),
+        "{seen:?}"
+    );
+    assert!(received
+        .iter()
+        .all(|(record, _)| record.property(property::REAL_QUEUE).is_none()));
+}

@@ -190,11 +190,9 @@ pub(crate) fn on_send_back(shard: &mut Shard, to: ReplyTo, back: SendBackRequest
         .saturating_mul(3_600_000);
     let top = timer::top_level(retention_ms);
     // The retry waits in the timer until its delay has passed.
-    let message = match due.filter(|due| *due > now_ms()) {
-        Some(due) => {
-            let (level, leaves_at) = timer::place_at(due, now_ms(), top);
-            timer::waiting(message, due, level, leaves_at)
-        }
+    let now = now_ms();
+    let message = match due.filter(|due| *due > now) {
+        Some(due) => timer::waiting(message, due, timer::level_for(due, now, top)),
         None => message.sealed(),
     };
     send::append_and_wait(shard, to, false, vec![message], false);

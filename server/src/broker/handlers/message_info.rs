@@ -129,7 +129,10 @@ fn delivery(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Ref
     let now = keel_protocol::now_ms();
     let state = match due > now {
         true => format!("not yet: due at {due} ms, in {} ms", due - now),
-        false => format!("due at {due} ms; not delivered yet"),
+        false => format!(
+            "due at {due} ms; not among the first 4096 records of each queue of {topic} \
+             stored from then on (not delivered yet, or later than that)"
+        ),
     };
     info.push(("delivered".into(), state));
     Ok(())

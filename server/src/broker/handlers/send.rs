@@ -68,11 +68,33 @@ fn delayed(
         }
         deliverable(broker, message)
             .map_err(|refusal| Refusal::new(refusal.code, which() + &refusal.message))?;
+        // The broker's own names: where it goes is the message's topic and queue, and
+        // the id the copies name as their origin is the one this SEND is answered with.
+        message.properties.retain(|(key, _)| {
+            key != property::REAL_TOPIC
+                && key != property::REAL_QUEUE
+                && key != property::ORIGIN_MSG_ID
+        });
         // Due already or not, it goes through the timer (a time past leaves at its next
-        // round): where it waits depends on the message alone, so a retry of this SEND
-        // makes the same record and is recognised.
-        let (level, leaves_at) = timer::place_at(due, timer::anchor_of(message, due), top);
-        *message = timer::waiting(std::mem::take(message), due, level, leaves_at);
+        // round): a retry of this SEND makes the same record and is recognised.
+        let level = timer::level_for(due, now, top);
+        *message = timer::waiting(std::mem::take(message), due, level);
+        // Room for what the timer adds to its copies (`KEEL_ORIGIN_MSG_ID`).
+        let max = broker.store.config().max_record_bytes as usize;
+        if message
+            .record_len()
+            .saturating_add(timer::COPY_GROWTH_BYTES)
+            > max
+        {
+            let detail = format!(
+                "{}a delayed message's record may be at most {} bytes (the timer adds a \
+                 property to its copies), this one is {}",
+                which(),
+                max.saturating_sub(timer::COPY_GROWTH_BYTES),
+                message.record_len()
+            );
+            return Err(Refusal::new(ErrorCode::MessageTooLarge, detail));
+        }
     }
     Ok(messages)
 }
@@ -236,6 +258,13 @@ fn refusal(shard: &Shard, messages: &[Message], batch: bool) -> Option<Refusal> 
                     which()
                 ),
             ))
+        } else if keel_protocol::names::is_broker_producer_id(message.producer_id) {
+            Some(Refusal::invalid(format!(
+                "{}producer_id {:016x} is one of the broker's own (its scheduler's and timer's \
+                 copies); pick another",
+                which(),
+                message.producer_id
+            )))
         } else if message.flags != 0 {
             Some(Refusal::invalid(format!(
                 "{}flags is 0x{:08X}; every flag bit is reserved and must be 0",
