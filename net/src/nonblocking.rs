@@ -79,67 +79,80 @@ impl FramedStream {
         }
     }
 
+    #[inline]
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
     /// The socket, to register it with a poller or shut it down.
+    #[inline]
     pub fn socket_mut(&mut self) -> &mut TcpStream {
         &mut self.socket
     }
 
+    #[inline]
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
     /// Over TLS, or from loopback: where a password may travel.
+    #[inline]
     pub fn is_secure(&self) -> bool {
         crate::is_secure(self.peer.ip(), self.tls.is_some())
     }
 
     /// Gives up TLS before any byte reached it, so that plaintext on a TLS port is
     /// answered in the plaintext its peer speaks.
+    #[inline]
     pub fn drop_tls(&mut self) {
         self.tls = None;
     }
 
     /// The poller reported the peer's hang-up (or an error): read until EOF, not just
     /// until a short read.
+    #[inline]
     pub fn note_hangup(&mut self) {
         self.hangup_seen = true;
     }
 
+    #[inline]
     pub fn hangup_seen(&self) -> bool {
         self.hangup_seen
     }
 
     /// When bytes last moved either way.
+    #[inline]
     pub fn last_activity(&self) -> Instant {
         self.last_activity
     }
 
     /// Input bytes buffered that are not a whole frame yet (or not decoded yet).
+    #[inline]
     pub fn buffered(&self) -> usize {
         self.input.len()
     }
 
     /// The next whole frame of at most `max` bytes among those buffered, if one is.
+    #[inline]
     pub fn frame(&mut self, max: u32) -> Result<Option<RawFrame>, DecodeError> {
         decode_frame(&mut self.input, max)
     }
 
     /// The request id of the frame at the head of the input, when its header is there
     /// (to name it in the ERROR that refuses it).
+    #[inline]
     pub fn head_request_id(&self) -> Option<u64> {
         peek_request_id(&self.input)
     }
 
     /// Forgets the buffered input (the connection is closing) and its memory.
+    #[inline]
     pub fn drop_input(&mut self) {
         self.input = BytesMut::new();
     }
 
     /// Where answers are queued; `flush` writes them.
+    #[inline]
     pub fn output(&mut self) -> &mut Vec<u8> {
         &mut self.output
     }
@@ -173,6 +186,7 @@ impl FramedStream {
     }
 
     /// Whether TLS has records waiting to be written (a handshake step, say).
+    #[inline]
     pub fn tls_wants_write(&self) -> bool {
         self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
@@ -285,6 +299,7 @@ impl FramedStream {
     }
 
     /// Bytes queued and not written yet (TLS records waiting count as one).
+    #[inline]
     pub fn pending_output(&self) -> usize {
         self.output.len().saturating_sub(self.written) + usize::from(self.tls_wants_write())
     }

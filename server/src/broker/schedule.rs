@@ -69,8 +69,23 @@ fn run(broker: &Broker) {
             continue;
         };
         let mut delivered_any = false;
+        // Each queue's end, in one look: a queue with nothing past its progress is not
+        // read (most are empty).
+        let ends: Vec<u64> = store
+            .queue_offsets(Some(SCHEDULE_TOPIC))
+            .into_iter()
+            .next()
+            .map(|(_, queues)| queues.into_iter().map(|(_, end)| end).collect())
+            .unwrap_or_default();
+        let idle = |queue: u32| {
+            let end = ends.get(queue as usize).copied().unwrap_or(0);
+            end == 0 || store.query_offset(SCHEDULER_GROUP, SCHEDULE_TOPIC, queue) >= Some(end)
+        };
         // The fixed retry levels of brokers before the timer: drained, never refilled.
         for level in 0..levels.min(queues).min(TIMER_FIRST_QUEUE) {
+            if idle(level) {
+                continue;
+            }
             match deliver_level(broker, level) {
                 Ok(count) => delivered_any |= count > 0,
                 Err(error) => {
@@ -80,10 +95,12 @@ fn run(broker: &Broker) {
             }
         }
         let now = now_ms();
+        let mut progress = Vec::new();
         for level in 0..TIMER_LEVELS.min(queues.saturating_sub(TIMER_FIRST_QUEUE)) {
             let hint = hints.get_mut(level as usize);
             // The head of this level leaves later: nothing to read before then.
-            if hint.as_ref().is_some_and(|leaves| now < **leaves) {
+            if hint.as_ref().is_some_and(|leaves| now < **leaves) || idle(TIMER_FIRST_QUEUE + level)
+            {
                 continue;
             }
             match timer::run_level(broker, level) {
@@ -92,12 +109,20 @@ fn run(broker: &Broker) {
                     if let Some(hint) = hint {
                         *hint = round.head_leaves.unwrap_or(0);
                     }
+                    progress.extend(round.progress);
                 }
                 Err(error) => {
                     log::warn!("timer level {level}: {error}");
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
+        }
+        if let Err(error) = timer::settle(broker, &progress) {
+            // Nothing recorded: the next round does these records again, and the store
+            // recognises what they made.
+            log::warn!("timer: {error}");
+            hints.fill(0);
+            std::thread::sleep(Duration::from_millis(500));
         }
         if !delivered_any {
             std::thread::sleep(Duration::from_millis(50));

@@ -45,9 +45,9 @@ pub fn is_timer_copy(producer_id: u64) -> bool {
 /// (16 hex digits), with their lengths. A delayed SEND keeps this room.
 pub const COPY_GROWTH_BYTES: usize = 2 + 18 + 2 + 16;
 
-/// Records handled per level per round: far fewer than the 1,024 sequences per producer
-/// the store remembers, so a redone round is always recognised.
-const BATCH: u32 = 64;
+/// Records handled per level per round: fewer than the 1,024 sequences per producer the
+/// store remembers, so a redone round is recognised as such.
+const BATCH: u32 = 256;
 
 /// The group under which delivery progress is committed (the timer's levels and the
 /// fixed retry levels).
@@ -189,6 +189,35 @@ pub struct Round {
     /// When the record now at the head leaves, if one is waiting: nothing can happen in
     /// the level before (the level is in time order), so it need not be read until then.
     pub head_leaves: Option<u64>,
+    /// The progress to record once what the round stored is durable (`settle`).
+    pub progress: Option<Progress>,
+}
+
+/// A level's progress, to be recorded once the log is durable up to `durable_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    queue: u32,
+    next: u64,
+    durable_at: u64,
+}
+
+/// Records the progress of a round of levels once everything they stored is durable by
+/// this broker's standard (on a sync master: on a slave too), so that no failover can
+/// find the progress without the records it counts. One wait for all the levels of a
+/// round, not one per level.
+pub fn settle(broker: &Broker, progress: &[Progress]) -> Result<(), String> {
+    let store = &broker.store;
+    let durable_at = progress.iter().map(|p| p.durable_at).max().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.offset_durable() < durable_at {
+        if store.is_poisoned() || Instant::now() > deadline {
+            return Err("what the timer stored did not become durable".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    progress
+        .iter()
+        .try_for_each(|p| commit(broker, p.queue, p.next))
 }
 
 /// Handles the records at the head of timer level `level` whose time has come.
@@ -283,25 +312,16 @@ pub fn run_level(broker: &Broker, level: u32) -> Result<Round, String> {
         next = record.queue_offset + 1;
         count += 1;
     }
-    let round = Round {
+    let progress = (count > 0 || committed != Some(next)).then_some(Progress {
+        queue,
+        next,
+        durable_at: last_end,
+    });
+    Ok(Round {
         handled: count,
         head_leaves,
-    };
-    if count == 0 && committed == Some(next) {
-        return Ok(round);
-    }
-    // Progress moves only once what was made from it is durable by this broker's
-    // standard (on a sync master: on a slave too), so that no failover can find the
-    // progress without the records it counts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store.offset_durable() < last_end {
-        if store.is_poisoned() || Instant::now() > deadline {
-            return Err("what the timer stored did not become durable".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    commit(broker, queue, next)?;
-    Ok(round)
+        progress,
+    })
 }
 
 fn commit(broker: &Broker, queue: u32, next: u64) -> Result<(), String> {
