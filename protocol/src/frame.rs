@@ -63,6 +63,7 @@ kinds! {
     GetBrokers = 0x17, "GET_BROKERS";
     DeleteTopic = 0x18, "DELETE_TOPIC";
     DeleteGroup = 0x19, "DELETE_GROUP";
+    GroupSettings = 0x1A, "GROUP_SETTINGS";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -84,6 +85,7 @@ kinds! {
     Brokers = 0x93, "BROKERS";
     TopicDeleted = 0x94, "TOPIC_DELETED";
     GroupDeleted = 0x95, "GROUP_DELETED";
+    GroupSettingsResult = 0x96, "GROUP_SETTINGS_RESULT";
     Error = 0xFF, "ERROR";
 }
 

@@ -67,9 +67,9 @@ pub use request::{
     QueryOffsetRequest, Request, SecretText, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
 pub use response::{
-    Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupDeleted, GroupInfo, PullResult,
-    QueueInfo, QueueStats, Response, SendBatchResult, SendResult, TopicCreated, TopicDeleted,
-    TopicInfo, TopicStats,
+    Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupDeleted, GroupInfo, GroupSettings,
+    PullResult, QueueInfo, QueueStats, Response, SendBatchResult, SendResult, TopicCreated,
+    TopicDeleted, TopicInfo, TopicStats,
 };
 pub use waits::Wait;
 

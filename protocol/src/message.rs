@@ -108,6 +108,21 @@ impl Message {
         self.sealed()
     }
 
+    /// In message group `group` (property `KEEL_MESSAGE_GROUP`): the messages of one
+    /// group go to one queue (when the producer leaves the queue to the broker) and a
+    /// consumer group marked ordered handles them one at a time, in the order stored.
+    pub fn with_message_group(mut self, group: impl Into<String>) -> Message {
+        let name = crate::names::property::MESSAGE_GROUP;
+        self.properties.retain(|(key, _)| key != name);
+        self.properties.push((name.to_string(), group.into()));
+        self.sealed()
+    }
+
+    /// The message group, if the message has one.
+    pub fn message_group(&self) -> Option<&str> {
+        self.property(crate::names::property::MESSAGE_GROUP)
+    }
+
     /// Delivered `delay` from now, by this host's clock (`with_deliver_at`).
     pub fn with_delay(self, delay: std::time::Duration) -> Message {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);

@@ -101,6 +101,39 @@ pub mod property {
     pub const REASON: &str = "KEEL_REASON";
     /// When it was dead-lettered (ms since the epoch).
     pub const DLQ_TIME: &str = "KEEL_DLQ_TIME";
+    /// The message group (set by a producer): the messages of one group go to one queue
+    /// (`message_group_queue`) and an ordered consumer group takes them one at a time.
+    pub const MESSAGE_GROUP: &str = "KEEL_MESSAGE_GROUP";
+}
+
+/// The longest message group, in bytes.
+pub const MESSAGE_GROUP_MAX_BYTES: usize = 255;
+
+/// The queue of a topic with `queue_count` queues that the messages of `group` go to
+/// when their producer leaves the choice to the broker: CRC32C of the group's UTF-8
+/// bytes, modulo the queue count. Every side computes it the same way (docs/PROTOCOL.md).
+pub fn message_group_queue(group: &str, queue_count: u32) -> u32 {
+    crc32c::crc32c(group.as_bytes())
+        .checked_rem(queue_count)
+        .unwrap_or(0)
+}
+
+/// Why a message group is refused, if it is: empty, longer than
+/// `MESSAGE_GROUP_MAX_BYTES`, or holding a control character.
+pub fn invalid_message_group(group: &str) -> Option<String> {
+    if group.is_empty() {
+        return Some("the message group is empty".into());
+    }
+    if group.len() > MESSAGE_GROUP_MAX_BYTES {
+        return Some(format!(
+            "the message group is {} bytes, more than {MESSAGE_GROUP_MAX_BYTES}",
+            group.len()
+        ));
+    }
+    if group.chars().any(char::is_control) {
+        return Some("the message group holds a control character".into());
+    }
+    None
 }
 
 /// The value of property `name` in `properties`, if set (the first, if set twice).
@@ -131,5 +164,17 @@ mod tests {
         let properties = vec![(property::REASON.to_string(), "boom".to_string())];
         assert_eq!(property(&properties, property::REASON), Some("boom"));
         assert_eq!(property(&properties, property::DLQ_TIME), None);
+    }
+
+    #[test]
+    fn a_message_group_has_one_queue_and_bad_groups_are_named() {
+        // CRC32C("order-42") = 0xF2452E86, the example docs/PROTOCOL.md gives.
+        assert_eq!(crc32c::crc32c(b"order-42"), 0xF245_2E86);
+        assert_eq!(message_group_queue("order-42", 8), 6);
+        assert_eq!(message_group_queue("anything", 0), 0);
+        assert!(invalid_message_group("").is_some());
+        assert!(invalid_message_group(&"g".repeat(256)).is_some());
+        assert!(invalid_message_group("a\nb").is_some());
+        assert_eq!(invalid_message_group("order-42"), None);
     }
 }

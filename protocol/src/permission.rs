@@ -24,6 +24,7 @@ impl Kind {
             Kind::CreateTopic | Kind::AddQueues => "admin:create_topic",
             Kind::DeleteTopic => "admin:delete_topic",
             Kind::DeleteGroup => "group:commit",
+            Kind::GroupSettings => "group:consume to read, group:commit to change",
             Kind::ListTopics => "topic:describe (admin:describe to list every topic)",
             Kind::Stats => "admin:stats",
             Kind::MessageInfo => "admin:lookup",
@@ -55,6 +56,7 @@ impl Kind {
             | Kind::Brokers
             | Kind::TopicDeleted
             | Kind::GroupDeleted
+            | Kind::GroupSettingsResult
             | Kind::Error => return None,
         })
     }

@@ -171,6 +171,8 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::GetBrokers),
         (text(), any::<bool>()).prop_map(|(topic, force)| Request::DeleteTopic { topic, force }),
         (text(), any::<bool>()).prop_map(|(group, force)| Request::DeleteGroup { group, force }),
+        (text(), proptest::option::of(any::<bool>()))
+            .prop_map(|(group, ordered)| Request::GroupSettings { group, ordered }),
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::AddQueues(CreateTopicRequest { topic, queues })),
         (
@@ -389,6 +391,9 @@ fn response() -> impl Strategy<Value = Response> {
                 offsets,
                 members,
             })
+        }),
+        (text(), any::<bool>()).prop_map(|(group, ordered)| {
+            Response::GroupSettings(crate::GroupSettings { group, ordered })
         }),
         (text(), any::<u32>(), any::<(u64, u64)>(), any::<bool>()).prop_map(
             |(topic, queues, (messages, bytes), durable)| {

@@ -169,6 +169,12 @@ pub enum Request {
         group: String,
         force: bool,
     },
+    /// Reads a consumer group's settings (`ordered: None`) or sets them. A group never
+    /// set reads as the defaults (not ordered).
+    GroupSettings {
+        group: String,
+        ordered: Option<bool>,
+    },
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -230,6 +236,7 @@ impl Request {
             Request::GetBrokers => Kind::GetBrokers,
             Request::DeleteTopic { .. } => Kind::DeleteTopic,
             Request::DeleteGroup { .. } => Kind::DeleteGroup,
+            Request::GroupSettings { .. } => Kind::GroupSettings,
         }
     }
 
@@ -275,6 +282,16 @@ impl Request {
             Request::DeleteGroup { group, force } => {
                 put_str16(out, group);
                 out.put_u8(u8::from(*force));
+            }
+            Request::GroupSettings { group, ordered } => {
+                put_str16(out, group);
+                match ordered {
+                    None => out.put_u8(0),
+                    Some(ordered) => {
+                        out.put_u8(1);
+                        out.put_u8(u8::from(*ordered));
+                    }
+                }
             }
             Request::RegisterBroker(registration) => {
                 put_str16(out, &registration.broker_name);
@@ -426,6 +443,14 @@ impl Request {
                 group: reader.str16("group")?,
                 force: decode_force(&mut reader)?,
             },
+            Kind::GroupSettings => {
+                let group = reader.str16("group")?;
+                let ordered = match decode_flag(&mut reader, "change")? {
+                    false => None,
+                    true => Some(decode_flag(&mut reader, "ordered")?),
+                };
+                Request::GroupSettings { group, ordered }
+            }
             Kind::RegisterBroker => {
                 let broker_name = reader.str16("broker_name")?;
                 let broker_id = reader.u32("broker_id")?;
@@ -534,11 +559,19 @@ impl Request {
 
 /// A `force` byte: 0 or 1, anything else refused.
 fn decode_force(reader: &mut Reader<'_>) -> Result<bool, DecodeError> {
-    match reader.u8("force")? {
+    decode_flag(reader, "force")
+}
+
+/// A u8 that must be 0 (false) or 1 (true).
+pub(crate) fn decode_flag(
+    reader: &mut Reader<'_>,
+    field: &'static str,
+) -> Result<bool, DecodeError> {
+    match reader.u8(field)? {
         0 => Ok(false),
         1 => Ok(true),
         other => Err(DecodeError::InvalidValue {
-            field: "force",
+            field,
             value: u64::from(other),
         }),
     }

@@ -83,6 +83,15 @@ pub struct GroupDeleted {
     pub members: u32,
 }
 
+/// GROUP_SETTINGS_RESULT: a consumer group's settings (after the change, durable, when
+/// the request set them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupSettings {
+    pub group: String,
+    /// Members consume each queue in order, one message of a message group at a time.
+    pub ordered: bool,
+}
+
 /// TOPIC_DELETED: what a deletion removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDeleted {
@@ -236,6 +245,7 @@ pub enum Response {
     TopicStats(Vec<TopicStats>),
     TopicDeleted(TopicDeleted),
     GroupDeleted(GroupDeleted),
+    GroupSettings(GroupSettings),
     /// BROKERS: the name server's broker timeout (ms) and every broker it knows.
     Brokers {
         broker_timeout_ms: u64,
@@ -280,6 +290,7 @@ impl Response {
             Response::Brokers { .. } => Kind::Brokers,
             Response::TopicDeleted(_) => Kind::TopicDeleted,
             Response::GroupDeleted(_) => Kind::GroupDeleted,
+            Response::GroupSettings(_) => Kind::GroupSettingsResult,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -403,6 +414,10 @@ impl Response {
                 put_str16(out, &deleted.group);
                 out.put_u32_le(deleted.offsets);
                 out.put_u32_le(deleted.members);
+            }
+            Response::GroupSettings(settings) => {
+                put_str16(out, &settings.group);
+                out.put_u8(u8::from(settings.ordered));
             }
             Response::TopicDeleted(deleted) => {
                 put_str16(out, &deleted.topic);
@@ -656,6 +671,10 @@ impl Response {
                 group: reader.str16("group")?,
                 offsets: reader.u32("offsets")?,
                 members: reader.u32("members")?,
+            }),
+            Kind::GroupSettingsResult => Response::GroupSettings(GroupSettings {
+                group: reader.str16("group")?,
+                ordered: crate::request::decode_flag(&mut reader, "ordered")?,
             }),
             Kind::TopicDeleted => Response::TopicDeleted(TopicDeleted {
                 topic: reader.str16("topic")?,

@@ -62,6 +62,7 @@ impl Kind {
             Kind::OffsetForTime => Wait::IndexSearch,
             Kind::CommitOffset | Kind::GroupCommit => Wait::Metadata,
             Kind::CreateTopic | Kind::AddQueues | Kind::DeleteGroup => Wait::Metadata,
+            Kind::GroupSettings => Wait::Metadata,
             Kind::DeleteTopic => Wait::Deletion,
             Kind::Login | Kind::SecurityAdmin => Wait::SecurityThread,
             Kind::MessageInfo => Wait::LogScan,
@@ -87,6 +88,7 @@ impl Kind {
             | Kind::Brokers
             | Kind::TopicDeleted
             | Kind::GroupDeleted
+            | Kind::GroupSettingsResult
             | Kind::Error => return None,
         })
     }

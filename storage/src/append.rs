@@ -8,6 +8,7 @@ use crate::producers::{Producers, Seen, StoredAt};
 use crate::state::AppendState;
 use crate::store::Store;
 use crate::AppendError;
+use keel_protocol::names::{message_group_queue, property::MESSAGE_GROUP};
 use keel_protocol::{
     encode_record, validate_topic, Message, RecordMeta, QUEUE_ID_ANY, RECORD_FLAG_TOPIC_DELETED,
 };
@@ -334,9 +335,15 @@ impl Store {
             unreachable!("the topic was just created")
         };
         let queue_id = if message.queue_id == QUEUE_ID_ANY {
-            let queue_id = topic.next_queue % topic.queue_count().max(1);
-            topic.next_queue = topic.next_queue.wrapping_add(1);
-            queue_id
+            // A message group keeps one queue; the others take turns.
+            match keel_protocol::names::property(&message.properties, MESSAGE_GROUP) {
+                Some(group) => message_group_queue(group, topic.queue_count()),
+                None => {
+                    let queue_id = topic.next_queue % topic.queue_count().max(1);
+                    topic.next_queue = topic.next_queue.wrapping_add(1);
+                    queue_id
+                }
+            }
         } else {
             message.queue_id
         };

@@ -56,6 +56,7 @@ pub use config::{FlushMode, StoreConfig, DEFAULT_PAGE_CACHE_WINDOW_BYTES};
 pub use consume_queue::{IndexEntry, INDEX_ENTRY_LEN};
 pub use epochs::Epoch;
 pub use error::{AppendError, StoreError};
+pub use offsets::{GROUP_ORDERED, SETTINGS_TOPIC};
 pub use own_writes::OwnWrites;
 pub use read::{QueueRead, QueueStat, ReadStatus};
 pub use recovery::RecoveryReport;

@@ -8,6 +8,20 @@ use keel_protocol::{validate_topic, QUEUES_MAX};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// The pseudo-topic under which a group's settings are kept in the offsets table: the
+/// entry (`%SETTINGS%GROUP`, `%SETTINGS%`, 0) holds its flags.
+pub const SETTINGS_TOPIC: &str = "%SETTINGS%";
+/// Group flag: an ordered group (members consume each message group one at a time).
+pub const GROUP_ORDERED: u64 = 1;
+
+fn settings_key(group: &str) -> crate::meta::OffsetKey {
+    (
+        format!("{SETTINGS_TOPIC}{group}"),
+        SETTINGS_TOPIC.to_string(),
+        0,
+    )
+}
+
 impl Store {
     /// Creates a topic. Returns its queue count, whether it was created now, and the
     /// metadata version that must be persisted before the creation is durable.
@@ -118,10 +132,35 @@ impl Store {
         let removed = {
             let mut offsets = self.meta.lock_offsets();
             let before = offsets.len();
-            offsets.retain(|(name, _, _), _| name != group && *name != redrive);
+            let settings = settings_key(group);
+            offsets.retain(|key, _| key.0 != group && key.0 != redrive && *key != settings);
             before - offsets.len()
         };
         (u32::try_from(removed).unwrap_or(u32::MAX), self.meta.bump())
+    }
+
+    /// A consumer group's settings flags (`GROUP_ORDERED`, ...; 0 for a group never set).
+    pub fn group_flags(&self, group: &str) -> u64 {
+        self.meta
+            .lock_offsets()
+            .get(&settings_key(group))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sets a consumer group's settings flags. Returns the metadata version to wait for
+    /// before saying they are durable. They are kept with the committed offsets (same
+    /// file, same fsync, the same META frame to slaves, deleted with the group).
+    pub fn set_group_flags(&self, group: &str, flags: u64) -> Result<u64, StoreError> {
+        validate_topic(group)
+            .map_err(|detail| StoreError::InvalidTopic(format!("invalid group name: {detail}")))?;
+        let mut offsets = self.meta.lock_offsets();
+        match flags {
+            0 => offsets.remove(&settings_key(group)),
+            flags => offsets.insert(settings_key(group), flags),
+        };
+        drop(offsets);
+        Ok(self.meta.bump())
     }
 
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {

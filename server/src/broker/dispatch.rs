@@ -23,6 +23,9 @@ impl Shard {
             Request::CreateTopic(create) => admin::on_create_topic(self, to, create),
             Request::AddQueues(grow) => admin::on_add_queues(self, to, grow),
             Request::DeleteTopic { topic, force } => admin::on_delete_topic(self, to, topic, force),
+            Request::GroupSettings { group, ordered } => {
+                group::on_group_settings(self, to, &group, ordered)
+            }
             Request::DeleteGroup { group, force } => {
                 group::on_delete_group(self, to, &group, force)
             }

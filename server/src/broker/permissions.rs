@@ -86,6 +86,10 @@ pub fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::DeleteTopic { .. } => vec![need(Admin, "*", DeleteTopic)],
         // Whoever may commit a group's offsets may reset them: deleting them is that.
         Request::DeleteGroup { group, .. } => vec![group_need(group, Commit)],
+        Request::GroupSettings { group, ordered } => match ordered {
+            None => vec![group_need(group, Consume)],
+            Some(_) => vec![group_need(group, Commit)],
+        },
         Request::ListTopics(list) if list.topic.is_empty() => vec![need(Admin, "*", Describe)],
         Request::ListTopics(list) => vec![topic_need(&list.topic, Describe)],
         Request::Stats => vec![need(Admin, "*", Stats)],

@@ -246,6 +246,8 @@ impl Broker {
         self.store
             .consumer_offsets()
             .into_iter()
+            // A group's settings are kept with the offsets; they are not a position.
+            .filter(|(_, topic, _, _)| topic != keel_storage::SETTINGS_TOPIC)
             .map(|(group, topic, queue, committed)| {
                 let end = offsets
                     .iter()

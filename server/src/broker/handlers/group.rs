@@ -9,8 +9,10 @@ use crate::error::Refusal;
 use keel_protocol::names::property;
 use keel_protocol::{
     dlq_topic, message_id, now_ms, retry_topic, validate_topic, Assignment, CommitOffsetRequest,
-    ErrorCode, GroupCommitRequest, HeartbeatRequest, Response, SendBackRequest, QUEUE_ID_ANY,
+    ErrorCode, GroupCommitRequest, GroupSettings, HeartbeatRequest, Response, SendBackRequest,
+    QUEUE_ID_ANY,
 };
+use keel_storage::GROUP_ORDERED;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -102,6 +104,46 @@ pub(crate) fn on_delete_group(shard: &mut Shard, to: ReplyTo, group: &str, force
         members: u32::try_from(members).unwrap_or(u32::MAX),
     };
     shard.expect_meta(to, version, Response::GroupDeleted(deleted));
+}
+
+/// GROUP_SETTINGS: a group's settings, read (answered at once) or changed (answered
+/// once the offsets file holding them is durable; they reach slaves with the offsets).
+pub(crate) fn on_group_settings(
+    shard: &mut Shard,
+    to: ReplyTo,
+    group: &str,
+    ordered: Option<bool>,
+) {
+    if let Some(refusal) = invalid_group(group) {
+        return shard.reply(to, refusal.response());
+    }
+    let store = &shard.broker.store;
+    let Some(ordered) = ordered else {
+        let settings = GroupSettings {
+            group: group.to_string(),
+            ordered: store.group_flags(group) & GROUP_ORDERED != 0,
+        };
+        return shard.reply(to, Response::GroupSettings(settings));
+    };
+    if let Some(refusal) = send::not_master(shard) {
+        return shard.reply(to, refusal.response());
+    }
+    let store = &shard.broker.store;
+    let flags = match ordered {
+        true => store.group_flags(group) | GROUP_ORDERED,
+        false => store.group_flags(group) & !GROUP_ORDERED,
+    };
+    match store.set_group_flags(group, flags) {
+        Ok(version) => {
+            log::info!("group {group}: ordered = {ordered}");
+            let settings = GroupSettings {
+                group: group.to_string(),
+                ordered,
+            };
+            shard.expect_meta(to, version, Response::GroupSettings(settings));
+        }
+        Err(error) => shard.reply(to, Refusal::from(error).response()),
+    }
 }
 
 pub(crate) fn on_group_commit(shard: &mut Shard, to: ReplyTo, commit: GroupCommitRequest) {

@@ -265,6 +265,11 @@ fn refusal(shard: &Shard, messages: &[Message], batch: bool) -> Option<Refusal> 
                 which(),
                 message.producer_id
             )))
+        } else if let Some(detail) = message
+            .property(property::MESSAGE_GROUP)
+            .and_then(keel_protocol::names::invalid_message_group)
+        {
+            Some(Refusal::invalid(format!("{}{detail}", which())))
         } else if message.flags != 0 {
             Some(Refusal::invalid(format!(
                 "{}flags is 0x{:08X}; every flag bit is reserved and must be 0",
