@@ -40,6 +40,18 @@ pub(crate) enum GroupCommand {
         #[arg(short, long)]
         group: String,
     },
+    /// Create a group with its settings, or change them (durably, on the master):
+    /// `--ordered` makes its members consume each message group one message at a time,
+    /// in the order stored; `--ordered=false` back to concurrent. Running members take
+    /// the change at their next heartbeat (they let their queues go and take them again).
+    Create {
+        /// The consumer group.
+        #[arg(short, long)]
+        group: String,
+        /// Ordered consumption (by message group).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        ordered: Option<bool>,
+    },
     /// Delete a group: its committed offsets on every topic (durably) and its members.
     /// Refused while it has live members unless --force (members that go on running
     /// join again and commit again). Its retry and dead-letter topics stay.
@@ -427,6 +439,11 @@ pub(crate) struct SubscribeArgs {
     /// committed past the last one handled.
     #[arg(long)]
     pub(crate) count: Option<u64>,
+    /// Consume in order: each message group one message at a time, in the order
+    /// stored. Marks the group ordered first if it is not (`keel group create
+    /// --ordered`), which needs group:commit.
+    #[arg(long)]
+    pub(crate) ordered: bool,
     #[command(flatten)]
     pub(crate) format: PayloadFormat,
 }

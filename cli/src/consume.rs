@@ -11,6 +11,7 @@ use crate::output::PayloadFormat;
 use crate::prelude::*;
 use crate::security::Target;
 use crate::signals;
+use crate::SubscribeArgs;
 
 /// What `keel consume` reads, from where, and whether it commits.
 pub(crate) struct ConsumeShape<'a> {
@@ -170,20 +171,28 @@ fn print_record(record: &Record, format: PayloadFormat, quiet: bool) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn subscribe(
-    broker: &Target,
-    topic: &str,
-    group: &str,
-    from: &str,
-    tag_filter: Option<String>,
-    threads: usize,
-    session_timeout_ms: u64,
-    max_reconsume_times: u32,
-    count: Option<u64>,
-    format: PayloadFormat,
-) -> Result<ExitCode, ClientError> {
-    let start_from = start_from(from)?;
+pub(crate) fn subscribe(broker: &Target, args: SubscribeArgs) -> Result<ExitCode, ClientError> {
+    let SubscribeArgs {
+        topic,
+        group,
+        from,
+        tag_filter,
+        threads,
+        session_timeout_ms,
+        max_reconsume_times,
+        count,
+        ordered,
+        format,
+    } = args;
+    let (topic, group) = (topic.as_str(), group.as_str());
+    let start_from = start_from(&from)?;
+    if ordered {
+        let admin = broker.admin()?;
+        if !admin.group_settings(group, None)?.ordered {
+            admin.group_settings(group, Some(true))?;
+            eprintln!("keel subscribe: group {group} is now ordered");
+        }
+    }
     signals::install();
     let options = PushConsumerOptions {
         threads,

@@ -33,9 +33,26 @@ pub(crate) fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, 
         GroupCommand::List => (None, false),
         GroupCommand::Describe { group } => (Some(group.as_str()), true),
         GroupCommand::Delete { group, force } => return delete_group(broker, group, *force),
+        GroupCommand::Create { group, ordered } => {
+            return create_group(broker, group, ordered.unwrap_or(false))
+        }
     };
     let admin = broker.admin()?;
     let groups = admin.list_groups(filter)?;
+    let ordered = match filter {
+        Some(group) => admin.group_settings(group, None)?.ordered,
+        None => false,
+    };
+    if describe && ordered && groups.is_empty() {
+        let group = filter.unwrap_or_default();
+        match json() {
+            true => {
+                print_json(&serde_json::json!({ "group": group, "ordered": true, "groups": [] }))
+            }
+            false => println!("group {group}: ordered; no live member, no committed offset yet"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if describe && groups.is_empty() {
         return Err(ClientError::InvalidArgument(format!(
             "this broker knows no group {:?} (no live member, no committed offset)",
@@ -52,8 +69,14 @@ pub(crate) fn group(broker: &Target, command: GroupCommand) -> Result<ExitCode, 
         waits.push(each);
     }
     if json() {
-        print_groups_json(&groups, &waits);
+        print_groups_json(&groups, &waits, filter.map(|_| ordered));
     } else if describe {
+        if ordered {
+            println!(
+                "group {}: ordered (by message group)",
+                filter.unwrap_or_default()
+            );
+        }
         print_group_details(&groups, &waits);
     } else {
         print_group_table(&groups, &waits);
@@ -75,7 +98,32 @@ fn oldest(waits: &[f64]) -> f64 {
     waits.iter().copied().fold(0.0, f64::max)
 }
 
-fn print_groups_json(groups: &[keel_protocol::GroupInfo], waits: &[Vec<f64>]) {
+/// `keel group create`: the group's settings, durable on the master when answered.
+fn create_group(broker: &Target, group: &str, ordered: bool) -> Result<ExitCode, ClientError> {
+    let settings = broker.admin()?.group_settings(group, Some(ordered))?;
+    if json() {
+        print_json(&serde_json::json!({
+            "group": settings.group, "ordered": settings.ordered,
+        }));
+    } else {
+        println!(
+            "group {}: {}",
+            settings.group,
+            match settings.ordered {
+                true => "ordered (each message group one message at a time, in order)",
+                false => "concurrent (not ordered)",
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ordered`: the group's setting, for `describe`; `None` for `list`.
+fn print_groups_json(
+    groups: &[keel_protocol::GroupInfo],
+    waits: &[Vec<f64>],
+    ordered: Option<bool>,
+) {
     let groups: Vec<serde_json::Value> = groups
         .iter()
         .zip(waits)
@@ -97,7 +145,10 @@ fn print_groups_json(groups: &[keel_protocol::GroupInfo], waits: &[Vec<f64>]) {
             })
         })
         .collect();
-    print_json(&serde_json::json!({ "groups": groups }));
+    match ordered {
+        Some(ordered) => print_json(&serde_json::json!({ "ordered": ordered, "groups": groups })),
+        None => print_json(&serde_json::json!({ "groups": groups })),
+    }
 }
 
 fn print_group_details(groups: &[keel_protocol::GroupInfo], waits: &[Vec<f64>]) {

@@ -176,29 +176,7 @@ fn run_consume(target: &security::Target, args: ConsumeArgs) -> Result<ExitCode,
 }
 
 fn run_subscribe(target: &security::Target, args: SubscribeArgs) -> Result<ExitCode, ClientError> {
-    let SubscribeArgs {
-        topic,
-        group,
-        from,
-        tag_filter,
-        threads,
-        session_timeout_ms,
-        max_reconsume_times,
-        count,
-        format,
-    } = args;
-    subscribe(
-        target,
-        &topic,
-        &group,
-        &from,
-        tag_filter,
-        threads,
-        session_timeout_ms,
-        max_reconsume_times,
-        count,
-        format,
-    )
+    subscribe(target, args)
 }
 
 #[cfg(test)]

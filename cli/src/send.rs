@@ -44,6 +44,11 @@ pub(crate) struct SendArgs {
     /// Queue to send to; by default the broker picks round-robin.
     #[arg(long)]
     queue: Option<u32>,
+    /// Put each message in this message group: the group's messages go to one queue
+    /// (unless --queue says which) and an ordered consumer group handles them one at a
+    /// time, in the order stored. Needs --mode sync, which sends them in order.
+    #[arg(long, value_name = "GROUP")]
+    message_group: Option<String>,
     /// Deliver each message this long after it is sent (250ms, 30s, 15m, 2h, 7d): the
     /// broker stores it at once and hands it to consumers from then on (at most its
     /// max_delay_ms ahead).
@@ -225,6 +230,20 @@ fn check(args: &SendArgs) -> Result<(), ClientError> {
             "--window takes 1 or more".into(),
         ));
     }
+    if let Some(group) = &args.message_group {
+        if let Some(detail) = keel_protocol::names::invalid_message_group(group) {
+            return Err(ClientError::InvalidArgument(format!(
+                "--message-group: {detail}"
+            )));
+        }
+        if mode != Mode::Sync {
+            return Err(ClientError::InvalidArgument(
+                "--message-group needs --mode sync: an asynchronous send retried after a \
+                 later one was stored would break the group's order"
+                    .into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -342,6 +361,9 @@ impl Sender<'_> {
         }
         if let Some(queue) = out.queue.or(args.queue) {
             message = message.with_queue(queue);
+        }
+        if let Some(group) = &args.message_group {
+            message = message.with_message_group(group.clone());
         }
         match (args.delay, args.deliver_at) {
             (Some(delay), _) => message.with_delay(delay),

@@ -166,6 +166,23 @@ impl Admin {
         }
     }
 
+    /// A consumer group's settings (`ordered: None`), or sets them durably (on the
+    /// master; they reach its slaves with the committed offsets).
+    pub fn group_settings(
+        &self,
+        group: &str,
+        ordered: Option<bool>,
+    ) -> Result<keel_protocol::GroupSettings, ClientError> {
+        let request = Request::GroupSettings {
+            group: group.to_string(),
+            ordered,
+        };
+        match self.call(request)? {
+            Response::GroupSettings(settings) => Ok(settings),
+            other => Err(unexpected(&other, "GROUP_SETTINGS")),
+        }
+    }
+
     /// Each queue's range and size, and what each topic took in over the broker's last
     /// minute (`topic`, or every topic when `None`).
     pub fn topic_stats(

@@ -405,9 +405,45 @@ pub(crate) fn pick(
     Some(chosen)
 }
 
+/// The one (master, queue) a message group goes to: CRC32C of the group over every
+/// master's queues, in broker-name order. Order comes before availability: a master
+/// that fails is retried (its slave takes over under the same name), never swapped for
+/// another, where the group's next messages would overtake the ones waiting.
+pub(crate) fn pick_for_group(masters: &[MasterRoute], group: &str) -> Option<(usize, Option<u32>)> {
+    let mut by_name: Vec<usize> = (0..masters.len()).collect();
+    by_name.sort_by(|a, b| masters[*a].broker_name.cmp(&masters[*b].broker_name));
+    let slots: Vec<(usize, Option<u32>)> = by_name
+        .into_iter()
+        .flat_map(|index| {
+            let queues: Vec<Option<u32>> = match masters[index].queues {
+                0 => vec![None],
+                count => (0..count).map(Some).collect(),
+            };
+            queues.into_iter().map(move |queue| (index, queue))
+        })
+        .collect();
+    let count = u32::try_from(slots.len()).ok().filter(|count| *count > 0)?;
+    let slot = keel_protocol::names::message_group_queue(group, count);
+    slots.get(slot as usize).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_group_always_goes_to_the_same_master_and_queue() {
+        let masters = masters();
+        let first = pick_for_group(&masters, "order-42").unwrap();
+        for _ in 0..4 {
+            assert_eq!(pick_for_group(&masters, "order-42"), Some(first));
+        }
+        // Over the 4 slots (a/0, a/1, b/0, b/1): CRC32C("order-42") % 4 = 2.
+        assert_eq!(first, (1, Some(0)));
+        let mut reversed = masters.clone();
+        reversed.reverse();
+        assert_eq!(pick_for_group(&reversed, "order-42"), Some((0, Some(0))));
+    }
 
     fn masters() -> Vec<MasterRoute> {
         vec![

@@ -2,7 +2,7 @@
 //! made outside the table's lock) and the choice of broker and queue for each attempt.
 
 use crate::connection::{Connection, ConnectionOptions};
-use crate::routing::{pick, FaultTracker, Router};
+use crate::routing::{pick, pick_for_group, FaultTracker, Router};
 use crate::{ClientError, Endpoint};
 use keel_protocol::{Message, Request, SendResult, QUEUE_ID_ANY};
 use std::collections::HashMap;
@@ -259,10 +259,14 @@ impl Producer {
                 other => ClientError::NoRoute(format!("asking the name servers: {other}")),
             })?;
         let avoid = self.inner.options.fault_avoidance;
-        let (index, queue) = pick(&masters, &self.inner.cursor, last_failed, |address| {
-            !avoid || self.inner.faults.available(address)
-        })
-        .ok_or_else(|| ClientError::NoRoute(format!("no master for topic {topic:?}")))?;
+        let picked = match message_group_of(request) {
+            Some(group) => pick_for_group(&masters, group),
+            None => pick(&masters, &self.inner.cursor, last_failed, |address| {
+                !avoid || self.inner.faults.available(address)
+            }),
+        };
+        let (index, queue) =
+            picked.ok_or_else(|| ClientError::NoRoute(format!("no master for topic {topic:?}")))?;
         let endpoint = masters
             .get(index)
             .map(|master| master.endpoint.clone())
@@ -275,6 +279,15 @@ impl Producer {
         if let Target::NameServers(router) = &self.inner.target {
             router.invalidate(topic_of(request));
         }
+    }
+}
+
+/// The message group of a SEND, or of a SEND_BATCH's first message.
+pub(crate) fn message_group_of(request: &Request) -> Option<&str> {
+    match request {
+        Request::Send(message) => message.message_group(),
+        Request::SendBatch(messages) => messages.first()?.message_group(),
+        _ => None,
     }
 }
 

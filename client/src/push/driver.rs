@@ -1,6 +1,8 @@
 //! The consumer's driver thread: its state, its loop, and the way out.
 
-use super::model::{Event, Job, PushConsumerOptions, PushStats, QueueKey, QueueState, Revoked};
+use super::model::{
+    Delivery, Event, Job, PushConsumerOptions, PushStats, QueueKey, QueueState, Revoked,
+};
 use crate::connection::Connection;
 use crate::ClientError;
 use keel_protocol::{Request, Response};
@@ -37,6 +39,10 @@ pub(super) struct Driver {
     /// with each failure up to `RECONNECT_MAX` and is reset by a success.
     pub(super) reconnect_due: Instant,
     pub(super) reconnect_delay: Duration,
+    /// The group is ordered (its GROUP_SETTINGS, read with each heartbeat).
+    pub(super) ordered: bool,
+    /// Ordered groups: failed messages waiting to be handled again, and when.
+    pub(super) retries: Vec<(Instant, QueueKey, Box<Delivery>)>,
 }
 
 /// The first and the longest wait between reconnects.
@@ -66,6 +72,7 @@ impl Driver {
                 self.commit_all_async();
             }
             self.pull_ready();
+            self.run_due_retries();
             let wait = self
                 .heartbeat_due
                 .min(self.commit_due)
@@ -115,13 +122,18 @@ impl Driver {
         match event {
             Event::Pulled(key, from, outcome) => self.on_pulled(key, from, outcome),
             Event::Committed(key, point, outcome) => self.on_committed(key, point, outcome),
+            Event::CaughtUp(key, group, from, outcome) => {
+                self.on_caught_up(key, group, from, outcome)
+            }
             Event::Skipped(key, offset) => {
                 if let Some(queue) = self.queues.get_mut(&key) {
                     queue.in_flight.remove(&offset);
                     queue.skipped.insert(offset);
                 }
+                self.free_line(key, offset);
                 self.release_revoked();
             }
+            Event::NotStarted(key, delivery) => self.not_started(key, delivery),
             Event::Handled(key, delivery, outcome) => self.on_handled(key, delivery, outcome),
             Event::SentBack(key, delivery, outcome) => self.on_sent_back(key, delivery, outcome),
         }

@@ -156,15 +156,32 @@ impl Driver {
                 self.stats.filtered.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            queue.in_flight.insert(record.queue_offset);
+            // Fetched again after a queue was kept (`set_revoked`): a message still
+            // with a worker is not handed out twice.
+            let Some(queue) = self.queues.get_mut(&key) else {
+                return;
+            };
+            if queue.in_flight.contains(&record.queue_offset) {
+                continue;
+            }
             let delivery = delivery_of(record, &self.topics[0]);
             if delivery.reconsume_times > 0 {
                 self.stats.redeliveries.fetch_add(1, Ordering::Relaxed);
             }
+            if queue.ordered {
+                self.accept_ordered(key, delivery);
+                continue;
+            }
+            queue.in_flight.insert(delivery.record.queue_offset);
             if let Some(jobs) = &self.jobs {
-                let _ = jobs.send(Job { key, delivery });
+                let _ = jobs.send(Job {
+                    key,
+                    delivery,
+                    not_after: None,
+                });
             }
         }
+        self.dispatch_ordered(key);
         if let Some((queue_offset, detail)) = damaged {
             // Not handed over and not skipped: the queue stops before it and the pull
             // is retried (a network error heals; damage on disk needs an operator).

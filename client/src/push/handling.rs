@@ -83,6 +83,19 @@ pub(super) fn work<F, R>(
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .contains(&job.key);
+        if !skip
+            && job
+                .not_after
+                .is_some_and(|end| std::time::Instant::now() >= end)
+        {
+            if events
+                .send(Event::NotStarted(job.key, Box::new(job.delivery)))
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         // Unhandled either way: never finished, so never committed past.
         if skip || !take_ticket(tickets) {
             let offset = job.delivery.record.queue_offset;
@@ -124,6 +137,11 @@ impl Driver {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
                 self.finish_message(key, queue_offset);
             }
+            ConsumeResult::ReconsumeLater(reason)
+                if self.queues.get(&key).is_some_and(|queue| queue.ordered) =>
+            {
+                self.retry_ordered(key, delivery, reason)
+            }
             ConsumeResult::ReconsumeLater(reason) => self.send_back(key, delivery, reason),
         }
     }
@@ -132,6 +150,7 @@ impl Driver {
         if let Some(queue) = self.queues.get_mut(&key) {
             queue.in_flight.remove(&queue_offset);
         }
+        self.free_line(key, queue_offset);
         if self.queues.get(&key).is_some_and(|q| q.revoked) {
             self.release_revoked();
         }
@@ -187,6 +206,7 @@ impl Driver {
                         let _ = jobs.send(Job {
                             key,
                             delivery: *delivery,
+                            not_after: None,
                         });
                     }
                 });

@@ -32,7 +32,10 @@ pub(super) fn connect_first(
 impl Driver {
     /// Heartbeats each topic; takes up granted queues, lets go of revoked ones.
     pub(super) fn heartbeat(&mut self) -> Result<(), ClientError> {
+        self.read_settings()?;
+        let lease = self.options.session_timeout * 3 / 4;
         for topic_index in 0..self.topics.len() {
+            let sent = Instant::now();
             let owned: Vec<u32> = self
                 .queues
                 .keys()
@@ -75,27 +78,60 @@ impl Driver {
             for queue_id in granted {
                 let key = (topic_index, queue_id);
                 match self.queues.get(&key) {
+                    // Let go to be taken again in the group's new mode.
+                    Some(queue) if queue.ordered != self.ordered => {}
                     Some(_) => self.set_revoked(key, false),
                     None => {
                         let start = self.start_offset(topic_index, queue_id)?;
-                        self.queues.insert(
-                            key,
-                            QueueState {
-                                next_pull: start,
-                                in_flight: BTreeSet::new(),
-                                skipped: BTreeSet::new(),
-                                pulling: false,
-                                revoked: false,
-                                committed: None,
-                                committing: None,
-                                paused_until: None,
-                            },
-                        );
+                        self.queues
+                            .insert(key, QueueState::new(start, self.ordered));
                     }
                 }
+                if let Some(queue) = self.queues.get_mut(&key) {
+                    queue.lease_until = sent + lease;
+                }
+                self.dispatch_ordered(key);
             }
         }
         self.release_revoked();
+        Ok(())
+    }
+
+    /// Whether the group is ordered, as the broker says now. A change lets every
+    /// queue go (what is with the workers finishes and is committed) to be taken again
+    /// in the new mode. Not knowing fails the heartbeat: a member that cannot tell
+    /// whether its group is ordered takes no queue.
+    fn read_settings(&mut self) -> Result<(), ClientError> {
+        let request = Request::GroupSettings {
+            group: self.group.clone(),
+            ordered: None,
+        };
+        let settings = match self.call(request)? {
+            Response::GroupSettings(settings) => settings,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "{} in reply to GROUP_SETTINGS",
+                    other.kind().name()
+                )))
+            }
+        };
+        if settings.ordered != self.ordered {
+            log::info!(
+                "consumer {}: group {} is {}",
+                self.member_id,
+                self.group,
+                if settings.ordered {
+                    "ordered"
+                } else {
+                    "no longer ordered"
+                }
+            );
+            self.ordered = settings.ordered;
+            let keys: Vec<QueueKey> = self.queues.keys().copied().collect();
+            for key in keys {
+                self.set_revoked(key, true);
+            }
+        }
         Ok(())
     }
 
@@ -108,6 +144,12 @@ impl Driver {
             return;
         }
         queue.revoked = revoked;
+        if revoked {
+            self.let_go_of_lines(key);
+        }
+        let Some(queue) = self.queues.get_mut(&key) else {
+            return;
+        };
         if !revoked && !queue.skipped.is_empty() {
             // Kept after all: fetch the skipped messages again (and what followed them).
             queue.next_pull = queue.commit_point();

@@ -33,6 +33,7 @@ mod handling;
 mod membership;
 mod model;
 mod offsets;
+mod ordered;
 
 use crate::{ClientError, Endpoint};
 pub use discovery::{DiscoveringPushConsumer, DiscoveryOptions};
@@ -134,6 +135,8 @@ impl PushConsumer {
             stats: stats.clone(),
             heartbeat_due: Instant::now(),
             commit_due: Instant::now(),
+            ordered: false,
+            retries: Vec::new(),
         };
         let driver = std::thread::Builder::new()
             .name("keel-consumer".into())

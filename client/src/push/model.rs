@@ -76,6 +76,15 @@ pub struct PushConsumerOptions {
     /// after the switch back (at least once).
     pub fallback_brokers: Vec<String>,
     pub primary_retry: Duration,
+    /// In an ordered group (`keel group create --ordered`): how many fetched messages
+    /// of one message group are kept waiting behind the one being handled. Beyond it
+    /// the group's messages are left on the broker and fetched again when it moves on,
+    /// so a stuck message group holds at most this many places of its queue's window.
+    pub max_buffered_per_message_group: usize,
+    /// In an ordered group: how long a failed message waits before it is handled again
+    /// (in place: no later message of its group overtakes it). After
+    /// `max_reconsume_times` failures it goes to the dead-letter topic.
+    pub ordered_retry_delay: Duration,
     /// Run the handler for at most this many messages, then for no more: messages
     /// fetched after that are left unhandled and uncommitted, for the group to consume
     /// later (for tools that take N messages and stop). `None`: no limit.
@@ -100,6 +109,8 @@ impl Default for PushConsumerOptions {
             connection: ConnectionOptions::default(),
             fallback_brokers: Vec::new(),
             primary_retry: Duration::from_secs(10),
+            max_buffered_per_message_group: 64,
+            ordered_retry_delay: Duration::from_secs(1),
             max_messages: None,
         }
     }
@@ -125,6 +136,11 @@ pub struct PushStats {
     pub sent_back: AtomicU64,
     pub redeliveries: AtomicU64,
     pub filtered: AtomicU64,
+    /// Ordered groups: failed messages handled again in place.
+    pub ordered_retries: AtomicU64,
+    /// Ordered groups: times a message group had `max_buffered_per_message_group`
+    /// messages waiting and its next ones were left on the broker for later.
+    pub message_groups_parked: AtomicU64,
     /// The consumer is not connected to its broker (it is down, or the consumer reads
     /// a fallback slave meanwhile): a `DiscoveringPushConsumer` asks the name servers
     /// for the group's new master at once.
@@ -149,8 +165,12 @@ pub(crate) type QueueKey = (usize, u32);
 
 pub(crate) enum Event {
     Pulled(QueueKey, u64, Result<Response, ClientError>),
+    /// A pull for one parked message group (ordered groups): from which offset.
+    CaughtUp(QueueKey, String, u64, Result<Response, ClientError>),
     /// A worker did not run a job because its queue was taken away meanwhile.
     Skipped(QueueKey, u64),
+    /// A worker did not start a job of an ordered group: the lease had ended.
+    NotStarted(QueueKey, Box<Delivery>),
     Committed(QueueKey, u64, Result<Response, ClientError>),
     Handled(QueueKey, Box<Delivery>, ConsumeResult),
     SentBack(QueueKey, Box<Delivery>, Result<Response, ClientError>),
@@ -159,6 +179,9 @@ pub(crate) enum Event {
 pub(crate) struct Job {
     pub(crate) key: QueueKey,
     pub(crate) delivery: Delivery,
+    /// Ordered groups: the member's lease on the queue ends then; a job not started by
+    /// then is skipped (the broker may have given the queue away).
+    pub(crate) not_after: Option<Instant>,
 }
 
 /// Queues taken away from this member: workers skip their jobs.
@@ -178,15 +201,67 @@ pub(crate) struct QueueState {
     /// A commit of this offset is on its way.
     pub(crate) committing: Option<u64>,
     pub(crate) paused_until: Option<Instant>,
+    /// Until when this member may start messages of the queue: the last heartbeat that
+    /// granted it was sent then plus 3/4 of the session timeout (the broker gives the
+    /// queue away only a whole timeout after it received that heartbeat).
+    pub(crate) lease_until: Instant,
+    /// Consumed in order (the group was ordered when the member took the queue; a
+    /// change lets the queue go and takes it again in the new mode).
+    pub(crate) ordered: bool,
+    /// Ordered groups: each message group's line (empty otherwise).
+    pub(crate) lines: std::collections::HashMap<String, Line>,
+    /// Ordered groups: offset -> message group of each message handed to a worker.
+    pub(crate) dispatched: std::collections::HashMap<u64, String>,
+}
+
+/// One message group of a queue in an ordered consumer group.
+#[derive(Default)]
+pub(crate) struct Line {
+    /// A message of the group is with a worker (or waits for its retry): the next one
+    /// waits.
+    pub(crate) busy: bool,
+    /// Fetched messages of the group, in queue order, waiting their turn.
+    pub(crate) waiting: std::collections::VecDeque<Delivery>,
+    /// The group's messages from this offset on were left on the broker (the line was
+    /// full): fetched again by the group's own pulls before it rejoins the queue's.
+    pub(crate) parked_from: Option<u64>,
+    /// A pull of the parked group is on its way.
+    pub(crate) catching_up: bool,
+}
+
+impl Line {
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.busy && self.waiting.is_empty() && self.parked_from.is_none()
+    }
 }
 
 impl QueueState {
+    pub(crate) fn new(next_pull: u64, ordered: bool) -> QueueState {
+        QueueState {
+            ordered,
+            next_pull,
+            in_flight: BTreeSet::new(),
+            skipped: BTreeSet::new(),
+            pulling: false,
+            revoked: false,
+            committed: None,
+            committing: None,
+            paused_until: None,
+            lease_until: Instant::now(),
+            lines: std::collections::HashMap::new(),
+            dispatched: std::collections::HashMap::new(),
+        }
+    }
+
     pub(crate) fn commit_point(&self) -> u64 {
+        let parked = self.lines.values().filter_map(|line| line.parked_from);
         let unfinished = self
             .in_flight
             .first()
             .into_iter()
-            .chain(self.skipped.first());
-        unfinished.copied().min().unwrap_or(self.next_pull)
+            .chain(self.skipped.first())
+            .copied()
+            .chain(parked);
+        unfinished.min().unwrap_or(self.next_pull)
     }
 }
