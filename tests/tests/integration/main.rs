@@ -15,6 +15,7 @@ mod groups;
 mod hardening;
 mod harness;
 mod idempotence;
+mod ordered;
 mod python_client;
 mod resources;
 mod retention;

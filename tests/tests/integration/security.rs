@@ -326,6 +326,10 @@ fn one_of_each_kind() -> Vec<Request> {
             group: "g".into(),
             force: true,
         },
+        Request::GroupSettings {
+            group: "g".into(),
+            ordered: Some(true),
+        },
         Request::SecurityAdmin(keel_protocol::SecretText(
             SecurityCommand::UserList.to_json(),
         )),
