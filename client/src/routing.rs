@@ -379,17 +379,7 @@ pub(crate) fn pick(
     last_failed: Option<SocketAddr>,
     available: impl Fn(SocketAddr) -> bool,
 ) -> Option<(usize, Option<u32>)> {
-    let slots: Vec<(usize, Option<u32>)> = masters
-        .iter()
-        .enumerate()
-        .flat_map(|(index, master)| {
-            let queues: Vec<Option<u32>> = match master.queues {
-                0 => vec![None],
-                count => (0..count).map(Some).collect(),
-            };
-            queues.into_iter().map(move |queue| (index, queue))
-        })
-        .collect();
+    let slots = slots(masters, 0..masters.len());
     if slots.is_empty() {
         return None;
     }
@@ -405,14 +395,13 @@ pub(crate) fn pick(
     Some(chosen)
 }
 
-/// The one (master, queue) a message group goes to: CRC32C of the group over every
-/// master's queues, in broker-name order. Order comes before availability: a master
-/// that fails is retried (its slave takes over under the same name), never swapped for
-/// another, where the group's next messages would overtake the ones waiting.
-pub(crate) fn pick_for_group(masters: &[MasterRoute], group: &str) -> Option<(usize, Option<u32>)> {
-    let mut by_name: Vec<usize> = (0..masters.len()).collect();
-    by_name.sort_by(|a, b| masters[*a].broker_name.cmp(&masters[*b].broker_name));
-    let slots: Vec<(usize, Option<u32>)> = by_name
+/// Every (master index, queue) of the masters `order` lists, in that order (`None`: a
+/// master that did not say its queue count; the broker picks).
+fn slots(
+    masters: &[MasterRoute],
+    order: impl IntoIterator<Item = usize>,
+) -> Vec<(usize, Option<u32>)> {
+    order
         .into_iter()
         .flat_map(|index| {
             let queues: Vec<Option<u32>> = match masters[index].queues {
@@ -421,7 +410,17 @@ pub(crate) fn pick_for_group(masters: &[MasterRoute], group: &str) -> Option<(us
             };
             queues.into_iter().map(move |queue| (index, queue))
         })
-        .collect();
+        .collect()
+}
+
+/// The one (master, queue) a message group goes to: CRC32C of the group over every
+/// master's queues, in broker-name order. Order comes before availability: a master
+/// that fails is retried (its slave takes over under the same name), never swapped for
+/// another, where the group's next messages would overtake the ones waiting.
+pub(crate) fn pick_for_group(masters: &[MasterRoute], group: &str) -> Option<(usize, Option<u32>)> {
+    let mut by_name: Vec<usize> = (0..masters.len()).collect();
+    by_name.sort_by(|a, b| masters[*a].broker_name.cmp(&masters[*b].broker_name));
+    let slots = slots(masters, by_name);
     let count = u32::try_from(slots.len()).ok().filter(|count| *count > 0)?;
     let slot = keel_protocol::names::message_group_queue(group, count);
     slots.get(slot as usize).copied()
