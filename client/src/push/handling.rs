@@ -137,8 +137,13 @@ impl Driver {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
                 self.finish_message(key, queue_offset);
             }
+            // A queue already forgotten (NOT_OWNER) of an ordered group: not sent
+            // back, where it would come after its group's later messages.
             ConsumeResult::ReconsumeLater(reason)
-                if self.queues.get(&key).is_some_and(|queue| queue.ordered) =>
+                if self
+                    .queues
+                    .get(&key)
+                    .map_or(self.ordered, |queue| queue.ordered) =>
             {
                 self.retry_ordered(key, delivery, reason)
             }

@@ -12,7 +12,7 @@ use keel_protocol::{
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Connects to the first address that answers; returns it and its index.
 pub(super) fn connect_first(
@@ -33,7 +33,8 @@ impl Driver {
     /// Heartbeats each topic; takes up granted queues, lets go of revoked ones.
     pub(super) fn heartbeat(&mut self) -> Result<(), ClientError> {
         self.read_settings()?;
-        let lease = self.options.session_timeout * 3 / 4;
+        // The broker clamps a session timeout to 300 s: the lease never outlives that.
+        let lease = self.options.session_timeout.min(Duration::from_secs(300)) * 3 / 4;
         for topic_index in 0..self.topics.len() {
             let sent = Instant::now();
             let owned: Vec<u32> = self

@@ -83,7 +83,7 @@ pub struct PushConsumerOptions {
     pub max_buffered_per_message_group: usize,
     /// In an ordered group: how long a failed message waits before it is handled again
     /// (in place: no later message of its group overtakes it). After
-    /// `max_reconsume_times` failures it goes to the dead-letter topic.
+    /// `max_reconsume_times` retries it goes to the dead-letter topic.
     pub ordered_retry_delay: Duration,
     /// Run the handler for at most this many messages, then for no more: messages
     /// fetched after that are left unhandled and uncommitted, for the group to consume

@@ -230,6 +230,10 @@ impl Driver {
         mut delivery: Box<Delivery>,
         reason: String,
     ) {
+        if self.queues.get(&key).is_none_or(|queue| queue.revoked) {
+            // Let go meanwhile: the next owner handles it again, in its place.
+            return self.leave_for_next_owner(key, delivery.record.queue_offset);
+        }
         if delivery.reconsume_times >= self.options.max_reconsume_times {
             // SEND_BACK with one more attempt than allowed: the dead-letter topic. The
             // line moves on once it is stored there.
@@ -254,8 +258,12 @@ impl Driver {
         let now = Instant::now();
         let retries = std::mem::take(&mut self.retries);
         for (due, key, delivery) in retries {
-            let lease = self.queues.get(&key).map(|queue| queue.lease_until);
-            match lease {
+            let queue = self.queues.get(&key);
+            if queue.is_some_and(|queue| queue.revoked) {
+                self.leave_for_next_owner(key, delivery.record.queue_offset);
+                continue;
+            }
+            match queue.map(|queue| queue.lease_until) {
                 None => {} // the queue is gone: its next owner has the message
                 Some(lease) if due <= now && now < lease => {
                     if let Some(jobs) = &self.jobs {
@@ -269,6 +277,21 @@ impl Driver {
                 Some(_) => self.retries.push((due, key, delivery)),
             }
         }
+    }
+
+    /// A message of a queue being let go that will not be handled here: left unfinished
+    /// (never committed past) for the next owner, its line freed so the queue can go.
+    fn leave_for_next_owner(&mut self, key: QueueKey, offset: u64) {
+        if let Some(queue) = self.queues.get_mut(&key) {
+            queue.in_flight.remove(&offset);
+            queue.skipped.insert(offset);
+            if let Some(name) = queue.dispatched.remove(&offset) {
+                if let Some(line) = queue.lines.get_mut(&name) {
+                    line.busy = false;
+                }
+            }
+        }
+        self.release_revoked();
     }
 
     /// A message of an ordered group is finished: its line is free for the next.

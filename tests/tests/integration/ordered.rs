@@ -225,6 +225,65 @@ fn a_failed_ordered_message_keeps_its_place_then_goes_to_the_dead_letters_and_it
 }
 
 #[test]
+fn a_message_that_fails_after_its_queue_was_taken_away_is_left_to_the_next_owner() {
+    let broker = BrokerProcess::start("");
+    let admin = broker.admin();
+    admin.create_topic("fifo-handover", 1).unwrap();
+    admin.group_settings("fifo-h", Some(true)).unwrap();
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    for seq in 0..3 {
+        producer.send(grouped("fifo-handover", "h", seq)).unwrap();
+    }
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let handler = |member: usize, seen: Arc<Mutex<Watch>>| {
+        move |delivery: &Delivery| {
+            let (group, seq) = parse(delivery);
+            seen.lock().unwrap().enter(member, &group, seq);
+            // The first member's h-0 runs past its lease (3/4 of 3 s) and fails.
+            let fails = member == 0 && seq == 0;
+            if fails {
+                std::thread::sleep(Duration::from_millis(3_500));
+            }
+            seen.lock().unwrap().leave(&group, seq, !fails);
+            match fails {
+                true => ConsumeResult::ReconsumeLater("too slow".into()),
+                false => ConsumeResult::Success,
+            }
+        }
+    };
+    let first = PushConsumer::start(
+        &broker.address,
+        "fifo-h",
+        "fifo-handover",
+        options("a-first"),
+        handler(0, watch.clone()),
+    )
+    .unwrap();
+    wait_until("h-0 started", Duration::from_secs(10), || {
+        watch.lock().unwrap().holder.contains_key("h")
+    });
+    // Sorted first, the new member takes the only queue: the first one lets it go once
+    // h-0 is over, and h-0 must reach the new owner.
+    let second = PushConsumer::start(
+        &broker.address,
+        "fifo-h",
+        "fifo-handover",
+        options("0-second"),
+        handler(1, watch.clone()),
+    )
+    .unwrap();
+    wait_until(
+        "the new owner handled all three",
+        Duration::from_secs(30),
+        || watch.lock().unwrap().finished("h") == 3,
+    );
+    second.shutdown().unwrap();
+    first.shutdown().unwrap();
+    let violations = watch.lock().unwrap().violations.clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
 fn members_joining_and_leaving_under_load_never_hold_one_message_group_at_once() {
     let broker = BrokerProcess::start("");
     let admin = broker.admin();
