@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::ClientError;
 use keel_protocol::{Request, Response};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,9 @@ pub(super) struct Driver {
     pub(super) ordered: bool,
     /// Ordered groups: failed messages waiting to be handled again, and when.
     pub(super) retries: Vec<(Instant, QueueKey, Box<Delivery>)>,
+    /// Ordered groups: the term of the member's leases, moved on to end them all at
+    /// once (workers read it before they start a job).
+    pub(super) lease_term: Arc<AtomicU64>,
 }
 
 /// The first and the longest wait between reconnects.
@@ -57,6 +60,9 @@ impl Driver {
             let now = Instant::now();
             let lost = self.current > 0 || self.connection.is_closed();
             self.stats.broker_lost.store(lost, Ordering::Relaxed);
+            if self.connection.is_closed() {
+                self.end_leases("the connection to the broker was lost");
+            }
             if self.current > 0 && now >= self.primary_retry_due {
                 self.reconnect_if_needed();
             }
@@ -64,6 +70,7 @@ impl Driver {
                 self.heartbeat_due = now + self.options.heartbeat_interval;
                 if let Err(error) = self.heartbeat() {
                     log::warn!("consumer {}: heartbeat failed: {error}", self.member_id);
+                    self.end_leases("a heartbeat failed");
                     self.reconnect_if_needed();
                 }
             }
@@ -116,6 +123,28 @@ impl Driver {
         }
         let _ = self.heartbeat();
         Ok(())
+    }
+
+    /// Ordered groups: no message starts until a heartbeat grants the queues again.
+    /// The broker may have restarted or failed over, and its new self may give the
+    /// queues to another member before this one reports them, so a lease is not
+    /// trusted past the moment the broker was out of reach.
+    pub(super) fn end_leases(&mut self, why: &str) {
+        let now = Instant::now();
+        let mut ended = 0;
+        for queue in self.queues.values_mut().filter(|queue| queue.ordered) {
+            if queue.lease_until > now {
+                queue.lease_until = now;
+                ended += 1;
+            }
+        }
+        if ended > 0 {
+            self.lease_term.fetch_add(1, Ordering::AcqRel);
+            log::info!(
+                "consumer {}: {why}: no ordered message starts until a heartbeat grants                  its {ended} queue(s) again",
+                self.member_id
+            );
+        }
     }
 
     pub(super) fn on_event(&mut self, event: Event) {

@@ -177,7 +177,7 @@ impl Driver {
                 let _ = jobs.send(Job {
                     key,
                     delivery,
-                    not_after: None,
+                    lease: None,
                 });
             }
         }

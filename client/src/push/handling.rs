@@ -69,6 +69,7 @@ pub(super) fn work<F, R>(
     handler: &F,
     revoked: &Revoked,
     tickets: &Option<AtomicU64>,
+    lease_term: &AtomicU64,
 ) where
     F: Fn(&Delivery) -> R,
     R: IntoConsumeResult,
@@ -83,11 +84,7 @@ pub(super) fn work<F, R>(
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .contains(&job.key);
-        if !skip
-            && job
-                .not_after
-                .is_some_and(|end| std::time::Instant::now() >= end)
-        {
+        if !skip && job.lease.is_some_and(|lease| !lease.holds(lease_term)) {
             if events
                 .send(Event::NotStarted(job.key, Box::new(job.delivery)))
                 .is_err()
@@ -204,6 +201,11 @@ impl Driver {
                     self.member_id, delivery.msg_id
                 );
                 self.reconnect_if_needed();
+                if self.queues.get(&key).is_some_and(|queue| queue.ordered) {
+                    // In its place, when the lease holds (a retry of its line).
+                    let due = std::time::Instant::now() + Duration::from_secs(1);
+                    return self.retries.push((due, key, delivery));
+                }
                 let jobs = self.jobs.clone();
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_secs(1));
@@ -211,7 +213,7 @@ impl Driver {
                         let _ = jobs.send(Job {
                             key,
                             delivery: *delivery,
-                            not_after: None,
+                            lease: None,
                         });
                     }
                 });

@@ -98,18 +98,20 @@ impl PushConsumer {
         let handler = Arc::new(handler);
         let revoked: Revoked = Arc::new(Mutex::new(BTreeSet::new()));
         let tickets = Arc::new(options.max_messages.map(AtomicU64::new));
+        let lease_term = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::with_capacity(options.threads);
         for index in 0..options.threads {
-            let (jobs, events, handler, revoked, tickets) = (
+            let (jobs, events, handler, revoked, tickets, term) = (
                 job_receiver.clone(),
                 events.clone(),
                 handler.clone(),
                 revoked.clone(),
                 tickets.clone(),
+                lease_term.clone(),
             );
             let worker = std::thread::Builder::new()
                 .name(format!("keel-consume-{index}"))
-                .spawn(move || work(&jobs, &events, handler.as_ref(), &revoked, &tickets))
+                .spawn(move || work(&jobs, &events, handler.as_ref(), &revoked, &tickets, &term))
                 .map_err(|e| ClientError::InvalidArgument(format!("cannot start a worker: {e}")))?;
             workers.push(worker);
         }
@@ -137,6 +139,7 @@ impl PushConsumer {
             commit_due: Instant::now(),
             ordered: false,
             retries: Vec::new(),
+            lease_term,
         };
         let driver = std::thread::Builder::new()
             .name("keel-consumer".into())

@@ -179,9 +179,25 @@ pub(crate) enum Event {
 pub(crate) struct Job {
     pub(crate) key: QueueKey,
     pub(crate) delivery: Delivery,
-    /// Ordered groups: the member's lease on the queue ends then; a job not started by
-    /// then is skipped (the broker may have given the queue away).
-    pub(crate) not_after: Option<Instant>,
+    /// Ordered groups: the member's lease on the queue when the job was handed out; a
+    /// job not started while it holds is handed back (the broker may have given the
+    /// queue away).
+    pub(crate) lease: Option<Lease>,
+}
+
+/// An ordered queue's lease as a job carries it: it holds until `until`, and only while
+/// the member's lease term is still `term` (the term moves on when a heartbeat fails or
+/// the connection to the broker is lost: every lease ends at once).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    pub(crate) until: Instant,
+    pub(crate) term: u64,
+}
+
+impl Lease {
+    pub(crate) fn holds(&self, term: &AtomicU64) -> bool {
+        Instant::now() < self.until && term.load(std::sync::atomic::Ordering::Acquire) == self.term
+    }
 }
 
 /// Queues taken away from this member: workers skip their jobs.

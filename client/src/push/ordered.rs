@@ -19,11 +19,13 @@
 //!   holds (3/4 of the session timeout after the last heartbeat that granted it was
 //!   sent; the broker gives the queue away a whole timeout after it received it), so a
 //!   member cut off from the broker stops starting messages before another member can
-//!   be given the queue.
+//!   be given the queue. A failed heartbeat or a lost connection ends every lease at
+//!   once (the broker may have restarted or failed over and lost who held what); the
+//!   next granting heartbeat renews them.
 
 use super::driver::Driver;
 use super::handling::{delivery_of, matches_filter};
-use super::model::{Delivery, Event, Job, QueueKey};
+use super::model::{Delivery, Event, Job, Lease, QueueKey};
 use crate::ClientError;
 use keel_protocol::names::property::MESSAGE_GROUP;
 use keel_protocol::{PullRequest, PullStatus, Request, Response};
@@ -69,13 +71,17 @@ impl Driver {
     pub(super) fn dispatch_ordered(&mut self, key: QueueKey) {
         let now = Instant::now();
         let limit = self.options.max_buffered_per_message_group.max(1);
+        let term = self.lease_term.load(Ordering::Acquire);
         let Some(queue) = self.queues.get_mut(&key) else {
             return;
         };
         if !queue.ordered || queue.revoked || now >= queue.lease_until {
             return;
         }
-        let not_after = Some(queue.lease_until);
+        let lease = Some(Lease {
+            until: queue.lease_until,
+            term,
+        });
         let mut catch_up = Vec::new();
         for (name, line) in queue.lines.iter_mut() {
             if !line.busy {
@@ -88,7 +94,7 @@ impl Driver {
                         let _ = jobs.send(Job {
                             key,
                             delivery,
-                            not_after,
+                            lease,
                         });
                     }
                 }
@@ -256,6 +262,7 @@ impl Driver {
             return;
         }
         let now = Instant::now();
+        let term = self.lease_term.load(Ordering::Acquire);
         let retries = std::mem::take(&mut self.retries);
         for (due, key, delivery) in retries {
             let queue = self.queues.get(&key);
@@ -265,12 +272,12 @@ impl Driver {
             }
             match queue.map(|queue| queue.lease_until) {
                 None => {} // the queue is gone: its next owner has the message
-                Some(lease) if due <= now && now < lease => {
+                Some(until) if due <= now && now < until => {
                     if let Some(jobs) = &self.jobs {
                         let _ = jobs.send(Job {
                             key,
                             delivery: *delivery,
-                            not_after: Some(lease),
+                            lease: Some(Lease { until, term }),
                         });
                     }
                 }

@@ -12,7 +12,12 @@
 //! are refused, so two members never commit the same queue.
 //!
 //! Soft state, in memory: after a broker restart the members' reports rebuild it (the
-//! first member to report a queue keeps it).
+//! first member to report a queue keeps it). Ordered groups that consumed the topic
+//! before also get a grace: for the longest session timeout of their members after the
+//! broker started (or was promoted), a queue nobody reports is given to no one, since
+//! the member that held it may still be handling its messages and not have reported yet
+//! (a lost answer, a connection not yet back). Only then may another member take it,
+//! so two members never handle one message group at once across a restart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -46,9 +51,20 @@ pub struct Granted {
     pub queues: Vec<u32>,
 }
 
-#[derive(Default)]
 pub struct Groups {
     groups: Mutex<HashMap<(String, String), Group>>,
+    /// When this broker started serving as it does now (start-up, or a promotion):
+    /// the grace of ordered groups counts from then.
+    serving_since: Mutex<Instant>,
+}
+
+impl Default for Groups {
+    fn default() -> Groups {
+        Groups {
+            groups: Mutex::default(),
+            serving_since: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 /// The member each queue should go to: members sorted by id, each a contiguous range,
@@ -77,8 +93,21 @@ impl Groups {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// The broker starts serving anew (a promotion): members' reports rebuild who
+    /// holds what, and the grace of ordered groups starts again.
+    pub fn serve_anew(&self) {
+        *self
+            .serving_since
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+    }
+
     /// A member's heartbeat: it is alive, still holds `owned`; returns what it may
-    /// consume of the topic's `queue_count` queues.
+    /// consume of the topic's `queue_count` queues. With `hold_unreported` (an ordered
+    /// group that consumed the topic before), a queue no member has reported since the
+    /// broker started serving is given to none until the members' longest session
+    /// timeout has passed.
+    #[allow(clippy::too_many_arguments)]
     pub fn heartbeat(
         &self,
         group: &str,
@@ -87,8 +116,13 @@ impl Groups {
         session_timeout: Duration,
         owned: &[u32],
         queue_count: u32,
+        hold_unreported: bool,
     ) -> Option<Granted> {
         let now = Instant::now();
+        let since = *self
+            .serving_since
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let mut groups = self.lock();
         let key = (group.to_string(), topic.to_string());
         if groups.len() >= GROUPS_MAX && !groups.contains_key(&key) {
@@ -127,6 +161,9 @@ impl Groups {
                     .or_insert_with(|| member_id.to_string());
             }
         }
+        let longest = state.members.values().map(|member| member.timeout).max();
+        let in_grace =
+            hold_unreported && longest.is_some_and(|timeout| now.duration_since(since) <= timeout);
         let members: Vec<&String> = state.members.keys().collect();
         let me = members.iter().position(|id| id.as_str() == member_id);
         let mut granted = Vec::new();
@@ -137,6 +174,7 @@ impl Groups {
             match state.owners.get(&queue) {
                 Some(owner) if owner != member_id => {} // still held by its old owner
                 Some(_) => granted.push(queue),
+                None if in_grace => {} // its old owner may not have reported yet
                 None => granted.push(queue),
             }
         }
@@ -273,7 +311,7 @@ mod tests {
         let groups = Groups::default();
         let heartbeat = |member: &str, owned: &[u32]| {
             groups
-                .heartbeat("g", "t", member, TIMEOUT, owned, 4)
+                .heartbeat("g", "t", member, TIMEOUT, owned, 4, false)
                 .unwrap()
         };
         let a = heartbeat("a", &[]);
@@ -301,12 +339,14 @@ mod tests {
     fn a_silent_member_loses_its_queues_and_its_commits() {
         let groups = Groups::default();
         let short = Duration::from_millis(500);
-        groups.heartbeat("g", "t", "a", short, &[], 2);
-        groups.heartbeat("g", "t", "b", TIMEOUT, &[], 2);
-        groups.heartbeat("g", "t", "a", short, &[0], 2);
+        groups.heartbeat("g", "t", "a", short, &[], 2, false);
+        groups.heartbeat("g", "t", "b", TIMEOUT, &[], 2, false);
+        groups.heartbeat("g", "t", "a", short, &[0], 2, false);
         assert!(groups.owns("g", "t", "a", 0));
         std::thread::sleep(Duration::from_millis(600));
-        let b = groups.heartbeat("g", "t", "b", TIMEOUT, &[1], 2).unwrap();
+        let b = groups
+            .heartbeat("g", "t", "b", TIMEOUT, &[1], 2, false)
+            .unwrap();
         assert_eq!(b.queues, vec![0, 1]);
         assert!(!groups.owns("g", "t", "a", 0));
     }
@@ -314,11 +354,54 @@ mod tests {
     #[test]
     fn a_member_that_went_silent_is_not_counted_live_by_anyone() {
         let groups = Groups::default();
-        groups.heartbeat("quiet", "t", "a", Duration::from_millis(500), &[], 2);
+        groups.heartbeat("quiet", "t", "a", Duration::from_millis(500), &[], 2, false);
         assert_eq!(groups.describe()[0].2, 1);
         std::thread::sleep(Duration::from_millis(600));
         // Nothing of the group was asked since: describe itself expires it.
         assert_eq!(groups.describe()[0].2, 0);
         assert!(groups.live_on("t").is_empty());
+    }
+
+    #[test]
+    fn after_a_restart_an_ordered_groups_unreported_queues_wait_for_their_old_owner() {
+        let groups = Groups::default();
+        let short = Duration::from_millis(500);
+        let heartbeat = |member: &str, owned: &[u32]| {
+            groups
+                .heartbeat("g", "t", member, short, owned, 2, true)
+                .unwrap()
+                .queues
+        };
+        // b is first back after the restart: queue 0 (its share) is held for whoever
+        // held it before, who may not have reported yet.
+        assert!(heartbeat("b", &[]).is_empty());
+        // a reports queue 1 (b's share now) and queue 0: it keeps neither for good, but
+        // 1 stays a's until a lets go, and 0 is a's own share.
+        assert_eq!(heartbeat("a", &[0, 1]), vec![0]);
+        assert!(groups.owns("g", "t", "a", 1));
+        assert!(heartbeat("b", &[]).is_empty(), "1 is still a's");
+        // A queue nobody reports is given away once the longest session timeout passed.
+        let groups = Groups::default();
+        let heartbeat = |owned: &[u32]| {
+            groups
+                .heartbeat("g", "t", "b", short, owned, 2, true)
+                .unwrap()
+                .queues
+        };
+        assert!(heartbeat(&[]).is_empty());
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(heartbeat(&[]), vec![0, 1]);
+        // A promotion starts the grace again.
+        groups.serve_anew();
+        let other = groups
+            .heartbeat("g", "t2", "b", short, &[], 2, true)
+            .unwrap();
+        assert!(other.queues.is_empty());
+        // Without hold_unreported (not ordered, or never consumed), nothing waits.
+        let fresh = Groups::default();
+        let granted = fresh
+            .heartbeat("g", "t", "b", short, &[], 2, false)
+            .unwrap();
+        assert_eq!(granted.queues, vec![0, 1]);
     }
 }

@@ -205,6 +205,10 @@ impl Broker {
     /// Switches role and replication side together (a promotion).
     pub fn set_role(&self, role: BrokerRole, ha: Ha) {
         *self.ha.write().unwrap_or_else(|poison| poison.into_inner()) = ha;
+        if role != BrokerRole::Slave {
+            // Members of its groups report to it from now on.
+            self.groups.serve_anew();
+        }
         self.role.store(role as u8, Ordering::Release);
         self.store.notify_listeners();
         self.registration.notify();

@@ -437,3 +437,150 @@ fn the_ordered_setting_survives_kill_9_reaches_a_promoted_slave_and_the_cli_spea
         "group billing: concurrent (not ordered)\n"
     );
 }
+
+/// A raw member's heartbeat (no consumer behind it): the queues it is granted.
+fn heartbeat_as(address: &str, member: &str, owned: &[u32]) -> Vec<u32> {
+    let connection = keel_client::Connection::connect(
+        keel_client::resolve(address).unwrap(),
+        &keel_client::ConnectionOptions::default(),
+    )
+    .unwrap();
+    let request = keel_protocol::Request::Heartbeat(keel_protocol::HeartbeatRequest {
+        group: "restart-g".into(),
+        topic: "restart".into(),
+        member_id: member.into(),
+        session_timeout_ms: 3_000,
+        owned: owned.to_vec(),
+    });
+    match connection.call(&request, Duration::from_secs(5)).unwrap() {
+        keel_protocol::Response::Assignment(assignment) => assignment.queues,
+        other => panic!("{other:?} in reply to HEARTBEAT"),
+    }
+}
+
+#[test]
+fn after_a_restart_a_queue_of_an_ordered_group_waits_for_its_old_owner_to_report() {
+    let mut broker = BrokerProcess::start("");
+    let admin = broker.admin();
+    admin.create_topic("restart", 1).unwrap();
+    admin.group_settings("restart-g", Some(true)).unwrap();
+    // a holds the queue and has consumed from it.
+    assert_eq!(heartbeat_as(&broker.address, "a", &[]), vec![0]);
+    let connection = keel_client::Connection::connect(
+        keel_client::resolve(&broker.address).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let commit = keel_protocol::Request::GroupCommit(keel_protocol::GroupCommitRequest {
+        group: "restart-g".into(),
+        topic: "restart".into(),
+        member_id: "a".into(),
+        queue_id: 0,
+        offset: 0,
+    });
+    let committed = connection.call(&commit, Duration::from_secs(5)).unwrap();
+    assert!(
+        !matches!(committed, keel_protocol::Response::Error(_)),
+        "{committed:?}"
+    );
+    drop(connection);
+    broker.kill9();
+    broker.spawn();
+    // b is back first; a, which may still be handling the queue's messages, has not
+    // reported yet: the queue goes to neither until a reports or its timeout passes.
+    assert!(heartbeat_as(&broker.address, "b", &[]).is_empty());
+    // a reports it and keeps it; b gets nothing while a holds it.
+    assert_eq!(heartbeat_as(&broker.address, "a", &[0]), vec![0]);
+    assert!(heartbeat_as(&broker.address, "b", &[]).is_empty());
+    // A queue nobody reports after a restart goes once the session timeout has passed.
+    broker.kill9();
+    broker.spawn();
+    assert!(heartbeat_as(&broker.address, "b", &[]).is_empty());
+    wait_until("the queue given away", Duration::from_secs(10), || {
+        heartbeat_as(&broker.address, "b", &[]) == vec![0]
+    });
+}
+
+#[test]
+fn a_member_that_loses_its_broker_starts_no_ordered_message_until_a_heartbeat_grants_it_again() {
+    // A fixed port: the consumer finds the broker again where it was.
+    let port = crate::harness::free_port();
+    let mut broker = BrokerProcess::start(&format!("listen = \"127.0.0.1:{port}\""));
+    let admin = broker.admin();
+    admin.create_topic("cut", 1).unwrap();
+    admin.group_settings("cut-g", Some(true)).unwrap();
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    for seq in 0..3 {
+        for group in ["a", "b", "c"] {
+            producer.send(grouped("cut", group, seq)).unwrap();
+        }
+    }
+    drop(producer);
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let down = Arc::new(AtomicBool::new(false));
+    let hold = Arc::new(AtomicBool::new(true));
+    let started_while_down = Arc::new(Mutex::new(Vec::new()));
+    let (seen, is_down, held, wrong) = (
+        watch.clone(),
+        down.clone(),
+        hold.clone(),
+        started_while_down.clone(),
+    );
+    let consumer = PushConsumer::start(
+        &broker.address,
+        "cut-g",
+        "cut",
+        PushConsumerOptions {
+            threads: 1,
+            session_timeout: Duration::from_secs(20),
+            ..options("m0")
+        },
+        move |delivery: &Delivery| {
+            let (group, seq) = parse(delivery);
+            if is_down.load(Ordering::Acquire) {
+                wrong.lock().unwrap().push(format!("{group}-{seq}"));
+            }
+            seen.lock().unwrap().enter(0, &group, seq);
+            let until = Instant::now() + Duration::from_secs(60);
+            while seq == 0 && group == "a" && held.load(Ordering::Acquire) && Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen.lock().unwrap().leave(&group, seq, true);
+            ConsumeResult::Success
+        },
+    )
+    .unwrap();
+    // a-0 is with the one worker; b-0 and c-0 were handed out behind it, under a lease
+    // of 15 s (3/4 of the session timeout).
+    wait_until("a-0 started", Duration::from_secs(20), || {
+        watch.lock().unwrap().holder.contains_key("a")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    broker.kill9();
+    down.store(true, Ordering::Release);
+    wait_until(
+        "the consumer saw its broker go",
+        Duration::from_secs(10),
+        || consumer.stats().broker_lost.load(Ordering::Relaxed),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The worker is free again, well inside the old lease: the broker that granted it
+    // is gone (its successor may give the queue to another member), so nothing starts.
+    hold.store(false, Ordering::Release);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        started_while_down.lock().unwrap().is_empty(),
+        "started with no broker behind the lease: {:?}",
+        started_while_down.lock().unwrap()
+    );
+    down.store(false, Ordering::Release);
+    broker.spawn();
+    wait_until("every message handled", Duration::from_secs(60), || {
+        let watch = watch.lock().unwrap();
+        ["a", "b", "c"].iter().all(|g| watch.finished(g) == 3)
+    });
+    consumer.shutdown().unwrap();
+    let violations = watch.lock().unwrap().violations.clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+}

@@ -43,6 +43,15 @@ pub(crate) fn on_heartbeat(shard: &mut Shard, to: ReplyTo, heartbeat: HeartbeatR
     }
     let broker = &shard.broker;
     let queue_count = broker.store.topic_queues(&heartbeat.topic).unwrap_or(0);
+    // An ordered group that consumed the topic before this broker started serving may
+    // have members still handling queues they have not reported yet.
+    let hold_unreported = broker.store.group_flags(&heartbeat.group) & GROUP_ORDERED != 0
+        && (0..queue_count).any(|queue| {
+            let store = &broker.store;
+            store
+                .query_offset(&heartbeat.group, &heartbeat.topic, queue)
+                .is_some()
+        });
     let granted = broker.groups.heartbeat(
         &heartbeat.group,
         &heartbeat.topic,
@@ -50,6 +59,7 @@ pub(crate) fn on_heartbeat(shard: &mut Shard, to: ReplyTo, heartbeat: HeartbeatR
         Duration::from_millis(u64::from(heartbeat.session_timeout_ms)),
         &heartbeat.owned,
         queue_count,
+        hold_unreported,
     );
     let response = match granted {
         Some(granted) => Response::Assignment(Assignment {
