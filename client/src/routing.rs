@@ -21,10 +21,21 @@ pub struct MasterRoute {
     pub queues: u32,
 }
 
+/// A topic's brokers as the producer routes to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TopicRoutes {
+    /// The masters that take the topic.
+    pub(crate) masters: Vec<MasterRoute>,
+    /// Brokers (by name) that hold the topic but have no master now (failing over), and
+    /// the topic's queue count there: message groups that go to them wait for their
+    /// next master rather than move.
+    pub(crate) headless: Vec<(String, u32)>,
+}
+
 /// A topic's masters as last fetched.
 struct Cached {
     fetched: Instant,
-    routes: Arc<Vec<MasterRoute>>,
+    routes: Arc<TopicRoutes>,
     /// A send failed in a way that says the routes may be out of date (a master did not
     /// answer, or answered NOT_MASTER): fetch again before the next use.
     stale: bool,
@@ -98,7 +109,7 @@ impl Router {
         &self,
         topic: &str,
         timeout: Duration,
-    ) -> Result<Arc<Vec<MasterRoute>>, ClientError> {
+    ) -> Result<Arc<TopicRoutes>, ClientError> {
         let cached = self
             .lock()
             .get(topic)
@@ -106,12 +117,13 @@ impl Router {
         if let Some((fetched, stale, routes)) = &cached {
             let age = fetched.elapsed();
             let fresh = !stale && age < self.refresh;
-            if !routes.is_empty() && (fresh || (*stale && age < STALE_REFETCH_MIN)) {
+            let none = routes.masters.is_empty();
+            if !none && (fresh || (*stale && age < STALE_REFETCH_MIN)) {
                 return Ok(routes.clone());
             }
             // Asked a moment ago and found no master: not again yet (every send of a
             // failover gap would otherwise ask the name servers).
-            if routes.is_empty() && age < STALE_REFETCH_MIN {
+            if none && age < STALE_REFETCH_MIN {
                 return Err(ClientError::NoRoute(format!(
                     "no master of topic {topic:?} was known {} ms ago",
                     age.as_millis()
@@ -127,7 +139,7 @@ impl Router {
             Ok(routes) => routes,
             Err(error) => {
                 return match cached {
-                    Some((_, _, routes)) if !routes.is_empty() => {
+                    Some((_, _, routes)) if !routes.masters.is_empty() => {
                         log::warn!(
                             "cannot refresh routes of {topic:?} ({error}); using the last ones"
                         );
@@ -166,7 +178,7 @@ impl Router {
             topic.to_string(),
             Cached {
                 fetched: Instant::now(),
-                routes: Arc::new(Vec::new()),
+                routes: Arc::default(),
                 stale: true,
             },
         );
@@ -174,9 +186,18 @@ impl Router {
 }
 
 /// The masters of `routes` that have `topic` (every master when none has it yet),
-/// resolved.
-fn masters_of(topic: &str, routes: &[BrokerRoute]) -> Result<Vec<MasterRoute>, ClientError> {
+/// resolved, and the brokers with the topic that have no master now.
+fn masters_of(topic: &str, routes: &[BrokerRoute]) -> Result<TopicRoutes, ClientError> {
     let masters: Vec<&BrokerRoute> = routes.iter().filter(|r| r.role.is_master()).collect();
+    let mut headless: Vec<(String, u32)> = Vec::new();
+    for route in routes.iter().filter(|route| route.topic_queues > 0) {
+        let has_master = masters
+            .iter()
+            .any(|master| master.broker_name == route.broker_name);
+        if !has_master && !headless.iter().any(|(name, _)| *name == route.broker_name) {
+            headless.push((route.broker_name.clone(), route.topic_queues));
+        }
+    }
     let with_topic: Vec<&BrokerRoute> = masters
         .iter()
         .copied()
@@ -203,7 +224,10 @@ fn masters_of(topic: &str, routes: &[BrokerRoute]) -> Result<Vec<MasterRoute>, C
             "the name servers know no master for topic {topic:?}"
         )));
     }
-    Ok(resolved)
+    Ok(TopicRoutes {
+        masters: resolved,
+        headless,
+    })
 }
 
 /// GET_ROUTES from the first name server that answers, starting after the last one used
@@ -413,35 +437,135 @@ fn slots(
         .collect()
 }
 
-/// The one (master, queue) a message group goes to: CRC32C of the group over every
-/// master's queues, in broker-name order. Order comes before availability: a master
-/// that fails is retried (its slave takes over under the same name), never swapped for
-/// another, where the group's next messages would overtake the ones waiting.
-pub(crate) fn pick_for_group(masters: &[MasterRoute], group: &str) -> Option<(usize, Option<u32>)> {
-    let mut by_name: Vec<usize> = (0..masters.len()).collect();
-    by_name.sort_by(|a, b| masters[*a].broker_name.cmp(&masters[*b].broker_name));
-    let slots = slots(masters, by_name);
-    let count = u32::try_from(slots.len()).ok().filter(|count| *count > 0)?;
-    let slot = keel_protocol::names::message_group_queue(group, count);
-    slots.get(slot as usize).copied()
+/// The one (master, queue) a message group goes to: the broker (by name) of highest
+/// `message_group_broker_weight` among those with the topic, then its queue
+/// `message_group_queue`. Order comes before availability: a broker failing over (no
+/// master now) keeps its groups, which wait (NO_ROUTE, retried) for its next master
+/// rather than move, where their next messages would overtake the ones waiting; a
+/// broker that leaves the routes for good moves only its own groups.
+pub(crate) fn pick_for_group(
+    routes: &TopicRoutes,
+    group: &str,
+) -> Result<(usize, Option<u32>), ClientError> {
+    use keel_protocol::names::{message_group_broker_weight, message_group_queue};
+    let candidates = routes
+        .masters
+        .iter()
+        .map(|master| master.broker_name.as_str())
+        .chain(routes.headless.iter().map(|(name, _)| name.as_str()));
+    // The highest weight; on a tie, the smaller name.
+    let chosen = candidates
+        .max_by_key(|name| {
+            (
+                message_group_broker_weight(group, name),
+                std::cmp::Reverse(*name),
+            )
+        })
+        .ok_or_else(|| ClientError::NoRoute("no broker has the topic".into()))?;
+    let Some(index) = routes
+        .masters
+        .iter()
+        .position(|master| master.broker_name == chosen)
+    else {
+        return Err(ClientError::NoRoute(format!(
+            "broker {chosen}, which message group {group:?} goes to, has no master now \
+             (failing over); the group waits for it rather than move"
+        )));
+    };
+    let queue = match routes.masters[index].queues {
+        0 => None,
+        count => Some(message_group_queue(group, count)),
+    };
+    Ok((index, queue))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn routes(masters: Vec<MasterRoute>) -> TopicRoutes {
+        TopicRoutes {
+            masters,
+            headless: Vec::new(),
+        }
+    }
+
+    fn group_pick(routes: &TopicRoutes, group: &str) -> Option<(String, Option<u32>)> {
+        let (index, queue) = pick_for_group(routes, group).ok()?;
+        Some((routes.masters[index].broker_name.clone(), queue))
+    }
+
     #[test]
     fn a_message_group_always_goes_to_the_same_master_and_queue() {
-        let masters = masters();
-        let first = pick_for_group(&masters, "order-42").unwrap();
+        let routes = routes(masters());
+        // The same answer every time, whatever order the routes come in.
+        let first = group_pick(&routes, "order-42").unwrap();
         for _ in 0..4 {
-            assert_eq!(pick_for_group(&masters, "order-42"), Some(first));
+            assert_eq!(group_pick(&routes, "order-42"), Some(first.clone()));
         }
-        // Over the 4 slots (a/0, a/1, b/0, b/1): CRC32C("order-42") % 4 = 2.
-        assert_eq!(first, (1, Some(0)));
-        let mut reversed = masters.clone();
-        reversed.reverse();
-        assert_eq!(pick_for_group(&reversed, "order-42"), Some((0, Some(0))));
+        let mut reversed = routes.clone();
+        reversed.masters.reverse();
+        assert_eq!(group_pick(&reversed, "order-42"), Some(first.clone()));
+        let weight = keel_protocol::names::message_group_broker_weight;
+        let expected = if weight("order-42", "a") >= weight("order-42", "b") {
+            "a"
+        } else {
+            "b"
+        };
+        assert_eq!(first.0, expected);
+        assert_eq!(
+            first.1,
+            Some(keel_protocol::names::message_group_queue("order-42", 2))
+        );
+    }
+
+    #[test]
+    fn a_broker_leaving_moves_only_its_own_groups_and_one_failing_over_keeps_them() {
+        let mut three = masters();
+        three.push(MasterRoute {
+            broker_name: "c".into(),
+            endpoint: Endpoint::resolve("127.0.0.1:3").unwrap(),
+            queues: 2,
+        });
+        let all = routes(three.clone());
+        let groups: Vec<String> = (0..3000).map(|n| format!("order-{n}")).collect();
+        let before: Vec<_> = groups.iter().map(|g| group_pick(&all, g)).collect();
+        let on_b = before
+            .iter()
+            .flatten()
+            .filter(|(name, _)| name == "b")
+            .count();
+        assert!((700..1300).contains(&on_b), "{on_b} of 3000 groups on b");
+        // b leaves the routes for good: only b's groups move.
+        let without_b = routes(
+            three
+                .iter()
+                .filter(|m| m.broker_name != "b")
+                .cloned()
+                .collect(),
+        );
+        for (group, was) in groups.iter().zip(&before) {
+            let now = group_pick(&without_b, group);
+            if was.as_ref().is_some_and(|(name, _)| name != "b") {
+                assert_eq!(&now, was, "{group} moved though its broker stayed");
+            }
+        }
+        // b is failing over (its slave is there, no master): its groups wait, the
+        // others go where they went.
+        let failing_over = TopicRoutes {
+            headless: vec![("b".into(), 2)],
+            ..without_b
+        };
+        for (group, was) in groups.iter().zip(&before) {
+            let now = pick_for_group(&failing_over, group);
+            match was {
+                Some((name, _)) if name == "b" => {
+                    let error = now.unwrap_err().to_string();
+                    assert!(error.contains("has no master now"), "{error}");
+                }
+                _ => assert_eq!(group_pick(&failing_over, group), *was),
+            }
+        }
     }
 
     fn masters() -> Vec<MasterRoute> {

@@ -118,6 +118,16 @@ pub fn message_group_queue(group: &str, queue_count: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The weight of broker `broker_name` for message group `group` when a client routes
+/// over several brokers: CRC32C of the broker name's bytes, one 0x00 byte, then the
+/// group's bytes. The group goes to the broker with the highest weight (the smaller
+/// name on a tie), then to its queue `message_group_queue`; a broker that leaves moves
+/// only its own groups (rendezvous hashing).
+pub fn message_group_broker_weight(group: &str, broker_name: &str) -> u32 {
+    let name = crc32c::crc32c_append(crc32c::crc32c(broker_name.as_bytes()), &[0]);
+    crc32c::crc32c_append(name, group.as_bytes())
+}
+
 /// Why a message group is refused, if it is: empty, longer than
 /// `MESSAGE_GROUP_MAX_BYTES`, or holding a control character.
 pub fn invalid_message_group(group: &str) -> Option<String> {
@@ -172,6 +182,14 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"order-42"), 0xF245_2E86);
         assert_eq!(message_group_queue("order-42", 8), 6);
         assert_eq!(message_group_queue("anything", 0), 0);
+        // The weights docs/PROTOCOL.md gives: "order-42" goes to broker-a of the two.
+        let a = message_group_broker_weight("order-42", "broker-a");
+        let b = message_group_broker_weight("order-42", "broker-b");
+        assert_eq!((a, b), (0xF087_5B0D, 0xA891_A113));
+        assert_eq!(
+            message_group_broker_weight("order-42", "broker-a"),
+            crc32c::crc32c(b"broker-a\0order-42")
+        );
         assert!(invalid_message_group("").is_some());
         assert!(invalid_message_group(&"g".repeat(256)).is_some());
         assert!(invalid_message_group("a\nb").is_some());

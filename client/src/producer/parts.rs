@@ -260,14 +260,18 @@ impl Producer {
             })?;
         let avoid = self.inner.options.fault_avoidance;
         let picked = match message_group_of(request) {
-            Some(group) => pick_for_group(&masters, group),
-            None => pick(&masters, &self.inner.cursor, last_failed, |address| {
-                !avoid || self.inner.faults.available(address)
-            }),
+            Some(group) => Some(pick_for_group(&masters, group)?),
+            None => pick(
+                &masters.masters,
+                &self.inner.cursor,
+                last_failed,
+                |address| !avoid || self.inner.faults.available(address),
+            ),
         };
         let (index, queue) =
             picked.ok_or_else(|| ClientError::NoRoute(format!("no master for topic {topic:?}")))?;
         let endpoint = masters
+            .masters
             .get(index)
             .map(|master| master.endpoint.clone())
             .ok_or_else(|| ClientError::NoRoute(format!("no master for topic {topic:?}")))?;
