@@ -42,11 +42,15 @@ pub(super) struct Driver {
     /// The group is ordered (its GROUP_SETTINGS, read with each heartbeat).
     pub(super) ordered: bool,
     /// Ordered groups: failed messages waiting to be handled again, and when.
-    pub(super) retries: Vec<(Instant, QueueKey, Box<Delivery>)>,
+    pub(super) retries: Vec<Retry>,
     /// Ordered groups: the term of the member's leases, moved on to end them all at
     /// once (workers read it before they start a job).
     pub(super) lease_term: Arc<AtomicU64>,
 }
+
+/// An ordered group's failed message waiting to be handled again: when, its queue and
+/// the holding of it (`QueueState::incarnation`) it was made under.
+pub(super) type Retry = (Instant, QueueKey, u64, Box<Delivery>);
 
 /// The first and the longest wait between reconnects.
 pub(super) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -156,8 +160,8 @@ impl Driver {
             }
             Event::Skipped(key, offset) => {
                 if let Some(queue) = self.queues.get_mut(&key) {
-                    queue.in_flight.remove(&offset);
-                    queue.skipped.insert(offset);
+                    let line = queue.dispatched.get(&offset).cloned();
+                    queue.leave(offset, line.as_deref());
                 }
                 self.free_line(key, offset);
                 self.release_revoked();

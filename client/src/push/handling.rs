@@ -201,10 +201,10 @@ impl Driver {
                     self.member_id, delivery.msg_id
                 );
                 self.reconnect_if_needed();
-                if self.queues.get(&key).is_some_and(|queue| queue.ordered) {
+                if let Some(queue) = self.queues.get(&key).filter(|queue| queue.ordered) {
                     // In its place, when the lease holds (a retry of its line).
                     let due = std::time::Instant::now() + Duration::from_secs(1);
-                    return self.retries.push((due, key, delivery));
+                    return self.retries.push((due, key, queue.incarnation, delivery));
                 }
                 let jobs = self.jobs.clone();
                 std::thread::spawn(move || {

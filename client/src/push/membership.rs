@@ -152,8 +152,18 @@ impl Driver {
             return;
         };
         if !revoked && !queue.skipped.is_empty() {
-            // Kept after all: fetch the skipped messages again (and what followed them).
-            queue.next_pull = queue.commit_point();
+            if queue.ordered {
+                // Kept after all: each message group left behind fetches again from its
+                // first message left, with its own pulls; what others finished stays
+                // finished.
+                for (name, from) in std::mem::take(&mut queue.resume) {
+                    let line = queue.lines.entry(name).or_default();
+                    line.parked_from = Some(line.parked_from.map_or(from, |at| at.min(from)));
+                }
+            } else {
+                // Kept after all: fetch the skipped messages again (and what followed).
+                queue.next_pull = queue.commit_point();
+            }
             queue.skipped.clear();
         }
         let mut set = self

@@ -228,7 +228,18 @@ pub(crate) struct QueueState {
     pub(crate) lines: std::collections::HashMap<String, Line>,
     /// Ordered groups: offset -> message group of each message handed to a worker.
     pub(crate) dispatched: std::collections::HashMap<u64, String>,
+    /// Ordered groups: per message group, its first message left unhandled because the
+    /// queue was being taken away. Kept after all, each such group fetches again from
+    /// there with its own pulls (as a parked group), so no finished message comes again
+    /// after a later one of its group.
+    pub(crate) resume: std::collections::HashMap<String, u64>,
+    /// This holding of the queue (a queue let go and granted again is a new one):
+    /// retries made under an earlier holding are dropped.
+    pub(crate) incarnation: u64,
 }
+
+/// Tells holdings of queues apart.
+static INCARNATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// One message group of a queue in an ordered consumer group.
 #[derive(Default)]
@@ -243,6 +254,8 @@ pub(crate) struct Line {
     pub(crate) parked_from: Option<u64>,
     /// A pull of the parked group is on its way.
     pub(crate) catching_up: bool,
+    /// The parked group's last pull failed: the next one not before then.
+    pub(crate) catch_up_after: Option<Instant>,
 }
 
 impl Line {
@@ -266,6 +279,19 @@ impl QueueState {
             lease_until: Instant::now(),
             lines: std::collections::HashMap::new(),
             dispatched: std::collections::HashMap::new(),
+            resume: std::collections::HashMap::new(),
+            incarnation: INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A fetched message that will not be handled in this holding: never committed
+    /// past; of an ordered group's `line`, where the line resumes if the queue is kept.
+    pub(crate) fn leave(&mut self, offset: u64, line: Option<&str>) {
+        self.in_flight.remove(&offset);
+        self.skipped.insert(offset);
+        if let Some(name) = line {
+            let from = self.resume.entry(name.to_string()).or_insert(offset);
+            *from = (*from).min(offset);
         }
     }
 

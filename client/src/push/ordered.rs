@@ -32,6 +32,11 @@ use keel_protocol::{PullRequest, PullStatus, Request, Response};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// How long a parked group whose pull failed waits before the next.
+const CATCH_UP_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long it waits when its offset has expired (reported; an operator moves it).
+const EXPIRED_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The line a message belongs to: its message group; messages without one share the
 /// line "" (ordered by their queue, as a whole).
 pub(super) fn line_of(delivery: &Delivery) -> String {
@@ -100,7 +105,8 @@ impl Driver {
                 }
             }
             if let Some(from) = line.parked_from {
-                if !line.catching_up && line.waiting.len() <= limit / 2 {
+                let backed_off = line.catch_up_after.is_some_and(|after| now < after);
+                if !line.catching_up && !backed_off && line.waiting.len() <= limit / 2 {
                     line.catching_up = true;
                     catch_up.push((name.clone(), from));
                 }
@@ -154,6 +160,8 @@ impl Driver {
         if queue.revoked || line.parked_from != Some(from) {
             return; // let go, or started again from the commit point meanwhile
         }
+        // A failed pull is tried again after a pause, not on every event of the queue.
+        line.catch_up_after = Some(Instant::now() + CATCH_UP_BACKOFF);
         let pull = match outcome {
             Ok(Response::PullResult(pull)) => pull,
             Ok(Response::Error(error)) => {
@@ -167,24 +175,26 @@ impl Driver {
             }
             Err(error) => {
                 log::debug!("consumer {}: pull failed: {error}", self.member_id);
-                return;
+                return self.reconnect_if_needed();
             }
         };
         let mut parked_from = match pull.status {
             PullStatus::Found => Some(from),
-            // Nothing past `from`: the queue's pulls are there too.
-            PullStatus::NoNewMessages => None,
-            PullStatus::OffsetOutOfRange | PullStatus::OffsetExpired => {
-                log::warn!(
-                    "consumer {}: message group {group:?} of {topic}/{} parked at {from}: \
-                     the pull there answered {:?}",
-                    self.member_id,
-                    key.1,
-                    pull.status
-                );
-                return;
+            // Nothing at or past `from` (none there yet, or past the queue's end): the
+            // queue's pulls are there too.
+            PullStatus::NoNewMessages | PullStatus::OffsetOutOfRange => None,
+            PullStatus::OffsetExpired => {
+                // Never a silent jump, as for the queue's own pulls: the group waits
+                // there until an operator moves the offsets.
+                line.catch_up_after = Some(Instant::now() + EXPIRED_BACKOFF);
+                return self.report(ClientError::OffsetExpired {
+                    queue_id: key.1,
+                    offset: from,
+                    min_offset: pull.min_offset,
+                });
             }
         };
+        line.catch_up_after = None;
         let (records, damaged) = crate::records::checked_records(&pull, &topic, key.1, from);
         let mut full = false;
         for record in records {
@@ -197,6 +207,7 @@ impl Driver {
             let delivery = delivery_of(record, &self.topics[0]);
             if line_of(&delivery) != group
                 || !matches_filter(self.filter.as_ref(), &delivery.record.tags)
+                || queue.in_flight.contains(&offset)
             {
                 continue;
             }
@@ -236,10 +247,15 @@ impl Driver {
         mut delivery: Box<Delivery>,
         reason: String,
     ) {
-        if self.queues.get(&key).is_none_or(|queue| queue.revoked) {
+        let Some(incarnation) = self
+            .queues
+            .get(&key)
+            .filter(|queue| !queue.revoked)
+            .map(|queue| queue.incarnation)
+        else {
             // Let go meanwhile: the next owner handles it again, in its place.
             return self.leave_for_next_owner(key, delivery.record.queue_offset);
-        }
+        };
         if delivery.reconsume_times >= self.options.max_reconsume_times {
             // SEND_BACK with one more attempt than allowed: the dead-letter topic. The
             // line moves on once it is stored there.
@@ -253,7 +269,7 @@ impl Driver {
         delivery.reconsume_times += 1;
         self.stats.ordered_retries.fetch_add(1, Ordering::Relaxed);
         let due = Instant::now() + self.options.ordered_retry_delay;
-        self.retries.push((due, key, delivery));
+        self.retries.push((due, key, incarnation, delivery));
     }
 
     /// Retries whose time came: to the workers (the line stays busy meanwhile).
@@ -264,8 +280,13 @@ impl Driver {
         let now = Instant::now();
         let term = self.lease_term.load(Ordering::Acquire);
         let retries = std::mem::take(&mut self.retries);
-        for (due, key, delivery) in retries {
-            let queue = self.queues.get(&key);
+        for (due, key, incarnation, delivery) in retries {
+            // Made under an earlier holding of the queue: that holding's next owner (or
+            // this member, fetching again from the committed offset) has the message.
+            let queue = self
+                .queues
+                .get(&key)
+                .filter(|queue| queue.incarnation == incarnation);
             if queue.is_some_and(|queue| queue.revoked) {
                 self.leave_for_next_owner(key, delivery.record.queue_offset);
                 continue;
@@ -281,7 +302,7 @@ impl Driver {
                         });
                     }
                 }
-                Some(_) => self.retries.push((due, key, delivery)),
+                Some(_) => self.retries.push((due, key, incarnation, delivery)),
             }
         }
     }
@@ -290,12 +311,10 @@ impl Driver {
     /// (never committed past) for the next owner, its line freed so the queue can go.
     fn leave_for_next_owner(&mut self, key: QueueKey, offset: u64) {
         if let Some(queue) = self.queues.get_mut(&key) {
-            queue.in_flight.remove(&offset);
-            queue.skipped.insert(offset);
-            if let Some(name) = queue.dispatched.remove(&offset) {
-                if let Some(line) = queue.lines.get_mut(&name) {
-                    line.busy = false;
-                }
+            let name = queue.dispatched.remove(&offset);
+            queue.leave(offset, name.as_deref());
+            if let Some(line) = name.and_then(|name| queue.lines.get_mut(&name)) {
+                line.busy = false;
             }
         }
         self.release_revoked();
@@ -325,8 +344,7 @@ impl Driver {
             return;
         };
         if queue.revoked {
-            queue.in_flight.remove(&offset);
-            queue.skipped.insert(offset);
+            queue.leave(offset, Some(&name));
             if let Some(line) = queue.lines.get_mut(&name) {
                 line.busy = false;
             }
@@ -342,26 +360,26 @@ impl Driver {
     pub(super) fn let_go_of_lines(&mut self, key: QueueKey) {
         let retries = std::mem::take(&mut self.retries);
         let (theirs, others): (Vec<_>, Vec<_>) =
-            retries.into_iter().partition(|(_, at, _)| *at == key);
+            retries.into_iter().partition(|(_, at, _, _)| *at == key);
         self.retries = others;
         let Some(queue) = self.queues.get_mut(&key) else {
             return;
         };
-        for (_, _, delivery) in theirs {
+        let mut left: Vec<(u64, Option<String>)> = Vec::new();
+        for (_, _, _, delivery) in theirs {
             let offset = delivery.record.queue_offset;
-            queue.in_flight.remove(&offset);
-            queue.skipped.insert(offset);
-            queue.dispatched.remove(&offset);
+            left.push((offset, queue.dispatched.remove(&offset)));
         }
-        for line in queue.lines.values_mut() {
+        for (name, line) in queue.lines.iter_mut() {
             for delivery in line.waiting.drain(..) {
-                let offset = delivery.record.queue_offset;
-                queue.in_flight.remove(&offset);
-                queue.skipped.insert(offset);
+                left.push((delivery.record.queue_offset, Some(name.clone())));
             }
             if let Some(from) = line.parked_from.take() {
-                queue.skipped.insert(from);
+                left.push((from, Some(name.clone())));
             }
+        }
+        for (offset, line) in left {
+            queue.leave(offset, line.as_deref());
         }
         let dispatched: std::collections::HashSet<&String> = queue.dispatched.values().collect();
         queue.lines.retain(|name, _| dispatched.contains(name));

@@ -50,6 +50,12 @@ impl Watch {
             ));
         }
         let done = self.done.entry(group.to_string()).or_default();
+        if done.contains(&seq) && done.last().is_some_and(|last| *last > seq) {
+            self.violations.push(format!(
+                "{group}-{seq} handled again after {group}-{} was",
+                done.last().copied().unwrap_or_default()
+            ));
+        }
         if !done.contains(&seq) {
             if let Some(missing) = (0..seq).find(|earlier| !done.contains(earlier)) {
                 self.violations
@@ -438,18 +444,29 @@ fn the_ordered_setting_survives_kill_9_reaches_a_promoted_slave_and_the_cli_spea
     );
 }
 
-/// A raw member's heartbeat (no consumer behind it): the queues it is granted.
+/// A raw member's heartbeat (no consumer behind it) in group restart-g on topic
+/// restart: the queues it is granted.
 fn heartbeat_as(address: &str, member: &str, owned: &[u32]) -> Vec<u32> {
+    raw_heartbeat(address, ("restart-g", "restart"), member, 3_000, owned)
+}
+
+fn raw_heartbeat(
+    address: &str,
+    (group, topic): (&str, &str),
+    member: &str,
+    session_timeout_ms: u32,
+    owned: &[u32],
+) -> Vec<u32> {
     let connection = keel_client::Connection::connect(
         keel_client::resolve(address).unwrap(),
         &keel_client::ConnectionOptions::default(),
     )
     .unwrap();
     let request = keel_protocol::Request::Heartbeat(keel_protocol::HeartbeatRequest {
-        group: "restart-g".into(),
-        topic: "restart".into(),
+        group: group.into(),
+        topic: topic.into(),
         member_id: member.into(),
-        session_timeout_ms: 3_000,
+        session_timeout_ms,
         owned: owned.to_vec(),
     });
     match connection.call(&request, Duration::from_secs(5)).unwrap() {
@@ -583,4 +600,74 @@ fn a_member_that_loses_its_broker_starts_no_ordered_message_until_a_heartbeat_gr
     consumer.shutdown().unwrap();
     let violations = watch.lock().unwrap().violations.clone();
     assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn a_queue_kept_after_all_hands_out_no_finished_message_again_after_a_later_one() {
+    let broker = BrokerProcess::start("");
+    let admin = broker.admin();
+    admin.create_topic("kept", 1).unwrap();
+    admin.group_settings("kept-g", Some(true)).unwrap();
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    for seq in 0..10 {
+        for group in ["g0", "g1", "g2"] {
+            producer.send(grouped("kept", group, seq)).unwrap();
+        }
+    }
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let handled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hold = Arc::new(AtomicBool::new(true));
+    let (seen, count, held) = (watch.clone(), handled.clone(), hold.clone());
+    // "m1": a raw member "m0" sorts first and is the queue's target while it lives.
+    let consumer = PushConsumer::start(
+        &broker.address,
+        "kept-g",
+        "kept",
+        options("m1"),
+        move |delivery: &Delivery| {
+            let (group, seq) = parse(delivery);
+            seen.lock().unwrap().enter(0, &group, seq);
+            count.fetch_add(1, Ordering::Relaxed);
+            let until = Instant::now() + Duration::from_secs(60);
+            while (group.as_str(), seq) == ("g0", 0)
+                && held.load(Ordering::Acquire)
+                && Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen.lock().unwrap().leave(&group, seq, true);
+            ConsumeResult::Success
+        },
+    )
+    .unwrap();
+    // g0-0 is stuck: nothing can be committed past it, while g1 and g2 finish.
+    wait_until("g1 and g2 finished", Duration::from_secs(30), || {
+        let watch = watch.lock().unwrap();
+        watch.finished("g1") == 10 && watch.finished("g2") == 10
+    });
+    // m0 joins: the queue is taken from m1, which cannot let go (g0-0 is running).
+    assert!(raw_heartbeat(&broker.address, ("kept-g", "kept"), "m0", 500, &[]).is_empty());
+    std::thread::sleep(Duration::from_millis(600));
+    // m0 goes silent and is dropped: m1 keeps the queue after all.
+    wait_until("m1 holds the queue again", Duration::from_secs(10), || {
+        admin
+            .list_groups(Some("kept-g"))
+            .unwrap()
+            .iter()
+            .any(|group| group.topic == "kept" && group.members == 1)
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    hold.store(false, Ordering::Release);
+    wait_until("g0 finished", Duration::from_secs(30), || {
+        watch.lock().unwrap().finished("g0") == 10
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    consumer.shutdown().unwrap();
+    let violations = watch.lock().unwrap().violations.clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(
+        handled.load(Ordering::Relaxed),
+        30,
+        "each message handled once"
+    );
 }
