@@ -183,6 +183,32 @@ impl Admin {
         }
     }
 
+    /// The broker's open transactions (of `producer_group`, or of every group for
+    /// `None`), oldest first, at most 10,000.
+    pub fn list_transactions(
+        &self,
+        producer_group: Option<&str>,
+    ) -> Result<Vec<keel_protocol::OpenTransaction>, ClientError> {
+        let request = Request::ListTransactions {
+            producer_group: producer_group.unwrap_or_default().to_string(),
+        };
+        match self.call(request)? {
+            Response::Transactions(open) => Ok(open),
+            other => Err(unexpected(&other, "LIST_TRANSACTIONS")),
+        }
+    }
+
+    /// Commits or rolls back a transaction (an operator's end, or a producer's).
+    pub fn end_transaction(
+        &self,
+        request: keel_protocol::EndTransactionRequest,
+    ) -> Result<keel_protocol::TransactionEnded, ClientError> {
+        match self.call(Request::EndTransaction(request))? {
+            Response::TransactionEnded(ended) => Ok(ended),
+            other => Err(unexpected(&other, "END_TRANSACTION")),
+        }
+    }
+
     /// Each queue's range and size, and what each topic took in over the broker's last
     /// minute (`topic`, or every topic when `None`).
     pub fn topic_stats(

@@ -24,6 +24,7 @@ mod push;
 mod records;
 mod routing;
 mod timer;
+mod transaction;
 
 pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions, Credentials};
@@ -40,6 +41,9 @@ pub use push::{
     PushConsumer, PushConsumerOptions, PushStats, StartFrom,
 };
 pub use routing::{fetch_brokers, fetch_routes, MasterRoute};
+pub use transaction::{
+    LocalTransactionState, TransactionOutcome, TransactionProducer, TransactionProducerOptions,
+};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

@@ -64,6 +64,9 @@ kinds! {
     DeleteTopic = 0x18, "DELETE_TOPIC";
     DeleteGroup = 0x19, "DELETE_GROUP";
     GroupSettings = 0x1A, "GROUP_SETTINGS";
+    EndTransaction = 0x1B, "END_TRANSACTION";
+    CheckTransactions = 0x1C, "CHECK_TRANSACTIONS";
+    ListTransactions = 0x1D, "LIST_TRANSACTIONS";
     Pong = 0x81, "PONG";
     SendResult = 0x82, "SEND_RESULT";
     PullResult = 0x83, "PULL_RESULT";
@@ -86,6 +89,9 @@ kinds! {
     TopicDeleted = 0x94, "TOPIC_DELETED";
     GroupDeleted = 0x95, "GROUP_DELETED";
     GroupSettingsResult = 0x96, "GROUP_SETTINGS_RESULT";
+    TransactionEnded = 0x97, "TRANSACTION_ENDED";
+    TransactionChecks = 0x98, "TRANSACTION_CHECKS";
+    Transactions = 0x99, "TRANSACTIONS";
     Error = 0xFF, "ERROR";
 }
 

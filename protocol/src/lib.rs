@@ -66,10 +66,11 @@ pub use request::{
     HeartbeatRequest, ListTopicsRequest, Login, OffsetForTimeRequest, PullRequest,
     QueryOffsetRequest, Request, SecretText, SendBackRequest, LOGIN_PASSWORD, LOGIN_TOKEN,
 };
+pub use request::{EndTransactionRequest, TxAction, CHECKS_MAX};
 pub use response::{
     Assignment, BrokerLiveness, BrokerRoute, ErrorResponse, GroupDeleted, GroupInfo, GroupSettings,
-    PullResult, QueueInfo, QueueStats, Response, SendBatchResult, SendResult, TopicCreated,
-    TopicDeleted, TopicInfo, TopicStats,
+    OpenTransaction, PullResult, QueueInfo, QueueStats, Response, SendBatchResult, SendResult,
+    TopicCreated, TopicDeleted, TopicInfo, TopicStats, TransactionCheck, TransactionEnded,
 };
 pub use waits::Wait;
 

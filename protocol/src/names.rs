@@ -13,6 +13,14 @@ pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
 /// Queues of `SCHEDULE_TOPIC`: the most delay levels `retry_delays_ms` may list.
 pub const SCHEDULE_QUEUES: u32 = 64;
 
+/// Where half messages (transactions not ended yet) are stored: one queue.
+pub const HALF_TOPIC: &str = "%HALF%";
+/// How transactions ended: one record per commit or rollback, naming its half message.
+pub const HALF_OP_TOPIC: &str = "%HALF_OP%";
+/// The producer id of committed transactions' messages (their sequence: the op
+/// record's queue offset + 1), one of `BROKER_PRODUCER_IDS`.
+pub const TRANSACTION_PRODUCER_ID: u64 = 0x5C4E_D01E_D0D0_0000 + 64 + TIMER_LEVELS as u64;
+
 /// The timer's levels live in `SCHEDULE_TOPIC` from this queue on: level `k` is queue
 /// `TIMER_FIRST_QUEUE + k` and holds each record `timer_hold_ms(k)`. (Queues below it
 /// are the fixed retry levels of brokers before the timer; they are still drained.)
@@ -26,7 +34,7 @@ pub const TIMER_TICK_MS: u64 = 100;
 /// timer levels' (`TIMER_LEVELS`). Clients may not send under them (INVALID_ARGUMENT):
 /// the timer's dedupe relies on being the only one numbering them.
 pub const BROKER_PRODUCER_IDS: std::ops::Range<u64> =
-    0x5C4E_D01E_D0D0_0000..0x5C4E_D01E_D0D0_0000 + 64 + TIMER_LEVELS as u64;
+    0x5C4E_D01E_D0D0_0000..TRANSACTION_PRODUCER_ID + 1;
 
 /// Whether `producer_id` is one of the broker's own (`BROKER_PRODUCER_IDS`).
 pub fn is_broker_producer_id(producer_id: u64) -> bool {
@@ -104,6 +112,19 @@ pub mod property {
     /// The message group (set by a producer): the messages of one group go to one queue
     /// (`message_group_queue`) and an ordered consumer group takes them one at a time.
     pub const MESSAGE_GROUP: &str = "KEEL_MESSAGE_GROUP";
+    /// On a SEND: the message is a transaction's half message, of this producer group
+    /// (stored at once, visible only once committed).
+    pub const TRANSACTION: &str = "KEEL_TRANSACTION";
+    /// On an op record of `%HALF_OP%` and on a committed message: the transaction (the
+    /// half message's id, 16 hex digits).
+    pub const TRANSACTION_ID: &str = "KEEL_TRANSACTION_ID";
+    /// On an op record: "commit" or "rollback".
+    pub const TRANSACTION_OUTCOME: &str = "KEEL_TRANSACTION_OUTCOME";
+    /// On an op record: who ended it ("producer", or "broker: ..." when the checks ran
+    /// out).
+    pub const TRANSACTION_BY: &str = "KEEL_TRANSACTION_BY";
+    /// On an op record: the half message's queue offset in `%HALF%`.
+    pub const HALF_OFFSET: &str = "KEEL_HALF_OFFSET";
 }
 
 /// The longest message group, in bytes.

@@ -25,6 +25,9 @@ impl Kind {
             Kind::DeleteTopic => "admin:delete_topic",
             Kind::DeleteGroup => "group:commit",
             Kind::GroupSettings => "group:consume to read, group:commit to change",
+            Kind::EndTransaction => "topic:publish",
+            Kind::CheckTransactions => "group:consume (the producer group)",
+            Kind::ListTransactions => "admin:lookup",
             Kind::ListTopics => "topic:describe (admin:describe to list every topic)",
             Kind::Stats => "admin:stats",
             Kind::MessageInfo => "admin:lookup",
@@ -57,6 +60,9 @@ impl Kind {
             | Kind::TopicDeleted
             | Kind::GroupDeleted
             | Kind::GroupSettingsResult
+            | Kind::TransactionEnded
+            | Kind::TransactionChecks
+            | Kind::Transactions
             | Kind::Error => return None,
         })
     }

@@ -173,6 +173,27 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), any::<bool>()).prop_map(|(group, force)| Request::DeleteGroup { group, force }),
         (text(), proptest::option::of(any::<bool>()))
             .prop_map(|(group, ordered)| Request::GroupSettings { group, ordered }),
+        (text(), text(), any::<u64>(), any::<bool>()).prop_map(
+            |(producer_group, topic, transaction_id, commit)| {
+                Request::EndTransaction(crate::EndTransactionRequest {
+                    producer_group,
+                    topic,
+                    transaction_id,
+                    action: if commit {
+                        crate::TxAction::Commit
+                    } else {
+                        crate::TxAction::Rollback
+                    },
+                })
+            }
+        ),
+        (text(), 1..=crate::CHECKS_MAX).prop_map(|(producer_group, max)| {
+            Request::CheckTransactions {
+                producer_group,
+                max,
+            }
+        }),
+        text().prop_map(|producer_group| Request::ListTransactions { producer_group }),
         (text(), any::<u32>())
             .prop_map(|(topic, queues)| Request::AddQueues(CreateTopicRequest { topic, queues })),
         (
@@ -395,6 +416,43 @@ fn response() -> impl Strategy<Value = Response> {
         (text(), any::<bool>()).prop_map(|(group, ordered)| {
             Response::GroupSettings(crate::GroupSettings { group, ordered })
         }),
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(transaction_id, commit, already)| {
+                Response::TransactionEnded(crate::TransactionEnded {
+                    transaction_id,
+                    outcome: if commit {
+                        crate::TxAction::Commit
+                    } else {
+                        crate::TxAction::Rollback
+                    },
+                    already,
+                })
+            }
+        ),
+        proptest::collection::vec((text(), text(), any::<(u64, u64, u32, u64)>()), 0..4).prop_map(
+            |open| {
+                Response::Transactions(
+                    open.into_iter()
+                        .map(
+                            |(
+                                producer_group,
+                                topic,
+                                (transaction_id, stored_ms, checks, next_check_ms),
+                            )| {
+                                crate::OpenTransaction {
+                                    transaction_id,
+                                    producer_group,
+                                    topic,
+                                    stored_ms,
+                                    checks,
+                                    next_check_ms,
+                                }
+                            },
+                        )
+                        .collect(),
+                )
+            }
+        ),
         (text(), any::<u32>(), any::<(u64, u64)>(), any::<bool>()).prop_map(
             |(topic, queues, (messages, bytes), durable)| {
                 Response::TopicDeleted(crate::TopicDeleted {

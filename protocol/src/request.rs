@@ -175,6 +175,65 @@ pub enum Request {
         group: String,
         ordered: Option<bool>,
     },
+    /// Commits or rolls back a transaction (a half message).
+    EndTransaction(EndTransactionRequest),
+    /// A transactional producer asks which of its group's open transactions the broker
+    /// wants checked (at most `max`, 1 to `CHECKS_MAX`).
+    CheckTransactions {
+        producer_group: String,
+        max: u16,
+    },
+    /// The open transactions of `producer_group` ("": of every group).
+    ListTransactions {
+        producer_group: String,
+    },
+}
+
+/// The most transactions one CHECK_TRANSACTIONS may ask for.
+pub const CHECKS_MAX: u16 = 64;
+
+/// What END_TRANSACTION does with a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxAction {
+    /// The half message becomes visible in its topic, once.
+    Commit = 1,
+    /// It never becomes visible (it stays in the log, resolved as rolled back).
+    Rollback = 2,
+}
+
+impl TxAction {
+    pub fn from_u8(value: u8) -> Option<TxAction> {
+        match value {
+            1 => Some(TxAction::Commit),
+            2 => Some(TxAction::Rollback),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TxAction::Commit => "commit",
+            TxAction::Rollback => "rollback",
+        }
+    }
+}
+
+pub(crate) fn decode_tx_action(reader: &mut Reader<'_>) -> Result<TxAction, DecodeError> {
+    let value = reader.u8("action")?;
+    TxAction::from_u8(value).ok_or(DecodeError::InvalidValue {
+        field: "action",
+        value: u64::from(value),
+    })
+}
+
+/// END_TRANSACTION: the transaction is the half message's id (its log offset, as its
+/// SEND_RESULT gave it), sent by `producer_group` to `topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndTransactionRequest {
+    pub producer_group: String,
+    pub topic: String,
+    pub transaction_id: u64,
+    pub action: TxAction,
 }
 
 /// Text that may hold a secret (a SECURITY_ADMIN command with a password, a
@@ -237,6 +296,9 @@ impl Request {
             Request::DeleteTopic { .. } => Kind::DeleteTopic,
             Request::DeleteGroup { .. } => Kind::DeleteGroup,
             Request::GroupSettings { .. } => Kind::GroupSettings,
+            Request::EndTransaction(_) => Kind::EndTransaction,
+            Request::CheckTransactions { .. } => Kind::CheckTransactions,
+            Request::ListTransactions { .. } => Kind::ListTransactions,
         }
     }
 
@@ -283,6 +345,20 @@ impl Request {
                 put_str16(out, group);
                 out.put_u8(u8::from(*force));
             }
+            Request::EndTransaction(end) => {
+                put_str16(out, &end.producer_group);
+                put_str16(out, &end.topic);
+                out.put_u64_le(end.transaction_id);
+                out.put_u8(end.action as u8);
+            }
+            Request::CheckTransactions {
+                producer_group,
+                max,
+            } => {
+                put_str16(out, producer_group);
+                out.put_u16_le(*max);
+            }
+            Request::ListTransactions { producer_group } => put_str16(out, producer_group),
             Request::GroupSettings { group, ordered } => {
                 put_str16(out, group);
                 match ordered {
@@ -442,6 +518,29 @@ impl Request {
             Kind::DeleteGroup => Request::DeleteGroup {
                 group: reader.str16("group")?,
                 force: decode_force(&mut reader)?,
+            },
+            Kind::EndTransaction => Request::EndTransaction(EndTransactionRequest {
+                producer_group: reader.str16("producer_group")?,
+                topic: reader.str16("topic")?,
+                transaction_id: reader.u64("transaction_id")?,
+                action: decode_tx_action(&mut reader)?,
+            }),
+            Kind::CheckTransactions => {
+                let producer_group = reader.str16("producer_group")?;
+                let max = reader.u16("max")?;
+                if !(1..=CHECKS_MAX).contains(&max) {
+                    return Err(DecodeError::InvalidValue {
+                        field: "max",
+                        value: u64::from(max),
+                    });
+                }
+                Request::CheckTransactions {
+                    producer_group,
+                    max,
+                }
+            }
+            Kind::ListTransactions => Request::ListTransactions {
+                producer_group: reader.str16("producer_group")?,
             },
             Kind::GroupSettings => {
                 let group = reader.str16("group")?;

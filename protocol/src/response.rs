@@ -92,6 +92,40 @@ pub struct GroupSettings {
     pub ordered: bool,
 }
 
+/// TRANSACTION_ENDED: how a transaction ended (durable, on a slave too for a sync
+/// master). `already`: it had ended so before this request (a retry, or the broker's
+/// own resolution).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionEnded {
+    pub transaction_id: u64,
+    pub outcome: crate::TxAction,
+    pub already: bool,
+}
+
+/// One entry of TRANSACTION_CHECKS: an open transaction the producer should check and
+/// end, its `check`-th check (from 1), and the message as the producer sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionCheck {
+    pub transaction_id: u64,
+    pub check: u32,
+    pub message: crate::Message,
+}
+
+/// One entry of TRANSACTIONS: an open transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpenTransaction {
+    pub transaction_id: u64,
+    pub producer_group: String,
+    pub topic: String,
+    /// When its half message was stored (ms since the epoch).
+    pub stored_ms: u64,
+    /// Checks asked of its producer group so far.
+    pub checks: u32,
+    /// When the next check is due (or, after the last one, when the broker resolves
+    /// it as configured).
+    pub next_check_ms: u64,
+}
+
 /// TOPIC_DELETED: what a deletion removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDeleted {
@@ -246,6 +280,9 @@ pub enum Response {
     TopicDeleted(TopicDeleted),
     GroupDeleted(GroupDeleted),
     GroupSettings(GroupSettings),
+    TransactionEnded(TransactionEnded),
+    TransactionChecks(Vec<TransactionCheck>),
+    Transactions(Vec<OpenTransaction>),
     /// BROKERS: the name server's broker timeout (ms) and every broker it knows.
     Brokers {
         broker_timeout_ms: u64,
@@ -291,6 +328,9 @@ impl Response {
             Response::TopicDeleted(_) => Kind::TopicDeleted,
             Response::GroupDeleted(_) => Kind::GroupDeleted,
             Response::GroupSettings(_) => Kind::GroupSettingsResult,
+            Response::TransactionEnded(_) => Kind::TransactionEnded,
+            Response::TransactionChecks(_) => Kind::TransactionChecks,
+            Response::Transactions(_) => Kind::Transactions,
             Response::Error(_) => Kind::Error,
         }
     }
@@ -414,6 +454,33 @@ impl Response {
                 put_str16(out, &deleted.group);
                 out.put_u32_le(deleted.offsets);
                 out.put_u32_le(deleted.members);
+            }
+            Response::TransactionEnded(ended) => {
+                out.put_u64_le(ended.transaction_id);
+                out.put_u8(ended.outcome as u8);
+                out.put_u8(u8::from(ended.already));
+            }
+            Response::TransactionChecks(checks) => {
+                out.put_u16_le(u16::try_from(checks.len()).unwrap_or(u16::MAX));
+                for check in checks.iter().take(usize::from(u16::MAX)) {
+                    out.put_u64_le(check.transaction_id);
+                    out.put_u32_le(check.check);
+                    let mut body = Vec::new();
+                    check.message.encode_body(&mut body);
+                    out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
+                    out.put_slice(&body);
+                }
+            }
+            Response::Transactions(open) => {
+                out.put_u32_le(u32::try_from(open.len()).unwrap_or(u32::MAX));
+                for tx in open {
+                    out.put_u64_le(tx.transaction_id);
+                    put_str16(out, &tx.producer_group);
+                    put_str16(out, &tx.topic);
+                    out.put_u64_le(tx.stored_ms);
+                    out.put_u32_le(tx.checks);
+                    out.put_u64_le(tx.next_check_ms);
+                }
             }
             Response::GroupSettings(settings) => {
                 put_str16(out, &settings.group);
@@ -672,6 +739,44 @@ impl Response {
                 offsets: reader.u32("offsets")?,
                 members: reader.u32("members")?,
             }),
+            Kind::TransactionEnded => Response::TransactionEnded(TransactionEnded {
+                transaction_id: reader.u64("transaction_id")?,
+                outcome: crate::request::decode_tx_action(&mut reader)?,
+                already: crate::request::decode_flag(&mut reader, "already")?,
+            }),
+            Kind::TransactionChecks => {
+                let count = reader.u16("count")?;
+                // Each entry takes at least 16 bytes: bounded before allocating.
+                let mut checks =
+                    Vec::with_capacity(usize::from(count).min(reader.remaining() / 16));
+                for _ in 0..count {
+                    let transaction_id = reader.u64("transaction_id")?;
+                    let check = reader.u32("check")?;
+                    let body = crate::wire::bytes_of(reader.bytes32("message")?);
+                    checks.push(TransactionCheck {
+                        transaction_id,
+                        check,
+                        message: crate::Message::decode_body(&body)?,
+                    });
+                }
+                Response::TransactionChecks(checks)
+            }
+            Kind::Transactions => {
+                let count = reader.u32("count")?;
+                // Each entry takes at least 32 bytes: bounded before allocating.
+                let mut open = Vec::with_capacity((count as usize).min(reader.remaining() / 32));
+                for _ in 0..count {
+                    open.push(OpenTransaction {
+                        transaction_id: reader.u64("transaction_id")?,
+                        producer_group: reader.str16("producer_group")?,
+                        topic: reader.str16("topic")?,
+                        stored_ms: reader.u64("stored_ms")?,
+                        checks: reader.u32("checks")?,
+                        next_check_ms: reader.u64("next_check_ms")?,
+                    });
+                }
+                Response::Transactions(open)
+            }
             Kind::GroupSettingsResult => Response::GroupSettings(GroupSettings {
                 group: reader.str16("group")?,
                 ordered: crate::request::decode_flag(&mut reader, "ordered")?,

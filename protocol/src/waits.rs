@@ -30,6 +30,9 @@ pub enum Wait {
     /// The promotion thread: the end of the master's stream and the fsync of what
     /// arrived.
     Promotion,
+    /// A thread for slow requests, with the broker's open transactions (a commit or
+    /// rollback also waits for its records' durability).
+    Transactions,
 }
 
 impl Wait {
@@ -45,6 +48,10 @@ impl Wait {
             Wait::SecurityThread => "the security thread",
             Wait::LogScan => "a scan of the whole log, on a slow-request thread",
             Wait::Promotion => "the promotion thread",
+            Wait::Transactions => {
+                "a slow-request thread (the open transactions; a commit or rollback also \
+                 waits for its records' durability)"
+            }
         }
     }
 }
@@ -66,6 +73,8 @@ impl Kind {
             Kind::DeleteTopic => Wait::Deletion,
             Kind::Login | Kind::SecurityAdmin => Wait::SecurityThread,
             Kind::MessageInfo => Wait::LogScan,
+            Kind::EndTransaction => Wait::Transactions,
+            Kind::CheckTransactions | Kind::ListTransactions => Wait::Transactions,
             Kind::Promote => Wait::Promotion,
             Kind::Pong
             | Kind::SendResult
@@ -89,6 +98,9 @@ impl Kind {
             | Kind::TopicDeleted
             | Kind::GroupDeleted
             | Kind::GroupSettingsResult
+            | Kind::TransactionEnded
+            | Kind::TransactionChecks
+            | Kind::Transactions
             | Kind::Error => return None,
         })
     }

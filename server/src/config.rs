@@ -13,6 +13,14 @@ pub enum Flush {
     Async,
 }
 
+/// How the broker ends a transaction its producer group never ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unresolved {
+    Rollback,
+    Commit,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -119,6 +127,16 @@ pub struct Config {
     /// The latest a message may be delivered, counted from its SEND: a later
     /// `KEEL_DELIVER_AT` is refused (INVALID_ARGUMENT).
     pub max_delay_ms: u64,
+    /// A transaction not ended this long after its half message was stored is checked
+    /// with its producer group (CHECK_TRANSACTIONS) for the first time.
+    pub transaction_check_delay_ms: u64,
+    /// Then checked again this often.
+    pub transaction_check_interval_ms: u64,
+    /// After this many checks without an end, the broker ends it as
+    /// `transaction_unresolved` says.
+    pub transaction_check_max: u32,
+    /// How the broker ends a transaction whose checks ran out.
+    pub transaction_unresolved: Unresolved,
     /// TLS, logins and permissions (`[security]`).
     pub security: SecurityConfig,
 }
@@ -359,6 +377,10 @@ impl Default for Config {
                 480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
             ],
             max_delay_ms: 7 * 24 * 3_600_000,
+            transaction_check_delay_ms: 6_000,
+            transaction_check_interval_ms: 30_000,
+            transaction_check_max: 15,
+            transaction_unresolved: Unresolved::Rollback,
             security: SecurityConfig::default(),
         }
     }
@@ -477,6 +499,36 @@ impl Config {
             return fail(format!(
                 "max_delay_ms = {} must be 1000 to {longest} (the timer's reach)",
                 self.max_delay_ms
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.transaction_check_delay_ms)
+            || !(100..=3_600_000).contains(&self.transaction_check_interval_ms)
+        {
+            return fail(format!(
+                "transaction_check_delay_ms = {} and transaction_check_interval_ms = {} must \
+                 each be 100 to 3600000",
+                self.transaction_check_delay_ms, self.transaction_check_interval_ms
+            ));
+        }
+        if !(1..=1_000).contains(&self.transaction_check_max) {
+            return fail(format!(
+                "transaction_check_max = {} must be 1 to 1000",
+                self.transaction_check_max
+            ));
+        }
+        // Retention must keep a half message until the broker ends it.
+        let open_longest = self.transaction_check_delay_ms.saturating_add(
+            self.transaction_check_interval_ms
+                .saturating_mul(u64::from(self.transaction_check_max)),
+        );
+        if self.retention_hours > 0
+            && self.retention_hours.saturating_mul(3_600_000) < open_longest.saturating_mul(2)
+        {
+            return fail(format!(
+                "retention_hours = {} keeps half messages for less than twice the longest a \
+                 transaction stays open ({open_longest} ms: transaction_check_delay_ms + \
+                 transaction_check_interval_ms x transaction_check_max)",
+                self.retention_hours
             ));
         }
         if self.segment_size_bytes < 4096 {

@@ -413,6 +413,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     }
     broker.set_listen_address(address);
     broker::schedule::start(broker.clone());
+    broker::transactions::start(broker.clone());
     broker.start_rates();
     let pools = broker::workers::Pools::start(config.read_threads)
         .map_err(BrokerError::setup("cannot start the reader threads"))?;

@@ -1,7 +1,7 @@
 //! One decoded request to its handler.
 
 use crate::broker::connection::ReplyTo;
-use crate::broker::handlers::{admin, group, message_info, pull, send};
+use crate::broker::handlers::{admin, group, message_info, pull, send, transaction};
 use crate::broker::shard::Shard;
 use keel_protocol::{ErrorCode, Request, Response};
 
@@ -25,6 +25,14 @@ impl Shard {
             Request::DeleteTopic { topic, force } => admin::on_delete_topic(self, to, topic, force),
             Request::GroupSettings { group, ordered } => {
                 group::on_group_settings(self, to, &group, ordered)
+            }
+            Request::EndTransaction(end) => transaction::on_end_transaction(self, to, end),
+            Request::CheckTransactions {
+                producer_group,
+                max,
+            } => transaction::on_check_transactions(self, to, producer_group, max),
+            Request::ListTransactions { producer_group } => {
+                transaction::on_list_transactions(self, to, producer_group)
             }
             Request::DeleteGroup { group, force } => {
                 group::on_delete_group(self, to, &group, force)

@@ -16,4 +16,5 @@ pub(crate) mod shard;
 #[cfg(test)]
 mod shard_tests;
 pub mod timer;
+pub mod transactions;
 pub(crate) mod workers;

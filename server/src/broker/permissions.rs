@@ -94,6 +94,11 @@ pub fn needs(request: &Request) -> Option<Vec<Need>> {
         Request::ListTopics(list) => vec![topic_need(&list.topic, Describe)],
         Request::Stats => vec![need(Admin, "*", Stats)],
         Request::MessageInfo { .. } => vec![need(Admin, "*", Lookup)],
+        Request::EndTransaction(end) => vec![topic_need(&end.topic, Publish)],
+        Request::CheckTransactions { producer_group, .. } => {
+            vec![group_need(producer_group, Consume)]
+        }
+        Request::ListTransactions { .. } => vec![need(Admin, "*", Lookup)],
         Request::Promote { .. } => vec![need(Cluster, "*", Promote)],
         Request::RegisterBroker(_) => vec![need(Cluster, "*", Register)],
         Request::GetBrokers => vec![need(Admin, "*", Describe)],

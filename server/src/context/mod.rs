@@ -87,6 +87,8 @@ pub struct Broker {
     pub rates: rates::Rates,
     /// The timer's lateness and counts (`timers.rs`).
     pub timers: timers::TimerStats,
+    /// Open transactions (`broker/transactions.rs`).
+    pub transactions: crate::broker::transactions::Transactions,
 }
 
 impl Broker {
@@ -106,6 +108,7 @@ impl Broker {
             }),
             rates: rates::Rates::default(),
             timers: timers::TimerStats::default(),
+            transactions: Default::default(),
             config,
             store,
             counters: Counters::default(),
@@ -209,6 +212,8 @@ impl Broker {
             // Members of its groups report to it from now on.
             self.groups.serve_anew();
         }
+        // Open transactions are rebuilt from the log for the new role.
+        self.transactions.invalidate();
         self.role.store(role as u8, Ordering::Release);
         self.store.notify_listeners();
         self.registration.notify();

@@ -25,3 +25,4 @@ mod shutdown;
 mod stalled_disk;
 mod storage_faults;
 mod timer;
+mod transactions;

@@ -7,3 +7,4 @@ pub(crate) mod group;
 pub(crate) mod message_info;
 pub(crate) mod pull;
 pub(crate) mod send;
+pub(crate) mod transaction;

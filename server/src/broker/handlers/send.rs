@@ -99,6 +99,66 @@ fn delayed(
     Ok(messages)
 }
 
+/// `messages` with each half message (`KEEL_TRANSACTION`, after its CRC was checked)
+/// put in `%HALF%` until its transaction ends (`broker/transactions.rs`). A half message
+/// is sent alone, not delayed, to a topic and queue a send could reach now.
+fn transactional(
+    broker: &crate::context::Broker,
+    mut messages: Vec<Message>,
+    batch: bool,
+) -> Result<Vec<Message>, Refusal> {
+    use crate::broker::transactions;
+    for message in messages.iter_mut() {
+        if reserved_topic(&message.topic) {
+            continue;
+        }
+        let Some(group) = transactions::producer_group_of(message) else {
+            continue;
+        };
+        if batch {
+            return Err(Refusal::invalid(format!(
+                "a half message ({}) is sent alone, not in a SEND_BATCH",
+                property::TRANSACTION
+            )));
+        }
+        if let Some(refusal) = super::transaction::invalid_producer_group(group) {
+            return Err(refusal);
+        }
+        if message.property(property::DELIVER_AT).is_some() {
+            return Err(Refusal::invalid(format!(
+                "a half message ({}) cannot be delayed ({}): delay the send after the \
+                 commit instead",
+                property::TRANSACTION,
+                property::DELIVER_AT
+            )));
+        }
+        if !transactions::has_room(broker) {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                format!(
+                    "{} transactions are open on this broker; end some first",
+                    transactions::OPEN_MAX
+                ),
+            ));
+        }
+        deliverable(broker, message)?;
+        *message = transactions::half(std::mem::take(message));
+        let max = broker.store.config().max_record_bytes as usize;
+        let len = message.record_len();
+        if len.saturating_add(transactions::COMMIT_GROWTH_BYTES) > max {
+            return Err(Refusal::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "a half message's record may be at most {} bytes (its commit adds \
+                     properties), this one is {len}",
+                    max.saturating_sub(transactions::COMMIT_GROWTH_BYTES)
+                ),
+            ));
+        }
+    }
+    Ok(messages)
+}
+
 /// Whether the topic of a delayed message can take it when it is due: refused now as a
 /// send to it would be, not lost later. A topic that does not exist is created now (with
 /// `auto_create_topics`), as a send to it would, so that consumers can subscribe to it
@@ -170,12 +230,14 @@ pub(crate) fn append_and_wait(
     let total = messages.len();
     let appended = match refusal(shard, &messages, batch) {
         Some(refusal) => Err(refusal),
-        None => delayed(&broker, messages, batch, now).and_then(|messages| {
-            broker
-                .store
-                .append_batch(&messages, broker.config.auto_create_topics, now)
-                .map_err(Refusal::from)
-        }),
+        None => transactional(&broker, messages, batch)
+            .and_then(|messages| delayed(&broker, messages, batch, now))
+            .and_then(|messages| {
+                broker
+                    .store
+                    .append_batch(&messages, broker.config.auto_create_topics, now)
+                    .map_err(Refusal::from)
+            }),
     };
     let count = total as u64;
     let appended = match appended {
