@@ -26,6 +26,7 @@
 //!   `transaction_unresolved` says (roll back by default), logged and counted.
 
 use crate::config::Unresolved;
+use crate::context::transactions::{Ended, Open, State};
 use crate::context::Broker;
 use crate::error::Refusal;
 use keel_protocol::names::{property, HALF_OP_TOPIC, HALF_TOPIC, TRANSACTION_PRODUCER_ID};
@@ -33,9 +34,8 @@ use keel_protocol::{
     now_ms, ErrorCode, Message, OpenTransaction, Record, TransactionCheck, TransactionEnded,
     TxAction, QUEUE_ID_ANY,
 };
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The group under which the scan progress of `%HALF%` and `%HALF_OP%` is committed.
@@ -51,69 +51,16 @@ pub const COMMIT_GROWTH_BYTES: usize = 2 * (2 + 22 + 2 + 16);
 /// Records read per scan step.
 const BATCH: u32 = 256;
 
-struct Open {
-    half_offset: u64,
-    producer_group: String,
-    topic: String,
-    stored_ms: u64,
-    checks: u32,
-    next_check_ms: u64,
-    /// A check is due and no producer has taken it yet.
-    wanted: bool,
-}
-
-/// A resolved half message above the progress: where its op is, and whether the op is
-/// durable yet (the progress never passes it before).
-#[derive(Clone, Copy)]
-struct Ended {
-    op_offset: u64,
-    op_end: u64,
-}
-
-#[derive(Default)]
-struct State {
-    /// Rebuilt for the broker's current time as master.
-    loaded: bool,
-    /// The next queue offsets of `%HALF%` and `%HALF_OP%` to read.
-    half_next: u64,
-    op_next: u64,
-    /// Transaction id (the half message's log offset) -> the open transaction.
-    open: BTreeMap<u64, Open>,
-    /// Half queue offset -> its end, for ends above the progress.
-    ended: BTreeMap<u64, Ended>,
-    /// The progress last committed.
-    committed: (u64, u64),
-}
-
-/// Counters (Prometheus).
-#[derive(Default)]
-pub struct TransactionStats {
-    pub committed: AtomicU64,
-    pub rolled_back: AtomicU64,
-    /// Ended by the broker because the checks ran out.
-    pub resolved_by_broker: AtomicU64,
-    /// Checks handed to producers.
-    pub checks: AtomicU64,
-    /// Open transactions now.
-    pub open: AtomicU64,
-}
-
-#[derive(Default)]
-pub struct Transactions {
-    state: Mutex<State>,
-    pub stats: TransactionStats,
-}
-
-impl Transactions {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// The broker's role changed: what is held is rebuilt from the log before use.
-    pub fn invalidate(&self) {
-        self.lock().loaded = false;
+/// Why a producer group's name is refused, if it is.
+pub(crate) fn invalid_producer_group(group: &str) -> Option<Refusal> {
+    match keel_protocol::validate_topic(group) {
+        Ok(()) if !group.contains('%') => None,
+        Ok(()) => Some(Refusal::invalid(
+            "a producer group name may not contain '%'",
+        )),
+        Err(detail) => Some(Refusal::invalid(format!(
+            "invalid producer group: {detail}"
+        ))),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod latency;
 pub mod rates;
 pub mod security;
 pub mod timers;
+pub mod transactions;
 
 use crate::config::Config;
 use keel_protocol::BrokerRole;
@@ -88,7 +89,7 @@ pub struct Broker {
     /// The timer's lateness and counts (`timers.rs`).
     pub timers: timers::TimerStats,
     /// Open transactions (`broker/transactions.rs`).
-    pub transactions: crate::broker::transactions::Transactions,
+    pub transactions: transactions::Transactions,
 }
 
 impl Broker {

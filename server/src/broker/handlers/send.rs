@@ -121,7 +121,7 @@ fn transactional(
                 property::TRANSACTION
             )));
         }
-        if let Some(refusal) = super::transaction::invalid_producer_group(group) {
+        if let Some(refusal) = transactions::invalid_producer_group(group) {
             return Err(refusal);
         }
         if message.property(property::DELIVER_AT).is_some() {

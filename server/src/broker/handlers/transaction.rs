@@ -6,22 +6,10 @@ use crate::broker::connection::ReplyTo;
 use crate::broker::handlers::send;
 use crate::broker::shard::Shard;
 use crate::broker::transactions;
+use crate::broker::transactions::invalid_producer_group;
 use crate::broker::workers::Pool;
 use crate::error::Refusal;
-use keel_protocol::{validate_topic, EndTransactionRequest, Response};
-
-/// Why a producer group's name is refused, if it is.
-pub(crate) fn invalid_producer_group(group: &str) -> Option<Refusal> {
-    match validate_topic(group) {
-        Ok(()) if !group.contains('%') => None,
-        Ok(()) => Some(Refusal::invalid(
-            "a producer group name may not contain '%'",
-        )),
-        Err(detail) => Some(Refusal::invalid(format!(
-            "invalid producer group: {detail}"
-        ))),
-    }
-}
+use keel_protocol::{EndTransactionRequest, Response};
 
 fn run(
     shard: &mut Shard,
