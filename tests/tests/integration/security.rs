@@ -330,6 +330,19 @@ fn one_of_each_kind() -> Vec<Request> {
             group: "g".into(),
             ordered: Some(true),
         },
+        Request::EndTransaction(keel_protocol::EndTransactionRequest {
+            producer_group: "g".into(),
+            topic: "orders".into(),
+            transaction_id: 0,
+            action: keel_protocol::TxAction::Commit,
+        }),
+        Request::CheckTransactions {
+            producer_group: "g".into(),
+            max: 1,
+        },
+        Request::ListTransactions {
+            producer_group: String::new(),
+        },
         Request::SecurityAdmin(keel_protocol::SecretText(
             SecurityCommand::UserList.to_json(),
         )),
