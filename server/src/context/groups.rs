@@ -40,6 +40,12 @@ struct Group {
     members: BTreeMap<String, Member>,
     /// queue -> owning member.
     owners: HashMap<u32, String>,
+    /// Queues whose member (by the spread) asked and was given nothing: another member
+    /// still holds them, or an ordered group's grace keeps them for their old owner.
+    withheld: BTreeSet<u32>,
+    /// Queues a member reported holding since the broker started serving: their old
+    /// owner is known, so no grace holds them once it lets go.
+    reported: BTreeSet<u32>,
     generation: u64,
 }
 
@@ -100,6 +106,9 @@ impl Groups {
             .serving_since
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+        for state in self.lock().values_mut() {
+            state.reported.clear();
+        }
     }
 
     /// A member's heartbeat: it is alive, still holds `owned`; returns what it may
@@ -159,6 +168,7 @@ impl Groups {
                     .owners
                     .entry(*queue)
                     .or_insert_with(|| member_id.to_string());
+                state.reported.insert(*queue);
             }
         }
         let longest = state.members.values().map(|member| member.timeout).max();
@@ -167,20 +177,25 @@ impl Groups {
         let members: Vec<&String> = state.members.keys().collect();
         let me = members.iter().position(|id| id.as_str() == member_id);
         let mut granted = Vec::new();
+        let mut withheld = Vec::new();
         for queue in 0..queue_count {
             if target(&members, queue_count, queue) != me {
                 continue;
             }
             match state.owners.get(&queue) {
-                Some(owner) if owner != member_id => {} // still held by its old owner
+                Some(owner) if owner != member_id => withheld.push(queue), // not let go yet
                 Some(_) => granted.push(queue),
-                None if in_grace => {} // its old owner may not have reported yet
+                // Its old owner, if any, may report yet.
+                None if in_grace && !state.reported.contains(&queue) => withheld.push(queue),
                 None => granted.push(queue),
             }
         }
+        state.withheld.retain(|queue| *queue < queue_count);
         for queue in &granted {
             state.owners.insert(*queue, member_id.to_string());
+            state.withheld.remove(queue);
         }
+        state.withheld.extend(withheld);
         Some(Granted {
             generation: state.generation,
             members: state.members.len() as u32,
@@ -199,6 +214,22 @@ impl Groups {
             .owners
             .get(&queue)
             .is_some_and(|owner| owner == member_id)
+    }
+
+    /// (group, topic, queues withheld) for each pair with live members and a queue
+    /// that its member asked for and could not be given yet; sorted.
+    pub fn withheld(&self) -> Vec<(String, String, usize)> {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let mut waiting = Vec::new();
+        for ((group, topic), state) in groups.iter_mut() {
+            expire(state, now, group);
+            if !state.members.is_empty() && !state.withheld.is_empty() {
+                waiting.push((group.clone(), topic.clone(), state.withheld.len()));
+            }
+        }
+        waiting.sort();
+        waiting
     }
 
     /// The groups with live members on `topic`, and how many each has.
@@ -285,6 +316,7 @@ fn expire(state: &mut Group, now: Instant, group: &str) {
         state.members.remove(id);
     }
     state.owners.retain(|_, owner| !gone.contains(owner));
+    state.withheld.clear(); // The next heartbeats tell again.
     state.generation += 1;
 }
 
@@ -380,6 +412,11 @@ mod tests {
         assert_eq!(heartbeat("a", &[0, 1]), vec![0]);
         assert!(groups.owns("g", "t", "a", 1));
         assert!(heartbeat("b", &[]).is_empty(), "1 is still a's");
+        assert_eq!(groups.withheld(), vec![("g".into(), "t".into(), 1)]);
+        // a lets go of 1: b gets it, nothing is withheld.
+        assert_eq!(heartbeat("a", &[0]), vec![0]);
+        assert_eq!(heartbeat("b", &[]), vec![1]);
+        assert!(groups.withheld().is_empty());
         // A queue nobody reports is given away once the longest session timeout passed.
         let groups = Groups::default();
         let heartbeat = |owned: &[u32]| {
@@ -389,8 +426,10 @@ mod tests {
                 .queues
         };
         assert!(heartbeat(&[]).is_empty());
+        assert_eq!(groups.withheld(), vec![("g".into(), "t".into(), 2)]);
         std::thread::sleep(Duration::from_millis(600));
         assert_eq!(heartbeat(&[]), vec![0, 1]);
+        assert!(groups.withheld().is_empty());
         // A promotion starts the grace again.
         groups.serve_anew();
         let other = groups
