@@ -165,6 +165,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: OffsetsCommand,
     },
+    /// Transactions (half messages): list the open ones, commit or roll one back.
+    Tx {
+        #[command(subcommand)]
+        command: crate::tx::TxCommand,
+    },
     /// A broker's operator tools: promote a slave (at --broker), and offline checks and
     /// repairs of a stopped broker's data directory (verify, dump, truncate: no --broker).
     Admin {

@@ -14,6 +14,7 @@ mod send;
 mod shared;
 mod signals;
 mod topic;
+mod tx;
 mod when;
 
 use cluster::*;
@@ -26,6 +27,7 @@ pub use output::format_time;
 use output::*;
 use shared::*;
 use topic::*;
+use tx::*;
 
 use clap::Parser;
 use keel_client::ClientError;
@@ -113,6 +115,7 @@ fn run(target: &security::Target, command: Command) -> Result<ExitCode, ClientEr
         Command::Offsets { command } => offsets(target, command),
         Command::Group { command } => group(target, command),
         Command::Admin { command } => admin(target, command),
+        Command::Tx { command } => tx(target, command),
         Command::Routes { namesrv, topic } => routes(target, &namesrv, &topic),
         Command::Cluster {
             controllers,

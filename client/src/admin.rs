@@ -199,13 +199,16 @@ impl Admin {
     }
 
     /// Commits or rolls back a transaction (an operator's end, or a producer's).
+    /// `OutcomeUnknown` when the broker could not make the end durable in time (it may
+    /// or may not have ended: ask again, an end that happened is answered `already`).
     pub fn end_transaction(
         &self,
         request: keel_protocol::EndTransactionRequest,
     ) -> Result<keel_protocol::TransactionEnded, ClientError> {
-        match self.call(Request::EndTransaction(request))? {
-            Response::TransactionEnded(ended) => Ok(ended),
-            other => Err(unexpected(&other, "END_TRANSACTION")),
+        match self.call(Request::EndTransaction(request)) {
+            Ok(Response::TransactionEnded(ended)) => Ok(ended),
+            Ok(other) => Err(unexpected(&other, "END_TRANSACTION")),
+            Err(error) => Err(crate::transaction::end_error(error)),
         }
     }
 

@@ -44,8 +44,11 @@ pub enum TransactionOutcome {
     Committed { transaction_id: u64 },
     /// Rolled back: it never reaches a consumer.
     RolledBack { transaction_id: u64 },
-    /// Open: the local transaction said `Unknown`, or the end could not be delivered
-    /// (`error`). The broker's checks resolve it through the checker.
+    /// Open: the local transaction said `Unknown`, or its end was not confirmed
+    /// (`error`: not delivered in `end_attempts`, not known to be durable, or refused).
+    /// The broker's checks resolve it through the checker; a refused end may mean the
+    /// broker ended it already (`Admin::list_transactions` no longer shows it,
+    /// `keel message show` tells how it ended).
     Open {
         transaction_id: u64,
         error: Option<String>,
@@ -217,11 +220,18 @@ impl TransactionProducer {
                         TxAction::Rollback => TransactionOutcome::RolledBack { transaction_id },
                     })
                 }
-                Err(error) if error.is_retryable() => {
+                Err(error) if error.is_retryable() || error.is_outcome_unknown() => {
                     last = error.to_string();
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                Err(error) => return Err(error),
+                // Refused (the broker ended it before, the other way: its checks ran
+                // out): the transaction is not open, but not as `local` said either.
+                Err(error) => {
+                    return Ok(TransactionOutcome::Open {
+                        transaction_id,
+                        error: Some(error.to_string()),
+                    })
+                }
             }
         }
         Ok(TransactionOutcome::Open {
@@ -265,11 +275,26 @@ fn end_on(
 ) -> Result<keel_protocol::TransactionEnded, ClientError> {
     match connection.call(&Request::EndTransaction(request.clone()), timeout)? {
         Response::TransactionEnded(ended) => Ok(ended),
-        Response::Error(error) => Err(ClientError::Broker(error)),
+        Response::Error(error) => Err(end_error(ClientError::Broker(error))),
         other => Err(ClientError::Protocol(format!(
             "{} in reply to END_TRANSACTION",
             other.kind().name()
         ))),
+    }
+}
+
+/// An END_TRANSACTION's error as what it means: STORAGE_FAILED is an end that may or
+/// may not have happened (not durable in time), not a refusal.
+pub(crate) fn end_error(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Broker(refusal) if refusal.code == keel_protocol::ErrorCode::StorageFailed => {
+            ClientError::OutcomeUnknown(format!(
+                "the end may or may not have happened ({}); ask again: an end that \
+                 happened is answered `already`",
+                refusal.message
+            ))
+        }
+        other => other,
     }
 }
 

@@ -429,6 +429,20 @@ fn response() -> impl Strategy<Value = Response> {
                 })
             }
         ),
+        proptest::collection::vec((any::<(u64, u32)>(), message()), 0..3).prop_map(|checks| {
+            Response::TransactionChecks(
+                checks
+                    .into_iter()
+                    .map(
+                        |((transaction_id, check), message)| crate::TransactionCheck {
+                            transaction_id,
+                            check,
+                            message,
+                        },
+                    )
+                    .collect(),
+            )
+        }),
         proptest::collection::vec((text(), text(), any::<(u64, u64, u32, u64)>()), 0..4).prop_map(
             |open| {
                 Response::Transactions(

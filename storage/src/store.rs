@@ -256,6 +256,11 @@ impl Store {
         self.progress.written()
     }
 
+    /// End of the records appended so far (in memory, not yet written or durable).
+    pub fn offset_appended(&self) -> u64 {
+        self.progress.appended.load(Ordering::Acquire)
+    }
+
     /// End of the bytes handed to the file system so far. After a storage failure, a
     /// record that starts below it may be in the log after a restart (its outcome is
     /// unknown); one at or past it was never written (it is not stored).

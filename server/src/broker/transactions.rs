@@ -227,14 +227,12 @@ impl State {
     }
 
     /// Takes in the op records stored since the last look: their transactions ended.
-    /// Returns the last op read, if any.
-    fn scan_ops(&mut self, broker: &Broker) -> Result<Option<Record>, Refusal> {
-        let mut last = None;
+    fn scan_ops(&mut self, broker: &Broker) -> Result<(), Refusal> {
         loop {
             let (records, next) = read(broker, HALF_OP_TOPIC, self.op_next)?;
             self.op_next = next;
             if records.is_empty() {
-                return Ok(last);
+                return Ok(());
             }
             for op in records {
                 let id = op
@@ -253,7 +251,6 @@ impl State {
                     op_offset: op.queue_offset,
                     op_end: end,
                 });
-                last = Some(op);
             }
         }
     }
@@ -279,8 +276,11 @@ impl State {
         };
         self.committed = (self.half_next, self.op_next);
         self.scan_halves(broker)?;
-        if let Some(op) = self.scan_ops(broker)? {
-            if op.property(property::TRANSACTION_OUTCOME) == Some(TxAction::Commit.name()) {
+        self.scan_ops(broker)?;
+        // The last end of all, wherever the progress is (it may have passed the op while
+        // the message was lost after it: a slave that had the op, not the message).
+        if let Some(op) = last_op(broker)? {
+            if outcome_of(&op) == TxAction::Commit {
                 redo(broker, &op)?;
             }
         }
@@ -299,7 +299,9 @@ impl State {
             self.load(broker)?;
         }
         self.scan_halves(broker)?;
-        self.scan_ops(broker).map(|_| ())
+        self.scan_ops(broker)?;
+        update_open(broker, self);
+        Ok(())
     }
 
     /// Ends `id`: its op record, then for a commit its message; the answer waits for
@@ -355,11 +357,12 @@ impl State {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.open.remove(&id);
+        // The progress passes it once the op and the committed message are durable.
         self.ended.insert(
             half_offset,
             Ended {
                 op_offset: op.queue_offset,
-                op_end: op.offset_end,
+                op_end: durable_at,
             },
         );
         self.op_next = self.op_next.max(op.queue_offset + 1);
@@ -422,7 +425,11 @@ fn store_commit(
                 "a committed transaction's message cannot be stored in {}: {error}",
                 message.topic
             );
-            broker.timers.dropped.fetch_add(1, Ordering::Relaxed);
+            broker
+                .transactions
+                .stats
+                .dropped
+                .fetch_add(1, Ordering::Relaxed);
             Ok(None)
         }
         Err(error) => {
@@ -436,6 +443,22 @@ fn store_commit(
             ))
         }
     }
+}
+
+/// The last record of `%HALF_OP%` (durable), if any.
+fn last_op(broker: &Broker) -> Result<Option<Record>, Refusal> {
+    let store = &broker.store;
+    let ends = store
+        .read_queue(HALF_OP_TOPIC, 0, 0, 1, 1)
+        .map_err(|error| store_error(&format!("read {HALF_OP_TOPIC}"), error))?;
+    let Some(last) = ends.max_offset.checked_sub(1) else {
+        return Ok(None);
+    };
+    if last < ends.min_offset {
+        return Ok(None);
+    }
+    let (records, _) = read(broker, HALF_OP_TOPIC, last)?;
+    Ok(records.into_iter().next())
 }
 
 /// Stores again the message of a commit whose op is the last one (a crash may have
@@ -503,7 +526,7 @@ pub fn end_transaction(
             return Err(not_found(id, "of that producer group and topic"));
         }
         let durable_at = state
-            .end(broker, id, request.action, "producer")?
+            .end(broker, id, request.action, "END_TRANSACTION")?
             .unwrap_or(0);
         update_open(broker, &state);
         drop(state);
@@ -544,8 +567,7 @@ fn not_found(id: u64, what: &str) -> Refusal {
     )
 }
 
-/// How an ended transaction ended, from its op record (found by a scan of `%HALF_OP%`
-/// from the progress, and from the start of what is kept when older).
+/// How an ended transaction ended, from its op record.
 fn past_outcome(
     broker: &Broker,
     id: u64,
@@ -561,22 +583,72 @@ fn past_outcome(
                 && record.property(property::REAL_TOPIC) == Some(request.topic.as_str())
         })
         .ok_or_else(|| not_found(id, "of that producer group and topic"))?;
+    if let Some(op) = end_of(broker, &half)? {
+        return Ok(outcome_of(&op));
+    }
+    // An end made by an earlier request whose answer timed out may not be durable yet
+    // (the scan reads only what is): wait for everything appended, and look again.
+    let appended = broker.store.offset_appended();
+    if broker.store.offset_durable() < appended {
+        wait_durable(broker, appended)?;
+        if let Some(op) = end_of(broker, &half)? {
+            return Ok(outcome_of(&op));
+        }
+    }
+    Err(not_found(id, "that ended (its end was not found)"))
+}
+
+/// How an op record ended its transaction.
+pub fn outcome_of(op: &Record) -> TxAction {
+    match op.property(property::TRANSACTION_OUTCOME) {
+        Some("commit") => TxAction::Commit,
+        _ => TxAction::Rollback,
+    }
+}
+
+/// The op record that ended the transaction of `half`, if one is durable: a scan of
+/// `%HALF_OP%` from the first record kept.
+pub fn end_of(broker: &Broker, half: &Record) -> Result<Option<Record>, Refusal> {
     let hex = half.message_id();
     let mut from = 0;
     loop {
         let (records, next) = read(broker, HALF_OP_TOPIC, from)?;
         if records.is_empty() {
-            return Err(not_found(id, "that ended (its end was not found)"));
-        }
-        for op in records {
-            if op.property(property::TRANSACTION_ID) == Some(hex.as_str()) {
-                return match op.property(property::TRANSACTION_OUTCOME) {
-                    Some("commit") => Ok(TxAction::Commit),
-                    _ => Ok(TxAction::Rollback),
-                };
+            if next > from {
+                from = next; // Retention deleted the start: go on from the first kept.
+                continue;
             }
+            return Ok(None);
+        }
+        if let Some(op) = records
+            .into_iter()
+            .find(|op| op.property(property::TRANSACTION_ID) == Some(hex.as_str()))
+        {
+            return Ok(Some(op));
         }
         from = next;
+    }
+}
+
+/// An open transaction as LIST_TRANSACTIONS shows it, if this broker holds it open now
+/// (a master's state; a slave, or a master still rebuilding it, holds none).
+pub fn held_open(broker: &Broker, id: u64) -> Result<Option<OpenTransaction>, Refusal> {
+    let mut state = broker.transactions.lock();
+    if !state.loaded {
+        return Ok(None);
+    }
+    state.ready(broker)?; // Held: takes in what is new, loads nothing.
+    Ok(state.open.get(&id).map(|open| listed(id, open)))
+}
+
+fn listed(id: u64, open: &Open) -> OpenTransaction {
+    OpenTransaction {
+        transaction_id: id,
+        producer_group: open.producer_group.clone(),
+        topic: open.topic.clone(),
+        stored_ms: open.stored_ms,
+        checks: open.checks,
+        next_check_ms: open.next_check_ms,
     }
 }
 
@@ -642,14 +714,7 @@ pub fn list(broker: &Broker, producer_group: &str) -> Result<Vec<OpenTransaction
         .iter()
         .filter(|(_, open)| producer_group.is_empty() || open.producer_group == producer_group)
         .take(10_000)
-        .map(|(id, open)| OpenTransaction {
-            transaction_id: *id,
-            producer_group: open.producer_group.clone(),
-            topic: open.topic.clone(),
-            stored_ms: open.stored_ms,
-            checks: open.checks,
-            next_check_ms: open.next_check_ms,
-        })
+        .map(|(id, open)| listed(*id, open))
         .collect())
 }
 

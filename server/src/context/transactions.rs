@@ -50,6 +50,8 @@ pub struct TransactionStats {
     pub checks: AtomicU64,
     /// Open transactions now.
     pub open: AtomicU64,
+    /// Committed, but their message could not be stored.
+    pub dropped: AtomicU64,
 }
 
 #[derive(Default)]
@@ -68,5 +70,8 @@ impl Transactions {
     /// The broker's role changed: what is held is rebuilt from the log before use.
     pub fn invalidate(&self) {
         self.lock().loaded = false;
+        self.stats
+            .open
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -499,6 +499,15 @@ impl Exposition {
         }
     }
 
+    /// Counters without labels: (name, help, value).
+    fn counters(&mut self, counters: &[(&str, &str, &std::sync::atomic::AtomicU64)]) {
+        for (name, help, value) in counters {
+            self.family(name, "counter", help);
+            let value = value.load(std::sync::atomic::Ordering::Relaxed);
+            self.sample(name, "", value as f64);
+        }
+    }
+
     fn histogram(&mut self, name: &str, help: &str, series: &[(String, HistogramSnapshot)]) {
         self.family(name, "histogram", help);
         for (labels, snapshot) in series {
@@ -689,7 +698,64 @@ pub fn render(broker: &Broker) -> String {
         &acks,
     );
     timer_metrics(broker, &mut out);
+    transaction_metrics(broker, &mut out);
+    out.family(
+        "keel_group_queues_withheld",
+        "gauge",
+        "Queues of a group (and topic) its member asked for and was given nothing: another member has not let them go yet, or (an ordered group after a restart or promotion) they wait for their old owner to report.",
+    );
+    for (group, topic, queues) in broker.groups.withheld() {
+        let labels = format!(
+            "group=\"{}\",topic=\"{}\"",
+            label_value(&group),
+            label_value(&topic)
+        );
+        out.sample("keel_group_queues_withheld", &labels, queues as f64);
+    }
     out.out
+}
+
+/// Transactions: how many are open, how they ended, the checks asked.
+fn transaction_metrics(broker: &Broker, out: &mut Exposition) {
+    let stats = &broker.transactions.stats;
+    out.family(
+        "keel_transactions_open",
+        "gauge",
+        "Transactions whose half message is stored and not ended (on a master).",
+    );
+    out.sample(
+        "keel_transactions_open",
+        "",
+        stats.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let counters = [
+        (
+            "keel_transactions_committed_total",
+            "Transactions committed (by END_TRANSACTION or by the broker).",
+            &stats.committed,
+        ),
+        (
+            "keel_transactions_rolled_back_total",
+            "Transactions rolled back (by END_TRANSACTION or by the broker).",
+            &stats.rolled_back,
+        ),
+        (
+            "keel_transactions_resolved_by_broker_total",
+            "Transactions the broker ended as transaction_unresolved says, after transaction_check_max checks.",
+            &stats.resolved_by_broker,
+        ),
+        (
+            "keel_transaction_checks_total",
+            "Checks handed to producers (CHECK_TRANSACTIONS).",
+            &stats.checks,
+        ),
+        (
+            "keel_transactions_dropped_total",
+            "Committed transactions whose message could not be stored: its topic was deleted (auto_create_topics off), or it no longer fits.",
+            &stats.dropped,
+        ),
+    ];
+    out.counters(&counters);
 }
 
 /// The timer: what waits in each level, how late deliveries were, what it delivered.
@@ -726,12 +792,5 @@ fn timer_metrics(broker: &Broker, out: &mut Exposition) {
             &timers.dropped,
         ),
     ];
-    for (name, help, value) in counters {
-        out.family(name, "counter", help);
-        out.sample(
-            name,
-            "",
-            value.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        );
-    }
+    out.counters(&counters);
 }

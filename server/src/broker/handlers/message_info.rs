@@ -8,7 +8,7 @@ use crate::broker::shard::Shard;
 use crate::broker::workers::Pool;
 use crate::context::{Broker, Ha};
 use crate::error::Refusal;
-use keel_protocol::names::property;
+use keel_protocol::names::{property, HALF_OP_TOPIC, HALF_TOPIC};
 use keel_protocol::{message_id, own_topic, OwnTopic, Record, Response};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -76,6 +76,7 @@ fn message_info(broker: &Broker, msg_id: u64, key: &str) -> Result<Info, Refusal
     group_states(broker, &record, &mut info);
     copies(broker, &record, &mut info)?;
     delivery(broker, &record, &mut info)?;
+    transaction(broker, &record, &mut info)?;
     Ok(info)
 }
 
@@ -96,10 +97,41 @@ fn delivery(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Ref
         return Ok(()); // A retry (shown by `copies`), or one of the timer's own copies.
     }
     let id = record.message_id();
+    if let Some(copy) = stored_from(broker, topic, due, property::ORIGIN_MSG_ID, &id)? {
+        let late = copy.store_timestamp_ms.saturating_sub(due);
+        let what = format!(
+            "to {topic} as {} at {} ms ({late} ms after it was due at {due} ms)",
+            copy.message_id(),
+            copy.store_timestamp_ms
+        );
+        info.push(("delivered".into(), what));
+        return Ok(());
+    }
+    let now = keel_protocol::now_ms();
+    let state = match due > now {
+        true => format!("not yet: due at {due} ms, in {} ms", due - now),
+        false => format!(
+            "due at {due} ms; not among the first 4096 records of each queue of {topic} \
+             stored from then on (not delivered yet, or later than that)"
+        ),
+    };
+    info.push(("delivered".into(), state));
+    Ok(())
+}
+
+/// The first record of `topic` stored from `from_ms` on whose property `name` is
+/// `value`: the first 4096 records of each queue from then, a few reads, not a scan.
+fn stored_from(
+    broker: &Broker,
+    topic: &str,
+    from_ms: u64,
+    name: &str,
+    value: &str,
+) -> Result<Option<Record>, Refusal> {
     let store = &broker.store;
     let queues = store.topic_queues(topic).unwrap_or(0);
     for queue_id in 0..queues {
-        let Ok(mut offset) = store.queue_offset_for_time(topic, queue_id, due) else {
+        let Ok(mut offset) = store.queue_offset_for_time(topic, queue_id, from_ms) else {
             continue;
         };
         for _ in 0..16 {
@@ -113,28 +145,79 @@ fn delivery(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Ref
             while let Ok(copy) = keel_protocol::decode_record(rest) {
                 rest = rest.get(copy.total_size as usize..).unwrap_or_default();
                 offset = copy.queue_offset + 1;
-                if copy.property(property::ORIGIN_MSG_ID) == Some(id.as_str()) {
-                    let late = copy.store_timestamp_ms.saturating_sub(due);
-                    let what = format!(
-                        "to {topic} as {} at {} ms ({late} ms after it was due at {due} ms)",
-                        copy.message_id(),
-                        copy.store_timestamp_ms
-                    );
-                    info.push(("delivered".into(), what));
-                    return Ok(());
+                if copy.property(name) == Some(value) {
+                    return Ok(Some(copy));
                 }
             }
         }
     }
-    let now = keel_protocol::now_ms();
-    let state = match due > now {
-        true => format!("not yet: due at {due} ms, in {} ms", due - now),
-        false => format!(
-            "due at {due} ms; not among the first 4096 records of each queue of {topic} \
-             stored from then on (not delivered yet, or later than that)"
-        ),
+    Ok(None)
+}
+
+/// A half message: whether its transaction is open or how it ended, and as what it
+/// was committed. A committed message: the half message it came from.
+fn transaction(broker: &Broker, record: &Record, info: &mut Info) -> Result<(), Refusal> {
+    use crate::broker::transactions::{end_of, held_open, outcome_of};
+    if record.topic == HALF_OP_TOPIC {
+        return Ok(());
+    }
+    if record.topic != HALF_TOPIC {
+        let Some(half_id) = record.property(property::TRANSACTION_ID) else {
+            return Ok(());
+        };
+        info.push((
+            "transaction".into(),
+            format!("committed: it is half message {half_id}'s commit"),
+        ));
+        let half = u64::from_str_radix(half_id, 16)
+            .ok()
+            .map(|id| broker.store.record_at(id))
+            .transpose()
+            .map_err(internal)?
+            .flatten();
+        if let Some(half) = half.filter(|half| half.topic == HALF_TOPIC) {
+            info.push(("half_stored_ms".into(), half.store_timestamp_ms.to_string()));
+        }
+        return Ok(());
+    }
+    let Some(op) = end_of(broker, record)? else {
+        let state = match held_open(broker, record.log_offset)? {
+            Some(open) => format!(
+                "open: {} check(s) so far, the next due at {} ms",
+                open.checks, open.next_check_ms
+            ),
+            None => "open (no end in the log; the master holds its checks)".into(),
+        };
+        info.push(("transaction".into(), state));
+        return Ok(());
     };
-    info.push(("delivered".into(), state));
+    let outcome = outcome_of(&op);
+    let by = op.property(property::TRANSACTION_BY).unwrap_or("?");
+    let what = match outcome {
+        keel_protocol::TxAction::Commit => "committed",
+        keel_protocol::TxAction::Rollback => "rolled back",
+    };
+    info.push(("transaction".into(), format!("{what} by {by}")));
+    info.push((
+        "transaction_ended_ms".into(),
+        op.store_timestamp_ms.to_string(),
+    ));
+    if outcome == keel_protocol::TxAction::Commit {
+        let topic = record.property(property::REAL_TOPIC).unwrap_or_default();
+        let id = record.message_id();
+        let found = stored_from(
+            broker,
+            topic,
+            op.store_timestamp_ms,
+            property::TRANSACTION_ID,
+            &id,
+        )?;
+        let what = match found {
+            Some(message) => format!("{} in {topic}", message.message_id()),
+            None => format!("not found in {topic} from the commit on (its topic was deleted?)"),
+        };
+        info.push(("committed_as".into(), what));
+    }
     Ok(())
 }
 
