@@ -120,11 +120,14 @@ pub mod property {
     pub const TRANSACTION_ID: &str = "KEEL_TRANSACTION_ID";
     /// On an op record: "commit" or "rollback".
     pub const TRANSACTION_OUTCOME: &str = "KEEL_TRANSACTION_OUTCOME";
-    /// On an op record: who ended it ("producer", or "broker: ..." when the checks ran
-    /// out).
+    /// On an op record: who ended it ("END_TRANSACTION", or "broker: ..." when the
+    /// checks ran out).
     pub const TRANSACTION_BY: &str = "KEEL_TRANSACTION_BY";
     /// On an op record: the half message's queue offset in `%HALF%`.
     pub const HALF_OFFSET: &str = "KEEL_HALF_OFFSET";
+    /// On the message of a SEND_BACK: redeliver it after this many ms (decimal, at most
+    /// `max_delay_ms`) instead of its attempt's `retry_delays_ms` level. Not stored.
+    pub const RETRY_DELAY_MS: &str = "KEEL_RETRY_DELAY_MS";
 }
 
 /// The longest message group, in bytes.

@@ -5,6 +5,7 @@
 use super::driver::Driver;
 use super::model::{ConsumeResult, Delivery, Event, IntoConsumeResult, Job, QueueKey, Revoked};
 use crate::ClientError;
+use keel_protocol::names::property;
 use keel_protocol::{Record, Request, Response, SendBackRequest, SendStatus};
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -134,17 +135,29 @@ impl Driver {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
                 self.finish_message(key, queue_offset);
             }
-            // A queue already forgotten (NOT_OWNER) of an ordered group: not sent
-            // back, where it would come after its group's later messages.
-            ConsumeResult::ReconsumeLater(reason)
-                if self
-                    .queues
-                    .get(&key)
-                    .map_or(self.ordered, |queue| queue.ordered) =>
-            {
-                self.retry_ordered(key, delivery, reason)
+            ConsumeResult::ReconsumeLater(reason) => self.reconsume(key, delivery, None, reason),
+            ConsumeResult::ReconsumeAfter(delay, reason) => {
+                self.reconsume(key, delivery, Some(delay), reason)
             }
-            ConsumeResult::ReconsumeLater(reason) => self.send_back(key, delivery, reason),
+        }
+    }
+
+    fn reconsume(
+        &mut self,
+        key: QueueKey,
+        delivery: Box<Delivery>,
+        delay: Option<Duration>,
+        reason: String,
+    ) {
+        // A queue already forgotten (NOT_OWNER) of an ordered group: not sent back,
+        // where it would come after its group's later messages.
+        match self
+            .queues
+            .get(&key)
+            .map_or(self.ordered, |queue| queue.ordered)
+        {
+            true => self.retry_ordered(key, delivery, delay, reason),
+            false => self.send_back(key, delivery, delay, reason),
         }
     }
 
@@ -158,10 +171,26 @@ impl Driver {
         }
     }
 
-    pub(super) fn send_back(&mut self, key: QueueKey, delivery: Box<Delivery>, reason: String) {
+    pub(super) fn send_back(
+        &mut self,
+        key: QueueKey,
+        delivery: Box<Delivery>,
+        delay: Option<Duration>,
+        reason: String,
+    ) {
         let record = &delivery.record;
         let mut message = record.to_message();
         message.topic = delivery.topic.clone();
+        // A producer's own property of that name is not a consumer's request.
+        message
+            .properties
+            .retain(|(name, _)| name != property::RETRY_DELAY_MS);
+        if let Some(delay) = delay {
+            let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            message
+                .properties
+                .push((property::RETRY_DELAY_MS.to_string(), ms.to_string()));
+        }
         message.seal();
         let request = Request::SendBack(SendBackRequest {
             group: self.group.clone(),

@@ -13,8 +13,13 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsumeResult {
     Success,
-    /// Deliver it again later (the reason is kept with the message).
+    /// Deliver it again later (the reason is kept with the message), after the
+    /// broker's delay for its attempt (`retry_delays_ms`).
     ReconsumeLater(String),
+    /// Deliver it again after this delay (at most the broker's `max_delay_ms`; whole
+    /// milliseconds), with the reason. An ordered group's member waits this long before
+    /// handling it again in place.
+    ReconsumeAfter(Duration, String),
 }
 
 /// What handlers may return: a `ConsumeResult`, or a `Result` whose `Err` means

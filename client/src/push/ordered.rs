@@ -30,7 +30,7 @@ use crate::ClientError;
 use keel_protocol::names::property::MESSAGE_GROUP;
 use keel_protocol::{PullRequest, PullStatus, Request, Response};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long a parked group whose pull failed waits before the next.
 const CATCH_UP_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
@@ -245,6 +245,7 @@ impl Driver {
         &mut self,
         key: QueueKey,
         mut delivery: Box<Delivery>,
+        delay: Option<Duration>,
         reason: String,
     ) {
         let Some(incarnation) = self
@@ -259,7 +260,7 @@ impl Driver {
         if delivery.reconsume_times >= self.options.max_reconsume_times {
             // SEND_BACK with one more attempt than allowed: the dead-letter topic. The
             // line moves on once it is stored there.
-            return self.send_back(key, delivery, reason);
+            return self.send_back(key, delivery, None, reason);
         }
         log::debug!(
             "consumer {}: {} failed ({reason}); handled again in place",
@@ -268,7 +269,7 @@ impl Driver {
         );
         delivery.reconsume_times += 1;
         self.stats.ordered_retries.fetch_add(1, Ordering::Relaxed);
-        let due = Instant::now() + self.options.ordered_retry_delay;
+        let due = Instant::now() + delay.unwrap_or(self.options.ordered_retry_delay);
         self.retries.push((due, key, incarnation, delivery));
     }
 

@@ -501,3 +501,76 @@ fn a_push_consumer_behind_retention_reports_it_and_does_not_jump() {
         "offset kept"
     );
 }
+
+#[test]
+fn a_handler_may_give_its_own_retry_delay_and_a_bad_one_is_refused() {
+    let broker = BrokerProcess::start("retry_delays_ms = [300]\nmax_delay_ms = 60000");
+    let producer = Producer::connect(&broker.address, ProducerOptions::default()).unwrap();
+    for id in ["later", "level"] {
+        producer
+            .send(Message::new("waits", payload_for(id, 64)))
+            .unwrap();
+    }
+    let seen: Seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let handler = {
+        let seen = seen.clone();
+        move |delivery: &Delivery| -> ConsumeResult {
+            let id = id_of(&delivery.record.payload).expect("intact payload");
+            let mut seen = seen.lock().unwrap();
+            let entry = seen.entry(id.clone()).or_default();
+            entry.push((delivery.reconsume_times, Instant::now()));
+            match (id.as_str(), entry.len()) {
+                ("later", 1) => {
+                    ConsumeResult::ReconsumeAfter(Duration::from_millis(2500), "busy".into())
+                }
+                ("level", 1) => ConsumeResult::ReconsumeLater("busy".into()),
+                _ => ConsumeResult::Success,
+            }
+        }
+    };
+    let consumer =
+        PushConsumer::start(&broker.address, "waiter", "waits", options(3), handler).unwrap();
+    wait_until("both handled twice", Duration::from_secs(30), || {
+        let seen = seen.lock().unwrap();
+        ["later", "level"]
+            .iter()
+            .all(|id| seen.get(*id).is_some_and(|d| d.len() == 2))
+    });
+    consumer.shutdown().unwrap();
+    let seen = seen.lock().unwrap();
+    let gap = |id: &str| seen[id][1].1.duration_since(seen[id][0].1);
+    // The handler's delay, not the level's 300 ms; the level's for the other.
+    assert!(
+        gap("later") >= Duration::from_millis(2500),
+        "{:?}",
+        gap("later")
+    );
+    assert!(
+        gap("level") >= Duration::from_millis(300),
+        "{:?}",
+        gap("level")
+    );
+    assert!(
+        gap("level") < Duration::from_millis(2500),
+        "{:?}",
+        gap("level")
+    );
+    assert_eq!(seen["later"][1].0, 1, "counted as an attempt");
+    // A delay that is not a number, or beyond max_delay_ms, is refused.
+    let admin = Admin::connect(&broker.address).unwrap();
+    for (delay, words) in [("soon", "not a whole number"), ("60001", "beyond")] {
+        let refused = admin
+            .send_back(keel_protocol::SendBackRequest {
+                group: "waiter".into(),
+                reconsume_times: 1,
+                max_reconsume_times: 3,
+                reason: String::new(),
+                origin_topic: "waits".into(),
+                origin_msg_id: 0,
+                message: Message::new("waits", "x")
+                    .with_property(keel_protocol::names::property::RETRY_DELAY_MS, delay),
+            })
+            .unwrap_err();
+        assert!(refused.to_string().contains(words), "{refused}");
+    }
+}

@@ -354,6 +354,10 @@ fn the_ordered_setting_survives_kill_9_reaches_a_promoted_slave_and_the_cli_spea
     let mut old =
         BrokerProcess::start(&master("sync_master", "fifo", master_port, master_ha, None));
     let new = BrokerProcess::start(&slave("fifo", slave_port, slave_ha, master_ha, None));
+    // A sync master answers SLAVE_NOT_AVAILABLE until its slave is there.
+    wait_until("the slave in sync", Duration::from_secs(20), || {
+        old.try_stat("slaves_in_sync") == Some(1)
+    });
     let created = keel(
         &old.address,
         &["group", "create", "-g", "billing", "--ordered"],

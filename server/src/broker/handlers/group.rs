@@ -183,6 +183,24 @@ pub(crate) fn on_group_commit(shard: &mut Shard, to: ReplyTo, commit: GroupCommi
     admin::on_commit_offset(shard, to, commit);
 }
 
+/// The delay a SEND_BACK's message asks for (`KEEL_RETRY_DELAY_MS`), if any.
+fn retry_delay(message: &keel_protocol::Message, max_ms: u64) -> Result<Option<u64>, Refusal> {
+    let Some(text) = message.property(property::RETRY_DELAY_MS) else {
+        return Ok(None);
+    };
+    match text.parse::<u64>() {
+        Ok(delay) if delay <= max_ms => Ok(Some(delay)),
+        Ok(delay) => Err(Refusal::invalid(format!(
+            "{} = {delay} is beyond the timer's horizon (max_delay_ms = {max_ms})",
+            property::RETRY_DELAY_MS
+        ))),
+        Err(_) => Err(Refusal::invalid(format!(
+            "{} = {text:?} is not a whole number of milliseconds",
+            property::RETRY_DELAY_MS
+        ))),
+    }
+}
+
 /// SEND_BACK: stores the message for its group to consume again after the delay of
 /// its attempt, straight into the retry topic when it has none (a redrive), or into
 /// the dead-letter topic past `max_reconsume_times`. Answered like a SEND.
@@ -207,6 +225,10 @@ pub(crate) fn on_send_back(shard: &mut Shard, to: ReplyTo, back: SendBackRequest
         let refusal = Refusal::new(ErrorCode::MessageCrcMismatch, detail);
         return shard.reply(to, refusal.response());
     }
+    let explicit = match retry_delay(&message, shard.broker.config.max_delay_ms) {
+        Ok(delay) => delay,
+        Err(refusal) => return shard.reply(to, refusal.response()),
+    };
     let mut properties: Vec<(String, String)> = message
         .properties
         .into_iter()
@@ -229,7 +251,10 @@ pub(crate) fn on_send_back(shard: &mut Shard, to: ReplyTo, back: SendBackRequest
     } else {
         message.topic = retry_topic(&back.group);
         let delays = &shard.broker.config.retry_delays_ms;
-        due = schedule::delay_for(delays, back.reconsume_times).map(|(_, at)| at);
+        due = match explicit {
+            Some(delay) => Some(now_ms().saturating_add(delay)),
+            None => schedule::delay_for(delays, back.reconsume_times).map(|(_, at)| at),
+        };
     }
     message.properties = properties;
     // A copy is another message: the original's numbers stay with the original.
